@@ -1,1 +1,20 @@
-//! x
+//! # hsm-sim — ⚠️ this is a simulator, not an HSM
+//!
+//! A software stand-in for the payment-style hardware security module (HSM) that holds the keys
+//! of sscard-kms. It keeps clear keys in ordinary process memory, has no tamper-responsive
+//! hardware and no certification: it exists so that the service can be built and tested against
+//! the same boundary a real HSM would give it. Never use it to protect production keys.
+//!
+//! Only this crate ever touches clear key bytes ([`SecretKey`]); everything above it sees
+//! key blocks and key check values.
+#![forbid(unsafe_code)]
+
+pub mod cipher;
+pub mod error;
+pub mod kcv;
+pub mod kdf;
+pub mod key;
+pub mod random;
+
+pub use error::{Error, Result};
+pub use key::{Algorithm, SecretKey};

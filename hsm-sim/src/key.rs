@@ -1,0 +1,332 @@
+//! Clear keys, as they exist only inside the HSM boundary.
+//!
+//! [`SecretKey`] zeroizes its bytes on drop, prints no key material from `Debug`, has no
+//! `Serialize`, compares in constant time, and hands its bytes out only through
+//! [`SecretKey::secret_bytes`], which is private to this crate.
+
+use core::fmt;
+
+use subtle::ConstantTimeEq;
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::error::{Error, Result};
+
+/// Block-cipher algorithm of a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// Single DES, 8-byte key.
+    Des,
+    /// Double-length triple DES (EDE2, K3 = K1), 16-byte key.
+    Tdes2,
+    /// Triple-length triple DES (EDE3), 24-byte key.
+    Tdes3,
+    Aes128,
+    Aes192,
+    Aes256,
+    /// SM4 (GB/T 32907), 16-byte key.
+    Sm4,
+}
+
+impl Algorithm {
+    /// All algorithms, for tables and self-tests.
+    pub const ALL: [Algorithm; 7] = [
+        Algorithm::Des,
+        Algorithm::Tdes2,
+        Algorithm::Tdes3,
+        Algorithm::Aes128,
+        Algorithm::Aes192,
+        Algorithm::Aes256,
+        Algorithm::Sm4,
+    ];
+
+    /// Key length in bytes.
+    pub const fn key_len(self) -> usize {
+        match self {
+            Algorithm::Des => 8,
+            Algorithm::Tdes2 | Algorithm::Aes128 | Algorithm::Sm4 => 16,
+            Algorithm::Tdes3 | Algorithm::Aes192 => 24,
+            Algorithm::Aes256 => 32,
+        }
+    }
+
+    /// Cipher block length in bytes.
+    pub const fn block_len(self) -> usize {
+        match self {
+            Algorithm::Des | Algorithm::Tdes2 | Algorithm::Tdes3 => 8,
+            Algorithm::Aes128 | Algorithm::Aes192 | Algorithm::Aes256 | Algorithm::Sm4 => 16,
+        }
+    }
+
+    /// True for the DES family, whose keys are checked for weakness.
+    pub const fn is_des_family(self) -> bool {
+        matches!(self, Algorithm::Des | Algorithm::Tdes2 | Algorithm::Tdes3)
+    }
+
+    /// True for AES of any key length.
+    pub const fn is_aes(self) -> bool {
+        matches!(
+            self,
+            Algorithm::Aes128 | Algorithm::Aes192 | Algorithm::Aes256
+        )
+    }
+
+    /// The canonical lower-case name, as used on the command line and in files.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Algorithm::Des => "des",
+            Algorithm::Tdes2 => "tdes",
+            Algorithm::Tdes3 => "tdes3",
+            Algorithm::Aes128 => "aes128",
+            Algorithm::Aes192 => "aes192",
+            Algorithm::Aes256 => "aes256",
+            Algorithm::Sm4 => "sm4",
+        }
+    }
+
+    /// The algorithm of a family name and a key length, e.g. `("aes", 32)` → AES-256.
+    /// `tdes` takes 16 or 24 bytes; `des` only 8.
+    pub fn from_family_and_len(family: &str, len: usize) -> Result<Algorithm> {
+        let alg = match (family.to_ascii_lowercase().as_str(), len) {
+            ("des", 8) => Algorithm::Des,
+            ("tdes" | "3des" | "tdes2", 16) => Algorithm::Tdes2,
+            ("tdes" | "3des" | "tdes3", 24) => Algorithm::Tdes3,
+            ("aes", 16) | ("aes128", 16) => Algorithm::Aes128,
+            ("aes", 24) | ("aes192", 24) => Algorithm::Aes192,
+            ("aes", 32) | ("aes256", 32) => Algorithm::Aes256,
+            ("sm4", 16) => Algorithm::Sm4,
+            (f @ ("des" | "tdes" | "3des" | "tdes2" | "tdes3" | "aes" | "sm4"), _) => {
+                let expected = match f {
+                    "des" => 8,
+                    "tdes3" => 24,
+                    "aes" if len > 16 => 32,
+                    _ => 16,
+                };
+                return Err(Error::KeyLength {
+                    alg: Algorithm::from_name(f)?,
+                    expected,
+                    actual: len,
+                });
+            }
+            (other, _) => return Err(Error::UnknownAlgorithm(other.to_owned())),
+        };
+        Ok(alg)
+    }
+
+    /// Parses a canonical name (see [`Algorithm::name`]); `3des` and `aes` are accepted as
+    /// `tdes` and `aes128`.
+    pub fn from_name(name: &str) -> Result<Algorithm> {
+        Ok(match name.to_ascii_lowercase().as_str() {
+            "des" => Algorithm::Des,
+            "tdes" | "3des" | "tdes2" => Algorithm::Tdes2,
+            "tdes3" => Algorithm::Tdes3,
+            "aes" | "aes128" => Algorithm::Aes128,
+            "aes192" => Algorithm::Aes192,
+            "aes256" => Algorithm::Aes256,
+            "sm4" => Algorithm::Sm4,
+            other => return Err(Error::UnknownAlgorithm(other.to_owned())),
+        })
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Algorithm::Des => "DES",
+            Algorithm::Tdes2 => "TDES-2key",
+            Algorithm::Tdes3 => "TDES-3key",
+            Algorithm::Aes128 => "AES-128",
+            Algorithm::Aes192 => "AES-192",
+            Algorithm::Aes256 => "AES-256",
+            Algorithm::Sm4 => "SM4",
+        })
+    }
+}
+
+/// A clear key. Lives only inside the HSM boundary.
+pub struct SecretKey {
+    alg: Algorithm,
+    bytes: Zeroizing<Vec<u8>>,
+}
+
+impl SecretKey {
+    /// A key of `alg` from its bytes; the length must match the algorithm.
+    ///
+    /// Weak DES keys are *not* refused here (published known-answer tests use them);
+    /// call [`SecretKey::check_not_weak`] wherever a key enters or is created.
+    pub fn new(alg: Algorithm, bytes: &[u8]) -> Result<SecretKey> {
+        if bytes.len() != alg.key_len() {
+            return Err(Error::KeyLength {
+                alg,
+                expected: alg.key_len(),
+                actual: bytes.len(),
+            });
+        }
+        Ok(SecretKey {
+            alg,
+            bytes: Zeroizing::new(bytes.to_vec()),
+        })
+    }
+
+    /// Takes ownership of `bytes` (no copy left behind), checking the length.
+    pub fn from_vec(alg: Algorithm, bytes: Vec<u8>) -> Result<SecretKey> {
+        SecretKey::from_zeroizing(alg, Zeroizing::new(bytes))
+    }
+
+    fn from_zeroizing(alg: Algorithm, bytes: Zeroizing<Vec<u8>>) -> Result<SecretKey> {
+        if bytes.len() != alg.key_len() {
+            return Err(Error::KeyLength {
+                alg,
+                expected: alg.key_len(),
+                actual: bytes.len(),
+            });
+        }
+        Ok(SecretKey { alg, bytes })
+    }
+
+    /// A key from hexadecimal text (white space ignored). The intermediate buffer is zeroized.
+    pub fn from_hex(alg: Algorithm, text: &str) -> Result<SecretKey> {
+        SecretKey::from_zeroizing(alg, decode_secret_hex(text, "key")?)
+    }
+
+    /// The key's algorithm.
+    pub fn algorithm(&self) -> Algorithm {
+        self.alg
+    }
+
+    /// Key length in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Always false: a key has at least 8 bytes.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Refuses weak and semi-weak DES keys, and TDES keys whose 8-byte parts repeat.
+    /// Keys of other algorithms always pass.
+    pub fn check_not_weak(&self) -> Result<()> {
+        if self.alg.is_des_family() {
+            des::weak_key_test(&self.bytes).map_err(|_| Error::WeakKey)?;
+        }
+        Ok(())
+    }
+
+    /// The one way to reach a key's bytes. Crate-private: nothing outside the boundary can call it.
+    pub(crate) fn secret_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// A copy of the key, which zeroizes on drop as the original does.
+    pub fn duplicate(&self) -> SecretKey {
+        SecretKey {
+            alg: self.alg,
+            bytes: Zeroizing::new(self.bytes.to_vec()),
+        }
+    }
+}
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretKey")
+            .field("alg", &self.alg)
+            .field("len", &self.bytes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConstantTimeEq for SecretKey {
+    fn ct_eq(&self, other: &Self) -> subtle::Choice {
+        let same_alg = subtle::Choice::from(u8::from(self.alg == other.alg));
+        // `ct_eq` on slices of different lengths is false without looking at the bytes.
+        same_alg & self.bytes.as_slice().ct_eq(other.bytes.as_slice())
+    }
+}
+
+impl PartialEq for SecretKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.ct_eq(other).into()
+    }
+}
+
+impl Eq for SecretKey {}
+
+/// Decodes hex that may be secret: white space is ignored, nothing is left behind on error.
+pub(crate) fn decode_secret_hex(text: &str, field: &'static str) -> Result<Zeroizing<Vec<u8>>> {
+    let mut compact: Zeroizing<Vec<u8>> =
+        Zeroizing::new(text.bytes().filter(|b| !b.is_ascii_whitespace()).collect());
+    let result = hex::decode(&*compact).map_err(|_| Error::Hex { field });
+    compact.zeroize();
+    Ok(Zeroizing::new(result?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_prints_no_key_bytes() {
+        let key =
+            SecretKey::from_hex(Algorithm::Tdes2, "0123456789ABCDEFFEDCBA9876543210").unwrap();
+        let shown = format!("{key:?} {key:#?}");
+        assert!(shown.contains("Tdes2"));
+        for needle in [
+            "0123",
+            "01 23",
+            "[1, 35",
+            "1, 35, 69",
+            "EFFE",
+            "efcd",
+            "fedc",
+        ] {
+            assert!(
+                !shown.to_lowercase().contains(&needle.to_lowercase()),
+                "{shown}"
+            );
+        }
+    }
+
+    #[test]
+    fn length_is_checked() {
+        let err = SecretKey::new(Algorithm::Sm4, &[0u8; 8]).unwrap_err();
+        assert_eq!(
+            err,
+            Error::KeyLength {
+                alg: Algorithm::Sm4,
+                expected: 16,
+                actual: 8
+            }
+        );
+    }
+
+    #[test]
+    fn equality_is_by_value_and_algorithm() {
+        let a = SecretKey::new(Algorithm::Aes128, &[7u8; 16]).unwrap();
+        let b = SecretKey::new(Algorithm::Aes128, &[7u8; 16]).unwrap();
+        let c = SecretKey::new(Algorithm::Sm4, &[7u8; 16]).unwrap();
+        let d = SecretKey::new(Algorithm::Aes128, &[8u8; 16]).unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_ne!(a, d);
+    }
+
+    #[test]
+    fn weak_des_keys_are_refused() {
+        let weak = SecretKey::from_hex(Algorithm::Des, "0101010101010101").unwrap();
+        assert_eq!(weak.check_not_weak(), Err(Error::WeakKey));
+        let repeated =
+            SecretKey::from_hex(Algorithm::Tdes2, "0123456789ABCDEF0123456789ABCDEF").unwrap();
+        assert_eq!(repeated.check_not_weak(), Err(Error::WeakKey));
+        let fine =
+            SecretKey::from_hex(Algorithm::Tdes2, "0123456789ABCDEFFEDCBA9876543210").unwrap();
+        assert_eq!(fine.check_not_weak(), Ok(()));
+    }
+
+    #[test]
+    fn bad_hex_names_the_field() {
+        assert_eq!(
+            SecretKey::from_hex(Algorithm::Des, "01234567890ABCDEZ").unwrap_err(),
+            Error::Hex { field: "key" }
+        );
+    }
+}
