@@ -10,11 +10,15 @@
 #![forbid(unsafe_code)]
 
 pub mod cipher;
+pub mod diversify;
 pub mod error;
+pub mod factor;
 pub mod kcv;
 pub mod kdf;
 pub mod key;
+pub mod mac;
 pub mod random;
+pub mod selftest;
 
 pub use error::{Error, Result};
 pub use key::{Algorithm, SecretKey};
