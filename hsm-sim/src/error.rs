@@ -53,7 +53,7 @@ pub enum Error {
     #[error("key block truncated")]
     KeyBlockTruncated,
     /// The declared length does not match the block, or is not a multiple of the block size.
-    #[error("key block length {declared} does not match the {actual} characters received")]
+    #[error("key block length is invalid (declared {declared}, received {actual} characters)")]
     KeyBlockLength { declared: usize, actual: usize },
     /// A key block version this implementation does not handle.
     #[error("key block version {0:?} not supported (B and D are)")]
@@ -79,6 +79,17 @@ pub enum Error {
     /// The decrypted key length field is inconsistent.
     #[error("key block key length is invalid")]
     KeyBlockKeyLength,
+    /// A KC (check value of the wrapped key) or KP (check value of the KBPK) optional block that
+    /// does not match the key it describes.
+    #[error("key block optional block {id} does not match its key's check value")]
+    KeyBlockCheckValue { id: &'static str },
+    /// A KBPK weaker than the key it would protect (ANSI X9.24-1: a key is protected only by a key
+    /// of equal or greater strength).
+    #[error("a {kbpk} KBPK may not protect a {key} key")]
+    KeyBlockKbpkStrength { kbpk: Algorithm, key: Algorithm },
+    /// A key block that would be longer than the 9999 characters its length field can say.
+    #[error("key block would be {0} characters long; at most 9999 are allowed")]
+    KeyBlockTooLong(usize),
 
     /// A known-answer self-test failed; the name says which.
     #[error("self-test failed: {0}")]
@@ -86,6 +97,56 @@ pub enum Error {
     /// The operating system's random source failed.
     #[error("random source failed")]
     Random,
+
+    // ---- the HSM boundary ----
+    /// No LMK exists yet: run `init` first.
+    #[error("the HSM has no LMK yet")]
+    Uninitialised,
+    /// `init` on an HSM that already has an LMK.
+    #[error("the HSM already has an LMK")]
+    AlreadyInitialised,
+    /// The LMK is not loaded: unseal first.
+    #[error("the HSM is sealed")]
+    Sealed,
+    /// The self-test has not passed since start-up; the name says which check failed.
+    #[error("the HSM self-test failed ({0}); no key operation is served")]
+    SelfTestFailed(String),
+    /// A share that is malformed, repeated, or not of this LMK.
+    #[error("LMK share refused: {0}")]
+    Share(&'static str),
+    /// The LMK rebuilt from the shares does not have the recorded KCV.
+    #[error("the shares do not rebuild the LMK (KCV mismatch); unseal was reset")]
+    LmkKcvMismatch,
+    /// A key used for an operation its token's header does not allow.
+    #[error("a {usage} key cannot be used to {operation}")]
+    WrongUsage {
+        usage: &'static str,
+        operation: &'static str,
+    },
+    /// Export of a key whose token says it never leaves the HSM.
+    #[error("the key is not exportable")]
+    NotExportable,
+    /// A component whose KCV differs from the one its custodian read from paper.
+    #[error("component {index} does not match its KCV")]
+    ComponentKcv { index: usize },
+    /// A count out of range (components, shares, threshold, random length…).
+    #[error("{field} must be {expected}")]
+    Count {
+        field: &'static str,
+        expected: &'static str,
+    },
+    /// A rotation step out of order (commit without prepare, or a different KCV).
+    #[error("no matching LMK rotation is prepared")]
+    RotationNotPrepared,
+    /// The HSM's state file could not be read or written.
+    #[error("HSM state storage failed: {0}")]
+    Storage(&'static str),
+    /// The remote HSM could not be reached (process down, TLS refused): retry later.
+    #[error("the HSM is unavailable")]
+    Unavailable,
+    /// The remote HSM answered with something this client does not understand.
+    #[error("the HSM answered with a malformed response")]
+    Protocol,
 }
 
 /// Result with the crate's [`Error`].

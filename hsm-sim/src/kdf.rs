@@ -36,15 +36,55 @@ pub(crate) fn hkdf_sha256_bytes(
 mod tests {
     use super::*;
 
+    /// One RFC 5869 test case as `tests/vectors/hkdf.json` holds it.
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct HkdfVector {
+        #[serde(rename = "ref")]
+        reference: String,
+        hash: String,
+        ikm: String,
+        salt: String,
+        info: String,
+        length: usize,
+        okm: String,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct HkdfFile {
+        source: String,
+        vectors: Vec<HkdfVector>,
+    }
+
     #[test]
-    fn rfc5869_case_1() {
-        let ikm = [0x0b; 22];
-        let salt = hex::decode("000102030405060708090a0b0c").unwrap();
-        let info = hex::decode("f0f1f2f3f4f5f6f7f8f9").unwrap();
-        let okm = hkdf_sha256_bytes(&ikm, &salt, &info, 42).unwrap();
+    fn rfc5869_appendix_a_sha256() {
+        let file: HkdfFile =
+            serde_json::from_str(include_str!("../tests/vectors/hkdf.json")).unwrap();
+        assert!(file.source.contains("RFC 5869"), "{}", file.source);
+        // Test Cases 1-3 are the SHA-256 ones.
+        assert_eq!(file.vectors.len(), 3);
+        for v in &file.vectors {
+            assert_eq!(v.hash, "SHA-256", "{}", v.reference);
+            let ikm = hex::decode(&v.ikm).unwrap();
+            let salt = hex::decode(&v.salt).unwrap();
+            let info = hex::decode(&v.info).unwrap();
+            let okm = hkdf_sha256_bytes(&ikm, &salt, &info, v.length).unwrap();
+            assert_eq!(okm.len(), v.length, "{}", v.reference);
+            assert_eq!(hex::encode(&*okm), v.okm.to_lowercase(), "{}", v.reference);
+        }
+        // Test Case 3 has a zero-length salt. RFC 5869 section 2.2: "if not provided, [salt] is
+        // set to a string of HashLen zeros"; an empty HMAC key is zero-padded to the same block.
+        let case3 = &file.vectors[2];
+        assert!(
+            case3.salt.is_empty() && case3.info.is_empty(),
+            "{}",
+            case3.reference
+        );
+        let ikm = hex::decode(&case3.ikm).unwrap();
         assert_eq!(
-            hex::encode(&*okm),
-            "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865"
+            *hkdf_sha256_bytes(&ikm, &[], &[], case3.length).unwrap(),
+            *hkdf_sha256_bytes(&ikm, &[0u8; 32], &[], case3.length).unwrap()
         );
     }
 

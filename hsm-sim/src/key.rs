@@ -2,7 +2,7 @@
 //!
 //! [`SecretKey`] zeroizes its bytes on drop, prints no key material from `Debug`, has no
 //! `Serialize`, compares in constant time, and hands its bytes out only through
-//! [`SecretKey::secret_bytes`], which is private to this crate.
+//! `SecretKey::secret_bytes`, which is private to this crate.
 
 use core::fmt;
 
@@ -188,6 +188,14 @@ impl SecretKey {
         SecretKey::from_zeroizing(alg, decode_secret_hex(text, "key")?)
     }
 
+    /// A key from hexadecimal text whose algorithm is a family (`des`, `tdes`, `aes`, `sm4`) and
+    /// the decoded length: e.g. 24 bytes of `tdes` is a 3-key TDES key.
+    pub fn from_hex_family(family: &str, text: &str) -> Result<SecretKey> {
+        let bytes = decode_secret_hex(text, "key")?;
+        let alg = Algorithm::from_family_and_len(family, bytes.len())?;
+        SecretKey::from_zeroizing(alg, bytes)
+    }
+
     /// The key's algorithm.
     pub fn algorithm(&self) -> Algorithm {
         self.alg
@@ -320,6 +328,30 @@ mod tests {
         let fine =
             SecretKey::from_hex(Algorithm::Tdes2, "0123456789ABCDEFFEDCBA9876543210").unwrap();
         assert_eq!(fine.check_not_weak(), Ok(()));
+    }
+
+    #[test]
+    fn family_and_length_pick_the_algorithm() {
+        let k = SecretKey::from_hex_family("tdes", &"11".repeat(24)).unwrap();
+        assert_eq!(k.algorithm(), Algorithm::Tdes3);
+        let k = SecretKey::from_hex_family("aes", &"11".repeat(32)).unwrap();
+        assert_eq!(k.algorithm(), Algorithm::Aes256);
+        assert_eq!(
+            SecretKey::from_hex_family("tdes", "123").unwrap_err(),
+            Error::Hex { field: "key" }
+        );
+        assert!(matches!(
+            SecretKey::from_hex_family("sm4", &"11".repeat(24)),
+            Err(Error::KeyLength {
+                alg: Algorithm::Sm4,
+                expected: 16,
+                actual: 24
+            })
+        ));
+        assert_eq!(
+            SecretKey::from_hex_family("rsa", "1111").unwrap_err(),
+            Error::UnknownAlgorithm("rsa".to_owned())
+        );
     }
 
     #[test]

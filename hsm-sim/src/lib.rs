@@ -19,6 +19,7 @@ pub mod key;
 pub mod mac;
 pub mod random;
 pub mod selftest;
+pub mod tr31;
 
 pub use error::{Error, Result};
 pub use key::{Algorithm, SecretKey};
