@@ -138,6 +138,9 @@ pub enum Error {
     /// A rotation step out of order (commit without prepare, or a different KCV).
     #[error("no matching LMK rotation is prepared")]
     RotationNotPrepared,
+    /// A panic left the HSM's in-memory state unusable (a poisoned lock); restart the HSM.
+    #[error("the HSM's internal state is unusable after a failure; restart it")]
+    StatePoisoned,
     /// The HSM's state file could not be read or written.
     #[error("HSM state storage failed: {0}")]
     Storage(&'static str),

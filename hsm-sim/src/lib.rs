@@ -9,15 +9,20 @@
 //! key blocks and key check values.
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod cipher;
 pub mod diversify;
 pub mod error;
 pub mod factor;
+pub mod hsm;
 pub mod kcv;
 pub mod kdf;
 pub mod key;
+pub mod lmk;
+pub mod local;
 pub mod mac;
 pub mod random;
+pub mod remote;
 pub mod selftest;
 pub mod tr31;
 

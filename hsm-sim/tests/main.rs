@@ -1,6 +1,13 @@
 //! The one integration-test binary of hsm-sim.
 //!
 //! - `kat_vectors`: the published known-answer files of `tests/vectors/`, through the public API.
+//! - `local`: `LocalHsm` through the `Hsm` trait: LMK life cycle, usage checks, the SSC chain,
+//!   export, rotation, refusal in every state that is not operational.
+//! - `remote`: the HSM as a separate process over gRPC with mutual TLS (the real `hsm-sim`
+//!   binary, a PKI made with rcgen): the DOMAIN.md chain over the wire, restart and unseal,
+//!   authorisation, error fidelity.
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 mod kat_vectors;
+mod local;
+mod remote;

@@ -1,0 +1,13 @@
+//! Generates the gRPC code of the HSM protocol (`../proto/sscard/hsm/v1/hsm.proto`) without an
+//! external `protoc`: `protox` parses the file into a descriptor set in pure Rust, and
+//! `tonic-prost-build` generates the messages, the client and the server from it.
+
+const PROTO_ROOT: &str = "../proto";
+const PROTOS: &[&str] = &["sscard/hsm/v1/hsm.proto"];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=../proto/sscard/hsm");
+    let fds = protox::compile(PROTOS, [PROTO_ROOT])?;
+    tonic_prost_build::configure().compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! The hot-key cache: tokens the HSM uses again and again (city keys as derivation parents,
+//! station KEKs, card transport keys, the audit MAC key) kept unwrapped, so that a busy
+//! derivation path does not re-verify and decrypt the same key block every time.
+//!
+//! - **Key**: SHA-256 of the token's text. A token that differs in one character (a forgery, a
+//!   token of another LMK) has another digest and is unwrapped — and refused — as usual; only a
+//!   token that verified under the current LMK is ever inserted.
+//! - **Value**: the unwrapped key with its usage and exportability, behind an `Arc` (the
+//!   [`SecretKey`](crate::SecretKey) inside zeroizes when the last holder drops it).
+//! - **Bounded, approximately LRU**: every hit stamps the entry with a global counter; when the
+//!   cache is full, the least recently used sixteenth of the entries (at least one) is evicted in
+//!   one pass, so eviction costs O(1) per insertion amortised and a hit needs only a read lock.
+//! - **Emptied** by the HSM on seal, tamper and LMK-rotation commit, while it holds its state
+//!   lock for writing, so no operation can put a key back behind it.
+//!
+//! Which keys are inserted is the HSM's choice (`local.rs`): keys that act on other keys or data;
+//! never the key being exported, written or derived, which is used once.
+
+use core::fmt;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::hsm::KeyToken;
+use crate::lmk::TokenKey;
+
+/// SHA-256 of a token's text.
+pub(crate) type TokenDigest = [u8; 32];
+
+/// The cache's index of `token`.
+pub(crate) fn digest(token: &KeyToken) -> TokenDigest {
+    Sha256::digest(token.as_str().as_bytes()).into()
+}
+
+struct Entry {
+    key: Arc<TokenKey>,
+    last_used: AtomicU64,
+}
+
+/// A bounded map from token digests to unwrapped keys. No `Debug` of its keys: it prints its
+/// capacity only.
+pub(crate) struct HotKeyCache {
+    capacity: usize,
+    clock: AtomicU64,
+    entries: RwLock<HashMap<TokenDigest, Entry>>,
+}
+
+impl fmt::Debug for HotKeyCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HotKeyCache")
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HotKeyCache {
+    /// A cache of at most `capacity` keys; 0 disables it.
+    pub(crate) fn new(capacity: usize) -> HotKeyCache {
+        HotKeyCache {
+            capacity,
+            clock: AtomicU64::new(0),
+            entries: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The key cached for `digest`, if any; marks it as just used.
+    pub(crate) fn get(&self, digest: &TokenDigest) -> Result<Option<Arc<TokenKey>>> {
+        if self.capacity == 0 {
+            return Ok(None);
+        }
+        let entries = self.entries.read().map_err(|_| Error::StatePoisoned)?;
+        Ok(entries.get(digest).map(|entry| {
+            entry.last_used.store(self.tick(), Ordering::Relaxed);
+            Arc::clone(&entry.key)
+        }))
+    }
+
+    /// Caches `key` under `digest`, evicting the least recently used keys if the cache is full.
+    pub(crate) fn insert(&self, digest: TokenDigest, key: Arc<TokenKey>) -> Result<()> {
+        if self.capacity == 0 {
+            return Ok(());
+        }
+        let mut entries = self.entries.write().map_err(|_| Error::StatePoisoned)?;
+        if entries.len() >= self.capacity && !entries.contains_key(&digest) {
+            evict_least_recent(&mut entries, (self.capacity / 16).max(1));
+        }
+        entries.insert(
+            digest,
+            Entry {
+                key,
+                last_used: AtomicU64::new(self.tick()),
+            },
+        );
+        Ok(())
+    }
+
+    /// Drops every cached key.
+    pub(crate) fn clear(&self) -> Result<()> {
+        let mut entries = self.entries.write().map_err(|_| Error::StatePoisoned)?;
+        // Replace rather than `clear()`: the old table's memory is released, not kept for reuse.
+        *entries = HashMap::new();
+        Ok(())
+    }
+
+    /// Number of cached keys.
+    pub(crate) fn len(&self) -> Result<usize> {
+        Ok(self.entries.read().map_err(|_| Error::StatePoisoned)?.len())
+    }
+
+    fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Removes the `n` entries used least recently.
+fn evict_least_recent(entries: &mut HashMap<TokenDigest, Entry>, n: usize) {
+    let mut ages: Vec<(u64, TokenDigest)> = entries
+        .iter()
+        .map(|(d, e)| (e.last_used.load(Ordering::Relaxed), *d))
+        .collect();
+    let n = n.min(ages.len());
+    if n == 0 {
+        return;
+    }
+    if n < ages.len() {
+        ages.select_nth_unstable(n - 1);
+    }
+    for (_, digest) in &ages[..n] {
+        entries.remove(digest);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hsm::{Exportability, KeyUsage};
+    use crate::key::{Algorithm, SecretKey};
+
+    fn entry(byte: u8) -> (TokenDigest, Arc<TokenKey>) {
+        let token = KeyToken::from_stored(format!("token-{byte}"));
+        let key = TokenKey {
+            usage: KeyUsage::CardDerivation,
+            exportability: Exportability::NonExportable,
+            key: SecretKey::new(Algorithm::Tdes2, &[byte; 16]).unwrap(),
+        };
+        (digest(&token), Arc::new(key))
+    }
+
+    #[test]
+    fn bounded_and_least_recently_used_goes_first() {
+        let cache = HotKeyCache::new(4);
+        let keys: Vec<_> = (0..6).map(entry).collect();
+        for (d, k) in &keys[..4] {
+            cache.insert(*d, Arc::clone(k)).unwrap();
+        }
+        assert_eq!(cache.len().unwrap(), 4);
+        // Use key 0 again: key 1 is now the least recently used.
+        assert!(cache.get(&keys[0].0).unwrap().is_some());
+        cache.insert(keys[4].0, Arc::clone(&keys[4].1)).unwrap();
+        assert_eq!(cache.len().unwrap(), 4);
+        assert!(cache.get(&keys[1].0).unwrap().is_none());
+        assert!(cache.get(&keys[0].0).unwrap().is_some());
+        let hit = cache.get(&keys[4].0).unwrap().unwrap();
+        assert!(hit.key == keys[4].1.key);
+        cache.clear().unwrap();
+        assert_eq!(cache.len().unwrap(), 0);
+        assert!(cache.get(&keys[0].0).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_large_cache_evicts_a_sixteenth_at_once() {
+        let cache = HotKeyCache::new(32);
+        for i in 0..33u8 {
+            let (d, k) = entry(i);
+            cache.insert(d, k).unwrap();
+        }
+        assert_eq!(cache.len().unwrap(), 31);
+        assert!(cache.get(&entry(0).0).unwrap().is_none());
+        assert!(cache.get(&entry(1).0).unwrap().is_none());
+        assert!(cache.get(&entry(2).0).unwrap().is_some());
+    }
+
+    #[test]
+    fn capacity_zero_caches_nothing() {
+        let cache = HotKeyCache::new(0);
+        let (d, k) = entry(1);
+        cache.insert(d, k).unwrap();
+        assert_eq!(cache.len().unwrap(), 0);
+        assert!(cache.get(&d).unwrap().is_none());
+    }
+
+    #[test]
+    fn debug_shows_no_key() {
+        let cache = HotKeyCache::new(4);
+        let (d, k) = entry(0xA7);
+        cache.insert(d, k).unwrap();
+        let shown = format!("{cache:?}");
+        assert!(
+            !shown.contains("167") && !shown.to_lowercase().contains("a7"),
+            "{shown}"
+        );
+    }
+}

@@ -1,0 +1,377 @@
+//! The trust boundary: the [`Hsm`] trait and the types that cross it.
+//!
+//! Nothing here holds a clear key except [`Component`] and [`LmkShare`], which carry a custodian's
+//! own secret *into* the HSM (they zeroize on drop and print nothing). Everything that comes *out*
+//! is a [`KeyToken`] (a key block under the LMK), a TR-31 block under a transport key, a
+//! secure-messaging command, a KCV, or a status.
+//!
+//! Two implementations: `crate::local::LocalHsm` (in-process, the embedded default) and
+//! `crate::remote::RemoteHsm` (a client of the `hsm-sim` process over mutual TLS).
+
+use core::fmt;
+use std::future::Future;
+
+use zeroize::Zeroizing;
+
+use crate::diversify::Dispersion;
+use crate::error::Result;
+use crate::factor::Factor;
+use crate::kcv::Kcv;
+use crate::key::Algorithm;
+use crate::mac::MacFold;
+use crate::tr31::KeyBlockVersion;
+
+/// A key under the HSM's LMK: a TR-31 version D key block whose header binds the key's usage,
+/// algorithm, mode of use and exportability. Opaque to everyone but the HSM; safe to store.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct KeyToken(String);
+
+impl KeyToken {
+    /// A token read back from storage or the wire. Its integrity is checked when the HSM uses it.
+    pub fn from_stored(block: String) -> KeyToken {
+        KeyToken(block)
+    }
+
+    /// The key block text, for storage or the wire.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for KeyToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The header (first 16 characters) is public; the rest is ciphertext and MAC.
+        let header = self.0.get(..16).unwrap_or("");
+        write!(f, "KeyToken({header}…)")
+    }
+}
+
+/// What a key may be used for. Checked by the HSM on every use, from the token's header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyUsage {
+    /// A key-block protection key (KEK) of a station or a PSAM line: wraps and unwraps TR-31
+    /// blocks, nothing else. TR-31 usage `K1`, mode `B`.
+    KeyBlockProtection,
+    /// A national, provincial or city key of the card hierarchy: the parent of derivations, and
+    /// what a PSAM holds. TR-31 usage `E6`, mode `X` (derive only).
+    CardDerivation,
+    /// A card's own key (or a blank card's vendor transport key): written to a card by secure
+    /// messaging, protects other keys of the card, exported to stations. TR-31 usage `E5`, mode `N`.
+    CardKey,
+    /// The audit trail's MAC key. TR-31 usage `M6` (CMAC), mode `C`.
+    AuditMac,
+}
+
+impl KeyUsage {
+    /// Every usage.
+    pub const ALL: [KeyUsage; 4] = [
+        KeyUsage::KeyBlockProtection,
+        KeyUsage::CardDerivation,
+        KeyUsage::CardKey,
+        KeyUsage::AuditMac,
+    ];
+
+    /// A short name for messages, as in [`crate::Error::WrongUsage`]: "a {name} key cannot be
+    /// used to …".
+    pub const fn name(self) -> &'static str {
+        match self {
+            KeyUsage::KeyBlockProtection => "key-block protection",
+            KeyUsage::CardDerivation => "card derivation",
+            KeyUsage::CardKey => "card",
+            KeyUsage::AuditMac => "audit MAC",
+        }
+    }
+}
+
+/// Whether a key may leave the HSM under a transport key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Exportability {
+    /// May be exported under a key-block protection key (TR-31 `E`).
+    Exportable,
+    /// Never leaves the HSM (TR-31 `N`).
+    NonExportable,
+}
+
+/// What a new key is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeySpec {
+    pub algorithm: Algorithm,
+    pub usage: KeyUsage,
+    pub exportability: Exportability,
+}
+
+/// A key as the HSM hands it out: its token and its KCV (default method and length).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrappedKey {
+    pub token: KeyToken,
+    pub kcv: Kcv,
+}
+
+/// One clear key component typed by its custodian, with the KCV read from paper.
+pub struct Component {
+    hex: Zeroizing<String>,
+    /// The KCV the custodian read from the component's paper form.
+    pub expected_kcv: Kcv,
+}
+
+impl Component {
+    /// A component from its hex text and the KCV written beside it.
+    pub fn new(hex: Zeroizing<String>, expected_kcv: Kcv) -> Component {
+        Component { hex, expected_kcv }
+    }
+
+    /// The component's hex text. Only the HSM reads it.
+    pub(crate) fn secret_hex(&self) -> &str {
+        &self.hex
+    }
+}
+
+impl fmt::Debug for Component {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Component")
+            .field("expected_kcv", &self.expected_kcv)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One custodian's share of the LMK (m-of-n), as text shown once at `init` and typed at `unseal`.
+pub struct LmkShare {
+    text: Zeroizing<String>,
+}
+
+impl LmkShare {
+    /// A share from the text its custodian holds.
+    pub fn new(text: Zeroizing<String>) -> LmkShare {
+        LmkShare { text }
+    }
+
+    /// The share text: shown once to its custodian, then never again.
+    pub fn secret_text(&self) -> &str {
+        &self.text
+    }
+}
+
+impl fmt::Debug for LmkShare {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LmkShare { .. }")
+    }
+}
+
+/// A share handed out at `init`, with a check value the custodian writes down beside it.
+#[derive(Debug)]
+pub struct IssuedShare {
+    pub share: LmkShare,
+    /// A short public check value of this share (not of the LMK).
+    pub check_value: String,
+}
+
+/// The result of creating an LMK.
+#[derive(Debug)]
+pub struct LmkInit {
+    /// One share per custodian, each shown once.
+    pub shares: Vec<IssuedShare>,
+    /// The LMK's KCV, for the ceremony record.
+    pub lmk_kcv: Kcv,
+}
+
+/// Progress of an unseal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnsealProgress {
+    /// Shares accepted so far.
+    pub submitted: u8,
+    /// Shares needed.
+    pub threshold: u8,
+    /// True when the LMK has been rebuilt, checked, and the HSM is operational.
+    pub unsealed: bool,
+}
+
+/// The HSM's state, as a status call reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HsmState {
+    /// No LMK has been created yet.
+    Uninitialised,
+    /// An LMK exists but is not loaded; shares are needed.
+    Sealed,
+    /// Loaded and self-tested: key operations are served.
+    Operational,
+    /// The self-test failed; every key operation is refused.
+    SelfTestFailed,
+}
+
+/// What the HSM says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HsmStatus {
+    pub state: HsmState,
+    /// False for the simulator: it is not a secure device.
+    pub secure: bool,
+    /// True when running on the fixed, published test LMK (`--dangerous-test-lmk`).
+    pub dangerous_test_lmk: bool,
+    /// KCV of the current LMK, once one exists.
+    pub lmk_kcv: Option<Kcv>,
+    /// Unseal progress while sealed.
+    pub unseal: Option<UnsealProgress>,
+    /// The self-test check that failed, if one did.
+    pub self_test_failure: Option<String>,
+    /// Whether the last self-test at or after start-up passed.
+    pub self_test_passed: bool,
+    /// Keys in the hot-key cache.
+    pub cached_keys: usize,
+    /// True once a (simulated) tamper event has zeroized the LMK since start-up.
+    pub tampered: bool,
+}
+
+/// A secure-messaging WRITE KEY (or similar) command to build for a card (DOMAIN.md §5).
+#[derive(Debug, Clone)]
+pub struct WriteKeyRequest {
+    /// The key to write into the card: a [`KeyUsage::CardKey`] or [`KeyUsage::CardDerivation`].
+    pub key: KeyToken,
+    /// The key that protects the slot now: the vendor transport key of a blank card, or the
+    /// directory MK. Must be a [`KeyUsage::CardKey`].
+    pub protect: KeyToken,
+    /// APDU class, instruction and parameters, e.g. `84 D4 P1 00`.
+    pub cla: u8,
+    pub ins: u8,
+    pub p1: u8,
+    pub p2: u8,
+    /// The card key header that precedes the key in the encrypted field (T514 style).
+    pub key_header: Vec<u8>,
+    /// The card's challenge: 8 bytes for DES-family protection keys, 16 for SM4.
+    pub challenge: Vec<u8>,
+    /// How an SM4 MAC is folded to 4 bytes.
+    pub fold: MacFold,
+}
+
+/// A ready-made command: the station relays it to the card and never sees the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteKeyCommand {
+    /// The whole APDU: `CLA INS P1 P2 Lc ‖ encrypted field ‖ MAC`.
+    pub apdu: Vec<u8>,
+    /// KCV of the key written, for the station's record.
+    pub kcv: Kcv,
+}
+
+/// A key exported under a transport key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportedKey {
+    /// The TR-31 block under the recipient's KBPK.
+    pub block: String,
+    /// The key's KCV.
+    pub kcv: Kcv,
+}
+
+/// The result of re-wrapping tokens under a new LMK; nothing changes until it is committed.
+#[derive(Debug)]
+pub struct LmkRotation {
+    /// The new LMK's shares, each shown once.
+    pub shares: Vec<IssuedShare>,
+    /// The new LMK's KCV.
+    pub lmk_kcv: Kcv,
+    /// The input tokens re-wrapped under the new LMK, in the same order.
+    pub tokens: Vec<KeyToken>,
+}
+
+/// The operations of the HSM. Every key operation is refused unless the HSM is operational
+/// (unsealed and self-tested); every use of a token checks its integrity and its usage.
+pub trait Hsm: Send + Sync + 'static {
+    /// False for every simulator: it is not a secure device.
+    fn is_secure(&self) -> bool;
+
+    /// State, LMK KCV, unseal progress, self-test result.
+    fn status(&self) -> impl Future<Output = Result<HsmStatus>> + Send;
+
+    /// Creates the LMK and splits it into `threshold`-of-`shares` custodian shares.
+    /// Refused if an LMK exists.
+    fn init_lmk(&self, threshold: u8, shares: u8) -> impl Future<Output = Result<LmkInit>> + Send;
+
+    /// Accepts one custodian share; at the threshold rebuilds the LMK, checks it against its KCV,
+    /// runs the self-test and becomes operational. A malformed, repeated or foreign share is
+    /// [`crate::Error::Share`] and does not count; on an HSM that is already unsealed the share
+    /// is ignored and the progress says `unsealed`.
+    fn unseal(&self, share: LmkShare) -> impl Future<Output = Result<UnsealProgress>> + Send;
+
+    /// Forgets the shares submitted so far.
+    fn unseal_reset(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// Zeroizes the LMK and the hot-key cache; the HSM is sealed.
+    fn seal(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// A simulated tamper event: as `seal`, at once, and recorded in the status.
+    fn tamper(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// Runs the known-answer self-test now; on failure every key operation is refused.
+    fn self_test(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// A fresh random key.
+    fn generate_key(&self, spec: KeySpec) -> impl Future<Output = Result<WrappedKey>> + Send;
+
+    /// A key formed as the XOR of 2..=9 clear components, each checked against its KCV.
+    fn form_key(
+        &self,
+        spec: KeySpec,
+        components: Vec<Component>,
+    ) -> impl Future<Output = Result<WrappedKey>> + Send;
+
+    /// Imports a TR-31 block (B or D) under `kek`. The block header's usage must map to
+    /// `usage` (`K0`/`K1` key-block protection, `E6` card derivation, `E5` card key, `M6` audit
+    /// MAC); the new token carries it, with the block's exportability (`E` exportable; `N` and
+    /// `S` non-exportable).
+    fn import_key(
+        &self,
+        kek: &KeyToken,
+        block: &str,
+        usage: KeyUsage,
+    ) -> impl Future<Output = Result<WrappedKey>> + Send;
+
+    /// Exports `key` under `kek` as a TR-31 block of `version`.
+    fn export_key(
+        &self,
+        kek: &KeyToken,
+        key: &KeyToken,
+        version: KeyBlockVersion,
+    ) -> impl Future<Output = Result<ExportedKey>> + Send;
+
+    /// The child of `parent` by `method` with `factors` applied in order (top level first).
+    fn derive_key(
+        &self,
+        parent: &KeyToken,
+        method: Dispersion,
+        factors: &[Factor],
+        child_usage: KeyUsage,
+        child_exportability: Exportability,
+    ) -> impl Future<Output = Result<WrappedKey>> + Send;
+
+    /// A secure-messaging command that writes `request.key` into a card.
+    fn write_key_command(
+        &self,
+        request: WriteKeyRequest,
+    ) -> impl Future<Output = Result<WriteKeyCommand>> + Send;
+
+    /// The KCV of a token's key.
+    fn kcv(&self, key: &KeyToken) -> impl Future<Output = Result<Kcv>> + Send;
+
+    /// `len` random bytes (at most 4096).
+    fn random(&self, len: usize) -> impl Future<Output = Result<Vec<u8>>> + Send;
+
+    /// The CMAC of `data` under an [`KeyUsage::AuditMac`] key.
+    fn mac(&self, key: &KeyToken, data: &[u8]) -> impl Future<Output = Result<Vec<u8>>> + Send;
+
+    /// Checks a MAC made by [`Hsm::mac`], in constant time.
+    fn verify_mac(
+        &self,
+        key: &KeyToken,
+        data: &[u8],
+        mac: &[u8],
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Re-wraps `tokens` under a new LMK (split `threshold`-of-`shares`); the old LMK stays
+    /// current until [`Hsm::commit_lmk_rotation`].
+    fn prepare_lmk_rotation(
+        &self,
+        tokens: Vec<KeyToken>,
+        threshold: u8,
+        shares: u8,
+    ) -> impl Future<Output = Result<LmkRotation>> + Send;
+
+    /// Makes the prepared LMK current (named by its KCV) and wipes the hot-key cache.
+    fn commit_lmk_rotation(&self, new_lmk_kcv: &Kcv) -> impl Future<Output = Result<()>> + Send;
+}

@@ -1,0 +1,389 @@
+//! [`RemoteHsm`]: the [`Hsm`] trait as a client of the `hsm-sim` process.
+//!
+//! The channel connects lazily and reconnects by itself: while the process is down every call
+//! fails fast with [`Error::Unavailable`], and the same `RemoteHsm` works again once the process
+//! is back. Errors of the HSM come back as the very variant the server's HSM returned
+//! (see [`super::status`]).
+
+use core::fmt;
+use std::time::Duration;
+
+use tonic::Status;
+use tonic::transport::{Channel, Endpoint};
+
+use super::convert::{
+    dispersion_to_wire, exportability_to_wire, fold_to_wire, kcv_from_wire, kcv_to_wire,
+    progress_from_wire, share_from_wire, spec_to_wire, status_from_wire, usage_to_wire,
+    version_to_wire, wide, wrapped_from_wire,
+};
+use super::proto;
+use super::proto::hsm_client::HsmClient;
+use super::status::from_status;
+use super::{ClientTls, SetupError};
+use crate::diversify::Dispersion;
+use crate::error::{Error, Result};
+use crate::factor::Factor;
+use crate::hsm::{
+    Component, Exportability, ExportedKey, Hsm, HsmStatus, KeySpec, KeyToken, KeyUsage, LmkInit,
+    LmkRotation, LmkShare, UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest,
+};
+use crate::kcv::Kcv;
+use crate::tr31::KeyBlockVersion;
+
+/// Timeouts of a [`RemoteHsm`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteHsmOptions {
+    /// How long a TCP connection plus TLS handshake may take.
+    pub connect_timeout: Duration,
+    /// How long one call may take, connection included; sent to the server as `grpc-timeout`.
+    pub request_timeout: Duration,
+    /// Interval of HTTP/2 pings that detect a dead connection while calls are in flight.
+    pub keep_alive_interval: Duration,
+}
+
+impl Default for RemoteHsmOptions {
+    fn default() -> RemoteHsmOptions {
+        RemoteHsmOptions {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            keep_alive_interval: Duration::from_secs(20),
+        }
+    }
+}
+
+/// The HSM in another process, over gRPC with mutual TLS. Cheap to clone: clones share one
+/// connection.
+#[derive(Clone)]
+pub struct RemoteHsm {
+    client: HsmClient<Channel>,
+    endpoint: String,
+}
+
+impl RemoteHsm {
+    /// A client of the HSM at `endpoint` (`https://host:port`) with default timeouts. Does not
+    /// connect: the first call does. Must be called within a Tokio runtime.
+    pub fn connect_lazy(endpoint: &str, tls: ClientTls) -> Result<RemoteHsm, SetupError> {
+        RemoteHsm::connect_lazy_with(endpoint, tls, RemoteHsmOptions::default())
+    }
+
+    /// As [`RemoteHsm::connect_lazy`], with explicit timeouts.
+    pub fn connect_lazy_with(
+        endpoint: &str,
+        tls: ClientTls,
+        options: RemoteHsmOptions,
+    ) -> Result<RemoteHsm, SetupError> {
+        // tonic speaks plain HTTP/2 to an `http://` URI even with a TLS configuration: only
+        // `https://` is accepted, so that the channel is always mutually authenticated.
+        if !endpoint.starts_with("https://") {
+            return Err(SetupError::Endpoint(endpoint.to_owned()));
+        }
+        let channel = Endpoint::from_shared(endpoint.to_owned())
+            .map_err(|_| SetupError::Endpoint(endpoint.to_owned()))?
+            .tls_config(tls.config())?
+            .connect_timeout(options.connect_timeout)
+            .timeout(options.request_timeout)
+            .http2_keep_alive_interval(options.keep_alive_interval)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let client = HsmClient::new(channel)
+            .max_decoding_message_size(super::MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(super::MAX_MESSAGE_SIZE);
+        Ok(RemoteHsm {
+            client,
+            endpoint: endpoint.to_owned(),
+        })
+    }
+
+    fn client(&self) -> HsmClient<Channel> {
+        self.client.clone()
+    }
+}
+
+impl fmt::Debug for RemoteHsm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteHsm")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The error a failed call stands for.
+fn failed(status: Status) -> Error {
+    let err = from_status(&status);
+    if status.code() == tonic::Code::PermissionDenied && err == Error::Unavailable {
+        tracing::warn!(
+            message = status.message(),
+            "the HSM refused this client: its certificate must name sscard://service/<name>"
+        );
+    } else if matches!(err, Error::Unavailable | Error::Protocol) {
+        tracing::debug!(code = ?status.code(), message = status.message(), error = %err, "HSM call failed");
+    }
+    err
+}
+
+fn token(key: &KeyToken) -> String {
+    key.as_str().to_owned()
+}
+
+impl Hsm for RemoteHsm {
+    /// False: the process behind the wire is the simulator, never a secure device.
+    fn is_secure(&self) -> bool {
+        false
+    }
+
+    async fn status(&self) -> Result<HsmStatus> {
+        let response = self
+            .client()
+            .status(proto::StatusRequest {})
+            .await
+            .map_err(failed)?;
+        status_from_wire(response.into_inner()).ok_or(Error::Protocol)
+    }
+
+    async fn init_lmk(&self, threshold: u8, shares: u8) -> Result<LmkInit> {
+        let request = proto::InitLmkRequest {
+            threshold: threshold.into(),
+            shares: shares.into(),
+        };
+        let init = self
+            .client()
+            .init_lmk(request)
+            .await
+            .map_err(failed)?
+            .into_inner();
+        Ok(LmkInit {
+            shares: init.shares.into_iter().map(share_from_wire).collect(),
+            lmk_kcv: kcv_from_wire(init.lmk_kcv).ok_or(Error::Protocol)?,
+        })
+    }
+
+    async fn unseal(&self, share: LmkShare) -> Result<UnsealProgress> {
+        // The share is wiped when dropped; its copy in the request is not (prost owns it).
+        let request = proto::UnsealRequest {
+            share: share.secret_text().to_owned(),
+        };
+        drop(share);
+        let progress = self
+            .client()
+            .unseal(request)
+            .await
+            .map_err(failed)?
+            .into_inner();
+        progress_from_wire(progress).ok_or(Error::Protocol)
+    }
+
+    async fn unseal_reset(&self) -> Result<()> {
+        self.client()
+            .unseal_reset(proto::UnsealResetRequest {})
+            .await
+            .map_err(failed)?;
+        Ok(())
+    }
+
+    async fn seal(&self) -> Result<()> {
+        self.client()
+            .seal(proto::SealRequest {})
+            .await
+            .map_err(failed)?;
+        Ok(())
+    }
+
+    async fn tamper(&self) -> Result<()> {
+        self.client()
+            .tamper(proto::TamperRequest {})
+            .await
+            .map_err(failed)?;
+        Ok(())
+    }
+
+    async fn self_test(&self) -> Result<()> {
+        self.client()
+            .self_test(proto::SelfTestRequest {})
+            .await
+            .map_err(failed)?;
+        Ok(())
+    }
+
+    async fn generate_key(&self, spec: KeySpec) -> Result<WrappedKey> {
+        let request = proto::GenerateKeyRequest {
+            spec: Some(spec_to_wire(spec)),
+        };
+        let key = self.client().generate_key(request).await.map_err(failed)?;
+        wrapped_from_wire(key.into_inner()).ok_or(Error::Protocol)
+    }
+
+    async fn form_key(&self, spec: KeySpec, components: Vec<Component>) -> Result<WrappedKey> {
+        let request = proto::FormKeyRequest {
+            spec: Some(spec_to_wire(spec)),
+            components: components
+                .iter()
+                .map(|c| proto::Component {
+                    hex: c.secret_hex().to_owned(),
+                    expected_kcv: Some(kcv_to_wire(&c.expected_kcv)),
+                })
+                .collect(),
+        };
+        drop(components);
+        let key = self.client().form_key(request).await.map_err(failed)?;
+        wrapped_from_wire(key.into_inner()).ok_or(Error::Protocol)
+    }
+
+    async fn import_key(&self, kek: &KeyToken, block: &str, usage: KeyUsage) -> Result<WrappedKey> {
+        let request = proto::ImportKeyRequest {
+            kek: token(kek),
+            block: block.to_owned(),
+            usage: usage_to_wire(usage).into(),
+        };
+        let key = self.client().import_key(request).await.map_err(failed)?;
+        wrapped_from_wire(key.into_inner()).ok_or(Error::Protocol)
+    }
+
+    async fn export_key(
+        &self,
+        kek: &KeyToken,
+        key: &KeyToken,
+        version: KeyBlockVersion,
+    ) -> Result<ExportedKey> {
+        let request = proto::ExportKeyRequest {
+            kek: token(kek),
+            key: token(key),
+            version: version_to_wire(version).into(),
+        };
+        let exported = self
+            .client()
+            .export_key(request)
+            .await
+            .map_err(failed)?
+            .into_inner();
+        Ok(ExportedKey {
+            block: exported.block,
+            kcv: kcv_from_wire(exported.kcv).ok_or(Error::Protocol)?,
+        })
+    }
+
+    async fn derive_key(
+        &self,
+        parent: &KeyToken,
+        method: Dispersion,
+        factors: &[Factor],
+        child_usage: KeyUsage,
+        child_exportability: Exportability,
+    ) -> Result<WrappedKey> {
+        let request = proto::DeriveKeyRequest {
+            parent: token(parent),
+            method: dispersion_to_wire(method).into(),
+            factors: factors.iter().map(|f| f.as_bytes().to_vec()).collect(),
+            child_usage: usage_to_wire(child_usage).into(),
+            child_exportability: exportability_to_wire(child_exportability).into(),
+        };
+        let key = self.client().derive_key(request).await.map_err(failed)?;
+        wrapped_from_wire(key.into_inner()).ok_or(Error::Protocol)
+    }
+
+    async fn write_key_command(&self, request: WriteKeyRequest) -> Result<WriteKeyCommand> {
+        let request = proto::WriteKeyRequest {
+            key: token(&request.key),
+            protect: token(&request.protect),
+            cla: request.cla.into(),
+            ins: request.ins.into(),
+            p1: request.p1.into(),
+            p2: request.p2.into(),
+            key_header: request.key_header,
+            challenge: request.challenge,
+            fold: fold_to_wire(request.fold).into(),
+        };
+        let command = self
+            .client()
+            .write_key_command(request)
+            .await
+            .map_err(failed)?
+            .into_inner();
+        Ok(WriteKeyCommand {
+            apdu: command.apdu,
+            kcv: kcv_from_wire(command.kcv).ok_or(Error::Protocol)?,
+        })
+    }
+
+    async fn kcv(&self, key: &KeyToken) -> Result<Kcv> {
+        let request = proto::KcvRequest { key: token(key) };
+        let kcv = self.client().kcv(request).await.map_err(failed)?;
+        kcv_from_wire(Some(kcv.into_inner())).ok_or(Error::Protocol)
+    }
+
+    async fn random(&self, len: usize) -> Result<Vec<u8>> {
+        let request = proto::RandomRequest { len: wide(len) };
+        let bytes = self
+            .client()
+            .random(request)
+            .await
+            .map_err(failed)?
+            .into_inner()
+            .bytes;
+        if bytes.len() != len {
+            return Err(Error::Protocol);
+        }
+        Ok(bytes)
+    }
+
+    async fn mac(&self, key: &KeyToken, data: &[u8]) -> Result<Vec<u8>> {
+        let request = proto::MacRequest {
+            key: token(key),
+            data: data.to_vec(),
+        };
+        let mac = self.client().mac(request).await.map_err(failed)?;
+        Ok(mac.into_inner().mac)
+    }
+
+    async fn verify_mac(&self, key: &KeyToken, data: &[u8], mac: &[u8]) -> Result<()> {
+        let request = proto::VerifyMacRequest {
+            key: token(key),
+            data: data.to_vec(),
+            mac: mac.to_vec(),
+        };
+        self.client().verify_mac(request).await.map_err(failed)?;
+        Ok(())
+    }
+
+    async fn prepare_lmk_rotation(
+        &self,
+        tokens: Vec<KeyToken>,
+        threshold: u8,
+        shares: u8,
+    ) -> Result<LmkRotation> {
+        let count = tokens.len();
+        let request = proto::PrepareLmkRotationRequest {
+            tokens: tokens.iter().map(token).collect(),
+            threshold: threshold.into(),
+            shares: shares.into(),
+        };
+        let rotation = self
+            .client()
+            .prepare_lmk_rotation(request)
+            .await
+            .map_err(failed)?
+            .into_inner();
+        if rotation.tokens.len() != count {
+            return Err(Error::Protocol);
+        }
+        Ok(LmkRotation {
+            shares: rotation.shares.into_iter().map(share_from_wire).collect(),
+            lmk_kcv: kcv_from_wire(rotation.lmk_kcv).ok_or(Error::Protocol)?,
+            tokens: rotation
+                .tokens
+                .into_iter()
+                .map(KeyToken::from_stored)
+                .collect(),
+        })
+    }
+
+    async fn commit_lmk_rotation(&self, new_lmk_kcv: &Kcv) -> Result<()> {
+        let request = proto::CommitLmkRotationRequest {
+            new_lmk_kcv: Some(kcv_to_wire(new_lmk_kcv)),
+        };
+        self.client()
+            .commit_lmk_rotation(request)
+            .await
+            .map_err(failed)?;
+        Ok(())
+    }
+}

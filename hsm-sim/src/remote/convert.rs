@@ -1,0 +1,339 @@
+//! The trait's types to and from their `sscard.hsm.v1` messages.
+//!
+//! Every `from_wire` returns `None` for a value outside the protocol (an unspecified or unknown
+//! enum number, a missing message): the server answers it with `INVALID_ARGUMENT`, the client
+//! with [`crate::Error::Protocol`].
+
+use zeroize::Zeroizing;
+
+use super::proto;
+use crate::diversify::Dispersion;
+use crate::hsm::{
+    Exportability, HsmState, HsmStatus, IssuedShare, KeySpec, KeyUsage, LmkShare, UnsealProgress,
+    WrappedKey,
+};
+use crate::kcv::{Kcv, KcvMethod};
+use crate::key::Algorithm;
+use crate::mac::MacFold;
+use crate::tr31::KeyBlockVersion;
+
+/// A `usize` on the wire (lossless on every platform Rust supports today).
+pub(crate) fn wide(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+/// A wire `u64` back to `usize`.
+pub(crate) fn narrow(n: u64) -> Option<usize> {
+    usize::try_from(n).ok()
+}
+
+pub(crate) fn algorithm_to_wire(alg: Algorithm) -> proto::Algorithm {
+    match alg {
+        Algorithm::Des => proto::Algorithm::Des,
+        Algorithm::Tdes2 => proto::Algorithm::Tdes2,
+        Algorithm::Tdes3 => proto::Algorithm::Tdes3,
+        Algorithm::Aes128 => proto::Algorithm::Aes128,
+        Algorithm::Aes192 => proto::Algorithm::Aes192,
+        Algorithm::Aes256 => proto::Algorithm::Aes256,
+        Algorithm::Sm4 => proto::Algorithm::Sm4,
+    }
+}
+
+pub(crate) fn algorithm_from_wire(value: i32) -> Option<Algorithm> {
+    Some(match proto::Algorithm::try_from(value).ok()? {
+        proto::Algorithm::Unspecified => return None,
+        proto::Algorithm::Des => Algorithm::Des,
+        proto::Algorithm::Tdes2 => Algorithm::Tdes2,
+        proto::Algorithm::Tdes3 => Algorithm::Tdes3,
+        proto::Algorithm::Aes128 => Algorithm::Aes128,
+        proto::Algorithm::Aes192 => Algorithm::Aes192,
+        proto::Algorithm::Aes256 => Algorithm::Aes256,
+        proto::Algorithm::Sm4 => Algorithm::Sm4,
+    })
+}
+
+pub(crate) fn usage_to_wire(usage: KeyUsage) -> proto::KeyUsage {
+    match usage {
+        KeyUsage::KeyBlockProtection => proto::KeyUsage::KeyBlockProtection,
+        KeyUsage::CardDerivation => proto::KeyUsage::CardDerivation,
+        KeyUsage::CardKey => proto::KeyUsage::CardKey,
+        KeyUsage::AuditMac => proto::KeyUsage::AuditMac,
+    }
+}
+
+pub(crate) fn usage_from_wire(value: i32) -> Option<KeyUsage> {
+    Some(match proto::KeyUsage::try_from(value).ok()? {
+        proto::KeyUsage::Unspecified => return None,
+        proto::KeyUsage::KeyBlockProtection => KeyUsage::KeyBlockProtection,
+        proto::KeyUsage::CardDerivation => KeyUsage::CardDerivation,
+        proto::KeyUsage::CardKey => KeyUsage::CardKey,
+        proto::KeyUsage::AuditMac => KeyUsage::AuditMac,
+    })
+}
+
+pub(crate) fn exportability_to_wire(value: Exportability) -> proto::Exportability {
+    match value {
+        Exportability::Exportable => proto::Exportability::Exportable,
+        Exportability::NonExportable => proto::Exportability::NonExportable,
+    }
+}
+
+pub(crate) fn exportability_from_wire(value: i32) -> Option<Exportability> {
+    Some(match proto::Exportability::try_from(value).ok()? {
+        proto::Exportability::Unspecified => return None,
+        proto::Exportability::Exportable => Exportability::Exportable,
+        proto::Exportability::NonExportable => Exportability::NonExportable,
+    })
+}
+
+pub(crate) fn dispersion_to_wire(method: Dispersion) -> proto::Dispersion {
+    match method {
+        Dispersion::PbocTdes => proto::Dispersion::PbocTdes,
+        Dispersion::PbocDes => proto::Dispersion::PbocDes,
+        Dispersion::Sm4Complement => proto::Dispersion::Sm4Complement,
+        Dispersion::EmvOptionA => proto::Dispersion::EmvOptionA,
+    }
+}
+
+pub(crate) fn dispersion_from_wire(value: i32) -> Option<Dispersion> {
+    Some(match proto::Dispersion::try_from(value).ok()? {
+        proto::Dispersion::Unspecified => return None,
+        proto::Dispersion::PbocTdes => Dispersion::PbocTdes,
+        proto::Dispersion::PbocDes => Dispersion::PbocDes,
+        proto::Dispersion::Sm4Complement => Dispersion::Sm4Complement,
+        proto::Dispersion::EmvOptionA => Dispersion::EmvOptionA,
+    })
+}
+
+pub(crate) fn version_to_wire(version: KeyBlockVersion) -> proto::KeyBlockVersion {
+    match version {
+        KeyBlockVersion::B => proto::KeyBlockVersion::B,
+        KeyBlockVersion::D => proto::KeyBlockVersion::D,
+    }
+}
+
+pub(crate) fn version_from_wire(value: i32) -> Option<KeyBlockVersion> {
+    Some(match proto::KeyBlockVersion::try_from(value).ok()? {
+        proto::KeyBlockVersion::Unspecified => return None,
+        proto::KeyBlockVersion::B => KeyBlockVersion::B,
+        proto::KeyBlockVersion::D => KeyBlockVersion::D,
+    })
+}
+
+pub(crate) fn fold_to_wire(fold: MacFold) -> proto::MacFold {
+    match fold {
+        MacFold::Xor4 => proto::MacFold::Xor4,
+        MacFold::First4 => proto::MacFold::First4,
+    }
+}
+
+pub(crate) fn fold_from_wire(value: i32) -> Option<MacFold> {
+    Some(match proto::MacFold::try_from(value).ok()? {
+        proto::MacFold::Unspecified => return None,
+        proto::MacFold::Xor4 => MacFold::Xor4,
+        proto::MacFold::First4 => MacFold::First4,
+    })
+}
+
+pub(crate) fn kcv_to_wire(kcv: &Kcv) -> proto::KeyCheckValue {
+    let method = match kcv.method() {
+        KcvMethod::EncryptZeros => proto::KcvMethod::EncryptZeros,
+        KcvMethod::Cmac => proto::KcvMethod::Cmac,
+    };
+    proto::KeyCheckValue {
+        method: method.into(),
+        value: kcv.value().to_vec(),
+    }
+}
+
+pub(crate) fn kcv_from_wire(kcv: Option<proto::KeyCheckValue>) -> Option<Kcv> {
+    let kcv = kcv?;
+    let method = match proto::KcvMethod::try_from(kcv.method).ok()? {
+        proto::KcvMethod::Unspecified => return None,
+        proto::KcvMethod::EncryptZeros => KcvMethod::EncryptZeros,
+        proto::KcvMethod::Cmac => KcvMethod::Cmac,
+    };
+    Some(Kcv::from_parts(method, kcv.value))
+}
+
+pub(crate) fn spec_to_wire(spec: KeySpec) -> proto::KeySpec {
+    proto::KeySpec {
+        algorithm: algorithm_to_wire(spec.algorithm).into(),
+        usage: usage_to_wire(spec.usage).into(),
+        exportability: exportability_to_wire(spec.exportability).into(),
+    }
+}
+
+pub(crate) fn spec_from_wire(spec: Option<proto::KeySpec>) -> Option<KeySpec> {
+    let spec = spec?;
+    Some(KeySpec {
+        algorithm: algorithm_from_wire(spec.algorithm)?,
+        usage: usage_from_wire(spec.usage)?,
+        exportability: exportability_from_wire(spec.exportability)?,
+    })
+}
+
+pub(crate) fn wrapped_to_wire(key: &WrappedKey) -> proto::WrappedKey {
+    proto::WrappedKey {
+        token: key.token.as_str().to_owned(),
+        kcv: Some(kcv_to_wire(&key.kcv)),
+    }
+}
+
+pub(crate) fn wrapped_from_wire(key: proto::WrappedKey) -> Option<WrappedKey> {
+    Some(WrappedKey {
+        token: crate::hsm::KeyToken::from_stored(key.token),
+        kcv: kcv_from_wire(key.kcv)?,
+    })
+}
+
+/// A share on its way out to its custodian. The wire copy is not zeroized by prost.
+pub(crate) fn share_to_wire(share: &IssuedShare) -> proto::IssuedShare {
+    proto::IssuedShare {
+        share: share.share.secret_text().to_owned(),
+        check_value: share.check_value.clone(),
+    }
+}
+
+/// A share received from the HSM; its text moves into a zeroizing buffer.
+pub(crate) fn share_from_wire(share: proto::IssuedShare) -> IssuedShare {
+    IssuedShare {
+        share: LmkShare::new(Zeroizing::new(share.share)),
+        check_value: share.check_value,
+    }
+}
+
+pub(crate) fn progress_to_wire(progress: UnsealProgress) -> proto::UnsealProgress {
+    proto::UnsealProgress {
+        submitted: progress.submitted.into(),
+        threshold: progress.threshold.into(),
+        unsealed: progress.unsealed,
+    }
+}
+
+pub(crate) fn progress_from_wire(progress: proto::UnsealProgress) -> Option<UnsealProgress> {
+    Some(UnsealProgress {
+        submitted: u8::try_from(progress.submitted).ok()?,
+        threshold: u8::try_from(progress.threshold).ok()?,
+        unsealed: progress.unsealed,
+    })
+}
+
+pub(crate) fn status_to_wire(status: &HsmStatus) -> proto::HsmStatus {
+    let state = match status.state {
+        HsmState::Uninitialised => proto::HsmState::Uninitialised,
+        HsmState::Sealed => proto::HsmState::Sealed,
+        HsmState::Operational => proto::HsmState::Operational,
+        HsmState::SelfTestFailed => proto::HsmState::SelfTestFailed,
+    };
+    proto::HsmStatus {
+        state: state.into(),
+        secure: status.secure,
+        dangerous_test_lmk: status.dangerous_test_lmk,
+        lmk_kcv: status.lmk_kcv.as_ref().map(kcv_to_wire),
+        unseal: status.unseal.map(progress_to_wire),
+        self_test_failure: status.self_test_failure.clone(),
+        self_test_passed: status.self_test_passed,
+        cached_keys: wide(status.cached_keys),
+        tampered: status.tampered,
+    }
+}
+
+pub(crate) fn status_from_wire(status: proto::HsmStatus) -> Option<HsmStatus> {
+    let state = match proto::HsmState::try_from(status.state).ok()? {
+        proto::HsmState::Unspecified => return None,
+        proto::HsmState::Uninitialised => HsmState::Uninitialised,
+        proto::HsmState::Sealed => HsmState::Sealed,
+        proto::HsmState::Operational => HsmState::Operational,
+        proto::HsmState::SelfTestFailed => HsmState::SelfTestFailed,
+    };
+    let lmk_kcv = match status.lmk_kcv {
+        Some(kcv) => Some(kcv_from_wire(Some(kcv))?),
+        None => None,
+    };
+    let unseal = match status.unseal {
+        Some(progress) => Some(progress_from_wire(progress)?),
+        None => None,
+    };
+    Some(HsmStatus {
+        state,
+        secure: status.secure,
+        dangerous_test_lmk: status.dangerous_test_lmk,
+        lmk_kcv,
+        unseal,
+        self_test_failure: status.self_test_failure,
+        self_test_passed: status.self_test_passed,
+        cached_keys: narrow(status.cached_keys)?,
+        tampered: status.tampered,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enums_round_trip() {
+        for alg in Algorithm::ALL {
+            assert_eq!(
+                algorithm_from_wire(algorithm_to_wire(alg).into()),
+                Some(alg)
+            );
+        }
+        for usage in [
+            KeyUsage::KeyBlockProtection,
+            KeyUsage::CardDerivation,
+            KeyUsage::CardKey,
+            KeyUsage::AuditMac,
+        ] {
+            assert_eq!(usage_from_wire(usage_to_wire(usage).into()), Some(usage));
+        }
+        for e in [Exportability::Exportable, Exportability::NonExportable] {
+            assert_eq!(
+                exportability_from_wire(exportability_to_wire(e).into()),
+                Some(e)
+            );
+        }
+        for d in Dispersion::ALL {
+            assert_eq!(dispersion_from_wire(dispersion_to_wire(d).into()), Some(d));
+        }
+        for v in [KeyBlockVersion::B, KeyBlockVersion::D] {
+            assert_eq!(version_from_wire(version_to_wire(v).into()), Some(v));
+        }
+        for f in [MacFold::Xor4, MacFold::First4] {
+            assert_eq!(fold_from_wire(fold_to_wire(f).into()), Some(f));
+        }
+        // Unspecified and unknown numbers are refused, never defaulted.
+        assert_eq!(algorithm_from_wire(0), None);
+        assert_eq!(algorithm_from_wire(99), None);
+        assert_eq!(usage_from_wire(0), None);
+        assert_eq!(kcv_from_wire(None), None);
+        assert_eq!(
+            kcv_from_wire(Some(proto::KeyCheckValue {
+                method: 0,
+                value: vec![1, 2, 3]
+            })),
+            None
+        );
+    }
+
+    #[test]
+    fn status_round_trips() {
+        let status = HsmStatus {
+            state: HsmState::Sealed,
+            secure: false,
+            dangerous_test_lmk: true,
+            lmk_kcv: Some(Kcv::from_parts(KcvMethod::Cmac, vec![1, 2, 3, 4, 5])),
+            unseal: Some(UnsealProgress {
+                submitted: 1,
+                threshold: 2,
+                unsealed: false,
+            }),
+            self_test_failure: Some("x".to_owned()),
+            self_test_passed: false,
+            cached_keys: 7,
+            tampered: true,
+        };
+        assert_eq!(status_from_wire(status_to_wire(&status)), Some(status));
+    }
+}

@@ -1,0 +1,395 @@
+//! The `sscard.hsm.v1.Hsm` gRPC service over any [`Hsm`], served over mutual TLS.
+//!
+//! Each RPC translates its request into one trait call and the answer back; nothing else.
+//! Before any of it, the interceptor [`identity::authorise`](super::identity) admits only
+//! `sscard://service/<name>` callers. Errors of the HSM leave through [`super::status`].
+
+use core::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Server;
+use tonic::transport::server::{Router, TcpIncoming};
+use tonic::{Request, Response, Status};
+use zeroize::Zeroizing;
+
+use super::convert::{
+    dispersion_from_wire, exportability_from_wire, fold_from_wire, kcv_from_wire, kcv_to_wire,
+    narrow, progress_to_wire, share_to_wire, spec_from_wire, status_to_wire, usage_from_wire,
+    version_from_wire, wrapped_to_wire,
+};
+use super::identity::{self, ServiceCaller};
+use super::proto;
+use super::proto::hsm_server::Hsm as HsmRpc;
+use super::status::to_status;
+use super::{ServerTls, SetupError};
+use crate::error::Error;
+use crate::factor::Factor;
+use crate::hsm::{Component, Hsm, KeyToken, LmkShare, WriteKeyRequest};
+
+/// Serves `hsm` on the already-bound `listener` over mutual TLS until `shutdown` completes,
+/// then lets calls in flight finish.
+///
+/// Refuses to start (before accepting anything) if the TLS configuration is unusable, e.g. a
+/// private key that does not match its certificate.
+pub async fn serve<H: Hsm>(
+    hsm: Arc<H>,
+    listener: TcpListener,
+    tls: ServerTls,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SetupError> {
+    HsmServer::new(hsm, &tls)?.serve(listener, shutdown).await
+}
+
+/// A configured HSM server: TLS checked and service built, not yet accepting connections.
+/// [`serve`] in two steps, for a process that reports readiness only once its configuration
+/// is known to be good.
+pub struct HsmServer {
+    router: Router,
+}
+
+impl HsmServer {
+    /// Builds the server; fails if the TLS configuration is refused.
+    pub fn new<H: Hsm>(hsm: Arc<H>, tls: &ServerTls) -> Result<HsmServer, SetupError> {
+        let service = proto::hsm_server::HsmServer::new(HsmService { hsm })
+            .max_decoding_message_size(super::MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(super::MAX_MESSAGE_SIZE);
+        let service = InterceptedService::new(service, identity::authorise);
+        let router = Server::builder()
+            .tls_config(tls.config())?
+            .add_service(service);
+        Ok(HsmServer { router })
+    }
+
+    /// Accepts connections on `listener` until `shutdown` completes.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), SetupError> {
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        self.router
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await?;
+        Ok(())
+    }
+}
+
+impl fmt::Debug for HsmServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HsmServer { .. }")
+    }
+}
+
+/// The generated service trait implemented over an [`Hsm`].
+struct HsmService<H> {
+    hsm: Arc<H>,
+}
+
+/// A request that is not valid `sscard.hsm.v1` (unspecified enum, missing message, number out
+/// of range). Our own client never sends one.
+fn malformed(what: &str) -> Status {
+    Status::invalid_argument(format!("malformed request: {what}"))
+}
+
+/// The status of a refusal of the HSM, logged with the caller's name.
+fn refused<T>(request: &Request<T>, method: &'static str) -> impl FnOnce(Error) -> Status + use<T> {
+    let caller = caller_name(request);
+    move |err| {
+        tracing::info!(caller, method, error = %err, "HSM refused");
+        to_status(&err)
+    }
+}
+
+fn caller_name<T>(request: &Request<T>) -> String {
+    request
+        .extensions()
+        .get::<ServiceCaller>()
+        .map(|c| c.name.clone())
+        .unwrap_or_default()
+}
+
+fn token(text: String) -> KeyToken {
+    KeyToken::from_stored(text)
+}
+
+fn small(value: u32, what: &str) -> Result<u8, Status> {
+    u8::try_from(value).map_err(|_| malformed(what))
+}
+
+#[tonic::async_trait]
+impl<H: Hsm> HsmRpc for HsmService<H> {
+    async fn status(
+        &self,
+        request: Request<proto::StatusRequest>,
+    ) -> Result<Response<proto::HsmStatus>, Status> {
+        let status = self
+            .hsm
+            .status()
+            .await
+            .map_err(refused(&request, "status"))?;
+        Ok(Response::new(status_to_wire(&status)))
+    }
+
+    async fn init_lmk(
+        &self,
+        request: Request<proto::InitLmkRequest>,
+    ) -> Result<Response<proto::LmkInit>, Status> {
+        let on_err = refused(&request, "init_lmk");
+        tracing::info!(caller = caller_name(&request), "init_lmk");
+        let req = request.into_inner();
+        let threshold = small(req.threshold, "threshold")?;
+        let shares = small(req.shares, "shares")?;
+        let init = self.hsm.init_lmk(threshold, shares).await.map_err(on_err)?;
+        Ok(Response::new(proto::LmkInit {
+            shares: init.shares.iter().map(share_to_wire).collect(),
+            lmk_kcv: Some(kcv_to_wire(&init.lmk_kcv)),
+        }))
+    }
+
+    async fn unseal(
+        &self,
+        request: Request<proto::UnsealRequest>,
+    ) -> Result<Response<proto::UnsealProgress>, Status> {
+        let on_err = refused(&request, "unseal");
+        let mut req = request.into_inner();
+        let share = LmkShare::new(Zeroizing::new(std::mem::take(&mut req.share)));
+        let progress = self.hsm.unseal(share).await.map_err(on_err)?;
+        Ok(Response::new(progress_to_wire(progress)))
+    }
+
+    async fn unseal_reset(
+        &self,
+        request: Request<proto::UnsealResetRequest>,
+    ) -> Result<Response<proto::Done>, Status> {
+        let on_err = refused(&request, "unseal_reset");
+        self.hsm.unseal_reset().await.map_err(on_err)?;
+        Ok(Response::new(proto::Done {}))
+    }
+
+    async fn seal(
+        &self,
+        request: Request<proto::SealRequest>,
+    ) -> Result<Response<proto::Done>, Status> {
+        let on_err = refused(&request, "seal");
+        tracing::info!(caller = caller_name(&request), "seal");
+        self.hsm.seal().await.map_err(on_err)?;
+        Ok(Response::new(proto::Done {}))
+    }
+
+    async fn tamper(
+        &self,
+        request: Request<proto::TamperRequest>,
+    ) -> Result<Response<proto::Done>, Status> {
+        let on_err = refused(&request, "tamper");
+        tracing::warn!(caller = caller_name(&request), "tamper");
+        self.hsm.tamper().await.map_err(on_err)?;
+        Ok(Response::new(proto::Done {}))
+    }
+
+    async fn self_test(
+        &self,
+        request: Request<proto::SelfTestRequest>,
+    ) -> Result<Response<proto::Done>, Status> {
+        let on_err = refused(&request, "self_test");
+        self.hsm.self_test().await.map_err(on_err)?;
+        Ok(Response::new(proto::Done {}))
+    }
+
+    async fn generate_key(
+        &self,
+        request: Request<proto::GenerateKeyRequest>,
+    ) -> Result<Response<proto::WrappedKey>, Status> {
+        let on_err = refused(&request, "generate_key");
+        let spec = spec_from_wire(request.into_inner().spec).ok_or_else(|| malformed("spec"))?;
+        let key = self.hsm.generate_key(spec).await.map_err(on_err)?;
+        Ok(Response::new(wrapped_to_wire(&key)))
+    }
+
+    async fn form_key(
+        &self,
+        request: Request<proto::FormKeyRequest>,
+    ) -> Result<Response<proto::WrappedKey>, Status> {
+        let on_err = refused(&request, "form_key");
+        let req = request.into_inner();
+        let spec = spec_from_wire(req.spec).ok_or_else(|| malformed("spec"))?;
+        let mut components = Vec::with_capacity(req.components.len());
+        for mut wire in req.components {
+            // Move the text into a zeroizing buffer first, so it is wiped on every path.
+            let hex = Zeroizing::new(std::mem::take(&mut wire.hex));
+            let expected_kcv =
+                kcv_from_wire(wire.expected_kcv).ok_or_else(|| malformed("expected_kcv"))?;
+            components.push(Component::new(hex, expected_kcv));
+        }
+        let key = self.hsm.form_key(spec, components).await.map_err(on_err)?;
+        Ok(Response::new(wrapped_to_wire(&key)))
+    }
+
+    async fn import_key(
+        &self,
+        request: Request<proto::ImportKeyRequest>,
+    ) -> Result<Response<proto::WrappedKey>, Status> {
+        let on_err = refused(&request, "import_key");
+        let req = request.into_inner();
+        let usage = usage_from_wire(req.usage).ok_or_else(|| malformed("usage"))?;
+        let key = self
+            .hsm
+            .import_key(&token(req.kek), &req.block, usage)
+            .await
+            .map_err(on_err)?;
+        Ok(Response::new(wrapped_to_wire(&key)))
+    }
+
+    async fn export_key(
+        &self,
+        request: Request<proto::ExportKeyRequest>,
+    ) -> Result<Response<proto::ExportedKey>, Status> {
+        let on_err = refused(&request, "export_key");
+        let req = request.into_inner();
+        let version = version_from_wire(req.version).ok_or_else(|| malformed("version"))?;
+        let exported = self
+            .hsm
+            .export_key(&token(req.kek), &token(req.key), version)
+            .await
+            .map_err(on_err)?;
+        Ok(Response::new(proto::ExportedKey {
+            block: exported.block,
+            kcv: Some(kcv_to_wire(&exported.kcv)),
+        }))
+    }
+
+    async fn derive_key(
+        &self,
+        request: Request<proto::DeriveKeyRequest>,
+    ) -> Result<Response<proto::WrappedKey>, Status> {
+        let on_err = refused(&request, "derive_key");
+        let req = request.into_inner();
+        let method = dispersion_from_wire(req.method).ok_or_else(|| malformed("method"))?;
+        let usage = usage_from_wire(req.child_usage).ok_or_else(|| malformed("child_usage"))?;
+        let exportability = exportability_from_wire(req.child_exportability)
+            .ok_or_else(|| malformed("child_exportability"))?;
+        let factors = req
+            .factors
+            .iter()
+            .map(|f| Factor::from_bytes(f))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| to_status(&err))?;
+        let key = self
+            .hsm
+            .derive_key(&token(req.parent), method, &factors, usage, exportability)
+            .await
+            .map_err(on_err)?;
+        Ok(Response::new(wrapped_to_wire(&key)))
+    }
+
+    async fn write_key_command(
+        &self,
+        request: Request<proto::WriteKeyRequest>,
+    ) -> Result<Response<proto::WriteKeyCommand>, Status> {
+        let on_err = refused(&request, "write_key_command");
+        let req = request.into_inner();
+        let request = WriteKeyRequest {
+            key: token(req.key),
+            protect: token(req.protect),
+            cla: small(req.cla, "cla")?,
+            ins: small(req.ins, "ins")?,
+            p1: small(req.p1, "p1")?,
+            p2: small(req.p2, "p2")?,
+            key_header: req.key_header,
+            challenge: req.challenge,
+            fold: fold_from_wire(req.fold).ok_or_else(|| malformed("fold"))?,
+        };
+        let command = self.hsm.write_key_command(request).await.map_err(on_err)?;
+        Ok(Response::new(proto::WriteKeyCommand {
+            apdu: command.apdu,
+            kcv: Some(kcv_to_wire(&command.kcv)),
+        }))
+    }
+
+    async fn kcv(
+        &self,
+        request: Request<proto::KcvRequest>,
+    ) -> Result<Response<proto::KeyCheckValue>, Status> {
+        let on_err = refused(&request, "kcv");
+        let key = token(request.into_inner().key);
+        let kcv = self.hsm.kcv(&key).await.map_err(on_err)?;
+        Ok(Response::new(kcv_to_wire(&kcv)))
+    }
+
+    async fn random(
+        &self,
+        request: Request<proto::RandomRequest>,
+    ) -> Result<Response<proto::RandomResponse>, Status> {
+        let on_err = refused(&request, "random");
+        let len = narrow(request.into_inner().len).ok_or_else(|| malformed("len"))?;
+        let bytes = self.hsm.random(len).await.map_err(on_err)?;
+        Ok(Response::new(proto::RandomResponse { bytes }))
+    }
+
+    async fn mac(
+        &self,
+        request: Request<proto::MacRequest>,
+    ) -> Result<Response<proto::MacResponse>, Status> {
+        let on_err = refused(&request, "mac");
+        let req = request.into_inner();
+        let mac = self
+            .hsm
+            .mac(&token(req.key), &req.data)
+            .await
+            .map_err(on_err)?;
+        Ok(Response::new(proto::MacResponse { mac }))
+    }
+
+    async fn verify_mac(
+        &self,
+        request: Request<proto::VerifyMacRequest>,
+    ) -> Result<Response<proto::Done>, Status> {
+        let on_err = refused(&request, "verify_mac");
+        let req = request.into_inner();
+        self.hsm
+            .verify_mac(&token(req.key), &req.data, &req.mac)
+            .await
+            .map_err(on_err)?;
+        Ok(Response::new(proto::Done {}))
+    }
+
+    async fn prepare_lmk_rotation(
+        &self,
+        request: Request<proto::PrepareLmkRotationRequest>,
+    ) -> Result<Response<proto::LmkRotation>, Status> {
+        let on_err = refused(&request, "prepare_lmk_rotation");
+        tracing::info!(caller = caller_name(&request), "prepare_lmk_rotation");
+        let req = request.into_inner();
+        let threshold = small(req.threshold, "threshold")?;
+        let shares = small(req.shares, "shares")?;
+        let tokens = req.tokens.into_iter().map(token).collect();
+        let rotation = self
+            .hsm
+            .prepare_lmk_rotation(tokens, threshold, shares)
+            .await
+            .map_err(on_err)?;
+        Ok(Response::new(proto::LmkRotation {
+            shares: rotation.shares.iter().map(share_to_wire).collect(),
+            lmk_kcv: Some(kcv_to_wire(&rotation.lmk_kcv)),
+            tokens: rotation
+                .tokens
+                .iter()
+                .map(|t| t.as_str().to_owned())
+                .collect(),
+        }))
+    }
+
+    async fn commit_lmk_rotation(
+        &self,
+        request: Request<proto::CommitLmkRotationRequest>,
+    ) -> Result<Response<proto::Done>, Status> {
+        let on_err = refused(&request, "commit_lmk_rotation");
+        tracing::info!(caller = caller_name(&request), "commit_lmk_rotation");
+        let kcv = kcv_from_wire(request.into_inner().new_lmk_kcv)
+            .ok_or_else(|| malformed("new_lmk_kcv"))?;
+        self.hsm.commit_lmk_rotation(&kcv).await.map_err(on_err)?;
+        Ok(Response::new(proto::Done {}))
+    }
+}

@@ -1,0 +1,794 @@
+//! The HSM as a separate process, over gRPC with mutual TLS.
+//!
+//! - `the_hsm_process_serves_the_domain_chain_and_survives_a_restart`: the real `hsm-sim`
+//!   binary; the DOMAIN.md §2 chain formed, derived and exported over the wire; killed →
+//!   `Unavailable`; restarted on the same state → sealed, unsealed by 2 shares over the wire,
+//!   same KCVs, with the same `RemoteHsm`; stops cleanly on SIGTERM.
+//! - `only_service_certificates_of_the_ca_are_admitted`: a station certificate is refused with
+//!   `PERMISSION_DENIED` before the HSM is touched; a foreign CA's and no certificate at all fail
+//!   the first RPC; `RemoteHsm` reports all of them as `Unavailable`.
+//! - `errors_survive_the_wire_variant_for_variant`: the same scenario of refusals on a
+//!   `LocalHsm` directly and through `serve` + `RemoteHsm` gives equal errors.
+//! - `the_binary_refuses_to_start_without_client_ca_or_with_bad_pem`: fail closed at start-up.
+
+mod pki;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hsm_sim::diversify::Dispersion;
+use hsm_sim::factor::Factor;
+use hsm_sim::hsm::{
+    Component, Exportability, Hsm, HsmState, KeySpec, KeyToken, KeyUsage, LmkShare, UnsealProgress,
+};
+use hsm_sim::kcv::{self, Kcv, KcvMethod};
+use hsm_sim::local::{LocalHsm, LocalHsmConfig};
+use hsm_sim::remote::proto::hsm_client::HsmClient;
+use hsm_sim::remote::{ClientTls, RemoteHsm, ServerTls, serve};
+use hsm_sim::tr31::KeyBlockVersion;
+use hsm_sim::{Algorithm, Error, SecretKey};
+use pki::{Credential, Pki};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::net::TcpListener;
+use tokio::process::{Child, ChildStdout, Command};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use zeroize::Zeroizing;
+
+/// Upper bound for the process to report its socket (a hung start fails instead of hanging).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+// ------------------------------------------------------------------------------- the process
+
+/// A running `hsm-sim serve`, killed when dropped.
+struct HsmProcess {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+    _stdout: Lines<BufReader<ChildStdout>>,
+}
+
+impl HsmProcess {
+    /// Starts the binary and waits for its `listening on` line.
+    async fn start(pki: &Pki, state_dir: &Path, listen: &str, log: PathBuf) -> HsmProcess {
+        let log_file = std::fs::File::create(&log).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hsm-sim"))
+            .arg("serve")
+            .args(["--listen", listen])
+            .arg("--cert")
+            .arg(&pki.server.cert)
+            .arg("--key")
+            .arg(&pki.server.key)
+            .arg("--client-ca")
+            .arg(&pki.ca)
+            .arg("--state-dir")
+            .arg(state_dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = tokio::time::timeout(START_TIMEOUT, stdout.next_line())
+            .await
+            .expect("hsm-sim did not report its socket in time")
+            .unwrap();
+        let Some(line) = line else {
+            panic!(
+                "hsm-sim exited before listening:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
+        let addr = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .unwrap();
+        HsmProcess {
+            child,
+            addr,
+            log,
+            _stdout: stdout,
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// SIGKILL: a crash, nothing is flushed or closed by the process itself.
+    async fn kill(mut self) {
+        self.child.kill().await.unwrap();
+    }
+
+    /// SIGTERM, then the exit status.
+    async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().unwrap();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let status = tokio::time::timeout(START_TIMEOUT, self.child.wait())
+            .await
+            .expect("hsm-sim did not stop on SIGTERM")
+            .unwrap();
+        if !status.success() {
+            eprintln!("{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+        }
+        status
+    }
+}
+
+fn client_tls(pki: &Pki, who: &Credential) -> ClientTls {
+    ClientTls::from_pem_files(&who.cert, &who.key, &pki.ca).unwrap()
+}
+
+fn remote(endpoint: &str, pki: &Pki, who: &Credential) -> RemoteHsm {
+    RemoteHsm::connect_lazy(endpoint, client_tls(pki, who)).unwrap()
+}
+
+// ------------------------------------------------------------------------- the domain chain
+
+const ROOT_HEX: &str = "11111111111111112222222222222222";
+/// Two components whose XOR is [`ROOT_HEX`].
+const ROOT_COMPONENTS: [&str; 2] = [
+    "0123456789ABCDEFFEDCBA9876543210",
+    "1032547698BADCFEDCFE98BA54761032",
+];
+
+fn spec(algorithm: Algorithm, usage: KeyUsage, exportability: Exportability) -> KeySpec {
+    KeySpec {
+        algorithm,
+        usage,
+        exportability,
+    }
+}
+
+/// A component with the KCV its custodian would read from paper (or a wrong one).
+fn component(hex: &str, kcv_ok: bool) -> Component {
+    let mut kcv = kcv::compute_default(&SecretKey::from_hex(Algorithm::Tdes2, hex).unwrap())
+        .unwrap()
+        .value()
+        .to_vec();
+    if !kcv_ok {
+        kcv[0] ^= 0x01;
+    }
+    Component::new(
+        Zeroizing::new(hex.to_owned()),
+        Kcv::from_parts(KcvMethod::EncryptZeros, kcv),
+    )
+}
+
+fn root_components() -> Vec<Component> {
+    let [a, b] = ROOT_COMPONENTS.map(|c| hex::decode(c).unwrap());
+    let xor: Vec<u8> = a.iter().zip(&b).map(|(x, y)| x ^ y).collect();
+    assert_eq!(hex::encode_upper(xor), ROOT_HEX);
+    ROOT_COMPONENTS.iter().map(|c| component(c, true)).collect()
+}
+
+fn factors(hex: &[&str]) -> Vec<Factor> {
+    hex.iter().map(|f| Factor::from_hex(f).unwrap()).collect()
+}
+
+const F1: &str = "3434303030307368";
+const F2: &str = "3434303130307378";
+const F3: &str = "86843202AD932A48";
+
+struct Chain {
+    root: KeyToken,
+    province: KeyToken,
+    city: KeyToken,
+    card: KeyToken,
+}
+
+/// DOMAIN.md §2: the test national root from two components, and its descendants.
+async fn form_domain_chain<H: Hsm>(hsm: &H) -> Chain {
+    let derivation = spec(
+        Algorithm::Tdes2,
+        KeyUsage::CardDerivation,
+        Exportability::NonExportable,
+    );
+    let root = hsm.form_key(derivation, root_components()).await.unwrap();
+    assert_eq!(root.kcv.to_hex(), "D2B91C");
+    let province = hsm
+        .derive_key(
+            &root.token,
+            Dispersion::PbocTdes,
+            &factors(&[F1]),
+            KeyUsage::CardDerivation,
+            Exportability::NonExportable,
+        )
+        .await
+        .unwrap();
+    assert_eq!(province.kcv.to_hex(), "E47B1C");
+    let city = hsm
+        .derive_key(
+            &province.token,
+            Dispersion::PbocTdes,
+            &factors(&[F2]),
+            KeyUsage::CardDerivation,
+            Exportability::NonExportable,
+        )
+        .await
+        .unwrap();
+    assert_eq!(city.kcv.to_hex(), "AEA797");
+    // All three levels in one call from the root give the same card key as level by level.
+    let card = hsm
+        .derive_key(
+            &root.token,
+            Dispersion::PbocTdes,
+            &factors(&[F1, F2, F3]),
+            KeyUsage::CardKey,
+            Exportability::Exportable,
+        )
+        .await
+        .unwrap();
+    assert_eq!(card.kcv.to_hex(), "32CD7C");
+    let card_from_city = hsm
+        .derive_key(
+            &city.token,
+            Dispersion::PbocTdes,
+            &factors(&[F3]),
+            KeyUsage::CardKey,
+            Exportability::Exportable,
+        )
+        .await
+        .unwrap();
+    assert_eq!(card_from_city.kcv, card.kcv);
+    Chain {
+        root: root.token,
+        province: province.token,
+        city: city.token,
+        card: card.token,
+    }
+}
+
+async fn assert_chain_kcvs<H: Hsm>(hsm: &H, chain: &Chain) {
+    for (token, kcv) in [
+        (&chain.root, "D2B91C"),
+        (&chain.province, "E47B1C"),
+        (&chain.city, "AEA797"),
+        (&chain.card, "32CD7C"),
+    ] {
+        assert_eq!(hsm.kcv(token).await.unwrap().to_hex(), kcv);
+    }
+}
+
+/// A token whose MAC no longer verifies: its last hex digit changed.
+fn tampered(token: &KeyToken) -> KeyToken {
+    let mut text = token.as_str().to_owned();
+    let last = text.pop().unwrap();
+    text.push(if last == '0' { '1' } else { '0' });
+    KeyToken::from_stored(text)
+}
+
+fn share(text: &str) -> LmkShare {
+    LmkShare::new(Zeroizing::new(text.to_owned()))
+}
+
+// -------------------------------------------------------------------------------- the tests
+
+#[tokio::test]
+async fn the_hsm_process_serves_the_domain_chain_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(dir.path());
+    let state_dir = dir.path().join("state");
+    std::fs::create_dir_all(&state_dir).unwrap();
+
+    let process =
+        HsmProcess::start(&pki, &state_dir, "127.0.0.1:0", dir.path().join("1.log")).await;
+    let addr = process.addr;
+    let hsm = remote(&process.endpoint(), &pki, &pki.kms);
+    assert!(!hsm.is_secure());
+
+    let status = hsm.status().await.unwrap();
+    assert_eq!(status.state, HsmState::Uninitialised);
+    assert!(!status.secure);
+    let junk = KeyToken::from_stored("D0016".to_owned());
+    assert_eq!(hsm.kcv(&junk).await, Err(Error::Uninitialised));
+
+    // The LMK ceremony over the wire: 2-of-3.
+    let init = hsm.init_lmk(2, 3).await.unwrap();
+    assert_eq!(init.shares.len(), 3);
+    assert_eq!(
+        hsm.status().await.unwrap().lmk_kcv,
+        Some(init.lmk_kcv.clone())
+    );
+    assert_eq!(
+        hsm.init_lmk(2, 3).await.unwrap_err(),
+        Error::AlreadyInitialised
+    );
+
+    // DOMAIN.md §2 over the wire.
+    let chain = form_domain_chain(&hsm).await;
+    assert_chain_kcvs(&hsm, &chain).await;
+
+    // Export the card key to a station under its AES key-block protection key.
+    let kbpk = hsm
+        .generate_key(spec(
+            Algorithm::Aes256,
+            KeyUsage::KeyBlockProtection,
+            Exportability::NonExportable,
+        ))
+        .await
+        .unwrap();
+    let exported = hsm
+        .export_key(&kbpk.token, &chain.card, KeyBlockVersion::D)
+        .await
+        .unwrap();
+    assert_eq!(exported.kcv.to_hex(), "32CD7C");
+    assert!(exported.block.starts_with('D'));
+    // ... and the block imports back to the same key.
+    let imported = hsm
+        .import_key(&kbpk.token, &exported.block, KeyUsage::CardKey)
+        .await
+        .unwrap();
+    assert_eq!(imported.kcv.to_hex(), "32CD7C");
+
+    // Typed errors survive the wire.
+    assert_eq!(
+        hsm.export_key(&kbpk.token, &chain.root, KeyBlockVersion::D)
+            .await
+            .unwrap_err(),
+        Error::NotExportable
+    );
+    assert!(matches!(
+        hsm.derive_key(
+            &kbpk.token,
+            Dispersion::PbocTdes,
+            &factors(&[F1]),
+            KeyUsage::CardKey,
+            Exportability::Exportable
+        )
+        .await,
+        Err(Error::WrongUsage { .. })
+    ));
+    let derivation = spec(
+        Algorithm::Tdes2,
+        KeyUsage::CardDerivation,
+        Exportability::NonExportable,
+    );
+    let bad = vec![
+        component(ROOT_COMPONENTS[0], true),
+        component(ROOT_COMPONENTS[1], false),
+    ];
+    assert_eq!(
+        hsm.form_key(derivation, bad).await.unwrap_err(),
+        Error::ComponentKcv { index: 2 }
+    );
+    assert_eq!(
+        hsm.kcv(&tampered(&chain.card)).await.unwrap_err(),
+        Error::KeyBlockMac
+    );
+
+    // A crash: every call is Unavailable while the process is down.
+    process.kill().await;
+    assert_eq!(hsm.status().await.unwrap_err(), Error::Unavailable);
+    assert_eq!(hsm.kcv(&chain.card).await.unwrap_err(), Error::Unavailable);
+    assert_eq!(
+        hsm.unseal(share("x")).await.unwrap_err(),
+        Error::Unavailable
+    );
+
+    // Back on the same port and state: sealed, and the same client reconnects by itself.
+    let process = HsmProcess::start(
+        &pki,
+        &state_dir,
+        &addr.to_string(),
+        dir.path().join("2.log"),
+    )
+    .await;
+    let status = hsm.status().await.unwrap();
+    assert_eq!(status.state, HsmState::Sealed);
+    assert_eq!(status.lmk_kcv, Some(init.lmk_kcv.clone()));
+    assert_eq!(hsm.kcv(&chain.card).await.unwrap_err(), Error::Sealed);
+
+    // Unseal with two of the three shares, over the wire.
+    let mut shares = init.shares.into_iter().map(|issued| issued.share);
+    let first = shares.next().unwrap();
+    let third = shares.nth(1).unwrap();
+    assert_eq!(
+        hsm.unseal(first).await.unwrap(),
+        UnsealProgress {
+            submitted: 1,
+            threshold: 2,
+            unsealed: false
+        }
+    );
+    assert!(matches!(
+        hsm.unseal(share("not a share")).await,
+        Err(Error::Share(_))
+    ));
+    let progress = hsm.unseal(third).await.unwrap();
+    assert!(progress.unsealed);
+    assert_eq!(progress.threshold, 2);
+    assert_eq!(hsm.status().await.unwrap().state, HsmState::Operational);
+
+    // The same tokens, the same keys.
+    assert_chain_kcvs(&hsm, &chain).await;
+    let card = hsm
+        .derive_key(
+            &chain.city,
+            Dispersion::PbocTdes,
+            &factors(&[F3]),
+            KeyUsage::CardKey,
+            Exportability::Exportable,
+        )
+        .await
+        .unwrap();
+    assert_eq!(card.kcv.to_hex(), "32CD7C");
+
+    // Sealed over the wire, then a clean stop on SIGTERM.
+    hsm.seal().await.unwrap();
+    assert_eq!(hsm.kcv(&chain.card).await.unwrap_err(), Error::Sealed);
+    assert!(process.terminate().await.success());
+}
+
+#[tokio::test]
+async fn only_service_certificates_of_the_ca_are_admitted() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(dir.path());
+    let state_dir = dir.path().join("state");
+    std::fs::create_dir_all(&state_dir).unwrap();
+    let process =
+        HsmProcess::start(&pki, &state_dir, "127.0.0.1:0", dir.path().join("hsm.log")).await;
+    let endpoint = process.endpoint();
+
+    let kms = remote(&endpoint, &pki, &pki.kms);
+    kms.init_lmk(2, 3).await.unwrap();
+
+    // A station of the right CA: TLS accepts it, the HSM's rule does not.
+    let station = raw_client(&endpoint, &pki, &pki.station).await;
+    let refused = station
+        .clone()
+        .seal(hsm_sim::remote::proto::SealRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    assert!(
+        refused
+            .metadata()
+            .get_bin(hsm_sim::remote::ERROR_METADATA_KEY)
+            .is_none()
+    );
+    let refused = station
+        .clone()
+        .status(hsm_sim::remote::proto::StatusRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    // The seal attempt never reached the HSM.
+    assert_eq!(kms.status().await.unwrap().state, HsmState::Operational);
+    // Through the trait, a refused identity is an unavailable HSM.
+    let as_station = remote(&endpoint, &pki, &pki.station);
+    assert_eq!(as_station.seal().await.unwrap_err(), Error::Unavailable);
+
+    // A service certificate from a CA the HSM does not trust: the first RPC fails (under TLS
+    // 1.3 the client's handshake completes before the server rejects its certificate).
+    let foreign = raw_client(&endpoint, &pki, &pki.foreign).await;
+    let refused = foreign
+        .clone()
+        .seal(hsm_sim::remote::proto::SealRequest {})
+        .await
+        .unwrap_err();
+    assert!(transport_failure(&refused), "{refused:?}");
+    let as_foreign = remote(&endpoint, &pki, &pki.foreign);
+    assert_eq!(as_foreign.seal().await.unwrap_err(), Error::Unavailable);
+
+    // No client certificate at all.
+    let ca = Certificate::from_pem(std::fs::read(&pki.ca).unwrap());
+    let anonymous = Endpoint::from_shared(endpoint.clone())
+        .unwrap()
+        .tls_config(ClientTlsConfig::new().ca_certificate(ca))
+        .unwrap()
+        .connect_lazy();
+    let refused = HsmClient::new(anonymous)
+        .seal(hsm_sim::remote::proto::SealRequest {})
+        .await
+        .unwrap_err();
+    assert!(transport_failure(&refused), "{refused:?}");
+
+    // A plain-text endpoint is refused by the client before anything is sent.
+    assert!(
+        RemoteHsm::connect_lazy(
+            &endpoint.replace("https", "http"),
+            client_tls(&pki, &pki.kms)
+        )
+        .is_err()
+    );
+
+    assert_eq!(kms.status().await.unwrap().state, HsmState::Operational);
+    assert!(process.terminate().await.success());
+}
+
+/// How a TLS refusal shows on the client's first RPC: the connection is closed under it (the
+/// exact code depends on when the server's alert arrives), never an answer of the service.
+fn transport_failure(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    matches!(
+        status.code(),
+        Code::Unknown | Code::Unavailable | Code::Cancelled
+    ) && status
+        .metadata()
+        .get_bin(hsm_sim::remote::ERROR_METADATA_KEY)
+        .is_none()
+}
+
+async fn raw_client(
+    endpoint: &str,
+    pki: &Pki,
+    who: &Credential,
+) -> HsmClient<tonic::transport::Channel> {
+    let tls = ClientTlsConfig::new()
+        .identity(Identity::from_pem(
+            std::fs::read(&who.cert).unwrap(),
+            std::fs::read(&who.key).unwrap(),
+        ))
+        .ca_certificate(Certificate::from_pem(std::fs::read(&pki.ca).unwrap()));
+    let channel = Endpoint::from_shared(endpoint.to_owned())
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_lazy();
+    HsmClient::new(channel)
+}
+
+/// A scenario of refusals, each labelled; run on any HSM.
+async fn refusals<H: Hsm>(hsm: &H) -> Vec<(&'static str, Error)> {
+    let kbpk_spec = spec(
+        Algorithm::Aes256,
+        KeyUsage::KeyBlockProtection,
+        Exportability::NonExportable,
+    );
+    let derivation = spec(
+        Algorithm::Tdes2,
+        KeyUsage::CardDerivation,
+        Exportability::NonExportable,
+    );
+    let mut errors = Vec::new();
+    let mut refused = |label: &'static str, result: Result<(), Error>| {
+        errors.push((label, result.expect_err(label)));
+    };
+
+    refused("uninitialised", hsm.generate_key(kbpk_spec).await.map(drop));
+    refused("threshold > shares", hsm.init_lmk(4, 3).await.map(drop));
+    let init = hsm.init_lmk(2, 3).await.unwrap();
+    refused("initialised twice", hsm.init_lmk(2, 3).await.map(drop));
+
+    let kbpk = hsm.generate_key(kbpk_spec).await.unwrap();
+    let bad = vec![
+        component(ROOT_COMPONENTS[0], true),
+        component(ROOT_COMPONENTS[1], false),
+    ];
+    refused(
+        "component KCV",
+        hsm.form_key(derivation, bad).await.map(drop),
+    );
+    let one = vec![component(ROOT_COMPONENTS[0], true)];
+    refused(
+        "one component",
+        hsm.form_key(derivation, one).await.map(drop),
+    );
+    let chain = form_domain_chain(hsm).await;
+    refused(
+        "derive from a KBPK",
+        hsm.derive_key(
+            &kbpk.token,
+            Dispersion::PbocTdes,
+            &factors(&[F1]),
+            KeyUsage::CardKey,
+            Exportability::Exportable,
+        )
+        .await
+        .map(drop),
+    );
+    refused(
+        "SM4 dispersion of TDES",
+        hsm.derive_key(
+            &chain.city,
+            Dispersion::Sm4Complement,
+            &factors(&[F3]),
+            KeyUsage::CardKey,
+            Exportability::Exportable,
+        )
+        .await
+        .map(drop),
+    );
+    refused(
+        "export non-exportable",
+        hsm.export_key(&kbpk.token, &chain.root, KeyBlockVersion::D)
+            .await
+            .map(drop),
+    );
+    refused(
+        "version B under an AES KBPK",
+        hsm.export_key(&kbpk.token, &chain.card, KeyBlockVersion::B)
+            .await
+            .map(drop),
+    );
+    refused(
+        "tampered token",
+        hsm.kcv(&tampered(&chain.card)).await.map(drop),
+    );
+    refused(
+        "truncated token",
+        hsm.kcv(&KeyToken::from_stored("D0016".to_owned()))
+            .await
+            .map(drop),
+    );
+    refused(
+        "import garbage",
+        hsm.import_key(&kbpk.token, "not a key block", KeyUsage::CardKey)
+            .await
+            .map(drop),
+    );
+    refused("no random bytes", hsm.random(0).await.map(drop));
+    refused("too many random bytes", hsm.random(4097).await.map(drop));
+    let audit = hsm
+        .generate_key(spec(
+            Algorithm::Aes256,
+            KeyUsage::AuditMac,
+            Exportability::NonExportable,
+        ))
+        .await
+        .unwrap();
+    let mut mac = hsm.mac(&audit.token, b"audit record").await.unwrap();
+    hsm.verify_mac(&audit.token, b"audit record", &mac)
+        .await
+        .unwrap();
+    mac[0] ^= 1;
+    refused(
+        "wrong MAC",
+        hsm.verify_mac(&audit.token, b"audit record", &mac).await,
+    );
+    refused(
+        "MAC with a card key",
+        hsm.mac(&chain.card, b"x").await.map(drop),
+    );
+    refused(
+        "commit without prepare",
+        hsm.commit_lmk_rotation(&init.lmk_kcv).await,
+    );
+
+    hsm.seal().await.unwrap();
+    refused("sealed", hsm.kcv(&chain.card).await.map(drop));
+    refused(
+        "garbage share",
+        hsm.unseal(share("garbage")).await.map(drop),
+    );
+    let mut shares = init.shares.into_iter().map(|issued| issued.share);
+    let first = shares.next().unwrap();
+    let again = LmkShare::new(Zeroizing::new(first.secret_text().to_owned()));
+    hsm.unseal(first).await.unwrap();
+    refused("share repeated", hsm.unseal(again).await.map(drop));
+    hsm.unseal(shares.next().unwrap()).await.unwrap();
+    assert_chain_kcvs(hsm, &chain).await;
+    hsm.tamper().await.unwrap();
+    refused("tampered HSM", hsm.random(8).await.map(drop));
+    errors
+}
+
+#[tokio::test]
+async fn errors_survive_the_wire_variant_for_variant() {
+    let local = refusals(&LocalHsm::open(LocalHsmConfig::default()).unwrap()).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(dir.path());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tls = ServerTls::from_pem_files(&pki.server.cert, &pki.server.key, &pki.ca).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(
+        Arc::new(LocalHsm::open(LocalHsmConfig::default()).unwrap()),
+        listener,
+        tls,
+        async {
+            stopped.await.ok();
+        },
+    ));
+    // Checked against the name, not the address, this time.
+    let hsm = RemoteHsm::connect_lazy(
+        &format!("https://{addr}"),
+        client_tls(&pki, &pki.kms).with_domain_name("localhost"),
+    )
+    .unwrap();
+    let wire = refusals(&hsm).await;
+
+    assert_eq!(wire, local);
+    let by_label = |label: &str| {
+        wire.iter()
+            .find(|(l, _)| *l == label)
+            .map(|(_, e)| e.clone())
+            .unwrap()
+    };
+    assert_eq!(by_label("uninitialised"), Error::Uninitialised);
+    assert_eq!(by_label("initialised twice"), Error::AlreadyInitialised);
+    assert!(matches!(
+        by_label("threshold > shares"),
+        Error::Count { .. }
+    ));
+    assert_eq!(by_label("component KCV"), Error::ComponentKcv { index: 2 });
+    assert!(matches!(
+        by_label("derive from a KBPK"),
+        Error::WrongUsage { .. }
+    ));
+    assert!(matches!(
+        by_label("SM4 dispersion of TDES"),
+        Error::Unsupported { .. }
+    ));
+    assert_eq!(by_label("export non-exportable"), Error::NotExportable);
+    assert_eq!(by_label("tampered token"), Error::KeyBlockMac);
+    assert_eq!(by_label("wrong MAC"), Error::Verification);
+    assert_eq!(
+        by_label("commit without prepare"),
+        Error::RotationNotPrepared
+    );
+    assert_eq!(by_label("sealed"), Error::Sealed);
+    assert!(matches!(by_label("garbage share"), Error::Share(_)));
+    assert!(matches!(by_label("share repeated"), Error::Share(_)));
+    assert_eq!(by_label("tampered HSM"), Error::Sealed);
+
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    // The server has stopped: the client says so.
+    assert_eq!(hsm.status().await.unwrap_err(), Error::Unavailable);
+}
+
+#[test]
+fn the_binary_refuses_to_start_without_client_ca_or_with_bad_pem() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(dir.path());
+    let run = |args: &[&std::ffi::OsStr]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hsm-sim"))
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--state-dir"])
+            .arg(dir.path().join("state"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let server = [
+        "--cert".as_ref(),
+        pki.server.cert.as_os_str(),
+        "--key".as_ref(),
+        pki.server.key.as_os_str(),
+    ];
+
+    // No client CA: refused by the argument parser, nothing bound.
+    let out = run(&server);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--client-ca"));
+    assert!(out.stdout.is_empty());
+
+    // A client CA that is not a certificate, or not there.
+    let mut args = server.to_vec();
+    args.extend(["--client-ca".as_ref(), pki.kms.key.as_os_str()]);
+    let out = run(&args);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    let missing = dir.path().join("missing.pem");
+    let mut args = server.to_vec();
+    args.extend(["--client-ca".as_ref(), missing.as_os_str()]);
+    let out = run(&args);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+
+    // A key that does not belong to the certificate.
+    let args = [
+        "--cert".as_ref(),
+        pki.server.cert.as_os_str(),
+        "--key".as_ref(),
+        pki.kms.key.as_os_str(),
+        "--client-ca".as_ref(),
+        pki.ca.as_os_str(),
+    ];
+    let out = run(&args);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+}
