@@ -1,16 +1,18 @@
 //! Generates the gRPC code from `proto/` without an external `protoc`: `protox` parses the
-//! files into a descriptor set in pure Rust, and `tonic-prost-build` generates from it.
+//! files into a descriptor set in pure Rust, and `tonic-prost-build` generates from it. The
+//! descriptor set is also written out for server reflection.
 
 use std::path::PathBuf;
 
-const PROTOS: &[&str] = &["sscard/kms/v1/types.proto"];
+use prost::Message;
+
+const PROTOS: &[&str] = &["sscard/kms/v1/types.proto", "sscard/kms/v1/kms.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(PROTOS, ["proto"])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
-    tonic_prost_build::configure()
-        .file_descriptor_set_path(out.join("sscard_descriptor.bin"))
-        .compile_fds(fds)?;
+    std::fs::write(out.join("sscard_descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure().compile_fds(fds)?;
     Ok(())
 }

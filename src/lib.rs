@@ -1,8 +1,21 @@
 //! sscard-kms: the province's key-management service for social security cards.
 #![forbid(unsafe_code)]
 
+pub mod audit;
+pub mod authz;
 pub mod ceremony;
+pub mod dev;
 pub mod error;
+pub mod identifiers;
+pub mod identity;
+pub mod pki;
+pub mod records;
+pub mod region;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod template;
+pub mod tls;
 
 pub use error::{Error, Result};
 

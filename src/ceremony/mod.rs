@@ -4,5 +4,6 @@
 //! a derived key against paper. Secrets (keys, KBPKs) are read from standard input, never from
 //! the command line: argv is visible to every user of the machine.
 
+pub mod audit;
 pub mod calc;
 pub mod input;

@@ -1,0 +1,720 @@
+//! Validated identifiers of the card system (DOMAIN.md §7).
+//!
+//! | type | text | checked |
+//! |---|---|---|
+//! | [`SocialSecurityNumber`] 社会保障号码 | 18 characters (GB 11643-1999 citizen ID) | region prefix, real birth date, check character |
+//! | [`CardNumber`] 卡号 | 9 characters `[0-9A-Z]{8}` + check character | check character |
+//! | [`CardIdentifier`] 卡识别码 | 32 hex: region + `D156000005` + 16 hex | region known, fixed middle part |
+//! | [`Atr`] | the card's answer-to-reset, 8 to 33 bytes in hex | length; gives the card factor F3 |
+//!
+//! Each type parses with [`FromStr`] (naming its default field in errors) or with `parse_field`
+//! (naming the caller's field), prints its canonical form with `Display`, and has a
+//! `masked()` form for logs and the audit trail. A social security number is personal data:
+//! its `Debug` prints the masked form too, so that it cannot reach a log by accident.
+//!
+//! Errors never carry the refused text (it may be personal data), only the field name and a
+//! typed [`IdentifierFault`].
+//!
+//! ```
+//! use sscard_kms::identifiers::{Atr, CardIdentifier, CardNumber, SocialSecurityNumber};
+//!
+//! let ssn: SocialSecurityNumber = "11010519491231002x".parse()?;
+//! assert_eq!(ssn.to_string(), "11010519491231002X");
+//! assert_eq!(ssn.masked(), "110105********002X");
+//! let card: CardNumber = "B7K334774".parse()?;
+//! assert_eq!(card.masked(), "B*****774");
+//! let id: CardIdentifier = "440300D1560000050050640776EF3192".parse()?;
+//! assert_eq!(id.region().name_en, "Shenzhen");
+//! let atr: Atr = "3B6D000080318065B08701AD86843202AD932A48".parse()?;
+//! assert_eq!(atr.card_factor().to_hex(), "86843202AD932A48");
+//! # Ok::<(), sscard_kms::Error>(())
+//! ```
+
+use core::fmt;
+use core::str::FromStr;
+
+use hsm_sim::factor::Factor;
+
+use crate::error::{Error, Result};
+use crate::region::Region;
+
+/// Why an identifier was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentifierFault {
+    /// Wrong number of characters (or bytes, for an ATR).
+    #[error("wrong length")]
+    Length,
+    /// A character outside the allowed set.
+    #[error("malformed")]
+    Malformed,
+    /// The check character does not match the rest.
+    #[error("bad check character")]
+    CheckCharacter,
+    /// The birth date of a social security number is not a real date.
+    #[error("birth date is not a real date")]
+    BirthDate,
+    /// A region code that is not in the table.
+    #[error("unknown region")]
+    UnknownRegion,
+    /// A region code of a province where a city is required.
+    #[error("region is not a city")]
+    NotACity,
+    /// A card identifier whose characters 7..16 are not `D156000005`.
+    #[error("missing the D156000005 application provider part")]
+    ProviderPart,
+    /// An ATR shorter than the 8 bytes of the card factor.
+    #[error("ATR shorter than 8 bytes")]
+    AtrTooShort,
+    /// An ATR longer than the 33 bytes ISO/IEC 7816-3 allows.
+    #[error("ATR longer than 33 bytes")]
+    AtrTooLong,
+}
+
+fn invalid(field: &'static str, reason: IdentifierFault) -> Error {
+    Error::InvalidIdentifier { field, reason }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Social security number
+// ---------------------------------------------------------------------------------------------
+
+/// A social security number (社会保障号码): the 18-character citizen ID of GB 11643-1999.
+///
+/// Stored in canonical form: a lower-case check character `x` is accepted and shown as `X`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SocialSecurityNumber(String);
+
+/// A calendar date, as the 8 birth-date digits of a social security number give it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BirthDate {
+    pub year: u16,
+    pub month: u8,
+    pub day: u8,
+}
+
+impl SocialSecurityNumber {
+    /// Field name used by [`FromStr`].
+    pub const FIELD: &'static str = "social_security_number";
+    /// GB 11643-1999 weights of the first 17 characters.
+    pub const WEIGHTS: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
+    const CHECK: &'static [u8; 11] = b"10X98765432";
+
+    /// Parses and validates `text`, naming `field` in errors.
+    pub fn parse_field(field: &'static str, text: &str) -> Result<SocialSecurityNumber> {
+        let b = text.as_bytes();
+        if b.len() != 18 {
+            return Err(invalid(field, IdentifierFault::Length));
+        }
+        if !b[..17].iter().all(u8::is_ascii_digit) || !matches!(b[17], b'0'..=b'9' | b'X' | b'x') {
+            return Err(invalid(field, IdentifierFault::Malformed));
+        }
+        let expected = SocialSecurityNumber::check_character(&text[..17])
+            .map_err(|_| invalid(field, IdentifierFault::Malformed))?;
+        if char::from(b[17].to_ascii_uppercase()) != expected {
+            return Err(invalid(field, IdentifierFault::CheckCharacter));
+        }
+        if &b[..2] == b"00" {
+            return Err(invalid(field, IdentifierFault::UnknownRegion));
+        }
+        if parse_date(&b[6..14]).is_none() {
+            return Err(invalid(field, IdentifierFault::BirthDate));
+        }
+        Ok(SocialSecurityNumber(text.to_ascii_uppercase()))
+    }
+
+    /// The check character of the first 17 characters (which must be 17 ASCII digits).
+    pub fn check_character(first17: &str) -> Result<char> {
+        let b = first17.as_bytes();
+        if b.len() != 17 {
+            return Err(invalid(Self::FIELD, IdentifierFault::Length));
+        }
+        if !b.iter().all(u8::is_ascii_digit) {
+            return Err(invalid(Self::FIELD, IdentifierFault::Malformed));
+        }
+        let sum: u32 = b
+            .iter()
+            .zip(Self::WEIGHTS)
+            .map(|(d, w)| u32::from(d - b'0') * w)
+            .sum();
+        // `sum % 11` is below 11: the index is always in range.
+        let idx = (sum % 11) as usize;
+        Ok(char::from(Self::CHECK[idx]))
+    }
+
+    /// The canonical 18 characters.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The 6-digit region of registration (a county-level GB/T 2260 code, e.g. `440103`).
+    pub fn region_code(&self) -> &str {
+        &self.0[..6]
+    }
+
+    /// The birth date.
+    pub fn birth_date(&self) -> BirthDate {
+        // Validated at parse time; the fallback is never taken.
+        parse_date(&self.0.as_bytes()[6..14]).unwrap_or(BirthDate {
+            year: 0,
+            month: 0,
+            day: 0,
+        })
+    }
+
+    /// For logs and the audit trail: region and last 4 characters, the birth date hidden
+    /// (`440103********123X`).
+    pub fn masked(&self) -> String {
+        format!("{}********{}", &self.0[..6], &self.0[14..])
+    }
+}
+
+/// `YYYYMMDD` as a real Gregorian date.
+fn parse_date(digits: &[u8]) -> Option<BirthDate> {
+    if digits.len() != 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let num = |r: core::ops::Range<usize>| {
+        digits[r]
+            .iter()
+            .fold(0u16, |acc, d| acc * 10 + u16::from(d - b'0'))
+    };
+    let year = num(0..4);
+    let month = u8::try_from(num(4..6)).ok()?;
+    let day = u8::try_from(num(6..8)).ok()?;
+    let leap = (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400);
+    let days = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if year == 0 || day == 0 || day > days {
+        return None;
+    }
+    Some(BirthDate { year, month, day })
+}
+
+impl FromStr for SocialSecurityNumber {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        SocialSecurityNumber::parse_field(Self::FIELD, s)
+    }
+}
+
+impl fmt::Display for SocialSecurityNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Prints the masked form: personal data must not reach logs through `{:?}`.
+impl fmt::Debug for SocialSecurityNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SocialSecurityNumber({})", self.masked())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Card number
+// ---------------------------------------------------------------------------------------------
+
+/// A card number (卡号): 8 characters of `[0-9A-Z]` and a check character.
+///
+/// Check character: values `0`–`9` → 0–9, `A`–`Z` → 10–35; weights 3 7 9 10 5 8 4 2 over all
+/// eight characters (the first one included); r = 11 − (Σ mod 11); r = 10 → `X`, r = 11 → `0`.
+/// The published examples `X00000019`, `B7K334774` and `188347080` all validate under this
+/// rule.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CardNumber(String);
+
+impl CardNumber {
+    /// Field name used by [`FromStr`].
+    pub const FIELD: &'static str = "card_number";
+    /// Weights of the 8 body characters.
+    pub const WEIGHTS: [u32; 8] = [3, 7, 9, 10, 5, 8, 4, 2];
+
+    /// Parses and validates `text` (upper case only, as printed on the card).
+    pub fn parse_field(field: &'static str, text: &str) -> Result<CardNumber> {
+        let b = text.as_bytes();
+        if b.len() != 9 {
+            return Err(invalid(field, IdentifierFault::Length));
+        }
+        if !b
+            .iter()
+            .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase())
+        {
+            return Err(invalid(field, IdentifierFault::Malformed));
+        }
+        let expected = CardNumber::check_character(&text[..8])
+            .map_err(|_| invalid(field, IdentifierFault::Malformed))?;
+        if char::from(b[8]) != expected {
+            return Err(invalid(field, IdentifierFault::CheckCharacter));
+        }
+        Ok(CardNumber(text.to_owned()))
+    }
+
+    /// The check character of an 8-character body of `[0-9A-Z]`.
+    pub fn check_character(body: &str) -> Result<char> {
+        let b = body.as_bytes();
+        if b.len() != 8 {
+            return Err(invalid(Self::FIELD, IdentifierFault::Length));
+        }
+        let mut sum = 0u32;
+        for (&c, w) in b.iter().zip(Self::WEIGHTS) {
+            let v = match c {
+                b'0'..=b'9' => u32::from(c - b'0'),
+                b'A'..=b'Z' => u32::from(c - b'A') + 10,
+                _ => return Err(invalid(Self::FIELD, IdentifierFault::Malformed)),
+            };
+            sum += v * w;
+        }
+        Ok(match 11 - sum % 11 {
+            10 => 'X',
+            11 => '0',
+            // 1..=9: a single decimal digit.
+            r => char::from(b'0' + r as u8),
+        })
+    }
+
+    /// The 9 characters.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// For logs and the audit trail: first and last three characters (`B*****774`).
+    pub fn masked(&self) -> String {
+        format!("{}*****{}", &self.0[..1], &self.0[6..])
+    }
+}
+
+impl FromStr for CardNumber {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        CardNumber::parse_field(Self::FIELD, s)
+    }
+}
+
+impl fmt::Display for CardNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Card identifier
+// ---------------------------------------------------------------------------------------------
+
+/// A card identifier (卡识别码): 32 hex characters, the 6-digit issuing region, the registered
+/// application provider part `D156000005`, and 16 hex characters chosen by the issuer.
+///
+/// The region must be one the service knows ([`crate::region`]). Stored in upper case.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CardIdentifier {
+    text: String,
+    region: &'static Region,
+}
+
+impl CardIdentifier {
+    /// Field name used by [`FromStr`].
+    pub const FIELD: &'static str = "card_identifier";
+    /// Characters 7..16 of every card identifier.
+    pub const PROVIDER: &'static str = "D156000005";
+
+    /// Parses and validates `text` (hex digits of either case).
+    pub fn parse_field(field: &'static str, text: &str) -> Result<CardIdentifier> {
+        let b = text.as_bytes();
+        if b.len() != 32 {
+            return Err(invalid(field, IdentifierFault::Length));
+        }
+        if !b.iter().all(u8::is_ascii_hexdigit) {
+            return Err(invalid(field, IdentifierFault::Malformed));
+        }
+        let upper = text.to_ascii_uppercase();
+        let region = Region::lookup_field(field, &upper[..6])?;
+        if &upper[6..16] != Self::PROVIDER {
+            return Err(invalid(field, IdentifierFault::ProviderPart));
+        }
+        Ok(CardIdentifier {
+            text: upper,
+            region,
+        })
+    }
+
+    /// The 32 upper-case hex characters.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The issuing region.
+    pub fn region(&self) -> &'static Region {
+        self.region
+    }
+
+    /// The last 16 hex characters, chosen by the issuer.
+    pub fn serial(&self) -> &str {
+        &self.text[16..]
+    }
+
+    /// For logs and the audit trail: region, provider part and the last 4 characters.
+    pub fn masked(&self) -> String {
+        format!("{}************{}", &self.text[..16], &self.text[28..])
+    }
+}
+
+impl FromStr for CardIdentifier {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        CardIdentifier::parse_field(Self::FIELD, s)
+    }
+}
+
+impl fmt::Display for CardIdentifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ATR
+// ---------------------------------------------------------------------------------------------
+
+/// A card's answer-to-reset: 8 to 33 bytes. Its last 8 bytes are the card factor F3.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Atr {
+    bytes: Vec<u8>,
+    factor: Factor,
+}
+
+impl Atr {
+    /// Field name used by [`FromStr`].
+    pub const FIELD: &'static str = "atr";
+    /// Fewest bytes: the card factor is the last 8.
+    pub const MIN_LEN: usize = 8;
+    /// Most bytes ISO/IEC 7816-3 allows in an ATR.
+    pub const MAX_LEN: usize = 33;
+
+    /// Parses hex (either case; white space between digits is ignored), naming `field`.
+    pub fn parse_field(field: &'static str, text: &str) -> Result<Atr> {
+        let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+        let bytes =
+            hex::decode(&compact).map_err(|_| invalid(field, IdentifierFault::Malformed))?;
+        Atr::from_bytes_field(field, &bytes)
+    }
+
+    /// An ATR from its bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Atr> {
+        Atr::from_bytes_field(Self::FIELD, bytes)
+    }
+
+    fn from_bytes_field(field: &'static str, bytes: &[u8]) -> Result<Atr> {
+        if bytes.len() > Self::MAX_LEN {
+            return Err(invalid(field, IdentifierFault::AtrTooLong));
+        }
+        let factor =
+            Factor::from_atr(bytes).map_err(|_| invalid(field, IdentifierFault::AtrTooShort))?;
+        Ok(Atr {
+            bytes: bytes.to_vec(),
+            factor,
+        })
+    }
+
+    /// The bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The card factor F3: the last 8 bytes ([`Factor::from_atr`]).
+    pub fn card_factor(&self) -> Factor {
+        self.factor
+    }
+
+    /// Upper-case hex.
+    pub fn to_hex(&self) -> String {
+        hex::encode_upper(&self.bytes)
+    }
+
+    /// For logs and the audit trail: the first and last 2 bytes, the rest as `*`
+    /// (`3B6D****…****2A48`, as long as the hex).
+    pub fn masked(&self) -> String {
+        let hex = self.to_hex();
+        let n = hex.len();
+        format!("{}{}{}", &hex[..4], "*".repeat(n - 8), &hex[n - 4..])
+    }
+}
+
+impl FromStr for Atr {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Atr::parse_field(Self::FIELD, s)
+    }
+}
+
+impl fmt::Display for Atr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fault(r: Result<impl fmt::Debug>) -> (&'static str, IdentifierFault) {
+        match r {
+            Err(Error::InvalidIdentifier { field, reason }) => (field, reason),
+            other => panic!("expected InvalidIdentifier, got {other:?}"),
+        }
+    }
+
+    // ---- social security number ----
+
+    #[test]
+    fn ssn_published_and_constructed_examples() {
+        // GB 11643-1999's own examples.
+        for ok in ["11010519491231002X", "440524188001010014"] {
+            let ssn: SocialSecurityNumber = ok.parse().unwrap();
+            assert_eq!(ssn.as_str(), ok);
+        }
+        // Constructed by the rule (check characters computed independently).
+        let ssn: SocialSecurityNumber = "440103199003071232".parse().unwrap();
+        assert_eq!(ssn.region_code(), "440103");
+        assert_eq!(
+            ssn.birth_date(),
+            BirthDate {
+                year: 1990,
+                month: 3,
+                day: 7
+            }
+        );
+        assert_eq!(ssn.masked(), "440103********1232");
+        // 29 February of a leap year.
+        assert!("440300200002294562".parse::<SocialSecurityNumber>().is_ok());
+        assert_eq!(
+            SocialSecurityNumber::check_character("11010519491231002").unwrap(),
+            'X'
+        );
+        assert_eq!(
+            SocialSecurityNumber::check_character("44190019991231000").unwrap(),
+            '5'
+        );
+    }
+
+    #[test]
+    fn ssn_lower_case_x_is_canonicalised() {
+        let ssn: SocialSecurityNumber = "11010519491231002x".parse().unwrap();
+        assert_eq!(ssn.to_string(), "11010519491231002X");
+        assert_eq!(ssn, "11010519491231002X".parse().unwrap());
+    }
+
+    #[test]
+    fn ssn_refusals() {
+        let cases: Vec<(String, IdentifierFault)> = [
+            ("11010519491231002", IdentifierFault::Length),
+            ("11010519491231002X1", IdentifierFault::Length),
+            ("1101051949123100 X", IdentifierFault::Malformed),
+            ("11010519491231002Y", IdentifierFault::Malformed),
+            ("X10105194912310021", IdentifierFault::Malformed),
+            ("110105194912310021", IdentifierFault::CheckCharacter),
+            ("440524188001010015", IdentifierFault::CheckCharacter),
+        ]
+        .into_iter()
+        .map(|(t, r)| (t.to_owned(), r))
+        .chain([
+            // Check character right, date wrong: 1900 is not a leap year; month 13; day 0;
+            // 31 April.
+            (with_check("44030019000229123"), IdentifierFault::BirthDate),
+            (with_check("44030019901301123"), IdentifierFault::BirthDate),
+            (with_check("44030019900400123"), IdentifierFault::BirthDate),
+            (with_check("44030019900431123"), IdentifierFault::BirthDate),
+            (
+                with_check("00030019900101123"),
+                IdentifierFault::UnknownRegion,
+            ),
+        ])
+        .collect();
+        for (text, reason) in cases {
+            assert_eq!(
+                fault(text.parse::<SocialSecurityNumber>()),
+                ("social_security_number", reason),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            fault(SocialSecurityNumber::parse_field("applicant_ssn", "1")),
+            ("applicant_ssn", IdentifierFault::Length)
+        );
+    }
+
+    fn with_check(first17: &str) -> String {
+        format!(
+            "{first17}{}",
+            SocialSecurityNumber::check_character(first17).unwrap()
+        )
+    }
+
+    #[test]
+    fn ssn_never_shows_in_debug_or_errors() {
+        let ssn: SocialSecurityNumber = "11010519491231002X".parse().unwrap();
+        let shown = format!("{ssn:?}");
+        assert!(!shown.contains("19491231"), "{shown}");
+        assert!(shown.contains("110105********002X"));
+        let err = "110105194912310021"
+            .parse::<SocialSecurityNumber>()
+            .unwrap_err();
+        let text = format!("{err} {err:?}");
+        assert!(!text.contains("19491231"), "{text}");
+        assert!(text.contains("social_security_number"), "{text}");
+    }
+
+    // ---- card number ----
+
+    #[test]
+    fn card_number_published_examples() {
+        for ok in ["X00000019", "B7K334774", "188347080"] {
+            let n: CardNumber = ok.parse().unwrap();
+            assert_eq!(n.to_string(), ok);
+            assert_eq!(
+                CardNumber::check_character(&ok[..8]).unwrap(),
+                char::from(ok.as_bytes()[8])
+            );
+        }
+        assert_eq!(
+            CardNumber::from_str("B7K334774").unwrap().masked(),
+            "B*****774"
+        );
+    }
+
+    #[test]
+    fn card_number_constructed_check_characters() {
+        // Σ for GD000008 = 16·3 + 13·7 + 8·2 = 155, 155 mod 11 = 1, r = 10 → X.
+        assert_eq!(CardNumber::check_character("GD000008").unwrap(), 'X');
+        assert!("GD000008X".parse::<CardNumber>().is_ok());
+        // Σ = 0 → r = 11 → 0.
+        assert_eq!(CardNumber::check_character("00000000").unwrap(), '0');
+        assert!("000000000".parse::<CardNumber>().is_ok());
+        // Σ for GD000002 = 48 + 91 + 4 = 143 = 13·11 → r = 11 → 0.
+        assert_eq!(CardNumber::check_character("GD000002").unwrap(), '0');
+        // Σ = 2 → r = 9.
+        assert_eq!(CardNumber::check_character("00000001").unwrap(), '9');
+        // Letters count 10..35: A·3 = 30, 30 mod 11 = 8, r = 3.
+        assert_eq!(CardNumber::check_character("A0000000").unwrap(), '3');
+    }
+
+    #[test]
+    fn card_number_refusals() {
+        let cases = [
+            ("X0000001", IdentifierFault::Length),
+            ("X000000190", IdentifierFault::Length),
+            ("x00000019", IdentifierFault::Malformed),
+            ("X0000-019", IdentifierFault::Malformed),
+            ("X00000018", IdentifierFault::CheckCharacter),
+            ("B7K334775", IdentifierFault::CheckCharacter),
+            ("188347081", IdentifierFault::CheckCharacter),
+            ("GD0000080", IdentifierFault::CheckCharacter),
+        ];
+        for (text, reason) in cases {
+            assert_eq!(
+                fault(text.parse::<CardNumber>()),
+                ("card_number", reason),
+                "{text}"
+            );
+        }
+    }
+
+    // ---- card identifier ----
+
+    #[test]
+    fn card_identifier_example() {
+        let id: CardIdentifier = "440300D1560000050050640776EF3192".parse().unwrap();
+        assert_eq!(id.region().code, "440300");
+        assert_eq!(id.region().name_en, "Shenzhen");
+        assert_eq!(id.serial(), "0050640776EF3192");
+        assert_eq!(id.masked(), "440300D156000005************3192");
+        let lower: CardIdentifier = "440300d1560000050050640776ef3192".parse().unwrap();
+        assert_eq!(lower, id);
+        assert_eq!(lower.to_string(), "440300D1560000050050640776EF3192");
+    }
+
+    #[test]
+    fn card_identifier_refusals() {
+        let cases = [
+            ("440300D1560000050050640776EF319", IdentifierFault::Length),
+            ("440300D1560000050050640776EF31920", IdentifierFault::Length),
+            (
+                "440300D1560000050050640776EF319G",
+                IdentifierFault::Malformed,
+            ),
+            (
+                "441000D1560000050050640776EF3192",
+                IdentifierFault::UnknownRegion,
+            ),
+            (
+                "110000D1560000050050640776EF3192",
+                IdentifierFault::UnknownRegion,
+            ),
+            (
+                "4403AAD1560000050050640776EF3192",
+                IdentifierFault::Malformed,
+            ),
+            (
+                "440300D1560000060050640776EF3192",
+                IdentifierFault::ProviderPart,
+            ),
+        ];
+        for (text, reason) in cases {
+            assert_eq!(
+                fault(text.parse::<CardIdentifier>()),
+                ("card_identifier", reason),
+                "{text}"
+            );
+        }
+    }
+
+    // ---- ATR ----
+
+    #[test]
+    fn atr_gives_the_card_factor() {
+        let atr: Atr = "3B6D000080318065B08701AD86843202AD932A48".parse().unwrap();
+        assert_eq!(atr.card_factor().to_hex(), "86843202AD932A48");
+        assert_eq!(atr.as_bytes().len(), 20);
+        assert_eq!(atr.masked(), format!("3B6D{}2A48", "*".repeat(32)));
+        let spaced: Atr = "3b 6d 00 00 80 31 80 65 b0 87 01 ad 86 84 32 02 ad 93 2a 48"
+            .parse()
+            .unwrap();
+        assert_eq!(spaced, atr);
+        assert_eq!(
+            spaced.to_string(),
+            "3B6D000080318065B08701AD86843202AD932A48"
+        );
+        // Exactly 8 and exactly 33 bytes are accepted.
+        let eight = Atr::from_bytes(&[0x3B; 8]).unwrap();
+        assert_eq!(eight.card_factor(), Factor::from_bytes(&[0x3B; 8]).unwrap());
+        assert!(Atr::from_bytes(&[0x3B; 33]).is_ok());
+    }
+
+    #[test]
+    fn atr_refusals() {
+        assert_eq!(
+            fault("3B6D0000803180".parse::<Atr>()).1,
+            IdentifierFault::AtrTooShort
+        );
+        assert_eq!(
+            fault(Atr::from_bytes(&[0x3B; 7])),
+            ("atr", IdentifierFault::AtrTooShort)
+        );
+        assert_eq!(
+            fault(Atr::from_bytes(&[0x3B; 34])),
+            ("atr", IdentifierFault::AtrTooLong)
+        );
+        assert_eq!(
+            fault(Atr::parse_field("card_atr", "3B6D00008031806")),
+            ("card_atr", IdentifierFault::Malformed)
+        );
+        assert_eq!(
+            fault("3B6D000080318065B08701ZZ".parse::<Atr>()),
+            ("atr", IdentifierFault::Malformed)
+        );
+    }
+}

@@ -1,0 +1,143 @@
+//! What the store keeps, as serde records. No record holds a clear key: keys are LMK-wrapped
+//! tokens (`hsm_sim::hsm::KeyToken` text) with their KCVs.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::template::KeyLevel as Level;
+
+/// The region code that stands for "national" in key records.
+pub const NATIONAL: &str = "000000";
+
+/// A key of the hierarchy (national root, provincial or city key) of one template key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub template_id: String,
+    pub key_name: String,
+    pub level: Level,
+    /// `000000` (national), the province code, or a city code.
+    pub region: String,
+    /// The root version this key descends from; a new root gives a new version of every level.
+    pub version: u32,
+    /// `hsm_sim::Algorithm::name()`.
+    pub algorithm: String,
+    /// LMK-wrapped token.
+    pub token: String,
+    /// KCV method name and hex value.
+    pub kcv_method: String,
+    pub kcv: String,
+    /// Whether new cards get this version.
+    pub active: bool,
+    pub created_ms: u64,
+}
+
+impl KeyRecord {
+    /// The record's key in the `keys` table; versions sort numerically.
+    pub fn id(&self) -> String {
+        key_id(
+            &self.template_id,
+            &self.key_name,
+            self.level,
+            &self.region,
+            self.version,
+        )
+    }
+}
+
+/// `template/key/level/region/version` with the version zero-padded.
+pub fn key_id(template: &str, key: &str, level: Level, region: &str, version: u32) -> String {
+    format!("{}{version:08}", key_prefix(template, key, level, region))
+}
+
+/// The prefix of every version of one key.
+pub fn key_prefix(template: &str, key: &str, level: Level, region: &str) -> String {
+    format!("{template}/{key}/{level}/{region}/")
+}
+
+/// A blank-card vendor transport key of a template (table `keys`, id `template/#vendor-transport/...`).
+pub const VENDOR_TRANSPORT: &str = "#vendor-transport";
+
+/// Kinds of endpoints that receive keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EndpointKind {
+    Station,
+    PsamLine,
+}
+
+impl EndpointKind {
+    pub const fn name(self) -> &'static str {
+        match self {
+            EndpointKind::Station => "station",
+            EndpointKind::PsamLine => "psam-line",
+        }
+    }
+}
+
+/// A personalisation station or PSAM production line, with its transport key (KBPK).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub kind: EndpointKind,
+    pub name: String,
+    pub region: String,
+    /// LMK-wrapped KBPK token.
+    pub transport_token: String,
+    pub transport_algorithm: String,
+    pub transport_kcv: String,
+    pub transport_kcv_method: String,
+    pub created_ms: u64,
+}
+
+/// The record key of an endpoint.
+pub fn endpoint_id(kind: EndpointKind, name: &str) -> String {
+    format!("{}/{name}", kind.name())
+}
+
+/// A registered PSAM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Psam {
+    pub serial: String,
+    /// The line that registered it (only that line gets its keys).
+    pub line: String,
+    pub region: String,
+    pub template_id: String,
+    /// How many times its key set was released.
+    pub releases: u32,
+    pub created_ms: u64,
+}
+
+/// The review state of a card.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CardStatus {
+    Registered,
+    Accepted,
+    Blacklisted,
+}
+
+/// A registered card.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Card {
+    pub card_identifier: String,
+    pub card_number: String,
+    pub social_security_number: String,
+    /// The issuing city (from the card identifier).
+    pub region: String,
+    pub template_id: String,
+    pub status: CardStatus,
+    pub blacklist_reason: Option<String>,
+    /// The ATR the card's keys were first released for; later releases must use the same.
+    pub atr: Option<String>,
+    /// Root version per template key at first release (rotation never silently changes them).
+    pub issued_root_versions: BTreeMap<String, u32>,
+    pub created_ms: u64,
+}
+
+/// A stored template: its TOML text (the data) and revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredTemplate {
+    pub id: String,
+    pub version: u32,
+    pub toml: String,
+}
