@@ -93,6 +93,64 @@ impl DevPaths {
 
 const SEEDED: &str = "dev_seeded";
 
+/// Runs `sscard-kms dev` until `shutdown`: in-process HSM on the test LMK, the store and the
+/// dev PKI under `data_dir`, the published test keys seeded once, the API on `listener`.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    data_dir: &Path,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<()> {
+    let paths = DevPaths::new(data_dir);
+    std::fs::create_dir_all(data_dir).map_err(|source| Error::File {
+        path: data_dir.to_owned(),
+        source,
+    })?;
+    let pki = crate::pki::DevPki::load_or_generate(&paths.pki)?;
+    let hsm = Arc::new(hsm_sim::local::LocalHsm::open(
+        hsm_sim::local::LocalHsmConfig {
+            dangerous_test_lmk: true,
+            ..Default::default()
+        },
+    )?);
+    let kms = Kms::open(hsm, &paths.store).await?;
+    let seeded = dangerous_seed_test_keys(&kms).await?;
+    let tls =
+        crate::tls::server_config(&pki.server().cert_pem, &pki.server().key_pem, pki.ca_pem())?;
+    let addr = listener.local_addr().map_err(|source| Error::File {
+        path: data_dir.to_owned(),
+        source,
+    })?;
+    println!("{}", banner(addr, data_dir, &paths, seeded));
+    crate::server::serve(kms, listener, tls, shutdown).await
+}
+
+fn banner(addr: std::net::SocketAddr, data_dir: &Path, paths: &DevPaths, seeded: bool) -> String {
+    format!(
+        "sscard-kms dev — DEVELOPMENT ONLY: the HSM runs on the published test LMK and the keys are\n\
+         the published test keys of dev/test-keys.toml. Never personalise a real card with it.\n\
+         \n\
+         listening on   https://{addr} (mutual TLS)\n\
+         data           {data}{seeded}\n\
+         PKI            {pki}/ca.pem, server.pem, and <role>.pem/.key for station, psam-line,\n\
+         \x20              registrar, officer, auditor\n\
+         demo           station GZ-01 (440100), PSAM line PSAM-LINE-01 (440000), cards\n\
+         \x20              440100D1560000050050640776EF3192 (ssc-2.0), …3193 (ssc-3.0), accepted\n\
+         \n\
+         next: inject the demo card's keys as the Guangzhou station:\n\
+         \x20   cargo run --example inject_card -- --data-dir {data}\n\
+         stop with Ctrl-C; then check the audit trail offline:\n\
+         \x20   cargo run --bin kms-ceremony -- audit verify --data-dir {store} --dangerous-test-lmk",
+        data = data_dir.display(),
+        seeded = if seeded {
+            " (seeded now)"
+        } else {
+            " (existing)"
+        },
+        pki = paths.pki.display(),
+        store = paths.store.display(),
+    )
+}
+
 /// Two components of a published test key: `(key ⊕ mask, mask)`, each with its KCV.
 fn dangerous_test_components(
     alg: Algorithm,

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod authz;
 pub mod ceremony;
+pub mod config;
 pub mod dev;
 pub mod error;
 pub mod identifiers;

@@ -605,3 +605,64 @@ impl<H: Hsm> Api<H> {
         }))
     }
 }
+
+/// Runs a configured deployment until `shutdown`: TLS from files (a client CA is required), the
+/// HSM in-process or remote, the store under the data directory.
+pub async fn run_configured(
+    config: crate::config::Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    use crate::config::HsmConfig;
+    let tls = crate::tls::ServerTlsFiles {
+        cert: config.tls.cert.clone(),
+        key: config.tls.key.clone(),
+        client_ca: config.tls.client_ca.clone(),
+    }
+    .load()?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::File {
+            path: std::path::PathBuf::from(config.listen.to_string()),
+            source,
+        })?;
+    let store_dir = config.data_dir.join("store");
+    tracing::info!(listen = %config.listen, data = %config.data_dir.display(), "starting");
+    match config.hsm {
+        HsmConfig::Local { state_dir } => {
+            let hsm = Arc::new(hsm_sim::local::LocalHsm::open(
+                hsm_sim::local::LocalHsmConfig {
+                    state_dir: Some(state_dir.unwrap_or_else(|| config.data_dir.join("hsm"))),
+                    ..Default::default()
+                },
+            )?);
+            let kms = Kms::open(hsm, &store_dir).await?;
+            serve(kms, listener, tls, shutdown).await
+        }
+        HsmConfig::Remote {
+            endpoint,
+            ca,
+            cert,
+            key,
+        } => {
+            let client_tls =
+                hsm_sim::remote::ClientTls::from_pem_files(&cert, &key, &ca).map_err(|e| {
+                    tracing::error!(error = %e, "HSM client TLS refused");
+                    Error::Tls {
+                        what: "HSM client",
+                        reason: "cannot load the HSM client certificate, key or CA",
+                    }
+                })?;
+            let hsm = Arc::new(
+                hsm_sim::remote::RemoteHsm::connect_lazy(&endpoint, client_tls).map_err(|e| {
+                    tracing::error!(error = %e, "HSM endpoint refused");
+                    Error::Tls {
+                        what: "HSM client",
+                        reason: "invalid HSM endpoint",
+                    }
+                })?,
+            );
+            let kms = Kms::open(hsm, &store_dir).await?;
+            serve(kms, listener, tls, shutdown).await
+        }
+    }
+}

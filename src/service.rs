@@ -39,7 +39,8 @@ pub const PROVINCE: &str = "440000";
 const WRITE_KEY_CLA: u8 = 0x84;
 const WRITE_KEY_INS: u8 = 0xD4;
 
-const AUDIT_KEY: &str = "audit_key_token";
+/// Where the audit key's token is kept in the `meta` table.
+pub const AUDIT_KEY: &str = "audit_key_token";
 
 /// A card as a station names it.
 #[derive(Debug, Clone, PartialEq, Eq)]

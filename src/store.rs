@@ -90,12 +90,29 @@ impl Sealer for NoSealer {
 type Completion = Box<dyn FnOnce(Result<()>) + Send>;
 type Job = Box<dyn FnOnce(&mut Tx<'_>) -> Completion + Send>;
 
-/// The store: cheap to clone, shared by every request.
+/// The store: cheap to clone, shared by every request. When the last clone is dropped the
+/// writer thread finishes its batch and exits, and the database file is closed, so the same
+/// directory can be opened again at once.
 #[derive(Clone)]
 pub struct Store {
+    writer: Arc<Writer>,
     db: Arc<redb::Database>,
-    jobs: std_mpsc::Sender<Job>,
     path: PathBuf,
+}
+
+/// The writer thread's handle: dropping it closes the job queue and waits for the thread.
+struct Writer {
+    jobs: Option<std_mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -333,11 +350,18 @@ impl Store {
         };
         let (jobs, rx) = std_mpsc::channel::<Job>();
         let writer_db = Arc::clone(&db);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer(writer_db, rx, head, sealer))
             .map_err(|_| Error::Store)?;
-        Ok(Store { db, jobs, path })
+        Ok(Store {
+            writer: Arc::new(Writer {
+                jobs: Some(jobs),
+                thread: Some(thread),
+            }),
+            db,
+            path,
+        })
     }
 
     /// Opens an existing store read-only, for offline tools (the server must not be running).
@@ -371,7 +395,8 @@ impl Store {
                 }),
             }
         });
-        self.jobs.send(job).map_err(|_| Error::Store)?;
+        let jobs = self.writer.jobs.as_ref().ok_or(Error::Store)?;
+        jobs.send(job).map_err(|_| Error::Store)?;
         rx.await.map_err(|_| Error::Store)?
     }
 

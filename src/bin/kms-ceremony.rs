@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sscard_kms::ceremony::{calc, input::Stdin};
+use sscard_kms::ceremony::{audit, calc, input::Stdin};
 
 /// Key-ceremony tools for sscard-kms. Secrets are read from standard input, never from arguments.
 #[derive(Debug, Parser)]
@@ -19,12 +19,51 @@ enum Command {
     /// Offline calculators: KCVs, derivations, MACs, TR-31 blocks, SSC factors.
     #[command(subcommand)]
     Calc(calc::Calc),
+    /// The audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Verify the hash chain and the seals of a stopped server's store, offline. Prints the
+    /// counts and, last, INTACT or BROKEN with the first broken link (exit code 1).
+    Verify {
+        /// The store directory (`<data-dir>/store` for `sscard-kms dev`).
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
+        /// Also check every seal's MAC through an in-process HSM on the published test LMK
+        /// (development stores only).
+        #[arg(long)]
+        dangerous_test_lmk: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Calc(cmd) => calc::run(cmd, &mut Stdin),
+        Command::Audit(AuditCommand::Verify {
+            data_dir,
+            dangerous_test_lmk,
+        }) => {
+            let report = if *dangerous_test_lmk {
+                audit::verify_with_test_lmk(data_dir)
+            } else {
+                audit::verify(data_dir, None)
+            };
+            match report {
+                Ok(report) => {
+                    print!("{}", report.render());
+                    return if audit::verdict(&report).is_ok() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    };
+                }
+                Err(e) => Err(e),
+            }
+        }
     };
     match result {
         Ok(out) => {

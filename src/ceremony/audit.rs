@@ -95,6 +95,32 @@ pub fn verify_records(
     report
 }
 
+/// Verifies the trail in `data_dir` and, with `dangerous_test_lmk`, every seal's MAC through an
+/// in-process HSM on the published test LMK (development data directories only: a production
+/// trail's seals are checked through the production HSM).
+pub fn verify_with_test_lmk(data_dir: &Path) -> Result<Report> {
+    use hsm_sim::hsm::{Hsm, KeyToken};
+    let snapshot = Store::open_read_only(data_dir)?;
+    let token: String = snapshot
+        .get(crate::store::Table::Meta, crate::service::AUDIT_KEY)?
+        .ok_or(Error::NotFound { what: "audit key" })?;
+    let token = KeyToken::from_stored(token);
+    let hsm = hsm_sim::local::LocalHsm::open(hsm_sim::local::LocalHsmConfig {
+        dangerous_test_lmk: true,
+        ..Default::default()
+    })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|_| Error::Store)?;
+    let check = |message: &[u8], mac: &[u8]| -> bool {
+        runtime
+            .block_on(hsm.verify_mac(&token, message, mac))
+            .is_ok()
+    };
+    let (records, seals) = snapshot.audit_trail()?;
+    Ok(verify_records(&records, &seals, Some(&check)))
+}
+
 /// Exit status of `audit verify`: an error when the trail is broken.
 pub fn verdict(report: &Report) -> Result<()> {
     match &report.broken {

@@ -1,0 +1,95 @@
+//! `sscard-kms`: the key service. Argument parsing and signal handling only; the work is in the
+//! library (`sscard_kms::dev::run`, `sscard_kms::server::run_configured`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// The province's key-management service for social security cards.
+#[derive(Debug, Parser)]
+#[command(name = "sscard-kms", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// A complete local KMS for development: in-process HSM on the published test LMK, published
+    /// test keys, a dev PKI, demo station, PSAM line and cards.
+    Dev {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        listen: SocketAddr,
+        /// Where the store, the HSM state and the dev PKI live.
+        #[arg(long, default_value = "./kms-data")]
+        data_dir: PathBuf,
+    },
+    /// Serve a real deployment from its configuration file (see `sscard_kms::config`).
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sscard-kms: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Dev { listen, data_dir } => {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .map_err(|source| sscard_kms::Error::File {
+                        path: PathBuf::from(listen.to_string()),
+                        source,
+                    })?;
+                sscard_kms::dev::run(listener, &data_dir, shutdown_signal()).await
+            }
+            Command::Serve { config } => {
+                let config = sscard_kms::config::Config::load(&config)?;
+                sscard_kms::server::run_configured(config, shutdown_signal()).await
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sscard-kms: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
