@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sscard_kms::ceremony::{audit, calc, input::Stdin};
+use sscard_kms::ceremony::{audit, calc, hsm, input::Stdin};
 
 /// Key-ceremony tools for sscard-kms. Secrets are read from standard input, never from arguments.
 #[derive(Debug, Parser)]
@@ -22,6 +22,25 @@ enum Command {
     /// The audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The in-process HSM of a `serve` deployment with `[hsm] mode = "local"`.
+    #[command(subcommand)]
+    Hsm(HsmCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum HsmCommand {
+    /// Create the LMK, split into custodian shares; prints each share once and the LMK's KCV.
+    Init {
+        /// The HSM state directory (`[hsm] state_dir`, default `<data_dir>/hsm`).
+        #[arg(long)]
+        state_dir: std::path::PathBuf,
+        /// Shares needed to unseal (at least 2: dual control).
+        #[arg(long)]
+        threshold: u8,
+        /// Shares issued, one per custodian.
+        #[arg(long)]
+        shares: u8,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -43,6 +62,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Calc(cmd) => calc::run(cmd, &mut Stdin),
+        Command::Hsm(HsmCommand::Init {
+            state_dir,
+            threshold,
+            shares,
+        }) => match hsm::init(state_dir, *threshold, *shares) {
+            // Printed straight from the zeroizing buffer: the shares are never copied.
+            Ok(text) => {
+                print!("{}", &*text);
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => Err(e),
+        },
         Command::Audit(AuditCommand::Verify {
             data_dir,
             dangerous_test_lmk,

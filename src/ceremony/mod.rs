@@ -6,4 +6,5 @@
 
 pub mod audit;
 pub mod calc;
+pub mod hsm;
 pub mod input;
