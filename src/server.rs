@@ -147,7 +147,10 @@ fn hsm_status(e: &hsm_sim::Error) -> Status {
         | H::RegionCode(_)
         | H::ComponentKcv { .. }
         | H::Count { .. }
-        | H::UnknownAlgorithm(_) => Code::InvalidArgument,
+        | H::UnknownAlgorithm(_)
+        | H::Share(_)
+        | H::LmkKcvMismatch => Code::InvalidArgument,
+        H::AlreadyInitialised => Code::FailedPrecondition,
         // A request the keys involved do not allow (e.g. an SM4 key under a TDES transport key).
         H::Unsupported { .. }
         | H::KeyBlockKbpk { .. }
@@ -558,6 +561,13 @@ impl<H: Hsm> pb::admin_service_server::AdminService for Api<H> {
             .await
     }
 
+    async fn unseal_hsm(
+        &self,
+        request: Request<pb::UnsealHsmRequest>,
+    ) -> Result<Response<pb::UnsealHsmResponse>, Status> {
+        self.unseal(request).await
+    }
+
     async fn list_keys(
         &self,
         request: Request<pb::ListKeysRequest>,
@@ -576,6 +586,20 @@ impl<H: Hsm> pb::admin_service_server::AdminService for Api<H> {
 }
 
 impl<H: Hsm> Api<H> {
+    async fn unseal(
+        &self,
+        request: Request<pb::UnsealHsmRequest>,
+    ) -> Result<Response<pb::UnsealHsmResponse>, Status> {
+        let who = caller(&request)?;
+        let share = Zeroizing::new(request.into_inner().share);
+        let p = self.kms.unseal_hsm(&who, share).await.map_err(status)?;
+        Ok(Response::new(pb::UnsealHsmResponse {
+            submitted: u32::from(p.submitted),
+            threshold: u32::from(p.threshold),
+            unsealed: p.unsealed,
+        }))
+    }
+
     async fn register_endpoint(
         &self,
         kind: EndpointKind,

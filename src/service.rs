@@ -9,7 +9,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
 
-use hsm_sim::Algorithm;
 use hsm_sim::factor::Factor;
 use hsm_sim::hsm::{
     Component, Exportability, Hsm, KeySpec as HsmKeySpec, KeyToken, KeyUsage, WriteKeyRequest,
@@ -17,6 +16,7 @@ use hsm_sim::hsm::{
 use hsm_sim::kcv::{Kcv, KcvMethod};
 use hsm_sim::mac::MacFold;
 use hsm_sim::tr31::KeyBlockVersion;
+use hsm_sim::{Algorithm, Error as HsmError};
 use zeroize::Zeroizing;
 
 use crate::audit::AuditEvent;
@@ -165,7 +165,8 @@ pub struct Kms<H: Hsm> {
     hsm: Arc<H>,
     store: Store,
     templates: RwLock<HashMap<String, Arc<Template>>>,
-    audit_key: KeyToken,
+    /// Seals the audit chain; holds the audit key's token once it exists.
+    sealer: Arc<HsmSealer<H>>,
 }
 
 impl<H: Hsm> std::fmt::Debug for Kms<H> {
@@ -194,8 +195,9 @@ fn block_version(alg: Algorithm) -> Result<KeyBlockVersion> {
 }
 
 impl<H: Hsm> Kms<H> {
-    /// Opens the service on `store_dir` with `hsm`. Loads templates, and creates the audit key
-    /// on first start (the HSM must then be operational).
+    /// Opens the service on `store_dir` with `hsm` and loads the templates. The audit key is
+    /// created on the first start with an operational HSM; until it exists (HSM sealed or not yet
+    /// initialised) audit records are chained but not sealed.
     pub async fn open(hsm: Arc<H>, store_dir: &std::path::Path) -> Result<Arc<Kms<H>>> {
         let sealer = Arc::new(HsmSealer {
             hsm: Arc::clone(&hsm),
@@ -203,11 +205,39 @@ impl<H: Hsm> Kms<H> {
             runtime: tokio::runtime::Handle::current(),
         });
         let store = Store::open(store_dir, Arc::clone(&sealer) as Arc<dyn Sealer>)?;
-        let existing: Option<String> = store.snapshot()?.get(Table::Meta, AUDIT_KEY)?;
-        let audit_key = match existing {
+        let kms = Kms {
+            hsm,
+            store,
+            templates: RwLock::new(HashMap::new()),
+            sealer,
+        };
+        kms.reload_templates()?;
+        match kms.ensure_audit_key().await {
+            Ok(()) => {}
+            Err(Error::Hsm(
+                e @ (HsmError::Sealed
+                | HsmError::Uninitialised
+                | HsmError::SelfTestFailed(_)
+                | HsmError::Unavailable),
+            )) => {
+                tracing::warn!(error = %e, "no audit key yet: the HSM is not operational");
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(Arc::new(kms))
+    }
+
+    /// Loads the audit key's token, or creates it in the HSM (which must be operational).
+    async fn ensure_audit_key(&self) -> Result<()> {
+        if self.sealer.token.get().is_some() {
+            return Ok(());
+        }
+        let existing: Option<String> = self.store.snapshot()?.get(Table::Meta, AUDIT_KEY)?;
+        let token = match existing {
             Some(t) => KeyToken::from_stored(t),
             None => {
-                let key = hsm
+                let key = self
+                    .hsm
                     .generate_key(HsmKeySpec {
                         algorithm: Algorithm::Aes256,
                         usage: KeyUsage::AuditMac,
@@ -216,8 +246,11 @@ impl<H: Hsm> Kms<H> {
                     .await?;
                 let text = key.token.as_str().to_owned();
                 let (method, kcv) = kcv_hex(&key.kcv);
-                store
+                self.store
                     .write(move |tx| {
+                        if tx.get::<String>(Table::Meta, AUDIT_KEY)?.is_some() {
+                            return Err(Error::AlreadyExists { what: "audit key" });
+                        }
                         tx.put(Table::Meta, AUDIT_KEY, &text)?;
                         tx.audit(AuditEvent::ok(
                             "system",
@@ -230,15 +263,42 @@ impl<H: Hsm> Kms<H> {
                 key.token
             }
         };
-        let _ = sealer.token.set(audit_key.clone());
-        let kms = Kms {
-            hsm,
-            store,
-            templates: RwLock::new(HashMap::new()),
-            audit_key,
-        };
-        kms.reload_templates()?;
-        Ok(Arc::new(kms))
+        let _ = self.sealer.token.set(token);
+        Ok(())
+    }
+
+    /// One custodian's share towards unsealing the HSM; at the threshold the HSM is operational
+    /// (and the audit key is created if this is the first time).
+    pub async fn unseal_hsm(
+        &self,
+        caller: &Identity,
+        share: Zeroizing<String>,
+    ) -> Result<hsm_sim::hsm::UnsealProgress> {
+        self.audited(caller, Operation::Administer, "unseal-hsm", async {
+            authz::authorize(caller, Operation::Administer)?;
+            let progress = self.hsm.unseal(hsm_sim::hsm::LmkShare::new(share)).await?;
+            if progress.unsealed {
+                self.ensure_audit_key().await?;
+            }
+            self.store
+                .audit(vec![AuditEvent::ok(
+                    caller.to_string(),
+                    "unseal-hsm",
+                    format!(
+                        "share accepted: {}/{}{}",
+                        progress.submitted,
+                        progress.threshold,
+                        if progress.unsealed {
+                            ", HSM operational"
+                        } else {
+                            ""
+                        }
+                    ),
+                )])
+                .await?;
+            Ok(progress)
+        })
+        .await
     }
 
     /// The HSM this service uses.
@@ -251,9 +311,9 @@ impl<H: Hsm> Kms<H> {
         &self.store
     }
 
-    /// The audit key's token (for verifying seals with the same HSM).
-    pub fn audit_key(&self) -> &KeyToken {
-        &self.audit_key
+    /// The audit key's token (for verifying seals with the same HSM), once it exists.
+    pub fn audit_key(&self) -> Option<&KeyToken> {
+        self.sealer.token.get()
     }
 
     fn reload_templates(&self) -> Result<()> {
@@ -1406,33 +1466,40 @@ impl<H: Hsm> Kms<H> {
 
     /// The key records of a template (tokens and KCVs, never values).
     pub async fn list_keys(&self, caller: &Identity, template_id: &str) -> Result<Vec<KeyRecord>> {
-        authz::authorize(caller, Operation::Administer)?;
-        let keys: Vec<(String, KeyRecord)> = self
-            .store
-            .snapshot()?
-            .scan(Table::Keys, &format!("{template_id}/"))?;
-        Ok(keys.into_iter().map(|(_, r)| r).collect())
+        let subject = format!("template {template_id}");
+        self.audited(caller, Operation::Administer, &subject, async {
+            authz::authorize(caller, Operation::Administer)?;
+            let keys: Vec<(String, KeyRecord)> = self
+                .store
+                .snapshot()?
+                .scan(Table::Keys, &format!("{template_id}/"))?;
+            Ok(keys.into_iter().map(|(_, r)| r).collect())
+        })
+        .await
     }
 
     /// What the service and its HSM say about themselves.
     pub async fn status(&self, caller: &Identity) -> Result<Status> {
-        authz::authorize(caller, Operation::GetStatus)?;
-        let hsm = self.hsm.status().await?;
-        let mut templates: Vec<String> = self
-            .templates
-            .read()
-            .map_err(|_| Error::Store)?
-            .keys()
-            .cloned()
-            .collect();
-        templates.sort();
-        Ok(Status {
-            hsm_state: format!("{:?}", hsm.state).to_lowercase(),
-            hsm_is_secure: self.hsm.is_secure(),
-            hsm_dangerous_test_lmk: hsm.dangerous_test_lmk,
-            audit_records: self.store.snapshot()?.audit_len()?,
-            templates,
+        self.audited(caller, Operation::GetStatus, "service status", async {
+            authz::authorize(caller, Operation::GetStatus)?;
+            let hsm = self.hsm.status().await?;
+            let mut templates: Vec<String> = self
+                .templates
+                .read()
+                .map_err(|_| Error::Store)?
+                .keys()
+                .cloned()
+                .collect();
+            templates.sort();
+            Ok(Status {
+                hsm_state: format!("{:?}", hsm.state).to_lowercase(),
+                hsm_is_secure: self.hsm.is_secure(),
+                hsm_dangerous_test_lmk: hsm.dangerous_test_lmk,
+                audit_records: self.store.snapshot()?.audit_len()?,
+                templates,
+            })
         })
+        .await
     }
 }
 
@@ -1519,6 +1586,15 @@ fn check_releasable(card: &Card, checked: &CheckedCard, template_id: &str) -> Re
             reason: "the card's data has not been reviewed and accepted",
         }),
         CardStatus::Accepted => Ok(()),
+    }?;
+    // After a first release, only the same chip (ATR) gets keys; checked again in the write.
+    match (&card.atr, &checked.atr) {
+        (Some(released), Some(atr)) if *released != atr.to_hex() => {
+            Err(Error::FailedPrecondition {
+                reason: "the ATR differs from the one this card's keys were released for",
+            })
+        }
+        _ => Ok(()),
     }
 }
 

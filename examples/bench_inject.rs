@@ -1,0 +1,137 @@
+//! Throughput of card key injection through the whole stack: mutual TLS, authorisation, the
+//! store's group commit (one fsync per batch), the audit chain with HSM seals, and the in-process
+//! HSM's derivations and exports. Prints figures; asserts nothing.
+//!
+//! ```sh
+//! cargo run --release --example bench_inject -- --requests 2000 --concurrency 64
+//! ```
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use sscard_kms::identity::{Identity, Role};
+use sscard_kms::proto::kms::v1 as pb;
+use sscard_kms::proto::kms::v1::card_key_service_client::CardKeyServiceClient;
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Injection requests to send in all.
+    #[arg(long, default_value_t = 2000)]
+    requests: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Keys per request (the first N of the template in write order; 0 = all 24).
+    #[arg(long, default_value_t = 0)]
+    keys: usize,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let dir = tempfile::tempdir()?;
+    let pki = sscard_kms::pki::DevPki::generate()?;
+    let hsm = Arc::new(hsm_sim::local::LocalHsm::open(
+        hsm_sim::local::LocalHsmConfig {
+            dangerous_test_lmk: true,
+            ..Default::default()
+        },
+    )?);
+    let kms = sscard_kms::service::Kms::open(hsm, dir.path()).await?;
+    let seed_start = Instant::now();
+    sscard_kms::dev::dangerous_seed_test_keys(&kms).await?;
+    println!(
+        "seeding (2 templates, ~1000 derived keys): {:?}",
+        seed_start.elapsed()
+    );
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let tls = sscard_kms::tls::server_config(
+        &pki.server().cert_pem,
+        &pki.server().key_pem,
+        pki.ca_pem(),
+    )?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(sscard_kms::server::serve(kms, listener, tls, async {
+        let _ = stopped.await;
+    }));
+
+    let station = pki.client(&Identity::new(Role::Station, Some("440100"), "GZ-01")?)?;
+    let client_tls =
+        sscard_kms::tls::ClientTls::from_pem(pki.ca_pem(), &station.cert_pem, &station.key_pem)?;
+    // Two connections: more does not help on two cores (DEPENDENCIES.md).
+    let mut channels = Vec::new();
+    for _ in 0..2 {
+        channels.push(
+            tonic::transport::Endpoint::from_shared(format!("https://localhost:{port}"))?
+                .tls_config(client_tls.config())?
+                .connect()
+                .await?,
+        );
+    }
+    let keys = sscard_kms::dev::test_keys()?;
+    let demo = &keys.card[0];
+    let key_names: Vec<String> = if args.keys == 0 {
+        Vec::new()
+    } else {
+        sscard_kms::template::Template::builtin(&demo.template)?
+            .write_order()
+            .take(args.keys)
+            .map(|k| k.name.clone())
+            .collect()
+    };
+    let request = pb::InjectCardKeysRequest {
+        card: Some(pb::CardIdentity {
+            card_identifier: demo.card_identifier.clone(),
+            card_number: demo.card_number.clone(),
+            social_security_number: demo.social_security_number.clone(),
+            atr: hex::decode("3B6D000080318065B08701AD86843202AD932A48")?,
+        }),
+        template_id: demo.template.clone(),
+        delivery: pb::DeliveryForm::Tr31 as i32,
+        key_names,
+        challenges: Vec::new(),
+    };
+
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(args.requests);
+    for i in 0..args.requests {
+        let permit = Arc::clone(&semaphore).acquire_owned().await?;
+        let mut client = CardKeyServiceClient::new(channels[i % channels.len()].clone());
+        let request = request.clone();
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let result = client.inject_card_keys(request).await;
+            drop(permit);
+            result.map(|r| (t.elapsed(), r.into_inner().keys.len()))
+        }));
+    }
+    let mut latencies: Vec<Duration> = Vec::with_capacity(args.requests);
+    let mut delivered = 0usize;
+    for t in tasks {
+        let (latency, n) = t.await??;
+        latencies.push(latency);
+        delivered += n;
+    }
+    let elapsed = start.elapsed();
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    println!(
+        "{} injections ({} keys) in {:.2?} at concurrency {}: {:.0} cards/s, {:.0} keys/s; latency p50 {:.2?} p99 {:.2?} max {:.2?}",
+        args.requests,
+        delivered,
+        elapsed,
+        args.concurrency,
+        args.requests as f64 / elapsed.as_secs_f64(),
+        delivered as f64 / elapsed.as_secs_f64(),
+        pct(0.50),
+        pct(0.99),
+        latencies.last().copied().unwrap_or_default(),
+    );
+    let _ = stop.send(());
+    server.await??;
+    Ok(())
+}
