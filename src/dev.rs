@@ -27,8 +27,10 @@ pub const TEST_KEYS_TOML: &str = include_str!("../dev/test-keys.toml");
 #[derive(Debug, Deserialize)]
 pub struct TestKeys {
     pub component_mask: String,
-    pub national_root: ByAlgorithm,
-    pub provincial_root: ByAlgorithm,
+    /// One national root per template key name, per card algorithm.
+    pub national_root: RootsByAlgorithm,
+    /// One provincial root per template key name, per card algorithm.
+    pub provincial_root: RootsByAlgorithm,
     pub vendor_transport: ByAlgorithm,
     pub station: EndpointKeys,
     pub psam_line: EndpointKeys,
@@ -48,6 +50,34 @@ impl ByAlgorithm {
             Algorithm::Sm4 => &self.sm4,
             _ => &self.tdes,
         }
+    }
+}
+
+/// Test roots per card algorithm, by template key name.
+#[derive(Debug, Deserialize)]
+pub struct RootsByAlgorithm {
+    pub tdes: std::collections::BTreeMap<String, String>,
+    pub sm4: std::collections::BTreeMap<String, String>,
+}
+
+impl RootsByAlgorithm {
+    /// The published root of key `name` of algorithm `alg`.
+    pub fn root(&self, alg: Algorithm, name: &str) -> Result<&str> {
+        let table = match alg {
+            Algorithm::Sm4 => &self.sm4,
+            _ => &self.tdes,
+        };
+        table.get(name).map(String::as_str).ok_or(Error::NotFound {
+            what: "published test root of a template key",
+        })
+    }
+
+    /// Every root, for tests that search outputs for them.
+    pub fn all(&self) -> impl Iterator<Item = &str> {
+        self.tdes
+            .values()
+            .chain(self.sm4.values())
+            .map(String::as_str)
     }
 }
 
@@ -202,7 +232,7 @@ pub async fn dangerous_seed_test_keys<H: Hsm>(kms: &Arc<Kms<H>>) -> Result<bool>
             };
             let components = dangerous_test_components(
                 spec.hsm_algorithm(),
-                root.for_algorithm(spec.hsm_algorithm()),
+                root.root(spec.hsm_algorithm(), &spec.name)?,
                 &keys.component_mask,
             )?;
             kms.import_root_key(&officer, template.id(), &spec.name, level, components)
@@ -261,17 +291,36 @@ mod tests {
     fn the_published_test_keys_parse_and_split() {
         let keys = test_keys().unwrap();
         assert_eq!(keys.card.len(), 2);
-        let parts = dangerous_test_components(
-            Algorithm::Tdes2,
-            &keys.national_root.tdes,
-            &keys.component_mask,
-        )
-        .unwrap();
+        let root = keys
+            .national_root
+            .root(Algorithm::Tdes2, "STK_SSSE")
+            .unwrap();
+        assert_eq!(
+            root, "11111111111111112222222222222222",
+            "DOMAIN.md §2's test root"
+        );
+        let parts =
+            dangerous_test_components(Algorithm::Tdes2, root, &keys.component_mask).unwrap();
         assert_eq!(parts.len(), 2);
         let a = hex::decode(&*parts[0].hex).unwrap();
         let b = hex::decode(&*parts[1].hex).unwrap();
         let xor: Vec<u8> = a.iter().zip(&b).map(|(x, y)| x ^ y).collect();
-        assert_eq!(hex::encode_upper(xor), keys.national_root.tdes);
+        assert_eq!(hex::encode_upper(xor), root);
+        // Every key of both templates has its own root, distinct as a DES key (parity ignored).
+        for (_, toml) in BUILTIN {
+            let t = crate::template::Template::parse(toml).unwrap();
+            let mut seen = std::collections::HashSet::new();
+            for spec in t.keys() {
+                let roots = match spec.root {
+                    KeyRoot::National => &keys.national_root,
+                    KeyRoot::Provincial => &keys.provincial_root,
+                };
+                let hex = roots.root(spec.hsm_algorithm(), &spec.name).unwrap();
+                let without_parity: Vec<u8> =
+                    hex::decode(hex).unwrap().iter().map(|b| b & 0xFE).collect();
+                assert!(seen.insert(without_parity), "{} shares a root", spec.name);
+            }
+        }
         for card in &keys.card {
             crate::identifiers::CardIdentifier::parse_field(
                 "card_identifier",

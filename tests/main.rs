@@ -1,7 +1,37 @@
 //! The one integration-test binary of sscard-kms (`cargo test --workspace` runs it).
 //!
 //! - `calc`: the officers' calculator, run as the real `kms-ceremony` binary with secrets on stdin.
+//!
+//! The key service over real mutual TLS on 127.0.0.1 (each test on its own copy of a data
+//! directory seeded once with the published test keys):
+//! - `delivery`: card keys for the demo station — TR-31 blocks unwrapped under the published
+//!   station key, and secure-messaging WRITE KEY commands (blank-card MK_MF under the vendor
+//!   transport key, keys under directory MKs) rebuilt byte for byte; both against the key chain
+//!   computed independently from the published roots, 3DES and SM4.
+//! - `psam`: PSAM key sets for the demo line — each key at its usage byte's level (city,
+//!   provincial, national), no issuer-only key, city keys omitted for a provincial PSAM with
+//!   the reason; another line's PSAM, unknown and duplicate serials refused.
+//! - `refusals`: wrong region, wrong role, foreign CA, no client certificate, registry states
+//!   (not accepted, blacklisted, unknown), malformed identifiers, duplicate card number,
+//!   another ATR, the HSM sealed — each with its exact code and reason, and audited.
+//! - `remote_hsm`: the service on `hsm_sim::remote` over its own mTLS: an HSM outage is
+//!   UNAVAILABLE, and the same service works again once the HSM is back on the same port.
+//! - `restart`: stop, drop, reopen the same directory: blacklist, released ATR, keys (same
+//!   KCVs) and the audit chain carry over; nothing is seeded again.
+//! - `audit_trail`: offline verification with every seal's MAC checked by the HSM; an edited
+//!   record, a re-hashed record and a re-hashed tail (seal heads moved) each caught.
+//! - `leaks`: no clear key in any response, refusal, audit record, log line or the database.
+//!
+//! Shared helpers are in `common/` (`harness`: the service on 127.0.0.1 over real mutual TLS;
+//! `chain`: the expected keys, identifiers and commands from the published test keys).
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+mod audit_trail;
 mod calc;
 mod common;
+mod delivery;
+mod leaks;
+mod psam;
+mod refusals;
+mod remote_hsm;
+mod restart;

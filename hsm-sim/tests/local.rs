@@ -84,6 +84,11 @@ fn share(text: &str) -> LmkShare {
 /// `token` with the character at `index` replaced by another of the same class.
 fn flipped(token: &KeyToken, index: usize) -> KeyToken {
     let mut chars: Vec<char> = token.as_str().chars().collect();
+    // Past the 16-character fixed header the block is hex: stay hex, so the change reaches the MAC.
+    if index >= 16 {
+        chars[index] = if chars[index] == '0' { '1' } else { '0' };
+        return KeyToken::from_stored(chars.into_iter().collect());
+    }
     chars[index] = match chars[index] {
         '0' => '1',
         'N' => 'E',

@@ -1,0 +1,398 @@
+//! The key service over real mutual TLS on 127.0.0.1, as the integration tests drive it.
+//!
+//! - The published test keys are seeded **once per test binary** into a scratch data directory
+//!   (`dangerous_seed_test_keys`: both templates, their roots, ~1000 derived keys, the demo
+//!   station, PSAM line and cards); every test then starts from its own copy of that database
+//!   file, so tests never share state and the derivation is paid once.
+//! - [`TestKms`] owns one data directory, its HSM, the service and the gRPC server: the listener
+//!   is bound before `serve` is called and shutdown is a oneshot whose completion is awaited,
+//!   so no test ever sleeps. A test can stop the server, close the store (every `Kms` clone
+//!   dropped, checked through a `Weak`) and reopen the same directory.
+//! - Clients are made per identity from the test PKI (`DevPki`), on `https://localhost:<port>`,
+//!   connecting lazily: a refused handshake shows on the first RPC (DEPENDENCIES.md, TLS 1.3).
+//! - Every log line of the binary is captured ([`logs`]) so that a test can search it.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use hsm_sim::hsm::Hsm;
+use hsm_sim::local::{LocalHsm, LocalHsmConfig};
+use sscard_kms::audit::AuditRecord;
+use sscard_kms::identity::Identity;
+use sscard_kms::pki::DevPki;
+use sscard_kms::proto::kms::v1 as pb;
+use sscard_kms::proto::kms::v1::admin_service_client::AdminServiceClient;
+use sscard_kms::proto::kms::v1::card_key_service_client::CardKeyServiceClient;
+use sscard_kms::proto::kms::v1::psam_service_client::PsamServiceClient;
+use sscard_kms::proto::kms::v1::registry_service_client::RegistryServiceClient;
+use sscard_kms::service::Kms;
+use sscard_kms::store::DB_FILE;
+use sscard_kms::{server, tls};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::{Code, Response, Status};
+
+/// The demo station of Guangzhou (registered with the published transport key).
+pub const STATION: &str = "sscard://station/440100/GZ-01";
+/// The demo PSAM production line (province level, registered).
+pub const PSAM_LINE: &str = "sscard://psam-line/440000/PSAM-LINE-01";
+/// The Guangzhou registrar.
+pub const REGISTRAR: &str = "sscard://registrar/440100/GZ-REG-01";
+/// A security officer.
+pub const OFFICER: &str = "sscard://officer/officer-1";
+
+/// An in-process HSM on the published test LMK: operational at once, tokens of every
+/// instance interchangeable.
+pub fn local_hsm() -> Arc<LocalHsm> {
+    Arc::new(
+        LocalHsm::open(LocalHsmConfig {
+            dangerous_test_lmk: true,
+            ..Default::default()
+        })
+        .unwrap(),
+    )
+}
+
+// ------------------------------------------------------------------------------- the fixture
+
+struct Fixture {
+    /// The seeded `kms.redb`, closed cleanly.
+    db: Vec<u8>,
+    seeding: Duration,
+}
+
+static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+
+/// Seeds once, on a thread of its own (a test's runtime must not block on another runtime).
+fn fixture() -> &'static Fixture {
+    FIXTURE.get_or_init(|| std::thread::spawn(seed).join().unwrap())
+}
+
+fn seed() -> Fixture {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let kms = Kms::open(local_hsm(), dir.path()).await.unwrap();
+        let started = Instant::now();
+        assert!(
+            sscard_kms::dev::dangerous_seed_test_keys(&kms)
+                .await
+                .unwrap(),
+            "a fresh store is seeded"
+        );
+        let seeding = started.elapsed();
+        close_store(kms);
+        let db = std::fs::read(dir.path().join(DB_FILE)).unwrap();
+        Fixture { db, seeding }
+    })
+}
+
+/// How long seeding the published test keys took (once per binary).
+pub fn seeding_time() -> Duration {
+    fixture().seeding
+}
+
+/// Drops the last handle of a service and checks it was the last: the store's writer thread
+/// has then finished and the database file is closed.
+fn close_store<H: Hsm>(kms: Arc<Kms<H>>) {
+    let weak = Arc::downgrade(&kms);
+    drop(kms);
+    assert!(
+        weak.upgrade().is_none(),
+        "a Kms handle outlived the server: the store would stay open"
+    );
+}
+
+// ---------------------------------------------------------------------------------- the logs
+
+static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct LogSink;
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Captures every log line of the service, the HSM and tonic from now on (once per binary).
+fn capture_logs() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "sscard_kms=trace,hsm_sim=trace,tonic=debug,info",
+            ))
+            .with_ansi(false)
+            .with_writer(|| LogSink)
+            .finish();
+        let _ = tracing::subscriber::set_global_default(subscriber);
+    });
+}
+
+/// Everything logged so far by any test of this binary.
+pub fn logs() -> String {
+    String::from_utf8_lossy(&LOGS.lock().unwrap()).into_owned()
+}
+
+// ---------------------------------------------------------------------------------- clients
+
+/// gRPC clients of every service, sharing one channel of one identity.
+#[derive(Debug, Clone)]
+pub struct Clients {
+    pub card: CardKeyServiceClient<Channel>,
+    pub psam: PsamServiceClient<Channel>,
+    pub registry: RegistryServiceClient<Channel>,
+    pub admin: AdminServiceClient<Channel>,
+}
+
+impl Clients {
+    fn new(channel: Channel) -> Clients {
+        Clients {
+            card: CardKeyServiceClient::new(channel.clone()),
+            psam: PsamServiceClient::new(channel.clone()),
+            registry: RegistryServiceClient::new(channel.clone()),
+            admin: AdminServiceClient::new(channel),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------- the kms
+
+struct RunningServer {
+    port: u16,
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<sscard_kms::Result<()>>,
+}
+
+/// One data directory, its HSM, the service on it and the gRPC server in front of it.
+pub struct TestKms<H: Hsm> {
+    dir: tempfile::TempDir,
+    pki: DevPki,
+    hsm: Arc<H>,
+    kms: Option<Arc<Kms<H>>>,
+    server: Option<RunningServer>,
+}
+
+impl<H: Hsm> std::fmt::Debug for TestKms<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestKms")
+            .field("dir", &self.dir.path())
+            .field("port", &self.server.as_ref().map(|s| s.port))
+            .finish_non_exhaustive()
+    }
+}
+
+impl TestKms<LocalHsm> {
+    /// A copy of the seeded data directory on an in-process test-LMK HSM, serving.
+    pub async fn seeded() -> TestKms<LocalHsm> {
+        TestKms::from_fixture(local_hsm()).await
+    }
+}
+
+impl<H: Hsm> TestKms<H> {
+    /// A copy of the seeded data directory, opened on `hsm`, serving.
+    pub async fn from_fixture(hsm: Arc<H>) -> TestKms<H> {
+        capture_logs();
+        let db = &fixture().db;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(DB_FILE), db).unwrap();
+        let kms = Kms::open(Arc::clone(&hsm), dir.path()).await.unwrap();
+        let mut this = TestKms {
+            dir,
+            pki: DevPki::generate().unwrap(),
+            hsm,
+            kms: Some(kms),
+            server: None,
+        };
+        this.start_server().await;
+        this
+    }
+
+    /// The data directory (the store's).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// The test PKI: its CA is the server's client CA and the clients' trust anchor.
+    pub fn pki(&self) -> &DevPki {
+        &self.pki
+    }
+
+    /// The HSM the service uses.
+    pub fn hsm(&self) -> &Arc<H> {
+        &self.hsm
+    }
+
+    /// The open service.
+    pub fn kms(&self) -> &Arc<Kms<H>> {
+        self.kms.as_ref().expect("the service is open")
+    }
+
+    /// Starts serving on a fresh listener on 127.0.0.1 (bound before `serve` runs).
+    pub async fn start_server(&mut self) {
+        assert!(self.server.is_none(), "already serving");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server_pair = self.pki.server();
+        let tls = tls::server_config(
+            &server_pair.cert_pem,
+            &server_pair.key_pem,
+            self.pki.ca_pem(),
+        )
+        .unwrap();
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::serve(
+            Arc::clone(self.kms()),
+            listener,
+            tls,
+            async move {
+                let _ = stop.await;
+            },
+        ));
+        self.server = Some(RunningServer {
+            port,
+            shutdown,
+            task,
+        });
+    }
+
+    /// Stops the server and waits until it has finished (its connections closed).
+    pub async fn stop_server(&mut self) {
+        let server = self.server.take().expect("serving");
+        server.shutdown.send(()).unwrap();
+        server.task.await.unwrap().unwrap();
+    }
+
+    /// Stops the server and closes the store: afterwards the data directory may be opened
+    /// again, by this process or an offline tool.
+    pub async fn close(&mut self) {
+        if self.server.is_some() {
+            self.stop_server().await;
+        }
+        close_store(self.kms.take().expect("the service is open"));
+    }
+
+    /// Opens the (closed) data directory again on `hsm` and serves it.
+    pub async fn reopen(&mut self, hsm: Arc<H>) {
+        assert!(self.kms.is_none(), "close first");
+        self.hsm = hsm;
+        self.kms = Some(Kms::open(Arc::clone(&self.hsm), self.dir()).await.unwrap());
+        self.start_server().await;
+    }
+
+    /// The server's address as clients dial it.
+    pub fn url(&self) -> String {
+        let port = self.server.as_ref().expect("serving").port;
+        format!("https://localhost:{port}")
+    }
+
+    /// Clients with a certificate of our CA for `identity_uri`.
+    pub fn client(&self, identity_uri: &str) -> Clients {
+        let identity = Identity::from_uri(identity_uri).unwrap();
+        let pair = self.pki.client(&identity).unwrap();
+        let tls =
+            tls::ClientTls::from_pem(self.pki.ca_pem(), &pair.cert_pem, &pair.key_pem).unwrap();
+        self.client_with(tls.config())
+    }
+
+    /// Clients with any TLS configuration (a foreign certificate, none at all).
+    pub fn client_with(&self, tls: ClientTlsConfig) -> Clients {
+        let channel = Endpoint::from_shared(self.url())
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect_lazy();
+        Clients::new(channel)
+    }
+
+    /// The audit trail as committed now.
+    pub fn audit_trail(&self) -> Vec<AuditRecord> {
+        self.kms()
+            .store()
+            .snapshot()
+            .unwrap()
+            .audit_trail()
+            .unwrap()
+            .0
+    }
+
+    /// Awaits `call`, which the service must refuse with `code` and a message containing
+    /// `needle`; the refusal must be the one new record of the audit trail, `denied: …`.
+    pub async fn refused<T: std::fmt::Debug>(
+        &self,
+        code: Code,
+        needle: &str,
+        call: impl Future<Output = Result<Response<T>, Status>>,
+    ) -> Status {
+        let before = self.audit_trail().len();
+        let status = call.await.expect_err("the call is refused");
+        assert_eq!(status.code(), code, "{status:?}");
+        assert!(
+            status.message().contains(needle),
+            "{needle:?} not in {:?}",
+            status.message()
+        );
+        let trail = self.audit_trail();
+        assert_eq!(trail.len(), before + 1, "one audit record per refusal");
+        let last = trail.last().unwrap();
+        assert!(last.outcome.starts_with("denied"), "{last:?}");
+        status
+    }
+}
+
+// --------------------------------------------------------------------------------- requests
+
+/// The card as a station names it.
+pub fn card_identity(card: &sscard_kms::dev::DemoCard, atr: &[u8]) -> pb::CardIdentity {
+    pb::CardIdentity {
+        card_identifier: card.card_identifier.clone(),
+        card_number: card.card_number.clone(),
+        social_security_number: card.social_security_number.clone(),
+        atr: atr.to_vec(),
+    }
+}
+
+/// Every key of `template` as TR-31 blocks.
+pub fn tr31_request(card: pb::CardIdentity, template: &str) -> pb::InjectCardKeysRequest {
+    pb::InjectCardKeysRequest {
+        card: Some(card),
+        template_id: template.to_owned(),
+        delivery: pb::DeliveryForm::Tr31 as i32,
+        key_names: Vec::new(),
+        challenges: Vec::new(),
+    }
+}
+
+/// WRITE KEY commands for `(key name, card challenge)`.
+pub fn sm_request(
+    card: pb::CardIdentity,
+    template: &str,
+    challenges: &[(&str, Vec<u8>)],
+) -> pb::InjectCardKeysRequest {
+    pb::InjectCardKeysRequest {
+        card: Some(card),
+        template_id: template.to_owned(),
+        delivery: pb::DeliveryForm::SecureMessaging as i32,
+        key_names: Vec::new(),
+        challenges: challenges
+            .iter()
+            .map(|(name, challenge)| pb::KeyChallenge {
+                key_name: (*name).to_owned(),
+                challenge: challenge.clone(),
+            })
+            .collect(),
+    }
+}

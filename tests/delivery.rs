@@ -1,0 +1,211 @@
+//! Card key delivery to the demo Guangzhou station, in both forms (DOMAIN.md §5), checked
+//! against keys computed independently from the published test keys.
+
+use hsm_sim::Algorithm;
+use hsm_sim::kcv;
+use hsm_sim::tr31::{self, KeyBlockAlgorithm, KeyBlockVersion};
+use sscard_kms::proto::kms::v1 as pb;
+use sscard_kms::proto::kms::v1::delivered_key::Form;
+use sscard_kms::template::{KeyLevel, KeySpec, Protector};
+use tonic::Code;
+
+use crate::common::chain::{
+    atr, expected, published, station_kbpk, template, vendor_transport, write_key_apdu,
+};
+use crate::common::harness::{STATION, TestKms, card_identity, sm_request, tr31_request};
+
+/// The card key DOMAIN.md §2 works out for the national test roots and the card factor
+/// `86843202AD932A48` (the last 8 bytes of [`crate::common::chain::ATR_HEX`]).
+const WORKED_CARD_KEY_TDES: &str = "863CB6B83CB1EFABE9C27E9737E47BD6";
+const WORKED_CARD_KEY_SM4: &str = "86266A1936F6C58BCA347676C6E93436";
+
+fn pb_algorithm(alg: Algorithm) -> i32 {
+    (match alg {
+        Algorithm::Tdes2 => pb::KeyAlgorithm::Tdes2,
+        Algorithm::Sm4 => pb::KeyAlgorithm::Sm4,
+        Algorithm::Des => pb::KeyAlgorithm::Des,
+        other => panic!("not a card key algorithm: {other:?}"),
+    }) as i32
+}
+
+/// The fields every delivered card key carries besides its form.
+fn assert_card_key_fields(delivered: &pb::DeliveredKey, spec: &KeySpec) {
+    assert_eq!(delivered.directory, spec.directory);
+    assert_eq!(delivered.key_id, u32::from(spec.key_id));
+    assert_eq!(delivered.key_version, u32::from(spec.key_version));
+    assert_eq!(delivered.algorithm, pb_algorithm(spec.hsm_algorithm()));
+    assert_eq!(delivered.level, pb::KeyLevel::Card as i32);
+    assert_eq!(delivered.root_version, 1);
+    assert_eq!(delivered.psam_usage, 0);
+}
+
+/// The KCV in the response is the legacy KCV of the expected key (3 bytes for 3DES, 4 for SM4).
+fn assert_kcv(delivered: &pb::DeliveredKey, key: &hsm_sim::SecretKey) {
+    let kcv = delivered.kcv.as_ref().expect("a KCV");
+    assert_eq!(kcv.method, pb::KcvMethod::EncryptZeros as i32);
+    let want = kcv::compute_default(key).unwrap();
+    assert_eq!(kcv.value, want.value(), "KCV of {}", delivered.key_name);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tr31_blocks_unwrap_to_the_independent_chain_for_both_demo_cards() {
+    let kms = TestKms::seeded().await;
+    let mut station = kms.client(STATION);
+    let kbpk = station_kbpk();
+    let atr = atr();
+    let keys = published();
+    let worked = [
+        ("ssc-2.0", WORKED_CARD_KEY_TDES, Algorithm::Tdes2),
+        ("ssc-3.0", WORKED_CARD_KEY_SM4, Algorithm::Sm4),
+    ];
+    for (demo, (template_id, worked_key, alg)) in keys.card.iter().zip(worked) {
+        assert_eq!(demo.template, template_id);
+        let template = template(template_id);
+        assert_eq!(template.algorithm().algorithm(), alg);
+        let response = station
+            .card
+            .inject_card_keys(tr31_request(card_identity(demo, &atr), template_id))
+            .await
+            .unwrap()
+            .into_inner();
+
+        // Every key of the template, each after its protector.
+        let names: Vec<&str> = response.keys.iter().map(|k| k.key_name.as_str()).collect();
+        let order: Vec<&str> = template.write_order().map(|k| k.name.as_str()).collect();
+        assert_eq!(names, order);
+        assert_eq!(names.len(), template.keys().len());
+
+        let mut national = 0;
+        let mut provincial = 0;
+        for delivered in &response.keys {
+            let spec = template.key(&delivered.key_name).unwrap();
+            assert_card_key_fields(delivered, spec);
+            let Some(Form::Tr31Block(block)) = &delivered.form else {
+                panic!("{}: not a TR-31 block: {:?}", spec.name, delivered.form);
+            };
+            // AES transport key: version D; the block names the card key's algorithm.
+            let (header, key) = tr31::unwrap(&kbpk, block).unwrap();
+            assert_eq!(header.version, KeyBlockVersion::D, "{}", spec.name);
+            assert_eq!(header.algorithm, KeyBlockAlgorithm::of(alg));
+            // National-root keys: [F1 440000, F2 440100, F3 ATR] from the national test root;
+            // provincial-root keys: [F2, F3] from the provincial test root.
+            let want = expected(spec, KeyLevel::Card, "440100", &atr);
+            assert!(key == want.key, "{}: not the expected card key", spec.name);
+            assert_kcv(delivered, &want.key);
+            match spec.root {
+                sscard_kms::template::KeyRoot::National => {
+                    // STK_SSSE's test root is DOMAIN.md §2's: its worked card key. Every other
+                    // key type has its own root, so a key delivered under another name is caught.
+                    if spec.name == "STK_SSSE" {
+                        assert_eq!(want.hex, worked_key, "{}", spec.name);
+                    } else {
+                        assert_ne!(want.hex, worked_key, "{}", spec.name);
+                    }
+                    national += 1;
+                }
+                sscard_kms::template::KeyRoot::Provincial => provincial += 1,
+            }
+        }
+        assert!(national > 0 && provincial > 0, "both chains were exercised");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secure_messaging_commands_match_the_independent_apdu_byte_for_byte() {
+    let kms = TestKms::seeded().await;
+    let mut station = kms.client(STATION);
+    let atr = atr();
+    let keys = published();
+    for demo in &keys.card {
+        let template = template(&demo.template);
+        let alg = template.algorithm().algorithm();
+        // GET CHALLENGE gives 8 bytes on a 3DES card, 16 on an SM4 card.
+        let challenge_len = if alg == Algorithm::Sm4 { 16 } else { 8 };
+        let challenge = |seed: u8| -> Vec<u8> {
+            (0..challenge_len)
+                .map(|i| seed.wrapping_mul(31).wrapping_add(i))
+                .collect()
+        };
+        let card = card_identity(demo, &atr);
+
+        // Blank-card initialisation: MK_MF under the vendor transport key.
+        let c0 = challenge(1);
+        let mk_mf = station
+            .card
+            .initialise_blank_card(pb::InitialiseBlankCardRequest {
+                card: Some(card.clone()),
+                template_id: demo.template.clone(),
+                challenge: c0.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .master_key
+            .expect("the master key");
+        let spec = template.key("MK_MF").unwrap();
+        assert_eq!(spec.protected_by, Protector::VendorTransport);
+        assert_eq!(mk_mf.key_name, "MK_MF");
+        assert_card_key_fields(&mk_mf, spec);
+        let want = expected(spec, KeyLevel::Card, "440100", &atr);
+        assert_kcv(&mk_mf, &want.key);
+        let apdu = write_key_apdu(&vendor_transport(alg), &template, spec, &want, &c0);
+        assert_eq!(
+            mk_mf.form,
+            Some(Form::WriteKeyApdu(apdu)),
+            "{}: MK_MF",
+            demo.template
+        );
+
+        // Keys under a parent MK (MK_SSSE under MK_MF) and under directory MKs.
+        let asked = [
+            ("MK_SSSE", challenge(2)),
+            ("STK_SSSE", challenge(3)),
+            ("RK_DF03", challenge(4)),
+            ("DPK_DF04", challenge(5)),
+        ];
+        let response = station
+            .card
+            .inject_card_keys(sm_request(card.clone(), &demo.template, &asked))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(response.keys.len(), asked.len());
+        for (delivered, (name, challenge)) in response.keys.iter().zip(&asked) {
+            assert_eq!(delivered.key_name, *name);
+            let spec = template.key(name).unwrap();
+            assert_card_key_fields(delivered, spec);
+            let Protector::Key(protector) = &spec.protected_by else {
+                panic!("{name} is written under a key of the card");
+            };
+            let protect = expected(
+                template.key(protector).unwrap(),
+                KeyLevel::Card,
+                "440100",
+                &atr,
+            );
+            let want = expected(spec, KeyLevel::Card, "440100", &atr);
+            assert_kcv(delivered, &want.key);
+            let apdu = write_key_apdu(&protect.key, &template, spec, &want, challenge);
+            // The station gets the command only, never a TR-31 block in this mode.
+            assert_eq!(
+                delivered.form,
+                Some(Form::WriteKeyApdu(apdu)),
+                "{}: {name}",
+                demo.template
+            );
+        }
+
+        // A challenge of the wrong size for the card's algorithm is the caller's error.
+        let wrong = vec![0u8; 24 - challenge_len as usize];
+        kms.refused(
+            Code::InvalidArgument,
+            "challenge",
+            station.card.inject_card_keys(sm_request(
+                card.clone(),
+                &demo.template,
+                &[("STK_SSSE", wrong)],
+            )),
+        )
+        .await;
+    }
+}
