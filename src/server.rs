@@ -650,7 +650,13 @@ pub async fn run_configured(
             source,
         })?;
     let store_dir = config.data_dir.join("store");
-    tracing::info!(listen = %config.listen, data = %config.data_dir.display(), "starting");
+    let addr = listener.local_addr().map_err(|source| Error::File {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    tracing::info!(listen = %addr, data = %config.data_dir.display(), "starting");
+    // One line on stdout once bound, for supervisors and tests (`listen = "127.0.0.1:0"` works).
+    println!("listening on {addr}");
     match config.hsm {
         HsmConfig::Local { state_dir } => {
             let hsm = Arc::new(hsm_sim::local::LocalHsm::open(
