@@ -1266,17 +1266,9 @@ impl<H: Hsm> Kms<H> {
                 // The provincial key of the newest national root, derived if not yet held.
                 let provincial = match (national, provincial) {
                     (Some(n), p) if p.as_ref().is_none_or(|p| p.version < n.version) => {
-                        let child = self
-                            .hsm
-                            .derive_key(
-                                &token(&n.token),
-                                spec.dispersion,
-                                std::slice::from_ref(&f1),
-                                KeyUsage::CardDerivation,
-                                hierarchy_exportability(spec),
-                            )
+                        let r = self
+                            .derive_level(&n, spec, &f1, Level::Province, PROVINCE)
                             .await?;
-                        let r = derived_record(&n, Level::Province, PROVINCE, child);
                         new.push(r.clone());
                         r
                     }
@@ -1300,17 +1292,10 @@ impl<H: Hsm> Kms<H> {
                         continue;
                     }
                     let f2 = Factor::city(city.code)?;
-                    let child = self
-                        .hsm
-                        .derive_key(
-                            &token(&provincial.token),
-                            spec.dispersion,
-                            std::slice::from_ref(&f2),
-                            KeyUsage::CardDerivation,
-                            hierarchy_exportability(spec),
-                        )
-                        .await?;
-                    new.push(derived_record(&provincial, Level::City, city.code, child));
+                    new.push(
+                        self.derive_level(&provincial, spec, &f2, Level::City, city.code)
+                            .await?,
+                    );
                 }
             }
             let actor = caller.to_string();
@@ -1339,6 +1324,42 @@ impl<H: Hsm> Kms<H> {
             Ok(new)
         })
         .await
+    }
+
+    /// The key one level below `parent` for `spec`: D(parent, factor), recorded at `level` and
+    /// `region` with the parent's root version.
+    async fn derive_level(
+        &self,
+        parent: &KeyRecord,
+        spec: &KeySpec,
+        factor: &Factor,
+        level: Level,
+        region: &str,
+    ) -> Result<KeyRecord> {
+        let child = self
+            .hsm
+            .derive_key(
+                &token(&parent.token),
+                spec.dispersion,
+                std::slice::from_ref(factor),
+                KeyUsage::CardDerivation,
+                hierarchy_exportability(spec),
+            )
+            .await?;
+        let (method, kcv) = kcv_hex(&child.kcv);
+        Ok(KeyRecord {
+            template_id: parent.template_id.clone(),
+            key_name: parent.key_name.clone(),
+            level,
+            region: region.to_owned(),
+            version: parent.version,
+            algorithm: parent.algorithm.clone(),
+            token: child.token.as_str().to_owned(),
+            kcv_method: method,
+            kcv,
+            active: true,
+            created_ms: 0,
+        })
     }
 
     /// A blank-card vendor transport key of a template, from components.
@@ -1510,28 +1531,6 @@ fn hierarchy_exportability(spec: &KeySpec) -> Exportability {
         Exportability::Exportable
     } else {
         Exportability::NonExportable
-    }
-}
-
-fn derived_record(
-    parent: &KeyRecord,
-    level: Level,
-    region: &str,
-    child: hsm_sim::hsm::WrappedKey,
-) -> KeyRecord {
-    let (method, kcv) = kcv_hex(&child.kcv);
-    KeyRecord {
-        template_id: parent.template_id.clone(),
-        key_name: parent.key_name.clone(),
-        level,
-        region: region.to_owned(),
-        version: parent.version,
-        algorithm: parent.algorithm.clone(),
-        token: child.token.as_str().to_owned(),
-        kcv_method: method,
-        kcv,
-        active: true,
-        created_ms: 0,
     }
 }
 

@@ -33,16 +33,16 @@ pub fn san_uris(cert_der: &[u8]) -> Option<Vec<String>> {
     let Some(san) = cert.subject_alternative_name().ok()? else {
         return Some(Vec::new());
     };
-    Some(
-        san.value
-            .general_names
-            .iter()
-            .filter_map(|name| match name {
-                x509_parser::extensions::GeneralName::URI(uri) => Some((*uri).to_owned()),
-                _ => None,
-            })
-            .collect(),
-    )
+    let mut uris = Vec::new();
+    for name in &san.value.general_names {
+        match name {
+            x509_parser::extensions::GeneralName::URI(uri) => uris.push((*uri).to_owned()),
+            // An entry that does not decode could hide an identity: refuse the certificate.
+            x509_parser::extensions::GeneralName::Invalid(..) => return None,
+            _ => {}
+        }
+    }
+    Some(uris)
 }
 
 /// The SAN URIs of the leaf certificate a request's peer presented in the TLS handshake.
