@@ -185,6 +185,17 @@ fn token(record_token: &str) -> KeyToken {
     KeyToken::from_stored(record_token.to_owned())
 }
 
+/// Refuses, before any HSM work, a key that the recipient's transport key cannot carry: TR-31
+/// version B (a TDES transport key) carries DES and TDES keys only.
+fn check_wrappable(version: KeyBlockVersion, alg: Algorithm) -> Result<()> {
+    if version == KeyBlockVersion::B && !alg.is_des_family() {
+        return Err(Error::FailedPrecondition {
+            reason: "SM4 and AES keys travel only under an AES transport key (TR-31 version D)",
+        });
+    }
+    Ok(())
+}
+
 /// The TR-31 version a transport key of `alg` wraps with.
 fn block_version(alg: Algorithm) -> Result<KeyBlockVersion> {
     match alg {
@@ -404,6 +415,9 @@ impl<H: Hsm> Kms<H> {
                     let version =
                         block_version(Algorithm::from_name(&station.transport_algorithm)?)?;
                     let specs = select_keys(&template, &key_names)?;
+                    for spec in &specs {
+                        check_wrappable(version, spec.hsm_algorithm())?;
+                    }
                     for spec in specs {
                         let (card_key, root_version) = self
                             .card_key(&template, spec, &record, &factor, &mut versions)
@@ -834,6 +848,7 @@ impl<H: Hsm> Kms<H> {
                     ));
                     continue;
                 };
+                check_wrappable(version, pk.key.hsm_algorithm())?;
                 let exported = self
                     .hsm
                     .export_key(&kbpk, &token(&record.token), version)

@@ -367,3 +367,76 @@ async fn cards_and_requests_the_registry_does_not_allow_are_refused_and_audited(
     )
     .await;
 }
+
+/// A station whose transport key is TDES gets TR-31 version B blocks: DES-family keys only. An
+/// SM4 card's keys are refused before any HSM work, with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tdes_transport_key_carries_no_sm4_keys() {
+    let kms = TestKms::seeded().await;
+    let mut officer = kms.client(OFFICER);
+    // The station's TDES transport key, as two components with their KCVs.
+    let key = "0123456789ABCDEFFEDCBA9876543210";
+    let mask = "F0E1D2C3B4A5968778695A4B3C2D1E0F";
+    let first: String = hex::encode_upper(
+        hex::decode(key)
+            .unwrap()
+            .iter()
+            .zip(hex::decode(mask).unwrap())
+            .map(|(k, m)| k ^ m)
+            .collect::<Vec<u8>>(),
+    );
+    let component = |hex: &str| pb::Component {
+        hex: hex.to_owned(),
+        kcv_hex: hsm_sim::kcv::compute_default(
+            &hsm_sim::SecretKey::from_hex(hsm_sim::Algorithm::Tdes2, hex).unwrap(),
+        )
+        .unwrap()
+        .to_hex(),
+    };
+    officer
+        .admin
+        .register_station(pb::RegisterEndpointRequest {
+            name: "GZ-TDES".to_owned(),
+            region: "440100".to_owned(),
+            transport_algorithm: "tdes".to_owned(),
+            components: vec![component(&first), component(mask)],
+        })
+        .await
+        .unwrap();
+    let mut station = kms.client("sscard://station/440100/GZ-TDES");
+    let atr = atr();
+    let [tdes_card, sm4_card] = [&published().card[0], &published().card[1]];
+
+    let keys = station
+        .card
+        .inject_card_keys(tr31_request(card_identity(tdes_card, &atr), "ssc-2.0"))
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
+    for k in &keys {
+        let Some(pb::delivered_key::Form::Tr31Block(block)) = &k.form else {
+            panic!("{}: not a TR-31 block", k.key_name);
+        };
+        assert!(block.starts_with('B'), "{}: {block}", k.key_name);
+    }
+    let kbpk = hsm_sim::SecretKey::from_hex(hsm_sim::Algorithm::Tdes2, key).unwrap();
+    let (header, _) = hsm_sim::tr31::unwrap(
+        &kbpk,
+        match &keys[0].form {
+            Some(pb::delivered_key::Form::Tr31Block(b)) => b,
+            _ => unreachable!(),
+        },
+    )
+    .unwrap();
+    assert_eq!(header.version, hsm_sim::tr31::KeyBlockVersion::B);
+
+    kms.refused(
+        Code::FailedPrecondition,
+        "travel only under an AES transport key",
+        station
+            .card
+            .inject_card_keys(tr31_request(card_identity(sm4_card, &atr), "ssc-3.0")),
+    )
+    .await;
+}
