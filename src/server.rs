@@ -655,8 +655,9 @@ pub async fn run_configured(
         source,
     })?;
     tracing::info!(listen = %addr, data = %config.data_dir.display(), "starting");
-    // One line on stdout once bound, for supervisors and tests (`listen = "127.0.0.1:0"` works).
-    println!("listening on {addr}");
+    // One line on stdout once the store and the HSM are open and the port is bound, for
+    // supervisors and tests (`listen = "127.0.0.1:0"` works).
+    let ready = || println!("listening on {addr}");
     match config.hsm {
         HsmConfig::Local { state_dir } => {
             let hsm = Arc::new(hsm_sim::local::LocalHsm::open(
@@ -666,6 +667,7 @@ pub async fn run_configured(
                 },
             )?);
             let kms = Kms::open(hsm, &store_dir).await?;
+            ready();
             serve(kms, listener, tls, shutdown).await
         }
         HsmConfig::Remote {
@@ -692,6 +694,7 @@ pub async fn run_configured(
                 })?,
             );
             let kms = Kms::open(hsm, &store_dir).await?;
+            ready();
             serve(kms, listener, tls, shutdown).await
         }
     }

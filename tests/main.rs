@@ -1,6 +1,12 @@
 //! The one integration-test binary of sscard-kms (`cargo test --workspace` runs it).
 //!
 //! - `calc`: the officers' calculator, run as the real `kms-ceremony` binary with secrets on stdin.
+//! - `binaries`: the real `sscard-kms` and `kms-ceremony` as child processes, stopped by SIGTERM:
+//!   `dev` serves demo card 1 (worked `STK_SSSE` KCV), exits 0, leaves an INTACT audit trail and
+//!   restarts on its data without re-seeding; `serve` with a local HSM starts sealed, is unsealed
+//!   by two custodians' shares from `hsm init` (officer only; bad shares refused) and is sealed
+//!   again after a restart; `serve` without a proper client CA and a second or 1-of-n `hsm init`
+//!   are refused.
 //!
 //! The key service over real mutual TLS on 127.0.0.1 (each test on its own copy of a data
 //! directory seeded once with the published test keys):
@@ -27,6 +33,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 mod audit_trail;
+mod binaries;
 mod calc;
 mod common;
 mod delivery;

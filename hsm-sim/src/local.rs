@@ -377,6 +377,8 @@ impl LocalHsm {
             return Ok(state.progress(&record));
         }
         let submitted = core::mem::take(&mut state.submitted);
+        // Reported once unsealed: the shares that rebuilt the LMK (the list itself is gone).
+        let accepted = u8::try_from(submitted.len()).unwrap_or(u8::MAX);
         let lmk = lmk::combine(record.threshold, &submitted)?;
         drop(submitted);
         if !lmk.has_kcv(&record.kcv) {
@@ -387,7 +389,10 @@ impl LocalHsm {
         match tested {
             Ok(()) => {
                 state.self_test_failure = None;
-                Ok(state.progress(&record))
+                Ok(UnsealProgress {
+                    submitted: accepted,
+                    ..state.progress(&record)
+                })
             }
             Err(e) => {
                 state.self_test_failure = Some(failure_name(&e));

@@ -34,19 +34,29 @@ enum Command {
     },
 }
 
-async fn shutdown_signal() {
+/// Completes on Ctrl-C or SIGTERM. The handlers are installed when this is called, not when the
+/// future is first polled (once serving): a signal that comes while the service is still starting
+/// — its address already printed — then stops it cleanly instead of killing it. Call it inside
+/// the runtime.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send {
     #[cfg(unix)]
-    {
+    let signals = {
         use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
+        signal(SignalKind::interrupt())
+            .and_then(|interrupt| Ok((interrupt, signal(SignalKind::terminate())?)))
+            .ok()
+    };
+    async move {
+        #[cfg(unix)]
+        if let Some((mut interrupt, mut terminate)) = signals {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
             }
             return;
         }
+        let _ = tokio::signal::ctrl_c().await;
     }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 fn main() -> ExitCode {
@@ -69,6 +79,7 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        let shutdown = shutdown_signal();
         match cli.command {
             Command::Dev { listen, data_dir } => {
                 let listener = tokio::net::TcpListener::bind(listen)
@@ -77,11 +88,11 @@ fn main() -> ExitCode {
                         path: PathBuf::from(listen.to_string()),
                         source,
                     })?;
-                sscard_kms::dev::run(listener, &data_dir, shutdown_signal()).await
+                sscard_kms::dev::run(listener, &data_dir, shutdown).await
             }
             Command::Serve { config } => {
                 let config = sscard_kms::config::Config::load(&config)?;
-                sscard_kms::server::run_configured(config, shutdown_signal()).await
+                sscard_kms::server::run_configured(config, shutdown).await
             }
         }
     });

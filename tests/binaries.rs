@@ -1,0 +1,635 @@
+//! The real binaries, end to end: `sscard-kms dev` and `sscard-kms serve` as child processes
+//! (stopped with SIGTERM, as a supervisor stops them), driven over mutual TLS, and
+//! `kms-ceremony` on what they leave behind.
+//!
+//! No test sleeps: a server's port is read from its stdout (`listening on …`, printed once the
+//! listener is bound), and a process's end is seen as the end of its stdout. Every child is
+//! killed by [`Process`]'s `Drop` if a test fails midway; every directory is a `TempDir`.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hsm_sim::kcv;
+use hsm_sim::tr31;
+use sscard_kms::identity::Identity;
+use sscard_kms::pki::DevPki;
+use sscard_kms::proto::kms::v1 as pb;
+use sscard_kms::proto::kms::v1::admin_service_client::AdminServiceClient;
+use sscard_kms::proto::kms::v1::card_key_service_client::CardKeyServiceClient;
+use sscard_kms::proto::kms::v1::delivered_key::Form;
+use sscard_kms::tls::ClientTls;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::common::chain::{atr, published, station_kbpk, template};
+use crate::common::harness::{OFFICER, REGISTRAR, STATION, card_identity, tr31_request};
+use crate::common::{Output, ceremony};
+
+/// How long a child may take to print a line or to exit before the test gives up (a bound for a
+/// hung process, not a wait: every wait ends on the event itself).
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// DOMAIN.md §2's worked card key: `STK_SSSE` of a card whose ATR ends `86843202AD932A48`.
+const WORKED_STK_SSSE_KCV: &str = "32CD7C";
+
+// --------------------------------------------------------------------------- child processes
+
+/// A running binary with its stdout read line by line and its stderr collected. Killed (SIGKILL)
+/// and reaped on drop unless it was waited for.
+struct Process {
+    name: &'static str,
+    child: Option<Child>,
+    lines: Receiver<String>,
+    stdout: Vec<String>,
+    stderr: Arc<Mutex<String>>,
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
+}
+
+/// How a process ended.
+#[derive(Debug)]
+struct Exited {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Process {
+    /// Starts `bin` with `args`: no stdin, no colour in its log, no `SSCARD_KMS_*` overrides or
+    /// `RUST_LOG` inherited from the test's environment.
+    fn spawn(name: &'static str, bin: &str, args: &[&str]) -> Process {
+        let mut child = Command::new(bin)
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG")
+            .env_remove("SSCARD_KMS_LISTEN")
+            .env_remove("SSCARD_KMS_DATA_DIR")
+            .env_remove("SSCARD_KMS_HSM_ENDPOINT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name} starts: {e}"));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut stderr_pipe = child.stderr.take().expect("stderr is piped");
+        let (send, lines) = mpsc::channel();
+        // The sender is dropped at end of file: the receiver then sees the process has ended.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        // stderr is drained continuously so that a chatty log never blocks the server.
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&stderr);
+        let stderr_reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr_pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Process {
+            name,
+            child: Some(child),
+            lines,
+            stdout: Vec::new(),
+            stderr,
+            stderr_reader: Some(stderr_reader),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Reads stdout until a line containing `needle`, and returns it.
+    fn line_containing(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.stdout.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => panic!(
+                    "{} ended without printing {needle:?}\nstdout:\n{}\nstderr:\n{}",
+                    self.name,
+                    self.stdout.join("\n"),
+                    self.stderr()
+                ),
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "{} printed no {needle:?} within {PATIENCE:?}\nstdout:\n{}\nstderr:\n{}",
+                    self.name,
+                    self.stdout.join("\n"),
+                    self.stderr()
+                ),
+            }
+        }
+    }
+
+    /// The address of the `listening on …` line: `listening on 127.0.0.1:P` (`serve`) or
+    /// `listening on   https://127.0.0.1:P (mutual TLS)` (`dev`'s banner).
+    fn listening_on(&mut self) -> SocketAddr {
+        let line = self.line_containing("listening on");
+        let rest = line
+            .split_once("listening on")
+            .map(|(_, rest)| rest.trim())
+            .unwrap_or_default();
+        let addr = rest.strip_prefix("https://").unwrap_or(rest);
+        let addr = addr.split_whitespace().next().unwrap_or_default();
+        let addr: SocketAddr = addr
+            .parse()
+            .unwrap_or_else(|_| panic!("{}: no address in {line:?}", self.name));
+        assert!(addr.ip().is_loopback(), "{line}");
+        assert_ne!(addr.port(), 0, "{line}");
+        addr
+    }
+
+    /// Sends SIGTERM (what a supervisor or Ctrl-C sends) and waits for the process to end.
+    fn terminate(self) -> Exited {
+        let kill = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill(1) runs");
+        assert!(kill.success(), "kill -TERM {}", self.pid());
+        self.wait()
+    }
+
+    /// Waits for the process to end on its own: reads stdout to its end (the child closes it
+    /// when it exits), then reaps it.
+    fn wait(mut self) -> Exited {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.stdout.push(line),
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "{} did not exit within {PATIENCE:?}\nstderr:\n{}",
+                    self.name,
+                    self.stderr()
+                ),
+            }
+        }
+        let mut child = self.child.take().expect("running");
+        let status = child.wait().expect("the child is reaped");
+        // The exit closed stderr too: its reader reaches end of file and has then read it all.
+        if let Some(reader) = self.stderr_reader.take() {
+            reader.join().expect("the stderr reader ends");
+        }
+        Exited {
+            status,
+            stdout: self.stdout.join("\n"),
+            stderr: self.stderr(),
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `sscard-kms <args>`, started.
+fn sscard_kms(args: &[&str]) -> Process {
+    Process::spawn("sscard-kms", env!("CARGO_BIN_EXE_sscard-kms"), args)
+}
+
+/// `path` as a TOML string.
+fn toml_path(path: &Path) -> String {
+    toml::Value::String(path.to_str().expect("a UTF-8 temp path").to_owned()).to_string()
+}
+
+fn path_arg(path: &Path) -> &str {
+    path.to_str().expect("a UTF-8 temp path")
+}
+
+// ---------------------------------------------------------------------------------- clients
+
+/// A lazy mTLS channel to `addr` with the `<role>.pem/.key` pair of a PKI directory, the
+/// server verified as `localhost` against the directory's `ca.pem`.
+fn channel(addr: SocketAddr, pki: &Path, role: &str) -> Channel {
+    let tls = ClientTls::from_files(
+        &pki.join("ca.pem"),
+        &pki.join(format!("{role}.pem")),
+        &pki.join(format!("{role}.key")),
+    )
+    .unwrap();
+    assert_eq!(tls.domain(), "localhost");
+    Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls.config())
+        .unwrap()
+        .connect_lazy()
+}
+
+/// The role file name of a dev identity URI (`sscard://officer/…` → `officer`).
+fn role(uri: &str) -> String {
+    Identity::from_uri(uri).unwrap().role().to_string()
+}
+
+// ----------------------------------------------------------------------------- sscard-kms dev
+
+/// Injects demo card 1 as the demo station (TR-31, every key); returns `(key name, KCV hex)`
+/// of each key after checking the worked `STK_SSSE` by unwrapping its block.
+async fn inject_demo_card(addr: SocketAddr, pki: &Path) -> Vec<(String, String)> {
+    let keys = published();
+    let demo = &keys.card[0];
+    assert_eq!(demo.template, "ssc-2.0");
+    let mut station = CardKeyServiceClient::new(channel(addr, pki, &role(STATION)));
+    let response = station
+        .inject_card_keys(tr31_request(card_identity(demo, &atr()), &demo.template))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.keys.len(), 24, "every key of ssc-2.0");
+    assert_eq!(response.keys.len(), template("ssc-2.0").keys().len());
+    let stk = response
+        .keys
+        .iter()
+        .find(|k| k.key_name == "STK_SSSE")
+        .expect("STK_SSSE is delivered");
+    let Some(Form::Tr31Block(block)) = &stk.form else {
+        panic!("STK_SSSE: not a TR-31 block: {:?}", stk.form);
+    };
+    // The block really holds the worked key: unwrapped under the published station key.
+    let (_, key) = tr31::unwrap(&station_kbpk(), block).unwrap();
+    assert_eq!(
+        kcv::compute_default(&key).unwrap().to_hex(),
+        WORKED_STK_SSSE_KCV
+    );
+    response
+        .keys
+        .iter()
+        .map(|k| {
+            let kcv = k.kcv.as_ref().expect("a KCV");
+            (k.key_name.clone(), hex::encode_upper(&kcv.value))
+        })
+        .collect()
+}
+
+/// `kms-ceremony audit verify --dangerous-test-lmk` on a stopped dev store: INTACT, with every
+/// seal's MAC checked by the test-LMK HSM. Returns the number of MACs checked.
+fn audit_intact(store: &Path) -> usize {
+    let out = ceremony(
+        &[
+            "audit",
+            "verify",
+            "--data-dir",
+            path_arg(store),
+            "--dangerous-test-lmk",
+        ],
+        "",
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.last_line(), "INTACT", "{out:?}");
+    let macs: usize = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("seals "))
+        .and_then(|l| l.split_once('(')?.1.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no seal count in {out:?}"));
+    assert!(macs > 0, "{out:?}");
+    macs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_serves_the_demo_card_stops_on_sigterm_and_restarts_on_its_data() {
+    let data = tempfile::tempdir().unwrap();
+    let pki = data.path().join("pki");
+    let listen = ["dev", "--listen", "127.0.0.1:0", "--data-dir"];
+    let args: Vec<&str> = listen.into_iter().chain([path_arg(data.path())]).collect();
+
+    let started = Instant::now();
+    let mut dev = sscard_kms(&args);
+    let addr = dev.listening_on();
+    let seeded_in = started.elapsed();
+    let data_line = dev.line_containing("data ");
+    assert!(data_line.ends_with("(seeded now)"), "{data_line}");
+    let first = inject_demo_card(addr, &pki).await;
+
+    let exited = dev.terminate();
+    assert!(exited.status.success(), "{exited:?}");
+    let macs = audit_intact(&data.path().join("store"));
+
+    // Same data directory: the store is reused, not seeded again, and the same keys come back.
+    let started = Instant::now();
+    let mut dev = sscard_kms(&args);
+    let addr = dev.listening_on();
+    let restarted_in = started.elapsed();
+    let data_line = dev.line_containing("data ");
+    assert!(data_line.ends_with("(existing)"), "{data_line}");
+    let again = inject_demo_card(addr, &pki).await;
+    assert_eq!(again, first, "the same keys, the same KCVs");
+    let exited = dev.terminate();
+    assert!(exited.status.success(), "{exited:?}");
+    assert!(audit_intact(&data.path().join("store")) > macs);
+    eprintln!("dev: first start (seeding) {seeded_in:?}, restart {restarted_in:?}");
+}
+
+// ------------------------------------------------------------ sscard-kms serve, local HSM
+
+/// A `serve` deployment laid out in a temporary directory: PKI, HSM state, data, `kms.toml`.
+struct Deployment {
+    dir: tempfile::TempDir,
+}
+
+impl Deployment {
+    /// A fresh PKI under `pki/` and a `kms.toml` with its CA as the client CA.
+    fn new() -> Deployment {
+        let dir = tempfile::tempdir().unwrap();
+        DevPki::generate()
+            .unwrap()
+            .write_to(&dir.path().join("pki"))
+            .unwrap();
+        let this = Deployment { dir };
+        this.write_config(Some(&this.pki().join("ca.pem")));
+        this
+    }
+
+    fn pki(&self) -> PathBuf {
+        self.dir.path().join("pki")
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("hsm-state")
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("kms.toml")
+    }
+
+    /// Writes `kms.toml` with `client_ca` as the client CA file (None: no `client_ca` line).
+    fn write_config(&self, client_ca: Option<&Path>) {
+        let pki = self.pki();
+        let client_ca = client_ca
+            .map(|ca| format!("client_ca = {}\n", toml_path(ca)))
+            .unwrap_or_default();
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\n\
+             data_dir = {data}\n\
+             \n\
+             [tls]\n\
+             cert = {cert}\n\
+             key = {key}\n\
+             {client_ca}\
+             \n\
+             [hsm]\n\
+             mode = \"local\"\n\
+             state_dir = {state}\n",
+            data = toml_path(&self.dir.path().join("data")),
+            cert = toml_path(&pki.join("server.pem")),
+            key = toml_path(&pki.join("server.key")),
+            state = toml_path(&self.state_dir()),
+        );
+        std::fs::write(self.config(), text).unwrap();
+    }
+
+    fn serve(&self) -> Process {
+        sscard_kms(&["serve", "--config", path_arg(&self.config())])
+    }
+
+    fn admin(&self, addr: SocketAddr, uri: &str) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(channel(addr, &self.pki(), &role(uri)))
+    }
+}
+
+/// `kms-ceremony hsm init --state-dir <dir> --threshold T --shares N`.
+fn hsm_init(state_dir: &Path, threshold: &str, shares: &str) -> Output {
+    ceremony(
+        &[
+            "hsm",
+            "init",
+            "--state-dir",
+            path_arg(state_dir),
+            "--threshold",
+            threshold,
+            "--shares",
+            shares,
+        ],
+        "",
+    )
+}
+
+/// The shares printed by a successful `hsm init` (`custodian N: share lmk1-0N-…  (check …)`),
+/// after checking that the last line is the LMK's KCV (5 bytes, upper-case hex).
+fn issued_shares(out: &Output) -> Vec<String> {
+    assert_eq!(out.code, 0, "{out:?}");
+    let kcv = out.last_line();
+    assert_eq!(kcv.len(), 10, "the LMK KCV: {kcv:?}");
+    assert!(
+        kcv.chars()
+            .all(|c| c.is_ascii_digit() || ('A'..='F').contains(&c)),
+        "{kcv:?}"
+    );
+    out.stdout
+        .lines()
+        .filter_map(|l| l.split_once(": share ")?.1.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+async fn service_status(admin: &mut AdminServiceClient<Channel>) -> pb::ServiceStatus {
+    admin
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn unseal(
+    admin: &mut AdminServiceClient<Channel>,
+    share: &str,
+) -> Result<pb::UnsealHsmResponse, tonic::Status> {
+    admin
+        .unseal_hsm(pb::UnsealHsmRequest {
+            share: share.to_owned(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_a_local_hsm_starts_sealed_and_is_unsealed_by_two_custodians() {
+    let deployment = Deployment::new();
+    let shares = issued_shares(&hsm_init(&deployment.state_dir(), "2", "3"));
+    assert_eq!(shares.len(), 3, "{shares:?}");
+    for (i, share) in shares.iter().enumerate() {
+        assert!(share.starts_with(&format!("lmk1-0{}-", i + 1)), "{share}");
+    }
+    // A well-formed share of another LMK.
+    let other_state = tempfile::tempdir().unwrap();
+    let foreign = issued_shares(&hsm_init(&other_state.path().join("hsm"), "2", "3"));
+
+    let mut kms = deployment.serve();
+    let addr = kms.listening_on();
+    let mut officer = deployment.admin(addr, OFFICER);
+    let status = service_status(&mut officer).await;
+    assert_eq!(status.hsm_state, "sealed");
+    assert!(!status.hsm_is_secure, "the simulator says it is not an HSM");
+    assert!(!status.hsm_dangerous_test_lmk);
+
+    // Only an officer unseals; a refused caller's share does not count (else share 1 would be
+    // refused below as already submitted).
+    for uri in [REGISTRAR, STATION] {
+        let mut admin = deployment.admin(addr, uri);
+        let refused = unseal(&mut admin, &shares[0]).await.unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied, "{uri}: {refused:?}");
+    }
+
+    let progress = unseal(&mut officer, &shares[0]).await.unwrap();
+    assert_eq!((progress.submitted, progress.threshold), (1, 2));
+    assert!(!progress.unsealed);
+    assert_eq!(service_status(&mut officer).await.hsm_state, "sealed");
+
+    for garbage in ["not-a-share", "lmk1-02-00", foreign[1].as_str()] {
+        let refused = unseal(&mut officer, garbage).await.unwrap_err();
+        assert_eq!(
+            refused.code(),
+            Code::InvalidArgument,
+            "{garbage}: {refused:?}"
+        );
+    }
+    let repeated = unseal(&mut officer, &shares[0]).await.unwrap_err();
+    assert_eq!(repeated.code(), Code::InvalidArgument, "{repeated:?}");
+
+    let progress = unseal(&mut officer, &shares[1]).await.unwrap();
+    assert_eq!((progress.submitted, progress.threshold), (2, 2));
+    assert!(progress.unsealed);
+    assert_eq!(service_status(&mut officer).await.hsm_state, "operational");
+
+    let toml = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/ssc-2.0.toml"),
+    )
+    .unwrap();
+    let summary = officer
+        .load_template(pb::LoadTemplateRequest { toml })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(summary.id, "ssc-2.0");
+    assert_eq!(summary.keys, 24);
+    assert_eq!(service_status(&mut officer).await.templates, ["ssc-2.0"]);
+
+    drop(officer);
+    let exited = kms.terminate();
+    assert!(exited.status.success(), "{exited:?}");
+
+    // The LMK is never stored: a restart is sealed again; the template is still there; the
+    // other two custodians unseal it (the same LMK, rebuilt from another pair of shares).
+    let mut kms = deployment.serve();
+    let addr = kms.listening_on();
+    let mut officer = deployment.admin(addr, OFFICER);
+    let status = service_status(&mut officer).await;
+    assert_eq!(status.hsm_state, "sealed");
+    assert_eq!(status.templates, ["ssc-2.0"]);
+    assert!(!unseal(&mut officer, &shares[2]).await.unwrap().unsealed);
+    assert!(unseal(&mut officer, &shares[0]).await.unwrap().unsealed);
+    assert_eq!(service_status(&mut officer).await.hsm_state, "operational");
+    drop(officer);
+    let exited = kms.terminate();
+    assert!(exited.status.success(), "{exited:?}");
+}
+
+// ------------------------------------------------------------------------- fail closed
+
+/// `serve` must refuse to start: non-zero exit, never a `listening on` line, and `needle` in
+/// its stderr.
+fn refuses_to_start(deployment: &Deployment, needle: &str) {
+    let exited = deployment.serve().wait();
+    assert!(!exited.status.success(), "{exited:?}");
+    assert!(!exited.stdout.contains("listening on"), "{exited:?}");
+    assert!(exited.stderr.contains(needle), "{needle:?} in {exited:?}");
+}
+
+#[test]
+fn serve_refuses_to_start_without_a_proper_client_ca() {
+    let deployment = Deployment::new();
+    let init = hsm_init(&deployment.state_dir(), "2", "2");
+    assert_eq!(init.code, 0, "{init:?}");
+    let pki = deployment.pki();
+
+    deployment.write_config(None);
+    refuses_to_start(&deployment, "missing field `client_ca`");
+
+    deployment.write_config(Some(&pki.join("station.pem")));
+    refuses_to_start(
+        &deployment,
+        "client CA: holds a certificate that is not a CA",
+    );
+
+    deployment.write_config(Some(&pki.join("server.key")));
+    refuses_to_start(
+        &deployment,
+        "client CA: holds something other than certificates",
+    );
+
+    let empty = deployment.dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    deployment.write_config(Some(&empty));
+    refuses_to_start(&deployment, "client CA: no certificate");
+
+    // The same deployment with its CA starts (so the refusals above were the CA's).
+    deployment.write_config(Some(&pki.join("ca.pem")));
+    let mut kms = deployment.serve();
+    kms.listening_on();
+    let exited = kms.terminate();
+    assert!(exited.status.success(), "{exited:?}");
+}
+
+#[test]
+fn hsm_init_refuses_a_second_lmk_and_a_threshold_of_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("hsm");
+    assert_eq!(issued_shares(&hsm_init(&state, "2", "3")).len(), 3);
+    let state_file: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| {
+            let path = e.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            (path, bytes)
+        })
+        .collect();
+
+    let again = hsm_init(&state, "2", "3");
+    assert_eq!(again.code, 2, "{again:?}");
+    assert!(again.stderr.contains("already has an LMK"), "{again:?}");
+    assert!(!again.stdout.contains("share"), "{again:?}");
+    for (path, bytes) in &state_file {
+        assert_eq!(&std::fs::read(path).unwrap(), bytes, "{}", path.display());
+    }
+
+    // No dual control: refused, and nothing is created.
+    let single = dir.path().join("single");
+    let one = hsm_init(&single, "1", "3");
+    assert_eq!(one.code, 2, "{one:?}");
+    assert!(one.stderr.contains("2 <= threshold"), "{one:?}");
+    assert!(one.stdout.is_empty(), "{one:?}");
+    assert!(
+        !single.exists() || std::fs::read_dir(&single).unwrap().next().is_none(),
+        "a refused init leaves no state"
+    );
+}
