@@ -213,3 +213,44 @@ async fn no_clear_key_in_responses_audit_logs_or_the_database() {
         );
     }
 }
+
+/// The generated messages that carry a custodian's secret print without it.
+#[test]
+fn secret_carrying_messages_have_a_redacting_debug() {
+    use sscard_kms::proto::kms::v1 as pb;
+    let secret = "0123456789ABCDEFFEDCBA9876543210";
+    let component = pb::Component {
+        hex: secret.to_owned(),
+        kcv_hex: "08D7B4".to_owned(),
+    };
+    let unseal = pb::UnsealHsmRequest {
+        share: format!("lmk1-01-{secret}"),
+    };
+    let import = pb::ImportRootKeyRequest {
+        template_id: "ssc-2.0".to_owned(),
+        key_name: "STK_SSSE".to_owned(),
+        level: pb::KeyLevel::National as i32,
+        components: vec![component.clone()],
+    };
+    let shown = format!("{component:?} {unseal:?} {import:?} {import:#?}");
+    assert!(shown.contains("08D7B4"), "{shown}");
+    assert!(!shown.contains(secret), "{shown}");
+
+    use hsm_sim::remote::proto as hp;
+    let hsm_messages = format!(
+        "{:?} {:?} {:?}",
+        hp::Component {
+            hex: secret.to_owned(),
+            expected_kcv: None
+        },
+        hp::UnsealRequest {
+            share: format!("lmk1-01-{secret}")
+        },
+        hp::IssuedShare {
+            share: format!("lmk1-01-{secret}"),
+            check_value: "C280F501".to_owned()
+        },
+    );
+    assert!(!hsm_messages.contains(secret), "{hsm_messages}");
+    assert!(hsm_messages.contains("C280F501"));
+}
