@@ -1528,7 +1528,13 @@ impl<H: Hsm> Kms<H> {
                 .collect();
             templates.sort();
             Ok(Status {
-                hsm_state: format!("{:?}", hsm.state).to_lowercase(),
+                hsm_state: match hsm.state {
+                    hsm_sim::hsm::HsmState::Uninitialised => "uninitialised",
+                    hsm_sim::hsm::HsmState::Sealed => "sealed",
+                    hsm_sim::hsm::HsmState::Operational => "operational",
+                    hsm_sim::hsm::HsmState::SelfTestFailed => "self-test-failed",
+                }
+                .to_owned(),
                 hsm_is_secure: self.hsm.is_secure(),
                 hsm_dangerous_test_lmk: hsm.dangerous_test_lmk,
                 audit_records: self.store.snapshot()?.audit_len()?,
