@@ -455,8 +455,15 @@ impl<H: Hsm> Kms<H> {
                     }
                 }
             }
-            self.record_release(caller, &record, atr, versions, &delivered)
-                .await?;
+            self.record_release(
+                caller,
+                Operation::InjectCardKeys,
+                &record,
+                atr,
+                versions,
+                &delivered,
+            )
+            .await?;
             Ok(delivered)
         })
         .await
@@ -500,8 +507,15 @@ impl<H: Hsm> Kms<H> {
                     challenge,
                 )
                 .await?;
-            self.record_release(caller, &record, atr, versions, std::slice::from_ref(&d))
-                .await?;
+            self.record_release(
+                caller,
+                Operation::InitialiseBlankCard,
+                &record,
+                atr,
+                versions,
+                std::slice::from_ref(&d),
+            )
+            .await?;
             Ok(d)
         })
         .await
@@ -665,6 +679,7 @@ impl<H: Hsm> Kms<H> {
     async fn record_release(
         &self,
         caller: &Identity,
+        op: Operation,
         card: &Card,
         atr: &Atr,
         versions: std::collections::BTreeMap<String, u32>,
@@ -706,7 +721,7 @@ impl<H: Hsm> Kms<H> {
                     card.issued_root_versions.entry(k).or_insert(v);
                 }
                 tx.put(Table::Cards, &id, &card)?;
-                tx.audit(AuditEvent::ok(actor, Operation::InjectCardKeys.name(), subject));
+                tx.audit(AuditEvent::ok(actor, op.name(), subject));
                 Ok(())
             })
             .await
