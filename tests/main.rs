@@ -22,6 +22,8 @@
 //!   another ATR, the HSM sealed — each with its exact code and reason, and audited.
 //! - `remote_hsm`: the service on `hsm_sim::remote` over its own mTLS: an HSM outage is
 //!   UNAVAILABLE, and the same service works again once the HSM is back on the same port.
+//! - `rotation`: a new national root (version 2) serves new cards; a card issued under
+//!   version 1 keeps getting the same key.
 //! - `restart`: stop, drop, reopen the same directory: blacklist, released ATR, keys (same
 //!   KCVs) and the audit chain carry over; nothing is seeded again.
 //! - `audit_trail`: offline verification with every seal's MAC checked by the HSM; an edited
@@ -42,3 +44,4 @@ mod psam;
 mod refusals;
 mod remote_hsm;
 mod restart;
+mod rotation;
