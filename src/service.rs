@@ -134,6 +134,9 @@ pub struct Status {
     pub templates: Vec<String>,
 }
 
+/// How long a commit waits for the HSM's seal of the audit chain head.
+const SEAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Seals the audit chain head with the HSM's audit key, from the store's writer thread.
 pub struct HsmSealer<H: Hsm> {
     hsm: Arc<H>,
@@ -150,10 +153,20 @@ impl<H: Hsm> std::fmt::Debug for HsmSealer<H> {
 impl<H: Hsm> Sealer for HsmSealer<H> {
     fn seal(&self, message: &[u8]) -> Option<Vec<u8>> {
         let token = self.token.get()?;
-        match self.runtime.block_on(self.hsm.mac(token, message)) {
-            Ok(mac) => Some(mac),
-            Err(e) => {
+        // The writer thread waits for the seal, so a slow or unreachable HSM must not hold every
+        // commit: past the limit the seal is skipped and the next commit's seal covers these
+        // records too (the chain itself is never skipped).
+        let sealed = self.runtime.block_on(async {
+            tokio::time::timeout(SEAL_TIMEOUT, self.hsm.mac(token, message)).await
+        });
+        match sealed {
+            Ok(Ok(mac)) => Some(mac),
+            Ok(Err(e)) => {
                 tracing::warn!(error = %e, "audit seal skipped: the HSM cannot MAC now");
+                None
+            }
+            Err(_) => {
+                tracing::warn!("audit seal skipped: the HSM did not answer in time");
                 None
             }
         }
