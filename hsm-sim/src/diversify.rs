@@ -80,7 +80,7 @@ impl Dispersion {
             }
             (Dispersion::Sm4Complement, Algorithm::Sm4) => Ok(Algorithm::Sm4),
             (method, alg) => Err(Error::Unsupported {
-                op: method.name(),
+                op: method.name().into(),
                 alg,
             }),
         }
@@ -226,7 +226,7 @@ mod tests {
         assert_eq!(
             diversify(&sm4, Dispersion::PbocTdes, &f),
             Err(Error::Unsupported {
-                op: "pboc-tdes",
+                op: "pboc-tdes".into(),
                 alg: Algorithm::Sm4
             })
         );

@@ -2,6 +2,12 @@
 //!
 //! Variants are typed so that callers (and tests) match on the reason, never on message text.
 //! No variant carries key bytes: messages may reach logs.
+//!
+//! Texts that name a field, an operation or a check are `Cow<'static, str>`: the crate builds
+//! them from literals (borrowed, no allocation), the remote client from the wire (owned), and
+//! both compare equal by value.
+
+use std::borrow::Cow;
 
 use crate::key::Algorithm;
 
@@ -24,17 +30,20 @@ pub enum Error {
     UnknownAlgorithm(String),
     /// Input that is not valid hexadecimal.
     #[error("{field} is not valid hex (even number of 0-9, A-F)")]
-    Hex { field: &'static str },
+    Hex { field: Cow<'static, str> },
     /// Data whose length does not fit the operation.
     #[error("{field} must be {expected}, got {actual} bytes")]
     DataLength {
-        field: &'static str,
-        expected: &'static str,
+        field: Cow<'static, str>,
+        expected: Cow<'static, str>,
         actual: usize,
     },
     /// An operation the algorithm does not support (e.g. an SM4 dispersion of a TDES key).
     #[error("{op} is not defined for {alg}")]
-    Unsupported { op: &'static str, alg: Algorithm },
+    Unsupported {
+        op: Cow<'static, str>,
+        alg: Algorithm,
+    },
     /// An ATR too short to give the 8-byte card factor.
     #[error("ATR has {0} bytes; the card factor needs at least 8")]
     AtrTooShort(usize),
@@ -60,7 +69,7 @@ pub enum Error {
     KeyBlockVersion(char),
     /// A header field with a value outside its allowed set.
     #[error("key block header field {field} is invalid")]
-    KeyBlockHeader { field: &'static str },
+    KeyBlockHeader { field: Cow<'static, str> },
     /// A malformed optional block.
     #[error("key block optional block {id:?} is malformed")]
     KeyBlockOptionalBlock { id: String },
@@ -71,7 +80,7 @@ pub enum Error {
     #[error("key block version {version} needs a {expected} KBPK")]
     KeyBlockKbpk {
         version: char,
-        expected: &'static str,
+        expected: Cow<'static, str>,
     },
     /// The MAC over the block does not verify: tampered block or wrong KBPK.
     #[error("key block authentication failed")]
@@ -82,7 +91,7 @@ pub enum Error {
     /// A KC (check value of the wrapped key) or KP (check value of the KBPK) optional block that
     /// does not match the key it describes.
     #[error("key block optional block {id} does not match its key's check value")]
-    KeyBlockCheckValue { id: &'static str },
+    KeyBlockCheckValue { id: Cow<'static, str> },
     /// A KBPK weaker than the key it would protect (ANSI X9.24-1: a key is protected only by a key
     /// of equal or greater strength).
     #[error("a {kbpk} KBPK may not protect a {key} key")]
@@ -93,7 +102,7 @@ pub enum Error {
 
     /// A known-answer self-test failed; the name says which.
     #[error("self-test failed: {0}")]
-    SelfTest(&'static str),
+    SelfTest(Cow<'static, str>),
     /// The operating system's random source failed.
     #[error("random source failed")]
     Random,
@@ -113,15 +122,15 @@ pub enum Error {
     SelfTestFailed(String),
     /// A share that is malformed, repeated, or not of this LMK.
     #[error("LMK share refused: {0}")]
-    Share(&'static str),
+    Share(Cow<'static, str>),
     /// The LMK rebuilt from the shares does not have the recorded KCV.
     #[error("the shares do not rebuild the LMK (KCV mismatch); unseal was reset")]
     LmkKcvMismatch,
     /// A key used for an operation its token's header does not allow.
     #[error("a {usage} key cannot be used to {operation}")]
     WrongUsage {
-        usage: &'static str,
-        operation: &'static str,
+        usage: Cow<'static, str>,
+        operation: Cow<'static, str>,
     },
     /// Export of a key whose token says it never leaves the HSM.
     #[error("the key is not exportable")]
@@ -132,8 +141,8 @@ pub enum Error {
     /// A count out of range (components, shares, threshold, random length…).
     #[error("{field} must be {expected}")]
     Count {
-        field: &'static str,
-        expected: &'static str,
+        field: Cow<'static, str>,
+        expected: Cow<'static, str>,
     },
     /// A rotation step out of order (commit without prepare, or a different KCV).
     #[error("no matching LMK rotation is prepared")]
@@ -143,7 +152,7 @@ pub enum Error {
     StatePoisoned,
     /// The HSM's state file could not be read or written.
     #[error("HSM state storage failed: {0}")]
-    Storage(&'static str),
+    Storage(Cow<'static, str>),
     /// The remote HSM could not be reached (process down, TLS refused): retry later.
     #[error("the HSM is unavailable")]
     Unavailable,

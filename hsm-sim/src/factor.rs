@@ -25,8 +25,8 @@ impl Factor {
     /// A factor from exactly 8 bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Factor> {
         let arr: [u8; 8] = bytes.try_into().map_err(|_| Error::DataLength {
-            field: "factor",
-            expected: "8 bytes",
+            field: "factor".into(),
+            expected: "8 bytes".into(),
             actual: bytes.len(),
         })?;
         Ok(Factor(arr))
@@ -34,7 +34,9 @@ impl Factor {
 
     /// A factor from 16 hex digits.
     pub fn from_hex(text: &str) -> Result<Factor> {
-        let bytes = hex::decode(text.trim()).map_err(|_| Error::Hex { field: "factor" })?;
+        let bytes = hex::decode(text.trim()).map_err(|_| Error::Hex {
+            field: "factor".into(),
+        })?;
         Factor::from_bytes(&bytes)
     }
 

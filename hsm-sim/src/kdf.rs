@@ -25,8 +25,8 @@ pub(crate) fn hkdf_sha256_bytes(
     let hk = Hkdf::<Sha256>::new(Some(salt), ikm);
     let mut okm = Zeroizing::new(vec![0u8; len]);
     hk.expand(info, &mut okm).map_err(|_| Error::DataLength {
-        field: "HKDF output",
-        expected: "at most 8160 bytes",
+        field: "HKDF output".into(),
+        expected: "at most 8160 bytes".into(),
         actual: len,
     })?;
     Ok(okm)

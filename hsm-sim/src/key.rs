@@ -263,7 +263,9 @@ impl Eq for SecretKey {}
 pub(crate) fn decode_secret_hex(text: &str, field: &'static str) -> Result<Zeroizing<Vec<u8>>> {
     let mut compact: Zeroizing<Vec<u8>> =
         Zeroizing::new(text.bytes().filter(|b| !b.is_ascii_whitespace()).collect());
-    let result = hex::decode(&*compact).map_err(|_| Error::Hex { field });
+    let result = hex::decode(&*compact).map_err(|_| Error::Hex {
+        field: field.into(),
+    });
     compact.zeroize();
     Ok(Zeroizing::new(result?))
 }
@@ -338,7 +340,9 @@ mod tests {
         assert_eq!(k.algorithm(), Algorithm::Aes256);
         assert_eq!(
             SecretKey::from_hex_family("tdes", "123").unwrap_err(),
-            Error::Hex { field: "key" }
+            Error::Hex {
+                field: "key".into()
+            }
         );
         assert!(matches!(
             SecretKey::from_hex_family("sm4", &"11".repeat(24)),
@@ -358,7 +362,9 @@ mod tests {
     fn bad_hex_names_the_field() {
         assert_eq!(
             SecretKey::from_hex(Algorithm::Des, "01234567890ABCDEZ").unwrap_err(),
-            Error::Hex { field: "key" }
+            Error::Hex {
+                field: "key".into()
+            }
         );
     }
 }

@@ -27,6 +27,7 @@
 //!   never the LMK or a share — and is replaced atomically (temporary file, fsync, rename, fsync
 //!   of the directory).
 
+use std::borrow::Cow;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
@@ -108,15 +109,19 @@ pub(crate) fn key_block_header(
 /// this HSM writes.
 fn token_usage(header: &KeyBlockHeader) -> Result<(KeyUsage, Exportability)> {
     if header.version != KeyBlockVersion::D {
-        return Err(Error::KeyBlockHeader { field: "version" });
+        return Err(Error::KeyBlockHeader {
+            field: "version".into(),
+        });
     }
     let usage = KeyUsage::ALL
         .into_iter()
         .find(|&u| tr31_usage(u).0 == header.key_usage)
-        .ok_or(Error::KeyBlockHeader { field: "key usage" })?;
+        .ok_or(Error::KeyBlockHeader {
+            field: "key usage".into(),
+        })?;
     if tr31_usage(usage).1 != header.mode_of_use {
         return Err(Error::KeyBlockHeader {
-            field: "mode of use",
+            field: "mode of use".into(),
         });
     }
     let exportability = match header.exportability {
@@ -124,7 +129,7 @@ fn token_usage(header: &KeyBlockHeader) -> Result<(KeyUsage, Exportability)> {
         tr31::Exportability::NonExportable => Exportability::NonExportable,
         tr31::Exportability::Sensitive => {
             return Err(Error::KeyBlockHeader {
-                field: "exportability",
+                field: "exportability".into(),
             });
         }
     };
@@ -276,8 +281,8 @@ fn lmk_kcv(key: &SecretKey) -> Result<Kcv> {
 pub(crate) fn check_share_counts(threshold: u8, count: u8) -> Result<()> {
     if threshold < 2 || threshold > count || count > MAX_SHARES {
         return Err(Error::Count {
-            field: "LMK shares",
-            expected: "2 <= threshold <= shares <= 16",
+            field: "LMK shares".into(),
+            expected: "2 <= threshold <= shares <= 16".into(),
         });
     }
     Ok(())
@@ -305,10 +310,10 @@ impl LmkRecord {
         let known = self
             .check_values
             .get(usize::from(parsed.index) - 1)
-            .ok_or(Error::Share("share index out of range for this LMK"))?;
+            .ok_or(Error::Share("share index out of range for this LMK".into()))?;
         if !bool::from(known.as_bytes().ct_eq(parsed.check_value.as_bytes())) {
             return Err(Error::Share(
-                "not a share of this LMK (mistyped, or of another LMK)",
+                "not a share of this LMK (mistyped, or of another LMK)".into(),
             ));
         }
         Ok(parsed)
@@ -335,7 +340,9 @@ impl core::fmt::Debug for ParsedShare {
 impl ParsedShare {
     /// Reads `lmk1-<index>-<64 hex digits>`; white space anywhere and lower-case hex are accepted.
     fn parse(text: &str) -> Result<ParsedShare> {
-        const MALFORMED: Error = Error::Share("not of the form lmk1-<index>-<64 hex digits>");
+        const MALFORMED: Error = Error::Share(Cow::Borrowed(
+            "not of the form lmk1-<index>-<64 hex digits>",
+        ));
         let compact: Zeroizing<String> =
             Zeroizing::new(text.chars().filter(|c| !c.is_whitespace()).collect());
         let mut parts = compact.split('-');
@@ -352,7 +359,7 @@ impl ParsedShare {
         }
         let index: u8 = index.parse().map_err(|_| MALFORMED)?;
         if index == 0 || index > MAX_SHARES {
-            return Err(Error::Share("share index out of range 1..=16"));
+            return Err(Error::Share("share index out of range 1..=16".into()));
         }
         if value.len() != 2 * LMK_ALGORITHM.key_len() {
             return Err(MALFORMED);
@@ -377,11 +384,11 @@ pub(crate) fn combine(threshold: u8, shares: &[ParsedShare]) -> Result<Lmk> {
         .iter()
         .map(|s| Share::try_from(s.bytes.as_slice()))
         .collect::<core::result::Result<_, _>>()
-        .map_err(|_| Error::Share("malformed share"))?;
+        .map_err(|_| Error::Share("malformed share".into()))?;
     let secret = Zeroizing::new(
         Sharks(threshold)
             .recover(&shares)
-            .map_err(|_| Error::Share("not enough distinct shares"))?,
+            .map_err(|_| Error::Share("not enough distinct shares".into()))?,
     );
     Lmk::from_key(SecretKey::new(LMK_ALGORITHM, &secret)?)
 }
@@ -473,11 +480,11 @@ pub(crate) fn load_record(dir: &Path) -> Result<Option<LmkRecord>> {
     let text = match fs::read(&path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(_) => return Err(Error::Storage("cannot read the state file")),
+        Err(_) => return Err(Error::Storage("cannot read the state file".into())),
     };
-    let file: StateFile =
-        serde_json::from_slice(&text).map_err(|_| Error::Storage("the state file is not valid"))?;
-    let invalid = Error::Storage("the state file is not valid");
+    let file: StateFile = serde_json::from_slice(&text)
+        .map_err(|_| Error::Storage("the state file is not valid".into()))?;
+    let invalid = Error::Storage("the state file is not valid".into());
     if file.format != STATE_FORMAT || file.lmk_kcv_method != KcvMethod::Cmac.name() {
         return Err(invalid);
     }
@@ -514,26 +521,27 @@ pub(crate) fn store_record(dir: &Path, record: &LmkRecord) -> Result<()> {
         shares: record.shares(),
         share_check_values: record.check_values.clone(),
     };
-    let mut json =
-        serde_json::to_vec_pretty(&file).map_err(|_| Error::Storage("cannot encode the state"))?;
+    let mut json = serde_json::to_vec_pretty(&file)
+        .map_err(|_| Error::Storage("cannot encode the state".into()))?;
     json.push(b'\n');
-    fs::create_dir_all(dir).map_err(|_| Error::Storage("cannot create the state directory"))?;
+    fs::create_dir_all(dir)
+        .map_err(|_| Error::Storage("cannot create the state directory".into()))?;
     let tmp = dir.join(format!("{STATE_FILE}.tmp"));
     let mut out = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .open(&tmp)
-        .map_err(|_| Error::Storage("cannot create the temporary state file"))?;
+        .map_err(|_| Error::Storage("cannot create the temporary state file".into()))?;
     out.write_all(&json)
         .and_then(|()| out.sync_all())
-        .map_err(|_| Error::Storage("cannot write the temporary state file"))?;
+        .map_err(|_| Error::Storage("cannot write the temporary state file".into()))?;
     drop(out);
     fs::rename(&tmp, dir.join(STATE_FILE))
-        .map_err(|_| Error::Storage("cannot replace the state file"))?;
+        .map_err(|_| Error::Storage("cannot replace the state file".into()))?;
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|_| Error::Storage("cannot sync the state directory"))?;
+        .map_err(|_| Error::Storage("cannot sync the state directory".into()))?;
     Ok(())
 }
 
@@ -674,7 +682,7 @@ mod tests {
         assert_eq!(
             lmk.unwrap(&token).unwrap_err(),
             Error::KeyBlockHeader {
-                field: "mode of use"
+                field: "mode of use".into()
             }
         );
     }

@@ -303,8 +303,8 @@ impl LocalHsm {
         };
         if !allowed.contains(&key.usage) {
             return Err(Error::WrongUsage {
-                usage: key.usage.name(),
-                operation,
+                usage: key.usage.name().into(),
+                operation: operation.into(),
             });
         }
         Ok(key)
@@ -365,12 +365,12 @@ impl LocalHsm {
         }
         if record.check_values.is_empty() {
             return Err(Error::Share(
-                "the dangerous test LMK has no shares: restart the HSM to load it again",
+                "the dangerous test LMK has no shares: restart the HSM to load it again".into(),
             ));
         }
         let parsed = record.accept(share)?;
         if state.submitted.iter().any(|s| s.index == parsed.index) {
-            return Err(Error::Share("this share was already submitted"));
+            return Err(Error::Share("this share was already submitted".into()));
         }
         state.submitted.push(parsed);
         if state.submitted.len() < usize::from(record.threshold) {
@@ -438,8 +438,8 @@ impl LocalHsm {
             check_algorithm(spec.usage, spec.algorithm)?;
             if !COMPONENTS.contains(&components.len()) {
                 return Err(Error::Count {
-                    field: "components",
-                    expected: "2 to 9",
+                    field: "components".into(),
+                    expected: "2 to 9".into(),
                 });
             }
             let mut sum = Zeroizing::new(vec![0u8; spec.algorithm.key_len()]);
@@ -535,14 +535,14 @@ impl LocalHsm {
             )?;
             if !matches!(child_usage, KeyUsage::CardDerivation | KeyUsage::CardKey) {
                 return Err(Error::WrongUsage {
-                    usage: child_usage.name(),
-                    operation: "hold a derived key",
+                    usage: child_usage.name().into(),
+                    operation: "hold a derived key".into(),
                 });
             }
             if !FACTORS.contains(&factors.len()) {
                 return Err(Error::Count {
-                    field: "factors",
-                    expected: "1 to 8",
+                    field: "factors".into(),
+                    expected: "1 to 8".into(),
                 });
             }
             let child = diversify::diversify_chain(&parent.key, method, factors)?;
@@ -596,8 +596,8 @@ impl LocalHsm {
         self.with_lmk(|_| {
             if !RANDOM_LEN.contains(&len) {
                 return Err(Error::Count {
-                    field: "random length",
-                    expected: "1 to 4096 bytes",
+                    field: "random length".into(),
+                    expected: "1 to 4096 bytes".into(),
                 });
             }
             crate::random::random_bytes(len)
@@ -777,7 +777,7 @@ impl Hsm for LocalHsm {
 /// The name of the check a self-test error reports.
 fn failure_name(error: &Error) -> String {
     match error {
-        Error::SelfTest(name) => (*name).to_owned(),
+        Error::SelfTest(name) => name.to_string(),
         other => other.to_string(),
     }
 }
@@ -803,12 +803,12 @@ fn check_algorithm(usage: KeyUsage, alg: Algorithm) -> Result<()> {
             if !(alg.is_aes() || matches!(alg, Algorithm::Tdes2 | Algorithm::Tdes3)) =>
         {
             Err(Error::Unsupported {
-                op: "key-block protection",
+                op: "key-block protection".into(),
                 alg,
             })
         }
         KeyUsage::AuditMac if !alg.is_aes() => Err(Error::Unsupported {
-            op: "the audit MAC",
+            op: "the audit MAC".into(),
             alg,
         }),
         _ => Ok(()),
@@ -827,23 +827,27 @@ fn check_import_header(header: &KeyBlockHeader, usage: KeyUsage) -> Result<Expor
         "E6" => KeyUsage::CardDerivation,
         "E5" => KeyUsage::CardKey,
         "M6" => KeyUsage::AuditMac,
-        _ => return Err(Error::KeyBlockHeader { field: "key usage" }),
+        _ => {
+            return Err(Error::KeyBlockHeader {
+                field: "key usage".into(),
+            });
+        }
     };
     if declared != usage {
         return Err(Error::WrongUsage {
-            usage: declared.name(),
+            usage: declared.name().into(),
             operation: match usage {
-                KeyUsage::KeyBlockProtection => "become a key-block protection key",
-                KeyUsage::CardDerivation => "become a card derivation key",
-                KeyUsage::CardKey => "become a card key",
-                KeyUsage::AuditMac => "become an audit MAC key",
+                KeyUsage::KeyBlockProtection => "become a key-block protection key".into(),
+                KeyUsage::CardDerivation => "become a card derivation key".into(),
+                KeyUsage::CardKey => "become a card key".into(),
+                KeyUsage::AuditMac => "become an audit MAC key".into(),
             },
         });
     }
     let mode = header.mode_of_use;
     if mode != lmk::tr31_usage(usage).1 && mode != ModeOfUse::NoRestriction {
         return Err(Error::KeyBlockHeader {
-            field: "mode of use",
+            field: "mode of use".into(),
         });
     }
     Ok(match header.exportability {
@@ -866,8 +870,8 @@ fn secure_messaging_apdu(
 ) -> Result<Vec<u8>> {
     let field = mac::encrypt_key_field(protect, data)?;
     let lc = u8::try_from(field.len() + mac::CARD_MAC_LEN).map_err(|_| Error::DataLength {
-        field: "secure-messaging command data",
-        expected: "at most 255 bytes with its MAC",
+        field: "secure-messaging command data".into(),
+        expected: "at most 255 bytes with its MAC".into(),
         actual: field.len() + mac::CARD_MAC_LEN,
     })?;
     let mut apdu = Vec::with_capacity(5 + field.len() + mac::CARD_MAC_LEN);
@@ -1087,8 +1091,8 @@ mod tests {
                 KeyUsage::CardDerivation
             ),
             Err(Error::WrongUsage {
-                usage: "card",
-                operation: "become a card derivation key"
+                usage: "card".into(),
+                operation: "become a card derivation key".into()
             })
         );
         assert_eq!(
@@ -1097,7 +1101,7 @@ mod tests {
                 KeyUsage::KeyBlockProtection
             ),
             Err(Error::KeyBlockHeader {
-                field: "mode of use"
+                field: "mode of use".into()
             })
         );
         assert_eq!(
@@ -1105,7 +1109,9 @@ mod tests {
                 &header("P0", ModeOfUse::EncryptDecrypt, X::Trusted),
                 KeyUsage::CardKey
             ),
-            Err(Error::KeyBlockHeader { field: "key usage" })
+            Err(Error::KeyBlockHeader {
+                field: "key usage".into()
+            })
         );
     }
 

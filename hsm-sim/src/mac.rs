@@ -71,8 +71,12 @@ pub fn card_mac(key: &SecretKey, iv: &[u8], data: &[u8], fold: MacFold) -> Resul
     let block = alg.block_len();
     if iv.len() != block {
         return Err(Error::DataLength {
-            field: "challenge (IV)",
-            expected: if block == 8 { "8 bytes" } else { "16 bytes" },
+            field: "challenge (IV)".into(),
+            expected: if block == 8 {
+                "8 bytes".into()
+            } else {
+                "16 bytes".into()
+            },
             actual: iv.len(),
         });
     }
@@ -97,7 +101,7 @@ pub fn card_mac(key: &SecretKey, iv: &[u8], data: &[u8], fold: MacFold) -> Resul
         }
         other => {
             return Err(Error::Unsupported {
-                op: "card secure-messaging MAC",
+                op: "card secure-messaging MAC".into(),
                 alg: other,
             });
         }
@@ -118,8 +122,8 @@ pub fn card_mac(key: &SecretKey, iv: &[u8], data: &[u8], fold: MacFold) -> Resul
 /// `data` may hold key material; it is only ever read.
 pub fn encrypt_key_field(key: &SecretKey, data: &[u8]) -> Result<Vec<u8>> {
     let ld = u8::try_from(data.len()).map_err(|_| Error::DataLength {
-        field: "secure-messaging data",
-        expected: "at most 255 bytes",
+        field: "secure-messaging data".into(),
+        expected: "at most 255 bytes".into(),
         actual: data.len(),
     })?;
     let mut buf = Zeroizing::new(Vec::with_capacity(data.len() + 17));

@@ -89,14 +89,14 @@ pub fn check_names() -> impl Iterator<Item = &'static str> {
 pub(crate) fn run_checks(checks: &[Check]) -> Result<()> {
     for check in checks {
         if !matches!((check.run)(), Ok(true)) {
-            return Err(Error::SelfTest(check.name));
+            return Err(Error::SelfTest(check.name.into()));
         }
     }
     Ok(())
 }
 
 fn h(s: &str) -> Result<Vec<u8>> {
-    hex::decode(s).map_err(|_| Error::SelfTest("malformed compiled-in answer"))
+    hex::decode(s).map_err(|_| Error::SelfTest("malformed compiled-in answer".into()))
 }
 
 /// Encrypts `pt` to `ct` under `key` in ECB, and back.
@@ -267,11 +267,14 @@ mod tests {
                 run: wrong,
             },
         ];
-        assert_eq!(run_checks(&checks), Err(Error::SelfTest("bad answer")));
+        assert_eq!(
+            run_checks(&checks),
+            Err(Error::SelfTest("bad answer".into()))
+        );
         let checks = [Check {
             name: "error",
             run: erroring,
         }];
-        assert_eq!(run_checks(&checks), Err(Error::SelfTest("error")));
+        assert_eq!(run_checks(&checks), Err(Error::SelfTest("error".into())));
     }
 }

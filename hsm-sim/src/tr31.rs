@@ -180,8 +180,8 @@ impl KeyBlockVersion {
         Error::KeyBlockKbpk {
             version: self.as_char(),
             expected: match self {
-                KeyBlockVersion::B => "2- or 3-key TDES",
-                KeyBlockVersion::D => "AES",
+                KeyBlockVersion::B => "2- or 3-key TDES".into(),
+                KeyBlockVersion::D => "AES".into(),
             },
         }
     }
@@ -516,14 +516,18 @@ impl KeyBlockHeader {
     /// Checks every field as [`wrap`] needs them.
     fn validate(&self) -> Result<()> {
         if !is_two_alphanumerics(self.key_usage.as_bytes()) {
-            return Err(Error::KeyBlockHeader { field: "key usage" });
+            return Err(Error::KeyBlockHeader {
+                field: "key usage".into(),
+            });
         }
         if !self.algorithm.allowed_in(self.version) {
-            return Err(Error::KeyBlockHeader { field: "algorithm" });
+            return Err(Error::KeyBlockHeader {
+                field: "algorithm".into(),
+            });
         }
         if !is_two_alphanumerics(self.key_version.as_bytes()) {
             return Err(Error::KeyBlockHeader {
-                field: "key version",
+                field: "key version".into(),
             });
         }
         let mut seen: Vec<&str> = Vec::with_capacity(self.optional_blocks.len());
@@ -569,7 +573,7 @@ impl KeyBlockHeader {
         }
         if count > MAX_OPTIONAL_BLOCKS {
             return Err(Error::KeyBlockHeader {
-                field: "number of optional blocks",
+                field: "number of optional blocks".into(),
             });
         }
         let total = FIXED_HEADER_LEN + blocks.len() + 2 * clear_len + 2 * self.version.mac_len();
@@ -610,7 +614,9 @@ pub(crate) fn wrap_with_padding(
     version.check_kbpk(kbpk)?;
     header.validate()?;
     if header.algorithm != KeyBlockAlgorithm::of(key.algorithm()) {
-        return Err(Error::KeyBlockHeader { field: "algorithm" });
+        return Err(Error::KeyBlockHeader {
+            field: "algorithm".into(),
+        });
     }
     check_strength(kbpk, key)?;
     check_check_values(header, kbpk, key)?;
@@ -618,8 +624,8 @@ pub(crate) fn wrap_with_padding(
     let clear_len = 2 + key.len() + padding.len();
     if !clear_len.is_multiple_of(version.block_len()) {
         return Err(Error::DataLength {
-            field: "key block padding",
-            expected: "enough bytes to fill the last cipher block",
+            field: "key block padding".into(),
+            expected: "enough bytes to fill the last cipher block".into(),
             actual: padding.len(),
         });
     }
@@ -700,7 +706,9 @@ fn parse(block: &str) -> Result<Parsed<'_>> {
         .and_then(|f| f.try_into().ok())
         .ok_or(Error::KeyBlockTruncated)?;
 
-    let declared = decimal(&fixed[1..5]).ok_or(Error::KeyBlockHeader { field: "length" })?;
+    let declared = decimal(&fixed[1..5]).ok_or(Error::KeyBlockHeader {
+        field: "length".into(),
+    })?;
     if declared > b.len() {
         return Err(Error::KeyBlockTruncated);
     }
@@ -713,29 +721,35 @@ fn parse(block: &str) -> Result<Parsed<'_>> {
 
     let key_usage = &fixed[5..7];
     if !is_two_alphanumerics(key_usage) {
-        return Err(Error::KeyBlockHeader { field: "key usage" });
+        return Err(Error::KeyBlockHeader {
+            field: "key usage".into(),
+        });
     }
     let algorithm = KeyBlockAlgorithm::from_code(char::from(fixed[7]))
         .filter(|a| a.allowed_in(version))
-        .ok_or(Error::KeyBlockHeader { field: "algorithm" })?;
+        .ok_or(Error::KeyBlockHeader {
+            field: "algorithm".into(),
+        })?;
     let mode_of_use = ModeOfUse::from_code(char::from(fixed[8])).ok_or(Error::KeyBlockHeader {
-        field: "mode of use",
+        field: "mode of use".into(),
     })?;
     let key_version = &fixed[9..11];
     if !is_two_alphanumerics(key_version) {
         return Err(Error::KeyBlockHeader {
-            field: "key version",
+            field: "key version".into(),
         });
     }
     let exportability =
         Exportability::from_code(char::from(fixed[11])).ok_or(Error::KeyBlockHeader {
-            field: "exportability",
+            field: "exportability".into(),
         })?;
     let count = decimal(&fixed[12..14]).ok_or(Error::KeyBlockHeader {
-        field: "number of optional blocks",
+        field: "number of optional blocks".into(),
     })?;
     if &fixed[14..16] != b"00" {
-        return Err(Error::KeyBlockHeader { field: "reserved" });
+        return Err(Error::KeyBlockHeader {
+            field: "reserved".into(),
+        });
     }
 
     // The optional blocks, the key data and the MAC share what follows the fixed header.
@@ -933,7 +947,7 @@ fn check_check_values(header: &KeyBlockHeader, kbpk: &SecretKey, key: &SecretKey
             _ => continue,
         };
         if !block.check_value()?.matches(checked)? {
-            return Err(Error::KeyBlockCheckValue { id });
+            return Err(Error::KeyBlockCheckValue { id: id.into() });
         }
     }
     Ok(())
@@ -1230,7 +1244,9 @@ mod tests {
                             ModeOfUse::EncryptDecrypt,
                             Exportability::Trusted
                         ),
-                        Err(Error::KeyBlockHeader { field: "algorithm" }),
+                        Err(Error::KeyBlockHeader {
+                            field: "algorithm".into()
+                        }),
                         "{alg} in version {version:?}"
                     );
                     continue;
@@ -1361,13 +1377,13 @@ mod tests {
             .with_optional_block(OptionalBlock::key_check_value(&other).unwrap());
         assert_eq!(
             wrap(&kbpk, &wrong_kc, &key),
-            Err(Error::KeyBlockCheckValue { id: "KC" })
+            Err(Error::KeyBlockCheckValue { id: "KC".into() })
         );
         let wrong_kp = header(KeyBlockVersion::D, KeyBlockAlgorithm::Aes)
             .with_optional_block(OptionalBlock::kbpk_check_value(&other).unwrap());
         assert_eq!(
             wrap(&kbpk, &wrong_kp, &key),
-            Err(Error::KeyBlockCheckValue { id: "KP" })
+            Err(Error::KeyBlockCheckValue { id: "KP".into() })
         );
 
         // A faulty sender's block: its MAC verifies, its KC does not match the key inside.
@@ -1375,13 +1391,13 @@ mod tests {
         let block = sealed(&kbpk, &text, &clear_data(128, key.secret_bytes(), 48));
         assert_eq!(
             unwrap(&kbpk, &block).unwrap_err(),
-            Error::KeyBlockCheckValue { id: "KC" }
+            Error::KeyBlockCheckValue { id: "KC".into() }
         );
         let text = wrong_kp.encode(48).unwrap();
         let block = sealed(&kbpk, &text, &clear_data(128, key.secret_bytes(), 48));
         assert_eq!(
             unwrap(&kbpk, &block).unwrap_err(),
-            Error::KeyBlockCheckValue { id: "KP" }
+            Error::KeyBlockCheckValue { id: "KP".into() }
         );
     }
 
@@ -1410,7 +1426,9 @@ mod tests {
         ] {
             assert_eq!(
                 unwrap(&kbpk, &with_char(&block, index, c)).unwrap_err(),
-                Error::KeyBlockHeader { field },
+                Error::KeyBlockHeader {
+                    field: field.into()
+                },
                 "{index}"
             );
         }
@@ -1488,11 +1506,11 @@ mod tests {
         let (aes_kbpk, aes_key, d_block) = published_d();
         let expected_d = Error::KeyBlockKbpk {
             version: 'D',
-            expected: "AES",
+            expected: "AES".into(),
         };
         let expected_b = Error::KeyBlockKbpk {
             version: 'B',
-            expected: "2- or 3-key TDES",
+            expected: "2- or 3-key TDES".into(),
         };
         assert_eq!(unwrap(&tdes_kbpk, &d_block).unwrap_err(), expected_d);
         assert_eq!(unwrap(&aes_kbpk, &b_block).unwrap_err(), expected_b);
@@ -1679,21 +1697,25 @@ mod tests {
         let des_header = header(KeyBlockVersion::B, KeyBlockAlgorithm::Des);
         assert_eq!(
             wrap(&kbpk, &des_header, &key),
-            Err(Error::KeyBlockHeader { field: "algorithm" })
+            Err(Error::KeyBlockHeader {
+                field: "algorithm".into()
+            })
         );
         // Public fields are checked at wrap, not only by the constructors.
         let mut bad = good.clone();
         bad.key_usage = "P".to_owned();
         assert_eq!(
             wrap(&kbpk, &bad, &key),
-            Err(Error::KeyBlockHeader { field: "key usage" })
+            Err(Error::KeyBlockHeader {
+                field: "key usage".into()
+            })
         );
         let mut bad = good.clone();
         bad.key_version = "0é".to_owned();
         assert_eq!(
             wrap(&kbpk, &bad, &key),
             Err(Error::KeyBlockHeader {
-                field: "key version"
+                field: "key version".into()
             })
         );
         let mut bad = good.clone();
@@ -1744,7 +1766,7 @@ mod tests {
         assert_eq!(
             wrap(&kbpk, &many, &key),
             Err(Error::KeyBlockHeader {
-                field: "number of optional blocks"
+                field: "number of optional blocks".into()
             })
         );
         let huge = good
@@ -1805,7 +1827,9 @@ mod tests {
                 ModeOfUse::EncryptDecrypt,
                 Exportability::Trusted
             ),
-            Err(Error::KeyBlockHeader { field: "algorithm" })
+            Err(Error::KeyBlockHeader {
+                field: "algorithm".into()
+            })
         );
     }
 

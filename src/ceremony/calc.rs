@@ -209,9 +209,12 @@ fn derive_cmd(args: &DeriveArgs, input: &mut dyn SecretLines) -> Result<String> 
 }
 
 fn mac_cmd(args: &MacArgs, input: &mut dyn SecretLines) -> Result<String> {
-    let iv = hex::decode(args.iv.trim()).map_err(|_| hsm_sim::Error::Hex { field: "--iv" })?;
-    let data =
-        hex::decode(args.data.trim()).map_err(|_| hsm_sim::Error::Hex { field: "--data" })?;
+    let iv = hex::decode(args.iv.trim()).map_err(|_| hsm_sim::Error::Hex {
+        field: "--iv".into(),
+    })?;
+    let data = hex::decode(args.data.trim()).map_err(|_| hsm_sim::Error::Hex {
+        field: "--data".into(),
+    })?;
     let key = args.alg.read_key(input, "card key (hex)")?;
     let fold = match args.fold {
         Fold::Xor4 => MacFold::Xor4,
@@ -284,7 +287,9 @@ fn factor_cmd(args: &FactorArgs) -> Result<String> {
 }
 
 fn atr_factor_cmd(args: &AtrFactorArgs) -> Result<String> {
-    let atr = hex::decode(args.atr.trim()).map_err(|_| hsm_sim::Error::Hex { field: "ATR" })?;
+    let atr = hex::decode(args.atr.trim()).map_err(|_| hsm_sim::Error::Hex {
+        field: "ATR".into(),
+    })?;
     let f3 = Factor::from_atr(&atr)?;
     Ok(format!("F3 card (last 8 bytes of the ATR)\n{f3}\n"))
 }

@@ -19,13 +19,9 @@
 //! without it (authorisation refused, TLS refused, connection refused, deadline, process gone)
 //! becomes [`Error::Unavailable`]; anything else unexpected is [`Error::Protocol`].
 //!
-//! Several fields of [`Error`] are `&'static str` (names of fields, operations, checks): on the
-//! client they are interned, each distinct text leaked once into a bounded table, so that the
-//! rebuilt error compares equal to the server's. A server cannot make a client leak more than
-//! [`MAX_INTERNED`] × [`MAX_INTERNED_LEN`] bytes; past that a text is [`Error::Protocol`].
-
-use std::collections::HashSet;
-use std::sync::{Mutex, OnceLock, PoisonError};
+//! The texts some variants carry (names of fields, operations, checks) are borrowed literals on
+//! the server and owned strings on the client: the rebuilt error compares equal to the server's
+//! by value.
 
 use prost::Message;
 use tonic::metadata::{MetadataMap, MetadataValue};
@@ -38,11 +34,6 @@ use crate::error::Error;
 
 /// The binary metadata entry of a failed call that carries the serialized `HsmError`.
 pub const ERROR_METADATA_KEY: &str = "sscard-hsm-error-bin";
-
-/// Distinct `&'static str` texts a client will intern, at most.
-const MAX_INTERNED: usize = 1024;
-/// Longest text a client will intern, in bytes.
-const MAX_INTERNED_LEN: usize = 256;
 
 /// The status of a call the HSM refused.
 pub(crate) fn to_status(err: &Error) -> Status {
@@ -146,19 +137,19 @@ fn to_wire(err: &Error) -> Kind {
         Error::WeakKey => Kind::WeakKey(unit()),
         Error::UnknownAlgorithm(name) => Kind::UnknownAlgorithm(name.clone()),
         Error::Hex { field } => Kind::Hex(wire::Hex {
-            field: (*field).to_owned(),
+            field: field.to_string(),
         }),
         Error::DataLength {
             field,
             expected,
             actual,
         } => Kind::DataLength(wire::DataLength {
-            field: (*field).to_owned(),
-            expected: (*expected).to_owned(),
+            field: field.to_string(),
+            expected: expected.to_string(),
             actual: wide(*actual),
         }),
         Error::Unsupported { op, alg } => Kind::Unsupported(wire::Unsupported {
-            op: (*op).to_owned(),
+            op: op.to_string(),
             alg: algorithm_to_wire(*alg).into(),
         }),
         Error::AtrTooShort(len) => Kind::AtrTooShort(wide(*len)),
@@ -174,16 +165,16 @@ fn to_wire(err: &Error) -> Kind {
             actual: wide(*actual),
         }),
         Error::KeyBlockVersion(c) => Kind::KeyBlockVersion(u32::from(*c)),
-        Error::KeyBlockHeader { field } => Kind::KeyBlockHeader((*field).to_owned()),
+        Error::KeyBlockHeader { field } => Kind::KeyBlockHeader(field.to_string()),
         Error::KeyBlockOptionalBlock { id } => Kind::KeyBlockOptionalBlock(id.clone()),
         Error::KeyBlockEncoding => Kind::KeyBlockEncoding(unit()),
         Error::KeyBlockKbpk { version, expected } => Kind::KeyBlockKbpk(wire::KeyBlockKbpk {
             version: u32::from(*version),
-            expected: (*expected).to_owned(),
+            expected: expected.to_string(),
         }),
         Error::KeyBlockMac => Kind::KeyBlockMac(unit()),
         Error::KeyBlockKeyLength => Kind::KeyBlockKeyLength(unit()),
-        Error::KeyBlockCheckValue { id } => Kind::KeyBlockCheckValue((*id).to_owned()),
+        Error::KeyBlockCheckValue { id } => Kind::KeyBlockCheckValue(id.to_string()),
         Error::KeyBlockKbpkStrength { kbpk, key } => {
             Kind::KeyBlockKbpkStrength(wire::KeyBlockKbpkStrength {
                 kbpk: algorithm_to_wire(*kbpk).into(),
@@ -191,27 +182,27 @@ fn to_wire(err: &Error) -> Kind {
             })
         }
         Error::KeyBlockTooLong(len) => Kind::KeyBlockTooLong(wide(*len)),
-        Error::SelfTest(check) => Kind::SelfTest((*check).to_owned()),
+        Error::SelfTest(check) => Kind::SelfTest(check.to_string()),
         Error::Random => Kind::Random(unit()),
         Error::Uninitialised => Kind::Uninitialised(unit()),
         Error::AlreadyInitialised => Kind::AlreadyInitialised(unit()),
         Error::Sealed => Kind::Sealed(unit()),
         Error::SelfTestFailed(check) => Kind::SelfTestFailed(check.clone()),
-        Error::Share(why) => Kind::Share((*why).to_owned()),
+        Error::Share(why) => Kind::Share(why.to_string()),
         Error::LmkKcvMismatch => Kind::LmkKcvMismatch(unit()),
         Error::WrongUsage { usage, operation } => Kind::WrongUsage(wire::WrongUsage {
-            usage: (*usage).to_owned(),
-            operation: (*operation).to_owned(),
+            usage: usage.to_string(),
+            operation: operation.to_string(),
         }),
         Error::NotExportable => Kind::NotExportable(unit()),
         Error::ComponentKcv { index } => Kind::ComponentKcv(wide(*index)),
         Error::Count { field, expected } => Kind::Count(wire::Count {
-            field: (*field).to_owned(),
-            expected: (*expected).to_owned(),
+            field: field.to_string(),
+            expected: expected.to_string(),
         }),
         Error::RotationNotPrepared => Kind::RotationNotPrepared(unit()),
         Error::StatePoisoned => Kind::StatePoisoned(unit()),
-        Error::Storage(what) => Kind::Storage((*what).to_owned()),
+        Error::Storage(what) => Kind::Storage(what.to_string()),
         Error::Unavailable => Kind::Unavailable(unit()),
         Error::Protocol => Kind::Protocol(unit()),
     }
@@ -227,15 +218,15 @@ fn from_wire(kind: Kind) -> Option<Error> {
         Kind::WeakKey(_) => Error::WeakKey,
         Kind::UnknownAlgorithm(name) => Error::UnknownAlgorithm(name),
         Kind::Hex(e) => Error::Hex {
-            field: intern(e.field)?,
+            field: e.field.into(),
         },
         Kind::DataLength(e) => Error::DataLength {
-            field: intern(e.field)?,
-            expected: intern(e.expected)?,
+            field: e.field.into(),
+            expected: e.expected.into(),
             actual: narrow(e.actual)?,
         },
         Kind::Unsupported(e) => Error::Unsupported {
-            op: intern(e.op)?,
+            op: e.op.into(),
             alg: algorithm_from_wire(e.alg)?,
         },
         Kind::AtrTooShort(len) => Error::AtrTooShort(narrow(len)?),
@@ -252,69 +243,48 @@ fn from_wire(kind: Kind) -> Option<Error> {
         },
         Kind::KeyBlockVersion(c) => Error::KeyBlockVersion(char::from_u32(c)?),
         Kind::KeyBlockHeader(field) => Error::KeyBlockHeader {
-            field: intern(field)?,
+            field: field.into(),
         },
         Kind::KeyBlockOptionalBlock(id) => Error::KeyBlockOptionalBlock { id },
         Kind::KeyBlockEncoding(_) => Error::KeyBlockEncoding,
         Kind::KeyBlockKbpk(e) => Error::KeyBlockKbpk {
             version: char::from_u32(e.version)?,
-            expected: intern(e.expected)?,
+            expected: e.expected.into(),
         },
         Kind::KeyBlockMac(_) => Error::KeyBlockMac,
         Kind::KeyBlockKeyLength(_) => Error::KeyBlockKeyLength,
-        Kind::KeyBlockCheckValue(id) => Error::KeyBlockCheckValue { id: intern(id)? },
+        Kind::KeyBlockCheckValue(id) => Error::KeyBlockCheckValue { id: id.into() },
         Kind::KeyBlockKbpkStrength(e) => Error::KeyBlockKbpkStrength {
             kbpk: algorithm_from_wire(e.kbpk)?,
             key: algorithm_from_wire(e.key)?,
         },
         Kind::KeyBlockTooLong(len) => Error::KeyBlockTooLong(narrow(len)?),
-        Kind::SelfTest(check) => Error::SelfTest(intern(check)?),
+        Kind::SelfTest(check) => Error::SelfTest(check.into()),
         Kind::Random(_) => Error::Random,
         Kind::Uninitialised(_) => Error::Uninitialised,
         Kind::AlreadyInitialised(_) => Error::AlreadyInitialised,
         Kind::Sealed(_) => Error::Sealed,
         Kind::SelfTestFailed(check) => Error::SelfTestFailed(check),
-        Kind::Share(why) => Error::Share(intern(why)?),
+        Kind::Share(why) => Error::Share(why.into()),
         Kind::LmkKcvMismatch(_) => Error::LmkKcvMismatch,
         Kind::WrongUsage(e) => Error::WrongUsage {
-            usage: intern(e.usage)?,
-            operation: intern(e.operation)?,
+            usage: e.usage.into(),
+            operation: e.operation.into(),
         },
         Kind::NotExportable(_) => Error::NotExportable,
         Kind::ComponentKcv(index) => Error::ComponentKcv {
             index: narrow(index)?,
         },
         Kind::Count(e) => Error::Count {
-            field: intern(e.field)?,
-            expected: intern(e.expected)?,
+            field: e.field.into(),
+            expected: e.expected.into(),
         },
         Kind::RotationNotPrepared(_) => Error::RotationNotPrepared,
         Kind::StatePoisoned(_) => Error::StatePoisoned,
-        Kind::Storage(what) => Error::Storage(intern(what)?),
+        Kind::Storage(what) => Error::Storage(what.into()),
         Kind::Unavailable(_) => Error::Unavailable,
         Kind::Protocol(_) => Error::Protocol,
     })
-}
-
-/// The `'static` copy of `text`, from a bounded process-wide table (see the module docs).
-fn intern(text: String) -> Option<&'static str> {
-    static TABLE: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
-    if text.len() > MAX_INTERNED_LEN {
-        return None;
-    }
-    let mut table = TABLE
-        .get_or_init(Mutex::default)
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    if let Some(known) = table.get(text.as_str()) {
-        return Some(known);
-    }
-    if table.len() >= MAX_INTERNED {
-        return None;
-    }
-    let leaked: &'static str = Box::leak(text.into_boxed_str());
-    table.insert(leaked);
-    Some(leaked)
 }
 
 #[cfg(test)]
@@ -333,14 +303,16 @@ mod tests {
             },
             Error::WeakKey,
             Error::UnknownAlgorithm("rc4".to_owned()),
-            Error::Hex { field: "factor" },
+            Error::Hex {
+                field: "factor".into(),
+            },
             Error::DataLength {
-                field: "challenge",
-                expected: "8 or 16 bytes",
+                field: "challenge".into(),
+                expected: "8 or 16 bytes".into(),
                 actual: 3,
             },
             Error::Unsupported {
-                op: "sm4-f-notf-v1",
+                op: "sm4-f-notf-v1".into(),
                 alg: Algorithm::Tdes2,
             },
             Error::AtrTooShort(7),
@@ -354,7 +326,7 @@ mod tests {
             },
             Error::KeyBlockVersion('Z'),
             Error::KeyBlockHeader {
-                field: "mode of use",
+                field: "mode of use".into(),
             },
             Error::KeyBlockOptionalBlock {
                 id: "KS".to_owned(),
@@ -362,37 +334,37 @@ mod tests {
             Error::KeyBlockEncoding,
             Error::KeyBlockKbpk {
                 version: 'D',
-                expected: "AES",
+                expected: "AES".into(),
             },
             Error::KeyBlockMac,
             Error::KeyBlockKeyLength,
-            Error::KeyBlockCheckValue { id: "KC" },
+            Error::KeyBlockCheckValue { id: "KC".into() },
             Error::KeyBlockKbpkStrength {
                 kbpk: Algorithm::Tdes2,
                 key: Algorithm::Aes256,
             },
             Error::KeyBlockTooLong(10_000),
-            Error::SelfTest("SM4 dispersion (SSC chain)"),
+            Error::SelfTest("SM4 dispersion (SSC chain)".into()),
             Error::Random,
             Error::Uninitialised,
             Error::AlreadyInitialised,
             Error::Sealed,
             Error::SelfTestFailed("TDES ECB".to_owned()),
-            Error::Share("not of this LMK"),
+            Error::Share("not of this LMK".into()),
             Error::LmkKcvMismatch,
             Error::WrongUsage {
-                usage: "key-block protection",
-                operation: "derive a key",
+                usage: "key-block protection".into(),
+                operation: "derive a key".into(),
             },
             Error::NotExportable,
             Error::ComponentKcv { index: 2 },
             Error::Count {
-                field: "threshold",
-                expected: "1..=shares",
+                field: "threshold".into(),
+                expected: "1..=shares".into(),
             },
             Error::RotationNotPrepared,
             Error::StatePoisoned,
-            Error::Storage("state file unreadable"),
+            Error::Storage("state file unreadable".into()),
             Error::Unavailable,
             Error::Protocol,
         ]
@@ -431,13 +403,5 @@ mod tests {
         metadata.insert_bin(ERROR_METADATA_KEY, MetadataValue::from_bytes(&empty));
         let status = Status::with_metadata(Code::InvalidArgument, "x", metadata);
         assert_eq!(from_status(&status), Error::Protocol);
-    }
-
-    #[test]
-    fn interning_is_bounded_and_stable() {
-        let a = intern("component".to_owned()).unwrap();
-        let b = intern("component".to_owned()).unwrap();
-        assert!(core::ptr::eq(a, b));
-        assert_eq!(intern("x".repeat(MAX_INTERNED_LEN + 1)), None);
     }
 }
