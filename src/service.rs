@@ -29,7 +29,7 @@ use crate::records::{
     StoredTemplate,
 };
 use crate::region::{self, Region};
-use crate::store::{Sealer, Store, Table};
+use crate::store::{Sealer, Snapshot, Store, Table};
 use crate::template::{KeyRoot, KeySpec, Protector, Template};
 
 /// The province this service runs for.
@@ -412,8 +412,10 @@ impl<H: Hsm> Kms<H> {
             let region = checked.id.region();
             authz::authorize_region(caller, region.code)?;
             let template = self.template(template_id)?;
-            let station = self.endpoint(EndpointKind::Station, caller)?;
-            let record = self.releasable_card(&checked, template.id())?;
+            // One consistent view of the state for the whole request.
+            let snap = self.store.snapshot()?;
+            let station = Self::endpoint(&snap, EndpointKind::Station, caller)?;
+            let record = Self::releasable_card(&snap, &checked, template.id())?;
             let atr = checked.atr.as_ref().ok_or(Error::InvalidArgument {
                 field: "atr",
                 reason: "required",
@@ -433,7 +435,7 @@ impl<H: Hsm> Kms<H> {
                     }
                     for spec in specs {
                         let (card_key, root_version) = self
-                            .card_key(&template, spec, &record, &factor, &mut versions)
+                            .card_key(&snap, &template, spec, &record, &factor, &mut versions)
                             .await?;
                         let exported = self.hsm.export_key(&kbpk, &card_key, version).await?;
                         delivered.push(Delivered {
@@ -462,7 +464,15 @@ impl<H: Hsm> Kms<H> {
                             what: "template key",
                         })?;
                         let d = self
-                            .write_key(&template, spec, &record, &factor, &mut versions, challenge)
+                            .write_key(
+                                &snap,
+                                &template,
+                                spec,
+                                &record,
+                                &factor,
+                                &mut versions,
+                                challenge,
+                            )
                             .await?;
                         delivered.push(d);
                     }
@@ -496,8 +506,9 @@ impl<H: Hsm> Kms<H> {
             let checked = card.check(true)?;
             authz::authorize_region(caller, checked.id.region().code)?;
             let template = self.template(template_id)?;
-            self.endpoint(EndpointKind::Station, caller)?;
-            let record = self.releasable_card(&checked, template.id())?;
+            let snap = self.store.snapshot()?;
+            Self::endpoint(&snap, EndpointKind::Station, caller)?;
+            let record = Self::releasable_card(&snap, &checked, template.id())?;
             let atr = checked.atr.as_ref().ok_or(Error::InvalidArgument {
                 field: "atr",
                 reason: "required",
@@ -512,6 +523,7 @@ impl<H: Hsm> Kms<H> {
             let mut versions = record.issued_root_versions.clone();
             let d = self
                 .write_key(
+                    &snap,
                     &template,
                     spec,
                     &record,
@@ -535,10 +547,8 @@ impl<H: Hsm> Kms<H> {
     }
 
     /// The station or PSAM line record of `caller`, which must be registered in its region.
-    fn endpoint(&self, kind: EndpointKind, caller: &Identity) -> Result<Endpoint> {
-        let e: Endpoint = self
-            .store
-            .snapshot()?
+    fn endpoint(snap: &Snapshot, kind: EndpointKind, caller: &Identity) -> Result<Endpoint> {
+        let e: Endpoint = snap
             .get(Table::Endpoints, &records::endpoint_id(kind, caller.name()))?
             .ok_or(Error::FailedPrecondition {
                 reason: "the caller is not registered (no transport key)",
@@ -553,10 +563,8 @@ impl<H: Hsm> Kms<H> {
 
     /// The card's record, if its keys may be released: registered with the same data and
     /// template, accepted, not blacklisted, and (after a first release) the same ATR.
-    fn releasable_card(&self, checked: &CheckedCard, template_id: &str) -> Result<Card> {
-        let card: Card = self
-            .store
-            .snapshot()?
+    fn releasable_card(snap: &Snapshot, checked: &CheckedCard, template_id: &str) -> Result<Card> {
+        let card: Card = snap
             .get(Table::Cards, checked.id.as_str())?
             .ok_or(Error::NotFound { what: "card" })?;
         check_releasable(&card, checked, template_id)?;
@@ -566,7 +574,7 @@ impl<H: Hsm> Kms<H> {
     /// The root version a card uses for `spec`: the one recorded at its first release, or the
     /// active one.
     fn root_version(
-        &self,
+        snap: &Snapshot,
         template: &Template,
         spec: &KeySpec,
         card: &Card,
@@ -575,8 +583,7 @@ impl<H: Hsm> Kms<H> {
         if let Some(v) = versions.get(&spec.name) {
             return Ok(*v);
         }
-        let active = self
-            .active_key(template.id(), &spec.name, Level::City, &card.region)?
+        let active = active_key(snap, template.id(), &spec.name, Level::City, &card.region)?
             .ok_or(Error::FailedPrecondition {
                 reason: "the key hierarchy of this template is not derived for the card's city",
             })?;
@@ -587,16 +594,15 @@ impl<H: Hsm> Kms<H> {
     /// Derives the card key of `spec` in the HSM: D(K_city, F3).
     async fn card_key(
         &self,
+        snap: &Snapshot,
         template: &Template,
         spec: &KeySpec,
         card: &Card,
         factor: &Factor,
         versions: &mut std::collections::BTreeMap<String, u32>,
     ) -> Result<(KeyToken, u32)> {
-        let version = self.root_version(template, spec, card, versions)?;
-        let city: KeyRecord = self
-            .store
-            .snapshot()?
+        let version = Self::root_version(snap, template, spec, card, versions)?;
+        let city: KeyRecord = snap
             .get(
                 Table::Keys,
                 &records::key_id(
@@ -626,6 +632,7 @@ impl<H: Hsm> Kms<H> {
     #[allow(clippy::too_many_arguments)]
     async fn write_key(
         &self,
+        snap: &Snapshot,
         template: &Template,
         spec: &KeySpec,
         card: &Card,
@@ -634,27 +641,27 @@ impl<H: Hsm> Kms<H> {
         challenge: Vec<u8>,
     ) -> Result<Delivered> {
         let (key, root_version) = self
-            .card_key(template, spec, card, factor, versions)
+            .card_key(snap, template, spec, card, factor, versions)
             .await?;
         let protect = match &spec.protected_by {
             Protector::VendorTransport => {
-                let vendor = self
-                    .active_key(
-                        template.id(),
-                        records::VENDOR_TRANSPORT,
-                        Level::Province,
-                        PROVINCE,
-                    )?
-                    .ok_or(Error::FailedPrecondition {
-                        reason: "no vendor transport key is loaded for this template",
-                    })?;
+                let vendor = active_key(
+                    snap,
+                    template.id(),
+                    records::VENDOR_TRANSPORT,
+                    Level::Province,
+                    PROVINCE,
+                )?
+                .ok_or(Error::FailedPrecondition {
+                    reason: "no vendor transport key is loaded for this template",
+                })?;
                 token(&vendor.token)
             }
             Protector::Key(name) => {
                 let protector = template.key(name).ok_or(Error::NotFound {
                     what: "protecting key",
                 })?;
-                self.card_key(template, protector, card, factor, versions)
+                self.card_key(snap, template, protector, card, factor, versions)
                     .await?
                     .0
             }
@@ -740,20 +747,6 @@ impl<H: Hsm> Kms<H> {
             .await
     }
 
-    fn active_key(
-        &self,
-        template: &str,
-        key: &str,
-        level: Level,
-        region: &str,
-    ) -> Result<Option<KeyRecord>> {
-        let all: Vec<(String, KeyRecord)> = self.store.snapshot()?.scan(
-            Table::Keys,
-            &records::key_prefix(template, key, level, region),
-        )?;
-        Ok(all.into_iter().map(|(_, r)| r).rfind(|r| r.active))
-    }
-
     // ------------------------------------------------------------------ PSAM lines
 
     /// Registers a batch of PSAMs for the calling line.
@@ -770,7 +763,7 @@ impl<H: Hsm> Kms<H> {
             let target = region::Region::lookup_field("region", region)?;
             authz::authorize_region(caller, target.code)?;
             self.template(template_id)?;
-            self.endpoint(EndpointKind::PsamLine, caller)?;
+            Self::endpoint(&self.store.snapshot()?, EndpointKind::PsamLine, caller)?;
             if serials.is_empty() || serials.len() > 10_000 {
                 return Err(Error::InvalidArgument {
                     field: "serials",
@@ -832,9 +825,8 @@ impl<H: Hsm> Kms<H> {
         let subject = format!("PSAM {serial}");
         self.audited(caller, Operation::GetPsamKeySet, &subject, async {
             authz::authorize(caller, Operation::GetPsamKeySet)?;
-            let psam: Psam = self
-                .store
-                .snapshot()?
+            let snap = self.store.snapshot()?;
+            let psam: Psam = snap
                 .get(Table::Psams, serial)?
                 .ok_or(Error::NotFound { what: "PSAM" })?;
             if psam.line != caller.name() {
@@ -843,7 +835,7 @@ impl<H: Hsm> Kms<H> {
                 });
             }
             authz::authorize_region(caller, &psam.region)?;
-            let line = self.endpoint(EndpointKind::PsamLine, caller)?;
+            let line = Self::endpoint(&snap, EndpointKind::PsamLine, caller)?;
             let template = self.template(&psam.template_id)?;
             let kbpk = token(&line.transport_token);
             let version = block_version(Algorithm::from_name(&line.transport_algorithm)?)?;
@@ -864,7 +856,7 @@ impl<H: Hsm> Kms<H> {
                     Level::National => (Level::National, NATIONAL),
                     Level::Card => continue,
                 };
-                let Some(record) = self.active_key(template.id(), &pk.key.name, level, region)?
+                let Some(record) = active_key(&snap, template.id(), &pk.key.name, level, region)?
                 else {
                     omitted.push((
                         pk.key.name.clone(),
@@ -1300,12 +1292,14 @@ impl<H: Hsm> Kms<H> {
             let template = self.template(template_id)?;
             let province = Region::lookup(PROVINCE)?;
             let f1 = Factor::province(PROVINCE)?;
+            // Nothing is written until every key is derived: one view serves the whole walk.
+            let snap = self.store.snapshot()?;
             let mut new = Vec::new();
             for spec in template.keys() {
                 let national =
-                    self.active_key(template.id(), &spec.name, Level::National, NATIONAL)?;
+                    active_key(&snap, template.id(), &spec.name, Level::National, NATIONAL)?;
                 let provincial =
-                    self.active_key(template.id(), &spec.name, Level::Province, PROVINCE)?;
+                    active_key(&snap, template.id(), &spec.name, Level::Province, PROVINCE)?;
                 // The provincial key of the newest national root, derived if not yet held.
                 let provincial = match (national, provincial) {
                     (Some(n), p) if p.as_ref().is_none_or(|p| p.version < n.version) => {
@@ -1326,12 +1320,7 @@ impl<H: Hsm> Kms<H> {
                         city.code,
                         provincial.version,
                     );
-                    if self
-                        .store
-                        .snapshot()?
-                        .get::<KeyRecord>(Table::Keys, &id)?
-                        .is_some()
-                    {
+                    if snap.get::<KeyRecord>(Table::Keys, &id)?.is_some() {
                         continue;
                     }
                     let f2 = Factor::city(city.code)?;
@@ -1573,6 +1562,21 @@ impl<H: Hsm> Kms<H> {
     }
 }
 
+/// The active version of a key of the hierarchy, if any.
+fn active_key(
+    snap: &Snapshot,
+    template: &str,
+    key: &str,
+    level: Level,
+    region: &str,
+) -> Result<Option<KeyRecord>> {
+    let all: Vec<(String, KeyRecord)> = snap.scan(
+        Table::Keys,
+        &records::key_prefix(template, key, level, region),
+    )?;
+    Ok(all.into_iter().map(|(_, r)| r).rfind(|r| r.active))
+}
+
 /// Hierarchy keys of issuer-only template keys (card MKs, STKs) never leave the HSM under a
 /// transport key; the others may go to PSAM lines.
 fn hierarchy_exportability(spec: &KeySpec) -> Exportability {
@@ -1584,16 +1588,14 @@ fn hierarchy_exportability(spec: &KeySpec) -> Exportability {
 }
 
 fn to_components(alg: Algorithm, inputs: Vec<ComponentInput>) -> Result<Vec<Component>> {
+    let method = KcvMethod::default_for(alg);
     inputs
         .into_iter()
-        .enumerate()
-        .map(|(i, c)| {
+        .map(|c| {
             let value = hex::decode(c.kcv_hex.trim()).map_err(|_| Error::InvalidArgument {
                 field: "components.kcv_hex",
                 reason: "not hex",
             })?;
-            let _ = i;
-            let method = KcvMethod::default_for(alg);
             Ok(Component::new(c.hex, Kcv::from_parts(method, value)))
         })
         .collect()
