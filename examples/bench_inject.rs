@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use sscard_kms::identity::{Identity, Role};
+use sscard_kms::access::identity::{Identity, Role};
 use sscard_kms::proto::kms::v1 as pb;
 use sscard_kms::proto::kms::v1::card_key_service_client::CardKeyServiceClient;
 
@@ -31,7 +31,7 @@ struct Args {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let dir = tempfile::tempdir()?;
-    let pki = sscard_kms::pki::DevPki::generate()?;
+    let pki = sscard_kms::access::pki::DevPki::generate()?;
     let hsm = Arc::new(hsm_sim::local::LocalHsm::open(
         hsm_sim::local::LocalHsmConfig {
             dangerous_test_lmk: true,
@@ -48,7 +48,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
-    let tls = sscard_kms::tls::server_config(
+    let tls = sscard_kms::access::tls::server_config(
         &pki.server().cert_pem,
         &pki.server().key_pem,
         pki.ca_pem(),
@@ -59,8 +59,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }));
 
     let station = pki.client(&Identity::new(Role::Station, Some("440100"), "GZ-01")?)?;
-    let client_tls =
-        sscard_kms::tls::ClientTls::from_pem(pki.ca_pem(), &station.cert_pem, &station.key_pem)?;
+    let client_tls = sscard_kms::access::tls::ClientTls::from_pem(
+        pki.ca_pem(),
+        &station.cert_pem,
+        &station.key_pem,
+    )?;
     // Two connections: more does not help on two cores (DEPENDENCIES.md).
     let mut channels = Vec::new();
     for _ in 0..2 {
@@ -76,7 +79,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let key_names: Vec<String> = if args.keys == 0 {
         Vec::new()
     } else {
-        sscard_kms::template::Template::builtin(&demo.template)?
+        sscard_kms::card::template::Template::builtin(&demo.template)?
             .write_order()
             .take(args.keys)
             .map(|k| k.name.clone())

@@ -33,7 +33,7 @@ struct Args {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let pki = args.data_dir.join("pki");
-    let tls = sscard_kms::tls::ClientTls::from_files(
+    let tls = sscard_kms::access::tls::ClientTls::from_files(
         &pki.join("ca.pem"),
         &pki.join("station.pem"),
         &pki.join("station.key"),

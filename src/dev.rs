@@ -13,12 +13,12 @@ use hsm_sim::{Algorithm, SecretKey};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
+use crate::access::identity::{Identity, Role};
+use crate::card::template::{BUILTIN, KeyRoot};
 use crate::error::{Error, Result};
-use crate::identity::{Identity, Role};
-use crate::records::{EndpointKind, Level};
 use crate::service::{CardRequest, ComponentInput, Kms};
-use crate::store::Table;
-use crate::template::{BUILTIN, KeyRoot};
+use crate::state::records::{EndpointKind, Level};
+use crate::state::store::Table;
 
 /// The published test keys, as shipped in the repository.
 pub const TEST_KEYS_TOML: &str = include_str!("../dev/test-keys.toml");
@@ -135,7 +135,7 @@ pub async fn run(
         path: data_dir.to_owned(),
         source,
     })?;
-    let pki = crate::pki::DevPki::load_or_generate(&paths.pki)?;
+    let pki = crate::access::pki::DevPki::load_or_generate(&paths.pki)?;
     let hsm = Arc::new(hsm_sim::local::LocalHsm::open(
         hsm_sim::local::LocalHsmConfig {
             dangerous_test_lmk: true,
@@ -144,8 +144,11 @@ pub async fn run(
     )?);
     let kms = Kms::open(hsm, &paths.store).await?;
     let seeded = dangerous_seed_test_keys(&kms).await?;
-    let tls =
-        crate::tls::server_config(&pki.server().cert_pem, &pki.server().key_pem, pki.ca_pem())?;
+    let tls = crate::access::tls::server_config(
+        &pki.server().cert_pem,
+        &pki.server().key_pem,
+        pki.ca_pem(),
+    )?;
     let addr = listener.local_addr().map_err(|source| Error::File {
         path: data_dir.to_owned(),
         source,
@@ -272,7 +275,7 @@ pub async fn dangerous_seed_test_keys<H: Hsm>(kms: &Arc<Kms<H>>) -> Result<bool>
     kms.store()
         .write(|tx| {
             tx.put(Table::Meta, SEEDED, &true)?;
-            tx.audit(crate::audit::AuditEvent::ok(
+            tx.audit(crate::state::audit::AuditEvent::ok(
                 "system",
                 "dev-seed",
                 "published test keys loaded (development only)",
@@ -308,7 +311,7 @@ mod tests {
         assert_eq!(hex::encode_upper(xor), root);
         // Every key of both templates has its own root, distinct as a DES key (parity ignored).
         for (_, toml) in BUILTIN {
-            let t = crate::template::Template::parse(toml).unwrap();
+            let t = crate::card::template::Template::parse(toml).unwrap();
             let mut seen = std::collections::HashSet::new();
             for spec in t.keys() {
                 let roots = match spec.root {
@@ -322,13 +325,14 @@ mod tests {
             }
         }
         for card in &keys.card {
-            crate::identifiers::CardIdentifier::parse_field(
+            crate::card::identifiers::CardIdentifier::parse_field(
                 "card_identifier",
                 &card.card_identifier,
             )
             .unwrap();
-            crate::identifiers::CardNumber::parse_field("card_number", &card.card_number).unwrap();
-            crate::identifiers::SocialSecurityNumber::parse_field(
+            crate::card::identifiers::CardNumber::parse_field("card_number", &card.card_number)
+                .unwrap();
+            crate::card::identifiers::SocialSecurityNumber::parse_field(
                 "ssn",
                 &card.social_security_number,
             )

@@ -80,13 +80,13 @@ pub enum Error {
     #[error("invalid {field}: {reason}")]
     InvalidIdentifier {
         field: &'static str,
-        reason: crate::identifiers::IdentifierFault,
+        reason: crate::card::identifiers::IdentifierFault,
     },
     /// A card template refused, with the 1-based line of the refusal and the reason.
     #[error("card template line {line}: {fault}")]
     Template {
         line: usize,
-        fault: crate::template::TemplateFault,
+        fault: crate::card::template::TemplateFault,
     },
     /// No shipped card template has this id.
     #[error("no card template {0:?}")]

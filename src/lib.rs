@@ -1,22 +1,25 @@
 //! sscard-kms: the province's key-management service for social security cards.
+//!
+//! One folder per concern of the domain (ARCHITECTURE.md has the map):
+//!
+//! - [`card`]: what a card is — templates, identifiers, regions;
+//! - [`access`]: who is calling — identity from the certificate, the authorisation matrix, TLS,
+//!   the dev PKI;
+//! - [`state`]: what is kept — the store, its records, the audit chain;
+//! - [`service`]: what each caller may do, one file per caller, over a small shared core;
+//! - [`server`]: gRPC — requests in, the one error → `Status` mapping, configuration;
+//! - [`ceremony`]: the security officers' and auditors' command-line tools;
+//! - [`dev`]: the development KMS on published test keys.
 #![forbid(unsafe_code)]
 
-pub mod audit;
-pub mod authz;
+pub mod access;
+pub mod card;
 pub mod ceremony;
-pub mod config;
 pub mod dev;
 pub mod error;
-pub mod identifiers;
-pub mod identity;
-pub mod pki;
-pub mod records;
-pub mod region;
 pub mod server;
 pub mod service;
-pub mod store;
-pub mod template;
-pub mod tls;
+pub mod state;
 
 pub use error::{Error, Result};
 

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use hsm_sim::hsm::{Hsm, KeyToken};
 use hsm_sim::local::LocalHsm;
 use redb::{ReadableTable as _, TableDefinition};
-use sscard_kms::audit::{AuditRecord, AuditSeal, ChainBreak, record_hash};
+use sscard_kms::card::template::KeyLevel;
 use sscard_kms::ceremony::audit::{Report, verify};
 use sscard_kms::proto::kms::v1 as pb;
-use sscard_kms::store::DB_FILE;
-use sscard_kms::template::KeyLevel;
+use sscard_kms::state::audit::{AuditRecord, AuditSeal, ChainBreak, record_hash};
+use sscard_kms::state::store::DB_FILE;
 use tonic::Code;
 
 use crate::common::chain::{atr, contains_hex, expected, published, published_secrets, template};
@@ -82,7 +82,7 @@ fn edit_seals(dir: &Path, from: u64, mut edit: impl FnMut(&mut AuditSeal)) {
 }
 
 fn read_trail(dir: &Path) -> (Vec<AuditRecord>, Vec<AuditSeal>) {
-    sscard_kms::store::Store::open_read_only(dir)
+    sscard_kms::state::store::Store::open_read_only(dir)
         .unwrap()
         .audit_trail()
         .unwrap()

@@ -16,13 +16,13 @@ use std::time::{Duration, Instant};
 
 use hsm_sim::kcv;
 use hsm_sim::tr31;
-use sscard_kms::identity::Identity;
-use sscard_kms::pki::DevPki;
+use sscard_kms::access::identity::Identity;
+use sscard_kms::access::pki::DevPki;
+use sscard_kms::access::tls::ClientTls;
 use sscard_kms::proto::kms::v1 as pb;
 use sscard_kms::proto::kms::v1::admin_service_client::AdminServiceClient;
 use sscard_kms::proto::kms::v1::card_key_service_client::CardKeyServiceClient;
 use sscard_kms::proto::kms::v1::delivered_key::Form;
-use sscard_kms::tls::ClientTls;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 

@@ -4,9 +4,9 @@
 use hsm_sim::Algorithm;
 use hsm_sim::kcv;
 use hsm_sim::tr31::{self, KeyBlockAlgorithm, KeyBlockVersion};
+use sscard_kms::card::template::{KeyLevel, KeySpec, Protector};
 use sscard_kms::proto::kms::v1 as pb;
 use sscard_kms::proto::kms::v1::delivered_key::Form;
-use sscard_kms::template::{KeyLevel, KeySpec, Protector};
 use tonic::Code;
 
 use crate::common::chain::{
@@ -93,7 +93,7 @@ async fn tr31_blocks_unwrap_to_the_independent_chain_for_both_demo_cards() {
             assert!(key == want.key, "{}: not the expected card key", spec.name);
             assert_kcv(delivered, &want.key);
             match spec.root {
-                sscard_kms::template::KeyRoot::National => {
+                sscard_kms::card::template::KeyRoot::National => {
                     // STK_SSSE's test root is DOMAIN.md §2's: its worked card key. Every other
                     // key type has its own root, so a key delivered under another name is caught.
                     if spec.name == "STK_SSSE" {
@@ -103,7 +103,7 @@ async fn tr31_blocks_unwrap_to_the_independent_chain_for_both_demo_cards() {
                     }
                     national += 1;
                 }
-                sscard_kms::template::KeyRoot::Provincial => provincial += 1,
+                sscard_kms::card::template::KeyRoot::Provincial => provincial += 1,
             }
         }
         assert!(national > 0 && provincial > 0, "both chains were exercised");

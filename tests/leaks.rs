@@ -2,10 +2,10 @@
 //! audit trail, not in a log line, and not in the database file.
 
 use hsm_sim::hsm::Hsm as _;
+use sscard_kms::card::template::{KeyLevel, KeyRoot};
 use sscard_kms::proto::kms::v1 as pb;
 use sscard_kms::proto::kms::v1::delivered_key::Form;
-use sscard_kms::store::DB_FILE;
-use sscard_kms::template::{KeyLevel, KeyRoot};
+use sscard_kms::state::store::DB_FILE;
 use tonic::Code;
 
 use crate::common::chain::{atr, expected, published, published_secrets, template};

@@ -3,9 +3,9 @@
 
 use hsm_sim::kcv;
 use hsm_sim::tr31::{self, KeyBlockVersion};
+use sscard_kms::card::template::KeyLevel;
 use sscard_kms::proto::kms::v1 as pb;
 use sscard_kms::proto::kms::v1::delivered_key::Form;
-use sscard_kms::template::KeyLevel;
 use tonic::Code;
 
 use crate::common::chain::{atr, expected, psam_line_kbpk, template};

@@ -2,10 +2,10 @@
 //! names, and one `denied: …` audit record for each refusal the service itself sees.
 
 use hsm_sim::hsm::Hsm as _;
-use sscard_kms::identity::Identity;
-use sscard_kms::pki::DevPki;
+use sscard_kms::access::identity::Identity;
+use sscard_kms::access::pki::DevPki;
+use sscard_kms::access::tls::ClientTls;
 use sscard_kms::proto::kms::v1 as pb;
-use sscard_kms::tls::ClientTls;
 use tonic::Code;
 use tonic::transport::{Certificate, ClientTlsConfig};
 
@@ -98,7 +98,7 @@ async fn callers_out_of_role_or_region_are_refused_and_audited() {
         Code::PermissionDenied,
         denied,
         station.admin.load_template(pb::LoadTemplateRequest {
-            toml: sscard_kms::template::SSC_2_0.to_owned(),
+            toml: sscard_kms::card::template::SSC_2_0.to_owned(),
         }),
     )
     .await;

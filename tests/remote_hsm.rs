@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use hsm_sim::local::LocalHsm;
 use hsm_sim::remote::{ClientTls, RemoteHsm, ServerTls};
-use sscard_kms::identity::Identity;
-use sscard_kms::pki::DevPki;
+use sscard_kms::access::identity::Identity;
+use sscard_kms::access::pki::DevPki;
 use sscard_kms::proto::kms::v1 as pb;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;

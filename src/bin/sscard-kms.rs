@@ -27,7 +27,7 @@ enum Command {
         #[arg(long, default_value = "./kms-data")]
         data_dir: PathBuf,
     },
-    /// Serve a real deployment from its configuration file (see `sscard_kms::config`).
+    /// Serve a real deployment from its configuration file (see `sscard_kms::server::config`).
     Serve {
         #[arg(long)]
         config: PathBuf,
@@ -91,7 +91,7 @@ fn main() -> ExitCode {
                 sscard_kms::dev::run(listener, &data_dir, shutdown).await
             }
             Command::Serve { config } => {
-                let config = sscard_kms::config::Config::load(&config)?;
+                let config = sscard_kms::server::config::Config::load(&config)?;
                 sscard_kms::server::run_configured(config, shutdown).await
             }
         }

@@ -7,9 +7,9 @@
 
 use std::path::Path;
 
-use crate::audit::{self, AuditSeal, ChainBreak};
 use crate::error::{Error, Result};
-use crate::store::Store;
+use crate::state::audit::{self, AuditSeal, ChainBreak};
+use crate::state::store::Store;
 
 /// What a verification found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,7 +102,7 @@ pub fn verify_with_test_lmk(data_dir: &Path) -> Result<Report> {
     use hsm_sim::hsm::{Hsm, KeyToken};
     let snapshot = Store::open_read_only(data_dir)?;
     let token: String = snapshot
-        .get(crate::store::Table::Meta, crate::service::AUDIT_KEY)?
+        .get(crate::state::store::Table::Meta, crate::service::AUDIT_KEY)?
         .ok_or(Error::NotFound { what: "audit key" })?;
     let token = KeyToken::from_stored(token);
     let hsm = hsm_sim::local::LocalHsm::open(hsm_sim::local::LocalHsmConfig {

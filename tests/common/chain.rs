@@ -9,8 +9,8 @@
 use hsm_sim::factor::Factor;
 use hsm_sim::mac::MacFold;
 use hsm_sim::{Algorithm, SecretKey};
+use sscard_kms::card::template::{KeyLevel, KeyRoot, KeySpec, Template};
 use sscard_kms::dev::{TestKeys, test_keys};
-use sscard_kms::template::{KeyLevel, KeyRoot, KeySpec, Template};
 
 /// The ATR every test card answers with unless a test says otherwise. Its last 8 bytes are the
 /// card factor of DOMAIN.md §2's worked chain.
@@ -194,7 +194,7 @@ pub fn write_key_apdu(
 
 /// A card number (卡号) with its check character (DOMAIN.md §7): weights 3 7 9 10 5 8 4 2 over
 /// the values of `[0-9A-Z]`, `r = 11 − (Σ mod 11)`, 10 → `X`, 11 → `0`. Written out here
-/// rather than taken from `sscard_kms::identifiers`: the oracle is not the code under test.
+/// rather than taken from `sscard_kms::card::identifiers`: the oracle is not the code under test.
 pub fn card_number(body: &str) -> String {
     let sum: u32 = body
         .bytes()

@@ -7,7 +7,7 @@
 //! **One atomic write per state change.** Every change goes through [`Store::write`] with the
 //! audit records that describe it; both land in the same redb transaction or neither does.
 //! Writes are **group-committed**: a single writer thread takes every request waiting, applies
-//! them in one transaction, seals the audit chain head with the HSM (see [`crate::audit`]),
+//! them in one transaction, seals the audit chain head with the HSM (see [`crate::state::audit`]),
 //! commits (one fsync for the batch) and only then answers each request. A request's closure
 //! must validate before it writes: it returns an error *before* its first `put`, so a refused
 //! request leaves nothing behind in the batch.
@@ -22,8 +22,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
-use crate::audit::{self, AuditEvent, AuditRecord, AuditSeal, ChainHead};
 use crate::error::{Error, Result};
+use crate::state::audit::{self, AuditEvent, AuditRecord, AuditSeal, ChainHead};
 
 /// Named tables of JSON values keyed by strings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

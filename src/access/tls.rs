@@ -1,7 +1,7 @@
 //! TLS configuration for the gRPC server and its clients, failing closed.
 //!
 //! The service speaks gRPC over **mutual** TLS only: every caller presents a certificate issued
-//! by the client CA, and its [`Identity`](crate::identity::Identity) is read from that
+//! by the client CA, and its [`Identity`](crate::access::identity::Identity) is read from that
 //! certificate. tonic serves TLS *without* client authentication when `client_ca_root` is not set;
 //! [`server_config`] therefore always sets it and refuses, before anything listens, a client CA
 //! that is missing, empty, not PEM, holds anything but certificates, or holds a certificate that
@@ -18,7 +18,7 @@
 //! own copies are not wiped.
 //!
 //! ```no_run
-//! use sscard_kms::tls::{ClientTls, ServerTlsFiles};
+//! use sscard_kms::access::tls::{ClientTls, ServerTlsFiles};
 //!
 //! let server = ServerTlsFiles {
 //!     cert: "pki/server.pem".into(),
@@ -184,7 +184,7 @@ fn parse_cert<'a>(
     what: &'static str,
     der: &'a [u8],
 ) -> Result<x509_parser::certificate::X509Certificate<'a>> {
-    crate::identity::parse_certificate(der).ok_or(Error::Tls {
+    crate::access::identity::parse_certificate(der).ok_or(Error::Tls {
         what,
         reason: "a certificate does not parse",
     })
@@ -282,8 +282,8 @@ mod tests {
     use tonic::{Code, Status};
 
     use super::*;
-    use crate::identity::{Identity, san_uris_from_der};
-    use crate::pki::DevPki;
+    use crate::access::identity::{Identity, san_uris_from_der};
+    use crate::access::pki::DevPki;
 
     fn reason(result: Result<impl fmt::Debug>) -> (&'static str, &'static str) {
         match result {

@@ -3,11 +3,11 @@
 //!
 //! **Development only.** The CA key is an ordinary file next to the certificates it signs; a
 //! production deployment gets its certificates from the province's PKI and points
-//! [`ServerTlsFiles`](crate::tls::ServerTlsFiles) at them.
+//! [`ServerTlsFiles`](crate::access::tls::ServerTlsFiles) at them.
 //!
 //! - CA: ECDSA P-256, CN `sscard-kms dev CA`, may sign end-entity certificates only.
 //! - Server: CN `localhost`, SAN DNS `localhost`, IP `127.0.0.1` and `::1`, EKU serverAuth.
-//! - Clients: CN = the identity's name, one SAN URI = the identity (see [`crate::identity`]),
+//! - Clients: CN = the identity's name, one SAN URI = the identity (see [`crate::access::identity`]),
 //!   EKU clientAuth.
 //!
 //! All certificates are valid from one day before they are made to five years after.
@@ -40,8 +40,8 @@ use rustls_pki_types::pem::PemObject as _;
 use x509_parser::certificate::X509Certificate;
 use zeroize::Zeroizing;
 
+use crate::access::identity::{Identity, Role};
 use crate::error::{Error, Result};
-use crate::identity::{Identity, Role};
 
 /// Common name of the dev CA.
 pub const CA_COMMON_NAME: &str = "sscard-kms dev CA";
@@ -78,7 +78,7 @@ pub struct CertPair {
 }
 
 impl CertPair {
-    /// The certificate in DER, e.g. for [`san_uris_from_der`](crate::identity::san_uris_from_der).
+    /// The certificate in DER, e.g. for [`san_uris_from_der`](crate::access::identity::san_uris_from_der).
     pub fn cert_der(&self) -> Result<Vec<u8>> {
         CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
             .map(|der| der.to_vec())
@@ -235,7 +235,7 @@ impl DevPki {
             let der = pem_to_der(&cert_path, &read_file(&cert_path)?)?;
             let cert = parse_der(&cert_path, &der)?;
             check_issued(&cert_path, &cert, &ca_cert)?;
-            let found = crate::identity::san_uris_from_der(&der)
+            let found = crate::access::identity::san_uris_from_der(&der)
                 .and_then(|uris| Identity::from_san_uris(&uris))
                 .map_err(|_| Error::PkiFile {
                     path: cert_path.clone(),
@@ -455,7 +455,7 @@ fn pem_to_der(path: &Path, pem: &str) -> Result<Vec<u8>> {
 }
 
 fn parse_der<'a>(path: &Path, der: &'a [u8]) -> Result<X509Certificate<'a>> {
-    crate::identity::parse_certificate(der).ok_or_else(|| Error::PkiFile {
+    crate::access::identity::parse_certificate(der).ok_or_else(|| Error::PkiFile {
         path: path.to_owned(),
         reason: "not an X.509 certificate",
     })
@@ -497,7 +497,7 @@ fn check_issued(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::san_uris_from_der;
+    use crate::access::identity::san_uris_from_der;
 
     #[cfg(unix)]
     fn mode(path: &Path) -> u32 {

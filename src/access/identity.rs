@@ -35,7 +35,7 @@
 //! records as the actor.
 //!
 //! ```
-//! use sscard_kms::identity::{Identity, Role};
+//! use sscard_kms::access::identity::{Identity, Role};
 //!
 //! let id = Identity::from_uri("sscard://station/440100/GZ-01")?;
 //! assert_eq!(id.role(), Role::Station);
@@ -621,7 +621,7 @@ mod tests {
             Err(Error::Certificate { .. })
         ));
         // A real certificate with one byte appended is refused as a whole.
-        let pki = crate::pki::DevPki::generate().unwrap();
+        let pki = crate::access::pki::DevPki::generate().unwrap();
         let mut der = pki.server().cert_der().unwrap();
         assert!(san_uris_from_der(&der).unwrap().is_empty());
         der.push(0);

@@ -16,7 +16,7 @@
 //! typed [`IdentifierFault`].
 //!
 //! ```
-//! use sscard_kms::identifiers::{Atr, CardIdentifier, CardNumber, SocialSecurityNumber};
+//! use sscard_kms::card::identifiers::{Atr, CardIdentifier, CardNumber, SocialSecurityNumber};
 //!
 //! let ssn: SocialSecurityNumber = "11010519491231002x".parse()?;
 //! assert_eq!(ssn.to_string(), "11010519491231002X");
@@ -35,8 +35,8 @@ use core::str::FromStr;
 
 use hsm_sim::factor::Factor;
 
+use crate::card::region::Region;
 use crate::error::{Error, Result};
-use crate::region::Region;
 
 /// Why an identifier was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
@@ -309,7 +309,7 @@ impl fmt::Display for CardNumber {
 /// A card identifier (卡识别码): 32 hex characters, the 6-digit issuing region, the registered
 /// application provider part `D156000005`, and 16 hex characters chosen by the issuer.
 ///
-/// The region must be one the service knows ([`crate::region`]). Stored in upper case.
+/// The region must be one the service knows ([`crate::card::region`]). Stored in upper case.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CardIdentifier {
     text: String,

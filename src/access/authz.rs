@@ -1,7 +1,7 @@
 //! Who may do what, where: the whole authorisation matrix in one place.
 //!
 //! Deny by default. A caller's role and region come from its certificate only
-//! ([`crate::identity`]). Every RPC names its [`Operation`]; [`authorize`] is called first,
+//! ([`crate::access::identity`]). Every RPC names its [`Operation`]; [`authorize`] is called first,
 //! before any store or HSM work, and for operations on a card, a PSAM or an endpoint the target's
 //! region is checked against the caller's with [`authorize_region`].
 //!
@@ -17,9 +17,9 @@
 //! card centre, `440000`) on every city of its province. Nobody gets a clear key: no operation
 //! exists that would return one.
 
+use crate::access::identity::{Identity, Role};
+use crate::card::region::Region;
 use crate::error::{Error, Result};
-use crate::identity::{Identity, Role};
-use crate::region::Region;
 
 /// Every operation of the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

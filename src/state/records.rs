@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::template::KeyLevel as Level;
+pub use crate::card::template::KeyLevel as Level;
 
 /// The region code that stands for "national" in key records.
 pub const NATIONAL: &str = "000000";

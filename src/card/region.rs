@@ -6,7 +6,7 @@
 //! table: keys are derived per city (F2), never per county, so the service has no use for them.
 //!
 //! ```
-//! use sscard_kms::region::{self, Region, RegionLevel};
+//! use sscard_kms::card::region::{self, Region, RegionLevel};
 //!
 //! let shenzhen = Region::lookup("440300")?;
 //! assert_eq!(shenzhen.name_en, "Shenzhen");
@@ -20,8 +20,8 @@
 
 use core::fmt;
 
+use crate::card::identifiers::IdentifierFault;
 use crate::error::{Error, Result};
-use crate::identifiers::IdentifierFault;
 
 /// Level of a region in the key hierarchy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

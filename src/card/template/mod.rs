@@ -1,0 +1,326 @@
+//! Card templates: every key a card carries, as versioned data (notice N8, N9, N11; DOMAIN.md §3).
+//!
+//! A template is a TOML file. The two shipped ones are [`SSC_2_0`] (`templates/ssc-2.0.toml`,
+//! 3DES) and [`SSC_3_0`] (`templates/ssc-3.0.toml`, SM4); a city's local extension (N9) is a
+//! third file that names its base with `extends` and is merged with [`Template::extend`].
+//!
+//! # Schema
+//!
+//! ```toml
+//! id = "ssc-2.0"            # template id: a-z, 0-9, '.', '-'
+//! version = 1               # template revision, >= 1
+//! generation = "2.0"        # card specification generation
+//! algorithm = "tdes"        # default key algorithm: tdes | des | sm4
+//! dispersion = "pboc-tdes"  # hsm_sim::diversify::Dispersion name (sm4-f-notf-v1 for 3.0)
+//! description = "…"         # optional
+//! # extends = "ssc-2.0"     # only in a city's extension: id of the base template
+//! # region = "440300"       # with `extends` only: the city that owns the extension
+//!
+//! [[key]]
+//! name = "MK_DF03"          # unique: A-Z, 0-9, _
+//! directory = "DF03"        # MF, SSSE, DF01..DF05, … (A-Z, 0-9)
+//! key_id = 0x00             # card key id
+//! key_version = 0x01        # card key version; (directory, key_id, key_version) is unique
+//! type = 0x39               # key type byte of the card OS
+//! algorithm = "tdes"        # optional, defaults to the template's
+//! length = 16               # bytes; des 8, tdes 16, sm4 16
+//! error_counter = 0x33
+//! psam_usage = 0x28         # optional: (levels << 5) | type (DOMAIN.md §4)
+//! psam_allowed = false      # optional, default false
+//! protected_by = "MK_SSSE"  # a key of the template, or "vendor-transport"
+//! root = "provincial"       # "national" or "provincial"
+//! follow_up = 0x00          # optional, default 0x00
+//! dispersion = "pboc-des"   # optional: the key's own dispersion method
+//! description = "…"         # optional
+//! ```
+//!
+//! # Validation
+//!
+//! [`Template::parse`] refuses, naming the line (1-based) and a typed [`TemplateFault`]:
+//! TOML syntax and type errors and missing fields ([`TemplateFault::Toml`]); unknown fields;
+//! values out of their set (ids, names, algorithms, dispersion methods, roots); a template
+//! without keys; duplicate key names; a duplicate `(directory, key_id, key_version)`; a length
+//! that does not match the algorithm; a key algorithm that its dispersion method cannot produce
+//! (an SM4 key in a `pboc-tdes` template, or a 3DES key in an `sm4-f-notf-v1` one, unless the
+//! key names its own `dispersion`); a PSAM usage byte with levels outside 1..=3 or a type above 8,
+//! or asking for the national level of a provincial-root key; `psam_allowed = true` without a
+//! usage byte, for type 0 (master), or for an issuer-only key (see [`KeySpec::is_issuer_only`]);
+//! `protected_by` naming no key of the template; a cycle of `protected_by`; more than one
+//! vendor-transport key; `extends` without `region`, `region` without `extends`, or a region
+//! that is not a known city.
+//!
+//! An extension may name keys of its base in `protected_by`: those are resolved, and everything
+//! checked again, by [`Template::extend`], which also refuses an extension that redefines a base
+//! key (by name or by slot), names another base, differs from it in generation, algorithm or
+//! dispersion, or protects a key by the vendor transport key (an extension's keys go onto
+//! initialised cards).
+//!
+//! # Card key header
+//!
+//! [`KeySpec::card_key_header`] gives the 8-byte header of a WRITE KEY in the T514 style of
+//! DOMAIN.md §5:
+//!
+//! | byte | content | source |
+//! |---|---|---|
+//! | 0 | key type (`type`) | \[spec] position; value from the template |
+//! | 1 | key id (`key_id`) | \[spec] |
+//! | 2 | key version (`key_version`) | \[spec] |
+//! | 3 | `EF` | \[spec] constant; its meaning (usage rights) is \[inferred] |
+//! | 4 | error counter (`error_counter`) | \[spec] |
+//! | 5 | algorithm: `00` 3DES, `01` DES, `02` SM4 | \[spec] for 00/01, \[choice] for 02 |
+//! | 6 | follow-up security level (`follow_up`) | \[spec] position; values \[inferred] |
+//! | 7 | key length in bytes | \[inferred]: DOMAIN.md says "length", we write the key's byte count |
+//!
+//! ```
+//! use sscard_kms::card::template::{KeyLevel, Template};
+//!
+//! let t = Template::builtin("ssc-2.0")?;
+//! let mk = t.key("MK_DF03").expect("in the template");
+//! assert_eq!(mk.card_key_header(), [0x39, 0x00, 0x01, 0xEF, 0x33, 0x00, 0x00, 0x10]);
+//! let rk = t.psam_keys().find(|p| p.key.name == "RK_DF03").expect("a PSAM key");
+//! assert_eq!(rk.level(), KeyLevel::City);
+//! # Ok::<(), sscard_kms::Error>(())
+//! ```
+
+use hsm_sim::diversify::Dispersion;
+use serde::Deserialize;
+use toml::de::DeTable;
+
+use crate::card::region::Region;
+use crate::error::{Error, Result};
+mod key;
+mod order;
+mod psam;
+mod schema;
+#[cfg(test)]
+mod tests;
+
+pub use key::{CardAlgorithm, KeyLevel, KeyRoot, KeySpec};
+pub use order::Protector;
+use order::link;
+pub use psam::{PsamKey, PsamKeyType, PsamRefusal, PsamUsage};
+pub use schema::TemplateFault;
+use schema::{At, RawTemplate, build, check_fields, template_err};
+
+/// The shipped 3DES template of card generation 2.0.
+pub const SSC_2_0: &str = include_str!("../../../templates/ssc-2.0.toml");
+/// The shipped SM4 template of card generation 3.0.
+pub const SSC_3_0: &str = include_str!("../../../templates/ssc-3.0.toml");
+/// The shipped templates by id.
+pub const BUILTIN: [(&str, &str); 2] = [("ssc-2.0", SSC_2_0), ("ssc-3.0", SSC_3_0)];
+
+/// The `protected_by` value of the first key written to a blank card.
+pub const VENDOR_TRANSPORT: &str = "vendor-transport";
+/// Byte 3 of every card key header.
+pub const HEADER_MARKER: u8 = 0xEF;
+
+/// Lines of the header fields, for errors found by [`Template::extend`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct HeaderLines {
+    extends: usize,
+    generation: usize,
+    algorithm: usize,
+    dispersion: usize,
+}
+
+/// A validated card template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    id: String,
+    version: u32,
+    generation: String,
+    algorithm: CardAlgorithm,
+    dispersion: Dispersion,
+    description: Option<String>,
+    extends: Option<String>,
+    region: Option<&'static Region>,
+    base_version: Option<u32>,
+    keys: Vec<KeySpec>,
+    order: Vec<usize>,
+    lines: HeaderLines,
+}
+
+impl Template {
+    /// Parses and validates a template (a base, or a city extension on its own: see
+    /// [`Template::extend`]).
+    pub fn parse(src: &str) -> Result<Template> {
+        let at = At(src);
+        let doc = DeTable::parse(src).map_err(|e| at.toml(&e))?;
+        check_fields(&at, doc.get_ref())?;
+        let raw =
+            RawTemplate::deserialize(toml::de::Deserializer::from(doc)).map_err(|e| at.toml(&e))?;
+        build(&at, raw)
+    }
+
+    /// A shipped template by id ([`BUILTIN`]).
+    pub fn builtin(id: &str) -> Result<Template> {
+        let (_, src) = BUILTIN
+            .iter()
+            .find(|(name, _)| *name == id)
+            .ok_or_else(|| Error::UnknownTemplate(id.to_owned()))?;
+        Template::parse(src)
+    }
+
+    /// Merges a city's extension over its base (N9): the result has the base's keys and the
+    /// extension's, the extension's id, version and region, and is validated as a whole.
+    /// Errors name lines of the extension (or, for [`TemplateFault::BaseIsExtension`], of
+    /// the base).
+    pub fn extend(base: &Template, ext: &Template) -> Result<Template> {
+        let Some(extends) = ext.extends.as_ref().filter(|_| ext.base_version.is_none()) else {
+            return Err(template_err(1, TemplateFault::NotAnExtension));
+        };
+        if base.extends.is_some() {
+            return Err(template_err(
+                base.lines.extends,
+                TemplateFault::BaseIsExtension,
+            ));
+        }
+        if *extends != base.id {
+            return Err(template_err(
+                ext.lines.extends,
+                TemplateFault::ExtendsMismatch {
+                    expected: base.id.clone(),
+                    found: extends.clone(),
+                },
+            ));
+        }
+        for (field, same, line) in [
+            (
+                "generation",
+                ext.generation == base.generation,
+                ext.lines.generation,
+            ),
+            (
+                "algorithm",
+                ext.algorithm == base.algorithm,
+                ext.lines.algorithm,
+            ),
+            (
+                "dispersion",
+                ext.dispersion == base.dispersion,
+                ext.lines.dispersion,
+            ),
+        ] {
+            if !same {
+                return Err(template_err(line, TemplateFault::HeaderMismatch { field }));
+            }
+        }
+        for k in &ext.keys {
+            if let Some(b) = base.key(&k.name) {
+                return Err(template_err(
+                    k.line,
+                    TemplateFault::RedefinesBaseKey {
+                        name: k.name.clone(),
+                        base_line: b.line,
+                    },
+                ));
+            }
+            if let Some(b) = base.keys.iter().find(|b| same_slot(b, k)) {
+                return Err(template_err(
+                    k.line,
+                    TemplateFault::DuplicateSlot {
+                        name: k.name.clone(),
+                        directory: k.directory.clone(),
+                        key_id: k.key_id,
+                        key_version: k.key_version,
+                        other: b.name.clone(),
+                    },
+                ));
+            }
+        }
+        let keys: Vec<KeySpec> = base.keys.iter().chain(&ext.keys).cloned().collect();
+        let order = link(&keys, false)?;
+        Ok(Template {
+            id: ext.id.clone(),
+            version: ext.version,
+            generation: base.generation.clone(),
+            algorithm: base.algorithm,
+            dispersion: base.dispersion,
+            description: ext.description.clone().or_else(|| base.description.clone()),
+            extends: Some(base.id.clone()),
+            region: ext.region,
+            base_version: Some(base.version),
+            keys,
+            order,
+            lines: ext.lines,
+        })
+    }
+
+    /// Template id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Template revision.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// Card specification generation.
+    pub fn generation(&self) -> &str {
+        &self.generation
+    }
+
+    /// Default key algorithm.
+    pub fn algorithm(&self) -> CardAlgorithm {
+        self.algorithm
+    }
+
+    /// Dispersion method of the template's keys (a key may name its own).
+    pub fn dispersion(&self) -> Dispersion {
+        self.dispersion
+    }
+
+    /// Free text.
+    pub fn description(&self) -> Option<&str> {
+        self.description.as_deref()
+    }
+
+    /// The base template's id, for an extension.
+    pub fn extends(&self) -> Option<&str> {
+        self.extends.as_deref()
+    }
+
+    /// The city owning an extension.
+    pub fn region(&self) -> Option<&'static Region> {
+        self.region
+    }
+
+    /// For a merged extension, the revision of the base it was merged with.
+    pub fn base_version(&self) -> Option<u32> {
+        self.base_version
+    }
+
+    /// Keys in file order (for a merged extension: the base's, then the extension's).
+    pub fn keys(&self) -> &[KeySpec] {
+        &self.keys
+    }
+
+    /// The key named `name`.
+    pub fn key(&self, name: &str) -> Option<&KeySpec> {
+        self.keys.iter().find(|k| k.name == name)
+    }
+
+    /// Keys in the order they are written to a card: every key after its protector, otherwise
+    /// in file order. (For an extension that is not merged yet, base protectors are absent.)
+    pub fn write_order(&self) -> impl Iterator<Item = &KeySpec> + '_ {
+        self.order.iter().filter_map(|&i| self.keys.get(i))
+    }
+
+    /// The keys allowed in terminal PSAMs, in file order, with their usage bytes.
+    pub fn psam_keys(&self) -> impl Iterator<Item = PsamKey<'_>> + '_ {
+        self.keys.iter().filter_map(|key| match key.psam_usage {
+            Some(usage) if key.psam_allowed => Some(PsamKey { key, usage }),
+            _ => None,
+        })
+    }
+
+    /// The card key header of `key` ([`KeySpec::card_key_header`]).
+    pub fn card_key_header(&self, key: &KeySpec) -> Vec<u8> {
+        key.card_key_header()
+    }
+}
+
+fn same_slot(a: &KeySpec, b: &KeySpec) -> bool {
+    a.directory == b.directory && a.key_id == b.key_id && a.key_version == b.key_version
+}

@@ -1,0 +1,133 @@
+//! Between the service's types and the protobuf messages.
+
+use hsm_sim::Algorithm;
+use hsm_sim::kcv::{Kcv, KcvMethod};
+use tonic::Status;
+use zeroize::Zeroizing;
+
+use crate::error::Result;
+use crate::proto::kms::v1 as pb;
+use crate::service::{self, CardRequest, ComponentInput, DeliveredForm};
+use crate::state::records::{self, CardStatus, Level};
+
+pub(super) fn card_request(card: Option<pb::CardIdentity>) -> Result<CardRequest, Status> {
+    let c = card.ok_or_else(|| Status::invalid_argument("invalid card: required"))?;
+    Ok(CardRequest {
+        card_identifier: c.card_identifier,
+        card_number: c.card_number,
+        social_security_number: c.social_security_number,
+        atr: c.atr,
+    })
+}
+
+pub(super) fn pb_algorithm(a: Algorithm) -> i32 {
+    (match a {
+        Algorithm::Des => pb::KeyAlgorithm::Des,
+        Algorithm::Tdes2 => pb::KeyAlgorithm::Tdes2,
+        Algorithm::Tdes3 => pb::KeyAlgorithm::Tdes3,
+        Algorithm::Aes128 => pb::KeyAlgorithm::Aes128,
+        Algorithm::Aes192 => pb::KeyAlgorithm::Aes192,
+        Algorithm::Aes256 => pb::KeyAlgorithm::Aes256,
+        Algorithm::Sm4 => pb::KeyAlgorithm::Sm4,
+    }) as i32
+}
+
+pub(super) fn pb_kcv(k: &Kcv) -> pb::KeyCheckValue {
+    pb::KeyCheckValue {
+        method: (match k.method() {
+            KcvMethod::EncryptZeros => pb::KcvMethod::EncryptZeros,
+            KcvMethod::Cmac => pb::KcvMethod::CmacZeros,
+        }) as i32,
+        value: k.value().to_vec(),
+    }
+}
+
+pub(super) fn pb_level(l: Level) -> i32 {
+    (match l {
+        Level::National => pb::KeyLevel::National,
+        Level::Province => pb::KeyLevel::Provincial,
+        Level::City => pb::KeyLevel::City,
+        Level::Card => pb::KeyLevel::Card,
+    }) as i32
+}
+
+pub(super) fn pb_delivered(d: service::Delivered) -> pb::DeliveredKey {
+    pb::DeliveredKey {
+        key_name: d.key_name,
+        directory: d.directory,
+        key_id: u32::from(d.key_id),
+        key_version: u32::from(d.key_version),
+        algorithm: pb_algorithm(d.algorithm),
+        kcv: Some(pb_kcv(&d.kcv)),
+        level: pb_level(d.level),
+        root_version: d.root_version,
+        form: Some(match d.form {
+            DeliveredForm::Tr31(b) => pb::delivered_key::Form::Tr31Block(b),
+            DeliveredForm::WriteKeyApdu(a) => pb::delivered_key::Form::WriteKeyApdu(a),
+        }),
+        psam_usage: d.psam_usage.map(u32::from).unwrap_or(0),
+    }
+}
+
+pub(super) fn pb_card(c: records::Card) -> pb::CardRecord {
+    pb::CardRecord {
+        card_identifier: c.card_identifier,
+        card_number_masked: crate::card::identifiers::CardNumber::parse_field(
+            "card_number",
+            &c.card_number,
+        )
+        .map(|n| n.masked())
+        .unwrap_or_default(),
+        social_security_number_masked: crate::card::identifiers::SocialSecurityNumber::parse_field(
+            "social_security_number",
+            &c.social_security_number,
+        )
+        .map(|n| n.masked())
+        .unwrap_or_default(),
+        region: c.region,
+        template_id: c.template_id,
+        status: (match c.status {
+            CardStatus::Registered => pb::CardStatus::Registered,
+            CardStatus::Accepted => pb::CardStatus::Accepted,
+            CardStatus::Blacklisted => pb::CardStatus::Blacklisted,
+        }) as i32,
+        issued_root_versions: c.issued_root_versions.into_iter().collect(),
+    }
+}
+
+pub(super) fn pb_key_record(r: records::KeyRecord) -> pb::KeyRecord {
+    let kcv = KcvMethod::from_name(&r.kcv_method)
+        .zip(hex::decode(&r.kcv).ok())
+        .map(|(m, v)| pb_kcv(&Kcv::from_parts(m, v)));
+    pb::KeyRecord {
+        template_id: r.template_id,
+        key_name: r.key_name,
+        level: pb_level(r.level),
+        region: r.region,
+        version: r.version,
+        algorithm: Algorithm::from_name(&r.algorithm)
+            .map(pb_algorithm)
+            .unwrap_or_default(),
+        kcv,
+        active: r.active,
+    }
+}
+
+pub(super) fn components(list: Vec<pb::Component>) -> Vec<ComponentInput> {
+    list.into_iter()
+        .map(|c| ComponentInput {
+            hex: Zeroizing::new(c.hex),
+            kcv_hex: c.kcv_hex,
+        })
+        .collect()
+}
+
+pub(super) fn level_of(level: i32) -> Result<Level, Status> {
+    match pb::KeyLevel::try_from(level) {
+        Ok(pb::KeyLevel::National) => Ok(Level::National),
+        Ok(pb::KeyLevel::Provincial) => Ok(Level::Province),
+        _ => Err(Status::invalid_argument(
+            "invalid level: national or provincial",
+        )),
+    }
+}

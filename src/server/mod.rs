@@ -1,0 +1,181 @@
+//! The gRPC face of the service: mutual TLS, the caller's identity from its certificate, request
+//! and response mapping, and the **one place** where errors become `tonic::Status`.
+//!
+//! `serve` takes a listener that is already bound and a shutdown future (mini-redis style), so
+//! tests start it on `127.0.0.1:0` and never wait on time.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use hsm_sim::hsm::Hsm;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::ServerTlsConfig;
+use tonic::{Request, Status};
+
+use crate::access::identity::{self, Identity};
+use crate::error::{Error, Result};
+use crate::proto::kms::v1 as pb;
+use crate::service::Kms;
+
+mod convert;
+mod officers;
+mod psam_lines;
+mod registrars;
+mod stations;
+mod status;
+
+use status::status;
+pub use status::to_status;
+
+pub mod config;
+
+/// The file descriptor set of every proto, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("sscard_descriptor");
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve<H: Hsm>(
+    kms: Arc<Kms<H>>,
+    listener: TcpListener,
+    tls: ServerTlsConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let api = Api { kms };
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<pb::card_key_service_server::CardKeyServiceServer<Api<H>>>()
+        .await;
+    // Reflection in both protocol versions: grpcurl speaks `v1`; Python's grpcio-reflection,
+    // Postman and many other tools still speak `v1alpha`.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let descriptors_refused = |_| Error::Tls {
+        what: "reflection",
+        reason: "cannot register descriptors",
+    };
+    let reflection_v1 = reflection().build_v1().map_err(descriptors_refused)?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(descriptors_refused)?;
+    tonic::transport::Server::builder()
+        .tls_config(tls)
+        .map_err(|_| Error::Tls {
+            what: "server",
+            reason: "invalid TLS configuration",
+        })?
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(pb::card_key_service_server::CardKeyServiceServer::new(
+            api.clone(),
+        ))
+        .add_service(pb::psam_service_server::PsamServiceServer::new(api.clone()))
+        .add_service(pb::registry_service_server::RegistryServiceServer::new(
+            api.clone(),
+        ))
+        .add_service(pb::admin_service_server::AdminServiceServer::new(api))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "server failed");
+            Error::Tls {
+                what: "server",
+                reason: "transport failure",
+            }
+        })
+}
+
+struct Api<H: Hsm> {
+    kms: Arc<Kms<H>>,
+}
+
+impl<H: Hsm> Clone for Api<H> {
+    fn clone(&self) -> Self {
+        Api {
+            kms: Arc::clone(&self.kms),
+        }
+    }
+}
+
+/// The caller, from the client certificate of this connection only.
+fn caller<T>(request: &Request<T>) -> Result<Identity, Status> {
+    let certs = request
+        .peer_certs()
+        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+    let uris = identity::san_uris_from_der(leaf.as_ref()).map_err(|e| to_status(&e))?;
+    Identity::from_san_uris(&uris).map_err(|e| to_status(&e))
+}
+
+/// Runs a configured deployment until `shutdown`: TLS from files (a client CA is required), the
+/// HSM in-process or remote, the store under the data directory.
+pub async fn run_configured(
+    config: crate::server::config::Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    use crate::server::config::HsmConfig;
+    let tls = crate::access::tls::ServerTlsFiles {
+        cert: config.tls.cert.clone(),
+        key: config.tls.key.clone(),
+        client_ca: config.tls.client_ca.clone(),
+    }
+    .load()?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::File {
+            path: std::path::PathBuf::from(config.listen.to_string()),
+            source,
+        })?;
+    let store_dir = config.data_dir.join("store");
+    let addr = listener.local_addr().map_err(|source| Error::File {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    tracing::info!(listen = %addr, data = %config.data_dir.display(), "starting");
+    // One line on stdout once the store and the HSM are open and the port is bound, for
+    // supervisors and tests (`listen = "127.0.0.1:0"` works).
+    let ready = || println!("listening on {addr}");
+    match config.hsm {
+        HsmConfig::Local { state_dir } => {
+            let hsm = Arc::new(hsm_sim::local::LocalHsm::open(
+                hsm_sim::local::LocalHsmConfig {
+                    state_dir: Some(state_dir.unwrap_or_else(|| config.data_dir.join("hsm"))),
+                    ..Default::default()
+                },
+            )?);
+            let kms = Kms::open(hsm, &store_dir).await?;
+            ready();
+            serve(kms, listener, tls, shutdown).await
+        }
+        HsmConfig::Remote {
+            endpoint,
+            ca,
+            cert,
+            key,
+        } => {
+            let client_tls =
+                hsm_sim::remote::ClientTls::from_pem_files(&cert, &key, &ca).map_err(|e| {
+                    tracing::error!(error = %e, "HSM client TLS refused");
+                    Error::Tls {
+                        what: "HSM client",
+                        reason: "cannot load the HSM client certificate, key or CA",
+                    }
+                })?;
+            let hsm = Arc::new(
+                hsm_sim::remote::RemoteHsm::connect_lazy(&endpoint, client_tls).map_err(|e| {
+                    tracing::error!(error = %e, "HSM endpoint refused");
+                    Error::Tls {
+                        what: "HSM client",
+                        reason: "invalid HSM endpoint",
+                    }
+                })?,
+            );
+            let kms = Kms::open(hsm, &store_dir).await?;
+            ready();
+            serve(kms, listener, tls, shutdown).await
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! `PsamService`: PSAM production lines.
+
+use hsm_sim::hsm::Hsm;
+use tonic::{Request, Response, Status};
+
+use crate::error::Result;
+use crate::proto::kms::v1 as pb;
+
+use super::convert::pb_delivered;
+use super::{Api, caller, status};
+
+#[tonic::async_trait]
+impl<H: Hsm> pb::psam_service_server::PsamService for Api<H> {
+    async fn register_psams(
+        &self,
+        request: Request<pb::RegisterPsamsRequest>,
+    ) -> Result<Response<pb::RegisterPsamsResponse>, Status> {
+        let who = caller(&request)?;
+        let req = request.into_inner();
+        let registered = self
+            .kms
+            .register_psams(&who, req.serials, &req.region, &req.template_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::RegisterPsamsResponse { registered }))
+    }
+
+    async fn get_psam_key_set(
+        &self,
+        request: Request<pb::GetPsamKeySetRequest>,
+    ) -> Result<Response<pb::GetPsamKeySetResponse>, Status> {
+        let who = caller(&request)?;
+        let req = request.into_inner();
+        let set = self
+            .kms
+            .psam_key_set(&who, &req.serial)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::GetPsamKeySetResponse {
+            serial: set.serial,
+            keys: set.keys.into_iter().map(pb_delivered).collect(),
+            omitted: set
+                .omitted
+                .into_iter()
+                .map(|(key_name, reason)| pb::OmittedKey {
+                    key_name,
+                    reason: reason.to_owned(),
+                })
+                .collect(),
+        }))
+    }
+}

@@ -1,0 +1,348 @@
+//! The key service's operations, independent of gRPC: what each call checks, asks the HSM and
+//! records. `crate::server` maps requests and errors; this module decides.
+//!
+//! Every operation: (1) authorises the caller ([`crate::access::authz`]) before anything else, (2)
+//! validates its input, (3) reads the state it needs, (4) asks the HSM, (5) writes the state
+//! change and its audit record in one atomic write, re-checking inside the write what a
+//! concurrent request could have changed, and only then (6) answers. A refusal is audited too.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
+
+use hsm_sim::hsm::{Exportability, Hsm, KeySpec as HsmKeySpec, KeyToken, KeyUsage};
+use hsm_sim::kcv::Kcv;
+use hsm_sim::tr31::KeyBlockVersion;
+use hsm_sim::{Algorithm, Error as HsmError};
+
+use crate::access::authz::Operation;
+use crate::access::identity::Identity;
+use crate::card::identifiers::{Atr, CardIdentifier, CardNumber, SocialSecurityNumber};
+use crate::card::template::Template;
+use crate::error::{Error, Result};
+use crate::state::audit::AuditEvent;
+use crate::state::records::{self, Endpoint, EndpointKind, KeyRecord, Level, StoredTemplate};
+use crate::state::store::{Sealer, Snapshot, Store, Table};
+
+mod officers;
+mod psam_lines;
+mod registrars;
+mod stations;
+
+pub use officers::{ComponentInput, Status};
+pub use psam_lines::PsamKeySet;
+pub use stations::{Delivered, DeliveredForm, Delivery};
+
+/// The province this service runs for.
+pub const PROVINCE: &str = "440000";
+
+/// The APDU class and instruction of WRITE KEY with secure messaging (DOMAIN.md §5).
+const WRITE_KEY_CLA: u8 = 0x84;
+const WRITE_KEY_INS: u8 = 0xD4;
+
+/// Where the audit key's token is kept in the `meta` table.
+pub const AUDIT_KEY: &str = "audit_key_token";
+
+/// A card as a station names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CardRequest {
+    pub card_identifier: String,
+    pub card_number: String,
+    pub social_security_number: String,
+    pub atr: Vec<u8>,
+}
+
+/// A validated card request.
+#[derive(Debug)]
+struct CheckedCard {
+    id: CardIdentifier,
+    number: CardNumber,
+    ssn: SocialSecurityNumber,
+    atr: Option<Atr>,
+}
+
+impl CardRequest {
+    fn check(&self, with_atr: bool) -> Result<CheckedCard> {
+        Ok(CheckedCard {
+            id: CardIdentifier::parse_field("card_identifier", &self.card_identifier)?,
+            number: CardNumber::parse_field("card_number", &self.card_number)?,
+            ssn: SocialSecurityNumber::parse_field(
+                "social_security_number",
+                &self.social_security_number,
+            )?,
+            atr: if with_atr {
+                Some(Atr::from_bytes(&self.atr)?)
+            } else {
+                None
+            },
+        })
+    }
+}
+
+/// How long a commit waits for the HSM's seal of the audit chain head.
+const SEAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Seals the audit chain head with the HSM's audit key, from the store's writer thread.
+pub struct HsmSealer<H: Hsm> {
+    hsm: Arc<H>,
+    token: OnceLock<KeyToken>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl<H: Hsm> std::fmt::Debug for HsmSealer<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HsmSealer").finish_non_exhaustive()
+    }
+}
+
+impl<H: Hsm> Sealer for HsmSealer<H> {
+    fn seal(&self, message: &[u8]) -> Option<Vec<u8>> {
+        let token = self.token.get()?;
+        // The writer thread waits for the seal, so a slow or unreachable HSM must not hold every
+        // commit: past the limit the seal is skipped and the next commit's seal covers these
+        // records too (the chain itself is never skipped).
+        let sealed = self.runtime.block_on(async {
+            tokio::time::timeout(SEAL_TIMEOUT, self.hsm.mac(token, message)).await
+        });
+        match sealed {
+            Ok(Ok(mac)) => Some(mac),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "audit seal skipped: the HSM cannot MAC now");
+                None
+            }
+            Err(_) => {
+                tracing::warn!("audit seal skipped: the HSM did not answer in time");
+                None
+            }
+        }
+    }
+}
+
+/// The key service.
+pub struct Kms<H: Hsm> {
+    hsm: Arc<H>,
+    store: Store,
+    templates: RwLock<HashMap<String, Arc<Template>>>,
+    /// Seals the audit chain; holds the audit key's token once it exists.
+    sealer: Arc<HsmSealer<H>>,
+}
+
+impl<H: Hsm> std::fmt::Debug for Kms<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kms")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+fn kcv_hex(kcv: &Kcv) -> (String, String) {
+    (kcv.method().name().to_owned(), kcv.to_hex())
+}
+
+fn token(record_token: &str) -> KeyToken {
+    KeyToken::from_stored(record_token.to_owned())
+}
+
+/// Refuses, before any HSM work, a key that the recipient's transport key cannot carry: TR-31
+/// version B (a TDES transport key) carries DES and TDES keys only.
+fn check_wrappable(version: KeyBlockVersion, alg: Algorithm) -> Result<()> {
+    if version == KeyBlockVersion::B && !alg.is_des_family() {
+        return Err(Error::FailedPrecondition {
+            reason: "SM4 and AES keys travel only under an AES transport key (TR-31 version D)",
+        });
+    }
+    Ok(())
+}
+
+/// The TR-31 version a transport key of `alg` wraps with.
+fn block_version(alg: Algorithm) -> Result<KeyBlockVersion> {
+    match alg {
+        Algorithm::Tdes2 | Algorithm::Tdes3 => Ok(KeyBlockVersion::B),
+        a if a.is_aes() => Ok(KeyBlockVersion::D),
+        _ => Err(Error::StoreCorrupt("transport key algorithm")),
+    }
+}
+
+impl<H: Hsm> Kms<H> {
+    /// Opens the service on `store_dir` with `hsm` and loads the templates. The audit key is
+    /// created on the first start with an operational HSM; until it exists (HSM sealed or not yet
+    /// initialised) audit records are chained but not sealed.
+    pub async fn open(hsm: Arc<H>, store_dir: &std::path::Path) -> Result<Arc<Kms<H>>> {
+        let sealer = Arc::new(HsmSealer {
+            hsm: Arc::clone(&hsm),
+            token: OnceLock::new(),
+            runtime: tokio::runtime::Handle::current(),
+        });
+        let store = Store::open(store_dir, Arc::clone(&sealer) as Arc<dyn Sealer>)?;
+        let kms = Kms {
+            hsm,
+            store,
+            templates: RwLock::new(HashMap::new()),
+            sealer,
+        };
+        kms.reload_templates()?;
+        match kms.ensure_audit_key().await {
+            Ok(()) => {}
+            Err(Error::Hsm(
+                e @ (HsmError::Sealed
+                | HsmError::Uninitialised
+                | HsmError::SelfTestFailed(_)
+                | HsmError::Unavailable),
+            )) => {
+                tracing::warn!(error = %e, "no audit key yet: the HSM is not operational");
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(Arc::new(kms))
+    }
+
+    /// Loads the audit key's token, or creates it in the HSM (which must be operational).
+    async fn ensure_audit_key(&self) -> Result<()> {
+        if self.sealer.token.get().is_some() {
+            return Ok(());
+        }
+        let existing: Option<String> = self.store.snapshot()?.get(Table::Meta, AUDIT_KEY)?;
+        let token = match existing {
+            Some(t) => KeyToken::from_stored(t),
+            None => {
+                let key = self
+                    .hsm
+                    .generate_key(HsmKeySpec {
+                        algorithm: Algorithm::Aes256,
+                        usage: KeyUsage::AuditMac,
+                        exportability: Exportability::NonExportable,
+                    })
+                    .await?;
+                let text = key.token.as_str().to_owned();
+                let (method, kcv) = kcv_hex(&key.kcv);
+                self.store
+                    .write(move |tx| {
+                        if tx.get::<String>(Table::Meta, AUDIT_KEY)?.is_some() {
+                            return Err(Error::AlreadyExists { what: "audit key" });
+                        }
+                        tx.put(Table::Meta, AUDIT_KEY, &text)?;
+                        tx.audit(AuditEvent::ok(
+                            "system",
+                            "create-audit-key",
+                            format!("audit key KCV {method} {kcv}"),
+                        ));
+                        Ok(())
+                    })
+                    .await?;
+                key.token
+            }
+        };
+        let _ = self.sealer.token.set(token);
+        Ok(())
+    }
+
+    /// The HSM this service uses.
+    pub fn hsm(&self) -> &Arc<H> {
+        &self.hsm
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The audit key's token (for verifying seals with the same HSM), once it exists.
+    pub fn audit_key(&self) -> Option<&KeyToken> {
+        self.sealer.token.get()
+    }
+
+    fn reload_templates(&self) -> Result<()> {
+        let stored: Vec<(String, StoredTemplate)> =
+            self.store.snapshot()?.scan(Table::Templates, "")?;
+        let mut parsed: HashMap<String, Arc<Template>> = HashMap::new();
+        // Bases first, then extensions over them.
+        let (bases, exts): (Vec<_>, Vec<_>) = stored
+            .into_iter()
+            .map(|(_, t)| Template::parse(&t.toml))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .partition(|t| t.extends().is_none());
+        for t in bases {
+            parsed.insert(t.id().to_owned(), Arc::new(t));
+        }
+        for ext in exts {
+            let base_id = ext.extends().unwrap_or_default().to_owned();
+            let base = parsed
+                .get(&base_id)
+                .ok_or(Error::UnknownTemplate(base_id))?;
+            let merged = Template::extend(base, &ext)?;
+            parsed.insert(merged.id().to_owned(), Arc::new(merged));
+        }
+        *self.templates.write().map_err(|_| Error::Store)? = parsed;
+        Ok(())
+    }
+
+    fn template(&self, id: &str) -> Result<Arc<Template>> {
+        self.templates
+            .read()
+            .map_err(|_| Error::Store)?
+            .get(id)
+            .cloned()
+            .ok_or(Error::NotFound {
+                what: "card template",
+            })
+    }
+
+    /// Runs `op`; a refusal or failure is appended to the audit trail before it is returned.
+    async fn audited<T>(
+        &self,
+        caller: &Identity,
+        operation: Operation,
+        subject: &str,
+        op: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let result = op.await;
+        if let Err(e) = &result {
+            let event = AuditEvent::denied(caller.to_string(), operation.name(), subject, e);
+            if let Err(audit_err) = self.store.audit(vec![event]).await {
+                tracing::error!(error = %audit_err, "could not audit a refusal");
+            }
+        }
+        result
+    }
+
+    /// The station or PSAM line record of `caller`, which must be registered in its region.
+    fn endpoint(snap: &Snapshot, kind: EndpointKind, caller: &Identity) -> Result<Endpoint> {
+        let e: Endpoint = snap
+            .get(Table::Endpoints, &records::endpoint_id(kind, caller.name()))?
+            .ok_or(Error::FailedPrecondition {
+                reason: "the caller is not registered (no transport key)",
+            })?;
+        if Some(e.region.as_str()) != caller.region() {
+            return Err(Error::PermissionDenied {
+                reason: "the certificate's region differs from the registered one",
+            });
+        }
+        Ok(e)
+    }
+}
+
+/// The active version of a key of the hierarchy, if any.
+fn active_key(
+    snap: &Snapshot,
+    template: &str,
+    key: &str,
+    level: Level,
+    region: &str,
+) -> Result<Option<KeyRecord>> {
+    let all: Vec<(String, KeyRecord)> = snap.scan(
+        Table::Keys,
+        &records::key_prefix(template, key, level, region),
+    )?;
+    Ok(all.into_iter().map(|(_, r)| r).rfind(|r| r.active))
+}
+
+/// A card identifier with its serial part masked, for audit and logs.
+pub fn mask_card_identifier(id: &str) -> String {
+    CardIdentifier::parse_field("card_identifier", id)
+        .map(|c| c.masked())
+        .unwrap_or_else(|_| "(malformed)".to_owned())
+}
+
+fn masked_subject(card: &CardRequest) -> String {
+    format!("card {}", mask_card_identifier(&card.card_identifier))
+}

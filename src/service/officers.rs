@@ -1,0 +1,565 @@
+//! Security officers: unsealing the HSM, templates, roots, the hierarchy, vendor transport keys,
+//! stations and PSAM lines with their transport keys, key records and status.
+
+use std::sync::Arc;
+
+use hsm_sim::Algorithm;
+use hsm_sim::factor::Factor;
+use hsm_sim::hsm::{Component, Exportability, Hsm, KeySpec as HsmKeySpec, KeyUsage};
+use hsm_sim::kcv::{Kcv, KcvMethod};
+use zeroize::Zeroizing;
+
+use crate::access::authz::{self, Operation};
+use crate::access::identity::Identity;
+use crate::card::region::Region;
+use crate::card::template::{KeyRoot, KeySpec, Template};
+use crate::error::{Error, Result};
+use crate::state::audit::AuditEvent;
+use crate::state::records::{
+    self, Endpoint, EndpointKind, KeyRecord, Level, NATIONAL, StoredTemplate,
+};
+use crate::state::store::Table;
+
+use super::{Kms, PROVINCE, active_key, kcv_hex, token};
+
+/// A clear component as an officer typed it, with its KCV from paper (hex).
+#[derive(Debug)]
+pub struct ComponentInput {
+    pub hex: Zeroizing<String>,
+    pub kcv_hex: String,
+}
+
+/// Service status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub hsm_state: String,
+    pub hsm_is_secure: bool,
+    pub hsm_dangerous_test_lmk: bool,
+    pub audit_records: u64,
+    pub templates: Vec<String>,
+}
+
+impl<H: Hsm> Kms<H> {
+    /// One custodian's share towards unsealing the HSM; at the threshold the HSM is operational
+    /// (and the audit key is created if this is the first time).
+    pub async fn unseal_hsm(
+        &self,
+        caller: &Identity,
+        share: Zeroizing<String>,
+    ) -> Result<hsm_sim::hsm::UnsealProgress> {
+        self.audited(caller, Operation::Administer, "unseal-hsm", async {
+            authz::authorize(caller, Operation::Administer)?;
+            let progress = self.hsm.unseal(hsm_sim::hsm::LmkShare::new(share)).await?;
+            if progress.unsealed {
+                self.ensure_audit_key().await?;
+            }
+            self.store
+                .audit(vec![AuditEvent::ok(
+                    caller.to_string(),
+                    "unseal-hsm",
+                    format!(
+                        "share accepted: {}/{}{}",
+                        progress.submitted,
+                        progress.threshold,
+                        if progress.unsealed {
+                            ", HSM operational"
+                        } else {
+                            ""
+                        }
+                    ),
+                )])
+                .await?;
+            Ok(progress)
+        })
+        .await
+    }
+
+    // ------------------------------------------------------------------ administration
+
+    /// Loads a card template (or a newer revision of one).
+    pub async fn load_template(&self, caller: &Identity, toml: &str) -> Result<Arc<Template>> {
+        self.audited(caller, Operation::Administer, "load-template", async {
+            authz::authorize(caller, Operation::Administer)?;
+            let parsed = Template::parse(toml)?;
+            let effective = match parsed.extends() {
+                Some(base) => Template::extend(&*self.template(base)?, &parsed)?,
+                None => parsed.clone(),
+            };
+            let stored = StoredTemplate {
+                id: parsed.id().to_owned(),
+                version: parsed.version(),
+                toml: toml.to_owned(),
+            };
+            let actor = caller.to_string();
+            let subject = format!("template {} revision {}", stored.id, stored.version);
+            self.store
+                .write(move |tx| {
+                    let old = tx.get::<StoredTemplate>(Table::Templates, &stored.id)?;
+                    if old.is_some_and(|old| old.version >= stored.version) {
+                        return Err(Error::FailedPrecondition {
+                            reason: "a template of this id and an equal or newer revision is loaded",
+                        });
+                    }
+                    tx.put(Table::Templates, &stored.id, &stored)?;
+                    tx.audit(AuditEvent::ok(actor, "load-template", subject));
+                    Ok(())
+                })
+                .await?;
+            let effective = Arc::new(effective);
+            self.templates
+                .write()
+                .map_err(|_| Error::Store)?
+                .insert(effective.id().to_owned(), Arc::clone(&effective));
+            Ok(effective)
+        })
+        .await
+    }
+
+    /// A hierarchy root from components: a national root, or a provincial key received directly.
+    pub async fn import_root_key(
+        &self,
+        caller: &Identity,
+        template_id: &str,
+        key_name: &str,
+        level: Level,
+        components: Vec<ComponentInput>,
+    ) -> Result<KeyRecord> {
+        let subject = format!("{template_id}/{key_name} {level} root");
+        self.audited(caller, Operation::Administer, &subject, async {
+            authz::authorize(caller, Operation::Administer)?;
+            let template = self.template(template_id)?;
+            let spec = template.key(key_name).ok_or(Error::NotFound {
+                what: "template key",
+            })?;
+            let region = match (level, spec.root) {
+                (Level::National, KeyRoot::National) => NATIONAL,
+                (Level::Province, _) => PROVINCE,
+                _ => {
+                    return Err(Error::InvalidArgument {
+                        field: "level",
+                        reason: "national roots exist only for keys whose root is national",
+                    });
+                }
+            };
+            let alg = spec.hsm_algorithm();
+            let components = to_components(alg, components)?;
+            let wrapped = self
+                .hsm
+                .form_key(
+                    HsmKeySpec {
+                        algorithm: alg,
+                        usage: KeyUsage::CardDerivation,
+                        exportability: hierarchy_exportability(spec),
+                    },
+                    components,
+                )
+                .await?;
+            self.store_new_version(caller, template.id(), key_name, level, region, alg, wrapped)
+                .await
+        })
+        .await
+    }
+
+    /// The province's own root of a key (e.g. the card master key), generated in the HSM.
+    pub async fn generate_root_key(
+        &self,
+        caller: &Identity,
+        template_id: &str,
+        key_name: &str,
+    ) -> Result<KeyRecord> {
+        let subject = format!("{template_id}/{key_name} provincial root");
+        self.audited(caller, Operation::Administer, &subject, async {
+            authz::authorize(caller, Operation::Administer)?;
+            let template = self.template(template_id)?;
+            let spec = template.key(key_name).ok_or(Error::NotFound {
+                what: "template key",
+            })?;
+            if spec.root != KeyRoot::Provincial {
+                return Err(Error::FailedPrecondition {
+                    reason: "only keys with a provincial root are generated by the province",
+                });
+            }
+            let alg = spec.hsm_algorithm();
+            let wrapped = self
+                .hsm
+                .generate_key(HsmKeySpec {
+                    algorithm: alg,
+                    usage: KeyUsage::CardDerivation,
+                    exportability: hierarchy_exportability(spec),
+                })
+                .await?;
+            self.store_new_version(
+                caller,
+                template.id(),
+                key_name,
+                Level::Province,
+                PROVINCE,
+                alg,
+                wrapped,
+            )
+            .await
+        })
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn store_new_version(
+        &self,
+        caller: &Identity,
+        template_id: &str,
+        key_name: &str,
+        level: Level,
+        region: &str,
+        alg: Algorithm,
+        wrapped: hsm_sim::hsm::WrappedKey,
+    ) -> Result<KeyRecord> {
+        let prefix = records::key_prefix(template_id, key_name, level, region);
+        let (method, kcv) = kcv_hex(&wrapped.kcv);
+        let mut record = KeyRecord {
+            template_id: template_id.to_owned(),
+            key_name: key_name.to_owned(),
+            level,
+            region: region.to_owned(),
+            version: 0,
+            algorithm: alg.name().to_owned(),
+            token: wrapped.token.as_str().to_owned(),
+            kcv_method: method,
+            kcv,
+            active: true,
+            created_ms: 0,
+        };
+        let actor = caller.to_string();
+        self.store
+            .write(move |tx| {
+                let existing: Vec<(String, KeyRecord)> = tx.scan(Table::Keys, &prefix)?;
+                record.version = existing.iter().map(|(_, r)| r.version).max().unwrap_or(0) + 1;
+                record.created_ms = tx.now_ms();
+                for (id, mut old) in existing {
+                    if old.active {
+                        old.active = false;
+                        tx.put(Table::Keys, &id, &old)?;
+                    }
+                }
+                tx.put(Table::Keys, &record.id(), &record)?;
+                tx.audit(AuditEvent::ok(
+                    actor,
+                    "store-root-key",
+                    format!(
+                        "{} v{} KCV {} {}",
+                        record.id(),
+                        record.version,
+                        record.kcv_method,
+                        record.kcv
+                    ),
+                ));
+                Ok(record)
+            })
+            .await
+    }
+
+    /// Derives the provincial and city keys of every key of a template from its active roots.
+    /// Keys already derived for a root version are left as they are.
+    pub async fn derive_hierarchy(
+        &self,
+        caller: &Identity,
+        template_id: &str,
+    ) -> Result<Vec<KeyRecord>> {
+        let subject = format!("template {template_id}");
+        self.audited(caller, Operation::Administer, &subject, async {
+            authz::authorize(caller, Operation::Administer)?;
+            let template = self.template(template_id)?;
+            let province = Region::lookup(PROVINCE)?;
+            let f1 = Factor::province(PROVINCE)?;
+            // Nothing is written until every key is derived: one view serves the whole walk.
+            let snap = self.store.snapshot()?;
+            let mut new = Vec::new();
+            for spec in template.keys() {
+                let national =
+                    active_key(&snap, template.id(), &spec.name, Level::National, NATIONAL)?;
+                let provincial =
+                    active_key(&snap, template.id(), &spec.name, Level::Province, PROVINCE)?;
+                // The provincial key of the newest national root, derived if not yet held.
+                let provincial = match (national, provincial) {
+                    (Some(n), p) if p.as_ref().is_none_or(|p| p.version < n.version) => {
+                        let r = self
+                            .derive_level(&n, spec, &f1, Level::Province, PROVINCE)
+                            .await?;
+                        new.push(r.clone());
+                        r
+                    }
+                    (_, Some(p)) => p,
+                    _ => continue,
+                };
+                for city in province.cities() {
+                    let id = records::key_id(
+                        template.id(),
+                        &spec.name,
+                        Level::City,
+                        city.code,
+                        provincial.version,
+                    );
+                    if snap.get::<KeyRecord>(Table::Keys, &id)?.is_some() {
+                        continue;
+                    }
+                    let f2 = Factor::city(city.code)?;
+                    new.push(
+                        self.derive_level(&provincial, spec, &f2, Level::City, city.code)
+                            .await?,
+                    );
+                }
+            }
+            let actor = caller.to_string();
+            let records = new.clone();
+            let summary = format!("template {}: {} keys derived", template.id(), new.len());
+            self.store
+                .write(move |tx| {
+                    let now = tx.now_ms();
+                    for mut r in records {
+                        // The new version becomes the active one of its (key, level, region).
+                        let prefix =
+                            records::key_prefix(&r.template_id, &r.key_name, r.level, &r.region);
+                        for (id, mut old) in tx.scan::<KeyRecord>(Table::Keys, &prefix)? {
+                            if old.active && old.version < r.version {
+                                old.active = false;
+                                tx.put(Table::Keys, &id, &old)?;
+                            }
+                        }
+                        r.created_ms = now;
+                        tx.put(Table::Keys, &r.id(), &r)?;
+                    }
+                    tx.audit(AuditEvent::ok(actor, "derive-hierarchy", summary));
+                    Ok(())
+                })
+                .await?;
+            Ok(new)
+        })
+        .await
+    }
+
+    /// The key one level below `parent` for `spec`: D(parent, factor), recorded at `level` and
+    /// `region` with the parent's root version.
+    async fn derive_level(
+        &self,
+        parent: &KeyRecord,
+        spec: &KeySpec,
+        factor: &Factor,
+        level: Level,
+        region: &str,
+    ) -> Result<KeyRecord> {
+        let child = self
+            .hsm
+            .derive_key(
+                &token(&parent.token),
+                spec.dispersion,
+                std::slice::from_ref(factor),
+                KeyUsage::CardDerivation,
+                hierarchy_exportability(spec),
+            )
+            .await?;
+        let (method, kcv) = kcv_hex(&child.kcv);
+        Ok(KeyRecord {
+            template_id: parent.template_id.clone(),
+            key_name: parent.key_name.clone(),
+            level,
+            region: region.to_owned(),
+            version: parent.version,
+            algorithm: parent.algorithm.clone(),
+            token: child.token.as_str().to_owned(),
+            kcv_method: method,
+            kcv,
+            active: true,
+            created_ms: 0,
+        })
+    }
+
+    /// A blank-card vendor transport key of a template, from components.
+    pub async fn import_vendor_transport_key(
+        &self,
+        caller: &Identity,
+        template_id: &str,
+        components: Vec<ComponentInput>,
+    ) -> Result<KeyRecord> {
+        let subject = format!("{template_id} vendor transport key");
+        self.audited(caller, Operation::Administer, &subject, async {
+            authz::authorize(caller, Operation::Administer)?;
+            let template = self.template(template_id)?;
+            let alg = template.algorithm().algorithm();
+            let components = to_components(alg, components)?;
+            let wrapped = self
+                .hsm
+                .form_key(
+                    HsmKeySpec {
+                        algorithm: alg,
+                        usage: KeyUsage::CardKey,
+                        exportability: Exportability::NonExportable,
+                    },
+                    components,
+                )
+                .await?;
+            self.store_new_version(
+                caller,
+                template.id(),
+                records::VENDOR_TRANSPORT,
+                Level::Province,
+                PROVINCE,
+                alg,
+                wrapped,
+            )
+            .await
+        })
+        .await
+    }
+
+    /// Registers a station or a PSAM line with its transport key (a KBPK formed from components).
+    pub async fn register_endpoint(
+        &self,
+        caller: &Identity,
+        kind: EndpointKind,
+        name: &str,
+        region: &str,
+        transport_family: &str,
+        components: Vec<ComponentInput>,
+    ) -> Result<Endpoint> {
+        let subject = format!("{} {name} in {region}", kind.name());
+        self.audited(caller, Operation::Administer, &subject, async {
+            authz::authorize(caller, Operation::Administer)?;
+            // The name must be one a certificate can carry.
+            let role = match kind {
+                EndpointKind::Station => crate::access::identity::Role::Station,
+                EndpointKind::PsamLine => crate::access::identity::Role::PsamLine,
+            };
+            Identity::new(role, Some(region), name)?;
+            let region = Region::lookup_field("region", region)?;
+            if !matches!(transport_family, "tdes" | "aes") {
+                return Err(Error::InvalidArgument {
+                    field: "transport_algorithm",
+                    reason: "tdes (TR-31 version B) or aes (version D)",
+                });
+            }
+            let first_len = components
+                .first()
+                .map(|c| c.hex.chars().filter(|c| !c.is_whitespace()).count() / 2)
+                .unwrap_or(0);
+            let alg = Algorithm::from_family_and_len(transport_family, first_len)?;
+            let components = to_components(alg, components)?;
+            let wrapped = self
+                .hsm
+                .form_key(
+                    HsmKeySpec {
+                        algorithm: alg,
+                        usage: KeyUsage::KeyBlockProtection,
+                        exportability: Exportability::NonExportable,
+                    },
+                    components,
+                )
+                .await?;
+            let (method, kcv) = kcv_hex(&wrapped.kcv);
+            let endpoint = Endpoint {
+                kind,
+                name: name.to_owned(),
+                region: region.code.to_owned(),
+                transport_token: wrapped.token.as_str().to_owned(),
+                transport_algorithm: alg.name().to_owned(),
+                transport_kcv: kcv,
+                transport_kcv_method: method,
+                created_ms: 0,
+            };
+            let actor = caller.to_string();
+            self.store
+                .write(move |tx| {
+                    let mut endpoint = endpoint;
+                    endpoint.created_ms = tx.now_ms();
+                    let id = records::endpoint_id(endpoint.kind, &endpoint.name);
+                    let replaced = tx.get::<Endpoint>(Table::Endpoints, &id)?.is_some();
+                    tx.put(Table::Endpoints, &id, &endpoint)?;
+                    tx.audit(AuditEvent::ok(
+                        actor,
+                        "register-endpoint",
+                        format!(
+                            "{id} region {} transport {} KCV {} {}{}",
+                            endpoint.region,
+                            endpoint.transport_algorithm,
+                            endpoint.transport_kcv_method,
+                            endpoint.transport_kcv,
+                            if replaced {
+                                " (replaces the previous key)"
+                            } else {
+                                ""
+                            }
+                        ),
+                    ));
+                    Ok(endpoint)
+                })
+                .await
+        })
+        .await
+    }
+
+    /// The key records of a template (tokens and KCVs, never values).
+    pub async fn list_keys(&self, caller: &Identity, template_id: &str) -> Result<Vec<KeyRecord>> {
+        let subject = format!("template {template_id}");
+        self.audited(caller, Operation::Administer, &subject, async {
+            authz::authorize(caller, Operation::Administer)?;
+            let keys: Vec<(String, KeyRecord)> = self
+                .store
+                .snapshot()?
+                .scan(Table::Keys, &format!("{template_id}/"))?;
+            Ok(keys.into_iter().map(|(_, r)| r).collect())
+        })
+        .await
+    }
+
+    /// What the service and its HSM say about themselves.
+    pub async fn status(&self, caller: &Identity) -> Result<Status> {
+        self.audited(caller, Operation::GetStatus, "service status", async {
+            authz::authorize(caller, Operation::GetStatus)?;
+            let hsm = self.hsm.status().await?;
+            let mut templates: Vec<String> = self
+                .templates
+                .read()
+                .map_err(|_| Error::Store)?
+                .keys()
+                .cloned()
+                .collect();
+            templates.sort();
+            Ok(Status {
+                hsm_state: match hsm.state {
+                    hsm_sim::hsm::HsmState::Uninitialised => "uninitialised",
+                    hsm_sim::hsm::HsmState::Sealed => "sealed",
+                    hsm_sim::hsm::HsmState::Operational => "operational",
+                    hsm_sim::hsm::HsmState::SelfTestFailed => "self-test-failed",
+                }
+                .to_owned(),
+                hsm_is_secure: self.hsm.is_secure(),
+                hsm_dangerous_test_lmk: hsm.dangerous_test_lmk,
+                audit_records: self.store.snapshot()?.audit_len()?,
+                templates,
+            })
+        })
+        .await
+    }
+}
+
+/// Hierarchy keys of issuer-only template keys (card MKs, STKs) never leave the HSM under a
+/// transport key; the others may go to PSAM lines.
+fn hierarchy_exportability(spec: &KeySpec) -> Exportability {
+    if spec.psam_allowed && !spec.is_issuer_only() {
+        Exportability::Exportable
+    } else {
+        Exportability::NonExportable
+    }
+}
+
+fn to_components(alg: Algorithm, inputs: Vec<ComponentInput>) -> Result<Vec<Component>> {
+    let method = KcvMethod::default_for(alg);
+    inputs
+        .into_iter()
+        .map(|c| {
+            let value = hex::decode(c.kcv_hex.trim()).map_err(|_| Error::InvalidArgument {
+                field: "components.kcv_hex",
+                reason: "not hex",
+            })?;
+            Ok(Component::new(c.hex, Kcv::from_parts(method, value)))
+        })
+        .collect()
+}

@@ -1,0 +1,195 @@
+//! PSAM production lines: registering PSAMs and their key sets at the level each key's usage
+//! byte states.
+
+use hsm_sim::Algorithm;
+use hsm_sim::hsm::Hsm;
+
+use crate::access::authz::{self, Operation};
+use crate::access::identity::Identity;
+use crate::card::region::{self, Region};
+use crate::error::{Error, Result};
+use crate::state::audit::AuditEvent;
+use crate::state::records::{EndpointKind, Level, NATIONAL, Psam};
+use crate::state::store::Table;
+
+use super::{Delivered, DeliveredForm, Kms, active_key, block_version, check_wrappable, token};
+
+/// A PSAM key set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PsamKeySet {
+    pub serial: String,
+    pub keys: Vec<Delivered>,
+    pub omitted: Vec<(String, &'static str)>,
+}
+
+impl<H: Hsm> Kms<H> {
+    // ------------------------------------------------------------------ PSAM lines
+
+    /// Registers a batch of PSAMs for the calling line.
+    pub async fn register_psams(
+        &self,
+        caller: &Identity,
+        serials: Vec<String>,
+        region: &str,
+        template_id: &str,
+    ) -> Result<u32> {
+        let subject = format!("{} PSAMs for {region}", serials.len());
+        self.audited(caller, Operation::RegisterPsams, &subject, async {
+            authz::authorize(caller, Operation::RegisterPsams)?;
+            let target = region::Region::lookup_field("region", region)?;
+            authz::authorize_region(caller, target.code)?;
+            self.template(template_id)?;
+            Self::endpoint(&self.store.snapshot()?, EndpointKind::PsamLine, caller)?;
+            if serials.is_empty() || serials.len() > 10_000 {
+                return Err(Error::InvalidArgument {
+                    field: "serials",
+                    reason: "between 1 and 10000 serials per batch",
+                });
+            }
+            for s in &serials {
+                if s.is_empty() || s.len() > 32 || !s.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                    return Err(Error::InvalidArgument {
+                        field: "serials",
+                        reason: "a serial is 1..=32 of [0-9A-Za-z]",
+                    });
+                }
+            }
+            let line = caller.name().to_owned();
+            let region = target.code.to_owned();
+            let template_id = template_id.to_owned();
+            let actor = caller.to_string();
+            let count = u32::try_from(serials.len()).unwrap_or(u32::MAX);
+            self.store
+                .write(move |tx| {
+                    let mut seen = std::collections::HashSet::new();
+                    for s in &serials {
+                        if !seen.insert(s.as_str()) || tx.get::<Psam>(Table::Psams, s)?.is_some() {
+                            return Err(Error::AlreadyExists {
+                                what: "PSAM serial",
+                            });
+                        }
+                    }
+                    let now = tx.now_ms();
+                    for s in &serials {
+                        let psam = Psam {
+                            serial: s.clone(),
+                            line: line.clone(),
+                            region: region.clone(),
+                            template_id: template_id.clone(),
+                            releases: 0,
+                            created_ms: now,
+                        };
+                        tx.put(Table::Psams, s, &psam)?;
+                    }
+                    tx.audit(AuditEvent::ok(
+                        actor,
+                        Operation::RegisterPsams.name(),
+                        format!(
+                            "{} PSAMs for {region}, template {template_id}",
+                            serials.len()
+                        ),
+                    ));
+                    Ok(count)
+                })
+                .await
+        })
+        .await
+    }
+
+    /// The key set of one registered PSAM, each key at its usage byte's level.
+    pub async fn psam_key_set(&self, caller: &Identity, serial: &str) -> Result<PsamKeySet> {
+        let subject = format!("PSAM {serial}");
+        self.audited(caller, Operation::GetPsamKeySet, &subject, async {
+            authz::authorize(caller, Operation::GetPsamKeySet)?;
+            let snap = self.store.snapshot()?;
+            let psam: Psam = snap
+                .get(Table::Psams, serial)?
+                .ok_or(Error::NotFound { what: "PSAM" })?;
+            if psam.line != caller.name() {
+                return Err(Error::PermissionDenied {
+                    reason: "the PSAM was registered by another line",
+                });
+            }
+            authz::authorize_region(caller, &psam.region)?;
+            let line = Self::endpoint(&snap, EndpointKind::PsamLine, caller)?;
+            let template = self.template(&psam.template_id)?;
+            let kbpk = token(&line.transport_token);
+            let version = block_version(Algorithm::from_name(&line.transport_algorithm)?)?;
+            let psam_region = Region::lookup_field("region", &psam.region)?;
+            let mut keys = Vec::new();
+            let mut omitted = Vec::new();
+            for pk in template.psam_keys() {
+                if !pk.key.psam_allowed || pk.key.is_issuer_only() {
+                    continue;
+                }
+                let (level, region) = match pk.level() {
+                    Level::City if psam_region.is_city() => (Level::City, psam_region.code),
+                    Level::City => {
+                        omitted.push((pk.key.name.clone(), "a city-level key needs a city PSAM"));
+                        continue;
+                    }
+                    Level::Province => (Level::Province, psam_region.province().code),
+                    Level::National => (Level::National, NATIONAL),
+                    Level::Card => continue,
+                };
+                let Some(record) = active_key(&snap, template.id(), &pk.key.name, level, region)?
+                else {
+                    omitted.push((
+                        pk.key.name.clone(),
+                        if level == Level::National {
+                            "the province does not hold this national key"
+                        } else {
+                            "the key hierarchy is not derived"
+                        },
+                    ));
+                    continue;
+                };
+                check_wrappable(version, pk.key.hsm_algorithm())?;
+                let exported = self
+                    .hsm
+                    .export_key(&kbpk, &token(&record.token), version)
+                    .await?;
+                keys.push(Delivered {
+                    key_name: pk.key.name.clone(),
+                    directory: pk.key.directory.clone(),
+                    key_id: pk.key.key_id,
+                    key_version: pk.key.key_version,
+                    algorithm: pk.key.hsm_algorithm(),
+                    kcv: exported.kcv,
+                    level,
+                    root_version: record.version,
+                    form: DeliveredForm::Tr31(exported.block),
+                    psam_usage: Some(pk.usage.byte()),
+                });
+            }
+            let serial_owned = serial.to_owned();
+            let actor = caller.to_string();
+            let summary = keys
+                .iter()
+                .map(|d| format!("{}:{}:v{}:{}", d.key_name, d.level, d.root_version, d.kcv))
+                .collect::<Vec<_>>()
+                .join(",");
+            self.store
+                .write(move |tx| {
+                    let mut psam: Psam = tx
+                        .get(Table::Psams, &serial_owned)?
+                        .ok_or(Error::NotFound { what: "PSAM" })?;
+                    psam.releases += 1;
+                    tx.put(Table::Psams, &serial_owned, &psam)?;
+                    tx.audit(AuditEvent::ok(
+                        actor,
+                        Operation::GetPsamKeySet.name(),
+                        format!("PSAM {serial_owned} keys {summary}"),
+                    ));
+                    Ok(())
+                })
+                .await?;
+            Ok(PsamKeySet {
+                serial: serial.to_owned(),
+                keys,
+                omitted,
+            })
+        })
+        .await
+    }
+}

@@ -1,0 +1,194 @@
+//! City registrars: registering, accepting, blacklisting and reading cards.
+
+use hsm_sim::hsm::Hsm;
+
+use crate::access::authz::{self, Operation};
+use crate::access::identity::Identity;
+use crate::card::identifiers::CardIdentifier;
+use crate::error::{Error, Result};
+use crate::state::audit::AuditEvent;
+use crate::state::records::{Card, CardStatus};
+use crate::state::store::Table;
+
+use super::{CardRequest, Kms, mask_card_identifier, masked_subject};
+
+impl<H: Hsm> Kms<H> {
+    // ------------------------------------------------------------------ registry
+
+    /// Registers a card for review (notice N4): identifiers valid, unique.
+    pub async fn register_card(
+        &self,
+        caller: &Identity,
+        card: CardRequest,
+        template_id: &str,
+    ) -> Result<Card> {
+        let subject = masked_subject(&card);
+        self.audited(caller, Operation::RegisterCard, &subject, async {
+            authz::authorize(caller, Operation::RegisterCard)?;
+            let checked = card.check(false)?;
+            let region = checked.id.region();
+            authz::authorize_region(caller, region.code)?;
+            if !region.is_city() {
+                return Err(Error::InvalidArgument {
+                    field: "card_identifier",
+                    reason: "the issuing region must be a city",
+                });
+            }
+            self.template(template_id)?;
+            let record = Card {
+                card_identifier: checked.id.as_str().to_owned(),
+                card_number: checked.number.as_str().to_owned(),
+                social_security_number: checked.ssn.as_str().to_owned(),
+                region: region.code.to_owned(),
+                template_id: template_id.to_owned(),
+                status: CardStatus::Registered,
+                blacklist_reason: None,
+                atr: None,
+                issued_root_versions: Default::default(),
+                created_ms: 0,
+            };
+            let actor = caller.to_string();
+            self.store
+                .write(move |tx| {
+                    let mut record = record;
+                    if tx
+                        .get::<Card>(Table::Cards, &record.card_identifier)?
+                        .is_some()
+                    {
+                        return Err(Error::AlreadyExists {
+                            what: "card identifier",
+                        });
+                    }
+                    if tx
+                        .get::<String>(Table::CardNumbers, &record.card_number)?
+                        .is_some()
+                    {
+                        return Err(Error::AlreadyExists {
+                            what: "card number",
+                        });
+                    }
+                    if let Some(other) = tx.get::<String>(
+                        Table::SocialSecurityNumbers,
+                        &record.social_security_number,
+                    )? {
+                        let live = tx
+                            .get::<Card>(Table::Cards, &other)?
+                            .is_some_and(|c| c.status != CardStatus::Blacklisted);
+                        if live {
+                            return Err(Error::AlreadyExists {
+                                what: "a live card for this social security number",
+                            });
+                        }
+                    }
+                    record.created_ms = tx.now_ms();
+                    tx.put(Table::Cards, &record.card_identifier, &record)?;
+                    tx.put(
+                        Table::CardNumbers,
+                        &record.card_number,
+                        &record.card_identifier,
+                    )?;
+                    tx.put(
+                        Table::SocialSecurityNumbers,
+                        &record.social_security_number,
+                        &record.card_identifier,
+                    )?;
+                    tx.audit(AuditEvent::ok(
+                        actor,
+                        Operation::RegisterCard.name(),
+                        format!("card {}", mask_card_identifier(&record.card_identifier)),
+                    ));
+                    Ok(record)
+                })
+                .await
+        })
+        .await
+    }
+
+    /// Accepts a registered card after review.
+    pub async fn accept_card(&self, caller: &Identity, card_identifier: &str) -> Result<Card> {
+        self.change_card(
+            caller,
+            Operation::AcceptCard,
+            card_identifier,
+            |card| match card.status {
+                CardStatus::Registered | CardStatus::Accepted => {
+                    card.status = CardStatus::Accepted;
+                    Ok(())
+                }
+                CardStatus::Blacklisted => Err(Error::FailedPrecondition {
+                    reason: "the card is blacklisted",
+                }),
+            },
+        )
+        .await
+    }
+
+    /// Blacklists a card (notice N5): no key of it is ever released again.
+    pub async fn blacklist_card(
+        &self,
+        caller: &Identity,
+        card_identifier: &str,
+        reason: &str,
+    ) -> Result<Card> {
+        let reason = reason.chars().take(200).collect::<String>();
+        self.change_card(
+            caller,
+            Operation::BlacklistCard,
+            card_identifier,
+            move |card| {
+                card.status = CardStatus::Blacklisted;
+                card.blacklist_reason = Some(reason);
+                Ok(())
+            },
+        )
+        .await
+    }
+
+    /// A card's record, for its registrar.
+    pub async fn get_card(&self, caller: &Identity, card_identifier: &str) -> Result<Card> {
+        let subject = format!("card {}", mask_card_identifier(card_identifier));
+        self.audited(caller, Operation::GetCard, &subject, async {
+            authz::authorize(caller, Operation::GetCard)?;
+            let id = CardIdentifier::parse_field("card_identifier", card_identifier)?;
+            authz::authorize_region(caller, id.region().code)?;
+            self.store
+                .snapshot()?
+                .get(Table::Cards, id.as_str())?
+                .ok_or(Error::NotFound { what: "card" })
+        })
+        .await
+    }
+
+    async fn change_card(
+        &self,
+        caller: &Identity,
+        op: Operation,
+        card_identifier: &str,
+        change: impl FnOnce(&mut Card) -> Result<()> + Send + 'static,
+    ) -> Result<Card> {
+        let subject = format!("card {}", mask_card_identifier(card_identifier));
+        self.audited(caller, op, &subject, async {
+            authz::authorize(caller, op)?;
+            let id = CardIdentifier::parse_field("card_identifier", card_identifier)?;
+            authz::authorize_region(caller, id.region().code)?;
+            let key = id.as_str().to_owned();
+            let actor = caller.to_string();
+            self.store
+                .write(move |tx| {
+                    let mut card: Card = tx
+                        .get(Table::Cards, &key)?
+                        .ok_or(Error::NotFound { what: "card" })?;
+                    change(&mut card)?;
+                    tx.put(Table::Cards, &key, &card)?;
+                    tx.audit(AuditEvent::ok(
+                        actor,
+                        op.name(),
+                        format!("card {} now {:?}", mask_card_identifier(&key), card.status),
+                    ));
+                    Ok(card)
+                })
+                .await
+        })
+        .await
+    }
+}

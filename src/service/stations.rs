@@ -1,0 +1,439 @@
+//! Card personalisation stations: a card's keys as TR-31 blocks or secure-messaging WRITE KEY
+//! commands, and blank-card initialisation.
+
+use hsm_sim::Algorithm;
+use hsm_sim::factor::Factor;
+use hsm_sim::hsm::{Exportability, Hsm, KeyToken, KeyUsage, WriteKeyRequest};
+use hsm_sim::kcv::Kcv;
+use hsm_sim::mac::MacFold;
+
+use crate::access::authz::{self, Operation};
+use crate::access::identity::Identity;
+use crate::card::identifiers::Atr;
+use crate::card::template::{KeySpec, Protector, Template};
+use crate::error::{Error, Result};
+use crate::state::audit::AuditEvent;
+use crate::state::records::{self, Card, CardStatus, EndpointKind, KeyRecord, Level};
+use crate::state::store::{Snapshot, Table};
+
+use super::{
+    CardRequest, CheckedCard, Kms, PROVINCE, WRITE_KEY_CLA, WRITE_KEY_INS, active_key,
+    block_version, check_wrappable, mask_card_identifier, masked_subject, token,
+};
+
+/// How a station wants its keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// TR-31 blocks of these keys (all keys of the template when empty).
+    Tr31 { key_names: Vec<String> },
+    /// Secure-messaging WRITE KEY commands, one per (key name, card challenge).
+    SecureMessaging { challenges: Vec<(String, Vec<u8>)> },
+}
+
+/// One delivered key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    pub key_name: String,
+    pub directory: String,
+    pub key_id: u8,
+    pub key_version: u8,
+    pub algorithm: Algorithm,
+    pub kcv: Kcv,
+    pub level: Level,
+    pub root_version: u32,
+    pub form: DeliveredForm,
+    pub psam_usage: Option<u8>,
+}
+
+/// The form a key was delivered in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveredForm {
+    Tr31(String),
+    WriteKeyApdu(Vec<u8>),
+}
+
+impl<H: Hsm> Kms<H> {
+    // ------------------------------------------------------------------ stations
+
+    /// The keys of one card for a station.
+    pub async fn inject_card_keys(
+        &self,
+        caller: &Identity,
+        card: CardRequest,
+        template_id: &str,
+        delivery: Delivery,
+    ) -> Result<Vec<Delivered>> {
+        let subject = masked_subject(&card);
+        self.audited(caller, Operation::InjectCardKeys, &subject, async {
+            authz::authorize(caller, Operation::InjectCardKeys)?;
+            let checked = card.check(true)?;
+            let region = checked.id.region();
+            authz::authorize_region(caller, region.code)?;
+            let template = self.template(template_id)?;
+            // One consistent view of the state for the whole request.
+            let snap = self.store.snapshot()?;
+            let station = Self::endpoint(&snap, EndpointKind::Station, caller)?;
+            let record = Self::releasable_card(&snap, &checked, template.id())?;
+            let atr = checked.atr.as_ref().ok_or(Error::InvalidArgument {
+                field: "atr",
+                reason: "required",
+            })?;
+            let factor = atr.card_factor();
+
+            let mut delivered = Vec::new();
+            let mut versions = record.issued_root_versions.clone();
+            match delivery {
+                Delivery::Tr31 { key_names } => {
+                    let kbpk = token(&station.transport_token);
+                    let version =
+                        block_version(Algorithm::from_name(&station.transport_algorithm)?)?;
+                    let specs = select_keys(&template, &key_names)?;
+                    for spec in &specs {
+                        check_wrappable(version, spec.hsm_algorithm())?;
+                    }
+                    for spec in specs {
+                        let (card_key, root_version) = self
+                            .card_key(&snap, &template, spec, &record, &factor, &mut versions)
+                            .await?;
+                        let exported = self.hsm.export_key(&kbpk, &card_key, version).await?;
+                        delivered.push(Delivered {
+                            key_name: spec.name.clone(),
+                            directory: spec.directory.clone(),
+                            key_id: spec.key_id,
+                            key_version: spec.key_version,
+                            algorithm: spec.hsm_algorithm(),
+                            kcv: exported.kcv,
+                            level: Level::Card,
+                            root_version,
+                            form: DeliveredForm::Tr31(exported.block),
+                            psam_usage: None,
+                        });
+                    }
+                }
+                Delivery::SecureMessaging { challenges } => {
+                    if challenges.is_empty() {
+                        return Err(Error::InvalidArgument {
+                            field: "challenges",
+                            reason: "at least one key and card challenge is needed",
+                        });
+                    }
+                    for (name, challenge) in challenges {
+                        let spec = template.key(&name).ok_or(Error::NotFound {
+                            what: "template key",
+                        })?;
+                        let d = self
+                            .write_key(
+                                &snap,
+                                &template,
+                                spec,
+                                &record,
+                                &factor,
+                                &mut versions,
+                                challenge,
+                            )
+                            .await?;
+                        delivered.push(d);
+                    }
+                }
+            }
+            self.record_release(
+                caller,
+                Operation::InjectCardKeys,
+                &record,
+                atr,
+                versions,
+                &delivered,
+            )
+            .await?;
+            Ok(delivered)
+        })
+        .await
+    }
+
+    /// The WRITE KEY that replaces a blank card's vendor transport key by its master key.
+    pub async fn initialise_blank_card(
+        &self,
+        caller: &Identity,
+        card: CardRequest,
+        template_id: &str,
+        challenge: Vec<u8>,
+    ) -> Result<Delivered> {
+        let subject = masked_subject(&card);
+        self.audited(caller, Operation::InitialiseBlankCard, &subject, async {
+            authz::authorize(caller, Operation::InitialiseBlankCard)?;
+            let checked = card.check(true)?;
+            authz::authorize_region(caller, checked.id.region().code)?;
+            let template = self.template(template_id)?;
+            let snap = self.store.snapshot()?;
+            Self::endpoint(&snap, EndpointKind::Station, caller)?;
+            let record = Self::releasable_card(&snap, &checked, template.id())?;
+            let atr = checked.atr.as_ref().ok_or(Error::InvalidArgument {
+                field: "atr",
+                reason: "required",
+            })?;
+            let spec = template
+                .keys()
+                .iter()
+                .find(|k| k.protected_by == Protector::VendorTransport)
+                .ok_or(Error::FailedPrecondition {
+                    reason: "the template has no key written under the vendor transport key",
+                })?;
+            let mut versions = record.issued_root_versions.clone();
+            let d = self
+                .write_key(
+                    &snap,
+                    &template,
+                    spec,
+                    &record,
+                    &atr.card_factor(),
+                    &mut versions,
+                    challenge,
+                )
+                .await?;
+            self.record_release(
+                caller,
+                Operation::InitialiseBlankCard,
+                &record,
+                atr,
+                versions,
+                std::slice::from_ref(&d),
+            )
+            .await?;
+            Ok(d)
+        })
+        .await
+    }
+
+    /// The card's record, if its keys may be released: registered with the same data and
+    /// template, accepted, not blacklisted, and (after a first release) the same ATR.
+    fn releasable_card(snap: &Snapshot, checked: &CheckedCard, template_id: &str) -> Result<Card> {
+        let card: Card = snap
+            .get(Table::Cards, checked.id.as_str())?
+            .ok_or(Error::NotFound { what: "card" })?;
+        check_releasable(&card, checked, template_id)?;
+        Ok(card)
+    }
+
+    /// The root version a card uses for `spec`: the one recorded at its first release, or the
+    /// active one.
+    fn root_version(
+        snap: &Snapshot,
+        template: &Template,
+        spec: &KeySpec,
+        card: &Card,
+        versions: &mut std::collections::BTreeMap<String, u32>,
+    ) -> Result<u32> {
+        if let Some(v) = versions.get(&spec.name) {
+            return Ok(*v);
+        }
+        let active = active_key(snap, template.id(), &spec.name, Level::City, &card.region)?
+            .ok_or(Error::FailedPrecondition {
+                reason: "the key hierarchy of this template is not derived for the card's city",
+            })?;
+        versions.insert(spec.name.clone(), active.version);
+        Ok(active.version)
+    }
+
+    /// Derives the card key of `spec` in the HSM: D(K_city, F3).
+    async fn card_key(
+        &self,
+        snap: &Snapshot,
+        template: &Template,
+        spec: &KeySpec,
+        card: &Card,
+        factor: &Factor,
+        versions: &mut std::collections::BTreeMap<String, u32>,
+    ) -> Result<(KeyToken, u32)> {
+        let version = Self::root_version(snap, template, spec, card, versions)?;
+        let city: KeyRecord = snap
+            .get(
+                Table::Keys,
+                &records::key_id(
+                    template.id(),
+                    &spec.name,
+                    Level::City,
+                    &card.region,
+                    version,
+                ),
+            )?
+            .ok_or(Error::FailedPrecondition {
+                reason: "the card's key version is no longer held",
+            })?;
+        let child = self
+            .hsm
+            .derive_key(
+                &token(&city.token),
+                spec.dispersion,
+                std::slice::from_ref(factor),
+                KeyUsage::CardKey,
+                Exportability::Exportable,
+            )
+            .await?;
+        Ok((child.token, version))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn write_key(
+        &self,
+        snap: &Snapshot,
+        template: &Template,
+        spec: &KeySpec,
+        card: &Card,
+        factor: &Factor,
+        versions: &mut std::collections::BTreeMap<String, u32>,
+        challenge: Vec<u8>,
+    ) -> Result<Delivered> {
+        let (key, root_version) = self
+            .card_key(snap, template, spec, card, factor, versions)
+            .await?;
+        let protect = match &spec.protected_by {
+            Protector::VendorTransport => {
+                let vendor = active_key(
+                    snap,
+                    template.id(),
+                    records::VENDOR_TRANSPORT,
+                    Level::Province,
+                    PROVINCE,
+                )?
+                .ok_or(Error::FailedPrecondition {
+                    reason: "no vendor transport key is loaded for this template",
+                })?;
+                token(&vendor.token)
+            }
+            Protector::Key(name) => {
+                let protector = template.key(name).ok_or(Error::NotFound {
+                    what: "protecting key",
+                })?;
+                self.card_key(snap, template, protector, card, factor, versions)
+                    .await?
+                    .0
+            }
+        };
+        let command = self
+            .hsm
+            .write_key_command(WriteKeyRequest {
+                key,
+                protect,
+                cla: WRITE_KEY_CLA,
+                ins: WRITE_KEY_INS,
+                p1: spec.key_id,
+                p2: 0x00,
+                key_header: template.card_key_header(spec),
+                challenge,
+                fold: MacFold::Xor4,
+            })
+            .await?;
+        Ok(Delivered {
+            key_name: spec.name.clone(),
+            directory: spec.directory.clone(),
+            key_id: spec.key_id,
+            key_version: spec.key_version,
+            algorithm: spec.hsm_algorithm(),
+            kcv: command.kcv,
+            level: Level::Card,
+            root_version,
+            form: DeliveredForm::WriteKeyApdu(command.apdu),
+            psam_usage: None,
+        })
+    }
+
+    /// Records a release: the ATR and root versions on first release, and the audit record —
+    /// after re-checking, inside the write, that the card is still releasable.
+    async fn record_release(
+        &self,
+        caller: &Identity,
+        op: Operation,
+        card: &Card,
+        atr: &Atr,
+        versions: std::collections::BTreeMap<String, u32>,
+        delivered: &[Delivered],
+    ) -> Result<()> {
+        let id = card.card_identifier.clone();
+        let template_id = card.template_id.clone();
+        let atr_hex = atr.to_hex();
+        let actor = caller.to_string();
+        let subject = format!(
+            "card {} keys {}",
+            mask_card_identifier(&id),
+            delivered
+                .iter()
+                .map(|d| format!("{}:v{}:{}", d.key_name, d.root_version, d.kcv))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        self.store
+            .write(move |tx| {
+                let mut card: Card = tx
+                    .get(Table::Cards, &id)?
+                    .ok_or(Error::NotFound { what: "card" })?;
+                if card.status != CardStatus::Accepted || card.template_id != template_id {
+                    return Err(Error::FailedPrecondition {
+                        reason: "the card changed state during the request",
+                    });
+                }
+                match &card.atr {
+                    Some(a) if *a != atr_hex => {
+                        return Err(Error::FailedPrecondition {
+                            reason: "the ATR differs from the one this card's keys were released for",
+                        });
+                    }
+                    _ => {}
+                }
+                card.atr = Some(atr_hex);
+                for (k, v) in versions {
+                    card.issued_root_versions.entry(k).or_insert(v);
+                }
+                tx.put(Table::Cards, &id, &card)?;
+                tx.audit(AuditEvent::ok(actor, op.name(), subject));
+                Ok(())
+            })
+            .await
+    }
+}
+
+fn select_keys<'t>(template: &'t Template, names: &[String]) -> Result<Vec<&'t KeySpec>> {
+    if names.is_empty() {
+        return Ok(template.write_order().collect());
+    }
+    names
+        .iter()
+        .map(|n| {
+            template.key(n).ok_or(Error::NotFound {
+                what: "template key",
+            })
+        })
+        .collect()
+}
+
+fn check_releasable(card: &Card, checked: &CheckedCard, template_id: &str) -> Result<()> {
+    if card.card_number != checked.number.as_str()
+        || card.social_security_number != checked.ssn.as_str()
+    {
+        return Err(Error::FailedPrecondition {
+            reason: "the card's data does not match the registry",
+        });
+    }
+    if card.template_id != template_id {
+        return Err(Error::FailedPrecondition {
+            reason: "the card was registered with another template",
+        });
+    }
+    match card.status {
+        CardStatus::Blacklisted => Err(Error::FailedPrecondition {
+            reason: "the card is blacklisted",
+        }),
+        CardStatus::Registered => Err(Error::FailedPrecondition {
+            reason: "the card's data has not been reviewed and accepted",
+        }),
+        CardStatus::Accepted => Ok(()),
+    }?;
+    // After a first release, only the same chip (ATR) gets keys; checked again in the write.
+    match (&card.atr, &checked.atr) {
+        (Some(released), Some(atr)) if *released != atr.to_hex() => {
+            Err(Error::FailedPrecondition {
+                reason: "the ATR differs from the one this card's keys were released for",
+            })
+        }
+        _ => Ok(()),
+    }
+}
