@@ -295,11 +295,35 @@ impl<H: Hsm> Kms<H> {
         subject: &str,
         op: impl Future<Output = Result<T>>,
     ) -> Result<T> {
+        let started = std::time::Instant::now();
         let result = op.await;
-        if let Err(e) = &result {
-            let event = AuditEvent::denied(caller.to_string(), operation.name(), subject, e);
-            if let Err(audit_err) = self.store.audit(vec![event]).await {
-                tracing::error!(error = %audit_err, "could not audit a refusal");
+        // One structured line per request (target `sscard_kms::request`): the operation, the
+        // caller, the masked subject, the outcome and the time taken. Subjects are masked by
+        // their callers; errors carry no key material.
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        match &result {
+            Ok(_) => tracing::info!(
+                target: "sscard_kms::request",
+                operation = operation.name(),
+                caller = %caller,
+                subject,
+                outcome = "ok",
+                micros,
+            ),
+            Err(e) => {
+                tracing::info!(
+                    target: "sscard_kms::request",
+                    operation = operation.name(),
+                    caller = %caller,
+                    subject,
+                    outcome = "refused",
+                    reason = %e,
+                    micros,
+                );
+                let event = AuditEvent::denied(caller.to_string(), operation.name(), subject, e);
+                if let Err(audit_err) = self.store.audit(vec![event]).await {
+                    tracing::error!(error = %audit_err, "could not audit a refusal");
+                }
             }
         }
         result
