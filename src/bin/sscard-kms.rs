@@ -36,6 +36,13 @@ enum Command {
         /// Where the store, the HSM state and the dev PKI live.
         #[arg(long, default_value = "./kms-data")]
         data_dir: PathBuf,
+        /// Where Prometheus metrics are served (plain HTTP, `GET /metrics`); port 0 picks a free
+        /// one, printed at start.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        metrics_listen: SocketAddr,
+        /// Serve no metrics.
+        #[arg(long)]
+        no_metrics: bool,
     },
     /// Serve a real deployment from its configuration file (see `sscard_kms::server::config`).
     Serve {
@@ -93,14 +100,26 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         let shutdown = shutdown_signal();
         match cli.command {
-            Command::Dev { listen, data_dir } => {
-                let listener = tokio::net::TcpListener::bind(listen)
-                    .await
-                    .map_err(|source| sscard_kms::Error::File {
-                        path: PathBuf::from(listen.to_string()),
-                        source,
-                    })?;
-                sscard_kms::dev::run(listener, &data_dir, shutdown).await
+            Command::Dev {
+                listen,
+                data_dir,
+                metrics_listen,
+                no_metrics,
+            } => {
+                let bind = |addr: SocketAddr| async move {
+                    tokio::net::TcpListener::bind(addr).await.map_err(|source| {
+                        sscard_kms::Error::File {
+                            path: PathBuf::from(addr.to_string()),
+                            source,
+                        }
+                    })
+                };
+                let listener = bind(listen).await?;
+                let metrics = match no_metrics {
+                    true => None,
+                    false => Some(bind(metrics_listen).await?),
+                };
+                sscard_kms::dev::run(listener, metrics, &data_dir, shutdown).await
             }
             Command::Serve { config } => {
                 let config = sscard_kms::server::config::Config::load(&config)?;

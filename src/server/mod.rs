@@ -19,12 +19,14 @@ use crate::proto::kms::v1 as pb;
 use crate::service::Kms;
 
 mod convert;
+mod instrument;
 mod officers;
 mod psam_lines;
 mod registrars;
 mod stations;
 mod status;
 
+pub use instrument::serve_metrics;
 use status::status;
 pub use status::to_status;
 
@@ -40,6 +42,7 @@ pub async fn serve<H: Hsm>(
     tls: ServerTlsConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
+    let metrics = instrument::MetricsLayer::new(Arc::clone(kms.metrics()));
     let api = Api { kms };
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -64,6 +67,7 @@ pub async fn serve<H: Hsm>(
             what: "server",
             reason: "invalid TLS configuration",
         })?
+        .layer(metrics)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -116,6 +120,46 @@ fn caller<T>(request: &Request<T>) -> Result<Identity, Status> {
     Identity::from_san_uris(&uris).map_err(|e| to_status(&e))
 }
 
+/// Serves the API on `listener` and, when given, the metrics on `metrics` until `shutdown`.
+pub async fn serve_all<H: Hsm>(
+    kms: Arc<Kms<H>>,
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    tls: ServerTlsConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics = metrics.map(|listener| {
+        tokio::spawn(serve_metrics(Arc::clone(&kms), listener, async {
+            let _ = stopped.await;
+        }))
+    });
+    let served = serve(kms, listener, tls, shutdown).await;
+    drop(stop);
+    if let Some(task) = metrics {
+        match task.await {
+            Ok(result) => result?,
+            Err(_) => return Err(Error::Store),
+        }
+    }
+    served
+}
+
+/// Binds the metrics listener of a configuration, if it names one, and says where it is.
+async fn bind_metrics(addr: Option<std::net::SocketAddr>) -> Result<Option<TcpListener>> {
+    let Some(addr) = addr else { return Ok(None) };
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::File {
+            path: std::path::PathBuf::from(addr.to_string()),
+            source,
+        })?;
+    if let Ok(bound) = listener.local_addr() {
+        println!("metrics on http://{bound}/metrics");
+    }
+    Ok(Some(listener))
+}
+
 /// Runs a configured deployment until `shutdown`: TLS from files (a client CA is required), the
 /// HSM in-process or remote, the store under the data directory.
 pub async fn run_configured(
@@ -141,6 +185,7 @@ pub async fn run_configured(
         source,
     })?;
     tracing::info!(listen = %addr, data = %config.data_dir.display(), "starting");
+    let metrics = bind_metrics(config.metrics_listen).await?;
     // One line on stdout once the store and the HSM are open and the port is bound, for
     // supervisors and tests (`listen = "127.0.0.1:0"` works).
     let ready = || println!("listening on {addr}");
@@ -154,7 +199,7 @@ pub async fn run_configured(
             )?);
             let kms = Kms::open(hsm, &store_dir).await?;
             ready();
-            serve(kms, listener, tls, shutdown).await
+            serve_all(kms, listener, metrics, tls, shutdown).await
         }
         HsmConfig::Remote {
             endpoint,
@@ -181,7 +226,7 @@ pub async fn run_configured(
             );
             let kms = Kms::open(hsm, &store_dir).await?;
             ready();
-            serve(kms, listener, tls, shutdown).await
+            serve_all(kms, listener, metrics, tls, shutdown).await
         }
     }
 }

@@ -19,6 +19,7 @@ use crate::access::identity::Identity;
 use crate::card::identifiers::{Atr, CardIdentifier, CardNumber, SocialSecurityNumber};
 use crate::card::template::Template;
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::state::audit::AuditEvent;
 use crate::state::records::{self, Endpoint, EndpointKind, KeyRecord, Level, StoredTemplate};
 use crate::state::store::{Sealer, Snapshot, Store, Table};
@@ -124,6 +125,7 @@ pub struct Kms<H: Hsm> {
     templates: RwLock<HashMap<String, Arc<Template>>>,
     /// Seals the audit chain; holds the audit key's token once it exists.
     sealer: Arc<HsmSealer<H>>,
+    metrics: Arc<Metrics>,
 }
 
 impl<H: Hsm> std::fmt::Debug for Kms<H> {
@@ -173,11 +175,13 @@ impl<H: Hsm> Kms<H> {
             runtime: tokio::runtime::Handle::current(),
         });
         let store = Store::open(store_dir, Arc::clone(&sealer) as Arc<dyn Sealer>)?;
+        let metrics = Metrics::new(store.metrics());
         let kms = Kms {
             hsm,
             store,
             templates: RwLock::new(HashMap::new()),
             sealer,
+            metrics,
         };
         kms.reload_templates()?;
         match kms.ensure_audit_key().await {
@@ -238,6 +242,21 @@ impl<H: Hsm> Kms<H> {
     /// The HSM this service uses.
     pub fn hsm(&self) -> &Arc<H> {
         &self.hsm
+    }
+
+    /// This instance's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Every metric in the Prometheus text format, the HSM's state read now.
+    pub async fn scrape(&self) -> String {
+        match self.hsm.status().await {
+            Ok(status) => self.metrics.set_hsm_state(hsm_state_name(status.state)),
+            // Unreachable (a remote HSM down): no state is current.
+            Err(_) => self.metrics.set_hsm_state(""),
+        }
+        self.metrics.encode()
     }
 
     /// The store.
@@ -369,4 +388,15 @@ pub fn mask_card_identifier(id: &str) -> String {
 
 fn masked_subject(card: &CardRequest) -> String {
     format!("card {}", mask_card_identifier(&card.card_identifier))
+}
+
+/// The name of an HSM state, as status calls and metrics report it.
+fn hsm_state_name(state: hsm_sim::hsm::HsmState) -> &'static str {
+    use hsm_sim::hsm::HsmState;
+    match state {
+        HsmState::Uninitialised => "uninitialised",
+        HsmState::Sealed => "sealed",
+        HsmState::Operational => "operational",
+        HsmState::SelfTestFailed => "self-test-failed",
+    }
 }

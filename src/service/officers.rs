@@ -20,7 +20,7 @@ use crate::state::records::{
 };
 use crate::state::store::Table;
 
-use super::{Kms, PROVINCE, active_key, kcv_hex, token};
+use super::{Kms, PROVINCE, active_key, hsm_state_name, kcv_hex, token};
 
 /// A clear component as an officer typed it, with its KCV from paper (hex).
 #[derive(Debug)]
@@ -523,13 +523,7 @@ impl<H: Hsm> Kms<H> {
                 .collect();
             templates.sort();
             Ok(Status {
-                hsm_state: match hsm.state {
-                    hsm_sim::hsm::HsmState::Uninitialised => "uninitialised",
-                    hsm_sim::hsm::HsmState::Sealed => "sealed",
-                    hsm_sim::hsm::HsmState::Operational => "operational",
-                    hsm_sim::hsm::HsmState::SelfTestFailed => "self-test-failed",
-                }
-                .to_owned(),
+                hsm_state: hsm_state_name(hsm.state).to_owned(),
                 hsm_is_secure: self.hsm.is_secure(),
                 hsm_dangerous_test_lmk: hsm.dangerous_test_lmk,
                 audit_records: self.store.snapshot()?.audit_len()?,

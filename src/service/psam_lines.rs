@@ -8,6 +8,7 @@ use crate::access::authz::{self, Operation};
 use crate::access::identity::Identity;
 use crate::card::region::{self, Region};
 use crate::error::{Error, Result};
+use crate::metrics::ReleaseLabels;
 use crate::state::audit::AuditEvent;
 use crate::state::records::{EndpointKind, Level, NATIONAL, Psam};
 use crate::state::store::Table;
@@ -184,6 +185,13 @@ impl<H: Hsm> Kms<H> {
                     Ok(())
                 })
                 .await?;
+            self.metrics
+                .keys_released
+                .get_or_create(&ReleaseLabels {
+                    form: "tr31-psam",
+                    template: template.id().to_owned(),
+                })
+                .inc_by(keys.len() as u64);
             Ok(PsamKeySet {
                 serial: serial.to_owned(),
                 keys,

@@ -12,6 +12,7 @@ use crate::access::identity::Identity;
 use crate::card::identifiers::Atr;
 use crate::card::template::{KeySpec, Protector, Template};
 use crate::error::{Error, Result};
+use crate::metrics::ReleaseLabels;
 use crate::state::audit::AuditEvent;
 use crate::state::records::{self, Card, CardStatus, EndpointKind, KeyRecord, Level};
 use crate::state::store::{Snapshot, Table};
@@ -387,7 +388,21 @@ impl<H: Hsm> Kms<H> {
                 tx.audit(AuditEvent::ok(actor, op.name(), subject));
                 Ok(())
             })
-            .await
+            .await?;
+        for d in delivered {
+            let form = match d.form {
+                DeliveredForm::Tr31(_) => "tr31",
+                DeliveredForm::WriteKeyApdu(_) => "secure-messaging",
+            };
+            self.metrics
+                .keys_released
+                .get_or_create(&ReleaseLabels {
+                    form,
+                    template: card.template_id.clone(),
+                })
+                .inc();
+        }
+        Ok(())
     }
 }
 
