@@ -8,8 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use hsm_sim::hsm::Hsm;
-use hsm_sim::{Algorithm, SecretKey};
+use hsm_api::{Algorithm, Hsm};
+use hsm_sim::SecretKey;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 

@@ -7,9 +7,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use hsm_sim::Algorithm;
-use hsm_sim::hsm::Hsm;
-use hsm_sim::kcv::{Kcv, KcvMethod};
+use hsm_api::{Algorithm, Hsm, Kcv, KcvMethod};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::ServerTlsConfig;
@@ -130,8 +128,8 @@ pub fn to_status(e: &Error) -> Status {
     Status::new(code, message)
 }
 
-fn hsm_status(e: &hsm_sim::Error) -> Status {
-    use hsm_sim::Error as H;
+fn hsm_status(e: &hsm_api::Error) -> Status {
+    use hsm_api::Error as H;
     use tonic::Code;
     let code = match e {
         H::Sealed | H::Uninitialised | H::SelfTestFailed(_) | H::SelfTest(_) => {

@@ -9,14 +9,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
 
-use hsm_sim::factor::Factor;
-use hsm_sim::hsm::{
-    Component, Exportability, Hsm, KeySpec as HsmKeySpec, KeyToken, KeyUsage, WriteKeyRequest,
+use hsm_api::{
+    Algorithm, Component, Error as HsmError, Exportability, Factor, Hsm, Kcv, KcvMethod,
+    KeyBlockVersion, KeySpec as HsmKeySpec, KeyToken, KeyUsage, MacFold, WriteKeyRequest,
 };
-use hsm_sim::kcv::{Kcv, KcvMethod};
-use hsm_sim::mac::MacFold;
-use hsm_sim::tr31::KeyBlockVersion;
-use hsm_sim::{Algorithm, Error as HsmError};
 use zeroize::Zeroizing;
 
 use crate::audit::AuditEvent;
@@ -297,10 +293,10 @@ impl<H: Hsm> Kms<H> {
         &self,
         caller: &Identity,
         share: Zeroizing<String>,
-    ) -> Result<hsm_sim::hsm::UnsealProgress> {
+    ) -> Result<hsm_api::UnsealProgress> {
         self.audited(caller, Operation::Administer, "unseal-hsm", async {
             authz::authorize(caller, Operation::Administer)?;
-            let progress = self.hsm.unseal(hsm_sim::hsm::LmkShare::new(share)).await?;
+            let progress = self.hsm.unseal(hsm_api::LmkShare::new(share)).await?;
             if progress.unsealed {
                 self.ensure_audit_key().await?;
             }
@@ -1233,7 +1229,7 @@ impl<H: Hsm> Kms<H> {
         level: Level,
         region: &str,
         alg: Algorithm,
-        wrapped: hsm_sim::hsm::WrappedKey,
+        wrapped: hsm_api::WrappedKey,
     ) -> Result<KeyRecord> {
         let prefix = records::key_prefix(template_id, key_name, level, region);
         let (method, kcv) = kcv_hex(&wrapped.kcv);
@@ -1546,10 +1542,10 @@ impl<H: Hsm> Kms<H> {
             templates.sort();
             Ok(Status {
                 hsm_state: match hsm.state {
-                    hsm_sim::hsm::HsmState::Uninitialised => "uninitialised",
-                    hsm_sim::hsm::HsmState::Sealed => "sealed",
-                    hsm_sim::hsm::HsmState::Operational => "operational",
-                    hsm_sim::hsm::HsmState::SelfTestFailed => "self-test-failed",
+                    hsm_api::HsmState::Uninitialised => "uninitialised",
+                    hsm_api::HsmState::Sealed => "sealed",
+                    hsm_api::HsmState::Operational => "operational",
+                    hsm_api::HsmState::SelfTestFailed => "self-test-failed",
                 }
                 .to_owned(),
                 hsm_is_secure: self.hsm.is_secure(),

@@ -1,9 +1,9 @@
 //! Card key delivery to the demo Guangzhou station, in both forms (DOMAIN.md §5), checked
 //! against keys computed independently from the published test keys.
 
-use hsm_sim::Algorithm;
+use hsm_api::{Algorithm, KeyBlockVersion};
 use hsm_sim::kcv;
-use hsm_sim::tr31::{self, KeyBlockAlgorithm, KeyBlockVersion};
+use hsm_sim::tr31::{self, KeyBlockAlgorithm};
 use sscard_kms::proto::kms::v1 as pb;
 use sscard_kms::proto::kms::v1::delivered_key::Form;
 use sscard_kms::template::{KeyLevel, KeySpec, Protector};

@@ -1,9 +1,9 @@
 //! Key versions and rotation: a new root gives new keys to new cards and never silently replaces
 //! the keys of cards already issued.
 
-use hsm_sim::diversify::{Dispersion, diversify_chain};
-use hsm_sim::factor::Factor;
-use hsm_sim::{Algorithm, SecretKey};
+use hsm_api::{Algorithm, Dispersion, Factor};
+use hsm_sim::SecretKey;
+use hsm_sim::diversify::diversify_chain;
 use sscard_kms::proto::kms::v1 as pb;
 
 use crate::common::chain::{atr, card_number, published, ssn};

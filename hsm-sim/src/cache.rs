@@ -21,10 +21,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use hsm_api::{Error, KeyToken, Result};
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Result};
-use crate::hsm::KeyToken;
 use crate::lmk::TokenKey;
 
 /// SHA-256 of a token's text.
@@ -135,9 +134,10 @@ fn evict_least_recent(entries: &mut HashMap<TokenDigest, Entry>, n: usize) {
 
 #[cfg(test)]
 mod tests {
+    use hsm_api::{Algorithm, Exportability, KeyUsage};
+
     use super::*;
-    use crate::hsm::{Exportability, KeyUsage};
-    use crate::key::{Algorithm, SecretKey};
+    use crate::key::SecretKey;
 
     fn entry(byte: u8) -> (TokenDigest, Arc<TokenKey>) {
         let token = KeyToken::from_stored(format!("token-{byte}"));

@@ -1,104 +1,27 @@
-//! Key check values: the short, public fingerprint custodians compare against paper.
+//! Key check values computed under a clear key: [`compute`], [`compute_default`], and the check
+//! of a KCV against a key ([`KcvCheck::matches`]). The values themselves ([`Kcv`], with their
+//! [`KcvMethod`] and length) are plain data of `hsm_api`.
 //!
-//! A KCV is meaningless without its method and length, so [`Kcv`] carries both.
-//!
-//! | method | input | default length |
-//! |---|---|---|
-//! | [`KcvMethod::EncryptZeros`] (ANSI X9.24-1 legacy) | one block of zeros, ECB | DES/TDES 3, SM4 4, AES 3 |
-//! | [`KcvMethod::Cmac`] (X9.24-1:2017 annex A) | CMAC of one block of zeros | 5 |
+//! The methods and their default lengths are in [`KcvMethod`]'s table: a method encrypts, or
+//! CMACs, one block of zeros.
 
-use core::fmt;
-
+use hsm_api::{Error, Kcv, KcvMethod, Result};
 use subtle::ConstantTimeEq;
 
 use crate::cipher::BlockCipher;
-use crate::error::{Error, Result};
-use crate::key::{Algorithm, SecretKey};
+use crate::key::SecretKey;
 
-/// How a KCV is computed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum KcvMethod {
-    /// Encrypt one all-zero block (the legacy DES/TDES method; used for SM4 too).
-    EncryptZeros,
-    /// CMAC over one all-zero block (the AES method of X9.24-1:2017; also defined for TDES).
-    Cmac,
-}
-
-impl KcvMethod {
-    /// The method a key of `alg` is checked with unless someone asks otherwise.
-    pub const fn default_for(alg: Algorithm) -> KcvMethod {
-        if alg.is_aes() {
-            KcvMethod::Cmac
-        } else {
-            KcvMethod::EncryptZeros
-        }
-    }
-
-    /// The conventional length for this method and algorithm.
-    pub const fn default_len(self, alg: Algorithm) -> usize {
-        match (self, alg) {
-            (KcvMethod::Cmac, _) => 5,
-            (KcvMethod::EncryptZeros, Algorithm::Sm4) => 4,
-            (KcvMethod::EncryptZeros, _) => 3,
-        }
-    }
-
-    /// `legacy` or `cmac`.
-    pub const fn name(self) -> &'static str {
-        match self {
-            KcvMethod::EncryptZeros => "legacy",
-            KcvMethod::Cmac => "cmac",
-        }
-    }
-
-    /// Parses `legacy` (alias `zeros`) or `cmac`.
-    pub fn from_name(name: &str) -> Option<KcvMethod> {
-        match name.to_ascii_lowercase().as_str() {
-            "legacy" | "zeros" | "encrypt-zeros" => Some(KcvMethod::EncryptZeros),
-            "cmac" => Some(KcvMethod::Cmac),
-            _ => None,
-        }
-    }
-}
-
-/// A key check value with the method that produced it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Kcv {
-    method: KcvMethod,
-    value: Vec<u8>,
-}
-
-impl Kcv {
-    /// A KCV read from elsewhere (paper, a key block, a record), to compare against.
-    pub fn from_parts(method: KcvMethod, value: Vec<u8>) -> Kcv {
-        Kcv { method, value }
-    }
-
-    /// The method.
-    pub fn method(&self) -> KcvMethod {
-        self.method
-    }
-
-    /// The check bytes; their number is the KCV's length.
-    pub fn value(&self) -> &[u8] {
-        &self.value
-    }
-
-    /// Upper-case hex of the check bytes.
-    pub fn to_hex(&self) -> String {
-        hex::encode_upper(&self.value)
-    }
-
+/// The check of a [`Kcv`] against a clear key. It needs the cipher, so it lives with the
+/// simulator's crypto, not with the plain [`Kcv`] of `hsm_api`.
+pub trait KcvCheck {
     /// Whether `key` has this check value (same method and length), compared in constant time.
-    pub fn matches(&self, key: &SecretKey) -> Result<bool> {
-        let actual = compute(key, self.method, self.value.len())?;
-        Ok(actual.value.ct_eq(&self.value).into())
-    }
+    fn matches(&self, key: &SecretKey) -> Result<bool>;
 }
 
-impl fmt::Display for Kcv {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
+impl KcvCheck for Kcv {
+    fn matches(&self, key: &SecretKey) -> Result<bool> {
+        let actual = compute(key, self.method(), self.value().len())?;
+        Ok(actual.value().ct_eq(self.value()).into())
     }
 }
 
@@ -115,10 +38,7 @@ pub fn compute(key: &SecretKey, method: KcvMethod, len: usize) -> Result<Kcv> {
         KcvMethod::Cmac => full = cipher.cmac(&full),
     }
     full.truncate(len);
-    Ok(Kcv {
-        method,
-        value: full,
-    })
+    Ok(Kcv::from_parts(method, full))
 }
 
 /// The KCV of `key` by its algorithm's default method and length.
@@ -129,6 +49,8 @@ pub fn compute_default(key: &SecretKey) -> Result<Kcv> {
 
 #[cfg(test)]
 mod tests {
+    use hsm_api::Algorithm;
+
     use super::*;
 
     #[test]

@@ -2,11 +2,11 @@
 //! key-block-protection key from its audit-MAC key. Each use names itself in `info`.
 
 use hkdf::Hkdf;
+use hsm_api::{Algorithm, Error, Result};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use crate::error::{Error, Result};
-use crate::key::{Algorithm, SecretKey};
+use crate::key::SecretKey;
 
 /// Derives a key of `alg` from input keying material `ikm` with HKDF-SHA256.
 pub fn hkdf_sha256(ikm: &SecretKey, salt: &[u8], info: &[u8], alg: Algorithm) -> Result<SecretKey> {

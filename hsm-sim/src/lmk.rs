@@ -33,16 +33,18 @@ use std::io::Write;
 use std::path::Path;
 
 use blahaj::{Share, Sharks};
+use hsm_api::{
+    Algorithm, Error, Exportability, IssuedShare, Kcv, KcvMethod, KeyBlockVersion, KeyToken,
+    KeyUsage, LmkShare, Result,
+};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::error::{Error, Result};
-use crate::hsm::{Exportability, IssuedShare, KeyToken, KeyUsage, LmkShare};
-use crate::kcv::{self, Kcv, KcvMethod};
+use crate::kcv;
 use crate::kdf;
-use crate::key::{Algorithm, SecretKey};
-use crate::tr31::{self, KeyBlockAlgorithm, KeyBlockHeader, KeyBlockVersion, ModeOfUse};
+use crate::key::SecretKey;
+use crate::tr31::{self, KeyBlockAlgorithm, KeyBlockHeader, ModeOfUse};
 
 /// The fixed, published test LMK: AES-256, the ASCII bytes of `SSCARD-KMS-TEST-LMK-DO-NOT-USE!!`.
 /// Anyone can unwrap tokens made under it; only for tests and demonstrations.

@@ -50,9 +50,8 @@
 //! # Example
 //!
 //! ```
-//! use hsm_sim::hsm::{Exportability, Hsm, KeySpec, KeyUsage};
+//! use hsm_api::{Algorithm, Exportability, Hsm, KeySpec, KeyUsage};
 //! use hsm_sim::local::{LocalHsm, LocalHsmConfig};
-//! use hsm_sim::Algorithm;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let runtime = tokio::runtime::Builder::new_current_thread().build()?;
@@ -72,7 +71,7 @@
 //!         hsm.unseal(issued.share).await?;
 //!     }
 //!     assert_eq!(hsm.kcv(&city.token).await?, city.kcv);
-//!     Ok::<_, hsm_sim::Error>(())
+//!     Ok::<_, hsm_api::Error>(())
 //! })?;
 //! # Ok(())
 //! # }
@@ -82,22 +81,21 @@ use core::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use hsm_api::{
+    Algorithm, Component, Dispersion, Error, Exportability, ExportedKey, Factor, Hsm, HsmState,
+    HsmStatus, Kcv, KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare,
+    MacFold, Result, UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest,
+};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::cache::{self, HotKeyCache};
-use crate::diversify::{self, Dispersion};
-use crate::error::{Error, Result};
-use crate::factor::Factor;
-use crate::hsm::{
-    Component, Exportability, ExportedKey, Hsm, HsmState, HsmStatus, KeySpec, KeyToken, KeyUsage,
-    LmkInit, LmkRotation, LmkShare, UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest,
-};
-use crate::kcv::{self, Kcv};
-use crate::key::{Algorithm, SecretKey, decode_secret_hex};
+use crate::diversify;
+use crate::kcv::{self, KcvCheck};
+use crate::key::{SecretKey, decode_secret_hex};
 use crate::lmk::{self, Lmk, LmkRecord, ParsedShare, TokenKey};
-use crate::mac::{self, MacFold};
-use crate::tr31::{self, KeyBlockHeader, KeyBlockVersion, ModeOfUse, OptionalBlock};
+use crate::mac;
+use crate::tr31::{self, KeyBlockHeader, ModeOfUse, OptionalBlock};
 
 pub use crate::lmk::{DANGEROUS_TEST_LMK_HEX, STATE_FILE};
 
@@ -891,8 +889,9 @@ const _: fn() = || {
 
 #[cfg(test)]
 mod tests {
+    use hsm_api::KcvMethod;
+
     use super::*;
-    use crate::kcv::KcvMethod;
 
     fn h(s: &str) -> Vec<u8> {
         hex::decode(s).unwrap()

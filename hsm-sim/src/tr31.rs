@@ -73,12 +73,11 @@
 //! # Example
 //!
 //! ```
+//! use hsm_api::{Algorithm, KeyBlockVersion};
 //! use hsm_sim::random::generate_key;
 //! use hsm_sim::tr31::{
-//!     self, Exportability, KeyBlockAlgorithm, KeyBlockHeader, KeyBlockVersion, ModeOfUse,
-//!     OptionalBlock,
+//!     self, Exportability, KeyBlockAlgorithm, KeyBlockHeader, ModeOfUse, OptionalBlock,
 //! };
-//! use hsm_sim::Algorithm;
 //!
 //! let kbpk = generate_key(Algorithm::Aes256)?;
 //! let key = generate_key(Algorithm::Tdes2)?;
@@ -98,16 +97,16 @@
 //! let (read, unwrapped) = tr31::unwrap(&kbpk, &block)?;
 //! assert_eq!(read, header);
 //! assert!(unwrapped == key);
-//! # Ok::<(), hsm_sim::Error>(())
+//! # Ok::<(), hsm_api::Error>(())
 //! ```
 
+use hsm_api::{Algorithm, Error, Kcv, KcvMethod, KeyBlockVersion, Result};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::cipher::BlockCipher;
-use crate::error::{Error, Result};
-use crate::kcv::{self, Kcv, KcvMethod};
-use crate::key::{Algorithm, SecretKey};
+use crate::kcv::{self, KcvCheck};
+use crate::key::SecretKey;
 use crate::random::random_bytes;
 
 /// Length of the fixed part of the header.
@@ -123,67 +122,23 @@ const MAX_LEGACY_KCV: usize = 3;
 /// Longest CMAC check value in a `KC`/`KP` block, in bytes.
 const MAX_CMAC_KCV: usize = 5;
 
-/// The key block version: which key protects the block and how.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum KeyBlockVersion {
-    /// `B`: TDES key derivation binding method; the KBPK is a 2- or 3-key TDES key.
-    B,
-    /// `D`: AES key derivation binding method; the KBPK is an AES key.
-    D,
+/// Refuses a KBPK of the wrong algorithm for `version`.
+fn check_kbpk(version: KeyBlockVersion, kbpk: &SecretKey) -> Result<()> {
+    let alg = kbpk.algorithm();
+    let ok = match version {
+        KeyBlockVersion::B => matches!(alg, Algorithm::Tdes2 | Algorithm::Tdes3),
+        KeyBlockVersion::D => alg.is_aes(),
+    };
+    if ok { Ok(()) } else { Err(kbpk_error(version)) }
 }
 
-impl KeyBlockVersion {
-    /// The version character.
-    pub const fn as_char(self) -> char {
-        match self {
-            KeyBlockVersion::B => 'B',
-            KeyBlockVersion::D => 'D',
-        }
-    }
-
-    /// Parses the version character; anything but `B` or `D` is [`Error::KeyBlockVersion`].
-    pub fn from_char(c: char) -> Result<KeyBlockVersion> {
-        match c {
-            'B' => Ok(KeyBlockVersion::B),
-            'D' => Ok(KeyBlockVersion::D),
-            other => Err(Error::KeyBlockVersion(other)),
-        }
-    }
-
-    /// Cipher block length of the version's KBPK algorithm, in bytes.
-    pub const fn block_len(self) -> usize {
-        match self {
-            KeyBlockVersion::B => 8,
-            KeyBlockVersion::D => 16,
-        }
-    }
-
-    /// Length of the block's MAC, in bytes.
-    pub const fn mac_len(self) -> usize {
-        match self {
-            KeyBlockVersion::B => 8,
-            KeyBlockVersion::D => 16,
-        }
-    }
-
-    /// Refuses a KBPK of the wrong algorithm for this version.
-    fn check_kbpk(self, kbpk: &SecretKey) -> Result<()> {
-        let alg = kbpk.algorithm();
-        let ok = match self {
-            KeyBlockVersion::B => matches!(alg, Algorithm::Tdes2 | Algorithm::Tdes3),
-            KeyBlockVersion::D => alg.is_aes(),
-        };
-        if ok { Ok(()) } else { Err(self.kbpk_error()) }
-    }
-
-    fn kbpk_error(self) -> Error {
-        Error::KeyBlockKbpk {
-            version: self.as_char(),
-            expected: match self {
-                KeyBlockVersion::B => "2- or 3-key TDES".into(),
-                KeyBlockVersion::D => "AES".into(),
-            },
-        }
+fn kbpk_error(version: KeyBlockVersion) -> Error {
+    Error::KeyBlockKbpk {
+        version: version.as_char(),
+        expected: match version {
+            KeyBlockVersion::B => "2- or 3-key TDES".into(),
+            KeyBlockVersion::D => "AES".into(),
+        },
     }
 }
 
@@ -611,7 +566,7 @@ pub(crate) fn wrap_with_padding(
     padding: &[u8],
 ) -> Result<String> {
     let version = header.version;
-    version.check_kbpk(kbpk)?;
+    check_kbpk(version, kbpk)?;
     header.validate()?;
     if header.algorithm != KeyBlockAlgorithm::of(key.algorithm()) {
         return Err(Error::KeyBlockHeader {
@@ -854,7 +809,7 @@ fn parse_optional_blocks(
 /// KBEK and KBAK of `kbpk` for a block of `version` (see the module docs); each has the KBPK's
 /// algorithm and length.
 fn derive_keys(kbpk: &SecretKey, version: KeyBlockVersion) -> Result<(SecretKey, SecretKey)> {
-    version.check_kbpk(kbpk)?;
+    check_kbpk(version, kbpk)?;
     let alg = kbpk.algorithm();
     // Algorithm indicator, derived key length in bits, number of CMAC calls.
     let (algorithm_indicator, bits, calls): (u16, u16, u8) = match alg {
@@ -863,7 +818,7 @@ fn derive_keys(kbpk: &SecretKey, version: KeyBlockVersion) -> Result<(SecretKey,
         Algorithm::Aes128 => (0x0002, 0x0080, 1),
         Algorithm::Aes192 => (0x0003, 0x00C0, 2),
         Algorithm::Aes256 => (0x0004, 0x0100, 2),
-        Algorithm::Des | Algorithm::Sm4 => return Err(version.kbpk_error()),
+        Algorithm::Des | Algorithm::Sm4 => return Err(kbpk_error(version)),
     };
     let cipher = BlockCipher::new(kbpk)?;
     let derive = |usage: u16| -> Result<SecretKey> {

@@ -6,9 +6,8 @@
 //! hand from DOMAIN.md §2 (`D(K, F) = E_K(F ‖ ~F)` in ECB, one cipher call per level) with the
 //! plain block cipher. The two must agree before anything is compared with the service.
 
-use hsm_sim::factor::Factor;
-use hsm_sim::mac::MacFold;
-use hsm_sim::{Algorithm, SecretKey};
+use hsm_api::{Algorithm, Factor, MacFold};
+use hsm_sim::SecretKey;
 use sscard_kms::dev::{TestKeys, test_keys};
 use sscard_kms::template::{KeyLevel, KeyRoot, KeySpec, Template};
 
