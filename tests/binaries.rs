@@ -14,8 +14,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hsm_sim::kcv;
-use hsm_sim::tr31;
+use hsm_sim::crypto::{kcv, tr31};
 use sscard_kms::identity::Identity;
 use sscard_kms::pki::DevPki;
 use sscard_kms::proto::kms::v1 as pb;

@@ -2,8 +2,7 @@
 //! states, unwrapped under the published line key and compared with the independent chain.
 
 use hsm_api::KeyBlockVersion;
-use hsm_sim::kcv;
-use hsm_sim::tr31;
+use hsm_sim::crypto::{kcv, tr31};
 use sscard_kms::proto::kms::v1 as pb;
 use sscard_kms::proto::kms::v1::delivered_key::Form;
 use sscard_kms::template::KeyLevel;

@@ -387,8 +387,8 @@ async fn a_tdes_transport_key_carries_no_sm4_keys() {
     );
     let component = |hex: &str| pb::Component {
         hex: hex.to_owned(),
-        kcv_hex: hsm_sim::kcv::compute_default(
-            &hsm_sim::SecretKey::from_hex(hsm_api::Algorithm::Tdes2, hex).unwrap(),
+        kcv_hex: hsm_sim::crypto::kcv::compute_default(
+            &hsm_sim::crypto::SecretKey::from_hex(hsm_api::Algorithm::Tdes2, hex).unwrap(),
         )
         .unwrap()
         .to_hex(),
@@ -420,8 +420,8 @@ async fn a_tdes_transport_key_carries_no_sm4_keys() {
         };
         assert!(block.starts_with('B'), "{}: {block}", k.key_name);
     }
-    let kbpk = hsm_sim::SecretKey::from_hex(hsm_api::Algorithm::Tdes2, key).unwrap();
-    let (header, _) = hsm_sim::tr31::unwrap(
+    let kbpk = hsm_sim::crypto::SecretKey::from_hex(hsm_api::Algorithm::Tdes2, key).unwrap();
+    let (header, _) = hsm_sim::crypto::tr31::unwrap(
         &kbpk,
         match &keys[0].form {
             Some(pb::delivered_key::Form::Tr31Block(b)) => b,

@@ -6,7 +6,7 @@
 //!   token of another LMK) has another digest and is unwrapped — and refused — as usual; only a
 //!   token that verified under the current LMK is ever inserted.
 //! - **Value**: the unwrapped key with its usage and exportability, behind an `Arc` (the
-//!   [`SecretKey`](crate::SecretKey) inside zeroizes when the last holder drops it).
+//!   [`SecretKey`](crate::crypto::SecretKey) inside zeroizes when the last holder drops it).
 //! - **Bounded, approximately LRU**: every hit stamps the entry with a global counter; when the
 //!   cache is full, the least recently used sixteenth of the entries (at least one) is evicted in
 //!   one pass, so eviction costs O(1) per insertion amortised and a hit needs only a read lock.
@@ -137,7 +137,7 @@ mod tests {
     use hsm_api::{Algorithm, Exportability, KeyUsage};
 
     use super::*;
-    use crate::key::SecretKey;
+    use crate::crypto::SecretKey;
 
     fn entry(byte: u8) -> (TokenDigest, Arc<TokenKey>) {
         let token = KeyToken::from_stored(format!("token-{byte}"));

@@ -90,12 +90,11 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::cache::{self, HotKeyCache};
-use crate::diversify;
-use crate::kcv::{self, KcvCheck};
-use crate::key::{SecretKey, decode_secret_hex};
+use crate::crypto::kcv::{self, KcvCheck};
+use crate::crypto::key::decode_secret_hex;
+use crate::crypto::tr31::{self, KeyBlockHeader, ModeOfUse, OptionalBlock};
+use crate::crypto::{SecretKey, diversify, mac};
 use crate::lmk::{self, Lmk, LmkRecord, ParsedShare, TokenKey};
-use crate::mac;
-use crate::tr31::{self, KeyBlockHeader, ModeOfUse, OptionalBlock};
 
 pub use crate::lmk::{DANGEROUS_TEST_LMK_HEX, STATE_FILE};
 
@@ -426,7 +425,7 @@ impl LocalHsm {
     fn generate_key_now(&self, spec: KeySpec) -> Result<WrappedKey> {
         self.with_lmk(|lmk| {
             check_algorithm(spec.usage, spec.algorithm)?;
-            let key = crate::random::generate_key(spec.algorithm)?;
+            let key = crate::crypto::random::generate_key(spec.algorithm)?;
             wrapped(lmk, &key, spec.usage, spec.exportability)
         })
     }
@@ -598,7 +597,7 @@ impl LocalHsm {
                     expected: "1 to 4096 bytes".into(),
                 });
             }
-            crate::random::random_bytes(len)
+            crate::crypto::random::random_bytes(len)
         })
     }
 
@@ -610,7 +609,7 @@ impl LocalHsm {
             "compute or verify an audit MAC",
             Caching::Keep,
         )?;
-        crate::cipher::cmac(&key.key, data)
+        crate::crypto::cipher::cmac(&key.key, data)
     }
 
     fn prepare_lmk_rotation_now(

@@ -7,12 +7,8 @@
 
 use hsm_api::{Algorithm, Dispersion, Error, Factor, MacFold, Result};
 
-use crate::cipher::{self, BlockCipher};
-use crate::diversify;
-use crate::kcv;
-use crate::kdf;
-use crate::key::SecretKey;
-use crate::mac;
+use crate::crypto::cipher::{self, BlockCipher};
+use crate::crypto::{SecretKey, diversify, kcv, kdf, mac};
 
 /// One known-answer check: a name for the report and a function that says whether it passed.
 pub(crate) struct Check {

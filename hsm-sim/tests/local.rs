@@ -9,10 +9,9 @@ use hsm_api::{
     Algorithm, Component, Dispersion, Error, Exportability, Factor, Hsm, HsmState, Kcv, KcvMethod,
     KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkShare, MacFold, WrappedKey, WriteKeyRequest,
 };
-use hsm_sim::SecretKey;
-use hsm_sim::kcv;
+use hsm_sim::crypto::tr31::{self, ModeOfUse};
+use hsm_sim::crypto::{SecretKey, kcv};
 use hsm_sim::local::{DANGEROUS_TEST_LMK_HEX, LocalHsm, LocalHsmConfig, STATE_FILE};
-use hsm_sim::tr31::{self, ModeOfUse};
 use zeroize::Zeroizing;
 
 /// A directory under the system's temporary directory, removed on drop.

@@ -23,8 +23,7 @@ use hsm_api::{
     Algorithm, Component, Dispersion, Error, Exportability, Factor, Hsm, HsmState, Kcv, KcvMethod,
     KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkShare, UnsealProgress,
 };
-use hsm_sim::SecretKey;
-use hsm_sim::kcv;
+use hsm_sim::crypto::{SecretKey, kcv};
 use hsm_sim::local::{LocalHsm, LocalHsmConfig};
 use hsm_sim::remote::proto::hsm_client::HsmClient;
 use hsm_sim::remote::{ClientTls, RemoteHsm, ServerTls, serve};

@@ -8,11 +8,7 @@ use std::fmt::Write as _;
 
 use clap::{Args, Subcommand, ValueEnum};
 use hsm_api::{Algorithm, Dispersion, Factor, KcvMethod, MacFold};
-use hsm_sim::SecretKey;
-use hsm_sim::diversify;
-use hsm_sim::kcv;
-use hsm_sim::mac;
-use hsm_sim::tr31;
+use hsm_sim::crypto::{SecretKey, diversify, kcv, mac, tr31};
 
 use crate::ceremony::input::SecretLines;
 use crate::error::{Error, Result};

@@ -16,8 +16,8 @@
 use hsm_api::{Dispersion, Factor, Result};
 use zeroize::Zeroizing;
 
-use crate::cipher::BlockCipher;
-use crate::key::SecretKey;
+use crate::crypto::SecretKey;
+use crate::crypto::cipher::BlockCipher;
 
 /// The child of `parent` for `factor` by `method`.
 pub fn diversify(parent: &SecretKey, method: Dispersion, factor: &Factor) -> Result<SecretKey> {
@@ -68,7 +68,7 @@ mod tests {
     use hsm_api::{Algorithm, Error};
 
     use super::*;
-    use crate::kcv;
+    use crate::crypto::kcv;
 
     fn tdes(hex: &str) -> SecretKey {
         SecretKey::from_hex(Algorithm::Tdes2, hex).unwrap()
@@ -107,7 +107,8 @@ mod tests {
     /// DOMAIN.md §2: every level of both worked chains, with the KCVs where published.
     #[test]
     fn published_chains() {
-        let v: Vectors = serde_json::from_str(include_str!("../tests/vectors/ssc.json")).unwrap();
+        let v: Vectors =
+            serde_json::from_str(include_str!("../../tests/vectors/ssc.json")).unwrap();
         assert_eq!(v.chains.len(), 2);
         for chain in v.chains {
             let alg = Algorithm::from_name(&chain.alg).unwrap();

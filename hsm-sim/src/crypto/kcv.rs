@@ -8,8 +8,8 @@
 use hsm_api::{Error, Kcv, KcvMethod, Result};
 use subtle::ConstantTimeEq;
 
-use crate::cipher::BlockCipher;
-use crate::key::SecretKey;
+use crate::crypto::SecretKey;
+use crate::crypto::cipher::BlockCipher;
 
 /// The check of a [`Kcv`] against a clear key. It needs the cipher, so it lives with the
 /// simulator's crypto, not with the plain [`Kcv`] of `hsm_api`.

@@ -11,7 +11,7 @@ use des::cipher::{
 };
 use hsm_api::{Algorithm, Error, Result};
 
-use crate::key::SecretKey;
+use crate::crypto::SecretKey;
 
 /// A keyed block cipher. The key schedule zeroizes on drop (RustCrypto `zeroize` feature).
 #[derive(Clone)]

@@ -74,8 +74,8 @@
 //!
 //! ```
 //! use hsm_api::{Algorithm, KeyBlockVersion};
-//! use hsm_sim::random::generate_key;
-//! use hsm_sim::tr31::{
+//! use hsm_sim::crypto::random::generate_key;
+//! use hsm_sim::crypto::tr31::{
 //!     self, Exportability, KeyBlockAlgorithm, KeyBlockHeader, ModeOfUse, OptionalBlock,
 //! };
 //!
@@ -104,10 +104,10 @@ use hsm_api::{Algorithm, Error, Kcv, KcvMethod, KeyBlockVersion, Result};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::cipher::BlockCipher;
-use crate::kcv::{self, KcvCheck};
-use crate::key::SecretKey;
-use crate::random::random_bytes;
+use crate::crypto::SecretKey;
+use crate::crypto::cipher::BlockCipher;
+use crate::crypto::kcv::{self, KcvCheck};
+use crate::crypto::random::random_bytes;
 
 /// Length of the fixed part of the header.
 const FIXED_HEADER_LEN: usize = 16;
@@ -964,7 +964,7 @@ fn ascii(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::random::generate_key;
+    use crate::crypto::random::generate_key;
 
     #[derive(serde::Deserialize)]
     struct Vectors {
@@ -992,7 +992,7 @@ mod tests {
     }
 
     fn vectors() -> Vectors {
-        serde_json::from_str(include_str!("../tests/vectors/tr31.json")).unwrap()
+        serde_json::from_str(include_str!("../../tests/vectors/tr31.json")).unwrap()
     }
 
     fn hex_key(alg: Algorithm, hex: &str) -> SecretKey {

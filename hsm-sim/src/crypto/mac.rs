@@ -18,8 +18,8 @@ use hsm_api::{Algorithm, Error, MacFold, Result};
 use retail_mac::{KeyInit, Mac, RetailMac};
 use zeroize::Zeroizing;
 
-use crate::cipher::BlockCipher;
-use crate::key::SecretKey;
+use crate::crypto::SecretKey;
+use crate::crypto::cipher::BlockCipher;
 
 /// Length of the MAC a card checks.
 pub const CARD_MAC_LEN: usize = 4;
@@ -160,7 +160,7 @@ mod tests {
     }
 
     fn vectors() -> Vectors {
-        serde_json::from_str(include_str!("../tests/vectors/ssc.json")).unwrap()
+        serde_json::from_str(include_str!("../../tests/vectors/ssc.json")).unwrap()
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use hsm_api::{Algorithm, Error, Result};
 use zeroize::Zeroizing;
 
-use crate::key::SecretKey;
+use crate::crypto::SecretKey;
 
 /// `len` bytes from the operating system's CSPRNG.
 pub fn random_bytes(len: usize) -> Result<Vec<u8>> {
