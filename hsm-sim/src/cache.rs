@@ -13,8 +13,8 @@
 //! - **Emptied** by the HSM on seal, tamper and LMK-rotation commit, while it holds its state
 //!   lock for writing, so no operation can put a key back behind it.
 //!
-//! Which keys are inserted is the HSM's choice (`local.rs`): keys that act on other keys or data;
-//! never the key being exported, written or derived, which is used once.
+//! Which keys are inserted is the HSM's choice (`local/keys.rs`): keys that act on other keys or
+//! data; never the key being exported, written or derived, which is used once.
 
 use core::fmt;
 use std::collections::HashMap;
