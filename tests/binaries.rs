@@ -14,8 +14,8 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hsm_sim::kcv;
-use hsm_sim::tr31;
+use hsm_sim::crypto::kcv;
+use hsm_sim::crypto::tr31;
 use sscard_kms::access::identity::Identity;
 use sscard_kms::access::pki::DevPki;
 use sscard_kms::access::tls::ClientTls;

@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use hsm_sim::hsm::Hsm;
+use hsm_api::Hsm;
 use tokio::net::TcpListener;
 use tonic::transport::ServerTlsConfig;
 use tonic::transport::server::TcpIncoming;

@@ -9,10 +9,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
 
-use hsm_sim::hsm::{Exportability, Hsm, KeySpec as HsmKeySpec, KeyToken, KeyUsage};
-use hsm_sim::kcv::Kcv;
-use hsm_sim::tr31::KeyBlockVersion;
-use hsm_sim::{Algorithm, Error as HsmError};
+use hsm_api::Kcv;
+use hsm_api::KeyBlockVersion;
+use hsm_api::{Algorithm, Error as HsmError};
+use hsm_api::{Exportability, Hsm, KeySpec as HsmKeySpec, KeyToken, KeyUsage};
 
 use crate::access::authz::Operation;
 use crate::access::identity::Identity;
@@ -391,8 +391,8 @@ fn masked_subject(card: &CardRequest) -> String {
 }
 
 /// The name of an HSM state, as status calls and metrics report it.
-fn hsm_state_name(state: hsm_sim::hsm::HsmState) -> &'static str {
-    use hsm_sim::hsm::HsmState;
+fn hsm_state_name(state: hsm_api::HsmState) -> &'static str {
+    use hsm_api::HsmState;
     match state {
         HsmState::Uninitialised => "uninitialised",
         HsmState::Sealed => "sealed",

@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use hsm_sim::Algorithm;
-use hsm_sim::factor::Factor;
-use hsm_sim::hsm::{Component, Exportability, Hsm, KeySpec as HsmKeySpec, KeyUsage};
-use hsm_sim::kcv::{Kcv, KcvMethod};
+use hsm_api::Algorithm;
+use hsm_api::Factor;
+use hsm_api::{Component, Exportability, Hsm, KeySpec as HsmKeySpec, KeyUsage};
+use hsm_api::{Kcv, KcvMethod};
 use zeroize::Zeroizing;
 
 use crate::access::authz::{self, Operation};
@@ -46,10 +46,10 @@ impl<H: Hsm> Kms<H> {
         &self,
         caller: &Identity,
         share: Zeroizing<String>,
-    ) -> Result<hsm_sim::hsm::UnsealProgress> {
+    ) -> Result<hsm_api::UnsealProgress> {
         self.audited(caller, Operation::Administer, "unseal-hsm", async {
             authz::authorize(caller, Operation::Administer)?;
-            let progress = self.hsm.unseal(hsm_sim::hsm::LmkShare::new(share)).await?;
+            let progress = self.hsm.unseal(hsm_api::LmkShare::new(share)).await?;
             if progress.unsealed {
                 self.ensure_audit_key().await?;
             }
@@ -211,7 +211,7 @@ impl<H: Hsm> Kms<H> {
         level: Level,
         region: &str,
         alg: Algorithm,
-        wrapped: hsm_sim::hsm::WrappedKey,
+        wrapped: hsm_api::WrappedKey,
     ) -> Result<KeyRecord> {
         let prefix = records::key_prefix(template_id, key_name, level, region);
         let (method, kcv) = kcv_hex(&wrapped.kcv);

@@ -1,11 +1,11 @@
 //! Card personalisation stations: a card's keys as TR-31 blocks or secure-messaging WRITE KEY
 //! commands, and blank-card initialisation.
 
-use hsm_sim::Algorithm;
-use hsm_sim::factor::Factor;
-use hsm_sim::hsm::{Exportability, Hsm, KeyToken, KeyUsage, WriteKeyRequest};
-use hsm_sim::kcv::Kcv;
-use hsm_sim::mac::MacFold;
+use hsm_api::Algorithm;
+use hsm_api::Factor;
+use hsm_api::Kcv;
+use hsm_api::MacFold;
+use hsm_api::{Exportability, Hsm, KeyToken, KeyUsage, WriteKeyRequest};
 
 use crate::access::authz::{self, Operation};
 use crate::access::identity::Identity;

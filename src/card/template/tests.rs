@@ -1,6 +1,6 @@
 //! Unit tests of the template parser, validation, write order and headers.
 
-use hsm_sim::Algorithm;
+use hsm_api::Algorithm;
 
 use super::*;
 
