@@ -35,7 +35,7 @@ struct KcvVector {
 }
 
 fn vectors() -> Vectors {
-    serde_json::from_str(include_str!("../../../tests/vectors/tr31.json")).unwrap()
+    serde_json::from_str(include_str!("../../../../tests/vectors/tr31.json")).unwrap()
 }
 
 fn hex_key(alg: Algorithm, hex: &str) -> SecretKey {
