@@ -6,9 +6,9 @@
 //! cargo run --release --example loadgen -- --data-dir ./kms-data --seconds 10
 //! ```
 //!
-//! It takes the CA and the station's and registrar's certificates from a `dev` data directory,
-//! registers and accepts the cards it needs (as the registrar of the station's city), then, in one
-//! run:
+//! It takes the CA and the station's, registrar's and reviewer's certificates from a `dev` data
+//! directory, registers the cards it needs (as the registrar of the station's city) and accepts
+//! them (as the provincial reviewer: acceptance is the province's), then, in one run:
 //!
 //! 1. the **transport ceiling**: gRPC health checks with the same connections and concurrency;
 //! 2. the **injections**: every key of a card per request, in the chosen form, cycling through
@@ -49,7 +49,8 @@ struct Args {
     /// The service.
     #[arg(long, default_value = "https://localhost:50051")]
     endpoint: String,
-    /// A `dev` data directory: `pki/ca.pem`, `pki/station.{pem,key}`, `pki/registrar.{pem,key}`.
+    /// A `dev` data directory: `pki/ca.pem`, `pki/station.{pem,key}`, `pki/registrar.{pem,key}`,
+    /// `pki/reviewer.{pem,key}`.
     #[arg(long, default_value = "./kms-data")]
     data_dir: PathBuf,
     /// TCP (HTTP/2) connections.
@@ -249,6 +250,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         stations.push(channel(&args.endpoint, &pki, "station").await?);
     }
     let registrar = channel(&args.endpoint, &pki, "registrar").await?;
+    let reviewer = channel(&args.endpoint, &pki, "reviewer").await?;
 
     // A pool of cards, registered and accepted first (or already, by an earlier run with the
     // same run id); requests cycle through it. A card's keys may be released again to the same
@@ -265,6 +267,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let card = cards.get(i).cloned();
             let template_id = template_id.clone();
             let mut client = RegistryServiceClient::new(registrar.clone());
+            let mut province = RegistryServiceClient::new(reviewer.clone());
             async move {
                 let card = card?.identity;
                 let registered = client
@@ -284,7 +287,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 if !fresh {
                     return Some(true);
                 }
-                let accepted = client
+                let accepted = province
                     .accept_card(pb::CardRef {
                         card_identifier: card.card_identifier,
                     })

@@ -91,6 +91,13 @@ pub enum Error {
     /// No shipped card template has this id.
     #[error("no card template {0:?}")]
     UnknownTemplate(String),
+    /// An applicant file that cannot be read (encoding, header, a row's fields), with the line:
+    /// refused whole, nothing of it reviewed or stored.
+    #[error(transparent)]
+    ApplicantFile(#[from] crate::registry::file::FileFault),
+    /// The service refused a call of a command-line client (the status's code and message).
+    #[error("{message}")]
+    Remote { code: tonic::Code, message: String },
     /// Reading standard input failed.
     #[error("reading standard input failed")]
     Stdin(#[source] std::io::Error),

@@ -28,6 +28,11 @@
 //!   KCVs) and the audit chain carry over; nothing is seeded again.
 //! - `audit_trail`: offline verification with every seal's MAC checked by the HSM; an edited
 //!   record, a re-hashed record and a re-hashed tail (seal heads moved) each caught.
+//! - `registry`: the province's review of applicant files — every legality rule and every
+//!   reason of a row, duplicates inside a batch and against the store, UTF-8 and GBK files,
+//!   cross-region and role refusals, unreadable files storing nothing, resubmission, a
+//!   provincial reviewer accepting a waivable row by hand; `registry_cli` the same through the
+//!   real `kms-ceremony registry` binary.
 //! - `leaks`: no clear key in any response, refusal, audit record, log line or the database.
 //!
 //! Shared helpers are in `common/` (`harness`: the service on 127.0.0.1 over real mutual TLS;
@@ -42,6 +47,8 @@ mod delivery;
 mod leaks;
 mod psam;
 mod refusals;
+mod registry;
+mod registry_cli;
 mod remote_hsm;
 mod restart;
 mod rotation;

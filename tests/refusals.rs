@@ -11,7 +11,8 @@ use tonic::transport::{Certificate, ClientTlsConfig};
 
 use crate::common::chain::{atr, card_number, card_number_bad_check, published, ssn};
 use crate::common::harness::{
-    OFFICER, PSAM_LINE, REGISTRAR, STATION, TestKms, card_identity, tr31_request,
+    OFFICER, PROVINCIAL_REGISTRAR, PSAM_LINE, REGISTRAR, STATION, TestKms, card_identity,
+    tr31_request,
 };
 
 /// A Guangzhou card that is not one of the demo cards.
@@ -209,8 +210,16 @@ async fn cards_and_requests_the_registry_does_not_allow_are_refused_and_audited(
     )
     .await;
 
-    // Accepted: released; then blacklisted by its registrar: never again.
-    let record = registrar
+    // The city that registered it may not accept it: acceptance is the province's verdict.
+    kms.refused(
+        Code::PermissionDenied,
+        "only a provincial registrar may accept",
+        registrar.registry.accept_card(card_ref(&card)),
+    )
+    .await;
+    // Accepted by the province: released; then blacklisted by its registrar: never again.
+    let mut province = kms.client(PROVINCIAL_REGISTRAR);
+    let record = province
         .registry
         .accept_card(card_ref(&card))
         .await
@@ -255,7 +264,7 @@ async fn cards_and_requests_the_registry_does_not_allow_are_refused_and_audited(
     kms.refused(
         Code::FailedPrecondition,
         "the card is blacklisted",
-        registrar.registry.accept_card(card_ref(&card)),
+        province.registry.accept_card(card_ref(&card)),
     )
     .await;
 

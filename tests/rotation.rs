@@ -9,7 +9,9 @@ use hsm_sim::crypto::diversify::diversify_chain;
 use sscard_kms::proto::kms::v1 as pb;
 
 use crate::common::chain::{atr, card_number, published, ssn};
-use crate::common::harness::{OFFICER, REGISTRAR, STATION, TestKms, card_identity};
+use crate::common::harness::{
+    OFFICER, PROVINCIAL_REGISTRAR, REGISTRAR, STATION, TestKms, card_identity,
+};
 
 /// A new national root for `STK_SSSE`, as two components with their KCVs.
 const NEW_ROOT: &str = "5555555555555555AAAAAAAAAAAAAAAA";
@@ -140,7 +142,7 @@ async fn a_new_root_serves_new_cards_and_leaves_issued_cards_alone() {
         })
         .await
         .unwrap();
-    registrar
+    kms.client(PROVINCIAL_REGISTRAR)
         .registry
         .accept_card(pb::CardRef {
             card_identifier: fresh.card_identifier.clone(),

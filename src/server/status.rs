@@ -12,7 +12,8 @@ pub fn to_status(e: &Error) -> Status {
     let (code, message) = match e {
         Error::InvalidArgument { .. }
         | Error::InvalidIdentifier { .. }
-        | Error::Template { .. } => (Code::InvalidArgument, e.to_string()),
+        | Error::Template { .. }
+        | Error::ApplicantFile(_) => (Code::InvalidArgument, e.to_string()),
         Error::NotFound { .. } | Error::UnknownTemplate(_) => (Code::NotFound, e.to_string()),
         Error::AlreadyExists { .. } => (Code::AlreadyExists, e.to_string()),
         Error::FailedPrecondition { .. } => (Code::FailedPrecondition, e.to_string()),
@@ -31,7 +32,8 @@ pub fn to_status(e: &Error) -> Status {
         | Error::PkiFile { .. }
         | Error::CertGen(_)
         | Error::File { .. }
-        | Error::Stdin(_) => {
+        | Error::Stdin(_)
+        | Error::Remote { .. } => {
             tracing::error!(error = %e, "internal error");
             (Code::Internal, "internal error".to_owned())
         }

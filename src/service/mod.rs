@@ -24,11 +24,13 @@ use crate::state::audit::AuditEvent;
 use crate::state::records::{self, Endpoint, EndpointKind, KeyRecord, Level, StoredTemplate};
 use crate::state::store::{Sealer, Snapshot, Store, Table};
 
+mod applicants;
 mod officers;
 mod psam_lines;
 mod registrars;
 mod stations;
 
+pub use applicants::{BatchUpload, MAX_BATCH_ID_LEN, MAX_NOTE_CHARS};
 pub use officers::{ComponentInput, Status};
 pub use psam_lines::PsamKeySet;
 pub use stations::{Delivered, DeliveredForm, Delivery};
