@@ -537,6 +537,7 @@ async fn serve_with_a_local_hsm_starts_sealed_and_is_unsealed_by_two_custodians(
     drop(officer);
     let exited = kms.terminate();
     assert!(exited.status.success(), "{exited:?}");
+    unseals_on_record(&deployment.dir.path().join("data/store"));
 
     // The LMK is never stored: a restart is sealed again; the template is still there; the
     // other two custodians unseal it (the same LMK, rebuilt from another pair of shares).
@@ -552,6 +553,57 @@ async fn serve_with_a_local_hsm_starts_sealed_and_is_unsealed_by_two_custodians(
     drop(officer);
     let exited = kms.terminate();
     assert!(exited.status.success(), "{exited:?}");
+}
+
+/// The trail of a `serve` store after unsealing: every share went to the HSM only once its
+/// submission was on record; the operational unseal and the new audit key are one commit, the
+/// first sealed; the records from before the key are in one gap; the trail verifies INTACT.
+fn unseals_on_record(store: &Path) {
+    let (records, seals) = sscard_kms::state::store::Store::open_read_only(store)
+        .unwrap()
+        .audit_trail()
+        .unwrap();
+    let actions: Vec<&str> = records.iter().map(|r| r.action.as_str()).collect();
+    for (i, r) in records.iter().enumerate() {
+        let answered = r.action == "unseal-hsm" && r.outcome == "ok"
+            || r.action == "administer" && r.subject == "unseal-hsm" && r.actor.contains("officer");
+        if answered {
+            // The same commit may first store the new audit key.
+            let before = actions[..i]
+                .iter()
+                .rev()
+                .find(|a| **a != "create-audit-key");
+            assert_eq!(before, Some(&"unseal-hsm-submit"), "{actions:?}");
+        }
+    }
+    let key = records
+        .iter()
+        .position(|r| r.action == "create-audit-key")
+        .unwrap();
+    let unsealed = &records[key + 1];
+    assert_eq!(unsealed.action, "unseal-hsm");
+    assert!(
+        unsealed.subject.ends_with("HSM operational"),
+        "{unsealed:?}"
+    );
+    assert_eq!(unsealed.time_ms, records[key].time_ms, "one commit");
+    assert_eq!(
+        seals.first().unwrap().seq,
+        unsealed.seq,
+        "the first seal is that commit's"
+    );
+    let gaps: Vec<_> = records
+        .iter()
+        .filter(|r| r.action == "audit-seal-gap")
+        .collect();
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    assert_eq!(
+        gaps[0].subject,
+        "records from 1 on are not sealed by the HSM"
+    );
+    let out = ceremony(&["audit", "verify", "--data-dir", path_arg(store)], "");
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.last_line(), "INTACT", "{out:?}");
 }
 
 // ------------------------------------------------------------------------- fail closed

@@ -28,6 +28,11 @@
 //!   KCVs) and the audit chain carry over; nothing is seeded again.
 //! - `audit_trail`: offline verification with every seal's MAC checked by the HSM; an edited
 //!   record, a re-hashed record and a re-hashed tail (seal heads moved) each caught.
+//! - `hostile`: key lists capped at the template and without repeats; every list and string
+//!   capped before the service (nothing audited); a 4 MiB refusal subject recorded bounded; raw
+//!   malformed protobuf as INVALID_ARGUMENT; an unknown card and mismatching data answered
+//!   alike (the audit keeps which); silent TLS handshakes closed at the timeout, a connection
+//!   over the cap closed at once, an identity over its rate refused with a retry pushback.
 //! - `leaks`: no clear key in any response, refusal, audit record, log line or the database.
 //!
 //! Shared helpers are in `common/` (`harness`: the service on 127.0.0.1 over real mutual TLS;
@@ -39,6 +44,7 @@ mod binaries;
 mod calc;
 mod common;
 mod delivery;
+mod hostile;
 mod leaks;
 mod psam;
 mod refusals;
