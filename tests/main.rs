@@ -6,7 +6,9 @@
 //!   restarts on its data without re-seeding; `serve` with a local HSM starts sealed, is unsealed
 //!   by two custodians' shares from `hsm init` (officer only; bad shares refused) and is sealed
 //!   again after a restart; `serve` without a proper client CA and a second or 1-of-n `hsm init`
-//!   are refused.
+//!   are refused; `dev` SIGKILLed under concurrent injections: every acknowledged release is on
+//!   record, the crashed store verifies INTACT with `kms-ceremony audit verify` (through a
+//!   repaired copy) and the next start serves.
 //!
 //! The key service over real mutual TLS on 127.0.0.1 (each test on its own copy of a data
 //! directory seeded once with the published test keys):
