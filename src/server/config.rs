@@ -282,3 +282,54 @@ key = "svc.key"
         assert!(Config::parse(&extra).is_err());
     }
 }
+
+/// Property tests: no text makes the parser panic; each limit out of its bounds is named.
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const BASE: &str = "listen = \"127.0.0.1:50051\"\ndata_dir = \"/d\"\n[tls]\ncert = \"c\"\n\
+                        key = \"k\"\nclient_ca = \"ca\"\n[hsm]\nmode = \"local\"\n";
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_text_is_a_config_or_an_invalid_argument(text in "(?s).{0,200}") {
+            for t in [text.clone(), format!("{BASE}{text}")] {
+                match Config::parse(&t) {
+                    Ok(c) => prop_assert!(c.limits.validate().is_ok()),
+                    Err(e) => prop_assert!(matches!(e, Error::InvalidArgument { .. }), "{e:?}"),
+                }
+            }
+        }
+
+        #[test]
+        fn each_limit_is_refused_outside_its_bounds_by_name(
+            which in 0usize..6,
+            value in any::<u32>(),
+        ) {
+            let (field, low, high) = [
+                ("handshake_timeout_ms", 100u64, 60_000u64),
+                ("max_connections", 1, 65_536),
+                ("requests_per_second", 1, 1_000_000),
+                ("burst", 1, 1_000_000),
+                ("max_concurrent_streams", 1, 1024),
+                ("request_timeout_ms", 100, 600_000),
+            ][which];
+            let value = u64::from(value);
+            let parsed = Config::parse(&format!("{BASE}[limits]\n{field} = {value}\n"));
+            if (low..=high).contains(&value) {
+                prop_assert!(parsed.is_ok(), "{field} = {value}: {parsed:?}");
+            } else {
+                let expected = format!("limits.{field}");
+                prop_assert!(
+                    matches!(&parsed, Err(Error::InvalidArgument { field: f, .. }) if *f == expected),
+                    "{field} = {value}: {parsed:?}"
+                );
+            }
+        }
+    }
+}
