@@ -338,10 +338,74 @@ async fn dev_serves_the_demo_card_stops_on_sigterm_and_restarts_on_its_data() {
     let data_line = dev.line_containing("data ");
     assert!(data_line.ends_with("(seeded now)"), "{data_line}");
     let first = inject_demo_card(addr, &pki).await;
+    // An auditor anchors the trail outside the service while it runs.
+    let checkpoint = data.path().join("checkpoint.json");
+    let server = format!("https://{addr}");
+    let pem = |name: &str| pki.join(name).to_str().unwrap().to_owned();
+    let out = ceremony(
+        &[
+            "audit",
+            "checkpoint",
+            "--server",
+            &server,
+            "--ca",
+            &pem("ca.pem"),
+            "--cert",
+            &pem("auditor.pem"),
+            "--key",
+            &pem("auditor.key"),
+            "--out",
+            path_arg(&checkpoint),
+        ],
+        "",
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.last_line().starts_with("checkpoint of record "),
+        "{out:?}"
+    );
+    // A station may not take one.
+    let out = ceremony(
+        &[
+            "audit",
+            "checkpoint",
+            "--server",
+            &server,
+            "--ca",
+            &pem("ca.pem"),
+            "--cert",
+            &pem("station.pem"),
+            "--key",
+            &pem("station.key"),
+            "--out",
+            path_arg(&data.path().join("no.json")),
+        ],
+        "",
+    );
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("role may not perform this operation"),
+        "{out:?}"
+    );
 
     let exited = dev.terminate();
     assert!(exited.status.success(), "{exited:?}");
     let macs = audit_intact(&data.path().join("store"));
+    let out = ceremony(
+        &[
+            "audit",
+            "verify",
+            "--data-dir",
+            path_arg(&data.path().join("store")),
+            "--dangerous-test-lmk",
+            "--checkpoint",
+            path_arg(&checkpoint),
+        ],
+        "",
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.last_line(), "INTACT", "{out:?}");
+    assert!(out.stdout.contains(": its MAC checked"), "{out:?}");
 
     // Same data directory: the store is reused, not seeded again, and the same keys come back.
     let started = Instant::now();
