@@ -224,7 +224,7 @@ pub fn verify_with_test_lmk(
     data_dir: &Path,
     checkpoint: Option<&AuditCheckpoint>,
 ) -> Result<Report> {
-    use hsm_sim::hsm::{Hsm, KeyToken};
+    use hsm_api::{Hsm, KeyToken};
     let (snapshot, _) = Store::open_for_audit(data_dir)?;
     let token: String = snapshot
         .get(crate::state::store::Table::Meta, crate::service::AUDIT_KEY)?

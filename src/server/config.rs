@@ -42,6 +42,9 @@ use crate::error::{Error, Result};
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Where Prometheus metrics are served (plain HTTP, `GET /metrics`); none when absent.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub tls: TlsFiles,
     pub hsm: HsmConfig,
@@ -193,6 +196,12 @@ impl Config {
                 field: "SSCARD_KMS_LISTEN",
                 reason: "not a socket address",
             })?;
+        }
+        if let Some(listen) = var("SSCARD_KMS_METRICS_LISTEN") {
+            self.metrics_listen = Some(listen.parse().map_err(|_| Error::InvalidArgument {
+                field: "SSCARD_KMS_METRICS_LISTEN",
+                reason: "not a socket address",
+            })?);
         }
         if let Some(dir) = var("SSCARD_KMS_DATA_DIR") {
             self.data_dir = PathBuf::from(dir);

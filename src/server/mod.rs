@@ -8,7 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hsm_sim::hsm::Hsm;
+use hsm_api::Hsm;
 use tokio::net::TcpListener;
 use tonic::transport::ServerTlsConfig;
 use tonic::{Request, Status};
@@ -21,6 +21,7 @@ use crate::service::Kms;
 mod admission;
 pub mod codec;
 mod convert;
+mod instrument;
 pub mod limits;
 mod officers;
 mod psam_lines;
@@ -28,6 +29,7 @@ mod registrars;
 mod stations;
 mod status;
 
+pub use instrument::serve_metrics;
 use status::status;
 pub use status::{RETRY_PUSHBACK, to_status};
 
@@ -61,6 +63,7 @@ pub async fn serve_with_limits<H: Hsm>(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
     limits.validate()?;
+    let metrics = instrument::MetricsLayer::new(Arc::clone(kms.metrics()));
     let api = Api {
         kms,
         limiter: Arc::new(RateLimiter::new(limits.requests_per_second, limits.burst)),
@@ -97,6 +100,7 @@ pub async fn serve_with_limits<H: Hsm>(
         // Dead peers are found and their connections (and permits) freed.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .layer(metrics)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -115,6 +119,9 @@ pub async fn serve_with_limits<H: Hsm>(
         .add_service(
             pb::admin_service_server::AdminServiceServer::new(api).max_decoding_message_size(max),
         )
+        // TCP_NODELAY on every accepted connection is set by the admission stream (tonic
+        // ignores the builder's `tcp_nodelay` for an incoming stream of our own, and without it
+        // every exchange of a small request can wait out the peer's delayed ACK, ~40 ms).
         .serve_with_incoming_shutdown(
             admission::LimitedIncoming::new(listener, limits.max_connections),
             shutdown,
@@ -173,6 +180,47 @@ fn caller<T>(request: &Request<T>) -> Result<Identity, Status> {
     Identity::from_san_uris(&uris).map_err(|e| to_status(&e))
 }
 
+/// Serves the API on `listener` and, when given, the metrics on `metrics` until `shutdown`.
+pub async fn serve_all<H: Hsm>(
+    kms: Arc<Kms<H>>,
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    tls: ServerTlsConfig,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics = metrics.map(|listener| {
+        tokio::spawn(serve_metrics(Arc::clone(&kms), listener, async {
+            let _ = stopped.await;
+        }))
+    });
+    let served = serve_with_limits(kms, listener, tls, limits, shutdown).await;
+    drop(stop);
+    if let Some(task) = metrics {
+        match task.await {
+            Ok(result) => result?,
+            Err(_) => return Err(Error::Store),
+        }
+    }
+    served
+}
+
+/// Binds the metrics listener of a configuration, if it names one, and says where it is.
+async fn bind_metrics(addr: Option<std::net::SocketAddr>) -> Result<Option<TcpListener>> {
+    let Some(addr) = addr else { return Ok(None) };
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::File {
+            path: std::path::PathBuf::from(addr.to_string()),
+            source,
+        })?;
+    if let Ok(bound) = listener.local_addr() {
+        println!("metrics on http://{bound}/metrics");
+    }
+    Ok(Some(listener))
+}
+
 /// Runs a configured deployment until `shutdown`: TLS from files (a client CA is required), the
 /// HSM in-process or remote, the store under the data directory.
 pub async fn run_configured(
@@ -198,6 +246,7 @@ pub async fn run_configured(
         source,
     })?;
     tracing::info!(listen = %addr, data = %config.data_dir.display(), "starting");
+    let metrics = bind_metrics(config.metrics_listen).await?;
     // One line on stdout once the store and the HSM are open and the port is bound, for
     // supervisors and tests (`listen = "127.0.0.1:0"` works).
     let ready = || println!("listening on {addr}");
@@ -211,7 +260,7 @@ pub async fn run_configured(
             )?);
             let kms = Kms::open(hsm, &store_dir).await?;
             ready();
-            serve_with_limits(kms, listener, tls, config.limits, shutdown).await
+            serve_all(kms, listener, metrics, tls, config.limits, shutdown).await
         }
         HsmConfig::Remote {
             endpoint,
@@ -238,7 +287,7 @@ pub async fn run_configured(
             );
             let kms = Kms::open(hsm, &store_dir).await?;
             ready();
-            serve_with_limits(kms, listener, tls, config.limits, shutdown).await
+            serve_all(kms, listener, metrics, tls, config.limits, shutdown).await
         }
     }
 }

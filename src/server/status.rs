@@ -52,8 +52,8 @@ pub fn to_status(e: &Error) -> Status {
     Status::new(code, message)
 }
 
-pub(super) fn hsm_status(e: &hsm_sim::Error) -> Status {
-    use hsm_sim::Error as H;
+pub(super) fn hsm_status(e: &hsm_api::Error) -> Status {
+    use hsm_api::Error as H;
     use tonic::Code;
     let code = match e {
         H::Sealed | H::Uninitialised | H::SelfTestFailed(_) | H::SelfTest(_) => {

@@ -23,6 +23,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
+use crate::metrics::StoreMetrics;
 use crate::state::audit::{self, AuditEvent, AuditRecord, AuditSeal, ChainHead};
 
 /// Named tables of JSON values keyed by strings.
@@ -123,6 +124,7 @@ pub struct Store {
     writer: Arc<Writer>,
     db: Arc<redb::Database>,
     path: PathBuf,
+    metrics: StoreMetrics,
 }
 
 /// The writer thread's handle: dropping it closes the job queue and waits for the thread.
@@ -421,9 +423,11 @@ impl Store {
         };
         let (jobs, rx) = std_mpsc::channel::<Job>();
         let writer_db = Arc::clone(&db);
+        let metrics = StoreMetrics::default();
+        let writer_metrics = metrics.clone();
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer(writer_db, rx, head, sealed_to, sealer))
+            .spawn(move || writer(writer_db, rx, head, sealed_to, sealer, writer_metrics))
             .map_err(|_| Error::Store)?;
         Ok(Store {
             writer: Arc::new(Writer {
@@ -432,7 +436,13 @@ impl Store {
             }),
             db,
             path,
+            metrics,
         })
+    }
+
+    /// The writer's figures: requests per commit, commit time, records not yet sealed.
+    pub fn metrics(&self) -> &StoreMetrics {
+        &self.metrics
     }
 
     /// Opens an existing store read-only, for offline tools (the server must not be running);
@@ -572,12 +582,15 @@ fn writer(
     mut head: ChainHead,
     mut sealed_to: u64,
     sealer: Arc<dyn Sealer>,
+    metrics: StoreMetrics,
 ) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
         }
+        let started = std::time::Instant::now();
+        metrics.commit_requests.observe(batch.len() as f64);
         let committed = (head, sealed_to);
         let mut completions = Vec::with_capacity(batch.len());
         let result = (|| -> Result<()> {
@@ -607,6 +620,7 @@ fn writer(
                 let seal = match sealer.seal(&audit::seal_message(seq, &head.last_hash)) {
                     Ok(mac) => {
                         sealed_to = seq;
+                        metrics.unsealed_records.set(0);
                         Some(AuditSeal {
                             seq,
                             head: hex::encode_upper(head.last_hash),
@@ -630,6 +644,10 @@ fn writer(
                             ));
                         }
                         tracing::warn!(reason = skipped.reason(), "audit seal skipped");
+                        let unsealed = head.next_seq - 1 - sealed_to;
+                        metrics
+                            .unsealed_records
+                            .set(i64::try_from(unsealed).unwrap_or(i64::MAX));
                         None
                     }
                 };
@@ -662,6 +680,9 @@ fn writer(
             txn.commit().map_err(store_err)?;
             Ok(())
         })();
+        metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
         if result.is_err() {
             // Nothing of the batch is durable: the chain head goes back to where it was.
             (head, sealed_to) = committed;
