@@ -112,10 +112,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         pki.ca_pem(),
     )?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(sscard_kms::server::serve(
+    // One registrar sends the batch and then every look-up: no rate limit, and time for a
+    // million rows (the default request time is 30 s).
+    let limits = sscard_kms::server::config::Limits {
+        requests_per_second: 1_000_000,
+        burst: 1_000_000,
+        request_timeout_ms: 600_000,
+        ..Default::default()
+    };
+    let server = tokio::spawn(sscard_kms::server::serve_with_limits(
         Arc::clone(&kms),
         listener,
         tls,
+        limits,
         async {
             let _ = stopped.await;
         },
@@ -155,7 +164,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let chunks = |bytes: &[u8]| -> Vec<pb::ApplicantFileChunk> {
         bytes
-            .chunks(1 << 20)
+            .chunks(512 << 10)
             .map(|c| pb::ApplicantFileChunk {
                 data: c.to_vec(),
                 batch_id: String::new(),

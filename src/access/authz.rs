@@ -15,6 +15,7 @@
 //! | read an applicant batch | – | – | own region | – | – | – |
 //! | administration (templates, roots, hierarchy, endpoints, keys) | – | – | – | yes | – | – |
 //! | service status | – | – | – | yes | yes | – |
+//! | audit checkpoint | – | – | – | yes | yes | – |
 //!
 //! "Own region": a city caller acts on its city only; a province-level caller (the provincial
 //! card centre, `440000`) on every city of its province. Acceptance is the province's verdict
@@ -39,6 +40,7 @@ pub enum Operation {
     GetCard,
     Administer,
     GetStatus,
+    AuditCheckpoint,
     SubmitApplicantBatch,
     AcceptApplicantRow,
     GetApplicantBatch,
@@ -46,7 +48,7 @@ pub enum Operation {
 
 impl Operation {
     /// Every operation, for tests that walk the matrix.
-    pub const ALL: [Operation; 13] = [
+    pub const ALL: [Operation; 14] = [
         Operation::InjectCardKeys,
         Operation::InitialiseBlankCard,
         Operation::RegisterPsams,
@@ -57,6 +59,7 @@ impl Operation {
         Operation::GetCard,
         Operation::Administer,
         Operation::GetStatus,
+        Operation::AuditCheckpoint,
         Operation::SubmitApplicantBatch,
         Operation::AcceptApplicantRow,
         Operation::GetApplicantBatch,
@@ -75,6 +78,7 @@ impl Operation {
             Operation::GetCard => "get-card",
             Operation::Administer => "administer",
             Operation::GetStatus => "get-status",
+            Operation::AuditCheckpoint => "audit-checkpoint",
             Operation::SubmitApplicantBatch => "submit-applicant-batch",
             Operation::AcceptApplicantRow => "accept-applicant-row",
             Operation::GetApplicantBatch => "get-applicant-batch",
@@ -99,8 +103,11 @@ pub const fn allowed(role: Role, op: Operation) -> bool {
                     | O::AcceptApplicantRow
                     | O::GetApplicantBatch
             )
-            | (Role::Officer, O::Administer | O::GetStatus)
-            | (Role::Auditor, O::GetStatus)
+            | (
+                Role::Officer,
+                O::Administer | O::GetStatus | O::AuditCheckpoint
+            )
+            | (Role::Auditor, O::GetStatus | O::AuditCheckpoint)
     )
 }
 
@@ -192,8 +199,11 @@ mod tests {
                     O::GetApplicantBatch,
                 ],
             ),
-            (Role::Officer, &[O::Administer, O::GetStatus]),
-            (Role::Auditor, &[O::GetStatus]),
+            (
+                Role::Officer,
+                &[O::Administer, O::GetStatus, O::AuditCheckpoint],
+            ),
+            (Role::Auditor, &[O::GetStatus, O::AuditCheckpoint]),
             (Role::Service, &[]),
         ];
         for (role, ops) in expected {

@@ -1,6 +1,6 @@
 //! `kms-ceremony registry …`: the registrars' client of the registry review.
 //!
-//! - `submit FILE`: a city registrar sends an applicant file (`SubmitApplicantBatch`, in 1 MiB
+//! - `submit FILE`: a city registrar sends an applicant file (`SubmitApplicantBatch`, in 512 KiB
 //!   chunks, with a progress bar when stdout is a terminal) and prints the counts; `--report`
 //!   writes `line,verdict,reasons`. Exit 0 once the batch is reviewed, rejections included; 2
 //!   with `line N: reason` when the file cannot be read (then nothing is stored) or on any
@@ -26,8 +26,8 @@ use crate::proto::kms::v1::registry_service_client::RegistryServiceClient;
 use crate::registry::reasons::Reason;
 use crate::registry::{batch, file, report};
 
-/// Bytes per streamed message.
-pub const CHUNK_BYTES: usize = 1024 * 1024;
+/// Bytes per streamed message (the server decodes messages of at most 1 MiB).
+pub const CHUNK_BYTES: usize = 512 * 1024;
 /// The largest answer accepted (a batch of 2,000,000 rejected rows).
 const MAX_ANSWER_BYTES: usize = 512 * 1024 * 1024;
 

@@ -8,7 +8,7 @@ use crate::proto::kms::v1 as pb;
 use crate::registry::file::Encoding;
 
 use super::convert::{card_request, pb_batch_report, pb_card};
-use super::{Api, caller, status};
+use super::{Api, status};
 
 #[tonic::async_trait]
 impl<H: Hsm> pb::registry_service_server::RegistryService for Api<H> {
@@ -16,7 +16,7 @@ impl<H: Hsm> pb::registry_service_server::RegistryService for Api<H> {
         &self,
         request: Request<pb::RegisterCardRequest>,
     ) -> Result<Response<pb::CardRecord>, Status> {
-        let who = caller(&request)?;
+        let who = self.admit(&request)?;
         let req = request.into_inner();
         let card = self
             .kms
@@ -30,7 +30,7 @@ impl<H: Hsm> pb::registry_service_server::RegistryService for Api<H> {
         &self,
         request: Request<pb::CardRef>,
     ) -> Result<Response<pb::CardRecord>, Status> {
-        let who = caller(&request)?;
+        let who = self.admit(&request)?;
         let req = request.into_inner();
         let card = self
             .kms
@@ -44,7 +44,7 @@ impl<H: Hsm> pb::registry_service_server::RegistryService for Api<H> {
         &self,
         request: Request<pb::BlacklistCardRequest>,
     ) -> Result<Response<pb::CardRecord>, Status> {
-        let who = caller(&request)?;
+        let who = self.admit(&request)?;
         let req = request.into_inner();
         let card = self
             .kms
@@ -58,7 +58,7 @@ impl<H: Hsm> pb::registry_service_server::RegistryService for Api<H> {
         &self,
         request: Request<Streaming<pb::ApplicantFileChunk>>,
     ) -> Result<Response<pb::ApplicantBatchReport>, Status> {
-        let who = caller(&request)?;
+        let who = self.admit(&request)?;
         // Authorised before the first byte is read.
         let mut upload = self.kms.begin_applicant_batch(&who).await.map_err(status)?;
         let mut chunks = request.into_inner();
@@ -102,7 +102,7 @@ impl<H: Hsm> pb::registry_service_server::RegistryService for Api<H> {
         &self,
         request: Request<pb::AcceptApplicantRowRequest>,
     ) -> Result<Response<pb::ApplicantBatchReport>, Status> {
-        let who = caller(&request)?;
+        let who = self.admit(&request)?;
         let req = request.into_inner();
         let batch = self
             .kms
@@ -116,7 +116,7 @@ impl<H: Hsm> pb::registry_service_server::RegistryService for Api<H> {
         &self,
         request: Request<pb::GetApplicantBatchRequest>,
     ) -> Result<Response<pb::ApplicantBatchReport>, Status> {
-        let who = caller(&request)?;
+        let who = self.admit(&request)?;
         let req = request.into_inner();
         let batch = self
             .kms
@@ -130,7 +130,7 @@ impl<H: Hsm> pb::registry_service_server::RegistryService for Api<H> {
         &self,
         request: Request<pb::CardRef>,
     ) -> Result<Response<pb::CardRecord>, Status> {
-        let who = caller(&request)?;
+        let who = self.admit(&request)?;
         let req = request.into_inner();
         let card = self
             .kms
