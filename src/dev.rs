@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 
 use crate::access::identity::{Identity, Role};
 use crate::card::template::{BUILTIN, KeyRoot};
-use crate::error::{Error, Result};
+use crate::error::{Error, Resource, Result};
 use crate::service::{CardRequest, ComponentInput, Kms};
 use crate::state::records::{EndpointKind, Level};
 use crate::state::store::Table;
@@ -68,7 +68,7 @@ impl RootsByAlgorithm {
             _ => &self.tdes,
         };
         table.get(name).map(String::as_str).ok_or(Error::NotFound {
-            what: "published test root of a template key",
+            what: Resource::PublishedTestRoot,
         })
     }
 

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Resource, Result};
 use crate::state::audit::{self, AuditSeal, ChainBreak};
 use crate::state::store::Store;
 
@@ -103,7 +103,9 @@ pub fn verify_with_test_lmk(data_dir: &Path) -> Result<Report> {
     let snapshot = Store::open_read_only(data_dir)?;
     let token: String = snapshot
         .get(crate::state::store::Table::Meta, crate::service::AUDIT_KEY)?
-        .ok_or(Error::NotFound { what: "audit key" })?;
+        .ok_or(Error::NotFound {
+            what: Resource::AuditKey,
+        })?;
     let token = KeyToken::from_stored(token);
     let hsm = hsm_sim::local::LocalHsm::open(hsm_sim::local::LocalHsmConfig {
         dangerous_test_lmk: true,

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -81,7 +81,7 @@ impl Config {
             tracing::error!(error = %e, "configuration refused");
             Error::InvalidArgument {
                 field: "config",
-                reason: "not a valid sscard-kms configuration (details in the log)",
+                reason: Refusal::ConfigInvalid,
             }
         })
     }
@@ -91,7 +91,7 @@ impl Config {
         if let Some(listen) = var("SSCARD_KMS_LISTEN") {
             self.listen = listen.parse().map_err(|_| Error::InvalidArgument {
                 field: "SSCARD_KMS_LISTEN",
-                reason: "not a socket address",
+                reason: Refusal::NotASocketAddress,
             })?;
         }
         if let Some(dir) = var("SSCARD_KMS_DATA_DIR") {
@@ -103,7 +103,7 @@ impl Config {
                 HsmConfig::Local { .. } => {
                     return Err(Error::InvalidArgument {
                         field: "SSCARD_KMS_HSM_ENDPOINT",
-                        reason: "set, but the configured HSM is local",
+                        reason: Refusal::EndpointForLocalHsm,
                     });
                 }
             }

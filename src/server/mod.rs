@@ -26,7 +26,7 @@ mod stations;
 mod status;
 
 use status::status;
-pub use status::to_status;
+pub use status::{DOMAIN, to_status};
 
 pub mod config;
 
@@ -102,10 +102,10 @@ impl<H: Hsm> Clone for Api<H> {
 fn caller<T>(request: &Request<T>) -> Result<Identity, Status> {
     let certs = request
         .peer_certs()
-        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+        .ok_or_else(|| to_status(&Error::NoClientCertificate))?;
     let leaf = certs
         .first()
-        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+        .ok_or_else(|| to_status(&Error::NoClientCertificate))?;
     let uris = identity::san_uris_from_der(leaf.as_ref()).map_err(|e| to_status(&e))?;
     Identity::from_san_uris(&uris).map_err(|e| to_status(&e))
 }

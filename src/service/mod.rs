@@ -18,7 +18,7 @@ use crate::access::authz::Operation;
 use crate::access::identity::Identity;
 use crate::card::identifiers::{Atr, CardIdentifier, CardNumber, SocialSecurityNumber};
 use crate::card::template::Template;
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Resource, Result};
 use crate::state::audit::AuditEvent;
 use crate::state::records::{self, Endpoint, EndpointKind, KeyRecord, Level, StoredTemplate};
 use crate::state::store::{Sealer, Snapshot, Store, Table};
@@ -147,7 +147,7 @@ fn token(record_token: &str) -> KeyToken {
 fn check_wrappable(version: KeyBlockVersion, alg: Algorithm) -> Result<()> {
     if version == KeyBlockVersion::B && !alg.is_des_family() {
         return Err(Error::FailedPrecondition {
-            reason: "SM4 and AES keys travel only under an AES transport key (TR-31 version D)",
+            reason: Refusal::TransportKeyCannotCarry,
         });
     }
     Ok(())
@@ -217,7 +217,9 @@ impl<H: Hsm> Kms<H> {
                 self.store
                     .write(move |tx| {
                         if tx.get::<String>(Table::Meta, AUDIT_KEY)?.is_some() {
-                            return Err(Error::AlreadyExists { what: "audit key" });
+                            return Err(Error::AlreadyExists {
+                                what: Resource::AuditKey,
+                            });
                         }
                         tx.put(Table::Meta, AUDIT_KEY, &text)?;
                         tx.audit(AuditEvent::ok(
@@ -283,7 +285,7 @@ impl<H: Hsm> Kms<H> {
             .get(id)
             .cloned()
             .ok_or(Error::NotFound {
-                what: "card template",
+                what: Resource::CardTemplate,
             })
     }
 
@@ -310,11 +312,11 @@ impl<H: Hsm> Kms<H> {
         let e: Endpoint = snap
             .get(Table::Endpoints, &records::endpoint_id(kind, caller.name()))?
             .ok_or(Error::FailedPrecondition {
-                reason: "the caller is not registered (no transport key)",
+                reason: Refusal::CallerNotRegistered,
             })?;
         if Some(e.region.as_str()) != caller.region() {
             return Err(Error::PermissionDenied {
-                reason: "the certificate's region differs from the registered one",
+                reason: Refusal::EndpointRegionMismatch,
             });
         }
         Ok(e)

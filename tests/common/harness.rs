@@ -354,6 +354,21 @@ impl<H: Hsm> TestKms<H> {
     }
 }
 
+/// The `google.rpc.ErrorInfo` of this service's domain in a status's details, if there is one.
+pub fn error_info(status: &Status) -> Option<tonic_types::ErrorInfo> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_error_info()
+        .filter(|info| info.domain == sscard_kms::server::DOMAIN)
+}
+
+/// The reason code of a refusal: the status must carry an `ErrorInfo` of this service's domain.
+pub fn reason(status: &Status) -> String {
+    error_info(status)
+        .unwrap_or_else(|| panic!("no sscard-kms ErrorInfo in {status:?}"))
+        .reason
+}
+
 // --------------------------------------------------------------------------------- requests
 
 /// The card as a station names it.
