@@ -22,6 +22,9 @@
 //!   another ATR, the HSM sealed — each with its exact code and reason, and audited.
 //! - `reason_codes`: every reason code README marks `mTLS` provoked over the API, each arriving
 //!   as a `google.rpc.ErrorInfo` (domain `sscard-kms`) in the status details with its gRPC code.
+//! - `health`: gRPC health of "" and the four KMS services NOT_SERVING while the HSM is sealed,
+//!   SERVING once `UnsealHsm` reaches the threshold, NOT_SERVING again after a seal — awaited on
+//!   `Watch` streams.
 //! - `remote_hsm`: the service on `hsm_sim::remote` over its own mTLS: an HSM outage is
 //!   UNAVAILABLE, and the same service works again once the HSM is back on the same port.
 //! - `rotation`: a new national root (version 2) serves new cards; a card issued under
@@ -41,6 +44,7 @@ mod binaries;
 mod calc;
 mod common;
 mod delivery;
+mod health;
 mod leaks;
 mod psam;
 mod reason_codes;

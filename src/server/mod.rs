@@ -2,7 +2,9 @@
 //! and response mapping, and the **one place** where errors become `tonic::Status`.
 //!
 //! `serve` takes a listener that is already bound and a shutdown future (mini-redis style), so
-//! tests start it on `127.0.0.1:0` and never wait on time.
+//! tests start it on `127.0.0.1:0` and never wait on time. Health (`""` and each service, see
+//! [`HEALTH_SERVICE_NAMES`]) follows the HSM's readiness as [`crate::service::WatchedHsm`]
+//! publishes it.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -40,11 +42,19 @@ pub async fn serve<H: Hsm>(
     tls: ServerTlsConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
-    let api = Api { kms };
+    // Health of the server ("") and of each KMS service follows the HSM: NOT_SERVING unless it
+    // is operational, updated whenever the HSM's readiness changes.
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<pb::card_key_service_server::CardKeyServiceServer<Api<H>>>()
-        .await;
+    let mut readiness = kms.hsm_readiness();
+    let operational = readiness.borrow_and_update().is_operational();
+    report_health(&health_reporter, operational).await;
+    let health_updates = tokio::spawn(async move {
+        while readiness.changed().await.is_ok() {
+            let operational = readiness.borrow_and_update().is_operational();
+            report_health(&health_reporter, operational).await;
+        }
+    });
+    let api = Api { kms };
     // Reflection in both protocol versions: grpcurl speaks `v1`; Python's grpcio-reflection,
     // Postman and many other tools still speak `v1alpha`.
     let reflection = || {
@@ -58,7 +68,7 @@ pub async fn serve<H: Hsm>(
     };
     let reflection_v1 = reflection().build_v1().map_err(descriptors_refused)?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(descriptors_refused)?;
-    tonic::transport::Server::builder()
+    let served = tonic::transport::Server::builder()
         .tls_config(tls)
         .map_err(|_| Error::Tls {
             what: "server",
@@ -76,14 +86,35 @@ pub async fn serve<H: Hsm>(
         ))
         .add_service(pb::admin_service_server::AdminServiceServer::new(api))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "server failed");
-            Error::Tls {
-                what: "server",
-                reason: "transport failure",
-            }
-        })
+        .await;
+    health_updates.abort();
+    served.map_err(|e| {
+        tracing::error!(error = %e, "server failed");
+        Error::Tls {
+            what: "server",
+            reason: "transport failure",
+        }
+    })
+}
+
+/// The names health is reported for: the server as a whole ("") and each KMS service.
+pub const HEALTH_SERVICE_NAMES: [&str; 5] = [
+    "",
+    pb::card_key_service_server::SERVICE_NAME,
+    pb::psam_service_server::SERVICE_NAME,
+    pb::registry_service_server::SERVICE_NAME,
+    pb::admin_service_server::SERVICE_NAME,
+];
+
+async fn report_health(reporter: &tonic_health::server::HealthReporter, serving: bool) {
+    let status = if serving {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    for name in HEALTH_SERVICE_NAMES {
+        reporter.set_service_status(name, status).await;
+    }
 }
 
 struct Api<H: Hsm> {

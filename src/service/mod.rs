@@ -23,11 +23,13 @@ use crate::state::audit::AuditEvent;
 use crate::state::records::{self, Endpoint, EndpointKind, KeyRecord, Level, StoredTemplate};
 use crate::state::store::{Sealer, Snapshot, Store, Table};
 
+mod hsm_watch;
 mod officers;
 mod psam_lines;
 mod registrars;
 mod stations;
 
+pub use hsm_watch::{HsmReadiness, WatchedHsm};
 pub use officers::{ComponentInput, Status};
 pub use psam_lines::PsamKeySet;
 pub use stations::{Delivered, DeliveredForm, Delivery};
@@ -83,7 +85,7 @@ const SEAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Seals the audit chain head with the HSM's audit key, from the store's writer thread.
 pub struct HsmSealer<H: Hsm> {
-    hsm: Arc<H>,
+    hsm: Arc<WatchedHsm<H>>,
     token: OnceLock<KeyToken>,
     runtime: tokio::runtime::Handle,
 }
@@ -119,7 +121,8 @@ impl<H: Hsm> Sealer for HsmSealer<H> {
 
 /// The key service.
 pub struct Kms<H: Hsm> {
-    hsm: Arc<H>,
+    /// Every HSM call goes through the watch: its answers drive the gRPC health.
+    hsm: Arc<WatchedHsm<H>>,
     store: Store,
     templates: RwLock<HashMap<String, Arc<Template>>>,
     /// Seals the audit chain; holds the audit key's token once it exists.
@@ -167,6 +170,7 @@ impl<H: Hsm> Kms<H> {
     /// created on the first start with an operational HSM; until it exists (HSM sealed or not yet
     /// initialised) audit records are chained but not sealed.
     pub async fn open(hsm: Arc<H>, store_dir: &std::path::Path) -> Result<Arc<Kms<H>>> {
+        let hsm = Arc::new(WatchedHsm::new(hsm));
         let sealer = Arc::new(HsmSealer {
             hsm: Arc::clone(&hsm),
             token: OnceLock::new(),
@@ -192,6 +196,8 @@ impl<H: Hsm> Kms<H> {
             }
             Err(e) => return Err(e),
         }
+        // The readiness from the HSM's own word, whatever the audit key needed.
+        let _ = kms.hsm.status().await;
         Ok(Arc::new(kms))
     }
 
@@ -237,9 +243,14 @@ impl<H: Hsm> Kms<H> {
         Ok(())
     }
 
-    /// The HSM this service uses.
-    pub fn hsm(&self) -> &Arc<H> {
+    /// The HSM this service uses, as it uses it: calls through it update the readiness.
+    pub fn hsm(&self) -> &Arc<WatchedHsm<H>> {
         &self.hsm
+    }
+
+    /// The HSM's readiness as the service last learnt it, and its changes.
+    pub fn hsm_readiness(&self) -> tokio::sync::watch::Receiver<HsmReadiness> {
+        self.hsm.readiness()
     }
 
     /// The store.

@@ -157,6 +157,7 @@ pub struct Clients {
     pub psam: PsamServiceClient<Channel>,
     pub registry: RegistryServiceClient<Channel>,
     pub admin: AdminServiceClient<Channel>,
+    pub health: tonic_health::pb::health_client::HealthClient<Channel>,
 }
 
 impl Clients {
@@ -165,7 +166,8 @@ impl Clients {
             card: CardKeyServiceClient::new(channel.clone()),
             psam: PsamServiceClient::new(channel.clone()),
             registry: RegistryServiceClient::new(channel.clone()),
-            admin: AdminServiceClient::new(channel),
+            admin: AdminServiceClient::new(channel.clone()),
+            health: tonic_health::pb::health_client::HealthClient::new(channel),
         }
     }
 }
