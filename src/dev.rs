@@ -8,8 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use hsm_sim::hsm::Hsm;
-use hsm_sim::{Algorithm, SecretKey};
+use hsm_api::Algorithm;
+use hsm_api::Hsm;
+use hsm_sim::crypto::SecretKey;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
@@ -124,9 +125,11 @@ impl DevPaths {
 const SEEDED: &str = "dev_seeded";
 
 /// Runs `sscard-kms dev` until `shutdown`: in-process HSM on the test LMK, the store and the
-/// dev PKI under `data_dir`, the published test keys seeded once, the API on `listener`.
+/// dev PKI under `data_dir`, the published test keys seeded once, the API on `listener` and the
+/// metrics on `metrics`.
 pub async fn run(
     listener: tokio::net::TcpListener,
+    metrics: Option<tokio::net::TcpListener>,
     data_dir: &Path,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
@@ -153,16 +156,27 @@ pub async fn run(
         path: data_dir.to_owned(),
         source,
     })?;
-    println!("{}", banner(addr, data_dir, &paths, seeded));
-    crate::server::serve(kms, listener, tls, shutdown).await
+    let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
+    println!("{}", banner(addr, metrics_addr, data_dir, &paths, seeded));
+    crate::server::serve_all(kms, listener, metrics, tls, shutdown).await
 }
 
-fn banner(addr: std::net::SocketAddr, data_dir: &Path, paths: &DevPaths, seeded: bool) -> String {
+fn banner(
+    addr: std::net::SocketAddr,
+    metrics: Option<std::net::SocketAddr>,
+    data_dir: &Path,
+    paths: &DevPaths,
+    seeded: bool,
+) -> String {
+    // The server certificate names `localhost`: clients connect by that name, on our port.
+    let server = format!("https://localhost:{}", addr.port());
+    let metrics = metrics.map_or_else(|| "off".to_owned(), |m| format!("http://{m}/metrics"));
     format!(
         "sscard-kms dev — DEVELOPMENT ONLY: the HSM runs on the published test LMK and the keys are\n\
          the published test keys of dev/test-keys.toml. Never personalise a real card with it.\n\
          \n\
          listening on   https://{addr} (mutual TLS)\n\
+         metrics        {metrics}\n\
          data           {data}{seeded}\n\
          PKI            {pki}/ca.pem, server.pem, and <role>.pem/.key for station, psam-line,\n\
          \x20              registrar, officer, auditor\n\
@@ -170,7 +184,9 @@ fn banner(addr: std::net::SocketAddr, data_dir: &Path, paths: &DevPaths, seeded:
          \x20              440100D1560000050050640776EF3192 (ssc-2.0), …3193 (ssc-3.0), accepted\n\
          \n\
          next: inject the demo card's keys as the Guangzhou station:\n\
-         \x20   cargo run --example inject_card -- --data-dir {data}\n\
+         \x20   cargo run --example inject_card -- --data-dir {data} --server {server}\n\
+         load test (one run: health ceiling, then injections):\n\
+         \x20   cargo run --release --example loadgen -- --data-dir {data} --endpoint {server}\n\
          stop with Ctrl-C; then check the audit trail offline:\n\
          \x20   cargo run --bin kms-ceremony -- audit verify --data-dir {store} --dangerous-test-lmk",
         data = data_dir.display(),
@@ -202,7 +218,7 @@ fn dangerous_test_components(
         .into_iter()
         .map(|bytes| {
             let hex = Zeroizing::new(hex::encode_upper(&bytes));
-            let kcv = hsm_sim::kcv::compute_default(&SecretKey::from_hex(alg, &hex)?)?;
+            let kcv = hsm_sim::crypto::kcv::compute_default(&SecretKey::from_hex(alg, &hex)?)?;
             Ok(ComponentInput {
                 hex,
                 kcv_hex: kcv.to_hex(),

@@ -13,7 +13,7 @@
 pub enum Error {
     /// A refusal or failure at the HSM boundary (bad key, bad block, unsupported operation…).
     #[error(transparent)]
-    Hsm(#[from] hsm_sim::Error),
+    Hsm(#[from] hsm_api::Error),
     /// A required input line (a key, a KBPK, a key block) was not given on standard input.
     #[error("expected {0} on standard input")]
     MissingInput(&'static str),

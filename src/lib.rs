@@ -17,6 +17,7 @@ pub mod card;
 pub mod ceremony;
 pub mod dev;
 pub mod error;
+pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod state;

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use hsm_sim::hsm::{Hsm, KeyToken};
+use hsm_api::{Hsm, KeyToken};
 use hsm_sim::local::LocalHsm;
 use redb::{ReadableTable as _, TableDefinition};
 use sscard_kms::card::template::KeyLevel;

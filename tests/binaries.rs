@@ -14,8 +14,8 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hsm_sim::kcv;
-use hsm_sim::tr31;
+use hsm_sim::crypto::kcv;
+use hsm_sim::crypto::tr31;
 use sscard_kms::access::identity::Identity;
 use sscard_kms::access::pki::DevPki;
 use sscard_kms::access::tls::ClientTls;
@@ -348,6 +348,110 @@ async fn dev_serves_the_demo_card_stops_on_sigterm_and_restarts_on_its_data() {
     assert!(exited.status.success(), "{exited:?}");
     assert!(audit_intact(&data.path().join("store")) > macs);
     eprintln!("dev: first start (seeding) {seeded_in:?}, restart {restarted_in:?}");
+}
+
+/// `GET /metrics` over a real TCP connection (HTTP/1.1, `Connection: close`): the body.
+fn scrape(addr: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("openmetrics-text"), "{head}");
+    body.to_owned()
+}
+
+/// The value of the sample `name{labels}` in a scrape (labels in the order they are encoded).
+fn sample(body: &str, name_and_labels: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_serves_metrics_that_count_requests_keys_and_commits() {
+    let data = tempfile::tempdir().unwrap();
+    let pki = data.path().join("pki");
+    let mut dev = sscard_kms(&[
+        "dev",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        path_arg(data.path()),
+    ]);
+    let addr = dev.listening_on();
+    let line = dev.line_containing("metrics ");
+    let metrics: SocketAddr = line
+        .split_once("http://")
+        .and_then(|(_, rest)| rest.strip_suffix("/metrics"))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no metrics address in {line:?}"));
+    assert!(metrics.ip().is_loopback());
+    let next = dev.line_containing("--example inject_card");
+    assert!(
+        next.contains(&format!("--server https://localhost:{}", addr.port())),
+        "dev prints the client command for its own address: {next}"
+    );
+
+    let before = scrape(metrics);
+    assert_eq!(
+        sample(&before, "sscard_hsm_state{state=\"operational\"}"),
+        Some(1.0),
+        "{before}"
+    );
+    inject_demo_card(addr, &pki).await;
+    inject_demo_card(addr, &pki).await;
+    // A refusal: the registrar may not inject.
+    let mut registrar = CardKeyServiceClient::new(channel(addr, &pki, &role(REGISTRAR)));
+    let demo = &published().card[0];
+    let refused = registrar
+        .inject_card_keys(tr31_request(card_identity(demo, &atr()), &demo.template))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+
+    let after = scrape(metrics);
+    let injections =
+        "sscard_requests_total{service=\"sscard.kms.v1.CardKeyService\",method=\"InjectCardKeys\",";
+    assert_eq!(
+        sample(&after, &format!("{injections}code=\"Ok\"}}")),
+        Some(2.0),
+        "{after}"
+    );
+    assert_eq!(
+        sample(&after, &format!("{injections}code=\"PermissionDenied\"}}")),
+        Some(1.0),
+        "{after}"
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "sscard_keys_released_total{form=\"tr31\",template=\"ssc-2.0\"}"
+        ),
+        Some(48.0),
+        "{after}"
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "sscard_request_duration_seconds_count{service=\"sscard.kms.v1.CardKeyService\",method=\"InjectCardKeys\"}"
+        ),
+        Some(3.0),
+        "{after}"
+    );
+    let commits = sample(&after, "sscard_store_commit_requests_count").unwrap_or(0.0);
+    assert!(
+        commits >= 3.0,
+        "every release and refusal is committed: {after}"
+    );
+    assert_eq!(sample(&after, "sscard_audit_unsealed_records"), Some(0.0));
+    let exited = dev.terminate();
+    assert!(exited.status.success(), "{exited:?}");
 }
 
 // ------------------------------------------------------------ sscard-kms serve, local HSM

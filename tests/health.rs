@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hsm_sim::hsm::Hsm as _;
+use hsm_api::Hsm as _;
 use hsm_sim::local::{LocalHsm, LocalHsmConfig};
 use sscard_kms::proto::kms::v1 as pb;
 use tokio_stream::StreamExt as _;

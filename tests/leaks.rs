@@ -1,7 +1,7 @@
 //! No clear key ever leaves the service: not in a response (success or refusal), not in the
 //! audit trail, not in a log line, and not in the database file.
 
-use hsm_sim::hsm::Hsm as _;
+use hsm_api::Hsm as _;
 use sscard_kms::card::template::{KeyLevel, KeyRoot};
 use sscard_kms::proto::kms::v1 as pb;
 use sscard_kms::proto::kms::v1::delivered_key::Form;
@@ -178,6 +178,31 @@ async fn no_clear_key_in_responses_audit_logs_or_the_database() {
         logs.contains("audit seal skipped"),
         "the service's own log lines were captured"
     );
+    // One structured line per request, with the outcome; personal data only masked.
+    assert!(
+        logs.lines().any(|l| l.contains("sscard_kms::request")
+            && l.contains("operation=\"inject-card-keys\"")
+            && l.contains("outcome=\"ok\"")
+            && l.contains("micros=")),
+        "a request line for each injection"
+    );
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("sscard_kms::request") && l.contains("outcome=\"refused\"")),
+        "a request line for each refusal"
+    );
+    for demo in &sscard_kms::dev::test_keys().unwrap().card {
+        for (what, value) in [
+            ("an SSN", &demo.social_security_number),
+            ("a card number", &demo.card_number),
+            ("a card identifier", &demo.card_identifier),
+        ] {
+            assert!(
+                !logs.contains(value.as_str()),
+                "{what} in clear in the logs"
+            );
+        }
+    }
 
     let secrets = clear_keys();
     // The published roots are one key per algorithm for every key type, so the two hierarchies

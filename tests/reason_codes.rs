@@ -7,9 +7,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use hsm_sim::hsm::Hsm as _;
+use hsm_api::Algorithm;
+use hsm_api::Hsm as _;
+use hsm_sim::crypto::SecretKey;
 use hsm_sim::local::{LocalHsm, LocalHsmConfig};
-use hsm_sim::{Algorithm, SecretKey};
 use sscard_kms::proto::kms::v1 as pb;
 use tonic::{Code, Response, Status};
 
@@ -106,7 +107,7 @@ fn card_ref(card: &pb::CardIdentity) -> pb::CardRef {
 fn component(hex: &str) -> pb::Component {
     pb::Component {
         hex: hex.to_owned(),
-        kcv_hex: hsm_sim::kcv::compute_default(
+        kcv_hex: hsm_sim::crypto::kcv::compute_default(
             &SecretKey::from_hex(Algorithm::Tdes2, hex).unwrap(),
         )
         .unwrap()

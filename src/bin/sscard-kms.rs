@@ -11,8 +11,18 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "sscard-kms", version)]
 struct Cli {
+    /// Log format on stderr: `text` for people, `json` (one object per line) for a collector.
+    /// The level comes from `RUST_LOG` (default `info`: one line per request).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -26,6 +36,13 @@ enum Command {
         /// Where the store, the HSM state and the dev PKI live.
         #[arg(long, default_value = "./kms-data")]
         data_dir: PathBuf,
+        /// Where Prometheus metrics are served (plain HTTP, `GET /metrics`); port 0 picks a free
+        /// one, printed at start.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        metrics_listen: SocketAddr,
+        /// Serve no metrics.
+        #[arg(long)]
+        no_metrics: bool,
     },
     /// Serve a real deployment from its configuration file (see `sscard_kms::server::config`).
     Serve {
@@ -61,13 +78,15 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -81,14 +100,26 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         let shutdown = shutdown_signal();
         match cli.command {
-            Command::Dev { listen, data_dir } => {
-                let listener = tokio::net::TcpListener::bind(listen)
-                    .await
-                    .map_err(|source| sscard_kms::Error::File {
-                        path: PathBuf::from(listen.to_string()),
-                        source,
-                    })?;
-                sscard_kms::dev::run(listener, &data_dir, shutdown).await
+            Command::Dev {
+                listen,
+                data_dir,
+                metrics_listen,
+                no_metrics,
+            } => {
+                let bind = |addr: SocketAddr| async move {
+                    tokio::net::TcpListener::bind(addr).await.map_err(|source| {
+                        sscard_kms::Error::File {
+                            path: PathBuf::from(addr.to_string()),
+                            source,
+                        }
+                    })
+                };
+                let listener = bind(listen).await?;
+                let metrics = match no_metrics {
+                    true => None,
+                    false => Some(bind(metrics_listen).await?),
+                };
+                sscard_kms::dev::run(listener, metrics, &data_dir, shutdown).await
             }
             Command::Serve { config } => {
                 let config = sscard_kms::server::config::Config::load(&config)?;

@@ -33,7 +33,7 @@
 use core::fmt;
 use core::str::FromStr;
 
-use hsm_sim::factor::Factor;
+use hsm_api::Factor;
 
 use crate::card::region::Region;
 use crate::error::{Error, Result};

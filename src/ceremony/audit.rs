@@ -99,7 +99,7 @@ pub fn verify_records(
 /// in-process HSM on the published test LMK (development data directories only: a production
 /// trail's seals are checked through the production HSM).
 pub fn verify_with_test_lmk(data_dir: &Path) -> Result<Report> {
-    use hsm_sim::hsm::{Hsm, KeyToken};
+    use hsm_api::{Hsm, KeyToken};
     let snapshot = Store::open_read_only(data_dir)?;
     let token: String = snapshot
         .get(crate::state::store::Table::Meta, crate::service::AUDIT_KEY)?

@@ -34,6 +34,9 @@ use crate::error::{Error, Refusal, Result};
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Where Prometheus metrics are served (plain HTTP, `GET /metrics`); none when absent.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub tls: TlsFiles,
     pub hsm: HsmConfig,
@@ -93,6 +96,12 @@ impl Config {
                 field: "SSCARD_KMS_LISTEN",
                 reason: Refusal::NotASocketAddress,
             })?;
+        }
+        if let Some(listen) = var("SSCARD_KMS_METRICS_LISTEN") {
+            self.metrics_listen = Some(listen.parse().map_err(|_| Error::InvalidArgument {
+                field: "SSCARD_KMS_METRICS_LISTEN",
+                reason: Refusal::NotASocketAddress,
+            })?);
         }
         if let Some(dir) = var("SSCARD_KMS_DATA_DIR") {
             self.data_dir = PathBuf::from(dir);

@@ -9,10 +9,10 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use hsm_sim::hsm::Hsm;
+use hsm_api::Hsm;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::ServerTlsConfig;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Status};
 
 use crate::access::identity::{self, Identity};
@@ -21,12 +21,14 @@ use crate::proto::kms::v1 as pb;
 use crate::service::Kms;
 
 mod convert;
+mod instrument;
 mod officers;
 mod psam_lines;
 mod registrars;
 mod stations;
 mod status;
 
+pub use instrument::serve_metrics;
 use status::status;
 pub use status::{DOMAIN, to_status};
 
@@ -42,6 +44,7 @@ pub async fn serve<H: Hsm>(
     tls: ServerTlsConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
+    let metrics = instrument::MetricsLayer::new(Arc::clone(kms.metrics()));
     // Health of the server ("") and of each KMS service follows the HSM: NOT_SERVING unless it
     // is operational, updated whenever the HSM's readiness changes.
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -74,6 +77,7 @@ pub async fn serve<H: Hsm>(
             what: "server",
             reason: "invalid TLS configuration",
         })?
+        .layer(metrics)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -85,7 +89,13 @@ pub async fn serve<H: Hsm>(
             api.clone(),
         ))
         .add_service(pb::admin_service_server::AdminServiceServer::new(api))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        // TCP_NODELAY on every accepted connection: tonic ignores the builder's `tcp_nodelay` for
+        // an incoming stream of our own, and without it every exchange of a small request can
+        // wait out the peer's delayed ACK (~40 ms on Linux).
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await;
     health_updates.abort();
     served.map_err(|e| {
@@ -141,6 +151,46 @@ fn caller<T>(request: &Request<T>) -> Result<Identity, Status> {
     Identity::from_san_uris(&uris).map_err(|e| to_status(&e))
 }
 
+/// Serves the API on `listener` and, when given, the metrics on `metrics` until `shutdown`.
+pub async fn serve_all<H: Hsm>(
+    kms: Arc<Kms<H>>,
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    tls: ServerTlsConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics = metrics.map(|listener| {
+        tokio::spawn(serve_metrics(Arc::clone(&kms), listener, async {
+            let _ = stopped.await;
+        }))
+    });
+    let served = serve(kms, listener, tls, shutdown).await;
+    drop(stop);
+    if let Some(task) = metrics {
+        match task.await {
+            Ok(result) => result?,
+            Err(_) => return Err(Error::Store),
+        }
+    }
+    served
+}
+
+/// Binds the metrics listener of a configuration, if it names one, and says where it is.
+async fn bind_metrics(addr: Option<std::net::SocketAddr>) -> Result<Option<TcpListener>> {
+    let Some(addr) = addr else { return Ok(None) };
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::File {
+            path: std::path::PathBuf::from(addr.to_string()),
+            source,
+        })?;
+    if let Ok(bound) = listener.local_addr() {
+        println!("metrics on http://{bound}/metrics");
+    }
+    Ok(Some(listener))
+}
+
 /// Runs a configured deployment until `shutdown`: TLS from files (a client CA is required), the
 /// HSM in-process or remote, the store under the data directory.
 pub async fn run_configured(
@@ -166,6 +216,7 @@ pub async fn run_configured(
         source,
     })?;
     tracing::info!(listen = %addr, data = %config.data_dir.display(), "starting");
+    let metrics = bind_metrics(config.metrics_listen).await?;
     // One line on stdout once the store and the HSM are open and the port is bound, for
     // supervisors and tests (`listen = "127.0.0.1:0"` works).
     let ready = || println!("listening on {addr}");
@@ -179,7 +230,7 @@ pub async fn run_configured(
             )?);
             let kms = Kms::open(hsm, &store_dir).await?;
             ready();
-            serve(kms, listener, tls, shutdown).await
+            serve_all(kms, listener, metrics, tls, shutdown).await
         }
         HsmConfig::Remote {
             endpoint,
@@ -206,7 +257,7 @@ pub async fn run_configured(
             );
             let kms = Kms::open(hsm, &store_dir).await?;
             ready();
-            serve(kms, listener, tls, shutdown).await
+            serve_all(kms, listener, metrics, tls, shutdown).await
         }
     }
 }

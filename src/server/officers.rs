@@ -1,7 +1,7 @@
 //! `AdminService`: security officers.
 
-use hsm_sim::hsm::Hsm;
-use hsm_sim::kcv::{Kcv, KcvMethod};
+use hsm_api::Hsm;
+use hsm_api::{Kcv, KcvMethod};
 use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
 

@@ -1,6 +1,6 @@
 //! `PsamService`: PSAM production lines.
 
-use hsm_sim::hsm::Hsm;
+use hsm_api::Hsm;
 use tonic::{Request, Response, Status};
 
 use crate::error::Result;

@@ -114,9 +114,10 @@ fn internal() -> Status {
 }
 
 /// The HSM's errors, mapped by variant: what a caller's input or the HSM's state explains gets a
-/// reason code; anything else (a corrupt token, storage, the remote protocol) is internal.
-fn hsm_status(e: &hsm_sim::Error) -> Status {
-    use hsm_sim::Error as H;
+/// reason code; anything else (a corrupt token, storage, the remote protocol) is internal. The
+/// match is exhaustive: a new HSM error variant needs a decision here.
+fn hsm_status(e: &hsm_api::Error) -> Status {
+    use hsm_api::Error as H;
     let text = e.to_string();
     let refused = match e {
         H::Sealed => Refused::new(Code::FailedPrecondition, text, "HSM_SEALED"),
@@ -181,11 +182,6 @@ fn hsm_status(e: &hsm_sim::Error) -> Status {
             tracing::error!(error = %e, "HSM error");
             return internal();
         }
-        // A variant added to the HSM's error later is internal until it is given a code here.
-        _ => {
-            tracing::error!(error = %e, "HSM error (unmapped variant)");
-            return internal();
-        }
     };
     refused.into_status()
 }
@@ -198,7 +194,7 @@ pub(super) fn status(e: Error) -> Status {
 mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
-    use hsm_sim::{Algorithm, Error as H};
+    use hsm_api::{Algorithm, Error as H};
     use tonic::Code;
     use tonic_types::StatusExt;
 

@@ -13,15 +13,11 @@
 
 use std::sync::Arc;
 
-use hsm_sim::diversify::Dispersion;
-use hsm_sim::factor::Factor;
-use hsm_sim::hsm::{
-    Component, Exportability, ExportedKey, Hsm, HsmState, HsmStatus, KeySpec, KeyToken, KeyUsage,
-    LmkInit, LmkRotation, LmkShare, UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest,
+use hsm_api::{
+    Component, Dispersion, Error as HsmError, Exportability, ExportedKey, Factor, Hsm, HsmState,
+    HsmStatus, Kcv, KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare,
+    Result as HsmResult, UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest,
 };
-use hsm_sim::kcv::Kcv;
-use hsm_sim::tr31::KeyBlockVersion;
-use hsm_sim::{Error as HsmError, Result as HsmResult};
 use tokio::sync::watch;
 
 /// What the service last learnt of its HSM.

@@ -9,16 +9,17 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
 
-use hsm_sim::hsm::{Exportability, Hsm, KeySpec as HsmKeySpec, KeyToken, KeyUsage};
-use hsm_sim::kcv::Kcv;
-use hsm_sim::tr31::KeyBlockVersion;
-use hsm_sim::{Algorithm, Error as HsmError};
+use hsm_api::Kcv;
+use hsm_api::KeyBlockVersion;
+use hsm_api::{Algorithm, Error as HsmError};
+use hsm_api::{Exportability, Hsm, KeySpec as HsmKeySpec, KeyToken, KeyUsage};
 
 use crate::access::authz::Operation;
 use crate::access::identity::Identity;
 use crate::card::identifiers::{Atr, CardIdentifier, CardNumber, SocialSecurityNumber};
 use crate::card::template::Template;
 use crate::error::{Error, Refusal, Resource, Result};
+use crate::metrics::Metrics;
 use crate::state::audit::AuditEvent;
 use crate::state::records::{self, Endpoint, EndpointKind, KeyRecord, Level, StoredTemplate};
 use crate::state::store::{Sealer, Snapshot, Store, Table};
@@ -127,6 +128,7 @@ pub struct Kms<H: Hsm> {
     templates: RwLock<HashMap<String, Arc<Template>>>,
     /// Seals the audit chain; holds the audit key's token once it exists.
     sealer: Arc<HsmSealer<H>>,
+    metrics: Arc<Metrics>,
 }
 
 impl<H: Hsm> std::fmt::Debug for Kms<H> {
@@ -177,11 +179,13 @@ impl<H: Hsm> Kms<H> {
             runtime: tokio::runtime::Handle::current(),
         });
         let store = Store::open(store_dir, Arc::clone(&sealer) as Arc<dyn Sealer>)?;
+        let metrics = Metrics::new(store.metrics());
         let kms = Kms {
             hsm,
             store,
             templates: RwLock::new(HashMap::new()),
             sealer,
+            metrics,
         };
         kms.reload_templates()?;
         match kms.ensure_audit_key().await {
@@ -253,6 +257,21 @@ impl<H: Hsm> Kms<H> {
         self.hsm.readiness()
     }
 
+    /// This instance's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Every metric in the Prometheus text format, the HSM's state read now.
+    pub async fn scrape(&self) -> String {
+        match self.hsm.status().await {
+            Ok(status) => self.metrics.set_hsm_state(hsm_state_name(status.state)),
+            // Unreachable (a remote HSM down): no state is current.
+            Err(_) => self.metrics.set_hsm_state(""),
+        }
+        self.metrics.encode()
+    }
+
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store
@@ -308,11 +327,35 @@ impl<H: Hsm> Kms<H> {
         subject: &str,
         op: impl Future<Output = Result<T>>,
     ) -> Result<T> {
+        let started = std::time::Instant::now();
         let result = op.await;
-        if let Err(e) = &result {
-            let event = AuditEvent::denied(caller.to_string(), operation.name(), subject, e);
-            if let Err(audit_err) = self.store.audit(vec![event]).await {
-                tracing::error!(error = %audit_err, "could not audit a refusal");
+        // One structured line per request (target `sscard_kms::request`): the operation, the
+        // caller, the masked subject, the outcome and the time taken. Subjects are masked by
+        // their callers; errors carry no key material.
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        match &result {
+            Ok(_) => tracing::info!(
+                target: "sscard_kms::request",
+                operation = operation.name(),
+                caller = %caller,
+                subject,
+                outcome = "ok",
+                micros,
+            ),
+            Err(e) => {
+                tracing::info!(
+                    target: "sscard_kms::request",
+                    operation = operation.name(),
+                    caller = %caller,
+                    subject,
+                    outcome = "refused",
+                    reason = %e,
+                    micros,
+                );
+                let event = AuditEvent::denied(caller.to_string(), operation.name(), subject, e);
+                if let Err(audit_err) = self.store.audit(vec![event]).await {
+                    tracing::error!(error = %audit_err, "could not audit a refusal");
+                }
             }
         }
         result
@@ -358,4 +401,15 @@ pub fn mask_card_identifier(id: &str) -> String {
 
 fn masked_subject(card: &CardRequest) -> String {
     format!("card {}", mask_card_identifier(&card.card_identifier))
+}
+
+/// The name of an HSM state, as status calls and metrics report it.
+fn hsm_state_name(state: hsm_api::HsmState) -> &'static str {
+    use hsm_api::HsmState;
+    match state {
+        HsmState::Uninitialised => "uninitialised",
+        HsmState::Sealed => "sealed",
+        HsmState::Operational => "operational",
+        HsmState::SelfTestFailed => "self-test-failed",
+    }
 }

@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use hsm_sim::Algorithm;
-use hsm_sim::factor::Factor;
-use hsm_sim::hsm::{Component, Exportability, Hsm, KeySpec as HsmKeySpec, KeyUsage};
-use hsm_sim::kcv::{Kcv, KcvMethod};
+use hsm_api::Algorithm;
+use hsm_api::Factor;
+use hsm_api::{Component, Exportability, Hsm, KeySpec as HsmKeySpec, KeyUsage};
+use hsm_api::{Kcv, KcvMethod};
 use zeroize::Zeroizing;
 
 use crate::access::authz::{self, Operation};
@@ -20,7 +20,7 @@ use crate::state::records::{
 };
 use crate::state::store::Table;
 
-use super::{Kms, PROVINCE, active_key, kcv_hex, token};
+use super::{Kms, PROVINCE, active_key, hsm_state_name, kcv_hex, token};
 
 /// A clear component as an officer typed it, with its KCV from paper (hex).
 #[derive(Debug)]
@@ -46,10 +46,10 @@ impl<H: Hsm> Kms<H> {
         &self,
         caller: &Identity,
         share: Zeroizing<String>,
-    ) -> Result<hsm_sim::hsm::UnsealProgress> {
+    ) -> Result<hsm_api::UnsealProgress> {
         self.audited(caller, Operation::Administer, "unseal-hsm", async {
             authz::authorize(caller, Operation::Administer)?;
-            let progress = self.hsm.unseal(hsm_sim::hsm::LmkShare::new(share)).await?;
+            let progress = self.hsm.unseal(hsm_api::LmkShare::new(share)).await?;
             if progress.unsealed {
                 self.ensure_audit_key().await?;
             }
@@ -211,7 +211,7 @@ impl<H: Hsm> Kms<H> {
         level: Level,
         region: &str,
         alg: Algorithm,
-        wrapped: hsm_sim::hsm::WrappedKey,
+        wrapped: hsm_api::WrappedKey,
     ) -> Result<KeyRecord> {
         let prefix = records::key_prefix(template_id, key_name, level, region);
         let (method, kcv) = kcv_hex(&wrapped.kcv);
@@ -523,13 +523,7 @@ impl<H: Hsm> Kms<H> {
                 .collect();
             templates.sort();
             Ok(Status {
-                hsm_state: match hsm.state {
-                    hsm_sim::hsm::HsmState::Uninitialised => "uninitialised",
-                    hsm_sim::hsm::HsmState::Sealed => "sealed",
-                    hsm_sim::hsm::HsmState::Operational => "operational",
-                    hsm_sim::hsm::HsmState::SelfTestFailed => "self-test-failed",
-                }
-                .to_owned(),
+                hsm_state: hsm_state_name(hsm.state).to_owned(),
                 hsm_is_secure: self.hsm.is_secure(),
                 hsm_dangerous_test_lmk: hsm.dangerous_test_lmk,
                 audit_records: self.store.snapshot()?.audit_len()?,

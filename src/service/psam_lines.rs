@@ -1,13 +1,14 @@
 //! PSAM production lines: registering PSAMs and their key sets at the level each key's usage
 //! byte states.
 
-use hsm_sim::Algorithm;
-use hsm_sim::hsm::Hsm;
+use hsm_api::Algorithm;
+use hsm_api::Hsm;
 
 use crate::access::authz::{self, Operation};
 use crate::access::identity::Identity;
 use crate::card::region::{self, Region};
 use crate::error::{Error, Refusal, Resource, Result};
+use crate::metrics::ReleaseLabels;
 use crate::state::audit::AuditEvent;
 use crate::state::records::{EndpointKind, Level, NATIONAL, Psam};
 use crate::state::store::Table;
@@ -186,6 +187,13 @@ impl<H: Hsm> Kms<H> {
                     Ok(())
                 })
                 .await?;
+            self.metrics
+                .keys_released
+                .get_or_create(&ReleaseLabels {
+                    form: "tr31-psam",
+                    template: template.id().to_owned(),
+                })
+                .inc_by(keys.len() as u64);
             Ok(PsamKeySet {
                 serial: serial.to_owned(),
                 keys,

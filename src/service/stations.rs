@@ -1,17 +1,18 @@
 //! Card personalisation stations: a card's keys as TR-31 blocks or secure-messaging WRITE KEY
 //! commands, and blank-card initialisation.
 
-use hsm_sim::Algorithm;
-use hsm_sim::factor::Factor;
-use hsm_sim::hsm::{Exportability, Hsm, KeyToken, KeyUsage, WriteKeyRequest};
-use hsm_sim::kcv::Kcv;
-use hsm_sim::mac::MacFold;
+use hsm_api::Algorithm;
+use hsm_api::Factor;
+use hsm_api::Kcv;
+use hsm_api::MacFold;
+use hsm_api::{Exportability, Hsm, KeyToken, KeyUsage, WriteKeyRequest};
 
 use crate::access::authz::{self, Operation};
 use crate::access::identity::Identity;
 use crate::card::identifiers::Atr;
 use crate::card::template::{KeySpec, Protector, Template};
 use crate::error::{Error, Refusal, Resource, Result};
+use crate::metrics::ReleaseLabels;
 use crate::state::audit::AuditEvent;
 use crate::state::records::{self, Card, CardStatus, EndpointKind, KeyRecord, Level};
 use crate::state::store::{Snapshot, Table};
@@ -389,7 +390,21 @@ impl<H: Hsm> Kms<H> {
                 tx.audit(AuditEvent::ok(actor, op.name(), subject));
                 Ok(())
             })
-            .await
+            .await?;
+        for d in delivered {
+            let form = match d.form {
+                DeliveredForm::Tr31(_) => "tr31",
+                DeliveredForm::WriteKeyApdu(_) => "secure-messaging",
+            };
+            self.metrics
+                .keys_released
+                .get_or_create(&ReleaseLabels {
+                    form,
+                    template: card.template_id.clone(),
+                })
+                .inc();
+        }
+        Ok(())
     }
 }
 

@@ -23,6 +23,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
+use crate::metrics::StoreMetrics;
 use crate::state::audit::{self, AuditEvent, AuditRecord, AuditSeal, ChainHead};
 
 /// Named tables of JSON values keyed by strings.
@@ -98,6 +99,7 @@ pub struct Store {
     writer: Arc<Writer>,
     db: Arc<redb::Database>,
     path: PathBuf,
+    metrics: StoreMetrics,
 }
 
 /// The writer thread's handle: dropping it closes the job queue and waits for the thread.
@@ -350,9 +352,11 @@ impl Store {
         };
         let (jobs, rx) = std_mpsc::channel::<Job>();
         let writer_db = Arc::clone(&db);
+        let metrics = StoreMetrics::default();
+        let writer_metrics = metrics.clone();
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer(writer_db, rx, head, sealer))
+            .spawn(move || writer(writer_db, rx, head, sealer, writer_metrics))
             .map_err(|_| Error::Store)?;
         Ok(Store {
             writer: Arc::new(Writer {
@@ -361,7 +365,13 @@ impl Store {
             }),
             db,
             path,
+            metrics,
         })
+    }
+
+    /// The writer's figures: requests per commit, commit time, records not yet sealed.
+    pub fn metrics(&self) -> &StoreMetrics {
+        &self.metrics
     }
 
     /// Opens an existing store read-only, for offline tools (the server must not be running).
@@ -418,12 +428,15 @@ fn writer(
     rx: std_mpsc::Receiver<Job>,
     mut head: ChainHead,
     sealer: Arc<dyn Sealer>,
+    metrics: StoreMetrics,
 ) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
         }
+        let started = std::time::Instant::now();
+        metrics.commit_requests.observe(batch.len() as f64);
         let committed_head = head;
         let mut completions = Vec::with_capacity(batch.len());
         let result = (|| -> Result<()> {
@@ -456,7 +469,12 @@ fn writer(
                 }
                 drop(audit_table);
                 let seq = head.next_seq - 1;
-                if let Some(mac) = sealer.seal(&audit::seal_message(seq, &head.last_hash)) {
+                let mac = sealer.seal(&audit::seal_message(seq, &head.last_hash));
+                match &mac {
+                    Some(_) => metrics.unsealed_records.set(0),
+                    None => metrics.unsealed_records.inc_by(appended.len() as i64),
+                };
+                if let Some(mac) = mac {
                     let seal = AuditSeal {
                         seq,
                         head: hex::encode_upper(head.last_hash),
@@ -479,6 +497,9 @@ fn writer(
             txn.commit().map_err(store_err)?;
             Ok(())
         })();
+        metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
         if result.is_err() {
             // Nothing of the batch is durable: the chain head goes back to where it was.
             head = committed_head;

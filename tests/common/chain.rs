@@ -2,13 +2,14 @@
 //! (`dev/test-keys.toml`) and DOMAIN.md: the key hierarchy, identifiers with their check
 //! characters, and the secure-messaging WRITE KEY command.
 //!
-//! Every expected key is computed twice: with `hsm_sim::diversify::diversify_chain`, and by
+//! Every expected key is computed twice: with `hsm_sim::crypto::diversify::diversify_chain`, and by
 //! hand from DOMAIN.md §2 (`D(K, F) = E_K(F ‖ ~F)` in ECB, one cipher call per level) with the
 //! plain block cipher. The two must agree before anything is compared with the service.
 
-use hsm_sim::factor::Factor;
-use hsm_sim::mac::MacFold;
-use hsm_sim::{Algorithm, SecretKey};
+use hsm_api::Algorithm;
+use hsm_api::Factor;
+use hsm_api::MacFold;
+use hsm_sim::crypto::SecretKey;
 use sscard_kms::card::template::{KeyLevel, KeyRoot, KeySpec, Template};
 use sscard_kms::dev::{TestKeys, test_keys};
 
@@ -86,7 +87,7 @@ pub fn expected(spec: &KeySpec, level: KeyLevel, city: &str, atr: &[u8]) -> Expe
     let alg = spec.hsm_algorithm();
     let root = root_hex(&keys, spec);
     let factors = factors(spec, level, city, atr).expect("the chain has a key at this level");
-    let key = hsm_sim::diversify::diversify_chain(
+    let key = hsm_sim::crypto::diversify::diversify_chain(
         &SecretKey::from_hex(alg, &root).unwrap(),
         spec.dispersion,
         &factors,
@@ -108,7 +109,8 @@ fn by_hand(alg: Algorithm, root_hex: &str, factors: &[Factor]) -> String {
     for f in factors {
         let mut block = f.as_bytes().to_vec();
         block.extend(f.as_bytes().iter().map(|b| !b));
-        key = hsm_sim::cipher::encrypt_ecb(&SecretKey::new(alg, &key).unwrap(), &block).unwrap();
+        key = hsm_sim::crypto::cipher::encrypt_ecb(&SecretKey::new(alg, &key).unwrap(), &block)
+            .unwrap();
     }
     hex::encode_upper(key)
 }
@@ -171,7 +173,7 @@ pub fn vendor_transport(alg: Algorithm) -> SecretKey {
 
 /// The WRITE KEY command DOMAIN.md §5 describes, built here from its parts:
 /// `84 D4 key_id 00 Lc ‖ field ‖ MAC`, where `field = ECB(protect, Ld ‖ header ‖ key ‖ 80 00..)`
-/// (`hsm_sim::mac::encrypt_key_field`) and the MAC (`hsm_sim::mac::card_mac`, SM4 folded by
+/// (`hsm_sim::crypto::mac::encrypt_key_field`) and the MAC (`hsm_sim::crypto::mac::card_mac`, SM4 folded by
 /// XOR of its four words) runs over the command header and the field, with the card's challenge
 /// as IV. `Lc` counts the MAC.
 pub fn write_key_apdu(
@@ -183,11 +185,11 @@ pub fn write_key_apdu(
 ) -> Vec<u8> {
     let mut data = template.card_key_header(spec);
     data.extend(hex::decode(&key.hex).unwrap());
-    let field = hsm_sim::mac::encrypt_key_field(protect, &data).unwrap();
-    let lc = u8::try_from(field.len() + hsm_sim::mac::CARD_MAC_LEN).unwrap();
+    let field = hsm_sim::crypto::mac::encrypt_key_field(protect, &data).unwrap();
+    let lc = u8::try_from(field.len() + hsm_sim::crypto::mac::CARD_MAC_LEN).unwrap();
     let mut apdu = vec![0x84, 0xD4, spec.key_id, 0x00, lc];
     apdu.extend_from_slice(&field);
-    let mac = hsm_sim::mac::card_mac(protect, challenge, &apdu, MacFold::Xor4).unwrap();
+    let mac = hsm_sim::crypto::mac::card_mac(protect, challenge, &apdu, MacFold::Xor4).unwrap();
     apdu.extend_from_slice(&mac);
     apdu
 }

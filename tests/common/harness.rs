@@ -16,7 +16,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use hsm_sim::hsm::Hsm;
+use hsm_api::Hsm;
 use hsm_sim::local::{LocalHsm, LocalHsmConfig};
 use sscard_kms::access::identity::Identity;
 use sscard_kms::access::pki::DevPki;

@@ -11,7 +11,7 @@
 //! version = 1               # template revision, >= 1
 //! generation = "2.0"        # card specification generation
 //! algorithm = "tdes"        # default key algorithm: tdes | des | sm4
-//! dispersion = "pboc-tdes"  # hsm_sim::diversify::Dispersion name (sm4-f-notf-v1 for 3.0)
+//! dispersion = "pboc-tdes"  # hsm_api::Dispersion name (sm4-f-notf-v1 for 3.0)
 //! description = "…"         # optional
 //! # extends = "ssc-2.0"     # only in a city's extension: id of the base template
 //! # region = "440300"       # with `extends` only: the city that owns the extension
@@ -82,7 +82,7 @@
 //! # Ok::<(), sscard_kms::Error>(())
 //! ```
 
-use hsm_sim::diversify::Dispersion;
+use hsm_api::Dispersion;
 use serde::Deserialize;
 use toml::de::DeTable;
 

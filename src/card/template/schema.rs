@@ -3,7 +3,7 @@
 
 use core::ops::Range;
 
-use hsm_sim::diversify::Dispersion;
+use hsm_api::Dispersion;
 use serde::Deserialize;
 use toml::Spanned;
 use toml::de::DeTable;

@@ -1,6 +1,6 @@
 //! Unit tests of the template parser, validation, write order and headers.
 
-use hsm_sim::Algorithm;
+use hsm_api::Algorithm;
 
 use super::*;
 
@@ -70,7 +70,7 @@ root = "national"
 
 #[test]
 fn ssc_2_0_loads() {
-    let t = Template::parse(include_str!("../../../templates/ssc-2.0.toml")).unwrap();
+    let t = Template::parse(include_str!("../../../../templates/ssc-2.0.toml")).unwrap();
     assert_eq!(t.id(), "ssc-2.0");
     assert_eq!(t.version(), 1);
     assert_eq!(t.generation(), "2.0");
@@ -126,7 +126,7 @@ fn ssc_2_0_loads() {
 
 #[test]
 fn ssc_3_0_loads() {
-    let t = Template::parse(include_str!("../../../templates/ssc-3.0.toml")).unwrap();
+    let t = Template::parse(include_str!("../../../../templates/ssc-3.0.toml")).unwrap();
     assert_eq!(t.id(), "ssc-3.0");
     assert_eq!(t.generation(), "3.0");
     assert_eq!(t.algorithm(), CardAlgorithm::Sm4);
@@ -160,7 +160,7 @@ fn builtin_by_id() {
 
 #[test]
 fn write_order_puts_protectors_first() {
-    let t = Template::parse(include_str!("../../../templates/ssc-2.0.toml")).unwrap();
+    let t = Template::parse(include_str!("../../../../templates/ssc-2.0.toml")).unwrap();
     let order: Vec<&str> = t.write_order().map(|k| k.name.as_str()).collect();
     assert_eq!(order.len(), t.keys().len());
     for k in t.keys() {
@@ -513,7 +513,7 @@ root = "national"
         )
     );
     // And the other way round: a 3DES key in an SM4 template.
-    let sm4_template = include_str!("../../../templates/ssc-3.0.toml").replacen(
+    let sm4_template = include_str!("../../../../templates/ssc-3.0.toml").replacen(
         "name = \"STK_DF05\"",
         "name = \"STK_DF05\"\nalgorithm = \"tdes\"",
         1,
