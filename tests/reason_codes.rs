@@ -360,6 +360,15 @@ async fn every_reason_code_reachable_from_the_api_arrives_in_the_details() {
             .import_root_key(root(pb::KeyLevel::City, "STK_SSSE")),
     )
     .await;
+    // The zero value of an enum is "unset", never a level.
+    seen.expect(
+        Code::InvalidArgument,
+        "FIELD_REQUIRED",
+        officer
+            .admin
+            .import_root_key(root(pb::KeyLevel::Unspecified, "STK_SSSE")),
+    )
+    .await;
     seen.expect(
         Code::InvalidArgument,
         "NATIONAL_ROOT_NOT_ALLOWED",

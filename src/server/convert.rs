@@ -126,6 +126,8 @@ pub(super) fn level_of(level: i32) -> Result<Level, Status> {
     match pb::KeyLevel::try_from(level) {
         Ok(pb::KeyLevel::National) => Ok(Level::National),
         Ok(pb::KeyLevel::Provincial) => Ok(Level::Province),
+        // 0 is "unset", not a level.
+        Ok(pb::KeyLevel::Unspecified) => Err(required("level")),
         _ => Err(super::to_status(&Error::InvalidArgument {
             field: "level",
             reason: Refusal::RootLevel,
