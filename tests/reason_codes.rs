@@ -228,9 +228,10 @@ async fn every_reason_code_reachable_from_the_api_arrives_in_the_details() {
     .await;
     let mut other_number = gz_card.clone();
     other_number.card_number = card_number("GZ399999");
+    // A card whose data differ from the registry's gets the answer of an unknown card.
     seen.expect(
-        Code::FailedPrecondition,
-        "CARD_DATA_MISMATCH",
+        Code::NotFound,
+        "NO_MATCHING_CARD",
         station.card.inject_card_keys(inject(&other_number)),
     )
     .await;
@@ -509,8 +510,52 @@ async fn every_reason_code_reachable_from_the_api_arrives_in_the_details() {
     let unknown = new_card("00000000000C0003", "GZ300003", "44010319940404123");
     seen.expect(
         Code::NotFound,
-        "CARD_NOT_FOUND",
+        "NO_MATCHING_CARD",
         station.card.inject_card_keys(inject(&unknown)),
+    )
+    .await;
+    seen.expect(
+        Code::NotFound,
+        "CARD_NOT_FOUND",
+        registrar.registry.accept_card(card_ref(&unknown)),
+    )
+    .await;
+
+    // ---- caps on lists and strings, and lists the template bounds
+    let mut long_name = inject(&gz_card);
+    long_name.key_names = vec!["K".repeat(65)];
+    seen.expect(
+        Code::InvalidArgument,
+        "FIELD_TOO_LONG",
+        station.card.inject_card_keys(long_name),
+    )
+    .await;
+    let mut many = inject(&gz_card);
+    many.key_names = vec!["MK_MF".to_owned(); 65];
+    seen.expect(
+        Code::InvalidArgument,
+        "TOO_MANY_ENTRIES",
+        station.card.inject_card_keys(many),
+    )
+    .await;
+    let mut twice = inject(&gz_card);
+    twice.key_names = vec!["MK_MF".to_owned(), "MK_MF".to_owned()];
+    seen.expect(
+        Code::InvalidArgument,
+        "KEY_NAMED_TWICE",
+        station.card.inject_card_keys(twice),
+    )
+    .await;
+    let keys = sscard_kms::card::template::Template::builtin("ssc-2.0")
+        .unwrap()
+        .keys()
+        .len();
+    let mut more = inject(&gz_card);
+    more.key_names = (0..=keys).map(|i| format!("K{i}")).collect();
+    seen.expect(
+        Code::InvalidArgument,
+        "MORE_ENTRIES_THAN_KEYS",
+        station.card.inject_card_keys(more),
     )
     .await;
     seen.expect(
@@ -670,6 +715,26 @@ async fn every_reason_code_reachable_from_the_api_arrives_in_the_details() {
         Code::InvalidArgument,
         "LMK_SHARE_REFUSED",
         blank_officer.admin.unseal_hsm(unseal("not a share")),
+    )
+    .await;
+
+    // ---- a store the HSM never served: no audit key to anchor a checkpoint with
+    let never_state = tempfile::tempdir().unwrap();
+    let never = Arc::new(
+        LocalHsm::open(LocalHsmConfig {
+            state_dir: Some(never_state.path().to_owned()),
+            ..Default::default()
+        })
+        .unwrap(),
+    );
+    let empty_kms = TestKms::empty(never).await;
+    let mut empty_officer = empty_kms.client(OFFICER);
+    seen.expect(
+        Code::FailedPrecondition,
+        "NO_AUDIT_KEY_YET",
+        empty_officer
+            .admin
+            .get_audit_checkpoint(pb::GetAuditCheckpointRequest {}),
     )
     .await;
 

@@ -104,10 +104,9 @@ async fn an_hsm_outage_is_unavailable_and_the_service_recovers_without_restart()
         .await;
     // The reason code README lists for it (marked `mTLS (remote_hsm)`).
     assert_eq!(reason(&refused), "HSM_UNAVAILABLE");
-    assert!(
-        crate::common::readme::reason_codes()
-            .iter()
-            .any(|row| row.code == "HSM_UNAVAILABLE" && row.tested == "mTLS (remote_hsm)")
+    assert_eq!(
+        crate::common::readme::tested("HSM_UNAVAILABLE"),
+        "mTLS (remote_hsm)"
     );
 
     // The HSM comes back on the same address; the same service, not restarted, serves again.

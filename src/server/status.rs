@@ -17,6 +17,9 @@ use crate::error::Error;
 /// The `ErrorInfo.domain` of every reason code of this service.
 pub const DOMAIN: &str = "sscard-kms";
 
+/// The metadata key of gRPC's retry pushback (gRFC A6), in milliseconds.
+pub const RETRY_PUSHBACK: &str = "grpc-retry-pushback-ms";
+
 /// What a refusal says to a client: the gRPC code, the human message, the reason code and the
 /// metadata of its `ErrorInfo`.
 struct Refused {
@@ -68,6 +71,19 @@ pub fn to_status(e: &Error) -> Status {
             Refused::new(Code::NotFound, text(), format!("{}_NOT_FOUND", what.code()))
         }
         Error::UnknownTemplate(_) => Refused::new(Code::NotFound, text(), "TEMPLATE_NOT_FOUND"),
+        // One answer whether the card is unknown or its data differ (no existence oracle): the
+        // detail is for the audit record only, never in the status.
+        Error::NoMatchingCard { .. } => Refused::new(Code::NotFound, text(), "NO_MATCHING_CARD"),
+        Error::ResourceExhausted { retry_after_ms, .. } => {
+            let mut status = Refused::new(Code::ResourceExhausted, text(), "RATE_LIMITED")
+                .with("retry_after_ms", retry_after_ms)
+                .into_status();
+            // gRPC's retry pushback (gRFC A6): clients that retry wait this long.
+            if let Ok(value) = retry_after_ms.to_string().parse() {
+                status.metadata_mut().insert(RETRY_PUSHBACK, value);
+            }
+            return status;
+        }
         Error::AlreadyExists { what } => Refused::new(
             Code::AlreadyExists,
             text(),
@@ -262,6 +278,10 @@ mod tests {
         };
         vec![
             pd(Refusal::CallerHasNoRegion),
+            fp(Refusal::AuditTrailEmpty),
+            fp(Refusal::StoreInUse),
+            ia(Refusal::Between1And1024),
+            ia(Refusal::CheckpointFile),
             fp(Refusal::CardChangedDuringRequest),
             fp(Refusal::KeyVersionNotHeld),
             fp(Refusal::NoBlankCardKey),
@@ -353,12 +373,19 @@ mod tests {
                 "{what:?} not in README"
             );
         }
-        let distinct: BTreeSet<&str> = Refusal::ALL.iter().map(|r| r.code()).collect();
-        assert_eq!(
-            distinct.len(),
-            Refusal::ALL.len(),
-            "two reasons share a code"
-        );
+        // Reasons share a code only within a family of caps or ranges: the message names the
+        // number, the code the kind.
+        let mut by_code: BTreeMap<&str, usize> = BTreeMap::new();
+        for r in Refusal::ALL {
+            *by_code.entry(r.code()).or_default() += 1;
+        }
+        let families = ["FIELD_TOO_LONG", "TOO_MANY_ENTRIES", "CONFIG_OUT_OF_RANGE"];
+        for (code, n) in by_code {
+            assert!(
+                n == 1 || families.contains(&code),
+                "{n} reasons share {code}"
+            );
+        }
     }
 
     #[test]
@@ -374,6 +401,33 @@ mod tests {
         assert_eq!(metadata.get("component").map(String::as_str), Some("2"));
         let (_, metadata) = sent(Error::Hsm(H::UnknownAlgorithm("secret-ish".to_owned())));
         assert!(metadata.is_empty());
+        // Which of unknown and mismatching a card was stays in the audit record.
+        let mismatch = Error::NoMatchingCard {
+            detail: "the card number differs from the registry's",
+        };
+        assert!(!to_status(&mismatch).message().contains("differs"));
+        let (reason, metadata) = sent(mismatch);
+        assert_eq!(reason, "NO_MATCHING_CARD");
+        assert!(metadata.is_empty());
+        // A rate refusal says when to retry, in the details and as gRPC's pushback.
+        let rate = Error::ResourceExhausted {
+            what: "request rate of this identity exceeded",
+            retry_after_ms: 250,
+        };
+        let status = to_status(&rate);
+        assert_eq!(
+            status
+                .metadata()
+                .get(super::RETRY_PUSHBACK)
+                .map(|v| v.to_str().unwrap()),
+            Some("250")
+        );
+        let (reason, metadata) = sent(rate);
+        assert_eq!(reason, "RATE_LIMITED");
+        assert_eq!(
+            metadata.get("retry_after_ms").map(String::as_str),
+            Some("250")
+        );
     }
 
     #[test]

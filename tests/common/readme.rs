@@ -34,3 +34,12 @@ pub fn reason_codes() -> Vec<CodeRow> {
     assert!(rows.len() > 10, "the reason-code table is empty");
     rows
 }
+
+/// Where README says `code` is tested.
+pub fn tested(code: &str) -> String {
+    reason_codes()
+        .into_iter()
+        .find(|row| row.code == code)
+        .unwrap_or_else(|| panic!("{code} is not in README's table"))
+        .tested
+}
