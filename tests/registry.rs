@@ -300,7 +300,7 @@ async fn every_rule_every_reason_of_a_row_and_the_batch_stored_once() {
             &mut city.registry,
             other.as_bytes(),
             &sha,
-            pb::ApplicantFileEncoding::Detect,
+            pb::ApplicantFileEncoding::Unspecified,
             1000,
         ),
     )
@@ -310,7 +310,7 @@ async fn every_rule_every_reason_of_a_row_and_the_batch_stored_once() {
         &mut city.registry,
         other.as_bytes(),
         "GZ-2024-06-01.a",
-        pb::ApplicantFileEncoding::Detect,
+        pb::ApplicantFileEncoding::Unspecified,
         1000,
     )
     .await
@@ -327,7 +327,7 @@ async fn every_rule_every_reason_of_a_row_and_the_batch_stored_once() {
             &mut city.registry,
             other.as_bytes(),
             "no spaces",
-            pb::ApplicantFileEncoding::Detect,
+            pb::ApplicantFileEncoding::Unspecified,
             1000,
         ),
     )
@@ -533,6 +533,16 @@ async fn cities_submit_their_own_rows_and_only_the_province_accepts() {
         .unwrap()
         .into_inner();
     assert_eq!(verdicts(&read), verdicts(&report));
+    kms.refused(
+        Code::NotFound,
+        "applicant batch not found",
+        province
+            .registry
+            .get_applicant_batch(pb::GetApplicantBatchRequest {
+                batch_id: "no-such-batch".into(),
+            }),
+    )
+    .await;
     kms.refused(
         Code::PermissionDenied,
         "applicant batches are submitted by a city registrar",

@@ -25,7 +25,7 @@
 
 use crate::access::identity::{Identity, Role};
 use crate::card::region::Region;
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 
 /// Every operation of the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -117,7 +117,7 @@ pub fn authorize(caller: &Identity, op: Operation) -> Result<()> {
         Ok(())
     } else {
         Err(Error::PermissionDenied {
-            reason: "role may not perform this operation",
+            reason: Refusal::RoleNotAllowed,
         })
     }
 }
@@ -127,14 +127,14 @@ pub fn authorize(caller: &Identity, op: Operation) -> Result<()> {
 pub fn authorize_region(caller: &Identity, target: &str) -> Result<()> {
     let Some(own) = caller.region() else {
         return Err(Error::PermissionDenied {
-            reason: "caller has no region",
+            reason: Refusal::CallerHasNoRegion,
         });
     };
     if covers(own, target) {
         Ok(())
     } else {
         Err(Error::PermissionDenied {
-            reason: "target is outside the caller's region",
+            reason: Refusal::OutsideCallerRegion,
         })
     }
 }
@@ -145,7 +145,7 @@ pub fn authorize_province(caller: &Identity) -> Result<&'static Region> {
     match caller.region().map(Region::lookup) {
         Some(Ok(region)) if !region.is_city() => Ok(region),
         _ => Err(Error::PermissionDenied {
-            reason: "only a provincial registrar may accept: acceptance is the province's verdict",
+            reason: Refusal::ProvinceOnly,
         }),
     }
 }
@@ -156,7 +156,7 @@ pub fn authorize_city(caller: &Identity) -> Result<&'static Region> {
     match caller.region().map(Region::lookup) {
         Some(Ok(region)) if region.is_city() => Ok(region),
         _ => Err(Error::PermissionDenied {
-            reason: "applicant batches are submitted by a city registrar",
+            reason: Refusal::CityRegistrarOnly,
         }),
     }
 }

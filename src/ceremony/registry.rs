@@ -20,7 +20,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::access::pki;
 use crate::access::tls::ClientTls;
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 use crate::proto::kms::v1 as pb;
 use crate::proto::kms::v1::registry_service_client::RegistryServiceClient;
 use crate::registry::reasons::Reason;
@@ -139,7 +139,7 @@ async fn connect(c: &Connection, reviewer: bool) -> Result<RegistryServiceClient
         _ => {
             return Err(Error::InvalidArgument {
                 field: "connection",
-                reason: "give --data-dir DIR, or --ca, --cert and --key",
+                reason: Refusal::ConnectionOptions,
             });
         }
     };
@@ -151,7 +151,7 @@ async fn connect(c: &Connection, reviewer: bool) -> Result<RegistryServiceClient
     let channel = Endpoint::from_shared(c.endpoint.clone())
         .map_err(|_| Error::InvalidArgument {
             field: "endpoint",
-            reason: "not a URL",
+            reason: Refusal::NotAUrl,
         })?
         .tls_config(tls.config())
         .map_err(unreachable)?
@@ -258,13 +258,13 @@ async fn submit(
     if bytes.len() > file::MAX_FILE_BYTES {
         return Err(Error::InvalidArgument {
             field: "file",
-            reason: "larger than 256 MiB: split it into several batches",
+            reason: Refusal::FileTooLarge,
         });
     }
     let mut client = connect(connection, false).await?;
     let bar = progress_bar(bytes.len() as u64);
     let encoding = match encoding {
-        None => pb::ApplicantFileEncoding::Detect,
+        None => pb::ApplicantFileEncoding::Unspecified,
         Some(EncodingArg::Utf8) => pb::ApplicantFileEncoding::Utf8,
         Some(EncodingArg::Gbk) => pb::ApplicantFileEncoding::Gb18030,
     } as i32;

@@ -14,7 +14,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::card::region::Region;
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Resource, Result};
 use crate::state::audit::AuditEvent;
 use crate::state::records::{Card, CardStatus};
 use crate::state::store::{Table, Tx};
@@ -237,12 +237,12 @@ pub fn write(tx: &mut Tx<'_>, review: Review, generations: &Generations) -> Resu
     if let Some(batch) = tx.get::<StoredBatch>(Table::ApplicantBatches, &review.id)? {
         if batch.sha256 != review.sha256 {
             return Err(Error::AlreadyExists {
-                what: "an applicant batch with this id (of another file)",
+                what: Resource::BatchIdOfAnotherFile,
             });
         }
         if batch.region != review.city.code {
             return Err(Error::PermissionDenied {
-                reason: "the batch was submitted by another city",
+                reason: Refusal::BatchOfAnotherCity,
             });
         }
         tx.audit(AuditEvent::ok(
@@ -344,22 +344,22 @@ pub fn accept_row(
     let mut batch: StoredBatch = tx
         .get(Table::ApplicantBatches, id)?
         .ok_or(Error::NotFound {
-            what: "applicant batch",
+            what: Resource::ApplicantBatch,
         })?;
     let Some(index) = batch.rejections.iter().position(|r| r.line == line) else {
         return Err(if lines_of(&batch.lines).any(|l| l == line) {
             Error::FailedPrecondition {
-                reason: "the row is accepted already",
+                reason: Refusal::RowAcceptedAlready,
             }
         } else {
             Error::NotFound {
-                what: "row of the batch",
+                what: Resource::ApplicantRow,
             }
         });
     };
     let rejection = batch.rejections[index].clone();
     let pending = rejection.pending.ok_or(Error::FailedPrecondition {
-        reason: "the row has a reason no reviewer may waive (identifiers, spec version, region or uniqueness)",
+        reason: Refusal::RowNotWaivable,
     })?;
     let now = tx.now_ms();
     let card = Card {
@@ -377,7 +377,7 @@ pub fn accept_row(
     let generation = generations
         .get(&card.template_id)
         .ok_or(Error::NotFound {
-            what: "card template",
+            what: Resource::CardTemplate,
         })?
         .clone();
     // The store may have changed since the batch: uniqueness is never waived.

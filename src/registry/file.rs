@@ -66,7 +66,7 @@ impl core::str::FromStr for Encoding {
             "gbk" | "gb18030" | "gb2312" => Ok(Encoding::Gb18030),
             _ => Err(crate::Error::InvalidArgument {
                 field: "encoding",
-                reason: "utf8 or gbk",
+                reason: crate::error::Refusal::EncodingName,
             }),
         }
     }

@@ -6,7 +6,7 @@
 
 use std::io::Write;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 
 /// The header line's columns.
 pub const HEADER: [&str; 3] = ["line", "verdict", "reasons"];
@@ -22,7 +22,7 @@ pub fn write_csv<'a, W: Write>(
         .from_writer(out);
     let failed = |_| Error::InvalidArgument {
         field: "report",
-        reason: "cannot write the report",
+        reason: Refusal::ReportUnwritable,
     };
     writer.write_record(HEADER).map_err(failed)?;
     let mut line_text = String::new();
@@ -40,7 +40,7 @@ pub fn write_csv<'a, W: Write>(
     }
     writer.flush().map_err(|_| Error::InvalidArgument {
         field: "report",
-        reason: "cannot write the report",
+        reason: Refusal::ReportUnwritable,
     })
 }
 

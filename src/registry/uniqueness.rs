@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use serde::de::IgnoredAny;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Resource, Result};
 use crate::state::records::{Card, CardStatus};
 use crate::state::store::{Table, Tx};
 
@@ -78,17 +78,17 @@ pub fn check_unique(
 ) -> Result<()> {
     if identifier_taken(tx, &card.card_identifier)? {
         return Err(Error::AlreadyExists {
-            what: "card identifier",
+            what: Resource::CardIdentifier,
         });
     }
     if number_taken(tx, &card.card_number)? {
         return Err(Error::AlreadyExists {
-            what: "card number",
+            what: Resource::CardNumber,
         });
     }
     if live_card(tx, &card.social_security_number, generation, generations)?.is_some() {
         return Err(Error::AlreadyExists {
-            what: "a live card for this social security number",
+            what: Resource::LiveCardForSsn,
         });
     }
     Ok(())

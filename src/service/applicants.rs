@@ -11,7 +11,7 @@ use sha2::Digest;
 use crate::access::authz::{self, Operation};
 use crate::access::identity::Identity;
 use crate::card::region::Region;
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Resource, Result};
 use crate::registry::batch::{self, Outcome, Review, StoredBatch};
 use crate::registry::file::{self, Encoding};
 use crate::registry::rules;
@@ -63,7 +63,7 @@ impl BatchUpload {
             self.bytes = Vec::new();
             self.fault = Some(Error::InvalidArgument {
                 field: "data",
-                reason: "the file is larger than 256 MiB",
+                reason: Refusal::FileTooLarge,
             });
             return;
         }
@@ -81,7 +81,7 @@ impl BatchUpload {
         self.bytes = Vec::new();
         self.fault.get_or_insert(Error::InvalidArgument {
             field: "data",
-            reason: "the upload was interrupted before the end of the file",
+            reason: Refusal::UploadInterrupted,
         });
     }
 }
@@ -97,7 +97,7 @@ fn check_batch_id(id: &str) -> Result<()> {
     } else {
         Err(Error::InvalidArgument {
             field: "batch_id",
-            reason: "1 to 64 characters of A-Z, a-z, 0-9, '.', '_', '-'",
+            reason: Refusal::BatchIdMalformed,
         })
     }
 }
@@ -243,7 +243,7 @@ impl<H: Hsm> Kms<H> {
                 .snapshot()?
                 .get(Table::ApplicantBatches, batch_id)?
                 .ok_or(Error::NotFound {
-                    what: "applicant batch",
+                    what: Resource::ApplicantBatch,
                 })?;
             authz::authorize_region(caller, &batch.region)?;
             Ok(batch)

@@ -6,7 +6,7 @@ use hsm_api::Hsm;
 use crate::access::authz::{self, Operation};
 use crate::access::identity::Identity;
 use crate::card::identifiers::CardIdentifier;
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Resource, Result};
 use crate::registry::uniqueness;
 use crate::state::audit::AuditEvent;
 use crate::state::records::{Card, CardStatus};
@@ -33,7 +33,7 @@ impl<H: Hsm> Kms<H> {
             if !region.is_city() {
                 return Err(Error::InvalidArgument {
                     field: "card_identifier",
-                    reason: "the issuing region must be a city",
+                    reason: Refusal::IssuingRegionNotACity,
                 });
             }
             let generation = self.template(template_id)?.generation().to_owned();
@@ -83,7 +83,7 @@ impl<H: Hsm> Kms<H> {
                     Ok(())
                 }
                 CardStatus::Blacklisted => Err(Error::FailedPrecondition {
-                    reason: "the card is blacklisted",
+                    reason: Refusal::CardBlacklisted,
                 }),
             },
         )
@@ -122,7 +122,9 @@ impl<H: Hsm> Kms<H> {
             self.store
                 .snapshot()?
                 .get(Table::Cards, id.as_str())?
-                .ok_or(Error::NotFound { what: "card" })
+                .ok_or(Error::NotFound {
+                    what: Resource::Card,
+                })
         })
         .await
     }
@@ -147,9 +149,9 @@ impl<H: Hsm> Kms<H> {
             let actor = caller.to_string();
             self.store
                 .write(move |tx| {
-                    let mut card: Card = tx
-                        .get(Table::Cards, &key)?
-                        .ok_or(Error::NotFound { what: "card" })?;
+                    let mut card: Card = tx.get(Table::Cards, &key)?.ok_or(Error::NotFound {
+                        what: Resource::Card,
+                    })?;
                     change(&mut card)?;
                     tx.put(Table::Cards, &key, &card)?;
                     tx.audit(AuditEvent::ok(

@@ -145,7 +145,14 @@ pub async fn submit(
     client: &mut RegistryServiceClient<Channel>,
     file: &[u8],
 ) -> Result<Response<pb::ApplicantBatchReport>, Status> {
-    submit_chunked(client, file, "", pb::ApplicantFileEncoding::Detect, 1000).await
+    submit_chunked(
+        client,
+        file,
+        "",
+        pb::ApplicantFileEncoding::Unspecified,
+        1000,
+    )
+    .await
 }
 
 /// The reasons of the rejected row at `line`, `;`-joined ("" if the row was accepted).

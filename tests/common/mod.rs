@@ -5,11 +5,13 @@
 //!   start/stop/reopen, clients per identity, audit and log access);
 //! - [`applicants`]: applicant files (real-looking rows, UTF-8 or GBK) and their submission;
 //! - [`chain`]: what the service should deliver, computed independently from the published
-//!   test keys (key hierarchy, identifiers, WRITE KEY commands).
+//!   test keys (key hierarchy, identifiers, WRITE KEY commands);
+//! - [`readme`]: the reason-code table of README, as the tests hold it against the service.
 
 pub mod applicants;
 pub mod chain;
 pub mod harness;
+pub mod readme;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
