@@ -158,7 +158,15 @@ pub async fn run(
     })?;
     let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
     println!("{}", banner(addr, metrics_addr, data_dir, &paths, seeded));
-    crate::server::serve_all(kms, listener, metrics, tls, shutdown).await
+    crate::server::serve_all(
+        kms,
+        listener,
+        metrics,
+        tls,
+        crate::server::Limits::default(),
+        shutdown,
+    )
+    .await
 }
 
 fn banner(

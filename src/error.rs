@@ -22,6 +22,17 @@ pub enum Error {
     /// A card, template, key, PSAM or endpoint that does not exist.
     #[error("{what} not found")]
     NotFound { what: &'static str },
+    /// No registered card matches the identifiers a station gave: the card is unknown, or its
+    /// data differ from the registry's. Both answers are the same to the caller (no existence
+    /// oracle); `detail` says which, for the audit record only.
+    #[error("no registered card matches these identifiers")]
+    NoMatchingCard { detail: &'static str },
+    /// A limit of the service was reached (a caller's request rate); retry after the delay.
+    #[error("{what}: retry after {retry_after_ms} ms")]
+    ResourceExhausted {
+        what: &'static str,
+        retry_after_ms: u64,
+    },
     /// Something that exists already (a card number, an SSN with a live card, a PSAM serial…).
     #[error("{what} already exists")]
     AlreadyExists { what: &'static str },
