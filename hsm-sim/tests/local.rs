@@ -966,6 +966,54 @@ async fn components_are_checked() {
             "{a} {b}"
         );
     }
+    // Issue 12: equal components (an all-zero key), for every algorithm, and halves equal
+    // modulo parity are weak; a component KCV shorter than 3 bytes is refused.
+    for (alg, hex) in [
+        (Algorithm::Aes128, "000102030405060708090A0B0C0D0E0F"),
+        (Algorithm::Sm4, "0123456789ABCDEFFEDCBA9876543210"),
+        (Algorithm::Tdes2, "0123456789ABCDEFFEDCBA9876543210"),
+    ] {
+        assert_eq!(
+            hsm.form_key(
+                spec(alg, KeyUsage::CardKey, Exportability::Exportable),
+                vec![component(alg, hex), component(alg, hex)]
+            )
+            .await,
+            Err(Error::WeakKey),
+            "{alg}"
+        );
+    }
+    assert_eq!(
+        hsm.form_key(
+            card_spec,
+            vec![
+                component(Algorithm::Tdes2, "0123456789ABCDEFFEDCBA9876543210"),
+                component(Algorithm::Tdes2, "0000000000000000FEFEFEFEFEFEFEFE"),
+            ]
+        )
+        .await,
+        Err(Error::WeakKey)
+    );
+    let mut short_kcv = component(Algorithm::Tdes2, "0123456789ABCDEFFEDCBA9876543210");
+    short_kcv.expected_kcv = Kcv::from_parts(
+        KcvMethod::EncryptZeros,
+        short_kcv.expected_kcv.value()[..2].to_vec(),
+    );
+    assert_eq!(
+        hsm.form_key(
+            card_spec,
+            vec![
+                short_kcv,
+                component(Algorithm::Tdes2, "1E1E1E1E1E1E1E1E2D2D2D2D2D2D2D2D"),
+            ]
+        )
+        .await,
+        Err(Error::DataLength {
+            field: "component KCV".into(),
+            expected: "at least 3 bytes".into(),
+            actual: 2
+        })
+    );
     // Nine components are fine.
     let nine = (0..9)
         .map(|i| component(Algorithm::Aes128, &format!("{:02X}", i + 1).repeat(16)))

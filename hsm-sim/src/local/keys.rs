@@ -20,6 +20,8 @@ use crate::lmk::{self, Lmk, TokenKey};
 
 /// Components a key may be formed from.
 const COMPONENTS: core::ops::RangeInclusive<usize> = 2..=9;
+/// The shortest KCV a component is checked against.
+const MIN_COMPONENT_KCV: usize = 3;
 /// Factors one derivation may apply.
 const FACTORS: core::ops::RangeInclusive<usize> = 1..=8;
 /// Random bytes one call may ask for.
@@ -85,6 +87,16 @@ impl LocalHsm {
             }
             let mut sum = Zeroizing::new(vec![0u8; spec.algorithm.key_len()]);
             for (i, component) in components.iter().enumerate() {
+                // A 1- or 2-byte KCV would let a mistyped component pass one time in 256 or
+                // 65536: custodians compare at least 3 bytes (ANSI X9.24-1).
+                let kcv_len = component.expected_kcv.value().len();
+                if kcv_len < MIN_COMPONENT_KCV {
+                    return Err(Error::DataLength {
+                        field: "component KCV".into(),
+                        expected: "at least 3 bytes".into(),
+                        actual: kcv_len,
+                    });
+                }
                 let bytes = decode_secret_hex(component.secret_hex(), "component")?;
                 let part = SecretKey::new(spec.algorithm, &bytes)?;
                 if !component.expected_kcv.matches(&part)? {
