@@ -71,6 +71,36 @@ pub enum IdentifierFault {
     AtrTooLong,
 }
 
+impl IdentifierFault {
+    /// Every fault, in declaration order.
+    pub const ALL: &[IdentifierFault] = &[
+        IdentifierFault::Length,
+        IdentifierFault::Malformed,
+        IdentifierFault::CheckCharacter,
+        IdentifierFault::BirthDate,
+        IdentifierFault::UnknownRegion,
+        IdentifierFault::NotACity,
+        IdentifierFault::ProviderPart,
+        IdentifierFault::AtrTooShort,
+        IdentifierFault::AtrTooLong,
+    ];
+
+    /// The stable reason code (UPPER_SNAKE) a client branches on; the field is named beside it.
+    pub const fn code(self) -> &'static str {
+        match self {
+            IdentifierFault::Length => "IDENTIFIER_LENGTH",
+            IdentifierFault::Malformed => "IDENTIFIER_MALFORMED",
+            IdentifierFault::CheckCharacter => "IDENTIFIER_CHECK_CHARACTER",
+            IdentifierFault::BirthDate => "IDENTIFIER_BIRTH_DATE",
+            IdentifierFault::UnknownRegion => "REGION_UNKNOWN",
+            IdentifierFault::NotACity => "REGION_NOT_A_CITY",
+            IdentifierFault::ProviderPart => "IDENTIFIER_PROVIDER_PART",
+            IdentifierFault::AtrTooShort => "ATR_TOO_SHORT",
+            IdentifierFault::AtrTooLong => "ATR_TOO_LONG",
+        }
+    }
+}
+
 fn invalid(field: &'static str, reason: IdentifierFault) -> Error {
     Error::InvalidIdentifier { field, reason }
 }
