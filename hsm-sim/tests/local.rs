@@ -814,6 +814,57 @@ async fn a_derivation_reaches_exactly_its_level_in_its_hierarchy() {
     );
 }
 
+/// Issue 12 (policy hook): issuer-only keys leave only inside secure-messaging commands. A card
+/// master key, its hierarchy and a vendor transport key are refused as TR-31 by their usage,
+/// under any KEK and in either version; the same master key is written to a card.
+#[tokio::test]
+async fn master_keys_never_leave_as_tr31() {
+    let hsm = test_lmk_hsm();
+    let f = fixture(&hsm).await;
+    let masters = hsm
+        .generate_key(spec(
+            Algorithm::Tdes2,
+            KeyUsage::MasterKeyDerivation(HierarchyLevel::Province),
+            Exportability::NonExportable,
+        ))
+        .await
+        .unwrap();
+    let vendor = hsm
+        .generate_key(spec(
+            Algorithm::Tdes2,
+            KeyUsage::VendorTransport,
+            Exportability::NonExportable,
+        ))
+        .await
+        .unwrap();
+    let tdes_kek = hsm
+        .generate_key(spec(
+            Algorithm::Tdes3,
+            KeyUsage::KeyBlockProtection,
+            Exportability::NonExportable,
+        ))
+        .await
+        .unwrap();
+    for key in [&f.master, &masters, &vendor] {
+        for (kek, version) in [
+            (&f.kek, KeyBlockVersion::D),
+            (&tdes_kek, KeyBlockVersion::B),
+        ] {
+            assert_eq!(
+                hsm.export_key(&kek.token, &key.token, version).await,
+                Err(Error::NotExportable),
+                "{:?} under {version:?}",
+                key.token
+            );
+        }
+    }
+    assert!(
+        hsm.write_key_command(write_request(&f.master.token, &vendor.token))
+            .await
+            .is_ok()
+    );
+}
+
 /// Issue 12: exportability is the HSM's decision from the key's usage, never the caller's.
 #[tokio::test]
 async fn exportability_is_decided_by_the_hsm() {
