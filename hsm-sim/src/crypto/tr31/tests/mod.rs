@@ -916,3 +916,50 @@ fn nothing_secret_in_debug_or_errors() {
         assert!(!shown.contains(secret), "{shown}");
     }
 }
+
+mod properties {
+    //! Property tests: no input makes the parser panic, and any change to a sealed block is an
+    //! error (256 cases each, bounded so the suite stays fast).
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
+            let (kbpk, _, _) = published_d();
+            prop_assert!(unwrap(&kbpk, &text).is_err());
+            let _ = parse_header(&text);
+        }
+
+        #[test]
+        fn header_shaped_text_never_panics(
+            version in "[ABCD0-9]",
+            len in "[0-9]{4}",
+            rest in "[0-9A-Z]{0,120}",
+        ) {
+            let text = format!("{version}{len}{rest}");
+            let (b_kbpk, _, _) = published_b();
+            let (d_kbpk, _, _) = published_d();
+            let _ = unwrap(&b_kbpk, &text);
+            let _ = unwrap(&d_kbpk, &text);
+            let _ = parse_header(&text);
+        }
+
+        #[test]
+        fn any_changed_character_of_a_sealed_block_is_refused(
+            which in 0usize..2,
+            index in any::<prop::sample::Index>(),
+            c in "[0-9A-Z]",
+        ) {
+            let (kbpk, _, block) = if which == 0 { published_b() } else { published_d() };
+            let i = index.index(block.len());
+            let c = c.chars().next().unwrap_or('0');
+            prop_assume!(block.as_bytes()[i] != c as u8);
+            let mutated = with_char(&block, i, c);
+            prop_assert!(unwrap(&kbpk, &mutated).is_err(), "{} {:?}", i, c);
+        }
+    }
+}
