@@ -24,11 +24,19 @@ use super::{
     Kms, PROVINCE, active_key, hierarchy_usage, hsm_state_name, is_master_key, kcv_hex, token,
 };
 
-/// A clear component as an officer typed it, with its KCV from paper (hex).
-#[derive(Debug)]
+/// A clear component as an officer typed it, with its KCV from paper (hex). Its `Debug` shows
+/// the KCV only.
 pub struct ComponentInput {
     pub hex: Zeroizing<String>,
     pub kcv_hex: String,
+}
+
+impl std::fmt::Debug for ComponentInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ComponentInput")
+            .field("kcv_hex", &self.kcv_hex)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Service status.
@@ -670,4 +678,22 @@ fn to_components(alg: Algorithm, inputs: Vec<ComponentInput>) -> Result<Vec<Comp
             Ok(Component::new(c.hex, Kcv::from_parts(method, value)))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use zeroize::Zeroizing;
+
+    use super::ComponentInput;
+
+    #[test]
+    fn a_component_prints_its_kcv_and_never_its_value() {
+        let c = ComponentInput {
+            hex: Zeroizing::new("0123456789ABCDEFFEDCBA9876543210".to_owned()),
+            kcv_hex: "D2B91C".to_owned(),
+        };
+        let shown = format!("{c:?}");
+        assert!(shown.contains("D2B91C"), "{shown}");
+        assert!(!shown.contains("0123456789ABCDEF"), "{shown}");
+    }
 }
