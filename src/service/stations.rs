@@ -5,7 +5,7 @@ use hsm_api::Algorithm;
 use hsm_api::Factor;
 use hsm_api::Kcv;
 use hsm_api::MacFold;
-use hsm_api::{Exportability, Hsm, KeyToken, KeyUsage, WriteKeyRequest};
+use hsm_api::{Hsm, KeyToken, WriteKeyRequest};
 
 use crate::access::authz::{self, Operation};
 use crate::access::identity::Identity;
@@ -19,7 +19,8 @@ use crate::state::store::{Snapshot, Table};
 
 use super::{
     CardRequest, CheckedCard, Kms, PROVINCE, WRITE_KEY_CLA, WRITE_KEY_INS, active_key,
-    block_version, check_wrappable, mask_card_identifier, masked_subject, token,
+    block_version, card_usage, check_wrappable, is_master_key, mask_card_identifier,
+    masked_subject, token,
 };
 
 /// How a station wants its keys.
@@ -244,7 +245,8 @@ impl<H: Hsm> Kms<H> {
         Ok(active.version)
     }
 
-    /// Derives the card key of `spec` in the HSM: D(K_city, F3).
+    /// Derives the card key of `spec` in the HSM: D(K_city, F3) — a card master key for the
+    /// template's master keys (the HSM decides its exportability: never as TR-31).
     async fn card_key(
         &self,
         snap: &Snapshot,
@@ -275,8 +277,7 @@ impl<H: Hsm> Kms<H> {
                 &token(&city.token),
                 spec.dispersion,
                 std::slice::from_ref(factor),
-                KeyUsage::CardKey,
-                Exportability::Exportable,
+                card_usage(template, spec),
             )
             .await?;
         Ok((child.token, version))
@@ -440,9 +441,15 @@ fn check_key_list<'a>(
     Ok(())
 }
 
+/// The keys asked for as TR-31 blocks; none named means every key that may leave as a block
+/// (all but the master keys, which leave only inside secure-messaging commands: the HSM refuses
+/// to export them).
 fn select_keys<'t>(template: &'t Template, names: &[String]) -> Result<Vec<&'t KeySpec>> {
     if names.is_empty() {
-        return Ok(template.write_order().collect());
+        return Ok(template
+            .write_order()
+            .filter(|k| !is_master_key(template, k))
+            .collect());
     }
     check_key_list(template, "key_names", names.iter().map(String::as_str))?;
     names
