@@ -31,6 +31,10 @@ pub struct TestKeys {
     pub national_root: RootsByAlgorithm,
     /// One provincial root per template key name, per card algorithm.
     pub provincial_root: RootsByAlgorithm,
+    /// The roots a city holds for the keys of its local extension (N9), per card algorithm:
+    /// seeded only by that city's own deployment, never by the province's.
+    #[serde(default)]
+    pub city_root: RootsByAlgorithm,
     pub vendor_transport: ByAlgorithm,
     pub station: EndpointKeys,
     pub psam_line: EndpointKeys,
@@ -54,7 +58,7 @@ impl ByAlgorithm {
 }
 
 /// Test roots per card algorithm, by template key name.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct RootsByAlgorithm {
     pub tdes: std::collections::BTreeMap<String, String>,
     pub sm4: std::collections::BTreeMap<String, String>,
@@ -247,6 +251,8 @@ pub async fn dangerous_seed_test_keys<H: Hsm>(kms: &Arc<Kms<H>>) -> Result<bool>
             let (level, root) = match spec.root {
                 KeyRoot::National => (Level::National, &keys.national_root),
                 KeyRoot::Provincial => (Level::Province, &keys.provincial_root),
+                // A city's own root is held by that city's deployment, never by the province.
+                KeyRoot::City(_) => continue,
             };
             let components = dangerous_test_components(
                 spec.hsm_algorithm(),
@@ -332,6 +338,7 @@ mod tests {
                 let roots = match spec.root {
                     KeyRoot::National => &keys.national_root,
                     KeyRoot::Provincial => &keys.provincial_root,
+                    KeyRoot::City(_) => &keys.city_root,
                 };
                 let hex = roots.root(spec.hsm_algorithm(), &spec.name).unwrap();
                 let without_parity: Vec<u8> =

@@ -88,6 +88,13 @@ pub enum Error {
         line: usize,
         fault: crate::card::template::TemplateFault,
     },
+    /// A COS or PSAM profile refused, with the 1-based line of the refusal and the reason.
+    #[error("{file} line {line}: {fault}")]
+    Profile {
+        file: crate::card::profile::DataFile,
+        line: usize,
+        fault: crate::card::template::TemplateFault,
+    },
     /// No shipped card template has this id.
     #[error("no card template {0:?}")]
     UnknownTemplate(String),

@@ -10,7 +10,8 @@ use sscard_kms::proto::kms::v1::delivered_key::Form;
 use tonic::Code;
 
 use crate::common::chain::{
-    atr, expected, published, station_kbpk, template, vendor_transport, write_key_apdu,
+    assert_t514_is_domain_md, atr, cos_data, expected, published, station_kbpk, template,
+    template_text, vendor_transport, write_key_apdu,
 };
 use crate::common::harness::{STATION, TestKms, card_identity, sm_request, tr31_request};
 
@@ -104,6 +105,9 @@ async fn tr31_blocks_unwrap_to_the_independent_chain_for_both_demo_cards() {
                     national += 1;
                 }
                 sscard_kms::card::template::KeyRoot::Provincial => provincial += 1,
+                sscard_kms::card::template::KeyRoot::City(_) => {
+                    panic!("{}: a shipped template has no city-owned key", spec.name)
+                }
             }
         }
         assert!(national > 0 && provincial > 0, "both chains were exercised");
@@ -116,6 +120,8 @@ async fn secure_messaging_commands_match_the_independent_apdu_byte_for_byte() {
     let mut station = kms.client(STATION);
     let atr = atr();
     let keys = published();
+    // The shipped T514 profile says what DOMAIN.md §10 says.
+    assert_t514_is_domain_md(&cos_data("t514"));
     for demo in &keys.card {
         let template = template(&demo.template);
         let alg = template.algorithm().algorithm();
@@ -148,7 +154,8 @@ async fn secure_messaging_commands_match_the_independent_apdu_byte_for_byte() {
         assert_card_key_fields(&mk_mf, spec);
         let want = expected(spec, KeyLevel::Card, "440100", &atr);
         assert_kcv(&mk_mf, &want.key);
-        let apdu = write_key_apdu(&vendor_transport(alg), &template, spec, &want, &c0);
+        let text = template_text(&demo.template);
+        let apdu = write_key_apdu(&vendor_transport(alg), &[&text], "MK_MF", &want, &c0);
         assert_eq!(
             mk_mf.form,
             Some(Form::WriteKeyApdu(apdu)),
@@ -185,7 +192,7 @@ async fn secure_messaging_commands_match_the_independent_apdu_byte_for_byte() {
             );
             let want = expected(spec, KeyLevel::Card, "440100", &atr);
             assert_kcv(delivered, &want.key);
-            let apdu = write_key_apdu(&protect.key, &template, spec, &want, challenge);
+            let apdu = write_key_apdu(&protect, &[&text], name, &want, challenge);
             // The station gets the command only, never a TR-31 block in this mode.
             assert_eq!(
                 delivered.form,

@@ -12,7 +12,8 @@ pub fn to_status(e: &Error) -> Status {
     let (code, message) = match e {
         Error::InvalidArgument { .. }
         | Error::InvalidIdentifier { .. }
-        | Error::Template { .. } => (Code::InvalidArgument, e.to_string()),
+        | Error::Template { .. }
+        | Error::Profile { .. } => (Code::InvalidArgument, e.to_string()),
         Error::NotFound { .. } | Error::UnknownTemplate(_) => (Code::NotFound, e.to_string()),
         Error::AlreadyExists { .. } => (Code::AlreadyExists, e.to_string()),
         Error::FailedPrecondition { .. } => (Code::FailedPrecondition, e.to_string()),
