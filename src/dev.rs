@@ -8,8 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use hsm_sim::hsm::Hsm;
-use hsm_sim::{Algorithm, SecretKey};
+use hsm_api::Algorithm;
+use hsm_api::Hsm;
+use hsm_sim::crypto::SecretKey;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
@@ -161,7 +162,15 @@ pub async fn run(
     })?;
     let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
     println!("{}", banner(addr, metrics_addr, data_dir, &paths, seeded));
-    crate::server::serve_all(kms, listener, metrics, tls, shutdown).await
+    crate::server::serve_all(
+        kms,
+        listener,
+        metrics,
+        tls,
+        crate::server::Limits::default(),
+        shutdown,
+    )
+    .await
 }
 
 fn banner(
@@ -221,7 +230,7 @@ fn dangerous_test_components(
         .into_iter()
         .map(|bytes| {
             let hex = Zeroizing::new(hex::encode_upper(&bytes));
-            let kcv = hsm_sim::kcv::compute_default(&SecretKey::from_hex(alg, &hex)?)?;
+            let kcv = hsm_sim::crypto::kcv::compute_default(&SecretKey::from_hex(alg, &hex)?)?;
             Ok(ComponentInput {
                 hex,
                 kcv_hex: kcv.to_hex(),

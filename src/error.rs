@@ -6,7 +6,7 @@
 pub enum Error {
     /// A refusal or failure at the HSM boundary (bad key, bad block, unsupported operation…).
     #[error(transparent)]
-    Hsm(#[from] hsm_sim::Error),
+    Hsm(#[from] hsm_api::Error),
     /// A required input line (a key, a KBPK, a key block) was not given on standard input.
     #[error("expected {0} on standard input")]
     MissingInput(&'static str),
@@ -22,6 +22,17 @@ pub enum Error {
     /// A card, template, key, PSAM or endpoint that does not exist.
     #[error("{what} not found")]
     NotFound { what: &'static str },
+    /// No registered card matches the identifiers a station gave: the card is unknown, or its
+    /// data differ from the registry's. Both answers are the same to the caller (no existence
+    /// oracle); `detail` says which, for the audit record only.
+    #[error("no registered card matches these identifiers")]
+    NoMatchingCard { detail: &'static str },
+    /// A limit of the service was reached (a caller's request rate); retry after the delay.
+    #[error("{what}: retry after {retry_after_ms} ms")]
+    ResourceExhausted {
+        what: &'static str,
+        retry_after_ms: u64,
+    },
     /// Something that exists already (a card number, an SSN with a live card, a PSAM serial…).
     #[error("{what} already exists")]
     AlreadyExists { what: &'static str },

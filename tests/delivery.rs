@@ -1,9 +1,10 @@
 //! Card key delivery to the demo Guangzhou station, in both forms (DOMAIN.md §5), checked
 //! against keys computed independently from the published test keys.
 
-use hsm_sim::Algorithm;
-use hsm_sim::kcv;
-use hsm_sim::tr31::{self, KeyBlockAlgorithm, KeyBlockVersion};
+use hsm_api::Algorithm;
+use hsm_api::KeyBlockVersion;
+use hsm_sim::crypto::kcv;
+use hsm_sim::crypto::tr31::{self, KeyBlockAlgorithm};
 use sscard_kms::card::template::{KeyLevel, KeySpec, Protector};
 use sscard_kms::proto::kms::v1 as pb;
 use sscard_kms::proto::kms::v1::delivered_key::Form;
@@ -41,7 +42,7 @@ fn assert_card_key_fields(delivered: &pb::DeliveredKey, spec: &KeySpec) {
 }
 
 /// The KCV in the response is the legacy KCV of the expected key (3 bytes for 3DES, 4 for SM4).
-fn assert_kcv(delivered: &pb::DeliveredKey, key: &hsm_sim::SecretKey) {
+fn assert_kcv(delivered: &pb::DeliveredKey, key: &hsm_sim::crypto::SecretKey) {
     let kcv = delivered.kcv.as_ref().expect("a KCV");
     assert_eq!(kcv.method, pb::KcvMethod::EncryptZeros as i32);
     let want = kcv::compute_default(key).unwrap();

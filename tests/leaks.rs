@@ -1,7 +1,7 @@
 //! No clear key ever leaves the service: not in a response (success or refusal), not in the
 //! audit trail, not in a log line, and not in the database file.
 
-use hsm_sim::hsm::Hsm as _;
+use hsm_api::Hsm as _;
 use sscard_kms::card::template::{KeyLevel, KeyRoot};
 use sscard_kms::proto::kms::v1 as pb;
 use sscard_kms::proto::kms::v1::delivered_key::Form;

@@ -6,7 +6,9 @@
 //!   restarts on its data without re-seeding; `serve` with a local HSM starts sealed, is unsealed
 //!   by two custodians' shares from `hsm init` (officer only; bad shares refused) and is sealed
 //!   again after a restart; `serve` without a proper client CA and a second or 1-of-n `hsm init`
-//!   are refused.
+//!   are refused; `dev` SIGKILLed under concurrent injections: every acknowledged release is on
+//!   record, the crashed store verifies INTACT with `kms-ceremony audit verify` (through a
+//!   repaired copy) and the next start serves.
 //!
 //! The key service over real mutual TLS on 127.0.0.1 (each test on its own copy of a data
 //! directory seeded once with the published test keys):
@@ -28,6 +30,11 @@
 //!   KCVs) and the audit chain carry over; nothing is seeded again.
 //! - `audit_trail`: offline verification with every seal's MAC checked by the HSM; an edited
 //!   record, a re-hashed record and a re-hashed tail (seal heads moved) each caught.
+//! - `hostile`: key lists capped at the template and without repeats; every list and string
+//!   capped before the service (nothing audited); a 4 MiB refusal subject recorded bounded; raw
+//!   malformed protobuf as INVALID_ARGUMENT; an unknown card and mismatching data answered
+//!   alike (the audit keeps which); silent TLS handshakes closed at the timeout, a connection
+//!   over the cap closed at once, an identity over its rate refused with a retry pushback.
 //! - `leaks`: no clear key in any response, refusal, audit record, log line or the database.
 //!
 //! Shared helpers are in `common/` (`harness`: the service on 127.0.0.1 over real mutual TLS;
@@ -39,6 +46,7 @@ mod binaries;
 mod calc;
 mod common;
 mod delivery;
+mod hostile;
 mod leaks;
 mod psam;
 mod refusals;

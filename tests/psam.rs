@@ -1,8 +1,9 @@
 //! PSAM key sets for the demo PSAM line (DOMAIN.md §4): each key at the level its usage byte
 //! states, unwrapped under the published line key and compared with the independent chain.
 
-use hsm_sim::kcv;
-use hsm_sim::tr31::{self, KeyBlockVersion};
+use hsm_api::KeyBlockVersion;
+use hsm_sim::crypto::kcv;
+use hsm_sim::crypto::tr31;
 use sscard_kms::card::template::KeyLevel;
 use sscard_kms::proto::kms::v1 as pb;
 use sscard_kms::proto::kms::v1::delivered_key::Form;

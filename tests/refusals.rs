@@ -1,7 +1,7 @@
 //! Refusals of the key service over mTLS: the exact gRPC code, the reason or field the API
 //! names, and one `denied: …` audit record for each refusal the service itself sees.
 
-use hsm_sim::hsm::Hsm as _;
+use hsm_api::Hsm as _;
 use sscard_kms::access::identity::Identity;
 use sscard_kms::access::pki::DevPki;
 use sscard_kms::access::tls::ClientTls;
@@ -263,7 +263,7 @@ async fn cards_and_requests_the_registry_does_not_allow_are_refused_and_audited(
     let unknown = new_card("00000000000A0002", "GZ100002", "44010319930303123");
     kms.refused(
         Code::NotFound,
-        "card not found",
+        "no registered card matches these identifiers",
         station
             .card
             .inject_card_keys(tr31_request(unknown.clone(), "ssc-2.0")),
@@ -387,8 +387,8 @@ async fn a_tdes_transport_key_carries_no_sm4_keys() {
     );
     let component = |hex: &str| pb::Component {
         hex: hex.to_owned(),
-        kcv_hex: hsm_sim::kcv::compute_default(
-            &hsm_sim::SecretKey::from_hex(hsm_sim::Algorithm::Tdes2, hex).unwrap(),
+        kcv_hex: hsm_sim::crypto::kcv::compute_default(
+            &hsm_sim::crypto::SecretKey::from_hex(hsm_api::Algorithm::Tdes2, hex).unwrap(),
         )
         .unwrap()
         .to_hex(),
@@ -420,8 +420,8 @@ async fn a_tdes_transport_key_carries_no_sm4_keys() {
         };
         assert!(block.starts_with('B'), "{}: {block}", k.key_name);
     }
-    let kbpk = hsm_sim::SecretKey::from_hex(hsm_sim::Algorithm::Tdes2, key).unwrap();
-    let (header, _) = hsm_sim::tr31::unwrap(
+    let kbpk = hsm_sim::crypto::SecretKey::from_hex(hsm_api::Algorithm::Tdes2, key).unwrap();
+    let (header, _) = hsm_sim::crypto::tr31::unwrap(
         &kbpk,
         match &keys[0].form {
             Some(pb::delivered_key::Form::Tr31Block(b)) => b,
@@ -429,7 +429,7 @@ async fn a_tdes_transport_key_carries_no_sm4_keys() {
         },
     )
     .unwrap();
-    assert_eq!(header.version, hsm_sim::tr31::KeyBlockVersion::B);
+    assert_eq!(header.version, hsm_api::KeyBlockVersion::B);
 
     kms.refused(
         Code::FailedPrecondition,

@@ -1,9 +1,11 @@
 //! Key versions and rotation: a new root gives new keys to new cards and never silently replaces
 //! the keys of cards already issued.
 
-use hsm_sim::diversify::{Dispersion, diversify_chain};
-use hsm_sim::factor::Factor;
-use hsm_sim::{Algorithm, SecretKey};
+use hsm_api::Algorithm;
+use hsm_api::Dispersion;
+use hsm_api::Factor;
+use hsm_sim::crypto::SecretKey;
+use hsm_sim::crypto::diversify::diversify_chain;
 use sscard_kms::proto::kms::v1 as pb;
 
 use crate::common::chain::{atr, card_number, published, ssn};
@@ -21,7 +23,7 @@ fn components(key_hex: &str) -> Vec<pb::Component> {
         .iter()
         .map(|bytes| {
             let hex = hex::encode_upper(bytes);
-            let kcv = hsm_sim::kcv::compute_default(
+            let kcv = hsm_sim::crypto::kcv::compute_default(
                 &SecretKey::from_hex(Algorithm::Tdes2, &hex).unwrap(),
             )
             .unwrap()
@@ -164,7 +166,7 @@ async fn a_new_root_serves_new_cards_and_leaves_issued_cards_alone() {
         ],
     )
     .unwrap();
-    let expected_kcv = hsm_sim::kcv::compute_default(&expected).unwrap();
+    let expected_kcv = hsm_sim::crypto::kcv::compute_default(&expected).unwrap();
     assert_eq!(new.kcv.unwrap().value, expected_kcv.value());
     assert_ne!(new.root_version, before.root_version);
 }

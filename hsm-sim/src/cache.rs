@@ -6,25 +6,24 @@
 //!   token of another LMK) has another digest and is unwrapped — and refused — as usual; only a
 //!   token that verified under the current LMK is ever inserted.
 //! - **Value**: the unwrapped key with its usage and exportability, behind an `Arc` (the
-//!   [`SecretKey`](crate::SecretKey) inside zeroizes when the last holder drops it).
+//!   [`SecretKey`](crate::crypto::SecretKey) inside zeroizes when the last holder drops it).
 //! - **Bounded, approximately LRU**: every hit stamps the entry with a global counter; when the
 //!   cache is full, the least recently used sixteenth of the entries (at least one) is evicted in
 //!   one pass, so eviction costs O(1) per insertion amortised and a hit needs only a read lock.
 //! - **Emptied** by the HSM on seal, tamper and LMK-rotation commit, while it holds its state
 //!   lock for writing, so no operation can put a key back behind it.
 //!
-//! Which keys are inserted is the HSM's choice (`local.rs`): keys that act on other keys or data;
-//! never the key being exported, written or derived, which is used once.
+//! Which keys are inserted is the HSM's choice (`local/keys.rs`): keys that act on other keys or
+//! data; never the key being exported, written or derived, which is used once.
 
 use core::fmt;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use hsm_api::{Error, KeyToken, Result};
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Result};
-use crate::hsm::KeyToken;
 use crate::lmk::TokenKey;
 
 /// SHA-256 of a token's text.
@@ -135,9 +134,10 @@ fn evict_least_recent(entries: &mut HashMap<TokenDigest, Entry>, n: usize) {
 
 #[cfg(test)]
 mod tests {
+    use hsm_api::{Algorithm, Exportability, KeyUsage};
+
     use super::*;
-    use crate::hsm::{Exportability, KeyUsage};
-    use crate::key::{Algorithm, SecretKey};
+    use crate::crypto::SecretKey;
 
     fn entry(byte: u8) -> (TokenDigest, Arc<TokenKey>) {
         let token = KeyToken::from_stored(format!("token-{byte}"));

@@ -5,26 +5,15 @@
 //! hardware and no certification: it exists so that the service can be built and tested against
 //! the same boundary a real HSM would give it. Never use it to protect production keys.
 //!
-//! Only this crate ever touches clear key bytes ([`SecretKey`]); everything above it sees
-//! key blocks and key check values.
+//! The boundary itself — the `Hsm` trait, the types that cross it and the one error — is the
+//! `hsm_api` crate; this crate implements it twice ([`local::LocalHsm`] in-process,
+//! [`remote::RemoteHsm`] over mutual TLS). Only this crate ever touches clear key bytes
+//! ([`crypto::SecretKey`]); everything above it sees key blocks and key check values.
 #![forbid(unsafe_code)]
 
 pub mod cache;
-pub mod cipher;
-pub mod diversify;
-pub mod error;
-pub mod factor;
-pub mod hsm;
-pub mod kcv;
-pub mod kdf;
-pub mod key;
+pub mod crypto;
 pub mod lmk;
 pub mod local;
-pub mod mac;
-pub mod random;
 pub mod remote;
 pub mod selftest;
-pub mod tr31;
-
-pub use error::{Error, Result};
-pub use key::{Algorithm, SecretKey};

@@ -33,16 +33,16 @@ use std::io::Write;
 use std::path::Path;
 
 use blahaj::{Share, Sharks};
+use hsm_api::{
+    Algorithm, Error, Exportability, IssuedShare, Kcv, KcvMethod, KeyBlockVersion, KeyToken,
+    KeyUsage, LmkShare, Result,
+};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::error::{Error, Result};
-use crate::hsm::{Exportability, IssuedShare, KeyToken, KeyUsage, LmkShare};
-use crate::kcv::{self, Kcv, KcvMethod};
-use crate::kdf;
-use crate::key::{Algorithm, SecretKey};
-use crate::tr31::{self, KeyBlockAlgorithm, KeyBlockHeader, KeyBlockVersion, ModeOfUse};
+use crate::crypto::tr31::{self, KeyBlockAlgorithm, KeyBlockHeader, ModeOfUse};
+use crate::crypto::{SecretKey, kcv, kdf};
 
 /// The fixed, published test LMK: AES-256, the ASCII bytes of `SSCARD-KMS-TEST-LMK-DO-NOT-USE!!`.
 /// Anyone can unwrap tokens made under it; only for tests and demonstrations.
@@ -186,7 +186,7 @@ impl Lmk {
 
     /// A fresh random LMK.
     pub(crate) fn generate() -> Result<Lmk> {
-        Lmk::from_key(crate::random::generate_key(LMK_ALGORITHM)?)
+        Lmk::from_key(crate::crypto::random::generate_key(LMK_ALGORITHM)?)
     }
 
     /// The published test LMK ([`DANGEROUS_TEST_LMK_HEX`]).
@@ -366,7 +366,8 @@ impl ParsedShare {
         }
         let mut bytes = Zeroizing::new(Vec::with_capacity(1 + LMK_ALGORITHM.key_len()));
         bytes.push(index);
-        let decoded = crate::key::decode_secret_hex(value, "LMK share").map_err(|_| MALFORMED)?;
+        let decoded =
+            crate::crypto::key::decode_secret_hex(value, "LMK share").map_err(|_| MALFORMED)?;
         bytes.extend_from_slice(&decoded);
         let check_value = share_check_value(index, &decoded);
         Ok(ParsedShare {
@@ -656,7 +657,7 @@ mod tests {
     #[test]
     fn tokens_bind_their_usage() {
         let lmk = Lmk::dangerous_test().unwrap();
-        let key = crate::random::generate_key(Algorithm::Tdes2).unwrap();
+        let key = crate::crypto::random::generate_key(Algorithm::Tdes2).unwrap();
         for usage in KeyUsage::ALL {
             for exportability in [Exportability::Exportable, Exportability::NonExportable] {
                 let token = lmk.wrap(&key, usage, exportability).unwrap();

@@ -5,14 +5,10 @@
 //! so a fault in either direction is caught. The answers are compiled in: a self-test that read
 //! its answers from disk would test the disk.
 
-use crate::cipher::{self, BlockCipher};
-use crate::diversify::{self, Dispersion};
-use crate::error::{Error, Result};
-use crate::factor::Factor;
-use crate::kcv;
-use crate::kdf;
-use crate::key::{Algorithm, SecretKey};
-use crate::mac::{self, MacFold};
+use hsm_api::{Algorithm, Dispersion, Error, Factor, MacFold, Result};
+
+use crate::crypto::cipher::{self, BlockCipher};
+use crate::crypto::{SecretKey, diversify, kcv, kdf, mac};
 
 /// One known-answer check: a name for the report and a function that says whether it passed.
 pub(crate) struct Check {

@@ -21,8 +21,9 @@
 
 use std::error::Error as StdError;
 
-use hsm_sim::cipher::{cmac, decrypt_cbc, decrypt_ecb, encrypt_cbc, encrypt_ecb};
-use hsm_sim::{Algorithm, SecretKey};
+use hsm_api::Algorithm;
+use hsm_sim::crypto::SecretKey;
+use hsm_sim::crypto::cipher::{cmac, decrypt_cbc, decrypt_ecb, encrypt_cbc, encrypt_ecb};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 

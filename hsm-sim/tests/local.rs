@@ -5,17 +5,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use hsm_sim::diversify::Dispersion;
-use hsm_sim::factor::Factor;
-use hsm_sim::hsm::{
-    Component, Exportability, Hsm, HsmState, KeySpec, KeyToken, KeyUsage, LmkShare, WrappedKey,
-    WriteKeyRequest,
+use hsm_api::{
+    Algorithm, Component, Dispersion, Error, Exportability, Factor, Hsm, HsmState, Kcv, KcvMethod,
+    KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkShare, MacFold, WrappedKey, WriteKeyRequest,
 };
-use hsm_sim::kcv::{self, Kcv, KcvMethod};
+use hsm_sim::crypto::tr31::{self, ModeOfUse};
+use hsm_sim::crypto::{SecretKey, kcv};
 use hsm_sim::local::{DANGEROUS_TEST_LMK_HEX, LocalHsm, LocalHsmConfig, STATE_FILE};
-use hsm_sim::mac::MacFold;
-use hsm_sim::tr31::{self, KeyBlockVersion, ModeOfUse};
-use hsm_sim::{Algorithm, Error, SecretKey};
 use zeroize::Zeroizing;
 
 /// A directory under the system's temporary directory, removed on drop.
@@ -882,7 +878,7 @@ async fn sealed_and_tampered_hsms_refuse_every_key_operation() {
 
 static SELF_TEST_FAILS: AtomicBool = AtomicBool::new(true);
 
-fn injected_self_test() -> hsm_sim::Result<()> {
+fn injected_self_test() -> hsm_api::Result<()> {
     if SELF_TEST_FAILS.load(Ordering::SeqCst) {
         Err(Error::SelfTest("injected failure".into()))
     } else {
@@ -890,7 +886,7 @@ fn injected_self_test() -> hsm_sim::Result<()> {
     }
 }
 
-fn failing_self_test() -> hsm_sim::Result<()> {
+fn failing_self_test() -> hsm_api::Result<()> {
     Err(Error::SelfTest("always fails".into()))
 }
 

@@ -19,17 +19,14 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hsm_sim::diversify::Dispersion;
-use hsm_sim::factor::Factor;
-use hsm_sim::hsm::{
-    Component, Exportability, Hsm, HsmState, KeySpec, KeyToken, KeyUsage, LmkShare, UnsealProgress,
+use hsm_api::{
+    Algorithm, Component, Dispersion, Error, Exportability, Factor, Hsm, HsmState, Kcv, KcvMethod,
+    KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkShare, UnsealProgress,
 };
-use hsm_sim::kcv::{self, Kcv, KcvMethod};
+use hsm_sim::crypto::{SecretKey, kcv};
 use hsm_sim::local::{LocalHsm, LocalHsmConfig};
 use hsm_sim::remote::proto::hsm_client::HsmClient;
 use hsm_sim::remote::{ClientTls, RemoteHsm, ServerTls, serve};
-use hsm_sim::tr31::KeyBlockVersion;
-use hsm_sim::{Algorithm, Error, SecretKey};
 use pki::{Credential, Pki};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::net::TcpListener;

@@ -12,6 +12,7 @@
 //! | register / accept / blacklist / get card | – | – | own region | – | – | – |
 //! | administration (templates, roots, hierarchy, endpoints, keys) | – | – | – | yes | – | – |
 //! | service status | – | – | – | yes | yes | – |
+//! | audit checkpoint | – | – | – | yes | yes | – |
 //!
 //! "Own region": a city caller acts on its city only; a province-level caller (the provincial
 //! card centre, `440000`) on every city of its province. Nobody gets a clear key: no operation
@@ -34,11 +35,12 @@ pub enum Operation {
     GetCard,
     Administer,
     GetStatus,
+    AuditCheckpoint,
 }
 
 impl Operation {
     /// Every operation, for tests that walk the matrix.
-    pub const ALL: [Operation; 10] = [
+    pub const ALL: [Operation; 11] = [
         Operation::InjectCardKeys,
         Operation::InitialiseBlankCard,
         Operation::RegisterPsams,
@@ -49,6 +51,7 @@ impl Operation {
         Operation::GetCard,
         Operation::Administer,
         Operation::GetStatus,
+        Operation::AuditCheckpoint,
     ];
 
     /// The name used in audit records.
@@ -64,6 +67,7 @@ impl Operation {
             Operation::GetCard => "get-card",
             Operation::Administer => "administer",
             Operation::GetStatus => "get-status",
+            Operation::AuditCheckpoint => "audit-checkpoint",
         }
     }
 }
@@ -79,8 +83,11 @@ pub const fn allowed(role: Role, op: Operation) -> bool {
                 Role::Registrar,
                 O::RegisterCard | O::AcceptCard | O::BlacklistCard | O::GetCard
             )
-            | (Role::Officer, O::Administer | O::GetStatus)
-            | (Role::Auditor, O::GetStatus)
+            | (
+                Role::Officer,
+                O::Administer | O::GetStatus | O::AuditCheckpoint
+            )
+            | (Role::Auditor, O::GetStatus | O::AuditCheckpoint)
     )
 }
 
@@ -142,8 +149,11 @@ mod tests {
                 Role::Registrar,
                 &[O::RegisterCard, O::AcceptCard, O::BlacklistCard, O::GetCard],
             ),
-            (Role::Officer, &[O::Administer, O::GetStatus]),
-            (Role::Auditor, &[O::GetStatus]),
+            (
+                Role::Officer,
+                &[O::Administer, O::GetStatus, O::AuditCheckpoint],
+            ),
+            (Role::Auditor, &[O::GetStatus, O::AuditCheckpoint]),
             (Role::Service, &[]),
         ];
         for (role, ops) in expected {

@@ -7,12 +7,16 @@
 use std::fmt::Write as _;
 
 use clap::{Args, Subcommand, ValueEnum};
-use hsm_sim::diversify::{self, Dispersion};
-use hsm_sim::factor::Factor;
-use hsm_sim::kcv::{self, KcvMethod};
-use hsm_sim::mac::{self, MacFold};
-use hsm_sim::tr31;
-use hsm_sim::{Algorithm, SecretKey};
+use hsm_api::Algorithm;
+use hsm_api::Dispersion;
+use hsm_api::Factor;
+use hsm_api::KcvMethod;
+use hsm_api::MacFold;
+use hsm_sim::crypto::SecretKey;
+use hsm_sim::crypto::diversify;
+use hsm_sim::crypto::kcv;
+use hsm_sim::crypto::mac;
+use hsm_sim::crypto::tr31;
 
 use crate::ceremony::input::SecretLines;
 use crate::error::{Error, Result};
@@ -209,10 +213,10 @@ fn derive_cmd(args: &DeriveArgs, input: &mut dyn SecretLines) -> Result<String> 
 }
 
 fn mac_cmd(args: &MacArgs, input: &mut dyn SecretLines) -> Result<String> {
-    let iv = hex::decode(args.iv.trim()).map_err(|_| hsm_sim::Error::Hex {
+    let iv = hex::decode(args.iv.trim()).map_err(|_| hsm_api::Error::Hex {
         field: "--iv".into(),
     })?;
-    let data = hex::decode(args.data.trim()).map_err(|_| hsm_sim::Error::Hex {
+    let data = hex::decode(args.data.trim()).map_err(|_| hsm_api::Error::Hex {
         field: "--data".into(),
     })?;
     let key = args.alg.read_key(input, "card key (hex)")?;
@@ -238,8 +242,8 @@ fn tr31_unwrap_cmd(input: &mut dyn SecretLines) -> Result<String> {
     let block = input.next_secret("key block")?;
     let header = tr31::parse_header(&block)?;
     let family = match header.version {
-        tr31::KeyBlockVersion::B => "tdes",
-        tr31::KeyBlockVersion::D => "aes",
+        hsm_api::KeyBlockVersion::B => "tdes",
+        hsm_api::KeyBlockVersion::D => "aes",
     };
     let kbpk = SecretKey::from_hex_family(family, &kbpk_line)?;
     let (header, key) = tr31::unwrap(&kbpk, &block)?;
@@ -287,7 +291,7 @@ fn factor_cmd(args: &FactorArgs) -> Result<String> {
 }
 
 fn atr_factor_cmd(args: &AtrFactorArgs) -> Result<String> {
-    let atr = hex::decode(args.atr.trim()).map_err(|_| hsm_sim::Error::Hex {
+    let atr = hex::decode(args.atr.trim()).map_err(|_| hsm_api::Error::Hex {
         field: "ATR".into(),
     })?;
     let f3 = Factor::from_atr(&atr)?;

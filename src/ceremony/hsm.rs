@@ -9,7 +9,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use hsm_sim::hsm::Hsm;
+use hsm_api::Hsm;
 use hsm_sim::local::{LocalHsm, LocalHsmConfig};
 use zeroize::Zeroizing;
 

@@ -1,7 +1,7 @@
 //! Between the service's types and the protobuf messages.
 
-use hsm_sim::Algorithm;
-use hsm_sim::kcv::{Kcv, KcvMethod};
+use hsm_api::Algorithm;
+use hsm_api::{Kcv, KcvMethod};
 use tonic::Status;
 use zeroize::Zeroizing;
 

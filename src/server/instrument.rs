@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use hsm_sim::hsm::Hsm;
+use hsm_api::Hsm;
 use tokio::net::TcpListener;
 
 use crate::error::{Error, Result};

@@ -6,11 +6,11 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use hsm_sim::hsm::Hsm;
+use hsm_api::Hsm;
 use tokio::net::TcpListener;
 use tonic::transport::ServerTlsConfig;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Status};
 
 use crate::access::identity::{self, Identity};
@@ -18,8 +18,11 @@ use crate::error::{Error, Result};
 use crate::proto::kms::v1 as pb;
 use crate::service::Kms;
 
+mod admission;
+pub mod codec;
 mod convert;
 mod instrument;
+pub mod limits;
 mod officers;
 mod psam_lines;
 mod registrars;
@@ -28,22 +31,43 @@ mod status;
 
 pub use instrument::serve_metrics;
 use status::status;
-pub use status::to_status;
+pub use status::{RETRY_PUSHBACK, to_status};
 
 pub mod config;
+
+pub use admission::RateLimiter;
+pub use config::Limits;
 
 /// The file descriptor set of every proto, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("sscard_descriptor");
 
-/// Serves the API on `listener` until `shutdown` completes.
+/// Serves the API on `listener` until `shutdown` completes, with the default [`Limits`].
 pub async fn serve<H: Hsm>(
     kms: Arc<Kms<H>>,
     listener: TcpListener,
     tls: ServerTlsConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
+    serve_with_limits(kms, listener, tls, Limits::default(), shutdown).await
+}
+
+/// Serves the API on `listener` until `shutdown` completes, admitting what `limits` allow:
+/// the TLS handshake timeout (tonic's), open connections (a permit held by each connection),
+/// the request rate of each caller identity, requests in flight per connection, request time,
+/// and the size of every request ([`limits`]).
+pub async fn serve_with_limits<H: Hsm>(
+    kms: Arc<Kms<H>>,
+    listener: TcpListener,
+    tls: ServerTlsConfig,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    limits.validate()?;
     let metrics = instrument::MetricsLayer::new(Arc::clone(kms.metrics()));
-    let api = Api { kms };
+    let api = Api {
+        kms,
+        limiter: Arc::new(RateLimiter::new(limits.requests_per_second, limits.burst)),
+    };
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<pb::card_key_service_server::CardKeyServiceServer<Api<H>>>()
@@ -61,29 +85,45 @@ pub async fn serve<H: Hsm>(
     };
     let reflection_v1 = reflection().build_v1().map_err(descriptors_refused)?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(descriptors_refused)?;
+    let tls = tls.timeout(Duration::from_millis(limits.handshake_timeout_ms));
+    let streams = limits.max_concurrent_streams;
+    let max = limits::MAX_REQUEST_BYTES;
     tonic::transport::Server::builder()
         .tls_config(tls)
         .map_err(|_| Error::Tls {
             what: "server",
             reason: "invalid TLS configuration",
         })?
+        .timeout(Duration::from_millis(limits.request_timeout_ms))
+        .max_concurrent_streams(streams)
+        .concurrency_limit_per_connection(usize::try_from(streams).unwrap_or(usize::MAX))
+        // Dead peers are found and their connections (and permits) freed.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(metrics)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(pb::card_key_service_server::CardKeyServiceServer::new(
-            api.clone(),
-        ))
-        .add_service(pb::psam_service_server::PsamServiceServer::new(api.clone()))
-        .add_service(pb::registry_service_server::RegistryServiceServer::new(
-            api.clone(),
-        ))
-        .add_service(pb::admin_service_server::AdminServiceServer::new(api))
-        // TCP_NODELAY on every accepted connection: tonic ignores the builder's `tcp_nodelay` for
-        // an incoming stream of our own, and without it every exchange of a small request can
-        // wait out the peer's delayed ACK (~40 ms on Linux).
+        .add_service(
+            pb::card_key_service_server::CardKeyServiceServer::new(api.clone())
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            pb::psam_service_server::PsamServiceServer::new(api.clone())
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            pb::registry_service_server::RegistryServiceServer::new(api.clone())
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            pb::admin_service_server::AdminServiceServer::new(api).max_decoding_message_size(max),
+        )
+        // TCP_NODELAY on every accepted connection is set by the admission stream (tonic
+        // ignores the builder's `tcp_nodelay` for an incoming stream of our own, and without it
+        // every exchange of a small request can wait out the peer's delayed ACK, ~40 ms).
         .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            admission::LimitedIncoming::new(listener, limits.max_connections),
             shutdown,
         )
         .await
@@ -98,13 +138,33 @@ pub async fn serve<H: Hsm>(
 
 struct Api<H: Hsm> {
     kms: Arc<Kms<H>>,
+    limiter: Arc<RateLimiter>,
 }
 
 impl<H: Hsm> Clone for Api<H> {
     fn clone(&self) -> Self {
         Api {
             kms: Arc::clone(&self.kms),
+            limiter: Arc::clone(&self.limiter),
         }
+    }
+}
+
+impl<H: Hsm> Api<H> {
+    /// The caller of `request` (from its certificate), if its identity is within its request
+    /// rate and every field of the request within its cap.
+    fn admit<T: limits::Bounded>(&self, request: &Request<T>) -> Result<Identity, Status> {
+        let who = caller(request)?;
+        let uri = who.to_string();
+        self.limiter.admit(&uri, Instant::now()).map_err(|e| {
+            tracing::warn!(caller = %uri, "request refused: over the identity's rate");
+            to_status(&e)
+        })?;
+        request.get_ref().check_limits().map_err(|e| {
+            tracing::warn!(caller = %uri, error = %e, "request refused: a field over its cap");
+            to_status(&e)
+        })?;
+        Ok(who)
     }
 }
 
@@ -126,6 +186,7 @@ pub async fn serve_all<H: Hsm>(
     listener: TcpListener,
     metrics: Option<TcpListener>,
     tls: ServerTlsConfig,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -134,7 +195,7 @@ pub async fn serve_all<H: Hsm>(
             let _ = stopped.await;
         }))
     });
-    let served = serve(kms, listener, tls, shutdown).await;
+    let served = serve_with_limits(kms, listener, tls, limits, shutdown).await;
     drop(stop);
     if let Some(task) = metrics {
         match task.await {
@@ -199,7 +260,7 @@ pub async fn run_configured(
             )?);
             let kms = Kms::open(hsm, &store_dir).await?;
             ready();
-            serve_all(kms, listener, metrics, tls, shutdown).await
+            serve_all(kms, listener, metrics, tls, config.limits, shutdown).await
         }
         HsmConfig::Remote {
             endpoint,
@@ -226,7 +287,7 @@ pub async fn run_configured(
             );
             let kms = Kms::open(hsm, &store_dir).await?;
             ready();
-            serve_all(kms, listener, metrics, tls, shutdown).await
+            serve_all(kms, listener, metrics, tls, config.limits, shutdown).await
         }
     }
 }

@@ -5,6 +5,9 @@ use tonic::Status;
 
 use crate::error::Error;
 
+/// The metadata key of gRPC's retry pushback (gRFC A6), in milliseconds.
+pub const RETRY_PUSHBACK: &str = "grpc-retry-pushback-ms";
+
 /// The one mapping from errors to gRPC status. Internal failures get a generic message; their
 /// detail goes to the log only.
 pub fn to_status(e: &Error) -> Status {
@@ -14,7 +17,17 @@ pub fn to_status(e: &Error) -> Status {
         | Error::InvalidIdentifier { .. }
         | Error::Template { .. }
         | Error::Profile { .. } => (Code::InvalidArgument, e.to_string()),
-        Error::NotFound { .. } | Error::UnknownTemplate(_) => (Code::NotFound, e.to_string()),
+        Error::NotFound { .. } | Error::UnknownTemplate(_) | Error::NoMatchingCard { .. } => {
+            (Code::NotFound, e.to_string())
+        }
+        Error::ResourceExhausted { retry_after_ms, .. } => {
+            let mut status = Status::new(Code::ResourceExhausted, e.to_string());
+            // gRPC's retry pushback (gRFC A6): clients that retry wait this long.
+            if let Ok(value) = retry_after_ms.to_string().parse() {
+                status.metadata_mut().insert(RETRY_PUSHBACK, value);
+            }
+            return status;
+        }
         Error::AlreadyExists { .. } => (Code::AlreadyExists, e.to_string()),
         Error::FailedPrecondition { .. } => (Code::FailedPrecondition, e.to_string()),
         Error::PermissionDenied { .. } => (Code::PermissionDenied, e.to_string()),
@@ -40,8 +53,8 @@ pub fn to_status(e: &Error) -> Status {
     Status::new(code, message)
 }
 
-pub(super) fn hsm_status(e: &hsm_sim::Error) -> Status {
-    use hsm_sim::Error as H;
+pub(super) fn hsm_status(e: &hsm_api::Error) -> Status {
+    use hsm_api::Error as H;
     use tonic::Code;
     let code = match e {
         H::Sealed | H::Uninitialised | H::SelfTestFailed(_) | H::SelfTest(_) => {

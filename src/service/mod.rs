@@ -7,12 +7,12 @@
 //! concurrent request could have changed, and only then (6) answers. A refusal is audited too.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, RwLock};
 
-use hsm_sim::hsm::{Exportability, Hsm, KeySpec as HsmKeySpec, KeyToken, KeyUsage};
-use hsm_sim::kcv::Kcv;
-use hsm_sim::tr31::KeyBlockVersion;
-use hsm_sim::{Algorithm, Error as HsmError};
+use hsm_api::Kcv;
+use hsm_api::KeyBlockVersion;
+use hsm_api::{Algorithm, Error as HsmError};
+use hsm_api::{Exportability, Hsm, KeySpec as HsmKeySpec, KeyToken, KeyUsage};
 
 use crate::access::authz::Operation;
 use crate::access::identity::Identity;
@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::state::audit::AuditEvent;
 use crate::state::records::{self, Endpoint, EndpointKind, KeyRecord, Level, StoredTemplate};
-use crate::state::store::{Sealer, Snapshot, Store, Table};
+use crate::state::store::{SealSkipped, Sealer, Snapshot, Store, Table};
 
 mod officers;
 mod psam_lines;
@@ -81,8 +81,20 @@ const SEAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Seals the audit chain head with the HSM's audit key, from the store's writer thread.
 pub struct HsmSealer<H: Hsm> {
     hsm: Arc<H>,
-    token: OnceLock<KeyToken>,
+    token: RwLock<Option<KeyToken>>,
     runtime: tokio::runtime::Handle,
+}
+
+impl<H: Hsm> HsmSealer<H> {
+    fn key(&self) -> Option<KeyToken> {
+        self.token.read().ok().and_then(|t| t.clone())
+    }
+
+    fn set_key(&self, key: Option<KeyToken>) {
+        if let Ok(mut t) = self.token.write() {
+            *t = key;
+        }
+    }
 }
 
 impl<H: Hsm> std::fmt::Debug for HsmSealer<H> {
@@ -92,23 +104,23 @@ impl<H: Hsm> std::fmt::Debug for HsmSealer<H> {
 }
 
 impl<H: Hsm> Sealer for HsmSealer<H> {
-    fn seal(&self, message: &[u8]) -> Option<Vec<u8>> {
-        let token = self.token.get()?;
+    fn seal(&self, message: &[u8]) -> Result<Vec<u8>, SealSkipped> {
+        let token = self.key().ok_or(SealSkipped::NoAuditKey)?;
         // The writer thread waits for the seal, so a slow or unreachable HSM must not hold every
         // commit: past the limit the seal is skipped and the next commit's seal covers these
         // records too (the chain itself is never skipped).
         let sealed = self.runtime.block_on(async {
-            tokio::time::timeout(SEAL_TIMEOUT, self.hsm.mac(token, message)).await
+            tokio::time::timeout(SEAL_TIMEOUT, self.hsm.mac(&token, message)).await
         });
         match sealed {
-            Ok(Ok(mac)) => Some(mac),
+            Ok(Ok(mac)) => Ok(mac),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "audit seal skipped: the HSM cannot MAC now");
-                None
+                Err(SealSkipped::HsmRefused)
             }
             Err(_) => {
                 tracing::warn!("audit seal skipped: the HSM did not answer in time");
-                None
+                Err(SealSkipped::Timeout)
             }
         }
     }
@@ -167,7 +179,7 @@ impl<H: Hsm> Kms<H> {
     pub async fn open(hsm: Arc<H>, store_dir: &std::path::Path) -> Result<Arc<Kms<H>>> {
         let sealer = Arc::new(HsmSealer {
             hsm: Arc::clone(&hsm),
-            token: OnceLock::new(),
+            token: RwLock::new(None),
             runtime: tokio::runtime::Handle::current(),
         });
         let store = Store::open(store_dir, Arc::clone(&sealer) as Arc<dyn Sealer>)?;
@@ -195,44 +207,66 @@ impl<H: Hsm> Kms<H> {
         Ok(Arc::new(kms))
     }
 
+    /// Loads the audit key's token from the store, if it is there and not held yet; whether the
+    /// service now holds one.
+    fn load_audit_key(&self) -> Result<bool> {
+        if self.sealer.key().is_some() {
+            return Ok(true);
+        }
+        let stored: Option<String> = self.store.snapshot()?.get(Table::Meta, AUDIT_KEY)?;
+        let held = stored.is_some();
+        self.sealer.set_key(stored.map(KeyToken::from_stored));
+        Ok(held)
+    }
+
     /// Loads the audit key's token, or creates it in the HSM (which must be operational).
     async fn ensure_audit_key(&self) -> Result<()> {
-        if self.sealer.token.get().is_some() {
-            return Ok(());
+        if self.load_audit_key()? {
+            // Records of a time without the key (HSM sealed) are sealed now if it can.
+            return self.store.seal_head().await;
         }
-        let existing: Option<String> = self.store.snapshot()?.get(Table::Meta, AUDIT_KEY)?;
-        let token = match existing {
-            Some(t) => KeyToken::from_stored(t),
-            None => {
-                let key = self
-                    .hsm
-                    .generate_key(HsmKeySpec {
-                        algorithm: Algorithm::Aes256,
-                        usage: KeyUsage::AuditMac,
-                        exportability: Exportability::NonExportable,
-                    })
-                    .await?;
-                let text = key.token.as_str().to_owned();
-                let (method, kcv) = kcv_hex(&key.kcv);
-                self.store
-                    .write(move |tx| {
-                        if tx.get::<String>(Table::Meta, AUDIT_KEY)?.is_some() {
-                            return Err(Error::AlreadyExists { what: "audit key" });
-                        }
-                        tx.put(Table::Meta, AUDIT_KEY, &text)?;
-                        tx.audit(AuditEvent::ok(
-                            "system",
-                            "create-audit-key",
-                            format!("audit key KCV {method} {kcv}"),
-                        ));
-                        Ok(())
-                    })
-                    .await?;
-                key.token
-            }
-        };
-        let _ = self.sealer.token.set(token);
-        Ok(())
+        self.create_audit_key(Vec::new()).await
+    }
+
+    /// Creates the audit key in the HSM and stores it with `events`, in one commit that is the
+    /// first sealed by it.
+    async fn create_audit_key(&self, events: Vec<AuditEvent>) -> Result<()> {
+        let key = self
+            .hsm
+            .generate_key(HsmKeySpec {
+                algorithm: Algorithm::Aes256,
+                usage: KeyUsage::AuditMac,
+                exportability: Exportability::NonExportable,
+            })
+            .await?;
+        let text = key.token.as_str().to_owned();
+        let (method, kcv) = kcv_hex(&key.kcv);
+        // Held before the commit that stores it, so that this very commit is sealed with it;
+        // dropped again if the commit fails.
+        self.sealer.set_key(Some(key.token));
+        let written = self
+            .store
+            .write(move |tx| {
+                if tx.get::<String>(Table::Meta, AUDIT_KEY)?.is_some() {
+                    return Err(Error::AlreadyExists { what: "audit key" });
+                }
+                tx.put(Table::Meta, AUDIT_KEY, &text)?;
+                tx.audit(AuditEvent::ok(
+                    "system",
+                    "create-audit-key",
+                    format!("audit key KCV {method} {kcv}"),
+                ));
+                for e in events {
+                    tx.audit(e);
+                }
+                Ok(())
+            })
+            .await;
+        if written.is_err() {
+            self.sealer.set_key(None);
+            self.load_audit_key()?;
+        }
+        written
     }
 
     /// The HSM this service uses.
@@ -261,8 +295,8 @@ impl<H: Hsm> Kms<H> {
     }
 
     /// The audit key's token (for verifying seals with the same HSM), once it exists.
-    pub fn audit_key(&self) -> Option<&KeyToken> {
-        self.sealer.token.get()
+    pub fn audit_key(&self) -> Option<KeyToken> {
+        self.sealer.key()
     }
 
     fn reload_templates(&self) -> Result<()> {
@@ -314,7 +348,10 @@ impl<H: Hsm> Kms<H> {
         let result = op.await;
         // One structured line per request (target `sscard_kms::request`): the operation, the
         // caller, the masked subject, the outcome and the time taken. Subjects are masked by
-        // their callers; errors carry no key material.
+        // their callers, and bounded like a refusal record (a caller chooses their size); errors
+        // carry no key material.
+        let subject = crate::state::audit::bounded(subject);
+        let subject = subject.as_str();
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         match &result {
             Ok(_) => tracing::info!(
@@ -335,7 +372,12 @@ impl<H: Hsm> Kms<H> {
                     reason = %e,
                     micros,
                 );
-                let event = AuditEvent::denied(caller.to_string(), operation.name(), subject, e);
+                let event = AuditEvent::denied(
+                    caller.to_string(),
+                    operation.name(),
+                    subject,
+                    audit_reason(e),
+                );
                 if let Err(audit_err) = self.store.audit(vec![event]).await {
                     tracing::error!(error = %audit_err, "could not audit a refusal");
                 }
@@ -357,6 +399,15 @@ impl<H: Hsm> Kms<H> {
             });
         }
         Ok(e)
+    }
+}
+
+/// What the audit trail records of a refusal: the caller's reason, and the detail a caller is
+/// not told (which identifier did not match).
+fn audit_reason(e: &Error) -> String {
+    match e {
+        Error::NoMatchingCard { detail } => format!("{e} ({detail})"),
+        _ => e.to_string(),
     }
 }
 
@@ -387,8 +438,8 @@ fn masked_subject(card: &CardRequest) -> String {
 }
 
 /// The name of an HSM state, as status calls and metrics report it.
-fn hsm_state_name(state: hsm_sim::hsm::HsmState) -> &'static str {
-    use hsm_sim::hsm::HsmState;
+fn hsm_state_name(state: hsm_api::HsmState) -> &'static str {
+    use hsm_api::HsmState;
     match state {
         HsmState::Uninitialised => "uninitialised",
         HsmState::Sealed => "sealed",

@@ -1,8 +1,8 @@
 //! PSAM production lines: registering PSAMs and their key sets at the level each key's usage
 //! byte states.
 
-use hsm_sim::Algorithm;
-use hsm_sim::hsm::Hsm;
+use hsm_api::Algorithm;
+use hsm_api::Hsm;
 
 use crate::access::authz::{self, Operation};
 use crate::access::identity::Identity;

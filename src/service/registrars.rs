@@ -1,6 +1,6 @@
 //! City registrars: registering, accepting, blacklisting and reading cards.
 
-use hsm_sim::hsm::Hsm;
+use hsm_api::Hsm;
 
 use crate::access::authz::{self, Operation};
 use crate::access::identity::Identity;

@@ -1,11 +1,11 @@
 //! Card personalisation stations: a card's keys as TR-31 blocks or secure-messaging WRITE KEY
 //! commands, and blank-card initialisation.
 
-use hsm_sim::Algorithm;
-use hsm_sim::factor::Factor;
-use hsm_sim::hsm::{Exportability, Hsm, KeyToken, KeyUsage, WriteKeyRequest};
-use hsm_sim::kcv::Kcv;
-use hsm_sim::mac::MacFold;
+use hsm_api::Algorithm;
+use hsm_api::Factor;
+use hsm_api::Kcv;
+use hsm_api::MacFold;
+use hsm_api::{Exportability, Hsm, KeyToken, KeyUsage, WriteKeyRequest};
 
 use crate::access::authz::{self, Operation};
 use crate::access::identity::Identity;
@@ -119,6 +119,11 @@ impl<H: Hsm> Kms<H> {
                             reason: "at least one key and card challenge is needed",
                         });
                     }
+                    check_key_list(
+                        &template,
+                        "challenges",
+                        challenges.iter().map(|(name, _)| name.as_str()),
+                    )?;
                     for (name, challenge) in challenges {
                         let spec = template.key(&name).ok_or(Error::NotFound {
                             what: "template key",
@@ -209,9 +214,13 @@ impl<H: Hsm> Kms<H> {
     /// The card's record, if its keys may be released: registered with the same data and
     /// template, accepted, not blacklisted, and (after a first release) the same ATR.
     fn releasable_card(snap: &Snapshot, checked: &CheckedCard, template_id: &str) -> Result<Card> {
-        let card: Card = snap
-            .get(Table::Cards, checked.id.as_str())?
-            .ok_or(Error::NotFound { what: "card" })?;
+        // An unknown card and a card whose data differ get the same answer (no existence
+        // oracle for a station probing identifiers); the audit record keeps which.
+        let card: Card =
+            snap.get(Table::Cards, checked.id.as_str())?
+                .ok_or(Error::NoMatchingCard {
+                    detail: "unknown card identifier",
+                })?;
         check_releasable(&card, checked, template_id)?;
         Ok(card)
     }
@@ -416,10 +425,36 @@ impl<H: Hsm> Kms<H> {
     }
 }
 
+/// Refuses, before any HSM work, a list of key names longer than the template or naming a key
+/// twice: each key of a card is delivered at most once per request.
+fn check_key_list<'a>(
+    template: &Template,
+    field: &'static str,
+    names: impl ExactSizeIterator<Item = &'a str>,
+) -> Result<()> {
+    if names.len() > template.keys().len() {
+        return Err(Error::InvalidArgument {
+            field,
+            reason: "more entries than the template has keys",
+        });
+    }
+    let mut seen = std::collections::HashSet::new();
+    for name in names {
+        if !seen.insert(name) {
+            return Err(Error::InvalidArgument {
+                field,
+                reason: "a key is named more than once",
+            });
+        }
+    }
+    Ok(())
+}
+
 fn select_keys<'t>(template: &'t Template, names: &[String]) -> Result<Vec<&'t KeySpec>> {
     if names.is_empty() {
         return Ok(template.write_order().collect());
     }
+    check_key_list(template, "key_names", names.iter().map(String::as_str))?;
     names
         .iter()
         .map(|n| {
@@ -431,11 +466,14 @@ fn select_keys<'t>(template: &'t Template, names: &[String]) -> Result<Vec<&'t K
 }
 
 fn check_releasable(card: &Card, checked: &CheckedCard, template_id: &str) -> Result<()> {
-    if card.card_number != checked.number.as_str()
-        || card.social_security_number != checked.ssn.as_str()
-    {
-        return Err(Error::FailedPrecondition {
-            reason: "the card's data does not match the registry",
+    if card.card_number != checked.number.as_str() {
+        return Err(Error::NoMatchingCard {
+            detail: "the card number differs from the registry's",
+        });
+    }
+    if card.social_security_number != checked.ssn.as_str() {
+        return Err(Error::NoMatchingCard {
+            detail: "the social security number differs from the registry's",
         });
     }
     if card.template_id != template_id {

@@ -1,5 +1,5 @@
 //! What the store keeps, as serde records. No record holds a clear key: keys are LMK-wrapped
-//! tokens (`hsm_sim::hsm::KeyToken` text) with their KCVs.
+//! tokens (`hsm_api::KeyToken` text) with their KCVs.
 
 use std::collections::BTreeMap;
 
@@ -20,7 +20,7 @@ pub struct KeyRecord {
     pub region: String,
     /// The root version this key descends from; a new root gives a new version of every level.
     pub version: u32,
-    /// `hsm_sim::Algorithm::name()`.
+    /// `hsm_api::Algorithm::name()`.
     pub algorithm: String,
     /// LMK-wrapped token.
     pub token: String,

@@ -2,7 +2,7 @@
 //! (`dev/test-keys.toml`) and DOMAIN.md: the key hierarchy, identifiers with their check
 //! characters, and the secure-messaging WRITE KEY command.
 //!
-//! Every expected key is computed twice: with `hsm_sim::diversify::diversify_chain`, and by
+//! Every expected key is computed twice: with `hsm_sim::crypto::diversify::diversify_chain`, and by
 //! hand from DOMAIN.md §2 (`D(K, F) = E_K(F ‖ ~F)` in ECB, one cipher call per level) with the
 //! plain block cipher. The two must agree before anything is compared with the service.
 //!
@@ -10,11 +10,12 @@
 //! plain TOML, never through the service's parser — with DOMAIN.md §10's rules written out
 //! below (type byte by role, master key id/version/follow-up, follow-up level by sequence number
 //! in the directory, the header layout, P1/P2/Lc), and its field and MAC by hand from the block
-//! cipher (DOMAIN.md §5), checked against `hsm_sim::mac`.
+//! cipher (DOMAIN.md §5), checked against `hsm_sim::crypto::mac`.
 
-use hsm_sim::factor::Factor;
-use hsm_sim::mac::MacFold;
-use hsm_sim::{Algorithm, SecretKey};
+use hsm_api::Algorithm;
+use hsm_api::Factor;
+use hsm_api::MacFold;
+use hsm_sim::crypto::SecretKey;
 use sscard_kms::card::template::{KeyLevel, KeyRoot, KeySpec, Template};
 use sscard_kms::dev::{TestKeys, test_keys};
 
@@ -100,7 +101,7 @@ pub fn expected(spec: &KeySpec, level: KeyLevel, city: &str, atr: &[u8]) -> Expe
     let alg = spec.hsm_algorithm();
     let root = root_hex(&keys, spec);
     let factors = factors(spec, level, city, atr).expect("the chain has a key at this level");
-    let key = hsm_sim::diversify::diversify_chain(
+    let key = hsm_sim::crypto::diversify::diversify_chain(
         &SecretKey::from_hex(alg, &root).unwrap(),
         spec.dispersion,
         &factors,
@@ -122,7 +123,8 @@ fn by_hand(alg: Algorithm, root_hex: &str, factors: &[Factor]) -> String {
     for f in factors {
         let mut block = f.as_bytes().to_vec();
         block.extend(f.as_bytes().iter().map(|b| !b));
-        key = hsm_sim::cipher::encrypt_ecb(&SecretKey::new(alg, &key).unwrap(), &block).unwrap();
+        key = hsm_sim::crypto::cipher::encrypt_ecb(&SecretKey::new(alg, &key).unwrap(), &block)
+            .unwrap();
     }
     hex::encode_upper(key)
 }
@@ -495,15 +497,16 @@ fn mac_by_hand(protect: &Expected, challenge: &[u8], data: &[u8]) -> [u8; 4] {
         Algorithm::Tdes2 => {
             let left = SecretKey::new(Algorithm::Des, &bytes[..8]).unwrap();
             let right = SecretKey::new(Algorithm::Des, &bytes[8..]).unwrap();
-            let cbc = hsm_sim::cipher::encrypt_cbc(&left, challenge, &pad(data, 8)).unwrap();
+            let cbc =
+                hsm_sim::crypto::cipher::encrypt_cbc(&left, challenge, &pad(data, 8)).unwrap();
             let last = &cbc[cbc.len() - 8..];
-            let last = hsm_sim::cipher::decrypt_ecb(&right, last).unwrap();
-            let last = hsm_sim::cipher::encrypt_ecb(&left, &last).unwrap();
+            let last = hsm_sim::crypto::cipher::decrypt_ecb(&right, last).unwrap();
+            let last = hsm_sim::crypto::cipher::encrypt_ecb(&left, &last).unwrap();
             out.copy_from_slice(&last[..4]);
         }
         Algorithm::Sm4 => {
-            let cbc =
-                hsm_sim::cipher::encrypt_cbc(&protect.key, challenge, &pad(data, 16)).unwrap();
+            let cbc = hsm_sim::crypto::cipher::encrypt_cbc(&protect.key, challenge, &pad(data, 16))
+                .unwrap();
             for word in cbc[cbc.len() - 16..].chunks_exact(4) {
                 out.iter_mut().zip(word).for_each(|(o, w)| *o ^= w);
             }
@@ -517,7 +520,7 @@ fn mac_by_hand(protect: &Expected, challenge: &[u8], data: &[u8]) -> [u8; 4] {
 /// parts: `CLA INS P1 P2 Lc ‖ field ‖ MAC`, where `field = ECB(protect, Ld ‖ header ‖ key ‖
 /// 80 00..)` and the MAC runs over the command header and the field with the card's challenge
 /// as IV (DOMAIN.md §5). Field and MAC are done by hand and checked against
-/// `hsm_sim::mac::encrypt_key_field` / `card_mac`; Lc is checked against the profile's.
+/// `hsm_sim::crypto::mac::encrypt_key_field` / `card_mac`; Lc is checked against the profile's.
 pub fn write_key_apdu(
     protect: &Expected,
     texts: &[&str],
@@ -531,13 +534,13 @@ pub fn write_key_apdu(
     let mut plain = vec![u8::try_from(data.len()).unwrap()];
     plain.extend_from_slice(&data);
     let block = protect.key.algorithm().block_len();
-    let field = hsm_sim::cipher::encrypt_ecb(&protect.key, &pad(&plain, block)).unwrap();
+    let field = hsm_sim::crypto::cipher::encrypt_ecb(&protect.key, &pad(&plain, block)).unwrap();
     assert_eq!(
         field,
-        hsm_sim::mac::encrypt_key_field(&protect.key, &data).unwrap(),
+        hsm_sim::crypto::mac::encrypt_key_field(&protect.key, &data).unwrap(),
         "{name}: the field by hand and hsm_sim's"
     );
-    let lc = u8::try_from(field.len() + hsm_sim::mac::CARD_MAC_LEN).unwrap();
+    let lc = u8::try_from(field.len() + hsm_sim::crypto::mac::CARD_MAC_LEN).unwrap();
     assert_eq!(lc, bytes.lc, "{name}: Lc is the profile's");
     let mut apdu = bytes.command.to_vec();
     apdu.push(lc);
@@ -545,7 +548,7 @@ pub fn write_key_apdu(
     let mac = mac_by_hand(protect, challenge, &apdu);
     assert_eq!(
         mac,
-        hsm_sim::mac::card_mac(&protect.key, challenge, &apdu, MacFold::Xor4).unwrap(),
+        hsm_sim::crypto::mac::card_mac(&protect.key, challenge, &apdu, MacFold::Xor4).unwrap(),
         "{name}: the MAC by hand and hsm_sim's"
     );
     apdu.extend_from_slice(&mac);

@@ -8,6 +8,11 @@
 use core::fmt;
 use std::time::Duration;
 
+use hsm_api::{
+    Component, Dispersion, Error, Exportability, ExportedKey, Factor, Hsm, HsmStatus, Kcv,
+    KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare, Result,
+    UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest,
+};
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 
@@ -20,15 +25,6 @@ use super::proto;
 use super::proto::hsm_client::HsmClient;
 use super::status::from_status;
 use super::{ClientTls, SetupError};
-use crate::diversify::Dispersion;
-use crate::error::{Error, Result};
-use crate::factor::Factor;
-use crate::hsm::{
-    Component, Exportability, ExportedKey, Hsm, HsmStatus, KeySpec, KeyToken, KeyUsage, LmkInit,
-    LmkRotation, LmkShare, UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest,
-};
-use crate::kcv::Kcv;
-use crate::tr31::KeyBlockVersion;
 
 /// Timeouts of a [`RemoteHsm`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,20 +2,15 @@
 //!
 //! Every `from_wire` returns `None` for a value outside the protocol (an unspecified or unknown
 //! enum number, a missing message): the server answers it with `INVALID_ARGUMENT`, the client
-//! with [`crate::Error::Protocol`].
+//! with [`hsm_api::Error::Protocol`].
 
+use hsm_api::{
+    Algorithm, Dispersion, Exportability, HsmState, HsmStatus, IssuedShare, Kcv, KcvMethod,
+    KeyBlockVersion, KeySpec, KeyUsage, LmkShare, MacFold, UnsealProgress, WrappedKey,
+};
 use zeroize::Zeroizing;
 
 use super::proto;
-use crate::diversify::Dispersion;
-use crate::hsm::{
-    Exportability, HsmState, HsmStatus, IssuedShare, KeySpec, KeyUsage, LmkShare, UnsealProgress,
-    WrappedKey,
-};
-use crate::kcv::{Kcv, KcvMethod};
-use crate::key::Algorithm;
-use crate::mac::MacFold;
-use crate::tr31::KeyBlockVersion;
 
 /// A `usize` on the wire (lossless on every platform Rust supports today).
 pub(crate) fn wide(n: usize) -> u64 {
@@ -182,7 +177,7 @@ pub(crate) fn wrapped_to_wire(key: &WrappedKey) -> proto::WrappedKey {
 
 pub(crate) fn wrapped_from_wire(key: proto::WrappedKey) -> Option<WrappedKey> {
     Some(WrappedKey {
-        token: crate::hsm::KeyToken::from_stored(key.token),
+        token: hsm_api::KeyToken::from_stored(key.token),
         kcv: kcv_from_wire(key.kcv)?,
     })
 }

@@ -1,4 +1,4 @@
-//! The HSM as a separate process: the [`Hsm`](crate::hsm::Hsm) trait over gRPC with mutual TLS.
+//! The HSM as a separate process: the [`Hsm`](hsm_api::Hsm) trait over gRPC with mutual TLS.
 //!
 //! ```text
 //!  service process                                   hsm-sim process
@@ -9,22 +9,22 @@
 //!
 //! * [`serve`] runs the `sscard.hsm.v1.Hsm` service (`proto/sscard/hsm/v1/hsm.proto`) over any
 //!   `H: Hsm` on an already-bound listener until a shutdown future completes.
-//! * [`RemoteHsm`] implements [`Hsm`](crate::hsm::Hsm) over a lazily connecting channel: it
+//! * [`RemoteHsm`] implements [`Hsm`](hsm_api::Hsm) over a lazily connecting channel: it
 //!   recovers by itself when the process comes back.
 //! * [`ServerTls`] / [`ClientTls`] load the PEM files; a server without a client CA cannot be
 //!   built (tonic would silently serve TLS without client authentication).
 //! * [`identity`] reads the SAN URIs of a peer certificate and holds the authorisation rule: only
 //!   `sscard://service/<name>` may call the HSM.
-//! * Errors: every [`crate::Error`] the HSM returns travels as a serialized `HsmError` message
+//! * Errors: every [`hsm_api::Error`] the HSM returns travels as a serialized `HsmError` message
 //!   in the metadata entry [`ERROR_METADATA_KEY`]; the client rebuilds the same variant with the
-//!   same fields. Transport failures become [`crate::Error::Unavailable`].
+//!   same fields. Transport failures become [`hsm_api::Error::Unavailable`].
 //!
 //! # Example
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::path::Path;
-//! use hsm_sim::hsm::Hsm;
+//! use hsm_api::Hsm;
 //! use hsm_sim::remote::{ClientTls, RemoteHsm};
 //!
 //! let tls = ClientTls::from_pem_files(
@@ -90,7 +90,7 @@ const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 
 /// Why the remote HSM could not be set up or served: configuration files, addresses, sockets.
 ///
-/// Separate from [`crate::Error`], which is the (cloneable, comparable) vocabulary of HSM
+/// Separate from [`hsm_api::Error`], which is the (cloneable, comparable) vocabulary of HSM
 /// operations; these are start-up failures of a process and carry I/O sources.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -8,6 +8,7 @@ use core::fmt;
 use std::future::Future;
 use std::sync::Arc;
 
+use hsm_api::{Component, Error, Factor, Hsm, KeyToken, LmkShare, WriteKeyRequest};
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
@@ -25,9 +26,6 @@ use super::proto;
 use super::proto::hsm_server::Hsm as HsmRpc;
 use super::status::to_status;
 use super::{ServerTls, SetupError};
-use crate::error::Error;
-use crate::factor::Factor;
-use crate::hsm::{Component, Hsm, KeyToken, LmkShare, WriteKeyRequest};
 
 /// Serves `hsm` on the already-bound `listener` over mutual TLS until `shutdown` completes,
 /// then lets calls in flight finish.

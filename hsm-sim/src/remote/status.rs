@@ -23,6 +23,7 @@
 //! the server and owned strings on the client: the rebuilt error compares equal to the server's
 //! by value.
 
+use hsm_api::Error;
 use prost::Message;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
@@ -30,7 +31,6 @@ use tonic::{Code, Status};
 use super::convert::{algorithm_from_wire, algorithm_to_wire, narrow, wide};
 use super::proto::HsmError;
 use super::proto::hsm_error::{self as wire, Kind};
-use crate::error::Error;
 
 /// The binary metadata entry of a failed call that carries the serialized `HsmError`.
 pub const ERROR_METADATA_KEY: &str = "sscard-hsm-error-bin";
@@ -289,8 +289,9 @@ fn from_wire(kind: Kind) -> Option<Error> {
 
 #[cfg(test)]
 mod tests {
+    use hsm_api::Algorithm;
+
     use super::*;
-    use crate::key::Algorithm;
 
     /// One instance of every variant (the exhaustive matches above keep this list honest:
     /// a new variant must be added there, and should be added here).

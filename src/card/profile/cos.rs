@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use hsm_sim::factor::Factor;
+use hsm_api::Factor;
 use serde::Deserialize;
 use toml::Spanned;
 

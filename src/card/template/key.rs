@@ -3,8 +3,8 @@
 
 use core::fmt;
 
-use hsm_sim::Algorithm;
-use hsm_sim::diversify::Dispersion;
+use hsm_api::Algorithm;
+use hsm_api::Dispersion;
 
 use crate::card::region::Region;
 

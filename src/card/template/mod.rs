@@ -18,7 +18,7 @@
 //! generation = "2.0"        # card specification generation
 //! cos = "t514"              # the COS profile: t514 | fmcos
 //! algorithm = "tdes"        # default key algorithm: tdes | des | sm4
-//! dispersion = "pboc-tdes"  # hsm_sim::diversify::Dispersion name (sm4-f-notf-v1 for 3.0)
+//! dispersion = "pboc-tdes"  # hsm_api::Dispersion name (sm4-f-notf-v1 for 3.0)
 //! description = "…"         # optional
 //! # extends = "ssc-2.0"     # only in a city's extension: id of the base template
 //! # region = "440300"       # with `extends` only: the city that owns the extension
@@ -88,8 +88,8 @@
 
 use std::sync::Arc;
 
-use hsm_sim::diversify::Dispersion;
-use hsm_sim::factor::Factor;
+use hsm_api::Dispersion;
+use hsm_api::Factor;
 
 use crate::card::identifiers::Atr;
 use crate::card::profile::{CosProfile, WriteKeyParams};

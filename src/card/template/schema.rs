@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use hsm_sim::diversify::Dispersion;
+use hsm_api::Dispersion;
 use serde::Deserialize;
 use toml::Spanned;
 

@@ -1,19 +1,22 @@
-//! The one error type of the crate.
-//!
-//! Variants are typed so that callers (and tests) match on the reason, never on message text.
-//! No variant carries key bytes: messages may reach logs.
-//!
-//! Texts that name a field, an operation or a check are `Cow<'static, str>`: the crate builds
-//! them from literals (borrowed, no allocation), the remote client from the wire (owned), and
-//! both compare equal by value.
+//! The one error type of the boundary, shared by every implementation of the trait.
 
 use std::borrow::Cow;
 
-use crate::key::Algorithm;
+use crate::algorithm::Algorithm;
 
-/// Everything that can go wrong in `hsm-sim`.
+/// Everything that can go wrong at the HSM boundary, in an implementation or on the way to it.
+///
+/// Variants are typed so that callers (and tests) match on the reason, never on message text.
+/// No variant carries key bytes: messages may reach logs.
+///
+/// Texts that name a field, an operation or a check are `Cow<'static, str>`: an implementation
+/// builds them from literals (borrowed, no allocation), a remote client from the wire (owned),
+/// and both compare equal by value.
+///
+/// Not `#[non_exhaustive]`: the simulator's wire mapping (`hsm_sim::remote`) matches every
+/// variant, so that a new one cannot be forgotten there; every crate that matches on it is in
+/// this workspace.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum Error {
     /// A key of the wrong length for its algorithm.
     #[error("a {alg} key must be {expected} bytes, got {actual}")]
@@ -161,5 +164,5 @@ pub enum Error {
     Protocol,
 }
 
-/// Result with the crate's [`Error`].
+/// Result with the boundary's [`Error`].
 pub type Result<T, E = Error> = core::result::Result<T, E>;

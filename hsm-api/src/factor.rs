@@ -1,20 +1,20 @@
 //! Dispersion factors of the social security card key hierarchy (DOMAIN.md §2).
-//!
-//! Every factor is exactly 8 bytes. The SSC factors are ASCII text, not BCD:
-//!
-//! | level | factor | Guangdong / Guangzhou example |
-//! |---|---|---|
-//! | F1 province | first 2 digits of the region code + `"0000sh"` | `"440000sh"` |
-//! | F2 city | the 6-digit city code + `"sx"` | `"440100sx"` |
-//! | F3 card | the last 8 bytes of the card's ATR | `86843202AD932A48` |
-//!
-//! Factors are public data: they are not secrets and may be logged.
 
 use core::fmt;
 
 use crate::error::{Error, Result};
 
 /// An 8-byte dispersion factor.
+///
+/// Every factor is exactly 8 bytes. The SSC factors are ASCII text, not BCD:
+///
+/// | level | factor | Guangdong / Guangzhou example |
+/// |---|---|---|
+/// | F1 province | first 2 digits of the region code + `"0000sh"` | `"440000sh"` |
+/// | F2 city | the 6-digit city code + `"sx"` | `"440100sx"` |
+/// | F3 card | the last 8 bytes of the card's ATR | `86843202AD932A48` |
+///
+/// Factors are public data: they are not secrets and may be logged.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Factor([u8; 8]);
 

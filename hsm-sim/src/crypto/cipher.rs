@@ -9,9 +9,9 @@ use des::cipher::{
     Array, BlockCipherDecrypt, BlockCipherEncrypt, BlockModeDecrypt, BlockModeEncrypt,
     BlockSizeUser, InnerIvInit, KeyInit, array::ArraySize,
 };
+use hsm_api::{Algorithm, Error, Result};
 
-use crate::error::{Error, Result};
-use crate::key::{Algorithm, SecretKey};
+use crate::crypto::SecretKey;
 
 /// A keyed block cipher. The key schedule zeroizes on drop (RustCrypto `zeroize` feature).
 #[derive(Clone)]

@@ -14,44 +14,15 @@
 //! The IV-as-challenge of the retail MAC is the CBC-MAC of the data with the challenge XORed
 //! into its first block, which is how it is computed here.
 
+use hsm_api::{Algorithm, Error, MacFold, Result};
 use retail_mac::{KeyInit, Mac, RetailMac};
 use zeroize::Zeroizing;
 
-use crate::cipher::BlockCipher;
-use crate::error::{Error, Result};
-use crate::key::{Algorithm, SecretKey};
+use crate::crypto::SecretKey;
+use crate::crypto::cipher::BlockCipher;
 
 /// Length of the MAC a card checks.
 pub const CARD_MAC_LEN: usize = 4;
-
-/// How an SM4 MAC's last block is reduced to 4 bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum MacFold {
-    /// XOR of the four 4-byte words of the last block.
-    #[default]
-    Xor4,
-    /// The first 4 bytes of the last block.
-    First4,
-}
-
-impl MacFold {
-    /// `xor4` or `first4`.
-    pub const fn name(self) -> &'static str {
-        match self {
-            MacFold::Xor4 => "xor4",
-            MacFold::First4 => "first4",
-        }
-    }
-
-    /// Parses [`MacFold::name`].
-    pub fn from_name(name: &str) -> Option<MacFold> {
-        match name {
-            "xor4" => Some(MacFold::Xor4),
-            "first4" => Some(MacFold::First4),
-            _ => None,
-        }
-    }
-}
 
 /// ISO/IEC 9797-1 padding method 2: `80` then zeros up to a whole block, always added.
 pub fn pad_iso9797_m2(data: &[u8], block: usize) -> Vec<u8> {
@@ -189,7 +160,7 @@ mod tests {
     }
 
     fn vectors() -> Vectors {
-        serde_json::from_str(include_str!("../tests/vectors/ssc.json")).unwrap()
+        serde_json::from_str(include_str!("../../tests/vectors/ssc.json")).unwrap()
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! Randomness from the operating system, and fresh keys.
 
+use hsm_api::{Algorithm, Error, Result};
 use zeroize::Zeroizing;
 
-use crate::error::{Error, Result};
-use crate::key::{Algorithm, SecretKey};
+use crate::crypto::SecretKey;
 
 /// `len` bytes from the operating system's CSPRNG.
 pub fn random_bytes(len: usize) -> Result<Vec<u8>> {

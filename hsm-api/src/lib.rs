@@ -1,0 +1,157 @@
+//! # hsm-api — the HSM trust boundary of sscard-kms
+//!
+//! The [`Hsm`] trait and every type that crosses it: key tokens, key specifications, custodians'
+//! components and LMK shares, key check values, dispersion factors, the named methods a request
+//! picks, statuses, and the one [`Error`]. This is the boundary a second backend — a PKCS#11
+//! token, a payment HSM's host protocol — implements without depending on the simulator
+//! (`hsm-sim`); the key service is written against it and nothing else.
+//!
+//! This crate does no I/O and holds no cipher: it is plain data and one trait. Clear keys exist
+//! only inside an implementation. Here, only [`Component`] and [`LmkShare`] carry a custodian's
+//! own secret *into* the HSM (they zeroize on drop, print nothing from `Debug`, and hand their
+//! text out through one greppable accessor each, [`Component::secret_hex`] and
+//! [`LmkShare::secret_text`]). Everything that comes *out* is a [`KeyToken`] (a key block under
+//! the HSM's LMK), a TR-31 block under a transport key, a secure-messaging command, a [`Kcv`], or
+//! a status.
+//!
+//! ```
+//! use hsm_api::{Algorithm, Exportability, KeySpec, KeyUsage, Kcv, KcvMethod};
+//!
+//! // What the service asks for: a key it will only ever see as a token and a KCV.
+//! let spec = KeySpec {
+//!     algorithm: Algorithm::Tdes2,
+//!     usage: KeyUsage::CardDerivation,
+//!     exportability: Exportability::NonExportable,
+//! };
+//! assert_eq!(spec.algorithm.key_len(), 16);
+//! // A KCV always carries its method and length.
+//! let kcv = Kcv::from_parts(KcvMethod::default_for(spec.algorithm), vec![0xD2, 0xB9, 0x1C]);
+//! assert_eq!(kcv.to_hex(), "D2B91C");
+//! ```
+#![forbid(unsafe_code)]
+
+use std::future::Future;
+
+mod algorithm;
+mod error;
+mod factor;
+mod kcv;
+mod methods;
+mod types;
+
+pub use algorithm::Algorithm;
+pub use error::{Error, Result};
+pub use factor::Factor;
+pub use kcv::{Kcv, KcvMethod};
+pub use methods::{Dispersion, KeyBlockVersion, MacFold};
+pub use types::{
+    Component, Exportability, ExportedKey, HsmState, HsmStatus, IssuedShare, KeySpec, KeyToken,
+    KeyUsage, LmkInit, LmkRotation, LmkShare, UnsealProgress, WrappedKey, WriteKeyCommand,
+    WriteKeyRequest,
+};
+
+/// The operations of the HSM. Every key operation is refused unless the HSM is operational
+/// (unsealed and self-tested); every use of a token checks its integrity and its usage.
+pub trait Hsm: Send + Sync + 'static {
+    /// False for every simulator: it is not a secure device.
+    fn is_secure(&self) -> bool;
+
+    /// State, LMK KCV, unseal progress, self-test result.
+    fn status(&self) -> impl Future<Output = Result<HsmStatus>> + Send;
+
+    /// Creates the LMK and splits it into `threshold`-of-`shares` custodian shares.
+    /// Refused if an LMK exists.
+    fn init_lmk(&self, threshold: u8, shares: u8) -> impl Future<Output = Result<LmkInit>> + Send;
+
+    /// Accepts one custodian share; at the threshold rebuilds the LMK, checks it against its KCV,
+    /// runs the self-test and becomes operational. A malformed, repeated or foreign share is
+    /// [`crate::Error::Share`] and does not count; on an HSM that is already unsealed the share
+    /// is ignored and the progress says `unsealed`.
+    fn unseal(&self, share: LmkShare) -> impl Future<Output = Result<UnsealProgress>> + Send;
+
+    /// Forgets the shares submitted so far.
+    fn unseal_reset(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// Zeroizes the LMK and the hot-key cache; the HSM is sealed.
+    fn seal(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// A simulated tamper event: as `seal`, at once, and recorded in the status.
+    fn tamper(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// Runs the known-answer self-test now; on failure every key operation is refused.
+    fn self_test(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// A fresh random key.
+    fn generate_key(&self, spec: KeySpec) -> impl Future<Output = Result<WrappedKey>> + Send;
+
+    /// A key formed as the XOR of 2..=9 clear components, each checked against its KCV.
+    fn form_key(
+        &self,
+        spec: KeySpec,
+        components: Vec<Component>,
+    ) -> impl Future<Output = Result<WrappedKey>> + Send;
+
+    /// Imports a TR-31 block (B or D) under `kek`. The block header's usage must map to
+    /// `usage` (`K0`/`K1` key-block protection, `E6` card derivation, `E5` card key, `M6` audit
+    /// MAC); the new token carries it, with the block's exportability (`E` exportable; `N` and
+    /// `S` non-exportable).
+    fn import_key(
+        &self,
+        kek: &KeyToken,
+        block: &str,
+        usage: KeyUsage,
+    ) -> impl Future<Output = Result<WrappedKey>> + Send;
+
+    /// Exports `key` under `kek` as a TR-31 block of `version`.
+    fn export_key(
+        &self,
+        kek: &KeyToken,
+        key: &KeyToken,
+        version: KeyBlockVersion,
+    ) -> impl Future<Output = Result<ExportedKey>> + Send;
+
+    /// The child of `parent` by `method` with `factors` applied in order (top level first).
+    fn derive_key(
+        &self,
+        parent: &KeyToken,
+        method: Dispersion,
+        factors: &[Factor],
+        child_usage: KeyUsage,
+        child_exportability: Exportability,
+    ) -> impl Future<Output = Result<WrappedKey>> + Send;
+
+    /// A secure-messaging command that writes `request.key` into a card.
+    fn write_key_command(
+        &self,
+        request: WriteKeyRequest,
+    ) -> impl Future<Output = Result<WriteKeyCommand>> + Send;
+
+    /// The KCV of a token's key.
+    fn kcv(&self, key: &KeyToken) -> impl Future<Output = Result<Kcv>> + Send;
+
+    /// `len` random bytes (at most 4096).
+    fn random(&self, len: usize) -> impl Future<Output = Result<Vec<u8>>> + Send;
+
+    /// The CMAC of `data` under an [`KeyUsage::AuditMac`] key.
+    fn mac(&self, key: &KeyToken, data: &[u8]) -> impl Future<Output = Result<Vec<u8>>> + Send;
+
+    /// Checks a MAC made by [`Hsm::mac`], in constant time.
+    fn verify_mac(
+        &self,
+        key: &KeyToken,
+        data: &[u8],
+        mac: &[u8],
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Re-wraps `tokens` under a new LMK (split `threshold`-of-`shares`); the old LMK stays
+    /// current until [`Hsm::commit_lmk_rotation`].
+    fn prepare_lmk_rotation(
+        &self,
+        tokens: Vec<KeyToken>,
+        threshold: u8,
+        shares: u8,
+    ) -> impl Future<Output = Result<LmkRotation>> + Send;
+
+    /// Makes the prepared LMK current (named by its KCV) and wipes the hot-key cache.
+    fn commit_lmk_rotation(&self, new_lmk_kcv: &Kcv) -> impl Future<Output = Result<()>> + Send;
+}

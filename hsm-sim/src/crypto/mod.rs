@@ -1,0 +1,26 @@
+//! The simulator's cryptography: everything that runs on clear keys.
+//!
+//! Every algorithm comes from RustCrypto (`des`, `aes`, `sm4`, `cbc`, `cmac`, `retail-mac`,
+//! `hkdf`, `sha2`); nothing here implements a block cipher or a MAC.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`SecretKey`] | a clear key: zeroized on drop, `Debug` without bytes, constant-time `==`, bytes only through the crate-private `secret_bytes()` |
+//! | [`cipher`] | DES, TDES, AES, SM4 in ECB/CBC, and CMAC: dispatch and length checks |
+//! | [`kcv`] | computing key check values, and checking one against a key |
+//! | [`diversify`] | the dispersion methods of [`hsm_api::Dispersion`], and chains of them |
+//! | [`mac`] | card secure messaging: PBOC retail MAC, SM4 MAC with fold, the encrypted key field |
+//! | [`tr31`] | TR-31 / ANSI X9.143 key blocks, versions B and D |
+//! | [`kdf`] | HKDF-SHA256 |
+//! | [`random`] | OS randomness and key generation (weak DES keys redrawn) |
+
+pub mod cipher;
+pub mod diversify;
+pub mod kcv;
+pub mod kdf;
+pub(crate) mod key;
+pub mod mac;
+pub mod random;
+pub mod tr31;
+
+pub use key::SecretKey;

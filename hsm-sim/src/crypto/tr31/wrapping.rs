@@ -1,0 +1,172 @@
+//! Wrapping and unwrapping: the key block's MAC and encryption under the binding keys, and the
+//! checks of strength and check values around them.
+
+use hsm_api::{Algorithm, Error, KeyBlockVersion, Result};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use super::binding::{check_kbpk, derive_keys};
+use super::header::{KeyBlockAlgorithm, KeyBlockHeader};
+use super::parse::parse;
+use crate::crypto::SecretKey;
+use crate::crypto::cipher::BlockCipher;
+use crate::crypto::kcv::KcvCheck;
+use crate::crypto::random::random_bytes;
+
+/// Wraps `key` under `kbpk` in a key block with `header`, padding the key with random bytes so
+/// that its length is hidden (see the module docs).
+pub fn wrap(kbpk: &SecretKey, header: &KeyBlockHeader, key: &SecretKey) -> Result<String> {
+    let block_len = header.version.block_len();
+    let hidden = key.len().max(header.algorithm.hidden_key_len());
+    let clear_len = (2 + hidden).div_ceil(block_len) * block_len;
+    let padding = Zeroizing::new(random_bytes(clear_len - 2 - key.len())?);
+    wrap_with_padding(kbpk, header, key, &padding)
+}
+
+/// [`wrap`] with the padding given, for known-answer tests: the clear key data is the key's
+/// length in bits (2 bytes) ‖ key ‖ `padding`, and must fill whole cipher blocks.
+pub(super) fn wrap_with_padding(
+    kbpk: &SecretKey,
+    header: &KeyBlockHeader,
+    key: &SecretKey,
+    padding: &[u8],
+) -> Result<String> {
+    let version = header.version;
+    check_kbpk(version, kbpk)?;
+    header.validate()?;
+    if header.algorithm != KeyBlockAlgorithm::of(key.algorithm()) {
+        return Err(Error::KeyBlockHeader {
+            field: "algorithm".into(),
+        });
+    }
+    check_strength(kbpk, key)?;
+    check_check_values(header, kbpk, key)?;
+
+    let clear_len = 2 + key.len() + padding.len();
+    if !clear_len.is_multiple_of(version.block_len()) {
+        return Err(Error::DataLength {
+            field: "key block padding".into(),
+            expected: "enough bytes to fill the last cipher block".into(),
+            actual: padding.len(),
+        });
+    }
+    let bits = u16::try_from(key.len() * 8).map_err(|_| Error::KeyBlockKeyLength)?;
+    let mut clear = Zeroizing::new(Vec::with_capacity(clear_len));
+    clear.extend_from_slice(&bits.to_be_bytes());
+    clear.extend_from_slice(key.secret_bytes());
+    clear.extend_from_slice(padding);
+
+    let header_text = header.encode(clear_len)?;
+    seal(kbpk, version, &header_text, &clear)
+}
+
+/// MACs and encrypts `clear` (whole cipher blocks) under `kbpk` behind `header_text`, which is
+/// taken as it is.
+pub(super) fn seal(
+    kbpk: &SecretKey,
+    version: KeyBlockVersion,
+    header_text: &str,
+    clear: &[u8],
+) -> Result<String> {
+    let (kbek, kbak) = derive_keys(kbpk, version)?;
+    let mac = block_mac(&kbak, version, header_text.as_bytes(), clear)?;
+    let mut encrypted = Zeroizing::new(clear.to_vec());
+    BlockCipher::new(&kbek)?.encrypt_cbc(&mac, &mut encrypted)?;
+    let mut block = String::with_capacity(header_text.len() + 2 * (encrypted.len() + mac.len()));
+    block.push_str(header_text);
+    block.push_str(&hex::encode_upper(&*encrypted));
+    block.push_str(&hex::encode_upper(&mac));
+    Ok(block)
+}
+
+/// Checks, decrypts and authenticates `block` under `kbpk`, and returns its header (without
+/// `PB`) and key. The MAC is verified in constant time before anything in the decrypted data
+/// is looked at.
+pub fn unwrap(kbpk: &SecretKey, block: &str) -> Result<(KeyBlockHeader, SecretKey)> {
+    let parsed = parse(block)?;
+    let version = parsed.header.version;
+    let (kbek, kbak) = derive_keys(kbpk, version)?;
+
+    let mut clear = Zeroizing::new(parsed.encrypted);
+    BlockCipher::new(&kbek)?.decrypt_cbc(&parsed.mac, &mut clear)?;
+    let expected = block_mac(&kbak, version, parsed.header_text, &clear)?;
+    if !bool::from(expected.as_slice().ct_eq(parsed.mac.as_slice())) {
+        return Err(Error::KeyBlockMac);
+    }
+
+    let key = extract_key(parsed.header.algorithm, &clear)?;
+    check_strength(kbpk, &key)?;
+    check_check_values(&parsed.header, kbpk, &key)?;
+    Ok((parsed.header, key))
+}
+
+/// CMAC under the KBAK of header ‖ clear key data, `mac_len` bytes of it.
+fn block_mac(
+    kbak: &SecretKey,
+    version: KeyBlockVersion,
+    header: &[u8],
+    clear: &[u8],
+) -> Result<Vec<u8>> {
+    let mut input = Zeroizing::new(Vec::with_capacity(header.len() + clear.len()));
+    input.extend_from_slice(header);
+    input.extend_from_slice(clear);
+    let mut mac = BlockCipher::new(kbak)?.cmac(&input);
+    mac.truncate(version.mac_len());
+    Ok(mac)
+}
+
+/// The key in authenticated clear key data: 2-byte length in bits ‖ key ‖ padding.
+fn extract_key(algorithm: KeyBlockAlgorithm, clear: &[u8]) -> Result<SecretKey> {
+    let bits = clear
+        .get(..2)
+        .and_then(|l| <[u8; 2]>::try_from(l).ok())
+        .map(u16::from_be_bytes)
+        .ok_or(Error::KeyBlockKeyLength)?;
+    if !bits.is_multiple_of(8) {
+        return Err(Error::KeyBlockKeyLength);
+    }
+    let len = usize::from(bits / 8);
+    let bytes = clear.get(2..2 + len).ok_or(Error::KeyBlockKeyLength)?;
+    let alg = algorithm
+        .key_algorithm(len)
+        .ok_or(Error::KeyBlockKeyLength)?;
+    SecretKey::new(alg, bytes)
+}
+
+/// Security strength in bits (NIST SP 800-57 part 1; SM4 as AES-128).
+pub(super) const fn strength(alg: Algorithm) -> u16 {
+    match alg {
+        Algorithm::Des => 56,
+        Algorithm::Tdes2 => 80,
+        Algorithm::Tdes3 => 112,
+        Algorithm::Aes128 | Algorithm::Sm4 => 128,
+        Algorithm::Aes192 => 192,
+        Algorithm::Aes256 => 256,
+    }
+}
+
+/// Refuses a KBPK weaker than the key it protects.
+fn check_strength(kbpk: &SecretKey, key: &SecretKey) -> Result<()> {
+    if strength(key.algorithm()) > strength(kbpk.algorithm()) {
+        return Err(Error::KeyBlockKbpkStrength {
+            kbpk: kbpk.algorithm(),
+            key: key.algorithm(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks any `KC` against `key` and any `KP` against `kbpk`.
+fn check_check_values(header: &KeyBlockHeader, kbpk: &SecretKey, key: &SecretKey) -> Result<()> {
+    for block in &header.optional_blocks {
+        let (id, checked) = match block.id.as_str() {
+            "KC" => ("KC", key),
+            "KP" => ("KP", kbpk),
+            _ => continue,
+        };
+        if !block.check_value()?.matches(checked)? {
+            return Err(Error::KeyBlockCheckValue { id: id.into() });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,263 @@
+//! [`LocalHsm`]: the in-process simulator of the [`Hsm`] trait.
+//!
+//! ⚠️ A simulator, not an HSM: the LMK and every unwrapped key live in ordinary process memory.
+//!
+//! # States
+//!
+//! ```text
+//!                 init_lmk                      seal / tamper
+//! Uninitialised ───────────▶ Operational ◀────────────────────▶ Sealed
+//!  (no state file)              ▲   │          unseal (m shares)   ▲
+//!                               │   │ self-test fails              │ open with a state file
+//!               self-test passes│   ▼                              │
+//!                          SelfTestFailed ─────────────────────────┘
+//! ```
+//!
+//! - `open` runs the self-test and reads the state file: none → `Uninitialised`; one → `Sealed`.
+//!   With `dangerous_test_lmk` it is `Operational` at once on the published test LMK, writes no
+//!   state file and refuses `init_lmk`.
+//! - `init_lmk` creates the LMK, writes the state file, and is `Operational` at once: its caller
+//!   is the ceremony that holds the LMK anyway.
+//! - `unseal` accepts one share at a time (format, check value, not repeated); at the threshold
+//!   it rebuilds the LMK, compares its KCV, runs the self-test.
+//! - `seal` and `tamper` drop the LMK, the hot-key cache, submitted shares and any prepared
+//!   rotation at once, while no key operation runs (they take the state lock for writing, every
+//!   key operation holds it for reading until it has finished).
+//! - A failed self-test (at `open`, `unseal` or `self_test`) refuses every key operation until
+//!   a later one passes.
+//!
+//! # Usage checks
+//!
+//! | operation | key | allowed usage |
+//! |---|---|---|
+//! | `import_key` | KEK | `KeyBlockProtection` |
+//! | `export_key` | KEK | `KeyBlockProtection` |
+//! | `export_key` | key | not `KeyBlockProtection`; `Exportable` |
+//! | `derive_key` | parent | `CardDerivation`; child `CardDerivation` or `CardKey` |
+//! | `write_key_command` | key | `CardKey` or `CardDerivation` |
+//! | `write_key_command` | protect | `CardKey` |
+//! | `mac`, `verify_mac` | key | `AuditMac` (AES) |
+//!
+//! Key-block protection keys must be TDES (2- or 3-key, TR-31 version B) or AES (version D);
+//! audit MAC keys AES. Weak DES keys are refused wherever a key is made or enters.
+//!
+//! # The hot-key cache
+//!
+//! Keys that act on other keys or data — derivation parents, KEKs, protection keys of card
+//! writes, MAC keys — are kept unwrapped after their first use ([`crate::cache`]); a key that is
+//! being derived, written, exported or checked is not inserted (it is typically used once).
+//!
+//! # Where things are
+//!
+//! This file holds the configuration, [`LocalHsm`] and its [`Hsm`] implementation (async calls
+//! over synchronous methods). The life cycle — start-up, LMK, unseal, seal, self-test,
+//! rotation — is in `state.rs`; the key operations on tokens are in `keys.rs`.
+//!
+//! # Example
+//!
+//! ```
+//! use hsm_api::{Algorithm, Exportability, Hsm, KeySpec, KeyUsage};
+//! use hsm_sim::local::{LocalHsm, LocalHsmConfig};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+//! runtime.block_on(async {
+//!     // Memory only: no state directory.
+//!     let hsm = LocalHsm::open(LocalHsmConfig::default())?;
+//!     let init = hsm.init_lmk(2, 3).await?;
+//!     let spec = KeySpec {
+//!         algorithm: Algorithm::Tdes2,
+//!         usage: KeyUsage::CardDerivation,
+//!         exportability: Exportability::NonExportable,
+//!     };
+//!     let city = hsm.generate_key(spec).await?;
+//!
+//!     hsm.seal().await?;
+//!     for issued in init.shares.into_iter().take(2) {
+//!         hsm.unseal(issued.share).await?;
+//!     }
+//!     assert_eq!(hsm.kcv(&city.token).await?, city.kcv);
+//!     Ok::<_, hsm_api::Error>(())
+//! })?;
+//! # Ok(())
+//! # }
+//! ```
+
+use core::fmt;
+use std::path::PathBuf;
+use std::sync::RwLock;
+
+use hsm_api::{
+    Component, Dispersion, Error, Exportability, ExportedKey, Factor, Hsm, HsmStatus, Kcv,
+    KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare, Result,
+    UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest,
+};
+use subtle::ConstantTimeEq;
+
+use self::state::State;
+use crate::cache::HotKeyCache;
+
+mod keys;
+mod state;
+
+pub use crate::lmk::{DANGEROUS_TEST_LMK_HEX, STATE_FILE};
+
+/// How a [`LocalHsm`] starts.
+#[derive(Debug, Clone)]
+pub struct LocalHsmConfig {
+    /// Where the HSM keeps its state file (`hsm-state.json`: LMK KCV, threshold, share count,
+    /// share check values — never the LMK). None = memory only.
+    pub state_dir: Option<PathBuf>,
+    /// Start on the fixed, published test LMK (operational at once, reported in status).
+    pub dangerous_test_lmk: bool,
+    /// Hot-key cache capacity (keys).
+    pub cache_capacity: usize,
+    /// The self-test to run at start-up, unseal and on demand; `crate::selftest::run` normally,
+    /// a failing fn in tests.
+    pub self_test: fn() -> Result<()>,
+}
+
+impl Default for LocalHsmConfig {
+    fn default() -> LocalHsmConfig {
+        LocalHsmConfig {
+            state_dir: None,
+            dangerous_test_lmk: false,
+            cache_capacity: 1024,
+            self_test: crate::selftest::run,
+        }
+    }
+}
+
+/// The in-process HSM simulator. `Send + Sync`: share it behind an `Arc`.
+pub struct LocalHsm {
+    /// Where the state file is written; None when memory only or on the test LMK.
+    persist_dir: Option<PathBuf>,
+    self_test: fn() -> Result<()>,
+    state: RwLock<State>,
+    cache: HotKeyCache,
+}
+
+impl fmt::Debug for LocalHsm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalHsm")
+            .field("state_dir", &self.persist_dir)
+            .field("cache", &self.cache)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hsm for LocalHsm {
+    fn is_secure(&self) -> bool {
+        false
+    }
+
+    async fn status(&self) -> Result<HsmStatus> {
+        self.status_now()
+    }
+
+    async fn init_lmk(&self, threshold: u8, shares: u8) -> Result<LmkInit> {
+        self.init_lmk_now(threshold, shares)
+    }
+
+    async fn unseal(&self, share: LmkShare) -> Result<UnsealProgress> {
+        self.unseal_now(&share)
+    }
+
+    async fn unseal_reset(&self) -> Result<()> {
+        self.write()?.submitted.clear();
+        Ok(())
+    }
+
+    async fn seal(&self) -> Result<()> {
+        self.seal_now(false)
+    }
+
+    async fn tamper(&self) -> Result<()> {
+        self.seal_now(true)
+    }
+
+    async fn self_test(&self) -> Result<()> {
+        self.self_test_now()
+    }
+
+    async fn generate_key(&self, spec: KeySpec) -> Result<WrappedKey> {
+        self.generate_key_now(spec)
+    }
+
+    async fn form_key(&self, spec: KeySpec, components: Vec<Component>) -> Result<WrappedKey> {
+        self.form_key_now(spec, &components)
+    }
+
+    async fn import_key(&self, kek: &KeyToken, block: &str, usage: KeyUsage) -> Result<WrappedKey> {
+        self.import_key_now(kek, block, usage)
+    }
+
+    async fn export_key(
+        &self,
+        kek: &KeyToken,
+        key: &KeyToken,
+        version: KeyBlockVersion,
+    ) -> Result<ExportedKey> {
+        self.export_key_now(kek, key, version)
+    }
+
+    async fn derive_key(
+        &self,
+        parent: &KeyToken,
+        method: Dispersion,
+        factors: &[Factor],
+        child_usage: KeyUsage,
+        child_exportability: Exportability,
+    ) -> Result<WrappedKey> {
+        self.derive_key_now(parent, method, factors, child_usage, child_exportability)
+    }
+
+    async fn write_key_command(&self, request: WriteKeyRequest) -> Result<WriteKeyCommand> {
+        self.write_key_command_now(&request)
+    }
+
+    async fn kcv(&self, key: &KeyToken) -> Result<Kcv> {
+        self.kcv_now(key)
+    }
+
+    async fn random(&self, len: usize) -> Result<Vec<u8>> {
+        self.random_now(len)
+    }
+
+    async fn mac(&self, key: &KeyToken, data: &[u8]) -> Result<Vec<u8>> {
+        self.with_lmk(|lmk| self.audit_mac(lmk, key, data))
+    }
+
+    async fn verify_mac(&self, key: &KeyToken, data: &[u8], mac: &[u8]) -> Result<()> {
+        self.with_lmk(|lmk| {
+            let expected = self.audit_mac(lmk, key, data)?;
+            if bool::from(expected.as_slice().ct_eq(mac)) {
+                Ok(())
+            } else {
+                Err(Error::Verification)
+            }
+        })
+    }
+
+    async fn prepare_lmk_rotation(
+        &self,
+        tokens: Vec<KeyToken>,
+        threshold: u8,
+        shares: u8,
+    ) -> Result<LmkRotation> {
+        self.prepare_lmk_rotation_now(&tokens, threshold, shares)
+    }
+
+    async fn commit_lmk_rotation(&self, new_lmk_kcv: &Kcv) -> Result<()> {
+        self.commit_lmk_rotation_now(new_lmk_kcv)
+    }
+}
+
+// `LocalHsm` is shared across the tasks of a server.
+const _: fn() = || {
+    fn shared<T: Send + Sync + 'static>() {}
+    shared::<LocalHsm>();
+};
+
+#[cfg(test)]
+mod tests;
