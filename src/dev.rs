@@ -193,7 +193,8 @@ fn banner(
          PKI            {pki}/ca.pem, server.pem, and <role>.pem/.key for station, psam-line,\n\
          \x20              registrar, officer, auditor\n\
          demo           station GZ-01 (440100), PSAM line PSAM-LINE-01 (440000), cards\n\
-         \x20              440100D1560000050050640776EF3192 (ssc-2.0), …3193 (ssc-3.0), accepted\n\
+         \x20              440100D1560000050050640776EF3192 (ssc-2.0), …3193 (ssc-3.0),\n\
+         \x20              …3194 (ssc-2.0-fmcos), accepted\n\
          \n\
          next: inject the demo card's keys as the Guangzhou station:\n\
          \x20   cargo run --example inject_card -- --data-dir {data} --server {server}\n\
@@ -323,7 +324,7 @@ mod tests {
     #[test]
     fn the_published_test_keys_parse_and_split() {
         let keys = test_keys().unwrap();
-        assert_eq!(keys.card.len(), 2);
+        assert_eq!(keys.card.len(), 3);
         let root = keys
             .national_root
             .root(Algorithm::Tdes2, "STK_SSSE")

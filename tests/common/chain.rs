@@ -355,6 +355,7 @@ pub struct KeyLine {
     pub error_counter: u8,
     pub length: u8,
     pub algorithm: String,
+    pub protected_by: String,
 }
 
 /// A template as written: its COS profile id and its key lines, in file order (a merged
@@ -383,6 +384,7 @@ pub fn key_lines(texts: &[&str]) -> (String, Vec<KeyLine>) {
                     .and_then(|a| a.as_str())
                     .unwrap_or(default_alg)
                     .to_owned(),
+                protected_by: k["protected_by"].as_str().unwrap().to_owned(),
             });
         }
     }

@@ -1,8 +1,10 @@
 //! Card templates: every key a card carries, as versioned data (notice N8, N9, N11; DOMAIN.md §3).
 //!
-//! A template is a TOML file. The two shipped ones are [`SSC_2_0`] (`templates/ssc-2.0.toml`,
-//! 3DES) and [`SSC_3_0`] (`templates/ssc-3.0.toml`, SM4); a city's local extension (N9) is a
-//! third file that names its base with `extends` and is merged with [`Template::extend`].
+//! A template is a TOML file. The shipped ones are [`SSC_2_0`] (`templates/ssc-2.0.toml`, 3DES)
+//! and [`SSC_3_0`] (`templates/ssc-3.0.toml`, SM4), both on the T514 chip, and
+//! [`SSC_2_0_FMCOS`] (`templates/ssc-2.0-fmcos.toml`), the 2.0 card on the FMCOS chip; a city's
+//! local extension (N9) is a file that names its base with `extends` and is merged with
+//! [`Template::extend`].
 //!
 //! A template says which keys a card carries and what each is for (its **role**); its card-OS
 //! profile ([`crate::card::profile::CosProfile`], named by `cos`) decides the bytes the chip
@@ -114,8 +116,14 @@ use schema::{RawTemplate, TEMPLATE_FIELDS, apply_cos, build, template_err};
 pub const SSC_2_0: &str = include_str!("../../../templates/ssc-2.0.toml");
 /// The shipped SM4 template of card generation 3.0.
 pub const SSC_3_0: &str = include_str!("../../../templates/ssc-3.0.toml");
+/// The 2.0 card of [`SSC_2_0`], key for key, on the Fudan FMCOS chip (its COS profile `fmcos`).
+pub const SSC_2_0_FMCOS: &str = include_str!("../../../templates/ssc-2.0-fmcos.toml");
 /// The shipped templates by id.
-pub const BUILTIN: [(&str, &str); 2] = [("ssc-2.0", SSC_2_0), ("ssc-3.0", SSC_3_0)];
+pub const BUILTIN: [(&str, &str); 3] = [
+    ("ssc-2.0", SSC_2_0),
+    ("ssc-3.0", SSC_3_0),
+    ("ssc-2.0-fmcos", SSC_2_0_FMCOS),
+];
 
 /// The `protected_by` value of the first key written to a blank card.
 pub const VENDOR_TRANSPORT: &str = "vendor-transport";

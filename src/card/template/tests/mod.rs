@@ -154,6 +154,58 @@ fn ssc_3_0_loads() {
 }
 
 #[test]
+fn the_fmcos_variant_is_ssc_2_0_key_for_key() {
+    let t514 = Template::builtin("ssc-2.0").unwrap();
+    let fmcos = Template::builtin("ssc-2.0-fmcos").unwrap();
+    assert_eq!(t514.cos().id(), "t514");
+    assert_eq!(fmcos.cos().id(), "fmcos");
+    assert_eq!(
+        (fmcos.generation(), fmcos.algorithm(), fmcos.dispersion()),
+        (t514.generation(), t514.algorithm(), t514.dispersion())
+    );
+    assert_eq!(fmcos.keys().len(), t514.keys().len());
+    for (a, b) in t514.keys().iter().zip(fmcos.keys()) {
+        // Everything the key lines say is the same…
+        assert_eq!(
+            (
+                &a.name,
+                &a.directory,
+                a.role,
+                a.key_id,
+                a.key_version,
+                a.algorithm,
+                a.error_counter,
+                a.psam_usage,
+                a.psam_allowed,
+                &a.protected_by,
+                a.root,
+            ),
+            (
+                &b.name,
+                &b.directory,
+                b.role,
+                b.key_id,
+                b.key_version,
+                b.algorithm,
+                b.error_counter,
+                b.psam_usage,
+                b.psam_allowed,
+                &b.protected_by,
+                b.root,
+            ),
+            "{}",
+            a.name
+        );
+        // …and what the chip decides is not.
+        assert_eq!(t514.card_key_header(a).len(), 8);
+        assert_eq!(fmcos.card_key_header(b).len(), 5);
+        assert_eq!(fmcos.write_key_params(b).p2, b.key_id, "{}", b.name);
+    }
+    let write_order = |t: &Template| t.write_order().map(|k| k.name.clone()).collect::<Vec<_>>();
+    assert_eq!(write_order(&fmcos), write_order(&t514));
+}
+
+#[test]
 fn builtin_by_id() {
     assert_eq!(Template::builtin("ssc-3.0").unwrap().id(), "ssc-3.0");
     assert!(matches!(
