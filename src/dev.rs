@@ -16,7 +16,7 @@ use zeroize::Zeroizing;
 
 use crate::access::identity::{Identity, Role};
 use crate::card::template::{BUILTIN, KeyRoot};
-use crate::error::{Error, Result};
+use crate::error::{Error, Resource, Result};
 use crate::service::{CardRequest, ComponentInput, Kms};
 use crate::state::records::{EndpointKind, Level};
 use crate::state::store::Table;
@@ -73,7 +73,7 @@ impl RootsByAlgorithm {
             _ => &self.tdes,
         };
         table.get(name).map(String::as_str).ok_or(Error::NotFound {
-            what: "published test root of a template key",
+            what: Resource::PublishedTestRoot,
         })
     }
 
@@ -162,15 +162,17 @@ pub async fn run(
     })?;
     let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
     println!("{}", banner(addr, metrics_addr, data_dir, &paths, seeded));
-    crate::server::serve_all(
-        kms,
-        listener,
-        metrics,
-        tls,
-        crate::server::Limits::default(),
-        shutdown,
-    )
-    .await
+    crate::server::serve_all(kms, listener, metrics, tls, dev_limits(), shutdown).await
+}
+
+/// `serve`'s limits, except the per-identity rate: `dev` is where the load generator measures the
+/// service, and it sends everything as one station.
+fn dev_limits() -> crate::server::Limits {
+    crate::server::Limits {
+        requests_per_second: 1_000_000,
+        burst: 1_000_000,
+        ..Default::default()
+    }
 }
 
 fn banner(

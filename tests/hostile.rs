@@ -18,8 +18,10 @@ use tonic::codegen::http::uri::PathAndQuery;
 
 use crate::common::chain::{atr, card_number, published, ssn};
 use crate::common::harness::{
-    OFFICER, PSAM_LINE, REGISTRAR, STATION, TestKms, card_identity, sm_request, tr31_request,
+    OFFICER, PSAM_LINE, REGISTRAR, STATION, TestKms, card_identity, error_info, reason, sm_request,
+    tr31_request,
 };
+use crate::common::readme::tested as readme_row;
 
 /// A bound for an event that must come (a close, an answer), not a wait.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -254,7 +256,9 @@ async fn a_malformed_protobuf_is_the_callers_error() {
             status.message(),
             "invalid request: not a valid protobuf encoding of this method's message"
         );
+        assert_eq!(reason(&status), "MESSAGE_UNDECODABLE");
     }
+    assert_eq!(readme_row("MESSAGE_UNDECODABLE"), "mTLS (hostile)");
     // The same channel and codec with a well-formed message reach the service.
     let mut good = Vec::new();
     prost::Message::encode(
@@ -453,6 +457,12 @@ async fn an_identity_over_its_rate_is_told_when_to_retry() {
         .parse()
         .unwrap();
     assert!((1..=1000).contains(&pushback), "{pushback}");
+    assert_eq!(reason(&refused), "RATE_LIMITED");
+    assert_eq!(
+        error_info(&refused).unwrap().metadata.get("retry_after_ms"),
+        Some(&pushback.to_string())
+    );
+    assert_eq!(readme_row("RATE_LIMITED"), "mTLS (hostile)");
     // Another identity has its own rate; the refusal for rate was not audited (nor, as ever,
     // a status read).
     let mut auditor = kms.client("sscard://auditor/auditor-1");

@@ -24,6 +24,11 @@
 //! - `refusals`: wrong region, wrong role, foreign CA, no client certificate, registry states
 //!   (not accepted, blacklisted, unknown), malformed identifiers, duplicate card number,
 //!   another ATR, the HSM sealed — each with its exact code and reason, and audited.
+//! - `reason_codes`: every reason code README marks `mTLS` provoked over the API, each arriving
+//!   as a `google.rpc.ErrorInfo` (domain `sscard-kms`) in the status details with its gRPC code.
+//! - `health`: gRPC health of "" and the four KMS services NOT_SERVING while the HSM is sealed,
+//!   SERVING once `UnsealHsm` reaches the threshold, NOT_SERVING again after a seal — awaited on
+//!   `Watch` streams.
 //! - `remote_hsm`: the service on `hsm_sim::remote` over its own mTLS: an HSM outage is
 //!   UNAVAILABLE, and the same service works again once the HSM is back on the same port.
 //! - `rotation`: a new national root (version 2) serves new cards; a card issued under
@@ -48,9 +53,11 @@ mod binaries;
 mod calc;
 mod common;
 mod delivery;
+mod health;
 mod hostile;
 mod leaks;
 mod psam;
+mod reason_codes;
 mod refusals;
 mod remote_hsm;
 mod restart;

@@ -178,12 +178,21 @@ async fn a_base_revision_that_breaks_a_stored_extension_is_refused_when_it_is_lo
     assert_eq!(base.matches("\nversion = 1\n").count(), 1);
     // Revision 2 of the base takes the slot the extension uses: refused now.
     let clashing = base.replace("\nversion = 1\n", "\nversion = 2\n") + DF06_KEY;
-    kms.refused(
-        Code::FailedPrecondition,
-        "a loaded city extension does not extend this revision",
-        officer.admin.load_template(load(clashing)),
-    )
-    .await;
+    let refused = kms
+        .refused(
+            Code::FailedPrecondition,
+            "a loaded city extension does not extend this revision",
+            officer.admin.load_template(load(clashing)),
+        )
+        .await;
+    assert_eq!(
+        crate::common::harness::reason(&refused),
+        "EXTENSION_OF_OTHER_REVISION"
+    );
+    assert_eq!(
+        crate::common::readme::tested("EXTENSION_OF_OTHER_REVISION"),
+        "mTLS (restart)"
+    );
     // A revision that fits is loaded.
     let fitting = base.replace("\nversion = 1\n", "\nversion = 2\n");
     let summary = officer

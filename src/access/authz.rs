@@ -20,7 +20,7 @@
 
 use crate::access::identity::{Identity, Role};
 use crate::card::region::Region;
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 
 /// Every operation of the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -97,7 +97,7 @@ pub fn authorize(caller: &Identity, op: Operation) -> Result<()> {
         Ok(())
     } else {
         Err(Error::PermissionDenied {
-            reason: "role may not perform this operation",
+            reason: Refusal::RoleNotAllowed,
         })
     }
 }
@@ -107,14 +107,14 @@ pub fn authorize(caller: &Identity, op: Operation) -> Result<()> {
 pub fn authorize_region(caller: &Identity, target: &str) -> Result<()> {
     let Some(own) = caller.region() else {
         return Err(Error::PermissionDenied {
-            reason: "caller has no region",
+            reason: Refusal::CallerHasNoRegion,
         });
     };
     if covers(own, target) {
         Ok(())
     } else {
         Err(Error::PermissionDenied {
-            reason: "target is outside the caller's region",
+            reason: Refusal::OutsideCallerRegion,
         })
     }
 }

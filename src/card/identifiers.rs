@@ -85,6 +85,44 @@ pub enum IdentifierFault {
     AtrChecksum,
 }
 
+impl IdentifierFault {
+    /// Every fault, in declaration order.
+    pub const ALL: &[IdentifierFault] = &[
+        IdentifierFault::Length,
+        IdentifierFault::Malformed,
+        IdentifierFault::CheckCharacter,
+        IdentifierFault::BirthDate,
+        IdentifierFault::UnknownRegion,
+        IdentifierFault::NotACity,
+        IdentifierFault::ProviderPart,
+        IdentifierFault::AtrTooShort,
+        IdentifierFault::AtrTooLong,
+        IdentifierFault::AtrInitialCharacter,
+        IdentifierFault::AtrInterfaceBytes,
+        IdentifierFault::AtrHistoricalBytes,
+        IdentifierFault::AtrChecksum,
+    ];
+
+    /// The stable reason code (UPPER_SNAKE) a client branches on; the field is named beside it.
+    pub const fn code(self) -> &'static str {
+        match self {
+            IdentifierFault::Length => "IDENTIFIER_LENGTH",
+            IdentifierFault::Malformed => "IDENTIFIER_MALFORMED",
+            IdentifierFault::CheckCharacter => "IDENTIFIER_CHECK_CHARACTER",
+            IdentifierFault::BirthDate => "IDENTIFIER_BIRTH_DATE",
+            IdentifierFault::UnknownRegion => "REGION_UNKNOWN",
+            IdentifierFault::NotACity => "REGION_NOT_A_CITY",
+            IdentifierFault::ProviderPart => "IDENTIFIER_PROVIDER_PART",
+            IdentifierFault::AtrTooShort => "ATR_TOO_SHORT",
+            IdentifierFault::AtrTooLong => "ATR_TOO_LONG",
+            IdentifierFault::AtrInitialCharacter => "ATR_INITIAL_CHARACTER",
+            IdentifierFault::AtrInterfaceBytes => "ATR_INTERFACE_BYTES",
+            IdentifierFault::AtrHistoricalBytes => "ATR_HISTORICAL_BYTES",
+            IdentifierFault::AtrChecksum => "ATR_CHECKSUM",
+        }
+    }
+}
+
 fn invalid(field: &'static str, reason: IdentifierFault) -> Error {
     Error::InvalidIdentifier { field, reason }
 }

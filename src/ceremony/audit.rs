@@ -18,7 +18,7 @@
 
 use std::path::Path;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Resource, Result};
 use crate::state::audit::{self, AuditCheckpoint, AuditRecord, AuditSeal, ChainBreak, ChainHead};
 use crate::state::store::{Opened, SEAL_GAP_ACTION, Store};
 
@@ -228,7 +228,9 @@ pub fn verify_with_test_lmk(
     let (snapshot, _) = Store::open_for_audit(data_dir)?;
     let token: String = snapshot
         .get(crate::state::store::Table::Meta, crate::service::AUDIT_KEY)?
-        .ok_or(Error::NotFound { what: "audit key" })?;
+        .ok_or(Error::NotFound {
+            what: Resource::AuditKey,
+        })?;
     drop(snapshot);
     let token = KeyToken::from_stored(token);
     let hsm = hsm_sim::local::LocalHsm::open(hsm_sim::local::LocalHsmConfig {
@@ -262,7 +264,7 @@ pub fn read_checkpoint(path: &Path) -> Result<AuditCheckpoint> {
     })?;
     serde_json::from_str(&text).map_err(|_| Error::InvalidArgument {
         field: "checkpoint",
-        reason: "not an audit checkpoint file",
+        reason: Refusal::CheckpointFile,
     })
 }
 

@@ -11,7 +11,7 @@ use tonic::Status;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic_prost::ProstEncoder;
 
-use crate::error::Error;
+use crate::error::{Error, Refusal};
 
 /// prost encoding, and decode failures as `INVALID_ARGUMENT`.
 #[derive(Debug, Clone, Copy)]
@@ -55,7 +55,7 @@ impl<U: Message + Default> Decoder for KmsDecoder<U> {
             tracing::debug!(error = %e, "a message that does not decode");
             super::to_status(&Error::InvalidArgument {
                 field: "request",
-                reason: "not a valid protobuf encoding of this method's message",
+                reason: Refusal::MessageUndecodable,
             })
         })
     }

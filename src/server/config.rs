@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -100,42 +100,42 @@ impl Limits {
             self.handshake_timeout_ms,
             100,
             60_000,
-            "between 100 and 60000",
+            Refusal::Between100And60000,
         )?;
         bounded(
             "limits.max_connections",
             u64::try_from(self.max_connections).unwrap_or(u64::MAX),
             1,
             65_536,
-            "between 1 and 65536",
+            Refusal::Between1And65536,
         )?;
         bounded(
             "limits.requests_per_second",
             u64::from(self.requests_per_second),
             1,
             1_000_000,
-            "between 1 and 1000000",
+            Refusal::Between1And1000000,
         )?;
         bounded(
             "limits.burst",
             u64::from(self.burst),
             1,
             1_000_000,
-            "between 1 and 1000000",
+            Refusal::Between1And1000000,
         )?;
         bounded(
             "limits.max_concurrent_streams",
             u64::from(self.max_concurrent_streams),
             1,
             1024,
-            "between 1 and 1024",
+            Refusal::Between1And1024,
         )?;
         bounded(
             "limits.request_timeout_ms",
             self.request_timeout_ms,
             100,
             600_000,
-            "between 100 and 600000",
+            Refusal::Between100And600000,
         )
     }
 }
@@ -182,7 +182,7 @@ impl Config {
             tracing::error!(error = %e, "configuration refused");
             Error::InvalidArgument {
                 field: "config",
-                reason: "not a valid sscard-kms configuration (details in the log)",
+                reason: Refusal::ConfigInvalid,
             }
         })?;
         config.limits.validate()?;
@@ -194,13 +194,13 @@ impl Config {
         if let Some(listen) = var("SSCARD_KMS_LISTEN") {
             self.listen = listen.parse().map_err(|_| Error::InvalidArgument {
                 field: "SSCARD_KMS_LISTEN",
-                reason: "not a socket address",
+                reason: Refusal::NotASocketAddress,
             })?;
         }
         if let Some(listen) = var("SSCARD_KMS_METRICS_LISTEN") {
             self.metrics_listen = Some(listen.parse().map_err(|_| Error::InvalidArgument {
                 field: "SSCARD_KMS_METRICS_LISTEN",
-                reason: "not a socket address",
+                reason: Refusal::NotASocketAddress,
             })?);
         }
         if let Some(dir) = var("SSCARD_KMS_DATA_DIR") {
@@ -212,7 +212,7 @@ impl Config {
                 HsmConfig::Local { .. } => {
                     return Err(Error::InvalidArgument {
                         field: "SSCARD_KMS_HSM_ENDPOINT",
-                        reason: "set, but the configured HSM is local",
+                        reason: Refusal::EndpointForLocalHsm,
                     });
                 }
             }

@@ -5,7 +5,7 @@
 //! finer (an identifier's exact length, an ATR of at most 33 bytes); these caps bound what any
 //! caller can make the service carry, hash, log or store.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 use crate::proto::kms::v1 as pb;
 
 /// The largest request message the server decodes (tonic's default is 4 MiB).
@@ -15,64 +15,64 @@ pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 #[derive(Debug, Clone, Copy)]
 pub struct Cap {
     pub max: usize,
-    pub reason: &'static str,
+    pub reason: Refusal,
 }
 
 /// Identifiers, names, ids, regions, serials: bytes.
 pub const NAME: Cap = Cap {
     max: 64,
-    reason: "longer than 64 bytes",
+    reason: Refusal::LongerThan64Bytes,
 };
 /// An ATR (ISO/IEC 7816-3 allows 33 bytes; the identifier parser refuses above that).
 pub const ATR: Cap = Cap {
     max: 64,
-    reason: "longer than 64 bytes",
+    reason: Refusal::LongerThan64Bytes,
 };
 /// A card challenge (8 bytes for a DES-family key, 16 for SM4).
 pub const CHALLENGE: Cap = Cap {
     max: 32,
-    reason: "longer than 32 bytes",
+    reason: Refusal::LongerThan32Bytes,
 };
 /// `key_names` and `challenges` of one injection (the service also caps them at the
 /// template's key count and refuses repeats).
 pub const KEYS_PER_REQUEST: Cap = Cap {
     max: 64,
-    reason: "more than 64 entries",
+    reason: Refusal::MoreThan64Entries,
 };
 /// PSAM serials of one registration.
 pub const SERIALS: Cap = Cap {
     max: 10_000,
-    reason: "more than 10000 entries",
+    reason: Refusal::MoreThan10000Entries,
 };
 /// Components of one key.
 pub const COMPONENTS: Cap = Cap {
     max: 9,
-    reason: "more than 9 entries",
+    reason: Refusal::MoreThan9Entries,
 };
 /// A component's hex (a 32-byte key is 64 digits; white space is allowed).
 pub const COMPONENT_HEX: Cap = Cap {
     max: 128,
-    reason: "longer than 128 bytes",
+    reason: Refusal::LongerThan128Bytes,
 };
 /// A KCV's hex.
 pub const KCV_HEX: Cap = Cap {
     max: 32,
-    reason: "longer than 32 bytes",
+    reason: Refusal::LongerThan32Bytes,
 };
 /// A template's TOML text.
 pub const TEMPLATE_TOML: Cap = Cap {
     max: 256 * 1024,
-    reason: "longer than 256 KiB",
+    reason: Refusal::LongerThan256KiB,
 };
 /// A custodian's LMK share text.
 pub const SHARE: Cap = Cap {
     max: 512,
-    reason: "longer than 512 bytes",
+    reason: Refusal::LongerThan512Bytes,
 };
 /// A blacklisting reason.
 pub const REASON: Cap = Cap {
     max: 800,
-    reason: "longer than 800 bytes",
+    reason: Refusal::LongerThan800Bytes,
 };
 
 fn check(field: &'static str, len: usize, cap: Cap) -> Result<()> {

@@ -2,7 +2,9 @@
 //! and response mapping, and the **one place** where errors become `tonic::Status`.
 //!
 //! `serve` takes a listener that is already bound and a shutdown future (mini-redis style), so
-//! tests start it on `127.0.0.1:0` and never wait on time.
+//! tests start it on `127.0.0.1:0` and never wait on time. Health (`""` and each service, see
+//! [`HEALTH_SERVICE_NAMES`]) follows the HSM's readiness as [`crate::service::WatchedHsm`]
+//! publishes it.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -31,7 +33,7 @@ mod status;
 
 pub use instrument::serve_metrics;
 use status::status;
-pub use status::{RETRY_PUSHBACK, to_status};
+pub use status::{DOMAIN, RETRY_PUSHBACK, to_status};
 
 pub mod config;
 
@@ -64,14 +66,22 @@ pub async fn serve_with_limits<H: Hsm>(
 ) -> Result<()> {
     limits.validate()?;
     let metrics = instrument::MetricsLayer::new(Arc::clone(kms.metrics()));
+    // Health of the server ("") and of each KMS service follows the HSM: NOT_SERVING unless it
+    // is operational, updated whenever the HSM's readiness changes.
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    let mut readiness = kms.hsm_readiness();
+    let operational = readiness.borrow_and_update().is_operational();
+    report_health(&health_reporter, operational).await;
+    let health_updates = tokio::spawn(async move {
+        while readiness.changed().await.is_ok() {
+            let operational = readiness.borrow_and_update().is_operational();
+            report_health(&health_reporter, operational).await;
+        }
+    });
     let api = Api {
         kms,
         limiter: Arc::new(RateLimiter::new(limits.requests_per_second, limits.burst)),
     };
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<pb::card_key_service_server::CardKeyServiceServer<Api<H>>>()
-        .await;
     // Reflection in both protocol versions: grpcurl speaks `v1`; Python's grpcio-reflection,
     // Postman and many other tools still speak `v1alpha`.
     let reflection = || {
@@ -88,7 +98,7 @@ pub async fn serve_with_limits<H: Hsm>(
     let tls = tls.timeout(Duration::from_millis(limits.handshake_timeout_ms));
     let streams = limits.max_concurrent_streams;
     let max = limits::MAX_REQUEST_BYTES;
-    tonic::transport::Server::builder()
+    let served = tonic::transport::Server::builder()
         .tls_config(tls)
         .map_err(|_| Error::Tls {
             what: "server",
@@ -126,14 +136,35 @@ pub async fn serve_with_limits<H: Hsm>(
             admission::LimitedIncoming::new(listener, limits.max_connections),
             shutdown,
         )
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "server failed");
-            Error::Tls {
-                what: "server",
-                reason: "transport failure",
-            }
-        })
+        .await;
+    health_updates.abort();
+    served.map_err(|e| {
+        tracing::error!(error = %e, "server failed");
+        Error::Tls {
+            what: "server",
+            reason: "transport failure",
+        }
+    })
+}
+
+/// The names health is reported for: the server as a whole ("") and each KMS service.
+pub const HEALTH_SERVICE_NAMES: [&str; 5] = [
+    "",
+    pb::card_key_service_server::SERVICE_NAME,
+    pb::psam_service_server::SERVICE_NAME,
+    pb::registry_service_server::SERVICE_NAME,
+    pb::admin_service_server::SERVICE_NAME,
+];
+
+async fn report_health(reporter: &tonic_health::server::HealthReporter, serving: bool) {
+    let status = if serving {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    for name in HEALTH_SERVICE_NAMES {
+        reporter.set_service_status(name, status).await;
+    }
 }
 
 struct Api<H: Hsm> {
@@ -172,10 +203,10 @@ impl<H: Hsm> Api<H> {
 fn caller<T>(request: &Request<T>) -> Result<Identity, Status> {
     let certs = request
         .peer_certs()
-        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+        .ok_or_else(|| to_status(&Error::NoClientCertificate))?;
     let leaf = certs
         .first()
-        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+        .ok_or_else(|| to_status(&Error::NoClientCertificate))?;
     let uris = identity::san_uris_from_der(leaf.as_ref()).map_err(|e| to_status(&e))?;
     Identity::from_san_uris(&uris).map_err(|e| to_status(&e))
 }

@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::proto::kms::v1 as pb;
 use crate::service::Delivery;
 
-use super::convert::{card_request, pb_delivered};
+use super::convert::{card_request, pb_delivered, required};
 use super::{Api, status};
 
 #[tonic::async_trait]
@@ -29,7 +29,7 @@ impl<H: Hsm> pb::card_key_service_server::CardKeyService for Api<H> {
                     .map(|c| (c.key_name, c.challenge))
                     .collect(),
             },
-            _ => return Err(Status::invalid_argument("invalid delivery: required")),
+            _ => return Err(required("delivery")),
         };
         let keys = self
             .kms

@@ -18,17 +18,19 @@ use crate::access::authz::Operation;
 use crate::access::identity::Identity;
 use crate::card::identifiers::{Atr, CardIdentifier, CardNumber, SocialSecurityNumber};
 use crate::card::template::Template;
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Resource, Result};
 use crate::metrics::Metrics;
 use crate::state::audit::AuditEvent;
 use crate::state::records::{self, Endpoint, EndpointKind, KeyRecord, Level, StoredTemplate};
 use crate::state::store::{SealSkipped, Sealer, Snapshot, Store, Table};
 
+mod hsm_watch;
 mod officers;
 mod psam_lines;
 mod registrars;
 mod stations;
 
+pub use hsm_watch::{HsmReadiness, WatchedHsm};
 pub use officers::{ComponentInput, Status};
 pub use psam_lines::PsamKeySet;
 pub use stations::{Delivered, DeliveredForm, Delivery};
@@ -80,7 +82,7 @@ const SEAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Seals the audit chain head with the HSM's audit key, from the store's writer thread.
 pub struct HsmSealer<H: Hsm> {
-    hsm: Arc<H>,
+    hsm: Arc<WatchedHsm<H>>,
     token: RwLock<Option<KeyToken>>,
     runtime: tokio::runtime::Handle,
 }
@@ -128,7 +130,8 @@ impl<H: Hsm> Sealer for HsmSealer<H> {
 
 /// The key service.
 pub struct Kms<H: Hsm> {
-    hsm: Arc<H>,
+    /// Every HSM call goes through the watch: its answers drive the gRPC health.
+    hsm: Arc<WatchedHsm<H>>,
     store: Store,
     templates: RwLock<HashMap<String, Arc<Template>>>,
     /// Seals the audit chain; holds the audit key's token once it exists.
@@ -157,7 +160,7 @@ fn token(record_token: &str) -> KeyToken {
 fn check_wrappable(version: KeyBlockVersion, alg: Algorithm) -> Result<()> {
     if version == KeyBlockVersion::B && !alg.is_des_family() {
         return Err(Error::FailedPrecondition {
-            reason: "SM4 and AES keys travel only under an AES transport key (TR-31 version D)",
+            reason: Refusal::TransportKeyCannotCarry,
         });
     }
     Ok(())
@@ -177,6 +180,7 @@ impl<H: Hsm> Kms<H> {
     /// created on the first start with an operational HSM; until it exists (HSM sealed or not yet
     /// initialised) audit records are chained but not sealed.
     pub async fn open(hsm: Arc<H>, store_dir: &std::path::Path) -> Result<Arc<Kms<H>>> {
+        let hsm = Arc::new(WatchedHsm::new(hsm));
         let sealer = Arc::new(HsmSealer {
             hsm: Arc::clone(&hsm),
             token: RwLock::new(None),
@@ -204,6 +208,8 @@ impl<H: Hsm> Kms<H> {
             }
             Err(e) => return Err(e),
         }
+        // The readiness from the HSM's own word, whatever the audit key needed.
+        let _ = kms.hsm.status().await;
         Ok(Arc::new(kms))
     }
 
@@ -248,7 +254,9 @@ impl<H: Hsm> Kms<H> {
             .store
             .write(move |tx| {
                 if tx.get::<String>(Table::Meta, AUDIT_KEY)?.is_some() {
-                    return Err(Error::AlreadyExists { what: "audit key" });
+                    return Err(Error::AlreadyExists {
+                        what: Resource::AuditKey,
+                    });
                 }
                 tx.put(Table::Meta, AUDIT_KEY, &text)?;
                 tx.audit(AuditEvent::ok(
@@ -269,9 +277,14 @@ impl<H: Hsm> Kms<H> {
         written
     }
 
-    /// The HSM this service uses.
-    pub fn hsm(&self) -> &Arc<H> {
+    /// The HSM this service uses, as it uses it: calls through it update the readiness.
+    pub fn hsm(&self) -> &Arc<WatchedHsm<H>> {
         &self.hsm
+    }
+
+    /// The HSM's readiness as the service last learnt it, and its changes.
+    pub fn hsm_readiness(&self) -> tokio::sync::watch::Receiver<HsmReadiness> {
+        self.hsm.readiness()
     }
 
     /// This instance's metrics.
@@ -332,7 +345,7 @@ impl<H: Hsm> Kms<H> {
             .get(id)
             .cloned()
             .ok_or(Error::NotFound {
-                what: "card template",
+                what: Resource::CardTemplate,
             })
     }
 
@@ -391,11 +404,11 @@ impl<H: Hsm> Kms<H> {
         let e: Endpoint = snap
             .get(Table::Endpoints, &records::endpoint_id(kind, caller.name()))?
             .ok_or(Error::FailedPrecondition {
-                reason: "the caller is not registered (no transport key)",
+                reason: Refusal::CallerNotRegistered,
             })?;
         if Some(e.region.as_str()) != caller.region() {
             return Err(Error::PermissionDenied {
-                reason: "the certificate's region differs from the registered one",
+                reason: Refusal::EndpointRegionMismatch,
             });
         }
         Ok(e)

@@ -11,7 +11,7 @@ use crate::access::authz::{self, Operation};
 use crate::access::identity::Identity;
 use crate::card::identifiers::Atr;
 use crate::card::template::{KeySpec, Protector, Template};
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Resource, Result};
 use crate::metrics::ReleaseLabels;
 use crate::state::audit::AuditEvent;
 use crate::state::records::{self, Card, CardStatus, EndpointKind, KeyRecord, Level};
@@ -77,7 +77,7 @@ impl<H: Hsm> Kms<H> {
             let record = Self::releasable_card(&snap, &checked, template.id())?;
             let atr = checked.atr.as_ref().ok_or(Error::InvalidArgument {
                 field: "atr",
-                reason: "required",
+                reason: Refusal::Required,
             })?;
             // The card factor is the COS profile's choice of ATR bytes.
             let factor = template.card_factor(atr)?;
@@ -116,7 +116,7 @@ impl<H: Hsm> Kms<H> {
                     if challenges.is_empty() {
                         return Err(Error::InvalidArgument {
                             field: "challenges",
-                            reason: "at least one key and card challenge is needed",
+                            reason: Refusal::ChallengesRequired,
                         });
                     }
                     check_key_list(
@@ -126,7 +126,7 @@ impl<H: Hsm> Kms<H> {
                     )?;
                     for (name, challenge) in challenges {
                         let spec = template.key(&name).ok_or(Error::NotFound {
-                            what: "template key",
+                            what: Resource::TemplateKey,
                         })?;
                         let d = self
                             .write_key(
@@ -176,14 +176,14 @@ impl<H: Hsm> Kms<H> {
             let record = Self::releasable_card(&snap, &checked, template.id())?;
             let atr = checked.atr.as_ref().ok_or(Error::InvalidArgument {
                 field: "atr",
-                reason: "required",
+                reason: Refusal::Required,
             })?;
             let spec = template
                 .keys()
                 .iter()
                 .find(|k| k.protected_by == Protector::VendorTransport)
                 .ok_or(Error::FailedPrecondition {
-                    reason: "the template has no key written under the vendor transport key",
+                    reason: Refusal::NoBlankCardKey,
                 })?;
             let mut versions = record.issued_root_versions.clone();
             let d = self
@@ -239,7 +239,7 @@ impl<H: Hsm> Kms<H> {
         }
         let active = active_key(snap, template.id(), &spec.name, Level::City, &card.region)?
             .ok_or(Error::FailedPrecondition {
-                reason: "the key hierarchy of this template is not derived for the card's city",
+                reason: Refusal::HierarchyNotDerived,
             })?;
         versions.insert(spec.name.clone(), active.version);
         Ok(active.version)
@@ -268,7 +268,7 @@ impl<H: Hsm> Kms<H> {
                 ),
             )?
             .ok_or(Error::FailedPrecondition {
-                reason: "the card's key version is no longer held",
+                reason: Refusal::KeyVersionNotHeld,
             })?;
         let child = self
             .hsm
@@ -307,13 +307,13 @@ impl<H: Hsm> Kms<H> {
                     PROVINCE,
                 )?
                 .ok_or(Error::FailedPrecondition {
-                    reason: "no vendor transport key is loaded for this template",
+                    reason: Refusal::VendorTransportKeyMissing,
                 })?;
                 token(&vendor.token)
             }
             Protector::Key(name) => {
                 let protector = template.key(name).ok_or(Error::NotFound {
-                    what: "protecting key",
+                    what: Resource::ProtectingKey,
                 })?;
                 self.card_key(snap, template, protector, card, factor, versions)
                     .await?
@@ -340,7 +340,7 @@ impl<H: Hsm> Kms<H> {
         // a card expects the profile's.
         if command.apdu.get(4) != Some(&params.lc) {
             return Err(Error::FailedPrecondition {
-                reason: "the WRITE KEY's Lc is not the COS profile's (the protecting key pads to another block size)",
+                reason: Refusal::WriteKeyLcMismatch,
             });
         }
         Ok(Delivered {
@@ -383,18 +383,18 @@ impl<H: Hsm> Kms<H> {
         );
         self.store
             .write(move |tx| {
-                let mut card: Card = tx
-                    .get(Table::Cards, &id)?
-                    .ok_or(Error::NotFound { what: "card" })?;
+                let mut card: Card = tx.get(Table::Cards, &id)?.ok_or(Error::NotFound {
+                    what: Resource::Card,
+                })?;
                 if card.status != CardStatus::Accepted || card.template_id != template_id {
                     return Err(Error::FailedPrecondition {
-                        reason: "the card changed state during the request",
+                        reason: Refusal::CardChangedDuringRequest,
                     });
                 }
                 match &card.atr {
                     Some(a) if *a != atr_hex => {
                         return Err(Error::FailedPrecondition {
-                            reason: "the ATR differs from the one this card's keys were released for",
+                            reason: Refusal::AtrMismatch,
                         });
                     }
                     _ => {}
@@ -435,7 +435,7 @@ fn check_key_list<'a>(
     if names.len() > template.keys().len() {
         return Err(Error::InvalidArgument {
             field,
-            reason: "more entries than the template has keys",
+            reason: Refusal::MoreEntriesThanKeys,
         });
     }
     let mut seen = std::collections::HashSet::new();
@@ -443,7 +443,7 @@ fn check_key_list<'a>(
         if !seen.insert(name) {
             return Err(Error::InvalidArgument {
                 field,
-                reason: "a key is named more than once",
+                reason: Refusal::KeyNamedTwice,
             });
         }
     }
@@ -459,7 +459,7 @@ fn select_keys<'t>(template: &'t Template, names: &[String]) -> Result<Vec<&'t K
         .iter()
         .map(|n| {
             template.key(n).ok_or(Error::NotFound {
-                what: "template key",
+                what: Resource::TemplateKey,
             })
         })
         .collect()
@@ -478,15 +478,15 @@ fn check_releasable(card: &Card, checked: &CheckedCard, template_id: &str) -> Re
     }
     if card.template_id != template_id {
         return Err(Error::FailedPrecondition {
-            reason: "the card was registered with another template",
+            reason: Refusal::CardTemplateMismatch,
         });
     }
     match card.status {
         CardStatus::Blacklisted => Err(Error::FailedPrecondition {
-            reason: "the card is blacklisted",
+            reason: Refusal::CardBlacklisted,
         }),
         CardStatus::Registered => Err(Error::FailedPrecondition {
-            reason: "the card's data has not been reviewed and accepted",
+            reason: Refusal::CardNotAccepted,
         }),
         CardStatus::Accepted => Ok(()),
     }?;
@@ -494,7 +494,7 @@ fn check_releasable(card: &Card, checked: &CheckedCard, template_id: &str) -> Re
     match (&card.atr, &checked.atr) {
         (Some(released), Some(atr)) if *released != atr.to_hex() => {
             Err(Error::FailedPrecondition {
-                reason: "the ATR differs from the one this card's keys were released for",
+                reason: Refusal::AtrMismatch,
             })
         }
         _ => Ok(()),

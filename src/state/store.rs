@@ -22,7 +22,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 use crate::metrics::StoreMetrics;
 use crate::state::audit::{self, AuditEvent, AuditRecord, AuditSeal, ChainHead};
 
@@ -488,8 +488,7 @@ impl Store {
                 ))
             }
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(Error::FailedPrecondition {
-                reason: "the store is open in another process: stop the server first, or \
-                         verify a copy of its kms.redb",
+                reason: Refusal::StoreInUse,
             }),
             Err(e) => Err(store_err(e)),
         }

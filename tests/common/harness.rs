@@ -157,6 +157,7 @@ pub struct Clients {
     pub psam: PsamServiceClient<Channel>,
     pub registry: RegistryServiceClient<Channel>,
     pub admin: AdminServiceClient<Channel>,
+    pub health: tonic_health::pb::health_client::HealthClient<Channel>,
 }
 
 impl Clients {
@@ -165,7 +166,8 @@ impl Clients {
             card: CardKeyServiceClient::new(channel.clone()),
             psam: PsamServiceClient::new(channel.clone()),
             registry: RegistryServiceClient::new(channel.clone()),
-            admin: AdminServiceClient::new(channel),
+            admin: AdminServiceClient::new(channel.clone()),
+            health: tonic_health::pb::health_client::HealthClient::new(channel),
         }
     }
 }
@@ -217,10 +219,18 @@ impl<H: Hsm> TestKms<H> {
 
     /// A copy of the seeded data directory, opened on `hsm`, served with `limits`.
     pub async fn from_fixture_with_limits(hsm: Arc<H>, limits: server::Limits) -> TestKms<H> {
-        capture_logs();
-        let db = &fixture().db;
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(DB_FILE), db).unwrap();
+        std::fs::write(dir.path().join(DB_FILE), &fixture().db).unwrap();
+        TestKms::open_in(dir, hsm, limits).await
+    }
+
+    /// An empty data directory (nothing seeded, no audit key yet), opened on `hsm`, serving.
+    pub async fn empty(hsm: Arc<H>) -> TestKms<H> {
+        TestKms::open_in(tempfile::tempdir().unwrap(), hsm, server::Limits::default()).await
+    }
+
+    async fn open_in(dir: tempfile::TempDir, hsm: Arc<H>, limits: server::Limits) -> TestKms<H> {
+        capture_logs();
         let kms = Kms::open(Arc::clone(&hsm), dir.path()).await.unwrap();
         let mut this = TestKms {
             dir,
@@ -385,6 +395,21 @@ impl<H: Hsm> TestKms<H> {
         assert!(last.outcome.starts_with("denied"), "{last:?}");
         status
     }
+}
+
+/// The `google.rpc.ErrorInfo` of this service's domain in a status's details, if there is one.
+pub fn error_info(status: &Status) -> Option<tonic_types::ErrorInfo> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_error_info()
+        .filter(|info| info.domain == sscard_kms::server::DOMAIN)
+}
+
+/// The reason code of a refusal: the status must carry an `ErrorInfo` of this service's domain.
+pub fn reason(status: &Status) -> String {
+    error_info(status)
+        .unwrap_or_else(|| panic!("no sscard-kms ErrorInfo in {status:?}"))
+        .reason
 }
 
 // --------------------------------------------------------------------------------- requests
