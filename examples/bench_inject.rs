@@ -102,7 +102,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             card_identifier: demo.card_identifier.clone(),
             card_number: demo.card_number.clone(),
             social_security_number: demo.social_security_number.clone(),
-            atr: hex::decode("3B6D000080318065B08701AD86843202AD932A48")?,
+            atr: hex::decode("3B6D000080318065B086843202AD932A48")?,
         }),
         template_id: demo.template.clone(),
         delivery: pb::DeliveryForm::Tr31 as i32,

@@ -112,7 +112,7 @@ fn card(run: u32, tag: u32, n: u32) -> Result<DemoCard, Box<dyn std::error::Erro
     let number = format!("{body}{}", CardNumber::check_character(&body)?);
     let identifier = format!("{CITY}D156000005{run:04X}{tag:04X}{n:08X}");
     // ATR: a fixed prefix, then 8 bytes (the card factor) unique per card.
-    let mut atr = hex::decode("3B6D000080318065B08701")?;
+    let mut atr = hex::decode("3B6D000080318065B0")?;
     atr.extend_from_slice(&(run as u16).to_be_bytes());
     atr.extend_from_slice(&(tag as u16).to_be_bytes());
     atr.extend_from_slice(&n.to_be_bytes());

@@ -13,9 +13,11 @@
 //! The key service over real mutual TLS on 127.0.0.1 (each test on its own copy of a data
 //! directory seeded once with the published test keys):
 //! - `delivery`: card keys for the demo station — TR-31 blocks unwrapped under the published
-//!   station key, and secure-messaging WRITE KEY commands (blank-card MK_MF under the vendor
-//!   transport key, keys under directory MKs) rebuilt byte for byte; both against the key chain
-//!   computed independently from the published roots, 3DES and SM4.
+//!   station key, and secure-messaging WRITE KEY commands for **every key of every shipped
+//!   template under every shipped COS profile** (ssc-2.0 and ssc-3.0 on t514, ssc-2.0-fmcos on
+//!   fmcos) rebuilt byte for byte — CLA/INS/P1/P2/Lc and the key header from the template and
+//!   profile files as written with DOMAIN.md §10's rules, the field and MAC by hand — both
+//!   against the key chain computed independently from the published roots, 3DES and SM4.
 //! - `psam`: PSAM key sets for the demo line — each key at its usage byte's level (city,
 //!   provincial, national), no issuer-only key, city keys omitted for a provincial PSAM with
 //!   the reason; another line's PSAM, unknown and duplicate serials refused.

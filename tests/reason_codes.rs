@@ -674,7 +674,7 @@ async fn every_reason_code_reachable_from_the_api_arrives_in_the_details() {
         edit(&mut c);
         register(&c, "ssc-2.0")
     };
-    let faults: [(&str, &Edit<'_>); 8] = [
+    let faults: [(&str, &Edit<'_>); 12] = [
         ("IDENTIFIER_LENGTH", &|c| {
             c.social_security_number.pop();
         }),
@@ -695,6 +695,19 @@ async fn every_reason_code_reachable_from_the_api_arrives_in_the_details() {
         }),
         ("ATR_TOO_SHORT", &|c| c.atr = vec![0x3B; 7]),
         ("ATR_TOO_LONG", &|c| c.atr = vec![0x3B; 34]),
+        ("ATR_INITIAL_CHARACTER", &|c| c.atr[0] = 0x3C),
+        // Every TDi announces another TDi: the ATR ends inside them.
+        ("ATR_INTERFACE_BYTES", &|c| {
+            c.atr = vec![0x3B, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80]
+        }),
+        ("ATR_HISTORICAL_BYTES", &|c| c.atr.push(0x00)),
+        // T=1 announced in TD1, so a TCK follows the 8 historical bytes; this one is off by one bit.
+        ("ATR_CHECKSUM", &|c| {
+            let mut t1 = vec![0x3B, 0x88, 0x01, 1, 2, 3, 4, 5, 6, 7, 8];
+            let tck = t1[1..].iter().fold(0u8, |acc, b| acc ^ b);
+            t1.push(tck ^ 0x01);
+            c.atr = t1;
+        }),
     ];
     for (reason, edit) in faults {
         let request = with(edit);

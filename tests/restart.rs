@@ -140,13 +140,12 @@ algorithm = "tdes"
 dispersion = "pboc-tdes"
 extends = "ssc-2.0"
 region = "440300"
+cos = "t514"
 
 [[key]]
 name = "MK_DF06"
 directory = "DF06"
-key_id = 0x00
-key_version = 0x01
-type = 0x39
+role = "master"
 length = 16
 error_counter = 0x33
 protected_by = "MK_SSSE"
@@ -158,9 +157,7 @@ const DF06_KEY: &str = r#"
 [[key]]
 name = "MK_DF06_BASE"
 directory = "DF06"
-key_id = 0x00
-key_version = 0x01
-type = 0x39
+role = "master"
 length = 16
 error_counter = 0x33
 protected_by = "MK_SSSE"

@@ -40,10 +40,6 @@ pub use stations::{Delivered, DeliveredForm, Delivery};
 /// The province this service runs for.
 pub const PROVINCE: &str = "440000";
 
-/// The APDU class and instruction of WRITE KEY with secure messaging (DOMAIN.md §5).
-const WRITE_KEY_CLA: u8 = 0x84;
-const WRITE_KEY_INS: u8 = 0xD4;
-
 /// Where the audit key's token is kept in the `meta` table.
 pub const AUDIT_KEY: &str = "audit_key_token";
 

@@ -18,9 +18,8 @@ use crate::state::records::{self, Card, CardStatus, EndpointKind, KeyRecord, Lev
 use crate::state::store::{Snapshot, Table};
 
 use super::{
-    CardRequest, CheckedCard, Kms, PROVINCE, WRITE_KEY_CLA, WRITE_KEY_INS, active_key,
-    block_version, card_usage, check_wrappable, is_master_key, mask_card_identifier,
-    masked_subject, token,
+    CardRequest, CheckedCard, Kms, PROVINCE, active_key, block_version, card_usage,
+    check_wrappable, is_master_key, mask_card_identifier, masked_subject, token,
 };
 
 /// How a station wants its keys.
@@ -80,7 +79,8 @@ impl<H: Hsm> Kms<H> {
                 field: "atr",
                 reason: Refusal::Required,
             })?;
-            let factor = atr.card_factor();
+            // The card factor is the COS profile's choice of ATR bytes.
+            let factor = template.card_factor(atr)?;
 
             let mut delivered = Vec::new();
             let mut versions = record.issued_root_versions.clone();
@@ -192,7 +192,7 @@ impl<H: Hsm> Kms<H> {
                     &template,
                     spec,
                     &record,
-                    &atr.card_factor(),
+                    &template.card_factor(atr)?,
                     &mut versions,
                     challenge,
                 )
@@ -320,20 +320,29 @@ impl<H: Hsm> Kms<H> {
                     .0
             }
         };
+        // Every byte of the command but the field and the MAC is the COS profile's.
+        let params = template.write_key_params(spec);
         let command = self
             .hsm
             .write_key_command(WriteKeyRequest {
                 key,
                 protect,
-                cla: WRITE_KEY_CLA,
-                ins: WRITE_KEY_INS,
-                p1: spec.key_id,
-                p2: 0x00,
+                cla: params.cla,
+                ins: params.ins,
+                p1: params.p1,
+                p2: params.p2,
                 key_header: template.card_key_header(spec),
                 challenge,
                 fold: MacFold::Xor4,
             })
             .await?;
+        // The HSM sizes Lc from the field it encrypted (padded to the protecting key's block):
+        // a card expects the profile's.
+        if command.apdu.get(4) != Some(&params.lc) {
+            return Err(Error::FailedPrecondition {
+                reason: Refusal::WriteKeyLcMismatch,
+            });
+        }
         Ok(Delivered {
             key_name: spec.name.clone(),
             directory: spec.directory.clone(),

@@ -16,8 +16,8 @@ pub enum PsamRefusal {
     /// Usage type 0, a master key.
     #[error("its psam_usage type is 0 (master)")]
     MasterType,
-    /// A card master key, a maintenance/transport key or a provincial-root key (DOMAIN.md §4).
-    #[error("it is an issuer-only key (MK*, STK*, or a provincial root)")]
+    /// A key of role master or maintenance, or a provincial-root key (DOMAIN.md §4).
+    #[error("it is an issuer-only key (a master or maintenance key, or a provincial root)")]
     IssuerOnly,
 }
 

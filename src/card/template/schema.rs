@@ -1,55 +1,59 @@
 //! The file format: the TOML schema of a template, its line-numbered errors, and the checks
 //! that turn a parsed file into a [`Template`].
 
-use core::ops::Range;
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use hsm_api::Dispersion;
 use serde::Deserialize;
 use toml::Spanned;
-use toml::de::DeTable;
 
+use crate::card::profile::{CosProfile, FollowUpRule};
 use crate::card::region::Region;
+use crate::card::source::{At, Field, valid_chars};
 use crate::error::{Error, Result};
 
-use super::key::{CardAlgorithm, KeyLevel, KeyRoot, KeySpec, is_issuer_only};
+use super::key::{CardAlgorithm, KeyRole, KeyRoot, KeySpec, is_issuer_only};
 use super::order::{Protector, link};
 use super::psam::{PsamKeyType, PsamRefusal, PsamUsage};
 use super::{HeaderLines, Template, VENDOR_TRANSPORT};
 
-pub(super) const TEMPLATE_FIELDS: &[&str] = &[
-    "id",
-    "version",
-    "generation",
-    "algorithm",
-    "dispersion",
-    "description",
-    "extends",
-    "region",
-    "key",
+/// The fields of a template file (for the unknown-field check).
+pub(super) const TEMPLATE_FIELDS: &[(&str, Field)] = &[
+    ("id", Field::Value),
+    ("version", Field::Value),
+    ("generation", Field::Value),
+    ("cos", Field::Value),
+    ("algorithm", Field::Value),
+    ("dispersion", Field::Value),
+    ("description", Field::Value),
+    ("extends", Field::Value),
+    ("region", Field::Value),
+    ("key", Field::Tables(KEY_FIELDS)),
 ];
-pub(super) const KEY_FIELDS: &[&str] = &[
-    "name",
-    "directory",
-    "key_id",
-    "key_version",
-    "type",
-    "algorithm",
-    "length",
-    "error_counter",
-    "psam_usage",
-    "psam_allowed",
-    "protected_by",
-    "root",
-    "follow_up",
-    "dispersion",
-    "description",
+const KEY_FIELDS: &[(&str, Field)] = &[
+    ("name", Field::Value),
+    ("directory", Field::Value),
+    ("role", Field::Value),
+    ("key_id", Field::Value),
+    ("key_version", Field::Value),
+    ("algorithm", Field::Value),
+    ("length", Field::Value),
+    ("error_counter", Field::Value),
+    ("psam_usage", Field::Value),
+    ("psam_allowed", Field::Value),
+    ("protected_by", Field::Value),
+    ("root", Field::Value),
+    ("dispersion", Field::Value),
+    ("description", Field::Value),
 ];
 
 // ---------------------------------------------------------------------------------------------
 // Errors
 // ---------------------------------------------------------------------------------------------
 
-/// Why a template was refused. Carried by [`Error::Template`] with the line.
+/// Why a template or a profile was refused. Carried with the line by [`Error::Template`] (a
+/// template) or [`Error::Profile`] (a profile).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TemplateFault {
@@ -74,14 +78,15 @@ pub enum TemplateFault {
     /// Two keys with one name.
     #[error("duplicate key name {name:?} (first defined on line {first_line})")]
     DuplicateKeyName { name: String, first_line: usize },
-    /// Two keys in one card slot.
+    /// Two keys in one card slot: directory, type byte (under the COS profile), id, version.
     #[error(
-        "key {name:?} uses {directory} id {key_id:#04x} version {key_version:#04x}, \
-         already used by {other:?}"
+        "key {name:?} uses {directory} type {key_type:#04x} id {key_id:#04x} version \
+         {key_version:#04x}, already used by {other:?}"
     )]
     DuplicateSlot {
         name: String,
         directory: String,
+        key_type: u8,
         key_id: u8,
         key_version: u8,
         other: String,
@@ -105,8 +110,9 @@ pub enum TemplateFault {
     /// A PSAM usage byte whose type is above 8.
     #[error("psam_usage {byte:#04x} has key type {kind}; 0 to 8 are defined")]
     PsamUsageType { byte: u8, kind: u8 },
-    /// A PSAM usage byte asking for the national level of a key whose root is provincial.
-    #[error("psam_usage {byte:#04x} asks for a national key, but the key's root is provincial")]
+    /// A PSAM usage byte asking for a level above the key's root (the national level of a
+    /// provincial root).
+    #[error("psam_usage {byte:#04x} asks for a level above the key's root")]
     PsamLevelAboveRoot { byte: u8 },
     /// `psam_allowed = true` for a key that may not go into a terminal PSAM.
     #[error("key {name:?} may not go into a PSAM: {why}")]
@@ -125,6 +131,59 @@ pub enum TemplateFault {
         "an extension's keys go onto initialised cards: none is protected by {VENDOR_TRANSPORT:?}"
     )]
     VendorTransportInExtension,
+    /// A profile value without `published = "…"` or `inferred = "…"`.
+    #[error("every value needs `published = \"source\"` or `inferred = \"why\"`")]
+    Unmarked,
+    /// A profile value marked both published and inferred.
+    #[error("a value is published or inferred, not both")]
+    TwoMarks,
+    /// A profile byte the header layout needs but the profile lacks, or gives but the layout
+    /// does not use.
+    #[error(
+        "the header layout {} `{field}`, so its value must be {}",
+        if *in_layout { "has" } else { "has no" },
+        if *in_layout { "given" } else { "left out" }
+    )]
+    LayoutField {
+        field: &'static str,
+        in_layout: bool,
+    },
+    /// A profile's Lc that is not the encrypted field plus the MAC of its layout.
+    #[error(
+        "Lc of a {algorithm} key must be {expected:#04x} (encrypted field + MAC), not {actual:#04x}"
+    )]
+    LcMismatch {
+        algorithm: CardAlgorithm,
+        expected: usize,
+        actual: u8,
+    },
+    /// A COS profile without the type byte of a key role.
+    #[error("no type byte for key role {role:?}")]
+    MissingRoleType { role: &'static str },
+    /// A template's `cos` that names no shipped COS profile.
+    #[error("no COS profile {0:?}")]
+    UnknownCos(String),
+    /// A key of an algorithm its COS profile does not write.
+    #[error("COS profile {cos:?} has no WRITE KEY for {algorithm} keys")]
+    AlgorithmNotInProfile {
+        algorithm: CardAlgorithm,
+        cos: String,
+    },
+    /// A master key's `key_id` or `key_version`: the COS profile decides them.
+    #[error("`{field}` of a master key is decided by the COS profile: leave it out")]
+    DecidedByProfile { field: &'static str },
+    /// A key other than a master key without `key_id` or `key_version`.
+    #[error("`{field}` is required for every key but a master key")]
+    MissingKeyField { field: &'static str },
+    /// A master key whose root is the Ministry's.
+    #[error("a master key's root is the province's own (N1) or its city's, not national")]
+    MasterKeyRoot,
+    /// A directory with more keys than the follow-up level's nibble can number.
+    #[error("directory {directory} has more than 15 keys numbered for the follow-up level")]
+    FollowUpOverflow { directory: String },
+    /// `root = "city"` outside a city's extension.
+    #[error("`root = \"city\"` is for keys of a city's extension (with `region`)")]
+    CityRootOutsideExtension,
     /// `extends` without `region`.
     #[error("`extends` needs `region`, the city that owns the extension")]
     ExtendsWithoutRegion,
@@ -168,6 +227,7 @@ pub(super) struct RawTemplate {
     algorithm: Spanned<String>,
     dispersion: Spanned<String>,
     description: Option<String>,
+    cos: Spanned<String>,
     extends: Option<Spanned<String>>,
     region: Option<Spanned<String>>,
     #[serde(default, rename = "key")]
@@ -179,10 +239,9 @@ pub(super) struct RawTemplate {
 pub(super) struct RawKey {
     name: Spanned<String>,
     directory: Spanned<String>,
-    key_id: Spanned<u8>,
-    key_version: Spanned<u8>,
-    #[serde(rename = "type")]
-    key_type: Spanned<u8>,
+    role: Spanned<String>,
+    key_id: Option<Spanned<u8>>,
+    key_version: Option<Spanned<u8>>,
     algorithm: Option<Spanned<String>>,
     length: Spanned<u32>,
     error_counter: Spanned<u8>,
@@ -190,81 +249,12 @@ pub(super) struct RawKey {
     psam_allowed: Option<Spanned<bool>>,
     protected_by: Spanned<String>,
     root: Spanned<String>,
-    follow_up: Option<Spanned<u8>>,
     dispersion: Option<Spanned<String>>,
     description: Option<String>,
 }
 
-/// The 1-based line of byte `offset` of `src`.
-pub(super) fn line_at(src: &str, offset: usize) -> usize {
-    let end = offset.min(src.len());
-    src.as_bytes()[..end]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
-}
-
-/// Builds errors that point into one source text.
-pub(super) struct At<'a>(pub(super) &'a str);
-
-impl At<'_> {
-    pub(super) fn line(&self, span: &Range<usize>) -> usize {
-        line_at(self.0, span.start)
-    }
-
-    pub(super) fn err(&self, span: &Range<usize>, fault: TemplateFault) -> Error {
-        Error::Template {
-            line: self.line(span),
-            fault,
-        }
-    }
-
-    pub(super) fn toml(&self, e: &toml::de::Error) -> Error {
-        Error::Template {
-            line: e.span().map_or(1, |s| self.line(&s)),
-            fault: TemplateFault::Toml(e.message().to_owned()),
-        }
-    }
-}
-
 pub(super) fn template_err(line: usize, fault: TemplateFault) -> Error {
     Error::Template { line, fault }
-}
-
-/// Refuses fields the schema does not have, at the earliest such line.
-pub(super) fn check_fields(at: &At<'_>, doc: &DeTable<'_>) -> Result<()> {
-    let mut unknown: Vec<(Range<usize>, String)> = Vec::new();
-    for (k, v) in doc.iter() {
-        let name: &str = k.get_ref();
-        if !TEMPLATE_FIELDS.contains(&name) {
-            unknown.push((k.span(), name.to_owned()));
-        }
-        if name != "key" {
-            continue;
-        }
-        let Some(items) = v.get_ref().as_array() else {
-            continue; // the typed pass reports the type error
-        };
-        for item in items.iter() {
-            if let Some(table) = item.get_ref().as_table() {
-                for (kk, _) in table.iter() {
-                    let field: &str = kk.get_ref();
-                    if !KEY_FIELDS.contains(&field) {
-                        unknown.push((kk.span(), field.to_owned()));
-                    }
-                }
-            }
-        }
-    }
-    match unknown.into_iter().min_by_key(|(span, _)| span.start) {
-        Some((span, name)) => Err(at.err(&span, TemplateFault::UnknownField(name))),
-        None => Ok(()),
-    }
-}
-
-pub(super) fn valid_chars(s: &str, max: usize, ok: impl Fn(u8) -> bool) -> bool {
-    !s.is_empty() && s.len() <= max && s.bytes().all(ok)
 }
 
 pub(super) fn parse_algorithm(at: &At<'_>, v: &Spanned<String>) -> Result<CardAlgorithm> {
@@ -322,6 +312,15 @@ pub(super) fn build(at: &At<'_>, raw: RawTemplate) -> Result<Template> {
             },
         ));
     }
+    let cos = match CosProfile::builtin(raw.cos.get_ref()) {
+        Some(profile) => Arc::new(profile?),
+        None => {
+            return Err(at.err(
+                &raw.cos.span(),
+                TemplateFault::UnknownCos(raw.cos.get_ref().clone()),
+            ));
+        }
+    };
     let algorithm = parse_algorithm(at, &raw.algorithm)?;
     let dispersion = parse_dispersion(at, &raw.dispersion)?;
     if !algorithm.derivable_by(dispersion) {
@@ -362,10 +361,15 @@ pub(super) fn build(at: &At<'_>, raw: RawTemplate) -> Result<Template> {
         return Err(template_err(1, TemplateFault::NoKeys));
     }
 
+    let defaults = KeyDefaults {
+        algorithm,
+        dispersion,
+        city: region,
+    };
     let mut keys: Vec<KeySpec> = Vec::with_capacity(raw.keys.len());
     let mut vendor_transport: Option<String> = None;
     for rk in raw.keys {
-        let key = build_key(at, rk, algorithm, dispersion, &keys)?;
+        let key = build_key(at, rk, &defaults, &keys)?;
         if key.protected_by == Protector::VendorTransport {
             if is_extension {
                 return Err(template_err(
@@ -385,11 +389,13 @@ pub(super) fn build(at: &At<'_>, raw: RawTemplate) -> Result<Template> {
         }
         keys.push(key);
     }
+    apply_cos(&cos, &mut keys, 0)?;
     let order = link(&keys, is_extension)?;
     Ok(Template {
         id: id.clone(),
         version: *raw.version.get_ref(),
         generation: raw.generation.get_ref().clone(),
+        cos,
         algorithm,
         dispersion,
         description: raw.description,
@@ -401,18 +407,96 @@ pub(super) fn build(at: &At<'_>, raw: RawTemplate) -> Result<Template> {
         lines: HeaderLines {
             extends: raw.extends.as_ref().map_or(1, |e| at.line(&e.span())),
             generation: at.line(&raw.generation.span()),
+            cos: at.line(&raw.cos.span()),
             algorithm: at.line(&raw.algorithm.span()),
             dispersion: at.line(&raw.dispersion.span()),
         },
     })
 }
 
+/// What a key takes from its template's header.
+pub(super) struct KeyDefaults {
+    algorithm: CardAlgorithm,
+    dispersion: Dispersion,
+    /// The city of an extension (the owner of its `root = "city"` keys).
+    city: Option<&'static Region>,
+}
+
+/// Gives every key what its COS profile decides — its role's type byte; a master key's id,
+/// version and follow-up level; the other keys' follow-up levels from their places in their
+/// directories — and refuses two keys in one card slot (directory, type byte, key id, version).
+/// Keys before `first_checked` were checked already (the base of a merged extension).
+pub(super) fn apply_cos(
+    cos: &CosProfile,
+    keys: &mut [KeySpec],
+    first_checked: usize,
+) -> Result<()> {
+    let mut sequence: HashMap<String, u8> = HashMap::new();
+    for i in 0..keys.len() {
+        let (earlier, rest) = keys.split_at_mut(i);
+        let key = &mut rest[0];
+        if cos.algorithm(key.algorithm).is_none() {
+            return Err(template_err(
+                key.algorithm_line,
+                TemplateFault::AlgorithmNotInProfile {
+                    algorithm: key.algorithm,
+                    cos: cos.id().to_owned(),
+                },
+            ));
+        }
+        key.key_type = cos.type_byte(key.role);
+        if key.role == KeyRole::Master {
+            (key.key_id, key.key_version, key.follow_up) = cos.master();
+        } else {
+            let zero = cos.zero_roles().contains(&key.role);
+            let number = sequence.entry(key.directory.clone()).or_insert(0);
+            if !zero || cos.numbers_zero_roles() {
+                *number += 1;
+            }
+            key.follow_up = match cos.follow_up_rule() {
+                _ if zero => 0x00,
+                FollowUpRule::Fixed(b) => b,
+                FollowUpRule::SequenceBothNibbles if *number > 0x0F => {
+                    return Err(template_err(
+                        key.line,
+                        TemplateFault::FollowUpOverflow {
+                            directory: key.directory.clone(),
+                        },
+                    ));
+                }
+                FollowUpRule::SequenceBothNibbles => *number * 0x11,
+            };
+        }
+        if i < first_checked {
+            continue;
+        }
+        if let Some(other) = earlier.iter().find(|k| {
+            k.directory == key.directory
+                && k.key_type == key.key_type
+                && k.key_id == key.key_id
+                && k.key_version == key.key_version
+        }) {
+            return Err(template_err(
+                key.key_id_line,
+                TemplateFault::DuplicateSlot {
+                    name: key.name.clone(),
+                    directory: key.directory.clone(),
+                    key_type: key.key_type,
+                    key_id: key.key_id,
+                    key_version: key.key_version,
+                    other: other.name.clone(),
+                },
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Validates one key against the template header and the keys before it.
 pub(super) fn build_key(
     at: &At<'_>,
     rk: RawKey,
-    default_alg: CardAlgorithm,
-    default_dispersion: Dispersion,
+    defaults: &KeyDefaults,
     earlier: &[KeySpec],
 ) -> Result<KeySpec> {
     let name = rk.name.get_ref();
@@ -449,26 +533,32 @@ pub(super) fn build_key(
             },
         ));
     }
-    let (key_id, key_version) = (*rk.key_id.get_ref(), *rk.key_version.get_ref());
-    if let Some(other) = earlier
-        .iter()
-        .find(|k| k.directory == *directory && k.key_id == key_id && k.key_version == key_version)
-    {
-        return Err(at.err(
-            &rk.key_id.span(),
-            TemplateFault::DuplicateSlot {
-                name: name.clone(),
-                directory: directory.clone(),
-                key_id,
-                key_version,
-                other: other.name.clone(),
+    let role = KeyRole::from_name(rk.role.get_ref()).ok_or_else(|| {
+        at.err(
+            &rk.role.span(),
+            TemplateFault::UnknownName {
+                field: "role",
+                value: rk.role.get_ref().clone(),
             },
-        ));
-    }
+        )
+    })?;
+    // A master key's id and version are the COS profile's; every other key names its own.
+    let mut id_and_version = [(&rk.key_id, "key_id"), (&rk.key_version, "key_version")]
+        .into_iter()
+        .map(|(v, field)| match (role, v) {
+            (KeyRole::Master, Some(v)) => {
+                Err(at.err(&v.span(), TemplateFault::DecidedByProfile { field }))
+            }
+            (KeyRole::Master, None) => Ok(0),
+            (_, Some(v)) => Ok(*v.get_ref()),
+            (_, None) => Err(at.err(&name_span, TemplateFault::MissingKeyField { field })),
+        });
+    let key_id = id_and_version.next().unwrap_or(Ok(0))?;
+    let key_version = id_and_version.next().unwrap_or(Ok(0))?;
 
     let algorithm = match &rk.algorithm {
         Some(a) => parse_algorithm(at, a)?,
-        None => default_alg,
+        None => defaults.algorithm,
     };
     let length = *rk.length.get_ref();
     let length_u8 = u8::try_from(length)
@@ -486,7 +576,7 @@ pub(super) fn build_key(
     };
     let dispersion = match &rk.dispersion {
         Some(d) => parse_dispersion(at, d)?,
-        None => default_dispersion,
+        None => defaults.dispersion,
     };
     if !algorithm.derivable_by(dispersion) {
         // Point at the key's own dispersion if it named one, else at what made it differ.
@@ -507,6 +597,12 @@ pub(super) fn build_key(
     let root = match rk.root.get_ref().as_str() {
         "national" => KeyRoot::National,
         "provincial" => KeyRoot::Provincial,
+        "city" => match defaults.city {
+            Some(city) => KeyRoot::City(city),
+            None => {
+                return Err(at.err(&rk.root.span(), TemplateFault::CityRootOutsideExtension));
+            }
+        },
         other => {
             return Err(at.err(
                 &rk.root.span(),
@@ -517,11 +613,15 @@ pub(super) fn build_key(
             ));
         }
     };
+    if role == KeyRole::Master && root == KeyRoot::National {
+        return Err(at.err(&rk.root.span(), TemplateFault::MasterKeyRoot));
+    }
 
     let psam_usage = match &rk.psam_usage {
         Some(u) => {
             let usage = PsamUsage::from_byte(*u.get_ref()).map_err(|f| at.err(&u.span(), f))?;
-            if root == KeyRoot::Provincial && usage.level() == KeyLevel::National {
+            // Levels order National < Province < City < Card: a usage level above the root's.
+            if usage.level() < root.top_level() {
                 return Err(at.err(
                     &u.span(),
                     TemplateFault::PsamLevelAboveRoot { byte: usage.byte() },
@@ -536,7 +636,7 @@ pub(super) fn build_key(
         let why = match psam_usage {
             None => Some(PsamRefusal::NoUsageByte),
             Some(u) if u.kind() == PsamKeyType::Master => Some(PsamRefusal::MasterType),
-            Some(_) if is_issuer_only(name, root) => Some(PsamRefusal::IssuerOnly),
+            Some(_) if is_issuer_only(role, root) => Some(PsamRefusal::IssuerOnly),
             Some(_) => None,
         };
         if let Some(why) = why {
@@ -554,13 +654,16 @@ pub(super) fn build_key(
         VENDOR_TRANSPORT => Protector::VendorTransport,
         other => Protector::Key(other.to_owned()),
     };
+    let line = at.line(&name_span);
 
     Ok(KeySpec {
         name: name.clone(),
         directory: directory.clone(),
+        role,
         key_id,
         key_version,
-        key_type: *rk.key_type.get_ref(),
+        // Set by `apply_cos`.
+        key_type: 0,
         algorithm,
         length: length_u8,
         error_counter: *rk.error_counter.get_ref(),
@@ -568,10 +671,12 @@ pub(super) fn build_key(
         psam_allowed,
         protected_by,
         root,
-        follow_up: rk.follow_up.as_ref().map_or(0, |f| *f.get_ref()),
+        follow_up: 0,
         dispersion,
         description: rk.description,
-        line: at.line(&name_span),
+        line,
+        key_id_line: rk.key_id.as_ref().map_or(line, |k| at.line(&k.span())),
+        algorithm_line: rk.algorithm.as_ref().map_or(line, |a| at.line(&a.span())),
         protected_by_line: at.line(&rk.protected_by.span()),
     })
 }
