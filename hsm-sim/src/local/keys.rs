@@ -27,7 +27,7 @@ const RANDOM_LEN: core::ops::RangeInclusive<usize> = 1..=4096;
 
 /// Whether a key, once unwrapped, is kept in the hot-key cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Caching {
+pub(super) enum Caching {
     /// A key that acts on other keys or data, likely used again.
     Keep,
     /// A key used once (the subject of the operation).
@@ -37,7 +37,7 @@ enum Caching {
 impl LocalHsm {
     /// The key of `token` (from the cache or unwrapped under `lmk`), if its usage is one of
     /// `allowed`; otherwise [`Error::WrongUsage`] naming `operation`.
-    fn key_for(
+    pub(super) fn key_for(
         &self,
         lmk: &Lmk,
         token: &KeyToken,
@@ -45,8 +45,22 @@ impl LocalHsm {
         operation: &'static str,
         caching: Caching,
     ) -> Result<Arc<TokenKey>> {
+        let key = self.load(lmk, token, allowed, caching)?;
+        check_usage(&key, allowed, operation)?;
+        Ok(key)
+    }
+
+    /// The key of `token`, from the cache or unwrapped under `lmk` (its integrity checked, its
+    /// usage not yet); with [`Caching::Keep`] it is cached if its usage is one of `allowed`.
+    pub(super) fn load(
+        &self,
+        lmk: &Lmk,
+        token: &KeyToken,
+        allowed: &[KeyUsage],
+        caching: Caching,
+    ) -> Result<Arc<TokenKey>> {
         let digest = cache::digest(token);
-        let key = match self.cache.get(&digest)? {
+        Ok(match self.cache.get(&digest)? {
             Some(hit) => hit,
             None => {
                 let key = Arc::new(lmk.unwrap(token)?);
@@ -55,14 +69,7 @@ impl LocalHsm {
                 }
                 key
             }
-        };
-        if !allowed.contains(&key.usage) {
-            return Err(Error::WrongUsage {
-                usage: key.usage.name().into(),
-                operation: operation.into(),
-            });
-        }
-        Ok(key)
+        })
     }
 
     pub(super) fn generate_key_now(&self, spec: KeySpec) -> Result<WrappedKey> {
@@ -130,39 +137,9 @@ impl LocalHsm {
         version: KeyBlockVersion,
     ) -> Result<ExportedKey> {
         self.with_lmk(|lmk| {
-            let kek = self.key_for(
-                lmk,
-                kek,
-                &[KeyUsage::KeyBlockProtection],
-                "wrap a key block",
-                Caching::Keep,
-            )?;
-            let key = self.key_for(
-                lmk,
-                key,
-                &[
-                    KeyUsage::CardDerivation,
-                    KeyUsage::CardKey,
-                    KeyUsage::AuditMac,
-                ],
-                "be exported",
-                Caching::Skip,
-            )?;
-            if key.exportability != Exportability::Exportable {
-                return Err(Error::NotExportable);
-            }
-            let header = lmk::key_block_header(
-                version,
-                key.usage,
-                key.key.algorithm(),
-                tr31::Exportability::NonExportable,
-            )?
-            .with_optional_block(OptionalBlock::key_check_value(&key.key)?);
-            let block = tr31::wrap(&kek.key, &header, &key.key)?;
-            Ok(ExportedKey {
-                block,
-                kcv: kcv::compute_default(&key.key)?,
-            })
+            let kek = self.key_for(lmk, kek, KEKS, WRAP, Caching::Keep)?;
+            let key = self.key_for(lmk, key, EXPORTED, EXPORT, Caching::Skip)?;
+            export_block(&kek, &key, version)
         })
     }
 
@@ -175,28 +152,10 @@ impl LocalHsm {
         child_exportability: Exportability,
     ) -> Result<WrappedKey> {
         self.with_lmk(|lmk| {
-            let parent = self.key_for(
-                lmk,
-                parent,
-                &[KeyUsage::CardDerivation],
-                "derive a key",
-                Caching::Keep,
-            )?;
-            if !matches!(child_usage, KeyUsage::CardDerivation | KeyUsage::CardKey) {
-                return Err(Error::WrongUsage {
-                    usage: child_usage.name().into(),
-                    operation: "hold a derived key".into(),
-                });
-            }
-            if !FACTORS.contains(&factors.len()) {
-                return Err(Error::Count {
-                    field: "factors".into(),
-                    expected: "1 to 8".into(),
-                });
-            }
-            let child = diversify::diversify_chain(&parent.key, method, factors)?;
-            child.check_not_weak()?;
-            wrapped(lmk, &child, child_usage, child_exportability)
+            let parent = self.key_for(lmk, parent, PARENTS, DERIVE, Caching::Keep)?;
+            let child =
+                derive_child_of(&parent, method, factors, child_usage, child_exportability)?;
+            wrapped(lmk, &child.key, child.usage, child.exportability)
         })
     }
 
@@ -205,35 +164,17 @@ impl LocalHsm {
         request: &WriteKeyRequest,
     ) -> Result<WriteKeyCommand> {
         self.with_lmk(|lmk| {
-            let key = self.key_for(
-                lmk,
-                &request.key,
-                &[KeyUsage::CardKey, KeyUsage::CardDerivation],
-                "be written to a card",
-                Caching::Skip,
-            )?;
-            let protect = self.key_for(
-                lmk,
-                &request.protect,
-                &[KeyUsage::CardKey],
-                "protect a key written to a card",
-                Caching::Keep,
-            )?;
-            let mut data =
-                Zeroizing::new(Vec::with_capacity(request.key_header.len() + key.key.len()));
-            data.extend_from_slice(&request.key_header);
-            data.extend_from_slice(key.key.secret_bytes());
-            let apdu = secure_messaging_apdu(
-                &protect.key,
+            let key = self.key_for(lmk, &request.key, WRITTEN, WRITE, Caching::Skip)?;
+            let protect =
+                self.key_for(lmk, &request.protect, PROTECTORS, PROTECT, Caching::Keep)?;
+            write_command(
+                &key,
+                &protect,
                 [request.cla, request.ins, request.p1, request.p2],
-                &data,
+                &request.key_header,
                 &request.challenge,
                 request.fold,
-            )?;
-            Ok(WriteKeyCommand {
-                apdu,
-                kcv: kcv::compute_default(&key.key)?,
-            })
+            )
         })
     }
 
@@ -266,6 +207,115 @@ impl LocalHsm {
         )?;
         crate::crypto::cipher::cmac(&key.key, data)
     }
+}
+
+/// Usages a key may have to be the parent of a derivation, and the operation a refusal names.
+pub(super) const PARENTS: &[KeyUsage] = &[KeyUsage::CardDerivation];
+pub(super) const DERIVE: &str = "derive a key";
+/// Usages a key may have to protect an exported key block, and the operation a refusal names.
+pub(super) const KEKS: &[KeyUsage] = &[KeyUsage::KeyBlockProtection];
+pub(super) const WRAP: &str = "wrap a key block";
+/// Usages a key may have to be exported, and the operation a refusal names.
+pub(super) const EXPORTED: &[KeyUsage] = &[
+    KeyUsage::CardDerivation,
+    KeyUsage::CardKey,
+    KeyUsage::AuditMac,
+];
+pub(super) const EXPORT: &str = "be exported";
+/// Usages a key may have to be written to a card, and the operation a refusal names.
+pub(super) const WRITTEN: &[KeyUsage] = &[KeyUsage::CardKey, KeyUsage::CardDerivation];
+pub(super) const WRITE: &str = "be written to a card";
+/// Usages a key may have to protect a card slot, and the operation a refusal names.
+pub(super) const PROTECTORS: &[KeyUsage] = &[KeyUsage::CardKey];
+pub(super) const PROTECT: &str = "protect a key written to a card";
+
+/// The child of `parent` (a key whose usage has been checked against [`PARENTS`]).
+pub(super) fn derive_child_of(
+    parent: &TokenKey,
+    method: Dispersion,
+    factors: &[Factor],
+    child_usage: KeyUsage,
+    child_exportability: Exportability,
+) -> Result<TokenKey> {
+    if !matches!(child_usage, KeyUsage::CardDerivation | KeyUsage::CardKey) {
+        return Err(Error::WrongUsage {
+            usage: child_usage.name().into(),
+            operation: "hold a derived key".into(),
+        });
+    }
+    if !FACTORS.contains(&factors.len()) {
+        return Err(Error::Count {
+            field: "factors".into(),
+            expected: "1 to 8".into(),
+        });
+    }
+    let child = diversify::diversify_chain(&parent.key, method, factors)?;
+    child.check_not_weak()?;
+    Ok(TokenKey {
+        usage: child_usage,
+        exportability: child_exportability,
+        key: child,
+    })
+}
+
+/// Refuses `key` unless its usage is one of `allowed` ([`Error::WrongUsage`] naming
+/// `operation`).
+pub(super) fn check_usage(
+    key: &TokenKey,
+    allowed: &[KeyUsage],
+    operation: &'static str,
+) -> Result<()> {
+    if allowed.contains(&key.usage) {
+        Ok(())
+    } else {
+        Err(Error::WrongUsage {
+            usage: key.usage.name().into(),
+            operation: operation.into(),
+        })
+    }
+}
+
+/// `key` (of a usage that may be exported) as a TR-31 block of `version` under `kek` (a
+/// key-block protection key), if its token says it is exportable.
+pub(super) fn export_block(
+    kek: &TokenKey,
+    key: &TokenKey,
+    version: KeyBlockVersion,
+) -> Result<ExportedKey> {
+    if key.exportability != Exportability::Exportable {
+        return Err(Error::NotExportable);
+    }
+    let header = lmk::key_block_header(
+        version,
+        key.usage,
+        key.key.algorithm(),
+        tr31::Exportability::NonExportable,
+    )?
+    .with_optional_block(OptionalBlock::key_check_value(&key.key)?);
+    let block = tr31::wrap(&kek.key, &header, &key.key)?;
+    Ok(ExportedKey {
+        block,
+        kcv: kcv::compute_default(&key.key)?,
+    })
+}
+
+/// The WRITE KEY command of `key` (a usage that may be written) under `protect` (a card key).
+pub(super) fn write_command(
+    key: &TokenKey,
+    protect: &TokenKey,
+    command: [u8; 4],
+    key_header: &[u8],
+    challenge: &[u8],
+    fold: MacFold,
+) -> Result<WriteKeyCommand> {
+    let mut data = Zeroizing::new(Vec::with_capacity(key_header.len() + key.key.len()));
+    data.extend_from_slice(key_header);
+    data.extend_from_slice(key.key.secret_bytes());
+    let apdu = secure_messaging_apdu(&protect.key, command, &data, challenge, fold)?;
+    Ok(WriteKeyCommand {
+        apdu,
+        kcv: kcv::compute_default(&key.key)?,
+    })
 }
 
 /// A token and KCV for `key`.

@@ -37,6 +37,7 @@
 //! | `write_key_command` | key | `CardKey` or `CardDerivation` |
 //! | `write_key_command` | protect | `CardKey` |
 //! | `mac`, `verify_mac` | key | `AuditMac` (AES) |
+//! | `batch` | every item | as `derive_key` for a derived key, then as `export_key` or `write_key_command` |
 //!
 //! Key-block protection keys must be TDES (2- or 3-key, TR-31 version B) or AES (version D);
 //! audit MAC keys AES. Weak DES keys are refused wherever a key is made or enters.
@@ -51,7 +52,8 @@
 //!
 //! This file holds the configuration, [`LocalHsm`] and its [`Hsm`] implementation (async calls
 //! over synchronous methods). The life cycle — start-up, LMK, unseal, seal, self-test,
-//! rotation — is in `state.rs`; the key operations on tokens are in `keys.rs`.
+//! rotation — is in `state.rs`; the key operations on tokens are in `keys.rs`; `batch.rs` runs
+//! a batch's items through the same functions.
 //!
 //! # Example
 //!
@@ -88,15 +90,16 @@ use std::path::PathBuf;
 use std::sync::RwLock;
 
 use hsm_api::{
-    Component, Dispersion, Error, Exportability, ExportedKey, Factor, Hsm, HsmStatus, Kcv,
-    KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare, Result,
-    UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest,
+    BatchItem, BatchOutput, Component, Dispersion, Error, Exportability, ExportedKey, Factor, Hsm,
+    HsmStatus, Kcv, KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare,
+    Result, UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest,
 };
 use subtle::ConstantTimeEq;
 
 use self::state::State;
 use crate::cache::HotKeyCache;
 
+mod batch;
 mod keys;
 mod state;
 
@@ -214,6 +217,10 @@ impl Hsm for LocalHsm {
 
     async fn write_key_command(&self, request: WriteKeyRequest) -> Result<WriteKeyCommand> {
         self.write_key_command_now(&request)
+    }
+
+    async fn batch(&self, items: Vec<BatchItem>) -> Result<Vec<Result<BatchOutput>>> {
+        self.batch_now(&items)
     }
 
     async fn kcv(&self, key: &KeyToken) -> Result<Kcv> {
