@@ -14,6 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("sscard_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()
+        // A request that does not decode is INVALID_ARGUMENT, not INTERNAL (src/server/codec.rs).
+        .codec_path("crate::server::codec::KmsCodec")
         // Messages that carry a custodian's secret get a hand-written, redacting Debug
         // (`sscard_kms::proto`): a derived one would print the secret.
         .skip_debug([

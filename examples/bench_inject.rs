@@ -54,9 +54,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         pki.ca_pem(),
     )?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(sscard_kms::server::serve(kms, listener, tls, async {
-        let _ = stopped.await;
-    }));
+    // One station identity sends everything: its request rate is not what is measured here.
+    let limits = sscard_kms::server::Limits {
+        requests_per_second: 1_000_000,
+        burst: 1_000_000,
+        ..Default::default()
+    };
+    let server = tokio::spawn(sscard_kms::server::serve_with_limits(
+        kms,
+        listener,
+        tls,
+        limits,
+        async {
+            let _ = stopped.await;
+        },
+    ));
 
     let station = pki.client(&Identity::new(Role::Station, Some("440100"), "GZ-01")?)?;
     let client_tls = sscard_kms::access::tls::ClientTls::from_pem(

@@ -16,7 +16,7 @@ use zeroize::Zeroizing;
 
 use crate::access::identity::{Identity, Role};
 use crate::card::template::{BUILTIN, KeyRoot};
-use crate::error::{Error, Result};
+use crate::error::{Error, Resource, Result};
 use crate::service::{CardRequest, ComponentInput, Kms};
 use crate::state::records::{EndpointKind, Level};
 use crate::state::store::Table;
@@ -69,7 +69,7 @@ impl RootsByAlgorithm {
             _ => &self.tdes,
         };
         table.get(name).map(String::as_str).ok_or(Error::NotFound {
-            what: "published test root of a template key",
+            what: Resource::PublishedTestRoot,
         })
     }
 
@@ -158,7 +158,15 @@ pub async fn run(
     })?;
     let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
     println!("{}", banner(addr, metrics_addr, data_dir, &paths, seeded));
-    crate::server::serve_all(kms, listener, metrics, tls, shutdown).await
+    crate::server::serve_all(
+        kms,
+        listener,
+        metrics,
+        tls,
+        crate::server::Limits::default(),
+        shutdown,
+    )
+    .await
 }
 
 fn banner(

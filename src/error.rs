@@ -1,4 +1,11 @@
-//! The one error type of the `sscard-kms` crate.
+//! The one error type of the `sscard-kms` crate, and the typed reasons its refusals carry.
+//!
+//! Every refusal has a stable, machine-readable reason code (UPPER_SNAKE) beside its human
+//! message: [`Refusal::code`], [`Resource`] (`…_NOT_FOUND`, `…_ALREADY_EXISTS`),
+//! [`crate::card::identifiers::IdentifierFault::code`], and the HSM's errors by variant. The codes
+//! reach gRPC clients as a `google.rpc.ErrorInfo` in the status details
+//! (`crate::server::to_status`); README lists them. Codes never change meaning: a new reason gets
+//! a new code.
 
 /// Everything that can go wrong in the service and its tools.
 #[derive(Debug, thiserror::Error)]
@@ -14,21 +21,32 @@ pub enum Error {
     #[error("invalid {field}: {reason}")]
     InvalidArgument {
         field: &'static str,
-        reason: &'static str,
+        reason: Refusal,
     },
     /// The caller's role or region does not allow the operation.
     #[error("permission denied: {reason}")]
-    PermissionDenied { reason: &'static str },
+    PermissionDenied { reason: Refusal },
     /// A card, template, key, PSAM or endpoint that does not exist.
     #[error("{what} not found")]
-    NotFound { what: &'static str },
+    NotFound { what: Resource },
+    /// No registered card matches the identifiers a station gave: the card is unknown, or its
+    /// data differ from the registry's. Both answers are the same to the caller (no existence
+    /// oracle); `detail` says which, for the audit record only.
+    #[error("no registered card matches these identifiers")]
+    NoMatchingCard { detail: &'static str },
+    /// A limit of the service was reached (a caller's request rate); retry after the delay.
+    #[error("{what}: retry after {retry_after_ms} ms")]
+    ResourceExhausted {
+        what: &'static str,
+        retry_after_ms: u64,
+    },
     /// Something that exists already (a card number, an SSN with a live card, a PSAM serial…).
     #[error("{what} already exists")]
-    AlreadyExists { what: &'static str },
+    AlreadyExists { what: Resource },
     /// The request is well-formed but the state does not allow it (not reviewed, blacklisted,
     /// hierarchy not derived, station not registered…).
     #[error("{reason}")]
-    FailedPrecondition { reason: &'static str },
+    FailedPrecondition { reason: Refusal },
     /// The audit trail does not verify (details in the report).
     #[error("the audit trail is broken")]
     AuditBroken,
@@ -41,6 +59,9 @@ pub enum Error {
     /// A caller's identity URI does not follow the `sscard://` scheme (see `identity`).
     #[error("identity refused: {reason}")]
     Identity { reason: &'static str },
+    /// The connection has no client certificate (mutual TLS normally refuses it first).
+    #[error("a client certificate is required")]
+    NoClientCertificate,
     /// The client certificate carries no `sscard://` identity (an unauthenticated caller).
     #[error("no sscard:// identity in the client certificate")]
     NoIdentity,
@@ -94,6 +115,266 @@ pub enum Error {
     /// Reading standard input failed.
     #[error("reading standard input failed")]
     Stdin(#[source] std::io::Error),
+}
+
+/// Declares [`Refusal`]: each reason with its code and its human message, in one place.
+macro_rules! refusals {
+    ($($(#[doc = $doc:literal])+ $variant:ident => $code:literal, $message:literal;)+) => {
+        /// Why a request was refused: the reason of [`Error::InvalidArgument`],
+        /// [`Error::PermissionDenied`] and [`Error::FailedPrecondition`]. Each has a stable
+        /// machine-readable [`code`](Refusal::code) and a human message (its `Display`).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Refusal {
+            $($(#[doc = $doc])+ $variant,)+
+        }
+
+        impl Refusal {
+            /// Every reason, in declaration order.
+            pub const ALL: &[Refusal] = &[$(Refusal::$variant),+];
+
+            /// The stable reason code (UPPER_SNAKE) a client branches on.
+            pub const fn code(self) -> &'static str {
+                match self {
+                    $(Refusal::$variant => $code,)+
+                }
+            }
+
+            /// The human message.
+            pub const fn message(self) -> &'static str {
+                match self {
+                    $(Refusal::$variant => $message,)+
+                }
+            }
+        }
+    };
+}
+
+refusals! {
+    // ---- permission denied
+    /// The role-operation matrix does not allow the call.
+    RoleNotAllowed => "ROLE_NOT_ALLOWED", "role may not perform this operation";
+    /// A regional check on a caller whose role has no region.
+    CallerHasNoRegion => "CALLER_HAS_NO_REGION", "caller has no region";
+    /// The card, PSAM or region named is outside the caller's region.
+    OutsideCallerRegion => "OUTSIDE_CALLER_REGION", "target is outside the caller's region";
+    /// The station or PSAM line was registered for another region than its certificate names.
+    EndpointRegionMismatch => "ENDPOINT_REGION_MISMATCH",
+        "the certificate's region differs from the registered one";
+    /// A PSAM line asking for a PSAM another line registered.
+    PsamOfAnotherLine => "PSAM_OF_ANOTHER_LINE", "the PSAM was registered by another line";
+
+    // ---- failed precondition
+    /// The station or PSAM line has no record (and no transport key) in the service.
+    CallerNotRegistered => "CALLER_NOT_REGISTERED",
+        "the caller is not registered (no transport key)";
+    /// The card is registered but not yet reviewed and accepted.
+    CardNotAccepted => "CARD_NOT_ACCEPTED", "the card's data has not been reviewed and accepted";
+    /// The card is blacklisted: no key is ever released again.
+    CardBlacklisted => "CARD_BLACKLISTED", "the card is blacklisted";
+    /// The card was registered with another template than the request names.
+    CardTemplateMismatch => "CARD_TEMPLATE_MISMATCH",
+        "the card was registered with another template";
+    /// The card's keys were first released for another chip (ATR).
+    AtrMismatch => "ATR_MISMATCH",
+        "the ATR differs from the one this card's keys were released for";
+    /// A concurrent request changed the card between the checks and the release.
+    CardChangedDuringRequest => "CARD_CHANGED_DURING_REQUEST",
+        "the card changed state during the request";
+    /// The key hierarchy has not been derived for the card's city.
+    HierarchyNotDerived => "HIERARCHY_NOT_DERIVED",
+        "the key hierarchy of this template is not derived for the card's city";
+    /// The root version the card was issued under is no longer held.
+    KeyVersionNotHeld => "KEY_VERSION_NOT_HELD", "the card's key version is no longer held";
+    /// No blank-card vendor transport key has been loaded for the template.
+    VendorTransportKeyMissing => "VENDOR_TRANSPORT_KEY_MISSING",
+        "no vendor transport key is loaded for this template";
+    /// The template writes no key under the vendor transport key (no blank-card step).
+    NoBlankCardKey => "NO_BLANK_CARD_KEY",
+        "the template has no key written under the vendor transport key";
+    /// A TDES transport key (TR-31 version B) cannot carry an SM4 or AES key.
+    TransportKeyCannotCarry => "TRANSPORT_KEY_CANNOT_CARRY",
+        "SM4 and AES keys travel only under an AES transport key (TR-31 version D)";
+    /// A template of the same id and an equal or newer revision is loaded already.
+    TemplateRevisionNotNewer => "TEMPLATE_REVISION_NOT_NEWER",
+        "a template of this id and an equal or newer revision is loaded";
+    /// Only keys whose root is provincial may be generated by the province.
+    RootNotProvincial => "ROOT_NOT_PROVINCIAL",
+        "only keys with a provincial root are generated by the province";
+    /// A base template revision that a loaded city extension does not extend.
+    ExtensionOfOtherRevision => "EXTENSION_OF_OTHER_REVISION",
+        "a loaded city extension does not extend this revision (the log names it and why): load \
+         a revision of the extension that fits both first";
+    /// An audit checkpoint asked for before the HSM was ever operational (no audit key).
+    NoAuditKeyYet => "NO_AUDIT_KEY_YET", "no audit key yet: the HSM has not been operational";
+    /// An audit checkpoint of a trail with no record.
+    AuditTrailEmpty => "AUDIT_TRAIL_EMPTY", "the audit trail is empty";
+    /// An offline tool on a store a server holds open (command line only).
+    StoreInUse => "STORE_IN_USE",
+        "the store is open in another process: stop the server first, or verify a copy of its \
+         kms.redb";
+
+    // ---- invalid argument
+    /// A request that does not decode as its method's message.
+    MessageUndecodable => "MESSAGE_UNDECODABLE",
+        "not a valid protobuf encoding of this method's message";
+    /// A string or bytes field over its cap of 32 bytes (README "API limits").
+    LongerThan32Bytes => "FIELD_TOO_LONG", "longer than 32 bytes";
+    /// A string or bytes field over its cap of 64 bytes.
+    LongerThan64Bytes => "FIELD_TOO_LONG", "longer than 64 bytes";
+    /// A string field over its cap of 128 bytes.
+    LongerThan128Bytes => "FIELD_TOO_LONG", "longer than 128 bytes";
+    /// A string field over its cap of 512 bytes.
+    LongerThan512Bytes => "FIELD_TOO_LONG", "longer than 512 bytes";
+    /// A string field over its cap of 800 bytes.
+    LongerThan800Bytes => "FIELD_TOO_LONG", "longer than 800 bytes";
+    /// A string field over its cap of 256 KiB.
+    LongerThan256KiB => "FIELD_TOO_LONG", "longer than 256 KiB";
+    /// A repeated field over its cap of 9 entries.
+    MoreThan9Entries => "TOO_MANY_ENTRIES", "more than 9 entries";
+    /// A repeated field over its cap of 64 entries.
+    MoreThan64Entries => "TOO_MANY_ENTRIES", "more than 64 entries";
+    /// A repeated field over its cap of 10000 entries.
+    MoreThan10000Entries => "TOO_MANY_ENTRIES", "more than 10000 entries";
+    /// More keys named (or challenged) than the template has.
+    MoreEntriesThanKeys => "MORE_ENTRIES_THAN_KEYS", "more entries than the template has keys";
+    /// A key named twice in one request.
+    KeyNamedTwice => "KEY_NAMED_TWICE", "a key is named more than once";
+    /// A required field is empty or unset (for an enum: its `*_UNSPECIFIED` zero value).
+    Required => "FIELD_REQUIRED", "required";
+    /// A root level other than national or provincial.
+    RootLevel => "ROOT_LEVEL_INVALID", "national or provincial";
+    /// A national root for a key whose chain starts at the province.
+    NationalRootNotAllowed => "NATIONAL_ROOT_NOT_ALLOWED",
+        "national roots exist only for keys whose root is national";
+    /// A transport key family other than `tdes` or `aes`.
+    TransportAlgorithm => "TRANSPORT_ALGORITHM_INVALID",
+        "tdes (TR-31 version B) or aes (version D)";
+    /// A value that must be hexadecimal is not.
+    NotHex => "NOT_HEX", "not hex";
+    /// A PSAM batch of no serial or more than 10000.
+    SerialCount => "SERIAL_COUNT_OUT_OF_RANGE", "between 1 and 10000 serials per batch";
+    /// A PSAM serial that is not 1..=32 of `[0-9A-Za-z]`.
+    SerialMalformed => "SERIAL_MALFORMED", "a serial is 1..=32 of [0-9A-Za-z]";
+    /// Secure-messaging delivery with no key to write.
+    ChallengesRequired => "CHALLENGES_REQUIRED", "at least one key and card challenge is needed";
+    /// A card whose issuing region is the province, not a city.
+    IssuingRegionNotACity => "ISSUING_REGION_NOT_A_CITY", "the issuing region must be a city";
+    /// A `serve` configuration file that does not parse (command line only).
+    ConfigInvalid => "CONFIG_INVALID",
+        "not a valid sscard-kms configuration (details in the log)";
+    /// A listen address that is not `host:port` (command line only).
+    NotASocketAddress => "NOT_A_SOCKET_ADDRESS", "not a socket address";
+    /// A `[limits]` value of the `serve` configuration out of its range (command line only).
+    Between100And60000 => "CONFIG_OUT_OF_RANGE", "between 100 and 60000";
+    /// A `[limits]` value out of its range (command line only).
+    Between1And65536 => "CONFIG_OUT_OF_RANGE", "between 1 and 65536";
+    /// A `[limits]` value out of its range (command line only).
+    Between1And1000000 => "CONFIG_OUT_OF_RANGE", "between 1 and 1000000";
+    /// A `[limits]` value out of its range (command line only).
+    Between1And1024 => "CONFIG_OUT_OF_RANGE", "between 1 and 1024";
+    /// A `[limits]` value out of its range (command line only).
+    Between100And600000 => "CONFIG_OUT_OF_RANGE", "between 100 and 600000";
+    /// An HSM endpoint given for a configuration whose HSM is local (command line only).
+    EndpointForLocalHsm => "ENDPOINT_FOR_LOCAL_HSM", "set, but the configured HSM is local";
+    /// An unknown dispersion method name (`kms-ceremony calc` only).
+    DispersionMethod => "DISPERSION_METHOD_INVALID",
+        "expected pboc-tdes, pboc-des, sm4-f-notf-v1 or emv-option-a";
+    /// A file that is not an audit checkpoint (`kms-ceremony audit verify --checkpoint` only).
+    CheckpointFile => "AUDIT_CHECKPOINT_INVALID", "not an audit checkpoint file";
+    /// An algorithm that has no dispersion (`kms-ceremony calc` only).
+    NoDispersionForAlgorithm => "NO_DISPERSION_FOR_ALGORITHM",
+        "no dispersion is defined for this algorithm";
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+/// What a [`Error::NotFound`] or [`Error::AlreadyExists`] names. The reason code is the
+/// resource's [`code`](Resource::code) followed by `_NOT_FOUND` or `_ALREADY_EXISTS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Resource {
+    /// A card of the registry (by its card identifier).
+    Card,
+    /// A card's identifier (卡识别码), as registered.
+    CardIdentifier,
+    /// A card number (卡号), as registered.
+    CardNumber,
+    /// A live (not blacklisted) card for the same social security number.
+    LiveCardForSsn,
+    /// A loaded card template.
+    CardTemplate,
+    /// A key name of the template.
+    TemplateKey,
+    /// The key a template names as another key's protector.
+    ProtectingKey,
+    /// A registered PSAM.
+    Psam,
+    /// A PSAM serial, as registered.
+    PsamSerial,
+    /// The service's audit key.
+    AuditKey,
+    /// A published test root of `dev/test-keys.toml`.
+    PublishedTestRoot,
+}
+
+impl Resource {
+    /// Every resource, in declaration order.
+    pub const ALL: &[Resource] = &[
+        Resource::Card,
+        Resource::CardIdentifier,
+        Resource::CardNumber,
+        Resource::LiveCardForSsn,
+        Resource::CardTemplate,
+        Resource::TemplateKey,
+        Resource::ProtectingKey,
+        Resource::Psam,
+        Resource::PsamSerial,
+        Resource::AuditKey,
+        Resource::PublishedTestRoot,
+    ];
+
+    /// The stem of the reason code.
+    pub const fn code(self) -> &'static str {
+        match self {
+            Resource::Card => "CARD",
+            Resource::CardIdentifier => "CARD_IDENTIFIER",
+            Resource::CardNumber => "CARD_NUMBER",
+            Resource::LiveCardForSsn => "LIVE_CARD_FOR_SSN",
+            Resource::CardTemplate => "TEMPLATE",
+            Resource::TemplateKey => "TEMPLATE_KEY",
+            Resource::ProtectingKey => "PROTECTING_KEY",
+            Resource::Psam => "PSAM",
+            Resource::PsamSerial => "PSAM_SERIAL",
+            Resource::AuditKey => "AUDIT_KEY",
+            Resource::PublishedTestRoot => "PUBLISHED_TEST_ROOT",
+        }
+    }
+
+    /// The human name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Resource::Card => "card",
+            Resource::CardIdentifier => "card identifier",
+            Resource::CardNumber => "card number",
+            Resource::LiveCardForSsn => "a live card for this social security number",
+            Resource::CardTemplate => "card template",
+            Resource::TemplateKey => "template key",
+            Resource::ProtectingKey => "protecting key",
+            Resource::Psam => "PSAM",
+            Resource::PsamSerial => "PSAM serial",
+            Resource::AuditKey => "audit key",
+            Resource::PublishedTestRoot => "published test root of a template key",
+        }
+    }
+}
+
+impl std::fmt::Display for Resource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// Result with the crate's [`Error`].

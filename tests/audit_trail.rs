@@ -1,6 +1,9 @@
 //! The audit trail after real traffic: offline verification (hash chain, and every seal's MAC
 //! through the HSM's audit key), then edits made directly in the redb file — an edited record,
-//! the same record re-hashed, the whole tail re-hashed with the seal heads — each caught.
+//! the same record re-hashed, the whole tail re-hashed with the seal heads and the store's head
+//! — each caught. A trail cut short: caught by the store's head, by the unsealed tail, and —
+//! when the cut is at a seal and the head rewritten to match — by an auditor's checkpoint.
+//! Seals skipped while the HSM is sealed: one gap record in the chain, closed by the next seal.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,9 +12,9 @@ use hsm_api::{Hsm, KeyToken};
 use hsm_sim::local::LocalHsm;
 use redb::{ReadableTable as _, TableDefinition};
 use sscard_kms::card::template::KeyLevel;
-use sscard_kms::ceremony::audit::{Report, verify};
+use sscard_kms::ceremony::audit::{Report, verify, verify_against};
 use sscard_kms::proto::kms::v1 as pb;
-use sscard_kms::state::audit::{AuditRecord, AuditSeal, ChainBreak, record_hash};
+use sscard_kms::state::audit::{AuditCheckpoint, AuditRecord, AuditSeal, ChainBreak, record_hash};
 use sscard_kms::state::store::DB_FILE;
 use tonic::Code;
 
@@ -22,6 +25,7 @@ use crate::common::harness::{
 
 const AUDIT: TableDefinition<'static, u64, &'static [u8]> = TableDefinition::new("audit");
 const SEALS: TableDefinition<'static, u64, &'static [u8]> = TableDefinition::new("audit_seals");
+const META: TableDefinition<'static, &'static str, &'static [u8]> = TableDefinition::new("meta");
 
 /// `verify` with every seal's MAC checked by the HSM under the audit key. The checker blocks on
 /// the test's runtime, so it runs on a blocking thread.
@@ -76,6 +80,36 @@ fn edit_seals(dir: &Path, from: u64, mut edit: impl FnMut(&mut AuditSeal)) {
             edit(&mut seal);
             let bytes = serde_json::to_vec(&seal).unwrap();
             table.insert(seq, bytes.as_slice()).unwrap();
+        }
+    }
+    txn.commit().unwrap();
+}
+
+/// Rewrites the store's head (`meta/audit_head`) to name record `seq` with hash `hash`.
+fn set_head(dir: &Path, seq: u64, hash: &str) {
+    let db = redb::Database::open(dir.join(DB_FILE)).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let mut meta = txn.open_table(META).unwrap();
+        let head = serde_json::json!({ "next_seq": seq + 1, "last_hash": hash }).to_string();
+        meta.insert("audit_head", head.as_bytes()).unwrap();
+    }
+    txn.commit().unwrap();
+}
+
+/// Removes every record and seal from `from` on, as an attacker cutting the trail short.
+fn cut(dir: &Path, from: u64) {
+    let db = redb::Database::open(dir.join(DB_FILE)).unwrap();
+    let txn = db.begin_write().unwrap();
+    for def in [AUDIT, SEALS] {
+        let mut table = txn.open_table(def).unwrap();
+        let seqs: Vec<u64> = table
+            .range(from..)
+            .unwrap()
+            .map(|entry| entry.unwrap().0.value())
+            .collect();
+        for seq in seqs {
+            table.remove(seq).unwrap();
         }
     }
     txn.commit().unwrap();
@@ -219,6 +253,15 @@ async fn the_trail_verifies_offline_and_every_edit_is_caught() {
         new_hashes.insert(r.seq, r.hash.clone());
     });
     edit_seals(&dir, n, |s| s.head = new_hashes[&s.seq].clone());
+    // The store's own head still names the old last record.
+    assert_eq!(
+        verify(&dir, None).unwrap().broken,
+        Some(ChainBreak::Head {
+            head: last,
+            chain_end: last
+        })
+    );
+    set_head(&dir, last, &new_hashes[&last]);
     assert_eq!(verify(&dir, None).unwrap().broken, None);
     let report = verify_with_macs(&dir, &hsm, &audit_key).await;
     assert_eq!(
@@ -229,4 +272,202 @@ async fn the_trail_verifies_offline_and_every_edit_is_caught() {
         "{}",
         report.render()
     );
+}
+
+/// A checkpoint from the service, as an auditor takes it.
+async fn checkpoint(kms: &TestKms<LocalHsm>) -> AuditCheckpoint {
+    let mut auditor = kms.client("sscard://auditor/auditor-1");
+    let c = auditor
+        .admin
+        .get_audit_checkpoint(pb::GetAuditCheckpointRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    AuditCheckpoint {
+        seq: c.seq,
+        head: c.head,
+        time_ms: c.time_ms,
+        mac: c.mac,
+    }
+}
+
+/// `verify_against` with every MAC checked by the HSM.
+async fn verify_checkpoint(
+    dir: &Path,
+    hsm: &Arc<LocalHsm>,
+    audit_key: &KeyToken,
+    checkpoint: &AuditCheckpoint,
+) -> Report {
+    let (dir, hsm, key, cp) = (
+        dir.to_owned(),
+        Arc::clone(hsm),
+        audit_key.clone(),
+        checkpoint.clone(),
+    );
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let check = |message: &[u8], mac: &[u8]| -> bool {
+            runtime.block_on(hsm.verify_mac(&key, message, mac)).is_ok()
+        };
+        verify_against(&dir, Some(&check), Some(&cp)).unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trail_cut_short_is_caught_by_the_head_the_tail_or_a_checkpoint() {
+    let mut kms = TestKms::seeded().await;
+    let keys = published();
+    let mut station = kms.client(STATION);
+    let inject = tr31_request(card_identity(&keys.card[0], &atr()), &keys.card[0].template);
+    // One commit (and one seal) per request: the requests are sequential.
+    for _ in 0..3 {
+        station.card.inject_card_keys(inject.clone()).await.unwrap();
+    }
+    let cp = checkpoint(&kms).await;
+    for _ in 0..3 {
+        station.card.inject_card_keys(inject.clone()).await.unwrap();
+    }
+    // A checkpoint is only taken by auditors and officers, and that is audited.
+    let refused = station
+        .admin
+        .get_audit_checkpoint(pb::GetAuditCheckpointRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let hsm = Arc::clone(kms.hsm());
+    let audit_key = kms.kms().audit_key().expect("the audit key exists");
+    kms.close().await;
+    let dir = kms.dir().to_owned();
+    let (records, seals) = read_trail(&dir);
+    let last = records.last().unwrap().seq;
+    assert_eq!(seals.last().unwrap().seq, last, "every commit sealed");
+    assert!(cp.seq < last - 3, "{} {last}", cp.seq);
+    let taken = records
+        .iter()
+        .find(|r| r.action == "audit-checkpoint")
+        .unwrap();
+    assert_eq!(taken.seq, cp.seq + 1);
+    assert_eq!(taken.subject, format!("checkpoint of record {}", cp.seq));
+
+    // Intact, and it reaches the checkpoint, whose MAC the HSM confirms.
+    let report = verify_checkpoint(&dir, &hsm, &audit_key, &cp).await;
+    assert_eq!(report.broken, None, "{}", report.render());
+    assert_eq!(report.checkpoint, Some((cp.seq, true)));
+    assert!(report.render().ends_with("INTACT\n"), "{}", report.render());
+
+    // 1. The last record and its seal removed: the store's head still names it.
+    cut(&dir, last);
+    let report = verify(&dir, None).unwrap();
+    assert_eq!(
+        report.broken,
+        Some(ChainBreak::Head {
+            head: last,
+            chain_end: last - 1
+        }),
+        "{}",
+        report.render()
+    );
+
+    // 2. The head rewritten to match: the chain and its seals now end at a seal — only an
+    //    anchor outside the store can tell. Cut back to before the checkpoint's record.
+    cut(&dir, cp.seq);
+    let end = &records[usize::try_from(cp.seq).unwrap() - 2];
+    set_head(&dir, end.seq, &end.hash);
+    let report = verify(&dir, None).unwrap();
+    assert_eq!(report.broken, None, "undetectable from the store alone");
+    let report = verify_checkpoint(&dir, &hsm, &audit_key, &cp).await;
+    assert_eq!(
+        report.broken,
+        Some(ChainBreak::Truncated {
+            seq: cp.seq,
+            chain_end: cp.seq - 1
+        }),
+        "{}",
+        report.render()
+    );
+
+    // 3. A forged checkpoint (another head, its MAC not the HSM's) is refused too.
+    let mut forged = cp.clone();
+    forged.seq = end.seq;
+    forged.head = end.hash.clone();
+    let report = verify_checkpoint(&dir, &hsm, &audit_key, &forged).await;
+    assert_eq!(
+        report.broken,
+        Some(ChainBreak::CheckpointMac { seq: end.seq }),
+        "{}",
+        report.render()
+    );
+
+    // 4. Seals removed above a record, records and head kept: an unsealed tail, not INTACT.
+    let tail_from = end.seq - 2;
+    {
+        let db = redb::Database::open(dir.join(DB_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(SEALS).unwrap();
+            for seq in tail_from..=end.seq {
+                table.remove(seq).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+    let report = verify(&dir, None).unwrap();
+    assert_eq!(report.broken, None);
+    assert_eq!(report.unsealed_tail, 3);
+    assert!(
+        report.render().ends_with(
+            "UNSEALED: the last 3 records are not covered by an HSM seal (no gap record says why)\n"
+        ),
+        "{}",
+        report.render()
+    );
+    assert!(sscard_kms::ceremony::audit::verdict(&report).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seals_skipped_while_the_hsm_is_sealed_leave_one_gap_record() {
+    let mut kms = TestKms::seeded().await;
+    let keys = published();
+    let mut station = kms.client(STATION);
+    let inject = tr31_request(card_identity(&keys.card[0], &atr()), &keys.card[0].template);
+    let before = kms.audit_trail().len();
+    kms.hsm().seal().await.unwrap();
+    for _ in 0..3 {
+        let refused = station
+            .card
+            .inject_card_keys(inject.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    }
+    let trail = kms.audit_trail();
+    let new = &trail[before..];
+    assert_eq!(new.len(), 4, "three refusals and one gap record: {new:?}");
+    let gap = &new[1];
+    assert_eq!(gap.action, "audit-seal-gap");
+    assert_eq!(gap.actor, "system");
+    assert_eq!(
+        gap.subject,
+        format!("records from {} on are not sealed by the HSM", new[0].seq)
+    );
+    assert_eq!(
+        gap.outcome,
+        "seal skipped: the HSM refused to MAC (sealed or unavailable)"
+    );
+    kms.close().await;
+    let report = verify(kms.dir(), None).unwrap();
+    assert_eq!(report.broken, None);
+    assert_eq!(report.unsealed_tail, 4);
+    assert_eq!(report.seal_gaps, 1);
+    assert!(report.tail_explained, "{}", report.render());
+
+    // Open again on an operational HSM (the same test LMK): the open seals the tail at once.
+    kms.reopen(crate::common::harness::local_hsm()).await;
+    kms.close().await;
+    let report = verify(kms.dir(), None).unwrap();
+    assert_eq!(report.broken, None);
+    assert_eq!(report.unsealed_tail, 0, "{}", report.render());
+    assert_eq!(report.seal_gaps, 1);
 }

@@ -174,6 +174,14 @@ impl Process {
         self.wait()
     }
 
+    /// Kills the process with SIGKILL (no handler runs, nothing is flushed or closed) and reaps
+    /// it.
+    fn kill(mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("SIGKILL is sent");
+        child.wait().expect("the child is reaped")
+    }
+
     /// Waits for the process to end on its own: reads stdout to its end (the child closes it
     /// when it exits), then reaps it.
     fn wait(mut self) -> Exited {
@@ -330,10 +338,74 @@ async fn dev_serves_the_demo_card_stops_on_sigterm_and_restarts_on_its_data() {
     let data_line = dev.line_containing("data ");
     assert!(data_line.ends_with("(seeded now)"), "{data_line}");
     let first = inject_demo_card(addr, &pki).await;
+    // An auditor anchors the trail outside the service while it runs.
+    let checkpoint = data.path().join("checkpoint.json");
+    let server = format!("https://{addr}");
+    let pem = |name: &str| pki.join(name).to_str().unwrap().to_owned();
+    let out = ceremony(
+        &[
+            "audit",
+            "checkpoint",
+            "--server",
+            &server,
+            "--ca",
+            &pem("ca.pem"),
+            "--cert",
+            &pem("auditor.pem"),
+            "--key",
+            &pem("auditor.key"),
+            "--out",
+            path_arg(&checkpoint),
+        ],
+        "",
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.last_line().starts_with("checkpoint of record "),
+        "{out:?}"
+    );
+    // A station may not take one.
+    let out = ceremony(
+        &[
+            "audit",
+            "checkpoint",
+            "--server",
+            &server,
+            "--ca",
+            &pem("ca.pem"),
+            "--cert",
+            &pem("station.pem"),
+            "--key",
+            &pem("station.key"),
+            "--out",
+            path_arg(&data.path().join("no.json")),
+        ],
+        "",
+    );
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("role may not perform this operation"),
+        "{out:?}"
+    );
 
     let exited = dev.terminate();
     assert!(exited.status.success(), "{exited:?}");
     let macs = audit_intact(&data.path().join("store"));
+    let out = ceremony(
+        &[
+            "audit",
+            "verify",
+            "--data-dir",
+            path_arg(&data.path().join("store")),
+            "--dangerous-test-lmk",
+            "--checkpoint",
+            path_arg(&checkpoint),
+        ],
+        "",
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.last_line(), "INTACT", "{out:?}");
+    assert!(out.stdout.contains(": its MAC checked"), "{out:?}");
 
     // Same data directory: the store is reused, not seeded again, and the same keys come back.
     let started = Instant::now();
@@ -348,6 +420,100 @@ async fn dev_serves_the_demo_card_stops_on_sigterm_and_restarts_on_its_data() {
     assert!(exited.status.success(), "{exited:?}");
     assert!(audit_intact(&data.path().join("store")) > macs);
     eprintln!("dev: first start (seeding) {seeded_in:?}, restart {restarted_in:?}");
+}
+
+/// How many releases are acknowledged before the kill.
+const ACKED_BEFORE_KILL: usize = 60;
+/// Injections in flight at once.
+const IN_FLIGHT: usize = 8;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_loses_no_acknowledged_release_and_the_crashed_store_verifies() {
+    let data = tempfile::tempdir().unwrap();
+    let pki = data.path().join("pki");
+    let store = data.path().join("store");
+    let listen = ["dev", "--listen", "127.0.0.1:0", "--data-dir"];
+    let args: Vec<&str> = listen.into_iter().chain([path_arg(data.path())]).collect();
+    let mut dev = sscard_kms(&args);
+    let addr = dev.listening_on();
+
+    // Injections in flight from one station connection, each acknowledged one counted.
+    let keys = published();
+    let demo = &keys.card[0];
+    let mut request = tr31_request(card_identity(demo, &atr()), &demo.template);
+    request.key_names = vec!["STK_SSSE".to_owned()];
+    let station = CardKeyServiceClient::new(channel(addr, &pki, &role(STATION)));
+    let (acks, mut acked) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut tasks = Vec::new();
+    for _ in 0..IN_FLIGHT {
+        let (mut station, request, acks) = (station.clone(), request.clone(), acks.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut mine = 0usize;
+            // Until the server dies under us: every Ok is an acknowledged release.
+            while station.inject_card_keys(request.clone()).await.is_ok() {
+                mine += 1;
+                let _ = acks.send(());
+            }
+            mine
+        }));
+    }
+    drop(acks);
+    for _ in 0..ACKED_BEFORE_KILL {
+        acked.recv().await.expect("the injections run");
+    }
+    let status = dev.kill();
+    assert!(!status.success(), "{status:?}");
+    let mut acknowledged = 0;
+    for t in tasks {
+        acknowledged += t.await.unwrap();
+    }
+    assert!(acknowledged >= ACKED_BEFORE_KILL);
+
+    // The crashed store, exactly as left: verified (through a repaired copy), every seal's MAC
+    // checked.
+    let out = ceremony(
+        &[
+            "audit",
+            "verify",
+            "--data-dir",
+            path_arg(&store),
+            "--dangerous-test-lmk",
+        ],
+        "",
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.last_line(), "INTACT", "{out:?}");
+    assert!(
+        out.stdout.starts_with("store not closed cleanly"),
+        "{out:?}"
+    );
+    // Every acknowledged release is on record (a release committed but not answered may be
+    // there too).
+    let (records, _) = sscard_kms::state::store::Store::open_read_only(&store)
+        .unwrap()
+        .audit_trail()
+        .unwrap();
+    let released = records
+        .iter()
+        .filter(|r| r.action == "inject-card-keys" && r.outcome == "ok")
+        .count();
+    assert!(
+        released >= acknowledged,
+        "{released} releases on record, {acknowledged} acknowledged"
+    );
+    assert!(
+        released <= acknowledged + IN_FLIGHT,
+        "{released} {acknowledged}"
+    );
+
+    // The next start opens the same store (redb repairs it) and serves.
+    let mut dev = sscard_kms(&args);
+    let addr = dev.listening_on();
+    let mut station = CardKeyServiceClient::new(channel(addr, &pki, &role(STATION)));
+    station.inject_card_keys(request).await.unwrap();
+    let exited = dev.terminate();
+    assert!(exited.status.success(), "{exited:?}");
+    eprintln!("SIGKILL under load: {acknowledged} acknowledged, {released} on record");
 }
 
 /// `GET /metrics` over a real TCP connection (HTTP/1.1, `Connection: close`): the body.
@@ -641,6 +807,7 @@ async fn serve_with_a_local_hsm_starts_sealed_and_is_unsealed_by_two_custodians(
     drop(officer);
     let exited = kms.terminate();
     assert!(exited.status.success(), "{exited:?}");
+    unseals_on_record(&deployment.dir.path().join("data/store"));
 
     // The LMK is never stored: a restart is sealed again; the template is still there; the
     // other two custodians unseal it (the same LMK, rebuilt from another pair of shares).
@@ -656,6 +823,57 @@ async fn serve_with_a_local_hsm_starts_sealed_and_is_unsealed_by_two_custodians(
     drop(officer);
     let exited = kms.terminate();
     assert!(exited.status.success(), "{exited:?}");
+}
+
+/// The trail of a `serve` store after unsealing: every share went to the HSM only once its
+/// submission was on record; the operational unseal and the new audit key are one commit, the
+/// first sealed; the records from before the key are in one gap; the trail verifies INTACT.
+fn unseals_on_record(store: &Path) {
+    let (records, seals) = sscard_kms::state::store::Store::open_read_only(store)
+        .unwrap()
+        .audit_trail()
+        .unwrap();
+    let actions: Vec<&str> = records.iter().map(|r| r.action.as_str()).collect();
+    for (i, r) in records.iter().enumerate() {
+        let answered = r.action == "unseal-hsm" && r.outcome == "ok"
+            || r.action == "administer" && r.subject == "unseal-hsm" && r.actor.contains("officer");
+        if answered {
+            // The same commit may first store the new audit key.
+            let before = actions[..i]
+                .iter()
+                .rev()
+                .find(|a| **a != "create-audit-key");
+            assert_eq!(before, Some(&"unseal-hsm-submit"), "{actions:?}");
+        }
+    }
+    let key = records
+        .iter()
+        .position(|r| r.action == "create-audit-key")
+        .unwrap();
+    let unsealed = &records[key + 1];
+    assert_eq!(unsealed.action, "unseal-hsm");
+    assert!(
+        unsealed.subject.ends_with("HSM operational"),
+        "{unsealed:?}"
+    );
+    assert_eq!(unsealed.time_ms, records[key].time_ms, "one commit");
+    assert_eq!(
+        seals.first().unwrap().seq,
+        unsealed.seq,
+        "the first seal is that commit's"
+    );
+    let gaps: Vec<_> = records
+        .iter()
+        .filter(|r| r.action == "audit-seal-gap")
+        .collect();
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    assert_eq!(
+        gaps[0].subject,
+        "records from 1 on are not sealed by the HSM"
+    );
+    let out = ceremony(&["audit", "verify", "--data-dir", path_arg(store)], "");
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.last_line(), "INTACT", "{out:?}");
 }
 
 // ------------------------------------------------------------------------- fail closed

@@ -6,7 +6,9 @@
 //!   restarts on its data without re-seeding; `serve` with a local HSM starts sealed, is unsealed
 //!   by two custodians' shares from `hsm init` (officer only; bad shares refused) and is sealed
 //!   again after a restart; `serve` without a proper client CA and a second or 1-of-n `hsm init`
-//!   are refused.
+//!   are refused; `dev` SIGKILLed under concurrent injections: every acknowledged release is on
+//!   record, the crashed store verifies INTACT with `kms-ceremony audit verify` (through a
+//!   repaired copy) and the next start serves.
 //!
 //! The key service over real mutual TLS on 127.0.0.1 (each test on its own copy of a data
 //! directory seeded once with the published test keys):
@@ -20,6 +22,11 @@
 //! - `refusals`: wrong region, wrong role, foreign CA, no client certificate, registry states
 //!   (not accepted, blacklisted, unknown), malformed identifiers, duplicate card number,
 //!   another ATR, the HSM sealed — each with its exact code and reason, and audited.
+//! - `reason_codes`: every reason code README marks `mTLS` provoked over the API, each arriving
+//!   as a `google.rpc.ErrorInfo` (domain `sscard-kms`) in the status details with its gRPC code.
+//! - `health`: gRPC health of "" and the four KMS services NOT_SERVING while the HSM is sealed,
+//!   SERVING once `UnsealHsm` reaches the threshold, NOT_SERVING again after a seal — awaited on
+//!   `Watch` streams.
 //! - `remote_hsm`: the service on `hsm_sim::remote` over its own mTLS: an HSM outage is
 //!   UNAVAILABLE, and the same service works again once the HSM is back on the same port.
 //! - `rotation`: a new national root (version 2) serves new cards; a card issued under
@@ -28,6 +35,11 @@
 //!   KCVs) and the audit chain carry over; nothing is seeded again.
 //! - `audit_trail`: offline verification with every seal's MAC checked by the HSM; an edited
 //!   record, a re-hashed record and a re-hashed tail (seal heads moved) each caught.
+//! - `hostile`: key lists capped at the template and without repeats; every list and string
+//!   capped before the service (nothing audited); a 4 MiB refusal subject recorded bounded; raw
+//!   malformed protobuf as INVALID_ARGUMENT; an unknown card and mismatching data answered
+//!   alike (the audit keeps which); silent TLS handshakes closed at the timeout, a connection
+//!   over the cap closed at once, an identity over its rate refused with a retry pushback.
 //! - `leaks`: no clear key in any response, refusal, audit record, log line or the database.
 //!
 //! Shared helpers are in `common/` (`harness`: the service on 127.0.0.1 over real mutual TLS;
@@ -39,8 +51,11 @@ mod binaries;
 mod calc;
 mod common;
 mod delivery;
+mod health;
+mod hostile;
 mod leaks;
 mod psam;
+mod reason_codes;
 mod refusals;
 mod remote_hsm;
 mod restart;

@@ -263,7 +263,7 @@ async fn cards_and_requests_the_registry_does_not_allow_are_refused_and_audited(
     let unknown = new_card("00000000000A0002", "GZ100002", "44010319930303123");
     kms.refused(
         Code::NotFound,
-        "card not found",
+        "no registered card matches these identifiers",
         station
             .card
             .inject_card_keys(tr31_request(unknown.clone(), "ssc-2.0")),

@@ -23,7 +23,7 @@ use tonic::Code;
 
 use crate::common::chain::{atr, published};
 use crate::common::harness::{
-    PSAM_LINE, STATION, TestKms, card_identity, local_hsm, sm_request, tr31_request,
+    PSAM_LINE, STATION, TestKms, card_identity, local_hsm, reason, sm_request, tr31_request,
 };
 
 /// The `hsm-sim` service in this process.
@@ -104,12 +104,19 @@ async fn an_hsm_outage_is_unavailable_and_the_service_recovers_without_restart()
     // The HSM goes away: the station is told to come back later, and the refusal is audited
     // (unsealed: the audit key is in the HSM that is gone).
     process.stop().await;
-    kms.refused(
-        Code::Unavailable,
-        "the HSM is unavailable",
-        station.card.inject_card_keys(request()),
-    )
-    .await;
+    let refused = kms
+        .refused(
+            Code::Unavailable,
+            "the HSM is unavailable",
+            station.card.inject_card_keys(request()),
+        )
+        .await;
+    // The reason code README lists for it (marked `mTLS (remote_hsm)`).
+    assert_eq!(reason(&refused), "HSM_UNAVAILABLE");
+    assert_eq!(
+        crate::common::readme::tested("HSM_UNAVAILABLE"),
+        "mTLS (remote_hsm)"
+    );
 
     // The HSM comes back on the same address; the same service, not restarted, serves again.
     let listener = TcpListener::bind(addr)

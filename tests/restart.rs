@@ -131,3 +131,121 @@ async fn a_restart_keeps_cards_blacklist_keys_and_the_audit_chain() {
     assert_eq!(report.records, trail_after.len());
     assert!(report.seals > 0);
 }
+
+/// Shenzhen's extension of ssc-2.0 (N9): two keys of its own in DF06.
+const SHENZHEN: &str = r#"id = "ssc-2.0-440300"
+version = 1
+generation = "2.0"
+algorithm = "tdes"
+dispersion = "pboc-tdes"
+extends = "ssc-2.0"
+region = "440300"
+
+[[key]]
+name = "MK_DF06"
+directory = "DF06"
+key_id = 0x00
+key_version = 0x01
+type = 0x39
+length = 16
+error_counter = 0x33
+protected_by = "MK_SSSE"
+root = "provincial"
+"#;
+
+/// A key in the slot of Shenzhen's MK_DF06, under another name.
+const DF06_KEY: &str = r#"
+[[key]]
+name = "MK_DF06_BASE"
+directory = "DF06"
+key_id = 0x00
+key_version = 0x01
+type = 0x39
+length = 16
+error_counter = 0x33
+protected_by = "MK_SSSE"
+root = "provincial"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_base_revision_that_breaks_a_stored_extension_is_refused_when_it_is_loaded() {
+    let mut kms = TestKms::seeded().await;
+    let mut officer = kms.client(crate::common::harness::OFFICER);
+    let load = |toml: String| pb::LoadTemplateRequest { toml };
+    officer
+        .admin
+        .load_template(load(SHENZHEN.to_owned()))
+        .await
+        .unwrap();
+    let base = sscard_kms::card::template::SSC_2_0;
+    assert_eq!(base.matches("\nversion = 1\n").count(), 1);
+    // Revision 2 of the base takes the slot the extension uses: refused now.
+    let clashing = base.replace("\nversion = 1\n", "\nversion = 2\n") + DF06_KEY;
+    let refused = kms
+        .refused(
+            Code::FailedPrecondition,
+            "a loaded city extension does not extend this revision",
+            officer.admin.load_template(load(clashing)),
+        )
+        .await;
+    assert_eq!(
+        crate::common::harness::reason(&refused),
+        "EXTENSION_OF_OTHER_REVISION"
+    );
+    assert_eq!(
+        crate::common::readme::tested("EXTENSION_OF_OTHER_REVISION"),
+        "mTLS (restart)"
+    );
+    // A revision that fits is loaded.
+    let fitting = base.replace("\nversion = 1\n", "\nversion = 2\n");
+    let summary = officer
+        .admin
+        .load_template(load(fitting))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(summary.version, 2);
+    // And the next start opens the store (it would not, had the clashing revision been kept).
+    kms.close().await;
+    kms.reopen(local_hsm()).await;
+    let mut officer = kms.client(crate::common::harness::OFFICER);
+    let status = officer
+        .admin
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        status.templates.contains(&"ssc-2.0-440300".to_owned()),
+        "{status:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_left_by_a_crash_is_verified_through_a_repaired_copy() {
+    let kms = TestKms::seeded().await;
+    let mut station = kms.client(STATION);
+    let demo = &published().card[0];
+    station
+        .card
+        .inject_card_keys(tr31_request(card_identity(demo, &atr()), &demo.template))
+        .await
+        .unwrap();
+    // The file as a crash leaves it: copied while the service holds it open.
+    let crashed = tempfile::tempdir().unwrap();
+    let file = crashed.path().join(sscard_kms::state::store::DB_FILE);
+    std::fs::copy(kms.dir().join(sscard_kms::state::store::DB_FILE), &file).unwrap();
+    let before = std::fs::read(&file).unwrap();
+    let report = sscard_kms::ceremony::audit::verify(crashed.path(), None).unwrap();
+    assert!(report.repaired_copy, "{}", report.render());
+    assert!(report.render().ends_with("INTACT\n"), "{}", report.render());
+    assert!(report.render().starts_with("store not closed cleanly"));
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        before,
+        "the original is not written to"
+    );
+    // The store a running server holds: refused, saying what to do.
+    let err = sscard_kms::ceremony::audit::verify(kms.dir(), None).unwrap_err();
+    assert!(err.to_string().contains("stop the server first"), "{err}");
+}

@@ -12,6 +12,7 @@
 //! | register / accept / blacklist / get card | – | – | own region | – | – | – |
 //! | administration (templates, roots, hierarchy, endpoints, keys) | – | – | – | yes | – | – |
 //! | service status | – | – | – | yes | yes | – |
+//! | audit checkpoint | – | – | – | yes | yes | – |
 //!
 //! "Own region": a city caller acts on its city only; a province-level caller (the provincial
 //! card centre, `440000`) on every city of its province. Nobody gets a clear key: no operation
@@ -19,7 +20,7 @@
 
 use crate::access::identity::{Identity, Role};
 use crate::card::region::Region;
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 
 /// Every operation of the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -34,11 +35,12 @@ pub enum Operation {
     GetCard,
     Administer,
     GetStatus,
+    AuditCheckpoint,
 }
 
 impl Operation {
     /// Every operation, for tests that walk the matrix.
-    pub const ALL: [Operation; 10] = [
+    pub const ALL: [Operation; 11] = [
         Operation::InjectCardKeys,
         Operation::InitialiseBlankCard,
         Operation::RegisterPsams,
@@ -49,6 +51,7 @@ impl Operation {
         Operation::GetCard,
         Operation::Administer,
         Operation::GetStatus,
+        Operation::AuditCheckpoint,
     ];
 
     /// The name used in audit records.
@@ -64,6 +67,7 @@ impl Operation {
             Operation::GetCard => "get-card",
             Operation::Administer => "administer",
             Operation::GetStatus => "get-status",
+            Operation::AuditCheckpoint => "audit-checkpoint",
         }
     }
 }
@@ -79,8 +83,11 @@ pub const fn allowed(role: Role, op: Operation) -> bool {
                 Role::Registrar,
                 O::RegisterCard | O::AcceptCard | O::BlacklistCard | O::GetCard
             )
-            | (Role::Officer, O::Administer | O::GetStatus)
-            | (Role::Auditor, O::GetStatus)
+            | (
+                Role::Officer,
+                O::Administer | O::GetStatus | O::AuditCheckpoint
+            )
+            | (Role::Auditor, O::GetStatus | O::AuditCheckpoint)
     )
 }
 
@@ -90,7 +97,7 @@ pub fn authorize(caller: &Identity, op: Operation) -> Result<()> {
         Ok(())
     } else {
         Err(Error::PermissionDenied {
-            reason: "role may not perform this operation",
+            reason: Refusal::RoleNotAllowed,
         })
     }
 }
@@ -100,14 +107,14 @@ pub fn authorize(caller: &Identity, op: Operation) -> Result<()> {
 pub fn authorize_region(caller: &Identity, target: &str) -> Result<()> {
     let Some(own) = caller.region() else {
         return Err(Error::PermissionDenied {
-            reason: "caller has no region",
+            reason: Refusal::CallerHasNoRegion,
         });
     };
     if covers(own, target) {
         Ok(())
     } else {
         Err(Error::PermissionDenied {
-            reason: "target is outside the caller's region",
+            reason: Refusal::OutsideCallerRegion,
         })
     }
 }
@@ -142,8 +149,11 @@ mod tests {
                 Role::Registrar,
                 &[O::RegisterCard, O::AcceptCard, O::BlacklistCard, O::GetCard],
             ),
-            (Role::Officer, &[O::Administer, O::GetStatus]),
-            (Role::Auditor, &[O::GetStatus]),
+            (
+                Role::Officer,
+                &[O::Administer, O::GetStatus, O::AuditCheckpoint],
+            ),
+            (Role::Auditor, &[O::GetStatus, O::AuditCheckpoint]),
             (Role::Service, &[]),
         ];
         for (role, ops) in expected {

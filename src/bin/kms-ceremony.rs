@@ -45,8 +45,10 @@ enum HsmCommand {
 
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
-    /// Verify the hash chain and the seals of a stopped server's store, offline. Prints the
-    /// counts and, last, INTACT or BROKEN with the first broken link (exit code 1).
+    /// Verify the hash chain, the store's head and the seals of a stopped server's store,
+    /// offline (a store left by a crash is verified through a repaired copy). Prints the
+    /// counts and, last, INTACT, UNSEALED (records after the last HSM seal) or BROKEN with the
+    /// first problem; exit code 1 unless INTACT.
     Verify {
         /// The store directory (`<data-dir>/store` for `sscard-kms dev`).
         #[arg(long)]
@@ -55,6 +57,31 @@ enum AuditCommand {
         /// (development stores only).
         #[arg(long)]
         dangerous_test_lmk: bool,
+        /// A checkpoint file from `audit checkpoint`: the chain must still reach it.
+        #[arg(long)]
+        checkpoint: Option<std::path::PathBuf>,
+    },
+    /// Ask the running service for a checkpoint of its audit chain (the head, MACed by the
+    /// HSM), as an auditor or officer over mutual TLS, and write it to a file to keep outside
+    /// the service.
+    Checkpoint {
+        /// The service, e.g. `https://kms.internal:50051`.
+        #[arg(long)]
+        server: String,
+        /// The CA of the service's certificate (PEM).
+        #[arg(long)]
+        ca: std::path::PathBuf,
+        /// The auditor's (or officer's) certificate and key (PEM).
+        #[arg(long)]
+        cert: std::path::PathBuf,
+        #[arg(long)]
+        key: std::path::PathBuf,
+        /// The name the service's certificate is for (default `localhost`).
+        #[arg(long)]
+        domain: Option<String>,
+        /// Where to write the checkpoint (JSON).
+        #[arg(long)]
+        out: std::path::PathBuf,
     },
 }
 
@@ -74,14 +101,36 @@ fn main() -> ExitCode {
             }
             Err(e) => Err(e),
         },
+        Command::Audit(AuditCommand::Checkpoint {
+            server,
+            ca,
+            cert,
+            key,
+            domain,
+            out,
+        }) => sscard_kms::access::tls::ClientTls::from_files(ca, cert, key)
+            .map(|tls| match domain {
+                Some(d) => tls.with_domain(d.clone()),
+                None => tls,
+            })
+            .and_then(|tls| audit::checkpoint(server, &tls, out)),
         Command::Audit(AuditCommand::Verify {
             data_dir,
             dangerous_test_lmk,
+            checkpoint,
         }) => {
+            let checkpoint = match checkpoint.as_deref().map(audit::read_checkpoint) {
+                Some(Ok(c)) => Some(c),
+                Some(Err(e)) => {
+                    eprintln!("kms-ceremony: {e}");
+                    return ExitCode::from(2);
+                }
+                None => None,
+            };
             let report = if *dangerous_test_lmk {
-                audit::verify_with_test_lmk(data_dir)
+                audit::verify_with_test_lmk(data_dir, checkpoint.as_ref())
             } else {
-                audit::verify(data_dir, None)
+                audit::verify_against(data_dir, None, checkpoint.as_ref())
             };
             match report {
                 Ok(report) => {

@@ -71,6 +71,36 @@ pub enum IdentifierFault {
     AtrTooLong,
 }
 
+impl IdentifierFault {
+    /// Every fault, in declaration order.
+    pub const ALL: &[IdentifierFault] = &[
+        IdentifierFault::Length,
+        IdentifierFault::Malformed,
+        IdentifierFault::CheckCharacter,
+        IdentifierFault::BirthDate,
+        IdentifierFault::UnknownRegion,
+        IdentifierFault::NotACity,
+        IdentifierFault::ProviderPart,
+        IdentifierFault::AtrTooShort,
+        IdentifierFault::AtrTooLong,
+    ];
+
+    /// The stable reason code (UPPER_SNAKE) a client branches on; the field is named beside it.
+    pub const fn code(self) -> &'static str {
+        match self {
+            IdentifierFault::Length => "IDENTIFIER_LENGTH",
+            IdentifierFault::Malformed => "IDENTIFIER_MALFORMED",
+            IdentifierFault::CheckCharacter => "IDENTIFIER_CHECK_CHARACTER",
+            IdentifierFault::BirthDate => "IDENTIFIER_BIRTH_DATE",
+            IdentifierFault::UnknownRegion => "REGION_UNKNOWN",
+            IdentifierFault::NotACity => "REGION_NOT_A_CITY",
+            IdentifierFault::ProviderPart => "IDENTIFIER_PROVIDER_PART",
+            IdentifierFault::AtrTooShort => "ATR_TOO_SHORT",
+            IdentifierFault::AtrTooLong => "ATR_TOO_LONG",
+        }
+    }
+}
+
 fn invalid(field: &'static str, reason: IdentifierFault) -> Error {
     Error::InvalidIdentifier { field, reason }
 }
@@ -716,5 +746,207 @@ mod tests {
             fault("3B6D000080318065B08701ZZ".parse::<Atr>()),
             ("atr", IdentifierFault::Malformed)
         );
+    }
+}
+
+/// Property tests: every input, no panic; each malformed input its own fault. 256 cases each.
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn fault<T: fmt::Debug>(r: Result<T>) -> (&'static str, IdentifierFault) {
+        match r {
+            Err(Error::InvalidIdentifier { field, reason }) => (field, reason),
+            other => panic!("expected InvalidIdentifier, got {other:?}"),
+        }
+    }
+
+    /// 17 digits of a valid SSN body: a region not starting `00`, a real date, a sequence.
+    fn ssn_body() -> impl Strategy<Value = String> {
+        (
+            10u32..=99,
+            0u32..=9999,
+            1900u16..=2099,
+            1u8..=12,
+            1u8..=28,
+            0u32..=999,
+        )
+            .prop_map(|(r1, r2, y, m, d, seq)| format!("{r1:02}{r2:04}{y:04}{m:02}{d:02}{seq:03}"))
+    }
+
+    fn valid_ssn() -> impl Strategy<Value = String> {
+        ssn_body().prop_map(|b| {
+            let c = SocialSecurityNumber::check_character(&b).unwrap();
+            format!("{b}{c}")
+        })
+    }
+
+    fn valid_card_number() -> impl Strategy<Value = String> {
+        "[0-9A-Z]{8}".prop_map(|b| {
+            let c = CardNumber::check_character(&b).unwrap();
+            format!("{b}{c}")
+        })
+    }
+
+    fn known_region() -> impl Strategy<Value = &'static str> {
+        let codes: Vec<&'static str> = crate::card::region::all().map(|r| r.code).collect();
+        proptest::sample::select(codes)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn no_text_makes_a_parser_panic(text in ".{0,64}") {
+            for r in [
+                SocialSecurityNumber::parse_field("f", &text).map(|_| ()),
+                CardNumber::parse_field("f", &text).map(|_| ()),
+                CardIdentifier::parse_field("f", &text).map(|_| ()),
+                Atr::parse_field("f", &text).map(|_| ()),
+            ] {
+                if let Err(e) = r {
+                    prop_assert!(matches!(e, Error::InvalidIdentifier { field: "f", .. }), "{e:?}");
+                }
+            }
+        }
+
+        #[test]
+        fn ssns_by_the_rule_parse_and_each_fault_is_named(
+            ssn in valid_ssn(),
+            at in 0usize..17,
+            other in 0u8..=9,
+            len in (0usize..40).prop_filter("not 18", |l| *l != 18),
+            junk in "[^0-9]",
+        ) {
+            let parsed = SocialSecurityNumber::parse_field("ssn", &ssn).unwrap();
+            prop_assert_eq!(parsed.as_str(), ssn.as_str());
+            // One digit of the body changed: the check character no longer matches (no weight
+            // is a multiple of 11, and a digit moves by at most 9).
+            let mut bytes = ssn.clone().into_bytes();
+            let digit = b'0' + other;
+            if bytes[at] != digit {
+                bytes[at] = digit;
+                let changed = String::from_utf8(bytes).unwrap();
+                prop_assert_eq!(
+                    fault(SocialSecurityNumber::parse_field("ssn", &changed)),
+                    ("ssn", IdentifierFault::CheckCharacter)
+                );
+            }
+            let resized: String = ssn.chars().cycle().take(len).collect();
+            prop_assert_eq!(
+                fault(SocialSecurityNumber::parse_field("ssn", &resized)),
+                ("ssn", IdentifierFault::Length)
+            );
+            // A non-digit in place of a digit, keeping 18 bytes when it is ASCII.
+            let mut with_junk: String = ssn.chars().take(at).collect();
+            with_junk.push_str(&junk);
+            with_junk.extend(ssn.chars().skip(at + 1));
+            let expected = if with_junk.len() == 18 {
+                IdentifierFault::Malformed
+            } else {
+                IdentifierFault::Length
+            };
+            prop_assert_eq!(
+                fault(SocialSecurityNumber::parse_field("ssn", &with_junk)),
+                ("ssn", expected)
+            );
+        }
+
+        #[test]
+        fn card_numbers_by_the_rule_parse_and_each_fault_is_named(
+            number in valid_card_number(),
+            check in "[0-9X]",
+            lower in "[a-z]",
+            at in 0usize..9,
+        ) {
+            prop_assert!(CardNumber::parse_field("n", &number).is_ok());
+            if !number.ends_with(check.as_str()) {
+                let wrong = format!("{}{check}", &number[..8]);
+                prop_assert_eq!(
+                    fault(CardNumber::parse_field("n", &wrong)),
+                    ("n", IdentifierFault::CheckCharacter)
+                );
+            }
+            let mut lowered = number.clone();
+            lowered.replace_range(at..=at, &lower);
+            prop_assert_eq!(
+                fault(CardNumber::parse_field("n", &lowered)),
+                ("n", IdentifierFault::Malformed)
+            );
+            prop_assert_eq!(
+                fault(CardNumber::parse_field("n", &number[..8])),
+                ("n", IdentifierFault::Length)
+            );
+        }
+
+        #[test]
+        fn card_identifiers_of_known_regions_parse_and_each_fault_is_named(
+            region in known_region(),
+            serial in "[0-9a-fA-F]{16}",
+            provider in "[0-9A-F]{10}",
+            junk in "[g-zG-Z]",
+            at in 0usize..32,
+        ) {
+            let text = format!("{region}{}{serial}", CardIdentifier::PROVIDER);
+            let id = CardIdentifier::parse_field("id", &text).unwrap();
+            prop_assert_eq!(id.region().code, region);
+            prop_assert_eq!(id.serial(), serial.to_ascii_uppercase());
+            if provider != CardIdentifier::PROVIDER {
+                let other = format!("{region}{provider}{serial}");
+                prop_assert_eq!(
+                    fault(CardIdentifier::parse_field("id", &other)),
+                    ("id", IdentifierFault::ProviderPart)
+                );
+            }
+            let unknown = format!("000000{}{serial}", CardIdentifier::PROVIDER);
+            prop_assert_eq!(
+                fault(CardIdentifier::parse_field("id", &unknown)),
+                ("id", IdentifierFault::UnknownRegion)
+            );
+            let mut bad = text.clone();
+            bad.replace_range(at..=at, &junk);
+            prop_assert_eq!(
+                fault(CardIdentifier::parse_field("id", &bad)),
+                ("id", IdentifierFault::Malformed)
+            );
+            prop_assert_eq!(
+                fault(CardIdentifier::parse_field("id", &text[1..])),
+                ("id", IdentifierFault::Length)
+            );
+        }
+
+        #[test]
+        fn atrs_are_8_to_33_bytes_and_their_factor_is_the_last_8(
+            bytes in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let parsed = Atr::from_bytes(&bytes);
+            match bytes.len() {
+                0..=7 => prop_assert_eq!(fault(parsed), ("atr", IdentifierFault::AtrTooShort)),
+                8..=33 => {
+                    let atr = parsed.unwrap();
+                    prop_assert_eq!(
+                        atr.card_factor().to_hex(),
+                        hex::encode_upper(&bytes[bytes.len() - 8..])
+                    );
+                    // Its hex, in either case and spaced, parses to the same ATR.
+                    let spaced = hex::encode(&bytes)
+                        .as_bytes()
+                        .chunks(2)
+                        .map(|c| String::from_utf8_lossy(c).into_owned())
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    prop_assert_eq!(Atr::parse_field("atr", &spaced).unwrap(), atr);
+                    // An odd number of hex digits is malformed.
+                    let odd = format!("{}0", hex::encode(&bytes));
+                    prop_assert_eq!(
+                        fault(Atr::parse_field("atr", &odd)),
+                        ("atr", IdentifierFault::Malformed)
+                    );
+                }
+                _ => prop_assert_eq!(fault(parsed), ("atr", IdentifierFault::AtrTooLong)),
+            }
+        }
     }
 }

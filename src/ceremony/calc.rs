@@ -19,7 +19,7 @@ use hsm_sim::crypto::mac;
 use hsm_sim::crypto::tr31;
 
 use crate::ceremony::input::SecretLines;
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 
 /// The `calc` commands.
 #[derive(Debug, Subcommand)]
@@ -180,11 +180,11 @@ fn derive_cmd(args: &DeriveArgs, input: &mut dyn SecretLines) -> Result<String> 
     let method = match &args.method {
         Some(name) => Dispersion::from_name(name).ok_or(Error::InvalidArgument {
             field: "--method",
-            reason: "expected pboc-tdes, pboc-des, sm4-f-notf-v1 or emv-option-a",
+            reason: Refusal::DispersionMethod,
         })?,
         None => Dispersion::default_for(root.algorithm()).ok_or(Error::InvalidArgument {
             field: "--alg",
-            reason: "no dispersion is defined for this algorithm",
+            reason: Refusal::NoDispersionForAlgorithm,
         })?,
     };
     let mut out = String::new();

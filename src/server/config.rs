@@ -17,6 +17,14 @@
 //! key = "/etc/sscard-kms/kms-service.key"
 //! # mode = "local" keeps the HSM state under `state_dir` (default <data_dir>/hsm); it starts
 //! # sealed and is unsealed by the custodians' shares.
+//!
+//! [limits]                    # optional; these are the defaults
+//! handshake_timeout_ms = 10000   # a TLS handshake not done by then is closed
+//! max_connections = 256          # open connections; one more is closed at once
+//! requests_per_second = 100      # per caller identity, on average ...
+//! burst = 200                    # ... and at once; beyond: RESOURCE_EXHAUSTED, retry pushback
+//! max_concurrent_streams = 32    # requests in flight on one connection
+//! request_timeout_ms = 30000     # a request not answered by then is cancelled
 //! ```
 //!
 //! Environment overrides (for containers): `SSCARD_KMS_LISTEN`, `SSCARD_KMS_DATA_DIR`,
@@ -27,7 +35,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -40,6 +48,96 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub tls: TlsFiles,
     pub hsm: HsmConfig,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// What the server admits: connections, handshake time, request rate per identity, requests in
+/// flight per connection, request time. Every value must be at least 1; the bounds below keep a
+/// typo from disabling a limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// A TLS handshake not complete by then is closed (100..=60000).
+    pub handshake_timeout_ms: u64,
+    /// Open connections at once (1..=65536); one more is accepted and closed at once.
+    pub max_connections: usize,
+    /// Requests per second of one caller identity, on average (1..=1000000).
+    pub requests_per_second: u32,
+    /// Requests of one caller identity at once (1..=1000000).
+    pub burst: u32,
+    /// Requests in flight on one connection (HTTP/2 streams, 1..=1024).
+    pub max_concurrent_streams: u32,
+    /// A request not answered by then is cancelled (100..=600000).
+    pub request_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            handshake_timeout_ms: 10_000,
+            max_connections: 256,
+            requests_per_second: 100,
+            burst: 200,
+            max_concurrent_streams: 32,
+            request_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl Limits {
+    /// Refuses a value outside its bounds, naming it.
+    pub fn validate(&self) -> Result<()> {
+        let bounded = |field: &'static str, value: u64, low: u64, high: u64, reason| {
+            if (low..=high).contains(&value) {
+                Ok(())
+            } else {
+                Err(Error::InvalidArgument { field, reason })
+            }
+        };
+        bounded(
+            "limits.handshake_timeout_ms",
+            self.handshake_timeout_ms,
+            100,
+            60_000,
+            Refusal::Between100And60000,
+        )?;
+        bounded(
+            "limits.max_connections",
+            u64::try_from(self.max_connections).unwrap_or(u64::MAX),
+            1,
+            65_536,
+            Refusal::Between1And65536,
+        )?;
+        bounded(
+            "limits.requests_per_second",
+            u64::from(self.requests_per_second),
+            1,
+            1_000_000,
+            Refusal::Between1And1000000,
+        )?;
+        bounded(
+            "limits.burst",
+            u64::from(self.burst),
+            1,
+            1_000_000,
+            Refusal::Between1And1000000,
+        )?;
+        bounded(
+            "limits.max_concurrent_streams",
+            u64::from(self.max_concurrent_streams),
+            1,
+            1024,
+            Refusal::Between1And1024,
+        )?;
+        bounded(
+            "limits.request_timeout_ms",
+            self.request_timeout_ms,
+            100,
+            600_000,
+            Refusal::Between100And600000,
+        )
+    }
 }
 
 /// The service's TLS files.
@@ -80,13 +178,15 @@ impl Config {
 
     /// Parses the TOML text.
     pub fn parse(text: &str) -> Result<Config> {
-        toml::from_str(text).map_err(|e| {
+        let config: Config = toml::from_str(text).map_err(|e| {
             tracing::error!(error = %e, "configuration refused");
             Error::InvalidArgument {
                 field: "config",
-                reason: "not a valid sscard-kms configuration (details in the log)",
+                reason: Refusal::ConfigInvalid,
             }
-        })
+        })?;
+        config.limits.validate()?;
+        Ok(config)
     }
 
     /// Applies `SSCARD_KMS_*` overrides read through `var`.
@@ -94,13 +194,13 @@ impl Config {
         if let Some(listen) = var("SSCARD_KMS_LISTEN") {
             self.listen = listen.parse().map_err(|_| Error::InvalidArgument {
                 field: "SSCARD_KMS_LISTEN",
-                reason: "not a socket address",
+                reason: Refusal::NotASocketAddress,
             })?;
         }
         if let Some(listen) = var("SSCARD_KMS_METRICS_LISTEN") {
             self.metrics_listen = Some(listen.parse().map_err(|_| Error::InvalidArgument {
                 field: "SSCARD_KMS_METRICS_LISTEN",
-                reason: "not a socket address",
+                reason: Refusal::NotASocketAddress,
             })?);
         }
         if let Some(dir) = var("SSCARD_KMS_DATA_DIR") {
@@ -112,7 +212,7 @@ impl Config {
                 HsmConfig::Local { .. } => {
                     return Err(Error::InvalidArgument {
                         field: "SSCARD_KMS_HSM_ENDPOINT",
-                        reason: "set, but the configured HSM is local",
+                        reason: Refusal::EndpointForLocalHsm,
                     });
                 }
             }
@@ -157,10 +257,88 @@ key = "svc.key"
     }
 
     #[test]
+    fn limits_default_when_absent_and_are_bounded() {
+        let c = Config::parse(EXAMPLE).unwrap();
+        assert_eq!(c.limits, Limits::default());
+        let c = Config::parse(&format!("{EXAMPLE}[limits]\nburst = 5\n")).unwrap();
+        assert_eq!(c.limits.burst, 5);
+        assert_eq!(c.limits.requests_per_second, 100);
+        for (line, field) in [
+            ("handshake_timeout_ms = 0", "limits.handshake_timeout_ms"),
+            ("max_connections = 0", "limits.max_connections"),
+            ("requests_per_second = 0", "limits.requests_per_second"),
+            ("burst = 0", "limits.burst"),
+            (
+                "max_concurrent_streams = 5000",
+                "limits.max_concurrent_streams",
+            ),
+            ("request_timeout_ms = 10", "limits.request_timeout_ms"),
+        ] {
+            let err = Config::parse(&format!("{EXAMPLE}[limits]\n{line}\n")).unwrap_err();
+            assert!(
+                matches!(err, Error::InvalidArgument { field: f, .. } if f == field),
+                "{line}: {err:?}"
+            );
+        }
+        assert!(Config::parse(&format!("{EXAMPLE}[limits]\nunlimited = true\n")).is_err());
+    }
+
+    #[test]
     fn a_missing_client_ca_or_unknown_field_is_refused() {
         let no_ca = EXAMPLE.replace("client_ca = \"ca.pem\"\n", "");
         assert!(Config::parse(&no_ca).is_err());
         let extra = EXAMPLE.replace("[tls]", "insecure = true\n[tls]");
         assert!(Config::parse(&extra).is_err());
+    }
+}
+
+/// Property tests: no text makes the parser panic; each limit out of its bounds is named.
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const BASE: &str = "listen = \"127.0.0.1:50051\"\ndata_dir = \"/d\"\n[tls]\ncert = \"c\"\n\
+                        key = \"k\"\nclient_ca = \"ca\"\n[hsm]\nmode = \"local\"\n";
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_text_is_a_config_or_an_invalid_argument(text in "(?s).{0,200}") {
+            for t in [text.clone(), format!("{BASE}{text}")] {
+                match Config::parse(&t) {
+                    Ok(c) => prop_assert!(c.limits.validate().is_ok()),
+                    Err(e) => prop_assert!(matches!(e, Error::InvalidArgument { .. }), "{e:?}"),
+                }
+            }
+        }
+
+        #[test]
+        fn each_limit_is_refused_outside_its_bounds_by_name(
+            which in 0usize..6,
+            value in any::<u32>(),
+        ) {
+            let (field, low, high) = [
+                ("handshake_timeout_ms", 100u64, 60_000u64),
+                ("max_connections", 1, 65_536),
+                ("requests_per_second", 1, 1_000_000),
+                ("burst", 1, 1_000_000),
+                ("max_concurrent_streams", 1, 1024),
+                ("request_timeout_ms", 100, 600_000),
+            ][which];
+            let value = u64::from(value);
+            let parsed = Config::parse(&format!("{BASE}[limits]\n{field} = {value}\n"));
+            if (low..=high).contains(&value) {
+                prop_assert!(parsed.is_ok(), "{field} = {value}: {parsed:?}");
+            } else {
+                let expected = format!("limits.{field}");
+                prop_assert!(
+                    matches!(&parsed, Err(Error::InvalidArgument { field: f, .. }) if *f == expected),
+                    "{field} = {value}: {parsed:?}"
+                );
+            }
+        }
     }
 }

@@ -5,13 +5,13 @@ use hsm_api::{Kcv, KcvMethod};
 use tonic::Status;
 use zeroize::Zeroizing;
 
-use crate::error::Result;
+use crate::error::{Error, Refusal, Result};
 use crate::proto::kms::v1 as pb;
 use crate::service::{self, CardRequest, ComponentInput, DeliveredForm};
 use crate::state::records::{self, CardStatus, Level};
 
 pub(super) fn card_request(card: Option<pb::CardIdentity>) -> Result<CardRequest, Status> {
-    let c = card.ok_or_else(|| Status::invalid_argument("invalid card: required"))?;
+    let c = card.ok_or_else(|| required("card"))?;
     Ok(CardRequest {
         card_identifier: c.card_identifier,
         card_number: c.card_number,
@@ -126,8 +126,19 @@ pub(super) fn level_of(level: i32) -> Result<Level, Status> {
     match pb::KeyLevel::try_from(level) {
         Ok(pb::KeyLevel::National) => Ok(Level::National),
         Ok(pb::KeyLevel::Provincial) => Ok(Level::Province),
-        _ => Err(Status::invalid_argument(
-            "invalid level: national or provincial",
-        )),
+        // 0 is "unset", not a level.
+        Ok(pb::KeyLevel::Unspecified) => Err(required("level")),
+        _ => Err(super::to_status(&Error::InvalidArgument {
+            field: "level",
+            reason: Refusal::RootLevel,
+        })),
     }
+}
+
+/// A required field left empty or at its enum's `*_UNSPECIFIED` zero value.
+pub(super) fn required(field: &'static str) -> Status {
+    super::to_status(&Error::InvalidArgument {
+        field,
+        reason: Refusal::Required,
+    })
 }

@@ -2,15 +2,17 @@
 //! and response mapping, and the **one place** where errors become `tonic::Status`.
 //!
 //! `serve` takes a listener that is already bound and a shutdown future (mini-redis style), so
-//! tests start it on `127.0.0.1:0` and never wait on time.
+//! tests start it on `127.0.0.1:0` and never wait on time. Health (`""` and each service, see
+//! [`HEALTH_SERVICE_NAMES`]) follows the HSM's readiness as [`crate::service::WatchedHsm`]
+//! publishes it.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use hsm_api::Hsm;
 use tokio::net::TcpListener;
 use tonic::transport::ServerTlsConfig;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Status};
 
 use crate::access::identity::{self, Identity};
@@ -18,8 +20,11 @@ use crate::error::{Error, Result};
 use crate::proto::kms::v1 as pb;
 use crate::service::Kms;
 
+mod admission;
+pub mod codec;
 mod convert;
 mod instrument;
+pub mod limits;
 mod officers;
 mod psam_lines;
 mod registrars;
@@ -28,26 +33,55 @@ mod status;
 
 pub use instrument::serve_metrics;
 use status::status;
-pub use status::to_status;
+pub use status::{DOMAIN, RETRY_PUSHBACK, to_status};
 
 pub mod config;
+
+pub use admission::RateLimiter;
+pub use config::Limits;
 
 /// The file descriptor set of every proto, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("sscard_descriptor");
 
-/// Serves the API on `listener` until `shutdown` completes.
+/// Serves the API on `listener` until `shutdown` completes, with the default [`Limits`].
 pub async fn serve<H: Hsm>(
     kms: Arc<Kms<H>>,
     listener: TcpListener,
     tls: ServerTlsConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
+    serve_with_limits(kms, listener, tls, Limits::default(), shutdown).await
+}
+
+/// Serves the API on `listener` until `shutdown` completes, admitting what `limits` allow:
+/// the TLS handshake timeout (tonic's), open connections (a permit held by each connection),
+/// the request rate of each caller identity, requests in flight per connection, request time,
+/// and the size of every request ([`limits`]).
+pub async fn serve_with_limits<H: Hsm>(
+    kms: Arc<Kms<H>>,
+    listener: TcpListener,
+    tls: ServerTlsConfig,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    limits.validate()?;
     let metrics = instrument::MetricsLayer::new(Arc::clone(kms.metrics()));
-    let api = Api { kms };
+    // Health of the server ("") and of each KMS service follows the HSM: NOT_SERVING unless it
+    // is operational, updated whenever the HSM's readiness changes.
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<pb::card_key_service_server::CardKeyServiceServer<Api<H>>>()
-        .await;
+    let mut readiness = kms.hsm_readiness();
+    let operational = readiness.borrow_and_update().is_operational();
+    report_health(&health_reporter, operational).await;
+    let health_updates = tokio::spawn(async move {
+        while readiness.changed().await.is_ok() {
+            let operational = readiness.borrow_and_update().is_operational();
+            report_health(&health_reporter, operational).await;
+        }
+    });
+    let api = Api {
+        kms,
+        limiter: Arc::new(RateLimiter::new(limits.requests_per_second, limits.burst)),
+    };
     // Reflection in both protocol versions: grpcurl speaks `v1`; Python's grpcio-reflection,
     // Postman and many other tools still speak `v1alpha`.
     let reflection = || {
@@ -61,50 +95,107 @@ pub async fn serve<H: Hsm>(
     };
     let reflection_v1 = reflection().build_v1().map_err(descriptors_refused)?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(descriptors_refused)?;
-    tonic::transport::Server::builder()
+    let tls = tls.timeout(Duration::from_millis(limits.handshake_timeout_ms));
+    let streams = limits.max_concurrent_streams;
+    let max = limits::MAX_REQUEST_BYTES;
+    let served = tonic::transport::Server::builder()
         .tls_config(tls)
         .map_err(|_| Error::Tls {
             what: "server",
             reason: "invalid TLS configuration",
         })?
+        .timeout(Duration::from_millis(limits.request_timeout_ms))
+        .max_concurrent_streams(streams)
+        .concurrency_limit_per_connection(usize::try_from(streams).unwrap_or(usize::MAX))
+        // Dead peers are found and their connections (and permits) freed.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(metrics)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(pb::card_key_service_server::CardKeyServiceServer::new(
-            api.clone(),
-        ))
-        .add_service(pb::psam_service_server::PsamServiceServer::new(api.clone()))
-        .add_service(pb::registry_service_server::RegistryServiceServer::new(
-            api.clone(),
-        ))
-        .add_service(pb::admin_service_server::AdminServiceServer::new(api))
-        // TCP_NODELAY on every accepted connection: tonic ignores the builder's `tcp_nodelay` for
-        // an incoming stream of our own, and without it every exchange of a small request can
-        // wait out the peer's delayed ACK (~40 ms on Linux).
+        .add_service(
+            pb::card_key_service_server::CardKeyServiceServer::new(api.clone())
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            pb::psam_service_server::PsamServiceServer::new(api.clone())
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            pb::registry_service_server::RegistryServiceServer::new(api.clone())
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            pb::admin_service_server::AdminServiceServer::new(api).max_decoding_message_size(max),
+        )
+        // TCP_NODELAY on every accepted connection is set by the admission stream (tonic
+        // ignores the builder's `tcp_nodelay` for an incoming stream of our own, and without it
+        // every exchange of a small request can wait out the peer's delayed ACK, ~40 ms).
         .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            admission::LimitedIncoming::new(listener, limits.max_connections),
             shutdown,
         )
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "server failed");
-            Error::Tls {
-                what: "server",
-                reason: "transport failure",
-            }
-        })
+        .await;
+    health_updates.abort();
+    served.map_err(|e| {
+        tracing::error!(error = %e, "server failed");
+        Error::Tls {
+            what: "server",
+            reason: "transport failure",
+        }
+    })
+}
+
+/// The names health is reported for: the server as a whole ("") and each KMS service.
+pub const HEALTH_SERVICE_NAMES: [&str; 5] = [
+    "",
+    pb::card_key_service_server::SERVICE_NAME,
+    pb::psam_service_server::SERVICE_NAME,
+    pb::registry_service_server::SERVICE_NAME,
+    pb::admin_service_server::SERVICE_NAME,
+];
+
+async fn report_health(reporter: &tonic_health::server::HealthReporter, serving: bool) {
+    let status = if serving {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    for name in HEALTH_SERVICE_NAMES {
+        reporter.set_service_status(name, status).await;
+    }
 }
 
 struct Api<H: Hsm> {
     kms: Arc<Kms<H>>,
+    limiter: Arc<RateLimiter>,
 }
 
 impl<H: Hsm> Clone for Api<H> {
     fn clone(&self) -> Self {
         Api {
             kms: Arc::clone(&self.kms),
+            limiter: Arc::clone(&self.limiter),
         }
+    }
+}
+
+impl<H: Hsm> Api<H> {
+    /// The caller of `request` (from its certificate), if its identity is within its request
+    /// rate and every field of the request within its cap.
+    fn admit<T: limits::Bounded>(&self, request: &Request<T>) -> Result<Identity, Status> {
+        let who = caller(request)?;
+        let uri = who.to_string();
+        self.limiter.admit(&uri, Instant::now()).map_err(|e| {
+            tracing::warn!(caller = %uri, "request refused: over the identity's rate");
+            to_status(&e)
+        })?;
+        request.get_ref().check_limits().map_err(|e| {
+            tracing::warn!(caller = %uri, error = %e, "request refused: a field over its cap");
+            to_status(&e)
+        })?;
+        Ok(who)
     }
 }
 
@@ -112,10 +203,10 @@ impl<H: Hsm> Clone for Api<H> {
 fn caller<T>(request: &Request<T>) -> Result<Identity, Status> {
     let certs = request
         .peer_certs()
-        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+        .ok_or_else(|| to_status(&Error::NoClientCertificate))?;
     let leaf = certs
         .first()
-        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+        .ok_or_else(|| to_status(&Error::NoClientCertificate))?;
     let uris = identity::san_uris_from_der(leaf.as_ref()).map_err(|e| to_status(&e))?;
     Identity::from_san_uris(&uris).map_err(|e| to_status(&e))
 }
@@ -126,6 +217,7 @@ pub async fn serve_all<H: Hsm>(
     listener: TcpListener,
     metrics: Option<TcpListener>,
     tls: ServerTlsConfig,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -134,7 +226,7 @@ pub async fn serve_all<H: Hsm>(
             let _ = stopped.await;
         }))
     });
-    let served = serve(kms, listener, tls, shutdown).await;
+    let served = serve_with_limits(kms, listener, tls, limits, shutdown).await;
     drop(stop);
     if let Some(task) = metrics {
         match task.await {
@@ -199,7 +291,7 @@ pub async fn run_configured(
             )?);
             let kms = Kms::open(hsm, &store_dir).await?;
             ready();
-            serve_all(kms, listener, metrics, tls, shutdown).await
+            serve_all(kms, listener, metrics, tls, config.limits, shutdown).await
         }
         HsmConfig::Remote {
             endpoint,
@@ -226,7 +318,7 @@ pub async fn run_configured(
             );
             let kms = Kms::open(hsm, &store_dir).await?;
             ready();
-            serve_all(kms, listener, metrics, tls, shutdown).await
+            serve_all(kms, listener, metrics, tls, config.limits, shutdown).await
         }
     }
 }

@@ -10,7 +10,7 @@ use crate::proto::kms::v1 as pb;
 use crate::state::records::EndpointKind;
 
 use super::convert::{components, level_of, pb_kcv, pb_key_record};
-use super::{Api, caller, status};
+use super::{Api, status};
 
 #[tonic::async_trait]
 impl<H: Hsm> pb::admin_service_server::AdminService for Api<H> {
@@ -18,7 +18,7 @@ impl<H: Hsm> pb::admin_service_server::AdminService for Api<H> {
         &self,
         request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::ServiceStatus>, Status> {
-        let who = caller(&request)?;
+        let who = self.admit(&request)?;
         let s = self.kms.status(&who).await.map_err(status)?;
         Ok(Response::new(pb::ServiceStatus {
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -34,7 +34,7 @@ impl<H: Hsm> pb::admin_service_server::AdminService for Api<H> {
         &self,
         request: Request<pb::LoadTemplateRequest>,
     ) -> Result<Response<pb::TemplateSummary>, Status> {
-        let who = caller(&request)?;
+        let who = self.admit(&request)?;
         let req = request.into_inner();
         let t = self
             .kms
@@ -52,7 +52,7 @@ impl<H: Hsm> pb::admin_service_server::AdminService for Api<H> {
         &self,
         request: Request<pb::ImportRootKeyRequest>,
     ) -> Result<Response<pb::KeyRecord>, Status> {
-        let who = caller(&request)?;
+        let who = self.admit(&request)?;
         let req = request.into_inner();
         let level = level_of(req.level)?;
         let r = self
@@ -73,7 +73,7 @@ impl<H: Hsm> pb::admin_service_server::AdminService for Api<H> {
         &self,
         request: Request<pb::GenerateRootKeyRequest>,
     ) -> Result<Response<pb::KeyRecord>, Status> {
-        let who = caller(&request)?;
+        let who = self.admit(&request)?;
         let req = request.into_inner();
         let r = self
             .kms
@@ -87,7 +87,7 @@ impl<H: Hsm> pb::admin_service_server::AdminService for Api<H> {
         &self,
         request: Request<pb::DeriveHierarchyRequest>,
     ) -> Result<Response<pb::DeriveHierarchyResponse>, Status> {
-        let who = caller(&request)?;
+        let who = self.admit(&request)?;
         let req = request.into_inner();
         let keys = self
             .kms
@@ -103,7 +103,7 @@ impl<H: Hsm> pb::admin_service_server::AdminService for Api<H> {
         &self,
         request: Request<pb::ImportVendorTransportKeyRequest>,
     ) -> Result<Response<pb::KeyRecord>, Status> {
-        let who = caller(&request)?;
+        let who = self.admit(&request)?;
         let req = request.into_inner();
         let r = self
             .kms
@@ -135,11 +135,25 @@ impl<H: Hsm> pb::admin_service_server::AdminService for Api<H> {
         self.unseal(request).await
     }
 
+    async fn get_audit_checkpoint(
+        &self,
+        request: Request<pb::GetAuditCheckpointRequest>,
+    ) -> Result<Response<pb::AuditCheckpoint>, Status> {
+        let who = self.admit(&request)?;
+        let c = self.kms.audit_checkpoint(&who).await.map_err(status)?;
+        Ok(Response::new(pb::AuditCheckpoint {
+            seq: c.seq,
+            head: c.head,
+            time_ms: c.time_ms,
+            mac: c.mac,
+        }))
+    }
+
     async fn list_keys(
         &self,
         request: Request<pb::ListKeysRequest>,
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
-        let who = caller(&request)?;
+        let who = self.admit(&request)?;
         let req = request.into_inner();
         let keys = self
             .kms
@@ -157,7 +171,7 @@ impl<H: Hsm> Api<H> {
         &self,
         request: Request<pb::UnsealHsmRequest>,
     ) -> Result<Response<pb::UnsealHsmResponse>, Status> {
-        let who = caller(&request)?;
+        let who = self.admit(&request)?;
         let share = Zeroizing::new(request.into_inner().share);
         let p = self.kms.unseal_hsm(&who, share).await.map_err(status)?;
         Ok(Response::new(pb::UnsealHsmResponse {
@@ -172,7 +186,7 @@ impl<H: Hsm> Api<H> {
         kind: EndpointKind,
         request: Request<pb::RegisterEndpointRequest>,
     ) -> Result<Response<pb::EndpointRecord>, Status> {
-        let who = caller(&request)?;
+        let who = self.admit(&request)?;
         let req = request.into_inner();
         let e = self
             .kms

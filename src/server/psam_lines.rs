@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::proto::kms::v1 as pb;
 
 use super::convert::pb_delivered;
-use super::{Api, caller, status};
+use super::{Api, status};
 
 #[tonic::async_trait]
 impl<H: Hsm> pb::psam_service_server::PsamService for Api<H> {
@@ -15,7 +15,7 @@ impl<H: Hsm> pb::psam_service_server::PsamService for Api<H> {
         &self,
         request: Request<pb::RegisterPsamsRequest>,
     ) -> Result<Response<pb::RegisterPsamsResponse>, Status> {
-        let who = caller(&request)?;
+        let who = self.admit(&request)?;
         let req = request.into_inner();
         let registered = self
             .kms
@@ -29,7 +29,7 @@ impl<H: Hsm> pb::psam_service_server::PsamService for Api<H> {
         &self,
         request: Request<pb::GetPsamKeySetRequest>,
     ) -> Result<Response<pb::GetPsamKeySetResponse>, Status> {
-        let who = caller(&request)?;
+        let who = self.admit(&request)?;
         let req = request.into_inner();
         let set = self
             .kms

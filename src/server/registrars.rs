@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::proto::kms::v1 as pb;
 
 use super::convert::{card_request, pb_card};
-use super::{Api, caller, status};
+use super::{Api, status};
 
 #[tonic::async_trait]
 impl<H: Hsm> pb::registry_service_server::RegistryService for Api<H> {
@@ -15,7 +15,7 @@ impl<H: Hsm> pb::registry_service_server::RegistryService for Api<H> {
         &self,
         request: Request<pb::RegisterCardRequest>,
     ) -> Result<Response<pb::CardRecord>, Status> {
-        let who = caller(&request)?;
+        let who = self.admit(&request)?;
         let req = request.into_inner();
         let card = self
             .kms
@@ -29,7 +29,7 @@ impl<H: Hsm> pb::registry_service_server::RegistryService for Api<H> {
         &self,
         request: Request<pb::CardRef>,
     ) -> Result<Response<pb::CardRecord>, Status> {
-        let who = caller(&request)?;
+        let who = self.admit(&request)?;
         let req = request.into_inner();
         let card = self
             .kms
@@ -43,7 +43,7 @@ impl<H: Hsm> pb::registry_service_server::RegistryService for Api<H> {
         &self,
         request: Request<pb::BlacklistCardRequest>,
     ) -> Result<Response<pb::CardRecord>, Status> {
-        let who = caller(&request)?;
+        let who = self.admit(&request)?;
         let req = request.into_inner();
         let card = self
             .kms
@@ -57,7 +57,7 @@ impl<H: Hsm> pb::registry_service_server::RegistryService for Api<H> {
         &self,
         request: Request<pb::CardRef>,
     ) -> Result<Response<pb::CardRecord>, Status> {
-        let who = caller(&request)?;
+        let who = self.admit(&request)?;
         let req = request.into_inner();
         let card = self
             .kms

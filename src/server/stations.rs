@@ -7,8 +7,8 @@ use crate::error::Result;
 use crate::proto::kms::v1 as pb;
 use crate::service::Delivery;
 
-use super::convert::{card_request, pb_delivered};
-use super::{Api, caller, status};
+use super::convert::{card_request, pb_delivered, required};
+use super::{Api, status};
 
 #[tonic::async_trait]
 impl<H: Hsm> pb::card_key_service_server::CardKeyService for Api<H> {
@@ -16,7 +16,7 @@ impl<H: Hsm> pb::card_key_service_server::CardKeyService for Api<H> {
         &self,
         request: Request<pb::InjectCardKeysRequest>,
     ) -> Result<Response<pb::InjectCardKeysResponse>, Status> {
-        let who = caller(&request)?;
+        let who = self.admit(&request)?;
         let req = request.into_inner();
         let delivery = match pb::DeliveryForm::try_from(req.delivery) {
             Ok(pb::DeliveryForm::Tr31) => Delivery::Tr31 {
@@ -29,7 +29,7 @@ impl<H: Hsm> pb::card_key_service_server::CardKeyService for Api<H> {
                     .map(|c| (c.key_name, c.challenge))
                     .collect(),
             },
-            _ => return Err(Status::invalid_argument("invalid delivery: required")),
+            _ => return Err(required("delivery")),
         };
         let keys = self
             .kms
@@ -45,7 +45,7 @@ impl<H: Hsm> pb::card_key_service_server::CardKeyService for Api<H> {
         &self,
         request: Request<pb::InitialiseBlankCardRequest>,
     ) -> Result<Response<pb::InitialiseBlankCardResponse>, Status> {
-        let who = caller(&request)?;
+        let who = self.admit(&request)?;
         let req = request.into_inner();
         let key = self
             .kms

@@ -7,7 +7,7 @@
 //! concurrent request could have changed, and only then (6) answers. A refusal is audited too.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, RwLock};
 
 use hsm_api::Kcv;
 use hsm_api::KeyBlockVersion;
@@ -18,17 +18,19 @@ use crate::access::authz::Operation;
 use crate::access::identity::Identity;
 use crate::card::identifiers::{Atr, CardIdentifier, CardNumber, SocialSecurityNumber};
 use crate::card::template::Template;
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Resource, Result};
 use crate::metrics::{HsmCallLabels, HsmOpLabels, Metrics};
 use crate::state::audit::AuditEvent;
 use crate::state::records::{self, Endpoint, EndpointKind, KeyRecord, Level, StoredTemplate};
-use crate::state::store::{Sealer, Snapshot, Store, Table};
+use crate::state::store::{SealSkipped, Sealer, Snapshot, Store, Table};
 
+mod hsm_watch;
 mod officers;
 mod psam_lines;
 mod registrars;
 mod stations;
 
+pub use hsm_watch::{HsmReadiness, WatchedHsm};
 pub use officers::{ComponentInput, Status};
 pub use psam_lines::PsamKeySet;
 pub use stations::{Delivered, DeliveredForm, Delivery};
@@ -84,9 +86,21 @@ const SEAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Seals the audit chain head with the HSM's audit key, from the store's writer thread.
 pub struct HsmSealer<H: Hsm> {
-    hsm: Arc<H>,
-    token: OnceLock<KeyToken>,
+    hsm: Arc<WatchedHsm<H>>,
+    token: RwLock<Option<KeyToken>>,
     runtime: tokio::runtime::Handle,
+}
+
+impl<H: Hsm> HsmSealer<H> {
+    fn key(&self) -> Option<KeyToken> {
+        self.token.read().ok().and_then(|t| t.clone())
+    }
+
+    fn set_key(&self, key: Option<KeyToken>) {
+        if let Ok(mut t) = self.token.write() {
+            *t = key;
+        }
+    }
 }
 
 impl<H: Hsm> std::fmt::Debug for HsmSealer<H> {
@@ -96,23 +110,23 @@ impl<H: Hsm> std::fmt::Debug for HsmSealer<H> {
 }
 
 impl<H: Hsm> Sealer for HsmSealer<H> {
-    fn seal(&self, message: &[u8]) -> Option<Vec<u8>> {
-        let token = self.token.get()?;
+    fn seal(&self, message: &[u8]) -> Result<Vec<u8>, SealSkipped> {
+        let token = self.key().ok_or(SealSkipped::NoAuditKey)?;
         // The writer thread waits for the seal, so a slow or unreachable HSM must not hold every
         // commit: past the limit the seal is skipped and the next commit's seal covers these
         // records too (the chain itself is never skipped).
         let sealed = self.runtime.block_on(async {
-            tokio::time::timeout(SEAL_TIMEOUT, self.hsm.mac(token, message)).await
+            tokio::time::timeout(SEAL_TIMEOUT, self.hsm.mac(&token, message)).await
         });
         match sealed {
-            Ok(Ok(mac)) => Some(mac),
+            Ok(Ok(mac)) => Ok(mac),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "audit seal skipped: the HSM cannot MAC now");
-                None
+                Err(SealSkipped::HsmRefused)
             }
             Err(_) => {
                 tracing::warn!("audit seal skipped: the HSM did not answer in time");
-                None
+                Err(SealSkipped::Timeout)
             }
         }
     }
@@ -120,7 +134,8 @@ impl<H: Hsm> Sealer for HsmSealer<H> {
 
 /// The key service.
 pub struct Kms<H: Hsm> {
-    hsm: Arc<H>,
+    /// Every HSM call goes through the watch: its answers drive the gRPC health.
+    hsm: Arc<WatchedHsm<H>>,
     store: Store,
     templates: RwLock<HashMap<String, Arc<Template>>>,
     /// Seals the audit chain; holds the audit key's token once it exists.
@@ -149,7 +164,7 @@ fn token(record_token: &str) -> KeyToken {
 fn check_wrappable(version: KeyBlockVersion, alg: Algorithm) -> Result<()> {
     if version == KeyBlockVersion::B && !alg.is_des_family() {
         return Err(Error::FailedPrecondition {
-            reason: "SM4 and AES keys travel only under an AES transport key (TR-31 version D)",
+            reason: Refusal::TransportKeyCannotCarry,
         });
     }
     Ok(())
@@ -169,9 +184,10 @@ impl<H: Hsm> Kms<H> {
     /// created on the first start with an operational HSM; until it exists (HSM sealed or not yet
     /// initialised) audit records are chained but not sealed.
     pub async fn open(hsm: Arc<H>, store_dir: &std::path::Path) -> Result<Arc<Kms<H>>> {
+        let hsm = Arc::new(WatchedHsm::new(hsm));
         let sealer = Arc::new(HsmSealer {
             hsm: Arc::clone(&hsm),
-            token: OnceLock::new(),
+            token: RwLock::new(None),
             runtime: tokio::runtime::Handle::current(),
         });
         let store = Store::open(store_dir, Arc::clone(&sealer) as Arc<dyn Sealer>)?;
@@ -196,52 +212,83 @@ impl<H: Hsm> Kms<H> {
             }
             Err(e) => return Err(e),
         }
+        // The readiness from the HSM's own word, whatever the audit key needed.
+        let _ = kms.hsm.status().await;
         Ok(Arc::new(kms))
+    }
+
+    /// Loads the audit key's token from the store, if it is there and not held yet; whether the
+    /// service now holds one.
+    fn load_audit_key(&self) -> Result<bool> {
+        if self.sealer.key().is_some() {
+            return Ok(true);
+        }
+        let stored: Option<String> = self.store.snapshot()?.get(Table::Meta, AUDIT_KEY)?;
+        let held = stored.is_some();
+        self.sealer.set_key(stored.map(KeyToken::from_stored));
+        Ok(held)
     }
 
     /// Loads the audit key's token, or creates it in the HSM (which must be operational).
     async fn ensure_audit_key(&self) -> Result<()> {
-        if self.sealer.token.get().is_some() {
-            return Ok(());
+        if self.load_audit_key()? {
+            // Records of a time without the key (HSM sealed) are sealed now if it can.
+            return self.store.seal_head().await;
         }
-        let existing: Option<String> = self.store.snapshot()?.get(Table::Meta, AUDIT_KEY)?;
-        let token = match existing {
-            Some(t) => KeyToken::from_stored(t),
-            None => {
-                let key = self
-                    .hsm
-                    .generate_key(HsmKeySpec {
-                        algorithm: Algorithm::Aes256,
-                        usage: KeyUsage::AuditMac,
-                        exportability: Exportability::NonExportable,
-                    })
-                    .await?;
-                let text = key.token.as_str().to_owned();
-                let (method, kcv) = kcv_hex(&key.kcv);
-                self.store
-                    .write(move |tx| {
-                        if tx.get::<String>(Table::Meta, AUDIT_KEY)?.is_some() {
-                            return Err(Error::AlreadyExists { what: "audit key" });
-                        }
-                        tx.put(Table::Meta, AUDIT_KEY, &text)?;
-                        tx.audit(AuditEvent::ok(
-                            "system",
-                            "create-audit-key",
-                            format!("audit key KCV {method} {kcv}"),
-                        ));
-                        Ok(())
-                    })
-                    .await?;
-                key.token
-            }
-        };
-        let _ = self.sealer.token.set(token);
-        Ok(())
+        self.create_audit_key(Vec::new()).await
     }
 
-    /// The HSM this service uses.
-    pub fn hsm(&self) -> &Arc<H> {
+    /// Creates the audit key in the HSM and stores it with `events`, in one commit that is the
+    /// first sealed by it.
+    async fn create_audit_key(&self, events: Vec<AuditEvent>) -> Result<()> {
+        let key = self
+            .hsm
+            .generate_key(HsmKeySpec {
+                algorithm: Algorithm::Aes256,
+                usage: KeyUsage::AuditMac,
+                exportability: Exportability::NonExportable,
+            })
+            .await?;
+        let text = key.token.as_str().to_owned();
+        let (method, kcv) = kcv_hex(&key.kcv);
+        // Held before the commit that stores it, so that this very commit is sealed with it;
+        // dropped again if the commit fails.
+        self.sealer.set_key(Some(key.token));
+        let written = self
+            .store
+            .write(move |tx| {
+                if tx.get::<String>(Table::Meta, AUDIT_KEY)?.is_some() {
+                    return Err(Error::AlreadyExists {
+                        what: Resource::AuditKey,
+                    });
+                }
+                tx.put(Table::Meta, AUDIT_KEY, &text)?;
+                tx.audit(AuditEvent::ok(
+                    "system",
+                    "create-audit-key",
+                    format!("audit key KCV {method} {kcv}"),
+                ));
+                for e in events {
+                    tx.audit(e);
+                }
+                Ok(())
+            })
+            .await;
+        if written.is_err() {
+            self.sealer.set_key(None);
+            self.load_audit_key()?;
+        }
+        written
+    }
+
+    /// The HSM this service uses, as it uses it: calls through it update the readiness.
+    pub fn hsm(&self) -> &Arc<WatchedHsm<H>> {
         &self.hsm
+    }
+
+    /// The HSM's readiness as the service last learnt it, and its changes.
+    pub fn hsm_readiness(&self) -> tokio::sync::watch::Receiver<HsmReadiness> {
+        self.hsm.readiness()
     }
 
     /// This instance's metrics.
@@ -265,8 +312,8 @@ impl<H: Hsm> Kms<H> {
     }
 
     /// The audit key's token (for verifying seals with the same HSM), once it exists.
-    pub fn audit_key(&self) -> Option<&KeyToken> {
-        self.sealer.token.get()
+    pub fn audit_key(&self) -> Option<KeyToken> {
+        self.sealer.key()
     }
 
     fn reload_templates(&self) -> Result<()> {
@@ -302,7 +349,7 @@ impl<H: Hsm> Kms<H> {
             .get(id)
             .cloned()
             .ok_or(Error::NotFound {
-                what: "card template",
+                what: Resource::CardTemplate,
             })
     }
 
@@ -318,7 +365,10 @@ impl<H: Hsm> Kms<H> {
         let result = op.await;
         // One structured line per request (target `sscard_kms::request`): the operation, the
         // caller, the masked subject, the outcome and the time taken. Subjects are masked by
-        // their callers; errors carry no key material.
+        // their callers, and bounded like a refusal record (a caller chooses their size); errors
+        // carry no key material.
+        let subject = crate::state::audit::bounded(subject);
+        let subject = subject.as_str();
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         match &result {
             Ok(_) => tracing::info!(
@@ -339,7 +389,12 @@ impl<H: Hsm> Kms<H> {
                     reason = %e,
                     micros,
                 );
-                let event = AuditEvent::denied(caller.to_string(), operation.name(), subject, e);
+                let event = AuditEvent::denied(
+                    caller.to_string(),
+                    operation.name(),
+                    subject,
+                    audit_reason(e),
+                );
                 if let Err(audit_err) = self.store.audit(vec![event]).await {
                     tracing::error!(error = %audit_err, "could not audit a refusal");
                 }
@@ -383,14 +438,23 @@ impl<H: Hsm> Kms<H> {
         let e: Endpoint = snap
             .get(Table::Endpoints, &records::endpoint_id(kind, caller.name()))?
             .ok_or(Error::FailedPrecondition {
-                reason: "the caller is not registered (no transport key)",
+                reason: Refusal::CallerNotRegistered,
             })?;
         if Some(e.region.as_str()) != caller.region() {
             return Err(Error::PermissionDenied {
-                reason: "the certificate's region differs from the registered one",
+                reason: Refusal::EndpointRegionMismatch,
             });
         }
         Ok(e)
+    }
+}
+
+/// What the audit trail records of a refusal: the caller's reason, and the detail a caller is
+/// not told (which identifier did not match).
+fn audit_reason(e: &Error) -> String {
+    match e {
+        Error::NoMatchingCard { detail } => format!("{e} ({detail})"),
+        _ => e.to_string(),
     }
 }
 

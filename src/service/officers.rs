@@ -13,8 +13,8 @@ use crate::access::authz::{self, Operation};
 use crate::access::identity::Identity;
 use crate::card::region::Region;
 use crate::card::template::{KeyRoot, KeySpec, Template};
-use crate::error::{Error, Result};
-use crate::state::audit::AuditEvent;
+use crate::error::{Error, Refusal, Resource, Result};
+use crate::state::audit::{self, AuditCheckpoint, AuditEvent};
 use crate::state::records::{
     self, Endpoint, EndpointKind, KeyRecord, Level, NATIONAL, StoredTemplate,
 };
@@ -42,41 +42,67 @@ pub struct Status {
 impl<H: Hsm> Kms<H> {
     /// One custodian's share towards unsealing the HSM; at the threshold the HSM is operational
     /// (and the audit key is created if this is the first time).
+    ///
+    /// Audited in step with the HSM: the submission is on record (durable) before the share
+    /// reaches the HSM, so no unseal happens unrecorded; the HSM's answer, and at the threshold
+    /// the new audit key, are one commit; then the chain head is sealed at once with the key.
     pub async fn unseal_hsm(
         &self,
         caller: &Identity,
         share: Zeroizing<String>,
     ) -> Result<hsm_api::UnsealProgress> {
-        self.audited(caller, Operation::Administer, "unseal-hsm", async {
-            authz::authorize(caller, Operation::Administer)?;
-            let progress = self.hsm.unseal(hsm_api::LmkShare::new(share)).await?;
-            if progress.unsealed {
-                self.ensure_audit_key().await?;
+        let actor = caller.to_string();
+        let progress = self
+            .audited(caller, Operation::Administer, "unseal-hsm", async {
+                authz::authorize(caller, Operation::Administer)?;
+                self.store
+                    .audit(vec![AuditEvent::ok(
+                        actor.clone(),
+                        "unseal-hsm-submit",
+                        "a custodian's share goes to the HSM",
+                    )])
+                    .await?;
+                Ok(self.hsm.unseal(hsm_api::LmkShare::new(share)).await?)
+            })
+            .await?;
+        // The HSM's state has changed: what follows is recorded whatever happens next.
+        let summary = |note: &str| {
+            format!(
+                "share accepted: {}/{}{}{note}",
+                progress.submitted,
+                progress.threshold,
+                if progress.unsealed {
+                    ", HSM operational"
+                } else {
+                    ""
+                }
+            )
+        };
+        let record = |note: &str| AuditEvent::ok(actor.clone(), "unseal-hsm", summary(note));
+        if progress.unsealed && !self.load_audit_key()? {
+            // The first time: the audit key is created and stored in the same commit as the
+            // unseal's record, and seals it.
+            if let Err(e) = self.create_audit_key(vec![record("")]).await {
+                tracing::error!(error = %e, "the HSM is unsealed but the audit key was not created");
+                self.store
+                    .audit(vec![record(
+                        "; the audit key could not be created (see the log)",
+                    )])
+                    .await?;
+                return Err(e);
             }
-            self.store
-                .audit(vec![AuditEvent::ok(
-                    caller.to_string(),
-                    "unseal-hsm",
-                    format!(
-                        "share accepted: {}/{}{}",
-                        progress.submitted,
-                        progress.threshold,
-                        if progress.unsealed {
-                            ", HSM operational"
-                        } else {
-                            ""
-                        }
-                    ),
-                )])
-                .await?;
-            Ok(progress)
-        })
-        .await
+        } else {
+            self.store.audit(vec![record("")]).await?;
+        }
+        Ok(progress)
     }
 
     // ------------------------------------------------------------------ administration
 
-    /// Loads a card template (or a newer revision of one).
+    /// Loads a card template (or a newer revision of one). A new revision of a base is checked,
+    /// in the same commit that stores it, against every stored city extension of that base:
+    /// one that no longer extends it refuses the load (it would otherwise stop the next start),
+    /// and the extensions' merged templates follow the new base at once.
     pub async fn load_template(&self, caller: &Identity, toml: &str) -> Result<Arc<Template>> {
         self.audited(caller, Operation::Administer, "load-template", async {
             authz::authorize(caller, Operation::Administer)?;
@@ -92,24 +118,30 @@ impl<H: Hsm> Kms<H> {
             };
             let actor = caller.to_string();
             let subject = format!("template {} revision {}", stored.id, stored.version);
-            self.store
+            let merged = self
+                .store
                 .write(move |tx| {
                     let old = tx.get::<StoredTemplate>(Table::Templates, &stored.id)?;
                     if old.is_some_and(|old| old.version >= stored.version) {
                         return Err(Error::FailedPrecondition {
-                            reason: "a template of this id and an equal or newer revision is loaded",
+                            reason: Refusal::TemplateRevisionNotNewer,
                         });
                     }
+                    let merged = match parsed.extends() {
+                        Some(_) => Vec::new(),
+                        None => extensions_over(tx, &parsed)?,
+                    };
                     tx.put(Table::Templates, &stored.id, &stored)?;
                     tx.audit(AuditEvent::ok(actor, "load-template", subject));
-                    Ok(())
+                    Ok(merged)
                 })
                 .await?;
             let effective = Arc::new(effective);
-            self.templates
-                .write()
-                .map_err(|_| Error::Store)?
-                .insert(effective.id().to_owned(), Arc::clone(&effective));
+            let mut templates = self.templates.write().map_err(|_| Error::Store)?;
+            templates.insert(effective.id().to_owned(), Arc::clone(&effective));
+            for t in merged {
+                templates.insert(t.id().to_owned(), Arc::new(t));
+            }
             Ok(effective)
         })
         .await
@@ -129,7 +161,7 @@ impl<H: Hsm> Kms<H> {
             authz::authorize(caller, Operation::Administer)?;
             let template = self.template(template_id)?;
             let spec = template.key(key_name).ok_or(Error::NotFound {
-                what: "template key",
+                what: Resource::TemplateKey,
             })?;
             let region = match (level, spec.root) {
                 (Level::National, KeyRoot::National) => NATIONAL,
@@ -137,7 +169,7 @@ impl<H: Hsm> Kms<H> {
                 _ => {
                     return Err(Error::InvalidArgument {
                         field: "level",
-                        reason: "national roots exist only for keys whose root is national",
+                        reason: Refusal::NationalRootNotAllowed,
                     });
                 }
             };
@@ -172,11 +204,11 @@ impl<H: Hsm> Kms<H> {
             authz::authorize(caller, Operation::Administer)?;
             let template = self.template(template_id)?;
             let spec = template.key(key_name).ok_or(Error::NotFound {
-                what: "template key",
+                what: Resource::TemplateKey,
             })?;
             if spec.root != KeyRoot::Provincial {
                 return Err(Error::FailedPrecondition {
-                    reason: "only keys with a provincial root are generated by the province",
+                    reason: Refusal::RootNotProvincial,
                 });
             }
             let alg = spec.hsm_algorithm();
@@ -433,7 +465,7 @@ impl<H: Hsm> Kms<H> {
             if !matches!(transport_family, "tdes" | "aes") {
                 return Err(Error::InvalidArgument {
                     field: "transport_algorithm",
-                    reason: "tdes (TR-31 version B) or aes (version D)",
+                    reason: Refusal::TransportAlgorithm,
                 });
             }
             let first_len = components
@@ -509,6 +541,57 @@ impl<H: Hsm> Kms<H> {
         .await
     }
 
+    /// The audit chain's head now, MACed by the HSM's audit key: an anchor for an auditor to
+    /// keep outside the store. Taking it is recorded (after the head it covers).
+    pub async fn audit_checkpoint(&self, caller: &Identity) -> Result<AuditCheckpoint> {
+        self.audited(
+            caller,
+            Operation::AuditCheckpoint,
+            "audit checkpoint",
+            async {
+                authz::authorize(caller, Operation::AuditCheckpoint)?;
+                let key = self.sealer.key().ok_or(Error::FailedPrecondition {
+                    reason: Refusal::NoAuditKeyYet,
+                })?;
+                let head = self
+                    .store
+                    .snapshot()?
+                    .audit_head()?
+                    .filter(|h| h.next_seq > 1)
+                    .ok_or(Error::FailedPrecondition {
+                        reason: Refusal::AuditTrailEmpty,
+                    })?;
+                let seq = head.next_seq - 1;
+                let time_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                    .unwrap_or(0);
+                let mac = self
+                    .hsm
+                    .mac(
+                        &key,
+                        &audit::checkpoint_message(seq, &head.last_hash, time_ms),
+                    )
+                    .await?;
+                let checkpoint = AuditCheckpoint {
+                    seq,
+                    head: hex::encode_upper(head.last_hash),
+                    time_ms,
+                    mac: hex::encode_upper(mac),
+                };
+                self.store
+                    .audit(vec![AuditEvent::ok(
+                        caller.to_string(),
+                        Operation::AuditCheckpoint.name(),
+                        format!("checkpoint of record {seq}"),
+                    )])
+                    .await?;
+                Ok(checkpoint)
+            },
+        )
+        .await
+    }
+
     /// What the service and its HSM say about themselves.
     pub async fn status(&self, caller: &Identity) -> Result<Status> {
         self.audited(caller, Operation::GetStatus, "service status", async {
@@ -534,6 +617,31 @@ impl<H: Hsm> Kms<H> {
     }
 }
 
+/// Every stored city extension of `base`, merged over it; refuses if one no longer extends it.
+fn extensions_over(tx: &crate::state::store::Tx<'_>, base: &Template) -> Result<Vec<Template>> {
+    let mut merged = Vec::new();
+    for (_, stored) in tx.scan::<StoredTemplate>(Table::Templates, "")? {
+        let ext = Template::parse(&stored.toml)?;
+        if ext.extends() != Some(base.id()) {
+            continue;
+        }
+        match Template::extend(base, &ext) {
+            Ok(t) => merged.push(t),
+            Err(e) => {
+                tracing::warn!(
+                    extension = ext.id(),
+                    error = %e,
+                    "a new base revision refused: a stored extension does not extend it"
+                );
+                return Err(Error::FailedPrecondition {
+                    reason: Refusal::ExtensionOfOtherRevision,
+                });
+            }
+        }
+    }
+    Ok(merged)
+}
+
 /// Hierarchy keys of issuer-only template keys (card MKs, STKs) never leave the HSM under a
 /// transport key; the others may go to PSAM lines.
 fn hierarchy_exportability(spec: &KeySpec) -> Exportability {
@@ -551,7 +659,7 @@ fn to_components(alg: Algorithm, inputs: Vec<ComponentInput>) -> Result<Vec<Comp
         .map(|c| {
             let value = hex::decode(c.kcv_hex.trim()).map_err(|_| Error::InvalidArgument {
                 field: "components.kcv_hex",
-                reason: "not hex",
+                reason: Refusal::NotHex,
             })?;
             Ok(Component::new(c.hex, Kcv::from_parts(method, value)))
         })

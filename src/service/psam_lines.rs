@@ -8,7 +8,7 @@ use hsm_api::{BatchDelivery, BatchItem, BatchOutput, Error as HsmError, KeySourc
 use crate::access::authz::{self, Operation};
 use crate::access::identity::Identity;
 use crate::card::region::{self, Region};
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Resource, Result};
 use crate::metrics::ReleaseLabels;
 use crate::state::audit::AuditEvent;
 use crate::state::records::{EndpointKind, Level, NATIONAL, Psam};
@@ -45,14 +45,14 @@ impl<H: Hsm> Kms<H> {
             if serials.is_empty() || serials.len() > 10_000 {
                 return Err(Error::InvalidArgument {
                     field: "serials",
-                    reason: "between 1 and 10000 serials per batch",
+                    reason: Refusal::SerialCount,
                 });
             }
             for s in &serials {
                 if s.is_empty() || s.len() > 32 || !s.bytes().all(|b| b.is_ascii_alphanumeric()) {
                     return Err(Error::InvalidArgument {
                         field: "serials",
-                        reason: "a serial is 1..=32 of [0-9A-Za-z]",
+                        reason: Refusal::SerialMalformed,
                     });
                 }
             }
@@ -67,7 +67,7 @@ impl<H: Hsm> Kms<H> {
                     for s in &serials {
                         if !seen.insert(s.as_str()) || tx.get::<Psam>(Table::Psams, s)?.is_some() {
                             return Err(Error::AlreadyExists {
-                                what: "PSAM serial",
+                                what: Resource::PsamSerial,
                             });
                         }
                     }
@@ -104,12 +104,12 @@ impl<H: Hsm> Kms<H> {
         self.audited(caller, Operation::GetPsamKeySet, &subject, async {
             authz::authorize(caller, Operation::GetPsamKeySet)?;
             let snap = self.store.snapshot()?;
-            let psam: Psam = snap
-                .get(Table::Psams, serial)?
-                .ok_or(Error::NotFound { what: "PSAM" })?;
+            let psam: Psam = snap.get(Table::Psams, serial)?.ok_or(Error::NotFound {
+                what: Resource::Psam,
+            })?;
             if psam.line != caller.name() {
                 return Err(Error::PermissionDenied {
-                    reason: "the PSAM was registered by another line",
+                    reason: Refusal::PsamOfAnotherLine,
                 });
             }
             authz::authorize_region(caller, &psam.region)?;
@@ -186,9 +186,11 @@ impl<H: Hsm> Kms<H> {
                 .join(",");
             self.store
                 .write(move |tx| {
-                    let mut psam: Psam = tx
-                        .get(Table::Psams, &serial_owned)?
-                        .ok_or(Error::NotFound { what: "PSAM" })?;
+                    let mut psam: Psam =
+                        tx.get(Table::Psams, &serial_owned)?
+                            .ok_or(Error::NotFound {
+                                what: Resource::Psam,
+                            })?;
                     psam.releases += 1;
                     tx.put(Table::Psams, &serial_owned, &psam)?;
                     tx.audit(AuditEvent::ok(

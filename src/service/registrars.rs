@@ -5,7 +5,7 @@ use hsm_api::Hsm;
 use crate::access::authz::{self, Operation};
 use crate::access::identity::Identity;
 use crate::card::identifiers::CardIdentifier;
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Resource, Result};
 use crate::state::audit::AuditEvent;
 use crate::state::records::{Card, CardStatus};
 use crate::state::store::Table;
@@ -31,7 +31,7 @@ impl<H: Hsm> Kms<H> {
             if !region.is_city() {
                 return Err(Error::InvalidArgument {
                     field: "card_identifier",
-                    reason: "the issuing region must be a city",
+                    reason: Refusal::IssuingRegionNotACity,
                 });
             }
             self.template(template_id)?;
@@ -56,7 +56,7 @@ impl<H: Hsm> Kms<H> {
                         .is_some()
                     {
                         return Err(Error::AlreadyExists {
-                            what: "card identifier",
+                            what: Resource::CardIdentifier,
                         });
                     }
                     if tx
@@ -64,7 +64,7 @@ impl<H: Hsm> Kms<H> {
                         .is_some()
                     {
                         return Err(Error::AlreadyExists {
-                            what: "card number",
+                            what: Resource::CardNumber,
                         });
                     }
                     if let Some(other) = tx.get::<String>(
@@ -76,7 +76,7 @@ impl<H: Hsm> Kms<H> {
                             .is_some_and(|c| c.status != CardStatus::Blacklisted);
                         if live {
                             return Err(Error::AlreadyExists {
-                                what: "a live card for this social security number",
+                                what: Resource::LiveCardForSsn,
                             });
                         }
                     }
@@ -116,7 +116,7 @@ impl<H: Hsm> Kms<H> {
                     Ok(())
                 }
                 CardStatus::Blacklisted => Err(Error::FailedPrecondition {
-                    reason: "the card is blacklisted",
+                    reason: Refusal::CardBlacklisted,
                 }),
             },
         )
@@ -154,7 +154,9 @@ impl<H: Hsm> Kms<H> {
             self.store
                 .snapshot()?
                 .get(Table::Cards, id.as_str())?
-                .ok_or(Error::NotFound { what: "card" })
+                .ok_or(Error::NotFound {
+                    what: Resource::Card,
+                })
         })
         .await
     }
@@ -175,9 +177,9 @@ impl<H: Hsm> Kms<H> {
             let actor = caller.to_string();
             self.store
                 .write(move |tx| {
-                    let mut card: Card = tx
-                        .get(Table::Cards, &key)?
-                        .ok_or(Error::NotFound { what: "card" })?;
+                    let mut card: Card = tx.get(Table::Cards, &key)?.ok_or(Error::NotFound {
+                        what: Resource::Card,
+                    })?;
                     change(&mut card)?;
                     tx.put(Table::Cards, &key, &card)?;
                     tx.audit(AuditEvent::ok(

@@ -13,7 +13,7 @@ use crate::access::authz::{self, Operation};
 use crate::access::identity::Identity;
 use crate::card::identifiers::Atr;
 use crate::card::template::{KeySpec, Protector, Template};
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Resource, Result};
 use crate::metrics::ReleaseLabels;
 use crate::state::audit::AuditEvent;
 use crate::state::records::{self, Card, CardStatus, EndpointKind, KeyRecord, Level};
@@ -79,7 +79,7 @@ impl<H: Hsm> Kms<H> {
             let record = Self::releasable_card(&snap, &checked, template.id())?;
             let atr = checked.atr.as_ref().ok_or(Error::InvalidArgument {
                 field: "atr",
-                reason: "required",
+                reason: Refusal::Required,
             })?;
             let factor = atr.card_factor();
 
@@ -126,13 +126,18 @@ impl<H: Hsm> Kms<H> {
                     if challenges.is_empty() {
                         return Err(Error::InvalidArgument {
                             field: "challenges",
-                            reason: "at least one key and card challenge is needed",
+                            reason: Refusal::ChallengesRequired,
                         });
                     }
+                    check_key_list(
+                        &template,
+                        "challenges",
+                        challenges.iter().map(|(name, _)| name.as_str()),
+                    )?;
                     let mut specs = Vec::with_capacity(challenges.len());
                     for (name, _) in &challenges {
                         specs.push(template.key(name).ok_or(Error::NotFound {
-                            what: "template key",
+                            what: Resource::TemplateKey,
                         })?);
                     }
                     // Every command in one HSM call; a protector that is also written in this
@@ -194,14 +199,14 @@ impl<H: Hsm> Kms<H> {
             let record = Self::releasable_card(&snap, &checked, template.id())?;
             let atr = checked.atr.as_ref().ok_or(Error::InvalidArgument {
                 field: "atr",
-                reason: "required",
+                reason: Refusal::Required,
             })?;
             let spec = template
                 .keys()
                 .iter()
                 .find(|k| k.protected_by == Protector::VendorTransport)
                 .ok_or(Error::FailedPrecondition {
-                    reason: "the template has no key written under the vendor transport key",
+                    reason: Refusal::NoBlankCardKey,
                 })?;
             let mut versions = record.issued_root_versions.clone();
             let (item, root_version) = Self::write_key_item(
@@ -233,9 +238,13 @@ impl<H: Hsm> Kms<H> {
     /// The card's record, if its keys may be released: registered with the same data and
     /// template, accepted, not blacklisted, and (after a first release) the same ATR.
     fn releasable_card(snap: &Snapshot, checked: &CheckedCard, template_id: &str) -> Result<Card> {
-        let card: Card = snap
-            .get(Table::Cards, checked.id.as_str())?
-            .ok_or(Error::NotFound { what: "card" })?;
+        // An unknown card and a card whose data differ get the same answer (no existence
+        // oracle for a station probing identifiers); the audit record keeps which.
+        let card: Card =
+            snap.get(Table::Cards, checked.id.as_str())?
+                .ok_or(Error::NoMatchingCard {
+                    detail: "unknown card identifier",
+                })?;
         check_releasable(&card, checked, template_id)?;
         Ok(card)
     }
@@ -254,7 +263,7 @@ impl<H: Hsm> Kms<H> {
         }
         let active = active_key(snap, template.id(), &spec.name, Level::City, &card.region)?
             .ok_or(Error::FailedPrecondition {
-                reason: "the key hierarchy of this template is not derived for the card's city",
+                reason: Refusal::HierarchyNotDerived,
             })?;
         versions.insert(spec.name.clone(), active.version);
         Ok(active.version)
@@ -283,7 +292,7 @@ impl<H: Hsm> Kms<H> {
                 ),
             )?
             .ok_or(Error::FailedPrecondition {
-                reason: "the card's key version is no longer held",
+                reason: Refusal::KeyVersionNotHeld,
             })?;
         let derivation = Derivation {
             parent: token(&city.token),
@@ -321,13 +330,13 @@ impl<H: Hsm> Kms<H> {
                     PROVINCE,
                 )?
                 .ok_or(Error::FailedPrecondition {
-                    reason: "no vendor transport key is loaded for this template",
+                    reason: Refusal::VendorTransportKeyMissing,
                 })?;
                 HsmProtector::Key(KeySource::Token(token(&vendor.token)))
             }
             Protector::Key(name) => {
                 let protector = template.key(name).ok_or(Error::NotFound {
-                    what: "protecting key",
+                    what: Resource::ProtectingKey,
                 })?;
                 match batch.iter().position(|k| k.name == protector.name) {
                     Some(index) => HsmProtector::Item(index),
@@ -379,18 +388,18 @@ impl<H: Hsm> Kms<H> {
         );
         self.store
             .write(move |tx| {
-                let mut card: Card = tx
-                    .get(Table::Cards, &id)?
-                    .ok_or(Error::NotFound { what: "card" })?;
+                let mut card: Card = tx.get(Table::Cards, &id)?.ok_or(Error::NotFound {
+                    what: Resource::Card,
+                })?;
                 if card.status != CardStatus::Accepted || card.template_id != template_id {
                     return Err(Error::FailedPrecondition {
-                        reason: "the card changed state during the request",
+                        reason: Refusal::CardChangedDuringRequest,
                     });
                 }
                 match &card.atr {
                     Some(a) if *a != atr_hex => {
                         return Err(Error::FailedPrecondition {
-                            reason: "the ATR differs from the one this card's keys were released for",
+                            reason: Refusal::AtrMismatch,
                         });
                     }
                     _ => {}
@@ -441,39 +450,68 @@ fn delivered_key(spec: &KeySpec, root_version: u32, output: BatchOutput) -> Deli
     }
 }
 
+/// Refuses, before any HSM work, a list of key names longer than the template or naming a key
+/// twice: each key of a card is delivered at most once per request.
+fn check_key_list<'a>(
+    template: &Template,
+    field: &'static str,
+    names: impl ExactSizeIterator<Item = &'a str>,
+) -> Result<()> {
+    if names.len() > template.keys().len() {
+        return Err(Error::InvalidArgument {
+            field,
+            reason: Refusal::MoreEntriesThanKeys,
+        });
+    }
+    let mut seen = std::collections::HashSet::new();
+    for name in names {
+        if !seen.insert(name) {
+            return Err(Error::InvalidArgument {
+                field,
+                reason: Refusal::KeyNamedTwice,
+            });
+        }
+    }
+    Ok(())
+}
+
 fn select_keys<'t>(template: &'t Template, names: &[String]) -> Result<Vec<&'t KeySpec>> {
     if names.is_empty() {
         return Ok(template.write_order().collect());
     }
+    check_key_list(template, "key_names", names.iter().map(String::as_str))?;
     names
         .iter()
         .map(|n| {
             template.key(n).ok_or(Error::NotFound {
-                what: "template key",
+                what: Resource::TemplateKey,
             })
         })
         .collect()
 }
 
 fn check_releasable(card: &Card, checked: &CheckedCard, template_id: &str) -> Result<()> {
-    if card.card_number != checked.number.as_str()
-        || card.social_security_number != checked.ssn.as_str()
-    {
-        return Err(Error::FailedPrecondition {
-            reason: "the card's data does not match the registry",
+    if card.card_number != checked.number.as_str() {
+        return Err(Error::NoMatchingCard {
+            detail: "the card number differs from the registry's",
+        });
+    }
+    if card.social_security_number != checked.ssn.as_str() {
+        return Err(Error::NoMatchingCard {
+            detail: "the social security number differs from the registry's",
         });
     }
     if card.template_id != template_id {
         return Err(Error::FailedPrecondition {
-            reason: "the card was registered with another template",
+            reason: Refusal::CardTemplateMismatch,
         });
     }
     match card.status {
         CardStatus::Blacklisted => Err(Error::FailedPrecondition {
-            reason: "the card is blacklisted",
+            reason: Refusal::CardBlacklisted,
         }),
         CardStatus::Registered => Err(Error::FailedPrecondition {
-            reason: "the card's data has not been reviewed and accepted",
+            reason: Refusal::CardNotAccepted,
         }),
         CardStatus::Accepted => Ok(()),
     }?;
@@ -481,7 +519,7 @@ fn check_releasable(card: &Card, checked: &CheckedCard, template_id: &str) -> Re
     match (&card.atr, &checked.atr) {
         (Some(released), Some(atr)) if *released != atr.to_hex() => {
             Err(Error::FailedPrecondition {
-                reason: "the ATR differs from the one this card's keys were released for",
+                reason: Refusal::AtrMismatch,
             })
         }
         _ => Ok(()),

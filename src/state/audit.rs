@@ -39,20 +39,43 @@ impl AuditEvent {
         }
     }
 
-    /// A refusal, with the reason given to the caller.
+    /// A refusal, with the reason given to the caller. The subject and the reason are bounded
+    /// to [`MAX_REFUSAL_TEXT`] bytes each ([`bounded`]): any caller can be refused, and what it
+    /// sent must not choose the size of an fsync'd, hashed record.
     pub fn denied(
         actor: impl Into<String>,
         action: &str,
-        subject: impl Into<String>,
+        subject: impl AsRef<str>,
         reason: impl std::fmt::Display,
     ) -> AuditEvent {
         AuditEvent {
-            actor: actor.into(),
+            actor: bounded(&actor.into()),
             action: action.to_owned(),
-            subject: subject.into(),
-            outcome: format!("denied: {reason}"),
+            subject: bounded(subject.as_ref()),
+            outcome: bounded(&format!("denied: {reason}")),
         }
     }
+}
+
+/// The most bytes of a refusal's subject (and of its reason) an audit record keeps.
+pub const MAX_REFUSAL_TEXT: usize = 256;
+
+/// `text` as a refusal record keeps it: control characters as `?`, and past
+/// [`MAX_REFUSAL_TEXT`] bytes cut at a character boundary and marked with the length refused.
+pub fn bounded(text: &str) -> String {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect()
+    };
+    if text.len() <= MAX_REFUSAL_TEXT {
+        return clean(text);
+    }
+    let mut end = MAX_REFUSAL_TEXT - 32;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… [{} bytes]", clean(&text[..end]), text.len())
 }
 
 /// One link of the chain, as stored.
@@ -120,6 +143,33 @@ pub fn seal_message(seq: u64, head: &[u8; 32]) -> Vec<u8> {
     m
 }
 
+/// An auditor's anchor of the chain outside the store: the head at a moment, MACed by the HSM's
+/// audit key over [`checkpoint_message`]. Kept by the auditor (a JSON file); `kms-ceremony audit
+/// verify --checkpoint FILE` then refuses a chain that no longer holds that record with that
+/// hash — a trail cut short, even at a seal, and its head rewritten to match.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditCheckpoint {
+    /// The last record covered.
+    pub seq: u64,
+    /// Hex of that record's hash.
+    pub head: String,
+    /// When the checkpoint was taken (Unix milliseconds).
+    pub time_ms: u64,
+    /// Hex of the HSM's CMAC over [`checkpoint_message`].
+    pub mac: String,
+}
+
+/// The bytes the HSM MACs for a checkpoint (a different domain from [`seal_message`]: a seal
+/// cannot be passed off as a checkpoint, nor the reverse).
+pub fn checkpoint_message(seq: u64, head: &[u8; 32], time_ms: u64) -> Vec<u8> {
+    let mut m = b"sscard-kms audit checkpoint v1\0".to_vec();
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(head);
+    m.extend_from_slice(&time_ms.to_be_bytes());
+    m
+}
+
 /// The chain's head: the next sequence number and the last hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChainHead {
@@ -175,6 +225,21 @@ pub enum ChainBreak {
     /// A seal whose MAC does not verify under the HSM's audit key.
     #[error("seal at record {seq}: MAC does not verify")]
     SealMac { seq: u64 },
+    /// The store's head (`meta/audit_head`) names another last record than the chain's: records
+    /// were removed (or the head rewritten).
+    #[error(
+        "the store's head is not the chain's last record (head: record {head}; chain: {chain_end} records)"
+    )]
+    Head { head: u64, chain_end: u64 },
+    /// The chain does not reach a checkpoint the auditor kept: it was cut short.
+    #[error("truncated: the checkpoint names record {seq}, the chain ends at record {chain_end}")]
+    Truncated { seq: u64, chain_end: u64 },
+    /// The record a checkpoint names has another hash: the chain was rewritten.
+    #[error("record {seq} is not the one the checkpoint names (rewritten)")]
+    CheckpointHead { seq: u64 },
+    /// The checkpoint's own MAC does not verify under the HSM's audit key.
+    #[error("the checkpoint of record {seq}: MAC does not verify")]
+    CheckpointMac { seq: u64 },
 }
 
 /// Walks `records` (in sequence order) and returns the hashes by sequence number, or the first break.
@@ -218,6 +283,17 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn refusals_keep_a_bounded_subject() {
+        let huge = "界".repeat(1 << 20);
+        let e = AuditEvent::denied("a", "x", &huge, "r\nforged: ok");
+        assert!(e.subject.len() <= MAX_REFUSAL_TEXT, "{}", e.subject.len());
+        assert!(e.subject.ends_with(&format!("[{} bytes]", huge.len())));
+        assert_eq!(e.outcome, "denied: r?forged: ok");
+        let short = AuditEvent::denied("a", "x", "PSAM A1", "no");
+        assert_eq!(short.subject, "PSAM A1");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 use crate::metrics::StoreMetrics;
 use crate::state::audit::{self, AuditEvent, AuditRecord, AuditSeal, ChainHead};
 
@@ -71,22 +71,47 @@ const SEALS: TableDefinition<'static, u64, &'static [u8]> = TableDefinition::new
 /// The database file's name inside the data directory.
 pub const DB_FILE: &str = "kms.redb";
 
-/// Something that can MAC the audit chain head (the HSM, through its audit key).
-pub trait Sealer: Send + Sync + 'static {
-    /// The MAC of `message`, or `None` if the HSM cannot seal right now (the chain stays intact;
-    /// the next seal covers these records too).
-    fn seal(&self, message: &[u8]) -> Option<Vec<u8>>;
+/// Why a commit's seal was skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealSkipped {
+    /// There is no audit key yet (the HSM has not been operational since the store was made).
+    NoAuditKey,
+    /// The HSM refused to MAC (sealed, self-test failed, unreachable).
+    HsmRefused,
+    /// The HSM did not answer within the seal's time limit.
+    Timeout,
 }
 
-/// A sealer that never seals (stores opened for offline reading, some tests).
+impl SealSkipped {
+    /// The reason, as the gap record gives it.
+    pub const fn reason(self) -> &'static str {
+        match self {
+            SealSkipped::NoAuditKey => "no audit key yet (the HSM has not been operational)",
+            SealSkipped::HsmRefused => "the HSM refused to MAC (sealed or unavailable)",
+            SealSkipped::Timeout => "the HSM did not answer in time",
+        }
+    }
+}
+
+/// Something that can MAC the audit chain head (the HSM, through its audit key).
+pub trait Sealer: Send + Sync + 'static {
+    /// The MAC of `message`, or why the HSM cannot seal right now (the chain stays intact, the
+    /// gap is recorded in it, and the next seal covers these records too).
+    fn seal(&self, message: &[u8]) -> Result<Vec<u8>, SealSkipped>;
+}
+
+/// A sealer that never seals (some tests).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoSealer;
 
 impl Sealer for NoSealer {
-    fn seal(&self, _message: &[u8]) -> Option<Vec<u8>> {
-        None
+    fn seal(&self, _message: &[u8]) -> Result<Vec<u8>, SealSkipped> {
+        Err(SealSkipped::NoAuditKey)
     }
 }
+
+/// The action of the record that marks a gap in the seals.
+pub const SEAL_GAP_ACTION: &str = "audit-seal-gap";
 
 type Completion = Box<dyn FnOnce(Result<()>) + Send>;
 type Job = Box<dyn FnOnce(&mut Tx<'_>) -> Completion + Send>;
@@ -133,6 +158,8 @@ pub struct Tx<'a> {
     head: &'a mut ChainHead,
     now_ms: u64,
     appended: &'a mut Vec<AuditRecord>,
+    /// Set by [`Tx::request_seal`]: seal the head even if this batch appends nothing.
+    seal_requested: std::cell::Cell<bool>,
 }
 
 impl std::fmt::Debug for Tx<'_> {
@@ -198,11 +225,20 @@ impl Tx<'_> {
     pub fn now_ms(&self) -> u64 {
         self.now_ms
     }
+
+    /// Asks for the chain head to be sealed at this commit if it is not sealed yet (e.g. once
+    /// the audit key exists), even if the batch appends no record.
+    pub fn request_seal(&self) {
+        self.seal_requested.set(true);
+    }
 }
 
 /// A read-only snapshot.
 pub struct Snapshot {
     txn: redb::ReadTransaction,
+    /// A repaired copy of a store that was not closed cleanly, open and then deleted after the
+    /// snapshot (declared after `txn`: dropped after it; redb closes a dropped database).
+    _copy: Option<(redb::Database, tempfile::TempDir)>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -242,6 +278,18 @@ impl Snapshot {
         let records = read_u64_table(&self.txn, AUDIT)?;
         let seals = read_u64_table(&self.txn, SEALS)?;
         Ok((records, seals))
+    }
+
+    /// The chain head the store names (`meta/audit_head`): the last record's sequence number
+    /// and hash; `None` for a store that has never recorded anything.
+    pub fn audit_head(&self) -> Result<Option<ChainHead>> {
+        let t = match self.txn.open_table(Table::Meta.def()) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(store_err(e)),
+        };
+        let value = t.get(HEAD_KEY).map_err(store_err)?;
+        value.map(|v| decode_head(v.value())).transpose()
     }
 
     /// The number of audit records.
@@ -312,6 +360,36 @@ struct StoredHead {
     last_hash: String,
 }
 
+fn decode_head(bytes: &[u8]) -> Result<ChainHead> {
+    let h: StoredHead = decode(bytes)?;
+    let mut last_hash = [0u8; 32];
+    hex::decode_to_slice(&h.last_hash, &mut last_hash)
+        .map_err(|_| Error::StoreCorrupt("audit head"))?;
+    Ok(ChainHead {
+        next_seq: h.next_seq,
+        last_hash,
+    })
+}
+
+/// The last key of a `u64`-keyed table, if any.
+fn last_u64_key(t: &impl ReadableTable<u64, &'static [u8]>) -> Result<Option<u64>> {
+    match t.last().map_err(store_err)? {
+        Some((k, _)) => Ok(Some(k.value())),
+        None => Ok(None),
+    }
+}
+
+/// How an offline reader got its snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opened {
+    /// The file was closed cleanly and read as it is.
+    Clean,
+    /// The file was not closed cleanly (the server crashed or was killed): a copy of exactly
+    /// that file was repaired by redb (back to its last committed transaction) in a temporary
+    /// directory and read there; the original is untouched.
+    RepairedCopy,
+}
+
 impl Store {
     /// Opens (or creates) the store in `dir`, starting the group-commit writer. `sealer` MACs
     /// the audit chain head after every commit.
@@ -323,32 +401,25 @@ impl Store {
         let path = dir.join(DB_FILE);
         let db = Arc::new(redb::Database::create(&path).map_err(store_err)?);
         // Create every table so readers never meet a missing one, and read the chain head.
-        let head = {
+        let (head, sealed_to) = {
             let txn = db.begin_write().map_err(store_err)?;
             for table in Table::ALL {
                 txn.open_table(table.def()).map_err(store_err)?;
             }
-            txn.open_table(AUDIT).map_err(store_err)?;
-            txn.open_table(SEALS).map_err(store_err)?;
-            let head = {
+            let (head, sealed_to) = {
+                let audit = txn.open_table(AUDIT).map_err(store_err)?;
+                let seals = txn.open_table(SEALS).map_err(store_err)?;
                 let meta = txn.open_table(Table::Meta.def()).map_err(store_err)?;
                 let stored = meta.get(HEAD_KEY).map_err(store_err)?;
-                match stored {
-                    Some(v) => {
-                        let h: StoredHead = decode(v.value())?;
-                        let mut last_hash = [0u8; 32];
-                        hex::decode_to_slice(&h.last_hash, &mut last_hash)
-                            .map_err(|_| Error::StoreCorrupt("audit head"))?;
-                        ChainHead {
-                            next_seq: h.next_seq,
-                            last_hash,
-                        }
-                    }
-                    None => ChainHead::default(),
-                }
+                let head = stored.map(|v| decode_head(v.value())).transpose()?;
+                let last = audit.last().map_err(store_err)?;
+                let last = last
+                    .map(|(k, v)| decode::<AuditRecord>(v.value()).map(|r| (k.value(), r)))
+                    .transpose()?;
+                (check_head(head, last)?, last_u64_key(&seals)?.unwrap_or(0))
             };
             txn.commit().map_err(store_err)?;
-            head
+            (head, sealed_to)
         };
         let (jobs, rx) = std_mpsc::channel::<Job>();
         let writer_db = Arc::clone(&db);
@@ -356,7 +427,7 @@ impl Store {
         let writer_metrics = metrics.clone();
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer(writer_db, rx, head, sealer, writer_metrics))
+            .spawn(move || writer(writer_db, rx, head, sealed_to, sealer, writer_metrics))
             .map_err(|_| Error::Store)?;
         Ok(Store {
             writer: Arc::new(Writer {
@@ -374,18 +445,71 @@ impl Store {
         &self.metrics
     }
 
-    /// Opens an existing store read-only, for offline tools (the server must not be running).
+    /// Opens an existing store read-only, for offline tools (the server must not be running);
+    /// a store that was not closed cleanly is read through a repaired copy
+    /// ([`Store::open_for_audit`]).
     pub fn open_read_only(dir: &Path) -> Result<Snapshot> {
-        let db = redb::ReadOnlyDatabase::open(dir.join(DB_FILE)).map_err(store_err)?;
-        let txn = db.begin_read().map_err(store_err)?;
-        Ok(Snapshot { txn })
+        Ok(Store::open_for_audit(dir)?.0)
+    }
+
+    /// Opens an existing store for an offline reader (`kms-ceremony audit verify`), never
+    /// writing to it. A cleanly closed file is read as it is. A file that was not closed cleanly
+    /// (redb refuses to open it read-only: it needs a repair) is copied, exactly as it is, to a
+    /// temporary directory, repaired there by redb and read there; the original is untouched and
+    /// the snapshot says so. A store that a running server holds is refused with what to do.
+    pub fn open_for_audit(dir: &Path) -> Result<(Snapshot, Opened)> {
+        let path = dir.join(DB_FILE);
+        match redb::ReadOnlyDatabase::open(&path) {
+            Ok(db) => Ok((
+                Snapshot {
+                    txn: db.begin_read().map_err(store_err)?,
+                    _copy: None,
+                },
+                Opened::Clean,
+            )),
+            Err(redb::DatabaseError::RepairAborted) => {
+                let copy = tempfile::tempdir().map_err(|e| {
+                    tracing::error!(error = %e, "cannot make a temporary directory");
+                    Error::Store
+                })?;
+                let copied = copy.path().join(DB_FILE);
+                std::fs::copy(&path, &copied).map_err(|source| Error::File {
+                    path: path.clone(),
+                    source,
+                })?;
+                let db = redb::Database::create(&copied).map_err(store_err)?;
+                let txn = db.begin_read().map_err(store_err)?;
+                Ok((
+                    Snapshot {
+                        txn,
+                        _copy: Some((db, copy)),
+                    },
+                    Opened::RepairedCopy,
+                ))
+            }
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(Error::FailedPrecondition {
+                reason: Refusal::StoreInUse,
+            }),
+            Err(e) => Err(store_err(e)),
+        }
     }
 
     /// A consistent read-only view of the committed state.
     pub fn snapshot(&self) -> Result<Snapshot> {
         Ok(Snapshot {
             txn: self.db.begin_read().map_err(store_err)?,
+            _copy: None,
         })
+    }
+
+    /// Seals the chain head now if it is not sealed yet (e.g. once the audit key exists), with
+    /// no new record; returns once committed.
+    pub async fn seal_head(&self) -> Result<()> {
+        self.write(|tx| {
+            tx.request_seal();
+            Ok(())
+        })
+        .await
     }
 
     /// Applies `f` and its audit records atomically; returns once they are durable.
@@ -422,11 +546,40 @@ impl Store {
     }
 }
 
+/// The chain head to continue from: the stored `meta/audit_head`, which must name the last
+/// record. A store with records but no head, or a head that is not the last record, is refused:
+/// continuing would restart or fork the chain over what is there.
+fn check_head(head: Option<ChainHead>, last: Option<(u64, AuditRecord)>) -> Result<ChainHead> {
+    match (head, last) {
+        (None, None) => Ok(ChainHead::default()),
+        (None, Some(_)) => Err(Error::StoreCorrupt(
+            "audit records exist but meta/audit_head is missing",
+        )),
+        (Some(h), None) if h == ChainHead::default() => Ok(h),
+        (Some(_), None) => Err(Error::StoreCorrupt(
+            "meta/audit_head names records the audit table does not hold",
+        )),
+        (Some(h), Some((seq, record))) => {
+            if h.next_seq != seq + 1 || hex::encode_upper(h.last_hash) != record.hash {
+                return Err(Error::StoreCorrupt(
+                    "meta/audit_head is not the last audit record",
+                ));
+            }
+            Ok(h)
+        }
+    }
+}
+
 /// The group-commit loop: one transaction and one fsync for every request waiting.
+///
+/// `sealed_to` is the last sealed record. When a commit's seal is skipped and the chain was
+/// sealed up to then, a gap record ([`SEAL_GAP_ACTION`]) is appended in the same commit, so the
+/// chain itself says from where and why it is not sealed; the next seal closes the gap.
 fn writer(
     db: Arc<redb::Database>,
     rx: std_mpsc::Receiver<Job>,
     mut head: ChainHead,
+    mut sealed_to: u64,
     sealer: Arc<dyn Sealer>,
     metrics: StoreMetrics,
 ) {
@@ -437,28 +590,66 @@ fn writer(
         }
         let started = std::time::Instant::now();
         metrics.commit_requests.observe(batch.len() as f64);
-        let committed_head = head;
+        let committed = (head, sealed_to);
         let mut completions = Vec::with_capacity(batch.len());
         let result = (|| -> Result<()> {
             let txn = db.begin_write().map_err(store_err)?;
             let mut appended = Vec::new();
-            let poisoned = {
+            let now = now_ms();
+            let (poisoned, seal_requested) = {
                 let mut tx = Tx {
                     txn: &txn,
                     poisoned: std::cell::Cell::new(false),
                     head: &mut head,
-                    now_ms: now_ms(),
+                    now_ms: now,
                     appended: &mut appended,
+                    seal_requested: std::cell::Cell::new(false),
                 };
                 for job in batch {
                     completions.push(job(&mut tx));
                 }
-                tx.poisoned.get()
+                (tx.poisoned.get(), tx.seal_requested.get())
             };
             if poisoned {
                 return Err(Error::Store);
             }
-            if !appended.is_empty() {
+            let unsealed = head.next_seq - 1 > sealed_to;
+            if !appended.is_empty() || (seal_requested && unsealed) {
+                let seq = head.next_seq - 1;
+                let seal = match sealer.seal(&audit::seal_message(seq, &head.last_hash)) {
+                    Ok(mac) => {
+                        sealed_to = seq;
+                        metrics.unsealed_records.set(0);
+                        Some(AuditSeal {
+                            seq,
+                            head: hex::encode_upper(head.last_hash),
+                            mac: hex::encode_upper(mac),
+                        })
+                    }
+                    Err(skipped) => {
+                        // Once per gap: the chain was sealed up to the previous commit.
+                        if committed.1 + 1 >= committed.0.next_seq {
+                            let first_unsealed = committed.1 + 1;
+                            appended.push(head.append(
+                                AuditEvent {
+                                    actor: "system".to_owned(),
+                                    action: SEAL_GAP_ACTION.to_owned(),
+                                    subject: format!(
+                                        "records from {first_unsealed} on are not sealed by the HSM"
+                                    ),
+                                    outcome: format!("seal skipped: {}", skipped.reason()),
+                                },
+                                now,
+                            ));
+                        }
+                        tracing::warn!(reason = skipped.reason(), "audit seal skipped");
+                        let unsealed = head.next_seq - 1 - sealed_to;
+                        metrics
+                            .unsealed_records
+                            .set(i64::try_from(unsealed).unwrap_or(i64::MAX));
+                        None
+                    }
+                };
                 let mut audit_table = txn.open_table(AUDIT).map_err(store_err)?;
                 for record in &appended {
                     let bytes =
@@ -468,22 +659,13 @@ fn writer(
                         .map_err(store_err)?;
                 }
                 drop(audit_table);
-                let seq = head.next_seq - 1;
-                let mac = sealer.seal(&audit::seal_message(seq, &head.last_hash));
-                match &mac {
-                    Some(_) => metrics.unsealed_records.set(0),
-                    None => metrics.unsealed_records.inc_by(appended.len() as i64),
-                };
-                if let Some(mac) = mac {
-                    let seal = AuditSeal {
-                        seq,
-                        head: hex::encode_upper(head.last_hash),
-                        mac: hex::encode_upper(mac),
-                    };
+                if let Some(seal) = seal {
                     let bytes =
                         serde_json::to_vec(&seal).map_err(|_| Error::StoreCorrupt("encode"))?;
                     let mut seals = txn.open_table(SEALS).map_err(store_err)?;
-                    seals.insert(seq, bytes.as_slice()).map_err(store_err)?;
+                    seals
+                        .insert(seal.seq, bytes.as_slice())
+                        .map_err(store_err)?;
                 }
                 let stored = StoredHead {
                     next_seq: head.next_seq,
@@ -502,7 +684,7 @@ fn writer(
             .observe(started.elapsed().as_secs_f64());
         if result.is_err() {
             // Nothing of the batch is durable: the chain head goes back to where it was.
-            head = committed_head;
+            (head, sealed_to) = committed;
         }
         for complete in completions {
             complete(match &result {
@@ -510,5 +692,91 @@ fn writer(
                 Err(_) => Err(Error::Store),
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn audit_def() -> TableDefinition<'static, u64, &'static [u8]> {
+        AUDIT
+    }
+
+    #[tokio::test]
+    async fn a_store_whose_head_is_missing_or_not_the_last_record_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Arc::new(NoSealer)).unwrap();
+        store
+            .audit(vec![AuditEvent::ok("system", "test", "one")])
+            .await
+            .unwrap();
+        drop(store);
+        // The head deleted, the records left: refused, and nothing is written.
+        {
+            let db = redb::Database::open(dir.path().join(DB_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(Table::Meta.def())
+                .unwrap()
+                .remove(HEAD_KEY)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let err = Store::open(dir.path(), Arc::new(NoSealer)).unwrap_err();
+        assert!(
+            matches!(err, Error::StoreCorrupt(m) if m.contains("audit_head is missing")),
+            "{err:?}"
+        );
+        // Records removed under a head that names them: refused too.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Arc::new(NoSealer)).unwrap();
+        for i in 0..3 {
+            store
+                .audit(vec![AuditEvent::ok("system", "test", format!("#{i}"))])
+                .await
+                .unwrap();
+        }
+        drop(store);
+        {
+            let db = redb::Database::open(dir.path().join(DB_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(audit_def()).unwrap().remove(5).unwrap();
+            txn.open_table(audit_def()).unwrap().remove(4).unwrap();
+            txn.commit().unwrap();
+        }
+        let err = Store::open(dir.path(), Arc::new(NoSealer)).unwrap_err();
+        assert!(
+            matches!(err, Error::StoreCorrupt(m) if m.contains("not the last audit record")),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_skipped_seal_is_recorded_once_per_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Arc::new(NoSealer)).unwrap();
+        for i in 0..3 {
+            store
+                .audit(vec![AuditEvent::ok("system", "test", format!("#{i}"))])
+                .await
+                .unwrap();
+        }
+        let (records, seals) = store.snapshot().unwrap().audit_trail().unwrap();
+        assert!(seals.is_empty());
+        let gaps: Vec<&AuditRecord> = records
+            .iter()
+            .filter(|r| r.action == SEAL_GAP_ACTION)
+            .collect();
+        assert_eq!(gaps.len(), 1, "{records:?}");
+        assert_eq!(gaps[0].seq, 2, "right after the first unsealed record");
+        assert_eq!(
+            gaps[0].subject,
+            "records from 1 on are not sealed by the HSM"
+        );
+        assert_eq!(
+            gaps[0].outcome,
+            "seal skipped: no audit key yet (the HSM has not been operational)"
+        );
+        assert_eq!(records.len(), 4);
     }
 }

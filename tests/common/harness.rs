@@ -29,7 +29,7 @@ use sscard_kms::proto::kms::v1::registry_service_client::RegistryServiceClient;
 use sscard_kms::server;
 use sscard_kms::service::Kms;
 use sscard_kms::state::audit::AuditRecord;
-use sscard_kms::state::store::DB_FILE;
+use sscard_kms::state::store::{DB_FILE, SEAL_GAP_ACTION};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -157,6 +157,7 @@ pub struct Clients {
     pub psam: PsamServiceClient<Channel>,
     pub registry: RegistryServiceClient<Channel>,
     pub admin: AdminServiceClient<Channel>,
+    pub health: tonic_health::pb::health_client::HealthClient<Channel>,
 }
 
 impl Clients {
@@ -165,7 +166,8 @@ impl Clients {
             card: CardKeyServiceClient::new(channel.clone()),
             psam: PsamServiceClient::new(channel.clone()),
             registry: RegistryServiceClient::new(channel.clone()),
-            admin: AdminServiceClient::new(channel),
+            admin: AdminServiceClient::new(channel.clone()),
+            health: tonic_health::pb::health_client::HealthClient::new(channel),
         }
     }
 }
@@ -185,6 +187,7 @@ pub struct TestKms<H: Hsm> {
     hsm: Arc<H>,
     kms: Option<Arc<Kms<H>>>,
     server: Option<RunningServer>,
+    limits: server::Limits,
 }
 
 impl<H: Hsm> std::fmt::Debug for TestKms<H> {
@@ -201,15 +204,33 @@ impl TestKms<LocalHsm> {
     pub async fn seeded() -> TestKms<LocalHsm> {
         TestKms::from_fixture(local_hsm()).await
     }
+
+    /// A copy of the seeded data directory, served with `limits`.
+    pub async fn seeded_with_limits(limits: server::Limits) -> TestKms<LocalHsm> {
+        TestKms::from_fixture_with_limits(local_hsm(), limits).await
+    }
 }
 
 impl<H: Hsm> TestKms<H> {
     /// A copy of the seeded data directory, opened on `hsm`, serving.
     pub async fn from_fixture(hsm: Arc<H>) -> TestKms<H> {
-        capture_logs();
-        let db = &fixture().db;
+        TestKms::from_fixture_with_limits(hsm, server::Limits::default()).await
+    }
+
+    /// A copy of the seeded data directory, opened on `hsm`, served with `limits`.
+    pub async fn from_fixture_with_limits(hsm: Arc<H>, limits: server::Limits) -> TestKms<H> {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(DB_FILE), db).unwrap();
+        std::fs::write(dir.path().join(DB_FILE), &fixture().db).unwrap();
+        TestKms::open_in(dir, hsm, limits).await
+    }
+
+    /// An empty data directory (nothing seeded, no audit key yet), opened on `hsm`, serving.
+    pub async fn empty(hsm: Arc<H>) -> TestKms<H> {
+        TestKms::open_in(tempfile::tempdir().unwrap(), hsm, server::Limits::default()).await
+    }
+
+    async fn open_in(dir: tempfile::TempDir, hsm: Arc<H>, limits: server::Limits) -> TestKms<H> {
+        capture_logs();
         let kms = Kms::open(Arc::clone(&hsm), dir.path()).await.unwrap();
         let mut this = TestKms {
             dir,
@@ -217,6 +238,7 @@ impl<H: Hsm> TestKms<H> {
             hsm,
             kms: Some(kms),
             server: None,
+            limits,
         };
         this.start_server().await;
         this
@@ -255,10 +277,11 @@ impl<H: Hsm> TestKms<H> {
         )
         .unwrap();
         let (shutdown, stop) = oneshot::channel::<()>();
-        let task = tokio::spawn(server::serve(
+        let task = tokio::spawn(server::serve_with_limits(
             Arc::clone(self.kms()),
             listener,
             tls,
+            self.limits,
             async move {
                 let _ = stop.await;
             },
@@ -302,11 +325,25 @@ impl<H: Hsm> TestKms<H> {
 
     /// Clients with a certificate of our CA for `identity_uri`.
     pub fn client(&self, identity_uri: &str) -> Clients {
+        Clients::new(self.channel(identity_uri))
+    }
+
+    /// A lazy channel with a certificate of our CA for `identity_uri`.
+    pub fn channel(&self, identity_uri: &str) -> Channel {
         let identity = Identity::from_uri(identity_uri).unwrap();
         let pair = self.pki.client(&identity).unwrap();
         let tls =
             tls::ClientTls::from_pem(self.pki.ca_pem(), &pair.cert_pem, &pair.key_pem).unwrap();
-        self.client_with(tls.config())
+        Endpoint::from_shared(self.url())
+            .unwrap()
+            .tls_config(tls.config())
+            .unwrap()
+            .connect_lazy()
+    }
+
+    /// The server's port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.server.as_ref().expect("serving").port
     }
 
     /// Clients with any TLS configuration (a foreign certificate, none at all).
@@ -331,7 +368,8 @@ impl<H: Hsm> TestKms<H> {
     }
 
     /// Awaits `call`, which the service must refuse with `code` and a message containing
-    /// `needle`; the refusal must be the one new record of the audit trail, `denied: …`.
+    /// `needle`; the refusal must be the one new record of the audit trail, `denied: …` (with,
+    /// if the HSM could not seal, the gap record that says so).
     pub async fn refused<T: std::fmt::Debug>(
         &self,
         code: Code,
@@ -346,12 +384,32 @@ impl<H: Hsm> TestKms<H> {
             "{needle:?} not in {:?}",
             status.message()
         );
+        // One record per refusal; besides it, a gap record if the HSM could not seal.
         let trail = self.audit_trail();
-        assert_eq!(trail.len(), before + 1, "one audit record per refusal");
-        let last = trail.last().unwrap();
+        let new: Vec<&AuditRecord> = trail[before..]
+            .iter()
+            .filter(|r| r.action != SEAL_GAP_ACTION)
+            .collect();
+        assert_eq!(new.len(), 1, "one audit record per refusal: {new:?}");
+        let last = new[0];
         assert!(last.outcome.starts_with("denied"), "{last:?}");
         status
     }
+}
+
+/// The `google.rpc.ErrorInfo` of this service's domain in a status's details, if there is one.
+pub fn error_info(status: &Status) -> Option<tonic_types::ErrorInfo> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_error_info()
+        .filter(|info| info.domain == sscard_kms::server::DOMAIN)
+}
+
+/// The reason code of a refusal: the status must carry an `ErrorInfo` of this service's domain.
+pub fn reason(status: &Status) -> String {
+    error_info(status)
+        .unwrap_or_else(|| panic!("no sscard-kms ErrorInfo in {status:?}"))
+        .reason
 }
 
 // --------------------------------------------------------------------------------- requests

@@ -4,10 +4,12 @@
 //! - [`harness`]: the key service over real mutual TLS on 127.0.0.1 (seeded fixture, server
 //!   start/stop/reopen, clients per identity, audit and log access);
 //! - [`chain`]: what the service should deliver, computed independently from the published
-//!   test keys (key hierarchy, identifiers, WRITE KEY commands).
+//!   test keys (key hierarchy, identifiers, WRITE KEY commands);
+//! - [`readme`]: the reason-code table of README, as the tests hold it against the service.
 
 pub mod chain;
 pub mod harness;
+pub mod readme;
 
 use std::io::Write;
 use std::process::{Command, Stdio};

@@ -884,3 +884,109 @@ fn error_messages_name_line_and_reason() {
         "card template line 19: duplicate key name \"MK_MF\" (first defined on line 8)"
     );
 }
+
+// ---- property tests: no input panics; each malformed input its own fault (256 cases each) ----
+
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// `src` with one of its lines deleted, replaced by `text`, or cut at a character.
+    fn damage(src: &str, op: u8, at: prop::sample::Index, text: &str) -> String {
+        let lines: Vec<&str> = src.lines().collect();
+        let i = at.index(lines.len());
+        match op {
+            0 => lines
+                .iter()
+                .enumerate()
+                .filter(|(n, _)| *n != i)
+                .map(|(_, l)| format!("{l}\n"))
+                .collect(),
+            1 => lines
+                .iter()
+                .enumerate()
+                .map(|(n, l)| format!("{}\n", if n == i { text } else { l }))
+                .collect(),
+            _ => src
+                .chars()
+                .take(at.index(src.chars().count() + 1))
+                .collect(),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn a_damaged_template_is_refused_at_a_line_never_with_a_panic(
+            which in 0usize..3,
+            op in 0u8..3,
+            at in any::<prop::sample::Index>(),
+            text in ".{0,48}",
+        ) {
+            let src = [BUILTIN[0].1, BUILTIN[1].1, MINI][which];
+            let damaged = damage(src, op, at, &text);
+            match Template::parse(&damaged) {
+                // A comment, a blank line, an optional field: still a template.
+                Ok(t) => prop_assert!(!t.keys().is_empty()),
+                Err(Error::Template { line, .. }) => prop_assert!(
+                    (1..=damaged.lines().count() + 1).contains(&line),
+                    "line {line} of {}", damaged.lines().count()
+                ),
+                Err(other) => prop_assert!(false, "not a template refusal: {other:?}"),
+            }
+        }
+
+        #[test]
+        fn a_key_copied_under_any_name_is_a_duplicate_name_or_slot(
+            name in "[A-Z][A-Z0-9_]{0,15}",
+        ) {
+            // RK_MF's block (from `[[key]]` on) again, under `name`, after the others.
+            let rk = &MINI[MINI.rfind("[[key]]").unwrap()..];
+            let src = format!("{MINI}\n{}", rk.replace("name = \"RK_MF\"", &format!("name = \"{name}\"")));
+            let copy_line = MINI.lines().count() + 3;
+            let (line, fault) = refusal(&src);
+            match name.as_str() {
+                "MK_MF" | "RK_MF" => prop_assert_eq!(
+                    (line, fault),
+                    (
+                        copy_line,
+                        TemplateFault::DuplicateKeyName {
+                            name: name.clone(),
+                            first_line: if name == "MK_MF" { 8 } else { 19 },
+                        }
+                    )
+                ),
+                // An issuer-only name with `psam_allowed`: refused for that first.
+                n if n.starts_with("MK") || n.starts_with("STK") => prop_assert!(
+                    matches!(
+                        &fault,
+                        TemplateFault::DuplicateSlot { .. } | TemplateFault::PsamRefused { .. }
+                    ),
+                    "{line}: {fault:?}"
+                ),
+                _ => prop_assert!(
+                    matches!(&fault, TemplateFault::DuplicateSlot { other, .. } if other == "RK_MF"),
+                    "{line}: {fault:?}"
+                ),
+            }
+        }
+
+        #[test]
+        fn a_length_that_is_not_the_algorithms_is_named(length in 0u32..64) {
+            let src = MINI.replacen("length = 16", &format!("length = {length}"), 1);
+            match length {
+                16 => prop_assert!(Template::parse(&src).is_ok()),
+                _ => {
+                    let (line, fault) = refusal(&src);
+                    prop_assert_eq!(line, 13);
+                    prop_assert!(
+                        matches!(fault, TemplateFault::LengthMismatch { .. }),
+                        "{fault:?}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! The HSM as the service sees it: every call goes through [`WatchedHsm`], which publishes the
+//! HSM's readiness from what the HSM itself answers, so that gRPC health follows the HSM's
+//! state changes without polling.
+//!
+//! - A `status` answer is the state itself.
+//! - After a call that changes the state (`init_lmk`, `unseal`, `unseal_reset`, `seal`,
+//!   `tamper`, `self_test`, `commit_lmk_rotation`), its outcome is followed by one `status` call.
+//! - A key operation that succeeds proves the HSM operational (it outputs nothing otherwise);
+//!   one refused as sealed, uninitialised, self-test failed or unavailable says so.
+//!
+//! An HSM sealed behind the service's back (a remote HSM restarted by its operator) is seen at
+//! the service's next HSM call, e.g. an officer's `GetStatus`.
+
+use std::sync::Arc;
+
+use hsm_api::{
+    BatchItem, BatchOutput, Component, Dispersion, Error as HsmError, Exportability, ExportedKey,
+    Factor, Hsm, HsmState, HsmStatus, Kcv, KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkInit,
+    LmkRotation, LmkShare, Result as HsmResult, UnsealProgress, WrappedKey, WriteKeyCommand,
+    WriteKeyRequest,
+};
+use tokio::sync::watch;
+
+/// What the service last learnt of its HSM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HsmReadiness {
+    /// Nothing answered yet.
+    Unknown,
+    /// In one of the HSM's own states.
+    State(HsmState),
+    /// The HSM could not be reached (a remote HSM down, TLS refused).
+    Unavailable,
+    /// The HSM's in-memory state is unusable after a failure.
+    Broken,
+}
+
+impl HsmReadiness {
+    /// True only when key operations are served.
+    pub fn is_operational(self) -> bool {
+        self == HsmReadiness::State(HsmState::Operational)
+    }
+
+    /// What an error says about the HSM's state, if anything.
+    fn from_error(e: &HsmError) -> Option<HsmReadiness> {
+        match e {
+            HsmError::Sealed => Some(HsmReadiness::State(HsmState::Sealed)),
+            HsmError::Uninitialised => Some(HsmReadiness::State(HsmState::Uninitialised)),
+            HsmError::SelfTestFailed(_) => Some(HsmReadiness::State(HsmState::SelfTestFailed)),
+            HsmError::Unavailable => Some(HsmReadiness::Unavailable),
+            HsmError::StatePoisoned => Some(HsmReadiness::Broken),
+            _ => None,
+        }
+    }
+}
+
+/// An [`Hsm`] that publishes its [`HsmReadiness`] on a watch channel.
+pub struct WatchedHsm<H: Hsm> {
+    inner: Arc<H>,
+    readiness: watch::Sender<HsmReadiness>,
+}
+
+impl<H: Hsm> std::fmt::Debug for WatchedHsm<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatchedHsm")
+            .field("readiness", &*self.readiness.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H: Hsm> WatchedHsm<H> {
+    /// Wraps `inner`; the readiness is [`HsmReadiness::Unknown`] until the HSM answers.
+    pub fn new(inner: Arc<H>) -> WatchedHsm<H> {
+        WatchedHsm {
+            inner,
+            readiness: watch::Sender::new(HsmReadiness::Unknown),
+        }
+    }
+
+    /// The HSM underneath.
+    pub fn inner(&self) -> &Arc<H> {
+        &self.inner
+    }
+
+    /// The readiness now and its changes (a receiver is woken only when it changes).
+    pub fn readiness(&self) -> watch::Receiver<HsmReadiness> {
+        self.readiness.subscribe()
+    }
+
+    fn publish(&self, new: HsmReadiness) {
+        self.readiness.send_if_modified(|now| {
+            let changed = *now != new;
+            if changed {
+                tracing::info!(from = ?*now, to = ?new, "HSM readiness changed");
+                *now = new;
+            }
+            changed
+        });
+    }
+
+    /// A key operation's outcome: success proves the HSM operational.
+    fn key_op<T>(&self, result: HsmResult<T>) -> HsmResult<T> {
+        match &result {
+            Ok(_) => self.publish(HsmReadiness::State(HsmState::Operational)),
+            Err(e) => {
+                if let Some(r) = HsmReadiness::from_error(e) {
+                    self.publish(r);
+                }
+            }
+        }
+        result
+    }
+
+    /// A state-changing call's outcome, followed by the state it left.
+    async fn state_op<T>(&self, result: HsmResult<T>) -> HsmResult<T> {
+        let _ = self.status().await;
+        result
+    }
+}
+
+impl<H: Hsm> Hsm for WatchedHsm<H> {
+    fn is_secure(&self) -> bool {
+        self.inner.is_secure()
+    }
+
+    async fn status(&self) -> HsmResult<HsmStatus> {
+        let result = self.inner.status().await;
+        match &result {
+            Ok(s) => self.publish(HsmReadiness::State(s.state)),
+            Err(e) => self.publish(HsmReadiness::from_error(e).unwrap_or(HsmReadiness::Unknown)),
+        }
+        result
+    }
+
+    async fn init_lmk(&self, threshold: u8, shares: u8) -> HsmResult<LmkInit> {
+        let r = self.inner.init_lmk(threshold, shares).await;
+        self.state_op(r).await
+    }
+
+    async fn unseal(&self, share: LmkShare) -> HsmResult<UnsealProgress> {
+        let r = self.inner.unseal(share).await;
+        self.state_op(r).await
+    }
+
+    async fn unseal_reset(&self) -> HsmResult<()> {
+        let r = self.inner.unseal_reset().await;
+        self.state_op(r).await
+    }
+
+    async fn seal(&self) -> HsmResult<()> {
+        let r = self.inner.seal().await;
+        self.state_op(r).await
+    }
+
+    async fn tamper(&self) -> HsmResult<()> {
+        let r = self.inner.tamper().await;
+        self.state_op(r).await
+    }
+
+    async fn self_test(&self) -> HsmResult<()> {
+        let r = self.inner.self_test().await;
+        self.state_op(r).await
+    }
+
+    async fn generate_key(&self, spec: KeySpec) -> HsmResult<WrappedKey> {
+        let r = self.inner.generate_key(spec).await;
+        self.key_op(r)
+    }
+
+    async fn form_key(&self, spec: KeySpec, components: Vec<Component>) -> HsmResult<WrappedKey> {
+        let r = self.inner.form_key(spec, components).await;
+        self.key_op(r)
+    }
+
+    async fn import_key(
+        &self,
+        kek: &KeyToken,
+        block: &str,
+        usage: KeyUsage,
+    ) -> HsmResult<WrappedKey> {
+        let r = self.inner.import_key(kek, block, usage).await;
+        self.key_op(r)
+    }
+
+    async fn export_key(
+        &self,
+        kek: &KeyToken,
+        key: &KeyToken,
+        version: KeyBlockVersion,
+    ) -> HsmResult<ExportedKey> {
+        let r = self.inner.export_key(kek, key, version).await;
+        self.key_op(r)
+    }
+
+    async fn derive_key(
+        &self,
+        parent: &KeyToken,
+        method: Dispersion,
+        factors: &[Factor],
+        child_usage: KeyUsage,
+        child_exportability: Exportability,
+    ) -> HsmResult<WrappedKey> {
+        let r = self
+            .inner
+            .derive_key(parent, method, factors, child_usage, child_exportability)
+            .await;
+        self.key_op(r)
+    }
+
+    async fn write_key_command(&self, request: WriteKeyRequest) -> HsmResult<WriteKeyCommand> {
+        let r = self.inner.write_key_command(request).await;
+        self.key_op(r)
+    }
+
+    async fn batch(&self, items: Vec<BatchItem>) -> HsmResult<Vec<HsmResult<BatchOutput>>> {
+        // The call as a whole says what the HSM is; an item's own refusal does not.
+        let r = self.inner.batch(items).await;
+        self.key_op(r)
+    }
+
+    async fn kcv(&self, key: &KeyToken) -> HsmResult<Kcv> {
+        let r = self.inner.kcv(key).await;
+        self.key_op(r)
+    }
+
+    async fn random(&self, len: usize) -> HsmResult<Vec<u8>> {
+        let r = self.inner.random(len).await;
+        self.key_op(r)
+    }
+
+    async fn mac(&self, key: &KeyToken, data: &[u8]) -> HsmResult<Vec<u8>> {
+        let r = self.inner.mac(key, data).await;
+        self.key_op(r)
+    }
+
+    async fn verify_mac(&self, key: &KeyToken, data: &[u8], mac: &[u8]) -> HsmResult<()> {
+        let r = self.inner.verify_mac(key, data, mac).await;
+        self.key_op(r)
+    }
+
+    async fn prepare_lmk_rotation(
+        &self,
+        tokens: Vec<KeyToken>,
+        threshold: u8,
+        shares: u8,
+    ) -> HsmResult<LmkRotation> {
+        let r = self
+            .inner
+            .prepare_lmk_rotation(tokens, threshold, shares)
+            .await;
+        self.key_op(r)
+    }
+
+    async fn commit_lmk_rotation(&self, new_lmk_kcv: &Kcv) -> HsmResult<()> {
+        let r = self.inner.commit_lmk_rotation(new_lmk_kcv).await;
+        self.state_op(r).await
+    }
+}
