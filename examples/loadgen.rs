@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use sscard_kms::card::identifiers::{CardNumber, SocialSecurityNumber};
-use sscard_kms::card::template::Template;
+use sscard_kms::card::template::{Protector, Template};
 use sscard_kms::proto::kms::v1 as pb;
 use sscard_kms::proto::kms::v1::card_key_service_client::CardKeyServiceClient;
 use sscard_kms::proto::kms::v1::registry_service_client::RegistryServiceClient;
@@ -361,6 +361,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 2. Injections: every key of a card per request.
     let key_names: Arc<Vec<String>> =
         Arc::new(template.write_order().map(|k| k.name.clone()).collect());
+    // Master keys (protectors, and the key under the vendor transport key) leave only inside
+    // WRITE KEY commands: a TR-31 injection delivers the others.
+    let tr31_keys = template
+        .keys()
+        .iter()
+        .filter(|k| {
+            k.protected_by != Protector::VendorTransport
+                && !template
+                    .keys()
+                    .iter()
+                    .any(|o| o.protected_by == Protector::Key(k.name.clone()))
+        })
+        .count();
     let injections = {
         let stations = stations.clone();
         let cards = Arc::clone(&cards);
@@ -396,7 +409,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     },
                 };
                 match client.inject_card_keys(request).await {
-                    Ok(r) => Some(r.get_ref().keys.len() == key_names.len()),
+                    Ok(r) => Some(
+                        r.get_ref().keys.len()
+                            == match form {
+                                Form::Tr31 => tr31_keys,
+                                Form::SecureMessaging => key_names.len(),
+                            },
+                    ),
                     Err(s) => {
                         if i < 4 {
                             eprintln!("inject: {:?} {}", s.code(), s.message());

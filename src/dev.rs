@@ -158,15 +158,17 @@ pub async fn run(
     })?;
     let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
     println!("{}", banner(addr, metrics_addr, data_dir, &paths, seeded));
-    crate::server::serve_all(
-        kms,
-        listener,
-        metrics,
-        tls,
-        crate::server::Limits::default(),
-        shutdown,
-    )
-    .await
+    crate::server::serve_all(kms, listener, metrics, tls, dev_limits(), shutdown).await
+}
+
+/// `serve`'s limits, except the per-identity rate: `dev` is where the load generator measures the
+/// service, and it sends everything as one station.
+fn dev_limits() -> crate::server::Limits {
+    crate::server::Limits {
+        requests_per_second: 1_000_000,
+        burst: 1_000_000,
+        ..Default::default()
+    }
 }
 
 fn banner(

@@ -24,9 +24,7 @@ use crate::Hsm;
 use crate::error::{Error, Result};
 use crate::factor::Factor;
 use crate::methods::{Dispersion, KeyBlockVersion, MacFold};
-use crate::types::{
-    Exportability, ExportedKey, KeyToken, KeyUsage, WriteKeyCommand, WriteKeyRequest,
-};
+use crate::types::{ExportedKey, KeyToken, KeyUsage, WriteKeyCommand, WriteKeyRequest};
 
 /// How many items one batch may hold. A 24-key card set with its protectors is far below it.
 pub const BATCH_ITEMS: RangeInclusive<usize> = 1..=256;
@@ -34,14 +32,14 @@ pub const BATCH_ITEMS: RangeInclusive<usize> = 1..=256;
 /// A child key by dispersion, as [`Hsm::derive_key`](crate::Hsm::derive_key) takes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Derivation {
-    /// The parent's token ([`KeyUsage::CardDerivation`]).
+    /// The parent's token ([`KeyUsage::CardDerivation`] or [`KeyUsage::MasterKeyDerivation`]).
     pub parent: KeyToken,
     pub method: Dispersion,
     /// Factors applied in order (top level first), 1 to 8.
     pub factors: Vec<Factor>,
-    /// Usage of the child: [`KeyUsage::CardKey`] or [`KeyUsage::CardDerivation`].
+    /// Usage of the child, as [`Hsm::derive_key`](crate::Hsm::derive_key) allows it below the
+    /// parent's level. Its exportability is the HSM's decision, as for a single derivation.
     pub child_usage: KeyUsage,
-    pub child_exportability: Exportability,
 }
 
 /// Where an item's key comes from.
@@ -67,7 +65,8 @@ pub enum Protector {
 /// A WRITE KEY command to build, as [`WriteKeyRequest`](crate::WriteKeyRequest) without the key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteKeyDelivery {
-    /// Must be a [`KeyUsage::CardKey`].
+    /// A [`KeyUsage::CardMasterKey`], or a [`KeyUsage::VendorTransport`] key when the key
+    /// written is a master key.
     pub protect: Protector,
     pub cla: u8,
     pub ins: u8,
@@ -116,13 +115,7 @@ pub(crate) async fn token_of<H: Hsm + ?Sized>(hsm: &H, source: &KeySource) -> Re
     match source {
         KeySource::Token(token) => Ok(token.clone()),
         KeySource::Derived(d) => Ok(hsm
-            .derive_key(
-                &d.parent,
-                d.method,
-                &d.factors,
-                d.child_usage,
-                d.child_exportability,
-            )
+            .derive_key(&d.parent, d.method, &d.factors, d.child_usage)
             .await?
             .token),
     }

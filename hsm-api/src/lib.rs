@@ -15,12 +15,12 @@
 //! a status.
 //!
 //! ```
-//! use hsm_api::{Algorithm, Exportability, KeySpec, KeyUsage, Kcv, KcvMethod};
+//! use hsm_api::{Algorithm, Exportability, HierarchyLevel, KeySpec, KeyUsage, Kcv, KcvMethod};
 //!
 //! // What the service asks for: a key it will only ever see as a token and a KCV.
 //! let spec = KeySpec {
 //!     algorithm: Algorithm::Tdes2,
-//!     usage: KeyUsage::CardDerivation,
+//!     usage: KeyUsage::CardDerivation(HierarchyLevel::National),
 //!     exportability: Exportability::NonExportable,
 //! };
 //! assert_eq!(spec.algorithm.key_len(), 16);
@@ -50,9 +50,9 @@ pub use factor::Factor;
 pub use kcv::{Kcv, KcvMethod};
 pub use methods::{Dispersion, KeyBlockVersion, MacFold};
 pub use types::{
-    Component, Exportability, ExportedKey, HsmState, HsmStatus, IssuedShare, KeySpec, KeyToken,
-    KeyUsage, LmkInit, LmkRotation, LmkShare, UnsealProgress, WrappedKey, WriteKeyCommand,
-    WriteKeyRequest,
+    Component, Exportability, ExportedKey, HierarchyLevel, HsmState, HsmStatus, IssuedShare,
+    KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare, UnsealProgress, WrappedKey,
+    WriteKeyCommand, WriteKeyRequest,
 };
 
 /// The operations of the HSM. Every key operation is refused unless the HSM is operational
@@ -86,10 +86,13 @@ pub trait Hsm: Send + Sync + 'static {
     /// Runs the known-answer self-test now; on failure every key operation is refused.
     fn self_test(&self) -> impl Future<Output = Result<()>> + Send;
 
-    /// A fresh random key.
+    /// A fresh random key. `spec.exportability` may only narrow what the usage allows (see
+    /// [`KeySpec`]); a [`KeyUsage::CardMasterKey`] is never generated (only derived).
     fn generate_key(&self, spec: KeySpec) -> impl Future<Output = Result<WrappedKey>> + Send;
 
-    /// A key formed as the XOR of 2..=9 clear components, each checked against its KCV.
+    /// A key formed as the XOR of 2..=9 clear components, each checked against its KCV (of at
+    /// least 3 bytes). As for [`Hsm::generate_key`], the spec's exportability only narrows, and
+    /// no [`KeyUsage::CardMasterKey`] is formed. A weak result is [`Error::WeakKey`].
     fn form_key(
         &self,
         spec: KeySpec,
@@ -97,9 +100,10 @@ pub trait Hsm: Send + Sync + 'static {
     ) -> impl Future<Output = Result<WrappedKey>> + Send;
 
     /// Imports a TR-31 block (B or D) under `kek`. The block header's usage must map to
-    /// `usage` (`K0`/`K1` key-block protection, `E6` card derivation, `E5` card key, `M6` audit
-    /// MAC); the new token carries it, with the block's exportability (`E` exportable; `N` and
-    /// `S` non-exportable).
+    /// `usage` (`K0`/`K1` key-block protection, `E6` card or master-key derivation at the level
+    /// `usage` names, `E5` card key or vendor transport key, `M6` audit MAC); the new token
+    /// carries it, with the block's exportability (`E` exportable; `N` and `S` non-exportable)
+    /// narrowed to what the usage allows. No [`KeyUsage::CardMasterKey`] is imported.
     fn import_key(
         &self,
         kek: &KeyToken,
@@ -107,7 +111,10 @@ pub trait Hsm: Send + Sync + 'static {
         usage: KeyUsage,
     ) -> impl Future<Output = Result<WrappedKey>> + Send;
 
-    /// Exports `key` under `kek` as a TR-31 block of `version`.
+    /// Exports `key` under `kek` as a TR-31 block of `version`. Only keys whose usage may leave
+    /// ([`KeyUsage::may_be_exported`]) and whose token is exportable; a card master key, its
+    /// hierarchy and a vendor transport key are [`Error::NotExportable`] whatever their token
+    /// says: they leave only inside secure-messaging commands ([`Hsm::write_key_command`]).
     fn export_key(
         &self,
         kek: &KeyToken,
@@ -116,16 +123,29 @@ pub trait Hsm: Send + Sync + 'static {
     ) -> impl Future<Output = Result<ExportedKey>> + Send;
 
     /// The child of `parent` by `method` with `factors` applied in order (top level first).
+    ///
+    /// The parent is a [`KeyUsage::CardDerivation`] or [`KeyUsage::MasterKeyDerivation`] key.
+    /// The child stays in its parent's hierarchy: a card-derivation parent gives
+    /// [`KeyUsage::CardKey`] or `CardDerivation` children, a master-key parent only
+    /// [`KeyUsage::CardMasterKey`] or `MasterKeyDerivation` children. The factors must reach the
+    /// child's level exactly: a card-level child needs as many factors as the parent's level is
+    /// above the card, a hierarchy child the level that many dispersions below the parent.
+    /// Anything else is [`Error::WrongUsage`].
+    ///
+    /// The HSM decides the child's exportability, never the caller: a hierarchy child is
+    /// exportable only if its parent is, a card key is exportable, a card master key never.
     fn derive_key(
         &self,
         parent: &KeyToken,
         method: Dispersion,
         factors: &[Factor],
         child_usage: KeyUsage,
-        child_exportability: Exportability,
     ) -> impl Future<Output = Result<WrappedKey>> + Send;
 
-    /// A secure-messaging command that writes `request.key` into a card.
+    /// A secure-messaging command that writes `request.key` into a card. The key written is a
+    /// [`KeyUsage::CardKey`] or [`KeyUsage::CardMasterKey`], never a hierarchy key; the
+    /// protector is a [`KeyUsage::CardMasterKey`], or a [`KeyUsage::VendorTransport`] key when
+    /// the key written is a master key. Anything else is [`Error::WrongUsage`].
     fn write_key_command(
         &self,
         request: WriteKeyRequest,

@@ -142,7 +142,7 @@ mod tests {
     fn entry(byte: u8) -> (TokenDigest, Arc<TokenKey>) {
         let token = KeyToken::from_stored(format!("token-{byte}"));
         let key = TokenKey {
-            usage: KeyUsage::CardDerivation,
+            usage: KeyUsage::CardDerivation(hsm_api::HierarchyLevel::City),
             exportability: Exportability::NonExportable,
             key: SecretKey::new(Algorithm::Tdes2, &[byte; 16]).unwrap(),
         };

@@ -8,9 +8,10 @@
 
 use hsm_api::{
     Algorithm, BatchDelivery, BatchItem, BatchOutput, Component, Derivation, Dispersion, Error,
-    Exportability, ExportedKey, Factor, Hsm, HsmStatus, Kcv, KeyBlockVersion, KeySource, KeySpec,
-    KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare, MacFold, Protector, Result, UnsealProgress,
-    WrappedKey, WriteKeyCommand, WriteKeyDelivery, WriteKeyRequest, protector_item_error,
+    Exportability, ExportedKey, Factor, HierarchyLevel, Hsm, HsmStatus, Kcv, KeyBlockVersion,
+    KeySource, KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare, MacFold, Protector,
+    Result, UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyDelivery, WriteKeyRequest,
+    protector_item_error,
 };
 use hsm_sim::crypto::tr31;
 use hsm_sim::crypto::{SecretKey, kcv};
@@ -68,10 +69,9 @@ impl<H: Hsm> Hsm for Singles<'static, H> {
         method: Dispersion,
         factors: &[Factor],
         child_usage: KeyUsage,
-        child_exportability: Exportability,
     ) -> Result<WrappedKey> {
         self.0
-            .derive_key(parent, method, factors, child_usage, child_exportability)
+            .derive_key(parent, method, factors, child_usage)
             .await
     }
     async fn write_key_command(&self, request: WriteKeyRequest) -> Result<WriteKeyCommand> {
@@ -137,6 +137,8 @@ pub struct Keys {
     tdes_kek: KeyToken,
     tdes_city: KeyToken,
     sm4_city: KeyToken,
+    tdes_mk_city: KeyToken,
+    sm4_mk_city: KeyToken,
     psam_city: KeyToken,
     vendor: KeyToken,
 }
@@ -150,60 +152,49 @@ pub async fn keys<H: Hsm>(hsm: &H) -> Keys {
             Exportability::NonExportable,
         )
     };
-    let city = |alg, exportability| spec(alg, KeyUsage::CardDerivation, exportability);
+    let generate = |alg, usage, exportability| hsm.generate_key(spec(alg, usage, exportability));
+    let city = KeyUsage::CardDerivation(HierarchyLevel::City);
+    let mk_city = KeyUsage::MasterKeyDerivation(HierarchyLevel::City);
+    let non = Exportability::NonExportable;
     Keys {
         aes_kek: known(hsm, kbpk(Algorithm::Aes256), AES_KEK).await.token,
         tdes_kek: known(hsm, kbpk(Algorithm::Tdes2), TDES_KEK).await.token,
-        tdes_city: hsm
-            .generate_key(city(Algorithm::Tdes2, Exportability::NonExportable))
+        tdes_city: generate(Algorithm::Tdes2, city, non).await.unwrap().token,
+        sm4_city: generate(Algorithm::Sm4, city, non).await.unwrap().token,
+        tdes_mk_city: generate(Algorithm::Tdes2, mk_city, non)
             .await
             .unwrap()
             .token,
-        sm4_city: hsm
-            .generate_key(city(Algorithm::Sm4, Exportability::NonExportable))
+        sm4_mk_city: generate(Algorithm::Sm4, mk_city, non).await.unwrap().token,
+        psam_city: generate(Algorithm::Tdes2, city, Exportability::Exportable)
             .await
             .unwrap()
             .token,
-        psam_city: hsm
-            .generate_key(city(Algorithm::Tdes2, Exportability::Exportable))
-            .await
-            .unwrap()
-            .token,
-        vendor: hsm
-            .generate_key(spec(
-                Algorithm::Tdes2,
-                KeyUsage::CardKey,
-                Exportability::NonExportable,
-            ))
+        vendor: generate(Algorithm::Tdes2, KeyUsage::VendorTransport, non)
             .await
             .unwrap()
             .token,
     }
 }
 
+/// A card key derived from a city key.
 fn card(parent: &KeyToken, method: Dispersion, factor: u8) -> KeySource {
-    KeySource::Derived(derivation(
-        parent,
-        method,
-        factor,
-        Exportability::Exportable,
-    ))
+    KeySource::Derived(derivation(parent, method, factor, KeyUsage::CardKey))
 }
 
-fn derivation(
-    parent: &KeyToken,
-    method: Dispersion,
-    factor: u8,
-    exportability: Exportability,
-) -> Derivation {
+/// A card master key derived from a city master-key derivation key.
+fn master(parent: &KeyToken, method: Dispersion, factor: u8) -> KeySource {
+    KeySource::Derived(derivation(parent, method, factor, KeyUsage::CardMasterKey))
+}
+
+fn derivation(parent: &KeyToken, method: Dispersion, factor: u8, usage: KeyUsage) -> Derivation {
     Derivation {
         parent: parent.clone(),
         method,
         factors: vec![
             Factor::from_bytes(&[0x86, 0x84, 0x32, 0x02, 0xAD, 0x93, 0x2A, factor]).unwrap(),
         ],
-        child_usage: KeyUsage::CardKey,
-        child_exportability: exportability,
+        child_usage: usage,
     }
 }
 
@@ -273,7 +264,7 @@ pub fn items(k: &Keys) -> Vec<(&'static str, BatchItem, Option<Error>)> {
         (
             "MK under the vendor key",
             item(
-                card(&k.tdes_city, PbocTdes, 4),
+                master(&k.tdes_mk_city, PbocTdes, 4),
                 write(
                     Protector::Key(KeySource::Token(k.vendor.clone())),
                     0,
@@ -296,7 +287,7 @@ pub fn items(k: &Keys) -> Vec<(&'static str, BatchItem, Option<Error>)> {
             item(
                 card(&k.tdes_city, PbocTdes, 6),
                 write(
-                    Protector::Key(card(&k.tdes_city, PbocTdes, 4)),
+                    Protector::Key(master(&k.tdes_mk_city, PbocTdes, 4)),
                     2,
                     8,
                     MacFold::Xor4,
@@ -305,36 +296,33 @@ pub fn items(k: &Keys) -> Vec<(&'static str, BatchItem, Option<Error>)> {
             None,
         ),
         (
-            "SM4 key under item 2",
+            "SM4 key under an SM4 master key of its own",
             item(
                 card(&k.sm4_city, Sm4Complement, 7),
-                write(Protector::Item(2), 3, 16, MacFold::First4),
+                write(
+                    Protector::Key(master(&k.sm4_mk_city, Sm4Complement, 7)),
+                    3,
+                    16,
+                    MacFold::First4,
+                ),
             ),
             None,
         ),
         // 8..: each meets one check.
         (
-            "parent is a card key",
+            "parent is a vendor key",
             item(card(&k.vendor, PbocTdes, 8), export(&k.aes_kek, D)),
-            wrong("card", "derive a key"),
+            wrong("vendor transport", "derive a key"),
         ),
         (
-            "non-exportable child",
-            item(
-                KeySource::Derived(derivation(
-                    &k.tdes_city,
-                    PbocTdes,
-                    9,
-                    Exportability::NonExportable,
-                )),
-                export(&k.aes_kek, D),
-            ),
+            "master key as TR-31",
+            item(master(&k.tdes_mk_city, PbocTdes, 9), export(&k.aes_kek, D)),
             Some(Error::NotExportable),
         ),
         (
-            "KBPK is a card key",
+            "KBPK is a vendor key",
             item(card(&k.tdes_city, PbocTdes, 10), export(&k.vendor, D)),
-            wrong("card", "wrap a key block"),
+            wrong("vendor transport", "wrap a key block"),
         ),
         (
             "version B under an AES KBPK",
@@ -349,7 +337,7 @@ pub fn items(k: &Keys) -> Vec<(&'static str, BatchItem, Option<Error>)> {
             item(
                 KeySource::Derived(Derivation {
                     factors: Vec::new(),
-                    ..derivation(&k.tdes_city, PbocTdes, 12, Exportability::Exportable)
+                    ..derivation(&k.tdes_city, PbocTdes, 12, KeyUsage::CardKey)
                 }),
                 export(&k.aes_kek, D),
             ),
@@ -392,7 +380,7 @@ pub fn items(k: &Keys) -> Vec<(&'static str, BatchItem, Option<Error>)> {
                 card(&k.tdes_city, PbocTdes, 16),
                 write(Protector::Item(8), 7, 8, MacFold::Xor4),
             ),
-            wrong("card", "derive a key"),
+            wrong("vendor transport", "derive a key"),
         ),
         (
             "protector is a city key",
@@ -405,7 +393,7 @@ pub fn items(k: &Keys) -> Vec<(&'static str, BatchItem, Option<Error>)> {
                     MacFold::Xor4,
                 ),
             ),
-            wrong("card derivation", "protect a key written to a card"),
+            wrong("city card derivation", "protect a key written to a card"),
         ),
         (
             "export of a KBPK",
@@ -435,6 +423,54 @@ pub fn items(k: &Keys) -> Vec<(&'static str, BatchItem, Option<Error>)> {
                 op: "sm4-f-notf-v1".into(),
                 alg: Algorithm::Tdes2,
             }),
+        ),
+        (
+            "card key under the vendor key",
+            item(
+                card(&k.tdes_city, PbocTdes, 22),
+                write(
+                    Protector::Key(KeySource::Token(k.vendor.clone())),
+                    10,
+                    8,
+                    MacFold::Xor4,
+                ),
+            ),
+            wrong(
+                "vendor transport",
+                "protect the write of anything but a card master key",
+            ),
+        ),
+        (
+            "card key as protector",
+            item(
+                card(&k.tdes_city, PbocTdes, 23),
+                write(Protector::Item(0), 11, 8, MacFold::Xor4),
+            ),
+            wrong("card", "protect a key written to a card"),
+        ),
+        (
+            "master key from a card derivation key",
+            item(
+                master(&k.tdes_city, PbocTdes, 24),
+                write(Protector::Item(4), 12, 8, MacFold::Xor4),
+            ),
+            wrong(
+                "city card derivation",
+                "derive anything but card keys and card derivation keys below it",
+            ),
+        ),
+        (
+            "vendor key written",
+            item(
+                KeySource::Token(k.vendor.clone()),
+                write(Protector::Item(4), 13, 8, MacFold::Xor4),
+            ),
+            wrong("vendor transport", "be written to a card"),
+        ),
+        (
+            "vendor key exported",
+            item(KeySource::Token(k.vendor.clone()), export(&k.aes_kek, D)),
+            Some(Error::NotExportable),
         ),
     ]
 }

@@ -14,10 +14,9 @@
 use std::sync::Arc;
 
 use hsm_api::{
-    BatchItem, BatchOutput, Component, Dispersion, Error as HsmError, Exportability, ExportedKey,
-    Factor, Hsm, HsmState, HsmStatus, Kcv, KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkInit,
-    LmkRotation, LmkShare, Result as HsmResult, UnsealProgress, WrappedKey, WriteKeyCommand,
-    WriteKeyRequest,
+    BatchItem, BatchOutput, Component, Dispersion, Error as HsmError, ExportedKey, Factor, Hsm,
+    HsmState, HsmStatus, Kcv, KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation,
+    LmkShare, Result as HsmResult, UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest,
 };
 use tokio::sync::watch;
 
@@ -197,11 +196,10 @@ impl<H: Hsm> Hsm for WatchedHsm<H> {
         method: Dispersion,
         factors: &[Factor],
         child_usage: KeyUsage,
-        child_exportability: Exportability,
     ) -> HsmResult<WrappedKey> {
         let r = self
             .inner
-            .derive_key(parent, method, factors, child_usage, child_exportability)
+            .derive_key(parent, method, factors, child_usage)
             .await;
         self.key_op(r)
     }

@@ -12,12 +12,12 @@ use std::sync::{Arc, RwLock};
 use hsm_api::Kcv;
 use hsm_api::KeyBlockVersion;
 use hsm_api::{Algorithm, Error as HsmError};
-use hsm_api::{Exportability, Hsm, KeySpec as HsmKeySpec, KeyToken, KeyUsage};
+use hsm_api::{Exportability, HierarchyLevel, Hsm, KeySpec as HsmKeySpec, KeyToken, KeyUsage};
 
 use crate::access::authz::Operation;
 use crate::access::identity::Identity;
 use crate::card::identifiers::{Atr, CardIdentifier, CardNumber, SocialSecurityNumber};
-use crate::card::template::Template;
+use crate::card::template::{KeySpec, Protector, Template};
 use crate::error::{Error, Refusal, Resource, Result};
 use crate::metrics::{HsmCallLabels, HsmOpLabels, Metrics};
 use crate::state::audit::AuditEvent;
@@ -471,6 +471,48 @@ fn active_key(
         &records::key_prefix(template, key, level, region),
     )?;
     Ok(all.into_iter().map(|(_, r)| r).rfind(|r| r.active))
+}
+
+/// Whether `spec` is a master key of its card: it protects another key's slot, or is the key a
+/// blank card's vendor transport key protects. Its hierarchy is a master-key hierarchy in the
+/// HSM and its card key a [`KeyUsage::CardMasterKey`]: it leaves only inside the
+/// secure-messaging command that writes it, never as a TR-31 block.
+fn is_master_key(template: &Template, spec: &KeySpec) -> bool {
+    spec.protected_by == Protector::VendorTransport
+        || template
+            .keys()
+            .iter()
+            .any(|k| matches!(&k.protected_by, Protector::Key(p) if *p == spec.name))
+}
+
+/// The HSM usage of `spec`'s hierarchy key at `level` (national, province or city).
+fn hierarchy_usage(master: bool, level: Level) -> Result<KeyUsage> {
+    let level = match level {
+        Level::National => HierarchyLevel::National,
+        Level::Province => HierarchyLevel::Province,
+        Level::City => HierarchyLevel::City,
+        Level::Card => {
+            // A card key is not a hierarchy key.
+            return Err(Error::InvalidArgument {
+                field: "level",
+                reason: Refusal::RootLevel,
+            });
+        }
+    };
+    Ok(if master {
+        KeyUsage::MasterKeyDerivation(level)
+    } else {
+        KeyUsage::CardDerivation(level)
+    })
+}
+
+/// The HSM usage of `spec`'s card key.
+fn card_usage(template: &Template, spec: &KeySpec) -> KeyUsage {
+    if is_master_key(template, spec) {
+        KeyUsage::CardMasterKey
+    } else {
+        KeyUsage::CardKey
+    }
 }
 
 /// A card identifier with its serial part masked, for audit and logs.

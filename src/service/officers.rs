@@ -20,7 +20,9 @@ use crate::state::records::{
 };
 use crate::state::store::Table;
 
-use super::{Kms, PROVINCE, active_key, hsm_state_name, kcv_hex, token};
+use super::{
+    Kms, PROVINCE, active_key, hierarchy_usage, hsm_state_name, is_master_key, kcv_hex, token,
+};
 
 /// A clear component as an officer typed it, with its KCV from paper (hex).
 #[derive(Debug)]
@@ -175,13 +177,14 @@ impl<H: Hsm> Kms<H> {
             };
             let alg = spec.hsm_algorithm();
             let components = to_components(alg, components)?;
+            let master = is_master_key(&template, spec);
             let wrapped = self
                 .hsm
                 .form_key(
                     HsmKeySpec {
                         algorithm: alg,
-                        usage: KeyUsage::CardDerivation,
-                        exportability: hierarchy_exportability(spec),
+                        usage: hierarchy_usage(master, level)?,
+                        exportability: hierarchy_exportability(spec, master),
                     },
                     components,
                 )
@@ -212,12 +215,13 @@ impl<H: Hsm> Kms<H> {
                 });
             }
             let alg = spec.hsm_algorithm();
+            let master = is_master_key(&template, spec);
             let wrapped = self
                 .hsm
                 .generate_key(HsmKeySpec {
                     algorithm: alg,
-                    usage: KeyUsage::CardDerivation,
-                    exportability: hierarchy_exportability(spec),
+                    usage: hierarchy_usage(master, Level::Province)?,
+                    exportability: hierarchy_exportability(spec, master),
                 })
                 .await?;
             self.store_new_version(
@@ -306,6 +310,7 @@ impl<H: Hsm> Kms<H> {
             let snap = self.store.snapshot()?;
             let mut new = Vec::new();
             for spec in template.keys() {
+                let master = is_master_key(&template, spec);
                 let national =
                     active_key(&snap, template.id(), &spec.name, Level::National, NATIONAL)?;
                 let provincial =
@@ -314,7 +319,7 @@ impl<H: Hsm> Kms<H> {
                 let provincial = match (national, provincial) {
                     (Some(n), p) if p.as_ref().is_none_or(|p| p.version < n.version) => {
                         let r = self
-                            .derive_level(&n, spec, &f1, Level::Province, PROVINCE)
+                            .derive_level(&n, spec, master, &f1, Level::Province, PROVINCE)
                             .await?;
                         new.push(r.clone());
                         r
@@ -335,7 +340,7 @@ impl<H: Hsm> Kms<H> {
                     }
                     let f2 = Factor::city(city.code)?;
                     new.push(
-                        self.derive_level(&provincial, spec, &f2, Level::City, city.code)
+                        self.derive_level(&provincial, spec, master, &f2, Level::City, city.code)
                             .await?,
                     );
                 }
@@ -369,11 +374,12 @@ impl<H: Hsm> Kms<H> {
     }
 
     /// The key one level below `parent` for `spec`: D(parent, factor), recorded at `level` and
-    /// `region` with the parent's root version.
+    /// `region` with the parent's root version. Its exportability is the HSM's: the parent's.
     async fn derive_level(
         &self,
         parent: &KeyRecord,
         spec: &KeySpec,
+        master: bool,
         factor: &Factor,
         level: Level,
         region: &str,
@@ -384,8 +390,7 @@ impl<H: Hsm> Kms<H> {
                 &token(&parent.token),
                 spec.dispersion,
                 std::slice::from_ref(factor),
-                KeyUsage::CardDerivation,
-                hierarchy_exportability(spec),
+                hierarchy_usage(master, level)?,
             )
             .await?;
         let (method, kcv) = kcv_hex(&child.kcv);
@@ -422,7 +427,7 @@ impl<H: Hsm> Kms<H> {
                 .form_key(
                     HsmKeySpec {
                         algorithm: alg,
-                        usage: KeyUsage::CardKey,
+                        usage: KeyUsage::VendorTransport,
                         exportability: Exportability::NonExportable,
                     },
                     components,
@@ -642,10 +647,11 @@ fn extensions_over(tx: &crate::state::store::Tx<'_>, base: &Template) -> Result<
     Ok(merged)
 }
 
-/// Hierarchy keys of issuer-only template keys (card MKs, STKs) never leave the HSM under a
-/// transport key; the others may go to PSAM lines.
-fn hierarchy_exportability(spec: &KeySpec) -> Exportability {
-    if spec.psam_allowed && !spec.is_issuer_only() {
+/// Hierarchy roots of issuer-only template keys (card MKs, STKs) never leave the HSM under a
+/// transport key; the others may go to PSAM lines. (A master key's hierarchy never does in any
+/// case: the HSM refuses an exportable one.) Derived levels take their parent's.
+fn hierarchy_exportability(spec: &KeySpec, master: bool) -> Exportability {
+    if spec.psam_allowed && !spec.is_issuer_only() && !master {
         Exportability::Exportable
     } else {
         Exportability::NonExportable

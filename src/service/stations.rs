@@ -7,7 +7,7 @@ use hsm_api::Kcv;
 use hsm_api::MacFold;
 use hsm_api::Protector as HsmProtector;
 use hsm_api::{BatchDelivery, BatchItem, BatchOutput, Derivation, KeySource, WriteKeyDelivery};
-use hsm_api::{Error as HsmError, Exportability, Hsm, KeyUsage};
+use hsm_api::{Error as HsmError, Hsm};
 
 use crate::access::authz::{self, Operation};
 use crate::access::identity::Identity;
@@ -21,7 +21,8 @@ use crate::state::store::{Snapshot, Table};
 
 use super::{
     CardRequest, CheckedCard, Kms, PROVINCE, WRITE_KEY_CLA, WRITE_KEY_INS, active_key,
-    block_version, check_wrappable, mask_card_identifier, masked_subject, token,
+    block_version, card_usage, check_wrappable, is_master_key, mask_card_identifier,
+    masked_subject, token,
 };
 
 /// How a station wants its keys.
@@ -270,7 +271,8 @@ impl<H: Hsm> Kms<H> {
     }
 
     /// The derivation of the card key of `spec` (D(K_city, F3)), for the HSM, and its root
-    /// version.
+    /// version — a card master key for the template's master keys (the HSM decides its
+    /// exportability: never as TR-31).
     fn card_derivation(
         snap: &Snapshot,
         template: &Template,
@@ -298,8 +300,7 @@ impl<H: Hsm> Kms<H> {
             parent: token(&city.token),
             method: spec.dispersion,
             factors: vec![*factor],
-            child_usage: KeyUsage::CardKey,
-            child_exportability: Exportability::Exportable,
+            child_usage: card_usage(template, spec),
         };
         Ok((derivation, version))
     }
@@ -475,9 +476,15 @@ fn check_key_list<'a>(
     Ok(())
 }
 
+/// The keys asked for as TR-31 blocks; none named means every key that may leave as a block
+/// (all but the master keys, which leave only inside secure-messaging commands: the HSM refuses
+/// to export them).
 fn select_keys<'t>(template: &'t Template, names: &[String]) -> Result<Vec<&'t KeySpec>> {
     if names.is_empty() {
-        return Ok(template.write_order().collect());
+        return Ok(template
+            .write_order()
+            .filter(|k| !is_master_key(template, k))
+            .collect());
     }
     check_key_list(template, "key_names", names.iter().map(String::as_str))?;
     names

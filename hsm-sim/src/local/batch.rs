@@ -16,8 +16,8 @@ use hsm_api::{
 
 use super::LocalHsm;
 use super::keys::{
-    Caching, DERIVE, EXPORT, EXPORTED, KEKS, PARENTS, PROTECT, PROTECTORS, WRAP, WRITE, WRITTEN,
-    check_usage, derive_child_of, export_block, write_command,
+    Caching, DERIVE, EXPORT, PROTECT, WRAP, WRITE, check_usage, derive_child_of, export_block,
+    is_kek, is_parent, may_be_exported, may_be_written, may_protect, write_command,
 };
 use crate::lmk::{Lmk, TokenKey};
 
@@ -61,20 +61,20 @@ impl<'a> Keys<'a> {
                     KeySource::Derived(_) => Some(self.item_key(index)?),
                     KeySource::Token(_) => None,
                 };
-                let kek = self.token(kbpk, KEKS, Caching::Keep)?;
-                check_usage(&kek, KEKS, WRAP)?;
+                let kek = self.token(kbpk, is_kek, Caching::Keep)?;
+                check_usage(&kek, is_kek, WRAP)?;
                 let key = match derived {
                     Some(key) => key,
                     None => self.item_key(index)?,
                 };
-                check_usage(&key, EXPORTED, EXPORT)?;
+                check_usage(&key, may_be_exported, EXPORT)?;
                 Ok(BatchOutput::Exported(export_block(&kek, &key, *version)?))
             }
             BatchDelivery::WriteKey(w) => {
                 let key = self.item_key(index)?;
                 let protect = self.protector(index, w)?;
-                check_usage(&key, WRITTEN, WRITE)?;
-                check_usage(&protect, PROTECTORS, PROTECT)?;
+                check_usage(&key, may_be_written, WRITE)?;
+                check_usage(&protect, may_protect, PROTECT)?;
                 Ok(BatchOutput::WriteKey(write_command(
                     &key,
                     &protect,
@@ -92,7 +92,9 @@ impl<'a> Keys<'a> {
         match &w.protect {
             Protector::Item(j) if *j != index && *j < self.items.len() => self.item_key(*j),
             Protector::Item(_) => Err(protector_item_error()),
-            Protector::Key(KeySource::Token(token)) => self.token(token, PROTECTORS, Caching::Keep),
+            Protector::Key(KeySource::Token(token)) => {
+                self.token(token, may_protect, Caching::Keep)
+            }
             Protector::Key(KeySource::Derived(d)) => self.derive(d),
         }
     }
@@ -105,7 +107,7 @@ impl<'a> Keys<'a> {
         let items = self.items;
         let key = match &items[index].key {
             // The subject of an export or a write: used once, not cached.
-            KeySource::Token(token) => self.token(token, &[], Caching::Skip),
+            KeySource::Token(token) => self.token(token, |_| false, Caching::Skip),
             KeySource::Derived(d) => self.derive(d),
         };
         self.computed[index] = Some(key.clone());
@@ -114,15 +116,9 @@ impl<'a> Keys<'a> {
 
     /// A derived key, with every check of `derive_key_now`.
     fn derive(&mut self, d: &'a Derivation) -> Result<Arc<TokenKey>> {
-        let parent = self.token(&d.parent, PARENTS, Caching::Keep)?;
-        check_usage(&parent, PARENTS, DERIVE)?;
-        let child = derive_child_of(
-            &parent,
-            d.method,
-            &d.factors,
-            d.child_usage,
-            d.child_exportability,
-        )?;
+        let parent = self.token(&d.parent, is_parent, Caching::Keep)?;
+        check_usage(&parent, is_parent, DERIVE)?;
+        let child = derive_child_of(&parent, d.method, &d.factors, d.child_usage)?;
         Ok(Arc::new(child))
     }
 
@@ -130,7 +126,7 @@ impl<'a> Keys<'a> {
     fn token(
         &mut self,
         token: &'a KeyToken,
-        allowed: &[KeyUsage],
+        allowed: fn(KeyUsage) -> bool,
         caching: Caching,
     ) -> Result<Arc<TokenKey>> {
         if let Some(key) = self.tokens.get(token.as_str()) {

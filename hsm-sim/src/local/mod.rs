@@ -30,14 +30,23 @@
 //!
 //! | operation | key | allowed usage |
 //! |---|---|---|
+//! | `generate_key`, `form_key` | new | any but `CardMasterKey`; exportable only where the usage may leave |
 //! | `import_key` | KEK | `KeyBlockProtection` |
+//! | `import_key` | new | any but `CardMasterKey`; `E` kept only where the usage may leave |
 //! | `export_key` | KEK | `KeyBlockProtection` |
-//! | `export_key` | key | not `KeyBlockProtection`; `Exportable` |
-//! | `derive_key` | parent | `CardDerivation`; child `CardDerivation` or `CardKey` |
-//! | `write_key_command` | key | `CardKey` or `CardDerivation` |
-//! | `write_key_command` | protect | `CardKey` |
+//! | `export_key` | key | `CardDerivation` or `CardKey`, `Exportable`; master keys, their hierarchy and vendor transport keys are `NotExportable` |
+//! | `derive_key` | parent | `CardDerivation(l)` → `CardKey` or `CardDerivation` below `l`; `MasterKeyDerivation(l)` → `CardMasterKey` or `MasterKeyDerivation` below `l`; the factors reach the child's level exactly |
+//! | `write_key_command` | key | `CardKey` or `CardMasterKey` (never a hierarchy key) |
+//! | `write_key_command` | protect | `CardMasterKey`; `VendorTransport` for a master key's write only |
 //! | `mac`, `verify_mac` | key | `AuditMac` (AES) |
 //! | `batch` | every item | as `derive_key` for a derived key, then as `export_key` or `write_key_command` |
+//!
+//! **Exportability is the HSM's decision.** A derived key's exportability follows from its
+//! parent and its usage (a hierarchy child is exportable only if its parent is, a card key is,
+//! a card master key never); a new key's spec may only narrow what its usage allows
+//! ([`KeyUsage::may_be_exported`]). So no sequence of calls brings a non-exportable hierarchy
+//! key, a master key or a vendor transport key out of the HSM, in a block or in a card write —
+//! except a master key inside the secure-messaging command that writes it to a card.
 //!
 //! Key-block protection keys must be TDES (2- or 3-key, TR-31 version B) or AES (version D);
 //! audit MAC keys AES. Weak DES keys are refused wherever a key is made or enters.
@@ -58,7 +67,7 @@
 //! # Example
 //!
 //! ```
-//! use hsm_api::{Algorithm, Exportability, Hsm, KeySpec, KeyUsage};
+//! use hsm_api::{Algorithm, Exportability, HierarchyLevel, Hsm, KeySpec, KeyUsage};
 //! use hsm_sim::local::{LocalHsm, LocalHsmConfig};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -69,7 +78,7 @@
 //!     let init = hsm.init_lmk(2, 3).await?;
 //!     let spec = KeySpec {
 //!         algorithm: Algorithm::Tdes2,
-//!         usage: KeyUsage::CardDerivation,
+//!         usage: KeyUsage::CardDerivation(HierarchyLevel::City),
 //!         exportability: Exportability::NonExportable,
 //!     };
 //!     let city = hsm.generate_key(spec).await?;
@@ -90,9 +99,9 @@ use std::path::PathBuf;
 use std::sync::RwLock;
 
 use hsm_api::{
-    BatchItem, BatchOutput, Component, Dispersion, Error, Exportability, ExportedKey, Factor, Hsm,
-    HsmStatus, Kcv, KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare,
-    Result, UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest,
+    BatchItem, BatchOutput, Component, Dispersion, Error, ExportedKey, Factor, Hsm, HsmStatus, Kcv,
+    KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare, Result,
+    UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest,
 };
 use subtle::ConstantTimeEq;
 
@@ -210,9 +219,8 @@ impl Hsm for LocalHsm {
         method: Dispersion,
         factors: &[Factor],
         child_usage: KeyUsage,
-        child_exportability: Exportability,
     ) -> Result<WrappedKey> {
-        self.derive_key_now(parent, method, factors, child_usage, child_exportability)
+        self.derive_key_now(parent, method, factors, child_usage)
     }
 
     async fn write_key_command(&self, request: WriteKeyRequest) -> Result<WriteKeyCommand> {

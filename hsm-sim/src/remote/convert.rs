@@ -6,9 +6,9 @@
 
 use hsm_api::{
     Algorithm, BatchDelivery, BatchItem, BatchOutput, Derivation, Dispersion, Exportability,
-    ExportedKey, Factor, HsmState, HsmStatus, IssuedShare, Kcv, KcvMethod, KeyBlockVersion,
-    KeySource, KeySpec, KeyToken, KeyUsage, LmkShare, MacFold, Protector, Result, UnsealProgress,
-    WrappedKey, WriteKeyCommand, WriteKeyDelivery,
+    ExportedKey, Factor, HierarchyLevel, HsmState, HsmStatus, IssuedShare, Kcv, KcvMethod,
+    KeyBlockVersion, KeySource, KeySpec, KeyToken, KeyUsage, LmkShare, MacFold, Protector, Result,
+    UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyDelivery,
 };
 use zeroize::Zeroizing;
 
@@ -50,22 +50,47 @@ pub(crate) fn algorithm_from_wire(value: i32) -> Option<Algorithm> {
     })
 }
 
-pub(crate) fn usage_to_wire(usage: KeyUsage) -> proto::KeyUsage {
-    match usage {
+/// A usage on the wire: the usage and, for the two derivation usages, the level beside it.
+pub(crate) fn usage_to_wire(usage: KeyUsage) -> (proto::KeyUsage, proto::HierarchyLevel) {
+    let level = match usage.level() {
+        None => proto::HierarchyLevel::Unspecified,
+        Some(HierarchyLevel::National) => proto::HierarchyLevel::National,
+        Some(HierarchyLevel::Province) => proto::HierarchyLevel::Province,
+        Some(HierarchyLevel::City) => proto::HierarchyLevel::City,
+    };
+    let usage = match usage {
         KeyUsage::KeyBlockProtection => proto::KeyUsage::KeyBlockProtection,
-        KeyUsage::CardDerivation => proto::KeyUsage::CardDerivation,
+        KeyUsage::CardDerivation(_) => proto::KeyUsage::CardDerivation,
+        KeyUsage::MasterKeyDerivation(_) => proto::KeyUsage::MasterKeyDerivation,
         KeyUsage::CardKey => proto::KeyUsage::CardKey,
+        KeyUsage::CardMasterKey => proto::KeyUsage::CardMasterKey,
+        KeyUsage::VendorTransport => proto::KeyUsage::VendorTransport,
         KeyUsage::AuditMac => proto::KeyUsage::AuditMac,
-    }
+    };
+    (usage, level)
 }
 
-pub(crate) fn usage_from_wire(value: i32) -> Option<KeyUsage> {
-    Some(match proto::KeyUsage::try_from(value).ok()? {
-        proto::KeyUsage::Unspecified => return None,
-        proto::KeyUsage::KeyBlockProtection => KeyUsage::KeyBlockProtection,
-        proto::KeyUsage::CardDerivation => KeyUsage::CardDerivation,
-        proto::KeyUsage::CardKey => KeyUsage::CardKey,
-        proto::KeyUsage::AuditMac => KeyUsage::AuditMac,
+/// A usage from the wire: a derivation usage needs a level, every other usage has none.
+pub(crate) fn usage_from_wire(value: i32, level: i32) -> Option<KeyUsage> {
+    let level = match proto::HierarchyLevel::try_from(level).ok()? {
+        proto::HierarchyLevel::Unspecified => None,
+        proto::HierarchyLevel::National => Some(HierarchyLevel::National),
+        proto::HierarchyLevel::Province => Some(HierarchyLevel::Province),
+        proto::HierarchyLevel::City => Some(HierarchyLevel::City),
+    };
+    Some(match (proto::KeyUsage::try_from(value).ok()?, level) {
+        (proto::KeyUsage::CardDerivation, Some(level)) => KeyUsage::CardDerivation(level),
+        (proto::KeyUsage::MasterKeyDerivation, Some(level)) => KeyUsage::MasterKeyDerivation(level),
+        (_, Some(_)) => return None,
+        (proto::KeyUsage::Unspecified, None) => return None,
+        (proto::KeyUsage::CardDerivation | proto::KeyUsage::MasterKeyDerivation, None) => {
+            return None;
+        }
+        (proto::KeyUsage::KeyBlockProtection, None) => KeyUsage::KeyBlockProtection,
+        (proto::KeyUsage::CardKey, None) => KeyUsage::CardKey,
+        (proto::KeyUsage::CardMasterKey, None) => KeyUsage::CardMasterKey,
+        (proto::KeyUsage::VendorTransport, None) => KeyUsage::VendorTransport,
+        (proto::KeyUsage::AuditMac, None) => KeyUsage::AuditMac,
     })
 }
 
@@ -155,10 +180,12 @@ pub(crate) fn kcv_from_wire(kcv: Option<proto::KeyCheckValue>) -> Option<Kcv> {
 }
 
 pub(crate) fn spec_to_wire(spec: KeySpec) -> proto::KeySpec {
+    let (usage, level) = usage_to_wire(spec.usage);
     proto::KeySpec {
         algorithm: algorithm_to_wire(spec.algorithm).into(),
-        usage: usage_to_wire(spec.usage).into(),
+        usage: usage.into(),
         exportability: exportability_to_wire(spec.exportability).into(),
+        level: level.into(),
     }
 }
 
@@ -166,7 +193,7 @@ pub(crate) fn spec_from_wire(spec: Option<proto::KeySpec>) -> Option<KeySpec> {
     let spec = spec?;
     Some(KeySpec {
         algorithm: algorithm_from_wire(spec.algorithm)?,
-        usage: usage_from_wire(spec.usage)?,
+        usage: usage_from_wire(spec.usage, spec.level)?,
         exportability: exportability_from_wire(spec.exportability)?,
     })
 }
@@ -269,12 +296,13 @@ pub(crate) fn status_from_wire(status: proto::HsmStatus) -> Option<HsmStatus> {
 // ------------------------------------------------------------------------------- batches
 
 fn derivation_to_wire(d: &Derivation) -> proto::Derivation {
+    let (usage, level) = usage_to_wire(d.child_usage);
     proto::Derivation {
         parent: d.parent.as_str().to_owned(),
         method: dispersion_to_wire(d.method).into(),
         factors: d.factors.iter().map(|f| f.as_bytes().to_vec()).collect(),
-        child_usage: usage_to_wire(d.child_usage).into(),
-        child_exportability: exportability_to_wire(d.child_exportability).into(),
+        child_usage: usage.into(),
+        child_level: level.into(),
     }
 }
 
@@ -287,8 +315,7 @@ fn derivation_from_wire(d: proto::Derivation) -> Option<Derivation> {
             .iter()
             .map(|f| Factor::from_bytes(f).ok())
             .collect::<Option<_>>()?,
-        child_usage: usage_from_wire(d.child_usage)?,
-        child_exportability: exportability_from_wire(d.child_exportability)?,
+        child_usage: usage_from_wire(d.child_usage, d.child_level)?,
     })
 }
 
@@ -413,14 +440,17 @@ mod tests {
                 Some(alg)
             );
         }
-        for usage in [
-            KeyUsage::KeyBlockProtection,
-            KeyUsage::CardDerivation,
-            KeyUsage::CardKey,
-            KeyUsage::AuditMac,
-        ] {
-            assert_eq!(usage_from_wire(usage_to_wire(usage).into()), Some(usage));
+        for usage in KeyUsage::ALL {
+            let (u, l) = usage_to_wire(usage);
+            assert_eq!(usage_from_wire(u.into(), l.into()), Some(usage));
         }
+        // A derivation usage without its level, or another usage with one, is refused.
+        let city = proto::HierarchyLevel::City as i32;
+        assert_eq!(
+            usage_from_wire(proto::KeyUsage::CardDerivation as i32, 0),
+            None
+        );
+        assert_eq!(usage_from_wire(proto::KeyUsage::CardKey as i32, city), None);
         for e in [Exportability::Exportable, Exportability::NonExportable] {
             assert_eq!(
                 exportability_from_wire(exportability_to_wire(e).into()),
@@ -439,7 +469,7 @@ mod tests {
         // Unspecified and unknown numbers are refused, never defaulted.
         assert_eq!(algorithm_from_wire(0), None);
         assert_eq!(algorithm_from_wire(99), None);
-        assert_eq!(usage_from_wire(0), None);
+        assert_eq!(usage_from_wire(0, 0), None);
         assert_eq!(kcv_from_wire(None), None);
         assert_eq!(
             kcv_from_wire(Some(proto::KeyCheckValue {

@@ -127,8 +127,9 @@ fn extract_key(algorithm: KeyBlockAlgorithm, clear: &[u8]) -> Result<SecretKey> 
     }
     let len = usize::from(bits / 8);
     let bytes = clear.get(2..2 + len).ok_or(Error::KeyBlockKeyLength)?;
+    // Liberal on unwrap: single DES under `T` too (see `unwrap_key_algorithm`).
     let alg = algorithm
-        .key_algorithm(len)
+        .unwrap_key_algorithm(len)
         .ok_or(Error::KeyBlockKeyLength)?;
     SecretKey::new(alg, bytes)
 }

@@ -25,6 +25,9 @@ struct Vector {
     kcv: Option<KcvVector>,
     header: String,
     padding: Option<String>,
+    /// A block other implementations write and we accept on unwrap, but never write.
+    #[serde(default)]
+    unwrap_only: bool,
     block: String,
 }
 
@@ -133,6 +136,18 @@ fn published_blocks_unwrap_and_rewrap_exactly() {
             let method = KcvMethod::from_name(&kcv.method).unwrap();
             let published = Kcv::from_parts(method, hex::decode(&kcv.value).unwrap());
             assert!(published.matches(&got).unwrap(), "{}", t.name);
+        }
+        if t.unwrap_only {
+            // Strict on wrap: the same header and key are refused.
+            assert_eq!(
+                wrap(&kbpk, &header, &got),
+                Err(Error::KeyBlockHeader {
+                    field: "algorithm".into()
+                }),
+                "{}",
+                t.name
+            );
+            continue;
         }
         if let Some(padding) = &t.padding {
             let padding = hex::decode(padding).unwrap();
@@ -561,8 +576,8 @@ fn decrypted_key_length_must_fit_the_header() {
     let key8 = [0x11u8; 8];
     let key16 = [0x22u8; 16];
     let cases: [(&str, u16, &[u8]); 6] = [
-        // An 8-byte key in a TDES block.
-        ("D0000K0TB00E0000", 64, &key8),
+        // An 8-byte key in an AES block.
+        ("D0000K0AB00E0000", 64, &key8),
         // A length that is not whole bytes.
         ("D0000K0TB00E0000", 129, &key16),
         // A length longer than the data.
@@ -596,6 +611,30 @@ fn decrypted_key_length_must_fit_the_header() {
             key: Algorithm::Tdes3
         }
     );
+}
+
+/// Issue 15: a single-length DES key under `T`, as other implementations write it, unwraps
+/// (as a DES key); we never write one.
+#[test]
+fn single_des_under_t_unwraps_but_is_never_written() {
+    let kbpk = hex_key(Algorithm::Tdes2, "AAAAAAAAAAAAAAAABBBBBBBBBBBBBBBB");
+    let block = "B0096M3TC00E0000B6CD513680EF255FC0DC590726FD0129A7CF6602E7F271631AB4EE7350642F11181AF4CC12F12FD9";
+    let (header, key) = unwrap(&kbpk, block).unwrap();
+    assert_eq!(header.algorithm, KeyBlockAlgorithm::Tdes);
+    assert_eq!(key.algorithm(), Algorithm::Des);
+    assert!(key == hex_key(Algorithm::Des, "EEEEEEEEEEEEEEEE"));
+    assert_eq!(
+        wrap(&kbpk, &header, &key),
+        Err(Error::KeyBlockHeader {
+            field: "algorithm".into()
+        })
+    );
+    let des_header = KeyBlockHeader {
+        algorithm: KeyBlockAlgorithm::Des,
+        ..header
+    };
+    let ours = wrap(&kbpk, &des_header, &key).unwrap();
+    assert!(ours.starts_with("B0096M3DC00E0000"), "{ours}");
 }
 
 #[test]
@@ -679,6 +718,7 @@ fn malformed_optional_blocks_name_the_block() {
         "B0000P0TE00N0200KC0C0057C409PB04",
         "B0000P0TE00N0200KP1001ABCDEF0123PB080000",
         "D0000P0TE00N0200KS1800604B120F9292800000PB080000",
+        "D0000P04E00N0200KC0E00ABCDEF01PB1200000000000000",
     ] {
         parse_header(&unsealed(h, 32)).unwrap_or_else(|e| panic!("{h}: {e}"));
     }
@@ -808,10 +848,14 @@ fn sm4_uses_the_proprietary_code_4() {
     let h = header(KeyBlockVersion::D, KeyBlockAlgorithm::Sm4)
         .with_optional_block(OptionalBlock::key_check_value(&sm4).unwrap());
     let block = wrap(&kbpk, &h, &sm4).unwrap();
-    assert!(block.starts_with("D0128K04B00E0200KC0C00"), "{block}");
-    // KC of SM4: SM4 of zeros (DOMAIN.md §6), first 3 bytes.
-    let legacy = kcv::compute(&sm4, KcvMethod::EncryptZeros, 3).unwrap();
-    assert_eq!(&block[22..28], legacy.to_hex());
+    assert!(block.starts_with("D0144K04B00E0200KC0E00"), "{block}");
+    // Issue 15: KC of SM4 is SM4 of zeros (DOMAIN.md §6), 4 bytes: the KCV the API, the CLI and
+    // the audit show for the same key.
+    let kcv = kcv::compute_default(&sm4).unwrap();
+    assert_eq!(kcv.value().len(), 4);
+    assert_eq!(&block[22..30], kcv.to_hex());
+    let kc = parse_header(&block).unwrap();
+    assert_eq!(kc.optional_block("KC").unwrap().check_value().unwrap(), kcv);
     let (got_header, got) = unwrap(&kbpk, &block).unwrap();
     assert_eq!(got_header.algorithm, KeyBlockAlgorithm::Sm4);
     assert!(got == sm4);
