@@ -1,5 +1,7 @@
 //! The one integration-test binary of hsm-sim.
 //!
+//! - `batch`: `Hsm::batch` against the single operations it stands for, item for item, with
+//!   bad items among good ones (the scenario is run over the wire by `remote` too).
 //! - `kat_vectors`: the published known-answer files of `tests/vectors/`, through the public API.
 //! - `local`: `LocalHsm` through the `Hsm` trait: LMK life cycle, usage checks, the SSC chain,
 //!   export, rotation, refusal in every state that is not operational.
@@ -8,6 +10,7 @@
 //!   authorisation, error fidelity.
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+mod batch;
 mod kat_vectors;
 mod local;
 mod remote;

@@ -14,9 +14,9 @@
 use std::sync::Arc;
 
 use hsm_api::{
-    Component, Dispersion, Error as HsmError, ExportedKey, Factor, Hsm, HsmState, HsmStatus, Kcv,
-    KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare,
-    Result as HsmResult, UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest,
+    BatchItem, BatchOutput, Component, Dispersion, Error as HsmError, ExportedKey, Factor, Hsm,
+    HsmState, HsmStatus, Kcv, KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation,
+    LmkShare, Result as HsmResult, UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest,
 };
 use tokio::sync::watch;
 
@@ -206,6 +206,12 @@ impl<H: Hsm> Hsm for WatchedHsm<H> {
 
     async fn write_key_command(&self, request: WriteKeyRequest) -> HsmResult<WriteKeyCommand> {
         let r = self.inner.write_key_command(request).await;
+        self.key_op(r)
+    }
+
+    async fn batch(&self, items: Vec<BatchItem>) -> HsmResult<Vec<HsmResult<BatchOutput>>> {
+        // The call as a whole says what the HSM is; an item's own refusal does not.
+        let r = self.inner.batch(items).await;
         self.key_op(r)
     }
 

@@ -3,6 +3,7 @@
 
 use hsm_api::Algorithm;
 use hsm_api::Hsm;
+use hsm_api::{BatchDelivery, BatchItem, BatchOutput, Error as HsmError, KeySource};
 
 use crate::access::authz::{self, Operation};
 use crate::access::identity::Identity;
@@ -117,7 +118,8 @@ impl<H: Hsm> Kms<H> {
             let kbpk = token(&line.transport_token);
             let version = block_version(Algorithm::from_name(&line.transport_algorithm)?)?;
             let psam_region = Region::lookup_field("region", &psam.region)?;
-            let mut keys = Vec::new();
+            let mut items = Vec::new();
+            let mut released = Vec::new();
             let mut omitted = Vec::new();
             for pk in template.psam_keys() {
                 if !pk.key.psam_allowed || pk.key.is_issuer_only() {
@@ -146,10 +148,22 @@ impl<H: Hsm> Kms<H> {
                     continue;
                 };
                 check_wrappable(version, pk.key.hsm_algorithm())?;
-                let exported = self
-                    .hsm
-                    .export_key(&kbpk, &token(&record.token), version)
-                    .await?;
+                items.push(BatchItem {
+                    key: KeySource::Token(token(&record.token)),
+                    delivery: BatchDelivery::Export {
+                        kbpk: kbpk.clone(),
+                        version,
+                    },
+                });
+                released.push((pk, level, record.version));
+            }
+            // The whole set in one HSM call.
+            let outputs = self.batch(items).await?;
+            let mut keys = Vec::with_capacity(released.len());
+            for ((pk, level, root_version), output) in released.into_iter().zip(outputs) {
+                let BatchOutput::Exported(exported) = output? else {
+                    return Err(HsmError::Protocol.into());
+                };
                 keys.push(Delivered {
                     key_name: pk.key.name.clone(),
                     directory: pk.key.directory.clone(),
@@ -158,7 +172,7 @@ impl<H: Hsm> Kms<H> {
                     algorithm: pk.key.hsm_algorithm(),
                     kcv: exported.kcv,
                     level,
-                    root_version: record.version,
+                    root_version,
                     form: DeliveredForm::Tr31(exported.block),
                     psam_usage: Some(pk.usage.byte()),
                 });

@@ -39,6 +39,7 @@
 //! | `write_key_command` | key | `CardKey` or `CardMasterKey` (never a hierarchy key) |
 //! | `write_key_command` | protect | `CardMasterKey`; `VendorTransport` for a master key's write only |
 //! | `mac`, `verify_mac` | key | `AuditMac` (AES) |
+//! | `batch` | every item | as `derive_key` for a derived key, then as `export_key` or `write_key_command` |
 //!
 //! **Exportability is the HSM's decision.** A derived key's exportability follows from its
 //! parent and its usage (a hierarchy child is exportable only if its parent is, a card key is,
@@ -49,7 +50,7 @@
 //!
 //! Key-block protection keys must be TDES (2- or 3-key, TR-31 version B) or AES (version D);
 //! audit MAC keys AES. Weak DES keys are refused wherever a key is made or enters.
-
+//!
 //! # The hot-key cache
 //!
 //! Keys that act on other keys or data — derivation parents, KEKs, protection keys of card
@@ -60,7 +61,8 @@
 //!
 //! This file holds the configuration, [`LocalHsm`] and its [`Hsm`] implementation (async calls
 //! over synchronous methods). The life cycle — start-up, LMK, unseal, seal, self-test,
-//! rotation — is in `state.rs`; the key operations on tokens are in `keys.rs`.
+//! rotation — is in `state.rs`; the key operations on tokens are in `keys.rs`; `batch.rs` runs
+//! a batch's items through the same functions.
 //!
 //! # Example
 //!
@@ -97,15 +99,16 @@ use std::path::PathBuf;
 use std::sync::RwLock;
 
 use hsm_api::{
-    Component, Dispersion, Error, ExportedKey, Factor, Hsm, HsmStatus, Kcv, KeyBlockVersion,
-    KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare, Result, UnsealProgress,
-    WrappedKey, WriteKeyCommand, WriteKeyRequest,
+    BatchItem, BatchOutput, Component, Dispersion, Error, ExportedKey, Factor, Hsm, HsmStatus, Kcv,
+    KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare, Result,
+    UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest,
 };
 use subtle::ConstantTimeEq;
 
 use self::state::State;
 use crate::cache::HotKeyCache;
 
+mod batch;
 mod keys;
 mod state;
 
@@ -222,6 +225,10 @@ impl Hsm for LocalHsm {
 
     async fn write_key_command(&self, request: WriteKeyRequest) -> Result<WriteKeyCommand> {
         self.write_key_command_now(&request)
+    }
+
+    async fn batch(&self, items: Vec<BatchItem>) -> Result<Vec<Result<BatchOutput>>> {
+        self.batch_now(&items)
     }
 
     async fn kcv(&self, key: &KeyToken) -> Result<Kcv> {
