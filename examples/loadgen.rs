@@ -16,7 +16,9 @@
 //!
 //! With `--background-max-requests`, a second client sends maximum-size requests (every key of
 //! the template, as fast as it can, on its own connection) during the injection phase, to show
-//! that a large request does not stall the others.
+//! that a large request does not stall the others; with `--rate`, the station sends at a steady
+//! rate (the stall demonstration: `--connections 1 --concurrency 1 --rate 100`, with and without
+//! `--background-max-requests 64`, compares the station's p99).
 //!
 //! Its last line is always
 //! `cards/s=<n> keys/s=<n> p50_ms=<x> p99_ms=<x> errors=<n> ceiling_rps=<n>`.
@@ -78,6 +80,10 @@ struct Args {
     /// Maximum-size requests in flight from a second client during the injection phase.
     #[arg(long, default_value_t = 0)]
     background_max_requests: usize,
+    /// Injections per second in all (spread over the connections × concurrency workers, each
+    /// starting its requests at a steady interval); 0 = as fast as each worker can.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
 }
 
 /// One generated card: identity and ATR.
@@ -176,6 +182,16 @@ where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Option<bool>> + Send,
 {
+    run_paced(workers, seconds, None, op).await
+}
+
+/// [`run_phase`], each worker starting a request every `interval` if given (a request that
+/// takes longer delays the next one; latency is measured from each request's own start).
+async fn run_paced<F, Fut>(workers: usize, seconds: u64, interval: Option<Duration>, op: F) -> Phase
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Option<bool>> + Send,
+{
     let op = Arc::new(op);
     let next = Arc::new(AtomicUsize::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -186,7 +202,12 @@ where
         let (op, next, errors) = (Arc::clone(&op), Arc::clone(&next), Arc::clone(&errors));
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
+            let mut next_start = Instant::now();
             while Instant::now() < deadline {
+                if let Some(interval) = interval {
+                    tokio::time::sleep_until(next_start.into()).await;
+                    next_start += interval;
+                }
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let t = Instant::now();
                 let Some(ok) = op(i).await else { break };
@@ -382,7 +403,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let cards = Arc::clone(&cards);
         let template_id = args.template.clone();
         let form = args.form;
-        run_phase(workers, args.seconds, move |i| {
+        let interval =
+            (args.rate > 0.0).then(|| Duration::from_secs_f64(workers as f64 / args.rate));
+        run_paced(workers, args.seconds, interval, move |i| {
             let mut client = CardKeyServiceClient::new(stations[i % stations.len()].clone());
             let card = cards[i % cards.len()].identity.clone();
             let template_id = template_id.clone();
@@ -430,11 +453,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .await
     };
-    report("injections", &injections, key_count);
+    // Keys a request delivers: every key in WRITE KEY commands, all but the master keys as TR-31.
+    let per_request = match args.form {
+        Form::Tr31 => tr31_keys,
+        Form::SecureMessaging => key_count,
+    };
+    report("injections", &injections, per_request);
     if let Some(background) = background
         && let Ok(big) = background.await
     {
-        report("large (bg)", &big, key_count);
+        report("large (bg)", &big, tr31_keys);
     }
 
     let cards_per_s = injections.rps();
@@ -444,13 +472,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         0.0
     };
     println!(
-        "form {:?}, template {} ({key_count} keys), {} connections x {} in flight; injections/health ceiling = {ratio:.3}",
+        "form {:?}, template {} ({key_count} keys, {per_request} per request), {} connections x {} in flight; injections/health ceiling = {ratio:.3}",
         args.form, args.template, args.connections, args.concurrency
     );
     println!(
         "cards/s={:.0} keys/s={:.0} p50_ms={:.2} p99_ms={:.2} errors={} ceiling_rps={:.0}",
         cards_per_s,
-        cards_per_s * key_count as f64,
+        cards_per_s * per_request as f64,
         injections.percentile_ms(0.50),
         injections.percentile_ms(0.99),
         injections.errors,

@@ -619,6 +619,22 @@ async fn dev_serves_metrics_that_count_requests_keys_and_commits() {
         "every release and refusal is committed: {after}"
     );
     assert_eq!(sample(&after, "sscard_audit_unsealed_records"), Some(0.0));
+    // One HSM call per card set (the refusal never reached the HSM), each timed.
+    let batches = "sscard_hsm_calls_total{op=\"batch\",outcome=\"ok\"}";
+    let timed = "sscard_hsm_call_duration_seconds_count{op=\"batch\"}";
+    let grew =
+        |name: &str| sample(&after, name).unwrap_or(0.0) - sample(&before, name).unwrap_or(0.0);
+    assert_eq!(grew(batches), 2.0, "{after}");
+    assert_eq!(grew(timed), 2.0, "{after}");
+    assert!(
+        sample(
+            &after,
+            "sscard_hsm_calls_total{op=\"status\",outcome=\"ok\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "every operation is counted, status too: {after}"
+    );
     let exited = dev.terminate();
     assert!(exited.status.success(), "{exited:?}");
 }

@@ -19,7 +19,7 @@ use crate::access::identity::Identity;
 use crate::card::identifiers::{Atr, CardIdentifier, CardNumber, SocialSecurityNumber};
 use crate::card::template::{KeySpec, Protector, Template};
 use crate::error::{Error, Refusal, Resource, Result};
-use crate::metrics::{HsmCallLabels, HsmOpLabels, Metrics};
+use crate::metrics::Metrics;
 use crate::state::audit::AuditEvent;
 use crate::state::records::{self, Endpoint, EndpointKind, KeyRecord, Level, StoredTemplate};
 use crate::state::store::{SealSkipped, Sealer, Snapshot, Store, Table};
@@ -190,6 +190,7 @@ impl<H: Hsm> Kms<H> {
         });
         let store = Store::open(store_dir, Arc::clone(&sealer) as Arc<dyn Sealer>)?;
         let metrics = Metrics::new(store.metrics());
+        hsm.attach_metrics(Arc::clone(&metrics));
         let kms = Kms {
             hsm,
             store,
@@ -401,8 +402,8 @@ impl<H: Hsm> Kms<H> {
         result
     }
 
-    /// One HSM call for every key of a request: one result per item, in order.
-    /// Recorded in the HSM metrics (op `batch`).
+    /// One HSM call for every key of a request: one result per item, in order (recorded in the
+    /// HSM metrics as op `batch`, by [`WatchedHsm`]).
     async fn batch(
         &self,
         items: Vec<hsm_api::BatchItem>,
@@ -411,20 +412,7 @@ impl<H: Hsm> Kms<H> {
         if count == 0 {
             return Ok(Vec::new());
         }
-        let started = std::time::Instant::now();
-        let outputs = self.hsm.batch(items).await;
-        self.metrics
-            .hsm_seconds
-            .get_or_create(&HsmOpLabels { op: "batch" })
-            .observe(started.elapsed().as_secs_f64());
-        self.metrics
-            .hsm_calls
-            .get_or_create(&HsmCallLabels {
-                op: "batch",
-                outcome: if outputs.is_ok() { "ok" } else { "error" },
-            })
-            .inc();
-        let outputs = outputs?;
+        let outputs = self.hsm.batch(items).await?;
         if outputs.len() != count {
             return Err(HsmError::Protocol.into());
         }

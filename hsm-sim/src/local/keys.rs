@@ -286,11 +286,7 @@ pub(super) fn derive_child_of(
     )?;
     let child = diversify::diversify_chain(&parent.key, method, factors)?;
     child.check_not_weak()?;
-    Ok(TokenKey {
-        usage: child_usage,
-        exportability,
-        key: child,
-    })
+    Ok(TokenKey::new(child_usage, exportability, child))
 }
 
 /// `key` (of a usage that passed [`may_be_exported`]) as a TR-31 block of `version` under `kek`
@@ -310,13 +306,15 @@ pub(super) fn export_block(
         key.usage,
         key.key.algorithm(),
         tr31::Exportability::NonExportable,
-    )?
-    .with_optional_block(OptionalBlock::key_check_value(&key.key)?);
-    let block = tr31::wrap(&kek.key, &header, &key.key)?;
-    Ok(ExportedKey {
-        block,
-        kcv: kcv::compute_default(&key.key)?,
-    })
+    )?;
+    // One check value for the block's `KC` and the answer.
+    let kcv = kcv::compute_default(&key.key)?;
+    let header = header.with_optional_block(OptionalBlock::key_check_value_of(&kcv)?);
+    // The KEK's binding keys are derived at its first export and kept with it.
+    let block = kek.with_binding(version, |binding| {
+        tr31::wrap_bound(&kek.key, binding, &header, &key.key)
+    })?;
+    Ok(ExportedKey { block, kcv })
 }
 
 /// The WRITE KEY command of `key` (a usage that passed [`may_be_written`]) under `protect` (one
