@@ -273,7 +273,7 @@ async fn inject_demo_card(addr: SocketAddr, pki: &Path) -> Vec<(String, String)>
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(response.keys.len(), 24, "every key of ssc-2.0");
+    assert_eq!(response.keys.len(), 33, "every key of ssc-2.0");
     assert_eq!(response.keys.len(), template("ssc-2.0").keys().len());
     let stk = response
         .keys
@@ -599,7 +599,8 @@ async fn dev_serves_metrics_that_count_requests_keys_and_commits() {
             &after,
             "sscard_keys_released_total{form=\"tr31\",template=\"ssc-2.0\"}"
         ),
-        Some(48.0),
+        // Two injections of the 33 keys of ssc-2.0.
+        Some(66.0),
         "{after}"
     );
     assert_eq!(
@@ -801,7 +802,7 @@ async fn serve_with_a_local_hsm_starts_sealed_and_is_unsealed_by_two_custodians(
         .unwrap()
         .into_inner();
     assert_eq!(summary.id, "ssc-2.0");
-    assert_eq!(summary.keys, 24);
+    assert_eq!(summary.keys, 33);
     assert_eq!(service_status(&mut officer).await.templates, ["ssc-2.0"]);
 
     drop(officer);

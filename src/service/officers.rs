@@ -155,6 +155,7 @@ impl<H: Hsm> Kms<H> {
         key_name: &str,
         level: Level,
         components: Vec<ComponentInput>,
+        ministry_psam_permission: bool,
     ) -> Result<KeyRecord> {
         let subject = format!("{template_id}/{key_name} {level} root");
         self.audited(caller, Operation::Administer, &subject, async {
@@ -173,6 +174,12 @@ impl<H: Hsm> Kms<H> {
                     });
                 }
             };
+            if ministry_psam_permission && level != Level::National {
+                return Err(Error::InvalidArgument {
+                    field: "ministry_psam_permission",
+                    reason: Refusal::PsamPermissionOnlyNational,
+                });
+            }
             let alg = spec.hsm_algorithm();
             let components = to_components(alg, components)?;
             let wrapped = self
@@ -186,7 +193,13 @@ impl<H: Hsm> Kms<H> {
                     components,
                 )
                 .await?;
-            self.store_new_version(caller, template.id(), key_name, level, region, alg, wrapped)
+            let stored = Stored {
+                level,
+                region,
+                alg,
+                psam_permitted: ministry_psam_permission,
+            };
+            self.store_new_version(caller, template.id(), key_name, stored, wrapped)
                 .await
         })
         .await
@@ -224,9 +237,7 @@ impl<H: Hsm> Kms<H> {
                 caller,
                 template.id(),
                 key_name,
-                Level::Province,
-                PROVINCE,
-                alg,
+                Stored::provincial(alg),
                 wrapped,
             )
             .await
@@ -240,11 +251,15 @@ impl<H: Hsm> Kms<H> {
         caller: &Identity,
         template_id: &str,
         key_name: &str,
-        level: Level,
-        region: &str,
-        alg: Algorithm,
+        stored: Stored<'_>,
         wrapped: hsm_api::WrappedKey,
     ) -> Result<KeyRecord> {
+        let Stored {
+            level,
+            region,
+            alg,
+            psam_permitted,
+        } = stored;
         let prefix = records::key_prefix(template_id, key_name, level, region);
         let (method, kcv) = kcv_hex(&wrapped.kcv);
         let mut record = KeyRecord {
@@ -259,6 +274,7 @@ impl<H: Hsm> Kms<H> {
             kcv,
             active: true,
             created_ms: 0,
+            psam_permitted,
         };
         let actor = caller.to_string();
         self.store
@@ -277,11 +293,16 @@ impl<H: Hsm> Kms<H> {
                     actor,
                     "store-root-key",
                     format!(
-                        "{} v{} KCV {} {}",
+                        "{} v{} KCV {} {}{}",
                         record.id(),
                         record.version,
                         record.kcv_method,
-                        record.kcv
+                        record.kcv,
+                        if record.psam_permitted {
+                            ", with the Ministry's permission for PSAM use"
+                        } else {
+                            ""
+                        }
                     ),
                 ));
                 Ok(record)
@@ -401,6 +422,7 @@ impl<H: Hsm> Kms<H> {
             kcv,
             active: true,
             created_ms: 0,
+            psam_permitted: false,
         })
     }
 
@@ -432,9 +454,7 @@ impl<H: Hsm> Kms<H> {
                 caller,
                 template.id(),
                 records::VENDOR_TRANSPORT,
-                Level::Province,
-                PROVINCE,
-                alg,
+                Stored::provincial(alg),
                 wrapped,
             )
             .await
@@ -642,10 +662,30 @@ fn extensions_over(tx: &crate::state::store::Tx<'_>, base: &Template) -> Result<
     Ok(merged)
 }
 
+/// Where a new root version is stored, and whether the Ministry permitted its PSAM use.
+struct Stored<'a> {
+    level: Level,
+    region: &'a str,
+    alg: Algorithm,
+    psam_permitted: bool,
+}
+
+impl Stored<'_> {
+    /// A key of the province's own (no PSAM permission: it is not the Ministry's).
+    fn provincial(alg: Algorithm) -> Stored<'static> {
+        Stored {
+            level: Level::Province,
+            region: PROVINCE,
+            alg,
+            psam_permitted: false,
+        }
+    }
+}
+
 /// Hierarchy keys of issuer-only template keys (card MKs, STKs) never leave the HSM under a
-/// transport key; the others may go to PSAM lines.
+/// transport key; those a shipped PSAM profile holds may go to PSAM lines.
 fn hierarchy_exportability(spec: &KeySpec) -> Exportability {
-    if spec.psam_allowed && !spec.is_issuer_only() {
+    if !spec.is_issuer_only() && crate::card::profile::psam::builtin_profiles_hold(spec) {
         Exportability::Exportable
     } else {
         Exportability::NonExportable
