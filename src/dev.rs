@@ -271,8 +271,17 @@ pub async fn dangerous_seed_test_keys<H: Hsm>(kms: &Arc<Kms<H>>) -> Result<bool>
                 root.root(spec.hsm_algorithm(), &spec.name)?,
                 &keys.component_mask,
             )?;
-            kms.import_root_key(&officer, template.id(), &spec.name, level, components)
-                .await?;
+            // The published test roots stand for the Ministry's, handed over for PSAM use.
+            let psam_permission = level == Level::National;
+            kms.import_root_key(
+                &officer,
+                template.id(),
+                &spec.name,
+                level,
+                components,
+                psam_permission,
+            )
+            .await?;
         }
         kms.derive_hierarchy(&officer, template.id()).await?;
         let components = dangerous_test_components(

@@ -233,6 +233,14 @@ refusals! {
          kms.redb";
 
     // ---- invalid argument
+    /// The Ministry's permission for PSAM use, asked for a root that is not national.
+    PsamPermissionOnlyNational => "PSAM_PERMISSION_ONLY_NATIONAL",
+        "the Ministry's permission for PSAM use is for national roots only";
+    /// A PSAM profile for another kind of region than the PSAMs': `province-wide` for a city's
+    /// PSAMs, `city` for the province's.
+    PsamProfileRegion => "PSAM_PROFILE_REGION_MISMATCH",
+        "the PSAM profile serves another kind of region (province-wide: the province; city: a \
+         city)";
     /// A request that does not decode as its method's message.
     MessageUndecodable => "MESSAGE_UNDECODABLE",
         "not a valid protobuf encoding of this method's message";
@@ -365,6 +373,8 @@ pub enum Resource {
     Psam,
     /// A PSAM serial, as registered.
     PsamSerial,
+    /// A shipped PSAM profile.
+    PsamProfile,
     /// The service's audit key.
     AuditKey,
     /// A published test root of `dev/test-keys.toml`.
@@ -389,6 +399,7 @@ impl Resource {
         Resource::ProtectingKey,
         Resource::Psam,
         Resource::PsamSerial,
+        Resource::PsamProfile,
         Resource::AuditKey,
         Resource::PublishedTestRoot,
         Resource::ApplicantBatch,
@@ -408,6 +419,7 @@ impl Resource {
             Resource::ProtectingKey => "PROTECTING_KEY",
             Resource::Psam => "PSAM",
             Resource::PsamSerial => "PSAM_SERIAL",
+            Resource::PsamProfile => "PSAM_PROFILE",
             Resource::AuditKey => "AUDIT_KEY",
             Resource::PublishedTestRoot => "PUBLISHED_TEST_ROOT",
             Resource::ApplicantBatch => "APPLICANT_BATCH",
@@ -428,6 +440,7 @@ impl Resource {
             Resource::ProtectingKey => "protecting key",
             Resource::Psam => "PSAM",
             Resource::PsamSerial => "PSAM serial",
+            Resource::PsamProfile => "PSAM profile",
             Resource::AuditKey => "audit key",
             Resource::PublishedTestRoot => "published test root of a template key",
             Resource::ApplicantBatch => "applicant batch",

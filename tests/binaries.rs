@@ -274,7 +274,7 @@ async fn inject_demo_card(addr: SocketAddr, pki: &Path) -> Vec<(String, String)>
         .unwrap()
         .into_inner();
     // Every key of ssc-2.0 but its 7 master keys, which leave only inside WRITE KEY commands.
-    assert_eq!(response.keys.len(), 17, "the TR-31 keys of ssc-2.0");
+    assert_eq!(response.keys.len(), 26, "the TR-31 keys of ssc-2.0");
     assert_eq!(response.keys.len() + 7, template("ssc-2.0").keys().len());
     assert!(response.keys.iter().all(|k| !k.key_name.starts_with("MK")));
     let stk = response
@@ -601,8 +601,8 @@ async fn dev_serves_metrics_that_count_requests_keys_and_commits() {
             &after,
             "sscard_keys_released_total{form=\"tr31\",template=\"ssc-2.0\"}"
         ),
-        // Two injections of the 17 keys that leave as TR-31 (all but the 7 master keys).
-        Some(34.0),
+        // Two injections of the 26 keys that leave as TR-31 (all but the 7 master keys).
+        Some(52.0),
         "{after}"
     );
     assert_eq!(
@@ -820,7 +820,7 @@ async fn serve_with_a_local_hsm_starts_sealed_and_is_unsealed_by_two_custodians(
         .unwrap()
         .into_inner();
     assert_eq!(summary.id, "ssc-2.0");
-    assert_eq!(summary.keys, 24);
+    assert_eq!(summary.keys, 33);
     assert_eq!(service_status(&mut officer).await.templates, ["ssc-2.0"]);
 
     drop(officer);

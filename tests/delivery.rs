@@ -6,7 +6,7 @@ use hsm_api::KeyBlockVersion;
 use hsm_sim::crypto::kcv;
 use hsm_sim::crypto::tr31::{self, KeyBlockAlgorithm};
 use sscard_kms::card::profile::BUILTIN_COS;
-use sscard_kms::card::template::{BUILTIN, KeyLevel, KeySpec, Protector};
+use sscard_kms::card::template::{BUILTIN, KeyLevel, KeySpec};
 use sscard_kms::proto::kms::v1 as pb;
 use sscard_kms::proto::kms::v1::delivered_key::Form;
 use tonic::Code;
@@ -45,11 +45,7 @@ fn assert_card_key_fields(delivered: &pb::DeliveredKey, spec: &KeySpec) {
 /// Whether `spec` is a master key of `template` (it protects a slot, or is written under the
 /// vendor transport key): those leave only inside secure-messaging commands.
 fn is_master(template: &sscard_kms::card::template::Template, spec: &KeySpec) -> bool {
-    spec.protected_by == Protector::VendorTransport
-        || template
-            .keys()
-            .iter()
-            .any(|k| k.protected_by == Protector::Key(spec.name.clone()))
+    template.is_master_key(spec)
 }
 
 /// The KCV in the response is the legacy KCV of the expected key (3 bytes for 3DES, 4 for SM4).

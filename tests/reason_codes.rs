@@ -176,6 +176,7 @@ async fn every_reason_code_reachable_from_the_api_arrives_in_the_details() {
             serials: vec!["GZPSAMCODES1".to_owned()],
             region: "440100".to_owned(),
             template_id: "ssc-2.0".to_owned(),
+            psam_profile: String::new(),
         })
         .await
         .unwrap();
@@ -354,6 +355,7 @@ async fn every_reason_code_reachable_from_the_api_arrives_in_the_details() {
         key_name: key_name.to_owned(),
         level: level as i32,
         components: Vec::new(),
+        ministry_psam_permission: false,
     };
     seen.expect(
         Code::InvalidArgument,
@@ -378,6 +380,15 @@ async fn every_reason_code_reachable_from_the_api_arrives_in_the_details() {
         officer
             .admin
             .import_root_key(root(pb::KeyLevel::National, "MK_MF")),
+    )
+    .await;
+    seen.expect(
+        Code::InvalidArgument,
+        "PSAM_PERMISSION_ONLY_NATIONAL",
+        officer.admin.import_root_key(pb::ImportRootKeyRequest {
+            ministry_psam_permission: true,
+            ..root(pb::KeyLevel::Provincial, "STK_SSSE")
+        }),
     )
     .await;
     seen.expect(
@@ -454,7 +465,27 @@ async fn every_reason_code_reachable_from_the_api_arrives_in_the_details() {
         serials: serials.into_iter().map(str::to_owned).collect(),
         region: "440100".to_owned(),
         template_id: "ssc-2.0".to_owned(),
+        psam_profile: String::new(),
     };
+    // A city's PSAMs take the city profile; an unknown profile is no profile.
+    seen.expect(
+        Code::InvalidArgument,
+        "PSAM_PROFILE_REGION_MISMATCH",
+        line.psam.register_psams(pb::RegisterPsamsRequest {
+            psam_profile: "province-wide".to_owned(),
+            ..psams(vec!["PROFILEPSAM1"])
+        }),
+    )
+    .await;
+    seen.expect(
+        Code::NotFound,
+        "PSAM_PROFILE_NOT_FOUND",
+        line.psam.register_psams(pb::RegisterPsamsRequest {
+            psam_profile: "kiosk".to_owned(),
+            ..psams(vec!["PROFILEPSAM1"])
+        }),
+    )
+    .await;
     seen.expect(
         Code::InvalidArgument,
         "SERIAL_COUNT_OUT_OF_RANGE",

@@ -15,7 +15,6 @@ use hsm_sim::local::LocalHsm;
 use hsm_sim::remote::{ClientTls, RemoteHsm, ServerTls};
 use sscard_kms::access::identity::Identity;
 use sscard_kms::access::pki::DevPki;
-use sscard_kms::card::template::{KeySpec as CardKeySpec, Protector};
 use sscard_kms::proto::kms::v1 as pb;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -298,14 +297,11 @@ async fn a_card_set_and_a_psam_set_are_one_hsm_round_trip_each() {
             .unwrap()
             .into_inner();
         // Every key but the master keys, which leave only inside WRITE KEY commands.
-        let master = |k: &CardKeySpec| {
-            k.protected_by == Protector::VendorTransport
-                || template.keys().iter().any(|o| {
-                    matches!(&o.protected_by,
-                        Protector::Key(p) if *p == k.name)
-                })
-        };
-        let tr31_keys = template.keys().iter().filter(|&k| !master(k)).count();
+        let tr31_keys = template
+            .keys()
+            .iter()
+            .filter(|k| !template.is_master_key(k))
+            .count();
         assert_eq!(set.keys.len(), tr31_keys);
         assert_eq!(backend.take(), one_batch, "{}: TR-31 set", demo.template);
 
@@ -349,6 +345,7 @@ async fn a_card_set_and_a_psam_set_are_one_hsm_round_trip_each() {
                 serials: vec![serial.clone()],
                 region: "440100".to_owned(),
                 template_id: demo.template.clone(),
+                psam_profile: String::new(),
             })
             .await
             .unwrap();

@@ -14,10 +14,10 @@ use crate::common::harness::{
 };
 
 /// A new national root for `STK_SSSE`, as two components with their KCVs.
-const NEW_ROOT: &str = "5555555555555555AAAAAAAAAAAAAAAA";
+pub(crate) const NEW_ROOT: &str = "5555555555555555AAAAAAAAAAAAAAAA";
 const MASK: &str = "F0E1D2C3B4A5968778695A4B3C2D1E0F";
 
-fn components(key_hex: &str) -> Vec<pb::Component> {
+pub(crate) fn components(key_hex: &str) -> Vec<pb::Component> {
     let key = hex::decode(key_hex).unwrap();
     let mask = hex::decode(MASK).unwrap();
     let first: Vec<u8> = key.iter().zip(&mask).map(|(k, m)| k ^ m).collect();
@@ -83,6 +83,7 @@ async fn a_new_root_serves_new_cards_and_leaves_issued_cards_alone() {
             key_name: "STK_SSSE".to_owned(),
             level: pb::KeyLevel::National as i32,
             components: components(NEW_ROOT),
+            ministry_psam_permission: false,
         })
         .await
         .unwrap()

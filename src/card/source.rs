@@ -213,6 +213,54 @@ fn walk_value(value: &DeValue<'_>, field: Field, unknown: &mut Vec<(Range<usize>
     }
 }
 
+/// A profile's `id` (1 to 32 of a-z, 0-9, '-') and `version` (at least 1).
+pub(crate) fn check_id_version(
+    at: &At<'_>,
+    id: &Spanned<String>,
+    version: &Spanned<u32>,
+) -> Result<()> {
+    if !valid_chars(id.get_ref(), 32, |b| {
+        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'
+    }) {
+        return Err(at.err(
+            &id.span(),
+            TemplateFault::InvalidValue {
+                field: "id",
+                expected: "1 to 32 of a-z, 0-9, '-'",
+            },
+        ));
+    }
+    if *version.get_ref() == 0 {
+        return Err(at.err(
+            &version.span(),
+            TemplateFault::InvalidValue {
+                field: "version",
+                expected: "at least 1",
+            },
+        ));
+    }
+    Ok(())
+}
+
+/// A card key name: 1 to 32 of A-Z, 0-9, `_`.
+pub(crate) fn is_key_name(s: &str) -> bool {
+    valid_chars(s, 32, |b| {
+        b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'
+    })
+}
+
+/// The shipped data file `id` of `table`, parsed.
+pub(crate) fn builtin<T>(
+    table: &[(&str, &str)],
+    id: &str,
+    parse: fn(&str) -> Result<T>,
+) -> Option<Result<T>> {
+    table
+        .iter()
+        .find(|(name, _)| *name == id)
+        .map(|(_, src)| parse(src))
+}
+
 /// `valid_chars(s, max, ok)`: 1 to `max` bytes, each `ok`.
 pub(crate) fn valid_chars(s: &str, max: usize, ok: impl Fn(u8) -> bool) -> bool {
     !s.is_empty() && s.len() <= max && s.bytes().all(ok)

@@ -65,7 +65,9 @@ pub(super) fn pb_delivered(d: service::Delivered) -> pb::DeliveredKey {
             DeliveredForm::Tr31(b) => pb::delivered_key::Form::Tr31Block(b),
             DeliveredForm::WriteKeyApdu(a) => pb::delivered_key::Form::WriteKeyApdu(a),
         }),
-        psam_usage: d.psam_usage.map(u32::from).unwrap_or(0),
+        psam_usage: d.psam.map_or(0, |p| u32::from(p.usage)),
+        psam_key_id: d.psam.map_or(0, |p| u32::from(p.key_id)),
+        psam_key_version: d.psam.map_or(0, |p| u32::from(p.key_version)),
     }
 }
 
@@ -110,6 +112,7 @@ pub(super) fn pb_key_record(r: records::KeyRecord) -> pb::KeyRecord {
             .unwrap_or_default(),
         kcv,
         active: r.active,
+        ministry_psam_permission: r.psam_permitted,
     }
 }
 

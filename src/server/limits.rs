@@ -146,7 +146,8 @@ impl Bounded for pb::RegisterPsamsRequest {
             check("serials", s.len(), NAME)?;
         }
         check("region", self.region.len(), NAME)?;
-        check("template_id", self.template_id.len(), NAME)
+        check("template_id", self.template_id.len(), NAME)?;
+        check("psam_profile", self.psam_profile.len(), NAME)
     }
 }
 

@@ -17,7 +17,7 @@ use hsm_api::{Exportability, HierarchyLevel, Hsm, KeySpec as HsmKeySpec, KeyToke
 use crate::access::authz::Operation;
 use crate::access::identity::Identity;
 use crate::card::identifiers::{Atr, CardIdentifier, CardNumber, SocialSecurityNumber};
-use crate::card::template::{KeySpec, Protector, Template};
+use crate::card::template::{KeySpec, Template};
 use crate::error::{Error, Refusal, Resource, Result};
 use crate::metrics::Metrics;
 use crate::state::audit::AuditEvent;
@@ -459,16 +459,10 @@ fn active_key(
     Ok(all.into_iter().map(|(_, r)| r).rfind(|r| r.active))
 }
 
-/// Whether `spec` is a master key of its card: it protects another key's slot, or is the key a
-/// blank card's vendor transport key protects. Its hierarchy is a master-key hierarchy in the
-/// HSM and its card key a [`KeyUsage::CardMasterKey`]: it leaves only inside the
-/// secure-messaging command that writes it, never as a TR-31 block.
+/// Whether `spec` is a master key of its card ([`Template::is_master_key`]): its card key is a
+/// [`KeyUsage::CardMasterKey`], never a TR-31 block.
 fn is_master_key(template: &Template, spec: &KeySpec) -> bool {
-    spec.protected_by == Protector::VendorTransport
-        || template
-            .keys()
-            .iter()
-            .any(|k| matches!(&k.protected_by, Protector::Key(p) if *p == spec.name))
+    template.is_master_key(spec)
 }
 
 /// The HSM usage of `spec`'s hierarchy key at `level` (national, province or city).

@@ -45,7 +45,19 @@ pub struct Delivered {
     pub level: Level,
     pub root_version: u32,
     pub form: DeliveredForm,
-    pub psam_usage: Option<u8>,
+    /// PSAM keys only: where the key sits on the PSAM.
+    pub psam: Option<PsamSlot>,
+}
+
+/// A key's place on a PSAM, as its PSAM profile gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PsamSlot {
+    /// The usage byte, `(levels << 5) | type`.
+    pub usage: u8,
+    /// The PSAM's key id (not the card key id).
+    pub key_id: u8,
+    /// The PSAM's version of the key.
+    pub key_version: u8,
 }
 
 /// The form a key was delivered in.
@@ -468,7 +480,7 @@ fn delivered_key(
         level: Level::Card,
         root_version,
         form,
-        psam_usage: None,
+        psam: None,
     })
 }
 

@@ -397,6 +397,36 @@ pub fn template_text(id: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
+/// One key of a PSAM profile file, read as plain TOML.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PsamLine {
+    pub card_key: String,
+    pub psam_key_id: u8,
+    pub usage: u8,
+    pub psam_key_version: u8,
+}
+
+/// The keys of `profiles/psam/<id>.toml` in file order, and whether it takes maintenance keys.
+pub fn psam_profile_data(id: &str) -> (Vec<PsamLine>, bool) {
+    let t = data_file(&format!("profiles/psam/{id}.toml"));
+    let maintenance = value(&t, "maintenance_keys").as_bool().unwrap();
+    let keys = t["key"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            let k = k.as_table().unwrap();
+            PsamLine {
+                card_key: k["card_key"].as_str().unwrap().to_owned(),
+                psam_key_id: byte(value(k, "psam_key_id")),
+                usage: byte(value(k, "usage")),
+                psam_key_version: byte(value(k, "psam_key_version")),
+            }
+        })
+        .collect();
+    (keys, maintenance)
+}
+
 /// CLA INS P1 P2, the key header and Lc of one key's WRITE KEY, from DOMAIN.md §10's rules
 /// applied to the files as written.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use toml::Spanned;
 
 use crate::card::identifiers::Atr;
 use crate::card::source::{
-    At, DataFile, Field, MARKED, Marked, Provenance, RawMarked, valid_chars,
+    At, DataFile, Field, MARKED, Marked, Provenance, RawMarked, builtin, check_id_version,
 };
 use crate::card::template::{CardAlgorithm, KeyRole, KeySpec, TemplateFault};
 use crate::error::{Error, Result};
@@ -201,10 +201,7 @@ impl CosProfile {
 
     /// A shipped profile by id ([`BUILTIN_COS`]).
     pub fn builtin(id: &str) -> Option<Result<CosProfile>> {
-        BUILTIN_COS
-            .iter()
-            .find(|(name, _)| *name == id)
-            .map(|(_, src)| CosProfile::parse(src))
+        builtin(&BUILTIN_COS, id, CosProfile::parse)
     }
 
     /// Profile id.
@@ -592,27 +589,8 @@ fn roles(at: &At<'_>, raw: M<Vec<String>>, field: &'static str) -> Result<Marked
 }
 
 fn build(at: &At<'_>, raw: RawCos) -> Result<CosProfile> {
+    check_id_version(at, &raw.id, &raw.version)?;
     let id = raw.id.get_ref();
-    if !valid_chars(id, 32, |b| {
-        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'
-    }) {
-        return Err(at.err(
-            &raw.id.span(),
-            TemplateFault::InvalidValue {
-                field: "id",
-                expected: "1 to 32 of a-z, 0-9, '-'",
-            },
-        ));
-    }
-    if *raw.version.get_ref() == 0 {
-        return Err(at.err(
-            &raw.version.span(),
-            TemplateFault::InvalidValue {
-                field: "version",
-                expected: "at least 1",
-            },
-        ));
-    }
     let w = raw.write_key;
     let (p2, p2_span) = at.marked(w.p2)?;
     let p2 = match &p2.value {

@@ -4,6 +4,9 @@
 //!   key header layout, the type byte of each key role, the master key's id/version/follow-up
 //!   level, the follow-up level of the other keys, the header's algorithm bytes, and which ATR
 //!   bytes form the card factor.
+//! - [`psam`]: PSAM profiles (`profiles/psam/*.toml`, DOMAIN.md §11) — the card keys a kind of
+//!   PSAM holds, each with its PSAM key id, usage byte (so its level) and PSAM key version; the
+//!   usage types and levels the profile accepts; whether maintenance keys may go.
 //!
 //! Every profile value is [`Marked`]: `published` with the public source it was seen in, or
 //! `inferred` with what it was chosen from. Profiles are read with the same machinery as the
@@ -19,6 +22,7 @@
 //! ```
 
 pub mod cos;
+pub mod psam;
 #[cfg(test)]
 mod tests;
 
@@ -27,3 +31,4 @@ pub use cos::{
     AlgorithmRule, BUILTIN_COS, CardFactorRule, CosProfile, FollowUpRule, HeaderField, P2,
     WriteKeyParams,
 };
+pub use psam::{BUILTIN_PSAM, PsamKey, PsamProfile, PsamProfileKey, Serves};

@@ -9,7 +9,6 @@ use hsm_api::Dispersion;
 use crate::card::region::Region;
 
 use super::order::Protector;
-use super::psam::PsamUsage;
 
 // ---------------------------------------------------------------------------------------------
 // Value types
@@ -265,6 +264,10 @@ pub struct KeySpec {
     pub key_id: u8,
     /// Card key version (a master key's comes from the COS profile).
     pub key_version: u8,
+    /// For a later version of a multi-version key (DLK/DPK groups, DOMAIN.md §10): the name of
+    /// its first version, with which it shares directory, role, algorithm and root; each version
+    /// has its own key id.
+    pub version_of: Option<String>,
     /// Key type byte: the COS profile's byte for the key's role.
     pub key_type: u8,
     /// Algorithm.
@@ -273,10 +276,6 @@ pub struct KeySpec {
     pub length: u8,
     /// Error counter byte.
     pub error_counter: u8,
-    /// The PSAM usage byte, if the template gives one.
-    pub psam_usage: Option<PsamUsage>,
-    /// May the key go into terminal PSAMs (then `psam_usage` is present).
-    pub psam_allowed: bool,
     /// The key whose protection is used to write this one.
     pub protected_by: Protector,
     /// Where the key's derivation chain starts.
@@ -309,6 +308,12 @@ impl KeySpec {
     /// master keys, maintenance keys, and any key whose root is provincial.
     pub fn is_issuer_only(&self) -> bool {
         is_issuer_only(self.role, self.root)
+    }
+
+    /// The key's version group: the name of its first version (its own name for a key of one
+    /// version, or the first of several).
+    pub fn group(&self) -> &str {
+        self.version_of.as_deref().unwrap_or(&self.name)
     }
 
     /// Who holds the key's root.

@@ -32,11 +32,10 @@
 //!                           # pin | pin-unblock | pin-reload | load | purchase | tac | block | lock
 //! key_id = 0x02             # card key id; not for a master key (the COS profile's)
 //! key_version = 0x01        # card key version; not for a master key (the COS profile's)
+//! # version_of = "RK_DF03"  # optional: a later version of that earlier key (DLK/DPK groups)
 //! algorithm = "tdes"        # optional, defaults to the template's
 //! length = 16               # bytes; des 8, tdes 16, sm4 16
 //! error_counter = 0x55
-//! psam_usage = 0x28         # optional: (levels << 5) | type (DOMAIN.md §4)
-//! psam_allowed = false      # optional, default false
 //! protected_by = "MK_DF03"  # a key of the template, or "vendor-transport"
 //! root = "national"         # "national", "provincial", or (an extension's) "city"
 //! dispersion = "pboc-des"   # optional: the key's own dispersion method
@@ -55,12 +54,12 @@
 //! key of an algorithm the COS profile does not write; a length that does not match the
 //! algorithm; a key algorithm that its dispersion method cannot produce (an SM4 key in a
 //! `pboc-tdes` template, or a 3DES key in an `sm4-f-notf-v1` one, unless the key names its own
-//! `dispersion`); a PSAM usage byte with levels outside 1..=3 or a type above 8, or asking for
-//! a level above the key's root; `psam_allowed = true` without a usage byte, for type 0
-//! (master), or for an issuer-only key (see [`KeySpec::is_issuer_only`]: by role and root,
-//! never by name); `protected_by` naming no key of the template; a cycle of `protected_by`; more
+//! `dispersion`); `protected_by` naming no key of the template; a cycle of `protected_by`; more
 //! than one vendor-transport key; `extends` without `region`, `region` without `extends`, a
-//! region that is not a known city, or `root = "city"` outside an extension.
+//! region that is not a known city, or `root = "city"` outside an extension; `version_of`
+//! naming no earlier key, a master key, or a later version, or a version whose directory, role,
+//! algorithm or root differs from the first's, or whose key version or key id another version
+//! of the key has.
 //!
 //! An extension may name keys of its base in `protected_by`: those are resolved, and everything
 //! checked again, by [`Template::extend`], which also refuses an extension that redefines a base
@@ -83,7 +82,10 @@
 //! // T514: a master key is type 00, id 00, version 00, follow-up level FF; P1 01.
 //! assert_eq!(t.card_key_header(mk), [0x00, 0x00, 0x00, 0xEF, 0x33, 0x00, 0xFF, 0x10]);
 //! assert_eq!(t.write_key_params(mk).p1, 0x01);
-//! let rk = t.psam_keys().find(|p| p.key.name == "RK_DF03").expect("a PSAM key");
+//! // Which keys a PSAM holds, and at which level, is a PSAM profile's decision.
+//! let city = sscard_kms::card::profile::PsamProfile::builtin("city").expect("shipped")?;
+//! let (keys, _) = city.key_set(&t);
+//! let rk = keys.iter().find(|p| p.key.name == "RK_DF03").expect("a PSAM key");
 //! assert_eq!(rk.level(), KeyLevel::City);
 //! # Ok::<(), sscard_kms::Error>(())
 //! ```
@@ -108,7 +110,7 @@ mod tests;
 pub use key::{CardAlgorithm, KeyLevel, KeyOwner, KeyRole, KeyRoot, KeySpec};
 pub use order::Protector;
 use order::link;
-pub use psam::{PsamKey, PsamKeyType, PsamRefusal, PsamUsage};
+pub use psam::{PsamKeyType, PsamUsage};
 pub use schema::TemplateFault;
 use schema::{RawTemplate, TEMPLATE_FIELDS, apply_cos, build, template_err};
 
@@ -307,6 +309,20 @@ impl Template {
         &self.keys
     }
 
+    /// Whether `spec` is a master key of this card: its role is master, it protects another
+    /// key's slot, or it is the key a blank card's vendor transport key protects (the structural
+    /// tests catch a template that mislabels a protector). Its hierarchy is a master-key
+    /// hierarchy in the HSM and its card key a card master key: it leaves only inside the
+    /// secure-messaging command that writes it, never as a TR-31 block.
+    pub fn is_master_key(&self, spec: &KeySpec) -> bool {
+        spec.role == KeyRole::Master
+            || spec.protected_by == Protector::VendorTransport
+            || self
+                .keys
+                .iter()
+                .any(|k| matches!(&k.protected_by, Protector::Key(p) if *p == spec.name))
+    }
+
     /// The key named `name`.
     pub fn key(&self, name: &str) -> Option<&KeySpec> {
         self.keys.iter().find(|k| k.name == name)
@@ -316,14 +332,6 @@ impl Template {
     /// in file order. (For an extension that is not merged yet, base protectors are absent.)
     pub fn write_order(&self) -> impl Iterator<Item = &KeySpec> + '_ {
         self.order.iter().filter_map(|&i| self.keys.get(i))
-    }
-
-    /// The keys allowed in terminal PSAMs, in file order, with their usage bytes.
-    pub fn psam_keys(&self) -> impl Iterator<Item = PsamKey<'_>> + '_ {
-        self.keys.iter().filter_map(|key| match key.psam_usage {
-            Some(usage) if key.psam_allowed => Some(PsamKey { key, usage }),
-            _ => None,
-        })
     }
 
     /// The key header of `key` in its WRITE KEY, in the COS profile's layout.

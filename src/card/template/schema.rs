@@ -10,12 +10,11 @@ use toml::Spanned;
 
 use crate::card::profile::{CosProfile, FollowUpRule};
 use crate::card::region::Region;
-use crate::card::source::{At, Field, valid_chars};
+use crate::card::source::{At, Field, is_key_name, valid_chars};
 use crate::error::{Error, Result};
 
-use super::key::{CardAlgorithm, KeyRole, KeyRoot, KeySpec, is_issuer_only};
+use super::key::{CardAlgorithm, KeyRole, KeyRoot, KeySpec};
 use super::order::{Protector, link};
-use super::psam::{PsamKeyType, PsamRefusal, PsamUsage};
 use super::{HeaderLines, Template, VENDOR_TRANSPORT};
 
 /// The fields of a template file (for the unknown-field check).
@@ -37,11 +36,10 @@ const KEY_FIELDS: &[(&str, Field)] = &[
     ("role", Field::Value),
     ("key_id", Field::Value),
     ("key_version", Field::Value),
+    ("version_of", Field::Value),
     ("algorithm", Field::Value),
     ("length", Field::Value),
     ("error_counter", Field::Value),
-    ("psam_usage", Field::Value),
-    ("psam_allowed", Field::Value),
     ("protected_by", Field::Value),
     ("root", Field::Value),
     ("dispersion", Field::Value),
@@ -104,19 +102,15 @@ pub enum TemplateFault {
         algorithm: CardAlgorithm,
         dispersion: &'static str,
     },
-    /// A PSAM usage byte whose levels are not 1..=3.
-    #[error("psam_usage {byte:#04x} has {levels} levels; 1, 2 or 3 are allowed")]
+    /// A PSAM usage byte whose level the PSAM profile does not accept.
+    #[error("usage {byte:#04x} has {levels} levels, which this PSAM profile does not accept")]
     PsamUsageLevels { byte: u8, levels: u8 },
-    /// A PSAM usage byte whose type is above 8.
-    #[error("psam_usage {byte:#04x} has key type {kind}; 0 to 8 are defined")]
+    /// A PSAM usage byte whose type the PSAM profile does not accept.
+    #[error("usage {byte:#04x} has key type {kind}, which this PSAM profile does not accept")]
     PsamUsageType { byte: u8, kind: u8 },
-    /// A PSAM usage byte asking for a level above the key's root (the national level of a
-    /// provincial root).
-    #[error("psam_usage {byte:#04x} asks for a level above the key's root")]
-    PsamLevelAboveRoot { byte: u8 },
-    /// `psam_allowed = true` for a key that may not go into a terminal PSAM.
-    #[error("key {name:?} may not go into a PSAM: {why}")]
-    PsamRefused { name: String, why: PsamRefusal },
+    /// Two keys of a PSAM profile with one PSAM key id.
+    #[error("psam_key_id {psam_key_id:#04x} is {other:?}'s already")]
+    PsamKeyIdRepeated { psam_key_id: u8, other: String },
     /// `protected_by` names no key of the template.
     #[error("protected_by names {0:?}, which is not a key of the template")]
     UnknownProtector(String),
@@ -178,6 +172,21 @@ pub enum TemplateFault {
     /// A master key whose root is the Ministry's.
     #[error("a master key's root is the province's own (N1) or its city's, not national")]
     MasterKeyRoot,
+    /// `version_of` naming no earlier key of the template.
+    #[error("version_of names {0:?}, which is not an earlier key of the template")]
+    VersionOfUnknown(String),
+    /// `version_of` on a master key, or naming a key that is itself a later version.
+    #[error("version_of must name the first version of a key other than a master key")]
+    VersionOfNotFirst,
+    /// A version of a key whose directory, role, algorithm or root differs from the first's.
+    #[error("`{field}` differs from {first:?}'s: the versions of a key share it")]
+    VersionOfMismatch { field: &'static str, first: String },
+    /// A version of a key repeating the key version or key id of another version.
+    #[error(
+        "`{field}` is {other:?}'s already: each version of a key has its own key version and \
+         key id (DOMAIN.md §10)"
+    )]
+    VersionRepeated { field: &'static str, other: String },
     /// A directory with more keys than the follow-up level's nibble can number.
     #[error("directory {directory} has more than 15 keys numbered for the follow-up level")]
     FollowUpOverflow { directory: String },
@@ -242,11 +251,10 @@ pub(super) struct RawKey {
     role: Spanned<String>,
     key_id: Option<Spanned<u8>>,
     key_version: Option<Spanned<u8>>,
+    version_of: Option<Spanned<String>>,
     algorithm: Option<Spanned<String>>,
     length: Spanned<u32>,
     error_counter: Spanned<u8>,
-    psam_usage: Option<Spanned<u8>>,
-    psam_allowed: Option<Spanned<bool>>,
     protected_by: Spanned<String>,
     root: Spanned<String>,
     dispersion: Option<Spanned<String>>,
@@ -501,9 +509,7 @@ pub(super) fn build_key(
 ) -> Result<KeySpec> {
     let name = rk.name.get_ref();
     let name_span = rk.name.span();
-    if !valid_chars(name, 32, |b| {
-        b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'
-    }) {
+    if !is_key_name(name) {
         return Err(at.err(
             &name_span,
             TemplateFault::InvalidValue {
@@ -617,38 +623,16 @@ pub(super) fn build_key(
         return Err(at.err(&rk.root.span(), TemplateFault::MasterKeyRoot));
     }
 
-    let psam_usage = match &rk.psam_usage {
-        Some(u) => {
-            let usage = PsamUsage::from_byte(*u.get_ref()).map_err(|f| at.err(&u.span(), f))?;
-            // Levels order National < Province < City < Card: a usage level above the root's.
-            if usage.level() < root.top_level() {
-                return Err(at.err(
-                    &u.span(),
-                    TemplateFault::PsamLevelAboveRoot { byte: usage.byte() },
-                ));
-            }
-            Some(usage)
-        }
+    let version_of = match &rk.version_of {
         None => None,
+        Some(v) => Some(check_version_of(
+            at,
+            v,
+            (role, directory, algorithm, root),
+            (key_id, key_version),
+            earlier,
+        )?),
     };
-    let psam_allowed = rk.psam_allowed.as_ref().is_some_and(|a| *a.get_ref());
-    if let (true, Some(allowed)) = (psam_allowed, &rk.psam_allowed) {
-        let why = match psam_usage {
-            None => Some(PsamRefusal::NoUsageByte),
-            Some(u) if u.kind() == PsamKeyType::Master => Some(PsamRefusal::MasterType),
-            Some(_) if is_issuer_only(role, root) => Some(PsamRefusal::IssuerOnly),
-            Some(_) => None,
-        };
-        if let Some(why) = why {
-            return Err(at.err(
-                &allowed.span(),
-                TemplateFault::PsamRefused {
-                    name: name.clone(),
-                    why,
-                },
-            ));
-        }
-    }
 
     let protected_by = match rk.protected_by.get_ref().as_str() {
         VENDOR_TRANSPORT => Protector::VendorTransport,
@@ -662,13 +646,12 @@ pub(super) fn build_key(
         role,
         key_id,
         key_version,
+        version_of,
         // Set by `apply_cos`.
         key_type: 0,
         algorithm,
         length: length_u8,
         error_counter: *rk.error_counter.get_ref(),
-        psam_usage,
-        psam_allowed,
         protected_by,
         root,
         follow_up: 0,
@@ -679,4 +662,62 @@ pub(super) fn build_key(
         algorithm_line: rk.algorithm.as_ref().map_or(line, |a| at.line(&a.span())),
         protected_by_line: at.line(&rk.protected_by.span()),
     })
+}
+
+/// Checks `version_of = "FIRST"`: FIRST is an earlier key, the first version of a key that is
+/// not a master key; this version shares its directory, role, algorithm and root, and has a key
+/// version and a key id of its own among the versions (DOMAIN.md §10: DLK/DPK groups). Gives
+/// FIRST's name.
+fn check_version_of(
+    at: &At<'_>,
+    v: &Spanned<String>,
+    (role, directory, algorithm, root): (KeyRole, &str, CardAlgorithm, KeyRoot),
+    (key_id, key_version): (u8, u8),
+    earlier: &[KeySpec],
+) -> Result<String> {
+    let span = v.span();
+    let first = earlier
+        .iter()
+        .find(|k| k.name == *v.get_ref())
+        .ok_or_else(|| at.err(&span, TemplateFault::VersionOfUnknown(v.get_ref().clone())))?;
+    if role == KeyRole::Master || first.version_of.is_some() {
+        return Err(at.err(&span, TemplateFault::VersionOfNotFirst));
+    }
+    let mismatch = [
+        ("directory", first.directory != directory),
+        ("role", first.role != role),
+        ("algorithm", first.algorithm != algorithm),
+        ("root", first.root != root),
+    ];
+    if let Some((field, _)) = mismatch.into_iter().find(|(_, differs)| *differs) {
+        return Err(at.err(
+            &span,
+            TemplateFault::VersionOfMismatch {
+                field,
+                first: first.name.clone(),
+            },
+        ));
+    }
+    let versions = earlier
+        .iter()
+        .filter(|k| k.name == first.name || k.version_of.as_deref() == Some(&first.name));
+    for other in versions {
+        let repeated = if other.key_version == key_version {
+            Some("key_version")
+        } else if other.key_id == key_id {
+            Some("key_id")
+        } else {
+            None
+        };
+        if let Some(field) = repeated {
+            return Err(at.err(
+                &span,
+                TemplateFault::VersionRepeated {
+                    field,
+                    other: other.name.clone(),
+                },
+            ));
+        }
+    }
+    Ok(first.name.clone())
 }

@@ -6,15 +6,23 @@ use crate::card::profile::cos::T514;
 use crate::card::template::{CardAlgorithm, KeyRole, TemplateFault};
 use crate::error::Error;
 
-fn refusal(src: &str) -> (usize, TemplateFault) {
-    match CosProfile::parse(src) {
+/// The line and fault of a refusal of a `file` profile.
+fn refusal_of<T: std::fmt::Debug>(
+    file: DataFile,
+    parsed: Result<T, Error>,
+) -> (usize, TemplateFault) {
+    match parsed {
         Err(Error::Profile {
-            file: DataFile::CosProfile,
+            file: f,
             line,
             fault,
-        }) => (line, fault),
-        other => panic!("expected a COS profile error, got {other:?}"),
+        }) if f == file => (line, fault),
+        other => panic!("expected a {file} error, got {other:?}"),
     }
+}
+
+fn refusal(src: &str) -> (usize, TemplateFault) {
+    refusal_of(DataFile::CosProfile, CosProfile::parse(src))
 }
 
 /// `T514` with `from` replaced by `to` (exactly once).
@@ -316,3 +324,5 @@ fn refusals_name_the_line() {
         )
     );
 }
+
+mod psam;

@@ -37,8 +37,8 @@ key_version = 0x01
 role = "external-auth"
 length = 16
 error_counter = 0x55
-psam_usage = 0x28
-psam_allowed = true
+# (PSAM usage: a PSAM profile's, profiles/psam/)
+# (PSAM usage: a PSAM profile's, profiles/psam/)
 protected_by = "MK_MF"
 root = "national"
 "#;
@@ -72,19 +72,17 @@ root = "national"
 fn ssc_2_0_loads() {
     let t = Template::parse(include_str!("../../../../templates/ssc-2.0.toml")).unwrap();
     assert_eq!(t.id(), "ssc-2.0");
-    assert_eq!(t.version(), 1);
+    assert_eq!(t.version(), 2);
     assert_eq!(t.generation(), "2.0");
     assert_eq!(t.algorithm(), CardAlgorithm::Tdes);
     assert_eq!(t.dispersion(), Dispersion::PbocTdes);
     assert_eq!(t.extends(), None);
-    assert_eq!(t.keys().len(), 24);
-    assert_eq!(t.psam_keys().count(), 9);
+    assert_eq!(t.keys().len(), 33);
     for dir in ["MF", "SSSE", "DF01", "DF02", "DF03", "DF04", "DF05"] {
         let mk = t.key(&format!("MK_{dir}")).unwrap();
         assert_eq!(mk.directory, dir);
         assert_eq!(mk.role, KeyRole::Master);
         assert_eq!(mk.root, KeyRoot::Provincial);
-        assert!(!mk.psam_allowed);
         assert!(mk.is_issuer_only());
     }
     for k in t.keys() {
@@ -99,31 +97,11 @@ fn ssc_2_0_loads() {
     let rk = t.key("RK_SSSE").unwrap();
     assert_eq!(rk.directory, "SSSE");
     assert_eq!(rk.protected_by, Protector::Key("MK_SSSE".to_owned()));
-    assert_eq!(rk.psam_usage.unwrap().byte(), 0x48);
     // T514: type 0D, id, version, EF, error counter, 3DES 00, follow-up 33 (the third key of
     // SSSE after its master key: STK and IRK take 1 and 2 and carry 00), length.
     assert_eq!(
         t.card_key_header(rk),
         [0x0D, 0x03, 0x01, 0xEF, 0x55, 0x00, 0x33, 16]
-    );
-    // PSAM delivery at every level.
-    let levels: Vec<(&str, KeyLevel)> = t
-        .psam_keys()
-        .map(|p| (p.key.name.as_str(), p.level()))
-        .collect();
-    assert!(levels.contains(&("RK_DF03", KeyLevel::City)));
-    assert!(levels.contains(&("RK_SSSE", KeyLevel::Province)));
-    assert!(levels.contains(&("IRK_SSSE", KeyLevel::National)));
-    // Issuer-only keys never reach PSAMs; the load and TAC keys stay with the issuer.
-    for p in t.psam_keys() {
-        assert!(!p.key.is_issuer_only(), "{}", p.key.name);
-        assert_ne!(p.usage.kind(), PsamKeyType::Master);
-    }
-    assert!(!t.key("DLK_DF04").unwrap().psam_allowed);
-    assert!(!t.key("DTK_DF04").unwrap().psam_allowed);
-    assert_eq!(
-        t.key("DPK_DF04").unwrap().psam_usage.unwrap().kind(),
-        PsamKeyType::Purchase
     );
 }
 
@@ -134,8 +112,7 @@ fn ssc_3_0_loads() {
     assert_eq!(t.generation(), "3.0");
     assert_eq!(t.algorithm(), CardAlgorithm::Sm4);
     assert_eq!(t.dispersion(), Dispersion::Sm4Complement);
-    assert_eq!(t.keys().len(), 24);
-    assert_eq!(t.psam_keys().count(), 9);
+    assert_eq!(t.keys().len(), 34);
     for k in t.keys() {
         assert_eq!(k.algorithm, CardAlgorithm::Sm4);
         assert_eq!(k.hsm_algorithm(), Algorithm::Sm4);
@@ -147,10 +124,24 @@ fn ssc_3_0_loads() {
         t.card_key_header(mk),
         [0x00, 0x00, 0x00, 0xEF, 0x33, 0x03, 0xFF, 16]
     );
-    // Same key set as 2.0.
+    // The 2.0 key set, and the PKI application's SM4 master key, written as a master key
+    // (84 D4 01 00 24, DOMAIN.md §10).
     let two = Template::builtin("ssc-2.0").unwrap();
     let names = |t: &Template| t.keys().iter().map(|k| k.name.clone()).collect::<Vec<_>>();
-    assert_eq!(names(&t), names(&two));
+    let mut expected = names(&two);
+    expected.push("MK_PKI".to_owned());
+    assert_eq!(names(&t), expected);
+    let pki = t.key("MK_PKI").unwrap();
+    assert_eq!((pki.role, pki.root), (KeyRole::Master, KeyRoot::Provincial));
+    let params = t.write_key_params(pki);
+    assert_eq!(
+        [params.cla, params.ins, params.p1, params.p2, params.lc],
+        [0x84, 0xD4, 0x01, 0x00, 0x24]
+    );
+    // The key ids public 3.0 reader code shows: RKSSSE 0A, PIN reload 06.
+    assert_eq!(t.key("RK_SSSE").unwrap().key_id, 0x0A);
+    assert_eq!(t.key("RPK_SSSE").unwrap().key_id, 0x06);
+    assert_eq!(two.key("RK_SSSE").unwrap().key_id, 0x03);
 }
 
 #[test]
@@ -175,8 +166,6 @@ fn the_fmcos_variant_is_ssc_2_0_key_for_key() {
                 a.key_version,
                 a.algorithm,
                 a.error_counter,
-                a.psam_usage,
-                a.psam_allowed,
                 &a.protected_by,
                 a.root,
             ),
@@ -188,8 +177,6 @@ fn the_fmcos_variant_is_ssc_2_0_key_for_key() {
                 b.key_version,
                 b.algorithm,
                 b.error_counter,
-                b.psam_usage,
-                b.psam_allowed,
                 &b.protected_by,
                 b.root,
             ),
@@ -417,44 +404,29 @@ fn roles_and_the_profile_decide_what_the_key_lines_do_not() {
     let stk = t.key("STK_MF").unwrap();
     assert_eq!(stk.role, KeyRole::ExternalAuth);
     assert!(!stk.is_issuer_only());
-    assert_eq!(t.psam_keys().count(), 1);
 }
 
 #[test]
 fn psam_usage_bytes() {
+    // Any byte decodes; a PSAM profile decides which levels and types it accepts.
     for (byte, levels, kind, level) in [
-        (0x28, 1, PsamKeyType::MacEncryption, KeyLevel::City),
-        (0x48, 2, PsamKeyType::MacEncryption, KeyLevel::Province),
-        (0x67, 3, PsamKeyType::Encryption, KeyLevel::National),
-        (0x42, 2, PsamKeyType::Purchase, KeyLevel::Province),
-        (0x20, 1, PsamKeyType::Master, KeyLevel::City),
+        (0x28, 1, Some(PsamKeyType::MacEncryption), KeyLevel::City),
+        (
+            0x48,
+            2,
+            Some(PsamKeyType::MacEncryption),
+            KeyLevel::Province,
+        ),
+        (0x67, 3, Some(PsamKeyType::Encryption), KeyLevel::National),
+        (0x42, 2, Some(PsamKeyType::Purchase), KeyLevel::Province),
+        (0x08, 0, Some(PsamKeyType::MacEncryption), KeyLevel::Card),
+        (0x2C, 1, None, KeyLevel::City),
     ] {
-        let u = PsamUsage::from_byte(byte).unwrap();
+        let u = PsamUsage::from_byte(byte);
         assert_eq!((u.levels(), u.kind(), u.level()), (levels, kind, level));
         assert_eq!(u.byte(), byte);
         assert_eq!(u.level().levels_above_card(), levels);
     }
-    assert_eq!(
-        PsamUsage::from_byte(0x08),
-        Err(TemplateFault::PsamUsageLevels {
-            byte: 0x08,
-            levels: 0
-        })
-    );
-    assert_eq!(
-        PsamUsage::from_byte(0x88),
-        Err(TemplateFault::PsamUsageLevels {
-            byte: 0x88,
-            levels: 4
-        })
-    );
-    assert_eq!(
-        PsamUsage::from_byte(0x29),
-        Err(TemplateFault::PsamUsageType {
-            byte: 0x29,
-            kind: 9
-        })
-    );
 }
 
 // ---- refusals, each with its line ----
@@ -736,104 +708,20 @@ root = "national"
 }
 
 #[test]
-fn psam_refusals() {
-    // Levels out of 1..=3, type above 8.
-    assert_eq!(
-        refusal(&mini_with("psam_usage = 0x28", "psam_usage = 0x08")),
-        (
-            26,
-            TemplateFault::PsamUsageLevels {
-                byte: 0x08,
-                levels: 0
-            }
-        )
-    );
-    assert_eq!(
-        refusal(&mini_with("psam_usage = 0x28", "psam_usage = 0x89")),
-        (
-            26,
-            TemplateFault::PsamUsageLevels {
-                byte: 0x89,
-                levels: 4
-            }
-        )
-    );
-    assert_eq!(
-        refusal(&mini_with("psam_usage = 0x28", "psam_usage = 0x2C")),
-        (
-            26,
-            TemplateFault::PsamUsageType {
-                byte: 0x2C,
-                kind: 12
-            }
-        )
-    );
-    // Type 0 (master) may not go into a PSAM.
-    assert_eq!(
-        refusal(&mini_with("psam_usage = 0x28", "psam_usage = 0x20")),
-        (
-            27,
-            TemplateFault::PsamRefused {
-                name: "RK_MF".to_owned(),
-                why: PsamRefusal::MasterType
-            }
-        )
-    );
-    // Allowed without a usage byte.
-    assert_eq!(
-        refusal(&mini_with("psam_usage = 0x28\n", "")),
-        (
-            26,
-            TemplateFault::PsamRefused {
-                name: "RK_MF".to_owned(),
-                why: PsamRefusal::NoUsageByte
-            }
-        )
-    );
-    // A maintenance key, or a provincial root, is issuer-only (by role and root, not name).
-    let (l, fault) = refusal(&mini_with(
-        "role = \"external-auth\"",
-        "role = \"maintenance\"",
-    ));
-    assert_eq!(l, 27);
-    assert!(
-        matches!(
-            fault,
-            TemplateFault::PsamRefused {
-                why: PsamRefusal::IssuerOnly,
-                ..
-            }
-        ),
-        "{fault}"
-    );
-    let src = mini_with("root = \"national\"", "root = \"provincial\"");
-    assert!(matches!(
-        refusal(&src),
-        (
-            27,
-            TemplateFault::PsamRefused {
-                why: PsamRefusal::IssuerOnly,
-                ..
-            }
-        )
-    ));
-    // A provincial root has no national level.
+fn psam_fields_belong_to_psam_profiles() {
+    // Usage bytes moved to the PSAM profiles: a key line that gives one is refused at it.
     let src = mini_with(
-        "psam_usage = 0x28\npsam_allowed = true\n",
-        "psam_usage = 0x67\n",
-    )
-    .replacen("root = \"national\"", "root = \"provincial\"", 1);
+        "# (PSAM usage: a PSAM profile's, profiles/psam/)\n# (PSAM",
+        "psam_usage = 0x28\n# (PSAM",
+    );
     assert_eq!(
         refusal(&src),
-        (26, TemplateFault::PsamLevelAboveRoot { byte: 0x67 })
+        (26, TemplateFault::UnknownField("psam_usage".to_owned()))
     );
-    // A usage byte alone (not allowed) is fine, even on an MK.
-    let src = mini_with(
-        "protected_by = \"vendor-transport\"",
-        "protected_by = \"vendor-transport\"\npsam_usage = 0x41",
-    );
-    let t = Template::parse(&src).unwrap();
-    assert_eq!(t.psam_keys().count(), 1);
+}
+
+#[test]
+fn root_refusals() {
     assert_eq!(
         refusal(&mini_with("root = \"national\"", "root = \"ministry\"")),
         (
@@ -926,8 +814,8 @@ key_version = 0x01
 role = "external-auth"
 length = 16
 error_counter = 0x55
-psam_usage = 0x28
-psam_allowed = true
+# (PSAM usage: a PSAM profile's, profiles/psam/)
+# (PSAM usage: a PSAM profile's, profiles/psam/)
 protected_by = "MK_DF06"
 root = "national"
 "#;
@@ -954,11 +842,10 @@ fn extension_merges_over_its_base() {
     let t = Template::extend(&base, &ext).unwrap();
     assert_eq!(t.id(), "ssc-2.0-440300");
     assert_eq!(t.version(), 3);
-    assert_eq!(t.base_version(), Some(1));
+    assert_eq!(t.base_version(), Some(2));
     assert_eq!(t.extends(), Some("ssc-2.0"));
     assert_eq!(t.region().unwrap().code, "440300");
-    assert_eq!(t.keys().len(), 26);
-    assert_eq!(t.psam_keys().count(), 10);
+    assert_eq!(t.keys().len(), 35);
     let order: Vec<&str> = t.write_order().map(|k| k.name.as_str()).collect();
     let pos = |n: &str| order.iter().position(|x| *x == n).unwrap();
     assert!(pos("MK_SSSE") < pos("MK_DF06") && pos("MK_DF06") < pos("RK_DF06"));
@@ -1161,14 +1048,7 @@ mod props {
                         }
                     )
                 ),
-                // An issuer-only name with `psam_allowed`: refused for that first.
-                n if n.starts_with("MK") || n.starts_with("STK") => prop_assert!(
-                    matches!(
-                        &fault,
-                        TemplateFault::DuplicateSlot { .. } | TemplateFault::PsamRefused { .. }
-                    ),
-                    "{line}: {fault:?}"
-                ),
+                // Any other name, `MK…` and `STK…` too: behaviour never follows a name.
                 _ => prop_assert!(
                     matches!(&fault, TemplateFault::DuplicateSlot { other, .. } if other == "RK_MF"),
                     "{line}: {fault:?}"
@@ -1192,4 +1072,108 @@ mod props {
             }
         }
     }
+}
+
+// ---- the full key set and multi-version keys ----
+
+#[test]
+fn the_full_key_set_of_domain_md_10() {
+    for id in ["ssc-2.0", "ssc-2.0-fmcos", "ssc-3.0"] {
+        let t = Template::builtin(id).unwrap();
+        let role = |name: &str| t.key(name).unwrap_or_else(|| panic!("{id}: {name}")).role;
+        assert_eq!(role("BK_SSSE"), KeyRole::Block);
+        for df in ["DF01", "DF02", "DF03", "DF04", "DF05"] {
+            let lk = t.key(&format!("LK_{df}")).unwrap();
+            assert_eq!((lk.role, lk.directory.as_str()), (KeyRole::Lock, df));
+        }
+        assert_eq!(t.key("DSK_DF04").unwrap().directory, "DF04");
+        // Two versions of the load and purchase keys, each version its own key id.
+        for (first, second) in [("DPK_DF04", "DPK2_DF04"), ("DLK_DF04", "DLK2_DF04")] {
+            let (a, b) = (t.key(first).unwrap(), t.key(second).unwrap());
+            assert_eq!(a.group(), first);
+            assert_eq!(b.group(), first);
+            assert_eq!(b.version_of.as_deref(), Some(first));
+            assert_eq!((a.role, &a.directory), (b.role, &b.directory));
+            assert_eq!((a.key_version, b.key_version), (0x01, 0x02));
+            assert_ne!(a.key_id, b.key_id);
+        }
+    }
+    // On T514, BK and LK are of "every other key"'s type 0D; on FMCOS of its maintenance class.
+    let t514 = Template::builtin("ssc-2.0").unwrap();
+    let fmcos = Template::builtin("ssc-2.0-fmcos").unwrap();
+    assert_eq!(t514.key("BK_SSSE").unwrap().key_type, 0x0D);
+    assert_eq!(fmcos.key("LK_DF03").unwrap().key_type, 0x36);
+}
+
+/// `MINI` plus a second version of RK_MF with `fields` (key_id, key_version, …).
+fn second_version(fields: &str) -> String {
+    mini_plus(&format!(
+        r#"[[key]]
+name = "RK2_MF"
+directory = "MF"
+role = "external-auth"
+{fields}
+length = 16
+error_counter = 0x55
+protected_by = "MK_MF"
+root = "national"
+"#
+    ))
+}
+
+#[test]
+fn versions_of_a_key() {
+    let t = Template::parse(&second_version(
+        "key_id = 0x02\nkey_version = 0x02\nversion_of = \"RK_MF\"",
+    ))
+    .unwrap();
+    assert_eq!(t.key("RK2_MF").unwrap().group(), "RK_MF");
+    assert_eq!(t.key("RK_MF").unwrap().group(), "RK_MF");
+    // version_of is on line 37 of each variant below.
+    let cases: [(&str, TemplateFault); 5] = [
+        (
+            "key_id = 0x02\nkey_version = 0x02\nversion_of = \"NOPE\"",
+            TemplateFault::VersionOfUnknown("NOPE".to_owned()),
+        ),
+        (
+            "key_id = 0x02\nkey_version = 0x02\nversion_of = \"MK_MF\"",
+            TemplateFault::VersionOfMismatch {
+                field: "role",
+                first: "MK_MF".to_owned(),
+            },
+        ),
+        (
+            "key_id = 0x02\nkey_version = 0x01\nversion_of = \"RK_MF\"",
+            TemplateFault::VersionRepeated {
+                field: "key_version",
+                other: "RK_MF".to_owned(),
+            },
+        ),
+        (
+            "key_id = 0x01\nkey_version = 0x02\nversion_of = \"RK_MF\"",
+            TemplateFault::VersionRepeated {
+                field: "key_id",
+                other: "RK_MF".to_owned(),
+            },
+        ),
+        (
+            "key_id = 0x02\nkey_version = 0x02\nversion_of = \"RK_MF\"\ndirectory_note = 1",
+            TemplateFault::UnknownField("directory_note".to_owned()),
+        ),
+    ];
+    for (fields, fault) in cases {
+        let (line, got) = refusal(&second_version(fields));
+        assert_eq!(got, fault, "{fields}");
+        if !matches!(fault, TemplateFault::UnknownField(_)) {
+            assert_eq!(line, 37, "{fields}");
+        }
+    }
+    // A third version naming the second, not the first, is refused.
+    let third = format!(
+        "{}\n[[key]]\nname = \"RK3_MF\"\ndirectory = \"MF\"\nrole = \"external-auth\"\n\
+         key_id = 0x03\nkey_version = 0x03\nversion_of = \"RK2_MF\"\nlength = 16\n\
+         error_counter = 0x55\nprotected_by = \"MK_MF\"\nroot = \"national\"\n",
+        second_version("key_id = 0x02\nkey_version = 0x02\nversion_of = \"RK_MF\"")
+    );
+    assert_eq!(refusal(&third).1, TemplateFault::VersionOfNotFirst);
 }
