@@ -227,6 +227,8 @@ fn card_of(check: &RowCheck, region: &str, now_ms: u64) -> Option<Card> {
         blacklist_reason: None,
         atr: None,
         issued_root_versions: Default::default(),
+        releases: 0,
+        replaces: None,
         created_ms: now_ms,
     })
 }
@@ -372,6 +374,8 @@ pub fn accept_row(
         blacklist_reason: None,
         atr: None,
         issued_root_versions: Default::default(),
+        releases: 0,
+        replaces: None,
         created_ms: now,
     };
     let generation = generations
