@@ -10,16 +10,21 @@ use crate::common::harness::{
     Clients, PROVINCIAL_REGISTRAR, REGISTRAR, STATION, TestKms, reason, tr31_request,
 };
 
-/// A Guangzhou card of ssc-2.0 with a chip of its own (the demo ATR ending in `chip`).
-fn card(serial: &str, number_body: &str, ssn17: &str, chip: u32) -> pb::CardIdentity {
+/// A chip of its own: the demo ATR ending in `n`.
+fn chip(n: u32) -> Vec<u8> {
     let mut atr = atr();
-    let n = atr.len();
-    atr[n - 4..].copy_from_slice(&chip.to_be_bytes());
+    let len = atr.len();
+    atr[len - 4..].copy_from_slice(&n.to_be_bytes());
+    atr
+}
+
+/// A Guangzhou card of ssc-2.0 with a chip of its own.
+fn card(serial: &str, number_body: &str, ssn17: &str, chip_n: u32) -> pb::CardIdentity {
     pb::CardIdentity {
         card_identifier: format!("440100D156000005{serial}"),
         card_number: card_number(number_body),
         social_security_number: ssn(ssn17),
-        atr,
+        atr: chip(chip_n),
     }
 }
 
@@ -448,4 +453,136 @@ async fn a_card_factor_belongs_to_one_card() {
             .inject_card_keys(tr31_request(again, "ssc-2.0")),
     )
     .await;
+}
+
+/// The `replaces` column of an applicant file: a replacement row takes the card it names out of
+/// service when accepted; every other use of the column is rejected with its reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_applicant_file_replaces_cards_it_names() {
+    use crate::common::applicants::{applicant, csv, reasons_at, submit};
+    let kms = TestKms::seeded().await;
+    let mut registrar = kms.client(REGISTRAR);
+    let mut station = kms.client(STATION);
+    let first = applicant("440100", "RP", 1);
+    let other = applicant("440100", "RP", 2);
+    let report = submit(
+        &mut registrar.registry,
+        csv(&[first.clone(), other.clone()]).as_bytes(),
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(report.accepted, 2);
+    let first_card = pb::CardIdentity {
+        card_identifier: first.card_identifier.clone(),
+        card_number: first.card_number.clone(),
+        social_security_number: first.ssn.clone(),
+        atr: chip(0xF001),
+    };
+    station
+        .card
+        .inject_card_keys(tr31_request(first_card.clone(), "ssc-2.0"))
+        .await
+        .unwrap();
+
+    // Line 2: the holder's new card replacing the personalised one. Lines 3 and 4: two rows
+    // replacing one card. Line 5: not an identifier. Line 6: a card of another person.
+    let mut renewed = applicant("440100", "RQ", 1);
+    renewed.ssn = first.ssn.clone();
+    renewed.birth_date = first.birth_date.clone();
+    renewed.sex = first.sex.clone();
+    let mut again = applicant("440100", "RQ", 2);
+    again.ssn = first.ssn.clone();
+    again.birth_date = first.birth_date.clone();
+    again.sex = first.sex.clone();
+    let rows = [
+        (renewed.clone(), first.card_identifier.as_str()),
+        (
+            applicant("440100", "RQ", 3),
+            "440100D156000005000000000000F00F",
+        ),
+        (
+            applicant("440100", "RQ", 4),
+            "440100D156000005000000000000F00F",
+        ),
+        (applicant("440100", "RQ", 5), "440100D15600000"),
+        (applicant("440100", "RQ", 6), other.card_identifier.as_str()),
+    ];
+    let people: Vec<_> = rows.iter().map(|(a, _)| a.clone()).collect();
+    let mut text = String::new();
+    for (i, line) in csv(&people).lines().enumerate() {
+        let extra = if i == 0 { "replaces" } else { rows[i - 1].1 };
+        text.push_str(&format!("{line},{extra}\n"));
+    }
+    let report = submit(&mut registrar.registry, text.as_bytes())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reasons_at(&report, 2), "");
+    for line in [3, 4] {
+        assert_eq!(
+            reasons_at(&report, line),
+            "replaces-not-replaceable;duplicate-in-batch-replaces"
+        );
+    }
+    assert_eq!(reasons_at(&report, 5), "replaces-format");
+    assert_eq!(reasons_at(&report, 6), "replaces-not-replaceable");
+    assert_eq!(report.accepted, 1);
+    // The new card is the person's live card now: another one without `replaces` is a
+    // duplicate, and the replaced card cannot be replaced twice.
+    let mut text = String::new();
+    for (i, line) in csv(&[again]).lines().enumerate() {
+        let extra = if i == 0 {
+            "replaces"
+        } else {
+            first.card_identifier.as_str()
+        };
+        text.push_str(&format!("{line},{extra}\n"));
+    }
+    let report = submit(&mut registrar.registry, text.as_bytes())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        reasons_at(&report, 2),
+        "duplicate-ssn;replaces-not-replaceable"
+    );
+
+    let replaced = registrar
+        .registry
+        .get_card(card_ref(&first_card))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(replaced.status(), pb::CardStatus::Replaced);
+    let renewed_record = registrar
+        .registry
+        .get_card(pb::CardRef {
+            card_identifier: renewed.card_identifier.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(renewed_record.status(), pb::CardStatus::Accepted);
+    assert_eq!(
+        renewed_record.replaces_card_identifier,
+        first.card_identifier
+    );
+    inject_refused(
+        &kms,
+        &first_card,
+        Code::FailedPrecondition,
+        "CARD_NOT_IN_PERSONALISATION",
+    )
+    .await;
+    // The other person's card is untouched.
+    let untouched = registrar
+        .registry
+        .get_card(pb::CardRef {
+            card_identifier: other.card_identifier.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(untouched.status(), pb::CardStatus::Accepted);
 }

@@ -28,6 +28,7 @@
 use hsm_api::Factor;
 
 use crate::error::{Error, Refusal, Result};
+use crate::registry::uniqueness::Generations;
 use crate::state::records::{Card, CardStatus};
 use crate::state::store::{Table, Tx};
 
@@ -220,6 +221,36 @@ pub fn record_release(
         (Release::Personalise, _) => CardStatus::Personalised,
     };
     Ok(card.releases)
+}
+
+/// Whether `old` may be replaced by a card of the person `ssn` in card generation
+/// `generation`: the same person, the same generation, and a status [`Transition::Replace`]
+/// allows (personalised, active, suspended, lost).
+pub fn replaceable(old: &Card, ssn: &str, generation: &str, generations: &Generations) -> bool {
+    old.social_security_number == ssn
+        && generations
+            .get(&old.template_id)
+            .is_some_and(|g| g == generation)
+        && Transition::Replace.allowed_from(old.status)
+}
+
+/// Inside a replacement's write: the card `old` leaves service (`replaced`), or the write is
+/// refused with [`Refusal::ReplacedCardNotReplaceable`] (also for a card the store lacks).
+pub fn replace(
+    tx: &mut Tx<'_>,
+    old: &str,
+    ssn: &str,
+    generation: &str,
+    generations: &Generations,
+) -> Result<()> {
+    let card = tx.get::<Card>(Table::Cards, old)?;
+    let Some(mut card) = card.filter(|c| replaceable(c, ssn, generation, generations)) else {
+        return Err(Error::FailedPrecondition {
+            reason: Refusal::ReplacedCardNotReplaceable,
+        });
+    };
+    apply(&mut card, Transition::Replace)?;
+    tx.put(Table::Cards, old, &card)
 }
 
 #[cfg(test)]

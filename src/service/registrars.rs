@@ -13,7 +13,6 @@ use crate::registry::uniqueness;
 use crate::state::audit::AuditEvent;
 use crate::state::records::{Card, CardStatus};
 use crate::state::store::Table;
-use crate::state::store::Tx;
 
 use super::{CardRequest, Kms, mask_card_identifier, masked_subject};
 
@@ -70,7 +69,13 @@ impl<H: Hsm> Kms<H> {
                 .write(move |tx| {
                     let mut record = record;
                     if let Some(old) = &replaces {
-                        replace(tx, old, &record, &generation, &generations)?;
+                        lifecycle::replace(
+                            tx,
+                            old,
+                            &record.social_security_number,
+                            &generation,
+                            &generations,
+                        )?;
                     }
                     uniqueness::check_unique(tx, &record, &generation, &generations)?;
                     record.created_ms = tx.now_ms();
@@ -209,32 +214,4 @@ impl<H: Hsm> Kms<H> {
         })
         .await
     }
-}
-
-/// Inside a replacement's write: the card `old` leaves service (`replaced`) if it is the same
-/// person's card of the same generation and its status allows it.
-fn replace(
-    tx: &mut Tx<'_>,
-    old: &str,
-    new: &Card,
-    generation: &str,
-    generations: &uniqueness::Generations,
-) -> Result<()> {
-    let refused = Error::FailedPrecondition {
-        reason: Refusal::ReplacedCardNotReplaceable,
-    };
-    let Some(mut card) = tx.get::<Card>(Table::Cards, old)? else {
-        return Err(refused);
-    };
-    let same_generation = generations
-        .get(&card.template_id)
-        .is_some_and(|g| g == generation);
-    if card.social_security_number != new.social_security_number
-        || !same_generation
-        || !Transition::Replace.allowed_from(card.status)
-    {
-        return Err(refused);
-    }
-    lifecycle::apply(&mut card, Transition::Replace)?;
-    tx.put(Table::Cards, old, &card)
 }
