@@ -295,6 +295,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .register_card(pb::RegisterCardRequest {
                         card: Some(card.clone()),
                         template_id,
+                        replaces_card_identifier: String::new(),
                     })
                     .await;
                 let fresh = match registered {

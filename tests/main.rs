@@ -24,6 +24,9 @@
 //! - `refusals`: wrong region, wrong role, foreign CA, no client certificate, registry states
 //!   (not accepted, blacklisted, unknown), malformed identifiers, duplicate card number,
 //!   another ATR, the HSM sealed — each with its exact code and reason, and audited.
+//! - `lifecycle`: the card life cycle — every transition checked (who, from which status),
+//!   releases only in personalisation (a retry counted and audited), a replacement taking its
+//!   card out of service, a blacklisted card's chip refused for another card (factor binding).
 //! - `reason_codes`: every reason code README marks `mTLS` provoked over the API, each arriving
 //!   as a `google.rpc.ErrorInfo` (domain `sscard-kms`) in the status details with its gRPC code.
 //! - `health`: gRPC health of "" and the four KMS services NOT_SERVING while the HSM is sealed,
@@ -61,6 +64,7 @@ mod delivery;
 mod health;
 mod hostile;
 mod leaks;
+mod lifecycle;
 mod psam;
 mod reason_codes;
 mod refusals;
