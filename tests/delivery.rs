@@ -13,7 +13,9 @@ use tonic::Code;
 use crate::common::chain::{
     atr, expected, published, station_kbpk, template, vendor_transport, write_key_apdu,
 };
-use crate::common::harness::{STATION, TestKms, card_identity, sm_request, tr31_request};
+use crate::common::harness::{
+    STATION, TestBackend, TestKms, card_identity, sm_request, tr31_request,
+};
 
 /// The card key DOMAIN.md §2 works out for the national test roots and the card factor
 /// `86843202AD932A48` (the last 8 bytes of [`crate::common::chain::ATR_HEX`]).
@@ -58,9 +60,8 @@ fn assert_kcv(delivered: &pb::DeliveredKey, key: &hsm_sim::crypto::SecretKey) {
     assert_eq!(kcv.value, want.value(), "KCV of {}", delivered.key_name);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tr31_blocks_unwrap_to_the_independent_chain_for_both_demo_cards() {
-    let kms = TestKms::seeded().await;
+async fn tr31_blocks_unwrap_to_the_independent_chain_for_both_demo_cards<B: TestBackend>() {
+    let kms = TestKms::<B>::seeded_on().await;
     let mut station = kms.client(STATION);
     let kbpk = station_kbpk();
     let atr = atr();
@@ -142,9 +143,8 @@ async fn tr31_blocks_unwrap_to_the_independent_chain_for_both_demo_cards() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn secure_messaging_commands_match_the_independent_apdu_byte_for_byte() {
-    let kms = TestKms::seeded().await;
+async fn secure_messaging_commands_match_the_independent_apdu_byte_for_byte<B: TestBackend>() {
+    let kms = TestKms::<B>::seeded_on().await;
     let mut station = kms.client(STATION);
     let atr = atr();
     let keys = published();
@@ -241,3 +241,8 @@ async fn secure_messaging_commands_match_the_independent_apdu_byte_for_byte() {
         .await;
     }
 }
+
+crate::on_every_backend!(
+    tr31_blocks_unwrap_to_the_independent_chain_for_both_demo_cards,
+    secure_messaging_commands_match_the_independent_apdu_byte_for_byte,
+);

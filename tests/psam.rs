@@ -10,7 +10,7 @@ use sscard_kms::proto::kms::v1::delivered_key::Form;
 use tonic::Code;
 
 use crate::common::chain::{atr, expected, psam_line_kbpk, template};
-use crate::common::harness::{PSAM_LINE, TestKms};
+use crate::common::harness::{PSAM_LINE, TestBackend, TestKms};
 
 /// The level a usage byte's top three bits name: 1 city, 2 provincial, 3 national.
 fn level_of_usage(usage: u8) -> (KeyLevel, pb::KeyLevel) {
@@ -36,9 +36,8 @@ fn get(serial: &str) -> pb::GetPsamKeySetRequest {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn psam_key_sets_hold_each_key_at_its_usage_level_and_only_for_their_line() {
-    let kms = TestKms::seeded().await;
+async fn psam_key_sets_hold_each_key_at_its_usage_level_and_only_for_their_line<B: TestBackend>() {
+    let kms = TestKms::<B>::seeded_on().await;
     let mut line = kms.client(PSAM_LINE);
     let kbpk = psam_line_kbpk();
     // Any valid ATR: the factors below the PSAM's level are never used.
@@ -168,3 +167,5 @@ async fn psam_key_sets_hold_each_key_at_its_usage_level_and_only_for_their_line(
     )
     .await;
 }
+
+crate::on_every_backend!(psam_key_sets_hold_each_key_at_its_usage_level_and_only_for_their_line,);
