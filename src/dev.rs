@@ -128,13 +128,29 @@ impl DevPaths {
 
 const SEEDED: &str = "dev_seeded";
 
-/// Runs `sscard-kms dev` until `shutdown`: in-process HSM on the test LMK, the store and the
+/// Which HSM `dev` runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DevHsm {
+    /// The in-process simulator on the test LMK.
+    #[default]
+    Simulator,
+    /// A throwaway SoftHSM2 token in the data directory (`<data>/softhsm`), on the PKCS#11
+    /// backend in release mode, with the test LMK (so every output that does not depend on
+    /// randomness is the simulator's).
+    SoftHsm,
+}
+
+/// The label of `dev`'s SoftHSM2 token.
+const DEV_TOKEN_LABEL: &str = "sscard-kms-dev";
+
+/// Runs `sscard-kms dev` until `shutdown`: an HSM on the test LMK (`hsm`), the store and the
 /// dev PKI under `data_dir`, the published test keys seeded once, the API on `listener` and the
 /// metrics on `metrics`.
 pub async fn run(
     listener: tokio::net::TcpListener,
     metrics: Option<tokio::net::TcpListener>,
     data_dir: &Path,
+    hsm: DevHsm,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
     let paths = DevPaths::new(data_dir);
@@ -142,13 +158,39 @@ pub async fn run(
         path: data_dir.to_owned(),
         source,
     })?;
+    match hsm {
+        DevHsm::Simulator => {
+            let hsm = Arc::new(hsm_sim::local::LocalHsm::open(
+                hsm_sim::local::LocalHsmConfig {
+                    dangerous_test_lmk: true,
+                    ..Default::default()
+                },
+            )?);
+            run_on(hsm, listener, metrics, data_dir, &paths, shutdown).await
+        }
+        DevHsm::SoftHsm => {
+            let token =
+                hsm_pkcs11::softhsm::dangerous_token(&data_dir.join("softhsm"), DEV_TOKEN_LABEL)?;
+            let config = hsm_pkcs11::Pkcs11Config {
+                mode: hsm_pkcs11::Mode::Release,
+                dangerous_test_lmk: true,
+                ..token.config()
+            };
+            let hsm = Arc::new(hsm_pkcs11::Pkcs11Hsm::open(config, Some(token.pin()))?);
+            run_on(hsm, listener, metrics, data_dir, &paths, shutdown).await
+        }
+    }
+}
+
+async fn run_on<H: Hsm>(
+    hsm: Arc<H>,
+    listener: tokio::net::TcpListener,
+    metrics: Option<tokio::net::TcpListener>,
+    data_dir: &Path,
+    paths: &DevPaths,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<()> {
     let pki = crate::access::pki::DevPki::load_or_generate(&paths.pki)?;
-    let hsm = Arc::new(hsm_sim::local::LocalHsm::open(
-        hsm_sim::local::LocalHsmConfig {
-            dangerous_test_lmk: true,
-            ..Default::default()
-        },
-    )?);
     let kms = Kms::open(hsm, &paths.store).await?;
     let seeded = dangerous_seed_test_keys(&kms).await?;
     let tls = crate::access::tls::server_config(
@@ -161,7 +203,7 @@ pub async fn run(
         source,
     })?;
     let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
-    println!("{}", banner(addr, metrics_addr, data_dir, &paths, seeded));
+    println!("{}", banner(addr, metrics_addr, data_dir, paths, seeded));
     crate::server::serve_all(kms, listener, metrics, tls, dev_limits(), shutdown).await
 }
 

@@ -15,7 +15,9 @@ use crate::common::chain::{
     Expected, assert_t514_is_domain_md, atr, cos_data, expected, key_lines, published,
     station_kbpk, template, template_text, vendor_transport, write_key_apdu, write_key_bytes,
 };
-use crate::common::harness::{STATION, TestKms, card_identity, sm_request, tr31_request};
+use crate::common::harness::{
+    STATION, TestBackend, TestKms, card_identity, sm_request, tr31_request,
+};
 
 /// The card key DOMAIN.md §2 works out for the national test roots and the card factor
 /// `86843202AD932A48` (the last 8 bytes of [`crate::common::chain::ATR_HEX`]).
@@ -56,9 +58,8 @@ fn assert_kcv(delivered: &pb::DeliveredKey, key: &hsm_sim::crypto::SecretKey) {
     assert_eq!(kcv.value, want.value(), "KCV of {}", delivered.key_name);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tr31_blocks_unwrap_to_the_independent_chain_for_every_demo_card() {
-    let kms = TestKms::seeded().await;
+async fn tr31_blocks_unwrap_to_the_independent_chain_for_every_demo_card<B: TestBackend>() {
+    let kms = TestKms::<B>::seeded_on().await;
     let mut station = kms.client(STATION);
     let kbpk = station_kbpk();
     let atr = atr();
@@ -146,9 +147,10 @@ async fn tr31_blocks_unwrap_to_the_independent_chain_for_every_demo_card() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_write_key_of_every_shipped_template_matches_the_independent_apdu_byte_for_byte() {
-    let kms = TestKms::seeded().await;
+async fn every_write_key_of_every_shipped_template_matches_the_independent_apdu_byte_for_byte<
+    B: TestBackend,
+>() {
+    let kms = TestKms::<B>::seeded_on().await;
     let mut station = kms.client(STATION);
     let atr = atr();
     let keys = published();
@@ -268,3 +270,8 @@ async fn every_write_key_of_every_shipped_template_matches_the_independent_apdu_
         BUILTIN_COS.iter().map(|(id, _)| (*id).to_owned()).collect();
     assert_eq!(profiles, cos);
 }
+
+crate::on_every_backend!(
+    tr31_blocks_unwrap_to_the_independent_chain_for_every_demo_card,
+    every_write_key_of_every_shipped_template_matches_the_independent_apdu_byte_for_byte,
+);

@@ -11,7 +11,10 @@
 //!   repaired copy) and the next start serves.
 //!
 //! The key service over real mutual TLS on 127.0.0.1 (each test on its own copy of a data
-//! directory seeded once with the published test keys):
+//! directory seeded once with the published test keys). `delivery`, `psam` and `refusals` run
+//! on every backend (`on_every_backend!`: `name::local` on `LocalHsm`, `name::softhsm` on the
+//! PKCS#11 backend in release mode on a throwaway SoftHSM2 token of its own, each backend with
+//! its own seeded fixture):
 //! - `delivery`: card keys for the demo station — TR-31 blocks unwrapped under the published
 //!   station key, and secure-messaging WRITE KEY commands for **every key of every shipped
 //!   template under every shipped COS profile** (ssc-2.0 and ssc-3.0 on t514, ssc-2.0-fmcos on

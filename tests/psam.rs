@@ -12,7 +12,7 @@ use sscard_kms::proto::kms::v1::delivered_key::Form;
 use tonic::Code;
 
 use crate::common::chain::{atr, expected, psam_line_kbpk, psam_profile_data, template};
-use crate::common::harness::{OFFICER, PSAM_LINE, TestKms};
+use crate::common::harness::{OFFICER, PSAM_LINE, TestBackend, TestKms};
 use crate::rotation::{NEW_ROOT, components};
 
 /// The level a usage byte's top three bits name: 1 city, 2 provincial, 3 national.
@@ -45,9 +45,8 @@ fn get(serial: &str) -> pb::GetPsamKeySetRequest {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn psam_key_sets_follow_the_psam_profile_and_go_only_to_their_line() {
-    let kms = TestKms::seeded().await;
+async fn psam_key_sets_follow_the_psam_profile_and_go_only_to_their_line<B: TestBackend>() {
+    let kms = TestKms::<B>::seeded_on().await;
     let mut line = kms.client(PSAM_LINE);
     let kbpk = psam_line_kbpk();
     // Any valid ATR: the factors below the PSAM's level are never used.
@@ -239,3 +238,5 @@ async fn psam_key_sets_follow_the_psam_profile_and_go_only_to_their_line() {
     )
     .await;
 }
+
+crate::on_every_backend!(psam_key_sets_follow_the_psam_profile_and_go_only_to_their_line,);

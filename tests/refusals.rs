@@ -1,7 +1,6 @@
 //! Refusals of the key service over mTLS: the exact gRPC code, the reason or field the API
 //! names, and one `denied: …` audit record for each refusal the service itself sees.
 
-use hsm_api::Hsm as _;
 use sscard_kms::access::identity::Identity;
 use sscard_kms::access::pki::DevPki;
 use sscard_kms::access::tls::ClientTls;
@@ -11,8 +10,8 @@ use tonic::transport::{Certificate, ClientTlsConfig};
 
 use crate::common::chain::{atr, card_number, card_number_bad_check, published, ssn};
 use crate::common::harness::{
-    OFFICER, PROVINCIAL_REGISTRAR, PSAM_LINE, REGISTRAR, STATION, TestKms, card_identity,
-    tr31_request,
+    OFFICER, PROVINCIAL_REGISTRAR, PSAM_LINE, REGISTRAR, STATION, TestBackend, TestKms,
+    card_identity, tr31_request,
 };
 
 /// A Guangzhou card that is not one of the demo cards, with a chip of its own: the demo ATR
@@ -43,9 +42,8 @@ fn card_ref(card: &pb::CardIdentity) -> pb::CardRef {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn callers_out_of_role_or_region_are_refused_and_audited() {
-    let kms = TestKms::seeded().await;
+async fn callers_out_of_role_or_region_are_refused_and_audited<B: TestBackend>() {
+    let kms = TestKms::<B>::seeded_on().await;
     let demo = &published().card[0];
     let gz_card = card_identity(demo, &atr());
     let inject = || tr31_request(gz_card.clone(), "ssc-2.0");
@@ -188,9 +186,8 @@ async fn callers_out_of_role_or_region_are_refused_and_audited() {
     assert_eq!(kms.audit_trail().len(), before);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cards_and_requests_the_registry_does_not_allow_are_refused_and_audited() {
-    let kms = TestKms::seeded().await;
+async fn cards_and_requests_the_registry_does_not_allow_are_refused_and_audited<B: TestBackend>() {
+    let kms = TestKms::<B>::seeded_on().await;
     let mut station = kms.client(STATION);
     let mut registrar = kms.client(REGISTRAR);
     let demo = &published().card[0];
@@ -384,9 +381,8 @@ async fn cards_and_requests_the_registry_does_not_allow_are_refused_and_audited(
 
 /// A station whose transport key is TDES gets TR-31 version B blocks: DES-family keys only. An
 /// SM4 card's keys are refused before any HSM work, with the reason.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tdes_transport_key_carries_no_sm4_keys() {
-    let kms = TestKms::seeded().await;
+async fn a_tdes_transport_key_carries_no_sm4_keys<B: TestBackend>() {
+    let kms = TestKms::<B>::seeded_on().await;
     let mut officer = kms.client(OFFICER);
     // The station's TDES transport key, as two components with their KCVs.
     let key = "0123456789ABCDEFFEDCBA9876543210";
@@ -454,3 +450,9 @@ async fn a_tdes_transport_key_carries_no_sm4_keys() {
     )
     .await;
 }
+
+crate::on_every_backend!(
+    callers_out_of_role_or_region_are_refused_and_audited,
+    cards_and_requests_the_registry_does_not_allow_are_refused_and_audited,
+    a_tdes_transport_key_carries_no_sm4_keys,
+);

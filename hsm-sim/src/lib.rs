@@ -15,5 +15,6 @@ pub mod cache;
 pub mod crypto;
 pub mod lmk;
 pub mod local;
+pub mod policy;
 pub mod remote;
 pub mod selftest;

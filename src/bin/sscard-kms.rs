@@ -25,6 +25,12 @@ enum LogFormat {
     Json,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DevHsmArg {
+    Sim,
+    Softhsm,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// A complete local KMS for development: in-process HSM on the published test LMK, published
@@ -43,6 +49,10 @@ enum Command {
         /// Serve no metrics.
         #[arg(long)]
         no_metrics: bool,
+        /// The HSM: `sim` (the in-process simulator) or `softhsm` (the PKCS#11 backend on a
+        /// throwaway SoftHSM2 token in the data directory); both on the published test LMK.
+        #[arg(long, value_enum, default_value_t = DevHsmArg::Sim)]
+        hsm: DevHsmArg,
     },
     /// Serve a real deployment from its configuration file (see `sscard_kms::server::config`).
     Serve {
@@ -105,6 +115,7 @@ fn main() -> ExitCode {
                 data_dir,
                 metrics_listen,
                 no_metrics,
+                hsm,
             } => {
                 let bind = |addr: SocketAddr| async move {
                     tokio::net::TcpListener::bind(addr).await.map_err(|source| {
@@ -119,7 +130,11 @@ fn main() -> ExitCode {
                     true => None,
                     false => Some(bind(metrics_listen).await?),
                 };
-                sscard_kms::dev::run(listener, metrics, &data_dir, shutdown).await
+                let hsm = match hsm {
+                    DevHsmArg::Sim => sscard_kms::dev::DevHsm::Simulator,
+                    DevHsmArg::Softhsm => sscard_kms::dev::DevHsm::SoftHsm,
+                };
+                sscard_kms::dev::run(listener, metrics, &data_dir, hsm, shutdown).await
             }
             Command::Serve { config } => {
                 let config = sscard_kms::server::config::Config::load(&config)?;

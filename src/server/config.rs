@@ -17,6 +17,9 @@
 //! key = "/etc/sscard-kms/kms-service.key"
 //! # mode = "local" keeps the HSM state under `state_dir` (default <data_dir>/hsm); it starts
 //! # sealed and is unsealed by the custodians' shares.
+//! # mode = "pkcs11": module = "/usr/lib/softhsm/libsofthsm2.so", token_label = "sscard-kms",
+//! # pin_file = "/etc/sscard-kms/token.pin" (optional: without it, sealed until UnsealHsm gets the
+//! # PIN), operations = "strict" | "release" (ARCHITECTURE.md, the PKCS#11 capability table).
 //!
 //! [limits]                    # optional; these are the defaults
 //! handshake_timeout_ms = 10000   # a TLS handshake not done by then is closed
@@ -162,6 +165,29 @@ pub enum HsmConfig {
         cert: PathBuf,
         key: PathBuf,
     },
+    /// A PKCS#11 token (`hsm-pkcs11`), found by its label. The user PIN is read from `pin_file`
+    /// (owner-only, like the TLS key) if given; otherwise the HSM starts sealed and the PIN is
+    /// the one share `UnsealHsm` takes. `operations` is `strict` (default: what a standard token
+    /// cannot do is refused) or `release` (it runs with the key the token releases for that one
+    /// operation): ARCHITECTURE.md's capability table.
+    Pkcs11 {
+        module: PathBuf,
+        token_label: String,
+        pin_file: Option<PathBuf>,
+        #[serde(default)]
+        operations: Pkcs11Operations,
+    },
+}
+
+/// What a PKCS#11 backend does with what a standard token cannot do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pkcs11Operations {
+    /// Refused, with a reason.
+    #[default]
+    Strict,
+    /// Run with the key the token released for that one operation.
+    Release,
 }
 
 impl Config {
@@ -209,7 +235,7 @@ impl Config {
         if let Some(endpoint) = var("SSCARD_KMS_HSM_ENDPOINT") {
             match &mut self.hsm {
                 HsmConfig::Remote { endpoint: e, .. } => *e = endpoint,
-                HsmConfig::Local { .. } => {
+                HsmConfig::Local { .. } | HsmConfig::Pkcs11 { .. } => {
                     return Err(Error::InvalidArgument {
                         field: "SSCARD_KMS_HSM_ENDPOINT",
                         reason: Refusal::EndpointForLocalHsm,

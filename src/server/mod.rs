@@ -293,6 +293,38 @@ pub async fn run_configured(
             ready();
             serve_all(kms, listener, metrics, tls, config.limits, shutdown).await
         }
+        HsmConfig::Pkcs11 {
+            module,
+            token_label,
+            pin_file,
+            operations,
+        } => {
+            let pin = match pin_file {
+                Some(path) => {
+                    let text = zeroize::Zeroizing::new(std::fs::read_to_string(&path).map_err(
+                        |source| Error::File {
+                            path: path.clone(),
+                            source,
+                        },
+                    )?);
+                    Some(hsm_api::LmkShare::new(zeroize::Zeroizing::new(
+                        text.trim_end_matches(['\n', '\r']).to_owned(),
+                    )))
+                }
+                None => None,
+            };
+            let p11_config = hsm_pkcs11::Pkcs11Config {
+                mode: match operations {
+                    crate::server::config::Pkcs11Operations::Strict => hsm_pkcs11::Mode::Strict,
+                    crate::server::config::Pkcs11Operations::Release => hsm_pkcs11::Mode::Release,
+                },
+                ..hsm_pkcs11::Pkcs11Config::new(module, token_label)
+            };
+            let hsm = Arc::new(hsm_pkcs11::Pkcs11Hsm::open(p11_config, pin)?);
+            let kms = Kms::open(hsm, &store_dir).await?;
+            ready();
+            serve_all(kms, listener, metrics, tls, config.limits, shutdown).await
+        }
         HsmConfig::Remote {
             endpoint,
             ca,

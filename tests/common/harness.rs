@@ -13,10 +13,12 @@
 //! - Every log line of the binary is captured ([`logs`]) so that a test can search it.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use hsm_api::Hsm;
+use hsm_pkcs11::{Mode, Pkcs11Config, Pkcs11Hsm};
 use hsm_sim::local::{LocalHsm, LocalHsmConfig};
 use sscard_kms::access::identity::Identity;
 use sscard_kms::access::pki::DevPki;
@@ -59,22 +61,88 @@ pub fn local_hsm() -> Arc<LocalHsm> {
     )
 }
 
+/// A PKCS#11 HSM on a throwaway SoftHSM2 token of its own (a new label each call, in this
+/// process's one token directory), in release mode, on the published test LMK: operational at
+/// once, tokens of every instance interchangeable.
+pub fn softhsm_hsm() -> Arc<Pkcs11Hsm> {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let dir = DIR.get_or_init(|| tempfile::tempdir().unwrap()).path();
+    let label = format!("test-{}", NEXT.fetch_add(1, Ordering::Relaxed));
+    let token = hsm_pkcs11::softhsm::dangerous_token(dir, &label).unwrap();
+    let config = Pkcs11Config {
+        mode: Mode::Release,
+        dangerous_test_lmk: true,
+        ..token.config()
+    };
+    Arc::new(Pkcs11Hsm::open(config, Some(token.pin())).unwrap())
+}
+
+/// A backend the parameterised tests run on: a fresh test-LMK instance, and its own seeded
+/// fixture (tokens at rest differ between backends).
+pub trait TestBackend: Hsm + Sized {
+    /// A fresh instance on the published test LMK, operational.
+    fn test_hsm() -> Arc<Self>;
+    /// This backend's fixture, seeded once per binary.
+    fn fixture_cell() -> &'static OnceLock<Fixture>;
+}
+
+impl TestBackend for LocalHsm {
+    fn test_hsm() -> Arc<LocalHsm> {
+        local_hsm()
+    }
+
+    fn fixture_cell() -> &'static OnceLock<Fixture> {
+        static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+        &FIXTURE
+    }
+}
+
+impl TestBackend for Pkcs11Hsm {
+    fn test_hsm() -> Arc<Pkcs11Hsm> {
+        softhsm_hsm()
+    }
+
+    fn fixture_cell() -> &'static OnceLock<Fixture> {
+        static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+        &FIXTURE
+    }
+}
+
+/// Runs a test body `name::<B>()` once per backend, as `name::local` and `name::softhsm`.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn local() {
+                super::$name::<hsm_sim::local::LocalHsm>().await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn softhsm() {
+                super::$name::<hsm_pkcs11::Pkcs11Hsm>().await
+            }
+        }
+    )+};
+}
+
 // ------------------------------------------------------------------------------- the fixture
 
-struct Fixture {
+/// A seeded store of one backend.
+pub struct Fixture {
     /// The seeded `kms.redb`, closed cleanly.
     db: Vec<u8>,
     seeding: Duration,
 }
 
-static FIXTURE: OnceLock<Fixture> = OnceLock::new();
-
-/// Seeds once, on a thread of its own (a test's runtime must not block on another runtime).
-fn fixture() -> &'static Fixture {
-    FIXTURE.get_or_init(|| std::thread::spawn(seed).join().unwrap())
+/// Seeds once per backend, on a thread of its own (a test's runtime must not block on another
+/// runtime).
+fn fixture<B: TestBackend>() -> &'static Fixture {
+    B::fixture_cell().get_or_init(|| std::thread::spawn(seed::<B>).join().unwrap())
 }
 
-fn seed() -> Fixture {
+fn seed<B: TestBackend>() -> Fixture {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -82,7 +150,7 @@ fn seed() -> Fixture {
         .unwrap();
     runtime.block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let kms = Kms::open(local_hsm(), dir.path()).await.unwrap();
+        let kms = Kms::open(B::test_hsm(), dir.path()).await.unwrap();
         let started = Instant::now();
         assert!(
             sscard_kms::dev::dangerous_seed_test_keys(&kms)
@@ -99,7 +167,7 @@ fn seed() -> Fixture {
 
 /// How long seeding the published test keys took (once per binary).
 pub fn seeding_time() -> Duration {
-    fixture().seeding
+    fixture::<LocalHsm>().seeding
 }
 
 /// Drops the last handle of a service and checks it was the last: the store's writer thread
@@ -136,7 +204,7 @@ fn capture_logs() {
     ONCE.get_or_init(|| {
         let subscriber = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(
-                "sscard_kms=trace,hsm_sim=trace,tonic=debug,info",
+                "sscard_kms=trace,hsm_sim=trace,hsm_pkcs11=trace,tonic=debug,info",
             ))
             .with_ansi(false)
             .with_writer(|| LogSink)
@@ -213,16 +281,26 @@ impl TestKms<LocalHsm> {
     }
 }
 
+impl<B: TestBackend> TestKms<B> {
+    /// A copy of backend `B`'s seeded data directory on a fresh `B` on the test LMK, serving.
+    pub async fn seeded_on() -> TestKms<B> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(DB_FILE), &fixture::<B>().db).unwrap();
+        TestKms::open_in(dir, B::test_hsm(), server::Limits::default()).await
+    }
+}
+
 impl<H: Hsm> TestKms<H> {
-    /// A copy of the seeded data directory, opened on `hsm`, serving.
+    /// A copy of the simulator's seeded data directory, opened on `hsm` (whose tokens are the
+    /// simulator's: a `LocalHsm` or a remote one on the test LMK), serving.
     pub async fn from_fixture(hsm: Arc<H>) -> TestKms<H> {
         TestKms::from_fixture_with_limits(hsm, server::Limits::default()).await
     }
 
-    /// A copy of the seeded data directory, opened on `hsm`, served with `limits`.
+    /// A copy of the simulator's seeded data directory, opened on `hsm`, served with `limits`.
     pub async fn from_fixture_with_limits(hsm: Arc<H>, limits: server::Limits) -> TestKms<H> {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(DB_FILE), &fixture().db).unwrap();
+        std::fs::write(dir.path().join(DB_FILE), &fixture::<LocalHsm>().db).unwrap();
         TestKms::open_in(dir, hsm, limits).await
     }
 

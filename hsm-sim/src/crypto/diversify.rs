@@ -54,7 +54,7 @@ pub fn diversify_chain(
 }
 
 /// `b` with its least significant bit set so that the byte has an odd number of ones.
-fn with_odd_parity(b: u8) -> u8 {
+pub fn with_odd_parity(b: u8) -> u8 {
     let high = b & 0xFE;
     if high.count_ones().is_multiple_of(2) {
         high | 1

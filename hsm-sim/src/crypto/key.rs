@@ -2,7 +2,8 @@
 //!
 //! [`SecretKey`] zeroizes its bytes on drop, prints no key material from `Debug`, has no
 //! `Serialize`, compares in constant time, and hands its bytes out only through
-//! `SecretKey::secret_bytes`, which is private to this crate.
+//! [`SecretKey::secret_bytes`], which only code inside an HSM boundary calls: this crate, and the
+//! PKCS#11 backend (`hsm-pkcs11`) to hand a formed or imported key to its token.
 
 use core::fmt;
 
@@ -122,8 +123,9 @@ impl SecretKey {
         Ok(())
     }
 
-    /// The one way to reach a key's bytes. Crate-private: nothing outside the boundary can call it.
-    pub(crate) fn secret_bytes(&self) -> &[u8] {
+    /// The one way to reach a key's bytes, for code inside an HSM boundary only (this crate, and
+    /// `hsm-pkcs11` handing a key to its token); the service never holds a `SecretKey`.
+    pub fn secret_bytes(&self) -> &[u8] {
         &self.bytes
     }
 

@@ -5,7 +5,7 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`SecretKey`] | a clear key: zeroized on drop, `Debug` without bytes, constant-time `==`, bytes only through the crate-private `secret_bytes()` |
+//! | [`SecretKey`] | a clear key: zeroized on drop, `Debug` without bytes, constant-time `==`, bytes only through `secret_bytes()` (HSM code only: this crate and `hsm-pkcs11`) |
 //! | [`cipher`] | DES, TDES, AES, SM4 in ECB/CBC, and CMAC: dispatch and length checks |
 //! | [`kcv`] | computing key check values, and checking one against a key |
 //! | [`diversify`] | the dispersion methods of [`hsm_api::Dispersion`], and chains of them |

@@ -3,11 +3,11 @@
 use hsm_api::{Algorithm, HierarchyLevel, HsmState, KcvMethod, KeyBlockVersion, MacFold};
 use zeroize::Zeroizing;
 
-use super::keys::{check_import_header, secure_messaging_apdu};
 use super::*;
 use crate::crypto::tr31::{self, KeyBlockHeader, ModeOfUse};
 use crate::crypto::{SecretKey, kcv, mac};
 use crate::lmk::{self, ParsedShare};
+use crate::policy::{check_import_header, secure_messaging_apdu};
 
 fn h(s: &str) -> Vec<u8> {
     hex::decode(s).unwrap()

@@ -1,0 +1,403 @@
+//! # hsm-pkcs11 — the HSM boundary over a PKCS#11 token
+//!
+//! [`Pkcs11Hsm`] implements [`hsm_api::Hsm`] on a PKCS#11 token (through `cryptoki`), so that a
+//! province can run sscard-kms with a certified hardware HSM instead of the simulator; it is
+//! tested on SoftHSM2.
+//!
+//! - **Configuration** ([`Pkcs11Config`]): the module library, the token's label (the token is
+//!   looked up by label, never by slot number), the [`Mode`]. The user PIN is a secret: it comes
+//!   in as an [`hsm_api::LmkShare`] (from a file or a prompt, never argv or env).
+//! - **Sealed = logged out.** `unseal` logs the user in with the PIN, `seal` and `tamper` log out
+//!   (every session object — every key the backend had materialised — is gone with the session
+//!   that made it, and the token refuses private objects until the next login).
+//! - **The LMK** is two AES-256 keys inside the token, sensitive and never extractable: one wraps
+//!   root keys (`CKM_AES_KEY_WRAP_PAD`), one MACs key tokens (`CKM_AES_CMAC`); a public data
+//!   object records its KCV. Key tokens at rest: module `token` (ARCHITECTURE.md
+//!   has the format).
+//! - **What runs where**: [`capability`] — in the token whatever standard mechanisms allow;
+//!   TR-31 blocks, the card's key field and SM4 with a key the token released for that one
+//!   operation ([`Mode::Release`]), or refused with a reason ([`Mode::Strict`]).
+//! - [`softhsm`]: throwaway SoftHSM2 tokens for tests and `sscard-kms dev --hsm softhsm`.
+//!
+//! `unsafe` is denied in this crate except in one reviewed module (`ffi`), the raw
+//! `C_DeriveKey` call `cryptoki` has no wrapper for.
+
+use core::fmt;
+use std::path::PathBuf;
+use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use cryptoki::context::Pkcs11;
+use cryptoki::session::Session;
+use cryptoki::slot::Slot;
+use hsm_api::{
+    Component, Dispersion, Error, ExportedKey, Factor, Hsm, HsmState, HsmStatus, Kcv,
+    KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare, Result,
+    UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest,
+};
+
+pub mod capability;
+mod ffi;
+mod keys;
+mod session;
+pub mod softhsm;
+mod token;
+
+pub use capability::{Mode, Outside, Where};
+pub use session::DANGEROUS_TEST_LMK_MAC_HEX;
+
+use self::session::LmkObjects;
+
+/// How a [`Pkcs11Hsm`] starts.
+#[derive(Debug, Clone)]
+pub struct Pkcs11Config {
+    /// The PKCS#11 module library (e.g. `/usr/lib/softhsm/libsofthsm2.so`).
+    pub module: PathBuf,
+    /// The label of the token (initialised, with a user PIN).
+    pub token_label: String,
+    /// What to do with what a standard token cannot do.
+    pub mode: Mode,
+    /// Create the LMK from the published test values if the token has none (tests and dev).
+    pub dangerous_test_lmk: bool,
+    /// SoftHSM2 only: the configuration file this process points the module at (a throwaway
+    /// token's, [`softhsm`]); None for any other module.
+    pub softhsm_conf: Option<PathBuf>,
+    /// The self-test of the code that runs outside the token (`hsm_sim::selftest::run`).
+    pub self_test: fn() -> Result<()>,
+}
+
+impl Pkcs11Config {
+    /// A configuration for `module` and `token_label`, strict, with the standard self-test.
+    pub fn new(module: PathBuf, token_label: String) -> Pkcs11Config {
+        Pkcs11Config {
+            module,
+            token_label,
+            mode: Mode::Strict,
+            dangerous_test_lmk: false,
+            softhsm_conf: None,
+            self_test: hsm_sim::selftest::run,
+        }
+    }
+}
+
+/// The HSM boundary over a PKCS#11 token. `Send + Sync`: share it behind an `Arc`.
+pub struct Pkcs11Hsm {
+    ctx: Pkcs11,
+    slot: Slot,
+    raw: ffi::RawDerive,
+    mode: Mode,
+    dangerous_test_lmk: bool,
+    self_test: fn() -> Result<()>,
+    state: RwLock<State>,
+}
+
+impl fmt::Debug for Pkcs11Hsm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pkcs11Hsm")
+            .field("slot", &self.slot)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything that changes, behind one lock.
+struct State {
+    /// The session that holds the login (closing every session would log the user out).
+    keeper: Option<Mutex<Session>>,
+    /// The LMK's objects, once logged in and found (or created).
+    lmk: Option<LmkObjects>,
+    self_test_failure: Option<String>,
+    tampered: bool,
+}
+
+impl Pkcs11Hsm {
+    /// Opens the token labelled `config.token_label` on `config.module`. With a `pin`, logs in at
+    /// once (and, with `dangerous_test_lmk`, creates the test LMK if the token has none);
+    /// otherwise it is sealed until [`Hsm::unseal`] gets the PIN.
+    pub fn open(config: Pkcs11Config, pin: Option<LmkShare>) -> Result<Pkcs11Hsm> {
+        let ctx = session::context(&config.module, config.softhsm_conf.as_deref())?;
+        let slot = session::find_token(&ctx, &config.token_label)?.ok_or_else(|| {
+            Error::Storage(format!("no token labelled {:?}", config.token_label).into())
+        })?;
+        let raw = ffi::RawDerive::load(&config.module)?;
+        let self_test_failure = (config.self_test)().err().map(|e| failure_name(&e));
+        let hsm = Pkcs11Hsm {
+            ctx,
+            slot,
+            raw,
+            mode: config.mode,
+            dangerous_test_lmk: config.dangerous_test_lmk,
+            self_test: config.self_test,
+            state: RwLock::new(State {
+                keeper: None,
+                lmk: None,
+                self_test_failure,
+                tampered: false,
+            }),
+        };
+        if let Some(pin) = pin {
+            hsm.login(&pin)?;
+        }
+        Ok(hsm)
+    }
+
+    /// The mode this backend runs in.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    fn read(&self) -> Result<RwLockReadGuard<'_, State>> {
+        self.state.read().map_err(|_| Error::StatePoisoned)
+    }
+
+    fn write(&self) -> Result<RwLockWriteGuard<'_, State>> {
+        self.state.write().map_err(|_| Error::StatePoisoned)
+    }
+
+    /// A new session on the token.
+    fn session(&self) -> Result<Session> {
+        session::open(&self.ctx, self.slot)
+    }
+
+    /// Logs in with the PIN and finds (or, on the test LMK, makes) the LMK.
+    fn login(&self, pin: &LmkShare) -> Result<UnsealProgress> {
+        let mut state = self.write()?;
+        if state.keeper.is_none() {
+            let keeper = self.session()?;
+            session::login(&keeper, pin.secret_text())?;
+            state.keeper = Some(Mutex::new(keeper));
+        }
+        if state.lmk.is_none() {
+            let keeper = self.session()?;
+            state.lmk = match session::find_lmk(&keeper)? {
+                Some(lmk) => Some(lmk),
+                None if self.dangerous_test_lmk => Some(session::create_lmk(&keeper, true)?),
+                None => None,
+            };
+        }
+        let tested = (self.self_test)();
+        state.self_test_failure = tested.as_ref().err().map(failure_name);
+        tested?;
+        Ok(UnsealProgress {
+            submitted: 1,
+            threshold: 1,
+            unsealed: true,
+        })
+    }
+
+    /// Runs `op` with the LMK if the HSM is operational, holding the state lock for reading so
+    /// that a seal waits for it.
+    fn with_lmk<T>(&self, op: impl FnOnce(&LmkObjects) -> Result<T>) -> Result<T> {
+        let state = self.read()?;
+        if let Some(name) = &state.self_test_failure {
+            return Err(Error::SelfTestFailed(name.clone()));
+        }
+        if state.keeper.is_none() {
+            return Err(Error::Sealed);
+        }
+        op(state.lmk.as_ref().ok_or(Error::Uninitialised)?)
+    }
+
+    fn status_now(&self) -> Result<HsmStatus> {
+        let state = self.read()?;
+        let lmk_kcv = match &state.lmk {
+            Some(lmk) => Some(lmk.kcv.clone()),
+            None => session::marker_kcv(&self.session()?)?,
+        };
+        let hsm_state = if state.self_test_failure.is_some() {
+            HsmState::SelfTestFailed
+        } else if lmk_kcv.is_none() {
+            HsmState::Uninitialised
+        } else if state.keeper.is_none() || state.lmk.is_none() {
+            HsmState::Sealed
+        } else {
+            HsmState::Operational
+        };
+        Ok(HsmStatus {
+            state: hsm_state,
+            secure: false,
+            dangerous_test_lmk: self.dangerous_test_lmk,
+            lmk_kcv,
+            unseal: (hsm_state == HsmState::Sealed).then_some(UnsealProgress {
+                submitted: 0,
+                threshold: 1,
+                unsealed: false,
+            }),
+            self_test_failure: state.self_test_failure.clone(),
+            self_test_passed: state.self_test_failure.is_none(),
+            cached_keys: 0,
+            tampered: state.tampered,
+        })
+    }
+
+    fn init_lmk_now(&self, threshold: u8, shares: u8) -> Result<LmkInit> {
+        let mut state = self.write()?;
+        if state.lmk.is_some() || session::marker_kcv(&self.session()?)?.is_some() {
+            return Err(Error::AlreadyInitialised);
+        }
+        if (threshold, shares) != (1, 1) {
+            return Err(Error::Count {
+                field: "PKCS#11 PIN shares".into(),
+                expected: "1 of 1 (the token's user PIN; splitting it is not implemented)".into(),
+            });
+        }
+        if state.keeper.is_none() {
+            return Err(Error::Sealed);
+        }
+        let lmk = session::create_lmk(&self.session()?, false)?;
+        let lmk_kcv = lmk.kcv.clone();
+        state.lmk = Some(lmk);
+        Ok(LmkInit {
+            shares: Vec::new(),
+            lmk_kcv,
+        })
+    }
+
+    fn seal_now(&self, tamper: bool) -> Result<()> {
+        let mut state = self.write()?;
+        if tamper {
+            state.tampered = true;
+        }
+        state.lmk = None;
+        if let Some(keeper) = state.keeper.take() {
+            let keeper = keeper.into_inner().map_err(|_| Error::StatePoisoned)?;
+            // Logs the application out of the token (every session) before the session closes.
+            if let Err(e) = keeper.logout() {
+                tracing::warn!(error = %e, "PKCS#11 logout failed; closing the session");
+            }
+        }
+        Ok(())
+    }
+
+    fn self_test_now(&self) -> Result<()> {
+        let tested = (self.self_test)();
+        let mut state = self.write()?;
+        state.self_test_failure = tested.as_ref().err().map(failure_name);
+        tested
+    }
+}
+
+impl Hsm for Pkcs11Hsm {
+    fn is_secure(&self) -> bool {
+        // A hardware token may be; this backend cannot tell a certified device from SoftHSM.
+        false
+    }
+
+    async fn status(&self) -> Result<HsmStatus> {
+        self.status_now()
+    }
+
+    async fn init_lmk(&self, threshold: u8, shares: u8) -> Result<LmkInit> {
+        self.init_lmk_now(threshold, shares)
+    }
+
+    async fn unseal(&self, share: LmkShare) -> Result<UnsealProgress> {
+        self.login(&share)
+    }
+
+    async fn unseal_reset(&self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn seal(&self) -> Result<()> {
+        self.seal_now(false)
+    }
+
+    async fn tamper(&self) -> Result<()> {
+        self.seal_now(true)
+    }
+
+    async fn self_test(&self) -> Result<()> {
+        self.self_test_now()
+    }
+
+    async fn generate_key(&self, spec: KeySpec) -> Result<WrappedKey> {
+        self.with_lmk(|lmk| self.generate_key_now(lmk, spec))
+    }
+
+    async fn form_key(&self, spec: KeySpec, components: Vec<Component>) -> Result<WrappedKey> {
+        self.with_lmk(|lmk| self.form_key_now(lmk, spec, &components))
+    }
+
+    async fn import_key(&self, kek: &KeyToken, block: &str, usage: KeyUsage) -> Result<WrappedKey> {
+        self.with_lmk(|lmk| self.import_key_now(lmk, kek, block, usage))
+    }
+
+    async fn export_key(
+        &self,
+        kek: &KeyToken,
+        key: &KeyToken,
+        version: KeyBlockVersion,
+    ) -> Result<ExportedKey> {
+        self.with_lmk(|lmk| self.export_key_now(lmk, kek, key, version))
+    }
+
+    async fn derive_key(
+        &self,
+        parent: &KeyToken,
+        method: Dispersion,
+        factors: &[Factor],
+        child_usage: KeyUsage,
+    ) -> Result<WrappedKey> {
+        self.with_lmk(|lmk| self.derive_key_now(lmk, parent, method, factors, child_usage))
+    }
+
+    async fn write_key_command(&self, request: WriteKeyRequest) -> Result<WriteKeyCommand> {
+        self.with_lmk(|lmk| self.write_key_command_now(lmk, &request))
+    }
+
+    async fn kcv(&self, key: &KeyToken) -> Result<Kcv> {
+        self.with_lmk(|lmk| self.kcv_now(lmk, key))
+    }
+
+    async fn random(&self, len: usize) -> Result<Vec<u8>> {
+        self.with_lmk(|_| self.random_now(len))
+    }
+
+    async fn mac(&self, key: &KeyToken, data: &[u8]) -> Result<Vec<u8>> {
+        self.with_lmk(|lmk| self.audit_mac(lmk, key, data))
+    }
+
+    async fn verify_mac(&self, key: &KeyToken, data: &[u8], mac: &[u8]) -> Result<()> {
+        self.with_lmk(|lmk| {
+            let expected = self.audit_mac(lmk, key, data)?;
+            if bool::from(subtle::ConstantTimeEq::ct_eq(expected.as_slice(), mac)) {
+                Ok(())
+            } else {
+                Err(Error::Verification)
+            }
+        })
+    }
+
+    async fn prepare_lmk_rotation(
+        &self,
+        _tokens: Vec<KeyToken>,
+        _threshold: u8,
+        _shares: u8,
+    ) -> Result<LmkRotation> {
+        Err(Error::Unsupported {
+            op: "LMK rotation on the PKCS#11 backend (not implemented yet)".into(),
+            alg: hsm_api::Algorithm::Aes256,
+        })
+    }
+
+    async fn commit_lmk_rotation(&self, _new_lmk_kcv: &Kcv) -> Result<()> {
+        Err(Error::RotationNotPrepared)
+    }
+}
+
+/// The name of the check a self-test error reports.
+fn failure_name(error: &Error) -> String {
+    match error {
+        Error::SelfTest(name) => name.to_string(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+// `Pkcs11Hsm` is shared across the tasks of a server.
+const _: fn() = || {
+    fn shared<T: Send + Sync + 'static>() {}
+    shared::<Pkcs11Hsm>();
+};

@@ -1,0 +1,258 @@
+//! The module, its token and sessions: one initialised context per module library and process,
+//! the token found by its label (never by slot number: SoftHSM renumbers slots), login and
+//! logout, and the LMK's objects in the token.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+use hsm_api::{Error, Kcv, KcvMethod, Result};
+
+/// Label of the LMK's wrapping key (AES-256, wraps and unwraps root keys only).
+pub(crate) const LMK_WRAP_LABEL: &str = "sscard-kms LMK wrap";
+/// Label of the LMK's MAC key (AES-256, CMAC of key tokens only).
+pub(crate) const LMK_MAC_LABEL: &str = "sscard-kms LMK mac";
+/// Label of the public data object that says an LMK exists and gives its KCV (readable while
+/// logged out, so that the status tells an uninitialised token from a sealed one).
+pub(crate) const LMK_MARKER_LABEL: &str = "sscard-kms LMK";
+
+/// The dangerous test LMK's MAC key: the ASCII bytes of `SSCARD-KMS-TEST-P11-MAC-DO-NOT-USE`
+/// cut to 32. Its wrapping key is the simulator's published test LMK
+/// ([`hsm_sim::local::DANGEROUS_TEST_LMK_HEX`]).
+pub const DANGEROUS_TEST_LMK_MAC_HEX: &str =
+    "5353434152442D4B4D532D544553542D5031312D4D41432D444F2D4E4F542D55";
+
+/// The initialised contexts of this process, one per module library, and the SoftHSM
+/// configuration this process was pointed at, if any.
+struct Registry {
+    contexts: Vec<(PathBuf, Pkcs11)>,
+    softhsm_conf: Option<PathBuf>,
+}
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    contexts: Vec::new(),
+    softhsm_conf: None,
+});
+
+fn storage(what: &str, e: &cryptoki::error::Error) -> Error {
+    tracing::debug!(error = %e, "PKCS#11: {what}");
+    Error::Storage(format!("PKCS#11: {what} failed").into())
+}
+
+/// The context of `module` (loaded and initialised once per process). With `softhsm_conf`, a
+/// SoftHSM2 module is first pointed at that configuration; a process can be pointed at one only.
+pub(crate) fn context(module: &Path, softhsm_conf: Option<&Path>) -> Result<Pkcs11> {
+    let mut registry = REGISTRY.lock().map_err(|_| Error::StatePoisoned)?;
+    if let Some(conf) = softhsm_conf {
+        match &registry.softhsm_conf {
+            Some(current) if current == conf => {}
+            Some(_) => {
+                return Err(Error::Storage(
+                    "this process already uses another SoftHSM2 configuration".into(),
+                ));
+            }
+            None if registry.contexts.iter().any(|(m, _)| m == module) => {
+                return Err(Error::Storage(
+                    "the SoftHSM2 module was initialised before its configuration was set".into(),
+                ));
+            }
+            None => {
+                crate::ffi::dangerous_set_softhsm_conf(conf);
+                registry.softhsm_conf = Some(conf.to_owned());
+            }
+        }
+    }
+    if let Some((_, ctx)) = registry.contexts.iter().find(|(m, _)| m == module) {
+        return Ok(ctx.clone());
+    }
+    let ctx = Pkcs11::new(module).map_err(|e| storage("loading the module", &e))?;
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .map_err(|e| storage("C_Initialize", &e))?;
+    registry.contexts.push((module.to_owned(), ctx.clone()));
+    Ok(ctx)
+}
+
+/// The slot of the initialised token labelled `label`.
+pub(crate) fn find_token(ctx: &Pkcs11, label: &str) -> Result<Option<Slot>> {
+    for slot in ctx
+        .get_slots_with_token()
+        .map_err(|e| storage("C_GetSlotList", &e))?
+    {
+        let info = ctx
+            .get_token_info(slot)
+            .map_err(|e| storage("C_GetTokenInfo", &e))?;
+        if info.token_initialized() && info.label().trim_end() == label {
+            return Ok(Some(slot));
+        }
+    }
+    Ok(None)
+}
+
+/// A read-write session on `slot` (logged in if the application is).
+pub(crate) fn open(ctx: &Pkcs11, slot: Slot) -> Result<Session> {
+    ctx.open_rw_session(slot)
+        .map_err(|e| storage("C_OpenSession", &e))
+}
+
+/// Logs the user in with `pin`; a wrong PIN is a refused share, nothing else changes.
+pub(crate) fn login(session: &Session, pin: &str) -> Result<()> {
+    let pin = AuthPin::new(pin.into());
+    match session.login(UserType::User, Some(&pin)) {
+        Ok(()) => Ok(()),
+        Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::UserAlreadyLoggedIn, _)) => {
+            Ok(())
+        }
+        Err(cryptoki::error::Error::Pkcs11(
+            cryptoki::error::RvError::PinIncorrect
+            | cryptoki::error::RvError::PinLenRange
+            | cryptoki::error::RvError::PinInvalid,
+            _,
+        )) => Err(Error::Share("the token refused the PIN".into())),
+        Err(e) => Err(storage("C_Login", &e)),
+    }
+}
+
+/// The LMK's two keys in the token, and its KCV.
+#[derive(Debug, Clone)]
+pub(crate) struct LmkObjects {
+    pub(crate) wrap: ObjectHandle,
+    pub(crate) mac: ObjectHandle,
+    pub(crate) kcv: Kcv,
+}
+
+fn find_one(session: &Session, template: &[Attribute]) -> Result<Option<ObjectHandle>> {
+    let found = session
+        .find_objects(template)
+        .map_err(|e| storage("C_FindObjects", &e))?;
+    match found.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(*one)),
+        _ => Err(Error::Storage(
+            "the token holds more than one object with an LMK label".into(),
+        )),
+    }
+}
+
+/// The KCV the public marker object records, if there is one (no login needed).
+pub(crate) fn marker_kcv(session: &Session) -> Result<Option<Kcv>> {
+    let template = [
+        Attribute::Class(ObjectClass::DATA),
+        Attribute::Label(LMK_MARKER_LABEL.into()),
+    ];
+    let Some(marker) = find_one(session, &template)? else {
+        return Ok(None);
+    };
+    let attributes = session
+        .get_attributes(marker, &[AttributeType::Value])
+        .map_err(|e| storage("C_GetAttributeValue", &e))?;
+    let value = attributes.into_iter().find_map(|a| match a {
+        Attribute::Value(v) => Some(v),
+        _ => None,
+    });
+    Ok(value.map(|v| Kcv::from_parts(KcvMethod::Cmac, v)))
+}
+
+/// The LMK's KCV: the CMAC of a zero block under its MAC key, 5 bytes.
+fn lmk_kcv(session: &Session, mac: ObjectHandle) -> Result<Kcv> {
+    let mut full = session
+        .sign(&Mechanism::AesCMac, mac, &[0u8; 16])
+        .map_err(|e| storage("C_Sign (LMK KCV)", &e))?;
+    full.truncate(5);
+    Ok(Kcv::from_parts(KcvMethod::Cmac, full))
+}
+
+/// The LMK's keys, found by label in a logged-in session, checked against the marker's KCV.
+pub(crate) fn find_lmk(session: &Session) -> Result<Option<LmkObjects>> {
+    let key = |label: &str| {
+        [
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ]
+    };
+    let (Some(wrap), Some(mac)) = (
+        find_one(session, &key(LMK_WRAP_LABEL))?,
+        find_one(session, &key(LMK_MAC_LABEL))?,
+    ) else {
+        return Ok(None);
+    };
+    let kcv = lmk_kcv(session, mac)?;
+    if marker_kcv(session)?.is_some_and(|m| m != kcv) {
+        return Err(Error::LmkKcvMismatch);
+    }
+    Ok(Some(LmkObjects { wrap, mac, kcv }))
+}
+
+/// The attributes of an LMK key: a private, sensitive, never-extractable token object.
+fn lmk_template(label: &str, mac: bool) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Wrap(!mac),
+        Attribute::Unwrap(!mac),
+        Attribute::Sign(mac),
+        Attribute::Verify(mac),
+        Attribute::Encrypt(false),
+        Attribute::Decrypt(false),
+        Attribute::Derive(false),
+    ]
+}
+
+/// Creates the LMK in the token: two AES-256 keys generated inside it, or (`dangerous_test`) the
+/// published test values, and the public marker with its KCV.
+pub(crate) fn create_lmk(session: &Session, dangerous_test: bool) -> Result<LmkObjects> {
+    let make = |label: &str, mac: bool, value_hex: &str| -> Result<ObjectHandle> {
+        let mut template = lmk_template(label, mac);
+        if dangerous_test {
+            let value = hex::decode(value_hex).map_err(|_| Error::Protocol)?;
+            template.push(Attribute::Value(value));
+            session
+                .create_object(&template)
+                .map_err(|e| storage("C_CreateObject (test LMK)", &e))
+        } else {
+            template.push(Attribute::ValueLen(32.into()));
+            session
+                .generate_key(&Mechanism::AesKeyGen, &template)
+                .map_err(|e| storage("C_GenerateKey (LMK)", &e))
+        }
+    };
+    let wrap = make(
+        LMK_WRAP_LABEL,
+        false,
+        hsm_sim::local::DANGEROUS_TEST_LMK_HEX,
+    )?;
+    let mac = make(LMK_MAC_LABEL, true, DANGEROUS_TEST_LMK_MAC_HEX)?;
+    let kcv = lmk_kcv(session, mac)?;
+    session
+        .create_object(&[
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::Label(LMK_MARKER_LABEL.into()),
+            Attribute::Value(kcv.value().to_vec()),
+        ])
+        .map_err(|e| storage("C_CreateObject (LMK marker)", &e))?;
+    Ok(LmkObjects { wrap, mac, kcv })
+}
+
+/// Maps a token's refusal of a key operation.
+pub(crate) fn refused(what: &str, e: &cryptoki::error::Error) -> Error {
+    match e {
+        cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::UserNotLoggedIn, _) => {
+            Error::Sealed
+        }
+        cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::SignatureInvalid, _) => {
+            Error::Verification
+        }
+        other => storage(what, other),
+    }
+}

@@ -1,0 +1,459 @@
+//! The backend on throwaway SoftHSM2 tokens (one token directory per test process, one token per
+//! test, found by label): the dispersion chain in the token against the simulator, what strict
+//! mode refuses and release mode runs, a derived key that stays non-extractable, seal and unseal.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::OnceLock;
+
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
+use hsm_api::{
+    Algorithm, Component, Dispersion, Error, Exportability, Factor, HierarchyLevel, Hsm, HsmState,
+    KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkShare, MacFold, WriteKeyRequest,
+};
+use hsm_sim::crypto::{SecretKey, diversify, kcv, tr31};
+use hsm_sim::local::{LocalHsm, LocalHsmConfig};
+use zeroize::Zeroizing;
+
+use crate::softhsm::{DangerousToken, dangerous_token};
+use crate::token;
+use crate::{Mode, Outside, Pkcs11Hsm};
+
+/// DOMAIN.md §2's national test root.
+const ROOT: &str = "11111111111111112222222222222222";
+/// A station's key-block protection key (AES-128).
+const KBPK: &str = "000102030405060708090A0B0C0D0E0F";
+const MASK: &str = "0123456789ABCDEFFEDCBA98765432100123456789ABCDEF";
+
+fn dir() -> &'static std::path::Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
+}
+
+fn token(label: &str) -> DangerousToken {
+    dangerous_token(dir(), label).unwrap()
+}
+
+fn hsm(label: &str, mode: Mode) -> Pkcs11Hsm {
+    let t = token(label);
+    let config = crate::Pkcs11Config {
+        mode,
+        dangerous_test_lmk: true,
+        ..t.config()
+    };
+    Pkcs11Hsm::open(config, Some(t.pin())).unwrap()
+}
+
+fn local() -> LocalHsm {
+    LocalHsm::open(LocalHsmConfig {
+        dangerous_test_lmk: true,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+/// Two components of `hex` (`hex ⊕ mask`, `mask`), each with its KCV.
+fn components(alg: Algorithm, hex_key: &str) -> Vec<Component> {
+    let key = hex::decode(hex_key).unwrap();
+    let mask = hex::decode(MASK).unwrap()[..key.len()].to_vec();
+    let first: Vec<u8> = key.iter().zip(&mask).map(|(k, m)| k ^ m).collect();
+    [first, mask]
+        .into_iter()
+        .map(|bytes| {
+            let text = hex::encode_upper(&bytes);
+            let kcv = kcv::compute_default(&SecretKey::from_hex(alg, &text).unwrap()).unwrap();
+            Component::new(Zeroizing::new(text), kcv)
+        })
+        .collect()
+}
+
+fn spec(algorithm: Algorithm, usage: KeyUsage, exportability: Exportability) -> KeySpec {
+    KeySpec {
+        algorithm,
+        usage,
+        exportability,
+    }
+}
+
+fn factors() -> Vec<Factor> {
+    vec![
+        Factor::province("440000").unwrap(),
+        Factor::city("440100").unwrap(),
+        Factor::from_hex("86843202AD932A48").unwrap(),
+    ]
+}
+
+/// The same key formed, derived and checked on the token and on the simulator: same KCVs at
+/// every level (the token forces odd parity on the DES keys it derives; encryption ignores it).
+#[tokio::test]
+async fn the_dispersion_chain_runs_in_the_token_with_the_simulators_kcvs() {
+    let p11 = hsm("chain", Mode::Strict);
+    let sim = local();
+    let national = spec(
+        Algorithm::Tdes2,
+        KeyUsage::CardDerivation(HierarchyLevel::National),
+        Exportability::NonExportable,
+    );
+    let a = p11
+        .form_key(national, components(Algorithm::Tdes2, ROOT))
+        .await
+        .unwrap();
+    let b = sim
+        .form_key(national, components(Algorithm::Tdes2, ROOT))
+        .await
+        .unwrap();
+    assert_eq!(a.kcv, b.kcv);
+    assert_eq!(
+        a.kcv.to_hex(),
+        "D2B91C",
+        "DOMAIN.md §2's KCV of the test root"
+    );
+    assert!(a.token.as_str().starts_with("P11.1.D3.T2.N.T2.-."));
+    let city = KeyUsage::CardDerivation(HierarchyLevel::City);
+    let (pa, pb) = (
+        p11.derive_key(&a.token, Dispersion::PbocTdes, &factors()[..2], city)
+            .await
+            .unwrap(),
+        sim.derive_key(&b.token, Dispersion::PbocTdes, &factors()[..2], city)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(pa.kcv, pb.kcv);
+    let (ca, cb) = (
+        p11.derive_key(
+            &pa.token,
+            Dispersion::PbocTdes,
+            &factors()[2..],
+            KeyUsage::CardKey,
+        )
+        .await
+        .unwrap(),
+        sim.derive_key(
+            &pb.token,
+            Dispersion::PbocTdes,
+            &factors()[2..],
+            KeyUsage::CardKey,
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(ca.kcv, cb.kcv);
+    assert_eq!(p11.kcv(&ca.token).await.unwrap(), cb.kcv);
+    // The usage rules are the simulator's: a city key does not derive a national-level child.
+    assert!(matches!(
+        p11.derive_key(
+            &pa.token,
+            Dispersion::PbocTdes,
+            &factors(),
+            KeyUsage::CardKey
+        )
+        .await,
+        Err(Error::WrongUsage { .. })
+    ));
+    // A changed character of a token is refused by its MAC.
+    let text = ca.token.as_str();
+    let flipped = format!("{}{}", &text[..20], text[20..].replacen('0', "1", 1));
+    assert_ne!(flipped, text);
+    assert!(matches!(
+        p11.kcv(&KeyToken::from_stored(flipped)).await,
+        Err(Error::KeyBlockMac | Error::KeyBlockHeader { .. })
+    ));
+}
+
+/// A key derived in the token is a sensitive, non-extractable object: its value cannot be read
+/// and no key can wrap it out.
+#[tokio::test]
+async fn a_derived_key_stays_non_extractable_in_the_token() {
+    let p11 = hsm("non-extractable", Mode::Strict);
+    let root = p11
+        .form_key(
+            spec(
+                Algorithm::Tdes2,
+                KeyUsage::CardDerivation(HierarchyLevel::City),
+                Exportability::NonExportable,
+            ),
+            components(Algorithm::Tdes2, ROOT),
+        )
+        .await
+        .unwrap();
+    let child = p11
+        .derive_key(
+            &root.token,
+            Dispersion::PbocTdes,
+            &factors()[2..],
+            KeyUsage::CardKey,
+        )
+        .await
+        .unwrap();
+    let state = p11.read().unwrap();
+    let lmk = state.lmk.as_ref().unwrap();
+    let session = p11.session().unwrap();
+    let stored = p11.verified(&session, lmk, &child.token).unwrap();
+    let handle = p11.in_token(&session, lmk, &stored).unwrap();
+    let attributes = session
+        .get_attributes(
+            handle,
+            &[AttributeType::Sensitive, AttributeType::Extractable],
+        )
+        .unwrap();
+    assert!(attributes.contains(&Attribute::Sensitive(true)));
+    assert!(attributes.contains(&Attribute::Extractable(false)));
+    // Its value is not readable …
+    let value = session.get_attributes(handle, &[AttributeType::Value]);
+    assert!(
+        !matches!(value.as_deref(), Ok([Attribute::Value(_)])),
+        "the value of a derived key was readable"
+    );
+    // … and no key, not even one made to wrap, takes it out.
+    let wrapper = session
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::ValueLen(16.into()),
+                Attribute::Token(false),
+                Attribute::Wrap(true),
+            ],
+        )
+        .unwrap();
+    assert!(
+        session
+            .wrap_key(&Mechanism::AesKeyWrapPad, wrapper, handle)
+            .is_err()
+    );
+    assert!(
+        session
+            .wrap_key(&Mechanism::AesKeyWrapPad, lmk.wrap, handle)
+            .is_err()
+    );
+    // And the KCV read in the token is the simulator's.
+    assert_eq!(
+        p11.kcv_in_token(&session, handle, Algorithm::Tdes2)
+            .unwrap(),
+        child.kcv
+    );
+}
+
+/// Strict mode refuses what a standard token cannot do, with its reason; release mode runs it on
+/// the key the token released, and the key inside the block is the simulator's, byte for byte
+/// (parity bits included).
+#[tokio::test]
+async fn strict_refuses_tr31_the_key_field_and_sm4_and_release_runs_them() {
+    for mode in [Mode::Strict, Mode::Release] {
+        let p11 = hsm(&format!("modes-{}", mode.name()), mode);
+        let city = p11
+            .form_key(
+                spec(
+                    Algorithm::Tdes2,
+                    KeyUsage::CardDerivation(HierarchyLevel::City),
+                    Exportability::NonExportable,
+                ),
+                components(Algorithm::Tdes2, ROOT),
+            )
+            .await
+            .unwrap();
+        let card = p11
+            .derive_key(
+                &city.token,
+                Dispersion::PbocTdes,
+                &factors()[2..],
+                KeyUsage::CardKey,
+            )
+            .await
+            .unwrap();
+        let kbpk = p11
+            .form_key(
+                spec(
+                    Algorithm::Aes128,
+                    KeyUsage::KeyBlockProtection,
+                    Exportability::NonExportable,
+                ),
+                components(Algorithm::Aes128, KBPK),
+            )
+            .await
+            .unwrap();
+        let exported = p11
+            .export_key(&kbpk.token, &card.token, KeyBlockVersion::D)
+            .await;
+        let mk = p11
+            .derive_key(
+                &p11.form_key(
+                    spec(
+                        Algorithm::Tdes2,
+                        KeyUsage::MasterKeyDerivation(HierarchyLevel::City),
+                        Exportability::NonExportable,
+                    ),
+                    components(Algorithm::Tdes2, "3333333333333333444444444444444F"),
+                )
+                .await
+                .unwrap()
+                .token,
+                Dispersion::PbocTdes,
+                &factors()[2..],
+                KeyUsage::CardMasterKey,
+            )
+            .await
+            .unwrap();
+        let write = p11
+            .write_key_command(WriteKeyRequest {
+                key: card.token.clone(),
+                protect: mk.token.clone(),
+                cla: 0x84,
+                ins: 0xD4,
+                p1: 0x01,
+                p2: 0x00,
+                key_header: vec![0x01, 0x02],
+                challenge: vec![0x11; 8],
+                fold: MacFold::Xor4,
+            })
+            .await;
+        let sm4 = p11
+            .form_key(
+                spec(
+                    Algorithm::Sm4,
+                    KeyUsage::CardDerivation(HierarchyLevel::City),
+                    Exportability::NonExportable,
+                ),
+                components(Algorithm::Sm4, "0123456789ABCDEFFEDCBA9876543210"),
+            )
+            .await;
+        match mode {
+            Mode::Strict => {
+                for (result, outside) in [
+                    (exported.map(|_| ()), Outside::Tr31),
+                    (write.map(|_| ()), Outside::CardKeyField),
+                    (sm4.map(|_| ()), Outside::Sm4),
+                ] {
+                    let Err(Error::Unsupported { op, .. }) = result else {
+                        panic!("strict mode ran {outside:?}");
+                    };
+                    assert_eq!(op, outside.reason());
+                }
+            }
+            Mode::Release => {
+                let exported = exported.unwrap();
+                let clear_kbpk = SecretKey::from_hex(Algorithm::Aes128, KBPK).unwrap();
+                let (_, key) = tr31::unwrap(&clear_kbpk, &exported.block).unwrap();
+                let root = SecretKey::from_hex(Algorithm::Tdes2, ROOT).unwrap();
+                let want = diversify::diversify_chain(&root, Dispersion::PbocTdes, &factors()[2..])
+                    .unwrap();
+                assert!(
+                    key == want,
+                    "the exported key is the simulator's, parity bits too"
+                );
+                assert_eq!(exported.kcv, card.kcv);
+                let sim = local();
+                let sim_city = sim
+                    .form_key(
+                        spec(
+                            Algorithm::Tdes2,
+                            KeyUsage::CardDerivation(HierarchyLevel::City),
+                            Exportability::NonExportable,
+                        ),
+                        components(Algorithm::Tdes2, ROOT),
+                    )
+                    .await
+                    .unwrap();
+                let sim_card = sim
+                    .derive_key(
+                        &sim_city.token,
+                        Dispersion::PbocTdes,
+                        &factors()[2..],
+                        KeyUsage::CardKey,
+                    )
+                    .await
+                    .unwrap();
+                let sim_mk = sim
+                    .derive_key(
+                        &sim.form_key(
+                            spec(
+                                Algorithm::Tdes2,
+                                KeyUsage::MasterKeyDerivation(HierarchyLevel::City),
+                                Exportability::NonExportable,
+                            ),
+                            components(Algorithm::Tdes2, "3333333333333333444444444444444F"),
+                        )
+                        .await
+                        .unwrap()
+                        .token,
+                        Dispersion::PbocTdes,
+                        &factors()[2..],
+                        KeyUsage::CardMasterKey,
+                    )
+                    .await
+                    .unwrap();
+                let sim_write = sim
+                    .write_key_command(WriteKeyRequest {
+                        key: sim_card.token,
+                        protect: sim_mk.token,
+                        cla: 0x84,
+                        ins: 0xD4,
+                        p1: 0x01,
+                        p2: 0x00,
+                        key_header: vec![0x01, 0x02],
+                        challenge: vec![0x11; 8],
+                        fold: MacFold::Xor4,
+                    })
+                    .await
+                    .unwrap();
+                assert_eq!(write.unwrap(), sim_write, "the same WRITE KEY command");
+                let sm4 = sm4.unwrap();
+                let sm4_card = p11
+                    .derive_key(
+                        &sm4.token,
+                        Dispersion::Sm4Complement,
+                        &factors()[2..],
+                        KeyUsage::CardKey,
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(p11.kcv(&sm4_card.token).await.unwrap(), sm4_card.kcv);
+            }
+        }
+    }
+}
+
+/// Sealed is logged out: key operations refused, the status says sealed; a wrong PIN is a
+/// refused share; the right one unseals, and the tokens made before still work.
+#[tokio::test]
+async fn seal_logs_out_and_the_pin_unseals() {
+    let t = token("seal");
+    let config = crate::Pkcs11Config {
+        dangerous_test_lmk: true,
+        ..t.config()
+    };
+    let p11 = Pkcs11Hsm::open(config.clone(), Some(t.pin())).unwrap();
+    let key = p11
+        .generate_key(spec(
+            Algorithm::Aes256,
+            KeyUsage::AuditMac,
+            Exportability::NonExportable,
+        ))
+        .await
+        .unwrap();
+    let mac = p11.mac(&key.token, b"record").await.unwrap();
+    assert_eq!(p11.status().await.unwrap().state, HsmState::Operational);
+    p11.seal().await.unwrap();
+    assert_eq!(p11.status().await.unwrap().state, HsmState::Sealed);
+    assert_eq!(p11.mac(&key.token, b"record").await, Err(Error::Sealed));
+    assert!(matches!(
+        p11.unseal(LmkShare::new(Zeroizing::new("not the PIN".into())))
+            .await,
+        Err(Error::Share(_))
+    ));
+    assert!(p11.unseal(t.pin()).await.unwrap().unsealed);
+    p11.verify_mac(&key.token, b"record", &mac).await.unwrap();
+    assert_eq!(
+        p11.verify_mac(&key.token, b"recorD", &mac).await,
+        Err(Error::Verification)
+    );
+    assert_eq!(p11.kcv(&key.token).await.unwrap(), key.kcv);
+    assert_eq!(p11.random(32).await.unwrap().len(), 32);
+    // Another instance on the same token (a restart) starts sealed and knows the LMK.
+    let restarted = Pkcs11Hsm::open(config, None).unwrap();
+    let status = restarted.status().await.unwrap();
+    assert_eq!(status.state, HsmState::Sealed);
+    assert!(status.lmk_kcv.is_some());
+    assert!(token::parse(key.token.as_str()).is_ok());
+}
