@@ -5,7 +5,7 @@
 //! ```sh
 //! cargo run --release --example bench_inject -- --requests 2000 --concurrency 64
 //! # the HSM as a separate `hsm-sim` process over mutual TLS (test LMK):
-//! cargo build --release --bin hsm-sim
+//! cargo build --release -p hsm-sim
 //! cargo run --release --example bench_inject -- --remote-hsm target/release/hsm-sim
 //! ```
 
@@ -185,6 +185,10 @@ fn remote_hsm(
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     if args.hsm_only {
         return hsm_only().await;
     }
