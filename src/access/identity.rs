@@ -137,6 +137,21 @@ pub struct Identity {
     role: Role,
     region: Option<String>,
     name: String,
+    origin: Origin,
+}
+
+/// Where an [`Identity`] comes from, which decides whether the officer registry can vouch for it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Origin {
+    /// Parsed or built from text only: nothing proves it. Refused wherever the officer registry
+    /// is consulted.
+    Unverified,
+    /// Read from a client certificate the TLS layer verified; the SHA-256 fingerprint of that
+    /// certificate (DER), 64 upper-case hex digits.
+    Certificate(String),
+    /// Code of this process acting on its own (the `dev` seeding). Only
+    /// [`Identity::dangerous_in_process`] makes one.
+    InProcess,
 }
 
 impl Identity {
@@ -164,7 +179,42 @@ impl Identity {
             role,
             region,
             name: name.to_owned(),
+            origin: Origin::Unverified,
         })
+    }
+
+    /// An identity for code of this process acting on its own, which the officer registry lets
+    /// through without a certificate: only the `dev` seeding of the published test keys uses it.
+    pub fn dangerous_in_process(role: Role, region: Option<&str>, name: &str) -> Result<Self> {
+        let mut id = Identity::new(role, region, name)?;
+        id.origin = Origin::InProcess;
+        Ok(id)
+    }
+
+    /// The identity of a verified client certificate (DER): its SAN URI, with the certificate's
+    /// fingerprint as its origin.
+    pub fn from_certificate(der: &[u8]) -> Result<Self> {
+        let mut id = Identity::from_san_uris(&san_uris_from_der(der)?)?;
+        id.origin = Origin::Certificate(fingerprint(der));
+        Ok(id)
+    }
+
+    /// Where this identity comes from.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    /// The certificate fingerprint, for an identity read from a certificate.
+    pub fn fingerprint(&self) -> Option<&str> {
+        match &self.origin {
+            Origin::Certificate(fp) => Some(fp),
+            _ => None,
+        }
+    }
+
+    /// The same person or endpoint (role, region, name), whatever the origin.
+    pub fn same_as(&self, other: &Identity) -> bool {
+        self.role == other.role && self.region == other.region && self.name == other.name
     }
 
     /// Parses one identity URI (`sscard://<role>/<region>/<name>` or `sscard://<role>/<name>`).
@@ -296,6 +346,13 @@ fn check_name(name: &str) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// The SHA-256 fingerprint of a certificate (DER), as 64 upper-case hex digits: the name under
+/// which the officer registry knows an officer's or auditor's certificate.
+pub fn fingerprint(der: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode_upper(sha2::Sha256::digest(der))
 }
 
 /// The URI subject alternative names of a DER-encoded X.509 certificate, in certificate order.

@@ -9,7 +9,8 @@ use crate::error::Result;
 use crate::proto::kms::v1 as pb;
 use crate::state::records::EndpointKind;
 
-use super::convert::{components, level_of, pb_kcv, pb_key_record};
+use super::ceremonies::{act_of, pb_ceremony, pb_officer, pb_request, target_of};
+use super::convert::{components, level_of, pb_kcv, pb_key_record, required};
 use super::{Api, status};
 
 #[tonic::async_trait]
@@ -147,6 +148,106 @@ impl<H: Hsm> pb::admin_service_server::AdminService for Api<H> {
             time_ms: c.time_ms,
             mac: c.mac,
         }))
+    }
+
+    async fn list_officers(
+        &self,
+        request: Request<pb::ListOfficersRequest>,
+    ) -> Result<Response<pb::ListOfficersResponse>, Status> {
+        let who = self.admit(&request)?;
+        let list = self.kms.list_officers(&who).await.map_err(status)?;
+        Ok(Response::new(pb::ListOfficersResponse {
+            officers: list.into_iter().map(pb_officer).collect(),
+        }))
+    }
+
+    async fn request_act(
+        &self,
+        request: Request<pb::RequestActRequest>,
+    ) -> Result<Response<pb::DualControlRequest>, Status> {
+        let who = self.admit(&request)?;
+        let act = act_of(request.into_inner())?;
+        let r = self.kms.request_act(&who, act).await.map_err(status)?;
+        Ok(Response::new(pb_request(r)))
+    }
+
+    async fn approve_request(
+        &self,
+        request: Request<pb::RequestRef>,
+    ) -> Result<Response<pb::ApproveRequestResponse>, Status> {
+        let who = self.admit(&request)?;
+        let id = request.into_inner().id;
+        let a = self.kms.approve_request(&who, &id).await.map_err(status)?;
+        Ok(Response::new(pb::ApproveRequestResponse {
+            request: Some(pb_request(a.request)),
+            key: a.key.map(pb_key_record),
+            officer: a.officer.map(pb_officer),
+            ceremony: a.ceremony.map(pb_ceremony),
+        }))
+    }
+
+    async fn reject_request(
+        &self,
+        request: Request<pb::RequestRef>,
+    ) -> Result<Response<pb::DualControlRequest>, Status> {
+        let who = self.admit(&request)?;
+        let id = request.into_inner().id;
+        let r = self.kms.reject_request(&who, &id).await.map_err(status)?;
+        Ok(Response::new(pb_request(r)))
+    }
+
+    async fn list_requests(
+        &self,
+        request: Request<pb::ListRequestsRequest>,
+    ) -> Result<Response<pb::ListRequestsResponse>, Status> {
+        let who = self.admit(&request)?;
+        let list = self.kms.list_requests(&who).await.map_err(status)?;
+        Ok(Response::new(pb::ListRequestsResponse {
+            requests: list.into_iter().map(pb_request).collect(),
+        }))
+    }
+
+    async fn start_key_ceremony(
+        &self,
+        request: Request<pb::StartKeyCeremonyRequest>,
+    ) -> Result<Response<pb::KeyCeremony>, Status> {
+        let who = self.admit(&request)?;
+        let req = request.into_inner();
+        let target = target_of(req.target)?;
+        let n = u8::try_from(req.components).unwrap_or(u8::MAX);
+        let c = self
+            .kms
+            .start_key_ceremony(&who, target, n)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb_ceremony(c)))
+    }
+
+    async fn submit_component(
+        &self,
+        request: Request<pb::SubmitComponentRequest>,
+    ) -> Result<Response<pb::KeyCeremony>, Status> {
+        let who = self.admit(&request)?;
+        let req = request.into_inner();
+        let component = components(req.component.into_iter().collect())
+            .pop()
+            .ok_or_else(|| required("component"))?;
+        let s = self
+            .kms
+            .submit_component(&who, &req.ceremony_id, component)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb_ceremony(s.ceremony)))
+    }
+
+    async fn get_key_ceremony(
+        &self,
+        request: Request<pb::KeyCeremonyRef>,
+    ) -> Result<Response<pb::KeyCeremony>, Status> {
+        let who = self.admit(&request)?;
+        let id = request.into_inner().id;
+        let c = self.kms.key_ceremony(&who, &id).await.map_err(status)?;
+        Ok(Response::new(pb_ceremony(c)))
     }
 
     async fn list_keys(

@@ -24,12 +24,18 @@ use crate::state::audit::AuditEvent;
 use crate::state::records::{self, Endpoint, EndpointKind, KeyRecord, Level, StoredTemplate};
 use crate::state::store::{SealSkipped, Sealer, Snapshot, Store, Table};
 
+mod components;
+mod custodians;
 mod hsm_watch;
 mod officers;
 mod psam_lines;
 mod registrars;
 mod stations;
 
+pub use components::{CeremonyState, CeremonyTarget, Custodian, KeyCeremony, Submitted};
+pub use custodians::{
+    Act, Approved, DEFAULT_APPROVAL_TTL_MS, DualControlRequest, RequestState, certificate_der,
+};
 pub use hsm_watch::{HsmReadiness, WatchedHsm};
 pub use officers::{ComponentInput, Status};
 pub use psam_lines::PsamKeySet;
@@ -141,6 +147,8 @@ pub struct Kms<H: Hsm> {
     /// Seals the audit chain; holds the audit key's token once it exists.
     sealer: Arc<HsmSealer<H>>,
     metrics: Arc<Metrics>,
+    /// Ceremonies under way: unseal custodians, components waiting for the last one.
+    ceremony: custodians::Ceremonies,
 }
 
 impl<H: Hsm> std::fmt::Debug for Kms<H> {
@@ -198,6 +206,7 @@ impl<H: Hsm> Kms<H> {
             templates: RwLock::new(HashMap::new()),
             sealer,
             metrics,
+            ceremony: custodians::Ceremonies::default(),
         };
         kms.reload_templates()?;
         match kms.ensure_audit_key().await {

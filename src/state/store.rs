@@ -37,6 +37,12 @@ pub enum Table {
     Cards,
     CardNumbers,
     SocialSecurityNumbers,
+    /// Officers' and auditors' certificates, by fingerprint (`records::OfficerRecord`).
+    Officers,
+    /// Dual-control requests, by id (`service::DualControlRequest`).
+    Requests,
+    /// Component ceremonies, by id (`service::KeyCeremony`).
+    Ceremonies,
 }
 
 impl Table {
@@ -50,10 +56,13 @@ impl Table {
             Table::Cards => "cards",
             Table::CardNumbers => "card_numbers",
             Table::SocialSecurityNumbers => "ssns",
+            Table::Officers => "officers",
+            Table::Requests => "requests",
+            Table::Ceremonies => "ceremonies",
         })
     }
 
-    const ALL: [Table; 8] = [
+    const ALL: [Table; 11] = [
         Table::Meta,
         Table::Templates,
         Table::Keys,
@@ -62,6 +71,9 @@ impl Table {
         Table::Cards,
         Table::CardNumbers,
         Table::SocialSecurityNumbers,
+        Table::Officers,
+        Table::Requests,
+        Table::Ceremonies,
     ];
 }
 
