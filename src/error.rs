@@ -316,6 +316,9 @@ refusals! {
     /// `kms-ceremony hsm init` with neither a terminal nor `--share-dir`.
     ShareHandover => "SHARE_HANDOVER_REQUIRED",
         "no terminal to show each custodian their share alone: give --share-dir";
+    /// An audit export range that is empty, starts at 0 or spans more than 10000 records.
+    ExportRange => "EXPORT_RANGE_INVALID",
+        "from 1, to at least from, and at most 10000 records";
     /// A certificate to register that is not an officer's or auditor's.
     NotAnOfficerCertificate => "NOT_AN_OFFICER_CERTIFICATE",
         "not the certificate of an officer or auditor";

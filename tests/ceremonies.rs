@@ -518,6 +518,33 @@ async fn a_full_ceremony_on_stdin_with_every_refusal() {
     let (ok, _, err) = cli.run("sscard://officer/officer-9", &["status"], "").await;
     assert!(!ok && err.contains("OFFICER_NOT_REGISTERED"), "{err}");
 
+    // ---- the auditor verifies the trail through the service's HSM and exports it.
+    let (ok, out, err) = cli.run(OFFICER, &["self-test"], "").await;
+    assert!(
+        ok && out.contains("self-test passed; HSM operational"),
+        "{out} {err}"
+    );
+    let (ok, out, err) = cli.run(AUDITOR, &["audit-verify"], "").await;
+    assert!(ok, "{out} {err}");
+    assert_eq!(out.lines().last(), Some("INTACT"), "{out}");
+    let macs: usize = out
+        .lines()
+        .find_map(|l| l.strip_prefix("seals "))
+        .and_then(|l| l.split_once(" (")?.1.split(' ').next()?.parse().ok())
+        .unwrap();
+    assert!(macs > 0, "seals checked by the HSM: {out}");
+    let (ok, out, err) = cli
+        .run(AUDITOR, &["audit-export", "--from", "1", "--to", "5"], "")
+        .await;
+    assert!(ok, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5);
+    assert_eq!(lines[0]["seq"], 1);
+    assert_eq!(lines[0]["action"], "bootstrap-officers");
+
     // ---- the trail names both officers of each dual-control act and every custodian.
     let trail = kms.audit_trail();
     let approvals: Vec<_> = trail
@@ -545,6 +572,9 @@ async fn a_full_ceremony_on_stdin_with_every_refusal() {
             "a share in the trail"
         );
     }
+    // Sealed by one officer: every key operation stops until two custodians unseal again.
+    let (ok, out, err) = cli.run(OFFICER, &["seal"], "").await;
+    assert!(ok && out.contains("HSM sealed"), "{out} {err}");
     drop(hsm);
 }
 
@@ -798,6 +828,16 @@ async fn every_ceremony_reason_code_arrives_over_the_api() {
     assert!(failed.failure.contains(OFFICER_2), "{}", failed.failure);
     note(
         a.submit_component(submit(part(&"3F".repeat(16))))
+            .await
+            .unwrap_err(),
+    );
+    note(
+        kms.client(OFFICER)
+            .admin
+            .export_audit_trail(pb::ExportAuditTrailRequest {
+                from_seq: 0,
+                to_seq: 10,
+            })
             .await
             .unwrap_err(),
     );

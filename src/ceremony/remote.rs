@@ -51,6 +51,21 @@ pub enum Job {
     /// Submit your LMK share towards unsealing the HSM (read without echo, or from stdin). Each
     /// custodian submits one share, from their own certificate.
     Unseal,
+    /// Seal the HSM now (its LMK zeroized): the custodians must unseal it again.
+    Seal,
+    /// Run the HSM's known-answer self-test now.
+    SelfTest,
+    /// Auditors: verify the whole audit trail through the service's own HSM (every seal's
+    /// MAC checked with the production audit key). Prints the report; last line INTACT,
+    /// UNSEALED or BROKEN; a non-zero exit code unless INTACT.
+    AuditVerify,
+    /// Auditors: the records FROM..=TO (at most 10000) as JSON lines, for a SIEM.
+    AuditExport {
+        #[arg(long)]
+        from: u64,
+        #[arg(long)]
+        to: u64,
+    },
     /// The officer registry: certificates by fingerprint, revoked or not.
     OfficersList,
     /// Ask to register an officer's or auditor's certificate (another officer approves).
@@ -158,6 +173,9 @@ pub fn run(conn: &Connection, job: &Job, input: &mut dyn SecretLines) -> Result<
         Some(d) => tls.with_domain(d.clone()),
         None => tls,
     };
+    if matches!(job, Job::RequestsApprove { .. } | Job::Seal) && !confirmed(job)? {
+        return Err(Error::MissingInput("the confirmation \"yes\""));
+    }
     // Secrets are read before connecting: a refused KCV sends nothing.
     let secret = match job {
         Job::Unseal => Some(Secret::Share(input.next_secret("your LMK share")?)),
@@ -182,6 +200,28 @@ pub fn run(conn: &Connection, job: &Job, input: &mut dyn SecretLines) -> Result<
             .map_err(|_| unreachable())?;
         call(AdminServiceClient::new(channel), job, secret).await
     })
+}
+
+/// On a terminal, asks for `yes` before an irreversible step (a script's stdin is not asked:
+/// its author has decided).
+fn confirmed(job: &Job) -> Result<bool> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    if !std::io::stdin().is_terminal() {
+        return Ok(true);
+    }
+    let what = match job {
+        Job::RequestsApprove { id } => format!("approve request {id}: the act happens now"),
+        _ => "seal the HSM: the custodians must unseal it again".to_owned(),
+    };
+    let mut err = std::io::stderr();
+    let _ = write!(err, "{what}. Type yes to go on: ");
+    let _ = err.flush();
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(Error::Stdin)?;
+    Ok(line.trim() == "yes")
 }
 
 enum Secret {
@@ -255,6 +295,57 @@ async fn call(
                 p.threshold,
                 if p.unsealed { ", HSM operational" } else { "" }
             );
+        }
+        Job::Seal => {
+            let r = admin
+                .seal_hsm(pb::SealHsmRequest {})
+                .await
+                .map_err(|s| refused(&s))?
+                .into_inner();
+            let _ = writeln!(out, "HSM {}", r.hsm_state);
+        }
+        Job::SelfTest => {
+            let r = admin
+                .run_hsm_self_test(pb::RunHsmSelfTestRequest {})
+                .await
+                .map_err(|s| refused(&s))?
+                .into_inner();
+            let _ = writeln!(out, "self-test passed; HSM {}", r.hsm_state);
+        }
+        Job::AuditVerify => {
+            let r = admin
+                .verify_audit_trail(pb::VerifyAuditTrailRequest {})
+                .await
+                .map_err(|s| refused(&s))?
+                .into_inner();
+            out.push_str(&r.report);
+            if r.verdict != "INTACT" {
+                print!("{out}");
+                return Err(Error::AuditBroken);
+            }
+        }
+        Job::AuditExport { from, to } => {
+            let r = admin
+                .export_audit_trail(pb::ExportAuditTrailRequest {
+                    from_seq: *from,
+                    to_seq: *to,
+                })
+                .await
+                .map_err(|s| refused(&s))?
+                .into_inner();
+            for rec in r.records {
+                let line = serde_json::json!({
+                    "seq": rec.seq,
+                    "time_ms": rec.time_ms,
+                    "actor": rec.actor,
+                    "action": rec.action,
+                    "subject": rec.subject,
+                    "outcome": rec.outcome,
+                    "prev": rec.prev,
+                    "hash": rec.hash,
+                });
+                let _ = writeln!(out, "{line}");
+            }
         }
         Job::OfficersList => {
             let list = admin

@@ -259,6 +259,30 @@ impl Bounded for pb::ListOfficersRequest {
     }
 }
 
+impl Bounded for pb::VerifyAuditTrailRequest {
+    fn check_limits(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl Bounded for pb::ExportAuditTrailRequest {
+    fn check_limits(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl Bounded for pb::SealHsmRequest {
+    fn check_limits(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl Bounded for pb::RunHsmSelfTestRequest {
+    fn check_limits(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
 impl Bounded for pb::ListRequestsRequest {
     fn check_limits(&self) -> Result<()> {
         Ok(())

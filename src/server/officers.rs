@@ -250,6 +250,79 @@ impl<H: Hsm> pb::admin_service_server::AdminService for Api<H> {
         Ok(Response::new(pb_ceremony(c)))
     }
 
+    async fn verify_audit_trail(
+        &self,
+        request: Request<pb::VerifyAuditTrailRequest>,
+    ) -> Result<Response<pb::AuditVerification>, Status> {
+        let who = self.admit(&request)?;
+        let r = self.kms.verify_audit_trail(&who).await.map_err(status)?;
+        let report = r.render();
+        let verdict = report
+            .lines()
+            .last()
+            .and_then(|l| l.split(':').next())
+            .unwrap_or_default()
+            .to_owned();
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        Ok(Response::new(pb::AuditVerification {
+            records: count(r.records),
+            seals: count(r.seals),
+            macs_checked: count(r.macs_checked),
+            unsealed_tail: count(r.unsealed_tail),
+            seal_gaps: count(r.seal_gaps),
+            verdict,
+            report,
+        }))
+    }
+
+    async fn export_audit_trail(
+        &self,
+        request: Request<pb::ExportAuditTrailRequest>,
+    ) -> Result<Response<pb::ExportAuditTrailResponse>, Status> {
+        let who = self.admit(&request)?;
+        let req = request.into_inner();
+        let records = self
+            .kms
+            .export_audit_trail(&who, req.from_seq, req.to_seq)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ExportAuditTrailResponse {
+            records: records
+                .into_iter()
+                .map(|r| pb::AuditRecordLine {
+                    seq: r.seq,
+                    time_ms: r.time_ms,
+                    actor: r.actor,
+                    action: r.action,
+                    subject: r.subject,
+                    outcome: r.outcome,
+                    prev: r.prev,
+                    hash: r.hash,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn seal_hsm(
+        &self,
+        request: Request<pb::SealHsmRequest>,
+    ) -> Result<Response<pb::SealHsmResponse>, Status> {
+        let who = self.admit(&request)?;
+        let state = self.kms.seal_hsm(&who).await.map_err(status)?;
+        Ok(Response::new(pb::SealHsmResponse { hsm_state: state }))
+    }
+
+    async fn run_hsm_self_test(
+        &self,
+        request: Request<pb::RunHsmSelfTestRequest>,
+    ) -> Result<Response<pb::RunHsmSelfTestResponse>, Status> {
+        let who = self.admit(&request)?;
+        let state = self.kms.run_hsm_self_test(&who).await.map_err(status)?;
+        Ok(Response::new(pb::RunHsmSelfTestResponse {
+            hsm_state: state,
+        }))
+    }
+
     async fn list_keys(
         &self,
         request: Request<pb::ListKeysRequest>,

@@ -24,6 +24,7 @@ use crate::state::audit::AuditEvent;
 use crate::state::records::{self, Endpoint, EndpointKind, KeyRecord, Level, StoredTemplate};
 use crate::state::store::{SealSkipped, Sealer, Snapshot, Store, Table};
 
+mod auditors;
 mod components;
 mod custodians;
 mod hsm_watch;
@@ -32,6 +33,7 @@ mod psam_lines;
 mod registrars;
 mod stations;
 
+pub use auditors::MAX_EXPORT;
 pub use components::{CeremonyState, CeremonyTarget, Custodian, KeyCeremony, Submitted};
 pub use custodians::{
     Act, Approved, DEFAULT_APPROVAL_TTL_MS, DualControlRequest, RequestState, certificate_der,
