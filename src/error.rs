@@ -180,6 +180,8 @@ refusals! {
         "the request was already approved, rejected or has expired";
     /// A dual-control request approved after its time limit: it is dead.
     RequestExpired => "REQUEST_EXPIRED", "the request expired before its approval";
+    /// Un-blacklisting a card that is not blacklisted.
+    CardNotBlacklisted => "CARD_NOT_BLACKLISTED", "the card is not blacklisted";
     /// A component ceremony that is complete, failed or expired.
     CeremonyNotOpen => "CEREMONY_NOT_OPEN",
         "the component ceremony is complete, failed or expired";

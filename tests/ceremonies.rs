@@ -841,6 +841,38 @@ async fn every_ceremony_reason_code_arrives_over_the_api() {
             .await
             .unwrap_err(),
     );
+    // Un-blacklisting under dual control: refused for a card not on the list; a blacklisted
+    // card goes back to `registered`.
+    let demo = published().card[0].card_identifier.clone();
+    let unblacklist = || pb::RequestActRequest {
+        act: Some(pb::request_act_request::Act::UnblacklistCard(
+            pb::UnblacklistCardAct {
+                card_identifier: demo.clone(),
+            },
+        )),
+    };
+    note(a.request_act(unblacklist()).await.unwrap_err());
+    let mut registrar = kms.client(REGISTRAR).registry;
+    registrar
+        .blacklist_card(pb::BlacklistCardRequest {
+            card_identifier: demo.clone(),
+            reason: "lost".to_owned(),
+        })
+        .await
+        .unwrap();
+    let r = a.request_act(unblacklist()).await.unwrap().into_inner();
+    b.approve_request(pb::RequestRef { id: r.id })
+        .await
+        .unwrap();
+    let card = registrar
+        .get_card(pb::CardRef {
+            card_identifier: demo.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(card.status, pb::CardStatus::Registered as i32, "{card:?}");
+
     let readme = readme_ceremony_codes();
     assert_eq!(
         seen, readme,

@@ -212,11 +212,6 @@ impl Identity {
         }
     }
 
-    /// The same person or endpoint (role, region, name), whatever the origin.
-    pub fn same_as(&self, other: &Identity) -> bool {
-        self.role == other.role && self.region == other.region && self.name == other.name
-    }
-
     /// Parses one identity URI (`sscard://<role>/<region>/<name>` or `sscard://<role>/<name>`).
     pub fn from_uri(uri: &str) -> Result<Self> {
         let rest = uri.strip_prefix(SCHEME_PREFIX).ok_or(Error::Identity {
@@ -439,6 +434,25 @@ mod tests {
             assert_eq!(id.to_string(), uri, "Display gives back the URI");
             assert_eq!(uri.parse::<Identity>().unwrap(), id);
         }
+    }
+
+    #[test]
+    fn an_identity_knows_where_it_comes_from() {
+        let officer = Identity::from_uri("sscard://officer/officer-1").unwrap();
+        assert_eq!(*officer.origin(), Origin::Unverified);
+        assert_eq!(officer.fingerprint(), None);
+        let seeding = Identity::dangerous_in_process(Role::Officer, None, "dev-setup").unwrap();
+        assert_eq!(*seeding.origin(), Origin::InProcess);
+        let pki = crate::access::pki::DevPki::generate().unwrap();
+        let der = pki.client(&officer).unwrap().cert_der().unwrap();
+        let from_cert = Identity::from_certificate(&der).unwrap();
+        assert_eq!(from_cert.to_string(), officer.to_string());
+        let fp = from_cert.fingerprint().unwrap();
+        assert_eq!(fp.len(), 64);
+        assert_eq!(fp, fingerprint(&der));
+        // Another certificate for the same identity is another fingerprint.
+        let again = pki.client(&officer).unwrap().cert_der().unwrap();
+        assert_ne!(fingerprint(&again), fp);
     }
 
     #[test]

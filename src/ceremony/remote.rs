@@ -159,6 +159,11 @@ pub enum Job {
         #[arg(long)]
         template: String,
     },
+    /// Ask to take a card off the blacklist (another officer approves).
+    CardsUnblacklist {
+        #[arg(long)]
+        card_identifier: String,
+    },
     /// Ask to retire a key version (`template/key/level/region/version`).
     KeysRetire {
         #[arg(long)]
@@ -560,6 +565,12 @@ async fn call(
                 .map_err(|s| refused(&s))?
                 .into_inner();
             let _ = writeln!(out, "{} keys derived", d.keys.len());
+        }
+        Job::CardsUnblacklist { card_identifier } => {
+            let act = pb::request_act_request::Act::UnblacklistCard(pb::UnblacklistCardAct {
+                card_identifier: card_identifier.clone(),
+            });
+            request(&mut admin, act, &mut out).await?;
         }
         Job::KeysRetire { key_id } => {
             let act = pb::request_act_request::Act::RetireKey(pb::RetireKeyAct {

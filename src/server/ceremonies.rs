@@ -91,6 +91,9 @@ pub(super) fn act_of(req: pb::RequestActRequest) -> Result<Act, Status> {
             key_name: a.key_name,
         },
         A::RetireKey(a) => Act::RetireKey { key_id: a.key_id },
+        A::UnblacklistCard(a) => Act::UnblacklistCard {
+            card_identifier: a.card_identifier,
+        },
         A::ReplaceTransportKey(a) => Act::ReplaceTransportKey {
             kind: kind_of(a.kind)?,
             name: a.name,

@@ -314,6 +314,9 @@ impl Bounded for pb::RequestActRequest {
                 check("key_name", a.key_name.len(), NAME)
             }
             Some(Act::RetireKey(a)) => check("key_id", a.key_id.len(), KEY_ID),
+            Some(Act::UnblacklistCard(a)) => {
+                check("card_identifier", a.card_identifier.len(), NAME)
+            }
             Some(Act::ReplaceTransportKey(a)) => {
                 check("name", a.name.len(), NAME)?;
                 check("transport_algorithm", a.transport_algorithm.len(), NAME)

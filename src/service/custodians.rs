@@ -23,7 +23,9 @@ use crate::access::authz::{self, Operation};
 use crate::access::identity::{Identity, Origin, Role};
 use crate::error::{Error, Refusal, Resource, Result};
 use crate::state::audit::AuditEvent;
-use crate::state::records::{self, Endpoint, EndpointKind, KeyRecord, OfficerRecord};
+use crate::state::records::{
+    self, Card, CardStatus, Endpoint, EndpointKind, KeyRecord, OfficerRecord,
+};
 use crate::state::store::{Table, Tx};
 
 use super::Kms;
@@ -72,6 +74,9 @@ pub enum Act {
     },
     /// Retire one key version (`template/key/level/region/version`): it serves no new card.
     RetireKey { key_id: String },
+    /// Take a card off the blacklist: it goes back to `registered`, for its registrar to
+    /// review and accept again.
+    UnblacklistCard { card_identifier: String },
     /// Replace a registered station's or PSAM line's transport key: the approval opens its
     /// component ceremony.
     ReplaceTransportKey {
@@ -536,6 +541,9 @@ impl<H: Hsm> Kms<H> {
                             out.ceremony = Some(c);
                             text
                         }
+                        (Act::UnblacklistCard { card_identifier }, _) => {
+                            unblacklist_in(tx, card_identifier)?
+                        }
                         (Act::GenerateRoot { .. }, None) => return Err(Error::Store),
                     };
                     r.state = RequestState::Approved;
@@ -655,6 +663,13 @@ impl<H: Hsm> Kms<H> {
                     e.transport_kcv
                 ))
             }
+            Act::UnblacklistCard { card_identifier } => {
+                blacklisted(self.store.snapshot()?.get(Table::Cards, card_identifier)?)?;
+                Ok(format!(
+                    "take card {} off the blacklist (back to registered)",
+                    super::mask_card_identifier(card_identifier)
+                ))
+            }
             Act::RetireKey { key_id } => {
                 let k: KeyRecord =
                     self.store
@@ -667,6 +682,45 @@ impl<H: Hsm> Kms<H> {
             }
         }
     }
+}
+
+/// The card, which must exist and be blacklisted.
+fn blacklisted(card: Option<Card>) -> Result<Card> {
+    let card = card.ok_or(Error::NotFound {
+        what: Resource::Card,
+    })?;
+    if card.status != CardStatus::Blacklisted {
+        return Err(Error::FailedPrecondition {
+            reason: Refusal::CardNotBlacklisted,
+        });
+    }
+    Ok(card)
+}
+
+/// Takes a blacklisted card back to `registered` in `tx`, unless another live card of the same
+/// holder exists; the holder's index points at it again. What was done, for the record.
+fn unblacklist_in(tx: &mut Tx<'_>, card_identifier: &str) -> Result<String> {
+    let mut card = blacklisted(tx.get(Table::Cards, card_identifier)?)?;
+    let ssn = card.social_security_number.clone();
+    if let Some(other) = tx.get::<String>(Table::SocialSecurityNumbers, &ssn)? {
+        let live = other != card.card_identifier
+            && tx
+                .get::<Card>(Table::Cards, &other)?
+                .is_some_and(|c| c.status != CardStatus::Blacklisted);
+        if live {
+            return Err(Error::AlreadyExists {
+                what: Resource::LiveCardForSsn,
+            });
+        }
+    }
+    card.status = CardStatus::Registered;
+    card.blacklist_reason = None;
+    tx.put(Table::Cards, card_identifier, &card)?;
+    tx.put(Table::SocialSecurityNumbers, &ssn, &card.card_identifier)?;
+    Ok(format!(
+        "card {} off the blacklist, registered (to be reviewed again)",
+        super::mask_card_identifier(card_identifier)
+    ))
 }
 
 /// The request `id`, which must be pending (not decided, not expired at this commit).
