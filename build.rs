@@ -6,7 +6,11 @@ use std::path::PathBuf;
 
 use prost::Message;
 
-const PROTOS: &[&str] = &["sscard/kms/v1/types.proto", "sscard/kms/v1/kms.proto"];
+const PROTOS: &[&str] = &[
+    "sscard/kms/v1/types.proto",
+    "sscard/kms/v1/ceremony.proto",
+    "sscard/kms/v1/kms.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");

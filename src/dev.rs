@@ -193,6 +193,13 @@ async fn run_on<H: Hsm>(
     let pki = crate::access::pki::DevPki::load_or_generate(&paths.pki)?;
     let kms = Kms::open(hsm, &paths.store).await?;
     let seeded = dangerous_seed_test_keys(&kms).await?;
+    // The dev PKI's officer and auditor are the registry's first members (once).
+    let mut officers = Vec::new();
+    for role in ["officer", "auditor"] {
+        let path = paths.pki.join(format!("{role}.pem"));
+        officers.push(std::fs::read(&path).map_err(|source| Error::File { path, source })?);
+    }
+    kms.bootstrap_officers(&officers).await?;
     let tls = crate::access::tls::server_config(
         &pki.server().cert_pem,
         &pki.server().key_pem,
@@ -297,7 +304,7 @@ pub async fn dangerous_seed_test_keys<H: Hsm>(kms: &Arc<Kms<H>>) -> Result<bool>
         return Ok(false);
     }
     let keys = test_keys()?;
-    let officer = Identity::new(Role::Officer, None, "dev-setup")?;
+    let officer = Identity::dangerous_in_process(Role::Officer, None, "dev-setup")?;
     for (_, toml) in BUILTIN {
         let template = kms.load_template(&officer, toml).await?;
         let alg = template.algorithm().algorithm();

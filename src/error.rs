@@ -176,8 +176,35 @@ refusals! {
         "the certificate's region differs from the registered one";
     /// A PSAM line asking for a PSAM another line registered.
     PsamOfAnotherLine => "PSAM_OF_ANOTHER_LINE", "the PSAM was registered by another line";
+    /// An officer's or auditor's certificate that the officer registry does not hold.
+    OfficerNotRegistered => "OFFICER_NOT_REGISTERED",
+        "this officer or auditor certificate is not registered";
+    /// An officer's or auditor's certificate that was revoked.
+    OfficerRevoked => "OFFICER_REVOKED", "this officer or auditor certificate is revoked";
+    /// A custodian submitting a second component or share to the same ceremony.
+    SameCustodianTwice => "SAME_CUSTODIAN_TWICE",
+        "this custodian has already submitted to this ceremony";
+    /// The officer who made a dual-control request approving it.
+    RequesterCannotApprove => "REQUESTER_CANNOT_APPROVE",
+        "the requester cannot approve their own request";
 
     // ---- failed precondition
+    /// A dual-control request that was already approved or rejected, or has expired.
+    RequestNotPending => "REQUEST_NOT_PENDING",
+        "the request was already approved, rejected or has expired";
+    /// A dual-control request approved after its time limit: it is dead.
+    RequestExpired => "REQUEST_EXPIRED", "the request expired before its approval";
+    /// Un-blacklisting a card that is not blacklisted.
+    CardNotBlacklisted => "CARD_NOT_BLACKLISTED", "the card is not blacklisted";
+    /// A component ceremony that is complete, failed or expired.
+    CeremonyNotOpen => "CEREMONY_NOT_OPEN",
+        "the component ceremony is complete, failed or expired";
+    /// A sensitive act called directly: it needs one officer's request and another's approval.
+    DualControlRequired => "DUAL_CONTROL_REQUIRED",
+        "this act needs a request by one officer and the approval of another";
+    /// Every component of a key in one call: each custodian submits their own.
+    SplitKnowledgeRequired => "SPLIT_KNOWLEDGE_REQUIRED",
+        "components come one per custodian, each from their own certificate";
     /// The station or PSAM line has no record (and no transport key) in the service.
     CallerNotRegistered => "CALLER_NOT_REGISTERED",
         "the caller is not registered (no transport key)";
@@ -272,6 +299,8 @@ refusals! {
     LongerThan800Bytes => "FIELD_TOO_LONG", "longer than 800 bytes";
     /// A string field over its cap of 256 KiB.
     LongerThan256KiB => "FIELD_TOO_LONG", "longer than 256 KiB";
+    /// Over the cap of a certificate.
+    LongerThan8KiB => "FIELD_TOO_LONG", "longer than 8 KiB";
     /// A repeated field over its cap of 9 entries.
     MoreThan9Entries => "TOO_MANY_ENTRIES", "more than 9 entries";
     /// A repeated field over its cap of 64 entries.
@@ -324,6 +353,22 @@ refusals! {
         "expected pboc-tdes, pboc-des, sm4-f-notf-v1 or emv-option-a";
     /// A file that is not an audit checkpoint (`kms-ceremony audit verify --checkpoint` only).
     CheckpointFile => "AUDIT_CHECKPOINT_INVALID", "not an audit checkpoint file";
+    /// `serve` on an HSM with the published test LMK, without `--dangerous-allow-test-lmk`.
+    PublishedTestLmk => "PUBLISHED_TEST_LMK",
+        "the HSM runs on the published test LMK (serve --dangerous-allow-test-lmk for tests only)";
+    /// Out of range (`[ceremony] approval_ttl_s`).
+    Between1And86400 => "CONFIG_OUT_OF_RANGE", "between 1 and 86400";
+    /// `kms-ceremony hsm init` with neither a terminal nor `--share-dir`.
+    ShareHandover => "SHARE_HANDOVER_REQUIRED",
+        "no terminal to show each custodian their share alone: give --share-dir";
+    /// An audit export range that is empty, starts at 0 or spans more than 10000 records.
+    ExportRange => "EXPORT_RANGE_INVALID",
+        "from 1, to at least from, and at most 10000 records";
+    /// A certificate to register that is not an officer's or auditor's.
+    NotAnOfficerCertificate => "NOT_AN_OFFICER_CERTIFICATE",
+        "not the certificate of an officer or auditor";
+    /// A component ceremony of fewer than 2 or more than 9 components.
+    ComponentCount => "COMPONENT_COUNT_OUT_OF_RANGE", "between 2 and 9 components";
     /// An algorithm that has no dispersion (`kms-ceremony calc` only).
     NoDispersionForAlgorithm => "NO_DISPERSION_FOR_ALGORITHM",
         "no dispersion is defined for this algorithm";
@@ -401,6 +446,12 @@ pub enum Resource {
     ApplicantRow,
     /// A batch id already used for another file (the same code as a batch).
     BatchIdOfAnotherFile,
+    /// An officer's or auditor's certificate in the officer registry.
+    Officer,
+    /// A dual-control request.
+    Request,
+    /// A component ceremony.
+    Ceremony,
 }
 
 impl Resource {
@@ -421,6 +472,9 @@ impl Resource {
         Resource::ApplicantBatch,
         Resource::ApplicantRow,
         Resource::BatchIdOfAnotherFile,
+        Resource::Officer,
+        Resource::Request,
+        Resource::Ceremony,
     ];
 
     /// The stem of the reason code.
@@ -441,6 +495,9 @@ impl Resource {
             Resource::ApplicantBatch => "APPLICANT_BATCH",
             Resource::ApplicantRow => "APPLICANT_ROW",
             Resource::BatchIdOfAnotherFile => "APPLICANT_BATCH",
+            Resource::Officer => "OFFICER",
+            Resource::Request => "REQUEST",
+            Resource::Ceremony => "CEREMONY",
         }
     }
 
@@ -462,6 +519,9 @@ impl Resource {
             Resource::ApplicantBatch => "applicant batch",
             Resource::ApplicantRow => "row of the batch",
             Resource::BatchIdOfAnotherFile => "an applicant batch with this id (of another file)",
+            Resource::Officer => "officer certificate",
+            Resource::Request => "dual-control request",
+            Resource::Ceremony => "component ceremony",
         }
     }
 }

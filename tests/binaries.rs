@@ -27,7 +27,7 @@ use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::common::chain::{atr, published, station_kbpk, template};
-use crate::common::harness::{OFFICER, REGISTRAR, STATION, card_identity, tr31_request};
+use crate::common::harness::{OFFICER, OFFICER_2, REGISTRAR, STATION, card_identity, tr31_request};
 use crate::common::{Output, ceremony};
 
 /// How long a child may take to print a line or to exit before the test gives up (a bound for a
@@ -650,10 +650,18 @@ impl Deployment {
     /// A fresh PKI under `pki/` and a `kms.toml` with its CA as the client CA.
     fn new() -> Deployment {
         let dir = tempfile::tempdir().unwrap();
-        DevPki::generate()
-            .unwrap()
-            .write_to(&dir.path().join("pki"))
+        let pki = DevPki::generate().unwrap();
+        pki.write_to(&dir.path().join("pki")).unwrap();
+        // A second officer: dual control and one share per custodian need two.
+        let second = pki
+            .client(&sscard_kms::access::identity::Identity::from_uri(OFFICER_2).unwrap())
             .unwrap();
+        std::fs::write(dir.path().join("pki/officer-2.pem"), &second.cert_pem).unwrap();
+        std::fs::write(
+            dir.path().join("pki/officer-2.key"),
+            second.key_pem.as_bytes(),
+        )
+        .unwrap();
         let this = Deployment { dir };
         this.write_config(Some(&this.pki().join("ca.pem")));
         this
@@ -688,11 +696,16 @@ impl Deployment {
              \n\
              [hsm]\n\
              mode = \"local\"\n\
-             state_dir = {state}\n",
+             state_dir = {state}\n\
+             \n\
+             [ceremony]\n\
+             officers = [{officer}, {officer_2}]\n",
             data = toml_path(&self.dir.path().join("data")),
             cert = toml_path(&pki.join("server.pem")),
             key = toml_path(&pki.join("server.key")),
             state = toml_path(&self.state_dir()),
+            officer = toml_path(&pki.join("officer.pem")),
+            officer_2 = toml_path(&pki.join("officer-2.pem")),
         );
         std::fs::write(self.config(), text).unwrap();
     }
@@ -702,29 +715,42 @@ impl Deployment {
     }
 
     fn admin(&self, addr: SocketAddr, uri: &str) -> AdminServiceClient<Channel> {
-        AdminServiceClient::new(channel(addr, &self.pki(), &role(uri)))
+        let file = if uri == OFFICER_2 {
+            "officer-2".to_owned()
+        } else {
+            role(uri)
+        };
+        AdminServiceClient::new(channel(addr, &self.pki(), &file))
     }
 }
 
-/// `kms-ceremony hsm init --state-dir <dir> --threshold T --shares N`.
+/// `kms-ceremony hsm init --state-dir <dir> --threshold T --custodian custodian-1 … --share-dir
+/// <dir>-shares` for N custodians: each share in its own file.
 fn hsm_init(state_dir: &Path, threshold: &str, shares: &str) -> Output {
-    ceremony(
-        &[
-            "hsm",
-            "init",
-            "--state-dir",
-            path_arg(state_dir),
-            "--threshold",
-            threshold,
-            "--shares",
-            shares,
-        ],
-        "",
-    )
+    let share_dir = state_dir.with_extension("shares");
+    std::fs::create_dir_all(&share_dir).unwrap();
+    let names: Vec<String> = (1..=shares.parse::<u8>().unwrap())
+        .map(|i| format!("custodian-{i}"))
+        .collect();
+    let mut args = vec![
+        "hsm",
+        "init",
+        "--state-dir",
+        path_arg(state_dir),
+        "--threshold",
+        threshold,
+        "--share-dir",
+        path_arg(&share_dir),
+    ];
+    for n in &names {
+        args.extend(["--custodian", n.as_str()]);
+    }
+    ceremony(&args, "")
 }
 
-/// The shares printed by a successful `hsm init` (`custodian N: share lmk1-0N-…  (check …)`),
-/// after checking that the last line is the LMK's KCV (5 bytes, upper-case hex).
+/// The shares a successful `hsm init` handed over, one file per custodian (the record names
+/// each file and check value, never a share), after checking that the last line is the LMK's
+/// KCV (5 bytes, upper-case hex).
 fn issued_shares(out: &Output) -> Vec<String> {
     assert_eq!(out.code, 0, "{out:?}");
     let kcv = out.last_line();
@@ -734,11 +760,19 @@ fn issued_shares(out: &Output) -> Vec<String> {
             .all(|c| c.is_ascii_digit() || ('A'..='F').contains(&c)),
         "{kcv:?}"
     );
-    out.stdout
+    let shares: Vec<String> = out
+        .stdout
         .lines()
-        .filter_map(|l| l.split_once(": share ")?.1.split_whitespace().next())
-        .map(str::to_owned)
-        .collect()
+        .filter_map(|l| l.split_once(": share in ")?.1.split(" (check value").next())
+        .map(|path| std::fs::read_to_string(path).unwrap().trim().to_owned())
+        .collect();
+    for share in &shares {
+        assert!(
+            !out.stdout.contains(share.as_str()),
+            "a share on the record"
+        );
+    }
+    shares
 }
 
 async fn service_status(admin: &mut AdminServiceClient<Channel>) -> pb::ServiceStatus {
@@ -794,18 +828,23 @@ async fn serve_with_a_local_hsm_starts_sealed_and_is_unsealed_by_two_custodians(
     assert!(!progress.unsealed);
     assert_eq!(service_status(&mut officer).await.hsm_state, "sealed");
 
+    // The HSM refuses bad shares (and they do not count for their custodian).
+    let mut officer_2 = deployment.admin(addr, OFFICER_2);
     for garbage in ["not-a-share", "lmk1-02-00", foreign[1].as_str()] {
-        let refused = unseal(&mut officer, garbage).await.unwrap_err();
+        let refused = unseal(&mut officer_2, garbage).await.unwrap_err();
         assert_eq!(
             refused.code(),
             Code::InvalidArgument,
             "{garbage}: {refused:?}"
         );
     }
-    let repeated = unseal(&mut officer, &shares[0]).await.unwrap_err();
+    let repeated = unseal(&mut officer_2, &shares[0]).await.unwrap_err();
     assert_eq!(repeated.code(), Code::InvalidArgument, "{repeated:?}");
+    // One share per custodian: officer-1 cannot bring a second.
+    let twice = unseal(&mut officer, &shares[1]).await.unwrap_err();
+    assert_eq!(twice.code(), Code::PermissionDenied, "{twice:?}");
 
-    let progress = unseal(&mut officer, &shares[1]).await.unwrap();
+    let progress = unseal(&mut officer_2, &shares[1]).await.unwrap();
     assert_eq!((progress.submitted, progress.threshold), (2, 2));
     assert!(progress.unsealed);
     assert_eq!(service_status(&mut officer).await.hsm_state, "operational");
@@ -823,7 +862,7 @@ async fn serve_with_a_local_hsm_starts_sealed_and_is_unsealed_by_two_custodians(
     assert_eq!(summary.keys, 33);
     assert_eq!(service_status(&mut officer).await.templates, ["ssc-2.0"]);
 
-    drop(officer);
+    drop((officer, officer_2));
     let exited = kms.terminate();
     assert!(exited.status.success(), "{exited:?}");
     unseals_on_record(&deployment.dir.path().join("data/store"));
@@ -837,9 +876,10 @@ async fn serve_with_a_local_hsm_starts_sealed_and_is_unsealed_by_two_custodians(
     assert_eq!(status.hsm_state, "sealed");
     assert_eq!(status.templates, ["ssc-2.0"]);
     assert!(!unseal(&mut officer, &shares[2]).await.unwrap().unsealed);
-    assert!(unseal(&mut officer, &shares[0]).await.unwrap().unsealed);
+    let mut officer_2 = deployment.admin(addr, OFFICER_2);
+    assert!(unseal(&mut officer_2, &shares[0]).await.unwrap().unsealed);
     assert_eq!(service_status(&mut officer).await.hsm_state, "operational");
-    drop(officer);
+    drop((officer, officer_2));
     let exited = kms.terminate();
     assert!(exited.status.success(), "{exited:?}");
 }
@@ -854,8 +894,12 @@ fn unseals_on_record(store: &Path) {
         .unwrap();
     let actions: Vec<&str> = records.iter().map(|r| r.action.as_str()).collect();
     for (i, r) in records.iter().enumerate() {
+        // (A custodian's second share is refused before anything goes to the HSM.)
         let answered = r.action == "unseal-hsm" && r.outcome == "ok"
-            || r.action == "administer" && r.subject == "unseal-hsm" && r.actor.contains("officer");
+            || r.action == "administer"
+                && r.subject == "unseal-hsm"
+                && r.actor.contains("officer")
+                && !r.outcome.contains("already submitted");
         if answered {
             // The same commit may first store the new audit key.
             let before = actions[..i]

@@ -16,7 +16,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
-use crate::common::harness::{OFFICER, STATION, TestKms, reason};
+use crate::common::harness::{OFFICER, OFFICER_2, STATION, TestKms, reason};
 
 fn request(service: &str) -> HealthCheckRequest {
     HealthCheckRequest {
@@ -96,7 +96,9 @@ async fn health_is_not_serving_while_the_hsm_is_sealed_and_serving_once_unsealed
     assert_eq!(check_all(&mut health).await, all(ServingStatus::NotServing));
 
     // The threshold: operational, and every name says so.
-    let progress = officer.unseal_hsm(share(2)).await.unwrap().into_inner();
+    // The second share from another custodian's own certificate.
+    let mut officer_2 = kms.client(OFFICER_2).admin;
+    let progress = officer_2.unseal_hsm(share(2)).await.unwrap().into_inner();
     assert!(progress.unsealed);
     await_all(&mut streams, ServingStatus::Serving).await;
     assert_eq!(check_all(&mut health).await, all(ServingStatus::Serving));

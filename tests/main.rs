@@ -1,5 +1,11 @@
 //! The one integration-test binary of sscard-kms (`cargo test --workspace` runs it).
 //!
+//! - `ceremonies`: a full key ceremony through the real `kms-ceremony` against a running
+//!   service, secrets on stdin, each officer from their own certificate (init with one share
+//!   file per custodian, unseal by two, a national root from two custodians' components, a
+//!   master-key root under dual control, a station transport key from components, a card key
+//!   that checks out), with every refusal of issue 10; and every `mTLS (ceremonies)` reason code
+//!   of README provoked over the API.
 //! - `calc`: the officers' calculator, run as the real `kms-ceremony` binary with secrets on stdin.
 //! - `binaries`: the real `sscard-kms` and `kms-ceremony` as child processes, stopped by SIGTERM:
 //!   `dev` serves demo card 1 (worked `STK_SSSE` KCV), exits 0, leaves an INTACT audit trail and
@@ -62,6 +68,7 @@
 mod audit_trail;
 mod binaries;
 mod calc;
+mod ceremonies;
 mod common;
 mod delivery;
 mod health;

@@ -162,18 +162,28 @@ async fn psam_key_sets_follow_the_psam_profile_and_go_only_to_their_line<B: Test
             .ministry_psam_permission
     };
     assert!(national("IRK_SSSE"));
-    let record = officer
-        .admin
-        .import_root_key(pb::ImportRootKeyRequest {
+    kms.ceremony(
+        pb::start_key_ceremony_request::Target::Root(pb::RootTarget {
             template_id: "ssc-2.0".to_owned(),
             key_name: "IRK_SSSE".to_owned(),
             level: pb::KeyLevel::National as i32,
-            components: components(NEW_ROOT),
             ministry_psam_permission: false,
+        }),
+        components(NEW_ROOT),
+    )
+    .await;
+    let record = officer
+        .admin
+        .list_keys(pb::ListKeysRequest {
+            template_id: "ssc-2.0".to_owned(),
         })
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .keys
+        .into_iter()
+        .find(|k| k.key_name == "IRK_SSSE" && k.level == pb::KeyLevel::National as i32 && k.active)
+        .unwrap();
     assert_eq!(
         (record.version, record.ministry_psam_permission),
         (2, false)

@@ -17,8 +17,8 @@ use tonic::{Code, Response, Status};
 use crate::common::applicants::{applicant, csv, submit, submit_chunked};
 use crate::common::chain::{atr, card_number, card_number_bad_check, published, ssn};
 use crate::common::harness::{
-    OFFICER, PROVINCIAL_REGISTRAR, PSAM_LINE, REGISTRAR, STATION, TestKms, card_identity,
-    error_info, sm_request, tr31_request,
+    OFFICER, OFFICER_2, PROVINCIAL_REGISTRAR, PSAM_LINE, REGISTRAR, STATION, TestKms,
+    card_identity, error_info, sm_request, tr31_request,
 };
 
 /// The codes README's reason-code table marks as tested here (`mTLS`), with their gRPC status.
@@ -122,10 +122,49 @@ fn xor_hex(a: &str, b: &str) -> String {
     hex::encode_upper(a.iter().zip(&b).map(|(x, y)| x ^ y).collect::<Vec<u8>>())
 }
 
-fn vendor_key(components: Vec<pb::Component>) -> pb::ImportVendorTransportKeyRequest {
-    pb::ImportVendorTransportKeyRequest {
-        template_id: "ssc-2.0".to_owned(),
-        components,
+/// A component ceremony of two custodians for the vendor transport key of `ssc-2.0`.
+fn vendor_ceremony() -> pb::StartKeyCeremonyRequest {
+    pb::StartKeyCeremonyRequest {
+        components: 2,
+        target: Some(pb::start_key_ceremony_request::Target::VendorTransport(
+            pb::VendorTransportTarget {
+                template_id: "ssc-2.0".to_owned(),
+            },
+        )),
+    }
+}
+
+/// A component ceremony of two custodians for a new Guangzhou station's transport key.
+fn endpoint_ceremony(name: &str, family: &str) -> pb::StartKeyCeremonyRequest {
+    pb::StartKeyCeremonyRequest {
+        components: 2,
+        target: Some(pb::start_key_ceremony_request::Target::Endpoint(
+            pb::EndpointTarget {
+                kind: pb::EndpointKind::Station.into(),
+                name: name.to_owned(),
+                region: "440100".to_owned(),
+                transport_algorithm: family.to_owned(),
+            },
+        )),
+    }
+}
+
+fn component_submission(id: &str, component: pb::Component) -> pb::SubmitComponentRequest {
+    pb::SubmitComponentRequest {
+        ceremony_id: id.to_owned(),
+        component: Some(component),
+    }
+}
+
+/// A dual-control request to generate a provincial root.
+fn generate_root(template_id: &str, key_name: &str) -> pb::RequestActRequest {
+    pb::RequestActRequest {
+        act: Some(pb::request_act_request::Act::GenerateRoot(
+            pb::GenerateRootAct {
+                template_id: template_id.to_owned(),
+                key_name: key_name.to_owned(),
+            },
+        )),
     }
 }
 
@@ -144,6 +183,7 @@ async fn every_reason_code_reachable_from_the_api_arrives_in_the_details() {
     let mut registrar = kms.client(REGISTRAR);
     let mut province = kms.client(PROVINCIAL_REGISTRAR);
     let mut officer = kms.client(OFFICER);
+    let mut officer_2 = kms.client(OFFICER_2);
     let mut line = kms.client(PSAM_LINE);
     let demo = &published().card[0];
     let atr = atr();
@@ -288,12 +328,16 @@ async fn every_reason_code_reachable_from_the_api_arrives_in_the_details() {
             .inject_card_keys(tr31_request(fresh.clone(), "ssc-2.0-codes")),
     )
     .await;
-    officer
+    // The master-key root under dual control: one officer asks, another approves.
+    let asked = officer
         .admin
-        .generate_root_key(pb::GenerateRootKeyRequest {
-            template_id: "ssc-2.0-codes".to_owned(),
-            key_name: "MK_MF".to_owned(),
-        })
+        .request_act(generate_root("ssc-2.0-codes", "MK_MF"))
+        .await
+        .unwrap()
+        .into_inner();
+    officer_2
+        .admin
+        .approve_request(pb::RequestRef { id: asked.id })
         .await
         .unwrap();
     officer
@@ -336,34 +380,39 @@ async fn every_reason_code_reachable_from_the_api_arrives_in_the_details() {
     seen.expect(
         Code::FailedPrecondition,
         "ROOT_NOT_PROVINCIAL",
-        officer.admin.generate_root_key(pb::GenerateRootKeyRequest {
-            template_id: "ssc-2.0".to_owned(),
-            key_name: "STK_SSSE".to_owned(),
-        }),
+        officer
+            .admin
+            .request_act(generate_root("ssc-2.0", "STK_SSSE")),
     )
     .await;
     seen.expect(
         Code::NotFound,
         "TEMPLATE_KEY_NOT_FOUND",
-        officer.admin.generate_root_key(pb::GenerateRootKeyRequest {
-            template_id: "ssc-2.0".to_owned(),
-            key_name: "NO_SUCH_KEY".to_owned(),
-        }),
+        officer
+            .admin
+            .request_act(generate_root("ssc-2.0", "NO_SUCH_KEY")),
     )
     .await;
-    let root = |level: pb::KeyLevel, key_name: &str| pb::ImportRootKeyRequest {
-        template_id: "ssc-2.0".to_owned(),
-        key_name: key_name.to_owned(),
-        level: level as i32,
-        components: Vec::new(),
-        ministry_psam_permission: false,
+    let root_with = |level: pb::KeyLevel, key_name: &str, ministry_psam_permission: bool| {
+        pb::StartKeyCeremonyRequest {
+            components: 2,
+            target: Some(pb::start_key_ceremony_request::Target::Root(
+                pb::RootTarget {
+                    template_id: "ssc-2.0".to_owned(),
+                    key_name: key_name.to_owned(),
+                    level: level as i32,
+                    ministry_psam_permission,
+                },
+            )),
+        }
     };
+    let root = |level: pb::KeyLevel, key_name: &str| root_with(level, key_name, false);
     seen.expect(
         Code::InvalidArgument,
         "ROOT_LEVEL_INVALID",
         officer
             .admin
-            .import_root_key(root(pb::KeyLevel::City, "STK_SSSE")),
+            .start_key_ceremony(root(pb::KeyLevel::City, "STK_SSSE")),
     )
     .await;
     // The zero value of an enum is "unset", never a level.
@@ -372,7 +421,7 @@ async fn every_reason_code_reachable_from_the_api_arrives_in_the_details() {
         "FIELD_REQUIRED",
         officer
             .admin
-            .import_root_key(root(pb::KeyLevel::Unspecified, "STK_SSSE")),
+            .start_key_ceremony(root(pb::KeyLevel::Unspecified, "STK_SSSE")),
     )
     .await;
     seen.expect(
@@ -380,84 +429,91 @@ async fn every_reason_code_reachable_from_the_api_arrives_in_the_details() {
         "NATIONAL_ROOT_NOT_ALLOWED",
         officer
             .admin
-            .import_root_key(root(pb::KeyLevel::National, "MK_MF")),
+            .start_key_ceremony(root(pb::KeyLevel::National, "MK_MF")),
     )
     .await;
     seen.expect(
         Code::InvalidArgument,
         "PSAM_PERMISSION_ONLY_NATIONAL",
-        officer.admin.import_root_key(pb::ImportRootKeyRequest {
-            ministry_psam_permission: true,
-            ..root(pb::KeyLevel::Provincial, "STK_SSSE")
-        }),
+        officer
+            .admin
+            .start_key_ceremony(root_with(pb::KeyLevel::Provincial, "STK_SSSE", true)),
     )
     .await;
     seen.expect(
         Code::InvalidArgument,
         "TRANSPORT_ALGORITHM_INVALID",
-        officer.admin.register_station(pb::RegisterEndpointRequest {
-            name: "GZ-03".to_owned(),
-            region: "440100".to_owned(),
-            transport_algorithm: "des".to_owned(),
-            components: Vec::new(),
-        }),
+        officer
+            .admin
+            .start_key_ceremony(endpoint_ceremony("GZ-03", "des")),
     )
     .await;
 
-    // ---- components: checked by the service, then by the HSM
+    // ---- components: checked by the service, then by the HSM at the last one (each a
+    // ceremony of two custodians: officer-1's component, then officer-2's)
     let k1 = "0123456789ABCDEFFEDCBA9876543210";
     let k2 = "F0E1D2C3B4A5968778695A4B3C2D1E0F";
+    let vendor = |first: pb::Component| {
+        let mut one = officer.admin.clone();
+        async move {
+            let c = one
+                .start_key_ceremony(vendor_ceremony())
+                .await
+                .unwrap()
+                .into_inner();
+            one.submit_component(component_submission(&c.id, first))
+                .await
+                .unwrap();
+            c.id
+        }
+    };
+    let id = vendor(component(k1)).await;
     seen.expect(
         Code::InvalidArgument,
         "NOT_HEX",
-        officer.admin.import_vendor_transport_key(vendor_key(vec![
+        officer_2.admin.submit_component(component_submission(
+            &id,
             pb::Component {
-                hex: k1.to_owned(),
+                hex: k2.to_owned(),
                 kcv_hex: "not hex".to_owned(),
             },
-            component(k2),
-        ])),
+        )),
     )
     .await;
-    seen.expect(
-        Code::InvalidArgument,
-        "COUNT_OUT_OF_RANGE",
-        officer
-            .admin
-            .import_vendor_transport_key(vendor_key(vec![component(k1)])),
-    )
+    let id = vendor(pb::Component {
+        hex: k1[..16].to_owned(),
+        kcv_hex: "000000".to_owned(),
+    })
     .await;
     seen.expect(
         Code::InvalidArgument,
         "KEY_LENGTH_INVALID",
-        officer.admin.import_vendor_transport_key(vendor_key(vec![
-            pb::Component {
-                hex: k1[..16].to_owned(),
-                kcv_hex: "000000".to_owned(),
-            },
-            component(k2),
-        ])),
+        officer_2
+            .admin
+            .submit_component(component_submission(&id, component(k2))),
     )
     .await;
     let mut wrong_kcv = component(k1);
     wrong_kcv.kcv_hex = "000000".to_owned();
+    let id = vendor(component(k2)).await;
     seen.expect(
         Code::InvalidArgument,
         "COMPONENT_KCV_MISMATCH",
-        officer
+        officer_2
             .admin
-            .import_vendor_transport_key(vendor_key(vec![component(k2), wrong_kcv])),
+            .submit_component(component_submission(&id, wrong_kcv)),
     )
     .await;
     // Two components whose XOR repeats its first half: K1 = K2 is single DES in disguise.
     let repeating = "1F2E3D4C5B6A79881F2E3D4C5B6A7988";
+    let id = vendor(component(k1)).await;
     seen.expect(
         Code::InvalidArgument,
         "WEAK_KEY",
-        officer.admin.import_vendor_transport_key(vendor_key(vec![
-            component(k1),
+        officer_2.admin.submit_component(component_submission(
+            &id,
             component(&xor_hex(k1, repeating)),
-        ])),
+        )),
     )
     .await;
 
@@ -805,14 +861,23 @@ async fn every_reason_code_reachable_from_the_api_arrives_in_the_details() {
 
     // ---- a TDES transport key asked to carry SM4 keys
     let station_key = "0123456789ABCDEFFEDCBA9876543210";
+    let c = officer
+        .admin
+        .start_key_ceremony(endpoint_ceremony("GZ-TDES", "tdes"))
+        .await
+        .unwrap()
+        .into_inner();
     officer
         .admin
-        .register_station(pb::RegisterEndpointRequest {
-            name: "GZ-TDES".to_owned(),
-            region: "440100".to_owned(),
-            transport_algorithm: "tdes".to_owned(),
-            components: vec![component(&xor_hex(station_key, k2)), component(k2)],
-        })
+        .submit_component(component_submission(
+            &c.id,
+            component(&xor_hex(station_key, k2)),
+        ))
+        .await
+        .unwrap();
+    officer_2
+        .admin
+        .submit_component(component_submission(&c.id, component(k2)))
         .await
         .unwrap();
     let mut tdes_station = kms.client("sscard://station/440100/GZ-TDES");

@@ -383,7 +383,6 @@ async fn cards_and_requests_the_registry_does_not_allow_are_refused_and_audited<
 /// SM4 card's keys are refused before any HSM work, with the reason.
 async fn a_tdes_transport_key_carries_no_sm4_keys<B: TestBackend>() {
     let kms = TestKms::<B>::seeded_on().await;
-    let mut officer = kms.client(OFFICER);
     // The station's TDES transport key, as two components with their KCVs.
     let key = "0123456789ABCDEFFEDCBA9876543210";
     let mask = "F0E1D2C3B4A5968778695A4B3C2D1E0F";
@@ -403,16 +402,16 @@ async fn a_tdes_transport_key_carries_no_sm4_keys<B: TestBackend>() {
         .unwrap()
         .to_hex(),
     };
-    officer
-        .admin
-        .register_station(pb::RegisterEndpointRequest {
+    kms.ceremony(
+        pb::start_key_ceremony_request::Target::Endpoint(pb::EndpointTarget {
+            kind: pb::EndpointKind::Station.into(),
             name: "GZ-TDES".to_owned(),
             region: "440100".to_owned(),
             transport_algorithm: "tdes".to_owned(),
-            components: vec![component(&first), component(mask)],
-        })
-        .await
-        .unwrap();
+        }),
+        vec![component(&first), component(mask)],
+    )
+    .await;
     let mut station = kms.client("sscard://station/440100/GZ-TDES");
     let atr = atr();
     let [tdes_card, sm4_card] = [&published().card[0], &published().card[1]];

@@ -76,19 +76,30 @@ async fn a_new_root_serves_new_cards_and_leaves_issued_cards_alone() {
     );
 
     // The Ministry sends a new root: version 2, derived down to every city.
-    let record = officer
-        .admin
-        .import_root_key(pb::ImportRootKeyRequest {
+    kms.ceremony(
+        pb::start_key_ceremony_request::Target::Root(pb::RootTarget {
             template_id: "ssc-2.0".to_owned(),
             key_name: "STK_SSSE".to_owned(),
             level: pb::KeyLevel::National as i32,
-            components: components(NEW_ROOT),
             ministry_psam_permission: false,
+        }),
+        components(NEW_ROOT),
+    )
+    .await;
+    let national: Vec<_> = officer
+        .admin
+        .list_keys(pb::ListKeysRequest {
+            template_id: "ssc-2.0".to_owned(),
         })
         .await
         .unwrap()
-        .into_inner();
-    assert_eq!((record.version, record.active), (2, true));
+        .into_inner()
+        .keys
+        .into_iter()
+        .filter(|k| k.key_name == "STK_SSSE" && k.region == "000000")
+        .map(|k| (k.version, k.active))
+        .collect();
+    assert_eq!(national, [(1, false), (2, true)]);
     officer
         .admin
         .derive_hierarchy(pb::DeriveHierarchyRequest {

@@ -137,6 +137,21 @@ pub struct Identity {
     role: Role,
     region: Option<String>,
     name: String,
+    origin: Origin,
+}
+
+/// Where an [`Identity`] comes from, which decides whether the officer registry can vouch for it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Origin {
+    /// Parsed or built from text only: nothing proves it. Refused wherever the officer registry
+    /// is consulted.
+    Unverified,
+    /// Read from a client certificate the TLS layer verified; the SHA-256 fingerprint of that
+    /// certificate (DER), 64 upper-case hex digits.
+    Certificate(String),
+    /// Code of this process acting on its own (the `dev` seeding). Only
+    /// [`Identity::dangerous_in_process`] makes one.
+    InProcess,
 }
 
 impl Identity {
@@ -164,7 +179,37 @@ impl Identity {
             role,
             region,
             name: name.to_owned(),
+            origin: Origin::Unverified,
         })
+    }
+
+    /// An identity for code of this process acting on its own, which the officer registry lets
+    /// through without a certificate: only the `dev` seeding of the published test keys uses it.
+    pub fn dangerous_in_process(role: Role, region: Option<&str>, name: &str) -> Result<Self> {
+        let mut id = Identity::new(role, region, name)?;
+        id.origin = Origin::InProcess;
+        Ok(id)
+    }
+
+    /// The identity of a verified client certificate (DER): its SAN URI, with the certificate's
+    /// fingerprint as its origin.
+    pub fn from_certificate(der: &[u8]) -> Result<Self> {
+        let mut id = Identity::from_san_uris(&san_uris_from_der(der)?)?;
+        id.origin = Origin::Certificate(fingerprint(der));
+        Ok(id)
+    }
+
+    /// Where this identity comes from.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    /// The certificate fingerprint, for an identity read from a certificate.
+    pub fn fingerprint(&self) -> Option<&str> {
+        match &self.origin {
+            Origin::Certificate(fp) => Some(fp),
+            _ => None,
+        }
     }
 
     /// Parses one identity URI (`sscard://<role>/<region>/<name>` or `sscard://<role>/<name>`).
@@ -298,6 +343,13 @@ fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The SHA-256 fingerprint of a certificate (DER), as 64 upper-case hex digits: the name under
+/// which the officer registry knows an officer's or auditor's certificate.
+pub fn fingerprint(der: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode_upper(sha2::Sha256::digest(der))
+}
+
 /// The URI subject alternative names of a DER-encoded X.509 certificate, in certificate order.
 ///
 /// Other SAN types (DNS names, IP addresses…) are skipped. The certificate is refused as a whole
@@ -382,6 +434,25 @@ mod tests {
             assert_eq!(id.to_string(), uri, "Display gives back the URI");
             assert_eq!(uri.parse::<Identity>().unwrap(), id);
         }
+    }
+
+    #[test]
+    fn an_identity_knows_where_it_comes_from() {
+        let officer = Identity::from_uri("sscard://officer/officer-1").unwrap();
+        assert_eq!(*officer.origin(), Origin::Unverified);
+        assert_eq!(officer.fingerprint(), None);
+        let seeding = Identity::dangerous_in_process(Role::Officer, None, "dev-setup").unwrap();
+        assert_eq!(*seeding.origin(), Origin::InProcess);
+        let pki = crate::access::pki::DevPki::generate().unwrap();
+        let der = pki.client(&officer).unwrap().cert_der().unwrap();
+        let from_cert = Identity::from_certificate(&der).unwrap();
+        assert_eq!(from_cert.to_string(), officer.to_string());
+        let fp = from_cert.fingerprint().unwrap();
+        assert_eq!(fp.len(), 64);
+        assert_eq!(fp, fingerprint(&der));
+        // Another certificate for the same identity is another fingerprint.
+        let again = pki.client(&officer).unwrap().cert_der().unwrap();
+        assert_ne!(fingerprint(&again), fp);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sscard_kms::ceremony::{audit, calc, hsm, input::Stdin, registry};
+use sscard_kms::ceremony::{audit, calc, hsm, input::Stdin, registry, remote};
 
 /// Key-ceremony tools for sscard-kms. Secrets are read from standard input, never from arguments.
 #[derive(Debug, Parser)]
@@ -29,11 +29,23 @@ enum Command {
     /// (provincial registrars), show a batch.
     #[command(subcommand)]
     Registry(registry::Registry),
+    /// Ceremonies against the running service, as the officer (or auditor) of `--cert`:
+    /// unseal, the officer registry, dual-control requests, component ceremonies, keys.
+    /// Secrets come from the terminal without echo, or from stdin.
+    Service {
+        #[command(flatten)]
+        conn: remote::Connection,
+        #[command(subcommand)]
+        job: remote::Job,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum HsmCommand {
-    /// Create the LMK, split into custodian shares; prints each share once and the LMK's KCV.
+    /// Create the LMK, split into one share per custodian, and hand each share to its own
+    /// custodian only: on a terminal one custodian at a time (shown once, its check value typed
+    /// back, the screen cleared), or with `--share-dir` one file per custodian. Prints the
+    /// ceremony record: each custodian's check value and the LMK's KCV, never a share.
     Init {
         /// The HSM state directory (`[hsm] state_dir`, default `<data_dir>/hsm`).
         #[arg(long)]
@@ -41,9 +53,12 @@ enum HsmCommand {
         /// Shares needed to unseal (at least 2: dual control).
         #[arg(long)]
         threshold: u8,
-        /// Shares issued, one per custodian.
+        /// A custodian's name (their officer name), once per custodian: one share each.
+        #[arg(long = "custodian", required = true)]
+        custodians: Vec<String>,
+        /// Write each share to `<DIR>/<custodian>.share` (0600) instead of the terminal.
         #[arg(long)]
-        shares: u8,
+        share_dir: Option<std::path::PathBuf>,
     },
 }
 
@@ -94,18 +109,14 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Calc(cmd) => calc::run(cmd, &mut Stdin),
         Command::Registry(cmd) => registry::run(cmd),
+        Command::Service { conn, job } => remote::run(conn, job, &mut Stdin),
         Command::Hsm(HsmCommand::Init {
             state_dir,
             threshold,
-            shares,
-        }) => match hsm::init(state_dir, *threshold, *shares) {
-            // Printed straight from the zeroizing buffer: the shares are never copied.
-            Ok(text) => {
-                print!("{}", &*text);
-                return ExitCode::SUCCESS;
-            }
-            Err(e) => Err(e),
-        },
+            custodians,
+            share_dir,
+        }) => hsm::handover(share_dir.as_deref())
+            .and_then(|mut h| hsm::init(state_dir, *threshold, custodians, h.as_mut())),
         Command::Audit(AuditCommand::Checkpoint {
             server,
             ca,

@@ -58,6 +58,10 @@ enum Command {
     Serve {
         #[arg(long)]
         config: PathBuf,
+        /// DANGEROUS, tests only: accept an HSM on the published test LMK (refused otherwise;
+        /// every key under it is public).
+        #[arg(long)]
+        dangerous_allow_test_lmk: bool,
     },
 }
 
@@ -136,8 +140,12 @@ fn main() -> ExitCode {
                 };
                 sscard_kms::dev::run(listener, metrics, &data_dir, hsm, shutdown).await
             }
-            Command::Serve { config } => {
-                let config = sscard_kms::server::config::Config::load(&config)?;
+            Command::Serve {
+                config,
+                dangerous_allow_test_lmk,
+            } => {
+                let mut config = sscard_kms::server::config::Config::load(&config)?;
+                config.dangerous_allow_test_lmk = dangerous_allow_test_lmk;
                 sscard_kms::server::run_configured(config, shutdown).await
             }
         }

@@ -21,6 +21,12 @@
 //! # pin_file = "/etc/sscard-kms/token.pin" (optional: without it, sealed until UnsealHsm gets the
 //! # PIN), operations = "strict" | "release" (ARCHITECTURE.md, the PKCS#11 capability table).
 //!
+//! [ceremony]                  # the officer registry and dual control
+//! # The first officers' and auditors' certificates, enrolled once into an empty registry;
+//! # every later change is a dual-control act (README "Ceremonies").
+//! officers = ["/etc/sscard-kms/officers/alice.pem", "/etc/sscard-kms/officers/bob.pem"]
+//! approval_ttl_s = 900        # a dual-control request dies unless approved by then
+//!
 //! [limits]                    # optional; these are the defaults
 //! handshake_timeout_ms = 10000   # a TLS handshake not done by then is closed
 //! max_connections = 256          # open connections; one more is closed at once
@@ -53,6 +59,32 @@ pub struct Config {
     pub hsm: HsmConfig,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub ceremony: CeremonyConfig,
+    /// Set by `serve --dangerous-allow-test-lmk` only (never from the file): accept an HSM on
+    /// the published test LMK.
+    #[serde(skip)]
+    pub dangerous_allow_test_lmk: bool,
+}
+
+/// The officer registry's bootstrap and the time limit of dual control.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CeremonyConfig {
+    /// Certificates (PEM files) of the first officers and auditors, enrolled into an empty
+    /// registry at start; ignored once anyone is registered.
+    pub officers: Vec<PathBuf>,
+    /// Seconds a dual-control request or a component ceremony waits (1..=86400).
+    pub approval_ttl_s: u64,
+}
+
+impl Default for CeremonyConfig {
+    fn default() -> Self {
+        CeremonyConfig {
+            officers: Vec::new(),
+            approval_ttl_s: crate::service::DEFAULT_APPROVAL_TTL_MS / 1000,
+        }
+    }
 }
 
 /// What the server admits: connections, handshake time, request rate per identity, requests in

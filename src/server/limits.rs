@@ -69,6 +69,16 @@ pub const SHARE: Cap = Cap {
     max: 512,
     reason: Refusal::LongerThan512Bytes,
 };
+/// An officer's certificate (PEM).
+pub const CERTIFICATE: Cap = Cap {
+    max: 8 * 1024,
+    reason: Refusal::LongerThan8KiB,
+};
+/// A key record's id (`template/key/level/region/version`).
+pub const KEY_ID: Cap = Cap {
+    max: 128,
+    reason: Refusal::LongerThan128Bytes,
+};
 /// A blacklisting reason.
 pub const REASON: Cap = Cap {
     max: 800,
@@ -275,6 +285,105 @@ impl Bounded for pb::GetApplicantBatchRequest {
 impl Bounded for tonic::Streaming<pb::ApplicantFileChunk> {
     fn check_limits(&self) -> Result<()> {
         Ok(())
+    }
+}
+
+impl Bounded for pb::ListOfficersRequest {
+    fn check_limits(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl Bounded for pb::VerifyAuditTrailRequest {
+    fn check_limits(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl Bounded for pb::ExportAuditTrailRequest {
+    fn check_limits(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl Bounded for pb::SealHsmRequest {
+    fn check_limits(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl Bounded for pb::RunHsmSelfTestRequest {
+    fn check_limits(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl Bounded for pb::ListRequestsRequest {
+    fn check_limits(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl Bounded for pb::RequestRef {
+    fn check_limits(&self) -> Result<()> {
+        check("id", self.id.len(), NAME)
+    }
+}
+
+impl Bounded for pb::KeyCeremonyRef {
+    fn check_limits(&self) -> Result<()> {
+        check("id", self.id.len(), NAME)
+    }
+}
+
+impl Bounded for pb::RequestActRequest {
+    fn check_limits(&self) -> Result<()> {
+        use pb::request_act_request::Act;
+        match &self.act {
+            Some(Act::RegisterOfficer(a)) => {
+                check("certificate_pem", a.certificate_pem.len(), CERTIFICATE)
+            }
+            Some(Act::RevokeOfficer(a)) => check("fingerprint", a.fingerprint.len(), NAME),
+            Some(Act::GenerateRoot(a)) => {
+                check("template_id", a.template_id.len(), NAME)?;
+                check("key_name", a.key_name.len(), NAME)
+            }
+            Some(Act::RetireKey(a)) => check("key_id", a.key_id.len(), KEY_ID),
+            Some(Act::UnblacklistCard(a)) => {
+                check("card_identifier", a.card_identifier.len(), NAME)
+            }
+            Some(Act::ReplaceTransportKey(a)) => {
+                check("name", a.name.len(), NAME)?;
+                check("transport_algorithm", a.transport_algorithm.len(), NAME)
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+impl Bounded for pb::StartKeyCeremonyRequest {
+    fn check_limits(&self) -> Result<()> {
+        use pb::start_key_ceremony_request::Target;
+        match &self.target {
+            Some(Target::Root(t)) => {
+                check("template_id", t.template_id.len(), NAME)?;
+                check("key_name", t.key_name.len(), NAME)
+            }
+            Some(Target::VendorTransport(t)) => check("template_id", t.template_id.len(), NAME),
+            Some(Target::Endpoint(t)) => {
+                check("name", t.name.len(), NAME)?;
+                check("region", t.region.len(), NAME)?;
+                check("transport_algorithm", t.transport_algorithm.len(), NAME)
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+impl Bounded for pb::SubmitComponentRequest {
+    fn check_limits(&self) -> Result<()> {
+        check("ceremony_id", self.ceremony_id.len(), NAME)?;
+        components(self.component.as_slice())
     }
 }
 

@@ -15,12 +15,13 @@ use tokio::net::TcpListener;
 use tonic::transport::ServerTlsConfig;
 use tonic::{Request, Status};
 
-use crate::access::identity::{self, Identity};
+use crate::access::identity::Identity;
 use crate::error::{Error, Result};
 use crate::proto::kms::v1 as pb;
 use crate::service::Kms;
 
 mod admission;
+mod ceremonies;
 pub mod codec;
 mod convert;
 mod instrument;
@@ -207,8 +208,7 @@ fn caller<T>(request: &Request<T>) -> Result<Identity, Status> {
     let leaf = certs
         .first()
         .ok_or_else(|| to_status(&Error::NoClientCertificate))?;
-    let uris = identity::san_uris_from_der(leaf.as_ref()).map_err(|e| to_status(&e))?;
-    Identity::from_san_uris(&uris).map_err(|e| to_status(&e))
+    Identity::from_certificate(leaf.as_ref()).map_err(|e| to_status(&e))
 }
 
 /// Serves the API on `listener` and, when given, the metrics on `metrics` until `shutdown`.
@@ -290,6 +290,7 @@ pub async fn run_configured(
                 },
             )?);
             let kms = Kms::open(hsm, &store_dir).await?;
+            prepare_ceremonies(&kms, &config.ceremony, config.dangerous_allow_test_lmk).await?;
             ready();
             serve_all(kms, listener, metrics, tls, config.limits, shutdown).await
         }
@@ -349,8 +350,54 @@ pub async fn run_configured(
                 })?,
             );
             let kms = Kms::open(hsm, &store_dir).await?;
+            prepare_ceremonies(&kms, &config.ceremony, config.dangerous_allow_test_lmk).await?;
             ready();
             serve_all(kms, listener, metrics, tls, config.limits, shutdown).await
         }
     }
+}
+
+/// Before `serve` listens: refuses an HSM on the published test LMK (unless
+/// `--dangerous-allow-test-lmk`), enrols the bootstrap officers into an empty registry and sets
+/// the time limit of dual control.
+pub async fn prepare_ceremonies<H: Hsm>(
+    kms: &Kms<H>,
+    ceremony: &crate::server::config::CeremonyConfig,
+    dangerous_allow_test_lmk: bool,
+) -> Result<()> {
+    if !(1..=86_400).contains(&ceremony.approval_ttl_s) {
+        return Err(Error::InvalidArgument {
+            field: "ceremony.approval_ttl_s",
+            reason: crate::error::Refusal::Between1And86400,
+        });
+    }
+    match kms.hsm_status().await {
+        Ok(s) if s.dangerous_test_lmk && !dangerous_allow_test_lmk => {
+            tracing::error!(
+                "the HSM runs on the published test LMK: refused (serve --dangerous-allow-test-lmk \
+                 accepts it, for tests only)"
+            );
+            return Err(Error::FailedPrecondition {
+                reason: crate::error::Refusal::PublishedTestLmk,
+            });
+        }
+        Ok(s) if s.dangerous_test_lmk => {
+            tracing::warn!("DANGEROUS: serving on an HSM with the published test LMK");
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "the HSM's LMK could not be checked at start"),
+    }
+    kms.set_approval_ttl(Duration::from_secs(ceremony.approval_ttl_s));
+    let mut certs = Vec::new();
+    for path in &ceremony.officers {
+        certs.push(std::fs::read(path).map_err(|source| Error::File {
+            path: path.clone(),
+            source,
+        })?);
+    }
+    let enrolled = kms.bootstrap_officers(&certs).await?;
+    if !enrolled.is_empty() {
+        tracing::info!(count = enrolled.len(), "officer registry bootstrapped");
+    }
+    Ok(())
 }

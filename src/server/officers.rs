@@ -9,7 +9,8 @@ use crate::error::Result;
 use crate::proto::kms::v1 as pb;
 use crate::state::records::EndpointKind;
 
-use super::convert::{components, level_of, pb_kcv, pb_key_record};
+use super::ceremonies::{act_of, pb_ceremony, pb_officer, pb_request, target_of};
+use super::convert::{components, level_of, pb_kcv, pb_key_record, required};
 use super::{Api, status};
 
 #[tonic::async_trait]
@@ -147,6 +148,179 @@ impl<H: Hsm> pb::admin_service_server::AdminService for Api<H> {
             head: c.head,
             time_ms: c.time_ms,
             mac: c.mac,
+        }))
+    }
+
+    async fn list_officers(
+        &self,
+        request: Request<pb::ListOfficersRequest>,
+    ) -> Result<Response<pb::ListOfficersResponse>, Status> {
+        let who = self.admit(&request)?;
+        let list = self.kms.list_officers(&who).await.map_err(status)?;
+        Ok(Response::new(pb::ListOfficersResponse {
+            officers: list.into_iter().map(pb_officer).collect(),
+        }))
+    }
+
+    async fn request_act(
+        &self,
+        request: Request<pb::RequestActRequest>,
+    ) -> Result<Response<pb::DualControlRequest>, Status> {
+        let who = self.admit(&request)?;
+        let act = act_of(request.into_inner())?;
+        let r = self.kms.request_act(&who, act).await.map_err(status)?;
+        Ok(Response::new(pb_request(r)))
+    }
+
+    async fn approve_request(
+        &self,
+        request: Request<pb::RequestRef>,
+    ) -> Result<Response<pb::ApproveRequestResponse>, Status> {
+        let who = self.admit(&request)?;
+        let id = request.into_inner().id;
+        let a = self.kms.approve_request(&who, &id).await.map_err(status)?;
+        Ok(Response::new(pb::ApproveRequestResponse {
+            request: Some(pb_request(a.request)),
+            key: a.key.map(pb_key_record),
+            officer: a.officer.map(pb_officer),
+            ceremony: a.ceremony.map(pb_ceremony),
+        }))
+    }
+
+    async fn reject_request(
+        &self,
+        request: Request<pb::RequestRef>,
+    ) -> Result<Response<pb::DualControlRequest>, Status> {
+        let who = self.admit(&request)?;
+        let id = request.into_inner().id;
+        let r = self.kms.reject_request(&who, &id).await.map_err(status)?;
+        Ok(Response::new(pb_request(r)))
+    }
+
+    async fn list_requests(
+        &self,
+        request: Request<pb::ListRequestsRequest>,
+    ) -> Result<Response<pb::ListRequestsResponse>, Status> {
+        let who = self.admit(&request)?;
+        let list = self.kms.list_requests(&who).await.map_err(status)?;
+        Ok(Response::new(pb::ListRequestsResponse {
+            requests: list.into_iter().map(pb_request).collect(),
+        }))
+    }
+
+    async fn start_key_ceremony(
+        &self,
+        request: Request<pb::StartKeyCeremonyRequest>,
+    ) -> Result<Response<pb::KeyCeremony>, Status> {
+        let who = self.admit(&request)?;
+        let req = request.into_inner();
+        let target = target_of(req.target)?;
+        let n = u8::try_from(req.components).unwrap_or(u8::MAX);
+        let c = self
+            .kms
+            .start_key_ceremony(&who, target, n)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb_ceremony(c)))
+    }
+
+    async fn submit_component(
+        &self,
+        request: Request<pb::SubmitComponentRequest>,
+    ) -> Result<Response<pb::KeyCeremony>, Status> {
+        let who = self.admit(&request)?;
+        let req = request.into_inner();
+        let component = components(req.component.into_iter().collect())
+            .pop()
+            .ok_or_else(|| required("component"))?;
+        let s = self
+            .kms
+            .submit_component(&who, &req.ceremony_id, component)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb_ceremony(s.ceremony)))
+    }
+
+    async fn get_key_ceremony(
+        &self,
+        request: Request<pb::KeyCeremonyRef>,
+    ) -> Result<Response<pb::KeyCeremony>, Status> {
+        let who = self.admit(&request)?;
+        let id = request.into_inner().id;
+        let c = self.kms.key_ceremony(&who, &id).await.map_err(status)?;
+        Ok(Response::new(pb_ceremony(c)))
+    }
+
+    async fn verify_audit_trail(
+        &self,
+        request: Request<pb::VerifyAuditTrailRequest>,
+    ) -> Result<Response<pb::AuditVerification>, Status> {
+        let who = self.admit(&request)?;
+        let r = self.kms.verify_audit_trail(&who).await.map_err(status)?;
+        let report = r.render();
+        let verdict = report
+            .lines()
+            .last()
+            .and_then(|l| l.split(':').next())
+            .unwrap_or_default()
+            .to_owned();
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        Ok(Response::new(pb::AuditVerification {
+            records: count(r.records),
+            seals: count(r.seals),
+            macs_checked: count(r.macs_checked),
+            unsealed_tail: count(r.unsealed_tail),
+            seal_gaps: count(r.seal_gaps),
+            verdict,
+            report,
+        }))
+    }
+
+    async fn export_audit_trail(
+        &self,
+        request: Request<pb::ExportAuditTrailRequest>,
+    ) -> Result<Response<pb::ExportAuditTrailResponse>, Status> {
+        let who = self.admit(&request)?;
+        let req = request.into_inner();
+        let records = self
+            .kms
+            .export_audit_trail(&who, req.from_seq, req.to_seq)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ExportAuditTrailResponse {
+            records: records
+                .into_iter()
+                .map(|r| pb::AuditRecordLine {
+                    seq: r.seq,
+                    time_ms: r.time_ms,
+                    actor: r.actor,
+                    action: r.action,
+                    subject: r.subject,
+                    outcome: r.outcome,
+                    prev: r.prev,
+                    hash: r.hash,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn seal_hsm(
+        &self,
+        request: Request<pb::SealHsmRequest>,
+    ) -> Result<Response<pb::SealHsmResponse>, Status> {
+        let who = self.admit(&request)?;
+        let state = self.kms.seal_hsm(&who).await.map_err(status)?;
+        Ok(Response::new(pb::SealHsmResponse { hsm_state: state }))
+    }
+
+    async fn run_hsm_self_test(
+        &self,
+        request: Request<pb::RunHsmSelfTestRequest>,
+    ) -> Result<Response<pb::RunHsmSelfTestResponse>, Status> {
+        let who = self.admit(&request)?;
+        let state = self.kms.run_hsm_self_test(&who).await.map_err(status)?;
+        Ok(Response::new(pb::RunHsmSelfTestResponse {
+            hsm_state: state,
         }))
     }
 

@@ -298,6 +298,12 @@ mod tests {
             fp(Refusal::KeyVersionNotHeld),
             fp(Refusal::NoBlankCardKey),
             fp(Refusal::WriteKeyLcMismatch),
+            fp(Refusal::PublishedTestLmk),
+            ia(Refusal::ShareHandover),
+            Error::Hsm(H::Count {
+                field: "components".into(),
+                expected: "2 to 9".into(),
+            }),
             Error::Hsm(H::SelfTestFailed("sm4-ecb".to_owned())),
             Error::Hsm(H::AlreadyInitialised),
             Error::Hsm(H::Unsupported {

@@ -25,6 +25,9 @@ use crate::state::records::{self, Endpoint, EndpointKind, KeyRecord, Level, Stor
 use crate::state::store::{SealSkipped, Sealer, Snapshot, Store, Table};
 
 mod applicants;
+mod auditors;
+mod components;
+mod custodians;
 mod hsm_watch;
 mod officers;
 mod psam_lines;
@@ -32,6 +35,11 @@ mod registrars;
 mod stations;
 
 pub use applicants::{BatchUpload, MAX_BATCH_ID_LEN, MAX_NOTE_CHARS};
+pub use auditors::MAX_EXPORT;
+pub use components::{CeremonyState, CeremonyTarget, Custodian, KeyCeremony, Submitted};
+pub use custodians::{
+    Act, Approved, DEFAULT_APPROVAL_TTL_MS, DualControlRequest, RequestState, certificate_der,
+};
 pub use hsm_watch::{HsmReadiness, WatchedHsm};
 pub use officers::{ComponentInput, Status};
 pub use psam_lines::PsamKeySet;
@@ -139,6 +147,8 @@ pub struct Kms<H: Hsm> {
     /// Seals the audit chain; holds the audit key's token once it exists.
     sealer: Arc<HsmSealer<H>>,
     metrics: Arc<Metrics>,
+    /// Ceremonies under way: unseal custodians, components waiting for the last one.
+    ceremony: custodians::Ceremonies,
 }
 
 impl<H: Hsm> std::fmt::Debug for Kms<H> {
@@ -197,6 +207,7 @@ impl<H: Hsm> Kms<H> {
             templates: RwLock::new(HashMap::new()),
             sealer,
             metrics,
+            ceremony: custodians::Ceremonies::default(),
         };
         kms.reload_templates()?;
         match kms.ensure_audit_key().await {

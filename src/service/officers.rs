@@ -5,11 +5,10 @@ use std::sync::Arc;
 
 use hsm_api::Algorithm;
 use hsm_api::Factor;
-use hsm_api::{Component, Exportability, Hsm, KeySpec as HsmKeySpec, KeyUsage};
-use hsm_api::{Kcv, KcvMethod};
+use hsm_api::{Exportability, Hsm, KeySpec as HsmKeySpec};
 use zeroize::Zeroizing;
 
-use crate::access::authz::{self, Operation};
+use crate::access::authz::Operation;
 use crate::access::identity::Identity;
 use crate::card::region::Region;
 use crate::card::template::{KeyRoot, KeySpec, Template};
@@ -20,6 +19,7 @@ use crate::state::records::{
 };
 use crate::state::store::Table;
 
+use super::components::CeremonyTarget;
 use super::{
     Kms, PROVINCE, active_key, hierarchy_usage, hsm_state_name, is_master_key, kcv_hex, token,
 };
@@ -64,7 +64,25 @@ impl<H: Hsm> Kms<H> {
         let actor = caller.to_string();
         let progress = self
             .audited(caller, Operation::Administer, "unseal-hsm", async {
-                authz::authorize(caller, Operation::Administer)?;
+                self.admit_officer(caller, Operation::Administer)?;
+                // One share per custodian identity: the HSM's own count says whether an unseal
+                // is under way (none: the custodians of an earlier one are forgotten).
+                let before = self.hsm.status().await?.unseal.map_or(0, |p| p.submitted);
+                {
+                    let mut custodians = self
+                        .ceremony
+                        .unseal_custodians
+                        .lock()
+                        .map_err(|_| Error::Store)?;
+                    if before == 0 {
+                        custodians.clear();
+                    }
+                    if custodians.contains(&actor) {
+                        return Err(Error::PermissionDenied {
+                            reason: Refusal::SameCustodianTwice,
+                        });
+                    }
+                }
                 self.store
                     .audit(vec![AuditEvent::ok(
                         actor.clone(),
@@ -72,7 +90,18 @@ impl<H: Hsm> Kms<H> {
                         "a custodian's share goes to the HSM",
                     )])
                     .await?;
-                Ok(self.hsm.unseal(hsm_api::LmkShare::new(share)).await?)
+                let progress = self.hsm.unseal(hsm_api::LmkShare::new(share)).await?;
+                let mut custodians = self
+                    .ceremony
+                    .unseal_custodians
+                    .lock()
+                    .map_err(|_| Error::Store)?;
+                if progress.unsealed {
+                    custodians.clear();
+                } else if progress.submitted > before {
+                    custodians.push(actor.clone());
+                }
+                Ok(progress)
             })
             .await?;
         // The HSM's state has changed: what follows is recorded whatever happens next.
@@ -115,7 +144,7 @@ impl<H: Hsm> Kms<H> {
     /// and the extensions' merged templates follow the new base at once.
     pub async fn load_template(&self, caller: &Identity, toml: &str) -> Result<Arc<Template>> {
         self.audited(caller, Operation::Administer, "load-template", async {
-            authz::authorize(caller, Operation::Administer)?;
+            self.admit_officer(caller, Operation::Administer)?;
             let parsed = Template::parse(toml)?;
             let effective = match parsed.extends() {
                 Some(base) => Template::extend(&*self.template(base)?, &parsed)?,
@@ -157,7 +186,9 @@ impl<H: Hsm> Kms<H> {
         .await
     }
 
-    /// A hierarchy root from components: a national root, or a provincial key received directly.
+    /// A hierarchy root from every component in one call: only for code of this process (the
+    /// `dev` seeding of the published test keys). Officers form a root in a component ceremony,
+    /// one component per custodian ([`Kms::start_key_ceremony`]).
     pub async fn import_root_key(
         &self,
         caller: &Identity,
@@ -167,56 +198,44 @@ impl<H: Hsm> Kms<H> {
         components: Vec<ComponentInput>,
         ministry_psam_permission: bool,
     ) -> Result<KeyRecord> {
-        let subject = format!("{template_id}/{key_name} {level} root");
+        let target = CeremonyTarget::Root {
+            template_id: template_id.to_owned(),
+            key_name: key_name.to_owned(),
+            level,
+            psam_permitted: ministry_psam_permission,
+        };
+        self.form_in_process(caller, target, components).await?;
+        let region = self.root_region(template_id, key_name, level)?;
+        active_key(
+            &self.store.snapshot()?,
+            template_id,
+            key_name,
+            level,
+            region,
+        )?
+        .ok_or(Error::Store)
+    }
+
+    /// Every component in one call, for code of this process: a ceremony whose custodians are
+    /// all the caller.
+    async fn form_in_process(
+        &self,
+        caller: &Identity,
+        target: CeremonyTarget,
+        components: Vec<ComponentInput>,
+    ) -> Result<()> {
+        let subject = self.check_target(&target).unwrap_or_default();
         self.audited(caller, Operation::Administer, &subject, async {
-            authz::authorize(caller, Operation::Administer)?;
-            let template = self.template(template_id)?;
-            let spec = template.key(key_name).ok_or(Error::NotFound {
-                what: Resource::TemplateKey,
-            })?;
-            let region = match (level, spec.root) {
-                (Level::National, KeyRoot::National) => NATIONAL,
-                (Level::Province, _) => PROVINCE,
-                _ => {
-                    return Err(Error::InvalidArgument {
-                        field: "level",
-                        reason: Refusal::NationalRootNotAllowed,
-                    });
-                }
-            };
-            if ministry_psam_permission && level != Level::National {
-                return Err(Error::InvalidArgument {
-                    field: "ministry_psam_permission",
-                    reason: Refusal::PsamPermissionOnlyNational,
-                });
-            }
-            let alg = spec.hsm_algorithm();
-            let components = to_components(alg, components)?;
-            let master = is_master_key(&template, spec);
-            let wrapped = self
-                .hsm
-                .form_key(
-                    HsmKeySpec {
-                        algorithm: alg,
-                        usage: hierarchy_usage(master, level)?,
-                        exportability: hierarchy_exportability(spec, master),
-                    },
-                    components,
-                )
-                .await?;
-            let stored = Stored {
-                level,
-                region,
-                alg,
-                psam_permitted: ministry_psam_permission,
-            };
-            self.store_new_version(caller, template.id(), key_name, stored, wrapped)
-                .await
+            self.admit_officer(caller, Operation::Administer)?;
+            super::custodians::in_process_only(caller, Refusal::SplitKnowledgeRequired)?;
+            self.form_all_at_once(caller, target, components).await
         })
         .await
     }
 
-    /// The province's own root of a key (e.g. the card master key), generated in the HSM.
+    /// The province's own root of a key (e.g. the card master key), generated in the HSM, in
+    /// one call: only for code of this process (the `dev` seeding). Officers generate a root
+    /// under dual control ([`Act::GenerateRoot`](super::custodians::Act)).
     pub async fn generate_root_key(
         &self,
         caller: &Identity,
@@ -225,101 +244,63 @@ impl<H: Hsm> Kms<H> {
     ) -> Result<KeyRecord> {
         let subject = format!("{template_id}/{key_name} provincial root");
         self.audited(caller, Operation::Administer, &subject, async {
-            authz::authorize(caller, Operation::Administer)?;
-            let template = self.template(template_id)?;
-            let spec = template.key(key_name).ok_or(Error::NotFound {
-                what: Resource::TemplateKey,
-            })?;
-            if spec.root != KeyRoot::Provincial {
-                return Err(Error::FailedPrecondition {
-                    reason: Refusal::RootNotProvincial,
-                });
-            }
-            let alg = spec.hsm_algorithm();
-            let master = is_master_key(&template, spec);
-            let wrapped = self
-                .hsm
-                .generate_key(HsmKeySpec {
-                    algorithm: alg,
-                    usage: hierarchy_usage(master, Level::Province)?,
-                    exportability: hierarchy_exportability(spec, master),
-                })
-                .await?;
-            self.store_new_version(
-                caller,
-                template.id(),
-                key_name,
-                Stored::provincial(alg),
-                wrapped,
-            )
-            .await
+            self.admit_officer(caller, Operation::Administer)?;
+            super::custodians::in_process_only(caller, Refusal::DualControlRequired)?;
+            let record = self.generated_root(template_id, key_name).await?;
+            let actor = caller.to_string();
+            self.store
+                .write(move |tx| put_new_version(tx, record, actor, ""))
+                .await
         })
         .await
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn store_new_version(
+    /// Checks that `key_name` of `template_id` is a key whose root the province generates.
+    pub(super) fn check_generated_root(
         &self,
-        caller: &Identity,
         template_id: &str,
         key_name: &str,
-        stored: Stored<'_>,
-        wrapped: hsm_api::WrappedKey,
+    ) -> Result<(Arc<Template>, KeySpec)> {
+        let template = self.template(template_id)?;
+        let spec = template
+            .key(key_name)
+            .ok_or(Error::NotFound {
+                what: Resource::TemplateKey,
+            })?
+            .clone();
+        if spec.root != KeyRoot::Provincial {
+            return Err(Error::FailedPrecondition {
+                reason: Refusal::RootNotProvincial,
+            });
+        }
+        Ok((template, spec))
+    }
+
+    /// A new provincial root generated in the HSM, as a record not yet stored.
+    pub(super) async fn generated_root(
+        &self,
+        template_id: &str,
+        key_name: &str,
     ) -> Result<KeyRecord> {
-        let Stored {
-            level,
-            region,
-            alg,
-            psam_permitted,
-        } = stored;
-        let prefix = records::key_prefix(template_id, key_name, level, region);
-        let (method, kcv) = kcv_hex(&wrapped.kcv);
-        let mut record = KeyRecord {
-            template_id: template_id.to_owned(),
-            key_name: key_name.to_owned(),
-            level,
-            region: region.to_owned(),
-            version: 0,
-            algorithm: alg.name().to_owned(),
-            token: wrapped.token.as_str().to_owned(),
-            kcv_method: method,
-            kcv,
-            active: true,
-            created_ms: 0,
-            psam_permitted,
-        };
-        let actor = caller.to_string();
-        self.store
-            .write(move |tx| {
-                let existing: Vec<(String, KeyRecord)> = tx.scan(Table::Keys, &prefix)?;
-                record.version = existing.iter().map(|(_, r)| r.version).max().unwrap_or(0) + 1;
-                record.created_ms = tx.now_ms();
-                for (id, mut old) in existing {
-                    if old.active {
-                        old.active = false;
-                        tx.put(Table::Keys, &id, &old)?;
-                    }
-                }
-                tx.put(Table::Keys, &record.id(), &record)?;
-                tx.audit(AuditEvent::ok(
-                    actor,
-                    "store-root-key",
-                    format!(
-                        "{} v{} KCV {} {}{}",
-                        record.id(),
-                        record.version,
-                        record.kcv_method,
-                        record.kcv,
-                        if record.psam_permitted {
-                            ", with the Ministry's permission for PSAM use"
-                        } else {
-                            ""
-                        }
-                    ),
-                ));
-                Ok(record)
+        let (template, spec) = self.check_generated_root(template_id, key_name)?;
+        let alg = spec.hsm_algorithm();
+        let master = is_master_key(&template, &spec);
+        let wrapped = self
+            .hsm
+            .generate_key(HsmKeySpec {
+                algorithm: alg,
+                usage: hierarchy_usage(master, Level::Province)?,
+                exportability: hierarchy_exportability(&spec, master),
             })
-            .await
+            .await?;
+        Ok(new_key_record(
+            template.id(),
+            key_name,
+            Level::Province,
+            PROVINCE,
+            alg,
+            &wrapped,
+        ))
     }
 
     /// Derives the provincial and city keys of every key of a template from its active roots.
@@ -331,7 +312,7 @@ impl<H: Hsm> Kms<H> {
     ) -> Result<Vec<KeyRecord>> {
         let subject = format!("template {template_id}");
         self.audited(caller, Operation::Administer, &subject, async {
-            authz::authorize(caller, Operation::Administer)?;
+            self.admit_officer(caller, Operation::Administer)?;
             let template = self.template(template_id)?;
             let province = Region::lookup(PROVINCE)?;
             let f1 = Factor::province(PROVINCE)?;
@@ -439,43 +420,30 @@ impl<H: Hsm> Kms<H> {
         })
     }
 
-    /// A blank-card vendor transport key of a template, from components.
+    /// A blank-card vendor transport key of a template, from every component in one call:
+    /// only for code of this process (as [`Kms::import_root_key`]).
     pub async fn import_vendor_transport_key(
         &self,
         caller: &Identity,
         template_id: &str,
         components: Vec<ComponentInput>,
     ) -> Result<KeyRecord> {
-        let subject = format!("{template_id} vendor transport key");
-        self.audited(caller, Operation::Administer, &subject, async {
-            authz::authorize(caller, Operation::Administer)?;
-            let template = self.template(template_id)?;
-            let alg = template.algorithm().algorithm();
-            let components = to_components(alg, components)?;
-            let wrapped = self
-                .hsm
-                .form_key(
-                    HsmKeySpec {
-                        algorithm: alg,
-                        usage: KeyUsage::VendorTransport,
-                        exportability: Exportability::NonExportable,
-                    },
-                    components,
-                )
-                .await?;
-            self.store_new_version(
-                caller,
-                template.id(),
-                records::VENDOR_TRANSPORT,
-                Stored::provincial(alg),
-                wrapped,
-            )
-            .await
-        })
-        .await
+        let target = CeremonyTarget::VendorTransport {
+            template_id: template_id.to_owned(),
+        };
+        self.form_in_process(caller, target, components).await?;
+        active_key(
+            &self.store.snapshot()?,
+            template_id,
+            records::VENDOR_TRANSPORT,
+            Level::Province,
+            PROVINCE,
+        )?
+        .ok_or(Error::Store)
     }
 
-    /// Registers a station or a PSAM line with its transport key (a KBPK formed from components).
+    /// Registers a station or a PSAM line with its transport key from every component in one
+    /// call: only for code of this process (as [`Kms::import_root_key`]).
     pub async fn register_endpoint(
         &self,
         caller: &Identity,
@@ -485,86 +453,24 @@ impl<H: Hsm> Kms<H> {
         transport_family: &str,
         components: Vec<ComponentInput>,
     ) -> Result<Endpoint> {
-        let subject = format!("{} {name} in {region}", kind.name());
-        self.audited(caller, Operation::Administer, &subject, async {
-            authz::authorize(caller, Operation::Administer)?;
-            // The name must be one a certificate can carry.
-            let role = match kind {
-                EndpointKind::Station => crate::access::identity::Role::Station,
-                EndpointKind::PsamLine => crate::access::identity::Role::PsamLine,
-            };
-            Identity::new(role, Some(region), name)?;
-            let region = Region::lookup_field("region", region)?;
-            if !matches!(transport_family, "tdes" | "aes") {
-                return Err(Error::InvalidArgument {
-                    field: "transport_algorithm",
-                    reason: Refusal::TransportAlgorithm,
-                });
-            }
-            let first_len = components
-                .first()
-                .map(|c| c.hex.chars().filter(|c| !c.is_whitespace()).count() / 2)
-                .unwrap_or(0);
-            let alg = Algorithm::from_family_and_len(transport_family, first_len)?;
-            let components = to_components(alg, components)?;
-            let wrapped = self
-                .hsm
-                .form_key(
-                    HsmKeySpec {
-                        algorithm: alg,
-                        usage: KeyUsage::KeyBlockProtection,
-                        exportability: Exportability::NonExportable,
-                    },
-                    components,
-                )
-                .await?;
-            let (method, kcv) = kcv_hex(&wrapped.kcv);
-            let endpoint = Endpoint {
-                kind,
-                name: name.to_owned(),
-                region: region.code.to_owned(),
-                transport_token: wrapped.token.as_str().to_owned(),
-                transport_algorithm: alg.name().to_owned(),
-                transport_kcv: kcv,
-                transport_kcv_method: method,
-                created_ms: 0,
-            };
-            let actor = caller.to_string();
-            self.store
-                .write(move |tx| {
-                    let mut endpoint = endpoint;
-                    endpoint.created_ms = tx.now_ms();
-                    let id = records::endpoint_id(endpoint.kind, &endpoint.name);
-                    let replaced = tx.get::<Endpoint>(Table::Endpoints, &id)?.is_some();
-                    tx.put(Table::Endpoints, &id, &endpoint)?;
-                    tx.audit(AuditEvent::ok(
-                        actor,
-                        "register-endpoint",
-                        format!(
-                            "{id} region {} transport {} KCV {} {}{}",
-                            endpoint.region,
-                            endpoint.transport_algorithm,
-                            endpoint.transport_kcv_method,
-                            endpoint.transport_kcv,
-                            if replaced {
-                                " (replaces the previous key)"
-                            } else {
-                                ""
-                            }
-                        ),
-                    ));
-                    Ok(endpoint)
-                })
-                .await
-        })
-        .await
+        let target = CeremonyTarget::Endpoint {
+            kind,
+            name: name.to_owned(),
+            region: region.to_owned(),
+            transport_family: transport_family.to_owned(),
+        };
+        self.form_in_process(caller, target, components).await?;
+        self.store
+            .snapshot()?
+            .get(Table::Endpoints, &records::endpoint_id(kind, name))?
+            .ok_or(Error::Store)
     }
 
     /// The key records of a template (tokens and KCVs, never values).
     pub async fn list_keys(&self, caller: &Identity, template_id: &str) -> Result<Vec<KeyRecord>> {
         let subject = format!("template {template_id}");
         self.audited(caller, Operation::Administer, &subject, async {
-            authz::authorize(caller, Operation::Administer)?;
+            self.admit_officer(caller, Operation::Administer)?;
             let keys: Vec<(String, KeyRecord)> = self
                 .store
                 .snapshot()?
@@ -582,7 +488,7 @@ impl<H: Hsm> Kms<H> {
             Operation::AuditCheckpoint,
             "audit checkpoint",
             async {
-                authz::authorize(caller, Operation::AuditCheckpoint)?;
+                self.admit_officer(caller, Operation::AuditCheckpoint)?;
                 let key = self.sealer.key().ok_or(Error::FailedPrecondition {
                     reason: Refusal::NoAuditKeyYet,
                 })?;
@@ -628,7 +534,7 @@ impl<H: Hsm> Kms<H> {
     /// What the service and its HSM say about themselves.
     pub async fn status(&self, caller: &Identity) -> Result<Status> {
         self.audited(caller, Operation::GetStatus, "service status", async {
-            authz::authorize(caller, Operation::GetStatus)?;
+            self.admit_officer(caller, Operation::GetStatus)?;
             let hsm = self.hsm.status().await?;
             let mut templates: Vec<String> = self
                 .templates
@@ -648,6 +554,75 @@ impl<H: Hsm> Kms<H> {
         })
         .await
     }
+}
+
+/// The record of a new root version (its version and time are set when it is stored).
+pub(super) fn new_key_record(
+    template_id: &str,
+    key_name: &str,
+    level: Level,
+    region: &str,
+    alg: Algorithm,
+    wrapped: &hsm_api::WrappedKey,
+) -> KeyRecord {
+    let (method, kcv) = kcv_hex(&wrapped.kcv);
+    KeyRecord {
+        template_id: template_id.to_owned(),
+        key_name: key_name.to_owned(),
+        level,
+        region: region.to_owned(),
+        version: 0,
+        algorithm: alg.name().to_owned(),
+        token: wrapped.token.as_str().to_owned(),
+        kcv_method: method,
+        kcv,
+        active: true,
+        created_ms: 0,
+        psam_permitted: false,
+    }
+}
+
+/// Stores `record` as the next, active, version of its key in `tx`, with its audit record
+/// (`note` appended to the subject: who took part in the ceremony).
+pub(super) fn put_new_version(
+    tx: &mut crate::state::store::Tx<'_>,
+    mut record: KeyRecord,
+    actor: String,
+    note: &str,
+) -> Result<KeyRecord> {
+    let prefix = records::key_prefix(
+        &record.template_id,
+        &record.key_name,
+        record.level,
+        &record.region,
+    );
+    let existing: Vec<(String, KeyRecord)> = tx.scan(Table::Keys, &prefix)?;
+    record.version = existing.iter().map(|(_, r)| r.version).max().unwrap_or(0) + 1;
+    record.created_ms = tx.now_ms();
+    for (id, mut old) in existing {
+        if old.active {
+            old.active = false;
+            tx.put(Table::Keys, &id, &old)?;
+        }
+    }
+    tx.put(Table::Keys, &record.id(), &record)?;
+    tx.audit(AuditEvent::ok(
+        actor,
+        "store-root-key",
+        format!(
+            "{} v{} KCV {} {}{}{note}",
+            record.id(),
+            record.version,
+            record.kcv_method,
+            record.kcv,
+            if record.psam_permitted {
+                ", with the Ministry's permission for PSAM use"
+            } else {
+                ""
+            }
+        ),
+    ));
+    Ok(record)
 }
 
 /// Every stored city extension of `base`, merged over it; refuses if one no longer extends it.
@@ -675,30 +650,10 @@ fn extensions_over(tx: &crate::state::store::Tx<'_>, base: &Template) -> Result<
     Ok(merged)
 }
 
-/// Where a new root version is stored, and whether the Ministry permitted its PSAM use.
-struct Stored<'a> {
-    level: Level,
-    region: &'a str,
-    alg: Algorithm,
-    psam_permitted: bool,
-}
-
-impl Stored<'_> {
-    /// A key of the province's own (no PSAM permission: it is not the Ministry's).
-    fn provincial(alg: Algorithm) -> Stored<'static> {
-        Stored {
-            level: Level::Province,
-            region: PROVINCE,
-            alg,
-            psam_permitted: false,
-        }
-    }
-}
-
 /// Hierarchy keys of issuer-only template keys (card MKs, STKs) never leave the HSM under a
 /// transport key; those a shipped PSAM profile holds may go to PSAM lines. (A master key's
 /// hierarchy never does in any case: the HSM refuses an exportable one.)
-fn hierarchy_exportability(spec: &KeySpec, master: bool) -> Exportability {
+pub(super) fn hierarchy_exportability(spec: &KeySpec, master: bool) -> Exportability {
     if !master && !spec.is_issuer_only() && crate::card::profile::psam::builtin_profiles_hold(spec)
     {
         Exportability::Exportable
@@ -707,18 +662,33 @@ fn hierarchy_exportability(spec: &KeySpec, master: bool) -> Exportability {
     }
 }
 
-fn to_components(alg: Algorithm, inputs: Vec<ComponentInput>) -> Result<Vec<Component>> {
-    let method = KcvMethod::default_for(alg);
-    inputs
-        .into_iter()
-        .map(|c| {
-            let value = hex::decode(c.kcv_hex.trim()).map_err(|_| Error::InvalidArgument {
-                field: "components.kcv_hex",
-                reason: Refusal::NotHex,
-            })?;
-            Ok(Component::new(c.hex, Kcv::from_parts(method, value)))
-        })
-        .collect()
+/// Stores a station's or line's endpoint with its new transport key, with its audit record.
+pub(super) fn put_endpoint(
+    tx: &mut crate::state::store::Tx<'_>,
+    endpoint: Endpoint,
+    actor: String,
+    note: &str,
+) -> Result<()> {
+    let id = records::endpoint_id(endpoint.kind, &endpoint.name);
+    let replaced = tx.get::<Endpoint>(Table::Endpoints, &id)?.is_some();
+    tx.put(Table::Endpoints, &id, &endpoint)?;
+    tx.audit(AuditEvent::ok(
+        actor,
+        "register-endpoint",
+        format!(
+            "{id} region {} transport {} KCV {} {}{}{note}",
+            endpoint.region,
+            endpoint.transport_algorithm,
+            endpoint.transport_kcv_method,
+            endpoint.transport_kcv,
+            if replaced {
+                " (replaces the previous key)"
+            } else {
+                ""
+            }
+        ),
+    ));
+    Ok(())
 }
 
 #[cfg(test)]

@@ -194,3 +194,19 @@ pub struct StoredTemplate {
     pub version: u32,
     pub toml: String,
 }
+
+/// A security officer's or auditor's certificate in the officer registry (table `officers`,
+/// keyed by its fingerprint). Only a registered, unrevoked certificate acts as its identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfficerRecord {
+    /// The identity URI the certificate carries (`sscard://officer/…`, `sscard://auditor/…`).
+    pub identity: String,
+    /// SHA-256 of the certificate (DER), upper-case hex.
+    pub fingerprint: String,
+    pub registered_ms: u64,
+    /// Who registered it (the requester and approver, or the bootstrap).
+    pub registered_by: Vec<String>,
+    /// Set once revoked: the certificate is refused from then on.
+    pub revoked_ms: Option<u64>,
+    pub revoked_by: Vec<String>,
+}

@@ -42,6 +42,12 @@ pub enum Table {
     /// `template/card factor (hex)` → the card identifier it is bound to
     /// (`crate::registry::lifecycle`).
     CardFactors,
+    /// Officers' and auditors' certificates, by fingerprint (`records::OfficerRecord`).
+    Officers,
+    /// Dual-control requests, by id (`service::DualControlRequest`).
+    Requests,
+    /// Component ceremonies, by id (`service::KeyCeremony`).
+    Ceremonies,
 }
 
 impl Table {
@@ -57,10 +63,13 @@ impl Table {
             Table::SocialSecurityNumbers => "ssns",
             Table::ApplicantBatches => "applicant_batches",
             Table::CardFactors => "card_factors",
+            Table::Officers => "officers",
+            Table::Requests => "requests",
+            Table::Ceremonies => "ceremonies",
         })
     }
 
-    const ALL: [Table; 10] = [
+    const ALL: [Table; 13] = [
         Table::Meta,
         Table::Templates,
         Table::Keys,
@@ -71,6 +80,9 @@ impl Table {
         Table::SocialSecurityNumbers,
         Table::ApplicantBatches,
         Table::CardFactors,
+        Table::Officers,
+        Table::Requests,
+        Table::Ceremonies,
     ];
 }
 

@@ -46,8 +46,12 @@ pub const PSAM_LINE: &str = "sscard://psam-line/440000/PSAM-LINE-01";
 pub const REGISTRAR: &str = "sscard://registrar/440100/GZ-REG-01";
 /// The province's registrar (the provincial card centre): accepts cards and applicant rows.
 pub const PROVINCIAL_REGISTRAR: &str = "sscard://registrar/440000/GD-REV-01";
-/// A security officer.
+/// A security officer (registered in every test service, as are [`OFFICER_2`] and [`AUDITOR`]).
 pub const OFFICER: &str = "sscard://officer/officer-1";
+/// A second security officer: dual control needs two.
+pub const OFFICER_2: &str = "sscard://officer/officer-2";
+/// An auditor.
+pub const AUDITOR: &str = "sscard://auditor/auditor-1";
 
 /// An in-process HSM on the published test LMK: operational at once, tokens of every
 /// instance interchangeable.
@@ -254,6 +258,9 @@ struct RunningServer {
 pub struct TestKms<H: Hsm> {
     dir: tempfile::TempDir,
     pki: DevPki,
+    /// One certificate per identity, made on first use: an officer's fingerprint stays the one
+    /// the registry holds.
+    certs: Mutex<std::collections::HashMap<String, sscard_kms::access::pki::CertPair>>,
     hsm: Arc<H>,
     kms: Option<Arc<Kms<H>>>,
     server: Option<RunningServer>,
@@ -315,13 +322,67 @@ impl<H: Hsm> TestKms<H> {
         let mut this = TestKms {
             dir,
             pki: DevPki::generate().unwrap(),
+            certs: Mutex::new(std::collections::HashMap::new()),
             hsm,
             kms: Some(kms),
             server: None,
             limits,
         };
+        let officers: Vec<Vec<u8>> = [OFFICER, OFFICER_2, AUDITOR]
+            .into_iter()
+            .map(|uri| this.cert(uri).cert_pem.into_bytes())
+            .collect();
+        this.kms().bootstrap_officers(&officers).await.unwrap();
         this.start_server().await;
         this
+    }
+
+    /// Forms a key in a component ceremony: officer-1 starts it, and each component comes from
+    /// its own custodian (officer-1, then officer-2); the completed ceremony.
+    pub async fn ceremony(
+        &self,
+        target: pb::start_key_ceremony_request::Target,
+        components: Vec<pb::Component>,
+    ) -> pb::KeyCeremony {
+        assert_eq!(components.len(), 2, "two registered custodians");
+        let mut first = self.client(OFFICER).admin;
+        let c = first
+            .start_key_ceremony(pb::StartKeyCeremonyRequest {
+                components: 2,
+                target: Some(target),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut done = None;
+        for (uri, component) in [OFFICER, OFFICER_2].into_iter().zip(components) {
+            let submitted = self
+                .client(uri)
+                .admin
+                .submit_component(pb::SubmitComponentRequest {
+                    ceremony_id: c.id.clone(),
+                    component: Some(component),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            done = Some(submitted);
+        }
+        let done = done.unwrap();
+        assert_eq!(done.state, "complete", "{done:?}");
+        done
+    }
+
+    /// The certificate of `identity_uri` (the same one every time).
+    pub fn cert(&self, identity_uri: &str) -> sscard_kms::access::pki::CertPair {
+        let mut certs = self.certs.lock().unwrap();
+        certs
+            .entry(identity_uri.to_owned())
+            .or_insert_with(|| {
+                let identity = Identity::from_uri(identity_uri).unwrap();
+                self.pki.client(&identity).unwrap()
+            })
+            .clone()
     }
 
     /// The data directory (the store's).
@@ -410,8 +471,7 @@ impl<H: Hsm> TestKms<H> {
 
     /// A lazy channel with a certificate of our CA for `identity_uri`.
     pub fn channel(&self, identity_uri: &str) -> Channel {
-        let identity = Identity::from_uri(identity_uri).unwrap();
-        let pair = self.pki.client(&identity).unwrap();
+        let pair = self.cert(identity_uri);
         let tls =
             tls::ClientTls::from_pem(self.pki.ca_pem(), &pair.cert_pem, &pair.key_pem).unwrap();
         Endpoint::from_shared(self.url())

@@ -1,0 +1,728 @@
+//! Split knowledge: a key formed from components, one per custodian, each from their own
+//! certificate.
+//!
+//! An officer starts a **component ceremony** for a target (a root, a vendor transport key, a
+//! station's or PSAM line's transport key) and the number of components (2..=9). Each custodian
+//! then submits **one** component with the KCV they read from their paper; one identity never
+//! submits two components of one ceremony. The key forms in the HSM only when the last component
+//! arrives — every component checked against its KCV there — and the final KCV goes to the
+//! record, which every custodian reads ([`Kms::key_ceremony`]). Replacing an existing station's
+//! or line's transport key is itself a dual-control act: its ceremony opens only on the approval
+//! of another officer.
+//!
+//! The components wait for the last one in the service's memory only, as the HSM boundary's
+//! zeroizing [`Component`]s (never in the store, never in a log); the store keeps the
+//! ceremony's progress (custodians and their KCVs). A restart ends open ceremonies.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+
+use hsm_api::{Algorithm, Component, Exportability, Hsm, KeySpec as HsmKeySpec, KeyUsage};
+use hsm_api::{Kcv, KcvMethod};
+use serde::{Deserialize, Serialize};
+
+use crate::access::authz::Operation;
+use crate::access::identity::{Identity, Role};
+use crate::card::region::Region;
+use crate::card::template::KeyRoot;
+use crate::error::{Error, Refusal, Resource, Result};
+use crate::state::audit::AuditEvent;
+use crate::state::records::{self, Endpoint, EndpointKind, Level, NATIONAL};
+use crate::state::store::{Table, Tx};
+
+use super::officers::{ComponentInput, hierarchy_exportability, new_key_record, put_new_version};
+use super::{Kms, PROVINCE, hierarchy_usage, is_master_key, kcv_hex};
+
+/// What a component ceremony forms.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "target")]
+pub enum CeremonyTarget {
+    /// A hierarchy root: a national root, or a provincial key received directly.
+    Root {
+        template_id: String,
+        key_name: String,
+        level: Level,
+        /// The Ministry permitted this national root's keys in PSAMs (DOMAIN.md §11).
+        #[serde(default)]
+        psam_permitted: bool,
+    },
+    /// A template's blank-card vendor transport key.
+    VendorTransport { template_id: String },
+    /// A station's or PSAM line's transport key (a KBPK), `tdes` or `aes`.
+    Endpoint {
+        kind: EndpointKind,
+        name: String,
+        region: String,
+        transport_family: String,
+    },
+}
+
+/// Where a component ceremony stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CeremonyState {
+    Open,
+    Complete,
+    Failed,
+}
+
+impl CeremonyState {
+    pub const fn name(self) -> &'static str {
+        match self {
+            CeremonyState::Open => "open",
+            CeremonyState::Complete => "complete",
+            CeremonyState::Failed => "failed",
+        }
+    }
+}
+
+/// One custodian's part, as recorded: who, and the KCV of their component.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Custodian {
+    pub identity: String,
+    pub kcv: String,
+    pub at_ms: u64,
+}
+
+/// A component ceremony (table `ceremonies`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyCeremony {
+    pub id: String,
+    pub target: CeremonyTarget,
+    pub description: String,
+    /// The key's family (`tdes`, `aes`, `sm4`, `des`): what a custodian's tool checks a
+    /// component's KCV with before sending it.
+    pub key_family: String,
+    pub components: u8,
+    pub started_by: String,
+    pub started_ms: u64,
+    pub expires_ms: u64,
+    /// The dual-control request whose approval opened it (a transport key's replacement).
+    pub approved_request: Option<String>,
+    pub custodians: Vec<Custodian>,
+    pub state: CeremonyState,
+    /// The key's algorithm, KCV method and KCV once formed.
+    pub algorithm: Option<String>,
+    pub kcv_method: Option<String>,
+    pub kcv: Option<String>,
+    /// Why it failed.
+    pub failure: Option<String>,
+}
+
+/// The components of the open ceremonies, until the last one arrives.
+#[derive(Default)]
+pub(super) struct Pending(Mutex<HashMap<String, Vec<(String, Component)>>>);
+
+impl Pending {
+    /// Makes room for the components of ceremony `id`.
+    pub(super) fn open(&self, id: &str) -> Result<()> {
+        self.0
+            .lock()
+            .map_err(|_| Error::Store)?
+            .insert(id.to_owned(), Vec::new());
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let open = self.0.lock().map(|m| m.len()).unwrap_or(0);
+        f.debug_struct("Pending").field("open", &open).finish()
+    }
+}
+
+/// What one submission did.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    pub ceremony: KeyCeremony,
+}
+
+impl<H: Hsm> Kms<H> {
+    /// Starts a component ceremony of `components` custodians for `target`. Replacing an
+    /// existing transport key is refused here: it is [`Act::ReplaceTransportKey`](super::custodians::Act).
+    pub async fn start_key_ceremony(
+        &self,
+        caller: &Identity,
+        target: CeremonyTarget,
+        components: u8,
+    ) -> Result<KeyCeremony> {
+        self.audited(caller, Operation::Administer, "component ceremony", async {
+            self.admit_officer(caller, Operation::Administer)?;
+            let description = self.check_target(&target)?;
+            if let CeremonyTarget::Endpoint { kind, name, .. } = &target {
+                let id = records::endpoint_id(*kind, name);
+                if self
+                    .store
+                    .snapshot()?
+                    .get::<Endpoint>(Table::Endpoints, &id)?
+                    .is_some()
+                {
+                    return Err(Error::FailedPrecondition {
+                        reason: Refusal::DualControlRequired,
+                    });
+                }
+            }
+            let actor = caller.to_string();
+            self.open_ceremony(target, description, components, actor, None)
+                .await
+        })
+        .await
+    }
+
+    /// Records a new open ceremony (validated by the caller) and makes room for its components.
+    pub(super) async fn open_ceremony(
+        &self,
+        target: CeremonyTarget,
+        description: String,
+        components: u8,
+        actor: String,
+        approved_request: Option<String>,
+    ) -> Result<KeyCeremony> {
+        if !(2..=9).contains(&components) {
+            return Err(Error::InvalidArgument {
+                field: "components",
+                reason: Refusal::ComponentCount,
+            });
+        }
+        let ttl = self.ceremony.approval_ttl_ms.load(Ordering::Relaxed);
+        let family = self.target_family(&target)?;
+        let ceremony = self
+            .store
+            .write(move |tx| {
+                let c = new_ceremony(tx, target, description, family, components, actor, ttl)?;
+                let mut c = c;
+                c.approved_request = approved_request;
+                tx.put(Table::Ceremonies, &c.id, &c)?;
+                tx.audit(AuditEvent::ok(
+                    c.started_by.clone(),
+                    "start-key-ceremony",
+                    format!(
+                        "{}: {} from {} components{}",
+                        c.id,
+                        c.description,
+                        c.components,
+                        c.approved_request
+                            .as_ref()
+                            .map(|r| format!(" (request {r})"))
+                            .unwrap_or_default()
+                    ),
+                ));
+                Ok(c)
+            })
+            .await?;
+        self.ceremony.components.open(&ceremony.id)?;
+        Ok(ceremony)
+    }
+
+    /// A component ceremony as recorded (custodians, their KCVs, the final KCV).
+    pub async fn key_ceremony(&self, caller: &Identity, id: &str) -> Result<KeyCeremony> {
+        let subject = format!("ceremony {id}");
+        self.audited(caller, Operation::Administer, &subject, async {
+            self.admit_officer(caller, Operation::Administer)?;
+            self.store
+                .snapshot()?
+                .get(Table::Ceremonies, id)?
+                .ok_or(Error::NotFound {
+                    what: Resource::Ceremony,
+                })
+        })
+        .await
+    }
+
+    /// One custodian's component. At the last one the key forms in the HSM (each component
+    /// checked against its KCV) and is stored with the ceremony's record, in one write.
+    pub async fn submit_component(
+        &self,
+        caller: &Identity,
+        id: &str,
+        component: ComponentInput,
+    ) -> Result<Submitted> {
+        let subject = format!("ceremony {id}");
+        self.audited(caller, Operation::Administer, &subject, async {
+            self.admit_officer(caller, Operation::Administer)?;
+            let actor = caller.to_string();
+            let ceremony: KeyCeremony =
+                self.store
+                    .snapshot()?
+                    .get(Table::Ceremonies, id)?
+                    .ok_or(Error::NotFound {
+                        what: Resource::Ceremony,
+                    })?;
+            if ceremony.state != CeremonyState::Open {
+                return Err(Error::FailedPrecondition {
+                    reason: Refusal::CeremonyNotOpen,
+                });
+            }
+            if ceremony.custodians.iter().any(|c| c.identity == actor) {
+                return Err(Error::PermissionDenied {
+                    reason: Refusal::SameCustodianTwice,
+                });
+            }
+            let kcv_text = component.kcv_hex.trim().to_ascii_uppercase();
+            let alg = self.ceremony_algorithm(&ceremony.target, &component)?;
+            let part = to_component(alg, component)?;
+            if super::custodians::now_ms() >= ceremony.expires_ms {
+                self.fail_ceremony(id, "expired before its last component".to_owned())
+                    .await?;
+                return Err(Error::FailedPrecondition {
+                    reason: Refusal::CeremonyNotOpen,
+                });
+            }
+            // Take the place in memory (the count decides whether this is the last).
+            let all = {
+                let mut pending = self
+                    .ceremony
+                    .components
+                    .0
+                    .lock()
+                    .map_err(|_| Error::Store)?;
+                let Some(parts) = pending.get_mut(id) else {
+                    return Err(Error::FailedPrecondition {
+                        reason: Refusal::CeremonyNotOpen,
+                    });
+                };
+                if parts.iter().any(|(who, _)| *who == actor) {
+                    return Err(Error::PermissionDenied {
+                        reason: Refusal::SameCustodianTwice,
+                    });
+                }
+                parts.push((actor.clone(), part));
+                if parts.len() == usize::from(ceremony.components) {
+                    pending.remove(id)
+                } else {
+                    None
+                }
+            };
+            let Some(all) = all else {
+                let id = id.to_owned();
+                let ceremony = self
+                    .store
+                    .write(move |tx| {
+                        let mut c = open(tx, &id)?;
+                        c.custodians.push(Custodian {
+                            identity: actor.clone(),
+                            kcv: kcv_text.clone(),
+                            at_ms: tx.now_ms(),
+                        });
+                        tx.put(Table::Ceremonies, &c.id, &c)?;
+                        tx.audit(AuditEvent::ok(
+                            actor,
+                            "submit-component",
+                            format!(
+                                "{}: component {} of {}, KCV {kcv_text}",
+                                c.id,
+                                c.custodians.len(),
+                                c.components
+                            ),
+                        ));
+                        Ok(c)
+                    })
+                    .await?;
+                return Ok(Submitted { ceremony });
+            };
+            let (custodians, parts): (Vec<String>, Vec<Component>) = all.into_iter().unzip();
+            let formed = match self.form_target(&ceremony.target, alg, parts).await {
+                Ok(w) => w,
+                Err(e) => {
+                    let why = match &e {
+                        Error::Hsm(hsm_api::Error::ComponentKcv { index }) => format!(
+                            "the component of {} does not match its KCV",
+                            custodians.get(index.saturating_sub(1)).map_or("?", |s| s)
+                        ),
+                        other => format!("the HSM refused to form the key: {other}"),
+                    };
+                    self.fail_ceremony(id, why).await?;
+                    return Err(e);
+                }
+            };
+            let id = id.to_owned();
+            let ceremony = self
+                .store
+                .write(move |tx| {
+                    let mut c = open(tx, &id)?;
+                    c.custodians.push(Custodian {
+                        identity: actor.clone(),
+                        kcv: kcv_text.clone(),
+                        at_ms: tx.now_ms(),
+                    });
+                    let names: Vec<&str> =
+                        c.custodians.iter().map(|c| c.identity.as_str()).collect();
+                    let note = format!(" ({}: components of {})", c.id, names.join(", "));
+                    let (method, kcv) = kcv_hex(&formed.kcv);
+                    apply_target(tx, &c.target, alg, &formed, actor.clone(), &note)?;
+                    c.state = CeremonyState::Complete;
+                    c.algorithm = Some(alg.name().to_owned());
+                    c.kcv_method = Some(method.clone());
+                    c.kcv = Some(kcv.clone());
+                    tx.put(Table::Ceremonies, &c.id, &c)?;
+                    tx.audit(AuditEvent::ok(
+                        actor,
+                        "complete-key-ceremony",
+                        format!(
+                            "{}: {} formed from the components of {}; final KCV {method} {kcv}",
+                            c.id,
+                            c.description,
+                            names.join(", ")
+                        ),
+                    ));
+                    Ok(c)
+                })
+                .await?;
+            Ok(Submitted { ceremony })
+        })
+        .await
+    }
+
+    /// Forms `target`'s key from every component at once and stores it (the caller has
+    /// checked that this is code of this process).
+    pub(super) async fn form_all_at_once(
+        &self,
+        caller: &Identity,
+        target: CeremonyTarget,
+        components: Vec<ComponentInput>,
+    ) -> Result<()> {
+        self.check_target(&target)?;
+        let alg = match components.first() {
+            Some(first) => self.ceremony_algorithm(&target, first)?,
+            None => {
+                return Err(Error::InvalidArgument {
+                    field: "components",
+                    reason: Refusal::ComponentCount,
+                });
+            }
+        };
+        let parts = components
+            .into_iter()
+            .map(|c| to_component(alg, c))
+            .collect::<Result<Vec<_>>>()?;
+        let formed = self.form_target(&target, alg, parts).await?;
+        let actor = caller.to_string();
+        self.store
+            .write(move |tx| apply_target(tx, &target, alg, &formed, actor, ""))
+            .await
+    }
+
+    /// Marks an open ceremony failed and forgets its components.
+    async fn fail_ceremony(&self, id: &str, why: String) -> Result<()> {
+        if let Ok(mut pending) = self.ceremony.components.0.lock() {
+            pending.remove(id);
+        }
+        let id = id.to_owned();
+        self.store
+            .write(move |tx| {
+                let mut c = open(tx, &id)?;
+                c.state = CeremonyState::Failed;
+                c.failure = Some(why.clone());
+                tx.put(Table::Ceremonies, &c.id, &c)?;
+                tx.audit(AuditEvent::ok(
+                    "the service",
+                    "fail-key-ceremony",
+                    format!("{}: {}: {why}", c.id, c.description),
+                ));
+                Ok(())
+            })
+            .await
+    }
+
+    /// Validates a target; its description.
+    pub(super) fn check_target(&self, target: &CeremonyTarget) -> Result<String> {
+        match target {
+            CeremonyTarget::Root {
+                template_id,
+                key_name,
+                level,
+                psam_permitted,
+            } => {
+                self.root_region(template_id, key_name, *level)?;
+                if *psam_permitted && *level != Level::National {
+                    return Err(Error::InvalidArgument {
+                        field: "ministry_psam_permission",
+                        reason: Refusal::PsamPermissionOnlyNational,
+                    });
+                }
+                Ok(format!(
+                    "{template_id}/{key_name} {level} root{}",
+                    if *psam_permitted {
+                        ", with the Ministry's permission for PSAM use"
+                    } else {
+                        ""
+                    }
+                ))
+            }
+            CeremonyTarget::VendorTransport { template_id } => {
+                self.template(template_id)?;
+                Ok(format!("{template_id} vendor transport key"))
+            }
+            CeremonyTarget::Endpoint {
+                kind,
+                name,
+                region,
+                transport_family,
+            } => {
+                let role = match kind {
+                    EndpointKind::Station => Role::Station,
+                    EndpointKind::PsamLine => Role::PsamLine,
+                };
+                Identity::new(role, Some(region), name)?;
+                Region::lookup_field("region", region)?;
+                if !matches!(transport_family.as_str(), "tdes" | "aes") {
+                    return Err(Error::InvalidArgument {
+                        field: "transport_algorithm",
+                        reason: Refusal::TransportAlgorithm,
+                    });
+                }
+                Ok(format!(
+                    "transport key of {} {name} in {region}",
+                    kind.name()
+                ))
+            }
+        }
+    }
+
+    /// The family of a target's key.
+    pub(super) fn target_family(&self, target: &CeremonyTarget) -> Result<String> {
+        Ok(match (self.fixed_algorithm(target)?, target) {
+            (Some(alg), _) => family_of(alg).to_owned(),
+            (
+                None,
+                CeremonyTarget::Endpoint {
+                    transport_family, ..
+                },
+            ) => transport_family.clone(),
+            (None, _) => return Err(Error::Store),
+        })
+    }
+
+    /// The algorithm a root's or a vendor transport key's template fixes (an endpoint's
+    /// depends on its components' length: `None`).
+    fn fixed_algorithm(&self, target: &CeremonyTarget) -> Result<Option<Algorithm>> {
+        Ok(match target {
+            CeremonyTarget::Root {
+                template_id,
+                key_name,
+                ..
+            } => Some(
+                self.template(template_id)?
+                    .key(key_name)
+                    .ok_or(Error::NotFound {
+                        what: Resource::TemplateKey,
+                    })?
+                    .hsm_algorithm(),
+            ),
+            CeremonyTarget::VendorTransport { template_id } => {
+                Some(self.template(template_id)?.algorithm().algorithm())
+            }
+            CeremonyTarget::Endpoint { .. } => None,
+        })
+    }
+
+    /// The region code a root of `level` is recorded in, after the template's checks.
+    pub(super) fn root_region(
+        &self,
+        template_id: &str,
+        key_name: &str,
+        level: Level,
+    ) -> Result<&'static str> {
+        let template = self.template(template_id)?;
+        let spec = template.key(key_name).ok_or(Error::NotFound {
+            what: Resource::TemplateKey,
+        })?;
+        match (level, spec.root) {
+            (Level::National, KeyRoot::National) => Ok(NATIONAL),
+            (Level::Province, _) => Ok(PROVINCE),
+            _ => Err(Error::InvalidArgument {
+                field: "level",
+                reason: Refusal::NationalRootNotAllowed,
+            }),
+        }
+    }
+
+    /// The algorithm of a ceremony's key (an endpoint's from its family and the component's
+    /// length).
+    fn ceremony_algorithm(
+        &self,
+        target: &CeremonyTarget,
+        component: &ComponentInput,
+    ) -> Result<Algorithm> {
+        match (self.fixed_algorithm(target)?, target) {
+            (Some(alg), _) => Ok(alg),
+            (
+                None,
+                CeremonyTarget::Endpoint {
+                    transport_family, ..
+                },
+            ) => {
+                let len = component.hex.chars().filter(|c| !c.is_whitespace()).count() / 2;
+                Ok(Algorithm::from_family_and_len(transport_family, len)?)
+            }
+            (None, _) => Err(Error::Store),
+        }
+    }
+
+    /// Forms the target's key in the HSM from every component.
+    async fn form_target(
+        &self,
+        target: &CeremonyTarget,
+        alg: Algorithm,
+        parts: Vec<Component>,
+    ) -> Result<hsm_api::WrappedKey> {
+        let (usage, exportability) = match target {
+            CeremonyTarget::Root {
+                template_id,
+                key_name,
+                level,
+                ..
+            } => {
+                let template = self.template(template_id)?;
+                let spec = template.key(key_name).ok_or(Error::NotFound {
+                    what: Resource::TemplateKey,
+                })?;
+                let master = is_master_key(&template, spec);
+                (
+                    hierarchy_usage(master, *level)?,
+                    hierarchy_exportability(spec, master),
+                )
+            }
+            CeremonyTarget::VendorTransport { .. } => {
+                (KeyUsage::VendorTransport, Exportability::NonExportable)
+            }
+            CeremonyTarget::Endpoint { .. } => {
+                (KeyUsage::KeyBlockProtection, Exportability::NonExportable)
+            }
+        };
+        Ok(self
+            .hsm
+            .form_key(
+                HsmKeySpec {
+                    algorithm: alg,
+                    usage,
+                    exportability,
+                },
+                parts,
+            )
+            .await?)
+    }
+}
+
+/// A new open ceremony record with the next id.
+pub(super) fn new_ceremony(
+    tx: &Tx<'_>,
+    target: CeremonyTarget,
+    description: String,
+    key_family: String,
+    components: u8,
+    actor: String,
+    ttl: u64,
+) -> Result<KeyCeremony> {
+    let n = tx.scan::<KeyCeremony>(Table::Ceremonies, "")?.len() + 1;
+    let now = tx.now_ms();
+    Ok(KeyCeremony {
+        id: format!("C{n:06}"),
+        target,
+        description,
+        key_family,
+        components,
+        started_by: actor,
+        started_ms: now,
+        expires_ms: now.saturating_add(ttl),
+        approved_request: None,
+        custodians: Vec::new(),
+        state: CeremonyState::Open,
+        algorithm: None,
+        kcv_method: None,
+        kcv: None,
+        failure: None,
+    })
+}
+
+/// The open ceremony `id`.
+fn open(tx: &Tx<'_>, id: &str) -> Result<KeyCeremony> {
+    let c: KeyCeremony = tx.get(Table::Ceremonies, id)?.ok_or(Error::NotFound {
+        what: Resource::Ceremony,
+    })?;
+    if c.state != CeremonyState::Open {
+        return Err(Error::FailedPrecondition {
+            reason: Refusal::CeremonyNotOpen,
+        });
+    }
+    Ok(c)
+}
+
+/// Stores the formed key where its target says, with its audit record.
+fn apply_target(
+    tx: &mut Tx<'_>,
+    target: &CeremonyTarget,
+    alg: Algorithm,
+    formed: &hsm_api::WrappedKey,
+    actor: String,
+    note: &str,
+) -> Result<()> {
+    match target {
+        CeremonyTarget::Root {
+            template_id,
+            key_name,
+            level,
+            psam_permitted,
+        } => {
+            let region = if *level == Level::National {
+                NATIONAL
+            } else {
+                PROVINCE
+            };
+            let mut r = new_key_record(template_id, key_name, *level, region, alg, formed);
+            r.psam_permitted = *psam_permitted;
+            put_new_version(tx, r, actor, note)?;
+        }
+        CeremonyTarget::VendorTransport { template_id } => {
+            let r = new_key_record(
+                template_id,
+                records::VENDOR_TRANSPORT,
+                Level::Province,
+                PROVINCE,
+                alg,
+                formed,
+            );
+            put_new_version(tx, r, actor, note)?;
+        }
+        CeremonyTarget::Endpoint {
+            kind, name, region, ..
+        } => {
+            let (method, kcv) = kcv_hex(&formed.kcv);
+            let endpoint = Endpoint {
+                kind: *kind,
+                name: name.clone(),
+                region: region.clone(),
+                transport_token: formed.token.as_str().to_owned(),
+                transport_algorithm: alg.name().to_owned(),
+                transport_kcv: kcv,
+                transport_kcv_method: method,
+                created_ms: tx.now_ms(),
+            };
+            super::officers::put_endpoint(tx, endpoint, actor, note)?;
+        }
+    }
+    Ok(())
+}
+
+/// The family name of an algorithm, as `Algorithm::from_family_and_len` takes it.
+pub(super) fn family_of(alg: Algorithm) -> &'static str {
+    match alg {
+        Algorithm::Des => "des",
+        Algorithm::Tdes2 | Algorithm::Tdes3 => "tdes",
+        Algorithm::Sm4 => "sm4",
+        _ => "aes",
+    }
+}
+
+/// A custodian's component for the HSM, with its KCV (hex) from paper.
+pub(super) fn to_component(alg: Algorithm, c: ComponentInput) -> Result<Component> {
+    let value = hex::decode(c.kcv_hex.trim()).map_err(|_| Error::InvalidArgument {
+        field: "components.kcv_hex",
+        reason: Refusal::NotHex,
+    })?;
+    Ok(Component::new(
+        c.hex,
+        Kcv::from_parts(KcvMethod::default_for(alg), value),
+    ))
+}

@@ -1,0 +1,744 @@
+//! The people of the key ceremonies: the officer registry and dual control.
+//!
+//! **The registry.** An officer or auditor acts only from a certificate the registry holds, by
+//! its SHA-256 fingerprint, for the identity the certificate carries, and not revoked
+//! ([`Kms::admit_officer`], called by every officer and auditor operation after the role
+//! matrix). So a lost certificate is revoked without replacing the client CA. The first
+//! officers and auditors are enrolled once, on an empty registry, from the deployment's
+//! configuration ([`Kms::bootstrap_officers`]); every later change is a dual-control act.
+//!
+//! **Dual control.** A sensitive act ([`Act`]) is asked for by one officer
+//! ([`Kms::request_act`]) and happens only when another approves it from their own certificate
+//! within the time limit ([`Kms::approve_request`]): the requester cannot approve, an approval is
+//! used once (the request's state and the act are one write), an expired request dies. The
+//! act's audit record names both officers.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hsm_api::Hsm;
+use serde::{Deserialize, Serialize};
+
+use crate::access::authz::{self, Operation};
+use crate::access::identity::{Identity, Origin, Role};
+use crate::error::{Error, Refusal, Resource, Result};
+use crate::state::audit::AuditEvent;
+use crate::state::records::{
+    self, Card, CardStatus, Endpoint, EndpointKind, KeyRecord, OfficerRecord,
+};
+use crate::state::store::{Table, Tx};
+
+use super::Kms;
+use super::components::{CeremonyTarget, KeyCeremony, new_ceremony};
+use super::officers::put_new_version;
+
+/// How long a dual-control request waits for its approval, unless configured otherwise.
+pub const DEFAULT_APPROVAL_TTL_MS: u64 = 15 * 60 * 1000;
+
+/// The actor of the records of the registry's bootstrap.
+const BOOTSTRAP_ACTOR: &str = "bootstrap (the service's configuration)";
+
+/// What the service holds in memory for the ceremonies under way.
+#[derive(Debug)]
+pub(super) struct Ceremonies {
+    /// The time limit of a dual-control request, in milliseconds.
+    pub(super) approval_ttl_ms: AtomicU64,
+    /// The custodians whose shares the HSM holds towards the unseal in progress.
+    pub(super) unseal_custodians: Mutex<Vec<String>>,
+    /// Open component ceremonies (the components themselves, until the last one).
+    pub(super) components: super::components::Pending,
+}
+
+impl Default for Ceremonies {
+    fn default() -> Self {
+        Ceremonies {
+            approval_ttl_ms: AtomicU64::new(DEFAULT_APPROVAL_TTL_MS),
+            unseal_custodians: Mutex::new(Vec::new()),
+            components: super::components::Pending::default(),
+        }
+    }
+}
+
+/// A sensitive act, under dual control.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "act")]
+pub enum Act {
+    /// Register an officer's or auditor's certificate.
+    RegisterOfficer { certificate_der_hex: String },
+    /// Revoke a registered certificate, by fingerprint.
+    RevokeOfficer { fingerprint: String },
+    /// Generate a province root (the first version, or the next one: a rotation).
+    GenerateRoot {
+        template_id: String,
+        key_name: String,
+    },
+    /// Retire one key version (`template/key/level/region/version`): it serves no new card.
+    RetireKey { key_id: String },
+    /// Take a card off the blacklist: it goes back to `registered`, for its registrar to
+    /// review and accept again.
+    UnblacklistCard { card_identifier: String },
+    /// Replace a registered station's or PSAM line's transport key: the approval opens its
+    /// component ceremony.
+    ReplaceTransportKey {
+        kind: EndpointKind,
+        name: String,
+        transport_family: String,
+        components: u8,
+    },
+}
+
+/// The state of a dual-control request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestState {
+    Pending,
+    Approved,
+    Rejected,
+    Expired,
+}
+
+impl RequestState {
+    pub const fn name(self) -> &'static str {
+        match self {
+            RequestState::Pending => "pending",
+            RequestState::Approved => "approved",
+            RequestState::Rejected => "rejected",
+            RequestState::Expired => "expired",
+        }
+    }
+}
+
+/// A dual-control request (table `requests`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DualControlRequest {
+    pub id: String,
+    pub act: Act,
+    /// What the act does, for the screen and the record.
+    pub description: String,
+    pub requested_by: String,
+    pub requested_ms: u64,
+    pub expires_ms: u64,
+    pub state: RequestState,
+    pub decided_by: Option<String>,
+    pub decided_ms: Option<u64>,
+    /// What the approval did (KCVs, fingerprints), for the ceremony record.
+    pub result: Option<String>,
+}
+
+impl DualControlRequest {
+    /// The state as of `now_ms`: a pending request past its limit is expired.
+    pub fn state_at(&self, now_ms: u64) -> RequestState {
+        if self.state == RequestState::Pending && now_ms >= self.expires_ms {
+            RequestState::Expired
+        } else {
+            self.state
+        }
+    }
+}
+
+/// What an approval did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approved {
+    pub request: DualControlRequest,
+    pub key: Option<KeyRecord>,
+    pub officer: Option<OfficerRecord>,
+    /// The component ceremony the approval opened.
+    pub ceremony: Option<KeyCeremony>,
+}
+
+/// Refuses `caller` unless it is code of this process (the one-call forms of sensitive acts,
+/// kept for the `dev` seeding).
+pub(super) fn in_process_only(caller: &Identity, reason: Refusal) -> Result<()> {
+    if *caller.origin() == Origin::InProcess {
+        Ok(())
+    } else {
+        Err(Error::FailedPrecondition { reason })
+    }
+}
+
+/// The registry's record for an officer's or auditor's certificate (DER), checked.
+fn officer_from_certificate(der: &[u8]) -> Result<(Identity, String)> {
+    let not_officer = Error::InvalidArgument {
+        field: "certificate_pem",
+        reason: Refusal::NotAnOfficerCertificate,
+    };
+    let id = Identity::from_certificate(der).map_err(|_| not_officer)?;
+    if !matches!(id.role(), Role::Officer | Role::Auditor) {
+        return Err(Error::InvalidArgument {
+            field: "certificate_pem",
+            reason: Refusal::NotAnOfficerCertificate,
+        });
+    }
+    let fp = id.fingerprint().unwrap_or_default().to_owned();
+    Ok((id, fp))
+}
+
+/// A certificate as PEM or DER bytes → DER.
+pub fn certificate_der(pem_or_der: &[u8]) -> Result<Vec<u8>> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject as _;
+    match CertificateDer::from_pem_slice(pem_or_der) {
+        Ok(der) => Ok(der.to_vec()),
+        Err(_) if pem_or_der.first() == Some(&0x30) => Ok(pem_or_der.to_vec()),
+        Err(_) => Err(Error::InvalidArgument {
+            field: "certificate_pem",
+            reason: Refusal::NotAnOfficerCertificate,
+        }),
+    }
+}
+
+impl<H: Hsm> Kms<H> {
+    /// The role matrix, then — for officers and auditors — the registry: the caller's
+    /// certificate must be registered for this identity and not revoked. An identity not read
+    /// from a certificate is refused (fail closed), except code of this process.
+    pub(super) fn admit_officer(&self, caller: &Identity, op: Operation) -> Result<()> {
+        authz::authorize(caller, op)?;
+        if !matches!(caller.role(), Role::Officer | Role::Auditor) {
+            return Ok(());
+        }
+        let fp = match caller.origin() {
+            Origin::InProcess => return Ok(()),
+            Origin::Unverified => {
+                return Err(Error::PermissionDenied {
+                    reason: Refusal::OfficerNotRegistered,
+                });
+            }
+            Origin::Certificate(fp) => fp,
+        };
+        let record: Option<OfficerRecord> = self.store.snapshot()?.get(Table::Officers, fp)?;
+        match record {
+            Some(r) if r.identity == caller.to_string() => match r.revoked_ms {
+                None => Ok(()),
+                Some(_) => Err(Error::PermissionDenied {
+                    reason: Refusal::OfficerRevoked,
+                }),
+            },
+            _ => Err(Error::PermissionDenied {
+                reason: Refusal::OfficerNotRegistered,
+            }),
+        }
+    }
+
+    /// What the HSM says about itself (no caller: for the server's start-up checks).
+    pub async fn hsm_status(&self) -> Result<hsm_api::HsmStatus> {
+        Ok(self.hsm.status().await?)
+    }
+
+    /// Sets the time limit of dual-control requests made from now on.
+    pub fn set_approval_ttl(&self, ttl: std::time::Duration) {
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        self.ceremony.approval_ttl_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Enrols the first officers and auditors (certificates, PEM or DER) — only into an empty
+    /// registry: once anyone is registered this does nothing and returns an empty list, so a
+    /// deployment may keep its bootstrap list in its configuration. One write, one record.
+    pub async fn bootstrap_officers(&self, certificates: &[Vec<u8>]) -> Result<Vec<OfficerRecord>> {
+        let mut entries = Vec::new();
+        for c in certificates {
+            let (id, fingerprint) = officer_from_certificate(&certificate_der(c)?)?;
+            entries.push((id.to_string(), fingerprint));
+        }
+        self.store
+            .write(move |tx| {
+                if !tx.scan::<OfficerRecord>(Table::Officers, "")?.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let now = tx.now_ms();
+                let mut out = Vec::new();
+                for (identity, fingerprint) in entries {
+                    let r = OfficerRecord {
+                        identity,
+                        fingerprint,
+                        registered_ms: now,
+                        registered_by: vec![BOOTSTRAP_ACTOR.to_owned()],
+                        revoked_ms: None,
+                        revoked_by: Vec::new(),
+                    };
+                    tx.put(Table::Officers, &r.fingerprint, &r)?;
+                    out.push(r);
+                }
+                let names: Vec<String> = out
+                    .iter()
+                    .map(|r| format!("{} ({})", r.identity, r.fingerprint))
+                    .collect();
+                tx.audit(AuditEvent::ok(
+                    BOOTSTRAP_ACTOR,
+                    "bootstrap-officers",
+                    names.join(", "),
+                ));
+                Ok(out)
+            })
+            .await
+    }
+
+    /// The registry (officers and auditors may read it).
+    pub async fn list_officers(&self, caller: &Identity) -> Result<Vec<OfficerRecord>> {
+        self.audited(caller, Operation::GetStatus, "officer registry", async {
+            self.admit_officer(caller, Operation::GetStatus)?;
+            let all: Vec<(String, OfficerRecord)> =
+                self.store.snapshot()?.scan(Table::Officers, "")?;
+            Ok(all.into_iter().map(|(_, r)| r).collect())
+        })
+        .await
+    }
+
+    /// Asks for `act`; another officer must approve it within the time limit.
+    pub async fn request_act(&self, caller: &Identity, act: Act) -> Result<DualControlRequest> {
+        self.audited(
+            caller,
+            Operation::Administer,
+            "dual-control request",
+            async {
+                self.admit_officer(caller, Operation::Administer)?;
+                let description = self.check_act(&act)?;
+                let ttl = self.ceremony.approval_ttl_ms.load(Ordering::Relaxed);
+                let actor = caller.to_string();
+                self.store
+                    .write(move |tx| {
+                        let n = tx.scan::<DualControlRequest>(Table::Requests, "")?.len() + 1;
+                        let now = tx.now_ms();
+                        let request = DualControlRequest {
+                            id: format!("R{n:06}"),
+                            act,
+                            description,
+                            requested_by: actor.clone(),
+                            requested_ms: now,
+                            expires_ms: now.saturating_add(ttl),
+                            state: RequestState::Pending,
+                            decided_by: None,
+                            decided_ms: None,
+                            result: None,
+                        };
+                        tx.put(Table::Requests, &request.id, &request)?;
+                        tx.audit(AuditEvent::ok(
+                            actor,
+                            "request-act",
+                            format!(
+                                "{}: {} (expires at {} ms)",
+                                request.id, request.description, request.expires_ms
+                            ),
+                        ));
+                        Ok(request)
+                    })
+                    .await
+            },
+        )
+        .await
+    }
+
+    /// The requests, newest last (pending ones past their limit shown expired).
+    pub async fn list_requests(&self, caller: &Identity) -> Result<Vec<DualControlRequest>> {
+        self.audited(
+            caller,
+            Operation::Administer,
+            "dual-control requests",
+            async {
+                self.admit_officer(caller, Operation::Administer)?;
+                let now = now_ms();
+                let all: Vec<(String, DualControlRequest)> =
+                    self.store.snapshot()?.scan(Table::Requests, "")?;
+                Ok(all
+                    .into_iter()
+                    .map(|(_, mut r)| {
+                        r.state = r.state_at(now);
+                        r
+                    })
+                    .collect())
+            },
+        )
+        .await
+    }
+
+    /// Rejects a pending request (any officer, the requester too: withdrawing it).
+    pub async fn reject_request(&self, caller: &Identity, id: &str) -> Result<DualControlRequest> {
+        let subject = format!("request {id}");
+        self.audited(caller, Operation::Administer, &subject, async {
+            self.admit_officer(caller, Operation::Administer)?;
+            let actor = caller.to_string();
+            let id = id.to_owned();
+            self.store
+                .write(move |tx| {
+                    let mut r = pending(tx, &id)?;
+                    r.state = RequestState::Rejected;
+                    r.decided_by = Some(actor.clone());
+                    r.decided_ms = Some(tx.now_ms());
+                    tx.put(Table::Requests, &r.id, &r)?;
+                    tx.audit(AuditEvent::ok(
+                        actor,
+                        "reject-request",
+                        format!(
+                            "{}: {}; requested by {}",
+                            r.id, r.description, r.requested_by
+                        ),
+                    ));
+                    Ok(r)
+                })
+                .await
+        })
+        .await
+    }
+
+    /// Approves a request from another officer: the act happens now, in the same write that
+    /// marks the request approved; its record names the requester and the approver.
+    pub async fn approve_request(&self, caller: &Identity, id: &str) -> Result<Approved> {
+        let subject = format!("request {id}");
+        self.audited(caller, Operation::Administer, &subject, async {
+            self.admit_officer(caller, Operation::Administer)?;
+            let actor = caller.to_string();
+            let request: DualControlRequest = self
+                .store
+                .snapshot()?
+                .get(Table::Requests, id)?
+                .ok_or(Error::NotFound {
+                    what: Resource::Request,
+                })?;
+            if request.requested_by == actor {
+                return Err(Error::PermissionDenied {
+                    reason: Refusal::RequesterCannotApprove,
+                });
+            }
+            match request.state_at(now_ms()) {
+                RequestState::Pending => {}
+                RequestState::Expired if request.state == RequestState::Pending => {
+                    self.expire(&request.id).await?;
+                    return Err(Error::FailedPrecondition {
+                        reason: Refusal::RequestExpired,
+                    });
+                }
+                _ => {
+                    return Err(Error::FailedPrecondition {
+                        reason: Refusal::RequestNotPending,
+                    });
+                }
+            }
+            // The HSM's part first (nothing stored); the write re-checks the request.
+            let key = match &request.act {
+                Act::GenerateRoot {
+                    template_id,
+                    key_name,
+                } => Some(self.generated_root(template_id, key_name).await?),
+                _ => None,
+            };
+            let id = request.id.clone();
+            let ttl = self.ceremony.approval_ttl_ms.load(Ordering::Relaxed);
+            let approved = self
+                .store
+                .write(move |tx| {
+                    let mut r = pending(tx, &id)?;
+                    if tx.now_ms() >= r.expires_ms {
+                        return Err(Error::FailedPrecondition {
+                            reason: Refusal::RequestExpired,
+                        });
+                    }
+                    let both = format!("requested by {}, approved by {}", r.requested_by, actor);
+                    let note = format!(" ({}: {both})", r.id);
+                    let mut out = Approved {
+                        request: r.clone(),
+                        key: None,
+                        officer: None,
+                        ceremony: None,
+                    };
+                    let result = match (&r.act, key) {
+                        (Act::GenerateRoot { .. }, Some(record)) => {
+                            let k = put_new_version(tx, record, actor.clone(), &note)?;
+                            let text =
+                                format!("{} v{} KCV {} {}", k.id(), k.version, k.kcv_method, k.kcv);
+                            out.key = Some(k);
+                            text
+                        }
+                        (
+                            Act::RegisterOfficer {
+                                certificate_der_hex,
+                            },
+                            _,
+                        ) => {
+                            let der = hex::decode(certificate_der_hex)
+                                .map_err(|_| Error::StoreCorrupt("request certificate"))?;
+                            let (identity, fingerprint) = officer_from_certificate(&der)?;
+                            if tx
+                                .get::<OfficerRecord>(Table::Officers, &fingerprint)?
+                                .is_some()
+                            {
+                                return Err(Error::AlreadyExists {
+                                    what: Resource::Officer,
+                                });
+                            }
+                            let o = OfficerRecord {
+                                identity: identity.to_string(),
+                                fingerprint,
+                                registered_ms: tx.now_ms(),
+                                registered_by: vec![r.requested_by.clone(), actor.clone()],
+                                revoked_ms: None,
+                                revoked_by: Vec::new(),
+                            };
+                            tx.put(Table::Officers, &o.fingerprint, &o)?;
+                            let text = format!("registered {} ({})", o.identity, o.fingerprint);
+                            out.officer = Some(o);
+                            text
+                        }
+                        (Act::RevokeOfficer { fingerprint }, _) => {
+                            let mut o: OfficerRecord = tx
+                                .get(Table::Officers, fingerprint)?
+                                .ok_or(Error::NotFound {
+                                    what: Resource::Officer,
+                                })?;
+                            if o.revoked_ms.is_none() {
+                                o.revoked_ms = Some(tx.now_ms());
+                                o.revoked_by = vec![r.requested_by.clone(), actor.clone()];
+                                tx.put(Table::Officers, &o.fingerprint, &o)?;
+                            }
+                            let text = format!("revoked {} ({})", o.identity, o.fingerprint);
+                            out.officer = Some(o);
+                            text
+                        }
+                        (Act::RetireKey { key_id }, _) => {
+                            let mut k: KeyRecord =
+                                tx.get(Table::Keys, key_id)?.ok_or(Error::NotFound {
+                                    what: Resource::TemplateKey,
+                                })?;
+                            k.active = false;
+                            tx.put(Table::Keys, key_id, &k)?;
+                            let text = format!("retired {key_id} (KCV {} {})", k.kcv_method, k.kcv);
+                            out.key = Some(k);
+                            text
+                        }
+                        (
+                            Act::ReplaceTransportKey {
+                                kind,
+                                name,
+                                transport_family,
+                                components,
+                            },
+                            _,
+                        ) => {
+                            let e: Endpoint = tx
+                                .get(Table::Endpoints, &records::endpoint_id(*kind, name))?
+                                .ok_or(Error::FailedPrecondition {
+                                    reason: Refusal::CallerNotRegistered,
+                                })?;
+                            let target = CeremonyTarget::Endpoint {
+                                kind: *kind,
+                                name: name.clone(),
+                                region: e.region.clone(),
+                                transport_family: transport_family.clone(),
+                            };
+                            let mut c = new_ceremony(
+                                tx,
+                                target,
+                                format!("new transport key of {} {name}", kind.name()),
+                                transport_family.clone(),
+                                *components,
+                                r.requested_by.clone(),
+                                ttl,
+                            )?;
+                            c.approved_request = Some(r.id.clone());
+                            tx.put(Table::Ceremonies, &c.id, &c)?;
+                            let text = format!(
+                                "component ceremony {} opened for {} custodians",
+                                c.id, c.components
+                            );
+                            out.ceremony = Some(c);
+                            text
+                        }
+                        (Act::UnblacklistCard { card_identifier }, _) => {
+                            unblacklist_in(tx, card_identifier)?
+                        }
+                        (Act::GenerateRoot { .. }, None) => return Err(Error::Store),
+                    };
+                    r.state = RequestState::Approved;
+                    r.decided_by = Some(actor.clone());
+                    r.decided_ms = Some(tx.now_ms());
+                    r.result = Some(result.clone());
+                    tx.put(Table::Requests, &r.id, &r)?;
+                    tx.audit(AuditEvent::ok(
+                        actor,
+                        "approve-request",
+                        format!("{}: {}; {both}; {result}", r.id, r.description),
+                    ));
+                    out.request = r;
+                    Ok(out)
+                })
+                .await?;
+            if let Some(c) = &approved.ceremony {
+                self.ceremony.components.open(&c.id)?;
+            }
+            Ok(approved)
+        })
+        .await
+    }
+
+    /// Marks a pending request expired (it is dead).
+    async fn expire(&self, id: &str) -> Result<()> {
+        let id = id.to_owned();
+        self.store
+            .write(move |tx| {
+                let mut r = pending(tx, &id)?;
+                r.state = RequestState::Expired;
+                tx.put(Table::Requests, &r.id, &r)?;
+                tx.audit(AuditEvent::ok(
+                    "the service",
+                    "request-expired",
+                    format!(
+                        "{}: {}; requested by {}",
+                        r.id, r.description, r.requested_by
+                    ),
+                ));
+                Ok(())
+            })
+            .await
+    }
+
+    /// Validates an act when it is asked for; its description.
+    fn check_act(&self, act: &Act) -> Result<String> {
+        match act {
+            Act::RegisterOfficer {
+                certificate_der_hex,
+            } => {
+                let der = hex::decode(certificate_der_hex).map_err(|_| Error::InvalidArgument {
+                    field: "certificate_pem",
+                    reason: Refusal::NotAnOfficerCertificate,
+                })?;
+                let (id, fp) = officer_from_certificate(&der)?;
+                if self
+                    .store
+                    .snapshot()?
+                    .get::<OfficerRecord>(Table::Officers, &fp)?
+                    .is_some()
+                {
+                    return Err(Error::AlreadyExists {
+                        what: Resource::Officer,
+                    });
+                }
+                Ok(format!("register {id} (certificate {fp})"))
+            }
+            Act::RevokeOfficer { fingerprint } => {
+                let o: OfficerRecord = self
+                    .store
+                    .snapshot()?
+                    .get(Table::Officers, fingerprint)?
+                    .ok_or(Error::NotFound {
+                        what: Resource::Officer,
+                    })?;
+                Ok(format!("revoke {} (certificate {fingerprint})", o.identity))
+            }
+            Act::GenerateRoot {
+                template_id,
+                key_name,
+            } => {
+                self.check_generated_root(template_id, key_name)?;
+                Ok(format!(
+                    "generate the provincial root {template_id}/{key_name}"
+                ))
+            }
+            Act::ReplaceTransportKey {
+                kind,
+                name,
+                transport_family,
+                components,
+            } => {
+                let e: Endpoint = self
+                    .store
+                    .snapshot()?
+                    .get(Table::Endpoints, &records::endpoint_id(*kind, name))?
+                    .ok_or(Error::FailedPrecondition {
+                        reason: Refusal::CallerNotRegistered,
+                    })?;
+                self.check_target(&CeremonyTarget::Endpoint {
+                    kind: *kind,
+                    name: name.clone(),
+                    region: e.region.clone(),
+                    transport_family: transport_family.clone(),
+                })?;
+                if !(2..=9).contains(components) {
+                    return Err(Error::InvalidArgument {
+                        field: "components",
+                        reason: Refusal::ComponentCount,
+                    });
+                }
+                Ok(format!(
+                    "replace the transport key of {} {name} (KCV {} {}) from {components} components",
+                    kind.name(),
+                    e.transport_kcv_method,
+                    e.transport_kcv
+                ))
+            }
+            Act::UnblacklistCard { card_identifier } => {
+                blacklisted(self.store.snapshot()?.get(Table::Cards, card_identifier)?)?;
+                Ok(format!(
+                    "take card {} off the blacklist (back to registered)",
+                    super::mask_card_identifier(card_identifier)
+                ))
+            }
+            Act::RetireKey { key_id } => {
+                let k: KeyRecord =
+                    self.store
+                        .snapshot()?
+                        .get(Table::Keys, key_id)?
+                        .ok_or(Error::NotFound {
+                            what: Resource::TemplateKey,
+                        })?;
+                Ok(format!("retire {key_id} (KCV {} {})", k.kcv_method, k.kcv))
+            }
+        }
+    }
+}
+
+/// The card, which must exist and be blacklisted.
+fn blacklisted(card: Option<Card>) -> Result<Card> {
+    let card = card.ok_or(Error::NotFound {
+        what: Resource::Card,
+    })?;
+    if card.status != CardStatus::Blacklisted {
+        return Err(Error::FailedPrecondition {
+            reason: Refusal::CardNotBlacklisted,
+        });
+    }
+    Ok(card)
+}
+
+/// Takes a blacklisted card back to `registered` in `tx`, unless another live card of the same
+/// holder exists; the holder's index points at it again. What was done, for the record.
+fn unblacklist_in(tx: &mut Tx<'_>, card_identifier: &str) -> Result<String> {
+    let mut card = blacklisted(tx.get(Table::Cards, card_identifier)?)?;
+    let ssn = card.social_security_number.clone();
+    if let Some(other) = tx.get::<String>(Table::SocialSecurityNumbers, &ssn)? {
+        let live = other != card.card_identifier
+            && tx
+                .get::<Card>(Table::Cards, &other)?
+                .is_some_and(|c| c.status != CardStatus::Blacklisted);
+        if live {
+            return Err(Error::AlreadyExists {
+                what: Resource::LiveCardForSsn,
+            });
+        }
+    }
+    card.status = CardStatus::Registered;
+    card.blacklist_reason = None;
+    tx.put(Table::Cards, card_identifier, &card)?;
+    tx.put(Table::SocialSecurityNumbers, &ssn, &card.card_identifier)?;
+    Ok(format!(
+        "card {} off the blacklist, registered (to be reviewed again)",
+        super::mask_card_identifier(card_identifier)
+    ))
+}
+
+/// The request `id`, which must be pending (not decided, not expired at this commit).
+fn pending(tx: &Tx<'_>, id: &str) -> Result<DualControlRequest> {
+    let r: DualControlRequest = tx.get(Table::Requests, id)?.ok_or(Error::NotFound {
+        what: Resource::Request,
+    })?;
+    if r.state != RequestState::Pending {
+        return Err(Error::FailedPrecondition {
+            reason: Refusal::RequestNotPending,
+        });
+    }
+    Ok(r)
+}
+
+pub(super) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
