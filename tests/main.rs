@@ -51,6 +51,7 @@
 mod audit_trail;
 mod binaries;
 mod calc;
+mod city_roots;
 mod common;
 mod delivery;
 mod health;

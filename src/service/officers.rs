@@ -164,8 +164,23 @@ impl<H: Hsm> Kms<H> {
             let spec = template.key(key_name).ok_or(Error::NotFound {
                 what: Resource::TemplateKey,
             })?;
+            self.check_owned(spec)?;
             let region = match (level, spec.root) {
                 (Level::National, KeyRoot::National) => NATIONAL,
+                // A city's deployment holds the roots of its city-owned keys.
+                (Level::City, KeyRoot::City(city)) => city.code,
+                (Level::City | Level::Card, _) => {
+                    return Err(Error::InvalidArgument {
+                        field: "level",
+                        reason: Refusal::RootLevel,
+                    });
+                }
+                (Level::Province, KeyRoot::City(_)) => {
+                    return Err(Error::InvalidArgument {
+                        field: "level",
+                        reason: Refusal::RootLevel,
+                    });
+                }
                 (Level::Province, _) => PROVINCE,
                 _ => {
                     return Err(Error::InvalidArgument {
@@ -219,6 +234,7 @@ impl<H: Hsm> Kms<H> {
             let spec = template.key(key_name).ok_or(Error::NotFound {
                 what: Resource::TemplateKey,
             })?;
+            self.check_owned(spec)?;
             if spec.root != KeyRoot::Provincial {
                 return Err(Error::FailedPrecondition {
                     reason: Refusal::RootNotProvincial,

@@ -10,7 +10,7 @@ use hsm_api::{Exportability, Hsm, KeyToken, KeyUsage, WriteKeyRequest};
 use crate::access::authz::{self, Operation};
 use crate::access::identity::Identity;
 use crate::card::identifiers::Atr;
-use crate::card::template::{KeySpec, Protector, Template};
+use crate::card::template::{KeyOwner, KeySpec, Protector, Template};
 use crate::error::{Error, Refusal, Resource, Result};
 use crate::metrics::ReleaseLabels;
 use crate::state::audit::AuditEvent;
@@ -101,7 +101,7 @@ impl<H: Hsm> Kms<H> {
                     let kbpk = token(&station.transport_token);
                     let version =
                         block_version(Algorithm::from_name(&station.transport_algorithm)?)?;
-                    let specs = select_keys(&template, &key_names)?;
+                    let specs = select_keys(&template, &key_names, self.owner())?;
                     for spec in &specs {
                         check_wrappable(version, spec.hsm_algorithm())?;
                     }
@@ -267,6 +267,7 @@ impl<H: Hsm> Kms<H> {
         factor: &Factor,
         versions: &mut std::collections::BTreeMap<String, u32>,
     ) -> Result<(KeyToken, u32)> {
+        self.check_owned(spec)?;
         let version = Self::root_version(snap, template, spec, card, versions)?;
         let city: KeyRecord = snap
             .get(
@@ -462,9 +463,18 @@ fn check_key_list<'a>(
     Ok(())
 }
 
-fn select_keys<'t>(template: &'t Template, names: &[String]) -> Result<Vec<&'t KeySpec>> {
+/// The keys a station asked for; all this deployment owns if it named none (the others'
+/// owners are named in the response).
+fn select_keys<'t>(
+    template: &'t Template,
+    names: &[String],
+    owner: KeyOwner,
+) -> Result<Vec<&'t KeySpec>> {
     if names.is_empty() {
-        return Ok(template.write_order().collect());
+        return Ok(template
+            .write_order()
+            .filter(|k| k.owner() == owner)
+            .collect());
     }
     check_key_list(template, "key_names", names.iter().map(String::as_str))?;
     names
