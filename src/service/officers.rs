@@ -698,10 +698,11 @@ impl Stored<'_> {
     }
 }
 
-/// Hierarchy keys of issuer-only template keys (card MKs, STKs) never leave the HSM under a
-/// transport key; those a shipped PSAM profile holds may go to PSAM lines.
+/// Hierarchy keys leave the HSM under a PSAM line's transport key only if a shipped PSAM
+/// profile holds them (never a card master key or a provincial-root key; a maintenance key only
+/// where a profile takes maintenance keys); all others are non-exportable.
 fn hierarchy_exportability(spec: &KeySpec) -> Exportability {
-    if !spec.is_issuer_only() && crate::card::profile::psam::builtin_profiles_hold(spec) {
+    if crate::card::profile::psam::builtin_profiles_hold(spec) {
         Exportability::Exportable
     } else {
         Exportability::NonExportable
