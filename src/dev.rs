@@ -301,6 +301,9 @@ pub async fn dangerous_seed_test_keys<H: Hsm>(kms: &Arc<Kms<H>>) -> Result<bool>
         kms.register_endpoint(&officer, kind, &e.name, &e.region, "aes", components)
             .await?;
     }
+    // Each demo card is registered by its city's registrar and accepted by the province's
+    // (acceptance is the province's verdict, never the city's).
+    let reviewer = Identity::new(Role::Registrar, Some(crate::service::PROVINCE), "dev-setup")?;
     for card in &keys.card {
         let region = &card.card_identifier[..6];
         let registrar = Identity::new(Role::Registrar, Some(region), "dev-setup")?;
@@ -310,9 +313,9 @@ pub async fn dangerous_seed_test_keys<H: Hsm>(kms: &Arc<Kms<H>>) -> Result<bool>
             social_security_number: card.social_security_number.clone(),
             atr: Vec::new(),
         };
-        kms.register_card(&registrar, request, &card.template)
+        kms.register_card(&registrar, request, &card.template, None)
             .await?;
-        kms.accept_card(&registrar, &card.card_identifier).await?;
+        kms.accept_card(&reviewer, &card.card_identifier).await?;
     }
     kms.store()
         .write(|tx| {

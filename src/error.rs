@@ -126,6 +126,13 @@ pub enum Error {
     /// No shipped card template has this id.
     #[error("no card template {0:?}")]
     UnknownTemplate(String),
+    /// An applicant file that cannot be read (encoding, header, a row's fields), with the line:
+    /// refused whole, nothing of it reviewed or stored.
+    #[error(transparent)]
+    ApplicantFile(#[from] crate::registry::file::FileFault),
+    /// The service refused a call of a command-line client (the status's code and message).
+    #[error("{message}")]
+    Remote { code: tonic::Code, message: String },
     /// Reading standard input failed.
     #[error("reading standard input failed")]
     Stdin(#[source] std::io::Error),
@@ -185,6 +192,22 @@ refusals! {
     CardNotAccepted => "CARD_NOT_ACCEPTED", "the card's data has not been reviewed and accepted";
     /// The card is blacklisted: no key is ever released again.
     CardBlacklisted => "CARD_BLACKLISTED", "the card is blacklisted";
+    /// The province rejected the card's data.
+    CardRejected => "CARD_REJECTED", "the province rejected the card's data";
+    /// The card is past personalisation (active, suspended, lost, cancelled, replaced), or an
+    /// initialisation was asked for a card already personalised.
+    CardNotInPersonalisation => "CARD_NOT_IN_PERSONALISATION",
+        "the card's status allows no key release (it is past personalisation)";
+    /// The chip's card factor is bound to another card (its keys were released for that card).
+    CardFactorBoundElsewhere => "CARD_FACTOR_BOUND_ELSEWHERE",
+        "the chip's card factor is bound to another card";
+    /// The card's status does not allow the change asked for (README "Card life cycle").
+    CardTransitionNotAllowed => "CARD_TRANSITION_NOT_ALLOWED",
+        "the card's status does not allow this change";
+    /// The card a replacement names is not the same person's card of the same generation in
+    /// (or just out of) service.
+    ReplacedCardNotReplaceable => "REPLACED_CARD_NOT_REPLACEABLE",
+        "the card named as replaced is not this person's card of this generation in service or lost";
     /// The card was registered with another template than the request names.
     CardTemplateMismatch => "CARD_TEMPLATE_MISMATCH",
         "the card was registered with another template";
@@ -311,6 +334,38 @@ refusals! {
     /// An algorithm that has no dispersion (`kms-ceremony calc` only).
     NoDispersionForAlgorithm => "NO_DISPERSION_FOR_ALGORITHM",
         "no dispersion is defined for this algorithm";
+
+    // ---- the registry review (applicant batches)
+    /// Accepting (a card, a row) is the province's verdict.
+    ProvinceOnly => "PROVINCE_ONLY",
+        "only a provincial registrar may accept: acceptance is the province's verdict";
+    /// Applicant data is submitted by the city that collected it.
+    CityRegistrarOnly => "CITY_REGISTRAR_ONLY",
+        "applicant batches are submitted by a city registrar";
+    /// The batch (same id and file) is another city's.
+    BatchOfAnotherCity => "BATCH_OF_ANOTHER_CITY", "the batch was submitted by another city";
+    /// A reviewer named a row that is accepted.
+    RowAcceptedAlready => "ROW_ACCEPTED_ALREADY", "the row is accepted already";
+    /// A reviewer named a row with a reason no reviewer may waive.
+    RowNotWaivable => "ROW_NOT_WAIVABLE",
+        "the row has a reason no reviewer may waive (identifiers, spec version, region or \
+         uniqueness)";
+    /// A batch id of the wrong form.
+    BatchIdMalformed => "BATCH_ID_MALFORMED",
+        "1 to 64 characters of A-Z, a-z, 0-9, '.', '_', '-'";
+    /// An applicant file over 256 MiB.
+    FileTooLarge => "FILE_TOO_LARGE", "the file is larger than 256 MiB";
+    /// The stream of an applicant file broke off.
+    UploadInterrupted => "UPLOAD_INTERRUPTED",
+        "the upload was interrupted before the end of the file";
+    /// A file encoding the command line does not know.
+    EncodingName => "ENCODING_INVALID", "utf8 or gbk";
+    /// A client command without a way to connect.
+    ConnectionOptions => "CONNECTION_OPTIONS", "give --data-dir DIR, or --ca, --cert and --key";
+    /// A client command's endpoint that is not a URL.
+    NotAUrl => "NOT_A_URL", "not a URL";
+    /// A report file that cannot be written.
+    ReportUnwritable => "REPORT_UNWRITABLE", "cannot write the report";
 }
 
 impl std::fmt::Display for Refusal {
@@ -347,6 +402,12 @@ pub enum Resource {
     AuditKey,
     /// A published test root of `dev/test-keys.toml`.
     PublishedTestRoot,
+    /// An applicant batch of the registry review, by id.
+    ApplicantBatch,
+    /// A row of an applicant batch, by its line.
+    ApplicantRow,
+    /// A batch id already used for another file (the same code as a batch).
+    BatchIdOfAnotherFile,
 }
 
 impl Resource {
@@ -364,6 +425,9 @@ impl Resource {
         Resource::PsamProfile,
         Resource::AuditKey,
         Resource::PublishedTestRoot,
+        Resource::ApplicantBatch,
+        Resource::ApplicantRow,
+        Resource::BatchIdOfAnotherFile,
     ];
 
     /// The stem of the reason code.
@@ -381,6 +445,9 @@ impl Resource {
             Resource::PsamProfile => "PSAM_PROFILE",
             Resource::AuditKey => "AUDIT_KEY",
             Resource::PublishedTestRoot => "PUBLISHED_TEST_ROOT",
+            Resource::ApplicantBatch => "APPLICANT_BATCH",
+            Resource::ApplicantRow => "APPLICANT_ROW",
+            Resource::BatchIdOfAnotherFile => "APPLICANT_BATCH",
         }
     }
 
@@ -399,6 +466,9 @@ impl Resource {
             Resource::PsamProfile => "PSAM profile",
             Resource::AuditKey => "audit key",
             Resource::PublishedTestRoot => "published test root of a template key",
+            Resource::ApplicantBatch => "applicant batch",
+            Resource::ApplicantRow => "row of the batch",
+            Resource::BatchIdOfAnotherFile => "an applicant batch with this id (of another file)",
         }
     }
 }

@@ -267,6 +267,41 @@ fn tr31_unwrap_prints_the_header_and_kcv_never_the_key() {
     assert!(!out.stdout.contains("3F419E1C") && !out.stdout.contains("2EFBF8B8"));
 }
 
+/// Issue 15: psec's published version B block with a single-length DES key under `T` unwraps,
+/// and the calculator says it read it liberally.
+#[test]
+fn tr31_unwrap_accepts_single_des_under_t_and_says_so() {
+    let out = ceremony(
+        &["calc", "tr31-unwrap"],
+        "AAAAAAAAAAAAAAAABBBBBBBBBBBBBBBB\nB0096M3TC00E0000B6CD513680EF255FC0DC590726FD0129A7CF6602E7F271631AB4EE7350642F11181AF4CC12F12FD9\n",
+    );
+    ok(&out);
+    assert!(
+        out.stdout.contains("algorithm      T (DES)"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("accepted, written as D"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("key length     8 bytes"),
+        "{}",
+        out.stdout
+    );
+    let key =
+        hsm_sim::crypto::SecretKey::from_hex(hsm_api::Algorithm::Des, "EEEEEEEEEEEEEEEE").unwrap();
+    assert_eq!(
+        out.last_line(),
+        hsm_sim::crypto::kcv::compute_default(&key)
+            .unwrap()
+            .to_hex()
+    );
+    assert!(!out.stdout.contains("EEEEEEEE"));
+}
+
 #[test]
 fn tr31_unwrap_refuses_a_tampered_or_short_block() {
     let mut tampered = A722_BLOCK.to_owned();

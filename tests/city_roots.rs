@@ -16,13 +16,24 @@ use crate::common::chain::{atr, card_number, expected, published, ssn, station_k
 use crate::common::harness::{OFFICER, TestKms, error_info, local_hsm, tr31_request};
 use crate::rotation::{components, components_of};
 
-/// Shenzhen's extension of ssc-2.0: a DF06 master key of the province's root, and a key of DF06
-/// whose root Shenzhen holds.
+/// Shenzhen's extension of ssc-2.0: a DF06 master key and an update key of the province's own
+/// roots, and a key of DF06 whose root Shenzhen holds.
 fn shenzhen_extension() -> String {
     format!(
         "{}{}",
         crate::restart::SHENZHEN,
         r#"
+[[key]]
+name = "PK_DF06"
+directory = "DF06"
+role = "update"
+key_id = 0x02
+key_version = 0x01
+length = 16
+error_counter = 0x55
+protected_by = "MK_DF06"
+root = "provincial"
+
 [[key]]
 name = "CK_DF06"
 directory = "DF06"
@@ -40,6 +51,7 @@ root = "city"
 const TEMPLATE: &str = "ssc-2.0-440300";
 const SZ_STATION: &str = "sscard://station/440300/SZ-01";
 const SZ_REGISTRAR: &str = "sscard://registrar/440300/SZ-REG-01";
+const REVIEWER: &str = "sscard://registrar/440000/GD-REV-01";
 
 /// The Shenzhen card both deployments serve.
 fn shenzhen_card() -> pb::CardIdentity {
@@ -78,10 +90,12 @@ async fn set_up<H: hsm_api::Hsm>(kms: &TestKms<H>) {
         .register_card(pb::RegisterCardRequest {
             card: Some(card.clone()),
             template_id: TEMPLATE.to_owned(),
+            replaces_card_identifier: String::new(),
         })
         .await
         .unwrap();
-    registrar
+    // Acceptance is the province's (N4).
+    kms.client(REVIEWER)
         .registry
         .accept_card(pb::CardRef {
             card_identifier: card.card_identifier,
@@ -148,15 +162,17 @@ async fn the_province_places_a_city_owned_key_but_never_holds_or_releases_it() {
     )
     .await;
 
-    // The province's own key of the extension is released, the city's is named as its city's.
-    officer
-        .admin
-        .generate_root_key(pb::GenerateRootKeyRequest {
-            template_id: TEMPLATE.to_owned(),
-            key_name: "MK_DF06".to_owned(),
-        })
-        .await
-        .unwrap();
+    // The province's own keys of the extension are released, the city's is named as its city's.
+    for key_name in ["MK_DF06", "PK_DF06"] {
+        officer
+            .admin
+            .generate_root_key(pb::GenerateRootKeyRequest {
+                template_id: TEMPLATE.to_owned(),
+                key_name: key_name.to_owned(),
+            })
+            .await
+            .unwrap();
+    }
     officer
         .admin
         .derive_hierarchy(pb::DeriveHierarchyRequest {
@@ -167,12 +183,12 @@ async fn the_province_places_a_city_owned_key_but_never_holds_or_releases_it() {
     let mut station = kms.client(SZ_STATION);
     let response = station
         .card
-        .inject_card_keys(names(&["MK_DF06"]))
+        .inject_card_keys(names(&["PK_DF06"]))
         .await
         .unwrap()
         .into_inner();
     let got: Vec<&str> = response.keys.iter().map(|k| k.key_name.as_str()).collect();
-    assert_eq!(got, ["MK_DF06"]);
+    assert_eq!(got, ["PK_DF06"]);
     let omitted: Vec<(&str, &str)> = response
         .omitted
         .iter()
@@ -258,7 +274,7 @@ async fn the_city_deployment_holds_its_root_and_releases_only_its_keys() {
     let got: Vec<&str> = response.keys.iter().map(|k| k.key_name.as_str()).collect();
     assert_eq!(got, ["CK_DF06"]);
     let base = Template::builtin("ssc-2.0").unwrap();
-    assert_eq!(response.omitted.len(), base.keys().len() + 1);
+    assert_eq!(response.omitted.len(), base.keys().len() + 2);
     assert!(
         response
             .omitted

@@ -64,10 +64,10 @@ async fn key_lists_are_capped_at_the_template_and_refuse_repeats() {
         )),
     )
     .await;
-    // Each key once is served.
+    // Each key once is served (not a master key: those never leave as TR-31 blocks).
     let served = station
         .card
-        .inject_card_keys(with_names(vec!["STK_SSSE", "MK_MF"]))
+        .inject_card_keys(with_names(vec!["STK_SSSE", "IRK_SSSE"]))
         .await
         .unwrap()
         .into_inner();

@@ -24,6 +24,9 @@
 //! - `refusals`: wrong region, wrong role, foreign CA, no client certificate, registry states
 //!   (not accepted, blacklisted, unknown), malformed identifiers, duplicate card number,
 //!   another ATR, the HSM sealed — each with its exact code and reason, and audited.
+//! - `lifecycle`: the card life cycle — every transition checked (who, from which status),
+//!   releases only in personalisation (a retry counted and audited), a replacement taking its
+//!   card out of service, a blacklisted card's chip refused for another card (factor binding).
 //! - `reason_codes`: every reason code README marks `mTLS` provoked over the API, each arriving
 //!   as a `google.rpc.ErrorInfo` (domain `sscard-kms`) in the status details with its gRPC code.
 //! - `health`: gRPC health of "" and the four KMS services NOT_SERVING while the HSM is sealed,
@@ -42,6 +45,11 @@
 //!   malformed protobuf as INVALID_ARGUMENT; an unknown card and mismatching data answered
 //!   alike (the audit keeps which); silent TLS handshakes closed at the timeout, a connection
 //!   over the cap closed at once, an identity over its rate refused with a retry pushback.
+//! - `registry`: the province's review of applicant files — every legality rule and every
+//!   reason of a row, duplicates inside a batch and against the store, UTF-8 and GBK files,
+//!   cross-region and role refusals, unreadable files storing nothing, resubmission, a
+//!   provincial reviewer accepting a waivable row by hand; `registry_cli` the same through the
+//!   real `kms-ceremony registry` binary.
 //! - `leaks`: no clear key in any response, refusal, audit record, log line or the database.
 //!
 //! Shared helpers are in `common/` (`harness`: the service on 127.0.0.1 over real mutual TLS;
@@ -57,9 +65,12 @@ mod delivery;
 mod health;
 mod hostile;
 mod leaks;
+mod lifecycle;
 mod psam;
 mod reason_codes;
 mod refusals;
+mod registry;
+mod registry_cli;
 mod remote_hsm;
 mod restart;
 mod rotation;

@@ -14,10 +14,11 @@ use hsm_sim::local::{LocalHsm, LocalHsmConfig};
 use sscard_kms::proto::kms::v1 as pb;
 use tonic::{Code, Response, Status};
 
+use crate::common::applicants::{applicant, csv, submit, submit_chunked};
 use crate::common::chain::{atr, card_number, card_number_bad_check, published, ssn};
 use crate::common::harness::{
-    OFFICER, PSAM_LINE, REGISTRAR, STATION, TestKms, card_identity, error_info, sm_request,
-    tr31_request,
+    OFFICER, PROVINCIAL_REGISTRAR, PSAM_LINE, REGISTRAR, STATION, TestKms, card_identity,
+    error_info, sm_request, tr31_request,
 };
 
 /// The codes README's reason-code table marks as tested here (`mTLS`), with their gRPC status.
@@ -94,6 +95,7 @@ fn register(card: &pb::CardIdentity, template_id: &str) -> pb::RegisterCardReque
     pb::RegisterCardRequest {
         card: Some(card.clone()),
         template_id: template_id.to_owned(),
+        replaces_card_identifier: String::new(),
     }
 }
 
@@ -140,6 +142,7 @@ async fn every_reason_code_reachable_from_the_api_arrives_in_the_details() {
     let mut seen = Seen::default();
     let mut station = kms.client(STATION);
     let mut registrar = kms.client(REGISTRAR);
+    let mut province = kms.client(PROVINCIAL_REGISTRAR);
     let mut officer = kms.client(OFFICER);
     let mut line = kms.client(PSAM_LINE);
     let demo = &published().card[0];
@@ -208,7 +211,7 @@ async fn every_reason_code_reachable_from_the_api_arrives_in_the_details() {
         station.card.inject_card_keys(inject(&card)),
     )
     .await;
-    registrar
+    province
         .registry
         .accept_card(card_ref(&card))
         .await
@@ -272,7 +275,7 @@ async fn every_reason_code_reachable_from_the_api_arrives_in_the_details() {
         .register_card(register(&fresh, "ssc-2.0-codes"))
         .await
         .unwrap();
-    registrar
+    province
         .registry
         .accept_card(card_ref(&fresh))
         .await
@@ -548,7 +551,106 @@ async fn every_reason_code_reachable_from_the_api_arrives_in_the_details() {
     seen.expect(
         Code::NotFound,
         "CARD_NOT_FOUND",
+        province.registry.accept_card(card_ref(&unknown)),
+    )
+    .await;
+
+    // ---- the registry review of applicant files
+    seen.expect(
+        Code::PermissionDenied,
+        "PROVINCE_ONLY",
         registrar.registry.accept_card(card_ref(&unknown)),
+    )
+    .await;
+    let mut long_name = applicant("440100", "RC", 1);
+    long_name.name = "欧阳".repeat(8);
+    let mut bad_check = applicant("440100", "RC", 2);
+    let last = if bad_check.ssn.ends_with('1') {
+        '2'
+    } else {
+        '1'
+    };
+    bad_check.ssn = format!("{}{last}", &bad_check.ssn[..17]);
+    let file = csv(&[applicant("440100", "RC", 0), long_name, bad_check]);
+    let batch = submit(&mut registrar.registry, file.as_bytes())
+        .await
+        .unwrap()
+        .into_inner();
+    seen.expect(
+        Code::InvalidArgument,
+        "APPLICANT_FILE_UNREADABLE",
+        submit(&mut registrar.registry, b"ssn,name\n"),
+    )
+    .await;
+    seen.expect(
+        Code::InvalidArgument,
+        "BATCH_ID_MALFORMED",
+        submit_chunked(
+            &mut registrar.registry,
+            file.as_bytes(),
+            "not an id",
+            pb::ApplicantFileEncoding::Unspecified,
+            1000,
+        ),
+    )
+    .await;
+    let other = csv(&[applicant("440100", "RC", 3)]);
+    seen.expect(
+        Code::AlreadyExists,
+        "APPLICANT_BATCH_ALREADY_EXISTS",
+        submit_chunked(
+            &mut registrar.registry,
+            other.as_bytes(),
+            &batch.batch_id,
+            pb::ApplicantFileEncoding::Unspecified,
+            1000,
+        ),
+    )
+    .await;
+    seen.expect(
+        Code::PermissionDenied,
+        "CITY_REGISTRAR_ONLY",
+        submit(&mut province.registry, file.as_bytes()),
+    )
+    .await;
+    let mut shenzhen_registrar = kms.client("sscard://registrar/440300/SZ-REG-01");
+    seen.expect(
+        Code::PermissionDenied,
+        "BATCH_OF_ANOTHER_CITY",
+        submit(&mut shenzhen_registrar.registry, file.as_bytes()),
+    )
+    .await;
+    seen.expect(
+        Code::NotFound,
+        "APPLICANT_BATCH_NOT_FOUND",
+        province
+            .registry
+            .get_applicant_batch(pb::GetApplicantBatchRequest {
+                batch_id: "no-such-batch".to_owned(),
+            }),
+    )
+    .await;
+    let row = |line: u64| pb::AcceptApplicantRowRequest {
+        batch_id: batch.batch_id.clone(),
+        line,
+        note: String::new(),
+    };
+    seen.expect(
+        Code::NotFound,
+        "APPLICANT_ROW_NOT_FOUND",
+        province.registry.accept_applicant_row(row(99)),
+    )
+    .await;
+    seen.expect(
+        Code::FailedPrecondition,
+        "ROW_NOT_WAIVABLE",
+        province.registry.accept_applicant_row(row(4)),
+    )
+    .await;
+    seen.expect(
+        Code::FailedPrecondition,
+        "ROW_ACCEPTED_ALREADY",
+        province.registry.accept_applicant_row(row(2)),
     )
     .await;
 

@@ -11,16 +11,21 @@ use tonic::transport::{Certificate, ClientTlsConfig};
 
 use crate::common::chain::{atr, card_number, card_number_bad_check, published, ssn};
 use crate::common::harness::{
-    OFFICER, PSAM_LINE, REGISTRAR, STATION, TestKms, card_identity, tr31_request,
+    OFFICER, PROVINCIAL_REGISTRAR, PSAM_LINE, REGISTRAR, STATION, TestKms, card_identity,
+    tr31_request,
 };
 
-/// A Guangzhou card that is not one of the demo cards.
+/// A Guangzhou card that is not one of the demo cards, with a chip of its own: the demo ATR
+/// ending in the serial's last 4 bytes (a card factor belongs to one card).
 fn new_card(serial: &str, number_body: &str, ssn17: &str) -> pb::CardIdentity {
+    let mut chip = atr();
+    let n = chip.len();
+    chip[n - 4..].copy_from_slice(&hex::decode(&serial[serial.len() - 8..]).unwrap());
     pb::CardIdentity {
         card_identifier: format!("440100D156000005{serial}"),
         card_number: card_number(number_body),
         social_security_number: ssn(ssn17),
-        atr: atr(),
+        atr: chip,
     }
 }
 
@@ -28,6 +33,7 @@ fn register(card: &pb::CardIdentity) -> pb::RegisterCardRequest {
     pb::RegisterCardRequest {
         card: Some(card.clone()),
         template_id: "ssc-2.0".to_owned(),
+        replaces_card_identifier: String::new(),
     }
 }
 
@@ -209,8 +215,16 @@ async fn cards_and_requests_the_registry_does_not_allow_are_refused_and_audited(
     )
     .await;
 
-    // Accepted: released; then blacklisted by its registrar: never again.
-    let record = registrar
+    // The city that registered it may not accept it: acceptance is the province's verdict.
+    kms.refused(
+        Code::PermissionDenied,
+        "only a provincial registrar may accept",
+        registrar.registry.accept_card(card_ref(&card)),
+    )
+    .await;
+    // Accepted by the province: released; then blacklisted by its registrar: never again.
+    let mut province = kms.client(PROVINCIAL_REGISTRAR);
+    let record = province
         .registry
         .accept_card(card_ref(&card))
         .await
@@ -255,7 +269,7 @@ async fn cards_and_requests_the_registry_does_not_allow_are_refused_and_audited(
     kms.refused(
         Code::FailedPrecondition,
         "the card is blacklisted",
-        registrar.registry.accept_card(card_ref(&card)),
+        province.registry.accept_card(card_ref(&card)),
     )
     .await;
 

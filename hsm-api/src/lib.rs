@@ -15,12 +15,12 @@
 //! a status.
 //!
 //! ```
-//! use hsm_api::{Algorithm, Exportability, KeySpec, KeyUsage, Kcv, KcvMethod};
+//! use hsm_api::{Algorithm, Exportability, HierarchyLevel, KeySpec, KeyUsage, Kcv, KcvMethod};
 //!
 //! // What the service asks for: a key it will only ever see as a token and a KCV.
 //! let spec = KeySpec {
 //!     algorithm: Algorithm::Tdes2,
-//!     usage: KeyUsage::CardDerivation,
+//!     usage: KeyUsage::CardDerivation(HierarchyLevel::National),
 //!     exportability: Exportability::NonExportable,
 //! };
 //! assert_eq!(spec.algorithm.key_len(), 16);
@@ -33,6 +33,7 @@
 use std::future::Future;
 
 mod algorithm;
+mod batch;
 mod error;
 mod factor;
 mod kcv;
@@ -40,14 +41,18 @@ mod methods;
 mod types;
 
 pub use algorithm::Algorithm;
+pub use batch::{
+    BATCH_ITEMS, BatchDelivery, BatchItem, BatchOutput, Derivation, KeySource, Protector,
+    WriteKeyDelivery, protector_item_error,
+};
 pub use error::{Error, Result};
 pub use factor::Factor;
 pub use kcv::{Kcv, KcvMethod};
 pub use methods::{Dispersion, KeyBlockVersion, MacFold};
 pub use types::{
-    Component, Exportability, ExportedKey, HsmState, HsmStatus, IssuedShare, KeySpec, KeyToken,
-    KeyUsage, LmkInit, LmkRotation, LmkShare, UnsealProgress, WrappedKey, WriteKeyCommand,
-    WriteKeyRequest,
+    Component, Exportability, ExportedKey, HierarchyLevel, HsmState, HsmStatus, IssuedShare,
+    KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare, UnsealProgress, WrappedKey,
+    WriteKeyCommand, WriteKeyRequest,
 };
 
 /// The operations of the HSM. Every key operation is refused unless the HSM is operational
@@ -81,10 +86,13 @@ pub trait Hsm: Send + Sync + 'static {
     /// Runs the known-answer self-test now; on failure every key operation is refused.
     fn self_test(&self) -> impl Future<Output = Result<()>> + Send;
 
-    /// A fresh random key.
+    /// A fresh random key. `spec.exportability` may only narrow what the usage allows (see
+    /// [`KeySpec`]); a [`KeyUsage::CardMasterKey`] is never generated (only derived).
     fn generate_key(&self, spec: KeySpec) -> impl Future<Output = Result<WrappedKey>> + Send;
 
-    /// A key formed as the XOR of 2..=9 clear components, each checked against its KCV.
+    /// A key formed as the XOR of 2..=9 clear components, each checked against its KCV (of at
+    /// least 3 bytes). As for [`Hsm::generate_key`], the spec's exportability only narrows, and
+    /// no [`KeyUsage::CardMasterKey`] is formed. A weak result is [`Error::WeakKey`].
     fn form_key(
         &self,
         spec: KeySpec,
@@ -92,9 +100,10 @@ pub trait Hsm: Send + Sync + 'static {
     ) -> impl Future<Output = Result<WrappedKey>> + Send;
 
     /// Imports a TR-31 block (B or D) under `kek`. The block header's usage must map to
-    /// `usage` (`K0`/`K1` key-block protection, `E6` card derivation, `E5` card key, `M6` audit
-    /// MAC); the new token carries it, with the block's exportability (`E` exportable; `N` and
-    /// `S` non-exportable).
+    /// `usage` (`K0`/`K1` key-block protection, `E6` card or master-key derivation at the level
+    /// `usage` names, `E5` card key or vendor transport key, `M6` audit MAC); the new token
+    /// carries it, with the block's exportability (`E` exportable; `N` and `S` non-exportable)
+    /// narrowed to what the usage allows. No [`KeyUsage::CardMasterKey`] is imported.
     fn import_key(
         &self,
         kek: &KeyToken,
@@ -102,7 +111,10 @@ pub trait Hsm: Send + Sync + 'static {
         usage: KeyUsage,
     ) -> impl Future<Output = Result<WrappedKey>> + Send;
 
-    /// Exports `key` under `kek` as a TR-31 block of `version`.
+    /// Exports `key` under `kek` as a TR-31 block of `version`. Only keys whose usage may leave
+    /// ([`KeyUsage::may_be_exported`]) and whose token is exportable; a card master key, its
+    /// hierarchy and a vendor transport key are [`Error::NotExportable`] whatever their token
+    /// says: they leave only inside secure-messaging commands ([`Hsm::write_key_command`]).
     fn export_key(
         &self,
         kek: &KeyToken,
@@ -111,20 +123,60 @@ pub trait Hsm: Send + Sync + 'static {
     ) -> impl Future<Output = Result<ExportedKey>> + Send;
 
     /// The child of `parent` by `method` with `factors` applied in order (top level first).
+    ///
+    /// The parent is a [`KeyUsage::CardDerivation`] or [`KeyUsage::MasterKeyDerivation`] key.
+    /// The child stays in its parent's hierarchy: a card-derivation parent gives
+    /// [`KeyUsage::CardKey`] or `CardDerivation` children, a master-key parent only
+    /// [`KeyUsage::CardMasterKey`] or `MasterKeyDerivation` children. The factors must reach the
+    /// child's level exactly: a card-level child needs as many factors as the parent's level is
+    /// above the card, a hierarchy child the level that many dispersions below the parent.
+    /// Anything else is [`Error::WrongUsage`].
+    ///
+    /// The HSM decides the child's exportability, never the caller: a hierarchy child is
+    /// exportable only if its parent is, a card key is exportable, a card master key never.
     fn derive_key(
         &self,
         parent: &KeyToken,
         method: Dispersion,
         factors: &[Factor],
         child_usage: KeyUsage,
-        child_exportability: Exportability,
     ) -> impl Future<Output = Result<WrappedKey>> + Send;
 
-    /// A secure-messaging command that writes `request.key` into a card.
+    /// A secure-messaging command that writes `request.key` into a card. The key written is a
+    /// [`KeyUsage::CardKey`] or [`KeyUsage::CardMasterKey`], never a hierarchy key; the
+    /// protector is a [`KeyUsage::CardMasterKey`], or a [`KeyUsage::VendorTransport`] key when
+    /// the key written is a master key. Anything else is [`Error::WrongUsage`].
     fn write_key_command(
         &self,
         request: WriteKeyRequest,
     ) -> impl Future<Output = Result<WriteKeyCommand>> + Send;
+
+    /// Every key of one card set or PSAM set in one call: one result per item, in order (see
+    /// [`BatchItem`]). Each item is checked exactly as the single operations it stands for, and
+    /// its refusal is its own result; the call as a whole fails only when nothing can be done
+    /// (sealed, self-test failed, unreachable, a count outside [`BATCH_ITEMS`]).
+    ///
+    /// The default implementation performs the single operations one after the other
+    /// ([`Hsm::derive_key`], then [`Hsm::export_key`] or [`Hsm::write_key_command`]), and is the
+    /// reference for what a batch answers; an implementation overrides it to do the work in one
+    /// call (one round trip for a remote HSM) without wrapping the derived keys under the LMK.
+    fn batch(
+        &self,
+        items: Vec<BatchItem>,
+    ) -> impl Future<Output = Result<Vec<Result<BatchOutput>>>> + Send {
+        async move {
+            check_batch_len(items.len())?;
+            let mut keys: Vec<Result<KeyToken>> = Vec::with_capacity(items.len());
+            for item in &items {
+                keys.push(batch::token_of(self, &item.key).await);
+            }
+            let mut results = Vec::with_capacity(items.len());
+            for (index, item) in items.into_iter().enumerate() {
+                results.push(batch::deliver(self, &keys, index, item).await);
+            }
+            Ok(results)
+        }
+    }
 
     /// The KCV of a token's key.
     fn kcv(&self, key: &KeyToken) -> impl Future<Output = Result<Kcv>> + Send;
@@ -154,4 +206,16 @@ pub trait Hsm: Send + Sync + 'static {
 
     /// Makes the prepared LMK current (named by its KCV) and wipes the hot-key cache.
     fn commit_lmk_rotation(&self, new_lmk_kcv: &Kcv) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// Refuses a batch of a length outside [`BATCH_ITEMS`] ([`Error::Count`]).
+pub fn check_batch_len(len: usize) -> Result<()> {
+    if BATCH_ITEMS.contains(&len) {
+        Ok(())
+    } else {
+        Err(Error::Count {
+            field: "batch items".into(),
+            expected: "1 to 256".into(),
+        })
+    }
 }

@@ -38,28 +38,108 @@ impl fmt::Debug for KeyToken {
     }
 }
 
-/// What a key may be used for. Checked by the HSM on every use, from the token's header.
+/// A level of the card key hierarchy (DOMAIN.md §2), as a hierarchy key's token records it: how
+/// many dispersions separate the key from a card's key. The HSM derives a card key only from a
+/// parent and factors that reach exactly the card level, so a hierarchy key never comes out of a
+/// derivation relabelled as a card key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HierarchyLevel {
+    /// The Ministry's root of a key type: three dispersions (F1, F2, F3) above the card.
+    National,
+    /// A provincial key, or the province's own root: two dispersions (F2, F3) above the card.
+    Province,
+    /// A city key: one dispersion (F3) above the card.
+    City,
+}
+
+impl HierarchyLevel {
+    /// Every level, top first.
+    pub const ALL: [HierarchyLevel; 3] = [
+        HierarchyLevel::National,
+        HierarchyLevel::Province,
+        HierarchyLevel::City,
+    ];
+
+    /// Dispersions from a key of this level to a card's key: 3, 2 or 1.
+    pub const fn dispersions_to_card(self) -> usize {
+        match self {
+            HierarchyLevel::National => 3,
+            HierarchyLevel::Province => 2,
+            HierarchyLevel::City => 1,
+        }
+    }
+
+    /// The level `factors` dispersions below this one, if that is still above the card.
+    pub const fn below(self, factors: usize) -> Option<HierarchyLevel> {
+        match self.dispersions_to_card().checked_sub(factors) {
+            Some(3) => Some(HierarchyLevel::National),
+            Some(2) => Some(HierarchyLevel::Province),
+            Some(1) => Some(HierarchyLevel::City),
+            _ => None,
+        }
+    }
+
+    /// `national`, `province` or `city`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            HierarchyLevel::National => "national",
+            HierarchyLevel::Province => "province",
+            HierarchyLevel::City => "city",
+        }
+    }
+}
+
+/// What a key may be used for. Checked by the HSM on every use, from the token's header; the
+/// HSM decides from it, not from the caller, whether a key may ever leave (see
+/// [`KeyUsage::may_be_exported`]).
+///
+/// | usage | written to a card | protects a card slot | derives | leaves as TR-31 |
+/// |---|---|---|---|---|
+/// | `KeyBlockProtection` | no | no | no | never (it wraps blocks) |
+/// | `CardDerivation(l)` | no | no | card keys, or `CardDerivation` below `l` | if made exportable |
+/// | `MasterKeyDerivation(l)` | no | no | card master keys, or `MasterKeyDerivation` below `l` | never |
+/// | `CardKey` | yes | no | no | yes |
+/// | `CardMasterKey` | yes | yes | no | never |
+/// | `VendorTransport` | no | yes (only a master key's write) | no | never |
+/// | `AuditMac` | no | no | no | never |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KeyUsage {
     /// A key-block protection key (KEK) of a station or a PSAM line: wraps and unwraps TR-31
     /// blocks, nothing else. TR-31 usage `K1`, mode `B`.
     KeyBlockProtection,
-    /// A national, provincial or city key of the card hierarchy: the parent of derivations, and
-    /// what a PSAM holds. TR-31 usage `E6`, mode `X` (derive only).
-    CardDerivation,
-    /// A card's own key (or a blank card's vendor transport key): written to a card by secure
-    /// messaging, protects other keys of the card, exported to stations. TR-31 usage `E5`, mode `N`.
+    /// A national, provincial or city key of the hierarchy of ordinary card keys: the parent of
+    /// derivations, and what a PSAM holds. TR-31 usage `E6`, mode `X` (derive only).
+    CardDerivation(HierarchyLevel),
+    /// A key of the hierarchy of card master keys: it derives only master keys (and the levels
+    /// of its own hierarchy below it), and never leaves the HSM. TR-31 usage `E6`, mode `X`.
+    MasterKeyDerivation(HierarchyLevel),
+    /// A card's own key that is not a master key: written to a card under a master key,
+    /// exported to stations; never protects another key. TR-31 usage `E5`, mode `N`.
     CardKey,
+    /// A card's (or a directory's) master key: written to a card by secure messaging and the
+    /// protector of the slots written under it. Only ever derived from a
+    /// [`KeyUsage::MasterKeyDerivation`] key; never leaves as a TR-31 block.
+    CardMasterKey,
+    /// A blank card's vendor transport key: protects the write of the card's master key (and
+    /// nothing else); never written, never exported.
+    VendorTransport,
     /// The audit trail's MAC key. TR-31 usage `M6` (CMAC), mode `C`.
     AuditMac,
 }
 
 impl KeyUsage {
-    /// Every usage.
-    pub const ALL: [KeyUsage; 4] = [
+    /// Every usage, each hierarchy usage at every level.
+    pub const ALL: [KeyUsage; 11] = [
         KeyUsage::KeyBlockProtection,
-        KeyUsage::CardDerivation,
+        KeyUsage::CardDerivation(HierarchyLevel::National),
+        KeyUsage::CardDerivation(HierarchyLevel::Province),
+        KeyUsage::CardDerivation(HierarchyLevel::City),
+        KeyUsage::MasterKeyDerivation(HierarchyLevel::National),
+        KeyUsage::MasterKeyDerivation(HierarchyLevel::Province),
+        KeyUsage::MasterKeyDerivation(HierarchyLevel::City),
         KeyUsage::CardKey,
+        KeyUsage::CardMasterKey,
+        KeyUsage::VendorTransport,
         KeyUsage::AuditMac,
     ];
 
@@ -68,9 +148,35 @@ impl KeyUsage {
     pub const fn name(self) -> &'static str {
         match self {
             KeyUsage::KeyBlockProtection => "key-block protection",
-            KeyUsage::CardDerivation => "card derivation",
+            KeyUsage::CardDerivation(HierarchyLevel::National) => "national card derivation",
+            KeyUsage::CardDerivation(HierarchyLevel::Province) => "provincial card derivation",
+            KeyUsage::CardDerivation(HierarchyLevel::City) => "city card derivation",
+            KeyUsage::MasterKeyDerivation(HierarchyLevel::National) => {
+                "national master-key derivation"
+            }
+            KeyUsage::MasterKeyDerivation(HierarchyLevel::Province) => {
+                "provincial master-key derivation"
+            }
+            KeyUsage::MasterKeyDerivation(HierarchyLevel::City) => "city master-key derivation",
             KeyUsage::CardKey => "card",
+            KeyUsage::CardMasterKey => "card master",
+            KeyUsage::VendorTransport => "vendor transport",
             KeyUsage::AuditMac => "audit MAC",
+        }
+    }
+
+    /// Whether a key of this usage may ever leave the HSM as a TR-31 block: card keys and the
+    /// card-derivation keys PSAMs hold. Key-block protection keys, master keys and their
+    /// hierarchy, vendor transport keys and the audit key never do, whatever a caller asks.
+    pub const fn may_be_exported(self) -> bool {
+        matches!(self, KeyUsage::CardDerivation(_) | KeyUsage::CardKey)
+    }
+
+    /// The hierarchy level of a derivation key; `None` for every other usage.
+    pub const fn level(self) -> Option<HierarchyLevel> {
+        match self {
+            KeyUsage::CardDerivation(level) | KeyUsage::MasterKeyDerivation(level) => Some(level),
+            _ => None,
         }
     }
 }
@@ -84,7 +190,12 @@ pub enum Exportability {
     NonExportable,
 }
 
-/// What a new key is.
+/// What a new key is (for [`Hsm::generate_key`](crate::Hsm::generate_key) and
+/// [`Hsm::form_key`](crate::Hsm::form_key)).
+///
+/// `exportability` may only narrow what the usage allows: [`Exportability::Exportable`] for a
+/// usage that never leaves the HSM ([`KeyUsage::may_be_exported`] false) is refused with
+/// [`crate::Error::NotExportable`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct KeySpec {
     pub algorithm: Algorithm,
@@ -215,10 +326,12 @@ pub struct HsmStatus {
 /// A secure-messaging WRITE KEY (or similar) command to build for a card (DOMAIN.md §5).
 #[derive(Debug, Clone)]
 pub struct WriteKeyRequest {
-    /// The key to write into the card: a [`KeyUsage::CardKey`] or [`KeyUsage::CardDerivation`].
+    /// The key to write into the card: a [`KeyUsage::CardKey`] or [`KeyUsage::CardMasterKey`]
+    /// (never a hierarchy key).
     pub key: KeyToken,
-    /// The key that protects the slot now: the vendor transport key of a blank card, or the
-    /// directory MK. Must be a [`KeyUsage::CardKey`].
+    /// The key that protects the slot now: a [`KeyUsage::CardMasterKey`] (the directory MK), or
+    /// the [`KeyUsage::VendorTransport`] key of a blank card, which protects only the write of a
+    /// master key.
     pub protect: KeyToken,
     /// APDU class, instruction and parameters, e.g. `84 D4 P1 00`.
     pub cla: u8,

@@ -7,15 +7,25 @@
 //!   `lmk/key-block-protection/v1`, AES-256), so the LMK itself never keys a cipher. The header
 //!   binds the key's usage:
 //!
-//!   | [`KeyUsage`] | TR-31 usage | mode of use |
-//!   |---|---|---|
-//!   | `KeyBlockProtection` | `K1` | `B` (wrap and unwrap) |
-//!   | `CardDerivation` | `E6` | `X` (derive only) |
-//!   | `CardKey` | `E5` | `N` |
-//!   | `AuditMac` | `M6` | `C` (generate and verify) |
+//!   | [`KeyUsage`] | TR-31 usage | mode of use | role block `0R` |
+//!   |---|---|---|---|
+//!   | `KeyBlockProtection` | `K1` | `B` (wrap and unwrap) | — |
+//!   | `CardDerivation(level)` | `E6` | `X` (derive only) | `D3`, `D2`, `D1` (national, province, city) |
+//!   | `MasterKeyDerivation(level)` | `E6` | `X` | `M3`, `M2`, `M1` |
+//!   | `CardKey` | `E5` | `N` | — |
+//!   | `CardMasterKey` | `E5` | `N` | `MK` |
+//!   | `VendorTransport` | `E5` | `N` | `VT` |
+//!   | `AuditMac` | `M6` | `C` (generate and verify) | — |
 //!
-//!   and its exportability (`E` or `N`). Unwrapping checks the MAC first (a flipped bit or a
-//!   foreign LMK is [`Error::KeyBlockMac`]), then that the header is one of the four above.
+//!   and its exportability (`E` or `N`). The **role block** is a proprietary optional block
+//!   (X9.143 leaves IDs that begin with a digit to proprietary use) that tells a card master key,
+//!   a vendor transport key and the two hierarchies apart, and records a hierarchy key's level
+//!   (the digit is the number of dispersions to the card). It is set when the token is made —
+//!   generated, formed, imported or derived — and covered by the token's MAC; it never appears
+//!   in a block exported to a recipient. Unwrapping checks the MAC first (a flipped bit or a
+//!   foreign LMK is [`Error::KeyBlockMac`]), then that the header, role block included, is
+//!   exactly one of the rows above (tokens of earlier versions, whose `E6` keys had no role
+//!   block, are refused).
 //! - **Shares**: the LMK is split m-of-n (2 ≤ m ≤ n ≤ 16) with Shamir's scheme over GF(2⁸)
 //!   (crate `blahaj`, the maintained fork of `sharks`), one polynomial per key byte with random
 //!   coefficients drawn from the operating system. A share is text a custodian can copy,
@@ -31,17 +41,20 @@ use std::borrow::Cow;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use blahaj::{Share, Sharks};
 use hsm_api::{
-    Algorithm, Error, Exportability, IssuedShare, Kcv, KcvMethod, KeyBlockVersion, KeyToken,
-    KeyUsage, LmkShare, Result,
+    Algorithm, Error, Exportability, HierarchyLevel, IssuedShare, Kcv, KcvMethod, KeyBlockVersion,
+    KeyToken, KeyUsage, LmkShare, Result,
 };
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::crypto::tr31::{self, KeyBlockAlgorithm, KeyBlockHeader, ModeOfUse};
+use crate::crypto::tr31::{
+    self, BindingKeys, KeyBlockAlgorithm, KeyBlockHeader, ModeOfUse, OptionalBlock,
+};
 use crate::crypto::{SecretKey, kcv, kdf};
 
 /// The fixed, published test LMK: AES-256, the ASCII bytes of `SSCARD-KMS-TEST-LMK-DO-NOT-USE!!`.
@@ -70,13 +83,36 @@ pub const STATE_FILE: &str = "hsm-state.json";
 /// The state file's format marker.
 const STATE_FORMAT: &str = "sscard-kms hsm-sim state v1";
 
-/// The TR-31 key usage and mode of use of a token of `usage` (the table of the module docs).
+/// The ID of the proprietary optional block that carries a token's role (see the module docs).
+pub(crate) const ROLE_BLOCK: &str = "0R";
+
+/// The TR-31 key usage and mode of use of a token of `usage` (the table of the module docs);
+/// also the header a key of that usage is exported with.
 pub(crate) const fn tr31_usage(usage: KeyUsage) -> (&'static str, ModeOfUse) {
     match usage {
         KeyUsage::KeyBlockProtection => ("K1", ModeOfUse::EncryptDecrypt),
-        KeyUsage::CardDerivation => ("E6", ModeOfUse::DeriveKeys),
-        KeyUsage::CardKey => ("E5", ModeOfUse::NoRestriction),
+        KeyUsage::CardDerivation(_) | KeyUsage::MasterKeyDerivation(_) => {
+            ("E6", ModeOfUse::DeriveKeys)
+        }
+        KeyUsage::CardKey | KeyUsage::CardMasterKey | KeyUsage::VendorTransport => {
+            ("E5", ModeOfUse::NoRestriction)
+        }
         KeyUsage::AuditMac => ("M6", ModeOfUse::GenerateVerify),
+    }
+}
+
+/// The data of a token's role block, if its usage has one.
+pub(crate) const fn role(usage: KeyUsage) -> Option<&'static str> {
+    match usage {
+        KeyUsage::CardDerivation(HierarchyLevel::National) => Some("D3"),
+        KeyUsage::CardDerivation(HierarchyLevel::Province) => Some("D2"),
+        KeyUsage::CardDerivation(HierarchyLevel::City) => Some("D1"),
+        KeyUsage::MasterKeyDerivation(HierarchyLevel::National) => Some("M3"),
+        KeyUsage::MasterKeyDerivation(HierarchyLevel::Province) => Some("M2"),
+        KeyUsage::MasterKeyDerivation(HierarchyLevel::City) => Some("M1"),
+        KeyUsage::CardMasterKey => Some("MK"),
+        KeyUsage::VendorTransport => Some("VT"),
+        KeyUsage::KeyBlockProtection | KeyUsage::CardKey | KeyUsage::AuditMac => None,
     }
 }
 
@@ -105,19 +141,35 @@ pub(crate) fn key_block_header(
     )
 }
 
-/// The usage a token's header says, or an error if it is not exactly one of the four headers
-/// this HSM writes.
+/// The usage a token's header says, or an error if it is not exactly one of the headers this
+/// HSM writes (usage, mode of use, role block, and no other optional block).
 fn token_usage(header: &KeyBlockHeader) -> Result<(KeyUsage, Exportability)> {
     if header.version != KeyBlockVersion::D {
         return Err(Error::KeyBlockHeader {
             field: "version".into(),
         });
     }
-    let usage = KeyUsage::ALL
+    // Parsed headers leave the padding block out: the role block is the only one allowed.
+    if let Some(other) = header.optional_blocks.iter().find(|b| b.id != ROLE_BLOCK) {
+        return Err(Error::KeyBlockOptionalBlock {
+            id: other.id.clone(),
+        });
+    }
+    let role_data = header.optional_block(ROLE_BLOCK).map(|b| b.data.as_str());
+    let candidates: Vec<KeyUsage> = KeyUsage::ALL
         .into_iter()
-        .find(|&u| tr31_usage(u).0 == header.key_usage)
-        .ok_or(Error::KeyBlockHeader {
+        .filter(|&u| tr31_usage(u).0 == header.key_usage)
+        .collect();
+    if candidates.is_empty() {
+        return Err(Error::KeyBlockHeader {
             field: "key usage".into(),
+        });
+    }
+    let usage = candidates
+        .into_iter()
+        .find(|&u| role(u) == role_data)
+        .ok_or(Error::KeyBlockOptionalBlock {
+            id: ROLE_BLOCK.to_owned(),
         })?;
     if tr31_usage(usage).1 != header.mode_of_use {
         return Err(Error::KeyBlockHeader {
@@ -133,6 +185,11 @@ fn token_usage(header: &KeyBlockHeader) -> Result<(KeyUsage, Exportability)> {
             });
         }
     };
+    if exportability == Exportability::Exportable && !usage.may_be_exported() {
+        return Err(Error::KeyBlockHeader {
+            field: "exportability".into(),
+        });
+    }
     Ok((usage, exportability))
 }
 
@@ -141,6 +198,36 @@ pub(crate) struct TokenKey {
     pub(crate) usage: KeyUsage,
     pub(crate) exportability: Exportability,
     pub(crate) key: SecretKey,
+    /// For a key-block protection key: its binding keys, derived at its first wrap and kept as
+    /// long as the key is (in the hot-key cache: bounded, emptied on seal; zeroized on drop).
+    binding: OnceLock<BindingKeys>,
+}
+
+impl TokenKey {
+    pub(crate) fn new(usage: KeyUsage, exportability: Exportability, key: SecretKey) -> TokenKey {
+        TokenKey {
+            usage,
+            exportability,
+            key,
+            binding: OnceLock::new(),
+        }
+    }
+
+    /// `work` with this key's binding keys for `version` (a KBPK's): derived once, then kept.
+    pub(crate) fn with_binding<T>(
+        &self,
+        version: KeyBlockVersion,
+        work: impl FnOnce(&BindingKeys) -> Result<T>,
+    ) -> Result<T> {
+        if let Some(kept) = self.binding.get().filter(|b| b.version() == version) {
+            return work(kept);
+        }
+        let fresh = BindingKeys::derive(&self.key, version)?;
+        let result = work(&fresh);
+        // The first derivation is kept; one computed concurrently is dropped (and zeroized).
+        let _ = self.binding.set(fresh);
+        result
+    }
 }
 
 impl core::fmt::Debug for TokenKey {
@@ -158,6 +245,8 @@ impl core::fmt::Debug for TokenKey {
 pub(crate) struct Lmk {
     key: SecretKey,
     kbpk: SecretKey,
+    /// The token key's binding keys (tokens are version D), derived once.
+    binding: BindingKeys,
     kcv: Kcv,
 }
 
@@ -181,7 +270,13 @@ impl Lmk {
         }
         let kbpk = kdf::hkdf_sha256(&key, KDF_SALT, KBPK_INFO, Algorithm::Aes256)?;
         let kcv = lmk_kcv(&key)?;
-        Ok(Lmk { key, kbpk, kcv })
+        let binding = BindingKeys::derive(&kbpk, KeyBlockVersion::D)?;
+        Ok(Lmk {
+            key,
+            kbpk,
+            binding,
+            kcv,
+        })
     }
 
     /// A fresh random LMK.
@@ -204,38 +299,48 @@ impl Lmk {
         kcv.method() == self.kcv.method() && bool::from(kcv.value().ct_eq(self.kcv.value()))
     }
 
-    /// A token for `key`: a version D block under the LMK with the header of `usage`.
+    /// A token for `key`: a version D block under the LMK with the header of `usage` (role
+    /// block included).
     pub(crate) fn wrap(
         &self,
         key: &SecretKey,
         usage: KeyUsage,
         exportability: Exportability,
     ) -> Result<KeyToken> {
-        let header = key_block_header(
+        let mut header = key_block_header(
             KeyBlockVersion::D,
             usage,
             key.algorithm(),
             tr31_exportability(exportability),
         )?;
-        Ok(KeyToken::from_stored(tr31::wrap(&self.kbpk, &header, key)?))
+        if let Some(role) = role(usage) {
+            header = header.with_optional_block(OptionalBlock::new(ROLE_BLOCK, role)?);
+        }
+        Ok(KeyToken::from_stored(tr31::wrap_bound(
+            &self.kbpk,
+            &self.binding,
+            &header,
+            key,
+        )?))
     }
 
     /// The key of `token`, its MAC verified and its header checked.
     pub(crate) fn unwrap(&self, token: &KeyToken) -> Result<TokenKey> {
-        let (header, key) = tr31::unwrap(&self.kbpk, token.as_str())?;
+        let (header, key) = tr31::unwrap_bound(&self.kbpk, Some(&self.binding), token.as_str())?;
         let (usage, exportability) = token_usage(&header)?;
-        Ok(TokenKey {
-            usage,
-            exportability,
-            key,
-        })
+        Ok(TokenKey::new(usage, exportability, key))
     }
 
     /// `token` (checked under this LMK) wrapped again under `new`, with the same header.
     pub(crate) fn rewrap(&self, token: &KeyToken, new: &Lmk) -> Result<KeyToken> {
-        let (header, key) = tr31::unwrap(&self.kbpk, token.as_str())?;
+        let (header, key) = tr31::unwrap_bound(&self.kbpk, Some(&self.binding), token.as_str())?;
         token_usage(&header)?;
-        Ok(KeyToken::from_stored(tr31::wrap(&new.kbpk, &header, &key)?))
+        Ok(KeyToken::from_stored(tr31::wrap_bound(
+            &new.kbpk,
+            &new.binding,
+            &header,
+            &key,
+        )?))
     }
 
     /// Splits the LMK into `count` shares, any `threshold` of which rebuild it.
@@ -664,11 +769,49 @@ mod tests {
                 let (code, mode) = tr31_usage(usage);
                 assert_eq!(&token.as_str()[5..7], code);
                 assert_eq!(token.as_str().as_bytes()[8], mode.code() as u8);
+                let header = tr31::parse_header(token.as_str()).unwrap();
+                assert_eq!(
+                    header.optional_block(ROLE_BLOCK).map(|b| b.data.as_str()),
+                    role(usage)
+                );
+                if exportability == Exportability::Exportable && !usage.may_be_exported() {
+                    // A token that says a never-exportable key is exportable is refused.
+                    assert_eq!(
+                        lmk.unwrap(&token).unwrap_err(),
+                        Error::KeyBlockHeader {
+                            field: "exportability".into()
+                        },
+                        "{usage:?}"
+                    );
+                    continue;
+                }
                 let back = lmk.unwrap(&token).unwrap();
                 assert_eq!(back.usage, usage);
                 assert_eq!(back.exportability, exportability);
                 assert!(back.key == key);
             }
+        }
+        // An `E6` token without its role block (the format before levels were recorded), or
+        // with a role of the wrong usage code, is refused.
+        let bare = KeyBlockHeader::new(
+            KeyBlockVersion::D,
+            "E6",
+            KeyBlockAlgorithm::Tdes,
+            ModeOfUse::DeriveKeys,
+            tr31::Exportability::NonExportable,
+        )
+        .unwrap();
+        for header in [
+            bare.clone(),
+            bare.with_optional_block(OptionalBlock::new(ROLE_BLOCK, "MK").unwrap()),
+        ] {
+            let token = KeyToken::from_stored(tr31::wrap(&lmk.kbpk, &header, &key).unwrap());
+            assert_eq!(
+                lmk.unwrap(&token).unwrap_err(),
+                Error::KeyBlockOptionalBlock {
+                    id: ROLE_BLOCK.to_owned()
+                }
+            );
         }
         // A header this HSM never writes, even under its own KBPK, is refused.
         let odd = KeyBlockHeader::new(
@@ -678,7 +821,8 @@ mod tests {
             ModeOfUse::NoRestriction,
             tr31::Exportability::Trusted,
         )
-        .unwrap();
+        .unwrap()
+        .with_optional_block(OptionalBlock::new(ROLE_BLOCK, "D1").unwrap());
         let token = KeyToken::from_stored(tr31::wrap(&lmk.kbpk, &odd, &key).unwrap());
         assert_eq!(
             lmk.unwrap(&token).unwrap_err(),

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use hsm_api::{
-    Algorithm, Component, Dispersion, Error, Exportability, Factor, Hsm, HsmState, Kcv, KcvMethod,
-    KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkShare, MacFold, WrappedKey, WriteKeyRequest,
+    Algorithm, Component, Dispersion, Error, Exportability, Factor, HierarchyLevel, Hsm, HsmState,
+    Kcv, KcvMethod, KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkShare, MacFold, WrappedKey,
+    WriteKeyRequest,
 };
 use hsm_sim::crypto::tr31::{self, ModeOfUse};
 use hsm_sim::crypto::{SecretKey, kcv};
@@ -103,6 +104,8 @@ struct Fixture {
     parent: WrappedKey,
     card: WrappedKey,
     secret_card: WrappedKey,
+    /// A card master key, derived from a national master-key root: a protector of card writes.
+    master: WrappedKey,
     audit: WrappedKey,
     block: String,
 }
@@ -128,7 +131,7 @@ async fn fixture(hsm: &LocalHsm) -> Fixture {
     let parent = hsm
         .generate_key(spec(
             Algorithm::Tdes2,
-            KeyUsage::CardDerivation,
+            KeyUsage::CardDerivation(HierarchyLevel::National),
             Exportability::NonExportable,
         ))
         .await
@@ -147,6 +150,23 @@ async fn fixture(hsm: &LocalHsm) -> Fixture {
             KeyUsage::CardKey,
             Exportability::NonExportable,
         ))
+        .await
+        .unwrap();
+    let master_root = hsm
+        .generate_key(spec(
+            Algorithm::Tdes2,
+            KeyUsage::MasterKeyDerivation(HierarchyLevel::National),
+            Exportability::NonExportable,
+        ))
+        .await
+        .unwrap();
+    let master = hsm
+        .derive_key(
+            &master_root.token,
+            Dispersion::PbocTdes,
+            &factors(),
+            KeyUsage::CardMasterKey,
+        )
         .await
         .unwrap();
     let audit = hsm
@@ -168,6 +188,7 @@ async fn fixture(hsm: &LocalHsm) -> Fixture {
         parent,
         card,
         secret_card,
+        master,
         audit,
         block,
     }
@@ -217,7 +238,7 @@ async fn every_key_operation(
             hsm.form_key(
                 spec(
                     Algorithm::Tdes2,
-                    KeyUsage::CardDerivation,
+                    KeyUsage::CardDerivation(HierarchyLevel::National),
                     Exportability::NonExportable,
                 ),
                 vec![
@@ -247,14 +268,13 @@ async fn every_key_operation(
                 Dispersion::PbocTdes,
                 &factors(),
                 KeyUsage::CardKey,
-                Exportability::Exportable,
             )
             .await
             .map(drop),
         ),
         (
             "write_key_command",
-            hsm.write_key_command(write_request(&f.card.token, &f.secret_card.token))
+            hsm.write_key_command(write_request(&f.card.token, &f.master.token))
                 .await
                 .map(drop),
         ),
@@ -311,7 +331,7 @@ async fn tokens_do_not_unwrap_without_their_lmk() {
     let key = a
         .generate_key(spec(
             Algorithm::Tdes2,
-            KeyUsage::CardDerivation,
+            KeyUsage::CardDerivation(HierarchyLevel::National),
             Exportability::NonExportable,
         ))
         .await
@@ -325,7 +345,6 @@ async fn tokens_do_not_unwrap_without_their_lmk() {
             Dispersion::PbocTdes,
             &factors(),
             KeyUsage::CardKey,
-            Exportability::Exportable
         )
         .await,
         Err(Error::KeyBlockMac)
@@ -391,13 +410,12 @@ async fn keys_are_refused_outside_their_usage() {
             Dispersion::PbocTdes,
             &factors(),
             KeyUsage::CardKey,
-            Exportability::Exportable
         )
         .await,
         Err(wrong(kbp, "derive a key"))
     );
     assert_eq!(
-        hsm.write_key_command(write_request(&f.kek.token, &f.card.token))
+        hsm.write_key_command(write_request(&f.kek.token, &f.master.token))
             .await,
         Err(wrong(kbp, "be written to a card"))
     );
@@ -435,7 +453,6 @@ async fn keys_are_refused_outside_their_usage() {
             Dispersion::PbocTdes,
             &factors(),
             KeyUsage::CardKey,
-            Exportability::Exportable
         )
         .await,
         Err(wrong("audit MAC", "derive a key"))
@@ -446,7 +463,10 @@ async fn keys_are_refused_outside_their_usage() {
     );
     assert_eq!(
         hsm.verify_mac(&f.parent.token, b"x", &[0; 16]).await,
-        Err(wrong("card derivation", "compute or verify an audit MAC"))
+        Err(wrong(
+            "national card derivation",
+            "compute or verify an audit MAC"
+        ))
     );
     // A card key as a derivation parent (only card derivation keys derive).
     assert_eq!(
@@ -455,36 +475,46 @@ async fn keys_are_refused_outside_their_usage() {
             Dispersion::PbocTdes,
             &factors(),
             KeyUsage::CardKey,
-            Exportability::Exportable
         )
         .await,
         Err(wrong("card", "derive a key"))
     );
     // A derived key is a card key or a card derivation key, nothing else.
-    for child in [KeyUsage::KeyBlockProtection, KeyUsage::AuditMac] {
+    for child in [
+        KeyUsage::KeyBlockProtection,
+        KeyUsage::AuditMac,
+        KeyUsage::VendorTransport,
+        KeyUsage::CardMasterKey,
+        KeyUsage::MasterKeyDerivation(HierarchyLevel::City),
+    ] {
         assert_eq!(
-            hsm.derive_key(
-                &f.parent.token,
-                Dispersion::PbocTdes,
-                &factors(),
-                child,
-                Exportability::Exportable
-            )
-            .await,
-            Err(wrong(child.name(), "hold a derived key"))
+            hsm.derive_key(&f.parent.token, Dispersion::PbocTdes, &factors(), child,)
+                .await,
+            Err(wrong(
+                "national card derivation",
+                "derive anything but card keys and card derivation keys below it"
+            )),
+            "{child:?}"
         );
     }
     // A card derivation key may not protect a card write.
     assert_eq!(
         hsm.write_key_command(write_request(&f.card.token, &f.parent.token))
             .await,
-        Err(wrong("card derivation", "protect a key written to a card"))
+        Err(wrong(
+            "national card derivation",
+            "protect a key written to a card"
+        ))
     );
     // An import whose block says another usage than asked.
     assert_eq!(
-        hsm.import_key(&f.kek.token, &f.block, KeyUsage::CardDerivation)
-            .await,
-        Err(wrong("card", "become a card derivation key"))
+        hsm.import_key(
+            &f.kek.token,
+            &f.block,
+            KeyUsage::CardDerivation(HierarchyLevel::National)
+        )
+        .await,
+        Err(wrong("TR-31 E5", "become a card derivation key"))
     );
     // Algorithms a usage cannot have.
     assert_eq!(
@@ -518,7 +548,6 @@ async fn keys_are_refused_outside_their_usage() {
             Dispersion::PbocTdes,
             &[],
             KeyUsage::CardKey,
-            Exportability::Exportable
         )
         .await,
         Err(Error::Count { field, .. }) if field == "factors"
@@ -529,7 +558,6 @@ async fn keys_are_refused_outside_their_usage() {
             Dispersion::Sm4Complement,
             &factors(),
             KeyUsage::CardKey,
-            Exportability::Exportable
         )
         .await,
         Err(Error::Unsupported { .. })
@@ -539,8 +567,379 @@ async fn keys_are_refused_outside_their_usage() {
     assert_eq!(
         hsm.write_key_command(write_request(&f.card.token, &f.parent.token))
             .await,
-        Err(wrong("card derivation", "protect a key written to a card"))
+        Err(wrong(
+            "national card derivation",
+            "protect a key written to a card"
+        ))
     );
+}
+
+/// Issue 12: whoever holds the service certificate could extract a non-exportable city key in
+/// three calls — form a card key from chosen components, write the hierarchy key to a "card"
+/// under it, decrypt the encrypted field with the known components. Each step is refused now,
+/// as are its variants through a vendor transport key or a formed master key.
+#[tokio::test]
+async fn a_hierarchy_key_cannot_be_extracted_through_a_card_write() {
+    let hsm = test_lmk_hsm();
+    let f = fixture(&hsm).await;
+    let wrong = |usage: &'static str, operation: &'static str| Error::WrongUsage {
+        usage: usage.into(),
+        operation: operation.into(),
+    };
+    let city = hsm
+        .derive_key(
+            &f.parent.token,
+            Dispersion::PbocTdes,
+            &factors()[..2],
+            KeyUsage::CardDerivation(HierarchyLevel::City),
+        )
+        .await
+        .unwrap();
+    // Call 1: a "card key" whose value the caller chose.
+    let chosen = [
+        component(Algorithm::Tdes2, "0123456789ABCDEFFEDCBA9876543210"),
+        component(Algorithm::Tdes2, "1111111111111111222222222222222F"),
+    ];
+    let [a, b] = chosen;
+    let known = hsm
+        .form_key(
+            spec(
+                Algorithm::Tdes2,
+                KeyUsage::CardKey,
+                Exportability::Exportable,
+            ),
+            vec![a, b],
+        )
+        .await
+        .unwrap();
+    // Call 2: the city key written under it — refused: only card-level keys are written...
+    assert_eq!(
+        hsm.write_key_command(write_request(&city.token, &known.token))
+            .await
+            .map(|c| c.apdu),
+        Err(wrong("city card derivation", "be written to a card"))
+    );
+    // ... and a card key never protects a slot, whatever is written under it.
+    assert_eq!(
+        hsm.write_key_command(write_request(&f.card.token, &known.token))
+            .await
+            .map(|c| c.apdu),
+        Err(wrong("card", "protect a key written to a card"))
+    );
+    // The protectors a caller can choose the value of: a vendor transport key (formed from a
+    // vendor's components) protects only a master key's write; a master key is never formed.
+    let vendor = hsm
+        .form_key(
+            spec(
+                Algorithm::Tdes2,
+                KeyUsage::VendorTransport,
+                Exportability::NonExportable,
+            ),
+            vec![
+                component(Algorithm::Tdes2, "0123456789ABCDEFFEDCBA9876543210"),
+                component(Algorithm::Tdes2, "1111111111111111222222222222222F"),
+            ],
+        )
+        .await
+        .unwrap();
+    for key in [&city.token, &f.parent.token, &f.card.token] {
+        assert!(
+            matches!(
+                hsm.write_key_command(write_request(key, &vendor.token))
+                    .await,
+                Err(Error::WrongUsage { .. })
+            ),
+            "{key:?}"
+        );
+    }
+    assert_eq!(
+        hsm.write_key_command(write_request(&f.card.token, &vendor.token))
+            .await
+            .map(|c| c.apdu),
+        Err(wrong(
+            "vendor transport",
+            "protect the write of anything but a card master key"
+        ))
+    );
+    let only_derived = wrong(
+        "card master",
+        "be generated, formed or imported (it is only ever derived)",
+    );
+    assert_eq!(
+        hsm.form_key(
+            spec(
+                Algorithm::Tdes2,
+                KeyUsage::CardMasterKey,
+                Exportability::NonExportable,
+            ),
+            vec![
+                component(Algorithm::Tdes2, "0123456789ABCDEFFEDCBA9876543210"),
+                component(Algorithm::Tdes2, "1111111111111111222222222222222F"),
+            ],
+        )
+        .await,
+        Err(only_derived.clone())
+    );
+    assert_eq!(
+        hsm.generate_key(spec(
+            Algorithm::Tdes2,
+            KeyUsage::CardMasterKey,
+            Exportability::NonExportable,
+        ))
+        .await,
+        Err(only_derived.clone())
+    );
+    assert_eq!(
+        hsm.import_key(&f.kek.token, &f.block, KeyUsage::CardMasterKey)
+            .await,
+        Err(only_derived)
+    );
+    // What is allowed: a card key under a master key, a master key under the vendor key.
+    assert!(
+        hsm.write_key_command(write_request(&f.card.token, &f.master.token))
+            .await
+            .is_ok()
+    );
+    assert!(
+        hsm.write_key_command(write_request(&f.master.token, &vendor.token))
+            .await
+            .is_ok()
+    );
+}
+
+/// A hierarchy key cannot come out of a derivation relabelled: the factors must reach the
+/// child's level exactly, and the child stays in its parent's hierarchy. Otherwise a provincial
+/// key derived as a "card key" with the city factor would be the city key, exportable.
+#[tokio::test]
+async fn a_derivation_reaches_exactly_its_level_in_its_hierarchy() {
+    let hsm = test_lmk_hsm();
+    let f = fixture(&hsm).await;
+    let [f1, f2, f3] = factors();
+    let level = |usage: &'static str| Error::WrongUsage {
+        usage: usage.into(),
+        operation: "derive a key of that level with this number of factors".into(),
+    };
+    let province = hsm
+        .derive_key(
+            &f.parent.token,
+            Dispersion::PbocTdes,
+            &[f1],
+            KeyUsage::CardDerivation(HierarchyLevel::Province),
+        )
+        .await
+        .unwrap();
+    // The city key as a "card key" (one factor short), or under a wrong level.
+    for (factors, child) in [
+        (vec![f2], KeyUsage::CardKey),
+        (vec![f2], KeyUsage::CardDerivation(HierarchyLevel::Province)),
+        (vec![f2, f3], KeyUsage::CardDerivation(HierarchyLevel::City)),
+        (vec![f2, f3, f3], KeyUsage::CardKey),
+    ] {
+        assert_eq!(
+            hsm.derive_key(&province.token, Dispersion::PbocTdes, &factors, child)
+                .await,
+            Err(level("provincial card derivation")),
+            "{child:?} with {} factors",
+            factors.len()
+        );
+    }
+    assert!(
+        hsm.derive_key(
+            &province.token,
+            Dispersion::PbocTdes,
+            &[f2, f3],
+            KeyUsage::CardKey
+        )
+        .await
+        .is_ok()
+    );
+    // A master-key hierarchy derives master keys only, at their level.
+    let masters = hsm
+        .generate_key(spec(
+            Algorithm::Tdes2,
+            KeyUsage::MasterKeyDerivation(HierarchyLevel::Province),
+            Exportability::NonExportable,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        hsm.derive_key(
+            &masters.token,
+            Dispersion::PbocTdes,
+            &[f2, f3],
+            KeyUsage::CardKey
+        )
+        .await,
+        Err(Error::WrongUsage {
+            usage: "provincial master-key derivation".into(),
+            operation:
+                "derive anything but card master keys and master-key derivation keys below it"
+                    .into(),
+        })
+    );
+    assert_eq!(
+        hsm.derive_key(
+            &masters.token,
+            Dispersion::PbocTdes,
+            &[f2],
+            KeyUsage::CardMasterKey
+        )
+        .await,
+        Err(level("provincial master-key derivation"))
+    );
+    let master = hsm
+        .derive_key(
+            &masters.token,
+            Dispersion::PbocTdes,
+            &[f2, f3],
+            KeyUsage::CardMasterKey,
+        )
+        .await
+        .unwrap();
+    // A card-derivation parent does not make master keys either.
+    assert!(matches!(
+        hsm.derive_key(
+            &province.token,
+            Dispersion::PbocTdes,
+            &[f2, f3],
+            KeyUsage::CardMasterKey
+        )
+        .await,
+        Err(Error::WrongUsage { .. })
+    ));
+    assert!(
+        hsm.write_key_command(write_request(&f.card.token, &master.token))
+            .await
+            .is_ok()
+    );
+}
+
+/// Issue 12 (policy hook): issuer-only keys leave only inside secure-messaging commands. A card
+/// master key, its hierarchy and a vendor transport key are refused as TR-31 by their usage,
+/// under any KEK and in either version; the same master key is written to a card.
+#[tokio::test]
+async fn master_keys_never_leave_as_tr31() {
+    let hsm = test_lmk_hsm();
+    let f = fixture(&hsm).await;
+    let masters = hsm
+        .generate_key(spec(
+            Algorithm::Tdes2,
+            KeyUsage::MasterKeyDerivation(HierarchyLevel::Province),
+            Exportability::NonExportable,
+        ))
+        .await
+        .unwrap();
+    let vendor = hsm
+        .generate_key(spec(
+            Algorithm::Tdes2,
+            KeyUsage::VendorTransport,
+            Exportability::NonExportable,
+        ))
+        .await
+        .unwrap();
+    let tdes_kek = hsm
+        .generate_key(spec(
+            Algorithm::Tdes3,
+            KeyUsage::KeyBlockProtection,
+            Exportability::NonExportable,
+        ))
+        .await
+        .unwrap();
+    for key in [&f.master, &masters, &vendor] {
+        for (kek, version) in [
+            (&f.kek, KeyBlockVersion::D),
+            (&tdes_kek, KeyBlockVersion::B),
+        ] {
+            assert_eq!(
+                hsm.export_key(&kek.token, &key.token, version).await,
+                Err(Error::NotExportable),
+                "{:?} under {version:?}",
+                key.token
+            );
+        }
+    }
+    assert!(
+        hsm.write_key_command(write_request(&f.master.token, &vendor.token))
+            .await
+            .is_ok()
+    );
+}
+
+/// Issue 12: exportability is the HSM's decision from the key's usage, never the caller's.
+#[tokio::test]
+async fn exportability_is_decided_by_the_hsm() {
+    let hsm = test_lmk_hsm();
+    let f = fixture(&hsm).await;
+    let [f1, f2, f3] = factors();
+    // A non-exportable root's provincial child is non-exportable (the caller used to choose).
+    let province = hsm
+        .derive_key(
+            &f.parent.token,
+            Dispersion::PbocTdes,
+            &[f1],
+            KeyUsage::CardDerivation(HierarchyLevel::Province),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        hsm.export_key(&f.kek.token, &province.token, KeyBlockVersion::D)
+            .await,
+        Err(Error::NotExportable)
+    );
+    // An exportable root (one PSAMs hold) gives exportable children; card keys leave as TR-31.
+    let psam_root = hsm
+        .generate_key(spec(
+            Algorithm::Tdes2,
+            KeyUsage::CardDerivation(HierarchyLevel::National),
+            Exportability::Exportable,
+        ))
+        .await
+        .unwrap();
+    let psam_province = hsm
+        .derive_key(
+            &psam_root.token,
+            Dispersion::PbocTdes,
+            &[f1],
+            KeyUsage::CardDerivation(HierarchyLevel::Province),
+        )
+        .await
+        .unwrap();
+    assert!(
+        hsm.export_key(&f.kek.token, &psam_province.token, KeyBlockVersion::D)
+            .await
+            .is_ok()
+    );
+    let card = hsm
+        .derive_key(
+            &province.token,
+            Dispersion::PbocTdes,
+            &[f2, f3],
+            KeyUsage::CardKey,
+        )
+        .await
+        .unwrap();
+    assert!(
+        hsm.export_key(&f.kek.token, &card.token, KeyBlockVersion::D)
+            .await
+            .is_ok()
+    );
+    // A new key of a usage that never leaves cannot be made exportable.
+    for (alg, usage) in [
+        (Algorithm::Aes256, KeyUsage::KeyBlockProtection),
+        (Algorithm::Aes256, KeyUsage::AuditMac),
+        (Algorithm::Tdes2, KeyUsage::VendorTransport),
+        (
+            Algorithm::Tdes2,
+            KeyUsage::MasterKeyDerivation(HierarchyLevel::Province),
+        ),
+    ] {
+        assert_eq!(
+            hsm.generate_key(spec(alg, usage, Exportability::Exportable))
+                .await,
+            Err(Error::NotExportable),
+            "{usage:?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -548,7 +947,7 @@ async fn components_are_checked() {
     let hsm = test_lmk_hsm();
     let card_spec = spec(
         Algorithm::Tdes2,
-        KeyUsage::CardDerivation,
+        KeyUsage::CardDerivation(HierarchyLevel::National),
         Exportability::NonExportable,
     );
     // Component 2's KCV is that of another key.
@@ -618,6 +1017,54 @@ async fn components_are_checked() {
             "{a} {b}"
         );
     }
+    // Issue 12: equal components (an all-zero key), for every algorithm, and halves equal
+    // modulo parity are weak; a component KCV shorter than 3 bytes is refused.
+    for (alg, hex) in [
+        (Algorithm::Aes128, "000102030405060708090A0B0C0D0E0F"),
+        (Algorithm::Sm4, "0123456789ABCDEFFEDCBA9876543210"),
+        (Algorithm::Tdes2, "0123456789ABCDEFFEDCBA9876543210"),
+    ] {
+        assert_eq!(
+            hsm.form_key(
+                spec(alg, KeyUsage::CardKey, Exportability::Exportable),
+                vec![component(alg, hex), component(alg, hex)]
+            )
+            .await,
+            Err(Error::WeakKey),
+            "{alg}"
+        );
+    }
+    assert_eq!(
+        hsm.form_key(
+            card_spec,
+            vec![
+                component(Algorithm::Tdes2, "0123456789ABCDEFFEDCBA9876543210"),
+                component(Algorithm::Tdes2, "0000000000000000FEFEFEFEFEFEFEFE"),
+            ]
+        )
+        .await,
+        Err(Error::WeakKey)
+    );
+    let mut short_kcv = component(Algorithm::Tdes2, "0123456789ABCDEFFEDCBA9876543210");
+    short_kcv.expected_kcv = Kcv::from_parts(
+        KcvMethod::EncryptZeros,
+        short_kcv.expected_kcv.value()[..2].to_vec(),
+    );
+    assert_eq!(
+        hsm.form_key(
+            card_spec,
+            vec![
+                short_kcv,
+                component(Algorithm::Tdes2, "1E1E1E1E1E1E1E1E2D2D2D2D2D2D2D2D"),
+            ]
+        )
+        .await,
+        Err(Error::DataLength {
+            field: "component KCV".into(),
+            expected: "at least 3 bytes".into(),
+            actual: 2
+        })
+    );
     // Nine components are fine.
     let nine = (0..9)
         .map(|i| component(Algorithm::Aes128, &format!("{:02X}", i + 1).repeat(16)))
@@ -644,7 +1091,7 @@ async fn derivation_follows_the_domain_chain() {
         .form_key(
             spec(
                 Algorithm::Tdes2,
-                KeyUsage::CardDerivation,
+                KeyUsage::CardDerivation(HierarchyLevel::National),
                 Exportability::NonExportable,
             ),
             vec![
@@ -659,20 +1106,24 @@ async fn derivation_follows_the_domain_chain() {
     let derive = |parent: KeyToken, factor: Factor, usage: KeyUsage| {
         let hsm = &hsm;
         async move {
-            hsm.derive_key(
-                &parent,
-                Dispersion::PbocTdes,
-                &[factor],
-                usage,
-                Exportability::NonExportable,
-            )
-            .await
-            .unwrap()
+            hsm.derive_key(&parent, Dispersion::PbocTdes, &[factor], usage)
+                .await
+                .unwrap()
         }
     };
-    let province = derive(root.token.clone(), f1, KeyUsage::CardDerivation).await;
+    let province = derive(
+        root.token.clone(),
+        f1,
+        KeyUsage::CardDerivation(HierarchyLevel::Province),
+    )
+    .await;
     assert_eq!(province.kcv.to_hex(), "E47B1C");
-    let city = derive(province.token, f2, KeyUsage::CardDerivation).await;
+    let city = derive(
+        province.token,
+        f2,
+        KeyUsage::CardDerivation(HierarchyLevel::City),
+    )
+    .await;
     assert_eq!(city.kcv.to_hex(), "AEA797");
     let card = derive(city.token, f3, KeyUsage::CardKey).await;
     assert_eq!(card.kcv.to_hex(), "32CD7C");
@@ -683,7 +1134,6 @@ async fn derivation_follows_the_domain_chain() {
             Dispersion::PbocTdes,
             &factors(),
             KeyUsage::CardKey,
-            Exportability::Exportable,
         )
         .await
         .unwrap();
@@ -728,7 +1178,7 @@ async fn exported_blocks_unwrap_to_the_same_key() {
     let city = hsm
         .generate_key(spec(
             Algorithm::Tdes2,
-            KeyUsage::CardDerivation,
+            KeyUsage::CardDerivation(HierarchyLevel::National),
             Exportability::Exportable,
         ))
         .await
@@ -795,14 +1245,22 @@ async fn exported_blocks_unwrap_to_the_same_key() {
     );
     // A block under another KBPK.
     assert_eq!(
-        hsm.import_key(&tdes_kek.token, &b.block, KeyUsage::CardDerivation)
-            .await
-            .map(|k| k.kcv),
+        hsm.import_key(
+            &tdes_kek.token,
+            &b.block,
+            KeyUsage::CardDerivation(HierarchyLevel::National)
+        )
+        .await
+        .map(|k| k.kcv),
         Ok(city.kcv.clone())
     );
     assert_eq!(
-        hsm.import_key(&f.kek.token, &b.block, KeyUsage::CardDerivation)
-            .await,
+        hsm.import_key(
+            &f.kek.token,
+            &b.block,
+            KeyUsage::CardDerivation(HierarchyLevel::National)
+        )
+        .await,
         Err(Error::KeyBlockKbpk {
             version: 'B',
             expected: "2- or 3-key TDES".into()
@@ -1126,7 +1584,6 @@ async fn lmk_rotation_keeps_every_kcv_and_retires_old_tokens() {
         Dispersion::PbocTdes,
         &factors(),
         KeyUsage::CardKey,
-        Exportability::Exportable,
     )
     .await
     .unwrap();
@@ -1164,7 +1621,6 @@ async fn lmk_rotation_keeps_every_kcv_and_retires_old_tokens() {
             Dispersion::PbocTdes,
             &factors(),
             KeyUsage::CardKey,
-            Exportability::Exportable,
         )
         .await,
         Err(Error::KeyBlockMac)
@@ -1208,14 +1664,14 @@ async fn seal_empties_the_hot_key_cache() {
             Dispersion::PbocTdes,
             &factors(),
             KeyUsage::CardKey,
-            Exportability::Exportable,
         )
         .await
         .unwrap();
     }
     hsm.mac(&f.audit.token, b"x").await.unwrap();
-    // The KEK (from the fixture's export), the parent, the audit key; not the exported card key.
-    assert_eq!(hsm.status().await.unwrap().cached_keys, 3);
+    // The KEK (from the fixture's export), the parent, the master-key root (the fixture's
+    // derivation), the audit key; not the exported card key.
+    assert_eq!(hsm.status().await.unwrap().cached_keys, 4);
     hsm.seal().await.unwrap();
     assert_eq!(hsm.status().await.unwrap().cached_keys, 0);
     for issued in init.shares {
@@ -1288,13 +1744,13 @@ async fn shared_across_tasks() {
             let hsm = Arc::clone(&hsm);
             let parent = parent.clone();
             tokio::spawn(async move {
+                let [f1, f2, _] = factors();
                 let card = Factor::from_bytes(&[i; 8]).unwrap();
                 hsm.derive_key(
                     &parent,
                     Dispersion::PbocTdes,
-                    &[card],
+                    &[f1, f2, card],
                     KeyUsage::CardKey,
-                    Exportability::Exportable,
                 )
                 .await
                 .map(|k| k.kcv)

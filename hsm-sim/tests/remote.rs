@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hsm_api::{
-    Algorithm, Component, Dispersion, Error, Exportability, Factor, Hsm, HsmState, Kcv, KcvMethod,
-    KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkShare, UnsealProgress,
+    Algorithm, Component, Dispersion, Error, Exportability, Factor, HierarchyLevel, Hsm, HsmState,
+    Kcv, KcvMethod, KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkShare, UnsealProgress,
 };
 use hsm_sim::crypto::{SecretKey, kcv};
 use hsm_sim::local::{LocalHsm, LocalHsmConfig};
@@ -187,7 +187,7 @@ struct Chain {
 async fn form_domain_chain<H: Hsm>(hsm: &H) -> Chain {
     let derivation = spec(
         Algorithm::Tdes2,
-        KeyUsage::CardDerivation,
+        KeyUsage::CardDerivation(HierarchyLevel::National),
         Exportability::NonExportable,
     );
     let root = hsm.form_key(derivation, root_components()).await.unwrap();
@@ -197,8 +197,7 @@ async fn form_domain_chain<H: Hsm>(hsm: &H) -> Chain {
             &root.token,
             Dispersion::PbocTdes,
             &factors(&[F1]),
-            KeyUsage::CardDerivation,
-            Exportability::NonExportable,
+            KeyUsage::CardDerivation(HierarchyLevel::Province),
         )
         .await
         .unwrap();
@@ -208,8 +207,7 @@ async fn form_domain_chain<H: Hsm>(hsm: &H) -> Chain {
             &province.token,
             Dispersion::PbocTdes,
             &factors(&[F2]),
-            KeyUsage::CardDerivation,
-            Exportability::NonExportable,
+            KeyUsage::CardDerivation(HierarchyLevel::City),
         )
         .await
         .unwrap();
@@ -221,7 +219,6 @@ async fn form_domain_chain<H: Hsm>(hsm: &H) -> Chain {
             Dispersion::PbocTdes,
             &factors(&[F1, F2, F3]),
             KeyUsage::CardKey,
-            Exportability::Exportable,
         )
         .await
         .unwrap();
@@ -232,7 +229,6 @@ async fn form_domain_chain<H: Hsm>(hsm: &H) -> Chain {
             Dispersion::PbocTdes,
             &factors(&[F3]),
             KeyUsage::CardKey,
-            Exportability::Exportable,
         )
         .await
         .unwrap();
@@ -340,14 +336,13 @@ async fn the_hsm_process_serves_the_domain_chain_and_survives_a_restart() {
             Dispersion::PbocTdes,
             &factors(&[F1]),
             KeyUsage::CardKey,
-            Exportability::Exportable
         )
         .await,
         Err(Error::WrongUsage { .. })
     ));
     let derivation = spec(
         Algorithm::Tdes2,
-        KeyUsage::CardDerivation,
+        KeyUsage::CardDerivation(HierarchyLevel::National),
         Exportability::NonExportable,
     );
     let bad = vec![
@@ -414,7 +409,6 @@ async fn the_hsm_process_serves_the_domain_chain_and_survives_a_restart() {
             Dispersion::PbocTdes,
             &factors(&[F3]),
             KeyUsage::CardKey,
-            Exportability::Exportable,
         )
         .await
         .unwrap();
@@ -544,7 +538,7 @@ async fn refusals<H: Hsm>(hsm: &H) -> Vec<(&'static str, Error)> {
     );
     let derivation = spec(
         Algorithm::Tdes2,
-        KeyUsage::CardDerivation,
+        KeyUsage::CardDerivation(HierarchyLevel::National),
         Exportability::NonExportable,
     );
     let mut errors = Vec::new();
@@ -579,7 +573,6 @@ async fn refusals<H: Hsm>(hsm: &H) -> Vec<(&'static str, Error)> {
             Dispersion::PbocTdes,
             &factors(&[F1]),
             KeyUsage::CardKey,
-            Exportability::Exportable,
         )
         .await
         .map(drop),
@@ -591,7 +584,6 @@ async fn refusals<H: Hsm>(hsm: &H) -> Vec<(&'static str, Error)> {
             Dispersion::Sm4Complement,
             &factors(&[F3]),
             KeyUsage::CardKey,
-            Exportability::Exportable,
         )
         .await
         .map(drop),
@@ -788,4 +780,32 @@ fn the_binary_refuses_to_start_without_client_ca_or_with_bad_pem() {
     let out = run(&args);
     assert!(!out.status.success());
     assert!(out.stdout.is_empty());
+}
+
+#[tokio::test]
+async fn a_batch_over_the_wire_answers_as_the_single_operations_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(dir.path());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tls = ServerTls::from_pem_files(&pki.server.cert, &pki.server.key, &pki.ca).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let backend = LocalHsm::open(LocalHsmConfig {
+        dangerous_test_lmk: true,
+        ..LocalHsmConfig::default()
+    })
+    .unwrap();
+    let server = tokio::spawn(serve(Arc::new(backend), listener, tls, async {
+        stopped.await.ok();
+    }));
+    let hsm: &'static RemoteHsm = Box::leak(Box::new(remote(
+        &format!("https://localhost:{}", addr.port()),
+        &pki,
+        &pki.kms,
+    )));
+    // Good and bad items, every error variant of the scenario rebuilt from the wire.
+    crate::batch::batch_equals_single_operations(hsm).await;
+    crate::batch::whole_batch_refusals(hsm).await;
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
 }

@@ -36,7 +36,7 @@ use core::str::FromStr;
 
 use hsm_api::Factor;
 
-use crate::card::region::Region;
+use crate::card::region::{self, Region};
 use crate::error::{Error, Result};
 
 /// Why an identifier was refused.
@@ -152,27 +152,41 @@ impl SocialSecurityNumber {
     pub const WEIGHTS: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
     const CHECK: &'static [u8; 11] = b"10X98765432";
 
-    /// Parses and validates `text`, naming `field` in errors.
+    /// Parses and validates `text`, naming `field` in errors (the first of its
+    /// [`faults`](SocialSecurityNumber::faults)).
     pub fn parse_field(field: &'static str, text: &str) -> Result<SocialSecurityNumber> {
+        match SocialSecurityNumber::faults(text).first() {
+            Some(&fault) => Err(invalid(field, fault)),
+            None => Ok(SocialSecurityNumber(text.to_ascii_uppercase())),
+        }
+    }
+
+    /// Every fault of `text`, not only the first, in this order: [`IdentifierFault::Length`]
+    /// or [`IdentifierFault::Malformed`] alone (nothing else can be read then); otherwise any
+    /// of [`IdentifierFault::CheckCharacter`], [`IdentifierFault::UnknownRegion`] (the first two
+    /// digits are not a province-level GB/T 2260 code, [`region::is_province_level_prefix`])
+    /// and [`IdentifierFault::BirthDate`]. Empty for a valid number. The batch review reports
+    /// them all; [`SocialSecurityNumber::parse_field`] the first.
+    pub fn faults(text: &str) -> Vec<IdentifierFault> {
         let b = text.as_bytes();
         if b.len() != 18 {
-            return Err(invalid(field, IdentifierFault::Length));
+            return vec![IdentifierFault::Length];
         }
         if !b[..17].iter().all(u8::is_ascii_digit) || !matches!(b[17], b'0'..=b'9' | b'X' | b'x') {
-            return Err(invalid(field, IdentifierFault::Malformed));
+            return vec![IdentifierFault::Malformed];
         }
-        let expected = SocialSecurityNumber::check_character(&text[..17])
-            .map_err(|_| invalid(field, IdentifierFault::Malformed))?;
-        if char::from(b[17].to_ascii_uppercase()) != expected {
-            return Err(invalid(field, IdentifierFault::CheckCharacter));
+        let mut faults = Vec::new();
+        match SocialSecurityNumber::check_character(&text[..17]) {
+            Ok(expected) if char::from(b[17].to_ascii_uppercase()) == expected => {}
+            _ => faults.push(IdentifierFault::CheckCharacter),
         }
-        if &b[..2] == b"00" {
-            return Err(invalid(field, IdentifierFault::UnknownRegion));
+        if !region::is_province_level_prefix(&text[..2]) {
+            faults.push(IdentifierFault::UnknownRegion);
         }
         if parse_date(&b[6..14]).is_none() {
-            return Err(invalid(field, IdentifierFault::BirthDate));
+            faults.push(IdentifierFault::BirthDate);
         }
-        Ok(SocialSecurityNumber(text.to_ascii_uppercase()))
+        faults
     }
 
     /// The check character of the first 17 characters (which must be 17 ASCII digits).
@@ -218,6 +232,20 @@ impl SocialSecurityNumber {
     /// (`440103********123X`).
     pub fn masked(&self) -> String {
         format!("{}********{}", &self.0[..6], &self.0[14..])
+    }
+}
+
+impl BirthDate {
+    /// `YYYYMMDD`, exactly 8 digits, as a real Gregorian date (years 0001..=9999).
+    pub fn parse(text: &str) -> Option<BirthDate> {
+        parse_date(text.as_bytes())
+    }
+}
+
+impl fmt::Display for BirthDate {
+    /// `YYYYMMDD`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04}{:02}{:02}", self.year, self.month, self.day)
     }
 }
 
@@ -374,24 +402,40 @@ impl CardIdentifier {
     /// Characters 7..16 of every card identifier.
     pub const PROVIDER: &'static str = "D156000005";
 
-    /// Parses and validates `text` (hex digits of either case).
+    /// Parses and validates `text` (hex digits of either case), naming `field` in errors (the
+    /// first of its [`faults`](CardIdentifier::faults)).
     pub fn parse_field(field: &'static str, text: &str) -> Result<CardIdentifier> {
-        let b = text.as_bytes();
-        if b.len() != 32 {
-            return Err(invalid(field, IdentifierFault::Length));
-        }
-        if !b.iter().all(u8::is_ascii_hexdigit) {
-            return Err(invalid(field, IdentifierFault::Malformed));
+        if let Some(&fault) = CardIdentifier::faults(text).first() {
+            return Err(invalid(field, fault));
         }
         let upper = text.to_ascii_uppercase();
         let region = Region::lookup_field(field, &upper[..6])?;
-        if &upper[6..16] != Self::PROVIDER {
-            return Err(invalid(field, IdentifierFault::ProviderPart));
-        }
         Ok(CardIdentifier {
             text: upper,
             region,
         })
+    }
+
+    /// Every fault of `text`, not only the first: [`IdentifierFault::Length`] or
+    /// [`IdentifierFault::Malformed`] (not hex) alone; otherwise the region part's fault, if
+    /// any ([`IdentifierFault::Malformed`] for non-digits, [`IdentifierFault::UnknownRegion`]),
+    /// then [`IdentifierFault::ProviderPart`]. Empty for a valid identifier.
+    pub fn faults(text: &str) -> Vec<IdentifierFault> {
+        let b = text.as_bytes();
+        if b.len() != 32 {
+            return vec![IdentifierFault::Length];
+        }
+        if !b.iter().all(u8::is_ascii_hexdigit) {
+            return vec![IdentifierFault::Malformed];
+        }
+        let mut faults = Vec::new();
+        if let Err(Error::InvalidIdentifier { reason, .. }) = Region::lookup(&text[..6]) {
+            faults.push(reason);
+        }
+        if !text[6..16].eq_ignore_ascii_case(Self::PROVIDER) {
+            faults.push(IdentifierFault::ProviderPart);
+        }
+        faults
     }
 
     /// The 32 upper-case hex characters.
@@ -662,6 +706,57 @@ mod tests {
     }
 
     #[test]
+    fn ssn_faults_lists_every_fault() {
+        use IdentifierFault as F;
+        assert!(SocialSecurityNumber::faults("11010519491231002X").is_empty());
+        assert_eq!(SocialSecurityNumber::faults("1101"), [F::Length]);
+        assert_eq!(
+            SocialSecurityNumber::faults("11010519491231002Y"),
+            [F::Malformed]
+        );
+        // Wrong check character and 30 February: both.
+        let bad_date = with_check("44010319900230123");
+        let mut both = bad_date.clone();
+        both.replace_range(17.., if bad_date.ends_with('1') { "2" } else { "1" });
+        assert_eq!(
+            SocialSecurityNumber::faults(&both),
+            [F::CheckCharacter, F::BirthDate]
+        );
+        // Not a province-level prefix (99): unknown region, and parse refuses it too.
+        let foreign = with_check("99010319900101123");
+        assert_eq!(SocialSecurityNumber::faults(&foreign), [F::UnknownRegion]);
+        assert_eq!(
+            fault(foreign.parse::<SocialSecurityNumber>()).1,
+            F::UnknownRegion
+        );
+        // Other provinces, Hong Kong and Taiwan residents' permits are citizens' numbers.
+        for first17 in [
+            "11010519491231002",
+            "81000019900101123",
+            "83000019900101123",
+        ] {
+            assert!(with_check(first17).parse::<SocialSecurityNumber>().is_ok());
+        }
+    }
+
+    #[test]
+    fn birth_dates() {
+        let d = BirthDate::parse("20000229").unwrap();
+        assert_eq!((d.year, d.month, d.day), (2000, 2, 29));
+        assert_eq!(d.to_string(), "20000229");
+        for bad in [
+            "19000229",
+            "2000022",
+            "200002290",
+            "2000-2-2",
+            "00000101",
+            "",
+        ] {
+            assert!(BirthDate::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
     fn ssn_never_shows_in_debug_or_errors() {
         let ssn: SocialSecurityNumber = "11010519491231002X".parse().unwrap();
         let shown = format!("{ssn:?}");
@@ -777,6 +872,21 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn card_identifier_faults_lists_every_fault() {
+        use IdentifierFault as F;
+        assert!(CardIdentifier::faults("440300d1560000050050640776ef3192").is_empty());
+        assert_eq!(CardIdentifier::faults("4403"), [F::Length]);
+        assert_eq!(
+            CardIdentifier::faults("441000D1560000060050640776EF3192"),
+            [F::UnknownRegion, F::ProviderPart]
+        );
+        assert_eq!(
+            CardIdentifier::faults("4403AAD1560000050050640776EF3192"),
+            [F::Malformed]
+        );
     }
 
     // ---- ATR ----
@@ -964,15 +1074,16 @@ mod props {
 
     /// 17 digits of a valid SSN body: a region not starting `00`, a real date, a sequence.
     fn ssn_body() -> impl Strategy<Value = String> {
+        // The region starts with a province-level prefix (an unknown one is a fault).
         (
-            10u32..=99,
+            proptest::sample::select(crate::card::region::PROVINCE_LEVEL_PREFIXES.to_vec()),
             0u32..=9999,
             1900u16..=2099,
             1u8..=12,
             1u8..=28,
             0u32..=999,
         )
-            .prop_map(|(r1, r2, y, m, d, seq)| format!("{r1:02}{r2:04}{y:04}{m:02}{d:02}{seq:03}"))
+            .prop_map(|(r1, r2, y, m, d, seq)| format!("{r1}{r2:04}{y:04}{m:02}{d:02}{seq:03}"))
     }
 
     fn valid_ssn() -> impl Strategy<Value = String> {

@@ -257,6 +257,13 @@ fn tr31_unwrap_cmd(input: &mut dyn SecretLines) -> Result<String> {
         header.algorithm.code(),
         key.algorithm()
     );
+    if header.algorithm == tr31::KeyBlockAlgorithm::Tdes && key.algorithm() == Algorithm::Des {
+        // Liberal on unwrap: other implementations put single DES under `T`; we write `D`.
+        let _ = writeln!(
+            out,
+            "note           single-length DES under algorithm T: accepted, written as D"
+        );
+    }
     let _ = writeln!(out, "mode of use    {}", header.mode_of_use.code());
     let _ = writeln!(out, "key version    {}", header.key_version);
     let _ = writeln!(out, "exportability  {}", header.exportability.code());

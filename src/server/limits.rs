@@ -160,7 +160,19 @@ impl Bounded for pb::GetPsamKeySetRequest {
 impl Bounded for pb::RegisterCardRequest {
     fn check_limits(&self) -> Result<()> {
         card(&self.card)?;
-        check("template_id", self.template_id.len(), NAME)
+        check("template_id", self.template_id.len(), NAME)?;
+        check(
+            "replaces_card_identifier",
+            self.replaces_card_identifier.len(),
+            NAME,
+        )
+    }
+}
+
+impl Bounded for pb::ChangeCardStatusRequest {
+    fn check_limits(&self) -> Result<()> {
+        check("card_identifier", self.card_identifier.len(), NAME)?;
+        check("reason", self.reason.len(), REASON)
     }
 }
 
@@ -241,6 +253,28 @@ impl Bounded for pb::ListKeysRequest {
 impl Bounded for pb::UnsealHsmRequest {
     fn check_limits(&self) -> Result<()> {
         check("share", self.share.len(), SHARE)
+    }
+}
+
+impl Bounded for pb::AcceptApplicantRowRequest {
+    fn check_limits(&self) -> Result<()> {
+        check("batch_id", self.batch_id.len(), NAME)?;
+        check("note", self.note.len(), REASON)
+    }
+}
+
+impl Bounded for pb::GetApplicantBatchRequest {
+    fn check_limits(&self) -> Result<()> {
+        check("batch_id", self.batch_id.len(), NAME)
+    }
+}
+
+/// An applicant file's chunks: each within [`MAX_REQUEST_BYTES`] (the decoder's limit), the
+/// whole file within its own cap (`registry::file::MAX_FILE_BYTES`, counted as it arrives), the
+/// batch id checked by the service.
+impl Bounded for tonic::Streaming<pb::ApplicantFileChunk> {
+    fn check_limits(&self) -> Result<()> {
+        Ok(())
     }
 }
 

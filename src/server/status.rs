@@ -67,6 +67,10 @@ pub fn to_status(e: &Error) -> Status {
         Error::Template { line, .. } => {
             Refused::new(Code::InvalidArgument, text(), "TEMPLATE_INVALID").with("line", line)
         }
+        Error::ApplicantFile(fault) => {
+            Refused::new(Code::InvalidArgument, text(), "APPLICANT_FILE_UNREADABLE")
+                .with("line", fault.line)
+        }
         Error::Profile { file, line, .. } => {
             Refused::new(Code::InvalidArgument, text(), "PROFILE_INVALID")
                 .with("file", file)
@@ -130,7 +134,8 @@ pub fn to_status(e: &Error) -> Status {
         | Error::PkiFile { .. }
         | Error::CertGen(_)
         | Error::File { .. }
-        | Error::Stdin(_) => {
+        | Error::Stdin(_)
+        | Error::Remote { .. } => {
             tracing::error!(error = %e, "internal error");
             return internal();
         }
@@ -338,6 +343,12 @@ mod tests {
             ia(Refusal::EndpointForLocalHsm),
             ia(Refusal::DispersionMethod),
             ia(Refusal::NoDispersionForAlgorithm),
+            ia(Refusal::FileTooLarge),
+            ia(Refusal::UploadInterrupted),
+            ia(Refusal::EncodingName),
+            ia(Refusal::ConnectionOptions),
+            ia(Refusal::NotAUrl),
+            ia(Refusal::ReportUnwritable),
             Error::NotFound {
                 what: Resource::ProtectingKey,
             },

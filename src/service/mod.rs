@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 use hsm_api::Kcv;
 use hsm_api::KeyBlockVersion;
 use hsm_api::{Algorithm, Error as HsmError};
-use hsm_api::{Exportability, Hsm, KeySpec as HsmKeySpec, KeyToken, KeyUsage};
+use hsm_api::{Exportability, HierarchyLevel, Hsm, KeySpec as HsmKeySpec, KeyToken, KeyUsage};
 
 use crate::access::authz::Operation;
 use crate::access::identity::Identity;
@@ -24,12 +24,14 @@ use crate::state::audit::AuditEvent;
 use crate::state::records::{self, Endpoint, EndpointKind, KeyRecord, Level, StoredTemplate};
 use crate::state::store::{SealSkipped, Sealer, Snapshot, Store, Table};
 
+mod applicants;
 mod hsm_watch;
 mod officers;
 mod psam_lines;
 mod registrars;
 mod stations;
 
+pub use applicants::{BatchUpload, MAX_BATCH_ID_LEN, MAX_NOTE_CHARS};
 pub use hsm_watch::{HsmReadiness, WatchedHsm};
 pub use officers::{ComponentInput, Status};
 pub use psam_lines::PsamKeySet;
@@ -157,14 +159,7 @@ impl<H: Hsm> Kms<H> {
 
     /// Refuses `spec` unless this deployment owns its root.
     fn check_owned(&self, spec: &KeySpec) -> Result<()> {
-        if spec.owner() == self.owner {
-            Ok(())
-        } else {
-            Err(Error::OwnedElsewhere {
-                key: spec.name.clone(),
-                owner: spec.owner(),
-            })
-        }
+        check_owned(self.owner, spec)
     }
 
     /// The keys of a template this deployment does not release, with their owner (`owned by
@@ -176,6 +171,18 @@ impl<H: Hsm> Kms<H> {
             .filter(|k| k.owner() != self.owner)
             .map(|k| (k.name.clone(), format!("owned by {}", k.owner())))
             .collect())
+    }
+}
+
+/// Refuses `spec` unless `owner`'s deployment owns its root.
+fn check_owned(owner: KeyOwner, spec: &KeySpec) -> Result<()> {
+    if spec.owner() == owner {
+        Ok(())
+    } else {
+        Err(Error::OwnedElsewhere {
+            key: spec.name.clone(),
+            owner: spec.owner(),
+        })
     }
 }
 
@@ -231,6 +238,7 @@ impl<H: Hsm> Kms<H> {
         });
         let store = Store::open(store_dir, Arc::clone(&sealer) as Arc<dyn Sealer>)?;
         let metrics = Metrics::new(store.metrics());
+        hsm.attach_metrics(Arc::clone(&metrics));
         let kms = Kms {
             hsm,
             store,
@@ -443,6 +451,23 @@ impl<H: Hsm> Kms<H> {
         result
     }
 
+    /// One HSM call for every key of a request: one result per item, in order (recorded in the
+    /// HSM metrics as op `batch`, by [`WatchedHsm`]).
+    async fn batch(
+        &self,
+        items: Vec<hsm_api::BatchItem>,
+    ) -> Result<Vec<hsm_api::Result<hsm_api::BatchOutput>>> {
+        let count = items.len();
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let outputs = self.hsm.batch(items).await?;
+        if outputs.len() != count {
+            return Err(HsmError::Protocol.into());
+        }
+        Ok(outputs)
+    }
+
     /// The station or PSAM line record of `caller`, which must be registered in its region.
     fn endpoint(snap: &Snapshot, kind: EndpointKind, caller: &Identity) -> Result<Endpoint> {
         let e: Endpoint = snap
@@ -481,6 +506,42 @@ fn active_key(
         &records::key_prefix(template, key, level, region),
     )?;
     Ok(all.into_iter().map(|(_, r)| r).rfind(|r| r.active))
+}
+
+/// Whether `spec` is a master key of its card ([`Template::is_master_key`]): its card key is a
+/// [`KeyUsage::CardMasterKey`], never a TR-31 block.
+fn is_master_key(template: &Template, spec: &KeySpec) -> bool {
+    template.is_master_key(spec)
+}
+
+/// The HSM usage of `spec`'s hierarchy key at `level` (national, province or city).
+fn hierarchy_usage(master: bool, level: Level) -> Result<KeyUsage> {
+    let level = match level {
+        Level::National => HierarchyLevel::National,
+        Level::Province => HierarchyLevel::Province,
+        Level::City => HierarchyLevel::City,
+        Level::Card => {
+            // A card key is not a hierarchy key.
+            return Err(Error::InvalidArgument {
+                field: "level",
+                reason: Refusal::RootLevel,
+            });
+        }
+    };
+    Ok(if master {
+        KeyUsage::MasterKeyDerivation(level)
+    } else {
+        KeyUsage::CardDerivation(level)
+    })
+}
+
+/// The HSM usage of `spec`'s card key.
+fn card_usage(template: &Template, spec: &KeySpec) -> KeyUsage {
+    if is_master_key(template, spec) {
+        KeyUsage::CardMasterKey
+    } else {
+        KeyUsage::CardKey
+    }
 }
 
 /// A card identifier with its serial part masked, for audit and logs.

@@ -20,13 +20,23 @@ use crate::state::records::{
 };
 use crate::state::store::Table;
 
-use super::{Kms, PROVINCE, active_key, hsm_state_name, kcv_hex, token};
+use super::{
+    Kms, PROVINCE, active_key, hierarchy_usage, hsm_state_name, is_master_key, kcv_hex, token,
+};
 
-/// A clear component as an officer typed it, with its KCV from paper (hex).
-#[derive(Debug)]
+/// A clear component as an officer typed it, with its KCV from paper (hex). Its `Debug` shows
+/// the KCV only.
 pub struct ComponentInput {
     pub hex: Zeroizing<String>,
     pub kcv_hex: String,
+}
+
+impl std::fmt::Debug for ComponentInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ComponentInput")
+            .field("kcv_hex", &self.kcv_hex)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Service status.
@@ -197,13 +207,14 @@ impl<H: Hsm> Kms<H> {
             }
             let alg = spec.hsm_algorithm();
             let components = to_components(alg, components)?;
+            let master = is_master_key(&template, spec);
             let wrapped = self
                 .hsm
                 .form_key(
                     HsmKeySpec {
                         algorithm: alg,
-                        usage: KeyUsage::CardDerivation,
-                        exportability: hierarchy_exportability(spec),
+                        usage: hierarchy_usage(master, level)?,
+                        exportability: hierarchy_exportability(spec, master),
                     },
                     components,
                 )
@@ -241,12 +252,13 @@ impl<H: Hsm> Kms<H> {
                 });
             }
             let alg = spec.hsm_algorithm();
+            let master = is_master_key(&template, spec);
             let wrapped = self
                 .hsm
                 .generate_key(HsmKeySpec {
                     algorithm: alg,
-                    usage: KeyUsage::CardDerivation,
-                    exportability: hierarchy_exportability(spec),
+                    usage: hierarchy_usage(master, Level::Province)?,
+                    exportability: hierarchy_exportability(spec, master),
                 })
                 .await?;
             self.store_new_version(
@@ -343,6 +355,7 @@ impl<H: Hsm> Kms<H> {
             let snap = self.store.snapshot()?;
             let mut new = Vec::new();
             for spec in template.keys() {
+                let master = is_master_key(&template, spec);
                 let national =
                     active_key(&snap, template.id(), &spec.name, Level::National, NATIONAL)?;
                 let provincial =
@@ -351,7 +364,7 @@ impl<H: Hsm> Kms<H> {
                 let provincial = match (national, provincial) {
                     (Some(n), p) if p.as_ref().is_none_or(|p| p.version < n.version) => {
                         let r = self
-                            .derive_level(&n, spec, &f1, Level::Province, PROVINCE)
+                            .derive_level(&n, spec, master, &f1, Level::Province, PROVINCE)
                             .await?;
                         new.push(r.clone());
                         r
@@ -372,7 +385,7 @@ impl<H: Hsm> Kms<H> {
                     }
                     let f2 = Factor::city(city.code)?;
                     new.push(
-                        self.derive_level(&provincial, spec, &f2, Level::City, city.code)
+                        self.derive_level(&provincial, spec, master, &f2, Level::City, city.code)
                             .await?,
                     );
                 }
@@ -406,11 +419,12 @@ impl<H: Hsm> Kms<H> {
     }
 
     /// The key one level below `parent` for `spec`: D(parent, factor), recorded at `level` and
-    /// `region` with the parent's root version.
+    /// `region` with the parent's root version. Its exportability is the HSM's: the parent's.
     async fn derive_level(
         &self,
         parent: &KeyRecord,
         spec: &KeySpec,
+        master: bool,
         factor: &Factor,
         level: Level,
         region: &str,
@@ -421,8 +435,7 @@ impl<H: Hsm> Kms<H> {
                 &token(&parent.token),
                 spec.dispersion,
                 std::slice::from_ref(factor),
-                KeyUsage::CardDerivation,
-                hierarchy_exportability(spec),
+                hierarchy_usage(master, level)?,
             )
             .await?;
         let (method, kcv) = kcv_hex(&child.kcv);
@@ -460,7 +473,7 @@ impl<H: Hsm> Kms<H> {
                 .form_key(
                     HsmKeySpec {
                         algorithm: alg,
-                        usage: KeyUsage::CardKey,
+                        usage: KeyUsage::VendorTransport,
                         exportability: Exportability::NonExportable,
                     },
                     components,
@@ -700,9 +713,10 @@ impl Stored<'_> {
 
 /// Hierarchy keys leave the HSM under a PSAM line's transport key only if a shipped PSAM
 /// profile holds them (never a card master key or a provincial-root key; a maintenance key only
-/// where a profile takes maintenance keys); all others are non-exportable.
-fn hierarchy_exportability(spec: &KeySpec) -> Exportability {
-    if crate::card::profile::psam::builtin_profiles_hold(spec) {
+/// where a profile takes maintenance keys); all others are non-exportable. (A master key's
+/// hierarchy never does in any case: the HSM refuses an exportable one.)
+fn hierarchy_exportability(spec: &KeySpec, master: bool) -> Exportability {
+    if !master && crate::card::profile::psam::builtin_profiles_hold(spec) {
         Exportability::Exportable
     } else {
         Exportability::NonExportable
@@ -721,4 +735,22 @@ fn to_components(alg: Algorithm, inputs: Vec<ComponentInput>) -> Result<Vec<Comp
             Ok(Component::new(c.hex, Kcv::from_parts(method, value)))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use zeroize::Zeroizing;
+
+    use super::ComponentInput;
+
+    #[test]
+    fn a_component_prints_its_kcv_and_never_its_value() {
+        let c = ComponentInput {
+            hex: Zeroizing::new("0123456789ABCDEFFEDCBA9876543210".to_owned()),
+            kcv_hex: "D2B91C".to_owned(),
+        };
+        let shown = format!("{c:?}");
+        assert!(shown.contains("D2B91C"), "{shown}");
+        assert!(!shown.contains("0123456789ABCDEF"), "{shown}");
+    }
 }

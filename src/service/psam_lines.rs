@@ -3,6 +3,7 @@
 
 use hsm_api::Algorithm;
 use hsm_api::Hsm;
+use hsm_api::{BatchDelivery, BatchItem, BatchOutput, Error as HsmError, KeySource};
 
 use crate::access::authz::{self, Operation};
 use crate::access::identity::Identity;
@@ -149,7 +150,8 @@ impl<H: Hsm> Kms<H> {
             let psam_region = Region::lookup_field("region", &psam.region)?;
             let profile = psam_profile(&psam.psam_profile, psam_region)?;
             let (held, refused) = profile.key_set(&template);
-            let mut keys = Vec::new();
+            let mut items = Vec::new();
+            let mut released = Vec::new();
             let mut omitted = refused;
             for pk in held {
                 let (level, region) = match pk.level() {
@@ -190,10 +192,22 @@ impl<H: Hsm> Kms<H> {
                     continue;
                 }
                 check_wrappable(version, pk.key.hsm_algorithm())?;
-                let exported = self
-                    .hsm
-                    .export_key(&kbpk, &token(&record.token), version)
-                    .await?;
+                items.push(BatchItem {
+                    key: KeySource::Token(token(&record.token)),
+                    delivery: BatchDelivery::Export {
+                        kbpk: kbpk.clone(),
+                        version,
+                    },
+                });
+                released.push((pk, level, record.version));
+            }
+            // The whole set in one HSM call.
+            let outputs = self.batch(items).await?;
+            let mut keys = Vec::with_capacity(released.len());
+            for ((pk, level, root_version), output) in released.into_iter().zip(outputs) {
+                let BatchOutput::Exported(exported) = output? else {
+                    return Err(HsmError::Protocol.into());
+                };
                 keys.push(Delivered {
                     key_name: pk.key.name.clone(),
                     directory: pk.key.directory.clone(),
@@ -202,7 +216,7 @@ impl<H: Hsm> Kms<H> {
                     algorithm: pk.key.hsm_algorithm(),
                     kcv: exported.kcv,
                     level,
-                    root_version: record.version,
+                    root_version,
                     form: DeliveredForm::Tr31(exported.block),
                     psam: Some(PsamSlot {
                         usage: pk.entry.usage.value.byte(),

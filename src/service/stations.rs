@@ -5,7 +5,9 @@ use hsm_api::Algorithm;
 use hsm_api::Factor;
 use hsm_api::Kcv;
 use hsm_api::MacFold;
-use hsm_api::{Exportability, Hsm, KeyToken, KeyUsage, WriteKeyRequest};
+use hsm_api::Protector as HsmProtector;
+use hsm_api::{BatchDelivery, BatchItem, BatchOutput, Derivation, KeySource, WriteKeyDelivery};
+use hsm_api::{Error as HsmError, Hsm};
 
 use crate::access::authz::{self, Operation};
 use crate::access::identity::Identity;
@@ -13,13 +15,14 @@ use crate::card::identifiers::Atr;
 use crate::card::template::{KeyOwner, KeySpec, Protector, Template};
 use crate::error::{Error, Refusal, Resource, Result};
 use crate::metrics::ReleaseLabels;
+use crate::registry::lifecycle::{self, Release};
 use crate::state::audit::AuditEvent;
-use crate::state::records::{self, Card, CardStatus, EndpointKind, KeyRecord, Level};
+use crate::state::records::{self, Card, EndpointKind, KeyRecord, Level};
 use crate::state::store::{Snapshot, Table};
 
 use super::{
-    CardRequest, CheckedCard, Kms, PROVINCE, active_key, block_version, check_wrappable,
-    mask_card_identifier, masked_subject, token,
+    CardRequest, CheckedCard, Kms, PROVINCE, active_key, block_version, card_usage, check_owned,
+    check_wrappable, is_master_key, mask_card_identifier, masked_subject, token,
 };
 
 /// How a station wants its keys.
@@ -86,7 +89,8 @@ impl<H: Hsm> Kms<H> {
             // One consistent view of the state for the whole request.
             let snap = self.store.snapshot()?;
             let station = Self::endpoint(&snap, EndpointKind::Station, caller)?;
-            let record = Self::releasable_card(&snap, &checked, template.id())?;
+            let record =
+                Self::releasable_card(&snap, &checked, template.id(), Release::Personalise)?;
             let atr = checked.atr.as_ref().ok_or(Error::InvalidArgument {
                 field: "atr",
                 reason: Refusal::Required,
@@ -105,23 +109,33 @@ impl<H: Hsm> Kms<H> {
                     for spec in &specs {
                         check_wrappable(version, spec.hsm_algorithm())?;
                     }
-                    for spec in specs {
-                        let (card_key, root_version) = self
-                            .card_key(&snap, &template, spec, &record, &factor, &mut versions)
-                            .await?;
-                        let exported = self.hsm.export_key(&kbpk, &card_key, version).await?;
-                        delivered.push(Delivered {
-                            key_name: spec.name.clone(),
-                            directory: spec.directory.clone(),
-                            key_id: spec.key_id,
-                            key_version: spec.key_version,
-                            algorithm: spec.hsm_algorithm(),
-                            kcv: exported.kcv,
-                            level: Level::Card,
-                            root_version,
-                            form: DeliveredForm::Tr31(exported.block),
-                            psam: None,
+                    // Every key of the set in one HSM call: derived and exported there.
+                    let mut items = Vec::with_capacity(specs.len());
+                    let mut root_versions = Vec::with_capacity(specs.len());
+                    for spec in &specs {
+                        let (derivation, root_version) = Self::card_derivation(
+                            self.owner(),
+                            &snap,
+                            &template,
+                            spec,
+                            &record,
+                            &factor,
+                            &mut versions,
+                        )?;
+                        items.push(BatchItem {
+                            key: KeySource::Derived(derivation),
+                            delivery: BatchDelivery::Export {
+                                kbpk: kbpk.clone(),
+                                version,
+                            },
                         });
+                        root_versions.push(root_version);
+                    }
+                    let outputs = self.batch(items).await?;
+                    for ((spec, root_version), output) in
+                        specs.iter().zip(root_versions).zip(outputs)
+                    {
+                        delivered.push(delivered_key(&template, spec, root_version, output?)?);
                     }
                 }
                 Delivery::SecureMessaging { challenges } => {
@@ -136,22 +150,36 @@ impl<H: Hsm> Kms<H> {
                         "challenges",
                         challenges.iter().map(|(name, _)| name.as_str()),
                     )?;
-                    for (name, challenge) in challenges {
-                        let spec = template.key(&name).ok_or(Error::NotFound {
+                    let mut specs = Vec::with_capacity(challenges.len());
+                    for (name, _) in &challenges {
+                        specs.push(template.key(name).ok_or(Error::NotFound {
                             what: Resource::TemplateKey,
-                        })?;
-                        let d = self
-                            .write_key(
-                                &snap,
-                                &template,
-                                spec,
-                                &record,
-                                &factor,
-                                &mut versions,
-                                challenge,
-                            )
-                            .await?;
-                        delivered.push(d);
+                        })?);
+                    }
+                    // Every command in one HSM call; a protector that is also written in this
+                    // request is derived once, for both.
+                    let mut items = Vec::with_capacity(specs.len());
+                    let mut root_versions = Vec::with_capacity(specs.len());
+                    for (spec, (_, challenge)) in specs.iter().zip(challenges) {
+                        let (item, root_version) = Self::write_key_item(
+                            self.owner(),
+                            &snap,
+                            &template,
+                            spec,
+                            &record,
+                            &factor,
+                            &mut versions,
+                            challenge,
+                            &specs,
+                        )?;
+                        items.push(item);
+                        root_versions.push(root_version);
+                    }
+                    let outputs = self.batch(items).await?;
+                    for ((spec, root_version), output) in
+                        specs.iter().zip(root_versions).zip(outputs)
+                    {
+                        delivered.push(delivered_key(&template, spec, root_version, output?)?);
                     }
                 }
             }
@@ -185,7 +213,8 @@ impl<H: Hsm> Kms<H> {
             let template = self.template(template_id)?;
             let snap = self.store.snapshot()?;
             Self::endpoint(&snap, EndpointKind::Station, caller)?;
-            let record = Self::releasable_card(&snap, &checked, template.id())?;
+            let record =
+                Self::releasable_card(&snap, &checked, template.id(), Release::Initialise)?;
             let atr = checked.atr.as_ref().ok_or(Error::InvalidArgument {
                 field: "atr",
                 reason: Refusal::Required,
@@ -198,17 +227,24 @@ impl<H: Hsm> Kms<H> {
                     reason: Refusal::NoBlankCardKey,
                 })?;
             let mut versions = record.issued_root_versions.clone();
-            let d = self
-                .write_key(
-                    &snap,
-                    &template,
-                    spec,
-                    &record,
-                    &template.card_factor(atr)?,
-                    &mut versions,
-                    challenge,
-                )
-                .await?;
+            let (item, root_version) = Self::write_key_item(
+                self.owner(),
+                &snap,
+                &template,
+                spec,
+                &record,
+                &template.card_factor(atr)?,
+                &mut versions,
+                challenge,
+                &[],
+            )?;
+            let output = self.batch(vec![item]).await?.into_iter().next();
+            let d = delivered_key(
+                &template,
+                spec,
+                root_version,
+                output.ok_or(HsmError::Protocol)??,
+            )?;
             self.record_release(
                 caller,
                 Operation::InitialiseBlankCard,
@@ -224,8 +260,14 @@ impl<H: Hsm> Kms<H> {
     }
 
     /// The card's record, if its keys may be released: registered with the same data and
-    /// template, accepted, not blacklisted, and (after a first release) the same ATR.
-    fn releasable_card(snap: &Snapshot, checked: &CheckedCard, template_id: &str) -> Result<Card> {
+    /// template, in personalisation (`registry::lifecycle`), (after a first release) the same
+    /// ATR, and a card factor not bound to another card.
+    fn releasable_card(
+        snap: &Snapshot,
+        checked: &CheckedCard,
+        template_id: &str,
+        release: Release,
+    ) -> Result<Card> {
         // An unknown card and a card whose data differ get the same answer (no existence
         // oracle for a station probing identifiers); the audit record keeps which.
         let card: Card =
@@ -233,7 +275,14 @@ impl<H: Hsm> Kms<H> {
                 .ok_or(Error::NoMatchingCard {
                     detail: "unknown card identifier",
                 })?;
-        check_releasable(&card, checked, template_id)?;
+        check_releasable(&card, checked, template_id, release)?;
+        if let Some(atr) = &checked.atr {
+            let bound: Option<String> = snap.get(
+                Table::CardFactors,
+                &lifecycle::factor_key(&card.template_id, &atr.card_factor()),
+            )?;
+            lifecycle::check_factor(bound.as_deref(), &card.card_identifier)?;
+        }
         Ok(card)
     }
 
@@ -257,17 +306,19 @@ impl<H: Hsm> Kms<H> {
         Ok(active.version)
     }
 
-    /// Derives the card key of `spec` in the HSM: D(K_city, F3).
-    async fn card_key(
-        &self,
+    /// The derivation of the card key of `spec` (D(K_city, F3)), for the HSM, and its root
+    /// version — a card master key for the template's master keys (the HSM decides its
+    /// exportability: never as TR-31).
+    fn card_derivation(
+        owner: KeyOwner,
         snap: &Snapshot,
         template: &Template,
         spec: &KeySpec,
         card: &Card,
         factor: &Factor,
         versions: &mut std::collections::BTreeMap<String, u32>,
-    ) -> Result<(KeyToken, u32)> {
-        self.check_owned(spec)?;
+    ) -> Result<(Derivation, u32)> {
+        check_owned(owner, spec)?;
         let version = Self::root_version(snap, template, spec, card, versions)?;
         let city: KeyRecord = snap
             .get(
@@ -283,22 +334,21 @@ impl<H: Hsm> Kms<H> {
             .ok_or(Error::FailedPrecondition {
                 reason: Refusal::KeyVersionNotHeld,
             })?;
-        let child = self
-            .hsm
-            .derive_key(
-                &token(&city.token),
-                spec.dispersion,
-                std::slice::from_ref(factor),
-                KeyUsage::CardKey,
-                Exportability::Exportable,
-            )
-            .await?;
-        Ok((child.token, version))
+        let derivation = Derivation {
+            parent: token(&city.token),
+            method: spec.dispersion,
+            factors: vec![*factor],
+            child_usage: card_usage(template, spec),
+        };
+        Ok((derivation, version))
     }
 
+    /// The batch item of the WRITE KEY of `spec`, and its root version. Its protector is the
+    /// vendor transport key, the item of `batch` (the keys written in the same request, by
+    /// index) of the protector's name, or otherwise the protector derived for this item alone.
     #[allow(clippy::too_many_arguments)]
-    async fn write_key(
-        &self,
+    fn write_key_item(
+        owner: KeyOwner,
         snap: &Snapshot,
         template: &Template,
         spec: &KeySpec,
@@ -306,10 +356,10 @@ impl<H: Hsm> Kms<H> {
         factor: &Factor,
         versions: &mut std::collections::BTreeMap<String, u32>,
         challenge: Vec<u8>,
-    ) -> Result<Delivered> {
-        let (key, root_version) = self
-            .card_key(snap, template, spec, card, factor, versions)
-            .await?;
+        batch: &[&KeySpec],
+    ) -> Result<(BatchItem, u32)> {
+        let (derivation, root_version) =
+            Self::card_derivation(owner, snap, template, spec, card, factor, versions)?;
         let protect = match &spec.protected_by {
             Protector::VendorTransport => {
                 let vendor = active_key(
@@ -322,23 +372,28 @@ impl<H: Hsm> Kms<H> {
                 .ok_or(Error::FailedPrecondition {
                     reason: Refusal::VendorTransportKeyMissing,
                 })?;
-                token(&vendor.token)
+                HsmProtector::Key(KeySource::Token(token(&vendor.token)))
             }
             Protector::Key(name) => {
                 let protector = template.key(name).ok_or(Error::NotFound {
                     what: Resource::ProtectingKey,
                 })?;
-                self.card_key(snap, template, protector, card, factor, versions)
-                    .await?
-                    .0
+                match batch.iter().position(|k| k.name == protector.name) {
+                    Some(index) => HsmProtector::Item(index),
+                    None => HsmProtector::Key(KeySource::Derived(
+                        Self::card_derivation(
+                            owner, snap, template, protector, card, factor, versions,
+                        )?
+                        .0,
+                    )),
+                }
             }
         };
         // Every byte of the command but the field and the MAC is the COS profile's.
         let params = template.write_key_params(spec);
-        let command = self
-            .hsm
-            .write_key_command(WriteKeyRequest {
-                key,
+        let item = BatchItem {
+            key: KeySource::Derived(derivation),
+            delivery: BatchDelivery::WriteKey(WriteKeyDelivery {
                 protect,
                 cla: params.cla,
                 ins: params.ins,
@@ -347,31 +402,14 @@ impl<H: Hsm> Kms<H> {
                 key_header: template.card_key_header(spec),
                 challenge,
                 fold: MacFold::Xor4,
-            })
-            .await?;
-        // The HSM sizes Lc from the field it encrypted (padded to the protecting key's block):
-        // a card expects the profile's.
-        if command.apdu.get(4) != Some(&params.lc) {
-            return Err(Error::FailedPrecondition {
-                reason: Refusal::WriteKeyLcMismatch,
-            });
-        }
-        Ok(Delivered {
-            key_name: spec.name.clone(),
-            directory: spec.directory.clone(),
-            key_id: spec.key_id,
-            key_version: spec.key_version,
-            algorithm: spec.hsm_algorithm(),
-            kcv: command.kcv,
-            level: Level::Card,
-            root_version,
-            form: DeliveredForm::WriteKeyApdu(command.apdu),
-            psam: None,
-        })
+            }),
+        };
+        Ok((item, root_version))
     }
 
-    /// Records a release: the ATR and root versions on first release, and the audit record —
-    /// after re-checking, inside the write, that the card is still releasable.
+    /// Records a release: the ATR, its card factor's binding and root versions on first
+    /// release, the count and the card's new status, and the audit record — after re-checking,
+    /// inside the write, that the card is still releasable (`registry::lifecycle`).
     async fn record_release(
         &self,
         caller: &Identity,
@@ -384,6 +422,12 @@ impl<H: Hsm> Kms<H> {
         let id = card.card_identifier.clone();
         let template_id = card.template_id.clone();
         let atr_hex = atr.to_hex();
+        let factor = atr.card_factor();
+        let release = if op == Operation::InitialiseBlankCard {
+            Release::Initialise
+        } else {
+            Release::Personalise
+        };
         let actor = caller.to_string();
         let subject = format!(
             "card {} keys {}",
@@ -399,25 +443,22 @@ impl<H: Hsm> Kms<H> {
                 let mut card: Card = tx.get(Table::Cards, &id)?.ok_or(Error::NotFound {
                     what: Resource::Card,
                 })?;
-                if card.status != CardStatus::Accepted || card.template_id != template_id {
+                if card.template_id != template_id {
                     return Err(Error::FailedPrecondition {
                         reason: Refusal::CardChangedDuringRequest,
                     });
                 }
-                match &card.atr {
-                    Some(a) if *a != atr_hex => {
-                        return Err(Error::FailedPrecondition {
-                            reason: Refusal::AtrMismatch,
-                        });
-                    }
-                    _ => {}
-                }
-                card.atr = Some(atr_hex);
+                let n = lifecycle::record_release(tx, &mut card, release, &factor, atr_hex)?;
                 for (k, v) in versions {
                     card.issued_root_versions.entry(k).or_insert(v);
                 }
                 tx.put(Table::Cards, &id, &card)?;
-                tx.audit(AuditEvent::ok(actor, op.name(), subject));
+                let retry = if n > 1 { " (retry)" } else { "" };
+                tx.audit(AuditEvent::ok(
+                    actor,
+                    op.name(),
+                    format!("{subject}; release {n}{retry}; now {}", card.status.name()),
+                ));
                 Ok(())
             })
             .await?;
@@ -436,6 +477,40 @@ impl<H: Hsm> Kms<H> {
         }
         Ok(())
     }
+}
+
+/// A delivered card key of `spec` from the HSM's answer.
+fn delivered_key(
+    template: &Template,
+    spec: &KeySpec,
+    root_version: u32,
+    output: BatchOutput,
+) -> Result<Delivered> {
+    let (kcv, form) = match output {
+        BatchOutput::Exported(e) => (e.kcv, DeliveredForm::Tr31(e.block)),
+        BatchOutput::WriteKey(c) => {
+            // The HSM sizes Lc from the field it encrypted (padded to the protecting key's
+            // block): a card expects the profile's.
+            if c.apdu.get(4) != Some(&template.write_key_params(spec).lc) {
+                return Err(Error::FailedPrecondition {
+                    reason: Refusal::WriteKeyLcMismatch,
+                });
+            }
+            (c.kcv, DeliveredForm::WriteKeyApdu(c.apdu))
+        }
+    };
+    Ok(Delivered {
+        key_name: spec.name.clone(),
+        directory: spec.directory.clone(),
+        key_id: spec.key_id,
+        key_version: spec.key_version,
+        algorithm: spec.hsm_algorithm(),
+        kcv,
+        level: Level::Card,
+        root_version,
+        form,
+        psam: None,
+    })
 }
 
 /// Refuses, before any HSM work, a list of key names longer than the template or naming a key
@@ -463,8 +538,10 @@ fn check_key_list<'a>(
     Ok(())
 }
 
-/// The keys a station asked for; all this deployment owns if it named none (the others'
-/// owners are named in the response).
+/// The keys asked for as TR-31 blocks; none named means every key that may leave as a block
+/// and that this deployment owns (all but the master keys, which leave only inside
+/// secure-messaging commands: the HSM refuses to export them; the others' owners are named in
+/// the response).
 fn select_keys<'t>(
     template: &'t Template,
     names: &[String],
@@ -473,7 +550,7 @@ fn select_keys<'t>(
     if names.is_empty() {
         return Ok(template
             .write_order()
-            .filter(|k| k.owner() == owner)
+            .filter(|k| !is_master_key(template, k) && k.owner() == owner)
             .collect());
     }
     check_key_list(template, "key_names", names.iter().map(String::as_str))?;
@@ -487,7 +564,12 @@ fn select_keys<'t>(
         .collect()
 }
 
-fn check_releasable(card: &Card, checked: &CheckedCard, template_id: &str) -> Result<()> {
+fn check_releasable(
+    card: &Card,
+    checked: &CheckedCard,
+    template_id: &str,
+    release: Release,
+) -> Result<()> {
     if card.card_number != checked.number.as_str() {
         return Err(Error::NoMatchingCard {
             detail: "the card number differs from the registry's",
@@ -503,15 +585,7 @@ fn check_releasable(card: &Card, checked: &CheckedCard, template_id: &str) -> Re
             reason: Refusal::CardTemplateMismatch,
         });
     }
-    match card.status {
-        CardStatus::Blacklisted => Err(Error::FailedPrecondition {
-            reason: Refusal::CardBlacklisted,
-        }),
-        CardStatus::Registered => Err(Error::FailedPrecondition {
-            reason: Refusal::CardNotAccepted,
-        }),
-        CardStatus::Accepted => Ok(()),
-    }?;
+    lifecycle::check_release(card, release)?;
     // After a first release, only the same chip (ATR) gets keys; checked again in the write.
     match (&card.atr, &checked.atr) {
         (Some(released), Some(atr)) if *released != atr.to_hex() => {

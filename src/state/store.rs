@@ -37,6 +37,11 @@ pub enum Table {
     Cards,
     CardNumbers,
     SocialSecurityNumbers,
+    /// The registry review's batches (`crate::registry::batch::StoredBatch`), by batch id.
+    ApplicantBatches,
+    /// `template/card factor (hex)` → the card identifier it is bound to
+    /// (`crate::registry::lifecycle`).
+    CardFactors,
 }
 
 impl Table {
@@ -50,10 +55,12 @@ impl Table {
             Table::Cards => "cards",
             Table::CardNumbers => "card_numbers",
             Table::SocialSecurityNumbers => "ssns",
+            Table::ApplicantBatches => "applicant_batches",
+            Table::CardFactors => "card_factors",
         })
     }
 
-    const ALL: [Table; 8] = [
+    const ALL: [Table; 10] = [
         Table::Meta,
         Table::Templates,
         Table::Keys,
@@ -62,6 +69,8 @@ impl Table {
         Table::Cards,
         Table::CardNumbers,
         Table::SocialSecurityNumbers,
+        Table::ApplicantBatches,
+        Table::CardFactors,
     ];
 }
 

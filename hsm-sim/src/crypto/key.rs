@@ -79,11 +79,45 @@ impl SecretKey {
         self.bytes.is_empty()
     }
 
-    /// Refuses weak and semi-weak DES keys, and TDES keys whose 8-byte parts repeat.
-    /// Keys of other algorithms always pass.
+    /// The one weak-key check of the HSM, called wherever a key is formed, imported, derived or
+    /// generated: refuses
+    ///
+    /// - an all-zero key of any algorithm (two equal components XOR to one);
+    /// - for DES and TDES, with every 8-byte part compared **modulo its parity bits** (the
+    ///   cipher ignores them): a weak or semi-weak DES key as a part, and a TDES key whose
+    ///   parts collapse it to a weaker cipher — 2-key K1 ≈ K2 (single DES), 3-key K1 ≈ K2 or
+    ///   K2 ≈ K3 (single DES by the outer pair).
+    ///
+    /// `des::weak_key_test` compares the odd-parity forms only, so `0000000000000000` or a TDES
+    /// key whose halves differ in parity bits alone pass it; this check does not rely on it.
     pub fn check_not_weak(&self) -> Result<()> {
-        if self.alg.is_des_family() {
-            des::weak_key_test(&self.bytes).map_err(|_| Error::WeakKey)?;
+        if self.bytes.iter().all(|&b| b == 0) {
+            return Err(Error::WeakKey);
+        }
+        if !self.alg.is_des_family() {
+            return Ok(());
+        }
+        let parts: Vec<[u8; 8]> = self
+            .bytes
+            .chunks_exact(8)
+            .map(|part| {
+                let mut p = [0u8; 8];
+                p.iter_mut()
+                    .zip(part)
+                    .for_each(|(d, s)| *d = odd_parity(*s));
+                p
+            })
+            .collect();
+        if parts.iter().any(|p| WEAK_DES_KEYS.contains(p)) {
+            return Err(Error::WeakKey);
+        }
+        let collapses = match parts.as_slice() {
+            [k1, k2] => k1 == k2,
+            [k1, k2, k3] => k1 == k2 || k2 == k3,
+            _ => false,
+        };
+        if collapses {
+            return Err(Error::WeakKey);
         }
         Ok(())
     }
@@ -126,6 +160,38 @@ impl PartialEq for SecretKey {
 }
 
 impl Eq for SecretKey {}
+
+/// The weak and semi-weak DES keys (FIPS 74, NIST SP 800-67 §3.3.2) in their odd-parity form.
+const WEAK_DES_KEYS: [[u8; 8]; 16] = [
+    // Weak.
+    [0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01],
+    [0xFE, 0xFE, 0xFE, 0xFE, 0xFE, 0xFE, 0xFE, 0xFE],
+    [0xE0, 0xE0, 0xE0, 0xE0, 0xF1, 0xF1, 0xF1, 0xF1],
+    [0x1F, 0x1F, 0x1F, 0x1F, 0x0E, 0x0E, 0x0E, 0x0E],
+    // Semi-weak, in pairs.
+    [0x01, 0x1F, 0x01, 0x1F, 0x01, 0x0E, 0x01, 0x0E],
+    [0x1F, 0x01, 0x1F, 0x01, 0x0E, 0x01, 0x0E, 0x01],
+    [0x01, 0xE0, 0x01, 0xE0, 0x01, 0xF1, 0x01, 0xF1],
+    [0xE0, 0x01, 0xE0, 0x01, 0xF1, 0x01, 0xF1, 0x01],
+    [0x01, 0xFE, 0x01, 0xFE, 0x01, 0xFE, 0x01, 0xFE],
+    [0xFE, 0x01, 0xFE, 0x01, 0xFE, 0x01, 0xFE, 0x01],
+    [0x1F, 0xE0, 0x1F, 0xE0, 0x0E, 0xF1, 0x0E, 0xF1],
+    [0xE0, 0x1F, 0xE0, 0x1F, 0xF1, 0x0E, 0xF1, 0x0E],
+    [0x1F, 0xFE, 0x1F, 0xFE, 0x0E, 0xFE, 0x0E, 0xFE],
+    [0xFE, 0x1F, 0xFE, 0x1F, 0xFE, 0x0E, 0xFE, 0x0E],
+    [0xE0, 0xFE, 0xE0, 0xFE, 0xF1, 0xFE, 0xF1, 0xFE],
+    [0xFE, 0xE0, 0xFE, 0xE0, 0xFE, 0xF1, 0xFE, 0xF1],
+];
+
+/// `b` with its least significant (parity) bit set so that it has an odd number of ones.
+const fn odd_parity(b: u8) -> u8 {
+    let high = b & 0xFE;
+    if high.count_ones().is_multiple_of(2) {
+        high | 1
+    } else {
+        high
+    }
+}
 
 /// Decodes hex that may be secret: white space is ignored, nothing is left behind on error.
 pub(crate) fn decode_secret_hex(text: &str, field: &'static str) -> Result<Zeroizing<Vec<u8>>> {
@@ -186,6 +252,51 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_ne!(a, d);
+    }
+
+    /// Issue 12: every weak form, compared modulo parity, for every algorithm — each of these
+    /// passed the check based on `des::weak_key_test` alone (or was not checked at all).
+    #[test]
+    fn weak_keys_are_refused_modulo_parity_for_every_algorithm() {
+        let weak = |alg: Algorithm, hex: &str| {
+            let key = SecretKey::from_hex(alg, hex).unwrap();
+            assert_eq!(key.check_not_weak(), Err(Error::WeakKey), "{alg} {hex}");
+        };
+        // All zeros, of every algorithm: what two equal components give.
+        for alg in Algorithm::ALL {
+            weak(alg, &"00".repeat(alg.key_len()));
+        }
+        // Weak and semi-weak DES keys with their parity bits cleared or flipped.
+        weak(Algorithm::Des, "0000000000000000");
+        weak(Algorithm::Des, "FFFFFFFFFFFFFFFF");
+        weak(Algorithm::Des, "E1E1E1E1F0F0F0F0");
+        weak(Algorithm::Des, "001E001E000E000E");
+        // A semi-weak DES key as one part of a TDES key.
+        weak(Algorithm::Tdes2, "01FE01FE01FE01FE0123456789ABCDEF");
+        // TDES whose parts are equal but for parity bits.
+        weak(Algorithm::Tdes2, "0123456789ABCDEF0022446688AACCEE");
+        weak(
+            Algorithm::Tdes3,
+            "0123456789ABCDEF0022446688AACCEEFEDCBA9876543210",
+        );
+        weak(
+            Algorithm::Tdes3,
+            "FEDCBA98765432100123456789ABCDEF0022446688AACCEE",
+        );
+        // Not weak: distinct parts, a 3-key TDES key with K1 = K3 (keying option 2), AES.
+        for (alg, hex) in [
+            (Algorithm::Tdes2, "0123456789ABCDEFFEDCBA9876543210"),
+            (Algorithm::Tdes2, "11111111111111112222222222222222"),
+            (
+                Algorithm::Tdes3,
+                "0123456789ABCDEFFEDCBA98765432100123456789ABCDEF",
+            ),
+            (Algorithm::Aes128, "000102030405060708090A0B0C0D0E0F"),
+            (Algorithm::Sm4, "0123456789ABCDEFFEDCBA9876543210"),
+        ] {
+            let key = SecretKey::from_hex(alg, hex).unwrap();
+            assert_eq!(key.check_not_weak(), Ok(()), "{alg} {hex}");
+        }
     }
 
     #[test]

@@ -20,6 +20,8 @@ use crate::lmk::{self, Lmk, TokenKey};
 
 /// Components a key may be formed from.
 const COMPONENTS: core::ops::RangeInclusive<usize> = 2..=9;
+/// The shortest KCV a component is checked against.
+const MIN_COMPONENT_KCV: usize = 3;
 /// Factors one derivation may apply.
 const FACTORS: core::ops::RangeInclusive<usize> = 1..=8;
 /// Random bytes one call may ask for.
@@ -27,7 +29,7 @@ const RANDOM_LEN: core::ops::RangeInclusive<usize> = 1..=4096;
 
 /// Whether a key, once unwrapped, is kept in the hot-key cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Caching {
+pub(super) enum Caching {
     /// A key that acts on other keys or data, likely used again.
     Keep,
     /// A key used once (the subject of the operation).
@@ -35,39 +37,46 @@ enum Caching {
 }
 
 impl LocalHsm {
-    /// The key of `token` (from the cache or unwrapped under `lmk`), if its usage is one of
+    /// The key of `token` (from the cache or unwrapped under `lmk`), if its usage passes
     /// `allowed`; otherwise [`Error::WrongUsage`] naming `operation`.
-    fn key_for(
+    pub(super) fn key_for(
         &self,
         lmk: &Lmk,
         token: &KeyToken,
-        allowed: &[KeyUsage],
+        allowed: fn(KeyUsage) -> bool,
         operation: &'static str,
         caching: Caching,
     ) -> Result<Arc<TokenKey>> {
+        let key = self.load(lmk, token, allowed, caching)?;
+        check_usage(&key, allowed, operation)?;
+        Ok(key)
+    }
+
+    /// The key of `token`, from the cache or unwrapped under `lmk` (its integrity checked, its
+    /// usage not yet); with [`Caching::Keep`] it is cached if its usage passes `allowed`.
+    pub(super) fn load(
+        &self,
+        lmk: &Lmk,
+        token: &KeyToken,
+        allowed: fn(KeyUsage) -> bool,
+        caching: Caching,
+    ) -> Result<Arc<TokenKey>> {
         let digest = cache::digest(token);
-        let key = match self.cache.get(&digest)? {
+        Ok(match self.cache.get(&digest)? {
             Some(hit) => hit,
             None => {
                 let key = Arc::new(lmk.unwrap(token)?);
-                if caching == Caching::Keep && allowed.contains(&key.usage) {
+                if caching == Caching::Keep && allowed(key.usage) {
                     self.cache.insert(digest, Arc::clone(&key))?;
                 }
                 key
             }
-        };
-        if !allowed.contains(&key.usage) {
-            return Err(Error::WrongUsage {
-                usage: key.usage.name().into(),
-                operation: operation.into(),
-            });
-        }
-        Ok(key)
+        })
     }
 
     pub(super) fn generate_key_now(&self, spec: KeySpec) -> Result<WrappedKey> {
         self.with_lmk(|lmk| {
-            check_algorithm(spec.usage, spec.algorithm)?;
+            check_new_key(spec)?;
             let key = crate::crypto::random::generate_key(spec.algorithm)?;
             wrapped(lmk, &key, spec.usage, spec.exportability)
         })
@@ -79,7 +88,7 @@ impl LocalHsm {
         components: &[Component],
     ) -> Result<WrappedKey> {
         self.with_lmk(|lmk| {
-            check_algorithm(spec.usage, spec.algorithm)?;
+            check_new_key(spec)?;
             if !COMPONENTS.contains(&components.len()) {
                 return Err(Error::Count {
                     field: "components".into(),
@@ -88,6 +97,16 @@ impl LocalHsm {
             }
             let mut sum = Zeroizing::new(vec![0u8; spec.algorithm.key_len()]);
             for (i, component) in components.iter().enumerate() {
+                // A 1- or 2-byte KCV would let a mistyped component pass one time in 256 or
+                // 65536: custodians compare at least 3 bytes (ANSI X9.24-1).
+                let kcv_len = component.expected_kcv.value().len();
+                if kcv_len < MIN_COMPONENT_KCV {
+                    return Err(Error::DataLength {
+                        field: "component KCV".into(),
+                        expected: "at least 3 bytes".into(),
+                        actual: kcv_len,
+                    });
+                }
                 let bytes = decode_secret_hex(component.secret_hex(), "component")?;
                 let part = SecretKey::new(spec.algorithm, &bytes)?;
                 if !component.expected_kcv.matches(&part)? {
@@ -111,10 +130,13 @@ impl LocalHsm {
             let kek = self.key_for(
                 lmk,
                 kek,
-                &[KeyUsage::KeyBlockProtection],
+                |u| u == KeyUsage::KeyBlockProtection,
                 "unwrap a key block",
                 Caching::Keep,
             )?;
+            if usage == KeyUsage::CardMasterKey {
+                return Err(only_derived());
+            }
             let (header, key) = tr31::unwrap(&kek.key, block)?;
             let exportability = check_import_header(&header, usage)?;
             check_algorithm(usage, key.algorithm())?;
@@ -130,39 +152,9 @@ impl LocalHsm {
         version: KeyBlockVersion,
     ) -> Result<ExportedKey> {
         self.with_lmk(|lmk| {
-            let kek = self.key_for(
-                lmk,
-                kek,
-                &[KeyUsage::KeyBlockProtection],
-                "wrap a key block",
-                Caching::Keep,
-            )?;
-            let key = self.key_for(
-                lmk,
-                key,
-                &[
-                    KeyUsage::CardDerivation,
-                    KeyUsage::CardKey,
-                    KeyUsage::AuditMac,
-                ],
-                "be exported",
-                Caching::Skip,
-            )?;
-            if key.exportability != Exportability::Exportable {
-                return Err(Error::NotExportable);
-            }
-            let header = lmk::key_block_header(
-                version,
-                key.usage,
-                key.key.algorithm(),
-                tr31::Exportability::NonExportable,
-            )?
-            .with_optional_block(OptionalBlock::key_check_value(&key.key)?);
-            let block = tr31::wrap(&kek.key, &header, &key.key)?;
-            Ok(ExportedKey {
-                block,
-                kcv: kcv::compute_default(&key.key)?,
-            })
+            let kek = self.key_for(lmk, kek, is_kek, WRAP, Caching::Keep)?;
+            let key = self.key_for(lmk, key, may_be_exported, EXPORT, Caching::Skip)?;
+            export_block(&kek, &key, version)
         })
     }
 
@@ -172,31 +164,11 @@ impl LocalHsm {
         method: Dispersion,
         factors: &[Factor],
         child_usage: KeyUsage,
-        child_exportability: Exportability,
     ) -> Result<WrappedKey> {
         self.with_lmk(|lmk| {
-            let parent = self.key_for(
-                lmk,
-                parent,
-                &[KeyUsage::CardDerivation],
-                "derive a key",
-                Caching::Keep,
-            )?;
-            if !matches!(child_usage, KeyUsage::CardDerivation | KeyUsage::CardKey) {
-                return Err(Error::WrongUsage {
-                    usage: child_usage.name().into(),
-                    operation: "hold a derived key".into(),
-                });
-            }
-            if !FACTORS.contains(&factors.len()) {
-                return Err(Error::Count {
-                    field: "factors".into(),
-                    expected: "1 to 8".into(),
-                });
-            }
-            let child = diversify::diversify_chain(&parent.key, method, factors)?;
-            child.check_not_weak()?;
-            wrapped(lmk, &child, child_usage, child_exportability)
+            let parent = self.key_for(lmk, parent, is_parent, DERIVE, Caching::Keep)?;
+            let child = derive_child_of(&parent, method, factors, child_usage)?;
+            wrapped(lmk, &child.key, child.usage, child.exportability)
         })
     }
 
@@ -205,41 +177,23 @@ impl LocalHsm {
         request: &WriteKeyRequest,
     ) -> Result<WriteKeyCommand> {
         self.with_lmk(|lmk| {
-            let key = self.key_for(
-                lmk,
-                &request.key,
-                &[KeyUsage::CardKey, KeyUsage::CardDerivation],
-                "be written to a card",
-                Caching::Skip,
-            )?;
-            let protect = self.key_for(
-                lmk,
-                &request.protect,
-                &[KeyUsage::CardKey],
-                "protect a key written to a card",
-                Caching::Keep,
-            )?;
-            let mut data =
-                Zeroizing::new(Vec::with_capacity(request.key_header.len() + key.key.len()));
-            data.extend_from_slice(&request.key_header);
-            data.extend_from_slice(key.key.secret_bytes());
-            let apdu = secure_messaging_apdu(
-                &protect.key,
+            let key = self.key_for(lmk, &request.key, may_be_written, WRITE, Caching::Skip)?;
+            let protect =
+                self.key_for(lmk, &request.protect, may_protect, PROTECT, Caching::Keep)?;
+            write_command(
+                &key,
+                &protect,
                 [request.cla, request.ins, request.p1, request.p2],
-                &data,
+                &request.key_header,
                 &request.challenge,
                 request.fold,
-            )?;
-            Ok(WriteKeyCommand {
-                apdu,
-                kcv: kcv::compute_default(&key.key)?,
-            })
+            )
         })
     }
 
     pub(super) fn kcv_now(&self, token: &KeyToken) -> Result<Kcv> {
         self.with_lmk(|lmk| {
-            let key = self.key_for(lmk, token, &KeyUsage::ALL, "", Caching::Skip)?;
+            let key = self.key_for(lmk, token, |_| true, "", Caching::Skip)?;
             kcv::compute_default(&key.key)
         })
     }
@@ -260,12 +214,134 @@ impl LocalHsm {
         let key = self.key_for(
             lmk,
             token,
-            &[KeyUsage::AuditMac],
+            |u| u == KeyUsage::AuditMac,
             "compute or verify an audit MAC",
             Caching::Keep,
         )?;
         crate::crypto::cipher::cmac(&key.key, data)
     }
+}
+
+/// The usage a key-block protection key (KEK) of an export has, and the operation a refusal
+/// names.
+pub(super) fn is_kek(usage: KeyUsage) -> bool {
+    usage == KeyUsage::KeyBlockProtection
+}
+pub(super) const WRAP: &str = "wrap a key block";
+/// The usages that may be asked to be exported (whether they may leave is decided after, by
+/// usage and token: [`export_block`]), and the operation a refusal names.
+pub(super) fn may_be_exported(usage: KeyUsage) -> bool {
+    !matches!(usage, KeyUsage::KeyBlockProtection | KeyUsage::AuditMac)
+}
+pub(super) const EXPORT: &str = "be exported";
+/// The usages of a parent of a derivation, and the operation a refusal names.
+pub(super) fn is_parent(usage: KeyUsage) -> bool {
+    usage.level().is_some()
+}
+pub(super) const DERIVE: &str = "derive a key";
+/// The usages of a key written to a card, and the operation a refusal names.
+pub(super) fn may_be_written(usage: KeyUsage) -> bool {
+    matches!(usage, KeyUsage::CardKey | KeyUsage::CardMasterKey)
+}
+pub(super) const WRITE: &str = "be written to a card";
+/// The usages of a key protecting a card slot, and the operation a refusal names.
+pub(super) fn may_protect(usage: KeyUsage) -> bool {
+    matches!(usage, KeyUsage::CardMasterKey | KeyUsage::VendorTransport)
+}
+pub(super) const PROTECT: &str = "protect a key written to a card";
+
+/// Refuses `key` unless its usage passes `allowed` ([`Error::WrongUsage`] naming `operation`).
+pub(super) fn check_usage(
+    key: &TokenKey,
+    allowed: fn(KeyUsage) -> bool,
+    operation: &'static str,
+) -> Result<()> {
+    if allowed(key.usage) {
+        Ok(())
+    } else {
+        Err(wrong_usage(key.usage, operation))
+    }
+}
+
+/// The child of `parent` (a key whose usage passed [`is_parent`]), not yet wrapped under the
+/// LMK: the factor count, the child's usage and level ([`child_of`], which decides its
+/// exportability), the dispersion and the weak-key check.
+pub(super) fn derive_child_of(
+    parent: &TokenKey,
+    method: Dispersion,
+    factors: &[Factor],
+    child_usage: KeyUsage,
+) -> Result<TokenKey> {
+    if !FACTORS.contains(&factors.len()) {
+        return Err(Error::Count {
+            field: "factors".into(),
+            expected: "1 to 8".into(),
+        });
+    }
+    let exportability = child_of(
+        parent.usage,
+        parent.exportability,
+        factors.len(),
+        child_usage,
+    )?;
+    let child = diversify::diversify_chain(&parent.key, method, factors)?;
+    child.check_not_weak()?;
+    Ok(TokenKey::new(child_usage, exportability, child))
+}
+
+/// `key` (of a usage that passed [`may_be_exported`]) as a TR-31 block of `version` under `kek`
+/// (a key-block protection key), if its usage may leave and its token says it is exportable.
+pub(super) fn export_block(
+    kek: &TokenKey,
+    key: &TokenKey,
+    version: KeyBlockVersion,
+) -> Result<ExportedKey> {
+    // By usage first: master keys, their hierarchy and vendor transport keys leave only
+    // inside secure-messaging commands, whatever their token's exportability says.
+    if !key.usage.may_be_exported() || key.exportability != Exportability::Exportable {
+        return Err(Error::NotExportable);
+    }
+    let header = lmk::key_block_header(
+        version,
+        key.usage,
+        key.key.algorithm(),
+        tr31::Exportability::NonExportable,
+    )?;
+    // One check value for the block's `KC` and the answer.
+    let kcv = kcv::compute_default(&key.key)?;
+    let header = header.with_optional_block(OptionalBlock::key_check_value_of(&kcv)?);
+    // The KEK's binding keys are derived at its first export and kept with it.
+    let block = kek.with_binding(version, |binding| {
+        tr31::wrap_bound(&kek.key, binding, &header, &key.key)
+    })?;
+    Ok(ExportedKey { block, kcv })
+}
+
+/// The WRITE KEY command of `key` (a usage that passed [`may_be_written`]) under `protect` (one
+/// that passed [`may_protect`]).
+pub(super) fn write_command(
+    key: &TokenKey,
+    protect: &TokenKey,
+    command: [u8; 4],
+    key_header: &[u8],
+    challenge: &[u8],
+    fold: MacFold,
+) -> Result<WriteKeyCommand> {
+    // A blank card's first write is its master key; a vendor key protects nothing else.
+    if protect.usage == KeyUsage::VendorTransport && key.usage != KeyUsage::CardMasterKey {
+        return Err(wrong_usage(
+            protect.usage,
+            "protect the write of anything but a card master key",
+        ));
+    }
+    let mut data = Zeroizing::new(Vec::with_capacity(key_header.len() + key.key.len()));
+    data.extend_from_slice(key_header);
+    data.extend_from_slice(key.key.secret_bytes());
+    let apdu = secure_messaging_apdu(&protect.key, command, &data, challenge, fold)?;
+    Ok(WriteKeyCommand {
+        apdu,
+        kcv: kcv::compute_default(&key.key)?,
+    })
 }
 
 /// A token and KCV for `key`.
@@ -279,6 +355,91 @@ fn wrapped(
         token: lmk.wrap(key, usage, exportability)?,
         kcv: kcv::compute_default(key)?,
     })
+}
+
+/// [`Error::WrongUsage`]: a key of `usage` cannot be used to `operation`.
+fn wrong_usage(usage: KeyUsage, operation: &'static str) -> Error {
+    Error::WrongUsage {
+        usage: usage.name().into(),
+        operation: operation.into(),
+    }
+}
+
+/// A card master key comes only from a derivation in its hierarchy, never from a caller's
+/// components, a random draw or a block: so its value is never one a caller chose or saw.
+fn only_derived() -> Error {
+    wrong_usage(
+        KeyUsage::CardMasterKey,
+        "be generated, formed or imported (it is only ever derived)",
+    )
+}
+
+/// Refuses a new key (generated or formed) the HSM must not make: a card master key, an
+/// exportable key of a usage that never leaves, or an algorithm its usage cannot use.
+fn check_new_key(spec: KeySpec) -> Result<()> {
+    if spec.usage == KeyUsage::CardMasterKey {
+        return Err(only_derived());
+    }
+    if spec.exportability == Exportability::Exportable && !spec.usage.may_be_exported() {
+        return Err(Error::NotExportable);
+    }
+    check_algorithm(spec.usage, spec.algorithm)
+}
+
+/// The exportability of a child of `child_usage` derived from a `parent` key with `factors`
+/// factors, or [`Error::WrongUsage`] if that derivation is not allowed.
+///
+/// The child stays in its parent's hierarchy (card keys from card-derivation keys, master keys
+/// from master-key derivation keys) and at the level the factors reach: a card-level child
+/// needs exactly as many factors as the parent is above the card, so a hierarchy key is never
+/// relabelled as a card key by deriving it with too few factors. The HSM decides exportability:
+/// a hierarchy child is exportable only if its parent is; a card key is exportable (stations
+/// get card keys); a card master key never is.
+pub(super) fn child_of(
+    parent: KeyUsage,
+    parent_exportability: Exportability,
+    factors: usize,
+    child_usage: KeyUsage,
+) -> Result<Exportability> {
+    let Some(level) = parent.level() else {
+        return Err(wrong_usage(parent, "derive a key"));
+    };
+    let reached = level.below(factors);
+    let to_card = factors == level.dispersions_to_card();
+    match (parent, child_usage) {
+        (KeyUsage::CardDerivation(_), KeyUsage::CardKey) if to_card => {
+            Ok(Exportability::Exportable)
+        }
+        (KeyUsage::MasterKeyDerivation(_), KeyUsage::CardMasterKey) if to_card => {
+            Ok(Exportability::NonExportable)
+        }
+        (KeyUsage::CardDerivation(_), KeyUsage::CardDerivation(child))
+            if reached == Some(child) =>
+        {
+            Ok(parent_exportability)
+        }
+        (KeyUsage::MasterKeyDerivation(_), KeyUsage::MasterKeyDerivation(child))
+            if reached == Some(child) =>
+        {
+            Ok(Exportability::NonExportable)
+        }
+        (KeyUsage::CardDerivation(_), KeyUsage::CardKey | KeyUsage::CardDerivation(_))
+        | (
+            KeyUsage::MasterKeyDerivation(_),
+            KeyUsage::CardMasterKey | KeyUsage::MasterKeyDerivation(_),
+        ) => Err(wrong_usage(
+            parent,
+            "derive a key of that level with this number of factors",
+        )),
+        (KeyUsage::CardDerivation(_), _) => Err(wrong_usage(
+            parent,
+            "derive anything but card keys and card derivation keys below it",
+        )),
+        _ => Err(wrong_usage(
+            parent,
+            "derive anything but card master keys and master-key derivation keys below it",
+        )),
+    }
 }
 
 /// Refuses a key of `alg` for `usage` where the HSM could never use it: key-block protection
@@ -303,33 +464,39 @@ fn check_algorithm(usage: KeyUsage, alg: Algorithm) -> Result<()> {
 
 /// Checks that an imported block's header fits `usage` and returns the token's exportability.
 ///
-/// TR-31 usages `K0`/`K1` import as key-block protection keys, `E6` as card derivation, `E5`
-/// as card keys, `M6` as audit MAC keys. The mode of use must be the token's own (see
-/// [`crate::lmk`]) or `N`: the token's mode is never broader than the block's. Exportability
-/// `E` stays exportable; `N` and `S` (exportable under an untrusted key) become non-exportable.
+/// TR-31 usages `K0`/`K1` import as key-block protection keys, `E6` as card or master-key
+/// derivation keys (at the level `usage` names: a foreign block does not say it), `E5` as card
+/// keys or vendor transport keys, `M6` as audit MAC keys. The mode of use must be the token's
+/// own (see [`crate::lmk`]) or `N`: the token's mode is never broader than the block's.
+/// Exportability `E` stays exportable where the usage may leave at all; `N` and `S` (exportable
+/// under an untrusted key) become non-exportable.
 pub(super) fn check_import_header(
     header: &KeyBlockHeader,
     usage: KeyUsage,
 ) -> Result<Exportability> {
-    let declared = match header.key_usage.as_str() {
-        "K0" | "K1" => KeyUsage::KeyBlockProtection,
-        "E6" => KeyUsage::CardDerivation,
-        "E5" => KeyUsage::CardKey,
-        "M6" => KeyUsage::AuditMac,
-        _ => {
+    let codes: &[&str] = match usage {
+        KeyUsage::KeyBlockProtection => &["K0", "K1"],
+        KeyUsage::CardDerivation(_) | KeyUsage::MasterKeyDerivation(_) => &["E6"],
+        KeyUsage::CardKey | KeyUsage::VendorTransport => &["E5"],
+        KeyUsage::AuditMac => &["M6"],
+        KeyUsage::CardMasterKey => return Err(only_derived()),
+    };
+    if !codes.contains(&header.key_usage.as_str()) {
+        if !["K0", "K1", "E5", "E6", "M6"].contains(&header.key_usage.as_str()) {
             return Err(Error::KeyBlockHeader {
                 field: "key usage".into(),
             });
         }
-    };
-    if declared != usage {
         return Err(Error::WrongUsage {
-            usage: declared.name().into(),
+            usage: format!("TR-31 {}", header.key_usage).into(),
             operation: match usage {
                 KeyUsage::KeyBlockProtection => "become a key-block protection key".into(),
-                KeyUsage::CardDerivation => "become a card derivation key".into(),
+                KeyUsage::CardDerivation(_) => "become a card derivation key".into(),
+                KeyUsage::MasterKeyDerivation(_) => "become a master-key derivation key".into(),
                 KeyUsage::CardKey => "become a card key".into(),
+                KeyUsage::VendorTransport => "become a vendor transport key".into(),
                 KeyUsage::AuditMac => "become an audit MAC key".into(),
+                KeyUsage::CardMasterKey => "become a card master key".into(),
             },
         });
     }
@@ -340,10 +507,10 @@ pub(super) fn check_import_header(
         });
     }
     Ok(match header.exportability {
-        tr31::Exportability::Trusted => Exportability::Exportable,
-        tr31::Exportability::NonExportable | tr31::Exportability::Sensitive => {
-            Exportability::NonExportable
-        }
+        tr31::Exportability::Trusted if usage.may_be_exported() => Exportability::Exportable,
+        tr31::Exportability::Trusted
+        | tr31::Exportability::NonExportable
+        | tr31::Exportability::Sensitive => Exportability::NonExportable,
     })
 }
 

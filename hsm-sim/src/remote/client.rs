@@ -9,17 +9,17 @@ use core::fmt;
 use std::time::Duration;
 
 use hsm_api::{
-    Component, Dispersion, Error, Exportability, ExportedKey, Factor, Hsm, HsmStatus, Kcv,
+    BatchItem, BatchOutput, Component, Dispersion, Error, ExportedKey, Factor, Hsm, HsmStatus, Kcv,
     KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare, Result,
-    UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest,
+    UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest, check_batch_len,
 };
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 
 use super::convert::{
-    dispersion_to_wire, exportability_to_wire, fold_to_wire, kcv_from_wire, kcv_to_wire,
-    progress_from_wire, share_from_wire, spec_to_wire, status_from_wire, usage_to_wire,
-    version_to_wire, wide, wrapped_from_wire,
+    batch_item_to_wire, batch_result_from_wire, dispersion_to_wire, fold_to_wire, kcv_from_wire,
+    kcv_to_wire, progress_from_wire, share_from_wire, spec_to_wire, status_from_wire,
+    usage_to_wire, version_to_wire, wide, wrapped_from_wire,
 };
 use super::proto;
 use super::proto::hsm_client::HsmClient;
@@ -225,10 +225,12 @@ impl Hsm for RemoteHsm {
     }
 
     async fn import_key(&self, kek: &KeyToken, block: &str, usage: KeyUsage) -> Result<WrappedKey> {
+        let (usage, level) = usage_to_wire(usage);
         let request = proto::ImportKeyRequest {
             kek: token(kek),
             block: block.to_owned(),
-            usage: usage_to_wire(usage).into(),
+            usage: usage.into(),
+            level: level.into(),
         };
         let key = self.client().import_key(request).await.map_err(failed)?;
         wrapped_from_wire(key.into_inner()).ok_or(Error::Protocol)
@@ -263,14 +265,14 @@ impl Hsm for RemoteHsm {
         method: Dispersion,
         factors: &[Factor],
         child_usage: KeyUsage,
-        child_exportability: Exportability,
     ) -> Result<WrappedKey> {
+        let (usage, level) = usage_to_wire(child_usage);
         let request = proto::DeriveKeyRequest {
             parent: token(parent),
             method: dispersion_to_wire(method).into(),
             factors: factors.iter().map(|f| f.as_bytes().to_vec()).collect(),
-            child_usage: usage_to_wire(child_usage).into(),
-            child_exportability: exportability_to_wire(child_exportability).into(),
+            child_usage: usage.into(),
+            child_level: level.into(),
         };
         let key = self.client().derive_key(request).await.map_err(failed)?;
         wrapped_from_wire(key.into_inner()).ok_or(Error::Protocol)
@@ -298,6 +300,30 @@ impl Hsm for RemoteHsm {
             apdu: command.apdu,
             kcv: kcv_from_wire(command.kcv).ok_or(Error::Protocol)?,
         })
+    }
+
+    async fn batch(&self, items: Vec<BatchItem>) -> Result<Vec<Result<BatchOutput>>> {
+        // Refused here as the server would, without a round trip.
+        check_batch_len(items.len())?;
+        let count = items.len();
+        let request = proto::BatchRequest {
+            items: items.iter().map(batch_item_to_wire).collect(),
+        };
+        drop(items);
+        let results = self
+            .client()
+            .batch(request)
+            .await
+            .map_err(failed)?
+            .into_inner()
+            .results;
+        if results.len() != count {
+            return Err(Error::Protocol);
+        }
+        results
+            .into_iter()
+            .map(|r| batch_result_from_wire(r).ok_or(Error::Protocol))
+            .collect()
     }
 
     async fn kcv(&self, key: &KeyToken) -> Result<Kcv> {

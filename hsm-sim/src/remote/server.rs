@@ -17,9 +17,9 @@ use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
 
 use super::convert::{
-    dispersion_from_wire, exportability_from_wire, fold_from_wire, kcv_from_wire, kcv_to_wire,
-    narrow, progress_to_wire, share_to_wire, spec_from_wire, status_to_wire, usage_from_wire,
-    version_from_wire, wrapped_to_wire,
+    batch_item_from_wire, batch_result_to_wire, dispersion_from_wire, fold_from_wire,
+    kcv_from_wire, kcv_to_wire, narrow, progress_to_wire, share_to_wire, spec_from_wire,
+    status_to_wire, usage_from_wire, version_from_wire, wrapped_to_wire,
 };
 use super::identity::{self, ServiceCaller};
 use super::proto;
@@ -231,7 +231,7 @@ impl<H: Hsm> HsmRpc for HsmService<H> {
     ) -> Result<Response<proto::WrappedKey>, Status> {
         let on_err = refused(&request, "import_key");
         let req = request.into_inner();
-        let usage = usage_from_wire(req.usage).ok_or_else(|| malformed("usage"))?;
+        let usage = usage_from_wire(req.usage, req.level).ok_or_else(|| malformed("usage"))?;
         let key = self
             .hsm
             .import_key(&token(req.kek), &req.block, usage)
@@ -265,9 +265,8 @@ impl<H: Hsm> HsmRpc for HsmService<H> {
         let on_err = refused(&request, "derive_key");
         let req = request.into_inner();
         let method = dispersion_from_wire(req.method).ok_or_else(|| malformed("method"))?;
-        let usage = usage_from_wire(req.child_usage).ok_or_else(|| malformed("child_usage"))?;
-        let exportability = exportability_from_wire(req.child_exportability)
-            .ok_or_else(|| malformed("child_exportability"))?;
+        let usage = usage_from_wire(req.child_usage, req.child_level)
+            .ok_or_else(|| malformed("child_usage"))?;
         let factors = req
             .factors
             .iter()
@@ -276,7 +275,7 @@ impl<H: Hsm> HsmRpc for HsmService<H> {
             .map_err(|err| to_status(&err))?;
         let key = self
             .hsm
-            .derive_key(&token(req.parent), method, &factors, usage, exportability)
+            .derive_key(&token(req.parent), method, &factors, usage)
             .await
             .map_err(on_err)?;
         Ok(Response::new(wrapped_to_wire(&key)))
@@ -303,6 +302,24 @@ impl<H: Hsm> HsmRpc for HsmService<H> {
         Ok(Response::new(proto::WriteKeyCommand {
             apdu: command.apdu,
             kcv: Some(kcv_to_wire(&command.kcv)),
+        }))
+    }
+
+    async fn batch(
+        &self,
+        request: Request<proto::BatchRequest>,
+    ) -> Result<Response<proto::BatchResponse>, Status> {
+        let on_err = refused(&request, "batch");
+        let items = request
+            .into_inner()
+            .items
+            .into_iter()
+            .map(batch_item_from_wire)
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| malformed("batch item"))?;
+        let results = self.hsm.batch(items).await.map_err(on_err)?;
+        Ok(Response::new(proto::BatchResponse {
+            results: results.iter().map(batch_result_to_wire).collect(),
         }))
     }
 

@@ -309,6 +309,20 @@ impl Template {
         &self.keys
     }
 
+    /// Whether `spec` is a master key of this card: its role is master, it protects another
+    /// key's slot, or it is the key a blank card's vendor transport key protects (the structural
+    /// tests catch a template that mislabels a protector). Its hierarchy is a master-key
+    /// hierarchy in the HSM and its card key a card master key: it leaves only inside the
+    /// secure-messaging command that writes it, never as a TR-31 block.
+    pub fn is_master_key(&self, spec: &KeySpec) -> bool {
+        spec.role == KeyRole::Master
+            || spec.protected_by == Protector::VendorTransport
+            || self
+                .keys
+                .iter()
+                .any(|k| matches!(&k.protected_by, Protector::Key(p) if *p == spec.name))
+    }
+
     /// The key named `name`.
     pub fn key(&self, name: &str) -> Option<&KeySpec> {
         self.keys.iter().find(|k| k.name == name)

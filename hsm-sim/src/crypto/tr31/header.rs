@@ -4,8 +4,8 @@ use hsm_api::{Algorithm, Error, Kcv, KcvMethod, KeyBlockVersion, Result};
 
 use super::parse::{decode_upper_hex, is_printable, is_two_alphanumerics, is_upper_hex};
 use super::{
-    FIXED_HEADER_LEN, MAX_BLOCK_LEN, MAX_CMAC_KCV, MAX_LEGACY_KCV, MAX_OPTIONAL_BLOCKS,
-    MAX_SHORT_OPTIONAL_BLOCK,
+    FIXED_HEADER_LEN, MAX_BLOCK_LEN, MAX_CMAC_KCV, MAX_LEGACY_KCV, MAX_LEGACY_KCV_SM4,
+    MAX_OPTIONAL_BLOCKS, MAX_SHORT_OPTIONAL_BLOCK,
 };
 use crate::crypto::SecretKey;
 use crate::crypto::kcv;
@@ -66,6 +66,18 @@ impl KeyBlockAlgorithm {
             (KeyBlockAlgorithm::Aes, 32) => Some(Algorithm::Aes256),
             (KeyBlockAlgorithm::Sm4, 16) => Some(Algorithm::Sm4),
             _ => None,
+        }
+    }
+
+    /// The key algorithm of a key of `len` bytes found in a block **being unwrapped** under this
+    /// header algorithm: as [`KeyBlockAlgorithm::key_algorithm`], and also a single-length
+    /// (8-byte) DES key under `T`. Blocks from other implementations (psec's known values, for
+    /// one) carry single DES under `T`, reading TDES keying option 3 (K1 = K2 = K3) into it; we
+    /// accept them on unwrap and never write one ([`wrap`](super::wrap) names DES `D`).
+    pub const fn unwrap_key_algorithm(self, len: usize) -> Option<Algorithm> {
+        match (self, len) {
+            (KeyBlockAlgorithm::Tdes, 8) => Some(Algorithm::Des),
+            _ => self.key_algorithm(len),
         }
     }
 
@@ -211,12 +223,17 @@ impl OptionalBlock {
 
     /// `KC`: the check value of the key to be wrapped (see the module docs for the method).
     pub fn key_check_value(key: &SecretKey) -> Result<OptionalBlock> {
-        check_value_block("KC", key)
+        OptionalBlock::key_check_value_of(&kcv::compute_default(key)?)
+    }
+
+    /// `KC` from the key's default check value already computed.
+    pub fn key_check_value_of(kcv: &Kcv) -> Result<OptionalBlock> {
+        check_value_block("KC", kcv)
     }
 
     /// `KP`: the check value of the KBPK (see the module docs for the method).
     pub fn kbpk_check_value(kbpk: &SecretKey) -> Result<OptionalBlock> {
-        check_value_block("KP", kbpk)
+        check_value_block("KP", &kcv::compute_default(kbpk)?)
     }
 
     /// The check value in a `KC` or `KP` block; any other block, or malformed data, is
@@ -230,7 +247,7 @@ impl OptionalBlock {
         }
         let data = self.data.as_bytes();
         let (method, max) = match data.get(..2) {
-            Some(b"00") => (KcvMethod::EncryptZeros, MAX_LEGACY_KCV),
+            Some(b"00") => (KcvMethod::EncryptZeros, MAX_LEGACY_KCV_SM4),
             Some(b"01") => (KcvMethod::Cmac, MAX_CMAC_KCV),
             _ => return Err(malformed()),
         };
@@ -242,6 +259,23 @@ impl OptionalBlock {
             return Err(malformed());
         }
         Ok(Kcv::from_parts(method, value))
+    }
+
+    /// For a `KC` or `KP` block of a header whose key is of `algorithm`: refuses a legacy check
+    /// value longer than the key's (3 bytes; 4 for an SM4 key in `KC`).
+    pub(super) fn check_value_fits(&self, algorithm: KeyBlockAlgorithm) -> Result<()> {
+        let max = match (self.id.as_str(), algorithm) {
+            ("KC", KeyBlockAlgorithm::Sm4) => MAX_LEGACY_KCV_SM4,
+            ("KC" | "KP", _) => MAX_LEGACY_KCV,
+            _ => return Ok(()),
+        };
+        let kcv = self.check_value()?;
+        if kcv.method() == KcvMethod::EncryptZeros && kcv.value().len() > max {
+            return Err(Error::KeyBlockOptionalBlock {
+                id: self.id.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// Checks the ID, the characters, and the content of the blocks this module understands.
@@ -265,14 +299,14 @@ impl OptionalBlock {
     }
 }
 
-/// A `KC` or `KP` block for `key`: `00` + 3-byte legacy KCV, or `01` + 5-byte CMAC KCV for AES.
-fn check_value_block(id: &str, key: &SecretKey) -> Result<OptionalBlock> {
-    let method = KcvMethod::default_for(key.algorithm());
-    let (code, len) = match method {
-        KcvMethod::EncryptZeros => ("00", MAX_LEGACY_KCV),
-        KcvMethod::Cmac => ("01", MAX_CMAC_KCV),
+/// A `KC` or `KP` block for `key`: its KCV by the default method and length of the whole
+/// service — `00` + 3-byte legacy KCV (DES, TDES), `00` + 4 bytes (SM4), `01` + 5-byte CMAC KCV
+/// (AES).
+fn check_value_block(id: &str, kcv: &Kcv) -> Result<OptionalBlock> {
+    let code = match kcv.method() {
+        KcvMethod::EncryptZeros => "00",
+        KcvMethod::Cmac => "01",
     };
-    let kcv = kcv::compute(key, method, len)?;
     OptionalBlock::new(id, &format!("{code}{}", kcv.to_hex()))
 }
 
@@ -356,6 +390,7 @@ impl KeyBlockHeader {
         let mut seen: Vec<&str> = Vec::with_capacity(self.optional_blocks.len());
         for block in self.optional_blocks.iter().filter(|b| b.id != "PB") {
             block.validate()?;
+            block.check_value_fits(self.algorithm)?;
             if seen.contains(&block.id.as_str()) {
                 return Err(Error::KeyBlockOptionalBlock {
                     id: block.id.clone(),

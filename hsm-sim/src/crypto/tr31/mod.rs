@@ -47,6 +47,10 @@
 //!   between parties that agreed on it. The key's length must be one its algorithm has.
 //! - **Which key goes in which version**: version B carries DES and TDES keys only; version D
 //!   carries any of them (DES, TDES, AES, SM4).
+//! - **Liberal on unwrap, strict on wrap**: [`unwrap`] accepts a single-length DES key under
+//!   algorithm `T` (published blocks of other implementations do this, e.g. psec's known value
+//!   `B0096M3TC00E0000…` in `tests/vectors/tr31.json`) and returns it as a DES key;
+//!   [`wrap`] writes DES only under `D`.
 //! - **Strength**: a key is wrapped or unwrapped only under a KBPK at least as strong
 //!   (ANSI X9.24-1), in the order DES < 2-key TDES < 3-key TDES < AES-128 = SM4 < AES-192 <
 //!   AES-256; otherwise [`Error::KeyBlockKbpkStrength`].
@@ -56,9 +60,11 @@
 //! - **Optional blocks**: `KS` (key set identifier, hex), `KC` (check value of the wrapped key)
 //!   and `KP` (check value of the KBPK) are checked; other IDs are carried through as printable
 //!   ASCII. An ID appears at most once. `KC`/`KP` data is `00` + legacy KCV (encrypt zeros, at
-//!   most 3 bytes) or `01` + CMAC KCV (at most 5 bytes, X9.24-1 annex A);
-//!   [`OptionalBlock::key_check_value`] writes `00` + 3 bytes for DES, TDES and SM4
-//!   (DOMAIN.md §6: SM4 keys are checked by encrypting zeros) and `01` + 5 bytes for AES. A `KC`
+//!   most 3 bytes; 4 for an SM4 key) or `01` + CMAC KCV (at most 5 bytes, X9.24-1 annex A);
+//!   [`OptionalBlock::key_check_value`] writes the key's KCV exactly as every other part of the
+//!   service shows it ([`hsm_api::KcvMethod::default_len`]): `00` + 3 bytes for DES and TDES,
+//!   `00` + 4 bytes for SM4 (DOMAIN.md §6: SM4 of zeros, shown as 4 bytes) and `01` + 5 bytes
+//!   for AES. A `KC`
 //!   or `KP` in a header given to [`wrap`] must match the key or KBPK; on [`unwrap`] they are
 //!   checked once the MAC has verified ([`Error::KeyBlockCheckValue`]).
 //! - **Padding block**: a `PB` given to [`wrap`] is dropped and, when the header is not a whole
@@ -108,9 +114,10 @@ mod header;
 mod parse;
 mod wrapping;
 
+pub use binding::BindingKeys;
 pub use header::{Exportability, KeyBlockAlgorithm, KeyBlockHeader, ModeOfUse, OptionalBlock};
 pub use parse::parse_header;
-pub use wrapping::{unwrap, wrap};
+pub use wrapping::{unwrap, unwrap_bound, wrap, wrap_bound};
 
 /// Length of the fixed part of the header.
 const FIXED_HEADER_LEN: usize = 16;
@@ -120,8 +127,12 @@ const MAX_BLOCK_LEN: usize = 9999;
 const MAX_OPTIONAL_BLOCKS: usize = 99;
 /// The longest optional block (ID and length included) whose length fits two hex digits.
 const MAX_SHORT_OPTIONAL_BLOCK: usize = 0xFF;
-/// Longest legacy (encrypt-zeros) check value in a `KC`/`KP` block, in bytes.
+/// Longest legacy (encrypt-zeros) check value in a `KC`/`KP` block of a DES or TDES key, in
+/// bytes (X9.143); an SM4 key's, under our proprietary code `4`, is 4 bytes, the SM4 KCV length
+/// of the whole service.
 const MAX_LEGACY_KCV: usize = 3;
+/// Longest legacy check value of an SM4 key in a `KC` block.
+const MAX_LEGACY_KCV_SM4: usize = 4;
 /// Longest CMAC check value in a `KC`/`KP` block, in bytes.
 const MAX_CMAC_KCV: usize = 5;
 

@@ -85,6 +85,9 @@ pub(super) fn parse(block: &str) -> Result<Parsed<'_>> {
         .filter(|&m| m >= FIXED_HEADER_LEN)
         .ok_or(Error::KeyBlockTruncated)?;
     let (optional_blocks, header_len) = parse_optional_blocks(b, count, mac_start)?;
+    for block in &optional_blocks {
+        block.check_value_fits(algorithm)?;
+    }
     if !header_len.is_multiple_of(version.block_len()) {
         // The padding block is missing or of the wrong length.
         return Err(Error::KeyBlockOptionalBlock {

@@ -1,6 +1,6 @@
 //! The secure-messaging trace, import headers and shares below the threshold, from inside.
 
-use hsm_api::{Algorithm, HsmState, KcvMethod, KeyBlockVersion, MacFold};
+use hsm_api::{Algorithm, HierarchyLevel, HsmState, KcvMethod, KeyBlockVersion, MacFold};
 use zeroize::Zeroizing;
 
 use super::keys::{check_import_header, secure_messaging_apdu};
@@ -32,8 +32,35 @@ fn spec(algorithm: Algorithm, usage: KeyUsage) -> KeySpec {
     KeySpec {
         algorithm,
         usage,
-        exportability: Exportability::Exportable,
+        exportability: if usage.may_be_exported() {
+            hsm_api::Exportability::Exportable
+        } else {
+            hsm_api::Exportability::NonExportable
+        },
     }
+}
+
+/// A card master key derived in `hsm` from a city master-key root formed from `components`
+/// (whose XOR is `root_hex`) with `factor`, and the same key computed outside the HSM.
+fn master_key(
+    hsm: &LocalHsm,
+    alg: Algorithm,
+    method: Dispersion,
+    components: [&str; 2],
+    root_hex: &str,
+    factor: &str,
+) -> (WrappedKey, SecretKey) {
+    let root = block_on(hsm.form_key(
+        spec(alg, KeyUsage::MasterKeyDerivation(HierarchyLevel::City)),
+        components.iter().map(|c| component(alg, c)).collect(),
+    ))
+    .unwrap();
+    let factor = Factor::from_hex(factor).unwrap();
+    let key =
+        block_on(hsm.derive_key(&root.token, method, &[factor], KeyUsage::CardMasterKey)).unwrap();
+    let root = SecretKey::from_hex(alg, root_hex).unwrap();
+    let expected = crate::crypto::diversify::diversify_chain(&root, method, &[factor]).unwrap();
+    (key, expected)
 }
 
 /// DOMAIN.md §5, the SSC 3.0 trace: the command built from the trace's key, challenge and
@@ -55,9 +82,9 @@ fn secure_messaging_reproduces_the_published_trace() {
     );
 }
 
-/// The whole path through tokens: an SM4 protect key formed from two components whose XOR
-/// is the trace key; the card decrypts the field to `Ld ‖ header ‖ key`; the MAC is the SM4
-/// card MAC of the command's first bytes.
+/// The whole path through tokens: an SM4 vendor transport key formed from two components whose
+/// XOR is the trace key protects a card master key; the card decrypts the field to
+/// `Ld ‖ header ‖ key`; the MAC is the SM4 card MAC of the command's first bytes.
 #[test]
 fn write_key_command_for_an_sm4_card() {
     let hsm = LocalHsm::open(LocalHsmConfig {
@@ -66,7 +93,7 @@ fn write_key_command_for_an_sm4_card() {
     })
     .unwrap();
     let protect = block_on(hsm.form_key(
-        spec(Algorithm::Sm4, KeyUsage::CardKey),
+        spec(Algorithm::Sm4, KeyUsage::VendorTransport),
         vec![
             component(Algorithm::Sm4, "0F0F0F0F0F0F0F0F0F0F0F0F0F0F0F0F"),
             component(Algorithm::Sm4, "42563F637C98EF62ECC28DAE459D60B5"),
@@ -80,15 +107,18 @@ fn write_key_command_for_an_sm4_card() {
         )
         .unwrap()
     );
-    let card_key_hex = "00112233445566778899AABBCCDDEEFF";
-    let key = block_on(hsm.form_key(
-        spec(Algorithm::Sm4, KeyUsage::CardKey),
-        vec![
-            component(Algorithm::Sm4, "0F0F0F0F0F0F0F0F0F0F0F0F0F0F0F0F"),
-            component(Algorithm::Sm4, "0F1E2D3C4B5A69788796A5B4C3D2E1F0"),
+    let (key, expected) = master_key(
+        &hsm,
+        Algorithm::Sm4,
+        Dispersion::Sm4Complement,
+        [
+            "0F0F0F0F0F0F0F0F0F0F0F0F0F0F0F0F",
+            "0F1E2D3C4B5A69788796A5B4C3D2E1F0",
         ],
-    ))
-    .unwrap();
+        "00112233445566778899AABBCCDDEEFF",
+        "86843202AD932A48",
+    );
+    let card_key_hex = hex::encode_upper(expected.secret_bytes());
     let challenge = h("84B7B9199A29A245B2ADE3E80BE4EAF3");
     let header = h("F001EF0F0110");
     let command = block_on(hsm.write_key_command(WriteKeyRequest {
@@ -120,7 +150,8 @@ fn write_key_command_for_an_sm4_card() {
     assert_eq!(command.kcv, key.kcv);
 }
 
-/// A TDES protect key: the MAC is the PBOC retail MAC of the same bytes.
+/// A TDES protector (a card master key) writing a card key: the MAC is the PBOC retail MAC of
+/// the same bytes.
 #[test]
 fn write_key_command_for_a_tdes_card() {
     let hsm = LocalHsm::open(LocalHsmConfig {
@@ -128,15 +159,17 @@ fn write_key_command_for_a_tdes_card() {
         ..LocalHsmConfig::default()
     })
     .unwrap();
-    let protect_hex = "0123456789ABCDEFFEDCBA9876543210";
-    let protect = block_on(hsm.form_key(
-        spec(Algorithm::Tdes2, KeyUsage::CardKey),
-        vec![
-            component(Algorithm::Tdes2, "11111111111111111111111111111111"),
-            component(Algorithm::Tdes2, "1032547698BADCFEEFCDAB8967452301"),
+    let (protect, protect_key) = master_key(
+        &hsm,
+        Algorithm::Tdes2,
+        Dispersion::PbocTdes,
+        [
+            "11111111111111111111111111111111",
+            "1032547698BADCFEEFCDAB8967452301",
         ],
-    ))
-    .unwrap();
+        "0123456789ABCDEFFEDCBA9876543210",
+        "86843202AD932A48",
+    );
     let key = block_on(hsm.generate_key(spec(Algorithm::Tdes2, KeyUsage::CardKey))).unwrap();
     let challenge = h("1122334455667788");
     let command = block_on(hsm.write_key_command(WriteKeyRequest {
@@ -151,7 +184,6 @@ fn write_key_command_for_a_tdes_card() {
         fold: MacFold::Xor4,
     }))
     .unwrap();
-    let protect_key = SecretKey::from_hex(Algorithm::Tdes2, protect_hex).unwrap();
     let apdu = command.apdu;
     let n = apdu.len();
     // Ld ‖ 8-byte header ‖ 16-byte key ‖ 80 00.. = 32 bytes; Lc = 36.
@@ -189,24 +221,39 @@ fn import_headers_map_to_usages() {
     assert_eq!(
         check_import_header(
             &header("E6", ModeOfUse::DeriveKeys, X::Trusted),
-            KeyUsage::CardDerivation
+            KeyUsage::CardDerivation(HierarchyLevel::National)
         ),
-        Ok(Exportability::Exportable)
+        Ok(hsm_api::Exportability::Exportable)
     );
+    // `E` is narrowed where the usage never leaves; a master key is never imported.
+    assert_eq!(
+        check_import_header(
+            &header("E6", ModeOfUse::DeriveKeys, X::Trusted),
+            KeyUsage::MasterKeyDerivation(HierarchyLevel::Province)
+        ),
+        Ok(hsm_api::Exportability::NonExportable)
+    );
+    assert!(matches!(
+        check_import_header(
+            &header("E5", ModeOfUse::NoRestriction, X::NonExportable),
+            KeyUsage::CardMasterKey
+        ),
+        Err(Error::WrongUsage { .. })
+    ));
     assert_eq!(
         check_import_header(
             &header("K0", ModeOfUse::NoRestriction, X::Sensitive),
             KeyUsage::KeyBlockProtection
         ),
-        Ok(Exportability::NonExportable)
+        Ok(hsm_api::Exportability::NonExportable)
     );
     assert_eq!(
         check_import_header(
             &header("E5", ModeOfUse::NoRestriction, X::Trusted),
-            KeyUsage::CardDerivation
+            KeyUsage::CardDerivation(HierarchyLevel::City)
         ),
         Err(Error::WrongUsage {
-            usage: "card".into(),
+            usage: "TR-31 E5".into(),
             operation: "become a card derivation key".into()
         })
     );

@@ -3,11 +3,17 @@
 use hsm_api::{Algorithm, Error, Kcv, KcvMethod, KeyBlockVersion};
 
 use super::binding::derive_keys;
+
 use super::wrapping::{seal, strength, wrap_with_padding};
 use super::*;
 use crate::crypto::SecretKey;
 use crate::crypto::kcv::{self, KcvCheck};
 use crate::crypto::random::generate_key;
+
+/// The binding keys of `kbpk` for blocks with `header`'s version.
+fn bound(kbpk: &SecretKey, header: &KeyBlockHeader) -> BindingKeys {
+    BindingKeys::derive(kbpk, header.version).unwrap()
+}
 
 #[derive(serde::Deserialize)]
 struct Vectors {
@@ -25,6 +31,9 @@ struct Vector {
     kcv: Option<KcvVector>,
     header: String,
     padding: Option<String>,
+    /// A block other implementations write and we accept on unwrap, but never write.
+    #[serde(default)]
+    unwrap_only: bool,
     block: String,
 }
 
@@ -88,7 +97,7 @@ fn sealed(kbpk: &SecretKey, header: &str, clear: &[u8]) -> String {
     let version = KeyBlockVersion::from_char(char::from(header.as_bytes()[0])).unwrap();
     let total = header.len() + 2 * clear.len() + 2 * version.mac_len();
     let text = format!("{}{total:04}{}", &header[..1], &header[5..]);
-    seal(kbpk, version, &text, clear).unwrap()
+    seal(&BindingKeys::derive(kbpk, version).unwrap(), &text, clear).unwrap()
 }
 
 /// `header` with the length filled in and zeros after it, up to at least `body_bytes` of key
@@ -134,10 +143,22 @@ fn published_blocks_unwrap_and_rewrap_exactly() {
             let published = Kcv::from_parts(method, hex::decode(&kcv.value).unwrap());
             assert!(published.matches(&got).unwrap(), "{}", t.name);
         }
+        if t.unwrap_only {
+            // Strict on wrap: the same header and key are refused.
+            assert_eq!(
+                wrap(&kbpk, &header, &got),
+                Err(Error::KeyBlockHeader {
+                    field: "algorithm".into()
+                }),
+                "{}",
+                t.name
+            );
+            continue;
+        }
         if let Some(padding) = &t.padding {
             let padding = hex::decode(padding).unwrap();
             assert_eq!(
-                wrap_with_padding(&kbpk, &header, &got, &padding).unwrap(),
+                wrap_with_padding(&kbpk, &bound(&kbpk, &header), &header, &got, &padding).unwrap(),
                 t.block,
                 "{}",
                 t.name
@@ -213,7 +234,7 @@ fn aes192_kbpk_known_answer() {
     let (header, got) = unwrap(&kbpk, block).unwrap();
     assert!(got == wrapped);
     assert_eq!(
-        wrap_with_padding(&kbpk, &header, &got, &[0xA5; 22]).unwrap(),
+        wrap_with_padding(&kbpk, &bound(&kbpk, &header), &header, &got, &[0xA5; 22]).unwrap(),
         block
     );
 }
@@ -561,8 +582,8 @@ fn decrypted_key_length_must_fit_the_header() {
     let key8 = [0x11u8; 8];
     let key16 = [0x22u8; 16];
     let cases: [(&str, u16, &[u8]); 6] = [
-        // An 8-byte key in a TDES block.
-        ("D0000K0TB00E0000", 64, &key8),
+        // An 8-byte key in an AES block.
+        ("D0000K0AB00E0000", 64, &key8),
         // A length that is not whole bytes.
         ("D0000K0TB00E0000", 129, &key16),
         // A length longer than the data.
@@ -596,6 +617,30 @@ fn decrypted_key_length_must_fit_the_header() {
             key: Algorithm::Tdes3
         }
     );
+}
+
+/// Issue 15: a single-length DES key under `T`, as other implementations write it, unwraps
+/// (as a DES key); we never write one.
+#[test]
+fn single_des_under_t_unwraps_but_is_never_written() {
+    let kbpk = hex_key(Algorithm::Tdes2, "AAAAAAAAAAAAAAAABBBBBBBBBBBBBBBB");
+    let block = "B0096M3TC00E0000B6CD513680EF255FC0DC590726FD0129A7CF6602E7F271631AB4EE7350642F11181AF4CC12F12FD9";
+    let (header, key) = unwrap(&kbpk, block).unwrap();
+    assert_eq!(header.algorithm, KeyBlockAlgorithm::Tdes);
+    assert_eq!(key.algorithm(), Algorithm::Des);
+    assert!(key == hex_key(Algorithm::Des, "EEEEEEEEEEEEEEEE"));
+    assert_eq!(
+        wrap(&kbpk, &header, &key),
+        Err(Error::KeyBlockHeader {
+            field: "algorithm".into()
+        })
+    );
+    let des_header = KeyBlockHeader {
+        algorithm: KeyBlockAlgorithm::Des,
+        ..header
+    };
+    let ours = wrap(&kbpk, &des_header, &key).unwrap();
+    assert!(ours.starts_with("B0096M3DC00E0000"), "{ours}");
 }
 
 #[test]
@@ -679,6 +724,7 @@ fn malformed_optional_blocks_name_the_block() {
         "B0000P0TE00N0200KC0C0057C409PB04",
         "B0000P0TE00N0200KP1001ABCDEF0123PB080000",
         "D0000P0TE00N0200KS1800604B120F9292800000PB080000",
+        "D0000P04E00N0200KC0E00ABCDEF01PB1200000000000000",
     ] {
         parse_header(&unsealed(h, 32)).unwrap_or_else(|e| panic!("{h}: {e}"));
     }
@@ -796,7 +842,7 @@ fn wrap_validates_its_input() {
     );
     // Padding that leaves a partial block.
     assert!(matches!(
-        wrap_with_padding(&kbpk, &good, &key, &[0; 5]),
+        wrap_with_padding(&kbpk, &bound(&kbpk, &good), &good, &key, &[0; 5]),
         Err(Error::DataLength { .. })
     ));
 }
@@ -808,10 +854,14 @@ fn sm4_uses_the_proprietary_code_4() {
     let h = header(KeyBlockVersion::D, KeyBlockAlgorithm::Sm4)
         .with_optional_block(OptionalBlock::key_check_value(&sm4).unwrap());
     let block = wrap(&kbpk, &h, &sm4).unwrap();
-    assert!(block.starts_with("D0128K04B00E0200KC0C00"), "{block}");
-    // KC of SM4: SM4 of zeros (DOMAIN.md §6), first 3 bytes.
-    let legacy = kcv::compute(&sm4, KcvMethod::EncryptZeros, 3).unwrap();
-    assert_eq!(&block[22..28], legacy.to_hex());
+    assert!(block.starts_with("D0144K04B00E0200KC0E00"), "{block}");
+    // Issue 15: KC of SM4 is SM4 of zeros (DOMAIN.md §6), 4 bytes: the KCV the API, the CLI and
+    // the audit show for the same key.
+    let kcv = kcv::compute_default(&sm4).unwrap();
+    assert_eq!(kcv.value().len(), 4);
+    assert_eq!(&block[22..30], kcv.to_hex());
+    let kc = parse_header(&block).unwrap();
+    assert_eq!(kc.optional_block("KC").unwrap().check_value().unwrap(), kcv);
     let (got_header, got) = unwrap(&kbpk, &block).unwrap();
     assert_eq!(got_header.algorithm, KeyBlockAlgorithm::Sm4);
     assert!(got == sm4);
@@ -870,5 +920,52 @@ fn nothing_secret_in_debug_or_errors() {
         "63, 65, 158",
     ] {
         assert!(!shown.contains(secret), "{shown}");
+    }
+}
+
+mod properties {
+    //! Property tests: no input makes the parser panic, and any change to a sealed block is an
+    //! error (256 cases each, bounded so the suite stays fast).
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
+            let (kbpk, _, _) = published_d();
+            prop_assert!(unwrap(&kbpk, &text).is_err());
+            let _ = parse_header(&text);
+        }
+
+        #[test]
+        fn header_shaped_text_never_panics(
+            version in "[ABCD0-9]",
+            len in "[0-9]{4}",
+            rest in "[0-9A-Z]{0,120}",
+        ) {
+            let text = format!("{version}{len}{rest}");
+            let (b_kbpk, _, _) = published_b();
+            let (d_kbpk, _, _) = published_d();
+            let _ = unwrap(&b_kbpk, &text);
+            let _ = unwrap(&d_kbpk, &text);
+            let _ = parse_header(&text);
+        }
+
+        #[test]
+        fn any_changed_character_of_a_sealed_block_is_refused(
+            which in 0usize..2,
+            index in any::<prop::sample::Index>(),
+            c in "[0-9A-Z]",
+        ) {
+            let (kbpk, _, block) = if which == 0 { published_b() } else { published_d() };
+            let i = index.index(block.len());
+            let c = c.chars().next().unwrap_or('0');
+            prop_assume!(block.as_bytes()[i] != c as u8);
+            let mutated = with_char(&block, i, c);
+            prop_assert!(unwrap(&kbpk, &mutated).is_err(), "{} {:?}", i, c);
+        }
     }
 }
