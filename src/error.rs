@@ -116,6 +116,13 @@ pub enum Error {
         line: usize,
         fault: crate::card::template::TemplateFault,
     },
+    /// A key whose root another deployment holds (N9): a city-owned key at the province, or a
+    /// province key at a city's deployment. Key names and owners are not secret.
+    #[error("key {key} is owned by {owner}: that deployment derives and releases it")]
+    OwnedElsewhere {
+        key: String,
+        owner: crate::card::template::KeyOwner,
+    },
     /// No shipped card template has this id.
     #[error("no card template {0:?}")]
     UnknownTemplate(String),

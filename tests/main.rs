@@ -69,6 +69,7 @@ mod audit_trail;
 mod binaries;
 mod calc;
 mod ceremonies;
+mod city_roots;
 mod common;
 mod delivery;
 mod health;

@@ -132,8 +132,8 @@ async fn a_restart_keeps_cards_blacklist_keys_and_the_audit_chain() {
     assert!(report.seals > 0);
 }
 
-/// Shenzhen's extension of ssc-2.0 (N9): two keys of its own in DF06.
-const SHENZHEN: &str = r#"id = "ssc-2.0-440300"
+/// Shenzhen's extension of ssc-2.0 (N9): a key of its own in DF06.
+pub(crate) const SHENZHEN: &str = r#"id = "ssc-2.0-440300"
 version = 1
 generation = "2.0"
 algorithm = "tdes"

@@ -17,7 +17,13 @@ use crate::common::harness::{
 pub(crate) const NEW_ROOT: &str = "5555555555555555AAAAAAAAAAAAAAAA";
 const MASK: &str = "F0E1D2C3B4A5968778695A4B3C2D1E0F";
 
+/// A TDES-2 key as two components with their KCVs.
 pub(crate) fn components(key_hex: &str) -> Vec<pb::Component> {
+    components_of(Algorithm::Tdes2, key_hex)
+}
+
+/// A 16-byte key of `alg` as two components (key XOR mask, mask) with their KCVs.
+pub(crate) fn components_of(alg: Algorithm, key_hex: &str) -> Vec<pb::Component> {
     let key = hex::decode(key_hex).unwrap();
     let mask = hex::decode(MASK).unwrap();
     let first: Vec<u8> = key.iter().zip(&mask).map(|(k, m)| k ^ m).collect();
@@ -25,11 +31,10 @@ pub(crate) fn components(key_hex: &str) -> Vec<pb::Component> {
         .iter()
         .map(|bytes| {
             let hex = hex::encode_upper(bytes);
-            let kcv = hsm_sim::crypto::kcv::compute_default(
-                &SecretKey::from_hex(Algorithm::Tdes2, &hex).unwrap(),
-            )
-            .unwrap()
-            .to_hex();
+            let kcv =
+                hsm_sim::crypto::kcv::compute_default(&SecretKey::from_hex(alg, &hex).unwrap())
+                    .unwrap()
+                    .to_hex();
             pb::Component { hex, kcv_hex: kcv }
         })
         .collect()

@@ -3,6 +3,8 @@
 //! ```toml
 //! listen = "0.0.0.0:50051"
 //! data_dir = "/var/lib/sscard-kms"
+//! # deployment_city = "440300"   # a city's deployment (N9): holds and releases only the keys
+//! #                              # whose root the city holds; absent: the province's
 //!
 //! [tls]                       # the service's own certificate, and the CA of its clients
 //! cert = "/etc/sscard-kms/server.pem"
@@ -65,6 +67,10 @@ pub struct Config {
     /// the published test LMK.
     #[serde(skip)]
     pub dangerous_allow_test_lmk: bool,
+    /// The city whose deployment this is (N9: it holds the roots of its city-owned keys and
+    /// releases only those); absent for the province's deployment.
+    #[serde(default)]
+    pub deployment_city: Option<String>,
 }
 
 /// The officer registry's bootstrap and the time limit of dual control.
@@ -244,7 +250,26 @@ impl Config {
             }
         })?;
         config.limits.validate()?;
+        config.owner()?;
         Ok(config)
+    }
+
+    /// Whose keys this deployment holds and releases: the province's, or a city's
+    /// (`deployment_city`, a city's GB/T 2260 code).
+    pub fn owner(&self) -> Result<crate::card::template::KeyOwner> {
+        use crate::card::identifiers::IdentifierFault;
+        use crate::card::template::KeyOwner;
+        match &self.deployment_city {
+            None => Ok(KeyOwner::Province),
+            Some(code) => match crate::card::region::Region::lookup_field("deployment_city", code)?
+            {
+                city if city.is_city() => Ok(KeyOwner::City(city)),
+                _ => Err(Error::InvalidIdentifier {
+                    field: "deployment_city",
+                    reason: IdentifierFault::NotACity,
+                }),
+            },
+        }
     }
 
     /// Applies `SSCARD_KMS_*` overrides read through `var`.
@@ -297,6 +322,21 @@ ca = "hsm-ca.pem"
 cert = "svc.pem"
 key = "svc.key"
 "#;
+
+    #[test]
+    fn a_deployment_is_the_provinces_or_a_citys() {
+        use crate::card::template::KeyOwner;
+        let c = Config::parse(EXAMPLE).unwrap();
+        assert_eq!(c.owner().unwrap(), KeyOwner::Province);
+        let c = Config::parse(&format!("deployment_city = \"440300\"\n{EXAMPLE}")).unwrap();
+        assert!(matches!(c.owner().unwrap(), KeyOwner::City(city) if city.code == "440300"));
+        for refused in ["440000", "999999", "abc"] {
+            assert!(
+                Config::parse(&format!("deployment_city = \"{refused}\"\n{EXAMPLE}")).is_err(),
+                "{refused}"
+            );
+        }
+    }
 
     #[test]
     fn parses_and_overrides() {

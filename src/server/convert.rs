@@ -154,6 +154,8 @@ pub(super) fn level_of(level: i32) -> Result<Level, Status> {
     match pb::KeyLevel::try_from(level) {
         Ok(pb::KeyLevel::National) => Ok(Level::National),
         Ok(pb::KeyLevel::Provincial) => Ok(Level::Province),
+        // The root of a city-owned key, at that city's deployment (N9).
+        Ok(pb::KeyLevel::City) => Ok(Level::City),
         // 0 is "unset", not a level.
         Ok(pb::KeyLevel::Unspecified) => Err(required("level")),
         _ => Err(super::to_status(&Error::InvalidArgument {

@@ -281,6 +281,7 @@ pub async fn run_configured(
     // One line on stdout once the store and the HSM are open and the port is bound, for
     // supervisors and tests (`listen = "127.0.0.1:0"` works).
     let ready = || println!("listening on {addr}");
+    let owner = config.owner()?;
     match config.hsm {
         HsmConfig::Local { state_dir } => {
             let hsm = Arc::new(hsm_sim::local::LocalHsm::open(
@@ -289,7 +290,7 @@ pub async fn run_configured(
                     ..Default::default()
                 },
             )?);
-            let kms = Kms::open(hsm, &store_dir).await?;
+            let kms = Kms::open_as(hsm, &store_dir, owner).await?;
             prepare_ceremonies(&kms, &config.ceremony, config.dangerous_allow_test_lmk).await?;
             ready();
             serve_all(kms, listener, metrics, tls, config.limits, shutdown).await
@@ -322,7 +323,7 @@ pub async fn run_configured(
                 ..hsm_pkcs11::Pkcs11Config::new(module, token_label)
             };
             let hsm = Arc::new(hsm_pkcs11::Pkcs11Hsm::open(p11_config, pin)?);
-            let kms = Kms::open(hsm, &store_dir).await?;
+            let kms = Kms::open_as(hsm, &store_dir, owner).await?;
             ready();
             serve_all(kms, listener, metrics, tls, config.limits, shutdown).await
         }
@@ -349,7 +350,7 @@ pub async fn run_configured(
                     }
                 })?,
             );
-            let kms = Kms::open(hsm, &store_dir).await?;
+            let kms = Kms::open_as(hsm, &store_dir, owner).await?;
             prepare_ceremonies(&kms, &config.ceremony, config.dangerous_allow_test_lmk).await?;
             ready();
             serve_all(kms, listener, metrics, tls, config.limits, shutdown).await

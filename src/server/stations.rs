@@ -36,8 +36,16 @@ impl<H: Hsm> pb::card_key_service_server::CardKeyService for Api<H> {
             .inject_card_keys(&who, card_request(req.card)?, &req.template_id, delivery)
             .await
             .map_err(status)?;
+        let omitted = self
+            .kms
+            .keys_owned_elsewhere(&req.template_id)
+            .map_err(status)?;
         Ok(Response::new(pb::InjectCardKeysResponse {
             keys: keys.into_iter().map(pb_delivered).collect(),
+            omitted: omitted
+                .into_iter()
+                .map(|(key_name, reason)| pb::OmittedKey { key_name, reason })
+                .collect(),
         }))
     }
 

@@ -79,6 +79,15 @@ pub fn to_status(e: &Error) -> Status {
         Error::NotFound { what } => {
             Refused::new(Code::NotFound, text(), format!("{}_NOT_FOUND", what.code()))
         }
+        Error::OwnedElsewhere { key, owner } => {
+            let owner = match owner {
+                crate::card::template::KeyOwner::Province => "province",
+                crate::card::template::KeyOwner::City(city) => city.code,
+            };
+            Refused::new(Code::FailedPrecondition, text(), "KEY_OWNED_ELSEWHERE")
+                .with("key", key)
+                .with("owner", owner)
+        }
         Error::UnknownTemplate(_) => Refused::new(Code::NotFound, text(), "TEMPLATE_NOT_FOUND"),
         // One answer whether the card is unknown or its data differ (no existence oracle): the
         // detail is for the audit record only, never in the status.

@@ -336,6 +336,7 @@ impl<H: Hsm> Kms<H> {
                     return Err(e);
                 }
             };
+            let region = self.target_region(&ceremony.target)?;
             let id = id.to_owned();
             let ceremony = self
                 .store
@@ -350,7 +351,7 @@ impl<H: Hsm> Kms<H> {
                         c.custodians.iter().map(|c| c.identity.as_str()).collect();
                     let note = format!(" ({}: components of {})", c.id, names.join(", "));
                     let (method, kcv) = kcv_hex(&formed.kcv);
-                    apply_target(tx, &c.target, alg, &formed, actor.clone(), &note)?;
+                    apply_target(tx, &c.target, region, alg, &formed, actor.clone(), &note)?;
                     c.state = CeremonyState::Complete;
                     c.algorithm = Some(alg.name().to_owned());
                     c.kcv_method = Some(method.clone());
@@ -397,9 +398,10 @@ impl<H: Hsm> Kms<H> {
             .map(|c| to_component(alg, c))
             .collect::<Result<Vec<_>>>()?;
         let formed = self.form_target(&target, alg, parts).await?;
+        let region = self.target_region(&target)?;
         let actor = caller.to_string();
         self.store
-            .write(move |tx| apply_target(tx, &target, alg, &formed, actor, ""))
+            .write(move |tx| apply_target(tx, &target, region, alg, &formed, actor, ""))
             .await
     }
 
@@ -528,13 +530,36 @@ impl<H: Hsm> Kms<H> {
         let spec = template.key(key_name).ok_or(Error::NotFound {
             what: Resource::TemplateKey,
         })?;
+        self.check_owned(spec)?;
         match (level, spec.root) {
             (Level::National, KeyRoot::National) => Ok(NATIONAL),
+            // A city's deployment holds the roots of its city-owned keys.
+            (Level::City, KeyRoot::City(city)) => Ok(city.code),
+            (Level::City | Level::Card, _) | (Level::Province, KeyRoot::City(_)) => {
+                Err(Error::InvalidArgument {
+                    field: "level",
+                    reason: Refusal::RootLevel,
+                })
+            }
             (Level::Province, _) => Ok(PROVINCE),
             _ => Err(Error::InvalidArgument {
                 field: "level",
                 reason: Refusal::NationalRootNotAllowed,
             }),
+        }
+    }
+
+    /// Where a target's key is kept: a root's region ([`Kms::root_region`]), `None` for the
+    /// others.
+    fn target_region(&self, target: &CeremonyTarget) -> Result<Option<&'static str>> {
+        match target {
+            CeremonyTarget::Root {
+                template_id,
+                key_name,
+                level,
+                ..
+            } => Ok(Some(self.root_region(template_id, key_name, *level)?)),
+            _ => Ok(None),
         }
     }
 
@@ -650,9 +675,11 @@ fn open(tx: &Tx<'_>, id: &str) -> Result<KeyCeremony> {
 }
 
 /// Stores the formed key where its target says, with its audit record.
+#[allow(clippy::too_many_arguments)]
 fn apply_target(
     tx: &mut Tx<'_>,
     target: &CeremonyTarget,
+    region: Option<&'static str>,
     alg: Algorithm,
     formed: &hsm_api::WrappedKey,
     actor: String,
@@ -665,11 +692,8 @@ fn apply_target(
             level,
             psam_permitted,
         } => {
-            let region = if *level == Level::National {
-                NATIONAL
-            } else {
-                PROVINCE
-            };
+            // Where the root is kept: [`Kms::root_region`], checked when the ceremony started.
+            let region = region.ok_or(Error::Store)?;
             let mut r = new_key_record(template_id, key_name, *level, region, alg, formed);
             r.psam_permitted = *psam_permitted;
             put_new_version(tx, r, actor, note)?;

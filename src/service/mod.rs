@@ -17,7 +17,7 @@ use hsm_api::{Exportability, HierarchyLevel, Hsm, KeySpec as HsmKeySpec, KeyToke
 use crate::access::authz::Operation;
 use crate::access::identity::Identity;
 use crate::card::identifiers::{Atr, CardIdentifier, CardNumber, SocialSecurityNumber};
-use crate::card::template::{KeySpec, Template};
+use crate::card::template::{KeyOwner, KeySpec, Template};
 use crate::error::{Error, Refusal, Resource, Result};
 use crate::metrics::Metrics;
 use crate::state::audit::AuditEvent;
@@ -149,6 +149,8 @@ pub struct Kms<H: Hsm> {
     metrics: Arc<Metrics>,
     /// Ceremonies under way: unseal custodians, components waiting for the last one.
     ceremony: custodians::Ceremonies,
+    /// Whose keys this deployment derives and releases (N9): the province's, or a city's.
+    owner: KeyOwner,
 }
 
 impl<H: Hsm> std::fmt::Debug for Kms<H> {
@@ -156,6 +158,41 @@ impl<H: Hsm> std::fmt::Debug for Kms<H> {
         f.debug_struct("Kms")
             .field("store", &self.store)
             .finish_non_exhaustive()
+    }
+}
+
+impl<H: Hsm> Kms<H> {
+    /// Whose keys this deployment holds and releases.
+    pub fn owner(&self) -> KeyOwner {
+        self.owner
+    }
+
+    /// Refuses `spec` unless this deployment owns its root.
+    fn check_owned(&self, spec: &KeySpec) -> Result<()> {
+        check_owned(self.owner, spec)
+    }
+
+    /// The keys of a template this deployment does not release, with their owner (`owned by
+    /// city 440300`), in write order.
+    pub fn keys_owned_elsewhere(&self, template_id: &str) -> Result<Vec<(String, String)>> {
+        let template = self.template(template_id)?;
+        Ok(template
+            .write_order()
+            .filter(|k| k.owner() != self.owner)
+            .map(|k| (k.name.clone(), format!("owned by {}", k.owner())))
+            .collect())
+    }
+}
+
+/// Refuses `spec` unless `owner`'s deployment owns its root.
+fn check_owned(owner: KeyOwner, spec: &KeySpec) -> Result<()> {
+    if spec.owner() == owner {
+        Ok(())
+    } else {
+        Err(Error::OwnedElsewhere {
+            key: spec.name.clone(),
+            owner: spec.owner(),
+        })
     }
 }
 
@@ -192,6 +229,17 @@ impl<H: Hsm> Kms<H> {
     /// created on the first start with an operational HSM; until it exists (HSM sealed or not yet
     /// initialised) audit records are chained but not sealed.
     pub async fn open(hsm: Arc<H>, store_dir: &std::path::Path) -> Result<Arc<Kms<H>>> {
+        Kms::open_as(hsm, store_dir, KeyOwner::Province).await
+    }
+
+    /// [`Kms::open`] for the deployment of `owner`: the province's, or a city's, which holds
+    /// the roots of its city-owned keys (N9). Each deployment derives and releases only the
+    /// keys it owns, and names the owner of the others.
+    pub async fn open_as(
+        hsm: Arc<H>,
+        store_dir: &std::path::Path,
+        owner: KeyOwner,
+    ) -> Result<Arc<Kms<H>>> {
         let hsm = Arc::new(WatchedHsm::new(hsm));
         let sealer = Arc::new(HsmSealer {
             hsm: Arc::clone(&hsm),
@@ -208,6 +256,7 @@ impl<H: Hsm> Kms<H> {
             sealer,
             metrics,
             ceremony: custodians::Ceremonies::default(),
+            owner,
         };
         kms.reload_templates()?;
         match kms.ensure_audit_key().await {

@@ -268,6 +268,7 @@ impl<H: Hsm> Kms<H> {
                 what: Resource::TemplateKey,
             })?
             .clone();
+        self.check_owned(&spec)?;
         if spec.root != KeyRoot::Provincial {
             return Err(Error::FailedPrecondition {
                 reason: Refusal::RootNotProvincial,
@@ -650,12 +651,12 @@ fn extensions_over(tx: &crate::state::store::Tx<'_>, base: &Template) -> Result<
     Ok(merged)
 }
 
-/// Hierarchy keys of issuer-only template keys (card MKs, STKs) never leave the HSM under a
-/// transport key; those a shipped PSAM profile holds may go to PSAM lines. (A master key's
+/// Hierarchy keys leave the HSM under a PSAM line's transport key only if a shipped PSAM
+/// profile holds them (never a card master key or a provincial-root key; a maintenance key only
+/// where a profile takes maintenance keys); all others are non-exportable. (A master key's
 /// hierarchy never does in any case: the HSM refuses an exportable one.)
 pub(super) fn hierarchy_exportability(spec: &KeySpec, master: bool) -> Exportability {
-    if !master && !spec.is_issuer_only() && crate::card::profile::psam::builtin_profiles_hold(spec)
-    {
+    if !master && crate::card::profile::psam::builtin_profiles_hold(spec) {
         Exportability::Exportable
     } else {
         Exportability::NonExportable

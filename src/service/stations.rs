@@ -12,7 +12,7 @@ use hsm_api::{Error as HsmError, Hsm};
 use crate::access::authz::{self, Operation};
 use crate::access::identity::Identity;
 use crate::card::identifiers::Atr;
-use crate::card::template::{KeySpec, Protector, Template};
+use crate::card::template::{KeyOwner, KeySpec, Protector, Template};
 use crate::error::{Error, Refusal, Resource, Result};
 use crate::metrics::ReleaseLabels;
 use crate::registry::lifecycle::{self, Release};
@@ -21,7 +21,7 @@ use crate::state::records::{self, Card, EndpointKind, KeyRecord, Level};
 use crate::state::store::{Snapshot, Table};
 
 use super::{
-    CardRequest, CheckedCard, Kms, PROVINCE, active_key, block_version, card_usage,
+    CardRequest, CheckedCard, Kms, PROVINCE, active_key, block_version, card_usage, check_owned,
     check_wrappable, is_master_key, mask_card_identifier, masked_subject, token,
 };
 
@@ -105,7 +105,7 @@ impl<H: Hsm> Kms<H> {
                     let kbpk = token(&station.transport_token);
                     let version =
                         block_version(Algorithm::from_name(&station.transport_algorithm)?)?;
-                    let specs = select_keys(&template, &key_names)?;
+                    let specs = select_keys(&template, &key_names, self.owner())?;
                     for spec in &specs {
                         check_wrappable(version, spec.hsm_algorithm())?;
                     }
@@ -114,6 +114,7 @@ impl<H: Hsm> Kms<H> {
                     let mut root_versions = Vec::with_capacity(specs.len());
                     for spec in &specs {
                         let (derivation, root_version) = Self::card_derivation(
+                            self.owner(),
                             &snap,
                             &template,
                             spec,
@@ -161,6 +162,7 @@ impl<H: Hsm> Kms<H> {
                     let mut root_versions = Vec::with_capacity(specs.len());
                     for (spec, (_, challenge)) in specs.iter().zip(challenges) {
                         let (item, root_version) = Self::write_key_item(
+                            self.owner(),
                             &snap,
                             &template,
                             spec,
@@ -226,6 +228,7 @@ impl<H: Hsm> Kms<H> {
                 })?;
             let mut versions = record.issued_root_versions.clone();
             let (item, root_version) = Self::write_key_item(
+                self.owner(),
                 &snap,
                 &template,
                 spec,
@@ -307,6 +310,7 @@ impl<H: Hsm> Kms<H> {
     /// version — a card master key for the template's master keys (the HSM decides its
     /// exportability: never as TR-31).
     fn card_derivation(
+        owner: KeyOwner,
         snap: &Snapshot,
         template: &Template,
         spec: &KeySpec,
@@ -314,6 +318,7 @@ impl<H: Hsm> Kms<H> {
         factor: &Factor,
         versions: &mut std::collections::BTreeMap<String, u32>,
     ) -> Result<(Derivation, u32)> {
+        check_owned(owner, spec)?;
         let version = Self::root_version(snap, template, spec, card, versions)?;
         let city: KeyRecord = snap
             .get(
@@ -343,6 +348,7 @@ impl<H: Hsm> Kms<H> {
     /// index) of the protector's name, or otherwise the protector derived for this item alone.
     #[allow(clippy::too_many_arguments)]
     fn write_key_item(
+        owner: KeyOwner,
         snap: &Snapshot,
         template: &Template,
         spec: &KeySpec,
@@ -353,7 +359,7 @@ impl<H: Hsm> Kms<H> {
         batch: &[&KeySpec],
     ) -> Result<(BatchItem, u32)> {
         let (derivation, root_version) =
-            Self::card_derivation(snap, template, spec, card, factor, versions)?;
+            Self::card_derivation(owner, snap, template, spec, card, factor, versions)?;
         let protect = match &spec.protected_by {
             Protector::VendorTransport => {
                 let vendor = active_key(
@@ -375,7 +381,10 @@ impl<H: Hsm> Kms<H> {
                 match batch.iter().position(|k| k.name == protector.name) {
                     Some(index) => HsmProtector::Item(index),
                     None => HsmProtector::Key(KeySource::Derived(
-                        Self::card_derivation(snap, template, protector, card, factor, versions)?.0,
+                        Self::card_derivation(
+                            owner, snap, template, protector, card, factor, versions,
+                        )?
+                        .0,
                     )),
                 }
             }
@@ -530,13 +539,18 @@ fn check_key_list<'a>(
 }
 
 /// The keys asked for as TR-31 blocks; none named means every key that may leave as a block
-/// (all but the master keys, which leave only inside secure-messaging commands: the HSM refuses
-/// to export them).
-fn select_keys<'t>(template: &'t Template, names: &[String]) -> Result<Vec<&'t KeySpec>> {
+/// and that this deployment owns (all but the master keys, which leave only inside
+/// secure-messaging commands: the HSM refuses to export them; the others' owners are named in
+/// the response).
+fn select_keys<'t>(
+    template: &'t Template,
+    names: &[String],
+    owner: KeyOwner,
+) -> Result<Vec<&'t KeySpec>> {
     if names.is_empty() {
         return Ok(template
             .write_order()
-            .filter(|k| !is_master_key(template, k))
+            .filter(|k| !is_master_key(template, k) && k.owner() == owner)
             .collect());
     }
     check_key_list(template, "key_names", names.iter().map(String::as_str))?;

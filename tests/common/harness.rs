@@ -23,6 +23,7 @@ use hsm_sim::local::{LocalHsm, LocalHsmConfig};
 use sscard_kms::access::identity::Identity;
 use sscard_kms::access::pki::DevPki;
 use sscard_kms::access::tls;
+use sscard_kms::card::template::KeyOwner;
 use sscard_kms::proto::kms::v1 as pb;
 use sscard_kms::proto::kms::v1::admin_service_client::AdminServiceClient;
 use sscard_kms::proto::kms::v1::card_key_service_client::CardKeyServiceClient;
@@ -265,6 +266,8 @@ pub struct TestKms<H: Hsm> {
     kms: Option<Arc<Kms<H>>>,
     server: Option<RunningServer>,
     limits: server::Limits,
+    /// Whose deployment this is (the province's unless opened with `empty_as`).
+    owner: KeyOwner,
 }
 
 impl<H: Hsm> std::fmt::Debug for TestKms<H> {
@@ -313,12 +316,29 @@ impl<H: Hsm> TestKms<H> {
 
     /// An empty data directory (nothing seeded, no audit key yet), opened on `hsm`, serving.
     pub async fn empty(hsm: Arc<H>) -> TestKms<H> {
-        TestKms::open_in(tempfile::tempdir().unwrap(), hsm, server::Limits::default()).await
+        TestKms::empty_as(hsm, KeyOwner::Province).await
+    }
+
+    /// An empty data directory for the deployment of `owner` (a city's: N9), serving.
+    pub async fn empty_as(hsm: Arc<H>, owner: KeyOwner) -> TestKms<H> {
+        let dir = tempfile::tempdir().unwrap();
+        TestKms::open_as(dir, hsm, server::Limits::default(), owner).await
     }
 
     async fn open_in(dir: tempfile::TempDir, hsm: Arc<H>, limits: server::Limits) -> TestKms<H> {
+        TestKms::open_as(dir, hsm, limits, KeyOwner::Province).await
+    }
+
+    async fn open_as(
+        dir: tempfile::TempDir,
+        hsm: Arc<H>,
+        limits: server::Limits,
+        owner: KeyOwner,
+    ) -> TestKms<H> {
         capture_logs();
-        let kms = Kms::open(Arc::clone(&hsm), dir.path()).await.unwrap();
+        let kms = Kms::open_as(Arc::clone(&hsm), dir.path(), owner)
+            .await
+            .unwrap();
         let mut this = TestKms {
             dir,
             pki: DevPki::generate().unwrap(),
@@ -327,6 +347,7 @@ impl<H: Hsm> TestKms<H> {
             kms: Some(kms),
             server: None,
             limits,
+            owner,
         };
         let officers: Vec<Vec<u8>> = [OFFICER, OFFICER_2, AUDITOR]
             .into_iter()
@@ -454,7 +475,11 @@ impl<H: Hsm> TestKms<H> {
     pub async fn reopen(&mut self, hsm: Arc<H>) {
         assert!(self.kms.is_none(), "close first");
         self.hsm = hsm;
-        self.kms = Some(Kms::open(Arc::clone(&self.hsm), self.dir()).await.unwrap());
+        self.kms = Some(
+            Kms::open_as(Arc::clone(&self.hsm), self.dir(), self.owner)
+                .await
+                .unwrap(),
+        );
         self.start_server().await;
     }
 

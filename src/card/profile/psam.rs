@@ -24,10 +24,18 @@ pub const BUILTIN_PSAM: [(&str, &str); 2] = [("province-wide", PROVINCE_WIDE), (
 /// True if a PSAM of any shipped profile holds `key`: its hierarchy keys may then leave the HSM
 /// under a PSAM line's transport key.
 pub fn builtin_profiles_hold(key: &KeySpec) -> bool {
-    BUILTIN_PSAM
-        .iter()
-        .filter_map(|(_, src)| PsamProfile::parse(src).ok())
-        .any(|p| p.holds(key))
+    shipped().iter().any(|p| p.holds(key))
+}
+
+/// The shipped profiles, parsed once (a unit test checks that every one parses).
+fn shipped() -> &'static [PsamProfile] {
+    static SHIPPED: std::sync::OnceLock<Vec<PsamProfile>> = std::sync::OnceLock::new();
+    SHIPPED.get_or_init(|| {
+        BUILTIN_PSAM
+            .iter()
+            .filter_map(|(_, src)| PsamProfile::parse(src).ok())
+            .collect()
+    })
 }
 
 /// What region a PSAM of a profile serves.

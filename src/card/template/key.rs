@@ -305,7 +305,8 @@ impl KeySpec {
     }
 
     /// True for keys that never leave the issuer (DOMAIN.md §4, §11), by role and root: card
-    /// master keys, maintenance keys, and any key whose root is provincial.
+    /// master keys, and any key whose root is provincial. (Maintenance keys go into PSAMs only
+    /// where a PSAM profile takes them: no shipped one does.)
     pub fn is_issuer_only(&self) -> bool {
         is_issuer_only(self.role, self.root)
     }
@@ -323,5 +324,5 @@ impl KeySpec {
 }
 
 pub(super) fn is_issuer_only(role: KeyRole, root: KeyRoot) -> bool {
-    root == KeyRoot::Provincial || matches!(role, KeyRole::Master | KeyRole::Maintenance)
+    root == KeyRoot::Provincial || role == KeyRole::Master
 }

@@ -12,6 +12,9 @@ fn refusal(src: &str) -> (usize, TemplateFault) {
 
 #[test]
 fn the_shipped_profiles() {
+    for (id, src) in crate::card::profile::BUILTIN_PSAM {
+        assert_eq!(PsamProfile::parse(src).unwrap().id(), id);
+    }
     let pw = PsamProfile::builtin("province-wide").unwrap().unwrap();
     let city = PsamProfile::builtin("city").unwrap().unwrap();
     assert_eq!(pw.serves(), Serves::Province);
