@@ -4,9 +4,11 @@
 //! a derived key against paper. Secrets (keys, KBPKs) are read from standard input, never from
 //! the command line: argv is visible to every user of the machine.
 //!
-//! `registry` is the registrars' client of the province's review of applicant files.
+//! `registry` is the registrars' client of the province's review of applicant files and of the
+//! signed blacklist (`blacklist`).
 
 pub mod audit;
+pub mod blacklist;
 pub mod calc;
 pub mod hsm;
 pub mod input;

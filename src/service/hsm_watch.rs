@@ -229,6 +229,16 @@ impl<H: Hsm> Hsm for WatchedHsm<H> {
         self.key_op(r)
     }
 
+    async fn sign(&self, key: &KeyToken, data: &[u8]) -> HsmResult<Vec<u8>> {
+        let r = self.inner.sign(key, data).await;
+        self.key_op(r)
+    }
+
+    async fn public_key(&self, key: &KeyToken) -> HsmResult<Vec<u8>> {
+        let r = self.inner.public_key(key).await;
+        self.key_op(r)
+    }
+
     async fn prepare_lmk_rotation(
         &self,
         tokens: Vec<KeyToken>,

@@ -42,6 +42,8 @@ pub enum Table {
     /// `template/card factor (hex)` → the card identifier it is bound to
     /// (`crate::registry::lifecycle`).
     CardFactors,
+    /// The blacklist's log: version (zero-padded) → `crate::registry::blacklist::Entry`.
+    Blacklist,
 }
 
 impl Table {
@@ -57,10 +59,11 @@ impl Table {
             Table::SocialSecurityNumbers => "ssns",
             Table::ApplicantBatches => "applicant_batches",
             Table::CardFactors => "card_factors",
+            Table::Blacklist => "blacklist",
         })
     }
 
-    const ALL: [Table; 10] = [
+    const ALL: [Table; 11] = [
         Table::Meta,
         Table::Templates,
         Table::Keys,
@@ -71,6 +74,7 @@ impl Table {
         Table::SocialSecurityNumbers,
         Table::ApplicantBatches,
         Table::CardFactors,
+        Table::Blacklist,
     ];
 }
 

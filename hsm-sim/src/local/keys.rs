@@ -284,6 +284,24 @@ impl LocalHsm {
     }
 }
 
+impl LocalHsm {
+    /// The P-256 signing key of a [`KeyUsage::ListSigning`] token ([`crate::crypto::sign`]).
+    pub(super) fn list_signing_key(
+        &self,
+        lmk: &Lmk,
+        token: &KeyToken,
+    ) -> Result<crate::crypto::sign::ListSigningKey> {
+        let key = self.key_for(
+            lmk,
+            token,
+            |u| u == KeyUsage::ListSigning,
+            "sign a published list",
+            Caching::Skip,
+        )?;
+        crate::crypto::sign::ListSigningKey::from_seed(&key.key)
+    }
+}
+
 /// A token and KCV for `key`.
 fn wrapped(
     lmk: &Lmk,
@@ -398,6 +416,11 @@ fn check_algorithm(usage: KeyUsage, alg: Algorithm) -> Result<()> {
             op: "the audit MAC".into(),
             alg,
         }),
+        // The 32-byte seed of the P-256 key.
+        KeyUsage::ListSigning if alg != Algorithm::Aes256 => Err(Error::Unsupported {
+            op: "list signing".into(),
+            alg,
+        }),
         _ => Ok(()),
     }
 }
@@ -420,6 +443,13 @@ pub(super) fn check_import_header(
         KeyUsage::CardKey | KeyUsage::VendorTransport => &["E5"],
         KeyUsage::AuditMac => &["M6"],
         KeyUsage::CardMasterKey => return Err(only_derived()),
+        // A signing seed is generated here and never crosses the boundary either way.
+        KeyUsage::ListSigning => {
+            return Err(Error::WrongUsage {
+                usage: "list signing".into(),
+                operation: "be imported".into(),
+            });
+        }
     };
     if !codes.contains(&header.key_usage.as_str()) {
         if !["K0", "K1", "E5", "E6", "M6"].contains(&header.key_usage.as_str()) {
@@ -437,6 +467,7 @@ pub(super) fn check_import_header(
                 KeyUsage::VendorTransport => "become a vendor transport key".into(),
                 KeyUsage::AuditMac => "become an audit MAC key".into(),
                 KeyUsage::CardMasterKey => "become a card master key".into(),
+                KeyUsage::ListSigning => "become a list signing key".into(),
             },
         });
     }
