@@ -586,3 +586,50 @@ async fn an_applicant_file_replaces_cards_it_names() {
         .into_inner();
     assert_eq!(untouched.status(), pb::CardStatus::Accepted);
 }
+
+/// `kms-ceremony registry card-status` as a registrar runs it: the real binary over mTLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_ceremony_moves_a_card_along_its_life() {
+    use crate::registry_cli::{registrar_files, run, s};
+    let kms = TestKms::seeded().await;
+    let a = card("00000000000D0101", "GZ410001", "44010319870707123", 0xD101);
+    accepted(&kms, &a).await;
+    kms.client(STATION)
+        .card
+        .inject_card_keys(tr31_request(a.clone(), "ssc-2.0"))
+        .await
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = registrar_files(&kms, tmp.path());
+    let status = |transition: &str| {
+        run(vec![
+            "registry".into(),
+            "card-status".into(),
+            a.card_identifier.clone(),
+            transition.into(),
+            "--reason".into(),
+            "issued at the counter".into(),
+            "--endpoint".into(),
+            kms.url(),
+            "--ca".into(),
+            s(&ca),
+            "--cert".into(),
+            s(&cert),
+            "--key".into(),
+            s(&key),
+        ])
+    };
+    let out = status("activate").await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout, format!("card {} active\n", a.card_identifier));
+    let out = status("resume").await;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("the card's status does not allow this change"),
+        "{out:?}"
+    );
+    let out = status("report-lost").await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.ends_with(" lost\n"), "{out:?}");
+}

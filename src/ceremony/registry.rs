@@ -9,6 +9,8 @@
 //! - `show`: a stored batch's counts (and `--report`).
 //! - `blacklist-export`, `blacklist-verify`: the signed blacklist for terminals
 //!   ([`super::blacklist`]).
+//! - `card-status CARD TRANSITION`: a registrar moves a card along its life cycle (README
+//!   "Card life cycle"; `reject` as the provincial reviewer).
 //!
 //! Connection: `--endpoint` and either `--ca/--cert/--key` or `--data-dir DIR` (a `dev` data
 //! directory: `DIR/pki/ca.pem` and the registrar's pair, or for `accept-row` the provincial
@@ -60,6 +62,18 @@ pub enum EncodingArg {
     Utf8,
     /// GB18030 / GBK.
     Gbk,
+}
+
+/// A change `card-status` asks for (README "Card life cycle").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TransitionArg {
+    /// The province rejects a registered card's data (uses the reviewer's pair with --data-dir).
+    Reject,
+    Activate,
+    Suspend,
+    Resume,
+    ReportLost,
+    Cancel,
 }
 
 /// `kms-ceremony registry …`.
@@ -116,6 +130,19 @@ pub enum Registry {
         /// The signing key's public key (hex, SEC1; `blacklist-export --public-key-out`).
         #[arg(long)]
         public_key: PathBuf,
+    },
+    /// Move a card along its life cycle.
+    CardStatus {
+        /// The card identifier (卡识别码).
+        card: String,
+        /// The change.
+        #[arg(value_enum)]
+        transition: TransitionArg,
+        /// Why (kept in the audit record).
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        connection: Connection,
     },
     /// Show a stored batch's counts.
     Show {
@@ -377,6 +404,41 @@ pub fn run(cmd: &Registry) -> Result<String> {
                 public_key_out,
                 connection,
             } => super::blacklist::export(*since, out, public_key_out.as_deref(), connection).await,
+            Registry::CardStatus {
+                card,
+                transition,
+                reason,
+                connection,
+            } => {
+                let wire = match transition {
+                    TransitionArg::Reject => pb::CardTransition::Reject,
+                    TransitionArg::Activate => pb::CardTransition::Activate,
+                    TransitionArg::Suspend => pb::CardTransition::Suspend,
+                    TransitionArg::Resume => pb::CardTransition::Resume,
+                    TransitionArg::ReportLost => pb::CardTransition::ReportLost,
+                    TransitionArg::Cancel => pb::CardTransition::Cancel,
+                };
+                let mut client = connect(connection, *transition == TransitionArg::Reject).await?;
+                let record = client
+                    .change_card_status(pb::ChangeCardStatusRequest {
+                        card_identifier: card.clone(),
+                        transition: wire as i32,
+                        reason: reason.clone(),
+                    })
+                    .await
+                    .map_err(remote)?
+                    .into_inner();
+                Ok(format!(
+                    "card {} {}
+",
+                    record.card_identifier,
+                    record
+                        .status()
+                        .as_str_name()
+                        .trim_start_matches("CARD_STATUS_")
+                        .to_ascii_lowercase()
+                ))
+            }
             Registry::BlacklistVerify { file, public_key } => {
                 super::blacklist::verify(file, public_key)
             }
