@@ -133,6 +133,9 @@ pub enum Error {
     /// The service refused a call of a command-line client (the status's code and message).
     #[error("{message}")]
     Remote { code: tonic::Code, message: String },
+    /// A published list that is not genuine (`kms-ceremony registry blacklist-verify`).
+    #[error("the list is not genuine: {0}")]
+    ListNotGenuine(#[from] crate::registry::blacklist::Fault),
     /// Reading standard input failed.
     #[error("reading standard input failed")]
     Stdin(#[source] std::io::Error),

@@ -586,3 +586,116 @@ async fn an_applicant_file_replaces_cards_it_names() {
         .into_inner();
     assert_eq!(untouched.status(), pb::CardStatus::Accepted);
 }
+
+/// `kms-ceremony registry card-status` as a registrar runs it: the real binary over mTLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_ceremony_moves_a_card_along_its_life() {
+    use crate::registry_cli::{registrar_files, run, s};
+    let kms = TestKms::seeded().await;
+    let a = card("00000000000D0101", "GZ410001", "44010319870707123", 0xD101);
+    accepted(&kms, &a).await;
+    kms.client(STATION)
+        .card
+        .inject_card_keys(tr31_request(a.clone(), "ssc-2.0"))
+        .await
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = registrar_files(&kms, tmp.path());
+    let status = |transition: &str| {
+        run(vec![
+            "registry".into(),
+            "card-status".into(),
+            a.card_identifier.clone(),
+            transition.into(),
+            "--reason".into(),
+            "issued at the counter".into(),
+            "--endpoint".into(),
+            kms.url(),
+            "--ca".into(),
+            s(&ca),
+            "--cert".into(),
+            s(&cert),
+            "--key".into(),
+            s(&key),
+        ])
+    };
+    let out = status("activate").await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout, format!("card {} active\n", a.card_identifier));
+    let out = status("resume").await;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("the card's status does not allow this change"),
+        "{out:?}"
+    );
+    let out = status("report-lost").await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.ends_with(" lost\n"), "{out:?}");
+}
+
+/// A store of before the binding: the factors of cards already released are bound once, at the
+/// next start, so a card blacklisted before then is covered too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn factors_of_cards_released_before_the_binding_are_bound_once() {
+    use sscard_kms::registry::lifecycle;
+    use sscard_kms::state::records::{Card, CardStatus};
+    use sscard_kms::state::store::{NoSealer, Store, Table};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), std::sync::Arc::new(NoSealer)).unwrap();
+    let released = |id: &str, chip_n: u32, status| Card {
+        card_identifier: id.to_owned(),
+        card_number: card_number("GZ700001"),
+        social_security_number: ssn("44010319800101123"),
+        region: "440100".to_owned(),
+        template_id: "ssc-2.0".to_owned(),
+        status,
+        blacklist_reason: None,
+        atr: Some(hex::encode_upper(chip(chip_n))),
+        issued_root_versions: Default::default(),
+        created_ms: 0,
+        releases: 0,
+        replaces: None,
+    };
+    let a = released(
+        "440100D156000005000000000000C001",
+        0xC001,
+        CardStatus::Blacklisted,
+    );
+    // Two cards released for one chip before the binding: the first keeps it.
+    let b = released(
+        "440100D156000005000000000000C002",
+        0xC002,
+        CardStatus::Accepted,
+    );
+    let c = released(
+        "440100D156000005000000000000C003",
+        0xC002,
+        CardStatus::Accepted,
+    );
+    let cards = [a.clone(), b.clone(), c];
+    let first = store
+        .write(move |tx| {
+            for card in &cards {
+                tx.put(Table::Cards, &card.card_identifier, card)?;
+            }
+            lifecycle::bind_released_factors(tx)
+        })
+        .await
+        .unwrap();
+    assert_eq!(first, Some((2, 1)));
+    let again = store.write(lifecycle::bind_released_factors).await.unwrap();
+    assert_eq!(again, None, "once per store");
+    let snap = store.snapshot().unwrap();
+    let bound = |card: &Card| -> Option<String> {
+        let factor =
+            hsm_api::Factor::from_atr(&hex::decode(card.atr.as_ref().unwrap()).unwrap()).unwrap();
+        snap.get(
+            Table::CardFactors,
+            &lifecycle::factor_key(&card.template_id, &factor),
+        )
+        .unwrap()
+    };
+    assert_eq!(bound(&a), Some(a.card_identifier.clone()));
+    assert_eq!(bound(&b), Some(b.card_identifier.clone()));
+}

@@ -36,6 +36,9 @@
 //! - `lifecycle`: the card life cycle — every transition checked (who, from which status),
 //!   releases only in personalisation (a retry counted and audited), a replacement taking its
 //!   card out of service, a blacklisted card's chip refused for another card (factor binding).
+//! - `blacklist`: the blacklist for terminals — a version per blacklisting, exported in full and as
+//!   increments, signed in the HSM (P-256), tampering, another key and disorder refused; the real
+//!   `kms-ceremony registry blacklist-export|verify` (exit 0 genuine, 2 tampered).
 //! - `reason_codes`: every reason code README marks `mTLS` provoked over the API, each arriving
 //!   as a `google.rpc.ErrorInfo` (domain `sscard-kms`) in the status details with its gRPC code.
 //! - `health`: gRPC health of "" and the four KMS services NOT_SERVING while the HSM is sealed,
@@ -67,6 +70,7 @@
 
 mod audit_trail;
 mod binaries;
+mod blacklist;
 mod calc;
 mod ceremonies;
 mod city_roots;

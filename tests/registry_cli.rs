@@ -13,7 +13,7 @@ use crate::common::{Output, ceremony};
 use hsm_sim::local::LocalHsm;
 
 /// The registrar's PEM files under `dir`: `(ca, cert, key)`.
-fn registrar_files(kms: &TestKms<LocalHsm>, dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+pub(crate) fn registrar_files(kms: &TestKms<LocalHsm>, dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let pair = kms
         .pki()
         .client(&Identity::from_uri(REGISTRAR).unwrap())
@@ -25,12 +25,12 @@ fn registrar_files(kms: &TestKms<LocalHsm>, dir: &Path) -> (PathBuf, PathBuf, Pa
     paths
 }
 
-fn s(p: &Path) -> String {
+pub(crate) fn s(p: &Path) -> String {
     p.to_str().unwrap().to_owned()
 }
 
 /// Runs `kms-ceremony` off the test's runtime (the server runs on it).
-async fn run(args: Vec<String>) -> Output {
+pub(crate) async fn run(args: Vec<String>) -> Output {
     tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         ceremony(&args, "")

@@ -230,6 +230,14 @@ impl Hsm for Counting {
         self.count("kcv");
         self.inner.kcv(key).await
     }
+    async fn sign(&self, key: &KeyToken, data: &[u8]) -> Result<Vec<u8>> {
+        self.count("sign");
+        self.inner.sign(key, data).await
+    }
+    async fn public_key(&self, key: &KeyToken) -> Result<Vec<u8>> {
+        self.count("public_key");
+        self.inner.public_key(key).await
+    }
     async fn random(&self, len: usize) -> Result<Vec<u8>> {
         self.count("random");
         self.inner.random(len).await

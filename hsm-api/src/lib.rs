@@ -195,6 +195,14 @@ pub trait Hsm: Send + Sync + 'static {
         mac: &[u8],
     ) -> impl Future<Output = Result<()>> + Send;
 
+    /// The ECDSA P-256 / SHA-256 signature of `data` under a [`KeyUsage::ListSigning`] key:
+    /// 64 bytes, `r ‖ s` big-endian (deterministic, RFC 6979).
+    fn sign(&self, key: &KeyToken, data: &[u8]) -> impl Future<Output = Result<Vec<u8>>> + Send;
+
+    /// The public key of a [`KeyUsage::ListSigning`] key: the SEC1 uncompressed P-256 point,
+    /// 65 bytes (`04 ‖ x ‖ y`), for anyone who checks [`Hsm::sign`]'s signatures.
+    fn public_key(&self, key: &KeyToken) -> impl Future<Output = Result<Vec<u8>>> + Send;
+
     /// Re-wraps `tokens` under a new LMK (split `threshold`-of-`shares`); the old LMK stays
     /// current until [`Hsm::commit_lmk_rotation`].
     fn prepare_lmk_rotation(

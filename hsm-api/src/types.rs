@@ -102,6 +102,7 @@ impl HierarchyLevel {
 /// | `CardMasterKey` | yes | yes | no | never |
 /// | `VendorTransport` | no | yes (only a master key's write) | no | never |
 /// | `AuditMac` | no | no | no | never |
+/// | `ListSigning` | no | no | no | never (only its public key leaves) |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KeyUsage {
     /// A key-block protection key (KEK) of a station or a PSAM line: wraps and unwraps TR-31
@@ -125,11 +126,16 @@ pub enum KeyUsage {
     VendorTransport,
     /// The audit trail's MAC key. TR-31 usage `M6` (CMAC), mode `C`.
     AuditMac,
+    /// The signing key of lists the service publishes (the blacklist for terminals): a 32-byte
+    /// seed (generated as AES-256) from which the HSM derives an ECDSA P-256 private key that
+    /// never leaves it; [`crate::Hsm::sign`] and [`crate::Hsm::public_key`] only. TR-31 usage
+    /// `S0`, mode `S`.
+    ListSigning,
 }
 
 impl KeyUsage {
     /// Every usage, each hierarchy usage at every level.
-    pub const ALL: [KeyUsage; 11] = [
+    pub const ALL: [KeyUsage; 12] = [
         KeyUsage::KeyBlockProtection,
         KeyUsage::CardDerivation(HierarchyLevel::National),
         KeyUsage::CardDerivation(HierarchyLevel::Province),
@@ -141,6 +147,7 @@ impl KeyUsage {
         KeyUsage::CardMasterKey,
         KeyUsage::VendorTransport,
         KeyUsage::AuditMac,
+        KeyUsage::ListSigning,
     ];
 
     /// A short name for messages, as in [`crate::Error::WrongUsage`]: "a {name} key cannot be
@@ -162,6 +169,7 @@ impl KeyUsage {
             KeyUsage::CardMasterKey => "card master",
             KeyUsage::VendorTransport => "vendor transport",
             KeyUsage::AuditMac => "audit MAC",
+            KeyUsage::ListSigning => "list signing",
         }
     }
 

@@ -68,11 +68,18 @@ pub enum Outside {
     CardKeyField,
     /// SM4 (PKCS#11 defines no SM4 mechanism; no software token has one).
     Sm4,
+    /// Signing a published list (the blacklist): ECDSA P-256 from a seed the HSM keeps.
+    ListSigning,
 }
 
 impl Outside {
     /// Every row, for tables and tests.
-    pub const ALL: [Outside; 3] = [Outside::Tr31, Outside::CardKeyField, Outside::Sm4];
+    pub const ALL: [Outside; 4] = [
+        Outside::Tr31,
+        Outside::CardKeyField,
+        Outside::Sm4,
+        Outside::ListSigning,
+    ];
 
     /// Where it runs in `mode`.
     pub const fn runs(self, mode: Mode) -> Where {
@@ -93,6 +100,9 @@ impl Outside {
             }
             Outside::Sm4 => {
                 "SM4 in a standard PKCS#11 token, which has no SM4 mechanism (strict mode; mode \"release\" runs it with the key the token releases for that one operation)"
+            }
+            Outside::ListSigning => {
+                "signing a published list from an HSM-held P-256 seed in a standard PKCS#11 token (strict mode; mode \"release\" runs it with the seed the token releases for that one operation)"
             }
         }
     }

@@ -418,6 +418,25 @@ impl Pkcs11Hsm {
         self.root_from_clear(&session, lmk, &key, usage, exportability)
     }
 
+    /// The P-256 signing key of a [`KeyUsage::ListSigning`] token, from the seed the token
+    /// releases for this one operation ([`Outside::ListSigning`]).
+    pub(crate) fn list_signing_key_now(
+        &self,
+        lmk: &LmkObjects,
+        key: &KeyToken,
+    ) -> Result<hsm_sim::crypto::sign::ListSigningKey> {
+        let session = self.session()?;
+        let key = self.key_for(
+            &session,
+            lmk,
+            key,
+            |u| u == KeyUsage::ListSigning,
+            "sign a published list",
+        )?;
+        let seed = self.released(&session, lmk, &key, Outside::ListSigning)?;
+        hsm_sim::crypto::sign::ListSigningKey::from_seed(&seed)
+    }
+
     pub(crate) fn export_key_now(
         &self,
         lmk: &LmkObjects,

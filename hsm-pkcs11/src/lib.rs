@@ -349,6 +349,14 @@ impl Hsm for Pkcs11Hsm {
         self.with_lmk(|lmk| self.kcv_now(lmk, key))
     }
 
+    async fn sign(&self, key: &KeyToken, data: &[u8]) -> Result<Vec<u8>> {
+        self.with_lmk(|lmk| Ok(self.list_signing_key_now(lmk, key)?.sign(data)))
+    }
+
+    async fn public_key(&self, key: &KeyToken) -> Result<Vec<u8>> {
+        self.with_lmk(|lmk| Ok(self.list_signing_key_now(lmk, key)?.public_key()))
+    }
+
     async fn random(&self, len: usize) -> Result<Vec<u8>> {
         self.with_lmk(|_| self.random_now(len))
     }

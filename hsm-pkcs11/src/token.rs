@@ -141,6 +141,7 @@ const fn usage_code(usage: KeyUsage) -> &'static str {
         KeyUsage::CardMasterKey => "MK",
         KeyUsage::VendorTransport => "VT",
         KeyUsage::AuditMac => "AM",
+        KeyUsage::ListSigning => "LS",
     }
 }
 

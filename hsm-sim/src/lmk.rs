@@ -16,6 +16,7 @@
 //!   | `CardMasterKey` | `E5` | `N` | `MK` |
 //!   | `VendorTransport` | `E5` | `N` | `VT` |
 //!   | `AuditMac` | `M6` | `C` (generate and verify) | — |
+//!   | `ListSigning` | `S0` | `S` (sign only) | — |
 //!
 //!   and its exportability (`E` or `N`). The **role block** is a proprietary optional block
 //!   (X9.143 leaves IDs that begin with a digit to proprietary use) that tells a card master key,
@@ -98,6 +99,7 @@ pub(crate) const fn tr31_usage(usage: KeyUsage) -> (&'static str, ModeOfUse) {
             ("E5", ModeOfUse::NoRestriction)
         }
         KeyUsage::AuditMac => ("M6", ModeOfUse::GenerateVerify),
+        KeyUsage::ListSigning => ("S0", ModeOfUse::SignOnly),
     }
 }
 
@@ -112,7 +114,10 @@ pub(crate) const fn role(usage: KeyUsage) -> Option<&'static str> {
         KeyUsage::MasterKeyDerivation(HierarchyLevel::City) => Some("M1"),
         KeyUsage::CardMasterKey => Some("MK"),
         KeyUsage::VendorTransport => Some("VT"),
-        KeyUsage::KeyBlockProtection | KeyUsage::CardKey | KeyUsage::AuditMac => None,
+        KeyUsage::KeyBlockProtection
+        | KeyUsage::CardKey
+        | KeyUsage::AuditMac
+        | KeyUsage::ListSigning => None,
     }
 }
 

@@ -128,6 +128,11 @@ pub fn check_algorithm(usage: KeyUsage, alg: Algorithm) -> Result<()> {
             op: "the audit MAC".into(),
             alg,
         }),
+        // The 32-byte seed of the P-256 key.
+        KeyUsage::ListSigning if alg != Algorithm::Aes256 => Err(Error::Unsupported {
+            op: "list signing".into(),
+            alg,
+        }),
         _ => Ok(()),
     }
 }
@@ -147,6 +152,13 @@ pub fn check_import_header(header: &KeyBlockHeader, usage: KeyUsage) -> Result<E
         KeyUsage::CardKey | KeyUsage::VendorTransport => &["E5"],
         KeyUsage::AuditMac => &["M6"],
         KeyUsage::CardMasterKey => return Err(only_derived()),
+        // A signing seed is generated here and never crosses the boundary either way.
+        KeyUsage::ListSigning => {
+            return Err(Error::WrongUsage {
+                usage: "list signing".into(),
+                operation: "be imported".into(),
+            });
+        }
     };
     if !codes.contains(&header.key_usage.as_str()) {
         if !["K0", "K1", "E5", "E6", "M6"].contains(&header.key_usage.as_str()) {
@@ -164,6 +176,7 @@ pub fn check_import_header(header: &KeyBlockHeader, usage: KeyUsage) -> Result<E
                 KeyUsage::VendorTransport => "become a vendor transport key".into(),
                 KeyUsage::AuditMac => "become an audit MAC key".into(),
                 KeyUsage::CardMasterKey => "become a card master key".into(),
+                KeyUsage::ListSigning => "become a list signing key".into(),
             },
         });
     }

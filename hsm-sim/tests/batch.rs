@@ -80,6 +80,12 @@ impl<H: Hsm> Hsm for Singles<'static, H> {
     async fn kcv(&self, key: &KeyToken) -> Result<Kcv> {
         self.0.kcv(key).await
     }
+    async fn sign(&self, key: &KeyToken, data: &[u8]) -> Result<Vec<u8>> {
+        self.0.sign(key, data).await
+    }
+    async fn public_key(&self, key: &KeyToken) -> Result<Vec<u8>> {
+        self.0.public_key(key).await
+    }
     async fn random(&self, len: usize) -> Result<Vec<u8>> {
         self.0.random(len).await
     }

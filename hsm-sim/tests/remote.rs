@@ -323,6 +323,32 @@ async fn the_hsm_process_serves_the_domain_chain_and_survives_a_restart() {
         .unwrap();
     assert_eq!(imported.kcv.to_hex(), "32CD7C");
 
+    // A published list signed over the wire verifies under the public key from the wire.
+    let signer = hsm
+        .generate_key(spec(
+            Algorithm::Aes256,
+            KeyUsage::ListSigning,
+            Exportability::NonExportable,
+        ))
+        .await
+        .unwrap();
+    let signature = hsm.sign(&signer.token, b"blacklist v1").await.unwrap();
+    let public = hsm.public_key(&signer.token).await.unwrap();
+    let verifying = p256::ecdsa::VerifyingKey::from_sec1_bytes(&public).unwrap();
+    let signature = p256::ecdsa::Signature::from_slice(&signature).unwrap();
+    assert!(
+        p256::ecdsa::signature::Verifier::verify(&verifying, b"blacklist v1", &signature).is_ok()
+    );
+    assert!(matches!(
+        hsm.sign(&kbpk.token, b"x").await,
+        Err(Error::WrongUsage { .. })
+    ));
+    assert!(matches!(
+        hsm.export_key(&kbpk.token, &signer.token, KeyBlockVersion::D)
+            .await,
+        Err(Error::WrongUsage { .. } | Error::NotExportable)
+    ));
+
     // Typed errors survive the wire.
     assert_eq!(
         hsm.export_key(&kbpk.token, &chain.root, KeyBlockVersion::D)
@@ -638,6 +664,10 @@ async fn refusals<H: Hsm>(hsm: &H) -> Vec<(&'static str, Error)> {
     refused(
         "MAC with a card key",
         hsm.mac(&chain.card, b"x").await.map(drop),
+    );
+    refused(
+        "sign with a card key",
+        hsm.sign(&chain.card, b"x").await.map(drop),
     );
     refused(
         "commit without prepare",

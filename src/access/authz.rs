@@ -10,6 +10,7 @@
 //! | inject card keys, initialise blank card | own region | – | – | – | – | – |
 //! | register PSAMs, get a PSAM key set | – | own region | – | – | – | – |
 //! | register / blacklist / get card, change a card's status (activate, suspend, resume, lost, cancel) | – | – | own region | – | – | – |
+//! | export the signed blacklist | – | – | any region | – | – | – |
 //! | accept or reject a card, accept a rejected applicant row by hand | – | – | province only | – | – | – |
 //! | submit an applicant batch | – | – | a city, its own | – | – | – |
 //! | read an applicant batch | – | – | own region | – | – | – |
@@ -38,6 +39,7 @@ pub enum Operation {
     AcceptCard,
     BlacklistCard,
     ChangeCardStatus,
+    ExportBlacklist,
     GetCard,
     Administer,
     GetStatus,
@@ -49,7 +51,7 @@ pub enum Operation {
 
 impl Operation {
     /// Every operation, for tests that walk the matrix.
-    pub const ALL: [Operation; 15] = [
+    pub const ALL: [Operation; 16] = [
         Operation::InjectCardKeys,
         Operation::InitialiseBlankCard,
         Operation::RegisterPsams,
@@ -58,6 +60,7 @@ impl Operation {
         Operation::AcceptCard,
         Operation::BlacklistCard,
         Operation::ChangeCardStatus,
+        Operation::ExportBlacklist,
         Operation::GetCard,
         Operation::Administer,
         Operation::GetStatus,
@@ -78,6 +81,7 @@ impl Operation {
             Operation::AcceptCard => "accept-card",
             Operation::BlacklistCard => "blacklist-card",
             Operation::ChangeCardStatus => "change-card-status",
+            Operation::ExportBlacklist => "export-blacklist",
             Operation::GetCard => "get-card",
             Operation::Administer => "administer",
             Operation::GetStatus => "get-status",
@@ -102,6 +106,7 @@ pub const fn allowed(role: Role, op: Operation) -> bool {
                     | O::AcceptCard
                     | O::BlacklistCard
                     | O::ChangeCardStatus
+                    | O::ExportBlacklist
                     | O::GetCard
                     | O::SubmitApplicantBatch
                     | O::AcceptApplicantRow
@@ -198,6 +203,7 @@ mod tests {
                     O::AcceptCard,
                     O::BlacklistCard,
                     O::ChangeCardStatus,
+                    O::ExportBlacklist,
                     O::GetCard,
                     O::SubmitApplicantBatch,
                     O::AcceptApplicantRow,

@@ -1,18 +1,17 @@
 //! The key-ceremony command line (`kms-ceremony`): what security officers run.
 //!
-//! For now it has the offline `calc` family, the tools a custodian uses to check a component or
-//! a derived key against paper. Secrets (keys, KBPKs) are read from standard input, never from
-//! the command line: argv is visible to every user of the machine.
-//!
-//! `registry` is the registrars' client of the province's review of applicant files.
 //! The offline `calc` family (the tools a custodian uses to check a component or a derived key
 //! against paper), `hsm init` (each share to its own custodian), `audit`, and `service …`
 //! ([`remote`]): the ceremonies against the running service, each officer from their own
 //! certificate. Secrets (keys, components, shares) are read from the terminal without echo or
 //! from standard input, never from the command line or the environment: argv is visible to
 //! every user of the machine.
+//!
+//! `registry` is the registrars' client of the province's review of applicant files and of the
+//! signed blacklist (`blacklist`).
 
 pub mod audit;
+pub mod blacklist;
 pub mod calc;
 pub mod hsm;
 pub mod input;

@@ -7,6 +7,10 @@
 //!   other refusal.
 //! - `accept-row`: a provincial reviewer accepts a rejected row by hand.
 //! - `show`: a stored batch's counts (and `--report`).
+//! - `blacklist-export`, `blacklist-verify`: the signed blacklist for terminals
+//!   ([`super::blacklist`]).
+//! - `card-status CARD TRANSITION`: a registrar moves a card along its life cycle (README
+//!   "Card life cycle"; `reject` as the provincial reviewer).
 //!
 //! Connection: `--endpoint` and either `--ca/--cert/--key` or `--data-dir DIR` (a `dev` data
 //! directory: `DIR/pki/ca.pem` and the registrar's pair, or for `accept-row` the provincial
@@ -60,6 +64,18 @@ pub enum EncodingArg {
     Gbk,
 }
 
+/// A change `card-status` asks for (README "Card life cycle").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TransitionArg {
+    /// The province rejects a registered card's data (uses the reviewer's pair with --data-dir).
+    Reject,
+    Activate,
+    Suspend,
+    Resume,
+    ReportLost,
+    Cancel,
+}
+
 /// `kms-ceremony registry …`.
 #[derive(Debug, Subcommand)]
 pub enum Registry {
@@ -93,6 +109,41 @@ pub enum Registry {
         #[command(flatten)]
         connection: Connection,
     },
+    /// Export the signed blacklist for terminals (in full, or the increments since a version).
+    BlacklistExport {
+        /// The version the terminals hold: only the entries after it (default 0: the full list).
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        /// Where to write the list.
+        #[arg(long)]
+        out: PathBuf,
+        /// Where to write the signing key's public key (hex, SEC1): what terminals hold.
+        #[arg(long)]
+        public_key_out: Option<PathBuf>,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Check a blacklist file: exit 0 when genuine, 2 when tampered or out of order.
+    BlacklistVerify {
+        /// The list (as `blacklist-export` wrote it).
+        file: PathBuf,
+        /// The signing key's public key (hex, SEC1; `blacklist-export --public-key-out`).
+        #[arg(long)]
+        public_key: PathBuf,
+    },
+    /// Move a card along its life cycle.
+    CardStatus {
+        /// The card identifier (卡识别码).
+        card: String,
+        /// The change.
+        #[arg(value_enum)]
+        transition: TransitionArg,
+        /// Why (kept in the audit record).
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
     /// Show a stored batch's counts.
     Show {
         /// The batch id.
@@ -106,21 +157,24 @@ pub enum Registry {
     },
 }
 
-fn remote(status: tonic::Status) -> Error {
+pub(super) fn remote(status: tonic::Status) -> Error {
     Error::Remote {
         code: status.code(),
         message: status.message().to_owned(),
     }
 }
 
-fn file_error(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+pub(super) fn file_error(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
     move |source| Error::File {
         path: path.to_owned(),
         source,
     }
 }
 
-async fn connect(c: &Connection, reviewer: bool) -> Result<RegistryServiceClient<Channel>> {
+pub(super) async fn connect(
+    c: &Connection,
+    reviewer: bool,
+) -> Result<RegistryServiceClient<Channel>> {
     let (ca, cert, key) = match (&c.data_dir, &c.ca, &c.cert, &c.key) {
         (Some(dir), ..) => {
             let pki_dir = dir.join("pki");
@@ -343,6 +397,50 @@ pub fn run(cmd: &Registry) -> Result<String> {
                     .map_err(remote)?
                     .into_inner();
                 Ok(format!("line {line} accepted\n{}", render(&report)))
+            }
+            Registry::BlacklistExport {
+                since,
+                out,
+                public_key_out,
+                connection,
+            } => super::blacklist::export(*since, out, public_key_out.as_deref(), connection).await,
+            Registry::CardStatus {
+                card,
+                transition,
+                reason,
+                connection,
+            } => {
+                let wire = match transition {
+                    TransitionArg::Reject => pb::CardTransition::Reject,
+                    TransitionArg::Activate => pb::CardTransition::Activate,
+                    TransitionArg::Suspend => pb::CardTransition::Suspend,
+                    TransitionArg::Resume => pb::CardTransition::Resume,
+                    TransitionArg::ReportLost => pb::CardTransition::ReportLost,
+                    TransitionArg::Cancel => pb::CardTransition::Cancel,
+                };
+                let mut client = connect(connection, *transition == TransitionArg::Reject).await?;
+                let record = client
+                    .change_card_status(pb::ChangeCardStatusRequest {
+                        card_identifier: card.clone(),
+                        transition: wire as i32,
+                        reason: reason.clone(),
+                    })
+                    .await
+                    .map_err(remote)?
+                    .into_inner();
+                Ok(format!(
+                    "card {} {}
+",
+                    record.card_identifier,
+                    record
+                        .status()
+                        .as_str_name()
+                        .trim_start_matches("CARD_STATUS_")
+                        .to_ascii_lowercase()
+                ))
+            }
+            Registry::BlacklistVerify { file, public_key } => {
+                super::blacklist::verify(file, public_key)
             }
             Registry::Show {
                 batch_id,

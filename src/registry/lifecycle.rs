@@ -20,7 +20,8 @@
 //! card is refused ([`Refusal::CardFactorBoundElsewhere`], audited like every refusal). The
 //! binding is per template: a card key is D(K_city of the template, factor), so a factor bound
 //! in one template yields no key of another (and DOMAIN.md's worked chain uses one ATR for the
-//! demo cards of both templates); within a template it is province-wide.
+//! demo cards of both templates); within a template it is province-wide. A store of before the
+//! binding gets it once at its next start ([`bind_released_factors`]).
 //!
 //! A card is *live* (it counts for "one live card per person per generation") unless it is
 //! rejected, cancelled, replaced or blacklisted.
@@ -221,6 +222,43 @@ pub fn record_release(
         (Release::Personalise, _) => CardStatus::Personalised,
     };
     Ok(card.releases)
+}
+
+/// The `meta` flag set once [`bind_released_factors`] has run on a store.
+pub const FACTORS_BOUND: &str = "card_factors_bound";
+
+/// Once per store (stores of before the binding): binds the factor of every card whose keys
+/// were released (its recorded ATR) to that card, so that a card blacklisted before the binding
+/// existed cannot have its chip served as another card. Where two cards of a template were
+/// released for one factor, the first in card-identifier order keeps it (the other is refused
+/// from then on; the audit record says how many). Answers `(bound, conflicts)`, or `None` when
+/// it had run before.
+pub fn bind_released_factors(tx: &mut Tx<'_>) -> Result<Option<(u64, u64)>> {
+    if tx.get::<bool>(Table::Meta, FACTORS_BOUND)?.unwrap_or(false) {
+        return Ok(None);
+    }
+    let (mut bound, mut conflicts) = (0, 0);
+    for (id, card) in tx.scan::<Card>(Table::Cards, "")? {
+        let Some(factor) = card
+            .atr
+            .as_deref()
+            .and_then(|a| hex::decode(a).ok())
+            .and_then(|a| Factor::from_atr(&a).ok())
+        else {
+            continue;
+        };
+        let key = factor_key(&card.template_id, &factor);
+        match tx.get::<String>(Table::CardFactors, &key)? {
+            Some(other) if other != id => conflicts += 1,
+            Some(_) => {}
+            None => {
+                tx.put(Table::CardFactors, &key, &id)?;
+                bound += 1;
+            }
+        }
+    }
+    tx.put(Table::Meta, FACTORS_BOUND, &true)?;
+    Ok(Some((bound, conflicts)))
 }
 
 /// Whether `old` may be replaced by a card of the person `ssn` in card generation

@@ -35,6 +35,7 @@
 //! ```
 
 pub mod batch;
+pub mod blacklist;
 pub mod file;
 pub mod lifecycle;
 pub mod reasons;

@@ -179,6 +179,12 @@ impl Bounded for pb::RegisterCardRequest {
     }
 }
 
+impl Bounded for pb::ExportBlacklistRequest {
+    fn check_limits(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
 impl Bounded for pb::ChangeCardStatusRequest {
     fn check_limits(&self) -> Result<()> {
         check("card_identifier", self.card_identifier.len(), NAME)?;

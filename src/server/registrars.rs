@@ -74,6 +74,23 @@ impl<H: Hsm> pb::registry_service_server::RegistryService for Api<H> {
         Ok(Response::new(pb_card(card)))
     }
 
+    async fn export_blacklist(
+        &self,
+        request: Request<pb::ExportBlacklistRequest>,
+    ) -> Result<Response<pb::SignedBlacklist>, Status> {
+        let who = self.admit(&request)?;
+        let req = request.into_inner();
+        let (list, public_key) = self
+            .kms
+            .export_blacklist(&who, req.since_version)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::SignedBlacklist {
+            list: list.into_bytes(),
+            public_key,
+        }))
+    }
+
     async fn submit_applicant_batch(
         &self,
         request: Request<Streaming<pb::ApplicantFileChunk>>,

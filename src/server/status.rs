@@ -135,7 +135,8 @@ pub fn to_status(e: &Error) -> Status {
         | Error::CertGen(_)
         | Error::File { .. }
         | Error::Stdin(_)
-        | Error::Remote { .. } => {
+        | Error::Remote { .. }
+        | Error::ListNotGenuine(_) => {
             tracing::error!(error = %e, "internal error");
             return internal();
         }

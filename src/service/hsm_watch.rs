@@ -291,6 +291,18 @@ impl<H: Hsm> Hsm for WatchedHsm<H> {
         self.key_op(r)
     }
 
+    async fn sign(&self, key: &KeyToken, data: &[u8]) -> HsmResult<Vec<u8>> {
+        let r = self.measured("sign", self.inner.sign(key, data)).await;
+        self.key_op(r)
+    }
+
+    async fn public_key(&self, key: &KeyToken) -> HsmResult<Vec<u8>> {
+        let r = self
+            .measured("public_key", self.inner.public_key(key))
+            .await;
+        self.key_op(r)
+    }
+
     async fn prepare_lmk_rotation(
         &self,
         tokens: Vec<KeyToken>,

@@ -271,6 +271,31 @@ impl<H: Hsm> Kms<H> {
             }
             Err(e) => return Err(e),
         }
+        // Once per store, after the audit key (so that its commit is sealed): the card factors
+        // of cards released before factors were bound.
+        let bound = kms
+            .store
+            .snapshot()?
+            .get::<bool>(Table::Meta, crate::registry::lifecycle::FACTORS_BOUND)?;
+        if bound != Some(true) {
+            kms.store
+                .write(|tx| {
+                    if let Some((bound, conflicts)) =
+                        crate::registry::lifecycle::bind_released_factors(tx)?
+                    {
+                        tx.audit(AuditEvent::ok(
+                            "system",
+                            "bind-card-factors",
+                            format!(
+                                "card factors of released cards bound: {bound}, \
+                                 held by another card: {conflicts}"
+                            ),
+                        ));
+                    }
+                    Ok(())
+                })
+                .await?;
+        }
         // The readiness from the HSM's own word, whatever the audit key needed.
         let _ = kms.hsm.status().await;
         Ok(Arc::new(kms))

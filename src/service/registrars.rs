@@ -2,19 +2,20 @@
 //! the life cycle, blacklisting and reading cards one by one. Applicant batches are in
 //! `applicants.rs`; the life-cycle rules in `registry::lifecycle`.
 
-use hsm_api::Hsm;
+use hsm_api::{Algorithm, Exportability, Hsm, KeySpec, KeyToken, KeyUsage};
 
 use crate::access::authz::{self, Operation};
 use crate::access::identity::Identity;
 use crate::card::identifiers::CardIdentifier;
 use crate::error::{Error, Refusal, Resource, Result};
+use crate::registry::blacklist;
 use crate::registry::lifecycle::{self, Transition};
 use crate::registry::uniqueness;
 use crate::state::audit::AuditEvent;
 use crate::state::records::{Card, CardStatus};
-use crate::state::store::Table;
+use crate::state::store::{Table, Tx};
 
-use super::{CardRequest, Kms, mask_card_identifier, masked_subject};
+use super::{CardRequest, Kms, PROVINCE, mask_card_identifier, masked_subject};
 
 impl<H: Hsm> Kms<H> {
     // ------------------------------------------------------------------ registry
@@ -108,7 +109,7 @@ impl<H: Hsm> Kms<H> {
             card_identifier,
             true,
             String::new(),
-            |card| lifecycle::apply(card, Transition::Accept),
+            |_, card| lifecycle::apply(card, Transition::Accept),
         )
         .await
     }
@@ -128,7 +129,7 @@ impl<H: Hsm> Kms<H> {
             card_identifier,
             transition.province_only(),
             format!(" ({}: {reason})", transition.name()),
-            move |card| lifecycle::apply(card, transition),
+            move |_, card| lifecycle::apply(card, transition),
         )
         .await
     }
@@ -147,9 +148,14 @@ impl<H: Hsm> Kms<H> {
             card_identifier,
             false,
             String::new(),
-            move |card| {
+            move |tx, card| {
+                let newly = card.status != CardStatus::Blacklisted;
                 lifecycle::apply(card, Transition::Blacklist)?;
                 card.blacklist_reason = Some(reason);
+                // The published list's next version (a card blacklisted again keeps its own).
+                if newly {
+                    blacklist::append(tx, &card.card_identifier)?;
+                }
                 Ok(())
             },
         )
@@ -173,6 +179,71 @@ impl<H: Hsm> Kms<H> {
         .await
     }
 
+    /// The blacklist as terminals load it, signed by the HSM: in full (`since` 0) or the
+    /// increments since version `since`; with the signing key's public key (SEC1). The key is
+    /// made in the HSM at the first export.
+    pub async fn export_blacklist(
+        &self,
+        caller: &Identity,
+        since: u64,
+    ) -> Result<(String, Vec<u8>)> {
+        let subject = format!("blacklist since version {since}");
+        self.audited(caller, Operation::ExportBlacklist, &subject, async {
+            authz::authorize(caller, Operation::ExportBlacklist)?;
+            let key = self.list_signing_key().await?;
+            let snap = self.store.snapshot()?;
+            let document = blacklist::document(&snap, PROVINCE, since)?;
+            let signature = self.hsm.sign(&key, document.as_bytes()).await?;
+            let public_key = self.hsm.public_key(&key).await?;
+            let actor = caller.to_string();
+            let head = document.lines().nth(4).unwrap_or_default().to_owned();
+            self.store
+                .write(move |tx| {
+                    tx.audit(AuditEvent::ok(
+                        actor,
+                        Operation::ExportBlacklist.name(),
+                        format!("blacklist since version {since}, {head}, signed"),
+                    ));
+                    Ok(())
+                })
+                .await?;
+            Ok((blacklist::signed(&document, &signature), public_key))
+        })
+        .await
+    }
+
+    /// The list-signing key's token: the stored one, or a new one from the HSM.
+    async fn list_signing_key(&self) -> Result<KeyToken> {
+        if let Some(text) = blacklist::signing_key(&self.store.snapshot()?)? {
+            return Ok(super::token(&text));
+        }
+        let made = self
+            .hsm
+            .generate_key(KeySpec {
+                algorithm: Algorithm::Aes256,
+                usage: KeyUsage::ListSigning,
+                exportability: Exportability::NonExportable,
+            })
+            .await?;
+        let token = made.token.as_str().to_owned();
+        let (method, kcv) = super::kcv_hex(&made.kcv);
+        let kept = self
+            .store
+            .write(move |tx| {
+                let kept = blacklist::keep_signing_key(tx, token.clone())?;
+                if kept == token {
+                    tx.audit(AuditEvent::ok(
+                        "system",
+                        "create-list-signing-key",
+                        format!("list signing key KCV {method} {kcv}"),
+                    ));
+                }
+                Ok(kept)
+            })
+            .await?;
+        Ok(super::token(&kept))
+    }
+
     async fn change_card(
         &self,
         caller: &Identity,
@@ -180,7 +251,7 @@ impl<H: Hsm> Kms<H> {
         card_identifier: &str,
         province_only: bool,
         why: String,
-        change: impl FnOnce(&mut Card) -> Result<()> + Send + 'static,
+        change: impl FnOnce(&mut Tx<'_>, &mut Card) -> Result<()> + Send + 'static,
     ) -> Result<Card> {
         let subject = format!("card {}", mask_card_identifier(card_identifier));
         self.audited(caller, op, &subject, async {
@@ -197,7 +268,7 @@ impl<H: Hsm> Kms<H> {
                     let mut card: Card = tx.get(Table::Cards, &key)?.ok_or(Error::NotFound {
                         what: Resource::Card,
                     })?;
-                    change(&mut card)?;
+                    change(tx, &mut card)?;
                     tx.put(Table::Cards, &key, &card)?;
                     tx.audit(AuditEvent::ok(
                         actor,

@@ -48,6 +48,8 @@ pub enum Table {
     Requests,
     /// Component ceremonies, by id (`service::KeyCeremony`).
     Ceremonies,
+    /// The blacklist's log: version (zero-padded) → `crate::registry::blacklist::Entry`.
+    Blacklist,
 }
 
 impl Table {
@@ -66,10 +68,11 @@ impl Table {
             Table::Officers => "officers",
             Table::Requests => "requests",
             Table::Ceremonies => "ceremonies",
+            Table::Blacklist => "blacklist",
         })
     }
 
-    const ALL: [Table; 13] = [
+    const ALL: [Table; 14] = [
         Table::Meta,
         Table::Templates,
         Table::Keys,
@@ -83,6 +86,7 @@ impl Table {
         Table::Officers,
         Table::Requests,
         Table::Ceremonies,
+        Table::Blacklist,
     ];
 }
 

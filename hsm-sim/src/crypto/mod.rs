@@ -1,7 +1,7 @@
 //! The simulator's cryptography: everything that runs on clear keys.
 //!
 //! Every algorithm comes from RustCrypto (`des`, `aes`, `sm4`, `cbc`, `cmac`, `retail-mac`,
-//! `hkdf`, `sha2`); nothing here implements a block cipher or a MAC.
+//! `hkdf`, `sha2`, `p256`); nothing here implements a block cipher or a MAC.
 //!
 //! | module | what |
 //! |---|---|
@@ -13,6 +13,7 @@
 //! | [`tr31`] | TR-31 / ANSI X9.143 key blocks, versions B and D |
 //! | [`kdf`] | HKDF-SHA256 |
 //! | [`random`] | OS randomness and key generation (weak DES keys redrawn) |
+//! | [`sign`] | ECDSA P-256 signatures of published lists, from a list-signing seed |
 
 pub mod cipher;
 pub mod diversify;
@@ -21,6 +22,7 @@ pub mod kdf;
 pub(crate) mod key;
 pub mod mac;
 pub mod random;
+pub mod sign;
 pub mod tr31;
 
 pub use key::SecretKey;

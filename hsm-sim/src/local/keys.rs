@@ -289,6 +289,24 @@ pub(super) fn write_command(
     )
 }
 
+impl LocalHsm {
+    /// The P-256 signing key of a [`KeyUsage::ListSigning`] token ([`crate::crypto::sign`]).
+    pub(super) fn list_signing_key(
+        &self,
+        lmk: &Lmk,
+        token: &KeyToken,
+    ) -> Result<crate::crypto::sign::ListSigningKey> {
+        let key = self.key_for(
+            lmk,
+            token,
+            |u| u == KeyUsage::ListSigning,
+            "sign a published list",
+            Caching::Skip,
+        )?;
+        crate::crypto::sign::ListSigningKey::from_seed(&key.key)
+    }
+}
+
 /// A token and KCV for `key`.
 fn wrapped(
     lmk: &Lmk,

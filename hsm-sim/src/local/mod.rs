@@ -40,6 +40,7 @@
 //! | `write_key_command` | protect | `CardMasterKey`; `VendorTransport` for a master key's write only |
 //! | `mac`, `verify_mac` | key | `AuditMac` (AES) |
 //! | `batch` | every item | as `derive_key` for a derived key, then as `export_key` or `write_key_command` |
+//! | `sign`, `public_key` | key | `ListSigning` (an AES-256-length seed; the P-256 private key is derived inside, per call, and never leaves) |
 //!
 //! **Exportability is the HSM's decision.** A derived key's exportability follows from its
 //! parent and its usage (a hierarchy child is exportable only if its parent is, a card key is,
@@ -279,6 +280,14 @@ impl Hsm for LocalHsm {
             })
         })
         .await
+    }
+
+    async fn sign(&self, key: &KeyToken, data: &[u8]) -> Result<Vec<u8>> {
+        self.with_lmk(|lmk| Ok(self.list_signing_key(lmk, key)?.sign(data)))
+    }
+
+    async fn public_key(&self, key: &KeyToken) -> Result<Vec<u8>> {
+        self.with_lmk(|lmk| Ok(self.list_signing_key(lmk, key)?.public_key()))
     }
 
     async fn prepare_lmk_rotation(

@@ -366,6 +366,21 @@ impl Hsm for RemoteHsm {
         Ok(())
     }
 
+    async fn sign(&self, key: &KeyToken, data: &[u8]) -> Result<Vec<u8>> {
+        let request = proto::SignRequest {
+            key: token(key),
+            data: data.to_vec(),
+        };
+        let signed = self.client().sign(request).await.map_err(failed)?;
+        Ok(signed.into_inner().signature)
+    }
+
+    async fn public_key(&self, key: &KeyToken) -> Result<Vec<u8>> {
+        let request = proto::PublicKeyRequest { key: token(key) };
+        let public = self.client().public_key(request).await.map_err(failed)?;
+        Ok(public.into_inner().public_key)
+    }
+
     async fn prepare_lmk_rotation(
         &self,
         tokens: Vec<KeyToken>,

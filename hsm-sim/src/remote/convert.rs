@@ -66,6 +66,7 @@ pub(crate) fn usage_to_wire(usage: KeyUsage) -> (proto::KeyUsage, proto::Hierarc
         KeyUsage::CardMasterKey => proto::KeyUsage::CardMasterKey,
         KeyUsage::VendorTransport => proto::KeyUsage::VendorTransport,
         KeyUsage::AuditMac => proto::KeyUsage::AuditMac,
+        KeyUsage::ListSigning => proto::KeyUsage::ListSigning,
     };
     (usage, level)
 }
@@ -91,6 +92,7 @@ pub(crate) fn usage_from_wire(value: i32, level: i32) -> Option<KeyUsage> {
         (proto::KeyUsage::CardMasterKey, None) => KeyUsage::CardMasterKey,
         (proto::KeyUsage::VendorTransport, None) => KeyUsage::VendorTransport,
         (proto::KeyUsage::AuditMac, None) => KeyUsage::AuditMac,
+        (proto::KeyUsage::ListSigning, None) => KeyUsage::ListSigning,
     })
 }
 

@@ -370,6 +370,30 @@ impl<H: Hsm> HsmRpc for HsmService<H> {
         Ok(Response::new(proto::Done {}))
     }
 
+    async fn sign(
+        &self,
+        request: Request<proto::SignRequest>,
+    ) -> Result<Response<proto::SignResponse>, Status> {
+        let on_err = refused(&request, "sign");
+        let req = request.into_inner();
+        let signature = self
+            .hsm
+            .sign(&token(req.key), &req.data)
+            .await
+            .map_err(on_err)?;
+        Ok(Response::new(proto::SignResponse { signature }))
+    }
+
+    async fn public_key(
+        &self,
+        request: Request<proto::PublicKeyRequest>,
+    ) -> Result<Response<proto::PublicKeyResponse>, Status> {
+        let on_err = refused(&request, "public_key");
+        let req = request.into_inner();
+        let public_key = self.hsm.public_key(&token(req.key)).await.map_err(on_err)?;
+        Ok(Response::new(proto::PublicKeyResponse { public_key }))
+    }
+
     async fn prepare_lmk_rotation(
         &self,
         request: Request<proto::PrepareLmkRotationRequest>,
