@@ -8,7 +8,8 @@
 //!   again after a restart; `serve` without a proper client CA and a second or 1-of-n `hsm init`
 //!   are refused; `dev` SIGKILLed under concurrent injections: every acknowledged release is on
 //!   record, the crashed store verifies INTACT with `kms-ceremony audit verify` (through a
-//!   repaired copy) and the next start serves.
+//!   repaired copy) and the next start serves; `dev --hsm softhsm` delivers demo card 1 with the
+//!   simulator's keys and KCVs, and restarts on its token and store.
 //!
 //! The key service over real mutual TLS on 127.0.0.1 (each test on its own copy of a data
 //! directory seeded once with the published test keys). `delivery`, `psam` and `refusals` run
