@@ -256,3 +256,75 @@ pub(crate) fn refused(what: &str, e: &cryptoki::error::Error) -> Error {
         other => storage(what, other),
     }
 }
+
+/// Label of the public data object that records the PIN's custodian shares (threshold and check
+/// values, never a share), when the PIN was split at `init_lmk`.
+pub(crate) const PIN_SHARES_LABEL: &str = "sscard-kms PIN shares";
+
+/// The record of the PIN's shares, if the PIN was split: `v1;<KCV hex>;<m>;<cv>,<cv>,…`.
+pub(crate) fn pin_record(session: &Session) -> Result<Option<hsm_sim::shares::ShareRecord>> {
+    let template = [
+        Attribute::Class(ObjectClass::DATA),
+        Attribute::Label(PIN_SHARES_LABEL.into()),
+    ];
+    let Some(object) = find_one(session, &template)? else {
+        return Ok(None);
+    };
+    let attributes = session
+        .get_attributes(object, &[AttributeType::Value])
+        .map_err(|e| storage("C_GetAttributeValue", &e))?;
+    let value = attributes
+        .into_iter()
+        .find_map(|a| match a {
+            Attribute::Value(v) => Some(v),
+            _ => None,
+        })
+        .ok_or(Error::Protocol)?;
+    let corrupt = || Error::Storage("the token's PIN share record is malformed".into());
+    let text = String::from_utf8(value).map_err(|_| corrupt())?;
+    let mut fields = text.split(';');
+    let (Some("v1"), Some(kcv), Some(threshold), Some(check_values), None) = (
+        fields.next(),
+        fields.next(),
+        fields.next(),
+        fields.next(),
+        fields.next(),
+    ) else {
+        return Err(corrupt());
+    };
+    Ok(Some(hsm_sim::shares::ShareRecord {
+        kcv: Kcv::from_parts(KcvMethod::Cmac, hex::decode(kcv).map_err(|_| corrupt())?),
+        threshold: threshold.parse().map_err(|_| corrupt())?,
+        check_values: check_values.split(',').map(str::to_owned).collect(),
+    }))
+}
+
+/// Records the PIN's shares in the token (a public data object).
+pub(crate) fn store_pin_record(
+    session: &Session,
+    record: &hsm_sim::shares::ShareRecord,
+) -> Result<()> {
+    let text = format!(
+        "v1;{};{};{}",
+        record.kcv.to_hex(),
+        record.threshold,
+        record.check_values.join(",")
+    );
+    session
+        .create_object(&[
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::Label(PIN_SHARES_LABEL.into()),
+            Attribute::Value(text.into_bytes()),
+        ])
+        .map_err(|e| storage("C_CreateObject (PIN share record)", &e))?;
+    Ok(())
+}
+
+/// Changes the user PIN from `old` to `new` (logged in).
+pub(crate) fn set_pin(session: &Session, old: &str, new: &str) -> Result<()> {
+    session
+        .set_pin(&AuthPin::new(old.into()), &AuthPin::new(new.into()))
+        .map_err(|e| storage("C_SetPIN", &e))
+}

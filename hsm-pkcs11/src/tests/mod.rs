@@ -457,3 +457,51 @@ async fn seal_logs_out_and_the_pin_unseals() {
     assert!(status.lmk_kcv.is_some());
     assert!(token::parse(key.token.as_str()).is_ok());
 }
+
+/// A ceremony on a fresh token: `init_lmk(2, 3)` makes the LMK inside the token and replaces the
+/// token's initial PIN by a random one split 2-of-3 among the custodians; after a seal the old
+/// PIN is refused, one share is progress, a repeated share is refused, a second one unseals.
+#[tokio::test]
+async fn init_splits_the_pin_among_custodians_and_two_shares_unseal() {
+    let t = token("ceremony");
+    let p11 = Pkcs11Hsm::open(t.config(), Some(t.pin())).unwrap();
+    assert_eq!(p11.status().await.unwrap().state, HsmState::Uninitialised);
+    assert!(matches!(p11.init_lmk(1, 3).await, Err(Error::Count { .. })));
+    let init = p11.init_lmk(2, 3).await.unwrap();
+    assert_eq!(init.shares.len(), 3);
+    assert_eq!(
+        p11.status().await.unwrap().lmk_kcv,
+        Some(init.lmk_kcv.clone())
+    );
+    assert_eq!(
+        p11.init_lmk(2, 3).await.unwrap_err(),
+        Error::AlreadyInitialised
+    );
+    let key = p11
+        .generate_key(spec(
+            Algorithm::Tdes2,
+            KeyUsage::CardDerivation(HierarchyLevel::City),
+            Exportability::NonExportable,
+        ))
+        .await
+        .unwrap();
+    p11.seal().await.unwrap();
+    assert!(matches!(p11.unseal(t.pin()).await, Err(Error::Share(_))));
+    let mut shares = init.shares.into_iter().map(|s| s.share);
+    let (first, _, third) = (
+        shares.next().unwrap(),
+        shares.next().unwrap(),
+        shares.next().unwrap(),
+    );
+    let copy = LmkShare::new(Zeroizing::new(first.secret_text().to_owned()));
+    let progress = p11.unseal(first).await.unwrap();
+    assert_eq!(
+        (progress.submitted, progress.threshold, progress.unsealed),
+        (1, 2, false)
+    );
+    assert_eq!(p11.status().await.unwrap().state, HsmState::Sealed);
+    assert!(matches!(p11.unseal(copy).await, Err(Error::Share(_))));
+    assert!(p11.unseal(third).await.unwrap().unsealed);
+    assert_eq!(p11.kcv(&key.token).await.unwrap(), key.kcv);
+    assert_eq!(p11.status().await.unwrap().lmk_kcv, Some(init.lmk_kcv));
+}
