@@ -138,6 +138,20 @@ fn find_one(session: &Session, template: &[Attribute]) -> Result<Option<ObjectHa
     }
 }
 
+/// The value (`CKA_VALUE`) of `object`: a public data object, or a key released for one
+/// operation.
+pub(crate) fn read_value(session: &Session, object: ObjectHandle) -> Result<Vec<u8>> {
+    session
+        .get_attributes(object, &[AttributeType::Value])
+        .map_err(|e| refused("C_GetAttributeValue", &e))?
+        .into_iter()
+        .find_map(|a| match a {
+            Attribute::Value(v) => Some(v),
+            _ => None,
+        })
+        .ok_or(Error::Protocol)
+}
+
 /// The KCV the public marker object records, if there is one (no login needed).
 pub(crate) fn marker_kcv(session: &Session) -> Result<Option<Kcv>> {
     let template = [
@@ -147,14 +161,10 @@ pub(crate) fn marker_kcv(session: &Session) -> Result<Option<Kcv>> {
     let Some(marker) = find_one(session, &template)? else {
         return Ok(None);
     };
-    let attributes = session
-        .get_attributes(marker, &[AttributeType::Value])
-        .map_err(|e| storage("C_GetAttributeValue", &e))?;
-    let value = attributes.into_iter().find_map(|a| match a {
-        Attribute::Value(v) => Some(v),
-        _ => None,
-    });
-    Ok(value.map(|v| Kcv::from_parts(KcvMethod::Cmac, v)))
+    Ok(Some(Kcv::from_parts(
+        KcvMethod::Cmac,
+        read_value(session, marker)?,
+    )))
 }
 
 /// The LMK's KCV: the CMAC of a zero block under its MAC key, 5 bytes.
@@ -270,16 +280,7 @@ pub(crate) fn pin_record(session: &Session) -> Result<Option<hsm_sim::shares::Sh
     let Some(object) = find_one(session, &template)? else {
         return Ok(None);
     };
-    let attributes = session
-        .get_attributes(object, &[AttributeType::Value])
-        .map_err(|e| storage("C_GetAttributeValue", &e))?;
-    let value = attributes
-        .into_iter()
-        .find_map(|a| match a {
-            Attribute::Value(v) => Some(v),
-            _ => None,
-        })
-        .ok_or(Error::Protocol)?;
+    let value = read_value(session, object)?;
     let corrupt = || Error::Storage("the token's PIN share record is malformed".into());
     let text = String::from_utf8(value).map_err(|_| corrupt())?;
     let mut fields = text.split(';');
