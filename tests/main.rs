@@ -25,7 +25,8 @@
 //!   the reason; another line's PSAM, unknown and duplicate serials refused.
 //! - `refusals`: wrong region, wrong role, foreign CA, no client certificate, registry states
 //!   (not accepted, blacklisted, unknown), malformed identifiers, duplicate card number,
-//!   another ATR, the HSM sealed — each with its exact code and reason, and audited.
+//!   another ATR, the HSM sealed — each with its exact code and reason, and audited; the PKCS#11
+//!   backend in strict mode refusing TR-31 delivery with `OPERATION_UNSUPPORTED` and the reason.
 //! - `reason_codes`: every reason code README marks `mTLS` provoked over the API, each arriving
 //!   as a `google.rpc.ErrorInfo` (domain `sscard-kms`) in the status details with its gRPC code.
 //! - `health`: gRPC health of "" and the four KMS services NOT_SERVING while the HSM is sealed,
