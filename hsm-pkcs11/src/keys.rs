@@ -120,7 +120,12 @@ impl Pkcs11Hsm {
     }
 
     /// A key token for `key` (its MAC made by the token).
-    fn seal_token(&self, session: &Session, lmk: &LmkObjects, key: &StoredKey) -> Result<KeyToken> {
+    pub(crate) fn seal_token(
+        &self,
+        session: &Session,
+        lmk: &LmkObjects,
+        key: &StoredKey,
+    ) -> Result<KeyToken> {
         let body = key.body();
         let mac = session
             .sign(&Mechanism::AesCMac, lmk.mac, body.as_bytes())
@@ -142,6 +147,17 @@ impl Pkcs11Hsm {
         session
             .unwrap_key(&Mechanism::AesKeyWrapPad, lmk.wrap, &key.wrapped, template)
             .map_err(|e| refused("C_UnwrapKey (root key)", &e))
+    }
+
+    /// The root of `key` unwrapped as a sensitive but extractable session object, for the one
+    /// `C_WrapKey` of an LMK rotation.
+    pub(crate) fn unwrap_extractable(
+        &self,
+        session: &Session,
+        lmk: &LmkObjects,
+        key: &StoredKey,
+    ) -> Result<ObjectHandle> {
+        self.unwrap_root(session, lmk, key, &new_root_template(key.root_alg))
     }
 
     /// One dispersion step in the token: the child of `parent` (of `alg`) for `factor`.

@@ -19,6 +19,8 @@
 //! - **What runs where**: [`capability`] — in the token whatever standard mechanisms allow;
 //!   TR-31 blocks, the card's key field and SM4 with a key the token released for that one
 //!   operation ([`Mode::Release`]), or refused with a reason ([`Mode::Strict`]).
+//! - **LMK rotation** in the token (module `rotation`): a new pair beside the old, roots
+//!   re-wrapped inside the token, the old pair destroyed at commit.
 //! - [`softhsm`]: throwaway SoftHSM2 tokens for tests and `sscard-kms dev --hsm softhsm`.
 //!
 //! `unsafe` is denied in this crate except in one reviewed module (`ffi`), the raw
@@ -42,6 +44,7 @@ use zeroize::Zeroizing;
 pub mod capability;
 mod ffi;
 mod keys;
+mod rotation;
 mod session;
 pub mod softhsm;
 mod token;
@@ -113,6 +116,8 @@ struct State {
     pin: Option<Zeroizing<String>>,
     /// Shares of a split PIN submitted towards an unseal.
     collector: Option<ShareCollector>,
+    /// A prepared, uncommitted LMK rotation: the next LMK's objects.
+    pending: Option<LmkObjects>,
     self_test_failure: Option<String>,
     tampered: bool,
 }
@@ -140,6 +145,7 @@ impl Pkcs11Hsm {
                 lmk: None,
                 pin: None,
                 collector: None,
+                pending: None,
                 self_test_failure,
                 tampered: false,
             }),
@@ -334,6 +340,7 @@ impl Pkcs11Hsm {
         state.lmk = None;
         state.pin = None;
         state.collector = None;
+        state.pending = None;
         if let Some(keeper) = state.keeper.take() {
             let keeper = keeper.into_inner().map_err(|_| Error::StatePoisoned)?;
             // Logs the application out of the token (every session) before the session closes.
@@ -449,18 +456,33 @@ impl Hsm for Pkcs11Hsm {
 
     async fn prepare_lmk_rotation(
         &self,
-        _tokens: Vec<KeyToken>,
+        tokens: Vec<KeyToken>,
         _threshold: u8,
         _shares: u8,
     ) -> Result<LmkRotation> {
-        Err(Error::Unsupported {
-            op: "LMK rotation on the PKCS#11 backend (not implemented yet)".into(),
-            alg: hsm_api::Algorithm::Aes256,
-        })
+        // Re-wrapping runs under the read lock, so key operations go on meanwhile.
+        let (old_kcv, next, rotation) = self.with_lmk(|lmk| {
+            let (next, rotation) = self.prepare_lmk_rotation_now(lmk, &tokens)?;
+            Ok((lmk.kcv.clone(), next, rotation))
+        })?;
+        let mut state = self.write()?;
+        // A seal, or another rotation, may have happened since.
+        if state.lmk.as_ref().map(|l| &l.kcv) != Some(&old_kcv) {
+            return Err(Error::RotationNotPrepared);
+        }
+        state.pending = Some(next);
+        Ok(rotation)
     }
 
-    async fn commit_lmk_rotation(&self, _new_lmk_kcv: &Kcv) -> Result<()> {
-        Err(Error::RotationNotPrepared)
+    async fn commit_lmk_rotation(&self, new_lmk_kcv: &Kcv) -> Result<()> {
+        let mut state = self.write()?;
+        let old = state.lmk.clone().ok_or(Error::Sealed)?;
+        let Some(next) = state.pending.take_if(|p| &p.kcv == new_lmk_kcv) else {
+            return Err(Error::RotationNotPrepared);
+        };
+        self.commit_lmk_rotation_now(&old, &next, new_lmk_kcv)?;
+        state.lmk = Some(next);
+        Ok(())
     }
 }
 

@@ -220,6 +220,18 @@ fn lmk_template(label: &str, mac: bool) -> Vec<Attribute> {
 /// Creates the LMK in the token: two AES-256 keys generated inside it, or (`dangerous_test`) the
 /// published test values, and the public marker with its KCV.
 pub(crate) fn create_lmk(session: &Session, dangerous_test: bool) -> Result<LmkObjects> {
+    let lmk = generate_lmk_keys(session, dangerous_test, LMK_WRAP_LABEL, LMK_MAC_LABEL)?;
+    create_marker(session, &lmk.kcv)?;
+    Ok(lmk)
+}
+
+/// The LMK's two keys under `wrap_label` and `mac_label`.
+pub(crate) fn generate_lmk_keys(
+    session: &Session,
+    dangerous_test: bool,
+    wrap_label: &str,
+    mac_label: &str,
+) -> Result<LmkObjects> {
     let make = |label: &str, mac: bool, value_hex: &str| -> Result<ObjectHandle> {
         let mut template = lmk_template(label, mac);
         if dangerous_test {
@@ -235,13 +247,14 @@ pub(crate) fn create_lmk(session: &Session, dangerous_test: bool) -> Result<LmkO
                 .map_err(|e| storage("C_GenerateKey (LMK)", &e))
         }
     };
-    let wrap = make(
-        LMK_WRAP_LABEL,
-        false,
-        hsm_sim::local::DANGEROUS_TEST_LMK_HEX,
-    )?;
-    let mac = make(LMK_MAC_LABEL, true, DANGEROUS_TEST_LMK_MAC_HEX)?;
+    let wrap = make(wrap_label, false, hsm_sim::local::DANGEROUS_TEST_LMK_HEX)?;
+    let mac = make(mac_label, true, DANGEROUS_TEST_LMK_MAC_HEX)?;
     let kcv = lmk_kcv(session, mac)?;
+    Ok(LmkObjects { wrap, mac, kcv })
+}
+
+/// The public marker object that records the LMK's KCV.
+pub(crate) fn create_marker(session: &Session, kcv: &Kcv) -> Result<()> {
     session
         .create_object(&[
             Attribute::Class(ObjectClass::DATA),
@@ -251,7 +264,28 @@ pub(crate) fn create_lmk(session: &Session, dangerous_test: bool) -> Result<LmkO
             Attribute::Value(kcv.value().to_vec()),
         ])
         .map_err(|e| storage("C_CreateObject (LMK marker)", &e))?;
-    Ok(LmkObjects { wrap, mac, kcv })
+    Ok(())
+}
+
+/// Every object labelled `label` (of any class).
+pub(crate) fn find_labelled(session: &Session, label: &str) -> Result<Vec<ObjectHandle>> {
+    session
+        .find_objects(&[Attribute::Label(label.as_bytes().to_vec())])
+        .map_err(|e| storage("C_FindObjects", &e))
+}
+
+/// Destroys `object`.
+pub(crate) fn destroy(session: &Session, object: ObjectHandle) -> Result<()> {
+    session
+        .destroy_object(object)
+        .map_err(|e| storage("C_DestroyObject", &e))
+}
+
+/// Relabels `object`.
+pub(crate) fn relabel(session: &Session, object: ObjectHandle, label: &str) -> Result<()> {
+    session
+        .update_attributes(object, &[Attribute::Label(label.as_bytes().to_vec())])
+        .map_err(|e| storage("C_SetAttributeValue (label)", &e))
 }
 
 /// Maps a token's refusal of a key operation.
