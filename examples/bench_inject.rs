@@ -4,6 +4,9 @@
 //!
 //! ```sh
 //! cargo run --release --example bench_inject -- --requests 2000 --concurrency 64
+//! # the HSM as a separate `hsm-sim` process over mutual TLS (test LMK):
+//! cargo build --release --bin hsm-sim
+//! cargo run --release --example bench_inject -- --remote-hsm target/release/hsm-sim
 //! ```
 
 use std::sync::Arc;
@@ -22,23 +25,100 @@ struct Args {
     /// Requests in flight at once.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
-    /// Keys per request (the first N of the template in write order; 0 = all 24).
+    /// Keys per request (the first N of the template in write order; 0 = all that leave as
+    /// TR-31).
     #[arg(long, default_value_t = 0)]
     keys: usize,
+    /// Run the HSM as this `hsm-sim` binary, a separate process reached over mutual TLS on
+    /// 127.0.0.1 (on the published test LMK), instead of in-process.
+    #[arg(long)]
+    remote_hsm: Option<std::path::PathBuf>,
+}
+
+/// A running `hsm-sim serve`, killed when dropped.
+struct HsmProcess(std::process::Child);
+
+impl Drop for HsmProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `binary` on the test LMK with a PKI of its own in `dir`, and connects to it.
+fn remote_hsm(
+    binary: &std::path::Path,
+    dir: &std::path::Path,
+) -> Result<(HsmProcess, hsm_sim::remote::RemoteHsm), Box<dyn std::error::Error>> {
+    use std::io::BufRead;
+    let pki = sscard_kms::access::pki::DevPki::generate()?;
+    let pki_dir = dir.join("hsm-pki");
+    pki.write_to(&pki_dir)?;
+    let mut child = std::process::Command::new(binary)
+        .args(["serve", "--listen", "127.0.0.1:0", "--dangerous-test-lmk"])
+        .arg("--cert")
+        .arg(pki_dir.join("server.pem"))
+        .arg("--key")
+        .arg(pki_dir.join("server.key"))
+        .arg("--client-ca")
+        .arg(pki_dir.join("ca.pem"))
+        .arg("--state-dir")
+        .arg(dir.join("hsm-state"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let process = HsmProcess(child);
+    let mut line = String::new();
+    std::io::BufReader::new(stdout).read_line(&mut line)?;
+    let addr: std::net::SocketAddr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .ok_or("hsm-sim did not say where it listens")?
+        .parse()?;
+    let service = pki.client(&Identity::from_uri("sscard://service/kms")?)?;
+    let tls = hsm_sim::remote::ClientTls::from_pem(
+        service.cert_pem.as_bytes(),
+        service.key_pem.as_bytes(),
+        pki.ca_pem().as_bytes(),
+    )?;
+    let hsm = hsm_sim::remote::RemoteHsm::connect_lazy(
+        &format!("https://localhost:{}", addr.port()),
+        tls,
+    )?;
+    Ok((process, hsm))
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let dir = tempfile::tempdir()?;
+    match &args.remote_hsm {
+        Some(binary) => {
+            let (_process, hsm) = remote_hsm(binary, dir.path())?;
+            println!(
+                "HSM: {} over mutual TLS (a separate process)",
+                binary.display()
+            );
+            run(&args, dir.path(), Arc::new(hsm)).await
+        }
+        None => {
+            let hsm = hsm_sim::local::LocalHsm::open(hsm_sim::local::LocalHsmConfig {
+                dangerous_test_lmk: true,
+                ..Default::default()
+            })?;
+            println!("HSM: in-process");
+            run(&args, dir.path(), Arc::new(hsm)).await
+        }
+    }
+}
+
+async fn run<H: hsm_api::Hsm + 'static>(
+    args: &Args,
+    dir: &std::path::Path,
+    hsm: Arc<H>,
+) -> Result<(), Box<dyn std::error::Error>> {
     let pki = sscard_kms::access::pki::DevPki::generate()?;
-    let hsm = Arc::new(hsm_sim::local::LocalHsm::open(
-        hsm_sim::local::LocalHsmConfig {
-            dangerous_test_lmk: true,
-            ..Default::default()
-        },
-    )?);
-    let kms = sscard_kms::service::Kms::open(hsm, dir.path()).await?;
+    let kms = sscard_kms::service::Kms::open(hsm, dir).await?;
     let seed_start = Instant::now();
     sscard_kms::dev::dangerous_seed_test_keys(&kms).await?;
     println!(
@@ -102,7 +182,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             card_identifier: demo.card_identifier.clone(),
             card_number: demo.card_number.clone(),
             social_security_number: demo.social_security_number.clone(),
-            atr: hex::decode("3B6D000080318065B08701AD86843202AD932A48")?,
+            atr: hex::decode("3B6D000080318065B086843202AD932A48")?,
         }),
         template_id: demo.template.clone(),
         delivery: pb::DeliveryForm::Tr31 as i32,

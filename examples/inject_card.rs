@@ -25,7 +25,7 @@ struct Args {
     #[arg(long, default_value = "https://localhost:50051")]
     server: String,
     /// The card's ATR (hex); its last 8 bytes are the card factor.
-    #[arg(long, default_value = "3B6D000080318065B08701AD86843202AD932A48")]
+    #[arg(long, default_value = "3B6D000080318065B086843202AD932A48")]
     atr: String,
 }
 

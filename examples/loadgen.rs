@@ -6,9 +6,9 @@
 //! cargo run --release --example loadgen -- --data-dir ./kms-data --seconds 10
 //! ```
 //!
-//! It takes the CA and the station's and registrar's certificates from a `dev` data directory,
-//! registers and accepts the cards it needs (as the registrar of the station's city), then, in one
-//! run:
+//! It takes the CA and the station's, registrar's and reviewer's certificates from a `dev` data
+//! directory, registers the cards it needs (as the registrar of the station's city) and accepts
+//! them (as the provincial reviewer: acceptance is the province's), then, in one run:
 //!
 //! 1. the **transport ceiling**: gRPC health checks with the same connections and concurrency;
 //! 2. the **injections**: every key of a card per request, in the chosen form, cycling through
@@ -16,7 +16,9 @@
 //!
 //! With `--background-max-requests`, a second client sends maximum-size requests (every key of
 //! the template, as fast as it can, on its own connection) during the injection phase, to show
-//! that a large request does not stall the others.
+//! that a large request does not stall the others; with `--rate`, the station sends at a steady
+//! rate (the stall demonstration: `--connections 1 --concurrency 1 --rate 100`, with and without
+//! `--background-max-requests 64`, compares the station's p99).
 //!
 //! Its last line is always
 //! `cards/s=<n> keys/s=<n> p50_ms=<x> p99_ms=<x> errors=<n> ceiling_rps=<n>`.
@@ -49,7 +51,8 @@ struct Args {
     /// The service.
     #[arg(long, default_value = "https://localhost:50051")]
     endpoint: String,
-    /// A `dev` data directory: `pki/ca.pem`, `pki/station.{pem,key}`, `pki/registrar.{pem,key}`.
+    /// A `dev` data directory: `pki/ca.pem`, `pki/station.{pem,key}`, `pki/registrar.{pem,key}`,
+    /// `pki/reviewer.{pem,key}`.
     #[arg(long, default_value = "./kms-data")]
     data_dir: PathBuf,
     /// TCP (HTTP/2) connections.
@@ -77,6 +80,10 @@ struct Args {
     /// Maximum-size requests in flight from a second client during the injection phase.
     #[arg(long, default_value_t = 0)]
     background_max_requests: usize,
+    /// Injections per second in all (spread over the connections × concurrency workers, each
+    /// starting its requests at a steady interval); 0 = as fast as each worker can.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
 }
 
 /// One generated card: identity and ATR.
@@ -111,7 +118,7 @@ fn card(run: u32, tag: u32, n: u32) -> Result<DemoCard, Box<dyn std::error::Erro
     let number = format!("{body}{}", CardNumber::check_character(&body)?);
     let identifier = format!("{CITY}D156000005{run:04X}{tag:04X}{n:08X}");
     // ATR: a fixed prefix, then 8 bytes (the card factor) unique per card.
-    let mut atr = hex::decode("3B6D000080318065B08701")?;
+    let mut atr = hex::decode("3B6D000080318065B0")?;
     atr.extend_from_slice(&(run as u16).to_be_bytes());
     atr.extend_from_slice(&(tag as u16).to_be_bytes());
     atr.extend_from_slice(&n.to_be_bytes());
@@ -175,6 +182,16 @@ where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Option<bool>> + Send,
 {
+    run_paced(workers, seconds, None, op).await
+}
+
+/// [`run_phase`], each worker starting a request every `interval` if given (a request that
+/// takes longer delays the next one; latency is measured from each request's own start).
+async fn run_paced<F, Fut>(workers: usize, seconds: u64, interval: Option<Duration>, op: F) -> Phase
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Option<bool>> + Send,
+{
     let op = Arc::new(op);
     let next = Arc::new(AtomicUsize::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -185,7 +202,12 @@ where
         let (op, next, errors) = (Arc::clone(&op), Arc::clone(&next), Arc::clone(&errors));
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
+            let mut next_start = Instant::now();
             while Instant::now() < deadline {
+                if let Some(interval) = interval {
+                    tokio::time::sleep_until(next_start.into()).await;
+                    next_start += interval;
+                }
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let t = Instant::now();
                 let Some(ok) = op(i).await else { break };
@@ -249,6 +271,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         stations.push(channel(&args.endpoint, &pki, "station").await?);
     }
     let registrar = channel(&args.endpoint, &pki, "registrar").await?;
+    let reviewer = channel(&args.endpoint, &pki, "reviewer").await?;
 
     // A pool of cards, registered and accepted first (or already, by an earlier run with the
     // same run id); requests cycle through it. A card's keys may be released again to the same
@@ -265,6 +288,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let card = cards.get(i).cloned();
             let template_id = template_id.clone();
             let mut client = RegistryServiceClient::new(registrar.clone());
+            let mut province = RegistryServiceClient::new(reviewer.clone());
             async move {
                 let card = card?.identity;
                 let registered = client
@@ -284,7 +308,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 if !fresh {
                     return Some(true);
                 }
-                let accepted = client
+                let accepted = province
                     .accept_card(pb::CardRef {
                         card_identifier: card.card_identifier,
                     })
@@ -379,7 +403,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let cards = Arc::clone(&cards);
         let template_id = args.template.clone();
         let form = args.form;
-        run_phase(workers, args.seconds, move |i| {
+        let interval =
+            (args.rate > 0.0).then(|| Duration::from_secs_f64(workers as f64 / args.rate));
+        run_paced(workers, args.seconds, interval, move |i| {
             let mut client = CardKeyServiceClient::new(stations[i % stations.len()].clone());
             let card = cards[i % cards.len()].identity.clone();
             let template_id = template_id.clone();
@@ -427,11 +453,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .await
     };
-    report("injections", &injections, key_count);
+    // Keys a request delivers: every key in WRITE KEY commands, all but the master keys as TR-31.
+    let per_request = match args.form {
+        Form::Tr31 => tr31_keys,
+        Form::SecureMessaging => key_count,
+    };
+    report("injections", &injections, per_request);
     if let Some(background) = background
         && let Ok(big) = background.await
     {
-        report("large (bg)", &big, key_count);
+        report("large (bg)", &big, tr31_keys);
     }
 
     let cards_per_s = injections.rps();
@@ -441,13 +472,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         0.0
     };
     println!(
-        "form {:?}, template {} ({key_count} keys), {} connections x {} in flight; injections/health ceiling = {ratio:.3}",
+        "form {:?}, template {} ({key_count} keys, {per_request} per request), {} connections x {} in flight; injections/health ceiling = {ratio:.3}",
         args.form, args.template, args.connections, args.concurrency
     );
     println!(
         "cards/s={:.0} keys/s={:.0} p50_ms={:.2} p99_ms={:.2} errors={} ceiling_rps={:.0}",
         cards_per_s,
-        cards_per_s * key_count as f64,
+        cards_per_s * per_request as f64,
         injections.percentile_ms(0.50),
         injections.percentile_ms(0.99),
         injections.errors,

@@ -32,6 +32,10 @@ pub struct TestKeys {
     pub national_root: RootsByAlgorithm,
     /// One provincial root per template key name, per card algorithm.
     pub provincial_root: RootsByAlgorithm,
+    /// The roots a city holds for the keys of its local extension (N9), per card algorithm:
+    /// seeded only by that city's own deployment, never by the province's.
+    #[serde(default)]
+    pub city_root: RootsByAlgorithm,
     pub vendor_transport: ByAlgorithm,
     pub station: EndpointKeys,
     pub psam_line: EndpointKeys,
@@ -55,7 +59,7 @@ impl ByAlgorithm {
 }
 
 /// Test roots per card algorithm, by template key name.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct RootsByAlgorithm {
     pub tdes: std::collections::BTreeMap<String, String>,
     pub sm4: std::collections::BTreeMap<String, String>,
@@ -233,7 +237,8 @@ fn banner(
          PKI            {pki}/ca.pem, server.pem, and <role>.pem/.key for station, psam-line,\n\
          \x20              registrar, officer, auditor\n\
          demo           station GZ-01 (440100), PSAM line PSAM-LINE-01 (440000), cards\n\
-         \x20              440100D1560000050050640776EF3192 (ssc-2.0), …3193 (ssc-3.0), accepted\n\
+         \x20              440100D1560000050050640776EF3192 (ssc-2.0), …3193 (ssc-3.0),\n\
+         \x20              …3194 (ssc-2.0-fmcos), accepted\n\
          \n\
          next: inject the demo card's keys as the Guangzhou station:\n\
          \x20   cargo run --example inject_card -- --data-dir {data} --server {server}\n\
@@ -300,14 +305,25 @@ pub async fn dangerous_seed_test_keys<H: Hsm>(kms: &Arc<Kms<H>>) -> Result<bool>
             let (level, root) = match spec.root {
                 KeyRoot::National => (Level::National, &keys.national_root),
                 KeyRoot::Provincial => (Level::Province, &keys.provincial_root),
+                // A city's own root is held by that city's deployment, never by the province.
+                KeyRoot::City(_) => continue,
             };
             let components = dangerous_test_components(
                 spec.hsm_algorithm(),
                 root.root(spec.hsm_algorithm(), &spec.name)?,
                 &keys.component_mask,
             )?;
-            kms.import_root_key(&officer, template.id(), &spec.name, level, components)
-                .await?;
+            // The published test roots stand for the Ministry's, handed over for PSAM use.
+            let psam_permission = level == Level::National;
+            kms.import_root_key(
+                &officer,
+                template.id(),
+                &spec.name,
+                level,
+                components,
+                psam_permission,
+            )
+            .await?;
         }
         kms.derive_hierarchy(&officer, template.id()).await?;
         let components = dangerous_test_components(
@@ -327,6 +343,9 @@ pub async fn dangerous_seed_test_keys<H: Hsm>(kms: &Arc<Kms<H>>) -> Result<bool>
         kms.register_endpoint(&officer, kind, &e.name, &e.region, "aes", components)
             .await?;
     }
+    // Each demo card is registered by its city's registrar and accepted by the province's
+    // (acceptance is the province's verdict, never the city's).
+    let reviewer = Identity::new(Role::Registrar, Some(crate::service::PROVINCE), "dev-setup")?;
     for card in &keys.card {
         let region = &card.card_identifier[..6];
         let registrar = Identity::new(Role::Registrar, Some(region), "dev-setup")?;
@@ -338,7 +357,7 @@ pub async fn dangerous_seed_test_keys<H: Hsm>(kms: &Arc<Kms<H>>) -> Result<bool>
         };
         kms.register_card(&registrar, request, &card.template)
             .await?;
-        kms.accept_card(&registrar, &card.card_identifier).await?;
+        kms.accept_card(&reviewer, &card.card_identifier).await?;
     }
     kms.store()
         .write(|tx| {
@@ -361,7 +380,7 @@ mod tests {
     #[test]
     fn the_published_test_keys_parse_and_split() {
         let keys = test_keys().unwrap();
-        assert_eq!(keys.card.len(), 2);
+        assert_eq!(keys.card.len(), 3);
         let root = keys
             .national_root
             .root(Algorithm::Tdes2, "STK_SSSE")
@@ -385,6 +404,7 @@ mod tests {
                 let roots = match spec.root {
                     KeyRoot::National => &keys.national_root,
                     KeyRoot::Provincial => &keys.provincial_root,
+                    KeyRoot::City(_) => &keys.city_root,
                 };
                 let hex = roots.root(spec.hsm_algorithm(), &spec.name).unwrap();
                 let without_parity: Vec<u8> =

@@ -6,6 +6,7 @@
 //! - [`access`]: who is calling — identity from the certificate, the authorisation matrix, TLS,
 //!   the dev PKI;
 //! - [`state`]: what is kept — the store, its records, the audit chain;
+//! - [`registry`]: the province's review of the applicant files cities submit;
 //! - [`service`]: what each caller may do, one file per caller, over a small shared core;
 //! - [`server`]: gRPC — requests in, the one error → `Status` mapping, configuration;
 //! - [`ceremony`]: the security officers' and auditors' command-line tools;
@@ -18,6 +19,7 @@ pub mod ceremony;
 pub mod dev;
 pub mod error;
 pub mod metrics;
+pub mod registry;
 pub mod server;
 pub mod service;
 pub mod state;

@@ -157,6 +157,7 @@ async fn the_trail_verifies_offline_and_every_edit_is_caught() {
             serials: vec!["AUDITPSAM1".to_owned()],
             region: "440100".to_owned(),
             template_id: "ssc-2.0".to_owned(),
+            psam_profile: String::new(),
         })
         .await
         .unwrap();

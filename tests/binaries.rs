@@ -274,7 +274,7 @@ async fn inject_demo_card(addr: SocketAddr, pki: &Path) -> Vec<(String, String)>
         .unwrap()
         .into_inner();
     // Every key of ssc-2.0 but its 7 master keys, which leave only inside WRITE KEY commands.
-    assert_eq!(response.keys.len(), 17, "the TR-31 keys of ssc-2.0");
+    assert_eq!(response.keys.len(), 26, "the TR-31 keys of ssc-2.0");
     assert_eq!(response.keys.len() + 7, template("ssc-2.0").keys().len());
     assert!(response.keys.iter().all(|k| !k.key_name.starts_with("MK")));
     let stk = response
@@ -647,8 +647,8 @@ async fn dev_serves_metrics_that_count_requests_keys_and_commits() {
             &after,
             "sscard_keys_released_total{form=\"tr31\",template=\"ssc-2.0\"}"
         ),
-        // Two injections of the 17 keys that leave as TR-31 (all but the 7 master keys).
-        Some(34.0),
+        // Two injections of the 26 keys that leave as TR-31 (all but the 7 master keys).
+        Some(52.0),
         "{after}"
     );
     assert_eq!(
@@ -665,6 +665,22 @@ async fn dev_serves_metrics_that_count_requests_keys_and_commits() {
         "every release and refusal is committed: {after}"
     );
     assert_eq!(sample(&after, "sscard_audit_unsealed_records"), Some(0.0));
+    // One HSM call per card set (the refusal never reached the HSM), each timed.
+    let batches = "sscard_hsm_calls_total{op=\"batch\",outcome=\"ok\"}";
+    let timed = "sscard_hsm_call_duration_seconds_count{op=\"batch\"}";
+    let grew =
+        |name: &str| sample(&after, name).unwrap_or(0.0) - sample(&before, name).unwrap_or(0.0);
+    assert_eq!(grew(batches), 2.0, "{after}");
+    assert_eq!(grew(timed), 2.0, "{after}");
+    assert!(
+        sample(
+            &after,
+            "sscard_hsm_calls_total{op=\"status\",outcome=\"ok\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "every operation is counted, status too: {after}"
+    );
     let exited = dev.terminate();
     assert!(exited.status.success(), "{exited:?}");
 }
@@ -850,7 +866,7 @@ async fn serve_with_a_local_hsm_starts_sealed_and_is_unsealed_by_two_custodians(
         .unwrap()
         .into_inner();
     assert_eq!(summary.id, "ssc-2.0");
-    assert_eq!(summary.keys, 24);
+    assert_eq!(summary.keys, 33);
     assert_eq!(service_status(&mut officer).await.templates, ["ssc-2.0"]);
 
     drop(officer);

@@ -5,13 +5,15 @@ use hsm_api::Algorithm;
 use hsm_api::KeyBlockVersion;
 use hsm_sim::crypto::kcv;
 use hsm_sim::crypto::tr31::{self, KeyBlockAlgorithm};
-use sscard_kms::card::template::{KeyLevel, KeySpec, Protector};
+use sscard_kms::card::profile::BUILTIN_COS;
+use sscard_kms::card::template::{BUILTIN, KeyLevel, KeySpec};
 use sscard_kms::proto::kms::v1 as pb;
 use sscard_kms::proto::kms::v1::delivered_key::Form;
 use tonic::Code;
 
 use crate::common::chain::{
-    atr, expected, published, station_kbpk, template, vendor_transport, write_key_apdu,
+    Expected, assert_t514_is_domain_md, atr, cos_data, expected, key_lines, published,
+    station_kbpk, template, template_text, vendor_transport, write_key_apdu, write_key_bytes,
 };
 use crate::common::harness::{
     STATION, TestBackend, TestKms, card_identity, sm_request, tr31_request,
@@ -45,11 +47,7 @@ fn assert_card_key_fields(delivered: &pb::DeliveredKey, spec: &KeySpec) {
 /// Whether `spec` is a master key of `template` (it protects a slot, or is written under the
 /// vendor transport key): those leave only inside secure-messaging commands.
 fn is_master(template: &sscard_kms::card::template::Template, spec: &KeySpec) -> bool {
-    spec.protected_by == Protector::VendorTransport
-        || template
-            .keys()
-            .iter()
-            .any(|k| k.protected_by == Protector::Key(spec.name.clone()))
+    template.is_master_key(spec)
 }
 
 /// The KCV in the response is the legacy KCV of the expected key (3 bytes for 3DES, 4 for SM4).
@@ -60,7 +58,7 @@ fn assert_kcv(delivered: &pb::DeliveredKey, key: &hsm_sim::crypto::SecretKey) {
     assert_eq!(kcv.value, want.value(), "KCV of {}", delivered.key_name);
 }
 
-async fn tr31_blocks_unwrap_to_the_independent_chain_for_both_demo_cards<B: TestBackend>() {
+async fn tr31_blocks_unwrap_to_the_independent_chain_for_every_demo_card<B: TestBackend>() {
     let kms = TestKms::<B>::seeded_on().await;
     let mut station = kms.client(STATION);
     let kbpk = station_kbpk();
@@ -69,7 +67,10 @@ async fn tr31_blocks_unwrap_to_the_independent_chain_for_both_demo_cards<B: Test
     let worked = [
         ("ssc-2.0", WORKED_CARD_KEY_TDES, Algorithm::Tdes2),
         ("ssc-3.0", WORKED_CARD_KEY_SM4, Algorithm::Sm4),
+        // The same 2.0 card on another chip: the same keys.
+        ("ssc-2.0-fmcos", WORKED_CARD_KEY_TDES, Algorithm::Tdes2),
     ];
+    assert_eq!(keys.card.len(), worked.len());
     for (demo, (template_id, worked_key, alg)) in keys.card.iter().zip(worked) {
         assert_eq!(demo.template, template_id);
         let template = template(template_id);
@@ -126,6 +127,9 @@ async fn tr31_blocks_unwrap_to_the_independent_chain_for_both_demo_cards<B: Test
                     national += 1;
                 }
                 sscard_kms::card::template::KeyRoot::Provincial => provincial += 1,
+                sscard_kms::card::template::KeyRoot::City(_) => {
+                    panic!("{}: a shipped template has no city-owned key", spec.name)
+                }
             }
         }
         // The provincial roots of these templates are the master keys': none leaves as TR-31.
@@ -143,26 +147,66 @@ async fn tr31_blocks_unwrap_to_the_independent_chain_for_both_demo_cards<B: Test
     }
 }
 
-async fn secure_messaging_commands_match_the_independent_apdu_byte_for_byte<B: TestBackend>() {
+async fn every_write_key_of_every_shipped_template_matches_the_independent_apdu_byte_for_byte<
+    B: TestBackend,
+>() {
     let kms = TestKms::<B>::seeded_on().await;
     let mut station = kms.client(STATION);
     let atr = atr();
     let keys = published();
+    // The shipped T514 profile says what DOMAIN.md §10 says.
+    assert_t514_is_domain_md(&cos_data("t514"));
+    let mut profiles = std::collections::BTreeSet::new();
+    let mut templates = std::collections::BTreeSet::new();
     for demo in &keys.card {
         let template = template(&demo.template);
+        let text = template_text(&demo.template);
+        let (cos_id, lines) = key_lines(&[&text]);
+        profiles.insert(cos_id.clone());
+        templates.insert(demo.template.clone());
         let alg = template.algorithm().algorithm();
         // GET CHALLENGE gives 8 bytes on a 3DES card, 16 on an SM4 card.
         let challenge_len = if alg == Algorithm::Sm4 { 16 } else { 8 };
-        let challenge = |seed: u8| -> Vec<u8> {
+        let challenge = |seed: usize| -> Vec<u8> {
             (0..challenge_len)
-                .map(|i| seed.wrapping_mul(31).wrapping_add(i))
+                .map(|i| u8::try_from((seed * 31 + i) % 256).unwrap())
                 .collect()
         };
         let card = card_identity(demo, &atr);
+        // The fields and the command the files as written give each key.
+        let check = |delivered: &pb::DeliveredKey, protect: &Expected, challenge: &[u8]| {
+            let name = delivered.key_name.as_str();
+            let spec = template.key(name).unwrap();
+            let bytes = write_key_bytes(&[&text], name);
+            assert_eq!(delivered.key_id, u32::from(bytes.key_id), "{name}");
+            assert_eq!(
+                delivered.key_version,
+                u32::from(bytes.key_version),
+                "{name}"
+            );
+            assert_card_key_fields(delivered, spec);
+            let want = expected(spec, KeyLevel::Card, "440100", &atr);
+            assert_kcv(delivered, &want.key);
+            let apdu = write_key_apdu(protect, &[&text], name, &want, challenge);
+            // P1/P2/Lc and the header, visible before the encrypted field.
+            assert_eq!(&apdu[..4], bytes.command, "{name}");
+            assert_eq!(apdu[4], bytes.lc, "{name}");
+            // The station gets the command only, never a TR-31 block in this mode.
+            assert_eq!(
+                delivered.form,
+                Some(Form::WriteKeyApdu(apdu)),
+                "{} ({cos_id}): {name}",
+                demo.template
+            );
+        };
 
-        // Blank-card initialisation: MK_MF under the vendor transport key.
-        let c0 = challenge(1);
-        let mk_mf = station
+        // Blank-card initialisation: the key under the vendor transport key (MK_MF).
+        let first = lines
+            .iter()
+            .find(|k| k.protected_by == "vendor-transport")
+            .expect("a key written to a blank card");
+        let c0 = challenge(0);
+        let initialised = station
             .card
             .initialise_blank_card(pb::InitialiseBlankCardRequest {
                 card: Some(card.clone()),
@@ -174,27 +218,18 @@ async fn secure_messaging_commands_match_the_independent_apdu_byte_for_byte<B: T
             .into_inner()
             .master_key
             .expect("the master key");
-        let spec = template.key("MK_MF").unwrap();
-        assert_eq!(spec.protected_by, Protector::VendorTransport);
-        assert_eq!(mk_mf.key_name, "MK_MF");
-        assert_card_key_fields(&mk_mf, spec);
-        let want = expected(spec, KeyLevel::Card, "440100", &atr);
-        assert_kcv(&mk_mf, &want.key);
-        let apdu = write_key_apdu(&vendor_transport(alg), &template, spec, &want, &c0);
-        assert_eq!(
-            mk_mf.form,
-            Some(Form::WriteKeyApdu(apdu)),
-            "{}: MK_MF",
-            demo.template
-        );
+        assert_eq!(initialised.key_name, first.name);
+        check(&initialised, &vendor_transport(alg), &c0);
 
-        // Keys under a parent MK (MK_SSSE under MK_MF) and under directory MKs.
-        let asked = [
-            ("MK_SSSE", challenge(2)),
-            ("STK_SSSE", challenge(3)),
-            ("RK_DF03", challenge(4)),
-            ("DPK_DF04", challenge(5)),
-        ];
+        // Every other key of the template, each with its own challenge, in one request: each
+        // under its protector (a directory's MK, or the parent's MK for a directory MK).
+        let asked: Vec<(&str, Vec<u8>)> = lines
+            .iter()
+            .filter(|k| k.protected_by != "vendor-transport")
+            .enumerate()
+            .map(|(i, k)| (k.name.as_str(), challenge(i + 1)))
+            .collect();
+        assert_eq!(asked.len() + 1, template.keys().len());
         let response = station
             .card
             .inject_card_keys(sm_request(card.clone(), &demo.template, &asked))
@@ -204,31 +239,18 @@ async fn secure_messaging_commands_match_the_independent_apdu_byte_for_byte<B: T
         assert_eq!(response.keys.len(), asked.len());
         for (delivered, (name, challenge)) in response.keys.iter().zip(&asked) {
             assert_eq!(delivered.key_name, *name);
-            let spec = template.key(name).unwrap();
-            assert_card_key_fields(delivered, spec);
-            let Protector::Key(protector) = &spec.protected_by else {
-                panic!("{name} is written under a key of the card");
-            };
+            let line = lines.iter().find(|k| k.name == *name).unwrap();
             let protect = expected(
-                template.key(protector).unwrap(),
+                template.key(&line.protected_by).unwrap(),
                 KeyLevel::Card,
                 "440100",
                 &atr,
             );
-            let want = expected(spec, KeyLevel::Card, "440100", &atr);
-            assert_kcv(delivered, &want.key);
-            let apdu = write_key_apdu(&protect.key, &template, spec, &want, challenge);
-            // The station gets the command only, never a TR-31 block in this mode.
-            assert_eq!(
-                delivered.form,
-                Some(Form::WriteKeyApdu(apdu)),
-                "{}: {name}",
-                demo.template
-            );
+            check(delivered, &protect, challenge);
         }
 
         // A challenge of the wrong size for the card's algorithm is the caller's error.
-        let wrong = vec![0u8; 24 - challenge_len as usize];
+        let wrong = vec![0u8; 24 - challenge_len];
         kms.refused(
             Code::InvalidArgument,
             "challenge",
@@ -240,9 +262,16 @@ async fn secure_messaging_commands_match_the_independent_apdu_byte_for_byte<B: T
         )
         .await;
     }
+    // Every shipped template, under every shipped profile.
+    let builtin: std::collections::BTreeSet<String> =
+        BUILTIN.iter().map(|(id, _)| (*id).to_owned()).collect();
+    assert_eq!(templates, builtin);
+    let cos: std::collections::BTreeSet<String> =
+        BUILTIN_COS.iter().map(|(id, _)| (*id).to_owned()).collect();
+    assert_eq!(profiles, cos);
 }
 
 crate::on_every_backend!(
-    tr31_blocks_unwrap_to_the_independent_chain_for_both_demo_cards,
-    secure_messaging_commands_match_the_independent_apdu_byte_for_byte,
+    tr31_blocks_unwrap_to_the_independent_chain_for_every_demo_card,
+    every_write_key_of_every_shipped_template_matches_the_independent_apdu_byte_for_byte,
 );

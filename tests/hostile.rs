@@ -45,13 +45,13 @@ async fn key_lists_are_capped_at_the_template_and_refuse_repeats() {
             .inject_card_keys(with_names(vec!["STK_SSSE", "MK_MF", "STK_SSSE"])),
     )
     .await;
-    // 25 names for a 24-key template.
+    // 34 names for a 33-key template.
     kms.refused(
         Code::InvalidArgument,
         "invalid key_names: more entries than the template has keys",
         station
             .card
-            .inject_card_keys(with_names(vec!["STK_SSSE"; 25])),
+            .inject_card_keys(with_names(vec!["STK_SSSE"; 34])),
     )
     .await;
     kms.refused(

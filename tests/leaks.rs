@@ -112,6 +112,7 @@ async fn no_clear_key_in_responses_audit_logs_or_the_database() {
                 serials: vec![serial.to_owned()],
                 region: region.to_owned(),
                 template_id: template_id.to_owned(),
+                psam_profile: String::new(),
             })
             .await
             .unwrap();
@@ -256,6 +257,7 @@ fn secret_carrying_messages_have_a_redacting_debug() {
         key_name: "STK_SSSE".to_owned(),
         level: pb::KeyLevel::National as i32,
         components: vec![component.clone()],
+        ministry_psam_permission: false,
     };
     let shown = format!("{component:?} {unseal:?} {import:?} {import:#?}");
     assert!(shown.contains("08D7B4"), "{shown}");

@@ -17,9 +17,11 @@
 //! PKCS#11 backend in release mode on a throwaway SoftHSM2 token of its own, each backend with
 //! its own seeded fixture):
 //! - `delivery`: card keys for the demo station — TR-31 blocks unwrapped under the published
-//!   station key, and secure-messaging WRITE KEY commands (blank-card MK_MF under the vendor
-//!   transport key, keys under directory MKs) rebuilt byte for byte; both against the key chain
-//!   computed independently from the published roots, 3DES and SM4.
+//!   station key, and secure-messaging WRITE KEY commands for **every key of every shipped
+//!   template under every shipped COS profile** (ssc-2.0 and ssc-3.0 on t514, ssc-2.0-fmcos on
+//!   fmcos) rebuilt byte for byte — CLA/INS/P1/P2/Lc and the key header from the template and
+//!   profile files as written with DOMAIN.md §10's rules, the field and MAC by hand — both
+//!   against the key chain computed independently from the published roots, 3DES and SM4.
 //! - `psam`: PSAM key sets for the demo line — each key at its usage byte's level (city,
 //!   provincial, national), no issuer-only key, city keys omitted for a provincial PSAM with
 //!   the reason; another line's PSAM, unknown and duplicate serials refused.
@@ -45,6 +47,11 @@
 //!   malformed protobuf as INVALID_ARGUMENT; an unknown card and mismatching data answered
 //!   alike (the audit keeps which); silent TLS handshakes closed at the timeout, a connection
 //!   over the cap closed at once, an identity over its rate refused with a retry pushback.
+//! - `registry`: the province's review of applicant files — every legality rule and every
+//!   reason of a row, duplicates inside a batch and against the store, UTF-8 and GBK files,
+//!   cross-region and role refusals, unreadable files storing nothing, resubmission, a
+//!   provincial reviewer accepting a waivable row by hand; `registry_cli` the same through the
+//!   real `kms-ceremony registry` binary.
 //! - `leaks`: no clear key in any response, refusal, audit record, log line or the database.
 //!
 //! Shared helpers are in `common/` (`harness`: the service on 127.0.0.1 over real mutual TLS;
@@ -62,6 +69,8 @@ mod leaks;
 mod psam;
 mod reason_codes;
 mod refusals;
+mod registry;
+mod registry_cli;
 mod remote_hsm;
 mod restart;
 mod rotation;

@@ -14,10 +14,11 @@ use hsm_sim::local::{LocalHsm, LocalHsmConfig};
 use sscard_kms::proto::kms::v1 as pb;
 use tonic::{Code, Response, Status};
 
+use crate::common::applicants::{applicant, csv, submit, submit_chunked};
 use crate::common::chain::{atr, card_number, card_number_bad_check, published, ssn};
 use crate::common::harness::{
-    OFFICER, PSAM_LINE, REGISTRAR, STATION, TestKms, card_identity, error_info, sm_request,
-    tr31_request,
+    OFFICER, PROVINCIAL_REGISTRAR, PSAM_LINE, REGISTRAR, STATION, TestKms, card_identity,
+    error_info, sm_request, tr31_request,
 };
 
 /// The codes README's reason-code table marks as tested here (`mTLS`), with their gRPC status.
@@ -140,6 +141,7 @@ async fn every_reason_code_reachable_from_the_api_arrives_in_the_details() {
     let mut seen = Seen::default();
     let mut station = kms.client(STATION);
     let mut registrar = kms.client(REGISTRAR);
+    let mut province = kms.client(PROVINCIAL_REGISTRAR);
     let mut officer = kms.client(OFFICER);
     let mut line = kms.client(PSAM_LINE);
     let demo = &published().card[0];
@@ -174,6 +176,7 @@ async fn every_reason_code_reachable_from_the_api_arrives_in_the_details() {
             serials: vec!["GZPSAMCODES1".to_owned()],
             region: "440100".to_owned(),
             template_id: "ssc-2.0".to_owned(),
+            psam_profile: String::new(),
         })
         .await
         .unwrap();
@@ -207,7 +210,7 @@ async fn every_reason_code_reachable_from_the_api_arrives_in_the_details() {
         station.card.inject_card_keys(inject(&card)),
     )
     .await;
-    registrar
+    province
         .registry
         .accept_card(card_ref(&card))
         .await
@@ -271,7 +274,7 @@ async fn every_reason_code_reachable_from_the_api_arrives_in_the_details() {
         .register_card(register(&fresh, "ssc-2.0-codes"))
         .await
         .unwrap();
-    registrar
+    province
         .registry
         .accept_card(card_ref(&fresh))
         .await
@@ -352,6 +355,7 @@ async fn every_reason_code_reachable_from_the_api_arrives_in_the_details() {
         key_name: key_name.to_owned(),
         level: level as i32,
         components: Vec::new(),
+        ministry_psam_permission: false,
     };
     seen.expect(
         Code::InvalidArgument,
@@ -376,6 +380,15 @@ async fn every_reason_code_reachable_from_the_api_arrives_in_the_details() {
         officer
             .admin
             .import_root_key(root(pb::KeyLevel::National, "MK_MF")),
+    )
+    .await;
+    seen.expect(
+        Code::InvalidArgument,
+        "PSAM_PERMISSION_ONLY_NATIONAL",
+        officer.admin.import_root_key(pb::ImportRootKeyRequest {
+            ministry_psam_permission: true,
+            ..root(pb::KeyLevel::Provincial, "STK_SSSE")
+        }),
     )
     .await;
     seen.expect(
@@ -452,7 +465,27 @@ async fn every_reason_code_reachable_from_the_api_arrives_in_the_details() {
         serials: serials.into_iter().map(str::to_owned).collect(),
         region: "440100".to_owned(),
         template_id: "ssc-2.0".to_owned(),
+        psam_profile: String::new(),
     };
+    // A city's PSAMs take the city profile; an unknown profile is no profile.
+    seen.expect(
+        Code::InvalidArgument,
+        "PSAM_PROFILE_REGION_MISMATCH",
+        line.psam.register_psams(pb::RegisterPsamsRequest {
+            psam_profile: "province-wide".to_owned(),
+            ..psams(vec!["PROFILEPSAM1"])
+        }),
+    )
+    .await;
+    seen.expect(
+        Code::NotFound,
+        "PSAM_PROFILE_NOT_FOUND",
+        line.psam.register_psams(pb::RegisterPsamsRequest {
+            psam_profile: "kiosk".to_owned(),
+            ..psams(vec!["PROFILEPSAM1"])
+        }),
+    )
+    .await;
     seen.expect(
         Code::InvalidArgument,
         "SERIAL_COUNT_OUT_OF_RANGE",
@@ -517,7 +550,106 @@ async fn every_reason_code_reachable_from_the_api_arrives_in_the_details() {
     seen.expect(
         Code::NotFound,
         "CARD_NOT_FOUND",
+        province.registry.accept_card(card_ref(&unknown)),
+    )
+    .await;
+
+    // ---- the registry review of applicant files
+    seen.expect(
+        Code::PermissionDenied,
+        "PROVINCE_ONLY",
         registrar.registry.accept_card(card_ref(&unknown)),
+    )
+    .await;
+    let mut long_name = applicant("440100", "RC", 1);
+    long_name.name = "欧阳".repeat(8);
+    let mut bad_check = applicant("440100", "RC", 2);
+    let last = if bad_check.ssn.ends_with('1') {
+        '2'
+    } else {
+        '1'
+    };
+    bad_check.ssn = format!("{}{last}", &bad_check.ssn[..17]);
+    let file = csv(&[applicant("440100", "RC", 0), long_name, bad_check]);
+    let batch = submit(&mut registrar.registry, file.as_bytes())
+        .await
+        .unwrap()
+        .into_inner();
+    seen.expect(
+        Code::InvalidArgument,
+        "APPLICANT_FILE_UNREADABLE",
+        submit(&mut registrar.registry, b"ssn,name\n"),
+    )
+    .await;
+    seen.expect(
+        Code::InvalidArgument,
+        "BATCH_ID_MALFORMED",
+        submit_chunked(
+            &mut registrar.registry,
+            file.as_bytes(),
+            "not an id",
+            pb::ApplicantFileEncoding::Unspecified,
+            1000,
+        ),
+    )
+    .await;
+    let other = csv(&[applicant("440100", "RC", 3)]);
+    seen.expect(
+        Code::AlreadyExists,
+        "APPLICANT_BATCH_ALREADY_EXISTS",
+        submit_chunked(
+            &mut registrar.registry,
+            other.as_bytes(),
+            &batch.batch_id,
+            pb::ApplicantFileEncoding::Unspecified,
+            1000,
+        ),
+    )
+    .await;
+    seen.expect(
+        Code::PermissionDenied,
+        "CITY_REGISTRAR_ONLY",
+        submit(&mut province.registry, file.as_bytes()),
+    )
+    .await;
+    let mut shenzhen_registrar = kms.client("sscard://registrar/440300/SZ-REG-01");
+    seen.expect(
+        Code::PermissionDenied,
+        "BATCH_OF_ANOTHER_CITY",
+        submit(&mut shenzhen_registrar.registry, file.as_bytes()),
+    )
+    .await;
+    seen.expect(
+        Code::NotFound,
+        "APPLICANT_BATCH_NOT_FOUND",
+        province
+            .registry
+            .get_applicant_batch(pb::GetApplicantBatchRequest {
+                batch_id: "no-such-batch".to_owned(),
+            }),
+    )
+    .await;
+    let row = |line: u64| pb::AcceptApplicantRowRequest {
+        batch_id: batch.batch_id.clone(),
+        line,
+        note: String::new(),
+    };
+    seen.expect(
+        Code::NotFound,
+        "APPLICANT_ROW_NOT_FOUND",
+        province.registry.accept_applicant_row(row(99)),
+    )
+    .await;
+    seen.expect(
+        Code::FailedPrecondition,
+        "ROW_NOT_WAIVABLE",
+        province.registry.accept_applicant_row(row(4)),
+    )
+    .await;
+    seen.expect(
+        Code::FailedPrecondition,
+        "ROW_ACCEPTED_ALREADY",
+        province.registry.accept_applicant_row(row(2)),
     )
     .await;
 
@@ -573,7 +705,7 @@ async fn every_reason_code_reachable_from_the_api_arrives_in_the_details() {
         edit(&mut c);
         register(&c, "ssc-2.0")
     };
-    let faults: [(&str, &Edit<'_>); 8] = [
+    let faults: [(&str, &Edit<'_>); 12] = [
         ("IDENTIFIER_LENGTH", &|c| {
             c.social_security_number.pop();
         }),
@@ -594,6 +726,19 @@ async fn every_reason_code_reachable_from_the_api_arrives_in_the_details() {
         }),
         ("ATR_TOO_SHORT", &|c| c.atr = vec![0x3B; 7]),
         ("ATR_TOO_LONG", &|c| c.atr = vec![0x3B; 34]),
+        ("ATR_INITIAL_CHARACTER", &|c| c.atr[0] = 0x3C),
+        // Every TDi announces another TDi: the ATR ends inside them.
+        ("ATR_INTERFACE_BYTES", &|c| {
+            c.atr = vec![0x3B, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80]
+        }),
+        ("ATR_HISTORICAL_BYTES", &|c| c.atr.push(0x00)),
+        // T=1 announced in TD1, so a TCK follows the 8 historical bytes; this one is off by one bit.
+        ("ATR_CHECKSUM", &|c| {
+            let mut t1 = vec![0x3B, 0x88, 0x01, 1, 2, 3, 4, 5, 6, 7, 8];
+            let tck = t1[1..].iter().fold(0u8, |acc, b| acc ^ b);
+            t1.push(tck ^ 0x01);
+            c.atr = t1;
+        }),
     ];
     for (reason, edit) in faults {
         let request = with(edit);

@@ -10,8 +10,8 @@ use tonic::transport::{Certificate, ClientTlsConfig};
 
 use crate::common::chain::{atr, card_number, card_number_bad_check, published, ssn};
 use crate::common::harness::{
-    OFFICER, PSAM_LINE, REGISTRAR, STATION, TestBackend, TestKms, card_identity, reason,
-    softhsm_hsm_in, tr31_request,
+    OFFICER, PROVINCIAL_REGISTRAR, PSAM_LINE, REGISTRAR, STATION, TestBackend, TestKms,
+    card_identity, reason, softhsm_hsm_in, tr31_request,
 };
 
 /// A Guangzhou card that is not one of the demo cards.
@@ -207,8 +207,16 @@ async fn cards_and_requests_the_registry_does_not_allow_are_refused_and_audited<
     )
     .await;
 
-    // Accepted: released; then blacklisted by its registrar: never again.
-    let record = registrar
+    // The city that registered it may not accept it: acceptance is the province's verdict.
+    kms.refused(
+        Code::PermissionDenied,
+        "only a provincial registrar may accept",
+        registrar.registry.accept_card(card_ref(&card)),
+    )
+    .await;
+    // Accepted by the province: released; then blacklisted by its registrar: never again.
+    let mut province = kms.client(PROVINCIAL_REGISTRAR);
+    let record = province
         .registry
         .accept_card(card_ref(&card))
         .await
@@ -253,7 +261,7 @@ async fn cards_and_requests_the_registry_does_not_allow_are_refused_and_audited<
     kms.refused(
         Code::FailedPrecondition,
         "the card is blacklisted",
-        registrar.registry.accept_card(card_ref(&card)),
+        province.registry.accept_card(card_ref(&card)),
     )
     .await;
 
@@ -452,7 +460,7 @@ async fn strict_pkcs11_refuses_tr31_delivery_with_the_reason() {
         .register_card(register(&card))
         .await
         .unwrap();
-    registrar
+    kms.client(PROVINCIAL_REGISTRAR)
         .registry
         .accept_card(card_ref(&card))
         .await

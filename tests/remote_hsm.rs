@@ -1,9 +1,16 @@
 //! The key service on a remote HSM (`hsm_sim::remote`, in-process on 127.0.0.1 over its own
 //! mutual TLS): an HSM outage is UNAVAILABLE to the station, and the same service recovers by
-//! itself once the HSM is back on the same port.
+//! itself once the HSM is back on the same port; a card set (TR-31 or WRITE KEY), a blank
+//! card's initialisation and a PSAM set each cost one HSM round trip, counted by the server.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
+use hsm_api::{
+    BatchItem, BatchOutput, Component, Dispersion, ExportedKey, Factor, Hsm, HsmStatus, Kcv,
+    KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare, Result,
+    UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest,
+};
 use hsm_sim::local::LocalHsm;
 use hsm_sim::remote::{ClientTls, RemoteHsm, ServerTls};
 use sscard_kms::access::identity::Identity;
@@ -15,7 +22,9 @@ use tokio::task::JoinHandle;
 use tonic::Code;
 
 use crate::common::chain::{atr, published};
-use crate::common::harness::{STATION, TestKms, card_identity, local_hsm, reason, tr31_request};
+use crate::common::harness::{
+    PSAM_LINE, STATION, TestKms, card_identity, local_hsm, reason, sm_request, tr31_request,
+};
 
 /// The `hsm-sim` service in this process.
 struct HsmProcess {
@@ -24,7 +33,7 @@ struct HsmProcess {
 }
 
 impl HsmProcess {
-    fn start(backend: &Arc<LocalHsm>, pki: &DevPki, listener: TcpListener) -> HsmProcess {
+    fn start<H: Hsm>(backend: &Arc<H>, pki: &DevPki, listener: TcpListener) -> HsmProcess {
         let server = pki.server();
         let tls = ServerTls::from_pem(
             server.cert_pem.as_bytes(),
@@ -121,5 +130,234 @@ async fn an_hsm_outage_is_unavailable_and_the_service_recovers_without_restart()
         .unwrap()
         .into_inner();
     assert_eq!(kcvs(&after), kcvs(&before), "the same keys");
+    process.stop().await;
+}
+
+/// The HSM behind the server, counting the calls it receives (one per RPC).
+struct Counting {
+    inner: Arc<LocalHsm>,
+    calls: Mutex<BTreeMap<&'static str, usize>>,
+}
+
+impl Counting {
+    fn count(&self, op: &'static str) {
+        *self.calls.lock().unwrap().entry(op).or_default() += 1;
+    }
+
+    /// The calls since the last `take`, but the audit seals (one `mac` per store commit,
+    /// shared by every request of the commit).
+    fn take(&self) -> BTreeMap<&'static str, usize> {
+        let mut calls = std::mem::take(&mut *self.calls.lock().unwrap());
+        calls.remove("mac");
+        calls
+    }
+}
+
+impl Hsm for Counting {
+    fn is_secure(&self) -> bool {
+        self.inner.is_secure()
+    }
+    async fn status(&self) -> Result<HsmStatus> {
+        self.count("status");
+        self.inner.status().await
+    }
+    async fn init_lmk(&self, threshold: u8, shares: u8) -> Result<LmkInit> {
+        self.count("init_lmk");
+        self.inner.init_lmk(threshold, shares).await
+    }
+    async fn unseal(&self, share: LmkShare) -> Result<UnsealProgress> {
+        self.count("unseal");
+        self.inner.unseal(share).await
+    }
+    async fn unseal_reset(&self) -> Result<()> {
+        self.count("unseal_reset");
+        self.inner.unseal_reset().await
+    }
+    async fn seal(&self) -> Result<()> {
+        self.count("seal");
+        self.inner.seal().await
+    }
+    async fn tamper(&self) -> Result<()> {
+        self.count("tamper");
+        self.inner.tamper().await
+    }
+    async fn self_test(&self) -> Result<()> {
+        self.count("self_test");
+        self.inner.self_test().await
+    }
+    async fn generate_key(&self, spec: KeySpec) -> Result<WrappedKey> {
+        self.count("generate_key");
+        self.inner.generate_key(spec).await
+    }
+    async fn form_key(&self, spec: KeySpec, components: Vec<Component>) -> Result<WrappedKey> {
+        self.count("form_key");
+        self.inner.form_key(spec, components).await
+    }
+    async fn import_key(&self, kek: &KeyToken, block: &str, usage: KeyUsage) -> Result<WrappedKey> {
+        self.count("import_key");
+        self.inner.import_key(kek, block, usage).await
+    }
+    async fn export_key(
+        &self,
+        kek: &KeyToken,
+        key: &KeyToken,
+        version: KeyBlockVersion,
+    ) -> Result<ExportedKey> {
+        self.count("export_key");
+        self.inner.export_key(kek, key, version).await
+    }
+    async fn derive_key(
+        &self,
+        parent: &KeyToken,
+        method: Dispersion,
+        factors: &[Factor],
+        child_usage: KeyUsage,
+    ) -> Result<WrappedKey> {
+        self.count("derive_key");
+        self.inner
+            .derive_key(parent, method, factors, child_usage)
+            .await
+    }
+    async fn write_key_command(&self, request: WriteKeyRequest) -> Result<WriteKeyCommand> {
+        self.count("write_key_command");
+        self.inner.write_key_command(request).await
+    }
+    async fn batch(&self, items: Vec<BatchItem>) -> Result<Vec<Result<BatchOutput>>> {
+        self.count("batch");
+        self.inner.batch(items).await
+    }
+    async fn kcv(&self, key: &KeyToken) -> Result<Kcv> {
+        self.count("kcv");
+        self.inner.kcv(key).await
+    }
+    async fn random(&self, len: usize) -> Result<Vec<u8>> {
+        self.count("random");
+        self.inner.random(len).await
+    }
+    async fn mac(&self, key: &KeyToken, data: &[u8]) -> Result<Vec<u8>> {
+        self.count("mac");
+        self.inner.mac(key, data).await
+    }
+    async fn verify_mac(&self, key: &KeyToken, data: &[u8], mac: &[u8]) -> Result<()> {
+        self.count("verify_mac");
+        self.inner.verify_mac(key, data, mac).await
+    }
+    async fn prepare_lmk_rotation(
+        &self,
+        tokens: Vec<KeyToken>,
+        threshold: u8,
+        shares: u8,
+    ) -> Result<LmkRotation> {
+        self.count("prepare_lmk_rotation");
+        self.inner
+            .prepare_lmk_rotation(tokens, threshold, shares)
+            .await
+    }
+    async fn commit_lmk_rotation(&self, new_lmk_kcv: &Kcv) -> Result<()> {
+        self.count("commit_lmk_rotation");
+        self.inner.commit_lmk_rotation(new_lmk_kcv).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_card_set_and_a_psam_set_are_one_hsm_round_trip_each() {
+    let hsm_pki = DevPki::generate().unwrap();
+    let backend = Arc::new(Counting {
+        inner: local_hsm(),
+        calls: Mutex::new(BTreeMap::new()),
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let process = HsmProcess::start(&backend, &hsm_pki, listener);
+    let service = hsm_pki
+        .client(&Identity::from_uri("sscard://service/kms").unwrap())
+        .unwrap();
+    let client_tls = ClientTls::from_pem(
+        service.cert_pem.as_bytes(),
+        service.key_pem.as_bytes(),
+        hsm_pki.ca_pem().as_bytes(),
+    )
+    .unwrap();
+    let remote =
+        RemoteHsm::connect_lazy(&format!("https://localhost:{}", addr.port()), client_tls).unwrap();
+    let kms = TestKms::from_fixture(Arc::new(remote)).await;
+    let mut station = kms.client(STATION);
+    let mut line = kms.client(PSAM_LINE);
+    let one_batch = BTreeMap::from([("batch", 1)]);
+
+    for demo in &published().card {
+        let card = || card_identity(demo, &atr());
+        let template = crate::common::chain::template(&demo.template);
+        backend.take();
+
+        let set = station
+            .card
+            .inject_card_keys(tr31_request(card(), &demo.template))
+            .await
+            .unwrap()
+            .into_inner();
+        // Every key but the master keys, which leave only inside WRITE KEY commands.
+        let tr31_keys = template
+            .keys()
+            .iter()
+            .filter(|k| !template.is_master_key(k))
+            .count();
+        assert_eq!(set.keys.len(), tr31_keys);
+        assert_eq!(backend.take(), one_batch, "{}: TR-31 set", demo.template);
+
+        let challenge_len = if template.algorithm().to_string() == "sm4" {
+            16
+        } else {
+            8
+        };
+        let challenges: Vec<(&str, Vec<u8>)> = template
+            .write_order()
+            .map(|k| (k.name.as_str(), vec![0x42; challenge_len]))
+            .collect();
+        let set = station
+            .card
+            .inject_card_keys(sm_request(card(), &demo.template, &challenges))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(set.keys.len(), template.keys().len());
+        assert_eq!(
+            backend.take(),
+            one_batch,
+            "{}: WRITE KEY set",
+            demo.template
+        );
+
+        station
+            .card
+            .initialise_blank_card(pb::InitialiseBlankCardRequest {
+                card: Some(card()),
+                template_id: demo.template.clone(),
+                challenge: vec![0x42; challenge_len],
+            })
+            .await
+            .unwrap();
+        assert_eq!(backend.take(), one_batch, "{}: blank card", demo.template);
+
+        let serial = format!("GZPSAM{}", demo.template.replace(['.', '-'], ""));
+        line.psam
+            .register_psams(pb::RegisterPsamsRequest {
+                serials: vec![serial.clone()],
+                region: "440100".to_owned(),
+                template_id: demo.template.clone(),
+                psam_profile: String::new(),
+            })
+            .await
+            .unwrap();
+        backend.take();
+        let set = line
+            .psam
+            .get_psam_key_set(pb::GetPsamKeySetRequest { serial })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(set.keys.len() > 1);
+        assert_eq!(backend.take(), one_batch, "{}: PSAM set", demo.template);
+    }
     process.stop().await;
 }

@@ -140,13 +140,12 @@ algorithm = "tdes"
 dispersion = "pboc-tdes"
 extends = "ssc-2.0"
 region = "440300"
+cos = "t514"
 
 [[key]]
 name = "MK_DF06"
 directory = "DF06"
-key_id = 0x00
-key_version = 0x01
-type = 0x39
+role = "master"
 length = 16
 error_counter = 0x33
 protected_by = "MK_SSSE"
@@ -158,9 +157,7 @@ const DF06_KEY: &str = r#"
 [[key]]
 name = "MK_DF06_BASE"
 directory = "DF06"
-key_id = 0x00
-key_version = 0x01
-type = 0x39
+role = "master"
 length = 16
 error_counter = 0x33
 protected_by = "MK_SSSE"
@@ -178,9 +175,9 @@ async fn a_base_revision_that_breaks_a_stored_extension_is_refused_when_it_is_lo
         .await
         .unwrap();
     let base = sscard_kms::card::template::SSC_2_0;
-    assert_eq!(base.matches("\nversion = 1\n").count(), 1);
+    assert_eq!(base.matches("\nversion = 2\n").count(), 1);
     // Revision 2 of the base takes the slot the extension uses: refused now.
-    let clashing = base.replace("\nversion = 1\n", "\nversion = 2\n") + DF06_KEY;
+    let clashing = base.replace("\nversion = 2\n", "\nversion = 3\n") + DF06_KEY;
     let refused = kms
         .refused(
             Code::FailedPrecondition,
@@ -197,14 +194,14 @@ async fn a_base_revision_that_breaks_a_stored_extension_is_refused_when_it_is_lo
         "mTLS (restart)"
     );
     // A revision that fits is loaded.
-    let fitting = base.replace("\nversion = 1\n", "\nversion = 2\n");
+    let fitting = base.replace("\nversion = 2\n", "\nversion = 3\n");
     let summary = officer
         .admin
         .load_template(load(fitting))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(summary.version, 2);
+    assert_eq!(summary.version, 3);
     // And the next start opens the store (it would not, had the clashing revision been kept).
     kms.close().await;
     kms.reopen(local_hsm()).await;

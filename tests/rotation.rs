@@ -9,13 +9,15 @@ use hsm_sim::crypto::diversify::diversify_chain;
 use sscard_kms::proto::kms::v1 as pb;
 
 use crate::common::chain::{atr, card_number, published, ssn};
-use crate::common::harness::{OFFICER, REGISTRAR, STATION, TestKms, card_identity};
+use crate::common::harness::{
+    OFFICER, PROVINCIAL_REGISTRAR, REGISTRAR, STATION, TestKms, card_identity,
+};
 
 /// A new national root for `STK_SSSE`, as two components with their KCVs.
-const NEW_ROOT: &str = "5555555555555555AAAAAAAAAAAAAAAA";
+pub(crate) const NEW_ROOT: &str = "5555555555555555AAAAAAAAAAAAAAAA";
 const MASK: &str = "F0E1D2C3B4A5968778695A4B3C2D1E0F";
 
-fn components(key_hex: &str) -> Vec<pb::Component> {
+pub(crate) fn components(key_hex: &str) -> Vec<pb::Component> {
     let key = hex::decode(key_hex).unwrap();
     let mask = hex::decode(MASK).unwrap();
     let first: Vec<u8> = key.iter().zip(&mask).map(|(k, m)| k ^ m).collect();
@@ -81,6 +83,7 @@ async fn a_new_root_serves_new_cards_and_leaves_issued_cards_alone() {
             key_name: "STK_SSSE".to_owned(),
             level: pb::KeyLevel::National as i32,
             components: components(NEW_ROOT),
+            ministry_psam_permission: false,
         })
         .await
         .unwrap()
@@ -140,7 +143,7 @@ async fn a_new_root_serves_new_cards_and_leaves_issued_cards_alone() {
         })
         .await
         .unwrap();
-    registrar
+    kms.client(PROVINCIAL_REGISTRAR)
         .registry
         .accept_card(pb::CardRef {
             card_identifier: fresh.card_identifier.clone(),

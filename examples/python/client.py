@@ -63,7 +63,7 @@ SOCIAL_SECURITY_NUMBER = "440103199001011236"
 TEMPLATE = "ssc-2.0"
 # The ATR examples/inject_card.rs sends; its last 8 bytes are the card factor F3. A card's ATR is
 # bound to it at its first key release: a second, different ATR for the same card is refused.
-DEFAULT_ATR = "3B6D000080318065B08701AD86843202AD932A48"
+DEFAULT_ATR = "3B6D000080318065B086843202AD932A48"
 
 # DOMAIN.md §2's worked chain: the STK_SSSE key of a card whose ATR ends with this factor.
 DOMAIN_F3 = bytes.fromhex("86843202AD932A48")

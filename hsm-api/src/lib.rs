@@ -33,6 +33,7 @@
 use std::future::Future;
 
 mod algorithm;
+mod batch;
 mod error;
 mod factor;
 mod kcv;
@@ -40,6 +41,10 @@ mod methods;
 mod types;
 
 pub use algorithm::Algorithm;
+pub use batch::{
+    BATCH_ITEMS, BatchDelivery, BatchItem, BatchOutput, Derivation, KeySource, Protector,
+    WriteKeyDelivery, protector_item_error,
+};
 pub use error::{Error, Result};
 pub use factor::Factor;
 pub use kcv::{Kcv, KcvMethod};
@@ -146,6 +151,33 @@ pub trait Hsm: Send + Sync + 'static {
         request: WriteKeyRequest,
     ) -> impl Future<Output = Result<WriteKeyCommand>> + Send;
 
+    /// Every key of one card set or PSAM set in one call: one result per item, in order (see
+    /// [`BatchItem`]). Each item is checked exactly as the single operations it stands for, and
+    /// its refusal is its own result; the call as a whole fails only when nothing can be done
+    /// (sealed, self-test failed, unreachable, a count outside [`BATCH_ITEMS`]).
+    ///
+    /// The default implementation performs the single operations one after the other
+    /// ([`Hsm::derive_key`], then [`Hsm::export_key`] or [`Hsm::write_key_command`]), and is the
+    /// reference for what a batch answers; an implementation overrides it to do the work in one
+    /// call (one round trip for a remote HSM) without wrapping the derived keys under the LMK.
+    fn batch(
+        &self,
+        items: Vec<BatchItem>,
+    ) -> impl Future<Output = Result<Vec<Result<BatchOutput>>>> + Send {
+        async move {
+            check_batch_len(items.len())?;
+            let mut keys: Vec<Result<KeyToken>> = Vec::with_capacity(items.len());
+            for item in &items {
+                keys.push(batch::token_of(self, &item.key).await);
+            }
+            let mut results = Vec::with_capacity(items.len());
+            for (index, item) in items.into_iter().enumerate() {
+                results.push(batch::deliver(self, &keys, index, item).await);
+            }
+            Ok(results)
+        }
+    }
+
     /// The KCV of a token's key.
     fn kcv(&self, key: &KeyToken) -> impl Future<Output = Result<Kcv>> + Send;
 
@@ -174,4 +206,16 @@ pub trait Hsm: Send + Sync + 'static {
 
     /// Makes the prepared LMK current (named by its KCV) and wipes the hot-key cache.
     fn commit_lmk_rotation(&self, new_lmk_kcv: &Kcv) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// Refuses a batch of a length outside [`BATCH_ITEMS`] ([`Error::Count`]).
+pub fn check_batch_len(len: usize) -> Result<()> {
+    if BATCH_ITEMS.contains(&len) {
+        Ok(())
+    } else {
+        Err(Error::Count {
+            field: "batch items".into(),
+            expected: "1 to 256".into(),
+        })
+    }
 }

@@ -549,7 +549,10 @@ impl Pkcs11Hsm {
             key.usage,
             &clear_protect,
             protect.usage,
-            request,
+            [request.cla, request.ins, request.p1, request.p2],
+            &request.key_header,
+            &request.challenge,
+            request.fold,
         )
     }
 

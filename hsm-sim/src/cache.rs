@@ -7,6 +7,9 @@
 //!   token that verified under the current LMK is ever inserted.
 //! - **Value**: the unwrapped key with its usage and exportability, behind an `Arc` (the
 //!   [`SecretKey`](crate::crypto::SecretKey) inside zeroizes when the last holder drops it).
+//!   A cached key-block protection key also keeps its TR-31 binding keys (KBEK, KBAK) once its
+//!   first export derived them, so a station's transport key costs that derivation once, not
+//!   per block; they are zeroized and evicted with it.
 //! - **Bounded, approximately LRU**: every hit stamps the entry with a global counter; when the
 //!   cache is full, the least recently used sixteenth of the entries (at least one) is evicted in
 //!   one pass, so eviction costs O(1) per insertion amortised and a hit needs only a read lock.
@@ -141,11 +144,11 @@ mod tests {
 
     fn entry(byte: u8) -> (TokenDigest, Arc<TokenKey>) {
         let token = KeyToken::from_stored(format!("token-{byte}"));
-        let key = TokenKey {
-            usage: KeyUsage::CardDerivation(hsm_api::HierarchyLevel::City),
-            exportability: Exportability::NonExportable,
-            key: SecretKey::new(Algorithm::Tdes2, &[byte; 16]).unwrap(),
-        };
+        let key = TokenKey::new(
+            KeyUsage::CardDerivation(hsm_api::HierarchyLevel::City),
+            Exportability::NonExportable,
+            SecretKey::new(Algorithm::Tdes2, &[byte; 16]).unwrap(),
+        );
         (digest(&token), Arc::new(key))
     }
 
@@ -202,5 +205,51 @@ mod tests {
             !shown.contains("167") && !shown.to_lowercase().contains("a7"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn a_cached_kbpk_derives_its_binding_keys_once() {
+        use hsm_api::KeyBlockVersion;
+
+        use crate::crypto::tr31::{self, KeyBlockHeader};
+
+        let kbpk = TokenKey::new(
+            KeyUsage::KeyBlockProtection,
+            Exportability::NonExportable,
+            SecretKey::new(Algorithm::Aes256, &[0x3C; 32]).unwrap(),
+        );
+        let address = |b: &tr31::BindingKeys| Ok(core::ptr::from_ref(b) as usize);
+        // The first use derives them (for that call), the next ones use the kept keys.
+        kbpk.with_binding(KeyBlockVersion::D, address).unwrap();
+        let kept = kbpk.with_binding(KeyBlockVersion::D, address).unwrap();
+        assert_eq!(
+            kbpk.with_binding(KeyBlockVersion::D, address).unwrap(),
+            kept
+        );
+        // The wrong version for the KBPK is refused, and changes nothing kept.
+        assert!(matches!(
+            kbpk.with_binding(KeyBlockVersion::B, address),
+            Err(Error::KeyBlockKbpk { .. })
+        ));
+        assert_eq!(
+            kbpk.with_binding(KeyBlockVersion::D, address).unwrap(),
+            kept
+        );
+        // A block made with the kept keys is the block `wrap` makes: it unwraps under the KBPK.
+        let key = SecretKey::new(Algorithm::Tdes2, &[0x5E; 16]).unwrap();
+        let header: KeyBlockHeader = crate::lmk::key_block_header(
+            KeyBlockVersion::D,
+            KeyUsage::CardKey,
+            Algorithm::Tdes2,
+            tr31::Exportability::NonExportable,
+        )
+        .unwrap();
+        let block = kbpk
+            .with_binding(KeyBlockVersion::D, |b| {
+                tr31::wrap_bound(&kbpk.key, b, &header, &key)
+            })
+            .unwrap();
+        let (_, unwrapped) = tr31::unwrap(&kbpk.key, &block).unwrap();
+        assert!(unwrapped == key);
     }
 }

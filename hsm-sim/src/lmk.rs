@@ -41,6 +41,7 @@ use std::borrow::Cow;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use blahaj::{Share, Sharks};
 use hsm_api::{
@@ -51,7 +52,9 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::crypto::tr31::{self, KeyBlockAlgorithm, KeyBlockHeader, ModeOfUse, OptionalBlock};
+use crate::crypto::tr31::{
+    self, BindingKeys, KeyBlockAlgorithm, KeyBlockHeader, ModeOfUse, OptionalBlock,
+};
 use crate::crypto::{SecretKey, kcv, kdf};
 
 /// The fixed, published test LMK: AES-256, the ASCII bytes of `SSCARD-KMS-TEST-LMK-DO-NOT-USE!!`.
@@ -195,6 +198,36 @@ pub(crate) struct TokenKey {
     pub(crate) usage: KeyUsage,
     pub(crate) exportability: Exportability,
     pub(crate) key: SecretKey,
+    /// For a key-block protection key: its binding keys, derived at its first wrap and kept as
+    /// long as the key is (in the hot-key cache: bounded, emptied on seal; zeroized on drop).
+    binding: OnceLock<BindingKeys>,
+}
+
+impl TokenKey {
+    pub(crate) fn new(usage: KeyUsage, exportability: Exportability, key: SecretKey) -> TokenKey {
+        TokenKey {
+            usage,
+            exportability,
+            key,
+            binding: OnceLock::new(),
+        }
+    }
+
+    /// `work` with this key's binding keys for `version` (a KBPK's): derived once, then kept.
+    pub(crate) fn with_binding<T>(
+        &self,
+        version: KeyBlockVersion,
+        work: impl FnOnce(&BindingKeys) -> Result<T>,
+    ) -> Result<T> {
+        if let Some(kept) = self.binding.get().filter(|b| b.version() == version) {
+            return work(kept);
+        }
+        let fresh = BindingKeys::derive(&self.key, version)?;
+        let result = work(&fresh);
+        // The first derivation is kept; one computed concurrently is dropped (and zeroized).
+        let _ = self.binding.set(fresh);
+        result
+    }
 }
 
 impl core::fmt::Debug for TokenKey {
@@ -212,6 +245,8 @@ impl core::fmt::Debug for TokenKey {
 pub(crate) struct Lmk {
     key: SecretKey,
     kbpk: SecretKey,
+    /// The token key's binding keys (tokens are version D), derived once.
+    binding: BindingKeys,
     kcv: Kcv,
 }
 
@@ -235,7 +270,13 @@ impl Lmk {
         }
         let kbpk = kdf::hkdf_sha256(&key, KDF_SALT, KBPK_INFO, Algorithm::Aes256)?;
         let kcv = lmk_kcv(&key)?;
-        Ok(Lmk { key, kbpk, kcv })
+        let binding = BindingKeys::derive(&kbpk, KeyBlockVersion::D)?;
+        Ok(Lmk {
+            key,
+            kbpk,
+            binding,
+            kcv,
+        })
     }
 
     /// A fresh random LMK.
@@ -280,25 +321,31 @@ impl Lmk {
         if let Some(role) = role(usage) {
             header = header.with_optional_block(OptionalBlock::new(ROLE_BLOCK, role)?);
         }
-        Ok(KeyToken::from_stored(tr31::wrap(&self.kbpk, &header, key)?))
+        Ok(KeyToken::from_stored(tr31::wrap_bound(
+            &self.kbpk,
+            &self.binding,
+            &header,
+            key,
+        )?))
     }
 
     /// The key of `token`, its MAC verified and its header checked.
     pub(crate) fn unwrap(&self, token: &KeyToken) -> Result<TokenKey> {
-        let (header, key) = tr31::unwrap(&self.kbpk, token.as_str())?;
+        let (header, key) = tr31::unwrap_bound(&self.kbpk, Some(&self.binding), token.as_str())?;
         let (usage, exportability) = token_usage(&header)?;
-        Ok(TokenKey {
-            usage,
-            exportability,
-            key,
-        })
+        Ok(TokenKey::new(usage, exportability, key))
     }
 
     /// `token` (checked under this LMK) wrapped again under `new`, with the same header.
     pub(crate) fn rewrap(&self, token: &KeyToken, new: &Lmk) -> Result<KeyToken> {
-        let (header, key) = tr31::unwrap(&self.kbpk, token.as_str())?;
+        let (header, key) = tr31::unwrap_bound(&self.kbpk, Some(&self.binding), token.as_str())?;
         token_usage(&header)?;
-        Ok(KeyToken::from_stored(tr31::wrap(&new.kbpk, &header, &key)?))
+        Ok(KeyToken::from_stored(tr31::wrap_bound(
+            &new.kbpk,
+            &new.binding,
+            &header,
+            &key,
+        )?))
     }
 
     /// Splits the LMK into `count` shares, any `threshold` of which rebuild it.

@@ -12,7 +12,7 @@
 
 use hsm_api::{
     Algorithm, Component, Error, Exportability, ExportedKey, KeyBlockVersion, KeySpec, KeyUsage,
-    MacFold, Result, WriteKeyCommand, WriteKeyRequest,
+    MacFold, Result, WriteKeyCommand,
 };
 use zeroize::Zeroizing;
 
@@ -257,16 +257,15 @@ pub fn import_block(
     Ok((key, exportability))
 }
 
-/// `key` (of `usage` and `exportability`) as a TR-31 block of `version` under the clear `kek`,
-/// non-exportable for its recipient and with its KCV block. Only usages that may leave, and only
-/// exportable keys: anything else is [`Error::NotExportable`].
-pub fn export_block(
-    kek: &SecretKey,
+/// The header (with its `KC` block) and KCV of an export of `key` (of `usage` and
+/// `exportability`) as a TR-31 block of `version`, non-exportable for its recipient. Only usages
+/// that may leave, and only exportable keys: anything else is [`Error::NotExportable`].
+pub fn export_header(
     key: &SecretKey,
     usage: KeyUsage,
     exportability: Exportability,
     version: KeyBlockVersion,
-) -> Result<ExportedKey> {
+) -> Result<(KeyBlockHeader, hsm_api::Kcv)> {
     // By usage first: master keys, their hierarchy and vendor transport keys leave only
     // inside secure-messaging commands, whatever their token's exportability says.
     if !usage.may_be_exported() || exportability != Exportability::Exportable {
@@ -277,25 +276,44 @@ pub fn export_block(
         usage,
         key.algorithm(),
         tr31::Exportability::NonExportable,
-    )?
-    .with_optional_block(OptionalBlock::key_check_value(key)?);
-    let block = tr31::wrap(kek, &header, key)?;
+    )?;
+    // One check value for the block's `KC` and the answer.
+    let kcv = kcv::compute_default(key)?;
+    let header = header.with_optional_block(OptionalBlock::key_check_value_of(&kcv)?);
+    Ok((header, kcv))
+}
+
+/// `key` exported under the clear `kek` ([`export_header`]); the simulator wraps with the KEK's
+/// kept binding keys instead, over the same header.
+pub fn export_block(
+    kek: &SecretKey,
+    key: &SecretKey,
+    usage: KeyUsage,
+    exportability: Exportability,
+    version: KeyBlockVersion,
+) -> Result<ExportedKey> {
+    let (header, kcv) = export_header(key, usage, exportability, version)?;
     Ok(ExportedKey {
-        block,
-        kcv: kcv::compute_default(key)?,
+        block: tr31::wrap(kek, &header, key)?,
+        kcv,
     })
 }
 
-/// The secure-messaging command of `request` writing the clear `key` (of `key_usage`) under the
-/// clear `protect` (of `protect_usage`); the usages were checked by the caller to be a card key
-/// or card master key, and a card master key or vendor transport key. A vendor transport key
-/// protects only the write of a card master key.
+/// The secure-messaging command `command` (`CLA INS P1 P2`) writing the clear `key` (of
+/// `key_usage`, after `key_header`) under the clear `protect` (of `protect_usage`), with the
+/// card's `challenge`; the usages were checked by the caller to be a card key or card master
+/// key, and a card master key or vendor transport key. A vendor transport key protects only the
+/// write of a card master key.
+#[allow(clippy::too_many_arguments)]
 pub fn write_key_command(
     key: &SecretKey,
     key_usage: KeyUsage,
     protect: &SecretKey,
     protect_usage: KeyUsage,
-    request: &WriteKeyRequest,
+    command: [u8; 4],
+    key_header: &[u8],
+    challenge: &[u8],
+    fold: MacFold,
 ) -> Result<WriteKeyCommand> {
     // A blank card's first write is its master key; a vendor key protects nothing else.
     if protect_usage == KeyUsage::VendorTransport && key_usage != KeyUsage::CardMasterKey {
@@ -304,16 +322,10 @@ pub fn write_key_command(
             "protect the write of anything but a card master key",
         ));
     }
-    let mut data = Zeroizing::new(Vec::with_capacity(request.key_header.len() + key.len()));
-    data.extend_from_slice(&request.key_header);
+    let mut data = Zeroizing::new(Vec::with_capacity(key_header.len() + key.len()));
+    data.extend_from_slice(key_header);
     data.extend_from_slice(key.secret_bytes());
-    let apdu = secure_messaging_apdu(
-        protect,
-        [request.cla, request.ins, request.p1, request.p2],
-        &data,
-        &request.challenge,
-        request.fold,
-    )?;
+    let apdu = secure_messaging_apdu(protect, command, &data, challenge, fold)?;
     Ok(WriteKeyCommand {
         apdu,
         kcv: kcv::compute_default(key)?,

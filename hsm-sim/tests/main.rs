@@ -1,13 +1,18 @@
 //! The one integration-test binary of hsm-sim.
 //!
+//! - `batch`: `Hsm::batch` against the single operations it stands for, item for item, with
+//!   bad items among good ones (the scenario is run over the wire by `remote` too).
 //! - `kat_vectors`: the published known-answer files of `tests/vectors/`, through the public API.
 //! - `local`: `LocalHsm` through the `Hsm` trait: LMK life cycle, usage checks, the SSC chain,
 //!   export, rotation, refusal in every state that is not operational.
+//! - `offload`: an operation computing does not stop the runtime that called it.
 //! - `remote`: the HSM as a separate process over gRPC with mutual TLS (the real `hsm-sim`
 //!   binary, a PKI made with rcgen): the DOMAIN.md chain over the wire, restart and unseal,
 //!   authorisation, error fidelity.
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+mod batch;
 mod kat_vectors;
 mod local;
+mod offload;
 mod remote;

@@ -781,3 +781,31 @@ fn the_binary_refuses_to_start_without_client_ca_or_with_bad_pem() {
     assert!(!out.status.success());
     assert!(out.stdout.is_empty());
 }
+
+#[tokio::test]
+async fn a_batch_over_the_wire_answers_as_the_single_operations_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(dir.path());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tls = ServerTls::from_pem_files(&pki.server.cert, &pki.server.key, &pki.ca).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let backend = LocalHsm::open(LocalHsmConfig {
+        dangerous_test_lmk: true,
+        ..LocalHsmConfig::default()
+    })
+    .unwrap();
+    let server = tokio::spawn(serve(Arc::new(backend), listener, tls, async {
+        stopped.await.ok();
+    }));
+    let hsm: &'static RemoteHsm = Box::leak(Box::new(remote(
+        &format!("https://localhost:{}", addr.port()),
+        &pki,
+        &pki.kms,
+    )));
+    // Good and bad items, every error variant of the scenario rebuilt from the wire.
+    crate::batch::batch_equals_single_operations(hsm).await;
+    crate::batch::whole_batch_refusals(hsm).await;
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}

@@ -9,14 +9,19 @@
 //! |---|---|---|---|---|---|---|
 //! | inject card keys, initialise blank card | own region | – | – | – | – | – |
 //! | register PSAMs, get a PSAM key set | – | own region | – | – | – | – |
-//! | register / accept / blacklist / get card | – | – | own region | – | – | – |
+//! | register / blacklist / get card | – | – | own region | – | – | – |
+//! | accept a card, accept a rejected applicant row by hand | – | – | province only | – | – | – |
+//! | submit an applicant batch | – | – | a city, its own | – | – | – |
+//! | read an applicant batch | – | – | own region | – | – | – |
 //! | administration (templates, roots, hierarchy, endpoints, keys) | – | – | – | yes | – | – |
 //! | service status | – | – | – | yes | yes | – |
 //! | audit checkpoint | – | – | – | yes | yes | – |
 //!
 //! "Own region": a city caller acts on its city only; a province-level caller (the provincial
-//! card centre, `440000`) on every city of its province. Nobody gets a clear key: no operation
-//! exists that would return one.
+//! card centre, `440000`) on every city of its province. Acceptance is the province's verdict
+//! (notice N4; separation of duties): [`authorize_province`] for accepting, [`authorize_city`]
+//! for submitting, so that no city accepts the data it submits. Nobody gets a clear key: no
+//! operation exists that would return one.
 
 use crate::access::identity::{Identity, Role};
 use crate::card::region::Region;
@@ -36,11 +41,14 @@ pub enum Operation {
     Administer,
     GetStatus,
     AuditCheckpoint,
+    SubmitApplicantBatch,
+    AcceptApplicantRow,
+    GetApplicantBatch,
 }
 
 impl Operation {
     /// Every operation, for tests that walk the matrix.
-    pub const ALL: [Operation; 11] = [
+    pub const ALL: [Operation; 14] = [
         Operation::InjectCardKeys,
         Operation::InitialiseBlankCard,
         Operation::RegisterPsams,
@@ -52,6 +60,9 @@ impl Operation {
         Operation::Administer,
         Operation::GetStatus,
         Operation::AuditCheckpoint,
+        Operation::SubmitApplicantBatch,
+        Operation::AcceptApplicantRow,
+        Operation::GetApplicantBatch,
     ];
 
     /// The name used in audit records.
@@ -68,6 +79,9 @@ impl Operation {
             Operation::Administer => "administer",
             Operation::GetStatus => "get-status",
             Operation::AuditCheckpoint => "audit-checkpoint",
+            Operation::SubmitApplicantBatch => "submit-applicant-batch",
+            Operation::AcceptApplicantRow => "accept-applicant-row",
+            Operation::GetApplicantBatch => "get-applicant-batch",
         }
     }
 }
@@ -81,7 +95,13 @@ pub const fn allowed(role: Role, op: Operation) -> bool {
             | (Role::PsamLine, O::RegisterPsams | O::GetPsamKeySet)
             | (
                 Role::Registrar,
-                O::RegisterCard | O::AcceptCard | O::BlacklistCard | O::GetCard
+                O::RegisterCard
+                    | O::AcceptCard
+                    | O::BlacklistCard
+                    | O::GetCard
+                    | O::SubmitApplicantBatch
+                    | O::AcceptApplicantRow
+                    | O::GetApplicantBatch
             )
             | (
                 Role::Officer,
@@ -119,6 +139,28 @@ pub fn authorize_region(caller: &Identity, target: &str) -> Result<()> {
     }
 }
 
+/// Refuses `caller` unless its region is a province (the provincial card centre): the
+/// province's verdicts (accepting a card or a row) are never a city's.
+pub fn authorize_province(caller: &Identity) -> Result<&'static Region> {
+    match caller.region().map(Region::lookup) {
+        Some(Ok(region)) if !region.is_city() => Ok(region),
+        _ => Err(Error::PermissionDenied {
+            reason: Refusal::ProvinceOnly,
+        }),
+    }
+}
+
+/// Refuses `caller` unless its region is a city, which it returns: applicant data is
+/// submitted by the city that collected it.
+pub fn authorize_city(caller: &Identity) -> Result<&'static Region> {
+    match caller.region().map(Region::lookup) {
+        Some(Ok(region)) if region.is_city() => Ok(region),
+        _ => Err(Error::PermissionDenied {
+            reason: Refusal::CityRegistrarOnly,
+        }),
+    }
+}
+
 /// Whether region `own` covers region `target`.
 pub fn covers(own: &str, target: &str) -> bool {
     if own == target {
@@ -147,7 +189,15 @@ mod tests {
             (Role::PsamLine, &[O::RegisterPsams, O::GetPsamKeySet]),
             (
                 Role::Registrar,
-                &[O::RegisterCard, O::AcceptCard, O::BlacklistCard, O::GetCard],
+                &[
+                    O::RegisterCard,
+                    O::AcceptCard,
+                    O::BlacklistCard,
+                    O::GetCard,
+                    O::SubmitApplicantBatch,
+                    O::AcceptApplicantRow,
+                    O::GetApplicantBatch,
+                ],
             ),
             (
                 Role::Officer,
@@ -165,6 +215,21 @@ mod tests {
                 assert_eq!(outcome.is_ok(), ops.contains(&op), "{role:?} × {op:?}");
             }
         }
+    }
+
+    #[test]
+    fn acceptance_is_the_provinces_submission_a_citys() {
+        let city = id(Role::Registrar, Some("440100"));
+        let province = id(Role::Registrar, Some("440000"));
+        assert!(matches!(
+            authorize_province(&city),
+            Err(Error::PermissionDenied { .. })
+        ));
+        assert_eq!(authorize_province(&province).unwrap().code, "440000");
+        assert_eq!(authorize_city(&city).unwrap().code, "440100");
+        assert!(authorize_city(&province).is_err());
+        assert!(authorize_city(&id(Role::Officer, None)).is_err());
+        assert!(authorize_province(&id(Role::Officer, None)).is_err());
     }
 
     #[test]

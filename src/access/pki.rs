@@ -19,6 +19,7 @@
 //! | `ca.pem`, `ca.key` | the dev CA (the key lets a reloaded PKI issue more client certificates) |
 //! | `server.pem`, `server.key` | the server certificate and key |
 //! | `<role>.pem`, `<role>.key` | one client per role, identities in [`DEV_IDENTITY_URIS`] |
+//! | `reviewer.pem`, `reviewer.key` | the provincial reviewer, [`DEV_REVIEWER_URI`] |
 //!
 //! [`DevPki::load_or_generate`] reuses such a directory, so restarting `dev` keeps the client
 //! certificates valid. Two calls of [`DevPki::generate`] give two unrelated CAs, which is how tests
@@ -55,6 +56,16 @@ pub const DEV_IDENTITY_URIS: [&str; 6] = [
     "sscard://auditor/auditor-1",
     "sscard://service/kms",
 ];
+
+/// The dev PKI's provincial reviewer: a registrar of the province, who accepts cards and
+/// applicant rows (acceptance is the province's verdict). Its pair is
+/// [`REVIEWER_CERT_FILE`]/[`REVIEWER_KEY_FILE`]; a PKI directory written before it existed gets
+/// it on its next [`DevPki::load_or_generate`].
+pub const DEV_REVIEWER_URI: &str = "sscard://registrar/440000/GD-REV-01";
+/// File of the reviewer's certificate in a PKI directory.
+pub const REVIEWER_CERT_FILE: &str = "reviewer.pem";
+/// File of the reviewer's private key in a PKI directory.
+pub const REVIEWER_KEY_FILE: &str = "reviewer.key";
 
 /// File of the dev CA certificate in a PKI directory.
 pub const CA_CERT_FILE: &str = "ca.pem";
@@ -193,7 +204,18 @@ impl DevPki {
             write_new(&dir.join(cert), pair.cert_pem.as_bytes(), false)?;
             write_new(&dir.join(key), pair.key_pem.as_bytes(), true)?;
         }
-        Ok(())
+        self.write_reviewer(dir)
+    }
+
+    /// Writes the reviewer's pair ([`DEV_REVIEWER_URI`]) into `dir`.
+    fn write_reviewer(&self, dir: &Path) -> Result<()> {
+        let pair = self.client(&Identity::from_uri(DEV_REVIEWER_URI)?)?;
+        write_new(
+            &dir.join(REVIEWER_CERT_FILE),
+            pair.cert_pem.as_bytes(),
+            false,
+        )?;
+        write_new(&dir.join(REVIEWER_KEY_FILE), pair.key_pem.as_bytes(), true)
     }
 
     /// Loads a PKI written by [`DevPki::write_to`].
@@ -289,7 +311,13 @@ impl DevPki {
                 reason: "missing from a partial dev PKI (delete the directory to regenerate)",
             });
         }
-        DevPki::load(dir)
+        let pki = DevPki::load(dir)?;
+        // A directory of before the reviewer: add its pair.
+        let reviewer = [REVIEWER_CERT_FILE, REVIEWER_KEY_FILE].map(|f| dir.join(f));
+        if reviewer.iter().all(|p| fs::symlink_metadata(p).is_err()) {
+            pki.write_reviewer(dir)?;
+        }
+        Ok(pki)
     }
 }
 
@@ -630,6 +658,21 @@ mod tests {
 
         // Writing over an existing PKI is refused.
         assert!(matches!(first.write_to(&dir), Err(Error::File { .. })));
+
+        // The provincial reviewer's pair; a directory of before it gets it on the next load.
+        let reviewer_der = |dir: &Path| {
+            let pem = fs::read_to_string(dir.join(REVIEWER_CERT_FILE)).unwrap();
+            CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
+        };
+        let uris = san_uris_from_der(&reviewer_der(&dir)).unwrap();
+        assert_eq!(uris, [DEV_REVIEWER_URI]);
+        assert_eq!(mode(&dir.join(REVIEWER_KEY_FILE)), 0o600);
+        fs::remove_file(dir.join(REVIEWER_CERT_FILE)).unwrap();
+        fs::remove_file(dir.join(REVIEWER_KEY_FILE)).unwrap();
+        DevPki::load_or_generate(&dir).unwrap();
+        let der = reviewer_der(&dir);
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        cert.verify_signature(Some(ca.public_key())).unwrap();
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sscard_kms::ceremony::{audit, calc, hsm, input::Stdin};
+use sscard_kms::ceremony::{audit, calc, hsm, input::Stdin, registry};
 
 /// Key-ceremony tools for sscard-kms. Secrets are read from standard input, never from arguments.
 #[derive(Debug, Parser)]
@@ -25,6 +25,10 @@ enum Command {
     /// The in-process HSM of a `serve` deployment with `[hsm] mode = "local"`.
     #[command(subcommand)]
     Hsm(HsmCommand),
+    /// The registry review: submit applicant files (city registrars), accept rows by hand
+    /// (provincial registrars), show a batch.
+    #[command(subcommand)]
+    Registry(registry::Registry),
 }
 
 #[derive(Debug, Subcommand)]
@@ -89,6 +93,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Calc(cmd) => calc::run(cmd, &mut Stdin),
+        Command::Registry(cmd) => registry::run(cmd),
         Command::Hsm(HsmCommand::Init {
             state_dir,
             threshold,

@@ -5,7 +5,7 @@
 //! | [`SocialSecurityNumber`] 社会保障号码 | 18 characters (GB 11643-1999 citizen ID) | region prefix, real birth date, check character |
 //! | [`CardNumber`] 卡号 | 9 characters `[0-9A-Z]{8}` + check character | check character |
 //! | [`CardIdentifier`] 卡识别码 | 32 hex: region + `D156000005` + 16 hex | region known, fixed middle part |
-//! | [`Atr`] | the card's answer-to-reset, 8 to 33 bytes in hex | length; gives the card factor F3 |
+//! | [`Atr`] | the card's answer-to-reset, 8 to 33 bytes in hex | length; ISO/IEC 7816-3 structure (TS, T0, interface bytes, historical bytes, TCK); gives the card factor F3 |
 //!
 //! Each type parses with [`FromStr`] (naming its default field in errors) or with `parse_field`
 //! (naming the caller's field), prints its canonical form with `Display`, and has a
@@ -25,8 +25,9 @@
 //! assert_eq!(card.masked(), "B*****774");
 //! let id: CardIdentifier = "440300D1560000050050640776EF3192".parse()?;
 //! assert_eq!(id.region().name_en, "Shenzhen");
-//! let atr: Atr = "3B6D000080318065B08701AD86843202AD932A48".parse()?;
+//! let atr: Atr = "3B6D000080318065B086843202AD932A48".parse()?;
 //! assert_eq!(atr.card_factor().to_hex(), "86843202AD932A48");
+//! assert_eq!(atr.historical_bytes().len(), 13);
 //! # Ok::<(), sscard_kms::Error>(())
 //! ```
 
@@ -35,7 +36,7 @@ use core::str::FromStr;
 
 use hsm_api::Factor;
 
-use crate::card::region::Region;
+use crate::card::region::{self, Region};
 use crate::error::{Error, Result};
 
 /// Why an identifier was refused.
@@ -69,6 +70,19 @@ pub enum IdentifierFault {
     /// An ATR longer than the 33 bytes ISO/IEC 7816-3 allows.
     #[error("ATR longer than 33 bytes")]
     AtrTooLong,
+    /// An ATR whose initial character TS is neither `3B` (direct convention) nor `3F` (inverse).
+    #[error("ATR initial character TS is neither 3B nor 3F")]
+    AtrInitialCharacter,
+    /// An ATR that ends inside the interface bytes its format byte T0 and its TDi bytes announce.
+    #[error("ATR ends inside the interface bytes T0 and TDi announce")]
+    AtrInterfaceBytes,
+    /// An ATR whose length differs from what T0 announces: its historical bytes, and the check
+    /// byte TCK when a protocol other than T=0 is indicated.
+    #[error("ATR length differs from the historical bytes (and TCK) T0 announces")]
+    AtrHistoricalBytes,
+    /// An ATR whose check byte TCK does not make the XOR of T0..TCK zero.
+    #[error("ATR check byte TCK does not match")]
+    AtrChecksum,
 }
 
 impl IdentifierFault {
@@ -83,6 +97,10 @@ impl IdentifierFault {
         IdentifierFault::ProviderPart,
         IdentifierFault::AtrTooShort,
         IdentifierFault::AtrTooLong,
+        IdentifierFault::AtrInitialCharacter,
+        IdentifierFault::AtrInterfaceBytes,
+        IdentifierFault::AtrHistoricalBytes,
+        IdentifierFault::AtrChecksum,
     ];
 
     /// The stable reason code (UPPER_SNAKE) a client branches on; the field is named beside it.
@@ -97,6 +115,10 @@ impl IdentifierFault {
             IdentifierFault::ProviderPart => "IDENTIFIER_PROVIDER_PART",
             IdentifierFault::AtrTooShort => "ATR_TOO_SHORT",
             IdentifierFault::AtrTooLong => "ATR_TOO_LONG",
+            IdentifierFault::AtrInitialCharacter => "ATR_INITIAL_CHARACTER",
+            IdentifierFault::AtrInterfaceBytes => "ATR_INTERFACE_BYTES",
+            IdentifierFault::AtrHistoricalBytes => "ATR_HISTORICAL_BYTES",
+            IdentifierFault::AtrChecksum => "ATR_CHECKSUM",
         }
     }
 }
@@ -130,27 +152,41 @@ impl SocialSecurityNumber {
     pub const WEIGHTS: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
     const CHECK: &'static [u8; 11] = b"10X98765432";
 
-    /// Parses and validates `text`, naming `field` in errors.
+    /// Parses and validates `text`, naming `field` in errors (the first of its
+    /// [`faults`](SocialSecurityNumber::faults)).
     pub fn parse_field(field: &'static str, text: &str) -> Result<SocialSecurityNumber> {
+        match SocialSecurityNumber::faults(text).first() {
+            Some(&fault) => Err(invalid(field, fault)),
+            None => Ok(SocialSecurityNumber(text.to_ascii_uppercase())),
+        }
+    }
+
+    /// Every fault of `text`, not only the first, in this order: [`IdentifierFault::Length`]
+    /// or [`IdentifierFault::Malformed`] alone (nothing else can be read then); otherwise any
+    /// of [`IdentifierFault::CheckCharacter`], [`IdentifierFault::UnknownRegion`] (the first two
+    /// digits are not a province-level GB/T 2260 code, [`region::is_province_level_prefix`])
+    /// and [`IdentifierFault::BirthDate`]. Empty for a valid number. The batch review reports
+    /// them all; [`SocialSecurityNumber::parse_field`] the first.
+    pub fn faults(text: &str) -> Vec<IdentifierFault> {
         let b = text.as_bytes();
         if b.len() != 18 {
-            return Err(invalid(field, IdentifierFault::Length));
+            return vec![IdentifierFault::Length];
         }
         if !b[..17].iter().all(u8::is_ascii_digit) || !matches!(b[17], b'0'..=b'9' | b'X' | b'x') {
-            return Err(invalid(field, IdentifierFault::Malformed));
+            return vec![IdentifierFault::Malformed];
         }
-        let expected = SocialSecurityNumber::check_character(&text[..17])
-            .map_err(|_| invalid(field, IdentifierFault::Malformed))?;
-        if char::from(b[17].to_ascii_uppercase()) != expected {
-            return Err(invalid(field, IdentifierFault::CheckCharacter));
+        let mut faults = Vec::new();
+        match SocialSecurityNumber::check_character(&text[..17]) {
+            Ok(expected) if char::from(b[17].to_ascii_uppercase()) == expected => {}
+            _ => faults.push(IdentifierFault::CheckCharacter),
         }
-        if &b[..2] == b"00" {
-            return Err(invalid(field, IdentifierFault::UnknownRegion));
+        if !region::is_province_level_prefix(&text[..2]) {
+            faults.push(IdentifierFault::UnknownRegion);
         }
         if parse_date(&b[6..14]).is_none() {
-            return Err(invalid(field, IdentifierFault::BirthDate));
+            faults.push(IdentifierFault::BirthDate);
         }
-        Ok(SocialSecurityNumber(text.to_ascii_uppercase()))
+        faults
     }
 
     /// The check character of the first 17 characters (which must be 17 ASCII digits).
@@ -196,6 +232,20 @@ impl SocialSecurityNumber {
     /// (`440103********123X`).
     pub fn masked(&self) -> String {
         format!("{}********{}", &self.0[..6], &self.0[14..])
+    }
+}
+
+impl BirthDate {
+    /// `YYYYMMDD`, exactly 8 digits, as a real Gregorian date (years 0001..=9999).
+    pub fn parse(text: &str) -> Option<BirthDate> {
+        parse_date(text.as_bytes())
+    }
+}
+
+impl fmt::Display for BirthDate {
+    /// `YYYYMMDD`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04}{:02}{:02}", self.year, self.month, self.day)
     }
 }
 
@@ -352,24 +402,40 @@ impl CardIdentifier {
     /// Characters 7..16 of every card identifier.
     pub const PROVIDER: &'static str = "D156000005";
 
-    /// Parses and validates `text` (hex digits of either case).
+    /// Parses and validates `text` (hex digits of either case), naming `field` in errors (the
+    /// first of its [`faults`](CardIdentifier::faults)).
     pub fn parse_field(field: &'static str, text: &str) -> Result<CardIdentifier> {
-        let b = text.as_bytes();
-        if b.len() != 32 {
-            return Err(invalid(field, IdentifierFault::Length));
-        }
-        if !b.iter().all(u8::is_ascii_hexdigit) {
-            return Err(invalid(field, IdentifierFault::Malformed));
+        if let Some(&fault) = CardIdentifier::faults(text).first() {
+            return Err(invalid(field, fault));
         }
         let upper = text.to_ascii_uppercase();
         let region = Region::lookup_field(field, &upper[..6])?;
-        if &upper[6..16] != Self::PROVIDER {
-            return Err(invalid(field, IdentifierFault::ProviderPart));
-        }
         Ok(CardIdentifier {
             text: upper,
             region,
         })
+    }
+
+    /// Every fault of `text`, not only the first: [`IdentifierFault::Length`] or
+    /// [`IdentifierFault::Malformed`] (not hex) alone; otherwise the region part's fault, if
+    /// any ([`IdentifierFault::Malformed`] for non-digits, [`IdentifierFault::UnknownRegion`]),
+    /// then [`IdentifierFault::ProviderPart`]. Empty for a valid identifier.
+    pub fn faults(text: &str) -> Vec<IdentifierFault> {
+        let b = text.as_bytes();
+        if b.len() != 32 {
+            return vec![IdentifierFault::Length];
+        }
+        if !b.iter().all(u8::is_ascii_hexdigit) {
+            return vec![IdentifierFault::Malformed];
+        }
+        let mut faults = Vec::new();
+        if let Err(Error::InvalidIdentifier { reason, .. }) = Region::lookup(&text[..6]) {
+            faults.push(reason);
+        }
+        if !text[6..16].eq_ignore_ascii_case(Self::PROVIDER) {
+            faults.push(IdentifierFault::ProviderPart);
+        }
+        faults
     }
 
     /// The 32 upper-case hex characters.
@@ -410,10 +476,17 @@ impl fmt::Display for CardIdentifier {
 // ATR
 // ---------------------------------------------------------------------------------------------
 
-/// A card's answer-to-reset: 8 to 33 bytes. Its last 8 bytes are the card factor F3.
+/// A card's answer-to-reset: 8 to 33 bytes, structured as ISO/IEC 7816-3 §8 says. Its last 8
+/// bytes are the card factor F3 by default (a COS profile may choose other bytes).
+///
+/// Checked: TS is `3B` or `3F`; the interface bytes that T0 and each TDi announce are all
+/// there; the bytes after them are exactly T0's K historical bytes, followed by the check byte
+/// TCK if and only if a protocol other than T=0 is indicated; TCK makes the XOR of T0..TCK zero.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Atr {
     bytes: Vec<u8>,
+    /// Where the historical bytes are in `bytes`.
+    historical: core::ops::Range<usize>,
     factor: Factor,
 }
 
@@ -444,8 +517,10 @@ impl Atr {
         }
         let factor =
             Factor::from_atr(bytes).map_err(|_| invalid(field, IdentifierFault::AtrTooShort))?;
+        let historical = atr_structure(bytes).map_err(|fault| invalid(field, fault))?;
         Ok(Atr {
             bytes: bytes.to_vec(),
+            historical,
             factor,
         })
     }
@@ -455,7 +530,13 @@ impl Atr {
         &self.bytes
     }
 
-    /// The card factor F3: the last 8 bytes ([`Factor::from_atr`]).
+    /// The historical bytes (T0's K bytes after the interface bytes).
+    pub fn historical_bytes(&self) -> &[u8] {
+        &self.bytes[self.historical.clone()]
+    }
+
+    /// The default card factor F3: the last 8 bytes ([`Factor::from_atr`]). The factor a card
+    /// is personalised with is its COS profile's (`CosProfile::card_factor`).
     pub fn card_factor(&self) -> Factor {
         self.factor
     }
@@ -472,6 +553,46 @@ impl Atr {
         let n = hex.len();
         format!("{}{}{}", &hex[..4], "*".repeat(n - 8), &hex[n - 4..])
     }
+}
+
+/// Walks an ATR as ISO/IEC 7816-3 §8.2 lays it out; the range of its historical bytes.
+fn atr_structure(bytes: &[u8]) -> core::result::Result<core::ops::Range<usize>, IdentifierFault> {
+    let (Some(&ts), Some(&t0)) = (bytes.first(), bytes.get(1)) else {
+        return Err(IdentifierFault::AtrInterfaceBytes);
+    };
+    if ts != 0x3B && ts != 0x3F {
+        return Err(IdentifierFault::AtrInitialCharacter);
+    }
+    let historical_len = usize::from(t0 & 0x0F);
+    // Y1 in T0's high nibble; each TDi holds Y(i+1) and a protocol T in its low nibble.
+    let mut y = t0 >> 4;
+    let mut pos = 2;
+    let mut other_than_t0 = false;
+    loop {
+        // TAi, TBi, TCi (bits 5..7 of the nibble's owner: 0x1, 0x2, 0x4), then TDi (0x8).
+        pos += (y & 0x07).count_ones() as usize;
+        if y & 0x08 == 0 {
+            break;
+        }
+        let td = *bytes.get(pos).ok_or(IdentifierFault::AtrInterfaceBytes)?;
+        pos += 1;
+        if td & 0x0F != 0 {
+            other_than_t0 = true;
+        }
+        y = td >> 4;
+    }
+    if pos > bytes.len() {
+        return Err(IdentifierFault::AtrInterfaceBytes);
+    }
+    let historical = pos..pos + historical_len;
+    let expected = historical.end + usize::from(other_than_t0);
+    if bytes.len() != expected {
+        return Err(IdentifierFault::AtrHistoricalBytes);
+    }
+    if other_than_t0 && bytes[1..].iter().fold(0u8, |acc, b| acc ^ b) != 0 {
+        return Err(IdentifierFault::AtrChecksum);
+    }
+    Ok(historical)
 }
 
 impl FromStr for Atr {
@@ -582,6 +703,57 @@ mod tests {
             "{first17}{}",
             SocialSecurityNumber::check_character(first17).unwrap()
         )
+    }
+
+    #[test]
+    fn ssn_faults_lists_every_fault() {
+        use IdentifierFault as F;
+        assert!(SocialSecurityNumber::faults("11010519491231002X").is_empty());
+        assert_eq!(SocialSecurityNumber::faults("1101"), [F::Length]);
+        assert_eq!(
+            SocialSecurityNumber::faults("11010519491231002Y"),
+            [F::Malformed]
+        );
+        // Wrong check character and 30 February: both.
+        let bad_date = with_check("44010319900230123");
+        let mut both = bad_date.clone();
+        both.replace_range(17.., if bad_date.ends_with('1') { "2" } else { "1" });
+        assert_eq!(
+            SocialSecurityNumber::faults(&both),
+            [F::CheckCharacter, F::BirthDate]
+        );
+        // Not a province-level prefix (99): unknown region, and parse refuses it too.
+        let foreign = with_check("99010319900101123");
+        assert_eq!(SocialSecurityNumber::faults(&foreign), [F::UnknownRegion]);
+        assert_eq!(
+            fault(foreign.parse::<SocialSecurityNumber>()).1,
+            F::UnknownRegion
+        );
+        // Other provinces, Hong Kong and Taiwan residents' permits are citizens' numbers.
+        for first17 in [
+            "11010519491231002",
+            "81000019900101123",
+            "83000019900101123",
+        ] {
+            assert!(with_check(first17).parse::<SocialSecurityNumber>().is_ok());
+        }
+    }
+
+    #[test]
+    fn birth_dates() {
+        let d = BirthDate::parse("20000229").unwrap();
+        assert_eq!((d.year, d.month, d.day), (2000, 2, 29));
+        assert_eq!(d.to_string(), "20000229");
+        for bad in [
+            "19000229",
+            "2000022",
+            "200002290",
+            "2000-2-2",
+            "00000101",
+            "",
+        ] {
+            assert!(BirthDate::parse(bad).is_none(), "{bad}");
+        }
     }
 
     #[test]
@@ -702,26 +874,70 @@ mod tests {
         }
     }
 
+    #[test]
+    fn card_identifier_faults_lists_every_fault() {
+        use IdentifierFault as F;
+        assert!(CardIdentifier::faults("440300d1560000050050640776ef3192").is_empty());
+        assert_eq!(CardIdentifier::faults("4403"), [F::Length]);
+        assert_eq!(
+            CardIdentifier::faults("441000D1560000060050640776EF3192"),
+            [F::UnknownRegion, F::ProviderPart]
+        );
+        assert_eq!(
+            CardIdentifier::faults("4403AAD1560000050050640776EF3192"),
+            [F::Malformed]
+        );
+    }
+
     // ---- ATR ----
+
+    /// The ATR of the tests: `3B 6D 00 00` (TS, T0 with TB1 and TC1 and 13 historical bytes,
+    /// TB1, TC1) and 13 historical bytes, the last 8 DOMAIN.md §2's card factor.
+    const ATR: &str = "3B6D000080318065B086843202AD932A48";
+
+    /// A 33-byte ATR: TD1 and TD2 announce T=1 with every interface byte, 15 historical bytes,
+    /// and its TCK.
+    fn longest_atr() -> Vec<u8> {
+        let mut atr = vec![
+            0x3B, 0xFF, 0x11, 0x22, 0x33, 0xF1, 0x44, 0x55, 0x66, 0xF1, 0x77, 0x88, 0x99, 0x71,
+            0xAA, 0xBB, 0xCC,
+        ];
+        atr.extend(0x01..=0x0F);
+        let tck = atr[1..].iter().fold(0, |acc, b| acc ^ b);
+        atr.push(tck);
+        atr
+    }
 
     #[test]
     fn atr_gives_the_card_factor() {
-        let atr: Atr = "3B6D000080318065B08701AD86843202AD932A48".parse().unwrap();
+        let atr: Atr = ATR.parse().unwrap();
         assert_eq!(atr.card_factor().to_hex(), "86843202AD932A48");
-        assert_eq!(atr.as_bytes().len(), 20);
-        assert_eq!(atr.masked(), format!("3B6D{}2A48", "*".repeat(32)));
-        let spaced: Atr = "3b 6d 00 00 80 31 80 65 b0 87 01 ad 86 84 32 02 ad 93 2a 48"
+        assert_eq!(atr.as_bytes().len(), 17);
+        assert_eq!(
+            hex::encode_upper(atr.historical_bytes()),
+            "80318065B086843202AD932A48"
+        );
+        assert_eq!(atr.masked(), format!("3B6D{}2A48", "*".repeat(26)));
+        let spaced: Atr = "3b 6d 00 00 80 31 80 65 b0 86 84 32 02 ad 93 2a 48"
             .parse()
             .unwrap();
         assert_eq!(spaced, atr);
+        assert_eq!(spaced.to_string(), ATR);
+        // Exactly 8 and exactly 33 bytes are accepted: T0 = 06 (no interface bytes, 6
+        // historical bytes), and the longest ATR above.
+        let eight = Atr::from_bytes(&[0x3B, 0x06, 1, 2, 3, 4, 5, 6]).unwrap();
         assert_eq!(
-            spaced.to_string(),
-            "3B6D000080318065B08701AD86843202AD932A48"
+            eight.card_factor(),
+            Factor::from_bytes(&[0x3B, 0x06, 1, 2, 3, 4, 5, 6]).unwrap()
         );
-        // Exactly 8 and exactly 33 bytes are accepted.
-        let eight = Atr::from_bytes(&[0x3B; 8]).unwrap();
-        assert_eq!(eight.card_factor(), Factor::from_bytes(&[0x3B; 8]).unwrap());
-        assert!(Atr::from_bytes(&[0x3B; 33]).is_ok());
+        let longest = Atr::from_bytes(&longest_atr()).unwrap();
+        assert_eq!(longest.as_bytes().len(), 33);
+        assert_eq!(
+            longest.historical_bytes(),
+            (0x01..=0x0F).collect::<Vec<u8>>()
+        );
+        // The inverse convention's TS.
+        assert!(Atr::from_bytes(&[0x3F, 0x06, 1, 2, 3, 4, 5, 6]).is_ok());
     }
 
     #[test]
@@ -747,6 +963,62 @@ mod tests {
             ("atr", IdentifierFault::Malformed)
         );
     }
+
+    #[test]
+    fn malformed_atrs_are_refused_with_the_reason() {
+        let good = hex::decode(ATR).unwrap();
+        let with = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut atr = good.clone();
+            f(&mut atr);
+            fault(Atr::from_bytes(&atr))
+        };
+        // TS neither 3B nor 3F.
+        assert_eq!(
+            with(&|a| a[0] = 0x3A),
+            ("atr", IdentifierFault::AtrInitialCharacter)
+        );
+        // The ATR the tests used before: T0 announces 13 historical bytes, 16 follow.
+        assert_eq!(
+            fault("3B6D000080318065B08701AD86843202AD932A48".parse::<Atr>()),
+            ("atr", IdentifierFault::AtrHistoricalBytes)
+        );
+        // One historical byte missing, one too many.
+        assert_eq!(
+            with(&|a| {
+                a.remove(4);
+            }),
+            ("atr", IdentifierFault::AtrHistoricalBytes)
+        );
+        assert_eq!(
+            with(&|a| a.push(0x00)),
+            ("atr", IdentifierFault::AtrHistoricalBytes)
+        );
+        // T0 announces a TD1 that leads past the end.
+        assert_eq!(
+            fault(Atr::from_bytes(&[0x3B, 0xF0, 1, 2, 3, 0xF1, 4, 5])),
+            ("atr", IdentifierFault::AtrInterfaceBytes)
+        );
+        // T=1 indicated: TCK is required and must check.
+        let mut longest = longest_atr();
+        *longest.last_mut().unwrap() ^= 0x01;
+        assert_eq!(
+            fault(Atr::from_bytes(&longest)),
+            ("atr", IdentifierFault::AtrChecksum)
+        );
+        let mut no_tck = longest_atr();
+        no_tck.pop();
+        assert_eq!(
+            fault(Atr::from_bytes(&no_tck)),
+            ("atr", IdentifierFault::AtrHistoricalBytes)
+        );
+        // Only T=0 indicated (TD1 = 00... here T0 = 0x86: TD1 with T=0, 6 historical bytes): no
+        // TCK allowed.
+        assert!(Atr::from_bytes(&[0x3B, 0x86, 0x00, 1, 2, 3, 4, 5, 6]).is_ok());
+        assert_eq!(
+            fault(Atr::from_bytes(&[0x3B, 0x86, 0x00, 1, 2, 3, 4, 5, 6, 0x80])),
+            ("atr", IdentifierFault::AtrHistoricalBytes)
+        );
+    }
 }
 
 /// Property tests: every input, no panic; each malformed input its own fault. 256 cases each.
@@ -763,17 +1035,55 @@ mod props {
         }
     }
 
+    /// A well-formed ATR by ISO/IEC 7816-3, built from its parts: TS, T0, up to three more
+    /// groups of interface bytes (each TDi announcing the next group and a protocol), the
+    /// historical bytes, and TCK when a protocol other than T=0 is indicated. With its
+    /// historical bytes and whether it has a TCK.
+    fn well_formed_atr() -> impl Strategy<Value = (Vec<u8>, Vec<u8>, bool)> {
+        (
+            any::<bool>(),
+            0u8..8,
+            proptest::collection::vec((0u8..8, 0u8..16), 0..3),
+            proptest::collection::vec(any::<u8>(), 0..=15),
+            any::<u8>(),
+        )
+            .prop_map(|(inverse, first, groups, historical, filler)| {
+                let k = u8::try_from(historical.len()).unwrap_or(0);
+                let td_bit = |more: bool| if more { 0x08 } else { 0x00 };
+                let mut bytes = vec![
+                    if inverse { 0x3F } else { 0x3B },
+                    ((first | td_bit(!groups.is_empty())) << 4) | k,
+                ];
+                let mut presence = first;
+                let mut other_than_t0 = false;
+                for (i, &(next, protocol)) in groups.iter().enumerate() {
+                    bytes.extend(std::iter::repeat_n(filler, presence.count_ones() as usize));
+                    bytes.push(((next | td_bit(i + 1 < groups.len())) << 4) | protocol);
+                    other_than_t0 |= protocol != 0;
+                    presence = next;
+                }
+                bytes.extend(std::iter::repeat_n(filler, presence.count_ones() as usize));
+                bytes.extend_from_slice(&historical);
+                if other_than_t0 {
+                    let tck = bytes[1..].iter().fold(0, |acc, b| acc ^ b);
+                    bytes.push(tck);
+                }
+                (bytes, historical, other_than_t0)
+            })
+    }
+
     /// 17 digits of a valid SSN body: a region not starting `00`, a real date, a sequence.
     fn ssn_body() -> impl Strategy<Value = String> {
+        // The region starts with a province-level prefix (an unknown one is a fault).
         (
-            10u32..=99,
+            proptest::sample::select(crate::card::region::PROVINCE_LEVEL_PREFIXES.to_vec()),
             0u32..=9999,
             1900u16..=2099,
             1u8..=12,
             1u8..=28,
             0u32..=999,
         )
-            .prop_map(|(r1, r2, y, m, d, seq)| format!("{r1:02}{r2:04}{y:04}{m:02}{d:02}{seq:03}"))
+            .prop_map(|(r1, r2, y, m, d, seq)| format!("{r1}{r2:04}{y:04}{m:02}{d:02}{seq:03}"))
     }
 
     fn valid_ssn() -> impl Strategy<Value = String> {
@@ -918,33 +1228,89 @@ mod props {
         }
 
         #[test]
-        fn atrs_are_8_to_33_bytes_and_their_factor_is_the_last_8(
+        fn well_formed_atrs_parse_their_factor_is_the_last_8_and_each_mutation_its_fault(
+            atr in well_formed_atr(),
+        ) {
+            let (bytes, historical, has_tck) = atr;
+            prop_assume!((8..=33).contains(&bytes.len()));
+            let parsed = Atr::from_bytes(&bytes).unwrap();
+            prop_assert_eq!(
+                parsed.card_factor().to_hex(),
+                hex::encode_upper(&bytes[bytes.len() - 8..])
+            );
+            prop_assert_eq!(parsed.historical_bytes(), &historical[..]);
+            // Its hex, in either case and spaced, parses to the same ATR.
+            let spaced = hex::encode(&bytes)
+                .as_bytes()
+                .chunks(2)
+                .map(|c| String::from_utf8_lossy(c).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ");
+            prop_assert_eq!(Atr::parse_field("atr", &spaced).unwrap(), parsed);
+            // An odd number of hex digits is malformed.
+            let odd = format!("{}0", hex::encode(&bytes));
+            prop_assert_eq!(
+                fault(Atr::parse_field("atr", &odd)),
+                ("atr", IdentifierFault::Malformed)
+            );
+            // Another initial character; a byte more than T0 announces; a wrong TCK.
+            let mut other_ts = bytes.clone();
+            other_ts[0] = 0x3C;
+            prop_assert_eq!(
+                fault(Atr::from_bytes(&other_ts)),
+                ("atr", IdentifierFault::AtrInitialCharacter)
+            );
+            if bytes.len() < 33 {
+                let mut longer = bytes.clone();
+                longer.push(0x00);
+                prop_assert_eq!(
+                    fault(Atr::from_bytes(&longer)),
+                    ("atr", IdentifierFault::AtrHistoricalBytes)
+                );
+            }
+            if has_tck {
+                let mut wrong = bytes.clone();
+                if let Some(tck) = wrong.last_mut() {
+                    *tck ^= 0x01;
+                }
+                prop_assert_eq!(
+                    fault(Atr::from_bytes(&wrong)),
+                    ("atr", IdentifierFault::AtrChecksum)
+                );
+            }
+        }
+
+        #[test]
+        fn any_bytes_are_an_atr_or_refused_with_a_named_fault(
             bytes in proptest::collection::vec(any::<u8>(), 0..64),
         ) {
             let parsed = Atr::from_bytes(&bytes);
             match bytes.len() {
                 0..=7 => prop_assert_eq!(fault(parsed), ("atr", IdentifierFault::AtrTooShort)),
-                8..=33 => {
-                    let atr = parsed.unwrap();
-                    prop_assert_eq!(
-                        atr.card_factor().to_hex(),
-                        hex::encode_upper(&bytes[bytes.len() - 8..])
-                    );
-                    // Its hex, in either case and spaced, parses to the same ATR.
-                    let spaced = hex::encode(&bytes)
-                        .as_bytes()
-                        .chunks(2)
-                        .map(|c| String::from_utf8_lossy(c).into_owned())
-                        .collect::<Vec<_>>()
-                        .join(" ");
-                    prop_assert_eq!(Atr::parse_field("atr", &spaced).unwrap(), atr);
-                    // An odd number of hex digits is malformed.
-                    let odd = format!("{}0", hex::encode(&bytes));
-                    prop_assert_eq!(
-                        fault(Atr::parse_field("atr", &odd)),
-                        ("atr", IdentifierFault::Malformed)
-                    );
-                }
+                8..=33 => match parsed {
+                    Ok(atr) => {
+                        prop_assert!(bytes[0] == 0x3B || bytes[0] == 0x3F);
+                        prop_assert_eq!(atr.as_bytes(), &bytes[..]);
+                        prop_assert_eq!(
+                            atr.card_factor().to_hex(),
+                            hex::encode_upper(&bytes[bytes.len() - 8..])
+                        );
+                    }
+                    Err(e) => {
+                        let (field, reason) = fault::<()>(Err(e));
+                        prop_assert_eq!(field, "atr");
+                        prop_assert!(matches!(
+                            reason,
+                            IdentifierFault::AtrInitialCharacter
+                                | IdentifierFault::AtrInterfaceBytes
+                                | IdentifierFault::AtrHistoricalBytes
+                                | IdentifierFault::AtrChecksum
+                        ), "{reason:?}");
+                        if bytes[0] != 0x3B && bytes[0] != 0x3F {
+                            prop_assert_eq!(reason, IdentifierFault::AtrInitialCharacter);
+                        }
+                    }
+                },
                 _ => prop_assert_eq!(fault(parsed), ("atr", IdentifierFault::AtrTooLong)),
             }
         }

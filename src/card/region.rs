@@ -87,6 +87,28 @@ pub static GUANGDONG_CITIES: [Region; 21] = [
     city("445300", "云浮市", "Yunfu"),
 ];
 
+/// The first two digits of every province-level division of GB/T 2260 (31 provinces,
+/// autonomous regions and municipalities, `71` Taiwan, `81` Hong Kong, `82` Macao) and `83`, the
+/// prefix of the residence permits of Taiwan residents (whose Hong Kong and Macao permits use
+/// `81` and `82`). A social security number is a citizen ID of any of them: people move, and a
+/// Guangdong card is issued to whoever works there. County-level codes are not checked: codes
+/// are abolished and renumbered over the years, and an ID keeps the code it was issued under.
+pub static PROVINCE_LEVEL_PREFIXES: [&str; 35] = [
+    "11", "12", "13", "14", "15", // Beijing, Tianjin, Hebei, Shanxi, Inner Mongolia
+    "21", "22", "23", // Liaoning, Jilin, Heilongjiang
+    "31", "32", "33", "34", "35", "36", "37", // Shanghai … Shandong
+    "41", "42", "43", "44", "45", "46", // Henan … Hainan
+    "50", "51", "52", "53", "54", // Chongqing, Sichuan, Guizhou, Yunnan, Tibet
+    "61", "62", "63", "64", "65", // Shaanxi, Gansu, Qinghai, Ningxia, Xinjiang
+    "71", "81", "82", "83", // Taiwan, Hong Kong, Macao; Taiwan residents' permits
+];
+
+/// True if `prefix` is the two-digit code of a province-level division
+/// ([`PROVINCE_LEVEL_PREFIXES`]).
+pub fn is_province_level_prefix(prefix: &str) -> bool {
+    PROVINCE_LEVEL_PREFIXES.contains(&prefix)
+}
+
 /// Every region the service knows: the provinces first, then the cities.
 pub fn all() -> impl Iterator<Item = &'static Region> {
     core::iter::once(&GUANGDONG).chain(GUANGDONG_CITIES.iter())
@@ -218,6 +240,19 @@ mod tests {
             assert!(c.code.starts_with("44") && c.code.ends_with("00") && &c.code[2..4] != "00");
             assert_eq!(c.cities().count(), 0);
         }
+    }
+
+    #[test]
+    fn province_level_prefixes() {
+        for p in ["11", "44", "65", "71", "81", "82", "83"] {
+            assert!(is_province_level_prefix(p), "{p}");
+        }
+        for p in [
+            "00", "10", "16", "24", "47", "66", "72", "84", "99", "4", "440",
+        ] {
+            assert!(!is_province_level_prefix(p), "{p}");
+        }
+        assert!(is_province_level_prefix(&GUANGDONG.code[..2]));
     }
 
     #[test]

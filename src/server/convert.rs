@@ -65,7 +65,9 @@ pub(super) fn pb_delivered(d: service::Delivered) -> pb::DeliveredKey {
             DeliveredForm::Tr31(b) => pb::delivered_key::Form::Tr31Block(b),
             DeliveredForm::WriteKeyApdu(a) => pb::delivered_key::Form::WriteKeyApdu(a),
         }),
-        psam_usage: d.psam_usage.map(u32::from).unwrap_or(0),
+        psam_usage: d.psam.map_or(0, |p| u32::from(p.usage)),
+        psam_key_id: d.psam.map_or(0, |p| u32::from(p.key_id)),
+        psam_key_version: d.psam.map_or(0, |p| u32::from(p.key_version)),
     }
 }
 
@@ -110,6 +112,7 @@ pub(super) fn pb_key_record(r: records::KeyRecord) -> pb::KeyRecord {
             .unwrap_or_default(),
         kcv,
         active: r.active,
+        ministry_psam_permission: r.psam_permitted,
     }
 }
 
@@ -132,6 +135,61 @@ pub(super) fn level_of(level: i32) -> Result<Level, Status> {
             field: "level",
             reason: Refusal::RootLevel,
         })),
+    }
+}
+
+fn codes(joined: &str) -> Vec<String> {
+    joined
+        .split(';')
+        .filter(|c| !c.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+pub(super) fn pb_batch_report(
+    b: crate::registry::batch::StoredBatch,
+    resubmitted: bool,
+) -> pb::ApplicantBatchReport {
+    use crate::registry::reasons::Reasons;
+    pb::ApplicantBatchReport {
+        batch_id: b.id,
+        sha256: b.sha256,
+        region: b.region,
+        submitter: b.submitter,
+        encoding: b.encoding,
+        rows: b.rows,
+        accepted: b.accepted,
+        rejected: b.rejected,
+        resubmitted,
+        lines: b
+            .lines
+            .into_iter()
+            .map(|r| pb::LineRun {
+                first_line: r.first,
+                count: r.count,
+            })
+            .collect(),
+        rejected_rows: b
+            .rejections
+            .into_iter()
+            .map(|r| pb::RejectedRow {
+                line: r.line,
+                waivable: Reasons::from_codes(&r.reasons).is_some_and(Reasons::waivable),
+                reasons: codes(&r.reasons),
+            })
+            .collect(),
+        decisions: b
+            .decisions
+            .into_iter()
+            .map(|d| pb::RowDecision {
+                line: d.line,
+                reviewer: d.reviewer,
+                waived: codes(&d.waived),
+                note: d.note,
+                decided_ms: d.decided_ms,
+            })
+            .collect(),
+        created_ms: b.created_ms,
     }
 }
 

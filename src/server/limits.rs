@@ -146,7 +146,8 @@ impl Bounded for pb::RegisterPsamsRequest {
             check("serials", s.len(), NAME)?;
         }
         check("region", self.region.len(), NAME)?;
-        check("template_id", self.template_id.len(), NAME)
+        check("template_id", self.template_id.len(), NAME)?;
+        check("psam_profile", self.psam_profile.len(), NAME)
     }
 }
 
@@ -240,6 +241,28 @@ impl Bounded for pb::ListKeysRequest {
 impl Bounded for pb::UnsealHsmRequest {
     fn check_limits(&self) -> Result<()> {
         check("share", self.share.len(), SHARE)
+    }
+}
+
+impl Bounded for pb::AcceptApplicantRowRequest {
+    fn check_limits(&self) -> Result<()> {
+        check("batch_id", self.batch_id.len(), NAME)?;
+        check("note", self.note.len(), REASON)
+    }
+}
+
+impl Bounded for pb::GetApplicantBatchRequest {
+    fn check_limits(&self) -> Result<()> {
+        check("batch_id", self.batch_id.len(), NAME)
+    }
+}
+
+/// An applicant file's chunks: each within [`MAX_REQUEST_BYTES`] (the decoder's limit), the
+/// whole file within its own cap (`registry::file::MAX_FILE_BYTES`, counted as it arrives), the
+/// batch id checked by the service.
+impl Bounded for tonic::Streaming<pb::ApplicantFileChunk> {
+    fn check_limits(&self) -> Result<()> {
+        Ok(())
     }
 }
 

@@ -63,6 +63,7 @@ impl<H: Hsm> pb::admin_service_server::AdminService for Api<H> {
                 &req.key_name,
                 level,
                 components(req.components),
+                req.ministry_psam_permission,
             )
             .await
             .map_err(status)?;

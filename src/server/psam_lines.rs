@@ -19,7 +19,13 @@ impl<H: Hsm> pb::psam_service_server::PsamService for Api<H> {
         let req = request.into_inner();
         let registered = self
             .kms
-            .register_psams(&who, req.serials, &req.region, &req.template_id)
+            .register_psams(
+                &who,
+                req.serials,
+                &req.region,
+                &req.template_id,
+                &req.psam_profile,
+            )
             .await
             .map_err(status)?;
         Ok(Response::new(pb::RegisterPsamsResponse { registered }))
@@ -38,14 +44,12 @@ impl<H: Hsm> pb::psam_service_server::PsamService for Api<H> {
             .map_err(status)?;
         Ok(Response::new(pb::GetPsamKeySetResponse {
             serial: set.serial,
+            psam_profile: set.psam_profile,
             keys: set.keys.into_iter().map(pb_delivered).collect(),
             omitted: set
                 .omitted
                 .into_iter()
-                .map(|(key_name, reason)| pb::OmittedKey {
-                    key_name,
-                    reason: reason.to_owned(),
-                })
+                .map(|(key_name, reason)| pb::OmittedKey { key_name, reason })
                 .collect(),
         }))
     }

@@ -1,12 +1,13 @@
-//! `RegistryService`: city registrars.
+//! `RegistryService`: registrars (cities register and submit, the province accepts).
 
 use hsm_api::Hsm;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::Result;
 use crate::proto::kms::v1 as pb;
+use crate::registry::file::Encoding;
 
-use super::convert::{card_request, pb_card};
+use super::convert::{card_request, pb_batch_report, pb_card};
 use super::{Api, status};
 
 #[tonic::async_trait]
@@ -51,6 +52,78 @@ impl<H: Hsm> pb::registry_service_server::RegistryService for Api<H> {
             .await
             .map_err(status)?;
         Ok(Response::new(pb_card(card)))
+    }
+
+    async fn submit_applicant_batch(
+        &self,
+        request: Request<Streaming<pb::ApplicantFileChunk>>,
+    ) -> Result<Response<pb::ApplicantBatchReport>, Status> {
+        let who = self.admit(&request)?;
+        // Authorised before the first byte is read.
+        let mut upload = self.kms.begin_applicant_batch(&who).await.map_err(status)?;
+        let mut chunks = request.into_inner();
+        let mut first = true;
+        loop {
+            match chunks.message().await {
+                Ok(Some(chunk)) => {
+                    if first {
+                        let encoding = match pb::ApplicantFileEncoding::try_from(chunk.encoding) {
+                            Ok(pb::ApplicantFileEncoding::Utf8) => Encoding::Utf8,
+                            Ok(pb::ApplicantFileEncoding::Gb18030) => Encoding::Gb18030,
+                            _ => Encoding::Detect,
+                        };
+                        upload.set_options(&chunk.batch_id, encoding);
+                        first = false;
+                    }
+                    upload.push(&chunk.data);
+                    if upload.is_refused() {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    upload.interrupted();
+                    break;
+                }
+            }
+        }
+        let outcome = self
+            .kms
+            .submit_applicant_batch(upload)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb_batch_report(
+            outcome.batch,
+            outcome.resubmitted,
+        )))
+    }
+
+    async fn accept_applicant_row(
+        &self,
+        request: Request<pb::AcceptApplicantRowRequest>,
+    ) -> Result<Response<pb::ApplicantBatchReport>, Status> {
+        let who = self.admit(&request)?;
+        let req = request.into_inner();
+        let batch = self
+            .kms
+            .accept_applicant_row(&who, &req.batch_id, req.line, &req.note)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb_batch_report(batch, false)))
+    }
+
+    async fn get_applicant_batch(
+        &self,
+        request: Request<pb::GetApplicantBatchRequest>,
+    ) -> Result<Response<pb::ApplicantBatchReport>, Status> {
+        let who = self.admit(&request)?;
+        let req = request.into_inner();
+        let batch = self
+            .kms
+            .get_applicant_batch(&who, &req.batch_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb_batch_report(batch, false)))
     }
 
     async fn get_card(

@@ -67,6 +67,15 @@ pub fn to_status(e: &Error) -> Status {
         Error::Template { line, .. } => {
             Refused::new(Code::InvalidArgument, text(), "TEMPLATE_INVALID").with("line", line)
         }
+        Error::ApplicantFile(fault) => {
+            Refused::new(Code::InvalidArgument, text(), "APPLICANT_FILE_UNREADABLE")
+                .with("line", fault.line)
+        }
+        Error::Profile { file, line, .. } => {
+            Refused::new(Code::InvalidArgument, text(), "PROFILE_INVALID")
+                .with("file", file)
+                .with("line", line)
+        }
         Error::NotFound { what } => {
             Refused::new(Code::NotFound, text(), format!("{}_NOT_FOUND", what.code()))
         }
@@ -116,7 +125,8 @@ pub fn to_status(e: &Error) -> Status {
         | Error::PkiFile { .. }
         | Error::CertGen(_)
         | Error::File { .. }
-        | Error::Stdin(_) => {
+        | Error::Stdin(_)
+        | Error::Remote { .. } => {
             tracing::error!(error = %e, "internal error");
             return internal();
         }
@@ -216,6 +226,8 @@ mod tests {
 
     use super::{DOMAIN, to_status};
     use crate::card::identifiers::IdentifierFault;
+    use crate::card::profile::DataFile;
+    use crate::card::template::TemplateFault;
     use crate::error::{Error, Refusal, Resource};
 
     /// README's reason-code table: code → (gRPC status name, where tested).
@@ -285,6 +297,7 @@ mod tests {
             fp(Refusal::CardChangedDuringRequest),
             fp(Refusal::KeyVersionNotHeld),
             fp(Refusal::NoBlankCardKey),
+            fp(Refusal::WriteKeyLcMismatch),
             Error::Hsm(H::SelfTestFailed("sm4-ecb".to_owned())),
             Error::Hsm(H::AlreadyInitialised),
             Error::Hsm(H::Unsupported {
@@ -312,10 +325,21 @@ mod tests {
             Error::Hsm(H::RegionCode("4401".to_owned())),
             Error::Hsm(H::UnknownAlgorithm("rc4".to_owned())),
             ia(Refusal::ConfigInvalid),
+            Error::Profile {
+                file: DataFile::CosProfile,
+                line: 3,
+                fault: TemplateFault::NoKeys,
+            },
             ia(Refusal::NotASocketAddress),
             ia(Refusal::EndpointForLocalHsm),
             ia(Refusal::DispersionMethod),
             ia(Refusal::NoDispersionForAlgorithm),
+            ia(Refusal::FileTooLarge),
+            ia(Refusal::UploadInterrupted),
+            ia(Refusal::EncodingName),
+            ia(Refusal::ConnectionOptions),
+            ia(Refusal::NotAUrl),
+            ia(Refusal::ReportUnwritable),
             Error::NotFound {
                 what: Resource::ProtectingKey,
             },

@@ -10,15 +10,22 @@
 //!
 //! An HSM sealed behind the service's back (a remote HSM restarted by its operator) is seen at
 //! the service's next HSM call, e.g. an officer's `GetStatus`.
+//!
+//! Every call is counted by operation and outcome (`sscard_hsm_calls_total`) and timed
+//! (`sscard_hsm_call_duration_seconds`) once the service's [`Metrics`] are attached.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use hsm_api::{
-    Component, Dispersion, Error as HsmError, ExportedKey, Factor, Hsm, HsmState, HsmStatus, Kcv,
-    KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare,
-    Result as HsmResult, UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest,
+    BatchItem, BatchOutput, Component, Dispersion, Error as HsmError, ExportedKey, Factor, Hsm,
+    HsmState, HsmStatus, Kcv, KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation,
+    LmkShare, Result as HsmResult, UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest,
 };
 use tokio::sync::watch;
+
+use crate::metrics::{HsmCallLabels, HsmOpLabels, Metrics};
 
 /// What the service last learnt of its HSM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +63,7 @@ impl HsmReadiness {
 pub struct WatchedHsm<H: Hsm> {
     inner: Arc<H>,
     readiness: watch::Sender<HsmReadiness>,
+    metrics: OnceLock<Arc<Metrics>>,
 }
 
 impl<H: Hsm> std::fmt::Debug for WatchedHsm<H> {
@@ -72,7 +80,37 @@ impl<H: Hsm> WatchedHsm<H> {
         WatchedHsm {
             inner,
             readiness: watch::Sender::new(HsmReadiness::Unknown),
+            metrics: OnceLock::new(),
         }
+    }
+
+    /// Records every later call in `metrics` (the first metrics attached stay).
+    pub fn attach_metrics(&self, metrics: Arc<Metrics>) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    /// `call`, timed and counted as `op`.
+    async fn measured<T>(
+        &self,
+        op: &'static str,
+        call: impl Future<Output = HsmResult<T>>,
+    ) -> HsmResult<T> {
+        let started = Instant::now();
+        let result = call.await;
+        if let Some(metrics) = self.metrics.get() {
+            metrics
+                .hsm_seconds
+                .get_or_create(&HsmOpLabels { op })
+                .observe(started.elapsed().as_secs_f64());
+            metrics
+                .hsm_calls
+                .get_or_create(&HsmCallLabels {
+                    op,
+                    outcome: if result.is_ok() { "ok" } else { "error" },
+                })
+                .inc();
+        }
+        result
     }
 
     /// The HSM underneath.
@@ -122,7 +160,7 @@ impl<H: Hsm> Hsm for WatchedHsm<H> {
     }
 
     async fn status(&self) -> HsmResult<HsmStatus> {
-        let result = self.inner.status().await;
+        let result = self.measured("status", self.inner.status()).await;
         match &result {
             Ok(s) => self.publish(HsmReadiness::State(s.state)),
             Err(e) => self.publish(HsmReadiness::from_error(e).unwrap_or(HsmReadiness::Unknown)),
@@ -131,42 +169,50 @@ impl<H: Hsm> Hsm for WatchedHsm<H> {
     }
 
     async fn init_lmk(&self, threshold: u8, shares: u8) -> HsmResult<LmkInit> {
-        let r = self.inner.init_lmk(threshold, shares).await;
+        let r = self
+            .measured("init_lmk", self.inner.init_lmk(threshold, shares))
+            .await;
         self.state_op(r).await
     }
 
     async fn unseal(&self, share: LmkShare) -> HsmResult<UnsealProgress> {
-        let r = self.inner.unseal(share).await;
+        let r = self.measured("unseal", self.inner.unseal(share)).await;
         self.state_op(r).await
     }
 
     async fn unseal_reset(&self) -> HsmResult<()> {
-        let r = self.inner.unseal_reset().await;
+        let r = self
+            .measured("unseal_reset", self.inner.unseal_reset())
+            .await;
         self.state_op(r).await
     }
 
     async fn seal(&self) -> HsmResult<()> {
-        let r = self.inner.seal().await;
+        let r = self.measured("seal", self.inner.seal()).await;
         self.state_op(r).await
     }
 
     async fn tamper(&self) -> HsmResult<()> {
-        let r = self.inner.tamper().await;
+        let r = self.measured("tamper", self.inner.tamper()).await;
         self.state_op(r).await
     }
 
     async fn self_test(&self) -> HsmResult<()> {
-        let r = self.inner.self_test().await;
+        let r = self.measured("self_test", self.inner.self_test()).await;
         self.state_op(r).await
     }
 
     async fn generate_key(&self, spec: KeySpec) -> HsmResult<WrappedKey> {
-        let r = self.inner.generate_key(spec).await;
+        let r = self
+            .measured("generate_key", self.inner.generate_key(spec))
+            .await;
         self.key_op(r)
     }
 
     async fn form_key(&self, spec: KeySpec, components: Vec<Component>) -> HsmResult<WrappedKey> {
-        let r = self.inner.form_key(spec, components).await;
+        let r = self
+            .measured("form_key", self.inner.form_key(spec, components))
+            .await;
         self.key_op(r)
     }
 
@@ -176,7 +222,9 @@ impl<H: Hsm> Hsm for WatchedHsm<H> {
         block: &str,
         usage: KeyUsage,
     ) -> HsmResult<WrappedKey> {
-        let r = self.inner.import_key(kek, block, usage).await;
+        let r = self
+            .measured("import_key", self.inner.import_key(kek, block, usage))
+            .await;
         self.key_op(r)
     }
 
@@ -186,7 +234,9 @@ impl<H: Hsm> Hsm for WatchedHsm<H> {
         key: &KeyToken,
         version: KeyBlockVersion,
     ) -> HsmResult<ExportedKey> {
-        let r = self.inner.export_key(kek, key, version).await;
+        let r = self
+            .measured("export_key", self.inner.export_key(kek, key, version))
+            .await;
         self.key_op(r)
     }
 
@@ -198,34 +248,46 @@ impl<H: Hsm> Hsm for WatchedHsm<H> {
         child_usage: KeyUsage,
     ) -> HsmResult<WrappedKey> {
         let r = self
-            .inner
-            .derive_key(parent, method, factors, child_usage)
+            .measured(
+                "derive_key",
+                self.inner.derive_key(parent, method, factors, child_usage),
+            )
             .await;
         self.key_op(r)
     }
 
     async fn write_key_command(&self, request: WriteKeyRequest) -> HsmResult<WriteKeyCommand> {
-        let r = self.inner.write_key_command(request).await;
+        let r = self
+            .measured("write_key_command", self.inner.write_key_command(request))
+            .await;
+        self.key_op(r)
+    }
+
+    async fn batch(&self, items: Vec<BatchItem>) -> HsmResult<Vec<HsmResult<BatchOutput>>> {
+        // The call as a whole says what the HSM is; an item's own refusal does not.
+        let r = self.measured("batch", self.inner.batch(items)).await;
         self.key_op(r)
     }
 
     async fn kcv(&self, key: &KeyToken) -> HsmResult<Kcv> {
-        let r = self.inner.kcv(key).await;
+        let r = self.measured("kcv", self.inner.kcv(key)).await;
         self.key_op(r)
     }
 
     async fn random(&self, len: usize) -> HsmResult<Vec<u8>> {
-        let r = self.inner.random(len).await;
+        let r = self.measured("random", self.inner.random(len)).await;
         self.key_op(r)
     }
 
     async fn mac(&self, key: &KeyToken, data: &[u8]) -> HsmResult<Vec<u8>> {
-        let r = self.inner.mac(key, data).await;
+        let r = self.measured("mac", self.inner.mac(key, data)).await;
         self.key_op(r)
     }
 
     async fn verify_mac(&self, key: &KeyToken, data: &[u8], mac: &[u8]) -> HsmResult<()> {
-        let r = self.inner.verify_mac(key, data, mac).await;
+        let r = self
+            .measured("verify_mac", self.inner.verify_mac(key, data, mac))
+            .await;
         self.key_op(r)
     }
 
@@ -236,14 +298,21 @@ impl<H: Hsm> Hsm for WatchedHsm<H> {
         shares: u8,
     ) -> HsmResult<LmkRotation> {
         let r = self
-            .inner
-            .prepare_lmk_rotation(tokens, threshold, shares)
+            .measured(
+                "prepare_lmk_rotation",
+                self.inner.prepare_lmk_rotation(tokens, threshold, shares),
+            )
             .await;
         self.key_op(r)
     }
 
     async fn commit_lmk_rotation(&self, new_lmk_kcv: &Kcv) -> HsmResult<()> {
-        let r = self.inner.commit_lmk_rotation(new_lmk_kcv).await;
+        let r = self
+            .measured(
+                "commit_lmk_rotation",
+                self.inner.commit_lmk_rotation(new_lmk_kcv),
+            )
+            .await;
         self.state_op(r).await
     }
 }

@@ -17,19 +17,21 @@ use hsm_api::{Exportability, HierarchyLevel, Hsm, KeySpec as HsmKeySpec, KeyToke
 use crate::access::authz::Operation;
 use crate::access::identity::Identity;
 use crate::card::identifiers::{Atr, CardIdentifier, CardNumber, SocialSecurityNumber};
-use crate::card::template::{KeySpec, Protector, Template};
+use crate::card::template::{KeySpec, Template};
 use crate::error::{Error, Refusal, Resource, Result};
 use crate::metrics::Metrics;
 use crate::state::audit::AuditEvent;
 use crate::state::records::{self, Endpoint, EndpointKind, KeyRecord, Level, StoredTemplate};
 use crate::state::store::{SealSkipped, Sealer, Snapshot, Store, Table};
 
+mod applicants;
 mod hsm_watch;
 mod officers;
 mod psam_lines;
 mod registrars;
 mod stations;
 
+pub use applicants::{BatchUpload, MAX_BATCH_ID_LEN, MAX_NOTE_CHARS};
 pub use hsm_watch::{HsmReadiness, WatchedHsm};
 pub use officers::{ComponentInput, Status};
 pub use psam_lines::PsamKeySet;
@@ -37,10 +39,6 @@ pub use stations::{Delivered, DeliveredForm, Delivery};
 
 /// The province this service runs for.
 pub const PROVINCE: &str = "440000";
-
-/// The APDU class and instruction of WRITE KEY with secure messaging (DOMAIN.md §5).
-const WRITE_KEY_CLA: u8 = 0x84;
-const WRITE_KEY_INS: u8 = 0xD4;
 
 /// Where the audit key's token is kept in the `meta` table.
 pub const AUDIT_KEY: &str = "audit_key_token";
@@ -192,6 +190,7 @@ impl<H: Hsm> Kms<H> {
         });
         let store = Store::open(store_dir, Arc::clone(&sealer) as Arc<dyn Sealer>)?;
         let metrics = Metrics::new(store.metrics());
+        hsm.attach_metrics(Arc::clone(&metrics));
         let kms = Kms {
             hsm,
             store,
@@ -403,6 +402,23 @@ impl<H: Hsm> Kms<H> {
         result
     }
 
+    /// One HSM call for every key of a request: one result per item, in order (recorded in the
+    /// HSM metrics as op `batch`, by [`WatchedHsm`]).
+    async fn batch(
+        &self,
+        items: Vec<hsm_api::BatchItem>,
+    ) -> Result<Vec<hsm_api::Result<hsm_api::BatchOutput>>> {
+        let count = items.len();
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let outputs = self.hsm.batch(items).await?;
+        if outputs.len() != count {
+            return Err(HsmError::Protocol.into());
+        }
+        Ok(outputs)
+    }
+
     /// The station or PSAM line record of `caller`, which must be registered in its region.
     fn endpoint(snap: &Snapshot, kind: EndpointKind, caller: &Identity) -> Result<Endpoint> {
         let e: Endpoint = snap
@@ -443,16 +459,10 @@ fn active_key(
     Ok(all.into_iter().map(|(_, r)| r).rfind(|r| r.active))
 }
 
-/// Whether `spec` is a master key of its card: it protects another key's slot, or is the key a
-/// blank card's vendor transport key protects. Its hierarchy is a master-key hierarchy in the
-/// HSM and its card key a [`KeyUsage::CardMasterKey`]: it leaves only inside the
-/// secure-messaging command that writes it, never as a TR-31 block.
+/// Whether `spec` is a master key of its card ([`Template::is_master_key`]): its card key is a
+/// [`KeyUsage::CardMasterKey`], never a TR-31 block.
 fn is_master_key(template: &Template, spec: &KeySpec) -> bool {
-    spec.protected_by == Protector::VendorTransport
-        || template
-            .keys()
-            .iter()
-            .any(|k| matches!(&k.protected_by, Protector::Key(p) if *p == spec.name))
+    template.is_master_key(spec)
 }
 
 /// The HSM usage of `spec`'s hierarchy key at `level` (national, province or city).

@@ -165,6 +165,7 @@ impl<H: Hsm> Kms<H> {
         key_name: &str,
         level: Level,
         components: Vec<ComponentInput>,
+        ministry_psam_permission: bool,
     ) -> Result<KeyRecord> {
         let subject = format!("{template_id}/{key_name} {level} root");
         self.audited(caller, Operation::Administer, &subject, async {
@@ -183,6 +184,12 @@ impl<H: Hsm> Kms<H> {
                     });
                 }
             };
+            if ministry_psam_permission && level != Level::National {
+                return Err(Error::InvalidArgument {
+                    field: "ministry_psam_permission",
+                    reason: Refusal::PsamPermissionOnlyNational,
+                });
+            }
             let alg = spec.hsm_algorithm();
             let components = to_components(alg, components)?;
             let master = is_master_key(&template, spec);
@@ -197,7 +204,13 @@ impl<H: Hsm> Kms<H> {
                     components,
                 )
                 .await?;
-            self.store_new_version(caller, template.id(), key_name, level, region, alg, wrapped)
+            let stored = Stored {
+                level,
+                region,
+                alg,
+                psam_permitted: ministry_psam_permission,
+            };
+            self.store_new_version(caller, template.id(), key_name, stored, wrapped)
                 .await
         })
         .await
@@ -236,9 +249,7 @@ impl<H: Hsm> Kms<H> {
                 caller,
                 template.id(),
                 key_name,
-                Level::Province,
-                PROVINCE,
-                alg,
+                Stored::provincial(alg),
                 wrapped,
             )
             .await
@@ -252,11 +263,15 @@ impl<H: Hsm> Kms<H> {
         caller: &Identity,
         template_id: &str,
         key_name: &str,
-        level: Level,
-        region: &str,
-        alg: Algorithm,
+        stored: Stored<'_>,
         wrapped: hsm_api::WrappedKey,
     ) -> Result<KeyRecord> {
+        let Stored {
+            level,
+            region,
+            alg,
+            psam_permitted,
+        } = stored;
         let prefix = records::key_prefix(template_id, key_name, level, region);
         let (method, kcv) = kcv_hex(&wrapped.kcv);
         let mut record = KeyRecord {
@@ -271,6 +286,7 @@ impl<H: Hsm> Kms<H> {
             kcv,
             active: true,
             created_ms: 0,
+            psam_permitted,
         };
         let actor = caller.to_string();
         self.store
@@ -289,11 +305,16 @@ impl<H: Hsm> Kms<H> {
                     actor,
                     "store-root-key",
                     format!(
-                        "{} v{} KCV {} {}",
+                        "{} v{} KCV {} {}{}",
                         record.id(),
                         record.version,
                         record.kcv_method,
-                        record.kcv
+                        record.kcv,
+                        if record.psam_permitted {
+                            ", with the Ministry's permission for PSAM use"
+                        } else {
+                            ""
+                        }
                     ),
                 ));
                 Ok(record)
@@ -414,6 +435,7 @@ impl<H: Hsm> Kms<H> {
             kcv,
             active: true,
             created_ms: 0,
+            psam_permitted: false,
         })
     }
 
@@ -445,9 +467,7 @@ impl<H: Hsm> Kms<H> {
                 caller,
                 template.id(),
                 records::VENDOR_TRANSPORT,
-                Level::Province,
-                PROVINCE,
-                alg,
+                Stored::provincial(alg),
                 wrapped,
             )
             .await
@@ -655,11 +675,32 @@ fn extensions_over(tx: &crate::state::store::Tx<'_>, base: &Template) -> Result<
     Ok(merged)
 }
 
-/// Hierarchy roots of issuer-only template keys (card MKs, STKs) never leave the HSM under a
-/// transport key; the others may go to PSAM lines. (A master key's hierarchy never does in any
-/// case: the HSM refuses an exportable one.) Derived levels take their parent's.
+/// Where a new root version is stored, and whether the Ministry permitted its PSAM use.
+struct Stored<'a> {
+    level: Level,
+    region: &'a str,
+    alg: Algorithm,
+    psam_permitted: bool,
+}
+
+impl Stored<'_> {
+    /// A key of the province's own (no PSAM permission: it is not the Ministry's).
+    fn provincial(alg: Algorithm) -> Stored<'static> {
+        Stored {
+            level: Level::Province,
+            region: PROVINCE,
+            alg,
+            psam_permitted: false,
+        }
+    }
+}
+
+/// Hierarchy keys of issuer-only template keys (card MKs, STKs) never leave the HSM under a
+/// transport key; those a shipped PSAM profile holds may go to PSAM lines. (A master key's
+/// hierarchy never does in any case: the HSM refuses an exportable one.)
 fn hierarchy_exportability(spec: &KeySpec, master: bool) -> Exportability {
-    if spec.psam_allowed && !spec.is_issuer_only() && !master {
+    if !master && !spec.is_issuer_only() && crate::card::profile::psam::builtin_profiles_hold(spec)
+    {
         Exportability::Exportable
     } else {
         Exportability::NonExportable

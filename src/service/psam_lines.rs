@@ -1,11 +1,13 @@
-//! PSAM production lines: registering PSAMs and their key sets at the level each key's usage
-//! byte states.
+//! PSAM production lines: registering PSAMs with their PSAM profile, and their key sets as the
+//! profile gives them (each key at the level of its usage byte, under its PSAM key id).
 
 use hsm_api::Algorithm;
 use hsm_api::Hsm;
+use hsm_api::{BatchDelivery, BatchItem, BatchOutput, Error as HsmError, KeySource};
 
 use crate::access::authz::{self, Operation};
 use crate::access::identity::Identity;
+use crate::card::profile::{PsamProfile, Serves};
 use crate::card::region::{self, Region};
 use crate::error::{Error, Refusal, Resource, Result};
 use crate::metrics::ReleaseLabels;
@@ -13,14 +15,40 @@ use crate::state::audit::AuditEvent;
 use crate::state::records::{EndpointKind, Level, NATIONAL, Psam};
 use crate::state::store::Table;
 
+use super::stations::PsamSlot;
 use super::{Delivered, DeliveredForm, Kms, active_key, block_version, check_wrappable, token};
 
 /// A PSAM key set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PsamKeySet {
     pub serial: String,
+    pub psam_profile: String,
     pub keys: Vec<Delivered>,
-    pub omitted: Vec<(String, &'static str)>,
+    pub omitted: Vec<(String, String)>,
+}
+
+/// The PSAM profile `id` (or, if empty, the default of the region) for PSAMs of `region`.
+fn psam_profile(id: &str, region: &Region) -> Result<PsamProfile> {
+    let serves = if region.is_city() {
+        Serves::City
+    } else {
+        Serves::Province
+    };
+    let id = if id.is_empty() {
+        PsamProfile::default_for(serves)
+    } else {
+        id
+    };
+    let profile = PsamProfile::builtin(id).ok_or(Error::NotFound {
+        what: Resource::PsamProfile,
+    })??;
+    if profile.serves() != serves {
+        return Err(Error::InvalidArgument {
+            field: "psam_profile",
+            reason: Refusal::PsamProfileRegion,
+        });
+    }
+    Ok(profile)
 }
 
 impl<H: Hsm> Kms<H> {
@@ -33,6 +61,7 @@ impl<H: Hsm> Kms<H> {
         serials: Vec<String>,
         region: &str,
         template_id: &str,
+        psam_profile_id: &str,
     ) -> Result<u32> {
         let subject = format!("{} PSAMs for {region}", serials.len());
         self.audited(caller, Operation::RegisterPsams, &subject, async {
@@ -40,6 +69,7 @@ impl<H: Hsm> Kms<H> {
             let target = region::Region::lookup_field("region", region)?;
             authz::authorize_region(caller, target.code)?;
             self.template(template_id)?;
+            let profile = psam_profile(psam_profile_id, target)?.id().to_owned();
             Self::endpoint(&self.store.snapshot()?, EndpointKind::PsamLine, caller)?;
             if serials.is_empty() || serials.len() > 10_000 {
                 return Err(Error::InvalidArgument {
@@ -77,6 +107,7 @@ impl<H: Hsm> Kms<H> {
                             line: line.clone(),
                             region: region.clone(),
                             template_id: template_id.clone(),
+                            psam_profile: profile.clone(),
                             releases: 0,
                             created_ms: now,
                         };
@@ -86,7 +117,7 @@ impl<H: Hsm> Kms<H> {
                         actor,
                         Operation::RegisterPsams.name(),
                         format!(
-                            "{} PSAMs for {region}, template {template_id}",
+                            "{} PSAMs for {region}, template {template_id}, PSAM profile {profile}",
                             serials.len()
                         ),
                     ));
@@ -117,21 +148,24 @@ impl<H: Hsm> Kms<H> {
             let kbpk = token(&line.transport_token);
             let version = block_version(Algorithm::from_name(&line.transport_algorithm)?)?;
             let psam_region = Region::lookup_field("region", &psam.region)?;
-            let mut keys = Vec::new();
-            let mut omitted = Vec::new();
-            for pk in template.psam_keys() {
-                if !pk.key.psam_allowed || pk.key.is_issuer_only() {
-                    continue;
-                }
+            let profile = psam_profile(&psam.psam_profile, psam_region)?;
+            let (held, refused) = profile.key_set(&template);
+            let mut items = Vec::new();
+            let mut released = Vec::new();
+            let mut omitted = refused;
+            for pk in held {
                 let (level, region) = match pk.level() {
-                    Level::City if psam_region.is_city() => (Level::City, psam_region.code),
-                    Level::City => {
-                        omitted.push((pk.key.name.clone(), "a city-level key needs a city PSAM"));
-                        continue;
-                    }
+                    Level::City => (Level::City, psam_region.code),
                     Level::Province => (Level::Province, psam_region.province().code),
                     Level::National => (Level::National, NATIONAL),
-                    Level::Card => continue,
+                    Level::Card => {
+                        omitted.push((
+                            pk.key.name.clone(),
+                            "a level-0 key is a card's own key: no PSAM gets it from the province"
+                                .to_owned(),
+                        ));
+                        continue;
+                    }
                 };
                 let Some(record) = active_key(&snap, template.id(), &pk.key.name, level, region)?
                 else {
@@ -141,15 +175,39 @@ impl<H: Hsm> Kms<H> {
                             "the province does not hold this national key"
                         } else {
                             "the key hierarchy is not derived"
-                        },
+                        }
+                        .to_owned(),
                     ));
                     continue;
                 };
+                // A national-level key goes into a PSAM only with the Ministry's permission,
+                // recorded when its root was imported (DOMAIN.md §11).
+                if level == Level::National && !record.psam_permitted {
+                    omitted.push((
+                        pk.key.name.clone(),
+                        "the national root was imported without the Ministry's permission for \
+                         PSAM use"
+                            .to_owned(),
+                    ));
+                    continue;
+                }
                 check_wrappable(version, pk.key.hsm_algorithm())?;
-                let exported = self
-                    .hsm
-                    .export_key(&kbpk, &token(&record.token), version)
-                    .await?;
+                items.push(BatchItem {
+                    key: KeySource::Token(token(&record.token)),
+                    delivery: BatchDelivery::Export {
+                        kbpk: kbpk.clone(),
+                        version,
+                    },
+                });
+                released.push((pk, level, record.version));
+            }
+            // The whole set in one HSM call.
+            let outputs = self.batch(items).await?;
+            let mut keys = Vec::with_capacity(released.len());
+            for ((pk, level, root_version), output) in released.into_iter().zip(outputs) {
+                let BatchOutput::Exported(exported) = output? else {
+                    return Err(HsmError::Protocol.into());
+                };
                 keys.push(Delivered {
                     key_name: pk.key.name.clone(),
                     directory: pk.key.directory.clone(),
@@ -158,9 +216,13 @@ impl<H: Hsm> Kms<H> {
                     algorithm: pk.key.hsm_algorithm(),
                     kcv: exported.kcv,
                     level,
-                    root_version: record.version,
+                    root_version,
                     form: DeliveredForm::Tr31(exported.block),
-                    psam_usage: Some(pk.usage.byte()),
+                    psam: Some(PsamSlot {
+                        usage: pk.entry.usage.value.byte(),
+                        key_id: pk.entry.psam_key_id.value,
+                        key_version: pk.entry.psam_key_version.value,
+                    }),
                 });
             }
             let serial_owned = serial.to_owned();
@@ -196,6 +258,7 @@ impl<H: Hsm> Kms<H> {
                 .inc_by(keys.len() as u64);
             Ok(PsamKeySet {
                 serial: serial.to_owned(),
+                psam_profile: profile.id().to_owned(),
                 keys,
                 omitted,
             })

@@ -1,4 +1,5 @@
-//! City registrars: registering, accepting, blacklisting and reading cards.
+//! Registrars: registering, accepting (the province), blacklisting and reading cards one by
+//! one. Applicant batches are in `applicants.rs`.
 
 use hsm_api::Hsm;
 
@@ -6,6 +7,7 @@ use crate::access::authz::{self, Operation};
 use crate::access::identity::Identity;
 use crate::card::identifiers::CardIdentifier;
 use crate::error::{Error, Refusal, Resource, Result};
+use crate::registry::uniqueness;
 use crate::state::audit::AuditEvent;
 use crate::state::records::{Card, CardStatus};
 use crate::state::store::Table;
@@ -34,7 +36,8 @@ impl<H: Hsm> Kms<H> {
                     reason: Refusal::IssuingRegionNotACity,
                 });
             }
-            self.template(template_id)?;
+            let generation = self.template(template_id)?.generation().to_owned();
+            let generations = self.generations()?;
             let record = Card {
                 card_identifier: checked.id.as_str().to_owned(),
                 card_number: checked.number.as_str().to_owned(),
@@ -51,47 +54,9 @@ impl<H: Hsm> Kms<H> {
             self.store
                 .write(move |tx| {
                     let mut record = record;
-                    if tx
-                        .get::<Card>(Table::Cards, &record.card_identifier)?
-                        .is_some()
-                    {
-                        return Err(Error::AlreadyExists {
-                            what: Resource::CardIdentifier,
-                        });
-                    }
-                    if tx
-                        .get::<String>(Table::CardNumbers, &record.card_number)?
-                        .is_some()
-                    {
-                        return Err(Error::AlreadyExists {
-                            what: Resource::CardNumber,
-                        });
-                    }
-                    if let Some(other) = tx.get::<String>(
-                        Table::SocialSecurityNumbers,
-                        &record.social_security_number,
-                    )? {
-                        let live = tx
-                            .get::<Card>(Table::Cards, &other)?
-                            .is_some_and(|c| c.status != CardStatus::Blacklisted);
-                        if live {
-                            return Err(Error::AlreadyExists {
-                                what: Resource::LiveCardForSsn,
-                            });
-                        }
-                    }
+                    uniqueness::check_unique(tx, &record, &generation, &generations)?;
                     record.created_ms = tx.now_ms();
-                    tx.put(Table::Cards, &record.card_identifier, &record)?;
-                    tx.put(
-                        Table::CardNumbers,
-                        &record.card_number,
-                        &record.card_identifier,
-                    )?;
-                    tx.put(
-                        Table::SocialSecurityNumbers,
-                        &record.social_security_number,
-                        &record.card_identifier,
-                    )?;
+                    uniqueness::put_card(tx, &record, &generation)?;
                     tx.audit(AuditEvent::ok(
                         actor,
                         Operation::RegisterCard.name(),
@@ -104,12 +69,14 @@ impl<H: Hsm> Kms<H> {
         .await
     }
 
-    /// Accepts a registered card after review.
+    /// Accepts a registered card after review: the province's verdict, so a provincial
+    /// registrar only (a city never accepts the data it registered).
     pub async fn accept_card(&self, caller: &Identity, card_identifier: &str) -> Result<Card> {
         self.change_card(
             caller,
             Operation::AcceptCard,
             card_identifier,
+            true,
             |card| match card.status {
                 CardStatus::Registered | CardStatus::Accepted => {
                     card.status = CardStatus::Accepted;
@@ -135,6 +102,7 @@ impl<H: Hsm> Kms<H> {
             caller,
             Operation::BlacklistCard,
             card_identifier,
+            false,
             move |card| {
                 card.status = CardStatus::Blacklisted;
                 card.blacklist_reason = Some(reason);
@@ -166,11 +134,15 @@ impl<H: Hsm> Kms<H> {
         caller: &Identity,
         op: Operation,
         card_identifier: &str,
+        province_only: bool,
         change: impl FnOnce(&mut Card) -> Result<()> + Send + 'static,
     ) -> Result<Card> {
         let subject = format!("card {}", mask_card_identifier(card_identifier));
         self.audited(caller, op, &subject, async {
             authz::authorize(caller, op)?;
+            if province_only {
+                authz::authorize_province(caller)?;
+            }
             let id = CardIdentifier::parse_field("card_identifier", card_identifier)?;
             authz::authorize_region(caller, id.region().code)?;
             let key = id.as_str().to_owned();

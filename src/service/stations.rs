@@ -5,7 +5,9 @@ use hsm_api::Algorithm;
 use hsm_api::Factor;
 use hsm_api::Kcv;
 use hsm_api::MacFold;
-use hsm_api::{Hsm, KeyToken, WriteKeyRequest};
+use hsm_api::Protector as HsmProtector;
+use hsm_api::{BatchDelivery, BatchItem, BatchOutput, Derivation, KeySource, WriteKeyDelivery};
+use hsm_api::{Error as HsmError, Hsm};
 
 use crate::access::authz::{self, Operation};
 use crate::access::identity::Identity;
@@ -18,9 +20,8 @@ use crate::state::records::{self, Card, CardStatus, EndpointKind, KeyRecord, Lev
 use crate::state::store::{Snapshot, Table};
 
 use super::{
-    CardRequest, CheckedCard, Kms, PROVINCE, WRITE_KEY_CLA, WRITE_KEY_INS, active_key,
-    block_version, card_usage, check_wrappable, is_master_key, mask_card_identifier,
-    masked_subject, token,
+    CardRequest, CheckedCard, Kms, PROVINCE, active_key, block_version, card_usage,
+    check_wrappable, is_master_key, mask_card_identifier, masked_subject, token,
 };
 
 /// How a station wants its keys.
@@ -44,7 +45,19 @@ pub struct Delivered {
     pub level: Level,
     pub root_version: u32,
     pub form: DeliveredForm,
-    pub psam_usage: Option<u8>,
+    /// PSAM keys only: where the key sits on the PSAM.
+    pub psam: Option<PsamSlot>,
+}
+
+/// A key's place on a PSAM, as its PSAM profile gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PsamSlot {
+    /// The usage byte, `(levels << 5) | type`.
+    pub usage: u8,
+    /// The PSAM's key id (not the card key id).
+    pub key_id: u8,
+    /// The PSAM's version of the key.
+    pub key_version: u8,
 }
 
 /// The form a key was delivered in.
@@ -80,7 +93,8 @@ impl<H: Hsm> Kms<H> {
                 field: "atr",
                 reason: Refusal::Required,
             })?;
-            let factor = atr.card_factor();
+            // The card factor is the COS profile's choice of ATR bytes.
+            let factor = template.card_factor(atr)?;
 
             let mut delivered = Vec::new();
             let mut versions = record.issued_root_versions.clone();
@@ -93,23 +107,32 @@ impl<H: Hsm> Kms<H> {
                     for spec in &specs {
                         check_wrappable(version, spec.hsm_algorithm())?;
                     }
-                    for spec in specs {
-                        let (card_key, root_version) = self
-                            .card_key(&snap, &template, spec, &record, &factor, &mut versions)
-                            .await?;
-                        let exported = self.hsm.export_key(&kbpk, &card_key, version).await?;
-                        delivered.push(Delivered {
-                            key_name: spec.name.clone(),
-                            directory: spec.directory.clone(),
-                            key_id: spec.key_id,
-                            key_version: spec.key_version,
-                            algorithm: spec.hsm_algorithm(),
-                            kcv: exported.kcv,
-                            level: Level::Card,
-                            root_version,
-                            form: DeliveredForm::Tr31(exported.block),
-                            psam_usage: None,
+                    // Every key of the set in one HSM call: derived and exported there.
+                    let mut items = Vec::with_capacity(specs.len());
+                    let mut root_versions = Vec::with_capacity(specs.len());
+                    for spec in &specs {
+                        let (derivation, root_version) = Self::card_derivation(
+                            &snap,
+                            &template,
+                            spec,
+                            &record,
+                            &factor,
+                            &mut versions,
+                        )?;
+                        items.push(BatchItem {
+                            key: KeySource::Derived(derivation),
+                            delivery: BatchDelivery::Export {
+                                kbpk: kbpk.clone(),
+                                version,
+                            },
                         });
+                        root_versions.push(root_version);
+                    }
+                    let outputs = self.batch(items).await?;
+                    for ((spec, root_version), output) in
+                        specs.iter().zip(root_versions).zip(outputs)
+                    {
+                        delivered.push(delivered_key(&template, spec, root_version, output?)?);
                     }
                 }
                 Delivery::SecureMessaging { challenges } => {
@@ -124,22 +147,35 @@ impl<H: Hsm> Kms<H> {
                         "challenges",
                         challenges.iter().map(|(name, _)| name.as_str()),
                     )?;
-                    for (name, challenge) in challenges {
-                        let spec = template.key(&name).ok_or(Error::NotFound {
+                    let mut specs = Vec::with_capacity(challenges.len());
+                    for (name, _) in &challenges {
+                        specs.push(template.key(name).ok_or(Error::NotFound {
                             what: Resource::TemplateKey,
-                        })?;
-                        let d = self
-                            .write_key(
-                                &snap,
-                                &template,
-                                spec,
-                                &record,
-                                &factor,
-                                &mut versions,
-                                challenge,
-                            )
-                            .await?;
-                        delivered.push(d);
+                        })?);
+                    }
+                    // Every command in one HSM call; a protector that is also written in this
+                    // request is derived once, for both.
+                    let mut items = Vec::with_capacity(specs.len());
+                    let mut root_versions = Vec::with_capacity(specs.len());
+                    for (spec, (_, challenge)) in specs.iter().zip(challenges) {
+                        let (item, root_version) = Self::write_key_item(
+                            &snap,
+                            &template,
+                            spec,
+                            &record,
+                            &factor,
+                            &mut versions,
+                            challenge,
+                            &specs,
+                        )?;
+                        items.push(item);
+                        root_versions.push(root_version);
+                    }
+                    let outputs = self.batch(items).await?;
+                    for ((spec, root_version), output) in
+                        specs.iter().zip(root_versions).zip(outputs)
+                    {
+                        delivered.push(delivered_key(&template, spec, root_version, output?)?);
                     }
                 }
             }
@@ -186,17 +222,23 @@ impl<H: Hsm> Kms<H> {
                     reason: Refusal::NoBlankCardKey,
                 })?;
             let mut versions = record.issued_root_versions.clone();
-            let d = self
-                .write_key(
-                    &snap,
-                    &template,
-                    spec,
-                    &record,
-                    &atr.card_factor(),
-                    &mut versions,
-                    challenge,
-                )
-                .await?;
+            let (item, root_version) = Self::write_key_item(
+                &snap,
+                &template,
+                spec,
+                &record,
+                &template.card_factor(atr)?,
+                &mut versions,
+                challenge,
+                &[],
+            )?;
+            let output = self.batch(vec![item]).await?.into_iter().next();
+            let d = delivered_key(
+                &template,
+                spec,
+                root_version,
+                output.ok_or(HsmError::Protocol)??,
+            )?;
             self.record_release(
                 caller,
                 Operation::InitialiseBlankCard,
@@ -245,17 +287,17 @@ impl<H: Hsm> Kms<H> {
         Ok(active.version)
     }
 
-    /// Derives the card key of `spec` in the HSM: D(K_city, F3) — a card master key for the
-    /// template's master keys (the HSM decides its exportability: never as TR-31).
-    async fn card_key(
-        &self,
+    /// The derivation of the card key of `spec` (D(K_city, F3)), for the HSM, and its root
+    /// version — a card master key for the template's master keys (the HSM decides its
+    /// exportability: never as TR-31).
+    fn card_derivation(
         snap: &Snapshot,
         template: &Template,
         spec: &KeySpec,
         card: &Card,
         factor: &Factor,
         versions: &mut std::collections::BTreeMap<String, u32>,
-    ) -> Result<(KeyToken, u32)> {
+    ) -> Result<(Derivation, u32)> {
         let version = Self::root_version(snap, template, spec, card, versions)?;
         let city: KeyRecord = snap
             .get(
@@ -271,21 +313,20 @@ impl<H: Hsm> Kms<H> {
             .ok_or(Error::FailedPrecondition {
                 reason: Refusal::KeyVersionNotHeld,
             })?;
-        let child = self
-            .hsm
-            .derive_key(
-                &token(&city.token),
-                spec.dispersion,
-                std::slice::from_ref(factor),
-                card_usage(template, spec),
-            )
-            .await?;
-        Ok((child.token, version))
+        let derivation = Derivation {
+            parent: token(&city.token),
+            method: spec.dispersion,
+            factors: vec![*factor],
+            child_usage: card_usage(template, spec),
+        };
+        Ok((derivation, version))
     }
 
+    /// The batch item of the WRITE KEY of `spec`, and its root version. Its protector is the
+    /// vendor transport key, the item of `batch` (the keys written in the same request, by
+    /// index) of the protector's name, or otherwise the protector derived for this item alone.
     #[allow(clippy::too_many_arguments)]
-    async fn write_key(
-        &self,
+    fn write_key_item(
         snap: &Snapshot,
         template: &Template,
         spec: &KeySpec,
@@ -293,10 +334,10 @@ impl<H: Hsm> Kms<H> {
         factor: &Factor,
         versions: &mut std::collections::BTreeMap<String, u32>,
         challenge: Vec<u8>,
-    ) -> Result<Delivered> {
-        let (key, root_version) = self
-            .card_key(snap, template, spec, card, factor, versions)
-            .await?;
+        batch: &[&KeySpec],
+    ) -> Result<(BatchItem, u32)> {
+        let (derivation, root_version) =
+            Self::card_derivation(snap, template, spec, card, factor, versions)?;
         let protect = match &spec.protected_by {
             Protector::VendorTransport => {
                 let vendor = active_key(
@@ -309,43 +350,36 @@ impl<H: Hsm> Kms<H> {
                 .ok_or(Error::FailedPrecondition {
                     reason: Refusal::VendorTransportKeyMissing,
                 })?;
-                token(&vendor.token)
+                HsmProtector::Key(KeySource::Token(token(&vendor.token)))
             }
             Protector::Key(name) => {
                 let protector = template.key(name).ok_or(Error::NotFound {
                     what: Resource::ProtectingKey,
                 })?;
-                self.card_key(snap, template, protector, card, factor, versions)
-                    .await?
-                    .0
+                match batch.iter().position(|k| k.name == protector.name) {
+                    Some(index) => HsmProtector::Item(index),
+                    None => HsmProtector::Key(KeySource::Derived(
+                        Self::card_derivation(snap, template, protector, card, factor, versions)?.0,
+                    )),
+                }
             }
         };
-        let command = self
-            .hsm
-            .write_key_command(WriteKeyRequest {
-                key,
+        // Every byte of the command but the field and the MAC is the COS profile's.
+        let params = template.write_key_params(spec);
+        let item = BatchItem {
+            key: KeySource::Derived(derivation),
+            delivery: BatchDelivery::WriteKey(WriteKeyDelivery {
                 protect,
-                cla: WRITE_KEY_CLA,
-                ins: WRITE_KEY_INS,
-                p1: spec.key_id,
-                p2: 0x00,
+                cla: params.cla,
+                ins: params.ins,
+                p1: params.p1,
+                p2: params.p2,
                 key_header: template.card_key_header(spec),
                 challenge,
                 fold: MacFold::Xor4,
-            })
-            .await?;
-        Ok(Delivered {
-            key_name: spec.name.clone(),
-            directory: spec.directory.clone(),
-            key_id: spec.key_id,
-            key_version: spec.key_version,
-            algorithm: spec.hsm_algorithm(),
-            kcv: command.kcv,
-            level: Level::Card,
-            root_version,
-            form: DeliveredForm::WriteKeyApdu(command.apdu),
-            psam_usage: None,
-        })
+            }),
+        };
+        Ok((item, root_version))
     }
 
     /// Records a release: the ATR and root versions on first release, and the audit record —
@@ -414,6 +448,40 @@ impl<H: Hsm> Kms<H> {
         }
         Ok(())
     }
+}
+
+/// A delivered card key of `spec` from the HSM's answer.
+fn delivered_key(
+    template: &Template,
+    spec: &KeySpec,
+    root_version: u32,
+    output: BatchOutput,
+) -> Result<Delivered> {
+    let (kcv, form) = match output {
+        BatchOutput::Exported(e) => (e.kcv, DeliveredForm::Tr31(e.block)),
+        BatchOutput::WriteKey(c) => {
+            // The HSM sizes Lc from the field it encrypted (padded to the protecting key's
+            // block): a card expects the profile's.
+            if c.apdu.get(4) != Some(&template.write_key_params(spec).lc) {
+                return Err(Error::FailedPrecondition {
+                    reason: Refusal::WriteKeyLcMismatch,
+                });
+            }
+            (c.kcv, DeliveredForm::WriteKeyApdu(c.apdu))
+        }
+    };
+    Ok(Delivered {
+        key_name: spec.name.clone(),
+        directory: spec.directory.clone(),
+        key_id: spec.key_id,
+        key_version: spec.key_version,
+        algorithm: spec.hsm_algorithm(),
+        kcv,
+        level: Level::Card,
+        root_version,
+        form,
+        psam: None,
+    })
 }
 
 /// Refuses, before any HSM work, a list of key names longer than the template or naming a key

@@ -30,6 +30,10 @@ pub struct KeyRecord {
     /// Whether new cards get this version.
     pub active: bool,
     pub created_ms: u64,
+    /// A national root imported with the Ministry's permission for PSAM use (DOMAIN.md §11):
+    /// only then does a PSAM get the national-level key. False for every other record.
+    #[serde(default)]
+    pub psam_permitted: bool,
 }
 
 impl KeyRecord {
@@ -102,6 +106,10 @@ pub struct Psam {
     pub line: String,
     pub region: String,
     pub template_id: String,
+    /// Its PSAM profile (`profiles/psam/`); empty in records written before profiles, which
+    /// take the default of their region.
+    #[serde(default)]
+    pub psam_profile: String,
     /// How many times its key set was released.
     pub releases: u32,
     pub created_ms: u64,

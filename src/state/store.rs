@@ -37,6 +37,8 @@ pub enum Table {
     Cards,
     CardNumbers,
     SocialSecurityNumbers,
+    /// The registry review's batches (`crate::registry::batch::StoredBatch`), by batch id.
+    ApplicantBatches,
 }
 
 impl Table {
@@ -50,10 +52,11 @@ impl Table {
             Table::Cards => "cards",
             Table::CardNumbers => "card_numbers",
             Table::SocialSecurityNumbers => "ssns",
+            Table::ApplicantBatches => "applicant_batches",
         })
     }
 
-    const ALL: [Table; 8] = [
+    const ALL: [Table; 9] = [
         Table::Meta,
         Table::Templates,
         Table::Keys,
@@ -62,6 +65,7 @@ impl Table {
         Table::Cards,
         Table::CardNumbers,
         Table::SocialSecurityNumbers,
+        Table::ApplicantBatches,
     ];
 }
 

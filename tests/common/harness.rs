@@ -44,6 +44,8 @@ pub const STATION: &str = "sscard://station/440100/GZ-01";
 pub const PSAM_LINE: &str = "sscard://psam-line/440000/PSAM-LINE-01";
 /// The Guangzhou registrar.
 pub const REGISTRAR: &str = "sscard://registrar/440100/GZ-REG-01";
+/// The province's registrar (the provincial card centre): accepts cards and applicant rows.
+pub const PROVINCIAL_REGISTRAR: &str = "sscard://registrar/440000/GD-REV-01";
 /// A security officer.
 pub const OFFICER: &str = "sscard://officer/officer-1";
 

@@ -3,10 +3,12 @@
 //! - this module: running the `kms-ceremony` binary;
 //! - [`harness`]: the key service over real mutual TLS on 127.0.0.1 (seeded fixture, server
 //!   start/stop/reopen, clients per identity, audit and log access);
+//! - [`applicants`]: applicant files (real-looking rows, UTF-8 or GBK) and their submission;
 //! - [`chain`]: what the service should deliver, computed independently from the published
 //!   test keys (key hierarchy, identifiers, WRITE KEY commands);
 //! - [`readme`]: the reason-code table of README, as the tests hold it against the service.
 
+pub mod applicants;
 pub mod chain;
 pub mod harness;
 pub mod readme;

@@ -62,6 +62,9 @@ struct ServeArgs {
     /// Keys kept unwrapped in the hot-key cache.
     #[arg(long, default_value_t = 1024)]
     cache_capacity: usize,
+    /// Key operations computing at once, off the async workers (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
 }
 
 fn main() -> ExitCode {
@@ -109,6 +112,7 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         dangerous_test_lmk: args.dangerous_test_lmk,
         cache_capacity: args.cache_capacity,
         self_test: hsm_sim::selftest::run,
+        workers: args.workers,
     })?;
     let server = HsmServer::new(Arc::new(hsm), &tls)?;
     let listener = TcpListener::bind(args.listen).await?;

@@ -5,12 +5,13 @@ use std::sync::Arc;
 
 use hsm_api::{
     Component, Dispersion, Error, Exportability, ExportedKey, Factor, Kcv, KeyBlockVersion,
-    KeySpec, KeyToken, KeyUsage, Result, WrappedKey, WriteKeyCommand, WriteKeyRequest,
+    KeySpec, KeyToken, KeyUsage, MacFold, Result, WrappedKey, WriteKeyCommand, WriteKeyRequest,
 };
 
 use super::LocalHsm;
 use crate::cache;
 use crate::crypto::kcv;
+use crate::crypto::tr31;
 use crate::crypto::{SecretKey, diversify};
 use crate::lmk::{Lmk, TokenKey};
 use crate::policy::{self, check_new_key, child_of, wrong_usage};
@@ -22,7 +23,7 @@ const RANDOM_LEN: core::ops::RangeInclusive<usize> = 1..=4096;
 
 /// Whether a key, once unwrapped, is kept in the hot-key cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Caching {
+pub(super) enum Caching {
     /// A key that acts on other keys or data, likely used again.
     Keep,
     /// A key used once (the subject of the operation).
@@ -32,7 +33,7 @@ enum Caching {
 impl LocalHsm {
     /// The key of `token` (from the cache or unwrapped under `lmk`), if its usage passes
     /// `allowed`; otherwise [`Error::WrongUsage`] naming `operation`.
-    fn key_for(
+    pub(super) fn key_for(
         &self,
         lmk: &Lmk,
         token: &KeyToken,
@@ -40,8 +41,22 @@ impl LocalHsm {
         operation: &'static str,
         caching: Caching,
     ) -> Result<Arc<TokenKey>> {
+        let key = self.load(lmk, token, allowed, caching)?;
+        check_usage(&key, allowed, operation)?;
+        Ok(key)
+    }
+
+    /// The key of `token`, from the cache or unwrapped under `lmk` (its integrity checked, its
+    /// usage not yet); with [`Caching::Keep`] it is cached if its usage passes `allowed`.
+    pub(super) fn load(
+        &self,
+        lmk: &Lmk,
+        token: &KeyToken,
+        allowed: fn(KeyUsage) -> bool,
+        caching: Caching,
+    ) -> Result<Arc<TokenKey>> {
         let digest = cache::digest(token);
-        let key = match self.cache.get(&digest)? {
+        Ok(match self.cache.get(&digest)? {
             Some(hit) => hit,
             None => {
                 let key = Arc::new(lmk.unwrap(token)?);
@@ -50,11 +65,7 @@ impl LocalHsm {
                 }
                 key
             }
-        };
-        if !allowed(key.usage) {
-            return Err(wrong_usage(key.usage, operation));
-        }
-        Ok(key)
+        })
     }
 
     pub(super) fn generate_key_now(&self, spec: KeySpec) -> Result<WrappedKey> {
@@ -103,21 +114,9 @@ impl LocalHsm {
         version: KeyBlockVersion,
     ) -> Result<ExportedKey> {
         self.with_lmk(|lmk| {
-            let kek = self.key_for(
-                lmk,
-                kek,
-                |u| u == KeyUsage::KeyBlockProtection,
-                "wrap a key block",
-                Caching::Keep,
-            )?;
-            let key = self.key_for(
-                lmk,
-                key,
-                |u| !matches!(u, KeyUsage::KeyBlockProtection | KeyUsage::AuditMac),
-                "be exported",
-                Caching::Skip,
-            )?;
-            policy::export_block(&kek.key, &key.key, key.usage, key.exportability, version)
+            let kek = self.key_for(lmk, kek, is_kek, WRAP, Caching::Keep)?;
+            let key = self.key_for(lmk, key, may_be_exported, EXPORT, Caching::Skip)?;
+            export_block(&kek, &key, version)
         })
     }
 
@@ -129,28 +128,9 @@ impl LocalHsm {
         child_usage: KeyUsage,
     ) -> Result<WrappedKey> {
         self.with_lmk(|lmk| {
-            let parent = self.key_for(
-                lmk,
-                parent,
-                |u| u.level().is_some(),
-                "derive a key",
-                Caching::Keep,
-            )?;
-            if !FACTORS.contains(&factors.len()) {
-                return Err(Error::Count {
-                    field: "factors".into(),
-                    expected: "1 to 8".into(),
-                });
-            }
-            let exportability = child_of(
-                parent.usage,
-                parent.exportability,
-                factors.len(),
-                child_usage,
-            )?;
-            let child = diversify::diversify_chain(&parent.key, method, factors)?;
-            child.check_not_weak()?;
-            wrapped(lmk, &child, child_usage, exportability)
+            let parent = self.key_for(lmk, parent, is_parent, DERIVE, Caching::Keep)?;
+            let child = derive_child_of(&parent, method, factors, child_usage)?;
+            wrapped(lmk, &child.key, child.usage, child.exportability)
         })
     }
 
@@ -159,21 +139,17 @@ impl LocalHsm {
         request: &WriteKeyRequest,
     ) -> Result<WriteKeyCommand> {
         self.with_lmk(|lmk| {
-            let key = self.key_for(
-                lmk,
-                &request.key,
-                policy::may_be_written,
-                "be written to a card",
-                Caching::Skip,
-            )?;
-            let protect = self.key_for(
-                lmk,
-                &request.protect,
-                policy::may_protect_a_write,
-                "protect a key written to a card",
-                Caching::Keep,
-            )?;
-            policy::write_key_command(&key.key, key.usage, &protect.key, protect.usage, request)
+            let key = self.key_for(lmk, &request.key, may_be_written, WRITE, Caching::Skip)?;
+            let protect =
+                self.key_for(lmk, &request.protect, may_protect, PROTECT, Caching::Keep)?;
+            write_command(
+                &key,
+                &protect,
+                [request.cla, request.ins, request.p1, request.p2],
+                &request.key_header,
+                &request.challenge,
+                request.fold,
+            )
         })
     }
 
@@ -206,6 +182,110 @@ impl LocalHsm {
         )?;
         crate::crypto::cipher::cmac(&key.key, data)
     }
+}
+
+/// The usage a key-block protection key (KEK) of an export has, and the operation a refusal
+/// names.
+pub(super) fn is_kek(usage: KeyUsage) -> bool {
+    usage == KeyUsage::KeyBlockProtection
+}
+pub(super) const WRAP: &str = "wrap a key block";
+/// The usages that may be asked to be exported (whether they may leave is decided after, by
+/// usage and token: [`export_block`]), and the operation a refusal names.
+pub(super) fn may_be_exported(usage: KeyUsage) -> bool {
+    !matches!(usage, KeyUsage::KeyBlockProtection | KeyUsage::AuditMac)
+}
+pub(super) const EXPORT: &str = "be exported";
+/// The usages of a parent of a derivation, and the operation a refusal names.
+pub(super) fn is_parent(usage: KeyUsage) -> bool {
+    usage.level().is_some()
+}
+pub(super) const DERIVE: &str = "derive a key";
+/// The usages of a key written to a card, and the operation a refusal names.
+pub(super) fn may_be_written(usage: KeyUsage) -> bool {
+    policy::may_be_written(usage)
+}
+pub(super) const WRITE: &str = "be written to a card";
+/// The usages of a key protecting a card slot, and the operation a refusal names.
+pub(super) fn may_protect(usage: KeyUsage) -> bool {
+    policy::may_protect_a_write(usage)
+}
+pub(super) const PROTECT: &str = "protect a key written to a card";
+
+/// Refuses `key` unless its usage passes `allowed` ([`Error::WrongUsage`] naming `operation`).
+pub(super) fn check_usage(
+    key: &TokenKey,
+    allowed: fn(KeyUsage) -> bool,
+    operation: &'static str,
+) -> Result<()> {
+    if allowed(key.usage) {
+        Ok(())
+    } else {
+        Err(wrong_usage(key.usage, operation))
+    }
+}
+
+/// The child of `parent` (a key whose usage passed [`is_parent`]), not yet wrapped under the
+/// LMK: the factor count, the child's usage and level ([`child_of`], which decides its
+/// exportability), the dispersion and the weak-key check.
+pub(super) fn derive_child_of(
+    parent: &TokenKey,
+    method: Dispersion,
+    factors: &[Factor],
+    child_usage: KeyUsage,
+) -> Result<TokenKey> {
+    if !FACTORS.contains(&factors.len()) {
+        return Err(Error::Count {
+            field: "factors".into(),
+            expected: "1 to 8".into(),
+        });
+    }
+    let exportability = child_of(
+        parent.usage,
+        parent.exportability,
+        factors.len(),
+        child_usage,
+    )?;
+    let child = diversify::diversify_chain(&parent.key, method, factors)?;
+    child.check_not_weak()?;
+    Ok(TokenKey::new(child_usage, exportability, child))
+}
+
+/// `key` (of a usage that passed [`may_be_exported`]) as a TR-31 block of `version` under `kek`
+/// (a key-block protection key), if its usage may leave and its token says it is exportable.
+pub(super) fn export_block(
+    kek: &TokenKey,
+    key: &TokenKey,
+    version: KeyBlockVersion,
+) -> Result<ExportedKey> {
+    let (header, kcv) = policy::export_header(&key.key, key.usage, key.exportability, version)?;
+    // The KEK's binding keys are derived at its first export and kept with it.
+    let block = kek.with_binding(version, |binding| {
+        tr31::wrap_bound(&kek.key, binding, &header, &key.key)
+    })?;
+    Ok(ExportedKey { block, kcv })
+}
+
+/// The WRITE KEY command of `key` (a usage that passed [`may_be_written`]) under `protect` (one
+/// that passed [`may_protect`]).
+pub(super) fn write_command(
+    key: &TokenKey,
+    protect: &TokenKey,
+    command: [u8; 4],
+    key_header: &[u8],
+    challenge: &[u8],
+    fold: MacFold,
+) -> Result<WriteKeyCommand> {
+    policy::write_key_command(
+        &key.key,
+        key.usage,
+        &protect.key,
+        protect.usage,
+        command,
+        key_header,
+        challenge,
+        fold,
+    )
 }
 
 /// A token and KCV for `key`.

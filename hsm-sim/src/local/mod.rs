@@ -39,6 +39,7 @@
 //! | `write_key_command` | key | `CardKey` or `CardMasterKey` (never a hierarchy key) |
 //! | `write_key_command` | protect | `CardMasterKey`; `VendorTransport` for a master key's write only |
 //! | `mac`, `verify_mac` | key | `AuditMac` (AES) |
+//! | `batch` | every item | as `derive_key` for a derived key, then as `export_key` or `write_key_command` |
 //!
 //! **Exportability is the HSM's decision.** A derived key's exportability follows from its
 //! parent and its usage (a hierarchy child is exportable only if its parent is, a card key is,
@@ -49,7 +50,7 @@
 //!
 //! Key-block protection keys must be TDES (2- or 3-key, TR-31 version B) or AES (version D);
 //! audit MAC keys AES. Weak DES keys are refused wherever a key is made or enters.
-
+//!
 //! # The hot-key cache
 //!
 //! Keys that act on other keys or data — derivation parents, KEKs, protection keys of card
@@ -60,7 +61,8 @@
 //!
 //! This file holds the configuration, [`LocalHsm`] and its [`Hsm`] implementation (async calls
 //! over synchronous methods). The life cycle — start-up, LMK, unseal, seal, self-test,
-//! rotation — is in `state.rs`; the key operations on tokens are in `keys.rs`.
+//! rotation — is in `state.rs`; the key operations on tokens are in `keys.rs`; `batch.rs` runs
+//! a batch's items through the same functions.
 //!
 //! # Example
 //!
@@ -93,19 +95,20 @@
 //! ```
 
 use core::fmt;
-use std::path::PathBuf;
-use std::sync::RwLock;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use hsm_api::{
-    Component, Dispersion, Error, ExportedKey, Factor, Hsm, HsmStatus, Kcv, KeyBlockVersion,
-    KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare, Result, UnsealProgress,
-    WrappedKey, WriteKeyCommand, WriteKeyRequest,
+    BatchItem, BatchOutput, Component, Dispersion, Error, ExportedKey, Factor, Hsm, HsmStatus, Kcv,
+    KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare, Result,
+    UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest,
 };
 use subtle::ConstantTimeEq;
 
 use self::state::State;
 use crate::cache::HotKeyCache;
 
+mod batch;
 mod keys;
 mod state;
 
@@ -124,6 +127,10 @@ pub struct LocalHsmConfig {
     /// The self-test to run at start-up, unseal and on demand; `crate::selftest::run` normally,
     /// a failing fn in tests.
     pub self_test: fn() -> Result<()>,
+    /// How many key operations may compute at once (on tokio's blocking pool, never on the
+    /// async workers); further calls wait their turn without holding a worker. 0 = the
+    /// machine's available parallelism.
+    pub workers: usize,
 }
 
 impl Default for LocalHsmConfig {
@@ -133,17 +140,24 @@ impl Default for LocalHsmConfig {
             dangerous_test_lmk: false,
             cache_capacity: 1024,
             self_test: crate::selftest::run,
+            workers: 0,
         }
     }
 }
 
 /// The in-process HSM simulator. `Send + Sync`: share it behind an `Arc`.
+///
+/// Its key operations run on tokio's blocking pool, at most [`LocalHsmConfig::workers`] at a
+/// time, so that a large batch never holds an async worker: the caller's other requests, and
+/// health checks ([`Hsm::status`] stays inline: it only reads the state), go on meanwhile.
 pub struct LocalHsm {
     /// Where the state file is written; None when memory only or on the test LMK.
-    persist_dir: Option<PathBuf>,
+    persist_dir: Option<Arc<Path>>,
     self_test: fn() -> Result<()>,
-    state: RwLock<State>,
-    cache: HotKeyCache,
+    state: Arc<RwLock<State>>,
+    cache: Arc<HotKeyCache>,
+    /// Permits for the key operations computing at once.
+    workers: Arc<tokio::sync::Semaphore>,
 }
 
 impl fmt::Debug for LocalHsm {
@@ -186,19 +200,23 @@ impl Hsm for LocalHsm {
     }
 
     async fn self_test(&self) -> Result<()> {
-        self.self_test_now()
+        self.off_runtime(|hsm| hsm.self_test_now()).await
     }
 
     async fn generate_key(&self, spec: KeySpec) -> Result<WrappedKey> {
-        self.generate_key_now(spec)
+        self.off_runtime(move |hsm| hsm.generate_key_now(spec))
+            .await
     }
 
     async fn form_key(&self, spec: KeySpec, components: Vec<Component>) -> Result<WrappedKey> {
-        self.form_key_now(spec, &components)
+        self.off_runtime(move |hsm| hsm.form_key_now(spec, &components))
+            .await
     }
 
     async fn import_key(&self, kek: &KeyToken, block: &str, usage: KeyUsage) -> Result<WrappedKey> {
-        self.import_key_now(kek, block, usage)
+        let (kek, block) = (kek.clone(), block.to_owned());
+        self.off_runtime(move |hsm| hsm.import_key_now(&kek, &block, usage))
+            .await
     }
 
     async fn export_key(
@@ -207,7 +225,9 @@ impl Hsm for LocalHsm {
         key: &KeyToken,
         version: KeyBlockVersion,
     ) -> Result<ExportedKey> {
-        self.export_key_now(kek, key, version)
+        let (kek, key) = (kek.clone(), key.clone());
+        self.off_runtime(move |hsm| hsm.export_key_now(&kek, &key, version))
+            .await
     }
 
     async fn derive_key(
@@ -217,15 +237,23 @@ impl Hsm for LocalHsm {
         factors: &[Factor],
         child_usage: KeyUsage,
     ) -> Result<WrappedKey> {
-        self.derive_key_now(parent, method, factors, child_usage)
+        let (parent, factors) = (parent.clone(), factors.to_vec());
+        self.off_runtime(move |hsm| hsm.derive_key_now(&parent, method, &factors, child_usage))
+            .await
     }
 
     async fn write_key_command(&self, request: WriteKeyRequest) -> Result<WriteKeyCommand> {
-        self.write_key_command_now(&request)
+        self.off_runtime(move |hsm| hsm.write_key_command_now(&request))
+            .await
+    }
+
+    async fn batch(&self, items: Vec<BatchItem>) -> Result<Vec<Result<BatchOutput>>> {
+        self.off_runtime(move |hsm| hsm.batch_now(&items)).await
     }
 
     async fn kcv(&self, key: &KeyToken) -> Result<Kcv> {
-        self.kcv_now(key)
+        let key = key.clone();
+        self.off_runtime(move |hsm| hsm.kcv_now(&key)).await
     }
 
     async fn random(&self, len: usize) -> Result<Vec<u8>> {
@@ -233,18 +261,24 @@ impl Hsm for LocalHsm {
     }
 
     async fn mac(&self, key: &KeyToken, data: &[u8]) -> Result<Vec<u8>> {
-        self.with_lmk(|lmk| self.audit_mac(lmk, key, data))
+        let (key, data) = (key.clone(), data.to_vec());
+        self.off_runtime(move |hsm| hsm.with_lmk(|lmk| hsm.audit_mac(lmk, &key, &data)))
+            .await
     }
 
     async fn verify_mac(&self, key: &KeyToken, data: &[u8], mac: &[u8]) -> Result<()> {
-        self.with_lmk(|lmk| {
-            let expected = self.audit_mac(lmk, key, data)?;
-            if bool::from(expected.as_slice().ct_eq(mac)) {
-                Ok(())
-            } else {
-                Err(Error::Verification)
-            }
+        let (key, data, mac) = (key.clone(), data.to_vec(), mac.to_vec());
+        self.off_runtime(move |hsm| {
+            hsm.with_lmk(|lmk| {
+                let expected = hsm.audit_mac(lmk, &key, &data)?;
+                if bool::from(expected.as_slice().ct_eq(&mac)) {
+                    Ok(())
+                } else {
+                    Err(Error::Verification)
+                }
+            })
         })
+        .await
     }
 
     async fn prepare_lmk_rotation(
@@ -253,11 +287,54 @@ impl Hsm for LocalHsm {
         threshold: u8,
         shares: u8,
     ) -> Result<LmkRotation> {
-        self.prepare_lmk_rotation_now(&tokens, threshold, shares)
+        self.off_runtime(move |hsm| hsm.prepare_lmk_rotation_now(&tokens, threshold, shares))
+            .await
     }
 
     async fn commit_lmk_rotation(&self, new_lmk_kcv: &Kcv) -> Result<()> {
         self.commit_lmk_rotation_now(new_lmk_kcv)
+    }
+}
+
+impl LocalHsm {
+    /// A second handle on the same HSM (state, cache, permits), for a blocking task.
+    fn share(&self) -> LocalHsm {
+        LocalHsm {
+            persist_dir: self.persist_dir.clone(),
+            self_test: self.self_test,
+            state: Arc::clone(&self.state),
+            cache: Arc::clone(&self.cache),
+            workers: Arc::clone(&self.workers),
+        }
+    }
+
+    /// Runs `work` on tokio's blocking pool once a worker permit is free, so that the CPU work
+    /// of a key operation never holds an async worker (outside a tokio runtime, inline). A
+    /// panic in `work` is the caller's, as it would be inline.
+    async fn off_runtime<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&LocalHsm) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return work(self);
+        };
+        let permit = Arc::clone(&self.workers)
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Unavailable)?;
+        let hsm = self.share();
+        let joined = runtime
+            .spawn_blocking(move || {
+                let _permit = permit;
+                work(&hsm)
+            })
+            .await;
+        match joined {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // The runtime is shutting down.
+            Err(_) => Err(Error::Unavailable),
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! the self-test gate, LMK rotation (see the state diagram in [`super`]).
 
 use std::path::Path;
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use hsm_api::{
     Error, HsmState, HsmStatus, Kcv, KeyToken, LmkInit, LmkRotation, LmkShare, Result,
@@ -95,12 +95,17 @@ impl LocalHsm {
                 Some(dir) => lmk::load_record(dir)?,
                 None => None,
             };
-            (record, None, config.state_dir)
+            (record, None, config.state_dir.map(Arc::from))
+        };
+        let workers = match config.workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
         };
         Ok(LocalHsm {
             persist_dir,
             self_test: config.self_test,
-            state: RwLock::new(State {
+            workers: Arc::new(tokio::sync::Semaphore::new(workers)),
+            state: Arc::new(RwLock::new(State {
                 record,
                 lmk,
                 dangerous_test_lmk: config.dangerous_test_lmk,
@@ -108,8 +113,8 @@ impl LocalHsm {
                 submitted: Vec::new(),
                 pending: None,
                 tampered: false,
-            }),
-            cache: HotKeyCache::new(config.cache_capacity),
+            })),
+            cache: Arc::new(HotKeyCache::new(config.cache_capacity)),
         })
     }
 

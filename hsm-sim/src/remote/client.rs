@@ -9,17 +9,17 @@ use core::fmt;
 use std::time::Duration;
 
 use hsm_api::{
-    Component, Dispersion, Error, ExportedKey, Factor, Hsm, HsmStatus, Kcv, KeyBlockVersion,
-    KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare, Result, UnsealProgress,
-    WrappedKey, WriteKeyCommand, WriteKeyRequest,
+    BatchItem, BatchOutput, Component, Dispersion, Error, ExportedKey, Factor, Hsm, HsmStatus, Kcv,
+    KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare, Result,
+    UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest, check_batch_len,
 };
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 
 use super::convert::{
-    dispersion_to_wire, fold_to_wire, kcv_from_wire, kcv_to_wire, progress_from_wire,
-    share_from_wire, spec_to_wire, status_from_wire, usage_to_wire, version_to_wire, wide,
-    wrapped_from_wire,
+    batch_item_to_wire, batch_result_from_wire, dispersion_to_wire, fold_to_wire, kcv_from_wire,
+    kcv_to_wire, progress_from_wire, share_from_wire, spec_to_wire, status_from_wire,
+    usage_to_wire, version_to_wire, wide, wrapped_from_wire,
 };
 use super::proto;
 use super::proto::hsm_client::HsmClient;
@@ -300,6 +300,30 @@ impl Hsm for RemoteHsm {
             apdu: command.apdu,
             kcv: kcv_from_wire(command.kcv).ok_or(Error::Protocol)?,
         })
+    }
+
+    async fn batch(&self, items: Vec<BatchItem>) -> Result<Vec<Result<BatchOutput>>> {
+        // Refused here as the server would, without a round trip.
+        check_batch_len(items.len())?;
+        let count = items.len();
+        let request = proto::BatchRequest {
+            items: items.iter().map(batch_item_to_wire).collect(),
+        };
+        drop(items);
+        let results = self
+            .client()
+            .batch(request)
+            .await
+            .map_err(failed)?
+            .into_inner()
+            .results;
+        if results.len() != count {
+            return Err(Error::Protocol);
+        }
+        results
+            .into_iter()
+            .map(|r| batch_result_from_wire(r).ok_or(Error::Protocol))
+            .collect()
     }
 
     async fn kcv(&self, key: &KeyToken) -> Result<Kcv> {

@@ -5,12 +5,15 @@
 //! with [`hsm_api::Error::Protocol`].
 
 use hsm_api::{
-    Algorithm, Dispersion, Exportability, HierarchyLevel, HsmState, HsmStatus, IssuedShare, Kcv,
-    KcvMethod, KeyBlockVersion, KeySpec, KeyUsage, LmkShare, MacFold, UnsealProgress, WrappedKey,
+    Algorithm, BatchDelivery, BatchItem, BatchOutput, Derivation, Dispersion, Exportability,
+    ExportedKey, Factor, HierarchyLevel, HsmState, HsmStatus, IssuedShare, Kcv, KcvMethod,
+    KeyBlockVersion, KeySource, KeySpec, KeyToken, KeyUsage, LmkShare, MacFold, Protector, Result,
+    UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyDelivery,
 };
 use zeroize::Zeroizing;
 
 use super::proto;
+use super::status::{error_from_wire, error_to_wire};
 
 /// A `usize` on the wire (lossless on every platform Rust supports today).
 pub(crate) fn wide(n: usize) -> u64 {
@@ -287,6 +290,141 @@ pub(crate) fn status_from_wire(status: proto::HsmStatus) -> Option<HsmStatus> {
         self_test_passed: status.self_test_passed,
         cached_keys: narrow(status.cached_keys)?,
         tampered: status.tampered,
+    })
+}
+
+// ------------------------------------------------------------------------------- batches
+
+fn derivation_to_wire(d: &Derivation) -> proto::Derivation {
+    let (usage, level) = usage_to_wire(d.child_usage);
+    proto::Derivation {
+        parent: d.parent.as_str().to_owned(),
+        method: dispersion_to_wire(d.method).into(),
+        factors: d.factors.iter().map(|f| f.as_bytes().to_vec()).collect(),
+        child_usage: usage.into(),
+        child_level: level.into(),
+    }
+}
+
+fn derivation_from_wire(d: proto::Derivation) -> Option<Derivation> {
+    Some(Derivation {
+        parent: KeyToken::from_stored(d.parent),
+        method: dispersion_from_wire(d.method)?,
+        factors: d
+            .factors
+            .iter()
+            .map(|f| Factor::from_bytes(f).ok())
+            .collect::<Option<_>>()?,
+        child_usage: usage_from_wire(d.child_usage, d.child_level)?,
+    })
+}
+
+fn source_to_wire(source: &KeySource) -> proto::KeySource {
+    use proto::key_source::Source;
+    proto::KeySource {
+        source: Some(match source {
+            KeySource::Token(token) => Source::Token(token.as_str().to_owned()),
+            KeySource::Derived(d) => Source::Derived(derivation_to_wire(d)),
+        }),
+    }
+}
+
+fn source_from_wire(source: Option<proto::KeySource>) -> Option<KeySource> {
+    use proto::key_source::Source;
+    Some(match source?.source? {
+        Source::Token(token) => KeySource::Token(KeyToken::from_stored(token)),
+        Source::Derived(d) => KeySource::Derived(derivation_from_wire(d)?),
+    })
+}
+
+pub(crate) fn batch_item_to_wire(item: &BatchItem) -> proto::BatchItem {
+    use proto::batch_item::Delivery;
+    use proto::write_key_delivery::Protect;
+    let delivery = match &item.delivery {
+        BatchDelivery::Export { kbpk, version } => Delivery::Export(proto::ExportDelivery {
+            kbpk: kbpk.as_str().to_owned(),
+            version: version_to_wire(*version).into(),
+        }),
+        BatchDelivery::WriteKey(w) => Delivery::WriteKey(proto::WriteKeyDelivery {
+            protect: Some(match &w.protect {
+                // An index past u32 is out of range on the server as well.
+                Protector::Item(j) => Protect::ProtectItem(u32::try_from(*j).unwrap_or(u32::MAX)),
+                Protector::Key(source) => Protect::ProtectKey(source_to_wire(source)),
+            }),
+            cla: w.cla.into(),
+            ins: w.ins.into(),
+            p1: w.p1.into(),
+            p2: w.p2.into(),
+            key_header: w.key_header.clone(),
+            challenge: w.challenge.clone(),
+            fold: fold_to_wire(w.fold).into(),
+        }),
+    };
+    proto::BatchItem {
+        key: Some(source_to_wire(&item.key)),
+        delivery: Some(delivery),
+    }
+}
+
+pub(crate) fn batch_item_from_wire(item: proto::BatchItem) -> Option<BatchItem> {
+    use proto::batch_item::Delivery;
+    use proto::write_key_delivery::Protect;
+    let byte = |v: u32| u8::try_from(v).ok();
+    let delivery = match item.delivery? {
+        Delivery::Export(e) => BatchDelivery::Export {
+            kbpk: KeyToken::from_stored(e.kbpk),
+            version: version_from_wire(e.version)?,
+        },
+        Delivery::WriteKey(w) => BatchDelivery::WriteKey(WriteKeyDelivery {
+            protect: match w.protect? {
+                Protect::ProtectItem(j) => Protector::Item(usize::try_from(j).ok()?),
+                Protect::ProtectKey(source) => Protector::Key(source_from_wire(Some(source))?),
+            },
+            cla: byte(w.cla)?,
+            ins: byte(w.ins)?,
+            p1: byte(w.p1)?,
+            p2: byte(w.p2)?,
+            key_header: w.key_header,
+            challenge: w.challenge,
+            fold: fold_from_wire(w.fold)?,
+        }),
+    };
+    Some(BatchItem {
+        key: source_from_wire(item.key)?,
+        delivery,
+    })
+}
+
+pub(crate) fn batch_result_to_wire(result: &Result<BatchOutput>) -> proto::BatchResult {
+    use proto::batch_result::Result as Wire;
+    proto::BatchResult {
+        result: Some(match result {
+            Ok(BatchOutput::Exported(e)) => Wire::Exported(proto::ExportedKey {
+                block: e.block.clone(),
+                kcv: Some(kcv_to_wire(&e.kcv)),
+            }),
+            Ok(BatchOutput::WriteKey(c)) => Wire::WriteKey(proto::WriteKeyCommand {
+                apdu: c.apdu.clone(),
+                kcv: Some(kcv_to_wire(&c.kcv)),
+            }),
+            Err(err) => Wire::Error(error_to_wire(err)),
+        }),
+    }
+}
+
+/// An item's result from the wire; `None` if it is not one.
+pub(crate) fn batch_result_from_wire(result: proto::BatchResult) -> Option<Result<BatchOutput>> {
+    use proto::batch_result::Result as Wire;
+    Some(match result.result? {
+        Wire::Exported(e) => Ok(BatchOutput::Exported(ExportedKey {
+            block: e.block,
+            kcv: kcv_from_wire(e.kcv)?,
+        })),
+        Wire::WriteKey(c) => Ok(BatchOutput::WriteKey(WriteKeyCommand {
+            apdu: c.apdu,
+            kcv: kcv_from_wire(c.kcv)?,
+        })),
+        Wire::Error(e) => Err(error_from_wire(e)?),
     })
 }
 

@@ -17,9 +17,9 @@ use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
 
 use super::convert::{
-    dispersion_from_wire, fold_from_wire, kcv_from_wire, kcv_to_wire, narrow, progress_to_wire,
-    share_to_wire, spec_from_wire, status_to_wire, usage_from_wire, version_from_wire,
-    wrapped_to_wire,
+    batch_item_from_wire, batch_result_to_wire, dispersion_from_wire, fold_from_wire,
+    kcv_from_wire, kcv_to_wire, narrow, progress_to_wire, share_to_wire, spec_from_wire,
+    status_to_wire, usage_from_wire, version_from_wire, wrapped_to_wire,
 };
 use super::identity::{self, ServiceCaller};
 use super::proto;
@@ -302,6 +302,24 @@ impl<H: Hsm> HsmRpc for HsmService<H> {
         Ok(Response::new(proto::WriteKeyCommand {
             apdu: command.apdu,
             kcv: Some(kcv_to_wire(&command.kcv)),
+        }))
+    }
+
+    async fn batch(
+        &self,
+        request: Request<proto::BatchRequest>,
+    ) -> Result<Response<proto::BatchResponse>, Status> {
+        let on_err = refused(&request, "batch");
+        let items = request
+            .into_inner()
+            .items
+            .into_iter()
+            .map(batch_item_from_wire)
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| malformed("batch item"))?;
+        let results = self.hsm.batch(items).await.map_err(on_err)?;
+        Ok(Response::new(proto::BatchResponse {
+            results: results.iter().map(batch_result_to_wire).collect(),
         }))
     }
 

@@ -37,9 +37,7 @@ pub const ERROR_METADATA_KEY: &str = "sscard-hsm-error-bin";
 
 /// The status of a call the HSM refused.
 pub(crate) fn to_status(err: &Error) -> Status {
-    let detail = HsmError {
-        kind: Some(to_wire(err)),
-    };
+    let detail = error_to_wire(err);
     let mut metadata = MetadataMap::new();
     metadata.insert_bin(
         ERROR_METADATA_KEY,
@@ -117,6 +115,18 @@ pub(crate) fn code_of(err: &Error) -> Code {
         | Error::Protocol => Code::Internal,
         Error::Unavailable => Code::Unavailable,
     }
+}
+
+/// An error as the message that carries it (an item's refusal in a batch answer).
+pub(crate) fn error_to_wire(err: &Error) -> HsmError {
+    HsmError {
+        kind: Some(to_wire(err)),
+    }
+}
+
+/// The error a message carries; `None` if it carries none the client knows.
+pub(crate) fn error_from_wire(err: HsmError) -> Option<Error> {
+    from_wire(err.kind?)
 }
 
 fn unit() -> wire::Unit {

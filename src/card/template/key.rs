@@ -1,14 +1,14 @@
-//! One key of a card: its algorithm, root, level, and the spec a template line gives it (with
-//! the card key header it is written with).
+//! One key of a card: its role, algorithm, root, level, and the spec a template line gives it
+//! (with the type byte and follow-up level its COS profile gives it).
 
 use core::fmt;
 
 use hsm_api::Algorithm;
 use hsm_api::Dispersion;
 
-use super::HEADER_MARKER;
+use crate::card::region::Region;
+
 use super::order::Protector;
-use super::psam::PsamUsage;
 
 // ---------------------------------------------------------------------------------------------
 // Value types
@@ -58,15 +58,6 @@ impl CardAlgorithm {
         self.algorithm().key_len()
     }
 
-    /// The algorithm byte of the card key header: `00` 3DES, `01` DES \[spec], `02` SM4 \[choice].
-    pub const fn header_byte(self) -> u8 {
-        match self {
-            CardAlgorithm::Tdes => 0x00,
-            CardAlgorithm::Des => 0x01,
-            CardAlgorithm::Sm4 => 0x02,
-        }
-    }
-
     /// True if `method` derives keys of this algorithm from a parent of this algorithm.
     pub fn derivable_by(self, method: Dispersion) -> bool {
         let alg = self.algorithm();
@@ -87,6 +78,9 @@ pub enum KeyRoot {
     National,
     /// The province's own root, e.g. the card master key: province → city → card (N1).
     Provincial,
+    /// A city's own root for a key of its local extension (N9, DOMAIN.md §12): the city holds
+    /// it in its own HSM, city → card. The province places the key but never holds it.
+    City(&'static Region),
 }
 
 impl KeyRoot {
@@ -95,6 +89,7 @@ impl KeyRoot {
         match self {
             KeyRoot::National => "national",
             KeyRoot::Provincial => "provincial",
+            KeyRoot::City(_) => "city",
         }
     }
 
@@ -103,7 +98,116 @@ impl KeyRoot {
         match self {
             KeyRoot::National => KeyLevel::National,
             KeyRoot::Provincial => KeyLevel::Province,
+            KeyRoot::City(_) => KeyLevel::City,
         }
+    }
+
+    /// Who holds the root: the province (national and provincial roots) or a city.
+    pub const fn owner(self) -> KeyOwner {
+        match self {
+            KeyRoot::National | KeyRoot::Provincial => KeyOwner::Province,
+            KeyRoot::City(city) => KeyOwner::City(city),
+        }
+    }
+}
+
+/// Who holds a key's root, and so who derives and releases the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyOwner {
+    /// The province's key centre.
+    Province,
+    /// A city, for the keys of its local extension.
+    City(&'static Region),
+}
+
+impl fmt::Display for KeyOwner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyOwner::Province => f.write_str("the province"),
+            KeyOwner::City(city) => write!(f, "city {}", city.code),
+        }
+    }
+}
+
+/// What a key is for on the card. Behaviour follows the role, never the key's name: the COS
+/// profile gives each role its type byte, master keys never go into a PSAM, and a PSAM profile
+/// decides whether maintenance keys may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyRole {
+    /// A directory's master (control) key, `MK*`.
+    Master,
+    /// A maintenance/transport key, `STK*`: the MACs of application updates.
+    Maintenance,
+    /// Internal authentication, `IRK`: the card proves itself.
+    InternalAuth,
+    /// External authentication (and read keys such as `RKSSSE`): the terminal proves itself.
+    ExternalAuth,
+    /// A key guarding record updates at terminals (`UK*`).
+    Update,
+    /// The PIN, written as a key.
+    Pin,
+    /// PIN unblock, `PUK`.
+    PinUnblock,
+    /// PIN reload, `RPK`.
+    PinReload,
+    /// E-purse load, `DLK`.
+    Load,
+    /// E-purse purchase, `DPK`.
+    Purchase,
+    /// E-purse transaction authentication code, `DTK`.
+    Tac,
+    /// Card block, `BK`.
+    Block,
+    /// Application lock, `LK`.
+    Lock,
+}
+
+impl KeyRole {
+    /// Every role.
+    pub const ALL: [KeyRole; 13] = [
+        KeyRole::Master,
+        KeyRole::Maintenance,
+        KeyRole::InternalAuth,
+        KeyRole::ExternalAuth,
+        KeyRole::Update,
+        KeyRole::Pin,
+        KeyRole::PinUnblock,
+        KeyRole::PinReload,
+        KeyRole::Load,
+        KeyRole::Purchase,
+        KeyRole::Tac,
+        KeyRole::Block,
+        KeyRole::Lock,
+    ];
+
+    /// The name in templates and profiles.
+    pub const fn name(self) -> &'static str {
+        match self {
+            KeyRole::Master => "master",
+            KeyRole::Maintenance => "maintenance",
+            KeyRole::InternalAuth => "internal-auth",
+            KeyRole::ExternalAuth => "external-auth",
+            KeyRole::Update => "update",
+            KeyRole::Pin => "pin",
+            KeyRole::PinUnblock => "pin-unblock",
+            KeyRole::PinReload => "pin-reload",
+            KeyRole::Load => "load",
+            KeyRole::Purchase => "purchase",
+            KeyRole::Tac => "tac",
+            KeyRole::Block => "block",
+            KeyRole::Lock => "lock",
+        }
+    }
+
+    /// Parses [`KeyRole::name`].
+    pub fn from_name(name: &str) -> Option<KeyRole> {
+        KeyRole::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
+impl fmt::Display for KeyRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -146,7 +250,6 @@ impl fmt::Display for KeyLevel {
     }
 }
 
-/// The key type of a PSAM usage byte (its low 5 bits; DOMAIN.md §4).
 /// One key of a card template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -155,11 +258,17 @@ pub struct KeySpec {
     pub name: String,
     /// The directory holding the key (`MF`, `SSSE`, `DF01`, …).
     pub directory: String,
-    /// Card key id.
+    /// What the key is for.
+    pub role: KeyRole,
+    /// Card key id (a master key's comes from the COS profile).
     pub key_id: u8,
-    /// Card key version.
+    /// Card key version (a master key's comes from the COS profile).
     pub key_version: u8,
-    /// Key type byte of the card OS.
+    /// For a later version of a multi-version key (DLK/DPK groups, DOMAIN.md §10): the name of
+    /// its first version, with which it shares directory, role, algorithm and root; each version
+    /// has its own key id.
+    pub version_of: Option<String>,
+    /// Key type byte: the COS profile's byte for the key's role.
     pub key_type: u8,
     /// Algorithm.
     pub algorithm: CardAlgorithm,
@@ -167,21 +276,20 @@ pub struct KeySpec {
     pub length: u8,
     /// Error counter byte.
     pub error_counter: u8,
-    /// The PSAM usage byte, if the template gives one.
-    pub psam_usage: Option<PsamUsage>,
-    /// May the key go into terminal PSAMs (then `psam_usage` is present).
-    pub psam_allowed: bool,
     /// The key whose protection is used to write this one.
     pub protected_by: Protector,
     /// Where the key's derivation chain starts.
     pub root: KeyRoot,
-    /// Follow-up security level byte of the header.
+    /// Follow-up security level: the COS profile's, from the key's place in its directory.
     pub follow_up: u8,
     /// The dispersion method deriving this key (the template's unless the key names its own).
     pub dispersion: Dispersion,
     /// Free text.
     pub description: Option<String>,
     pub(super) line: usize,
+    /// The line of `key_id` (of the name, for a master key, which has none).
+    pub(super) key_id_line: usize,
+    pub(super) algorithm_line: usize,
     pub(super) protected_by_line: usize,
 }
 
@@ -196,28 +304,24 @@ impl KeySpec {
         self.algorithm.algorithm()
     }
 
-    /// True for keys that never leave the issuer (DOMAIN.md §4): card master keys and
-    /// maintenance/transport keys (names beginning `MK` or `STK`), and any key whose root is
-    /// provincial.
+    /// True for keys that never leave the issuer (DOMAIN.md §4, §11), by role and root: card
+    /// master keys, maintenance keys, and any key whose root is provincial.
     pub fn is_issuer_only(&self) -> bool {
-        is_issuer_only(&self.name, self.root)
+        is_issuer_only(self.role, self.root)
     }
 
-    /// The 8-byte card key header (see the module documentation for the layout).
-    pub fn card_key_header(&self) -> Vec<u8> {
-        vec![
-            self.key_type,
-            self.key_id,
-            self.key_version,
-            HEADER_MARKER,
-            self.error_counter,
-            self.algorithm.header_byte(),
-            self.follow_up,
-            self.length,
-        ]
+    /// The key's version group: the name of its first version (its own name for a key of one
+    /// version, or the first of several).
+    pub fn group(&self) -> &str {
+        self.version_of.as_deref().unwrap_or(&self.name)
+    }
+
+    /// Who holds the key's root.
+    pub fn owner(&self) -> KeyOwner {
+        self.root.owner()
     }
 }
 
-pub(super) fn is_issuer_only(name: &str, root: KeyRoot) -> bool {
-    root == KeyRoot::Provincial || name.starts_with("MK") || name.starts_with("STK")
+pub(super) fn is_issuer_only(role: KeyRole, root: KeyRoot) -> bool {
+    root == KeyRoot::Provincial || matches!(role, KeyRole::Master | KeyRole::Maintenance)
 }

@@ -1,8 +1,16 @@
 //! Card templates: every key a card carries, as versioned data (notice N8, N9, N11; DOMAIN.md §3).
 //!
-//! A template is a TOML file. The two shipped ones are [`SSC_2_0`] (`templates/ssc-2.0.toml`,
-//! 3DES) and [`SSC_3_0`] (`templates/ssc-3.0.toml`, SM4); a city's local extension (N9) is a
-//! third file that names its base with `extends` and is merged with [`Template::extend`].
+//! A template is a TOML file. The shipped ones are [`SSC_2_0`] (`templates/ssc-2.0.toml`, 3DES)
+//! and [`SSC_3_0`] (`templates/ssc-3.0.toml`, SM4), both on the T514 chip, and
+//! [`SSC_2_0_FMCOS`] (`templates/ssc-2.0-fmcos.toml`), the 2.0 card on the FMCOS chip; a city's
+//! local extension (N9) is a file that names its base with `extends` and is merged with
+//! [`Template::extend`].
+//!
+//! A template says which keys a card carries and what each is for (its **role**); its card-OS
+//! profile ([`crate::card::profile::CosProfile`], named by `cos`) decides the bytes the chip
+//! expects: the WRITE KEY's CLA INS P1 P2 Lc, the key header, the type byte of each role, the
+//! master key's id, version and follow-up level, the other keys' follow-up levels, and which ATR
+//! bytes form the card factor (DOMAIN.md §10).
 //!
 //! # Schema
 //!
@@ -10,6 +18,7 @@
 //! id = "ssc-2.0"            # template id: a-z, 0-9, '.', '-'
 //! version = 1               # template revision, >= 1
 //! generation = "2.0"        # card specification generation
+//! cos = "t514"              # the COS profile: t514 | fmcos
 //! algorithm = "tdes"        # default key algorithm: tdes | des | sm4
 //! dispersion = "pboc-tdes"  # hsm_api::Dispersion name (sm4-f-notf-v1 for 3.0)
 //! description = "…"         # optional
@@ -17,19 +26,18 @@
 //! # region = "440300"       # with `extends` only: the city that owns the extension
 //!
 //! [[key]]
-//! name = "MK_DF03"          # unique: A-Z, 0-9, _
+//! name = "RK_DF03"          # unique: A-Z, 0-9, _
 //! directory = "DF03"        # MF, SSSE, DF01..DF05, … (A-Z, 0-9)
-//! key_id = 0x00             # card key id
-//! key_version = 0x01        # card key version; (directory, key_id, key_version) is unique
-//! type = 0x39               # key type byte of the card OS
+//! role = "external-auth"    # master | maintenance | internal-auth | external-auth | update |
+//!                           # pin | pin-unblock | pin-reload | load | purchase | tac | block | lock
+//! key_id = 0x02             # card key id; not for a master key (the COS profile's)
+//! key_version = 0x01        # card key version; not for a master key (the COS profile's)
+//! # version_of = "RK_DF03"  # optional: a later version of that earlier key (DLK/DPK groups)
 //! algorithm = "tdes"        # optional, defaults to the template's
 //! length = 16               # bytes; des 8, tdes 16, sm4 16
-//! error_counter = 0x33
-//! psam_usage = 0x28         # optional: (levels << 5) | type (DOMAIN.md §4)
-//! psam_allowed = false      # optional, default false
-//! protected_by = "MK_SSSE"  # a key of the template, or "vendor-transport"
-//! root = "provincial"       # "national" or "provincial"
-//! follow_up = 0x00          # optional, default 0x00
+//! error_counter = 0x55
+//! protected_by = "MK_DF03"  # a key of the template, or "vendor-transport"
+//! root = "national"         # "national", "provincial", or (an extension's) "city"
 //! dispersion = "pboc-des"   # optional: the key's own dispersion method
 //! description = "…"         # optional
 //! ```
@@ -38,55 +46,59 @@
 //!
 //! [`Template::parse`] refuses, naming the line (1-based) and a typed [`TemplateFault`]:
 //! TOML syntax and type errors and missing fields ([`TemplateFault::Toml`]); unknown fields;
-//! values out of their set (ids, names, algorithms, dispersion methods, roots); a template
-//! without keys; duplicate key names; a duplicate `(directory, key_id, key_version)`; a length
-//! that does not match the algorithm; a key algorithm that its dispersion method cannot produce
-//! (an SM4 key in a `pboc-tdes` template, or a 3DES key in an `sm4-f-notf-v1` one, unless the
-//! key names its own `dispersion`); a PSAM usage byte with levels outside 1..=3 or a type above 8,
-//! or asking for the national level of a provincial-root key; `psam_allowed = true` without a
-//! usage byte, for type 0 (master), or for an issuer-only key (see [`KeySpec::is_issuer_only`]);
-//! `protected_by` naming no key of the template; a cycle of `protected_by`; more than one
-//! vendor-transport key; `extends` without `region`, `region` without `extends`, or a region
-//! that is not a known city.
+//! values out of their set (ids, names, roles, COS profiles, algorithms, dispersion methods,
+//! roots); a template without keys; duplicate key names; a master key with its own `key_id` or
+//! `key_version`, another key without them; a master key whose root is national; two keys in one
+//! card slot — `(directory, type byte, key_id, key_version)`, the type byte being the COS
+//! profile's for the role; a directory with more keys than the follow-up level can number; a
+//! key of an algorithm the COS profile does not write; a length that does not match the
+//! algorithm; a key algorithm that its dispersion method cannot produce (an SM4 key in a
+//! `pboc-tdes` template, or a 3DES key in an `sm4-f-notf-v1` one, unless the key names its own
+//! `dispersion`); `protected_by` naming no key of the template; a cycle of `protected_by`; more
+//! than one vendor-transport key; `extends` without `region`, `region` without `extends`, a
+//! region that is not a known city, or `root = "city"` outside an extension; `version_of`
+//! naming no earlier key, a master key, or a later version, or a version whose directory, role,
+//! algorithm or root differs from the first's, or whose key version or key id another version
+//! of the key has.
 //!
 //! An extension may name keys of its base in `protected_by`: those are resolved, and everything
 //! checked again, by [`Template::extend`], which also refuses an extension that redefines a base
-//! key (by name or by slot), names another base, differs from it in generation, algorithm or
-//! dispersion, or protects a key by the vendor transport key (an extension's keys go onto
-//! initialised cards).
+//! key (by name or by slot), names another base, differs from it in generation, COS profile,
+//! algorithm or dispersion, or protects a key by the vendor transport key (an extension's keys
+//! go onto initialised cards). Its keys are numbered after the base's in each directory.
 //!
 //! # Card key header
 //!
-//! [`KeySpec::card_key_header`] gives the 8-byte header of a WRITE KEY in the T514 style of
-//! DOMAIN.md §5:
-//!
-//! | byte | content | source |
-//! |---|---|---|
-//! | 0 | key type (`type`) | \[spec] position; value from the template |
-//! | 1 | key id (`key_id`) | \[spec] |
-//! | 2 | key version (`key_version`) | \[spec] |
-//! | 3 | `EF` | \[spec] constant; its meaning (usage rights) is \[inferred] |
-//! | 4 | error counter (`error_counter`) | \[spec] |
-//! | 5 | algorithm: `00` 3DES, `01` DES, `02` SM4 | \[spec] for 00/01, \[choice] for 02 |
-//! | 6 | follow-up security level (`follow_up`) | \[spec] position; values \[inferred] |
-//! | 7 | key length in bytes | \[inferred]: DOMAIN.md says "length", we write the key's byte count |
+//! [`Template::card_key_header`] gives the header of a WRITE KEY in the COS profile's layout;
+//! under `t514` (DOMAIN.md §10) it is 8 bytes: type ‖ key id ‖ version ‖ `EF` ‖ error counter ‖
+//! algorithm ‖ follow-up level ‖ length. [`Template::write_key_params`] gives CLA, INS, P1, P2
+//! and Lc.
 //!
 //! ```
 //! use sscard_kms::card::template::{KeyLevel, Template};
 //!
 //! let t = Template::builtin("ssc-2.0")?;
 //! let mk = t.key("MK_DF03").expect("in the template");
-//! assert_eq!(mk.card_key_header(), [0x39, 0x00, 0x01, 0xEF, 0x33, 0x00, 0x00, 0x10]);
-//! let rk = t.psam_keys().find(|p| p.key.name == "RK_DF03").expect("a PSAM key");
+//! // T514: a master key is type 00, id 00, version 00, follow-up level FF; P1 01.
+//! assert_eq!(t.card_key_header(mk), [0x00, 0x00, 0x00, 0xEF, 0x33, 0x00, 0xFF, 0x10]);
+//! assert_eq!(t.write_key_params(mk).p1, 0x01);
+//! // Which keys a PSAM holds, and at which level, is a PSAM profile's decision.
+//! let city = sscard_kms::card::profile::PsamProfile::builtin("city").expect("shipped")?;
+//! let (keys, _) = city.key_set(&t);
+//! let rk = keys.iter().find(|p| p.key.name == "RK_DF03").expect("a PSAM key");
 //! assert_eq!(rk.level(), KeyLevel::City);
 //! # Ok::<(), sscard_kms::Error>(())
 //! ```
 
-use hsm_api::Dispersion;
-use serde::Deserialize;
-use toml::de::DeTable;
+use std::sync::Arc;
 
+use hsm_api::Dispersion;
+use hsm_api::Factor;
+
+use crate::card::identifiers::Atr;
+use crate::card::profile::{CosProfile, WriteKeyParams};
 use crate::card::region::Region;
+use crate::card::source::{At, DataFile};
 use crate::error::{Error, Result};
 mod key;
 mod order;
@@ -95,30 +107,35 @@ mod schema;
 #[cfg(test)]
 mod tests;
 
-pub use key::{CardAlgorithm, KeyLevel, KeyRoot, KeySpec};
+pub use key::{CardAlgorithm, KeyLevel, KeyOwner, KeyRole, KeyRoot, KeySpec};
 pub use order::Protector;
 use order::link;
-pub use psam::{PsamKey, PsamKeyType, PsamRefusal, PsamUsage};
+pub use psam::{PsamKeyType, PsamUsage};
 pub use schema::TemplateFault;
-use schema::{At, RawTemplate, build, check_fields, template_err};
+use schema::{RawTemplate, TEMPLATE_FIELDS, apply_cos, build, template_err};
 
 /// The shipped 3DES template of card generation 2.0.
 pub const SSC_2_0: &str = include_str!("../../../templates/ssc-2.0.toml");
 /// The shipped SM4 template of card generation 3.0.
 pub const SSC_3_0: &str = include_str!("../../../templates/ssc-3.0.toml");
+/// The 2.0 card of [`SSC_2_0`], key for key, on the Fudan FMCOS chip (its COS profile `fmcos`).
+pub const SSC_2_0_FMCOS: &str = include_str!("../../../templates/ssc-2.0-fmcos.toml");
 /// The shipped templates by id.
-pub const BUILTIN: [(&str, &str); 2] = [("ssc-2.0", SSC_2_0), ("ssc-3.0", SSC_3_0)];
+pub const BUILTIN: [(&str, &str); 3] = [
+    ("ssc-2.0", SSC_2_0),
+    ("ssc-3.0", SSC_3_0),
+    ("ssc-2.0-fmcos", SSC_2_0_FMCOS),
+];
 
 /// The `protected_by` value of the first key written to a blank card.
 pub const VENDOR_TRANSPORT: &str = "vendor-transport";
-/// Byte 3 of every card key header.
-pub const HEADER_MARKER: u8 = 0xEF;
 
 /// Lines of the header fields, for errors found by [`Template::extend`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct HeaderLines {
     extends: usize,
     generation: usize,
+    cos: usize,
     algorithm: usize,
     dispersion: usize,
 }
@@ -129,6 +146,7 @@ pub struct Template {
     id: String,
     version: u32,
     generation: String,
+    cos: Arc<CosProfile>,
     algorithm: CardAlgorithm,
     dispersion: Dispersion,
     description: Option<String>,
@@ -144,11 +162,8 @@ impl Template {
     /// Parses and validates a template (a base, or a city extension on its own: see
     /// [`Template::extend`]).
     pub fn parse(src: &str) -> Result<Template> {
-        let at = At(src);
-        let doc = DeTable::parse(src).map_err(|e| at.toml(&e))?;
-        check_fields(&at, doc.get_ref())?;
-        let raw =
-            RawTemplate::deserialize(toml::de::Deserializer::from(doc)).map_err(|e| at.toml(&e))?;
+        let at = At::new(DataFile::Template, src);
+        let raw: RawTemplate = at.parse(TEMPLATE_FIELDS)?;
         build(&at, raw)
     }
 
@@ -190,6 +205,7 @@ impl Template {
                 ext.generation == base.generation,
                 ext.lines.generation,
             ),
+            ("cos", ext.cos.id() == base.cos.id(), ext.lines.cos),
             (
                 "algorithm",
                 ext.algorithm == base.algorithm,
@@ -215,25 +231,17 @@ impl Template {
                     },
                 ));
             }
-            if let Some(b) = base.keys.iter().find(|b| same_slot(b, k)) {
-                return Err(template_err(
-                    k.line,
-                    TemplateFault::DuplicateSlot {
-                        name: k.name.clone(),
-                        directory: k.directory.clone(),
-                        key_id: k.key_id,
-                        key_version: k.key_version,
-                        other: b.name.clone(),
-                    },
-                ));
-            }
         }
-        let keys: Vec<KeySpec> = base.keys.iter().chain(&ext.keys).cloned().collect();
+        // The extension's keys numbered after the base's in each directory; a slot the base
+        // uses is refused.
+        let mut keys: Vec<KeySpec> = base.keys.iter().chain(&ext.keys).cloned().collect();
+        apply_cos(&base.cos, &mut keys, base.keys.len())?;
         let order = link(&keys, false)?;
         Ok(Template {
             id: ext.id.clone(),
             version: ext.version,
             generation: base.generation.clone(),
+            cos: Arc::clone(&base.cos),
             algorithm: base.algorithm,
             dispersion: base.dispersion,
             description: ext.description.clone().or_else(|| base.description.clone()),
@@ -259,6 +267,11 @@ impl Template {
     /// Card specification generation.
     pub fn generation(&self) -> &str {
         &self.generation
+    }
+
+    /// The card-OS profile that decides the bytes of the card's WRITE KEY commands.
+    pub fn cos(&self) -> &CosProfile {
+        &self.cos
     }
 
     /// Default key algorithm.
@@ -296,6 +309,20 @@ impl Template {
         &self.keys
     }
 
+    /// Whether `spec` is a master key of this card: its role is master, it protects another
+    /// key's slot, or it is the key a blank card's vendor transport key protects (the structural
+    /// tests catch a template that mislabels a protector). Its hierarchy is a master-key
+    /// hierarchy in the HSM and its card key a card master key: it leaves only inside the
+    /// secure-messaging command that writes it, never as a TR-31 block.
+    pub fn is_master_key(&self, spec: &KeySpec) -> bool {
+        spec.role == KeyRole::Master
+            || spec.protected_by == Protector::VendorTransport
+            || self
+                .keys
+                .iter()
+                .any(|k| matches!(&k.protected_by, Protector::Key(p) if *p == spec.name))
+    }
+
     /// The key named `name`.
     pub fn key(&self, name: &str) -> Option<&KeySpec> {
         self.keys.iter().find(|k| k.name == name)
@@ -307,20 +334,18 @@ impl Template {
         self.order.iter().filter_map(|&i| self.keys.get(i))
     }
 
-    /// The keys allowed in terminal PSAMs, in file order, with their usage bytes.
-    pub fn psam_keys(&self) -> impl Iterator<Item = PsamKey<'_>> + '_ {
-        self.keys.iter().filter_map(|key| match key.psam_usage {
-            Some(usage) if key.psam_allowed => Some(PsamKey { key, usage }),
-            _ => None,
-        })
-    }
-
-    /// The card key header of `key` ([`KeySpec::card_key_header`]).
+    /// The key header of `key` in its WRITE KEY, in the COS profile's layout.
     pub fn card_key_header(&self, key: &KeySpec) -> Vec<u8> {
-        key.card_key_header()
+        self.cos.card_key_header(key)
     }
-}
 
-fn same_slot(a: &KeySpec, b: &KeySpec) -> bool {
-    a.directory == b.directory && a.key_id == b.key_id && a.key_version == b.key_version
+    /// CLA, INS, P1, P2 and Lc of the WRITE KEY of `key` under the COS profile.
+    pub fn write_key_params(&self, key: &KeySpec) -> WriteKeyParams {
+        self.cos.write_key_params(key)
+    }
+
+    /// The card factor F3 of `atr` under the COS profile.
+    pub fn card_factor(&self, atr: &Atr) -> Result<Factor> {
+        self.cos.card_factor(atr)
+    }
 }

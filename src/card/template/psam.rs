@@ -1,25 +1,7 @@
-//! PSAM usage: the usage byte of a key a PSAM holds, its level and type, and why a key is not
-//! released to a PSAM.
+//! PSAM usage: the usage byte of a key a PSAM holds, its level and type. Which bytes are
+//! allowed is a PSAM profile's decision ([`crate::card::profile::PsamProfile`]).
 
-use crate::error::Result;
-
-use super::key::{KeyLevel, KeySpec};
-use super::schema::TemplateFault;
-
-/// Why a key may not go into a terminal PSAM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
-#[non_exhaustive]
-pub enum PsamRefusal {
-    /// No `psam_usage` byte: the PSAM level is unknown.
-    #[error("it has no psam_usage byte")]
-    NoUsageByte,
-    /// Usage type 0, a master key.
-    #[error("its psam_usage type is 0 (master)")]
-    MasterType,
-    /// A card master key, a maintenance/transport key or a provincial-root key (DOMAIN.md §4).
-    #[error("it is an issuer-only key (MK*, STK*, or a provincial root)")]
-    IssuerOnly,
-}
+use super::key::KeyLevel;
 
 /// The key type of a PSAM usage byte (its low 5 bits; DOMAIN.md §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -59,63 +41,45 @@ impl PsamKeyType {
     }
 }
 
-/// A PSAM usage byte: `(levels << 5) | type`.
+/// A PSAM usage byte: `(levels << 5) | type`. Any byte decodes; a PSAM profile decides which
+/// levels and types it accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PsamUsage {
-    levels: u8,
-    kind: PsamKeyType,
-}
+pub struct PsamUsage(u8);
 
 impl PsamUsage {
-    /// Decodes and checks a usage byte: levels 1..=3, type 0..=8.
-    pub fn from_byte(byte: u8) -> Result<PsamUsage, TemplateFault> {
-        let levels = byte >> 5;
-        let code = byte & 0x1F;
-        if !(1..=3).contains(&levels) {
-            return Err(TemplateFault::PsamUsageLevels { byte, levels });
-        }
-        let kind = PsamKeyType::from_code(code)
-            .ok_or(TemplateFault::PsamUsageType { byte, kind: code })?;
-        Ok(PsamUsage { levels, kind })
+    /// The usage byte as it is.
+    pub const fn from_byte(byte: u8) -> PsamUsage {
+        PsamUsage(byte)
     }
 
     /// The byte.
     pub const fn byte(self) -> u8 {
-        (self.levels << 5) | self.kind.code()
+        self.0
     }
 
-    /// Dispersion levels the PSAM performs itself (1..=3).
+    /// Dispersion levels the PSAM performs itself (the high 3 bits).
     pub const fn levels(self) -> u8 {
-        self.levels
+        self.0 >> 5
     }
 
-    /// The key type.
-    pub const fn kind(self) -> PsamKeyType {
-        self.kind
+    /// The type code (the low 5 bits).
+    pub const fn code(self) -> u8 {
+        self.0 & 0x1F
     }
 
-    /// The level of the key the PSAM holds: 1 → city key, 2 → provincial key, 3 → national key.
+    /// The key type, if the code is one DOMAIN.md §4 names.
+    pub fn kind(self) -> Option<PsamKeyType> {
+        PsamKeyType::from_code(self.code())
+    }
+
+    /// The level of the key the PSAM holds: 0 → the card key, 1 → the city key, 2 → the
+    /// provincial key, 3 or more → the national key (a profile accepts levels 0 to 3 only).
     pub const fn level(self) -> KeyLevel {
-        match self.levels {
+        match self.levels() {
+            0 => KeyLevel::Card,
             1 => KeyLevel::City,
             2 => KeyLevel::Province,
             _ => KeyLevel::National,
         }
-    }
-}
-
-/// A key that goes into PSAMs, with its usage byte.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PsamKey<'a> {
-    /// The card key.
-    pub key: &'a KeySpec,
-    /// Its usage byte.
-    pub usage: PsamUsage,
-}
-
-impl PsamKey<'_> {
-    /// The level at which the key is released to a PSAM production line.
-    pub fn level(&self) -> KeyLevel {
-        self.usage.level()
     }
 }

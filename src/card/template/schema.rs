@@ -1,55 +1,57 @@
 //! The file format: the TOML schema of a template, its line-numbered errors, and the checks
 //! that turn a parsed file into a [`Template`].
 
-use core::ops::Range;
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use hsm_api::Dispersion;
 use serde::Deserialize;
 use toml::Spanned;
-use toml::de::DeTable;
 
+use crate::card::profile::{CosProfile, FollowUpRule};
 use crate::card::region::Region;
+use crate::card::source::{At, Field, is_key_name, valid_chars};
 use crate::error::{Error, Result};
 
-use super::key::{CardAlgorithm, KeyLevel, KeyRoot, KeySpec, is_issuer_only};
+use super::key::{CardAlgorithm, KeyRole, KeyRoot, KeySpec};
 use super::order::{Protector, link};
-use super::psam::{PsamKeyType, PsamRefusal, PsamUsage};
 use super::{HeaderLines, Template, VENDOR_TRANSPORT};
 
-pub(super) const TEMPLATE_FIELDS: &[&str] = &[
-    "id",
-    "version",
-    "generation",
-    "algorithm",
-    "dispersion",
-    "description",
-    "extends",
-    "region",
-    "key",
+/// The fields of a template file (for the unknown-field check).
+pub(super) const TEMPLATE_FIELDS: &[(&str, Field)] = &[
+    ("id", Field::Value),
+    ("version", Field::Value),
+    ("generation", Field::Value),
+    ("cos", Field::Value),
+    ("algorithm", Field::Value),
+    ("dispersion", Field::Value),
+    ("description", Field::Value),
+    ("extends", Field::Value),
+    ("region", Field::Value),
+    ("key", Field::Tables(KEY_FIELDS)),
 ];
-pub(super) const KEY_FIELDS: &[&str] = &[
-    "name",
-    "directory",
-    "key_id",
-    "key_version",
-    "type",
-    "algorithm",
-    "length",
-    "error_counter",
-    "psam_usage",
-    "psam_allowed",
-    "protected_by",
-    "root",
-    "follow_up",
-    "dispersion",
-    "description",
+const KEY_FIELDS: &[(&str, Field)] = &[
+    ("name", Field::Value),
+    ("directory", Field::Value),
+    ("role", Field::Value),
+    ("key_id", Field::Value),
+    ("key_version", Field::Value),
+    ("version_of", Field::Value),
+    ("algorithm", Field::Value),
+    ("length", Field::Value),
+    ("error_counter", Field::Value),
+    ("protected_by", Field::Value),
+    ("root", Field::Value),
+    ("dispersion", Field::Value),
+    ("description", Field::Value),
 ];
 
 // ---------------------------------------------------------------------------------------------
 // Errors
 // ---------------------------------------------------------------------------------------------
 
-/// Why a template was refused. Carried by [`Error::Template`] with the line.
+/// Why a template or a profile was refused. Carried with the line by [`Error::Template`] (a
+/// template) or [`Error::Profile`] (a profile).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TemplateFault {
@@ -74,14 +76,15 @@ pub enum TemplateFault {
     /// Two keys with one name.
     #[error("duplicate key name {name:?} (first defined on line {first_line})")]
     DuplicateKeyName { name: String, first_line: usize },
-    /// Two keys in one card slot.
+    /// Two keys in one card slot: directory, type byte (under the COS profile), id, version.
     #[error(
-        "key {name:?} uses {directory} id {key_id:#04x} version {key_version:#04x}, \
-         already used by {other:?}"
+        "key {name:?} uses {directory} type {key_type:#04x} id {key_id:#04x} version \
+         {key_version:#04x}, already used by {other:?}"
     )]
     DuplicateSlot {
         name: String,
         directory: String,
+        key_type: u8,
         key_id: u8,
         key_version: u8,
         other: String,
@@ -99,18 +102,15 @@ pub enum TemplateFault {
         algorithm: CardAlgorithm,
         dispersion: &'static str,
     },
-    /// A PSAM usage byte whose levels are not 1..=3.
-    #[error("psam_usage {byte:#04x} has {levels} levels; 1, 2 or 3 are allowed")]
+    /// A PSAM usage byte whose level the PSAM profile does not accept.
+    #[error("usage {byte:#04x} has {levels} levels, which this PSAM profile does not accept")]
     PsamUsageLevels { byte: u8, levels: u8 },
-    /// A PSAM usage byte whose type is above 8.
-    #[error("psam_usage {byte:#04x} has key type {kind}; 0 to 8 are defined")]
+    /// A PSAM usage byte whose type the PSAM profile does not accept.
+    #[error("usage {byte:#04x} has key type {kind}, which this PSAM profile does not accept")]
     PsamUsageType { byte: u8, kind: u8 },
-    /// A PSAM usage byte asking for the national level of a key whose root is provincial.
-    #[error("psam_usage {byte:#04x} asks for a national key, but the key's root is provincial")]
-    PsamLevelAboveRoot { byte: u8 },
-    /// `psam_allowed = true` for a key that may not go into a terminal PSAM.
-    #[error("key {name:?} may not go into a PSAM: {why}")]
-    PsamRefused { name: String, why: PsamRefusal },
+    /// Two keys of a PSAM profile with one PSAM key id.
+    #[error("psam_key_id {psam_key_id:#04x} is {other:?}'s already")]
+    PsamKeyIdRepeated { psam_key_id: u8, other: String },
     /// `protected_by` names no key of the template.
     #[error("protected_by names {0:?}, which is not a key of the template")]
     UnknownProtector(String),
@@ -125,6 +125,74 @@ pub enum TemplateFault {
         "an extension's keys go onto initialised cards: none is protected by {VENDOR_TRANSPORT:?}"
     )]
     VendorTransportInExtension,
+    /// A profile value without `published = "…"` or `inferred = "…"`.
+    #[error("every value needs `published = \"source\"` or `inferred = \"why\"`")]
+    Unmarked,
+    /// A profile value marked both published and inferred.
+    #[error("a value is published or inferred, not both")]
+    TwoMarks,
+    /// A profile byte the header layout needs but the profile lacks, or gives but the layout
+    /// does not use.
+    #[error(
+        "the header layout {} `{field}`, so its value must be {}",
+        if *in_layout { "has" } else { "has no" },
+        if *in_layout { "given" } else { "left out" }
+    )]
+    LayoutField {
+        field: &'static str,
+        in_layout: bool,
+    },
+    /// A profile's Lc that is not the encrypted field plus the MAC of its layout.
+    #[error(
+        "Lc of a {algorithm} key must be {expected:#04x} (encrypted field + MAC), not {actual:#04x}"
+    )]
+    LcMismatch {
+        algorithm: CardAlgorithm,
+        expected: usize,
+        actual: u8,
+    },
+    /// A COS profile without the type byte of a key role.
+    #[error("no type byte for key role {role:?}")]
+    MissingRoleType { role: &'static str },
+    /// A template's `cos` that names no shipped COS profile.
+    #[error("no COS profile {0:?}")]
+    UnknownCos(String),
+    /// A key of an algorithm its COS profile does not write.
+    #[error("COS profile {cos:?} has no WRITE KEY for {algorithm} keys")]
+    AlgorithmNotInProfile {
+        algorithm: CardAlgorithm,
+        cos: String,
+    },
+    /// A master key's `key_id` or `key_version`: the COS profile decides them.
+    #[error("`{field}` of a master key is decided by the COS profile: leave it out")]
+    DecidedByProfile { field: &'static str },
+    /// A key other than a master key without `key_id` or `key_version`.
+    #[error("`{field}` is required for every key but a master key")]
+    MissingKeyField { field: &'static str },
+    /// A master key whose root is the Ministry's.
+    #[error("a master key's root is the province's own (N1) or its city's, not national")]
+    MasterKeyRoot,
+    /// `version_of` naming no earlier key of the template.
+    #[error("version_of names {0:?}, which is not an earlier key of the template")]
+    VersionOfUnknown(String),
+    /// `version_of` on a master key, or naming a key that is itself a later version.
+    #[error("version_of must name the first version of a key other than a master key")]
+    VersionOfNotFirst,
+    /// A version of a key whose directory, role, algorithm or root differs from the first's.
+    #[error("`{field}` differs from {first:?}'s: the versions of a key share it")]
+    VersionOfMismatch { field: &'static str, first: String },
+    /// A version of a key repeating the key version or key id of another version.
+    #[error(
+        "`{field}` is {other:?}'s already: each version of a key has its own key version and \
+         key id (DOMAIN.md §10)"
+    )]
+    VersionRepeated { field: &'static str, other: String },
+    /// A directory with more keys than the follow-up level's nibble can number.
+    #[error("directory {directory} has more than 15 keys numbered for the follow-up level")]
+    FollowUpOverflow { directory: String },
+    /// `root = "city"` outside a city's extension.
+    #[error("`root = \"city\"` is for keys of a city's extension (with `region`)")]
+    CityRootOutsideExtension,
     /// `extends` without `region`.
     #[error("`extends` needs `region`, the city that owns the extension")]
     ExtendsWithoutRegion,
@@ -168,6 +236,7 @@ pub(super) struct RawTemplate {
     algorithm: Spanned<String>,
     dispersion: Spanned<String>,
     description: Option<String>,
+    cos: Spanned<String>,
     extends: Option<Spanned<String>>,
     region: Option<Spanned<String>>,
     #[serde(default, rename = "key")]
@@ -179,92 +248,21 @@ pub(super) struct RawTemplate {
 pub(super) struct RawKey {
     name: Spanned<String>,
     directory: Spanned<String>,
-    key_id: Spanned<u8>,
-    key_version: Spanned<u8>,
-    #[serde(rename = "type")]
-    key_type: Spanned<u8>,
+    role: Spanned<String>,
+    key_id: Option<Spanned<u8>>,
+    key_version: Option<Spanned<u8>>,
+    version_of: Option<Spanned<String>>,
     algorithm: Option<Spanned<String>>,
     length: Spanned<u32>,
     error_counter: Spanned<u8>,
-    psam_usage: Option<Spanned<u8>>,
-    psam_allowed: Option<Spanned<bool>>,
     protected_by: Spanned<String>,
     root: Spanned<String>,
-    follow_up: Option<Spanned<u8>>,
     dispersion: Option<Spanned<String>>,
     description: Option<String>,
 }
 
-/// The 1-based line of byte `offset` of `src`.
-pub(super) fn line_at(src: &str, offset: usize) -> usize {
-    let end = offset.min(src.len());
-    src.as_bytes()[..end]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
-}
-
-/// Builds errors that point into one source text.
-pub(super) struct At<'a>(pub(super) &'a str);
-
-impl At<'_> {
-    pub(super) fn line(&self, span: &Range<usize>) -> usize {
-        line_at(self.0, span.start)
-    }
-
-    pub(super) fn err(&self, span: &Range<usize>, fault: TemplateFault) -> Error {
-        Error::Template {
-            line: self.line(span),
-            fault,
-        }
-    }
-
-    pub(super) fn toml(&self, e: &toml::de::Error) -> Error {
-        Error::Template {
-            line: e.span().map_or(1, |s| self.line(&s)),
-            fault: TemplateFault::Toml(e.message().to_owned()),
-        }
-    }
-}
-
 pub(super) fn template_err(line: usize, fault: TemplateFault) -> Error {
     Error::Template { line, fault }
-}
-
-/// Refuses fields the schema does not have, at the earliest such line.
-pub(super) fn check_fields(at: &At<'_>, doc: &DeTable<'_>) -> Result<()> {
-    let mut unknown: Vec<(Range<usize>, String)> = Vec::new();
-    for (k, v) in doc.iter() {
-        let name: &str = k.get_ref();
-        if !TEMPLATE_FIELDS.contains(&name) {
-            unknown.push((k.span(), name.to_owned()));
-        }
-        if name != "key" {
-            continue;
-        }
-        let Some(items) = v.get_ref().as_array() else {
-            continue; // the typed pass reports the type error
-        };
-        for item in items.iter() {
-            if let Some(table) = item.get_ref().as_table() {
-                for (kk, _) in table.iter() {
-                    let field: &str = kk.get_ref();
-                    if !KEY_FIELDS.contains(&field) {
-                        unknown.push((kk.span(), field.to_owned()));
-                    }
-                }
-            }
-        }
-    }
-    match unknown.into_iter().min_by_key(|(span, _)| span.start) {
-        Some((span, name)) => Err(at.err(&span, TemplateFault::UnknownField(name))),
-        None => Ok(()),
-    }
-}
-
-pub(super) fn valid_chars(s: &str, max: usize, ok: impl Fn(u8) -> bool) -> bool {
-    !s.is_empty() && s.len() <= max && s.bytes().all(ok)
 }
 
 pub(super) fn parse_algorithm(at: &At<'_>, v: &Spanned<String>) -> Result<CardAlgorithm> {
@@ -322,6 +320,15 @@ pub(super) fn build(at: &At<'_>, raw: RawTemplate) -> Result<Template> {
             },
         ));
     }
+    let cos = match CosProfile::builtin(raw.cos.get_ref()) {
+        Some(profile) => Arc::new(profile?),
+        None => {
+            return Err(at.err(
+                &raw.cos.span(),
+                TemplateFault::UnknownCos(raw.cos.get_ref().clone()),
+            ));
+        }
+    };
     let algorithm = parse_algorithm(at, &raw.algorithm)?;
     let dispersion = parse_dispersion(at, &raw.dispersion)?;
     if !algorithm.derivable_by(dispersion) {
@@ -362,10 +369,15 @@ pub(super) fn build(at: &At<'_>, raw: RawTemplate) -> Result<Template> {
         return Err(template_err(1, TemplateFault::NoKeys));
     }
 
+    let defaults = KeyDefaults {
+        algorithm,
+        dispersion,
+        city: region,
+    };
     let mut keys: Vec<KeySpec> = Vec::with_capacity(raw.keys.len());
     let mut vendor_transport: Option<String> = None;
     for rk in raw.keys {
-        let key = build_key(at, rk, algorithm, dispersion, &keys)?;
+        let key = build_key(at, rk, &defaults, &keys)?;
         if key.protected_by == Protector::VendorTransport {
             if is_extension {
                 return Err(template_err(
@@ -385,11 +397,13 @@ pub(super) fn build(at: &At<'_>, raw: RawTemplate) -> Result<Template> {
         }
         keys.push(key);
     }
+    apply_cos(&cos, &mut keys, 0)?;
     let order = link(&keys, is_extension)?;
     Ok(Template {
         id: id.clone(),
         version: *raw.version.get_ref(),
         generation: raw.generation.get_ref().clone(),
+        cos,
         algorithm,
         dispersion,
         description: raw.description,
@@ -401,25 +415,101 @@ pub(super) fn build(at: &At<'_>, raw: RawTemplate) -> Result<Template> {
         lines: HeaderLines {
             extends: raw.extends.as_ref().map_or(1, |e| at.line(&e.span())),
             generation: at.line(&raw.generation.span()),
+            cos: at.line(&raw.cos.span()),
             algorithm: at.line(&raw.algorithm.span()),
             dispersion: at.line(&raw.dispersion.span()),
         },
     })
 }
 
+/// What a key takes from its template's header.
+pub(super) struct KeyDefaults {
+    algorithm: CardAlgorithm,
+    dispersion: Dispersion,
+    /// The city of an extension (the owner of its `root = "city"` keys).
+    city: Option<&'static Region>,
+}
+
+/// Gives every key what its COS profile decides — its role's type byte; a master key's id,
+/// version and follow-up level; the other keys' follow-up levels from their places in their
+/// directories — and refuses two keys in one card slot (directory, type byte, key id, version).
+/// Keys before `first_checked` were checked already (the base of a merged extension).
+pub(super) fn apply_cos(
+    cos: &CosProfile,
+    keys: &mut [KeySpec],
+    first_checked: usize,
+) -> Result<()> {
+    let mut sequence: HashMap<String, u8> = HashMap::new();
+    for i in 0..keys.len() {
+        let (earlier, rest) = keys.split_at_mut(i);
+        let key = &mut rest[0];
+        if cos.algorithm(key.algorithm).is_none() {
+            return Err(template_err(
+                key.algorithm_line,
+                TemplateFault::AlgorithmNotInProfile {
+                    algorithm: key.algorithm,
+                    cos: cos.id().to_owned(),
+                },
+            ));
+        }
+        key.key_type = cos.type_byte(key.role);
+        if key.role == KeyRole::Master {
+            (key.key_id, key.key_version, key.follow_up) = cos.master();
+        } else {
+            let zero = cos.zero_roles().contains(&key.role);
+            let number = sequence.entry(key.directory.clone()).or_insert(0);
+            if !zero || cos.numbers_zero_roles() {
+                *number += 1;
+            }
+            key.follow_up = match cos.follow_up_rule() {
+                _ if zero => 0x00,
+                FollowUpRule::Fixed(b) => b,
+                FollowUpRule::SequenceBothNibbles if *number > 0x0F => {
+                    return Err(template_err(
+                        key.line,
+                        TemplateFault::FollowUpOverflow {
+                            directory: key.directory.clone(),
+                        },
+                    ));
+                }
+                FollowUpRule::SequenceBothNibbles => *number * 0x11,
+            };
+        }
+        if i < first_checked {
+            continue;
+        }
+        if let Some(other) = earlier.iter().find(|k| {
+            k.directory == key.directory
+                && k.key_type == key.key_type
+                && k.key_id == key.key_id
+                && k.key_version == key.key_version
+        }) {
+            return Err(template_err(
+                key.key_id_line,
+                TemplateFault::DuplicateSlot {
+                    name: key.name.clone(),
+                    directory: key.directory.clone(),
+                    key_type: key.key_type,
+                    key_id: key.key_id,
+                    key_version: key.key_version,
+                    other: other.name.clone(),
+                },
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Validates one key against the template header and the keys before it.
 pub(super) fn build_key(
     at: &At<'_>,
     rk: RawKey,
-    default_alg: CardAlgorithm,
-    default_dispersion: Dispersion,
+    defaults: &KeyDefaults,
     earlier: &[KeySpec],
 ) -> Result<KeySpec> {
     let name = rk.name.get_ref();
     let name_span = rk.name.span();
-    if !valid_chars(name, 32, |b| {
-        b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'
-    }) {
+    if !is_key_name(name) {
         return Err(at.err(
             &name_span,
             TemplateFault::InvalidValue {
@@ -449,26 +539,32 @@ pub(super) fn build_key(
             },
         ));
     }
-    let (key_id, key_version) = (*rk.key_id.get_ref(), *rk.key_version.get_ref());
-    if let Some(other) = earlier
-        .iter()
-        .find(|k| k.directory == *directory && k.key_id == key_id && k.key_version == key_version)
-    {
-        return Err(at.err(
-            &rk.key_id.span(),
-            TemplateFault::DuplicateSlot {
-                name: name.clone(),
-                directory: directory.clone(),
-                key_id,
-                key_version,
-                other: other.name.clone(),
+    let role = KeyRole::from_name(rk.role.get_ref()).ok_or_else(|| {
+        at.err(
+            &rk.role.span(),
+            TemplateFault::UnknownName {
+                field: "role",
+                value: rk.role.get_ref().clone(),
             },
-        ));
-    }
+        )
+    })?;
+    // A master key's id and version are the COS profile's; every other key names its own.
+    let mut id_and_version = [(&rk.key_id, "key_id"), (&rk.key_version, "key_version")]
+        .into_iter()
+        .map(|(v, field)| match (role, v) {
+            (KeyRole::Master, Some(v)) => {
+                Err(at.err(&v.span(), TemplateFault::DecidedByProfile { field }))
+            }
+            (KeyRole::Master, None) => Ok(0),
+            (_, Some(v)) => Ok(*v.get_ref()),
+            (_, None) => Err(at.err(&name_span, TemplateFault::MissingKeyField { field })),
+        });
+    let key_id = id_and_version.next().unwrap_or(Ok(0))?;
+    let key_version = id_and_version.next().unwrap_or(Ok(0))?;
 
     let algorithm = match &rk.algorithm {
         Some(a) => parse_algorithm(at, a)?,
-        None => default_alg,
+        None => defaults.algorithm,
     };
     let length = *rk.length.get_ref();
     let length_u8 = u8::try_from(length)
@@ -486,7 +582,7 @@ pub(super) fn build_key(
     };
     let dispersion = match &rk.dispersion {
         Some(d) => parse_dispersion(at, d)?,
-        None => default_dispersion,
+        None => defaults.dispersion,
     };
     if !algorithm.derivable_by(dispersion) {
         // Point at the key's own dispersion if it named one, else at what made it differ.
@@ -507,6 +603,12 @@ pub(super) fn build_key(
     let root = match rk.root.get_ref().as_str() {
         "national" => KeyRoot::National,
         "provincial" => KeyRoot::Provincial,
+        "city" => match defaults.city {
+            Some(city) => KeyRoot::City(city),
+            None => {
+                return Err(at.err(&rk.root.span(), TemplateFault::CityRootOutsideExtension));
+            }
+        },
         other => {
             return Err(at.err(
                 &rk.root.span(),
@@ -517,61 +619,105 @@ pub(super) fn build_key(
             ));
         }
     };
-
-    let psam_usage = match &rk.psam_usage {
-        Some(u) => {
-            let usage = PsamUsage::from_byte(*u.get_ref()).map_err(|f| at.err(&u.span(), f))?;
-            if root == KeyRoot::Provincial && usage.level() == KeyLevel::National {
-                return Err(at.err(
-                    &u.span(),
-                    TemplateFault::PsamLevelAboveRoot { byte: usage.byte() },
-                ));
-            }
-            Some(usage)
-        }
-        None => None,
-    };
-    let psam_allowed = rk.psam_allowed.as_ref().is_some_and(|a| *a.get_ref());
-    if let (true, Some(allowed)) = (psam_allowed, &rk.psam_allowed) {
-        let why = match psam_usage {
-            None => Some(PsamRefusal::NoUsageByte),
-            Some(u) if u.kind() == PsamKeyType::Master => Some(PsamRefusal::MasterType),
-            Some(_) if is_issuer_only(name, root) => Some(PsamRefusal::IssuerOnly),
-            Some(_) => None,
-        };
-        if let Some(why) = why {
-            return Err(at.err(
-                &allowed.span(),
-                TemplateFault::PsamRefused {
-                    name: name.clone(),
-                    why,
-                },
-            ));
-        }
+    if role == KeyRole::Master && root == KeyRoot::National {
+        return Err(at.err(&rk.root.span(), TemplateFault::MasterKeyRoot));
     }
+
+    let version_of = match &rk.version_of {
+        None => None,
+        Some(v) => Some(check_version_of(
+            at,
+            v,
+            (role, directory, algorithm, root),
+            (key_id, key_version),
+            earlier,
+        )?),
+    };
 
     let protected_by = match rk.protected_by.get_ref().as_str() {
         VENDOR_TRANSPORT => Protector::VendorTransport,
         other => Protector::Key(other.to_owned()),
     };
+    let line = at.line(&name_span);
 
     Ok(KeySpec {
         name: name.clone(),
         directory: directory.clone(),
+        role,
         key_id,
         key_version,
-        key_type: *rk.key_type.get_ref(),
+        version_of,
+        // Set by `apply_cos`.
+        key_type: 0,
         algorithm,
         length: length_u8,
         error_counter: *rk.error_counter.get_ref(),
-        psam_usage,
-        psam_allowed,
         protected_by,
         root,
-        follow_up: rk.follow_up.as_ref().map_or(0, |f| *f.get_ref()),
+        follow_up: 0,
         dispersion,
         description: rk.description,
-        line: at.line(&name_span),
+        line,
+        key_id_line: rk.key_id.as_ref().map_or(line, |k| at.line(&k.span())),
+        algorithm_line: rk.algorithm.as_ref().map_or(line, |a| at.line(&a.span())),
         protected_by_line: at.line(&rk.protected_by.span()),
     })
+}
+
+/// Checks `version_of = "FIRST"`: FIRST is an earlier key, the first version of a key that is
+/// not a master key; this version shares its directory, role, algorithm and root, and has a key
+/// version and a key id of its own among the versions (DOMAIN.md §10: DLK/DPK groups). Gives
+/// FIRST's name.
+fn check_version_of(
+    at: &At<'_>,
+    v: &Spanned<String>,
+    (role, directory, algorithm, root): (KeyRole, &str, CardAlgorithm, KeyRoot),
+    (key_id, key_version): (u8, u8),
+    earlier: &[KeySpec],
+) -> Result<String> {
+    let span = v.span();
+    let first = earlier
+        .iter()
+        .find(|k| k.name == *v.get_ref())
+        .ok_or_else(|| at.err(&span, TemplateFault::VersionOfUnknown(v.get_ref().clone())))?;
+    if role == KeyRole::Master || first.version_of.is_some() {
+        return Err(at.err(&span, TemplateFault::VersionOfNotFirst));
+    }
+    let mismatch = [
+        ("directory", first.directory != directory),
+        ("role", first.role != role),
+        ("algorithm", first.algorithm != algorithm),
+        ("root", first.root != root),
+    ];
+    if let Some((field, _)) = mismatch.into_iter().find(|(_, differs)| *differs) {
+        return Err(at.err(
+            &span,
+            TemplateFault::VersionOfMismatch {
+                field,
+                first: first.name.clone(),
+            },
+        ));
+    }
+    let versions = earlier
+        .iter()
+        .filter(|k| k.name == first.name || k.version_of.as_deref() == Some(&first.name));
+    for other in versions {
+        let repeated = if other.key_version == key_version {
+            Some("key_version")
+        } else if other.key_id == key_id {
+            Some("key_id")
+        } else {
+            None
+        };
+        if let Some(field) = repeated {
+            return Err(at.err(
+                &span,
+                TemplateFault::VersionRepeated {
+                    field,
+                    other: other.name.clone(),
+                },
+            ));
+        }
+    }
+    Ok(first.name.clone())
 }

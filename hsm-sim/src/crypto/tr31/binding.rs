@@ -28,6 +28,49 @@ pub(super) fn kbpk_error(version: KeyBlockVersion) -> Error {
     }
 }
 
+/// The KBEK and KBAK of one KBPK for one version: derived once per transport key (the HSM keeps
+/// them with the unwrapped KBPK in its hot-key cache, and with the LMK), used for every block
+/// under it. Both are [`SecretKey`]s: zeroized on drop. No `Debug` of the keys.
+pub struct BindingKeys {
+    version: KeyBlockVersion,
+    kbek: SecretKey,
+    kbak: SecretKey,
+}
+
+impl core::fmt::Debug for BindingKeys {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("BindingKeys")
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BindingKeys {
+    /// The binding keys of `kbpk` for blocks of `version` ([`Error::KeyBlockKbpk`] for a KBPK
+    /// of the wrong algorithm).
+    pub fn derive(kbpk: &SecretKey, version: KeyBlockVersion) -> Result<BindingKeys> {
+        let (kbek, kbak) = derive_keys(kbpk, version)?;
+        Ok(BindingKeys {
+            version,
+            kbek,
+            kbak,
+        })
+    }
+
+    /// The version of the blocks these keys protect.
+    pub fn version(&self) -> KeyBlockVersion {
+        self.version
+    }
+
+    pub(super) fn kbek(&self) -> &SecretKey {
+        &self.kbek
+    }
+
+    pub(super) fn kbak(&self) -> &SecretKey {
+        &self.kbak
+    }
+}
+
 /// KBEK and KBAK of `kbpk` for a block of `version` (see the module docs); each has the KBPK's
 /// algorithm and length.
 pub(super) fn derive_keys(

@@ -223,12 +223,17 @@ impl OptionalBlock {
 
     /// `KC`: the check value of the key to be wrapped (see the module docs for the method).
     pub fn key_check_value(key: &SecretKey) -> Result<OptionalBlock> {
-        check_value_block("KC", key)
+        OptionalBlock::key_check_value_of(&kcv::compute_default(key)?)
+    }
+
+    /// `KC` from the key's default check value already computed.
+    pub fn key_check_value_of(kcv: &Kcv) -> Result<OptionalBlock> {
+        check_value_block("KC", kcv)
     }
 
     /// `KP`: the check value of the KBPK (see the module docs for the method).
     pub fn kbpk_check_value(kbpk: &SecretKey) -> Result<OptionalBlock> {
-        check_value_block("KP", kbpk)
+        check_value_block("KP", &kcv::compute_default(kbpk)?)
     }
 
     /// The check value in a `KC` or `KP` block; any other block, or malformed data, is
@@ -297,8 +302,7 @@ impl OptionalBlock {
 /// A `KC` or `KP` block for `key`: its KCV by the default method and length of the whole
 /// service — `00` + 3-byte legacy KCV (DES, TDES), `00` + 4 bytes (SM4), `01` + 5-byte CMAC KCV
 /// (AES).
-fn check_value_block(id: &str, key: &SecretKey) -> Result<OptionalBlock> {
-    let kcv = kcv::compute_default(key)?;
+fn check_value_block(id: &str, kcv: &Kcv) -> Result<OptionalBlock> {
     let code = match kcv.method() {
         KcvMethod::EncryptZeros => "00",
         KcvMethod::Cmac => "01",

@@ -114,9 +114,10 @@ mod header;
 mod parse;
 mod wrapping;
 
+pub use binding::BindingKeys;
 pub use header::{Exportability, KeyBlockAlgorithm, KeyBlockHeader, ModeOfUse, OptionalBlock};
 pub use parse::parse_header;
-pub use wrapping::{unwrap, wrap};
+pub use wrapping::{unwrap, unwrap_bound, wrap, wrap_bound};
 
 /// Length of the fixed part of the header.
 const FIXED_HEADER_LEN: usize = 16;

@@ -5,7 +5,7 @@ use hsm_api::{Algorithm, Error, KeyBlockVersion, Result};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use super::binding::{check_kbpk, derive_keys};
+use super::binding::{BindingKeys, check_kbpk, kbpk_error};
 use super::header::{KeyBlockAlgorithm, KeyBlockHeader};
 use super::parse::parse;
 use crate::crypto::SecretKey;
@@ -16,23 +16,43 @@ use crate::crypto::random::random_bytes;
 /// Wraps `key` under `kbpk` in a key block with `header`, padding the key with random bytes so
 /// that its length is hidden (see the module docs).
 pub fn wrap(kbpk: &SecretKey, header: &KeyBlockHeader, key: &SecretKey) -> Result<String> {
+    check_kbpk(header.version, kbpk)?;
+    wrap_bound(
+        kbpk,
+        &BindingKeys::derive(kbpk, header.version)?,
+        header,
+        key,
+    )
+}
+
+/// [`wrap`] with the binding keys of `kbpk` already derived (once per transport key).
+pub fn wrap_bound(
+    kbpk: &SecretKey,
+    binding: &BindingKeys,
+    header: &KeyBlockHeader,
+    key: &SecretKey,
+) -> Result<String> {
     let block_len = header.version.block_len();
     let hidden = key.len().max(header.algorithm.hidden_key_len());
     let clear_len = (2 + hidden).div_ceil(block_len) * block_len;
     let padding = Zeroizing::new(random_bytes(clear_len - 2 - key.len())?);
-    wrap_with_padding(kbpk, header, key, &padding)
+    wrap_with_padding(kbpk, binding, header, key, &padding)
 }
 
 /// [`wrap`] with the padding given, for known-answer tests: the clear key data is the key's
 /// length in bits (2 bytes) ‖ key ‖ `padding`, and must fill whole cipher blocks.
 pub(super) fn wrap_with_padding(
     kbpk: &SecretKey,
+    binding: &BindingKeys,
     header: &KeyBlockHeader,
     key: &SecretKey,
     padding: &[u8],
 ) -> Result<String> {
     let version = header.version;
     check_kbpk(version, kbpk)?;
+    if binding.version() != version {
+        return Err(kbpk_error(version));
+    }
     header.validate()?;
     if header.algorithm != KeyBlockAlgorithm::of(key.algorithm()) {
         return Err(Error::KeyBlockHeader {
@@ -57,21 +77,16 @@ pub(super) fn wrap_with_padding(
     clear.extend_from_slice(padding);
 
     let header_text = header.encode(clear_len)?;
-    seal(kbpk, version, &header_text, &clear)
+    seal(binding, &header_text, &clear)
 }
 
 /// MACs and encrypts `clear` (whole cipher blocks) under `kbpk` behind `header_text`, which is
 /// taken as it is.
-pub(super) fn seal(
-    kbpk: &SecretKey,
-    version: KeyBlockVersion,
-    header_text: &str,
-    clear: &[u8],
-) -> Result<String> {
-    let (kbek, kbak) = derive_keys(kbpk, version)?;
-    let mac = block_mac(&kbak, version, header_text.as_bytes(), clear)?;
+pub(super) fn seal(binding: &BindingKeys, header_text: &str, clear: &[u8]) -> Result<String> {
+    let version = binding.version();
+    let mac = block_mac(binding.kbak(), version, header_text.as_bytes(), clear)?;
     let mut encrypted = Zeroizing::new(clear.to_vec());
-    BlockCipher::new(&kbek)?.encrypt_cbc(&mac, &mut encrypted)?;
+    BlockCipher::new(binding.kbek())?.encrypt_cbc(&mac, &mut encrypted)?;
     let mut block = String::with_capacity(header_text.len() + 2 * (encrypted.len() + mac.len()));
     block.push_str(header_text);
     block.push_str(&hex::encode_upper(&*encrypted));
@@ -83,13 +98,30 @@ pub(super) fn seal(
 /// `PB`) and key. The MAC is verified in constant time before anything in the decrypted data
 /// is looked at.
 pub fn unwrap(kbpk: &SecretKey, block: &str) -> Result<(KeyBlockHeader, SecretKey)> {
+    unwrap_bound(kbpk, None, block)
+}
+
+/// [`unwrap`] with the binding keys of `kbpk` already derived (used if they are of the block's
+/// version; derived for this block otherwise).
+pub fn unwrap_bound(
+    kbpk: &SecretKey,
+    binding: Option<&BindingKeys>,
+    block: &str,
+) -> Result<(KeyBlockHeader, SecretKey)> {
     let parsed = parse(block)?;
     let version = parsed.header.version;
-    let (kbek, kbak) = derive_keys(kbpk, version)?;
+    let derived;
+    let binding = match binding {
+        Some(b) if b.version() == version => b,
+        _ => {
+            derived = BindingKeys::derive(kbpk, version)?;
+            &derived
+        }
+    };
 
     let mut clear = Zeroizing::new(parsed.encrypted);
-    BlockCipher::new(&kbek)?.decrypt_cbc(&parsed.mac, &mut clear)?;
-    let expected = block_mac(&kbak, version, parsed.header_text, &clear)?;
+    BlockCipher::new(binding.kbek())?.decrypt_cbc(&parsed.mac, &mut clear)?;
+    let expected = block_mac(binding.kbak(), version, parsed.header_text, &clear)?;
     if !bool::from(expected.as_slice().ct_eq(parsed.mac.as_slice())) {
         return Err(Error::KeyBlockMac);
     }

@@ -11,19 +11,19 @@ fn refusal(src: &str) -> (usize, TemplateFault) {
     }
 }
 
-/// A valid minimal template: header on lines 1-5, MK_MF on 7-16, RK on 18-29.
+/// A valid minimal template: header on lines 1-6, MK_MF on 7-16, RK on 18-29.
 const MINI: &str = r#"id = "mini"
 version = 1
 generation = "2.0"
 algorithm = "tdes"
 dispersion = "pboc-tdes"
-
+cos = "t514"
 [[key]]
 name = "MK_MF"
 directory = "MF"
-key_id = 0x00
-key_version = 0x01
-type = 0x39
+role = "master"
+# the COS profile gives a master key its id and version
+description = "the card's master key"
 length = 16
 error_counter = 0x33
 protected_by = "vendor-transport"
@@ -34,11 +34,11 @@ name = "RK_MF"
 directory = "MF"
 key_id = 0x01
 key_version = 0x01
-type = 0x39
+role = "external-auth"
 length = 16
 error_counter = 0x55
-psam_usage = 0x28
-psam_allowed = true
+# (PSAM usage: a PSAM profile's, profiles/psam/)
+# (PSAM usage: a PSAM profile's, profiles/psam/)
 protected_by = "MK_MF"
 root = "national"
 "#;
@@ -59,7 +59,7 @@ name = "UK_MF"
 directory = "MF"
 key_id = 0x02
 key_version = 0x01
-type = 0x36
+role = "update"
 length = 16
 error_counter = 0x55
 protected_by = "MK_MF"
@@ -72,18 +72,17 @@ root = "national"
 fn ssc_2_0_loads() {
     let t = Template::parse(include_str!("../../../../templates/ssc-2.0.toml")).unwrap();
     assert_eq!(t.id(), "ssc-2.0");
-    assert_eq!(t.version(), 1);
+    assert_eq!(t.version(), 2);
     assert_eq!(t.generation(), "2.0");
     assert_eq!(t.algorithm(), CardAlgorithm::Tdes);
     assert_eq!(t.dispersion(), Dispersion::PbocTdes);
     assert_eq!(t.extends(), None);
-    assert_eq!(t.keys().len(), 24);
-    assert_eq!(t.psam_keys().count(), 9);
+    assert_eq!(t.keys().len(), 33);
     for dir in ["MF", "SSSE", "DF01", "DF02", "DF03", "DF04", "DF05"] {
         let mk = t.key(&format!("MK_{dir}")).unwrap();
         assert_eq!(mk.directory, dir);
+        assert_eq!(mk.role, KeyRole::Master);
         assert_eq!(mk.root, KeyRoot::Provincial);
-        assert!(!mk.psam_allowed);
         assert!(mk.is_issuer_only());
     }
     for k in t.keys() {
@@ -98,29 +97,11 @@ fn ssc_2_0_loads() {
     let rk = t.key("RK_SSSE").unwrap();
     assert_eq!(rk.directory, "SSSE");
     assert_eq!(rk.protected_by, Protector::Key("MK_SSSE".to_owned()));
-    assert_eq!(rk.psam_usage.unwrap().byte(), 0x48);
+    // T514: type 0D, id, version, EF, error counter, 3DES 00, follow-up 33 (the third key of
+    // SSSE after its master key: STK and IRK take 1 and 2 and carry 00), length.
     assert_eq!(
-        rk.card_key_header(),
-        [0x39, 0x03, 0x01, 0xEF, 0x55, 0x00, 0x01, 16]
-    );
-    // PSAM delivery at every level.
-    let levels: Vec<(&str, KeyLevel)> = t
-        .psam_keys()
-        .map(|p| (p.key.name.as_str(), p.level()))
-        .collect();
-    assert!(levels.contains(&("RK_DF03", KeyLevel::City)));
-    assert!(levels.contains(&("RK_SSSE", KeyLevel::Province)));
-    assert!(levels.contains(&("IRK_SSSE", KeyLevel::National)));
-    // Issuer-only keys never reach PSAMs; the load and TAC keys stay with the issuer.
-    for p in t.psam_keys() {
-        assert!(!p.key.is_issuer_only(), "{}", p.key.name);
-        assert_ne!(p.usage.kind(), PsamKeyType::Master);
-    }
-    assert!(!t.key("DLK_DF04").unwrap().psam_allowed);
-    assert!(!t.key("DTK_DF04").unwrap().psam_allowed);
-    assert_eq!(
-        t.key("DPK_DF04").unwrap().psam_usage.unwrap().kind(),
-        PsamKeyType::Purchase
+        t.card_key_header(rk),
+        [0x0D, 0x03, 0x01, 0xEF, 0x55, 0x00, 0x33, 16]
     );
 }
 
@@ -131,22 +112,84 @@ fn ssc_3_0_loads() {
     assert_eq!(t.generation(), "3.0");
     assert_eq!(t.algorithm(), CardAlgorithm::Sm4);
     assert_eq!(t.dispersion(), Dispersion::Sm4Complement);
-    assert_eq!(t.keys().len(), 24);
-    assert_eq!(t.psam_keys().count(), 9);
+    assert_eq!(t.keys().len(), 34);
     for k in t.keys() {
         assert_eq!(k.algorithm, CardAlgorithm::Sm4);
         assert_eq!(k.hsm_algorithm(), Algorithm::Sm4);
         assert_eq!(k.dispersion, Dispersion::Sm4Complement);
     }
     let mk = t.key("MK_DF03").unwrap();
+    // T514's master key: type 00, id 00, version 00, SM4's algorithm byte 03, follow-up FF.
     assert_eq!(
         t.card_key_header(mk),
-        [0x39, 0x00, 0x01, 0xEF, 0x33, 0x02, 0x00, 16]
+        [0x00, 0x00, 0x00, 0xEF, 0x33, 0x03, 0xFF, 16]
     );
-    // Same key set as 2.0.
+    // The 2.0 key set, and the PKI application's SM4 master key, written as a master key
+    // (84 D4 01 00 24, DOMAIN.md §10).
     let two = Template::builtin("ssc-2.0").unwrap();
     let names = |t: &Template| t.keys().iter().map(|k| k.name.clone()).collect::<Vec<_>>();
-    assert_eq!(names(&t), names(&two));
+    let mut expected = names(&two);
+    expected.push("MK_PKI".to_owned());
+    assert_eq!(names(&t), expected);
+    let pki = t.key("MK_PKI").unwrap();
+    assert_eq!((pki.role, pki.root), (KeyRole::Master, KeyRoot::Provincial));
+    let params = t.write_key_params(pki);
+    assert_eq!(
+        [params.cla, params.ins, params.p1, params.p2, params.lc],
+        [0x84, 0xD4, 0x01, 0x00, 0x24]
+    );
+    // The key ids public 3.0 reader code shows: RKSSSE 0A, PIN reload 06.
+    assert_eq!(t.key("RK_SSSE").unwrap().key_id, 0x0A);
+    assert_eq!(t.key("RPK_SSSE").unwrap().key_id, 0x06);
+    assert_eq!(two.key("RK_SSSE").unwrap().key_id, 0x03);
+}
+
+#[test]
+fn the_fmcos_variant_is_ssc_2_0_key_for_key() {
+    let t514 = Template::builtin("ssc-2.0").unwrap();
+    let fmcos = Template::builtin("ssc-2.0-fmcos").unwrap();
+    assert_eq!(t514.cos().id(), "t514");
+    assert_eq!(fmcos.cos().id(), "fmcos");
+    assert_eq!(
+        (fmcos.generation(), fmcos.algorithm(), fmcos.dispersion()),
+        (t514.generation(), t514.algorithm(), t514.dispersion())
+    );
+    assert_eq!(fmcos.keys().len(), t514.keys().len());
+    for (a, b) in t514.keys().iter().zip(fmcos.keys()) {
+        // Everything the key lines say is the same…
+        assert_eq!(
+            (
+                &a.name,
+                &a.directory,
+                a.role,
+                a.key_id,
+                a.key_version,
+                a.algorithm,
+                a.error_counter,
+                &a.protected_by,
+                a.root,
+            ),
+            (
+                &b.name,
+                &b.directory,
+                b.role,
+                b.key_id,
+                b.key_version,
+                b.algorithm,
+                b.error_counter,
+                &b.protected_by,
+                b.root,
+            ),
+            "{}",
+            a.name
+        );
+        // …and what the chip decides is not.
+        assert_eq!(t514.card_key_header(a).len(), 8);
+        assert_eq!(fmcos.card_key_header(b).len(), 5);
+        assert_eq!(fmcos.write_key_params(b).p2, b.key_id, "{}", b.name);
+    }
+    let write_order = |t: &Template| t.write_order().map(|k| k.name.clone()).collect::<Vec<_>>();
+    assert_eq!(write_order(&fmcos), write_order(&t514));
 }
 
 #[test]
@@ -176,7 +219,7 @@ name = "UK_DF01"
 directory = "DF01"
 key_id = 0x01
 key_version = 0x01
-type = 0x36
+role = "update"
 length = 16
 error_counter = 0x55
 protected_by = "MK_DF01"
@@ -185,9 +228,7 @@ root = "national"
 [[key]]
 name = "MK_DF01"
 directory = "DF01"
-key_id = 0x00
-key_version = 0x01
-type = 0x39
+role = "master"
 length = 16
 error_counter = 0x33
 protected_by = "MK_MF"
@@ -209,13 +250,12 @@ name = "DK_MF"
 directory = "MF"
 key_id = 0x07
 key_version = 0x02
-type = 0x30
+role = "internal-auth"
 algorithm = "des"
 length = 8
 error_counter = 0xFF
 protected_by = "MK_MF"
 root = "national"
-follow_up = 0x0A
 dispersion = "pboc-des"
 "#,
     ))
@@ -223,48 +263,170 @@ dispersion = "pboc-des"
     let k = t.key("DK_MF").unwrap();
     assert_eq!(k.algorithm, CardAlgorithm::Des);
     assert_eq!(k.dispersion, Dispersion::PbocDes);
+    // T514: internal authentication 0E, id, version, EF, error counter, DES 01, follow-up 00
+    // (IRK carries 00), length 8.
     assert_eq!(
-        k.card_key_header(),
-        [0x30, 0x07, 0x02, 0xEF, 0xFF, 0x01, 0x0A, 0x08]
+        t.card_key_header(k),
+        [0x0E, 0x07, 0x02, 0xEF, 0xFF, 0x01, 0x00, 0x08]
     );
     assert_eq!(k.line(), 32);
+    // The master key: type 00, id 00, version 00, follow-up FF (the profile's, not the file's).
+    let mk = t.key("MK_MF").unwrap();
+    assert_eq!((mk.key_id, mk.key_version), (0x00, 0x00));
+    assert_eq!(
+        t.card_key_header(mk),
+        [0x00, 0x00, 0x00, 0xEF, 0x33, 0x00, 0xFF, 0x10]
+    );
+    // P1 01 for the master key, 00 for the others; P2 00; Lc by algorithm.
+    let p = t.write_key_params(mk);
+    assert_eq!(
+        (p.cla, p.ins, p.p1, p.p2, p.lc),
+        (0x84, 0xD4, 0x01, 0x00, 0x24)
+    );
+    let p = t.write_key_params(k);
+    assert_eq!(
+        (p.cla, p.ins, p.p1, p.p2, p.lc),
+        (0x84, 0xD4, 0x00, 0x00, 0x1C)
+    );
+}
+
+#[test]
+fn follow_up_levels_number_the_keys_of_each_directory() {
+    // MF: MK_MF (FF), RK_MF 11, then an update key 22, a maintenance key (00, but it takes
+    // number 3), and an internal-authentication key (00, number 4), then a PIN-unblock key 55.
+    let extra = |name: &str, id: u8, role: &str| {
+        EXTRA
+            .replace("UK_MF", name)
+            .replace("key_id = 0x02", &format!("key_id = {id:#04x}"))
+            .replace("role = \"update\"", &format!("role = \"{role}\""))
+    };
+    let src = [
+        MINI.to_owned(),
+        extra("UK_MF", 0x02, "update"),
+        extra("SK_MF", 0x03, "maintenance"),
+        extra("IK_MF", 0x04, "internal-auth"),
+        extra("PK_MF", 0x05, "pin-unblock"),
+    ]
+    .join("\n");
+    let t = Template::parse(&src).unwrap();
+    let levels: Vec<(&str, u8, u8)> = t
+        .keys()
+        .iter()
+        .map(|k| (k.name.as_str(), k.key_type, k.follow_up))
+        .collect();
+    assert_eq!(
+        levels,
+        [
+            ("MK_MF", 0x00, 0xFF),
+            ("RK_MF", 0x0D, 0x11),
+            ("UK_MF", 0x0D, 0x22),
+            ("SK_MF", 0x07, 0x00),
+            ("IK_MF", 0x0E, 0x00),
+            ("PK_MF", 0x0D, 0x55),
+        ]
+    );
+    // Sixteen numbered keys in one directory do not fit a nibble.
+    let many: Vec<String> = (0..15)
+        .map(|i| extra(&format!("XK{i:02}_MF"), 0x10 + i, "external-auth"))
+        .collect();
+    let src = format!("{MINI}\n{}", many.join("\n"));
+    let (_, fault) = refusal(&src);
+    assert_eq!(
+        fault,
+        TemplateFault::FollowUpOverflow {
+            directory: "MF".to_owned()
+        }
+    );
+}
+
+#[test]
+fn roles_and_the_profile_decide_what_the_key_lines_do_not() {
+    // An unknown role, at its line.
+    assert_eq!(
+        refusal(&mini_with("role = \"external-auth\"", "role = \"read\"")),
+        (
+            23,
+            TemplateFault::UnknownName {
+                field: "role",
+                value: "read".to_owned()
+            }
+        )
+    );
+    // A master key's id and version are the profile's: giving one is refused.
+    assert_eq!(
+        refusal(&mini_with(
+            "# the COS profile gives a master key its id and version",
+            "key_version = 0x01"
+        )),
+        (
+            11,
+            TemplateFault::DecidedByProfile {
+                field: "key_version"
+            }
+        )
+    );
+    // Every other key names its own.
+    assert_eq!(
+        refusal(&mini_with("key_id = 0x01\n", "")),
+        (19, TemplateFault::MissingKeyField { field: "key_id" })
+    );
+    // A master key's root is never the Ministry's.
+    assert_eq!(
+        refusal(&mini_with("root = \"provincial\"", "root = \"national\"")),
+        (16, TemplateFault::MasterKeyRoot)
+    );
+    // `root = "city"` belongs to a city's extension.
+    assert_eq!(
+        refusal(&mini_with("root = \"national\"", "root = \"city\"")),
+        (29, TemplateFault::CityRootOutsideExtension)
+    );
+    // A profile that does not exist.
+    assert_eq!(
+        refusal(&mini_with("cos = \"t514\"", "cos = \"t515\"")),
+        (6, TemplateFault::UnknownCos("t515".to_owned()))
+    );
+    // The same lines under another profile give other bytes: FMCOS types, its 5-byte header,
+    // P1 01 and P2 = the key id.
+    let t = Template::parse(&mini_with("cos = \"t514\"", "cos = \"fmcos\"")).unwrap();
+    assert_eq!(t.cos().id(), "fmcos");
+    let rk = t.key("RK_MF").unwrap();
+    assert_eq!(rk.key_type, 0x39);
+    // External authentication sets a state: its version/state byte is its follow-up level.
+    assert_eq!(t.card_key_header(rk), [0x39, 0xF0, 0xF0, 0x11, 0x55]);
+    let p = t.write_key_params(rk);
+    assert_eq!(
+        (p.cla, p.ins, p.p1, p.p2, p.lc),
+        (0x84, 0xD4, 0x01, 0x01, 0x1C)
+    );
+    // Behaviour follows roles, never names: a key named like a maintenance key is what its
+    // role says.
+    let t = Template::parse(&mini_with("name = \"RK_MF\"", "name = \"STK_MF\"")).unwrap();
+    let stk = t.key("STK_MF").unwrap();
+    assert_eq!(stk.role, KeyRole::ExternalAuth);
+    assert!(!stk.is_issuer_only());
 }
 
 #[test]
 fn psam_usage_bytes() {
+    // Any byte decodes; a PSAM profile decides which levels and types it accepts.
     for (byte, levels, kind, level) in [
-        (0x28, 1, PsamKeyType::MacEncryption, KeyLevel::City),
-        (0x48, 2, PsamKeyType::MacEncryption, KeyLevel::Province),
-        (0x67, 3, PsamKeyType::Encryption, KeyLevel::National),
-        (0x42, 2, PsamKeyType::Purchase, KeyLevel::Province),
-        (0x20, 1, PsamKeyType::Master, KeyLevel::City),
+        (0x28, 1, Some(PsamKeyType::MacEncryption), KeyLevel::City),
+        (
+            0x48,
+            2,
+            Some(PsamKeyType::MacEncryption),
+            KeyLevel::Province,
+        ),
+        (0x67, 3, Some(PsamKeyType::Encryption), KeyLevel::National),
+        (0x42, 2, Some(PsamKeyType::Purchase), KeyLevel::Province),
+        (0x08, 0, Some(PsamKeyType::MacEncryption), KeyLevel::Card),
+        (0x2C, 1, None, KeyLevel::City),
     ] {
-        let u = PsamUsage::from_byte(byte).unwrap();
+        let u = PsamUsage::from_byte(byte);
         assert_eq!((u.levels(), u.kind(), u.level()), (levels, kind, level));
         assert_eq!(u.byte(), byte);
         assert_eq!(u.level().levels_above_card(), levels);
     }
-    assert_eq!(
-        PsamUsage::from_byte(0x08),
-        Err(TemplateFault::PsamUsageLevels {
-            byte: 0x08,
-            levels: 0
-        })
-    );
-    assert_eq!(
-        PsamUsage::from_byte(0x88),
-        Err(TemplateFault::PsamUsageLevels {
-            byte: 0x88,
-            levels: 4
-        })
-    );
-    assert_eq!(
-        PsamUsage::from_byte(0x29),
-        Err(TemplateFault::PsamUsageType {
-            byte: 0x29,
-            kind: 9
-        })
-    );
 }
 
 // ---- refusals, each with its line ----
@@ -272,8 +434,8 @@ fn psam_usage_bytes() {
 #[test]
 fn syntax_and_type_errors_have_lines() {
     let (line, fault) = refusal(&mini_with(
-        "type = 0x39\nlength = 16\nerror_counter = 0x33",
-        "type = 0x39\nlength = 16\nerror_counter = \"x",
+        "length = 16\nerror_counter = 0x33",
+        "length = 16\nerror_counter = \"x",
     ));
     assert_eq!(line, 14);
     assert!(matches!(fault, TemplateFault::Toml(_)), "{fault}");
@@ -303,7 +465,7 @@ fn unknown_fields() {
         (22, TemplateFault::UnknownField("key_ID".to_owned()))
     );
     // The earliest of several.
-    let src = mini_with("key_id = 0x00", "key_id = 0x00\nzz = 1");
+    let src = mini_with("role = \"master\"", "role = \"master\"\nzz = 1");
     let src = src.replacen("key_id = 0x01", "key_id = 0x01\naa = 1", 1);
     assert_eq!(
         refusal(&src),
@@ -385,19 +547,29 @@ fn duplicate_names_and_slots() {
             }
         )
     );
+    // Two keys of one type byte (T514: 0D for external authentication and update keys) with
+    // one id and version, reported at the later key's id.
     assert_eq!(
-        refusal(&mini_with("key_id = 0x01", "key_id = 0x00")),
+        refusal(&mini_plus(&EXTRA.replace("key_id = 0x02", "key_id = 0x01"))),
         (
-            21,
+            34,
             TemplateFault::DuplicateSlot {
-                name: "RK_MF".to_owned(),
+                name: "UK_MF".to_owned(),
                 directory: "MF".to_owned(),
-                key_id: 0,
+                key_type: 0x0D,
+                key_id: 1,
                 key_version: 1,
-                other: "MK_MF".to_owned()
+                other: "RK_MF".to_owned()
             }
         )
     );
+    // The same id under another type byte is another slot (T514's maintenance type is 07)…
+    let maintenance = EXTRA
+        .replace("key_id = 0x02", "key_id = 0x01")
+        .replace("role = \"update\"", "role = \"maintenance\"");
+    assert!(Template::parse(&mini_plus(&maintenance)).is_ok());
+    // …and a master key's id 00 is free for a key of another type.
+    assert!(Template::parse(&mini_with("key_id = 0x01", "key_id = 0x00")).is_ok());
     // Same id, another version: a different slot.
     let ok = mini_with(
         "key_id = 0x01\nkey_version = 0x01",
@@ -426,8 +598,8 @@ fn duplicate_names_and_slots() {
 #[test]
 fn length_must_match_the_algorithm() {
     let src = mini_with(
-        "type = 0x39\nlength = 16\nerror_counter = 0x55",
-        "type = 0x39\nlength = 8\nerror_counter = 0x55",
+        "length = 16\nerror_counter = 0x55",
+        "length = 8\nerror_counter = 0x55",
     );
     assert_eq!(
         refusal(&src),
@@ -446,7 +618,7 @@ name = "DK_MF"
 directory = "MF"
 key_id = 0x07
 key_version = 0x01
-type = 0x30
+role = "internal-auth"
 algorithm = "des"
 length = 16
 error_counter = 0xFF
@@ -475,7 +647,7 @@ name = "SK_MF"
 directory = "MF"
 key_id = 0x07
 key_version = 0x01
-type = 0x30
+role = "internal-auth"
 algorithm = "sm4"
 length = 16
 error_counter = 0xFF
@@ -536,106 +708,20 @@ root = "national"
 }
 
 #[test]
-fn psam_refusals() {
-    // Levels out of 1..=3, type above 8.
-    assert_eq!(
-        refusal(&mini_with("psam_usage = 0x28", "psam_usage = 0x08")),
-        (
-            26,
-            TemplateFault::PsamUsageLevels {
-                byte: 0x08,
-                levels: 0
-            }
-        )
-    );
-    assert_eq!(
-        refusal(&mini_with("psam_usage = 0x28", "psam_usage = 0x89")),
-        (
-            26,
-            TemplateFault::PsamUsageLevels {
-                byte: 0x89,
-                levels: 4
-            }
-        )
-    );
-    assert_eq!(
-        refusal(&mini_with("psam_usage = 0x28", "psam_usage = 0x2C")),
-        (
-            26,
-            TemplateFault::PsamUsageType {
-                byte: 0x2C,
-                kind: 12
-            }
-        )
-    );
-    // Type 0 (master) may not go into a PSAM.
-    assert_eq!(
-        refusal(&mini_with("psam_usage = 0x28", "psam_usage = 0x20")),
-        (
-            27,
-            TemplateFault::PsamRefused {
-                name: "RK_MF".to_owned(),
-                why: PsamRefusal::MasterType
-            }
-        )
-    );
-    // Allowed without a usage byte.
-    assert_eq!(
-        refusal(&mini_with("psam_usage = 0x28\n", "")),
-        (
-            26,
-            TemplateFault::PsamRefused {
-                name: "RK_MF".to_owned(),
-                why: PsamRefusal::NoUsageByte
-            }
-        )
-    );
-    // An MK / STK-like key, or a provincial root, is issuer-only.
-    for (from, to, line) in [
-        ("name = \"RK_MF\"", "name = \"STK_MF\"", 27),
-        ("name = \"RK_MF\"", "name = \"MKX_MF\"", 27),
-    ] {
-        let (l, fault) = refusal(&mini_with(from, to));
-        assert_eq!(l, line);
-        assert!(
-            matches!(
-                fault,
-                TemplateFault::PsamRefused {
-                    why: PsamRefusal::IssuerOnly,
-                    ..
-                }
-            ),
-            "{fault}"
-        );
-    }
-    let src = mini_with("root = \"national\"", "root = \"provincial\"");
-    assert!(matches!(
-        refusal(&src),
-        (
-            27,
-            TemplateFault::PsamRefused {
-                why: PsamRefusal::IssuerOnly,
-                ..
-            }
-        )
-    ));
-    // A provincial root has no national level.
+fn psam_fields_belong_to_psam_profiles() {
+    // Usage bytes moved to the PSAM profiles: a key line that gives one is refused at it.
     let src = mini_with(
-        "psam_usage = 0x28\npsam_allowed = true\n",
-        "psam_usage = 0x67\n",
-    )
-    .replacen("root = \"national\"", "root = \"provincial\"", 1);
+        "# (PSAM usage: a PSAM profile's, profiles/psam/)\n# (PSAM",
+        "psam_usage = 0x28\n# (PSAM",
+    );
     assert_eq!(
         refusal(&src),
-        (26, TemplateFault::PsamLevelAboveRoot { byte: 0x67 })
+        (26, TemplateFault::UnknownField("psam_usage".to_owned()))
     );
-    // A usage byte alone (not allowed) is fine, even on an MK.
-    let src = mini_with(
-        "protected_by = \"vendor-transport\"",
-        "protected_by = \"vendor-transport\"\npsam_usage = 0x41",
-    );
-    let t = Template::parse(&src).unwrap();
-    assert_eq!(t.psam_keys().count(), 1);
+}
+
+#[test]
+fn root_refusals() {
     assert_eq!(
         refusal(&mini_with("root = \"national\"", "root = \"ministry\"")),
         (
@@ -708,13 +794,13 @@ algorithm = "tdes"
 dispersion = "pboc-tdes"
 extends = "ssc-2.0"
 region = "440300"
-
+cos = "t514"
 [[key]]
 name = "MK_DF06"
 directory = "DF06"
-key_id = 0x00
-key_version = 0x01
-type = 0x39
+role = "master"
+# the COS profile gives a master key its id and version
+description = "Shenzhen's own directory"
 length = 16
 error_counter = 0x33
 protected_by = "MK_SSSE"
@@ -725,11 +811,11 @@ name = "RK_DF06"
 directory = "DF06"
 key_id = 0x01
 key_version = 0x01
-type = 0x39
+role = "external-auth"
 length = 16
 error_counter = 0x55
-psam_usage = 0x28
-psam_allowed = true
+# (PSAM usage: a PSAM profile's, profiles/psam/)
+# (PSAM usage: a PSAM profile's, profiles/psam/)
 protected_by = "MK_DF06"
 root = "national"
 "#;
@@ -756,11 +842,10 @@ fn extension_merges_over_its_base() {
     let t = Template::extend(&base, &ext).unwrap();
     assert_eq!(t.id(), "ssc-2.0-440300");
     assert_eq!(t.version(), 3);
-    assert_eq!(t.base_version(), Some(1));
+    assert_eq!(t.base_version(), Some(2));
     assert_eq!(t.extends(), Some("ssc-2.0"));
     assert_eq!(t.region().unwrap().code, "440300");
-    assert_eq!(t.keys().len(), 26);
-    assert_eq!(t.psam_keys().count(), 10);
+    assert_eq!(t.keys().len(), 35);
     let order: Vec<&str> = t.write_order().map(|k| k.name.as_str()).collect();
     let pos = |n: &str| order.iter().position(|x| *x == n).unwrap();
     assert!(pos("MK_SSSE") < pos("MK_DF06") && pos("MK_DF06") < pos("RK_DF06"));
@@ -816,7 +901,7 @@ fn extension_merge_refusals() {
     );
     assert!(matches!(
         extend_refusal(&base, &src),
-        (22, TemplateFault::DuplicateSlot { other, .. }) if other == "RK_DF03"
+        (24, TemplateFault::DuplicateSlot { other, .. }) if other == "RK_DF03"
     ));
     // Another base, or another header.
     let src = SHENZHEN.replace("extends = \"ssc-2.0\"", "extends = \"ssc-3.0\"");
@@ -829,6 +914,11 @@ fn extension_merge_refusals() {
                 found: "ssc-3.0".to_owned()
             }
         )
+    );
+    let src = SHENZHEN.replace("cos = \"t514\"", "cos = \"fmcos\"");
+    assert_eq!(
+        extend_refusal(&base, &src),
+        (9, TemplateFault::HeaderMismatch { field: "cos" })
     );
     let src = SHENZHEN.replace("generation = \"2.0\"", "generation = \"2.1\"");
     assert_eq!(
@@ -958,14 +1048,7 @@ mod props {
                         }
                     )
                 ),
-                // An issuer-only name with `psam_allowed`: refused for that first.
-                n if n.starts_with("MK") || n.starts_with("STK") => prop_assert!(
-                    matches!(
-                        &fault,
-                        TemplateFault::DuplicateSlot { .. } | TemplateFault::PsamRefused { .. }
-                    ),
-                    "{line}: {fault:?}"
-                ),
+                // Any other name, `MK…` and `STK…` too: behaviour never follows a name.
                 _ => prop_assert!(
                     matches!(&fault, TemplateFault::DuplicateSlot { other, .. } if other == "RK_MF"),
                     "{line}: {fault:?}"
@@ -989,4 +1072,108 @@ mod props {
             }
         }
     }
+}
+
+// ---- the full key set and multi-version keys ----
+
+#[test]
+fn the_full_key_set_of_domain_md_10() {
+    for id in ["ssc-2.0", "ssc-2.0-fmcos", "ssc-3.0"] {
+        let t = Template::builtin(id).unwrap();
+        let role = |name: &str| t.key(name).unwrap_or_else(|| panic!("{id}: {name}")).role;
+        assert_eq!(role("BK_SSSE"), KeyRole::Block);
+        for df in ["DF01", "DF02", "DF03", "DF04", "DF05"] {
+            let lk = t.key(&format!("LK_{df}")).unwrap();
+            assert_eq!((lk.role, lk.directory.as_str()), (KeyRole::Lock, df));
+        }
+        assert_eq!(t.key("DSK_DF04").unwrap().directory, "DF04");
+        // Two versions of the load and purchase keys, each version its own key id.
+        for (first, second) in [("DPK_DF04", "DPK2_DF04"), ("DLK_DF04", "DLK2_DF04")] {
+            let (a, b) = (t.key(first).unwrap(), t.key(second).unwrap());
+            assert_eq!(a.group(), first);
+            assert_eq!(b.group(), first);
+            assert_eq!(b.version_of.as_deref(), Some(first));
+            assert_eq!((a.role, &a.directory), (b.role, &b.directory));
+            assert_eq!((a.key_version, b.key_version), (0x01, 0x02));
+            assert_ne!(a.key_id, b.key_id);
+        }
+    }
+    // On T514, BK and LK are of "every other key"'s type 0D; on FMCOS of its maintenance class.
+    let t514 = Template::builtin("ssc-2.0").unwrap();
+    let fmcos = Template::builtin("ssc-2.0-fmcos").unwrap();
+    assert_eq!(t514.key("BK_SSSE").unwrap().key_type, 0x0D);
+    assert_eq!(fmcos.key("LK_DF03").unwrap().key_type, 0x36);
+}
+
+/// `MINI` plus a second version of RK_MF with `fields` (key_id, key_version, …).
+fn second_version(fields: &str) -> String {
+    mini_plus(&format!(
+        r#"[[key]]
+name = "RK2_MF"
+directory = "MF"
+role = "external-auth"
+{fields}
+length = 16
+error_counter = 0x55
+protected_by = "MK_MF"
+root = "national"
+"#
+    ))
+}
+
+#[test]
+fn versions_of_a_key() {
+    let t = Template::parse(&second_version(
+        "key_id = 0x02\nkey_version = 0x02\nversion_of = \"RK_MF\"",
+    ))
+    .unwrap();
+    assert_eq!(t.key("RK2_MF").unwrap().group(), "RK_MF");
+    assert_eq!(t.key("RK_MF").unwrap().group(), "RK_MF");
+    // version_of is on line 37 of each variant below.
+    let cases: [(&str, TemplateFault); 5] = [
+        (
+            "key_id = 0x02\nkey_version = 0x02\nversion_of = \"NOPE\"",
+            TemplateFault::VersionOfUnknown("NOPE".to_owned()),
+        ),
+        (
+            "key_id = 0x02\nkey_version = 0x02\nversion_of = \"MK_MF\"",
+            TemplateFault::VersionOfMismatch {
+                field: "role",
+                first: "MK_MF".to_owned(),
+            },
+        ),
+        (
+            "key_id = 0x02\nkey_version = 0x01\nversion_of = \"RK_MF\"",
+            TemplateFault::VersionRepeated {
+                field: "key_version",
+                other: "RK_MF".to_owned(),
+            },
+        ),
+        (
+            "key_id = 0x01\nkey_version = 0x02\nversion_of = \"RK_MF\"",
+            TemplateFault::VersionRepeated {
+                field: "key_id",
+                other: "RK_MF".to_owned(),
+            },
+        ),
+        (
+            "key_id = 0x02\nkey_version = 0x02\nversion_of = \"RK_MF\"\ndirectory_note = 1",
+            TemplateFault::UnknownField("directory_note".to_owned()),
+        ),
+    ];
+    for (fields, fault) in cases {
+        let (line, got) = refusal(&second_version(fields));
+        assert_eq!(got, fault, "{fields}");
+        if !matches!(fault, TemplateFault::UnknownField(_)) {
+            assert_eq!(line, 37, "{fields}");
+        }
+    }
+    // A third version naming the second, not the first, is refused.
+    let third = format!(
+        "{}\n[[key]]\nname = \"RK3_MF\"\ndirectory = \"MF\"\nrole = \"external-auth\"\n\
+         key_id = 0x03\nkey_version = 0x03\nversion_of = \"RK2_MF\"\nlength = 16\n\
+         error_counter = 0x55\nprotected_by = \"MK_MF\"\nroot = \"national\"\n",
+        second_version("key_id = 0x02\nkey_version = 0x02\nversion_of = \"RK_MF\"")
+    );
+    assert_eq!(refusal(&third).1, TemplateFault::VersionOfNotFirst);
 }

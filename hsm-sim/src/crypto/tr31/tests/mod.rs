@@ -3,11 +3,17 @@
 use hsm_api::{Algorithm, Error, Kcv, KcvMethod, KeyBlockVersion};
 
 use super::binding::derive_keys;
+
 use super::wrapping::{seal, strength, wrap_with_padding};
 use super::*;
 use crate::crypto::SecretKey;
 use crate::crypto::kcv::{self, KcvCheck};
 use crate::crypto::random::generate_key;
+
+/// The binding keys of `kbpk` for blocks with `header`'s version.
+fn bound(kbpk: &SecretKey, header: &KeyBlockHeader) -> BindingKeys {
+    BindingKeys::derive(kbpk, header.version).unwrap()
+}
 
 #[derive(serde::Deserialize)]
 struct Vectors {
@@ -91,7 +97,7 @@ fn sealed(kbpk: &SecretKey, header: &str, clear: &[u8]) -> String {
     let version = KeyBlockVersion::from_char(char::from(header.as_bytes()[0])).unwrap();
     let total = header.len() + 2 * clear.len() + 2 * version.mac_len();
     let text = format!("{}{total:04}{}", &header[..1], &header[5..]);
-    seal(kbpk, version, &text, clear).unwrap()
+    seal(&BindingKeys::derive(kbpk, version).unwrap(), &text, clear).unwrap()
 }
 
 /// `header` with the length filled in and zeros after it, up to at least `body_bytes` of key
@@ -152,7 +158,7 @@ fn published_blocks_unwrap_and_rewrap_exactly() {
         if let Some(padding) = &t.padding {
             let padding = hex::decode(padding).unwrap();
             assert_eq!(
-                wrap_with_padding(&kbpk, &header, &got, &padding).unwrap(),
+                wrap_with_padding(&kbpk, &bound(&kbpk, &header), &header, &got, &padding).unwrap(),
                 t.block,
                 "{}",
                 t.name
@@ -228,7 +234,7 @@ fn aes192_kbpk_known_answer() {
     let (header, got) = unwrap(&kbpk, block).unwrap();
     assert!(got == wrapped);
     assert_eq!(
-        wrap_with_padding(&kbpk, &header, &got, &[0xA5; 22]).unwrap(),
+        wrap_with_padding(&kbpk, &bound(&kbpk, &header), &header, &got, &[0xA5; 22]).unwrap(),
         block
     );
 }
@@ -836,7 +842,7 @@ fn wrap_validates_its_input() {
     );
     // Padding that leaves a partial block.
     assert!(matches!(
-        wrap_with_padding(&kbpk, &good, &key, &[0; 5]),
+        wrap_with_padding(&kbpk, &bound(&kbpk, &good), &good, &key, &[0; 5]),
         Err(Error::DataLength { .. })
     ));
 }

@@ -1,0 +1,106 @@
+//! Uniqueness against the store: one live card per person per card generation; card numbers
+//! and card identifiers unique province-wide. The one implementation, used by the batch review
+//! and by the one-by-one `RegisterCard`.
+//!
+//! Indexes (all in the same redb transaction as the card): `cards` by card identifier,
+//! `card_numbers` (card number → card identifier) and `ssns` (`<ssn>/<generation>` → card
+//! identifier, the generation being the template's `generation`, e.g. `2.0`). Stores written
+//! before the per-generation key keep `ssns` entries keyed by the bare SSN; they are read too.
+//! A card is live unless blacklisted.
+
+use std::collections::HashMap;
+
+use serde::de::IgnoredAny;
+
+use crate::error::{Error, Resource, Result};
+use crate::state::records::{Card, CardStatus};
+use crate::state::store::{Table, Tx};
+
+/// Template id → card generation, for every template the service has.
+pub type Generations = HashMap<String, String>;
+
+/// The `ssns` key of a person's card of one generation.
+pub fn person_key(ssn: &str, generation: &str) -> String {
+    format!("{ssn}/{generation}")
+}
+
+fn live(card: &Card) -> bool {
+    card.status != CardStatus::Blacklisted
+}
+
+/// The live card of `ssn` in `generation`, if any.
+pub fn live_card(
+    tx: &Tx<'_>,
+    ssn: &str,
+    generation: &str,
+    generations: &Generations,
+) -> Result<Option<String>> {
+    if let Some(id) =
+        tx.get::<String>(Table::SocialSecurityNumbers, &person_key(ssn, generation))?
+        && tx.get::<Card>(Table::Cards, &id)?.is_some_and(|c| live(&c))
+    {
+        return Ok(Some(id));
+    }
+    // A store of before the per-generation key: the SSN's latest card, of any generation.
+    if let Some(id) = tx.get::<String>(Table::SocialSecurityNumbers, ssn)?
+        && let Some(card) = tx.get::<Card>(Table::Cards, &id)?
+        && live(&card)
+        && generations
+            .get(&card.template_id)
+            .is_some_and(|g| g == generation)
+    {
+        return Ok(Some(id));
+    }
+    Ok(None)
+}
+
+/// Whether a card with this identifier exists.
+pub fn identifier_taken(tx: &Tx<'_>, card_identifier: &str) -> Result<bool> {
+    Ok(tx
+        .get::<IgnoredAny>(Table::Cards, card_identifier)?
+        .is_some())
+}
+
+/// Whether a card with this number exists.
+pub fn number_taken(tx: &Tx<'_>, card_number: &str) -> Result<bool> {
+    Ok(tx
+        .get::<IgnoredAny>(Table::CardNumbers, card_number)?
+        .is_some())
+}
+
+/// Refuses `card` unless it is unique (identifier, number, a live card of the person in
+/// `generation`), with the first conflict as [`Error::AlreadyExists`].
+pub fn check_unique(
+    tx: &Tx<'_>,
+    card: &Card,
+    generation: &str,
+    generations: &Generations,
+) -> Result<()> {
+    if identifier_taken(tx, &card.card_identifier)? {
+        return Err(Error::AlreadyExists {
+            what: Resource::CardIdentifier,
+        });
+    }
+    if number_taken(tx, &card.card_number)? {
+        return Err(Error::AlreadyExists {
+            what: Resource::CardNumber,
+        });
+    }
+    if live_card(tx, &card.social_security_number, generation, generations)?.is_some() {
+        return Err(Error::AlreadyExists {
+            what: Resource::LiveCardForSsn,
+        });
+    }
+    Ok(())
+}
+
+/// Writes `card` and its indexes (after [`check_unique`]).
+pub fn put_card(tx: &mut Tx<'_>, card: &Card, generation: &str) -> Result<()> {
+    tx.put(Table::Cards, &card.card_identifier, card)?;
+    tx.put(Table::CardNumbers, &card.card_number, &card.card_identifier)?;
+    tx.put(
+        Table::SocialSecurityNumbers,
+        &person_key(&card.social_security_number, generation),
+        &card.card_identifier,
+    )
+}
