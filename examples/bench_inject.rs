@@ -5,7 +5,7 @@
 //! ```sh
 //! cargo run --release --example bench_inject -- --requests 2000 --concurrency 64
 //! # the HSM as a separate `hsm-sim` process over mutual TLS (test LMK):
-//! cargo build --release --bin hsm-sim
+//! cargo build --release -p hsm-sim
 //! cargo run --release --example bench_inject -- --remote-hsm target/release/hsm-sim
 //! ```
 
@@ -33,6 +33,100 @@ struct Args {
     /// 127.0.0.1 (on the published test LMK), instead of in-process.
     #[arg(long)]
     remote_hsm: Option<std::path::PathBuf>,
+    /// Measure the HSM alone instead: cipher blocks/s (TDES, AES-256, SM4) and in-process
+    /// `Hsm::batch` keys/s (17 TR-31 D exports of TDES card keys per batch, as an ssc-2.0
+    /// TR-31 set), from 1 and 2 tasks.
+    #[arg(long)]
+    hsm_only: bool,
+}
+
+/// The HSM alone: the cipher bound and what the in-process batch reaches.
+async fn hsm_only() -> Result<(), Box<dyn std::error::Error>> {
+    use hsm_api::{
+        Algorithm, BatchDelivery, BatchItem, Derivation, Dispersion, Exportability, Factor,
+        HierarchyLevel, Hsm, KeyBlockVersion, KeySource, KeySpec, KeyUsage,
+    };
+    let second = Duration::from_secs(2);
+    for alg in [Algorithm::Tdes2, Algorithm::Aes256, Algorithm::Sm4] {
+        let key = hsm_sim::crypto::random::generate_key(alg)?;
+        let data = vec![0x5Au8; 16 * 1024];
+        let (start, mut blocks) = (Instant::now(), 0usize);
+        while start.elapsed() < second {
+            std::hint::black_box(hsm_sim::crypto::cipher::encrypt_ecb(&key, &data)?);
+            blocks += data.len() / alg.block_len();
+        }
+        println!(
+            "cipher {alg:?}: {:.2} M blocks/s (one core, ECB over 16 KiB)",
+            blocks as f64 / start.elapsed().as_secs_f64() / 1e6
+        );
+    }
+    let hsm = Arc::new(hsm_sim::local::LocalHsm::open(
+        hsm_sim::local::LocalHsmConfig {
+            dangerous_test_lmk: true,
+            ..Default::default()
+        },
+    )?);
+    let spec = |algorithm, usage| KeySpec {
+        algorithm,
+        usage,
+        exportability: Exportability::NonExportable,
+    };
+    let kbpk = hsm
+        .generate_key(spec(Algorithm::Aes256, KeyUsage::KeyBlockProtection))
+        .await?
+        .token;
+    let mut cities = Vec::new();
+    for _ in 0..17 {
+        let city = KeyUsage::CardDerivation(HierarchyLevel::City);
+        cities.push(hsm.generate_key(spec(Algorithm::Tdes2, city)).await?.token);
+    }
+    let set = move |card: u32| -> Result<Vec<BatchItem>, hsm_api::Error> {
+        let mut factor = [0x86, 0x84, 0x32, 0x02, 0, 0, 0, 0];
+        factor[4..].copy_from_slice(&card.to_be_bytes());
+        let factor = Factor::from_bytes(&factor)?;
+        Ok(cities
+            .iter()
+            .map(|city| BatchItem {
+                key: KeySource::Derived(Derivation {
+                    parent: city.clone(),
+                    method: Dispersion::PbocTdes,
+                    factors: vec![factor],
+                    child_usage: KeyUsage::CardKey,
+                }),
+                delivery: BatchDelivery::Export {
+                    kbpk: kbpk.clone(),
+                    version: KeyBlockVersion::D,
+                },
+            })
+            .collect())
+    };
+    let set = Arc::new(set);
+    for tasks in [1usize, 2] {
+        let start = Instant::now();
+        let mut running = Vec::new();
+        for t in 0..tasks {
+            let (hsm, set) = (Arc::clone(&hsm), Arc::clone(&set));
+            running.push(tokio::spawn(async move {
+                let mut keys = 0usize;
+                let mut card = t as u32 * 1_000_000;
+                while start.elapsed() < second {
+                    let out = hsm.batch(set(card)?).await?;
+                    keys += out.iter().filter(|r| r.is_ok()).count();
+                    card += 1;
+                }
+                Ok::<usize, hsm_api::Error>(keys)
+            }));
+        }
+        let mut keys = 0;
+        for r in running {
+            keys += r.await??;
+        }
+        println!(
+            "in-process Hsm::batch, {tasks} task(s): {:.0} keys/s (TDES card keys, TR-31 D under AES-256)",
+            keys as f64 / start.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
 }
 
 /// A running `hsm-sim serve`, killed when dropped.
@@ -91,6 +185,13 @@ fn remote_hsm(
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    if args.hsm_only {
+        return hsm_only().await;
+    }
     let dir = tempfile::tempdir()?;
     match &args.remote_hsm {
         Some(binary) => {

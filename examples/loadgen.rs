@@ -284,7 +284,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let registration = {
         let cards = Arc::clone(&cards);
         let template_id = args.template.clone();
-        run_phase(64, 600, move |i| {
+        // Within the service's default of 32 streams per connection.
+        run_phase(32, 600, move |i| {
             let card = cards.get(i).cloned();
             let template_id = template_id.clone();
             let mut client = RegistryServiceClient::new(registrar.clone());
@@ -295,6 +296,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .register_card(pb::RegisterCardRequest {
                         card: Some(card.clone()),
                         template_id,
+                        replaces_card_identifier: String::new(),
                     })
                     .await;
                 let fresh = match registered {
@@ -351,7 +353,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // A second client's maximum-size requests, during the injection phase only.
     let background = if args.background_max_requests > 0 {
-        let big = channel(&args.endpoint, &pki, "station").await?;
+        // Connections of at most 32 requests in flight each (the service's default stream limit).
+        let mut big = Vec::new();
+        for _ in 0..args.background_max_requests.div_ceil(32) {
+            big.push(channel(&args.endpoint, &pki, "station").await?);
+        }
         let cards = Arc::clone(&cards);
         let template_id = args.template.clone();
         let seconds = args.seconds;
@@ -359,7 +365,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             args.background_max_requests,
             seconds,
             move |i| {
-                let mut client = CardKeyServiceClient::new(big.clone());
+                let mut client = CardKeyServiceClient::new(big[i % big.len()].clone());
                 let card = cards[(cards.len() - 1) - i % cards.len()].identity.clone();
                 let template_id = template_id.clone();
                 async move {

@@ -355,7 +355,7 @@ pub async fn dangerous_seed_test_keys<H: Hsm>(kms: &Arc<Kms<H>>) -> Result<bool>
             social_security_number: card.social_security_number.clone(),
             atr: Vec::new(),
         };
-        kms.register_card(&registrar, request, &card.template)
+        kms.register_card(&registrar, request, &card.template, None)
             .await?;
         kms.accept_card(&reviewer, &card.card_identifier).await?;
     }

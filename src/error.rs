@@ -185,6 +185,22 @@ refusals! {
     CardNotAccepted => "CARD_NOT_ACCEPTED", "the card's data has not been reviewed and accepted";
     /// The card is blacklisted: no key is ever released again.
     CardBlacklisted => "CARD_BLACKLISTED", "the card is blacklisted";
+    /// The province rejected the card's data.
+    CardRejected => "CARD_REJECTED", "the province rejected the card's data";
+    /// The card is past personalisation (active, suspended, lost, cancelled, replaced), or an
+    /// initialisation was asked for a card already personalised.
+    CardNotInPersonalisation => "CARD_NOT_IN_PERSONALISATION",
+        "the card's status allows no key release (it is past personalisation)";
+    /// The chip's card factor is bound to another card (its keys were released for that card).
+    CardFactorBoundElsewhere => "CARD_FACTOR_BOUND_ELSEWHERE",
+        "the chip's card factor is bound to another card";
+    /// The card's status does not allow the change asked for (README "Card life cycle").
+    CardTransitionNotAllowed => "CARD_TRANSITION_NOT_ALLOWED",
+        "the card's status does not allow this change";
+    /// The card a replacement names is not the same person's card of the same generation in
+    /// (or just out of) service.
+    ReplacedCardNotReplaceable => "REPLACED_CARD_NOT_REPLACEABLE",
+        "the card named as replaced is not this person's card of this generation in service or lost";
     /// The card was registered with another template than the request names.
     CardTemplateMismatch => "CARD_TEMPLATE_MISMATCH",
         "the card was registered with another template";

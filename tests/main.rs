@@ -29,6 +29,9 @@
 //!   (not accepted, blacklisted, unknown), malformed identifiers, duplicate card number,
 //!   another ATR, the HSM sealed — each with its exact code and reason, and audited; the PKCS#11
 //!   backend in strict mode refusing TR-31 delivery with `OPERATION_UNSUPPORTED` and the reason.
+//! - `lifecycle`: the card life cycle — every transition checked (who, from which status),
+//!   releases only in personalisation (a retry counted and audited), a replacement taking its
+//!   card out of service, a blacklisted card's chip refused for another card (factor binding).
 //! - `reason_codes`: every reason code README marks `mTLS` provoked over the API, each arriving
 //!   as a `google.rpc.ErrorInfo` (domain `sscard-kms`) in the status details with its gRPC code.
 //! - `health`: gRPC health of "" and the four KMS services NOT_SERVING while the HSM is sealed,
@@ -66,6 +69,7 @@ mod delivery;
 mod health;
 mod hostile;
 mod leaks;
+mod lifecycle;
 mod psam;
 mod reason_codes;
 mod refusals;

@@ -95,6 +95,7 @@ fn register(card: &pb::CardIdentity, template_id: &str) -> pb::RegisterCardReque
     pb::RegisterCardRequest {
         card: Some(card.clone()),
         template_id: template_id.to_owned(),
+        replaces_card_identifier: String::new(),
     }
 }
 

@@ -14,13 +14,17 @@ use crate::common::harness::{
     card_identity, reason, softhsm_hsm_in, tr31_request,
 };
 
-/// A Guangzhou card that is not one of the demo cards.
+/// A Guangzhou card that is not one of the demo cards, with a chip of its own: the demo ATR
+/// ending in the serial's last 4 bytes (a card factor belongs to one card).
 fn new_card(serial: &str, number_body: &str, ssn17: &str) -> pb::CardIdentity {
+    let mut chip = atr();
+    let n = chip.len();
+    chip[n - 4..].copy_from_slice(&hex::decode(&serial[serial.len() - 8..]).unwrap());
     pb::CardIdentity {
         card_identifier: format!("440100D156000005{serial}"),
         card_number: card_number(number_body),
         social_security_number: ssn(ssn17),
-        atr: atr(),
+        atr: chip,
     }
 }
 
@@ -28,6 +32,7 @@ fn register(card: &pb::CardIdentity) -> pb::RegisterCardRequest {
     pb::RegisterCardRequest {
         card: Some(card.clone()),
         template_id: "ssc-2.0".to_owned(),
+        replaces_card_identifier: String::new(),
     }
 }
 

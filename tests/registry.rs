@@ -660,6 +660,7 @@ async fn a_provincial_reviewer_accepts_a_waivable_row_by_hand() {
                 atr: Vec::new(),
             }),
             template_id: "ssc-2.0".into(),
+            replaces_card_identifier: String::new(),
         })
         .await
         .unwrap();

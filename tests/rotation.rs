@@ -128,18 +128,22 @@ async fn a_new_root_serves_new_cards_and_leaves_issued_cards_alone() {
     assert_eq!(again.root_version, 1);
     assert_eq!(again.kcv, before.kcv);
 
-    // A new card gets version 2: the chain from the new root.
+    // A new card gets version 2: the chain from the new root. Its own chip (a card factor
+    // belongs to one card).
+    let mut fresh_atr = atr.clone();
+    *fresh_atr.last_mut().unwrap() ^= 0x5A;
     let fresh = pb::CardIdentity {
         card_identifier: "440100D156000005000000000000B001".to_owned(),
         card_number: card_number("GZ200001"),
         social_security_number: ssn("44010319950505123"),
-        atr: atr.clone(),
+        atr: fresh_atr.clone(),
     };
     registrar
         .registry
         .register_card(pb::RegisterCardRequest {
             card: Some(fresh.clone()),
             template_id: "ssc-2.0".to_owned(),
+            replaces_card_identifier: String::new(),
         })
         .await
         .unwrap();
@@ -165,7 +169,7 @@ async fn a_new_root_serves_new_cards_and_leaves_issued_cards_alone() {
         &[
             Factor::province("440000").unwrap(),
             Factor::city("440100").unwrap(),
-            Factor::from_atr(&atr).unwrap(),
+            Factor::from_atr(&fresh_atr).unwrap(),
         ],
     )
     .unwrap();

@@ -549,10 +549,7 @@ impl Pkcs11Hsm {
             key.usage,
             &clear_protect,
             protect.usage,
-            [request.cla, request.ins, request.p1, request.p2],
-            &request.key_header,
-            &request.challenge,
-            request.fold,
+            request,
         )
     }
 

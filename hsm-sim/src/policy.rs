@@ -12,7 +12,7 @@
 
 use hsm_api::{
     Algorithm, Component, Error, Exportability, ExportedKey, KeyBlockVersion, KeySpec, KeyUsage,
-    MacFold, Result, WriteKeyCommand,
+    MacFold, Result, WriteKeyCommand, WriteKeyRequest,
 };
 use zeroize::Zeroizing;
 
@@ -257,34 +257,9 @@ pub fn import_block(
     Ok((key, exportability))
 }
 
-/// The header (with its `KC` block) and KCV of an export of `key` (of `usage` and
-/// `exportability`) as a TR-31 block of `version`, non-exportable for its recipient. Only usages
-/// that may leave, and only exportable keys: anything else is [`Error::NotExportable`].
-pub fn export_header(
-    key: &SecretKey,
-    usage: KeyUsage,
-    exportability: Exportability,
-    version: KeyBlockVersion,
-) -> Result<(KeyBlockHeader, hsm_api::Kcv)> {
-    // By usage first: master keys, their hierarchy and vendor transport keys leave only
-    // inside secure-messaging commands, whatever their token's exportability says.
-    if !usage.may_be_exported() || exportability != Exportability::Exportable {
-        return Err(Error::NotExportable);
-    }
-    let header = lmk::key_block_header(
-        version,
-        usage,
-        key.algorithm(),
-        tr31::Exportability::NonExportable,
-    )?;
-    // One check value for the block's `KC` and the answer.
-    let kcv = kcv::compute_default(key)?;
-    let header = header.with_optional_block(OptionalBlock::key_check_value_of(&kcv)?);
-    Ok((header, kcv))
-}
-
-/// `key` exported under the clear `kek` ([`export_header`]); the simulator wraps with the KEK's
-/// kept binding keys instead, over the same header.
+/// `key` (of `usage` and `exportability`) as a TR-31 block of `version` under the clear `kek`,
+/// non-exportable for its recipient and with its KCV block. Only usages that may leave, and only
+/// exportable keys: anything else is [`Error::NotExportable`].
 pub fn export_block(
     kek: &SecretKey,
     key: &SecretKey,
@@ -292,20 +267,65 @@ pub fn export_block(
     exportability: Exportability,
     version: KeyBlockVersion,
 ) -> Result<ExportedKey> {
-    let (header, kcv) = export_header(key, usage, exportability, version)?;
-    Ok(ExportedKey {
-        block: tr31::wrap(kek, &header, key)?,
-        kcv,
+    export_block_with(key, usage, exportability, version, |header, clear| {
+        tr31::wrap(kek, header, clear)
     })
 }
 
-/// The secure-messaging command `command` (`CLA INS P1 P2`) writing the clear `key` (of
-/// `key_usage`, after `key_header`) under the clear `protect` (of `protect_usage`), with the
-/// card's `challenge`; the usages were checked by the caller to be a card key or card master
-/// key, and a card master key or vendor transport key. A vendor transport key protects only the
-/// write of a card master key.
-#[allow(clippy::too_many_arguments)]
+/// [`export_block`] with the wrapping itself left to `wrap` (a backend that keeps a KEK's
+/// binding keys derives them once): the checks, the header and the one KCV are here.
+pub fn export_block_with(
+    key: &SecretKey,
+    usage: KeyUsage,
+    exportability: Exportability,
+    version: KeyBlockVersion,
+    wrap: impl FnOnce(&KeyBlockHeader, &SecretKey) -> Result<String>,
+) -> Result<ExportedKey> {
+    // By usage first: master keys, their hierarchy and vendor transport keys leave only
+    // inside secure-messaging commands, whatever their token's exportability says.
+    if !usage.may_be_exported() || exportability != Exportability::Exportable {
+        return Err(Error::NotExportable);
+    }
+    // One check value for the block's `KC` and the answer.
+    let kcv = kcv::compute_default(key)?;
+    let header = lmk::key_block_header(
+        version,
+        usage,
+        key.algorithm(),
+        tr31::Exportability::NonExportable,
+    )?
+    .with_optional_block(OptionalBlock::key_check_value_of(&kcv)?);
+    let block = wrap(&header, key)?;
+    Ok(ExportedKey { block, kcv })
+}
+
+/// The secure-messaging command of `request` writing the clear `key` (of `key_usage`) under the
+/// clear `protect` (of `protect_usage`): [`write_key_apdu`].
 pub fn write_key_command(
+    key: &SecretKey,
+    key_usage: KeyUsage,
+    protect: &SecretKey,
+    protect_usage: KeyUsage,
+    request: &WriteKeyRequest,
+) -> Result<WriteKeyCommand> {
+    write_key_apdu(
+        key,
+        key_usage,
+        protect,
+        protect_usage,
+        [request.cla, request.ins, request.p1, request.p2],
+        &request.key_header,
+        &request.challenge,
+        request.fold,
+    )
+}
+
+/// The secure-messaging command `command` (CLA INS P1 P2) writing the clear `key` (of
+/// `key_usage`) with `key_header` under the clear `protect` (of `protect_usage`); the usages
+/// were checked by the caller to be a card key or card master key, and a card master key or
+/// vendor transport key. A vendor transport key protects only the write of a card master key.
+#[allow(clippy::too_many_arguments)]
+pub fn write_key_apdu(
     key: &SecretKey,
     key_usage: KeyUsage,
     protect: &SecretKey,

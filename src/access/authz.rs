@@ -9,8 +9,8 @@
 //! |---|---|---|---|---|---|---|
 //! | inject card keys, initialise blank card | own region | – | – | – | – | – |
 //! | register PSAMs, get a PSAM key set | – | own region | – | – | – | – |
-//! | register / blacklist / get card | – | – | own region | – | – | – |
-//! | accept a card, accept a rejected applicant row by hand | – | – | province only | – | – | – |
+//! | register / blacklist / get card, change a card's status (activate, suspend, resume, lost, cancel) | – | – | own region | – | – | – |
+//! | accept or reject a card, accept a rejected applicant row by hand | – | – | province only | – | – | – |
 //! | submit an applicant batch | – | – | a city, its own | – | – | – |
 //! | read an applicant batch | – | – | own region | – | – | – |
 //! | administration (templates, roots, hierarchy, endpoints, keys) | – | – | – | yes | – | – |
@@ -37,6 +37,7 @@ pub enum Operation {
     RegisterCard,
     AcceptCard,
     BlacklistCard,
+    ChangeCardStatus,
     GetCard,
     Administer,
     GetStatus,
@@ -48,7 +49,7 @@ pub enum Operation {
 
 impl Operation {
     /// Every operation, for tests that walk the matrix.
-    pub const ALL: [Operation; 14] = [
+    pub const ALL: [Operation; 15] = [
         Operation::InjectCardKeys,
         Operation::InitialiseBlankCard,
         Operation::RegisterPsams,
@@ -56,6 +57,7 @@ impl Operation {
         Operation::RegisterCard,
         Operation::AcceptCard,
         Operation::BlacklistCard,
+        Operation::ChangeCardStatus,
         Operation::GetCard,
         Operation::Administer,
         Operation::GetStatus,
@@ -75,6 +77,7 @@ impl Operation {
             Operation::RegisterCard => "register-card",
             Operation::AcceptCard => "accept-card",
             Operation::BlacklistCard => "blacklist-card",
+            Operation::ChangeCardStatus => "change-card-status",
             Operation::GetCard => "get-card",
             Operation::Administer => "administer",
             Operation::GetStatus => "get-status",
@@ -98,6 +101,7 @@ pub const fn allowed(role: Role, op: Operation) -> bool {
                 O::RegisterCard
                     | O::AcceptCard
                     | O::BlacklistCard
+                    | O::ChangeCardStatus
                     | O::GetCard
                     | O::SubmitApplicantBatch
                     | O::AcceptApplicantRow
@@ -193,6 +197,7 @@ mod tests {
                     O::RegisterCard,
                     O::AcceptCard,
                     O::BlacklistCard,
+                    O::ChangeCardStatus,
                     O::GetCard,
                     O::SubmitApplicantBatch,
                     O::AcceptApplicantRow,

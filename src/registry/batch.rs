@@ -20,6 +20,7 @@ use crate::state::records::{Card, CardStatus};
 use crate::state::store::{Table, Tx};
 
 use super::file::{Encoding, Row};
+use super::lifecycle;
 use super::reasons::Reason;
 use super::rules::RowCheck;
 use super::uniqueness::{self, Generations};
@@ -63,6 +64,9 @@ pub struct PendingCard {
     pub card_number: String,
     pub social_security_number: String,
     pub template_id: String,
+    /// The card it replaces (batches stored before the `replaces` column: none).
+    #[serde(default)]
+    pub replaces: Option<String>,
 }
 
 impl fmt::Debug for PendingCard {
@@ -134,8 +138,8 @@ impl StoredBatch {
     }
 }
 
-/// Marks every row of a group sharing an SSN, a card number or a card identifier (compared
-/// in upper case; empty fields are not compared).
+/// Marks every row of a group sharing an SSN, a card number, a card identifier or a card
+/// replaced (compared in upper case; empty fields are not compared).
 pub fn mark_duplicates(rows: &[Row], checks: &mut [RowCheck]) {
     fn key(text: &str) -> Option<Cow<'_, str>> {
         if text.is_empty() {
@@ -147,7 +151,7 @@ pub fn mark_duplicates(rows: &[Row], checks: &mut [RowCheck]) {
         }
     }
     type Field = fn(&Row) -> &str;
-    let fields: [(Field, Reason); 3] = [
+    let fields: [(Field, Reason); 4] = [
         (|r| r.ssn.as_str(), Reason::DuplicateInBatchSsn),
         (
             |r| r.card_number.as_str(),
@@ -157,6 +161,7 @@ pub fn mark_duplicates(rows: &[Row], checks: &mut [RowCheck]) {
             |r| r.card_identifier.as_str(),
             Reason::DuplicateInBatchCardIdentifier,
         ),
+        (|r| r.replaces.as_str(), Reason::DuplicateInBatchReplaces),
     ];
     for (field, reason) in fields {
         let mut counts: HashMap<Cow<'_, str>, u32> = HashMap::with_capacity(rows.len());
@@ -186,9 +191,26 @@ pub fn check_store(tx: &Tx<'_>, checks: &mut [RowCheck], generations: &Generatio
         {
             check.reasons.insert(Reason::DuplicateCardNumber);
         }
-        if let (Some(ssn), Some(template)) = (&check.ssn, check.template_id)
-            && let Some(generation) = generations.get(template)
-            && uniqueness::live_card(tx, ssn.as_str(), generation, generations)?.is_some()
+        let (Some(ssn), Some(template)) = (&check.ssn, check.template_id) else {
+            continue;
+        };
+        let Some(generation) = generations.get(template) else {
+            continue;
+        };
+        // The card a replacement names leaves service with it: it is no duplicate.
+        let mut replaced = None;
+        if let Some(old) = &check.replaces {
+            let card = tx.get::<Card>(Table::Cards, old.as_str())?;
+            if card
+                .is_some_and(|c| lifecycle::replaceable(&c, ssn.as_str(), generation, generations))
+            {
+                replaced = Some(old.as_str());
+            } else {
+                check.reasons.insert(Reason::ReplacesNotReplaceable);
+            }
+        }
+        if let Some(live) = uniqueness::live_card(tx, ssn.as_str(), generation, generations)?
+            && Some(live.as_str()) != replaced
         {
             check.reasons.insert(Reason::DuplicateSsn);
         }
@@ -227,6 +249,8 @@ fn card_of(check: &RowCheck, region: &str, now_ms: u64) -> Option<Card> {
         blacklist_reason: None,
         atr: None,
         issued_root_versions: Default::default(),
+        releases: 0,
+        replaces: check.replaces.as_ref().map(|r| r.as_str().to_owned()),
         created_ms: now_ms,
     })
 }
@@ -280,6 +304,7 @@ pub fn write(tx: &mut Tx<'_>, review: Review, generations: &Generations) -> Resu
                 card_number: c.card_number,
                 social_security_number: c.social_security_number,
                 template_id: c.template_id,
+                replaces: c.replaces,
             })
         } else {
             None
@@ -309,6 +334,15 @@ pub fn write(tx: &mut Tx<'_>, review: Review, generations: &Generations) -> Resu
         let generation = generations
             .get(&card.template_id)
             .ok_or(Error::StoreCorrupt("template generation"))?;
+        if let Some(old) = &card.replaces {
+            lifecycle::replace(
+                tx,
+                old,
+                &card.social_security_number,
+                generation,
+                generations,
+            )?;
+        }
         uniqueness::put_card(tx, card, generation)?;
     }
     tx.put(Table::ApplicantBatches, &batch.id, &batch)?;
@@ -372,6 +406,8 @@ pub fn accept_row(
         blacklist_reason: None,
         atr: None,
         issued_root_versions: Default::default(),
+        releases: 0,
+        replaces: pending.replaces,
         created_ms: now,
     };
     let generation = generations
@@ -380,7 +416,17 @@ pub fn accept_row(
             what: Resource::CardTemplate,
         })?
         .clone();
-    // The store may have changed since the batch: uniqueness is never waived.
+    // The store may have changed since the batch: uniqueness is never waived (a card replaced
+    // leaves service first, in this write, if it still may).
+    if let Some(old) = &card.replaces {
+        lifecycle::replace(
+            tx,
+            old,
+            &card.social_security_number,
+            &generation,
+            generations,
+        )?;
+    }
     uniqueness::check_unique(tx, &card, &generation, generations)?;
     batch.rejections.remove(index);
     batch.accepted += 1;

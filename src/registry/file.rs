@@ -3,7 +3,8 @@
 //! The format (README "Applicant files"): CSV (RFC 4180 quoting, `,` separated), the first line
 //! a header naming the columns `ssn`, `name`, `sex`, `birth_date`, `region`, `card_number`,
 //! `card_identifier`, `spec_version` in any order (ASCII case and surrounding blanks ignored),
-//! each exactly once, no other column; then one row per applicant with as many fields as the
+//! each exactly once, and optionally `replaces` (the card identifier of the card a replacement
+//! replaces; empty for a first card), no other column; then one row per applicant with as many fields as the
 //! header. Fields are trimmed of surrounding white space. Empty lines are skipped. Text is
 //! UTF-8, with or without a byte-order mark, or GB18030 (which includes GBK), named by the
 //! submitter or detected: a UTF-8 BOM or valid UTF-8 is UTF-8, anything else is tried as
@@ -32,6 +33,9 @@ pub const COLUMNS: [&str; 8] = [
     "card_identifier",
     "spec_version",
 ];
+
+/// The columns a file may have besides [`COLUMNS`] (empty when absent).
+pub const OPTIONAL_COLUMNS: [&str; 1] = ["replaces"];
 
 /// The text encoding of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -136,6 +140,8 @@ pub struct Row {
     pub card_number: String,
     pub card_identifier: String,
     pub spec_version: String,
+    /// The card this row's card replaces (`replaces` column), or empty.
+    pub replaces: String,
 }
 
 /// Personal data: `Debug` shows the line and the card identifier only.
@@ -290,6 +296,7 @@ pub fn parse_text(text: &str) -> Result<Vec<Row>, FileFault> {
         if rows.len() == MAX_ROWS {
             return Err(fault(line, FileFaultKind::TooManyRows));
         }
+        // An absent optional column's index is out of range: its field is empty.
         let field = |c: usize| record.get(index[c]).unwrap_or_default().to_owned();
         rows.push(Row {
             line,
@@ -301,6 +308,7 @@ pub fn parse_text(text: &str) -> Result<Vec<Row>, FileFault> {
             card_number: field(5),
             card_identifier: field(6),
             spec_version: field(7),
+            replaces: field(8),
         });
     }
     if rows.is_empty() {
@@ -316,9 +324,17 @@ fn csv_fault(e: &csv::Error, fallback: u64) -> FileFault {
     )
 }
 
-/// For each of [`COLUMNS`], its field index in the header.
-fn header_index(header: &csv::StringRecord) -> Result<[usize; 8], FileFaultKind> {
-    let mut index = [usize::MAX; 8];
+/// For each of [`COLUMNS`] then [`OPTIONAL_COLUMNS`], its field index in the header
+/// (`usize::MAX` for an optional column the header lacks).
+fn header_index(header: &csv::StringRecord) -> Result<[usize; 9], FileFaultKind> {
+    let names = |c: usize| {
+        COLUMNS
+            .get(c)
+            .or_else(|| OPTIONAL_COLUMNS.get(c - COLUMNS.len()))
+            .copied()
+            .unwrap_or_default()
+    };
+    let mut index = [usize::MAX; 9];
     for (i, name) in header.iter().enumerate() {
         let name = if i == 0 {
             // A BOM the decoder kept (GB18030 text never has one; a UTF-8 file read as such
@@ -327,17 +343,17 @@ fn header_index(header: &csv::StringRecord) -> Result<[usize; 8], FileFaultKind>
         } else {
             name
         };
-        let Some(c) = COLUMNS.iter().position(|c| c.eq_ignore_ascii_case(name)) else {
+        let Some(c) = (0..index.len()).find(|&c| names(c).eq_ignore_ascii_case(name)) else {
             return Err(FileFaultKind::UnknownColumn(
                 name.chars().take(32).collect(),
             ));
         };
         if index[c] != usize::MAX {
-            return Err(FileFaultKind::DuplicateColumn(COLUMNS[c]));
+            return Err(FileFaultKind::DuplicateColumn(names(c)));
         }
         index[c] = i;
     }
-    for (c, i) in index.iter().enumerate() {
+    for (c, i) in index.iter().enumerate().take(COLUMNS.len()) {
         if *i == usize::MAX {
             return Err(FileFaultKind::MissingColumn(COLUMNS[c]));
         }

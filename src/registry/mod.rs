@@ -36,6 +36,7 @@
 
 pub mod batch;
 pub mod file;
+pub mod lifecycle;
 pub mod reasons;
 pub mod report;
 pub mod rules;

@@ -26,6 +26,9 @@
 //! | `duplicate-ssn` | the person has a live card of this card generation already |
 //! | `duplicate-card-number` | the card number is registered already (province-wide) |
 //! | `duplicate-card-identifier` | the card identifier is registered already (province-wide) |
+//! | `replaces-format` | `replaces` is not a card identifier (32 hex with `D156000005` at 7–16) |
+//! | `replaces-not-replaceable` | `replaces` names no card of the submitting city that is this person's of this card generation and personalised, active, suspended or lost |
+//! | `duplicate-in-batch-replaces` | another row of the file replaces the same card |
 //!
 //! A provincial reviewer may accept a rejected row by hand when every reason is
 //! [waivable](Reason::waivable): the personal-data reasons (`birth-date-mismatch`,
@@ -59,11 +62,14 @@ pub enum Reason {
     DuplicateSsn,
     DuplicateCardNumber,
     DuplicateCardIdentifier,
+    ReplacesFormat,
+    ReplacesNotReplaceable,
+    DuplicateInBatchReplaces,
 }
 
 impl Reason {
     /// Every reason, in report order.
-    pub const ALL: [Reason; 20] = [
+    pub const ALL: [Reason; 23] = [
         Reason::SsnFormat,
         Reason::SsnCheck,
         Reason::SsnBirthDate,
@@ -84,6 +90,9 @@ impl Reason {
         Reason::DuplicateSsn,
         Reason::DuplicateCardNumber,
         Reason::DuplicateCardIdentifier,
+        Reason::ReplacesFormat,
+        Reason::ReplacesNotReplaceable,
+        Reason::DuplicateInBatchReplaces,
     ];
 
     /// The code, as the report and the API show it.
@@ -109,6 +118,9 @@ impl Reason {
             Reason::DuplicateSsn => "duplicate-ssn",
             Reason::DuplicateCardNumber => "duplicate-card-number",
             Reason::DuplicateCardIdentifier => "duplicate-card-identifier",
+            Reason::ReplacesFormat => "replaces-format",
+            Reason::ReplacesNotReplaceable => "replaces-not-replaceable",
+            Reason::DuplicateInBatchReplaces => "duplicate-in-batch-replaces",
         }
     }
 

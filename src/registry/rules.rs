@@ -53,6 +53,8 @@ pub struct RowCheck {
     pub id: Option<CardIdentifier>,
     /// The template, when the spec version maps to one this service has.
     pub template_id: Option<&'static str>,
+    /// The card a replacement replaces (`replaces`), when given and a valid identifier.
+    pub replaces: Option<CardIdentifier>,
 }
 
 /// Checks `row` submitted by `city`; `has_template` says whether a template is loaded.
@@ -150,6 +152,22 @@ pub fn check_row(row: &Row, city: &Region, has_template: impl Fn(&str) -> bool) 
         reasons.insert(Reason::SpecVersionUnknown);
     }
 
+    // The card replaced, if any: an identifier (the store decides whether it is replaceable).
+    let replaces = if row.replaces.is_empty() {
+        None
+    } else {
+        let parsed = CardIdentifier::parse_field("replaces", &row.replaces).ok();
+        match &parsed {
+            None => reasons.insert(Reason::ReplacesFormat),
+            // A city replaces its own cards only.
+            Some(old) if old.region().code != city.code => {
+                reasons.insert(Reason::ReplacesNotReplaceable)
+            }
+            Some(_) => {}
+        }
+        parsed
+    };
+
     RowCheck {
         line: row.line,
         reasons,
@@ -157,6 +175,7 @@ pub fn check_row(row: &Row, city: &Region, has_template: impl Fn(&str) -> bool) 
         number,
         id,
         template_id,
+        replaces,
     }
 }
 
@@ -187,6 +206,7 @@ mod tests {
             card_number: card_number("GZ000001"),
             card_identifier: "440100D156000005000000000000A001".into(),
             spec_version: "2.00".into(),
+            replaces: String::new(),
         }
     }
 
@@ -314,15 +334,27 @@ mod tests {
             card_number: "GZ0000011".into(),
             card_identifier: "440300D156000006000000000000A001".into(),
             spec_version: "9.99".into(),
+            replaces: "440100D15600000500000000000000".into(),
         };
         let c = check(&row);
         assert_eq!(
             c.reasons.to_codes(),
             "ssn-check;ssn-birth-date;ssn-region;birth-date-mismatch;name-missing;sex-invalid;\
              card-number-check;card-identifier-format;card-identifier-region;region-mismatch;\
-             spec-version-unknown"
+             spec-version-unknown;replaces-format"
         );
         assert!(c.ssn.is_none() && c.number.is_none() && c.id.is_none() && c.template_id.is_none());
+    }
+
+    #[test]
+    fn a_city_replaces_its_own_cards_only() {
+        let mut row = good();
+        row.replaces = "440100D156000005000000000000A000".into();
+        let c = check(&row);
+        assert!(c.reasons.is_empty());
+        assert_eq!(c.replaces.unwrap().as_str(), row.replaces);
+        row.replaces = "440300D156000005000000000000A000".into();
+        assert_eq!(check(&row).reasons.to_codes(), "replaces-not-replaceable");
     }
 
     #[test]

@@ -6,14 +6,15 @@
 //! `card_numbers` (card number → card identifier) and `ssns` (`<ssn>/<generation>` → card
 //! identifier, the generation being the template's `generation`, e.g. `2.0`). Stores written
 //! before the per-generation key keep `ssns` entries keyed by the bare SSN; they are read too.
-//! A card is live unless blacklisted.
+//! A card is live unless rejected, cancelled, replaced or blacklisted ([`crate::registry::lifecycle::live`]).
 
 use std::collections::HashMap;
 
 use serde::de::IgnoredAny;
 
 use crate::error::{Error, Resource, Result};
-use crate::state::records::{Card, CardStatus};
+use crate::registry::lifecycle::live;
+use crate::state::records::Card;
 use crate::state::store::{Table, Tx};
 
 /// Template id → card generation, for every template the service has.
@@ -22,10 +23,6 @@ pub type Generations = HashMap<String, String>;
 /// The `ssns` key of a person's card of one generation.
 pub fn person_key(ssn: &str, generation: &str) -> String {
     format!("{ssn}/{generation}")
-}
-
-fn live(card: &Card) -> bool {
-    card.status != CardStatus::Blacklisted
 }
 
 /// The live card of `ssn` in `generation`, if any.

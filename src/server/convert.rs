@@ -7,6 +7,7 @@ use zeroize::Zeroizing;
 
 use crate::error::{Error, Refusal, Result};
 use crate::proto::kms::v1 as pb;
+use crate::registry::lifecycle::Transition;
 use crate::service::{self, CardRequest, ComponentInput, DeliveredForm};
 use crate::state::records::{self, CardStatus, Level};
 
@@ -92,8 +93,18 @@ pub(super) fn pb_card(c: records::Card) -> pb::CardRecord {
             CardStatus::Registered => pb::CardStatus::Registered,
             CardStatus::Accepted => pb::CardStatus::Accepted,
             CardStatus::Blacklisted => pb::CardStatus::Blacklisted,
+            CardStatus::Rejected => pb::CardStatus::Rejected,
+            CardStatus::Initialised => pb::CardStatus::Initialised,
+            CardStatus::Personalised => pb::CardStatus::Personalised,
+            CardStatus::Active => pb::CardStatus::Active,
+            CardStatus::Suspended => pb::CardStatus::Suspended,
+            CardStatus::Lost => pb::CardStatus::Lost,
+            CardStatus::Cancelled => pb::CardStatus::Cancelled,
+            CardStatus::Replaced => pb::CardStatus::Replaced,
         }) as i32,
         issued_root_versions: c.issued_root_versions.into_iter().collect(),
+        releases: c.releases,
+        replaces_card_identifier: c.replaces.unwrap_or_default(),
     }
 }
 
@@ -123,6 +134,20 @@ pub(super) fn components(list: Vec<pb::Component>) -> Vec<ComponentInput> {
             kcv_hex: c.kcv_hex,
         })
         .collect()
+}
+
+pub(super) fn transition_of(transition: i32) -> Result<Transition, Status> {
+    use pb::CardTransition as T;
+    match T::try_from(transition) {
+        Ok(T::Reject) => Ok(Transition::Reject),
+        Ok(T::Activate) => Ok(Transition::Activate),
+        Ok(T::Suspend) => Ok(Transition::Suspend),
+        Ok(T::Resume) => Ok(Transition::Resume),
+        Ok(T::ReportLost) => Ok(Transition::ReportLost),
+        Ok(T::Cancel) => Ok(Transition::Cancel),
+        // 0 and values this version does not know are "unset".
+        Ok(T::Unspecified) | Err(_) => Err(required("transition")),
+    }
 }
 
 pub(super) fn level_of(level: i32) -> Result<Level, Status> {

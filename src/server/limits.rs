@@ -160,7 +160,19 @@ impl Bounded for pb::GetPsamKeySetRequest {
 impl Bounded for pb::RegisterCardRequest {
     fn check_limits(&self) -> Result<()> {
         card(&self.card)?;
-        check("template_id", self.template_id.len(), NAME)
+        check("template_id", self.template_id.len(), NAME)?;
+        check(
+            "replaces_card_identifier",
+            self.replaces_card_identifier.len(),
+            NAME,
+        )
+    }
+}
+
+impl Bounded for pb::ChangeCardStatusRequest {
+    fn check_limits(&self) -> Result<()> {
+        check("card_identifier", self.card_identifier.len(), NAME)?;
+        check("reason", self.reason.len(), REASON)
     }
 }
 

@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::proto::kms::v1 as pb;
 use crate::registry::file::Encoding;
 
-use super::convert::{card_request, pb_batch_report, pb_card};
+use super::convert::{card_request, pb_batch_report, pb_card, transition_of};
 use super::{Api, status};
 
 #[tonic::async_trait]
@@ -20,7 +20,12 @@ impl<H: Hsm> pb::registry_service_server::RegistryService for Api<H> {
         let req = request.into_inner();
         let card = self
             .kms
-            .register_card(&who, card_request(req.card)?, &req.template_id)
+            .register_card(
+                &who,
+                card_request(req.card)?,
+                &req.template_id,
+                Some(req.replaces_card_identifier.as_str()).filter(|r| !r.is_empty()),
+            )
             .await
             .map_err(status)?;
         Ok(Response::new(pb_card(card)))
@@ -49,6 +54,21 @@ impl<H: Hsm> pb::registry_service_server::RegistryService for Api<H> {
         let card = self
             .kms
             .blacklist_card(&who, &req.card_identifier, &req.reason)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb_card(card)))
+    }
+
+    async fn change_card_status(
+        &self,
+        request: Request<pb::ChangeCardStatusRequest>,
+    ) -> Result<Response<pb::CardRecord>, Status> {
+        let who = self.admit(&request)?;
+        let req = request.into_inner();
+        let transition = transition_of(req.transition)?;
+        let card = self
+            .kms
+            .change_card_status(&who, &req.card_identifier, transition, &req.reason)
             .await
             .map_err(status)?;
         Ok(Response::new(pb_card(card)))

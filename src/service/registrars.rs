@@ -1,5 +1,6 @@
-//! Registrars: registering, accepting (the province), blacklisting and reading cards one by
-//! one. Applicant batches are in `applicants.rs`.
+//! Registrars: registering (and replacing), accepting or rejecting (the province), moving along
+//! the life cycle, blacklisting and reading cards one by one. Applicant batches are in
+//! `applicants.rs`; the life-cycle rules in `registry::lifecycle`.
 
 use hsm_api::Hsm;
 
@@ -7,6 +8,7 @@ use crate::access::authz::{self, Operation};
 use crate::access::identity::Identity;
 use crate::card::identifiers::CardIdentifier;
 use crate::error::{Error, Refusal, Resource, Result};
+use crate::registry::lifecycle::{self, Transition};
 use crate::registry::uniqueness;
 use crate::state::audit::AuditEvent;
 use crate::state::records::{Card, CardStatus};
@@ -17,12 +19,14 @@ use super::{CardRequest, Kms, mask_card_identifier, masked_subject};
 impl<H: Hsm> Kms<H> {
     // ------------------------------------------------------------------ registry
 
-    /// Registers a card for review (notice N4): identifiers valid, unique.
+    /// Registers a card for review (notice N4): identifiers valid, unique. A replacement names
+    /// the card it replaces (`replaces`), which leaves service in the same write.
     pub async fn register_card(
         &self,
         caller: &Identity,
         card: CardRequest,
         template_id: &str,
+        replaces: Option<&str>,
     ) -> Result<Card> {
         let subject = masked_subject(&card);
         self.audited(caller, Operation::RegisterCard, &subject, async {
@@ -38,6 +42,14 @@ impl<H: Hsm> Kms<H> {
             }
             let generation = self.template(template_id)?.generation().to_owned();
             let generations = self.generations()?;
+            let replaces = match replaces {
+                Some(old) => {
+                    let old = CardIdentifier::parse_field("replaces_card_identifier", old)?;
+                    authz::authorize_region(caller, old.region().code)?;
+                    Some(old.as_str().to_owned())
+                }
+                None => None,
+            };
             let record = Card {
                 card_identifier: checked.id.as_str().to_owned(),
                 card_number: checked.number.as_str().to_owned(),
@@ -48,19 +60,37 @@ impl<H: Hsm> Kms<H> {
                 blacklist_reason: None,
                 atr: None,
                 issued_root_versions: Default::default(),
+                releases: 0,
+                replaces: replaces.clone(),
                 created_ms: 0,
             };
             let actor = caller.to_string();
             self.store
                 .write(move |tx| {
                     let mut record = record;
+                    if let Some(old) = &replaces {
+                        lifecycle::replace(
+                            tx,
+                            old,
+                            &record.social_security_number,
+                            &generation,
+                            &generations,
+                        )?;
+                    }
                     uniqueness::check_unique(tx, &record, &generation, &generations)?;
                     record.created_ms = tx.now_ms();
                     uniqueness::put_card(tx, &record, &generation)?;
+                    let replacing = replaces
+                        .as_deref()
+                        .map(|old| format!(" replacing card {}", mask_card_identifier(old)))
+                        .unwrap_or_default();
                     tx.audit(AuditEvent::ok(
                         actor,
                         Operation::RegisterCard.name(),
-                        format!("card {}", mask_card_identifier(&record.card_identifier)),
+                        format!(
+                            "card {}{replacing}",
+                            mask_card_identifier(&record.card_identifier)
+                        ),
                     ));
                     Ok(record)
                 })
@@ -77,15 +107,28 @@ impl<H: Hsm> Kms<H> {
             Operation::AcceptCard,
             card_identifier,
             true,
-            |card| match card.status {
-                CardStatus::Registered | CardStatus::Accepted => {
-                    card.status = CardStatus::Accepted;
-                    Ok(())
-                }
-                CardStatus::Blacklisted => Err(Error::FailedPrecondition {
-                    reason: Refusal::CardBlacklisted,
-                }),
-            },
+            String::new(),
+            |card| lifecycle::apply(card, Transition::Accept),
+        )
+        .await
+    }
+
+    /// Moves a card along its life cycle (reject: the province only).
+    pub async fn change_card_status(
+        &self,
+        caller: &Identity,
+        card_identifier: &str,
+        transition: Transition,
+        reason: &str,
+    ) -> Result<Card> {
+        let reason = reason.chars().take(200).collect::<String>();
+        self.change_card(
+            caller,
+            Operation::ChangeCardStatus,
+            card_identifier,
+            transition.province_only(),
+            format!(" ({}: {reason})", transition.name()),
+            move |card| lifecycle::apply(card, transition),
         )
         .await
     }
@@ -103,8 +146,9 @@ impl<H: Hsm> Kms<H> {
             Operation::BlacklistCard,
             card_identifier,
             false,
+            String::new(),
             move |card| {
-                card.status = CardStatus::Blacklisted;
+                lifecycle::apply(card, Transition::Blacklist)?;
                 card.blacklist_reason = Some(reason);
                 Ok(())
             },
@@ -135,6 +179,7 @@ impl<H: Hsm> Kms<H> {
         op: Operation,
         card_identifier: &str,
         province_only: bool,
+        why: String,
         change: impl FnOnce(&mut Card) -> Result<()> + Send + 'static,
     ) -> Result<Card> {
         let subject = format!("card {}", mask_card_identifier(card_identifier));
@@ -157,7 +202,11 @@ impl<H: Hsm> Kms<H> {
                     tx.audit(AuditEvent::ok(
                         actor,
                         op.name(),
-                        format!("card {} now {:?}", mask_card_identifier(&key), card.status),
+                        format!(
+                            "card {} now {:?}{why}",
+                            mask_card_identifier(&key),
+                            card.status
+                        ),
                     ));
                     Ok(card)
                 })

@@ -15,8 +15,9 @@ use crate::card::identifiers::Atr;
 use crate::card::template::{KeySpec, Protector, Template};
 use crate::error::{Error, Refusal, Resource, Result};
 use crate::metrics::ReleaseLabels;
+use crate::registry::lifecycle::{self, Release};
 use crate::state::audit::AuditEvent;
-use crate::state::records::{self, Card, CardStatus, EndpointKind, KeyRecord, Level};
+use crate::state::records::{self, Card, EndpointKind, KeyRecord, Level};
 use crate::state::store::{Snapshot, Table};
 
 use super::{
@@ -88,7 +89,8 @@ impl<H: Hsm> Kms<H> {
             // One consistent view of the state for the whole request.
             let snap = self.store.snapshot()?;
             let station = Self::endpoint(&snap, EndpointKind::Station, caller)?;
-            let record = Self::releasable_card(&snap, &checked, template.id())?;
+            let record =
+                Self::releasable_card(&snap, &checked, template.id(), Release::Personalise)?;
             let atr = checked.atr.as_ref().ok_or(Error::InvalidArgument {
                 field: "atr",
                 reason: Refusal::Required,
@@ -209,7 +211,8 @@ impl<H: Hsm> Kms<H> {
             let template = self.template(template_id)?;
             let snap = self.store.snapshot()?;
             Self::endpoint(&snap, EndpointKind::Station, caller)?;
-            let record = Self::releasable_card(&snap, &checked, template.id())?;
+            let record =
+                Self::releasable_card(&snap, &checked, template.id(), Release::Initialise)?;
             let atr = checked.atr.as_ref().ok_or(Error::InvalidArgument {
                 field: "atr",
                 reason: Refusal::Required,
@@ -254,8 +257,14 @@ impl<H: Hsm> Kms<H> {
     }
 
     /// The card's record, if its keys may be released: registered with the same data and
-    /// template, accepted, not blacklisted, and (after a first release) the same ATR.
-    fn releasable_card(snap: &Snapshot, checked: &CheckedCard, template_id: &str) -> Result<Card> {
+    /// template, in personalisation (`registry::lifecycle`), (after a first release) the same
+    /// ATR, and a card factor not bound to another card.
+    fn releasable_card(
+        snap: &Snapshot,
+        checked: &CheckedCard,
+        template_id: &str,
+        release: Release,
+    ) -> Result<Card> {
         // An unknown card and a card whose data differ get the same answer (no existence
         // oracle for a station probing identifiers); the audit record keeps which.
         let card: Card =
@@ -263,7 +272,14 @@ impl<H: Hsm> Kms<H> {
                 .ok_or(Error::NoMatchingCard {
                     detail: "unknown card identifier",
                 })?;
-        check_releasable(&card, checked, template_id)?;
+        check_releasable(&card, checked, template_id, release)?;
+        if let Some(atr) = &checked.atr {
+            let bound: Option<String> = snap.get(
+                Table::CardFactors,
+                &lifecycle::factor_key(&card.template_id, &atr.card_factor()),
+            )?;
+            lifecycle::check_factor(bound.as_deref(), &card.card_identifier)?;
+        }
         Ok(card)
     }
 
@@ -382,8 +398,9 @@ impl<H: Hsm> Kms<H> {
         Ok((item, root_version))
     }
 
-    /// Records a release: the ATR and root versions on first release, and the audit record —
-    /// after re-checking, inside the write, that the card is still releasable.
+    /// Records a release: the ATR, its card factor's binding and root versions on first
+    /// release, the count and the card's new status, and the audit record — after re-checking,
+    /// inside the write, that the card is still releasable (`registry::lifecycle`).
     async fn record_release(
         &self,
         caller: &Identity,
@@ -396,6 +413,12 @@ impl<H: Hsm> Kms<H> {
         let id = card.card_identifier.clone();
         let template_id = card.template_id.clone();
         let atr_hex = atr.to_hex();
+        let factor = atr.card_factor();
+        let release = if op == Operation::InitialiseBlankCard {
+            Release::Initialise
+        } else {
+            Release::Personalise
+        };
         let actor = caller.to_string();
         let subject = format!(
             "card {} keys {}",
@@ -411,25 +434,22 @@ impl<H: Hsm> Kms<H> {
                 let mut card: Card = tx.get(Table::Cards, &id)?.ok_or(Error::NotFound {
                     what: Resource::Card,
                 })?;
-                if card.status != CardStatus::Accepted || card.template_id != template_id {
+                if card.template_id != template_id {
                     return Err(Error::FailedPrecondition {
                         reason: Refusal::CardChangedDuringRequest,
                     });
                 }
-                match &card.atr {
-                    Some(a) if *a != atr_hex => {
-                        return Err(Error::FailedPrecondition {
-                            reason: Refusal::AtrMismatch,
-                        });
-                    }
-                    _ => {}
-                }
-                card.atr = Some(atr_hex);
+                let n = lifecycle::record_release(tx, &mut card, release, &factor, atr_hex)?;
                 for (k, v) in versions {
                     card.issued_root_versions.entry(k).or_insert(v);
                 }
                 tx.put(Table::Cards, &id, &card)?;
-                tx.audit(AuditEvent::ok(actor, op.name(), subject));
+                let retry = if n > 1 { " (retry)" } else { "" };
+                tx.audit(AuditEvent::ok(
+                    actor,
+                    op.name(),
+                    format!("{subject}; release {n}{retry}; now {}", card.status.name()),
+                ));
                 Ok(())
             })
             .await?;
@@ -530,7 +550,12 @@ fn select_keys<'t>(template: &'t Template, names: &[String]) -> Result<Vec<&'t K
         .collect()
 }
 
-fn check_releasable(card: &Card, checked: &CheckedCard, template_id: &str) -> Result<()> {
+fn check_releasable(
+    card: &Card,
+    checked: &CheckedCard,
+    template_id: &str,
+    release: Release,
+) -> Result<()> {
     if card.card_number != checked.number.as_str() {
         return Err(Error::NoMatchingCard {
             detail: "the card number differs from the registry's",
@@ -546,15 +571,7 @@ fn check_releasable(card: &Card, checked: &CheckedCard, template_id: &str) -> Re
             reason: Refusal::CardTemplateMismatch,
         });
     }
-    match card.status {
-        CardStatus::Blacklisted => Err(Error::FailedPrecondition {
-            reason: Refusal::CardBlacklisted,
-        }),
-        CardStatus::Registered => Err(Error::FailedPrecondition {
-            reason: Refusal::CardNotAccepted,
-        }),
-        CardStatus::Accepted => Ok(()),
-    }?;
+    lifecycle::check_release(card, release)?;
     // After a first release, only the same chip (ATR) gets keys; checked again in the write.
     match (&card.atr, &checked.atr) {
         (Some(released), Some(atr)) if *released != atr.to_hex() => {

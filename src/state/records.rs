@@ -115,13 +115,51 @@ pub struct Psam {
     pub created_ms: u64,
 }
 
-/// The review state of a card.
+/// Where a card is in its life (`crate::registry::lifecycle` has the transitions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CardStatus {
+    /// Registered one by one, awaiting the province's review.
     Registered,
+    /// The province accepted its data: keys may be released.
     Accepted,
+    /// The province rejected its data (final).
+    Rejected,
+    /// The blank card's vendor transport key was replaced by its master key.
+    Initialised,
+    /// Its keys were released (a release retried for a failed personalisation stays here).
+    Personalised,
+    /// Issued to the holder and in service.
+    Active,
+    /// Out of service for a while (the holder or the city asked); may be resumed.
+    Suspended,
+    /// Reported lost; a replacement names it.
+    Lost,
+    /// Out of service for good.
+    Cancelled,
+    /// A replacement card took its place (final).
+    Replaced,
+    /// No key is ever released again; published to terminals (notice N5).
     Blacklisted,
+}
+
+impl CardStatus {
+    /// The lower-case name, as stored and in audit records.
+    pub const fn name(self) -> &'static str {
+        match self {
+            CardStatus::Registered => "registered",
+            CardStatus::Accepted => "accepted",
+            CardStatus::Rejected => "rejected",
+            CardStatus::Initialised => "initialised",
+            CardStatus::Personalised => "personalised",
+            CardStatus::Active => "active",
+            CardStatus::Suspended => "suspended",
+            CardStatus::Lost => "lost",
+            CardStatus::Cancelled => "cancelled",
+            CardStatus::Replaced => "replaced",
+            CardStatus::Blacklisted => "blacklisted",
+        }
+    }
 }
 
 /// A registered card.
@@ -140,6 +178,13 @@ pub struct Card {
     /// Root version per template key at first release (rotation never silently changes them).
     pub issued_root_versions: BTreeMap<String, u32>,
     pub created_ms: u64,
+    /// How many times keys were released for it (initialisation and personalisation; more
+    /// than one personalisation is a retry). Absent in stores of before the life cycle: 0.
+    #[serde(default)]
+    pub releases: u32,
+    /// The card this one replaces (it left service when this one was registered).
+    #[serde(default)]
+    pub replaces: Option<String>,
 }
 
 /// A stored template: its TOML text (the data) and revision.

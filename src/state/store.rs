@@ -39,6 +39,9 @@ pub enum Table {
     SocialSecurityNumbers,
     /// The registry review's batches (`crate::registry::batch::StoredBatch`), by batch id.
     ApplicantBatches,
+    /// `template/card factor (hex)` → the card identifier it is bound to
+    /// (`crate::registry::lifecycle`).
+    CardFactors,
 }
 
 impl Table {
@@ -53,10 +56,11 @@ impl Table {
             Table::CardNumbers => "card_numbers",
             Table::SocialSecurityNumbers => "ssns",
             Table::ApplicantBatches => "applicant_batches",
+            Table::CardFactors => "card_factors",
         })
     }
 
-    const ALL: [Table; 9] = [
+    const ALL: [Table; 10] = [
         Table::Meta,
         Table::Templates,
         Table::Keys,
@@ -66,6 +70,7 @@ impl Table {
         Table::CardNumbers,
         Table::SocialSecurityNumbers,
         Table::ApplicantBatches,
+        Table::CardFactors,
     ];
 }
 

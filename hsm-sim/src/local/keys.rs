@@ -10,9 +10,8 @@ use hsm_api::{
 
 use super::LocalHsm;
 use crate::cache;
-use crate::crypto::kcv;
-use crate::crypto::tr31;
 use crate::crypto::{SecretKey, diversify};
+use crate::crypto::{kcv, tr31};
 use crate::lmk::{Lmk, TokenKey};
 use crate::policy::{self, check_new_key, child_of, wrong_usage};
 
@@ -201,15 +200,10 @@ pub(super) fn is_parent(usage: KeyUsage) -> bool {
     usage.level().is_some()
 }
 pub(super) const DERIVE: &str = "derive a key";
-/// The usages of a key written to a card, and the operation a refusal names.
-pub(super) fn may_be_written(usage: KeyUsage) -> bool {
-    policy::may_be_written(usage)
-}
+/// The usages of a key written to a card ([`policy::may_be_written`]) and of one protecting a
+/// card slot ([`policy::may_protect_a_write`]): the operations a refusal names.
+pub(super) use policy::{may_be_written, may_protect_a_write as may_protect};
 pub(super) const WRITE: &str = "be written to a card";
-/// The usages of a key protecting a card slot, and the operation a refusal names.
-pub(super) fn may_protect(usage: KeyUsage) -> bool {
-    policy::may_protect_a_write(usage)
-}
 pub(super) const PROTECT: &str = "protect a key written to a card";
 
 /// Refuses `key` unless its usage passes `allowed` ([`Error::WrongUsage`] naming `operation`).
@@ -252,22 +246,29 @@ pub(super) fn derive_child_of(
 }
 
 /// `key` (of a usage that passed [`may_be_exported`]) as a TR-31 block of `version` under `kek`
-/// (a key-block protection key), if its usage may leave and its token says it is exportable.
+/// (a key-block protection key), if its usage may leave and its token says it is exportable
+/// ([`policy::export_block_with`]). The KEK's binding keys are derived at its first export and
+/// kept with it.
 pub(super) fn export_block(
     kek: &TokenKey,
     key: &TokenKey,
     version: KeyBlockVersion,
 ) -> Result<ExportedKey> {
-    let (header, kcv) = policy::export_header(&key.key, key.usage, key.exportability, version)?;
-    // The KEK's binding keys are derived at its first export and kept with it.
-    let block = kek.with_binding(version, |binding| {
-        tr31::wrap_bound(&kek.key, binding, &header, &key.key)
-    })?;
-    Ok(ExportedKey { block, kcv })
+    policy::export_block_with(
+        &key.key,
+        key.usage,
+        key.exportability,
+        version,
+        |header, clear| {
+            kek.with_binding(version, |binding| {
+                tr31::wrap_bound(&kek.key, binding, header, clear)
+            })
+        },
+    )
 }
 
 /// The WRITE KEY command of `key` (a usage that passed [`may_be_written`]) under `protect` (one
-/// that passed [`may_protect`]).
+/// that passed [`may_protect`]): [`policy::write_key_apdu`].
 pub(super) fn write_command(
     key: &TokenKey,
     protect: &TokenKey,
@@ -276,7 +277,7 @@ pub(super) fn write_command(
     challenge: &[u8],
     fold: MacFold,
 ) -> Result<WriteKeyCommand> {
-    policy::write_key_command(
+    policy::write_key_apdu(
         &key.key,
         key.usage,
         &protect.key,
