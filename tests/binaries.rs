@@ -424,6 +424,52 @@ async fn dev_serves_the_demo_card_stops_on_sigterm_and_restarts_on_its_data() {
     eprintln!("dev: first start (seeding) {seeded_in:?}, restart {restarted_in:?}");
 }
 
+/// `dev --hsm softhsm`: the same flow on the PKCS#11 backend over a SoftHSM2 token it creates in
+/// its data directory — the same demo card keys and KCVs as the simulator's `dev` — and a restart
+/// finds its token (by label) and its store again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_on_softhsm_delivers_the_simulators_keys_and_restarts_on_its_token() {
+    let sim_data = tempfile::tempdir().unwrap();
+    let p11_data = tempfile::tempdir().unwrap();
+    let listen = [
+        "dev",
+        "--listen",
+        "127.0.0.1:0",
+        "--no-metrics",
+        "--data-dir",
+    ];
+    let sim_args: Vec<&str> = listen
+        .into_iter()
+        .chain([path_arg(sim_data.path())])
+        .collect();
+    let p11_args: Vec<&str> = listen
+        .into_iter()
+        .chain([path_arg(p11_data.path()), "--hsm", "softhsm"])
+        .collect();
+
+    let mut sim = sscard_kms(&sim_args);
+    let addr = sim.listening_on();
+    let from_sim = inject_demo_card(addr, &sim_data.path().join("pki")).await;
+    assert!(sim.terminate().status.success());
+
+    let mut p11 = sscard_kms(&p11_args);
+    let addr = p11.listening_on();
+    let data_line = p11.line_containing("data ");
+    assert!(data_line.ends_with("(seeded now)"), "{data_line}");
+    let from_token = inject_demo_card(addr, &p11_data.path().join("pki")).await;
+    assert_eq!(from_token, from_sim, "the simulator's keys and KCVs");
+    assert!(p11.terminate().status.success());
+    assert!(p11_data.path().join("softhsm/sscard-kms-dev.pin").exists());
+
+    let mut p11 = sscard_kms(&p11_args);
+    let addr = p11.listening_on();
+    let data_line = p11.line_containing("data ");
+    assert!(data_line.ends_with("(existing)"), "{data_line}");
+    let again = inject_demo_card(addr, &p11_data.path().join("pki")).await;
+    assert_eq!(again, from_sim);
+    assert!(p11.terminate().status.success());
+}
+
 /// How many releases are acknowledged before the kill.
 const ACKED_BEFORE_KILL: usize = 60;
 /// Injections in flight at once.

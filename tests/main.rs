@@ -14,7 +14,8 @@
 //!   again after a restart; `serve` without a proper client CA and a second or 1-of-n `hsm init`
 //!   are refused; `dev` SIGKILLed under concurrent injections: every acknowledged release is on
 //!   record, the crashed store verifies INTACT with `kms-ceremony audit verify` (through a
-//!   repaired copy) and the next start serves.
+//!   repaired copy) and the next start serves; `dev --hsm softhsm` delivers demo card 1 with the
+//!   simulator's keys and KCVs, and restarts on its token and store.
 //!
 //! The key service over real mutual TLS on 127.0.0.1 (each test on its own copy of a data
 //! directory seeded once with the published test keys). `delivery`, `psam` and `refusals` run
@@ -32,7 +33,8 @@
 //!   the reason; another line's PSAM, unknown and duplicate serials refused.
 //! - `refusals`: wrong region, wrong role, foreign CA, no client certificate, registry states
 //!   (not accepted, blacklisted, unknown), malformed identifiers, duplicate card number,
-//!   another ATR, the HSM sealed — each with its exact code and reason, and audited.
+//!   another ATR, the HSM sealed — each with its exact code and reason, and audited; the PKCS#11
+//!   backend in strict mode refusing TR-31 delivery with `OPERATION_UNSUPPORTED` and the reason.
 //! - `lifecycle`: the card life cycle — every transition checked (who, from which status),
 //!   releases only in personalisation (a retry counted and audited), a replacement taking its
 //!   card out of service, a blacklisted card's chip refused for another card (factor binding).

@@ -11,7 +11,7 @@ use tonic::transport::{Certificate, ClientTlsConfig};
 use crate::common::chain::{atr, card_number, card_number_bad_check, published, ssn};
 use crate::common::harness::{
     OFFICER, PROVINCIAL_REGISTRAR, PSAM_LINE, REGISTRAR, STATION, TestBackend, TestKms,
-    card_identity, tr31_request,
+    card_identity, reason, softhsm_hsm_in, tr31_request,
 };
 
 /// A Guangzhou card that is not one of the demo cards, with a chip of its own: the demo ATR
@@ -448,6 +448,39 @@ async fn a_tdes_transport_key_carries_no_sm4_keys<B: TestBackend>() {
             .inject_card_keys(tr31_request(card_identity(sm4_card, &atr), "ssc-3.0")),
     )
     .await;
+}
+
+/// The PKCS#11 backend in strict mode on the same seeded store (its tokens do not depend on the
+/// mode): a station's TR-31 delivery needs the clear transport key, which a standard token cannot
+/// use — refused with `OPERATION_UNSUPPORTED`, the reason and the mode that would run it, and
+/// audited; what runs in the token (a registrar's write, sealed by the audit MAC) still does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_pkcs11_refuses_tr31_delivery_with_the_reason() {
+    let kms = TestKms::seeded_with(softhsm_hsm_in(hsm_pkcs11::Mode::Strict)).await;
+    let card = new_card("0050640776EF3301", "00000009", "44010119800101001");
+    let mut registrar = kms.client(REGISTRAR);
+    registrar
+        .registry
+        .register_card(register(&card))
+        .await
+        .unwrap();
+    kms.client(PROVINCIAL_REGISTRAR)
+        .registry
+        .accept_card(card_ref(&card))
+        .await
+        .unwrap();
+    let mut station = kms.client(STATION);
+    let status = kms
+        .refused(
+            Code::FailedPrecondition,
+            "strict mode; mode \"release\" runs it",
+            station
+                .card
+                .inject_card_keys(tr31_request(card.clone(), "ssc-2.0")),
+        )
+        .await;
+    assert_eq!(reason(&status), "OPERATION_UNSUPPORTED");
+    assert!(status.message().contains("TR-31"), "{status:?}");
 }
 
 crate::on_every_backend!(

@@ -11,7 +11,8 @@
 //! | TR-31 import and export | no | released for that one operation | refused |
 //! | the card's WRITE KEY command (encrypted key field, PBOC retail MAC) | no | released for that one operation | refused |
 //! | anything SM4 (keys, dispersion, KCVs, card MACs) | no | released for that one operation | refused |
-//! | LMK rotation | not yet | refused | refused |
+//! | LMK creation (and the user PIN split m-of-n among custodians) | yes | — | — |
+//! | LMK rotation (roots re-wrapped under a new LMK pair) | yes | — | — |
 //!
 //! "Released for that one operation" means: the token derives (or unwraps) the key as an
 //! extractable, non-sensitive session object, the backend reads its value, runs the simulator's

@@ -3,7 +3,7 @@
 //! simulator's own ([`hsm_sim::policy`]); nothing here is a second implementation of them.
 
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use hsm_api::{
     Algorithm, Component, Dispersion, Error, Exportability, ExportedKey, Factor, Kcv, KcvMethod,
@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 use crate::Pkcs11Hsm;
 use crate::capability::{Mode, Outside};
 use crate::ffi::EncryptData;
-use crate::session::{LmkObjects, refused};
+use crate::session::{self, LmkObjects, refused};
 use crate::token::{self, MAX_STEPS, StoredKey};
 
 /// Factors one derivation may apply.
@@ -120,7 +120,12 @@ impl Pkcs11Hsm {
     }
 
     /// A key token for `key` (its MAC made by the token).
-    fn seal_token(&self, session: &Session, lmk: &LmkObjects, key: &StoredKey) -> Result<KeyToken> {
+    pub(crate) fn seal_token(
+        &self,
+        session: &Session,
+        lmk: &LmkObjects,
+        key: &StoredKey,
+    ) -> Result<KeyToken> {
         let body = key.body();
         let mac = session
             .sign(&Mechanism::AesCMac, lmk.mac, body.as_bytes())
@@ -142,6 +147,17 @@ impl Pkcs11Hsm {
         session
             .unwrap_key(&Mechanism::AesKeyWrapPad, lmk.wrap, &key.wrapped, template)
             .map_err(|e| refused("C_UnwrapKey (root key)", &e))
+    }
+
+    /// The root of `key` unwrapped as a sensitive but extractable session object, for the one
+    /// `C_WrapKey` of an LMK rotation.
+    pub(crate) fn unwrap_extractable(
+        &self,
+        session: &Session,
+        lmk: &LmkObjects,
+        key: &StoredKey,
+    ) -> Result<ObjectHandle> {
+        self.unwrap_root(session, lmk, key, &new_root_template(key.root_alg))
     }
 
     /// One dispersion step in the token: the child of `parent` (of `alg`) for `factor`.
@@ -217,17 +233,7 @@ impl Pkcs11Hsm {
             return Err(refusal(outside, key.alg));
         }
         let read = |handle: ObjectHandle, alg: Algorithm| -> Result<SecretKey> {
-            let attributes = session
-                .get_attributes(handle, &[AttributeType::Value])
-                .map_err(|e| refused("C_GetAttributeValue (released key)", &e))?;
-            let value = attributes
-                .into_iter()
-                .find_map(|a| match a {
-                    Attribute::Value(v) => Some(v),
-                    _ => None,
-                })
-                .ok_or(Error::Protocol)?;
-            SecretKey::from_vec(alg, value)
+            SecretKey::from_vec(alg, session::read_value(session, handle)?)
         };
         if key.steps.is_empty() || key.needs_sm4() {
             let root = self.unwrap_root(session, lmk, key, &release_template(None))?;

@@ -6,7 +6,9 @@
 //!
 //! - **Configuration** ([`Pkcs11Config`]): the module library, the token's label (the token is
 //!   looked up by label, never by slot number), the [`Mode`]. The user PIN is a secret: it comes
-//!   in as an [`hsm_api::LmkShare`] (from a file or a prompt, never argv or env).
+//!   in as an [`hsm_api::LmkShare`] (from a file or a prompt, never argv or env). `init_lmk(m, n)`
+//!   (n ≥ 2) replaces the token's initial PIN by a random one split m-of-n among custodians, in
+//!   the simulator's share format (`hsm_sim::shares`); `unseal` then takes their shares.
 //! - **Sealed = logged out.** `unseal` logs the user in with the PIN, `seal` and `tamper` log out
 //!   (every session object — every key the backend had materialised — is gone with the session
 //!   that made it, and the token refuses private objects until the next login).
@@ -17,6 +19,8 @@
 //! - **What runs where**: [`capability`] — in the token whatever standard mechanisms allow;
 //!   TR-31 blocks, the card's key field and SM4 with a key the token released for that one
 //!   operation ([`Mode::Release`]), or refused with a reason ([`Mode::Strict`]).
+//! - **LMK rotation** in the token (module `rotation`): a new pair beside the old, roots
+//!   re-wrapped inside the token, the old pair destroyed at commit.
 //! - [`softhsm`]: throwaway SoftHSM2 tokens for tests and `sscard-kms dev --hsm softhsm`.
 //!
 //! `unsafe` is denied in this crate except in one reviewed module (`ffi`), the raw
@@ -34,10 +38,13 @@ use hsm_api::{
     KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare, Result,
     UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest,
 };
+use hsm_sim::shares::{ShareCollector, SplitSecret};
+use zeroize::Zeroizing;
 
 pub mod capability;
 mod ffi;
 mod keys;
+mod rotation;
 mod session;
 pub mod softhsm;
 mod token;
@@ -105,6 +112,12 @@ struct State {
     keeper: Option<Mutex<Session>>,
     /// The LMK's objects, once logged in and found (or created).
     lmk: Option<LmkObjects>,
+    /// The PIN the user is logged in with (to change it when `init_lmk` splits it).
+    pin: Option<Zeroizing<String>>,
+    /// Shares of a split PIN submitted towards an unseal.
+    collector: Option<ShareCollector>,
+    /// A prepared, uncommitted LMK rotation: the next LMK's objects.
+    pending: Option<LmkObjects>,
     self_test_failure: Option<String>,
     tampered: bool,
 }
@@ -130,12 +143,15 @@ impl Pkcs11Hsm {
             state: RwLock::new(State {
                 keeper: None,
                 lmk: None,
+                pin: None,
+                collector: None,
+                pending: None,
                 self_test_failure,
                 tampered: false,
             }),
         };
         if let Some(pin) = pin {
-            hsm.login(&pin)?;
+            hsm.login(pin.secret_text())?;
         }
         Ok(hsm)
     }
@@ -158,13 +174,14 @@ impl Pkcs11Hsm {
         session::open(&self.ctx, self.slot)
     }
 
-    /// Logs in with the PIN and finds (or, on the test LMK, makes) the LMK.
-    fn login(&self, pin: &LmkShare) -> Result<UnsealProgress> {
+    /// Logs in with `pin` and finds (or, on the test LMK, makes) the LMK.
+    fn login(&self, pin: &str) -> Result<UnsealProgress> {
         let mut state = self.write()?;
         if state.keeper.is_none() {
             let keeper = self.session()?;
-            session::login(&keeper, pin.secret_text())?;
+            session::login(&keeper, pin)?;
             state.keeper = Some(Mutex::new(keeper));
+            state.pin = Some(Zeroizing::new(pin.to_owned()));
         }
         if state.lmk.is_none() {
             let keeper = self.session()?;
@@ -174,14 +191,59 @@ impl Pkcs11Hsm {
                 None => None,
             };
         }
+        let threshold = state
+            .collector
+            .as_ref()
+            .map_or(1, ShareCollector::threshold);
+        state.collector = None;
         let tested = (self.self_test)();
         state.self_test_failure = tested.as_ref().err().map(failure_name);
         tested?;
         Ok(UnsealProgress {
-            submitted: 1,
-            threshold: 1,
+            submitted: threshold,
+            threshold,
             unsealed: true,
         })
+    }
+
+    /// One share towards the PIN: the PIN itself, or (once `init_lmk` split it) one custodian's
+    /// share of it; at the threshold, the PIN rebuilt logs in.
+    fn unseal_now(&self, share: &LmkShare) -> Result<UnsealProgress> {
+        {
+            let state = self.read()?;
+            if state.keeper.is_some() && state.lmk.is_some() {
+                let threshold = state
+                    .collector
+                    .as_ref()
+                    .map_or(1, ShareCollector::threshold);
+                return Ok(UnsealProgress {
+                    submitted: threshold,
+                    threshold,
+                    unsealed: true,
+                });
+            }
+        }
+        let Some(record) = session::pin_record(&self.session()?)? else {
+            return self.login(share.secret_text());
+        };
+        let rebuilt = {
+            let mut state = self.write()?;
+            if state.collector.is_none() {
+                state.collector = Some(ShareCollector::new(record)?);
+            }
+            let collector = state.collector.as_mut().ok_or(Error::Protocol)?;
+            match collector.accept(share)? {
+                Some(secret) => secret,
+                None => {
+                    return Ok(UnsealProgress {
+                        submitted: collector.submitted(),
+                        threshold: collector.threshold(),
+                        unsealed: false,
+                    });
+                }
+            }
+        };
+        self.login(&rebuilt.secret_hex())
     }
 
     /// Runs `op` with the LMK if the HSM is operational, holding the state lock for reading so
@@ -218,8 +280,14 @@ impl Pkcs11Hsm {
             dangerous_test_lmk: self.dangerous_test_lmk,
             lmk_kcv,
             unseal: (hsm_state == HsmState::Sealed).then_some(UnsealProgress {
-                submitted: 0,
-                threshold: 1,
+                submitted: state
+                    .collector
+                    .as_ref()
+                    .map_or(0, ShareCollector::submitted),
+                threshold: state
+                    .collector
+                    .as_ref()
+                    .map_or(1, ShareCollector::threshold),
                 unsealed: false,
             }),
             self_test_failure: state.self_test_failure.clone(),
@@ -229,25 +297,37 @@ impl Pkcs11Hsm {
         })
     }
 
+    /// Creates the LMK in the token (logged in with the token's initial PIN). `1` of `1` keeps
+    /// that PIN; otherwise a fresh random PIN replaces it (`C_SetPIN`) and is split among the
+    /// custodians, `threshold` of `shares` (the simulator's share format and rules).
     fn init_lmk_now(&self, threshold: u8, shares: u8) -> Result<LmkInit> {
         let mut state = self.write()?;
-        if state.lmk.is_some() || session::marker_kcv(&self.session()?)?.is_some() {
+        let session = self.session()?;
+        if state.lmk.is_some() || session::marker_kcv(&session)?.is_some() {
             return Err(Error::AlreadyInitialised);
         }
-        if (threshold, shares) != (1, 1) {
-            return Err(Error::Count {
-                field: "PKCS#11 PIN shares".into(),
-                expected: "1 of 1 (the token's user PIN; splitting it is not implemented)".into(),
-            });
+        if let Some(name) = &state.self_test_failure {
+            return Err(Error::SelfTestFailed(name.clone()));
         }
-        if state.keeper.is_none() {
+        let Some(old_pin) = state.pin.clone().filter(|_| state.keeper.is_some()) else {
             return Err(Error::Sealed);
-        }
-        let lmk = session::create_lmk(&self.session()?, false)?;
+        };
+        let issued = if (threshold, shares) == (1, 1) {
+            Vec::new()
+        } else {
+            let secret = SplitSecret::generate()?;
+            let (issued, record) = secret.split(threshold, shares)?;
+            let new_pin = secret.secret_hex();
+            session::set_pin(&session, &old_pin, &new_pin)?;
+            session::store_pin_record(&session, &record)?;
+            state.pin = Some(new_pin);
+            issued
+        };
+        let lmk = session::create_lmk(&session, false)?;
         let lmk_kcv = lmk.kcv.clone();
         state.lmk = Some(lmk);
         Ok(LmkInit {
-            shares: Vec::new(),
+            shares: issued,
             lmk_kcv,
         })
     }
@@ -258,6 +338,9 @@ impl Pkcs11Hsm {
             state.tampered = true;
         }
         state.lmk = None;
+        state.pin = None;
+        state.collector = None;
+        state.pending = None;
         if let Some(keeper) = state.keeper.take() {
             let keeper = keeper.into_inner().map_err(|_| Error::StatePoisoned)?;
             // Logs the application out of the token (every session) before the session closes.
@@ -291,10 +374,13 @@ impl Hsm for Pkcs11Hsm {
     }
 
     async fn unseal(&self, share: LmkShare) -> Result<UnsealProgress> {
-        self.login(&share)
+        self.unseal_now(&share)
     }
 
     async fn unseal_reset(&self) -> Result<()> {
+        if let Some(collector) = self.write()?.collector.as_mut() {
+            collector.reset();
+        }
         Ok(())
     }
 
@@ -378,18 +464,33 @@ impl Hsm for Pkcs11Hsm {
 
     async fn prepare_lmk_rotation(
         &self,
-        _tokens: Vec<KeyToken>,
+        tokens: Vec<KeyToken>,
         _threshold: u8,
         _shares: u8,
     ) -> Result<LmkRotation> {
-        Err(Error::Unsupported {
-            op: "LMK rotation on the PKCS#11 backend (not implemented yet)".into(),
-            alg: hsm_api::Algorithm::Aes256,
-        })
+        // Re-wrapping runs under the read lock, so key operations go on meanwhile.
+        let (old_kcv, next, rotation) = self.with_lmk(|lmk| {
+            let (next, rotation) = self.prepare_lmk_rotation_now(lmk, &tokens)?;
+            Ok((lmk.kcv.clone(), next, rotation))
+        })?;
+        let mut state = self.write()?;
+        // A seal, or another rotation, may have happened since.
+        if state.lmk.as_ref().map(|l| &l.kcv) != Some(&old_kcv) {
+            return Err(Error::RotationNotPrepared);
+        }
+        state.pending = Some(next);
+        Ok(rotation)
     }
 
-    async fn commit_lmk_rotation(&self, _new_lmk_kcv: &Kcv) -> Result<()> {
-        Err(Error::RotationNotPrepared)
+    async fn commit_lmk_rotation(&self, new_lmk_kcv: &Kcv) -> Result<()> {
+        let mut state = self.write()?;
+        let old = state.lmk.clone().ok_or(Error::Sealed)?;
+        let Some(next) = state.pending.take_if(|p| &p.kcv == new_lmk_kcv) else {
+            return Err(Error::RotationNotPrepared);
+        };
+        self.commit_lmk_rotation_now(&old, &next, new_lmk_kcv)?;
+        state.lmk = Some(next);
+        Ok(())
     }
 }
 

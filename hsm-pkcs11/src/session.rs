@@ -138,6 +138,20 @@ fn find_one(session: &Session, template: &[Attribute]) -> Result<Option<ObjectHa
     }
 }
 
+/// The value (`CKA_VALUE`) of `object`: a public data object, or a key released for one
+/// operation.
+pub(crate) fn read_value(session: &Session, object: ObjectHandle) -> Result<Vec<u8>> {
+    session
+        .get_attributes(object, &[AttributeType::Value])
+        .map_err(|e| refused("C_GetAttributeValue", &e))?
+        .into_iter()
+        .find_map(|a| match a {
+            Attribute::Value(v) => Some(v),
+            _ => None,
+        })
+        .ok_or(Error::Protocol)
+}
+
 /// The KCV the public marker object records, if there is one (no login needed).
 pub(crate) fn marker_kcv(session: &Session) -> Result<Option<Kcv>> {
     let template = [
@@ -147,14 +161,10 @@ pub(crate) fn marker_kcv(session: &Session) -> Result<Option<Kcv>> {
     let Some(marker) = find_one(session, &template)? else {
         return Ok(None);
     };
-    let attributes = session
-        .get_attributes(marker, &[AttributeType::Value])
-        .map_err(|e| storage("C_GetAttributeValue", &e))?;
-    let value = attributes.into_iter().find_map(|a| match a {
-        Attribute::Value(v) => Some(v),
-        _ => None,
-    });
-    Ok(value.map(|v| Kcv::from_parts(KcvMethod::Cmac, v)))
+    Ok(Some(Kcv::from_parts(
+        KcvMethod::Cmac,
+        read_value(session, marker)?,
+    )))
 }
 
 /// The LMK's KCV: the CMAC of a zero block under its MAC key, 5 bytes.
@@ -210,6 +220,18 @@ fn lmk_template(label: &str, mac: bool) -> Vec<Attribute> {
 /// Creates the LMK in the token: two AES-256 keys generated inside it, or (`dangerous_test`) the
 /// published test values, and the public marker with its KCV.
 pub(crate) fn create_lmk(session: &Session, dangerous_test: bool) -> Result<LmkObjects> {
+    let lmk = generate_lmk_keys(session, dangerous_test, LMK_WRAP_LABEL, LMK_MAC_LABEL)?;
+    create_marker(session, &lmk.kcv)?;
+    Ok(lmk)
+}
+
+/// The LMK's two keys under `wrap_label` and `mac_label`.
+pub(crate) fn generate_lmk_keys(
+    session: &Session,
+    dangerous_test: bool,
+    wrap_label: &str,
+    mac_label: &str,
+) -> Result<LmkObjects> {
     let make = |label: &str, mac: bool, value_hex: &str| -> Result<ObjectHandle> {
         let mut template = lmk_template(label, mac);
         if dangerous_test {
@@ -225,13 +247,14 @@ pub(crate) fn create_lmk(session: &Session, dangerous_test: bool) -> Result<LmkO
                 .map_err(|e| storage("C_GenerateKey (LMK)", &e))
         }
     };
-    let wrap = make(
-        LMK_WRAP_LABEL,
-        false,
-        hsm_sim::local::DANGEROUS_TEST_LMK_HEX,
-    )?;
-    let mac = make(LMK_MAC_LABEL, true, DANGEROUS_TEST_LMK_MAC_HEX)?;
+    let wrap = make(wrap_label, false, hsm_sim::local::DANGEROUS_TEST_LMK_HEX)?;
+    let mac = make(mac_label, true, DANGEROUS_TEST_LMK_MAC_HEX)?;
     let kcv = lmk_kcv(session, mac)?;
+    Ok(LmkObjects { wrap, mac, kcv })
+}
+
+/// The public marker object that records the LMK's KCV.
+pub(crate) fn create_marker(session: &Session, kcv: &Kcv) -> Result<()> {
     session
         .create_object(&[
             Attribute::Class(ObjectClass::DATA),
@@ -241,7 +264,28 @@ pub(crate) fn create_lmk(session: &Session, dangerous_test: bool) -> Result<LmkO
             Attribute::Value(kcv.value().to_vec()),
         ])
         .map_err(|e| storage("C_CreateObject (LMK marker)", &e))?;
-    Ok(LmkObjects { wrap, mac, kcv })
+    Ok(())
+}
+
+/// Every object labelled `label` (of any class).
+pub(crate) fn find_labelled(session: &Session, label: &str) -> Result<Vec<ObjectHandle>> {
+    session
+        .find_objects(&[Attribute::Label(label.as_bytes().to_vec())])
+        .map_err(|e| storage("C_FindObjects", &e))
+}
+
+/// Destroys `object`.
+pub(crate) fn destroy(session: &Session, object: ObjectHandle) -> Result<()> {
+    session
+        .destroy_object(object)
+        .map_err(|e| storage("C_DestroyObject", &e))
+}
+
+/// Relabels `object`.
+pub(crate) fn relabel(session: &Session, object: ObjectHandle, label: &str) -> Result<()> {
+    session
+        .update_attributes(object, &[Attribute::Label(label.as_bytes().to_vec())])
+        .map_err(|e| storage("C_SetAttributeValue (label)", &e))
 }
 
 /// Maps a token's refusal of a key operation.
@@ -255,4 +299,67 @@ pub(crate) fn refused(what: &str, e: &cryptoki::error::Error) -> Error {
         }
         other => storage(what, other),
     }
+}
+
+/// Label of the public data object that records the PIN's custodian shares (threshold and check
+/// values, never a share), when the PIN was split at `init_lmk`.
+pub(crate) const PIN_SHARES_LABEL: &str = "sscard-kms PIN shares";
+
+/// The record of the PIN's shares, if the PIN was split: `v1;<KCV hex>;<m>;<cv>,<cv>,…`.
+pub(crate) fn pin_record(session: &Session) -> Result<Option<hsm_sim::shares::ShareRecord>> {
+    let template = [
+        Attribute::Class(ObjectClass::DATA),
+        Attribute::Label(PIN_SHARES_LABEL.into()),
+    ];
+    let Some(object) = find_one(session, &template)? else {
+        return Ok(None);
+    };
+    let value = read_value(session, object)?;
+    let corrupt = || Error::Storage("the token's PIN share record is malformed".into());
+    let text = String::from_utf8(value).map_err(|_| corrupt())?;
+    let mut fields = text.split(';');
+    let (Some("v1"), Some(kcv), Some(threshold), Some(check_values), None) = (
+        fields.next(),
+        fields.next(),
+        fields.next(),
+        fields.next(),
+        fields.next(),
+    ) else {
+        return Err(corrupt());
+    };
+    Ok(Some(hsm_sim::shares::ShareRecord {
+        kcv: Kcv::from_parts(KcvMethod::Cmac, hex::decode(kcv).map_err(|_| corrupt())?),
+        threshold: threshold.parse().map_err(|_| corrupt())?,
+        check_values: check_values.split(',').map(str::to_owned).collect(),
+    }))
+}
+
+/// Records the PIN's shares in the token (a public data object).
+pub(crate) fn store_pin_record(
+    session: &Session,
+    record: &hsm_sim::shares::ShareRecord,
+) -> Result<()> {
+    let text = format!(
+        "v1;{};{};{}",
+        record.kcv.to_hex(),
+        record.threshold,
+        record.check_values.join(",")
+    );
+    session
+        .create_object(&[
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::Label(PIN_SHARES_LABEL.into()),
+            Attribute::Value(text.into_bytes()),
+        ])
+        .map_err(|e| storage("C_CreateObject (PIN share record)", &e))?;
+    Ok(())
+}
+
+/// Changes the user PIN from `old` to `new` (logged in).
+pub(crate) fn set_pin(session: &Session, old: &str, new: &str) -> Result<()> {
+    session
+        .set_pin(&AuthPin::new(old.into()), &AuthPin::new(new.into()))
+        .map_err(|e| storage("C_SetPIN", &e))
 }

@@ -18,3 +18,4 @@ pub mod local;
 pub mod policy;
 pub mod remote;
 pub mod selftest;
+pub mod shares;

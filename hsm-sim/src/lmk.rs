@@ -294,6 +294,11 @@ impl Lmk {
         Lmk::from_key(SecretKey::from_hex(LMK_ALGORITHM, DANGEROUS_TEST_LMK_HEX)?)
     }
 
+    /// The LMK's key (for `crate::shares`, which splits other secrets the same way).
+    pub(crate) fn key(&self) -> &SecretKey {
+        &self.key
+    }
+
     /// The LMK's KCV (CMAC, 5 bytes).
     pub(crate) fn kcv(&self) -> &Kcv {
         &self.kcv

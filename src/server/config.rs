@@ -205,7 +205,7 @@ pub enum HsmConfig {
     },
     /// A PKCS#11 token (`hsm-pkcs11`), found by its label. The user PIN is read from `pin_file`
     /// (owner-only, like the TLS key) if given; otherwise the HSM starts sealed and the PIN is
-    /// the one share `UnsealHsm` takes. `operations` is `strict` (default: what a standard token
+    /// the one share `UnsealHsm` takes (or the custodians' shares, once `init_lmk` split it). `operations` is `strict` (default: what a standard token
     /// cannot do is refused) or `release` (it runs with the key the token releases for that one
     /// operation): ARCHITECTURE.md's capability table.
     Pkcs11 {

@@ -70,13 +70,18 @@ pub fn local_hsm() -> Arc<LocalHsm> {
 /// process's one token directory), in release mode, on the published test LMK: operational at
 /// once, tokens of every instance interchangeable.
 pub fn softhsm_hsm() -> Arc<Pkcs11Hsm> {
+    softhsm_hsm_in(Mode::Release)
+}
+
+/// As [`softhsm_hsm`], in `mode`.
+pub fn softhsm_hsm_in(mode: Mode) -> Arc<Pkcs11Hsm> {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let dir = DIR.get_or_init(|| tempfile::tempdir().unwrap()).path();
     let label = format!("test-{}", NEXT.fetch_add(1, Ordering::Relaxed));
     let token = hsm_pkcs11::softhsm::dangerous_token(dir, &label).unwrap();
     let config = Pkcs11Config {
-        mode: Mode::Release,
+        mode,
         dangerous_test_lmk: true,
         ..token.config()
     };
@@ -294,9 +299,14 @@ impl TestKms<LocalHsm> {
 impl<B: TestBackend> TestKms<B> {
     /// A copy of backend `B`'s seeded data directory on a fresh `B` on the test LMK, serving.
     pub async fn seeded_on() -> TestKms<B> {
+        TestKms::seeded_with(B::test_hsm()).await
+    }
+
+    /// A copy of backend `B`'s seeded data directory on `hsm` (a `B` on the test LMK), serving.
+    pub async fn seeded_with(hsm: Arc<B>) -> TestKms<B> {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(DB_FILE), &fixture::<B>().db).unwrap();
-        TestKms::open_in(dir, B::test_hsm(), server::Limits::default()).await
+        TestKms::open_in(dir, hsm, server::Limits::default()).await
     }
 }
 

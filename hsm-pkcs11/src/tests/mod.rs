@@ -9,7 +9,7 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
 use hsm_api::{
     Algorithm, Component, Dispersion, Error, Exportability, Factor, HierarchyLevel, Hsm, HsmState,
-    KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkShare, MacFold, WriteKeyRequest,
+    KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkShare, MacFold, WrappedKey, WriteKeyRequest,
 };
 use hsm_sim::crypto::{SecretKey, diversify, kcv, tr31};
 use hsm_sim::local::{LocalHsm, LocalHsmConfig};
@@ -81,6 +81,32 @@ fn factors() -> Vec<Factor> {
         Factor::city("440100").unwrap(),
         Factor::from_hex("86843202AD932A48").unwrap(),
     ]
+}
+
+/// DOMAIN.md §2's test root formed as a city card-derivation key, and its card key for the
+/// worked card factor.
+async fn city_and_card<H: Hsm>(hsm: &H) -> (WrappedKey, WrappedKey) {
+    let city = hsm
+        .form_key(
+            spec(
+                Algorithm::Tdes2,
+                KeyUsage::CardDerivation(HierarchyLevel::City),
+                Exportability::NonExportable,
+            ),
+            components(Algorithm::Tdes2, ROOT),
+        )
+        .await
+        .unwrap();
+    let card = hsm
+        .derive_key(
+            &city.token,
+            Dispersion::PbocTdes,
+            &factors()[2..],
+            KeyUsage::CardKey,
+        )
+        .await
+        .unwrap();
+    (city, card)
 }
 
 /// The same key formed, derived and checked on the token and on the simulator: same KCVs at
@@ -165,26 +191,7 @@ async fn the_dispersion_chain_runs_in_the_token_with_the_simulators_kcvs() {
 #[tokio::test]
 async fn a_derived_key_stays_non_extractable_in_the_token() {
     let p11 = hsm("non-extractable", Mode::Strict);
-    let root = p11
-        .form_key(
-            spec(
-                Algorithm::Tdes2,
-                KeyUsage::CardDerivation(HierarchyLevel::City),
-                Exportability::NonExportable,
-            ),
-            components(Algorithm::Tdes2, ROOT),
-        )
-        .await
-        .unwrap();
-    let child = p11
-        .derive_key(
-            &root.token,
-            Dispersion::PbocTdes,
-            &factors()[2..],
-            KeyUsage::CardKey,
-        )
-        .await
-        .unwrap();
+    let (_, child) = city_and_card(&p11).await;
     let state = p11.read().unwrap();
     let lmk = state.lmk.as_ref().unwrap();
     let session = p11.session().unwrap();
@@ -242,26 +249,7 @@ async fn a_derived_key_stays_non_extractable_in_the_token() {
 async fn strict_refuses_tr31_the_key_field_and_sm4_and_release_runs_them() {
     for mode in [Mode::Strict, Mode::Release] {
         let p11 = hsm(&format!("modes-{}", mode.name()), mode);
-        let city = p11
-            .form_key(
-                spec(
-                    Algorithm::Tdes2,
-                    KeyUsage::CardDerivation(HierarchyLevel::City),
-                    Exportability::NonExportable,
-                ),
-                components(Algorithm::Tdes2, ROOT),
-            )
-            .await
-            .unwrap();
-        let card = p11
-            .derive_key(
-                &city.token,
-                Dispersion::PbocTdes,
-                &factors()[2..],
-                KeyUsage::CardKey,
-            )
-            .await
-            .unwrap();
+        let (_, card) = city_and_card(&p11).await;
         let kbpk = p11
             .form_key(
                 spec(
@@ -344,26 +332,7 @@ async fn strict_refuses_tr31_the_key_field_and_sm4_and_release_runs_them() {
                 );
                 assert_eq!(exported.kcv, card.kcv);
                 let sim = local();
-                let sim_city = sim
-                    .form_key(
-                        spec(
-                            Algorithm::Tdes2,
-                            KeyUsage::CardDerivation(HierarchyLevel::City),
-                            Exportability::NonExportable,
-                        ),
-                        components(Algorithm::Tdes2, ROOT),
-                    )
-                    .await
-                    .unwrap();
-                let sim_card = sim
-                    .derive_key(
-                        &sim_city.token,
-                        Dispersion::PbocTdes,
-                        &factors()[2..],
-                        KeyUsage::CardKey,
-                    )
-                    .await
-                    .unwrap();
+                let (_, sim_card) = city_and_card(&sim).await;
                 let sim_mk = sim
                     .derive_key(
                         &sim.form_key(
@@ -456,4 +425,80 @@ async fn seal_logs_out_and_the_pin_unseals() {
     assert_eq!(status.state, HsmState::Sealed);
     assert!(status.lmk_kcv.is_some());
     assert!(token::parse(key.token.as_str()).is_ok());
+}
+
+/// A ceremony on a fresh token: `init_lmk(2, 3)` makes the LMK inside the token and replaces the
+/// token's initial PIN by a random one split 2-of-3 among the custodians; after a seal the old
+/// PIN is refused, one share is progress, a repeated share is refused, a second one unseals.
+#[tokio::test]
+async fn init_splits_the_pin_among_custodians_and_two_shares_unseal() {
+    let t = token("ceremony");
+    let p11 = Pkcs11Hsm::open(t.config(), Some(t.pin())).unwrap();
+    assert_eq!(p11.status().await.unwrap().state, HsmState::Uninitialised);
+    assert!(matches!(p11.init_lmk(1, 3).await, Err(Error::Count { .. })));
+    let init = p11.init_lmk(2, 3).await.unwrap();
+    assert_eq!(init.shares.len(), 3);
+    assert_eq!(
+        p11.status().await.unwrap().lmk_kcv,
+        Some(init.lmk_kcv.clone())
+    );
+    assert_eq!(
+        p11.init_lmk(2, 3).await.unwrap_err(),
+        Error::AlreadyInitialised
+    );
+    let key = p11
+        .generate_key(spec(
+            Algorithm::Tdes2,
+            KeyUsage::CardDerivation(HierarchyLevel::City),
+            Exportability::NonExportable,
+        ))
+        .await
+        .unwrap();
+    p11.seal().await.unwrap();
+    assert!(matches!(p11.unseal(t.pin()).await, Err(Error::Share(_))));
+    let mut shares = init.shares.into_iter().map(|s| s.share);
+    let (first, _, third) = (
+        shares.next().unwrap(),
+        shares.next().unwrap(),
+        shares.next().unwrap(),
+    );
+    let copy = LmkShare::new(Zeroizing::new(first.secret_text().to_owned()));
+    let progress = p11.unseal(first).await.unwrap();
+    assert_eq!(
+        (progress.submitted, progress.threshold, progress.unsealed),
+        (1, 2, false)
+    );
+    assert_eq!(p11.status().await.unwrap().state, HsmState::Sealed);
+    assert!(matches!(p11.unseal(copy).await, Err(Error::Share(_))));
+    assert!(p11.unseal(third).await.unwrap().unsealed);
+    assert_eq!(p11.kcv(&key.token).await.unwrap(), key.kcv);
+    assert_eq!(p11.status().await.unwrap().lmk_kcv, Some(init.lmk_kcv));
+}
+
+/// An LMK rotation in the token: tokens re-wrapped under a new LMK keep their keys (same KCVs);
+/// until the commit the old LMK serves, after it only the new one, and the status names it.
+#[tokio::test]
+async fn an_lmk_rotation_rewraps_tokens_inside_the_token() {
+    let p11 = hsm("rotation", Mode::Strict);
+    let (root, child) = city_and_card(&p11).await;
+    let old_kcv = p11.status().await.unwrap().lmk_kcv.unwrap();
+    let rotation = p11
+        .prepare_lmk_rotation(vec![root.token.clone(), child.token.clone()], 2, 3)
+        .await
+        .unwrap();
+    assert_ne!(rotation.lmk_kcv, old_kcv);
+    assert_eq!(
+        p11.kcv(&child.token).await.unwrap(),
+        child.kcv,
+        "the old LMK serves"
+    );
+    assert_eq!(
+        p11.commit_lmk_rotation(&old_kcv).await,
+        Err(Error::RotationNotPrepared)
+    );
+    p11.commit_lmk_rotation(&rotation.lmk_kcv).await.unwrap();
+    assert_eq!(p11.status().await.unwrap().lmk_kcv, Some(rotation.lmk_kcv));
+    assert_eq!(p11.kcv(&rotation.tokens[0]).await.unwrap(), root.kcv);
+    assert_eq!(p11.kcv(&rotation.tokens[1]).await.unwrap(), child.kcv);
+    assert_eq!(p11.kcv(&child.token).await, Err(Error::KeyBlockMac));
 }
