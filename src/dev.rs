@@ -124,16 +124,21 @@ impl DevPaths {
 
 const SEEDED: &str = "dev_seeded";
 
-/// Runs `sscard-kms dev` until `shutdown`: in-process HSM on the test LMK, the store and the
-/// dev PKI under `data_dir`, the published test keys seeded once, the API on `listener` and the
-/// metrics on `metrics`.
+/// Runs `sscard-kms dev` until `shutdown`: in-process HSM on the test LMK, the store (under
+/// `data_dir`, or on the PostgreSQL database `store` names) and the dev PKI under `data_dir`, the
+/// published test keys seeded once, the API on `listener` and the metrics on `metrics`.
 pub async fn run(
     listener: tokio::net::TcpListener,
     metrics: Option<tokio::net::TcpListener>,
     data_dir: &Path,
+    store: Option<crate::state::postgres::PostgresConfig>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
     let paths = DevPaths::new(data_dir);
+    let location = match store {
+        Some(pg) => crate::state::store::StoreLocation::Postgres(Box::new(pg)),
+        None => crate::state::store::StoreLocation::Redb(paths.store.clone()),
+    };
     std::fs::create_dir_all(data_dir).map_err(|source| Error::File {
         path: data_dir.to_owned(),
         source,
@@ -145,7 +150,7 @@ pub async fn run(
             ..Default::default()
         },
     )?);
-    let kms = Kms::open(hsm, &paths.store).await?;
+    let kms = Kms::open_at(hsm, &location).await?;
     let seeded = dangerous_seed_test_keys(&kms).await?;
     let tls = crate::access::tls::server_config(
         &pki.server().cert_pem,
@@ -157,7 +162,10 @@ pub async fn run(
         source,
     })?;
     let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
-    println!("{}", banner(addr, metrics_addr, data_dir, &paths, seeded));
+    println!(
+        "{}",
+        banner(addr, metrics_addr, data_dir, &paths, &location, seeded)
+    );
     crate::server::serve_all(kms, listener, metrics, tls, dev_limits(), shutdown).await
 }
 
@@ -176,6 +184,7 @@ fn banner(
     metrics: Option<std::net::SocketAddr>,
     data_dir: &Path,
     paths: &DevPaths,
+    location: &crate::state::store::StoreLocation,
     seeded: bool,
 ) -> String {
     // The server certificate names `localhost`: clients connect by that name, on our port.
@@ -188,6 +197,7 @@ fn banner(
          listening on   https://{addr} (mutual TLS)\n\
          metrics        {metrics}\n\
          data           {data}{seeded}\n\
+         store          {location}\n\
          PKI            {pki}/ca.pem, server.pem, and <role>.pem/.key for station, psam-line,\n\
          \x20              registrar, officer, auditor\n\
          demo           station GZ-01 (440100), PSAM line PSAM-LINE-01 (440000), cards\n\

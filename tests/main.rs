@@ -40,6 +40,9 @@
 //!   malformed protobuf as INVALID_ARGUMENT; an unknown card and mismatching data answered
 //!   alike (the audit keeps which); silent TLS handshakes closed at the timeout, a connection
 //!   over the cap closed at once, an identity over its rate refused with a retry pushback.
+//! - `failover`: two `dev` instances on one PostgreSQL database (a throwaway cluster), one
+//!   SIGKILLed under load: every acknowledged release on record, the other kept serving, one
+//!   chain that verifies with every seal's MAC, no half-released card, the killed one restarts.
 //! - `leaks`: no clear key in any response, refusal, audit record, log line or the database.
 //!
 //! Shared helpers are in `common/` (`harness`: the service on 127.0.0.1 over real mutual TLS;
@@ -51,6 +54,7 @@ mod binaries;
 mod calc;
 mod common;
 mod delivery;
+mod failover;
 mod health;
 mod hostile;
 mod leaks;

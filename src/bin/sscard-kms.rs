@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use sscard_kms::state::postgres::PostgresConfig;
 
 /// The province's key-management service for social security cards.
 #[derive(Debug, Parser)]
@@ -43,11 +44,62 @@ enum Command {
         /// Serve no metrics.
         #[arg(long)]
         no_metrics: bool,
+        /// The store: the embedded file under the data directory (default), or a
+        /// `postgres://user@host:port/db` URL (no password in it).
+        #[arg(long)]
+        store: Option<String>,
+        #[command(flatten)]
+        postgres: PostgresArgs,
+    },
+    /// The store, offline.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
     },
     /// Serve a real deployment from its configuration file (see `sscard_kms::server::config`).
     Serve {
         #[arg(long)]
         config: PathBuf,
+    },
+}
+
+/// How to reach a PostgreSQL store besides its URL.
+#[derive(Debug, clap::Args)]
+struct PostgresArgs {
+    /// The file whose first line is the PostgreSQL password.
+    #[arg(long)]
+    store_password_file: Option<PathBuf>,
+    /// The CA bundle of the PostgreSQL server's certificate (TLS unless `sslmode=disable`).
+    #[arg(long)]
+    store_ca: Option<PathBuf>,
+}
+
+impl PostgresArgs {
+    fn config(&self, url: &str) -> sscard_kms::Result<PostgresConfig> {
+        let mut pg = PostgresConfig::parse(url)?;
+        if let Some(file) = &self.store_password_file {
+            pg = pg.with_password_file(file)?;
+        }
+        if let Some(ca) = &self.store_ca {
+            pg = pg.with_ca(ca);
+        }
+        Ok(pg)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Copies a redb store (records and the whole audit chain) into an empty PostgreSQL store
+    /// and verifies the copy. Neither may be in use.
+    Migrate {
+        /// `redb DIR`: the engine and the store directory (`<data_dir>/store`).
+        #[arg(long, num_args = 2, value_names = ["ENGINE", "DIR"])]
+        from: Vec<String>,
+        /// The PostgreSQL URL (no password in it).
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        postgres: PostgresArgs,
     },
 }
 
@@ -105,7 +157,13 @@ fn main() -> ExitCode {
                 data_dir,
                 metrics_listen,
                 no_metrics,
+                store,
+                postgres,
             } => {
+                let store = store
+                    .filter(|s| s != "redb")
+                    .map(|url| postgres.config(&url))
+                    .transpose()?;
                 let bind = |addr: SocketAddr| async move {
                     tokio::net::TcpListener::bind(addr).await.map_err(|source| {
                         sscard_kms::Error::File {
@@ -119,7 +177,39 @@ fn main() -> ExitCode {
                     true => None,
                     false => Some(bind(metrics_listen).await?),
                 };
-                sscard_kms::dev::run(listener, metrics, &data_dir, shutdown).await
+                sscard_kms::dev::run(listener, metrics, &data_dir, store, shutdown).await
+            }
+            Command::Store {
+                command: StoreCommand::Migrate { from, to, postgres },
+            } => {
+                let [engine, dir] = from.as_slice() else {
+                    unreachable!("clap takes two values");
+                };
+                if engine != "redb" {
+                    eprintln!("sscard-kms: --from takes `redb DIR`");
+                    return Err(sscard_kms::Error::InvalidArgument {
+                        field: "--from",
+                        reason: sscard_kms::error::Refusal::ConfigInvalid,
+                    });
+                }
+                let target = postgres.config(&to)?;
+                let copied = sscard_kms::state::migrate::redb_to_postgres(
+                    std::path::Path::new(dir),
+                    &target,
+                )?;
+                println!(
+                    "copied {} rows, {} audit records and {} seals from {dir} to {target}{}",
+                    copied.rows,
+                    copied.records,
+                    copied.seals,
+                    if copied.repaired_copy {
+                        " (the source was not closed cleanly: read through a repaired copy)"
+                    } else {
+                        ""
+                    }
+                );
+                println!("VERIFIED");
+                Ok(())
             }
             Command::Serve { config } => {
                 let config = sscard_kms::server::config::Config::load(&config)?;

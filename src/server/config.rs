@@ -18,6 +18,11 @@
 //! # mode = "local" keeps the HSM state under `state_dir` (default <data_dir>/hsm); it starts
 //! # sealed and is unsealed by the custodians' shares.
 //!
+//! store = "redb"              # default: the embedded file <data_dir>/store/kms.redb
+//! # store = "postgres://kms@db.internal:5432/kms"   # several instances on one database (TLS)
+//! # store_password_file = "/etc/sscard-kms/db-password"  # first line; never in the URL
+//! # store_ca = "/etc/sscard-kms/db-ca.pem"          # the CA of the PostgreSQL server
+//!
 //! [limits]                    # optional; these are the defaults
 //! handshake_timeout_ms = 10000   # a TLS handshake not done by then is closed
 //! max_connections = 256          # open connections; one more is closed at once
@@ -28,7 +33,7 @@
 //! ```
 //!
 //! Environment overrides (for containers): `SSCARD_KMS_LISTEN`, `SSCARD_KMS_DATA_DIR`,
-//! `SSCARD_KMS_HSM_ENDPOINT`.
+//! `SSCARD_KMS_HSM_ENDPOINT`, `SSCARD_KMS_STORE` (a URL without password).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -36,6 +41,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::{Error, Refusal, Result};
+use crate::state::postgres::PostgresConfig;
+use crate::state::store::StoreLocation;
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -46,10 +53,23 @@ pub struct Config {
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
+    /// `"redb"` (default) or a `postgres://` URL without a password.
+    #[serde(default = "default_store")]
+    pub store: String,
+    /// The PostgreSQL password's file (its first line).
+    #[serde(default)]
+    pub store_password_file: Option<PathBuf>,
+    /// The CA bundle of the PostgreSQL server's certificate.
+    #[serde(default)]
+    pub store_ca: Option<PathBuf>,
     pub tls: TlsFiles,
     pub hsm: HsmConfig,
     #[serde(default)]
     pub limits: Limits,
+}
+
+fn default_store() -> String {
+    "redb".to_owned()
 }
 
 /// What the server admits: connections, handshake time, request rate per identity, requests in
@@ -186,7 +206,29 @@ impl Config {
             }
         })?;
         config.limits.validate()?;
+        config.store_location()?;
         Ok(config)
+    }
+
+    /// Where the store is: `<data_dir>/store` on redb, or the PostgreSQL database.
+    pub fn store_location(&self) -> Result<StoreLocation> {
+        if self.store == "redb" {
+            if self.store_password_file.is_some() || self.store_ca.is_some() {
+                return Err(Error::InvalidArgument {
+                    field: "store",
+                    reason: Refusal::ConfigInvalid,
+                });
+            }
+            return Ok(StoreLocation::Redb(self.data_dir.join("store")));
+        }
+        let mut pg = PostgresConfig::parse(&self.store)?;
+        if let Some(file) = &self.store_password_file {
+            pg = pg.with_password_file(file)?;
+        }
+        if let Some(ca) = &self.store_ca {
+            pg = pg.with_ca(ca);
+        }
+        Ok(StoreLocation::Postgres(Box::new(pg)))
     }
 
     /// Applies `SSCARD_KMS_*` overrides read through `var`.
@@ -202,6 +244,9 @@ impl Config {
                 field: "SSCARD_KMS_METRICS_LISTEN",
                 reason: Refusal::NotASocketAddress,
             })?);
+        }
+        if let Some(store) = var("SSCARD_KMS_STORE") {
+            self.store = store;
         }
         if let Some(dir) = var("SSCARD_KMS_DATA_DIR") {
             self.data_dir = PathBuf::from(dir);
@@ -281,6 +326,32 @@ key = "svc.key"
             );
         }
         assert!(Config::parse(&format!("{EXAMPLE}[limits]\nunlimited = true\n")).is_err());
+    }
+
+    #[test]
+    fn the_store_is_redb_by_default_or_a_postgres_url_without_password() {
+        let c = Config::parse(EXAMPLE).unwrap();
+        assert!(
+            matches!(c.store_location().unwrap(), StoreLocation::Redb(d) if d.ends_with("store"))
+        );
+        let pg =
+            format!("store = \"postgres://kms@db:5432/kms\"\nstore_ca = \"ca.pem\"\n{EXAMPLE}");
+        let c = Config::parse(&pg).unwrap();
+        let StoreLocation::Postgres(p) = c.store_location().unwrap() else {
+            panic!("postgres");
+        };
+        assert_eq!(p.to_string(), "postgres://kms@db:5432/kms");
+        for bad in ["postgres://kms:pw@db/kms", "sqlite://x", "./dir"] {
+            let text = format!("store = \"{bad}\"\n{EXAMPLE}");
+            assert!(Config::parse(&text).is_err(), "{bad}");
+        }
+        let mut c = Config::parse(EXAMPLE).unwrap();
+        c.apply_env(|k| (k == "SSCARD_KMS_STORE").then(|| "postgres://kms@h/k".to_owned()))
+            .unwrap();
+        assert!(matches!(
+            c.store_location().unwrap(),
+            StoreLocation::Postgres(_)
+        ));
     }
 
     #[test]

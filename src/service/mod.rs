@@ -22,7 +22,7 @@ use crate::error::{Error, Refusal, Resource, Result};
 use crate::metrics::Metrics;
 use crate::state::audit::AuditEvent;
 use crate::state::records::{self, Endpoint, EndpointKind, KeyRecord, Level, StoredTemplate};
-use crate::state::store::{SealSkipped, Sealer, Snapshot, Store, Table};
+use crate::state::store::{SealSkipped, Sealer, Snapshot, Store, StoreLocation, Table};
 
 mod hsm_watch;
 mod officers;
@@ -184,13 +184,19 @@ impl<H: Hsm> Kms<H> {
     /// created on the first start with an operational HSM; until it exists (HSM sealed or not yet
     /// initialised) audit records are chained but not sealed.
     pub async fn open(hsm: Arc<H>, store_dir: &std::path::Path) -> Result<Arc<Kms<H>>> {
+        Kms::open_at(hsm, &StoreLocation::Redb(store_dir.to_owned())).await
+    }
+
+    /// Opens the service on the store at `location` (redb or PostgreSQL) with `hsm`; see
+    /// [`Kms::open`].
+    pub async fn open_at(hsm: Arc<H>, location: &StoreLocation) -> Result<Arc<Kms<H>>> {
         let hsm = Arc::new(WatchedHsm::new(hsm));
         let sealer = Arc::new(HsmSealer {
             hsm: Arc::clone(&hsm),
             token: RwLock::new(None),
             runtime: tokio::runtime::Handle::current(),
         });
-        let store = Store::open(store_dir, Arc::clone(&sealer) as Arc<dyn Sealer>)?;
+        let store = Store::open_at(location, Arc::clone(&sealer) as Arc<dyn Sealer>)?;
         let metrics = Metrics::new(store.metrics());
         let kms = Kms {
             hsm,
