@@ -45,6 +45,10 @@
 //!   chain that verifies with every seal's MAC, no half-released card, the killed one restarts.
 //! - `leaks`: no clear key in any response, refusal, audit record, log line or the database.
 //!
+//! With `SSCARD_TEST_STORE=postgres` (`.ci/run`'s second pass) every service test runs with the
+//! store on PostgreSQL: each test's database holds a `store migrate` copy of the seeded fixture;
+//! the three tests that edit or copy the redb file itself say they are skipped.
+//!
 //! Shared helpers are in `common/` (`harness`: the service on 127.0.0.1 over real mutual TLS;
 //! `chain`: the expected keys, identifiers and commands from the published test keys).
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
