@@ -208,7 +208,7 @@ fn banner(
          load test (one run: health ceiling, then injections):\n\
          \x20   cargo run --release --example loadgen -- --data-dir {data} --endpoint {server}\n\
          stop with Ctrl-C; then check the audit trail offline:\n\
-         \x20   cargo run --bin kms-ceremony -- audit verify --data-dir {store} --dangerous-test-lmk",
+         \x20   cargo run --bin kms-ceremony -- audit verify {store} --dangerous-test-lmk",
         data = data_dir.display(),
         seeded = if seeded {
             " (seeded now)"
@@ -216,7 +216,13 @@ fn banner(
             " (existing)"
         },
         pki = paths.pki.display(),
-        store = paths.store.display(),
+        store = match location {
+            crate::state::store::StoreLocation::Redb(dir) =>
+                format!("--data-dir {}", dir.display()),
+            crate::state::store::StoreLocation::Postgres(pg) => {
+                format!("--store '{pg}' [--store-password-file F --store-ca CA]")
+            }
+        },
     )
 }
 

@@ -184,7 +184,7 @@ impl Process {
 
     /// Waits for the process to end on its own: reads stdout to its end (the child closes it
     /// when it exits), then reaps it.
-    fn wait(mut self) -> Exited {
+    pub(crate) fn wait(mut self) -> Exited {
         let deadline = Instant::now() + PATIENCE;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -263,7 +263,7 @@ pub(crate) fn role(uri: &str) -> String {
 
 /// Injects demo card 1 as the demo station (TR-31, every key); returns `(key name, KCV hex)`
 /// of each key after checking the worked `STK_SSSE` by unwrapping its block.
-async fn inject_demo_card(addr: SocketAddr, pki: &Path) -> Vec<(String, String)> {
+pub(crate) async fn inject_demo_card(addr: SocketAddr, pki: &Path) -> Vec<(String, String)> {
     let keys = published();
     let demo = &keys.card[0];
     assert_eq!(demo.template, "ssc-2.0");

@@ -2,7 +2,9 @@
 //! same test LMK, as an HSM pair has one LMK) on one database, injections through both, one
 //! SIGKILLed mid-load. Every acknowledged release is on record, the other instance kept serving,
 //! the one audit chain verifies end to end with every seal's MAC checked, and no card is
-//! half-released. The database is a throwaway cluster started by the test
+//! half-released. And a `dev` store on redb moved to PostgreSQL by `sscard-kms store migrate`,
+//! verified there by `kms-ceremony audit verify --store`, serves the same keys. The database is
+//! a throwaway cluster started by the test
 //! (`state::postgres::test_cluster`); without PostgreSQL binaries the test says it is skipped.
 
 use std::sync::Arc;
@@ -16,7 +18,8 @@ use sscard_kms::state::records::Card;
 use sscard_kms::state::store::{Store, StoreLocation, Table};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::binaries::{channel, path_arg, role, sscard_kms};
+use crate::binaries::{channel, inject_demo_card, path_arg, role, sscard_kms};
+use crate::common::ceremony;
 use crate::common::chain::{atr, published};
 use crate::common::harness::{STATION, card_identity, tr31_request};
 
@@ -223,4 +226,72 @@ async fn two_instances_on_postgres_one_killed_under_load_lose_nothing_and_keep_o
         releases.len(),
         records.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redb_dev_store_moves_to_postgres_verified_and_serves_the_same_keys() {
+    let Some(cluster) = cluster_or_skip("store migrate") else {
+        return;
+    };
+    let (name, _) = cluster.new_database();
+    let url = cluster.url(&name);
+    let (password, ca) = (cluster.password_file(), cluster.ca_file());
+    let pg = [
+        "--store-password-file",
+        path_arg(&password),
+        "--store-ca",
+        path_arg(&ca),
+    ];
+    let data = tempfile::tempdir().unwrap();
+    let pki = data.path().join("pki");
+    let store = data.path().join("store");
+    let dev = [
+        "dev",
+        "--listen",
+        "127.0.0.1:0",
+        "--no-metrics",
+        "--data-dir",
+    ];
+    let on_redb: Vec<&str> = dev.into_iter().chain([path_arg(data.path())]).collect();
+    let mut kms = sscard_kms(&on_redb);
+    let addr = kms.listening_on();
+    let before = inject_demo_card(addr, &pki).await;
+    assert!(kms.terminate().status.success());
+
+    let migrate: Vec<&str> = ["store", "migrate", "--from", "redb", path_arg(&store)]
+        .into_iter()
+        .chain(["--to", url.as_str()])
+        .chain(pg)
+        .collect();
+    let copied = sscard_kms(&migrate).wait();
+    assert!(copied.status.success(), "{copied:?}");
+    assert!(copied.stdout.ends_with("VERIFIED"), "{copied:?}");
+    assert!(copied.stdout.contains(&format!("/{name}")), "{copied:?}");
+    // The trail on PostgreSQL verifies with every seal's MAC.
+    let verify: Vec<&str> = ["audit", "verify", "--store", url.as_str()]
+        .into_iter()
+        .chain(pg)
+        .chain(["--dangerous-test-lmk"])
+        .collect();
+    let out = ceremony(&verify, "");
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.last_line(), "INTACT", "{out:?}");
+
+    // `dev` on the copy: not seeded again, the same keys.
+    let on_pg: Vec<&str> = on_redb
+        .iter()
+        .copied()
+        .chain(["--store", url.as_str()])
+        .chain(pg)
+        .collect();
+    let mut kms = sscard_kms(&on_pg);
+    let addr = kms.listening_on();
+    assert!(kms.line_containing("data ").ends_with("(existing)"));
+    assert_eq!(inject_demo_card(addr, &pki).await, before);
+    assert!(kms.terminate().status.success());
+
+    // Never into a store that holds something.
+    let again = sscard_kms(&migrate).wait();
+    assert!(!again.status.success(), "{again:?}");
+    assert!(again.stderr.contains("not empty"), "{again:?}");
 }

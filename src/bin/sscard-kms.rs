@@ -76,14 +76,11 @@ struct PostgresArgs {
 
 impl PostgresArgs {
     fn config(&self, url: &str) -> sscard_kms::Result<PostgresConfig> {
-        let mut pg = PostgresConfig::parse(url)?;
-        if let Some(file) = &self.store_password_file {
-            pg = pg.with_password_file(file)?;
-        }
-        if let Some(ca) = &self.store_ca {
-            pg = pg.with_ca(ca);
-        }
-        Ok(pg)
+        PostgresConfig::from_parts(
+            url,
+            self.store_password_file.as_deref(),
+            self.store_ca.as_deref(),
+        )
     }
 }
 

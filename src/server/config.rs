@@ -221,14 +221,13 @@ impl Config {
             }
             return Ok(StoreLocation::Redb(self.data_dir.join("store")));
         }
-        let mut pg = PostgresConfig::parse(&self.store)?;
-        if let Some(file) = &self.store_password_file {
-            pg = pg.with_password_file(file)?;
-        }
-        if let Some(ca) = &self.store_ca {
-            pg = pg.with_ca(ca);
-        }
-        Ok(StoreLocation::Postgres(Box::new(pg)))
+        Ok(StoreLocation::Postgres(Box::new(
+            PostgresConfig::from_parts(
+                &self.store,
+                self.store_password_file.as_deref(),
+                self.store_ca.as_deref(),
+            )?,
+        )))
     }
 
     /// Applies `SSCARD_KMS_*` overrides read through `var`.

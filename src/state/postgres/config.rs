@@ -83,6 +83,22 @@ impl PostgresConfig {
         Ok(PostgresConfig { pg, ca: None, tls })
     }
 
+    /// [`PostgresConfig::parse`], then the password file and the server's CA if given.
+    pub fn from_parts(
+        url: &str,
+        password_file: Option<&Path>,
+        ca: Option<&Path>,
+    ) -> Result<PostgresConfig> {
+        let mut pg = PostgresConfig::parse(url)?;
+        if let Some(file) = password_file {
+            pg = pg.with_password_file(file)?;
+        }
+        if let Some(ca) = ca {
+            pg = pg.with_ca(ca);
+        }
+        Ok(pg)
+    }
+
     /// Reads the password from the first line of `path`.
     pub fn with_password_file(mut self, path: &Path) -> Result<PostgresConfig> {
         let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| Error::File {

@@ -212,10 +212,12 @@ impl TestCluster {
 
     /// The store settings of `database`: URL, password file, CA.
     pub fn config(&self, database: &str) -> PostgresConfig {
-        PostgresConfig::parse(&self.url(database))
-            .and_then(|c| c.with_password_file(&self.password_file()))
-            .map(|c| c.with_ca(&self.ca_file()))
-            .unwrap_or_else(|e| panic!("the test cluster's settings: {e}"))
+        PostgresConfig::from_parts(
+            &self.url(database),
+            Some(&self.password_file()),
+            Some(&self.ca_file()),
+        )
+        .unwrap_or_else(|e| panic!("the test cluster's settings: {e}"))
     }
 
     /// Runs SQL as the superuser through `psql` on the server's socket.
