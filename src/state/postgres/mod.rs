@@ -212,14 +212,20 @@ impl Engine for Postgres {
     fn begin_write(&self) -> Result<Box<dyn Write>> {
         let client = self.writer_client()?;
         let begin = Arc::clone(&client);
-        block(&self.inner.handle, async move {
+        let begun = block(&self.inner.handle, async move {
             begin
                 .batch_execute(
                     "BEGIN ISOLATION LEVEL READ COMMITTED; \
                      SELECT id FROM kms_writer_lock WHERE id = 1 FOR UPDATE",
                 )
                 .await
-        })?;
+        });
+        if begun.is_err() {
+            // A connection that cannot begin (left in a failed transaction, or half-closed) is
+            // not used again: the next batch connects anew.
+            *self.writer.lock().map_err(|_| Error::Store)? = None;
+        }
+        begun?;
         Ok(Box::new(PgWrite {
             conn: Conn {
                 client: Some(client),
