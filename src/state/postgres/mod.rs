@@ -34,8 +34,11 @@ use crate::error::{Error, Result};
 use crate::state::backend::{Engine, Read, Write};
 use crate::state::store::Table;
 
-/// Read connections open at most (each snapshot holds one while it lives).
-const MAX_READERS: usize = 16;
+/// Idle read connections kept for the next snapshots (each snapshot holds one while it lives;
+/// beyond these, a connection is closed after its snapshot). No cap on connections in use: a
+/// request may hold two snapshots, and a cap could then deadlock; PostgreSQL's
+/// `max_connections` refuses beyond its limit (an error, not a wait).
+const MAX_IDLE: usize = 64;
 
 fn pg_err(e: tokio_postgres::Error) -> Error {
     tracing::error!(error = %e, "PostgreSQL store failure");
@@ -101,7 +104,6 @@ struct Inner {
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     handle: tokio::runtime::Handle,
     idle: Mutex<Vec<Arc<Client>>>,
-    readers: Arc<tokio::sync::Semaphore>,
 }
 
 /// The engine on one database.
@@ -181,7 +183,6 @@ impl Postgres {
             tls: config.connector()?,
             handle: rt.handle().clone(),
             idle: Mutex::new(Vec::new()),
-            readers: Arc::new(tokio::sync::Semaphore::new(MAX_READERS)),
         });
         let runtime = Arc::new(Runtime(Some(rt)));
         let client = block(&inner.handle, Arc::clone(&inner).connect())?;
@@ -239,11 +240,7 @@ impl Engine for Postgres {
 
     fn begin_read(&self) -> Result<Box<dyn Read + Send + Sync>> {
         let inner = Arc::clone(&self.inner);
-        let (client, permit) = block(&self.inner.handle, async move {
-            let permit = Arc::clone(&inner.readers)
-                .acquire_owned()
-                .await
-                .map_err(|_| Error::Store)?;
+        let client = block(&self.inner.handle, async move {
             let idle = inner.idle.lock().map_err(|_| Error::Store)?.pop();
             let client = match idle.filter(|c| !c.is_closed()) {
                 Some(client) => client,
@@ -252,7 +249,7 @@ impl Engine for Postgres {
             client
                 .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 .await?;
-            Ok((client, permit))
+            Ok(client)
         })?;
         Ok(Box::new(PgRead {
             conn: Conn {
@@ -260,7 +257,6 @@ impl Engine for Postgres {
                 handle: self.inner.handle.clone(),
             },
             inner: Arc::clone(&self.inner),
-            _permit: permit,
             _runtime: Arc::clone(&self.runtime),
         }))
     }
@@ -388,7 +384,6 @@ fn prefix_end(prefix: &str) -> Option<String> {
 struct PgRead {
     conn: Conn,
     inner: Arc<Inner>,
-    _permit: tokio::sync::OwnedSemaphorePermit,
     _runtime: Arc<Runtime>,
 }
 
@@ -400,6 +395,7 @@ impl Drop for PgRead {
             self.inner.handle.spawn(async move {
                 if client.batch_execute("ROLLBACK").await.is_ok()
                     && let Ok(mut idle) = inner.idle.lock()
+                    && idle.len() < MAX_IDLE
                 {
                     idle.push(client);
                 }
