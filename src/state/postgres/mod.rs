@@ -34,14 +34,23 @@ use crate::error::{Error, Result};
 use crate::state::backend::{Engine, Read, Write};
 use crate::state::store::Table;
 
-/// Idle read connections kept for the next snapshots (each snapshot holds one while it lives;
-/// beyond these, a connection is closed after its snapshot). No cap on connections in use: a
-/// request may hold two snapshots, and a cap could then deadlock; PostgreSQL's
-/// `max_connections` refuses beyond its limit (an error, not a wait).
-const MAX_IDLE: usize = 64;
+/// Read connections of one instance at most: each snapshot holds one while it lives, and the
+/// database's `max_connections` must allow every instance this many and its writer's.
+const MAX_READERS: usize = 32;
+
+/// How long a snapshot waits for a read connection before it fails (a request that would hold
+/// two snapshots with every connection taken fails instead of waiting for ever).
+const READER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn pg_err(e: tokio_postgres::Error) -> Error {
-    tracing::error!(error = %e, "PostgreSQL store failure");
+    match e.as_db_error() {
+        Some(db) => tracing::error!(
+            code = db.code().code(),
+            message = db.message(),
+            "PostgreSQL store failure"
+        ),
+        None => tracing::error!(error = %e, "PostgreSQL store failure"),
+    }
     Error::Store
 }
 
@@ -104,6 +113,7 @@ struct Inner {
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     handle: tokio::runtime::Handle,
     idle: Mutex<Vec<Arc<Client>>>,
+    readers: Arc<tokio::sync::Semaphore>,
 }
 
 /// The engine on one database.
@@ -183,6 +193,7 @@ impl Postgres {
             tls: config.connector()?,
             handle: rt.handle().clone(),
             idle: Mutex::new(Vec::new()),
+            readers: Arc::new(tokio::sync::Semaphore::new(MAX_READERS)),
         });
         let runtime = Arc::new(Runtime(Some(rt)));
         let client = block(&inner.handle, Arc::clone(&inner).connect())?;
@@ -240,7 +251,18 @@ impl Engine for Postgres {
 
     fn begin_read(&self) -> Result<Box<dyn Read + Send + Sync>> {
         let inner = Arc::clone(&self.inner);
-        let client = block(&self.inner.handle, async move {
+        let (client, permit) = block(&self.inner.handle, async move {
+            let waiting = Arc::clone(&inner.readers).acquire_owned();
+            let permit = match tokio::time::timeout(READER_WAIT, waiting).await {
+                Ok(Ok(permit)) => permit,
+                _ => {
+                    tracing::error!(
+                        readers = MAX_READERS,
+                        "every PostgreSQL read connection stayed in use"
+                    );
+                    return Err(Error::Store);
+                }
+            };
             let idle = inner.idle.lock().map_err(|_| Error::Store)?.pop();
             let client = match idle.filter(|c| !c.is_closed()) {
                 Some(client) => client,
@@ -249,7 +271,7 @@ impl Engine for Postgres {
             client
                 .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 .await?;
-            Ok(client)
+            Ok((client, permit))
         })?;
         Ok(Box::new(PgRead {
             conn: Conn {
@@ -257,6 +279,7 @@ impl Engine for Postgres {
                 handle: self.inner.handle.clone(),
             },
             inner: Arc::clone(&self.inner),
+            _permit: permit,
             _runtime: Arc::clone(&self.runtime),
         }))
     }
@@ -384,6 +407,7 @@ fn prefix_end(prefix: &str) -> Option<String> {
 struct PgRead {
     conn: Conn,
     inner: Arc<Inner>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
     _runtime: Arc<Runtime>,
 }
 
@@ -395,7 +419,6 @@ impl Drop for PgRead {
             self.inner.handle.spawn(async move {
                 if client.batch_execute("ROLLBACK").await.is_ok()
                     && let Ok(mut idle) = inner.idle.lock()
-                    && idle.len() < MAX_IDLE
                 {
                     idle.push(client);
                 }
