@@ -143,17 +143,22 @@ pub enum DevHsm {
 /// The label of `dev`'s SoftHSM2 token.
 const DEV_TOKEN_LABEL: &str = "sscard-kms-dev";
 
-/// Runs `sscard-kms dev` until `shutdown`: an HSM on the test LMK (`hsm`), the store and the
-/// dev PKI under `data_dir`, the published test keys seeded once, the API on `listener` and the
-/// metrics on `metrics`.
+/// Runs `sscard-kms dev` until `shutdown`: an HSM on the test LMK (`hsm`), the store (under
+/// `data_dir`, or on the PostgreSQL database `store` names) and the dev PKI under `data_dir`, the
+/// published test keys seeded once, the API on `listener` and the metrics on `metrics`.
 pub async fn run(
     listener: tokio::net::TcpListener,
     metrics: Option<tokio::net::TcpListener>,
     data_dir: &Path,
     hsm: DevHsm,
+    store: Option<crate::state::postgres::PostgresConfig>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
     let paths = DevPaths::new(data_dir);
+    let location = match store {
+        Some(pg) => crate::state::store::StoreLocation::Postgres(Box::new(pg)),
+        None => crate::state::store::StoreLocation::Redb(paths.store.clone()),
+    };
     std::fs::create_dir_all(data_dir).map_err(|source| Error::File {
         path: data_dir.to_owned(),
         source,
@@ -166,7 +171,10 @@ pub async fn run(
                     ..Default::default()
                 },
             )?);
-            run_on(hsm, listener, metrics, data_dir, &paths, shutdown).await
+            run_on(
+                hsm, listener, metrics, data_dir, &paths, &location, shutdown,
+            )
+            .await
         }
         DevHsm::SoftHsm => {
             let token =
@@ -177,7 +185,10 @@ pub async fn run(
                 ..token.config()
             };
             let hsm = Arc::new(hsm_pkcs11::Pkcs11Hsm::open(config, Some(token.pin()))?);
-            run_on(hsm, listener, metrics, data_dir, &paths, shutdown).await
+            run_on(
+                hsm, listener, metrics, data_dir, &paths, &location, shutdown,
+            )
+            .await
         }
     }
 }
@@ -188,10 +199,11 @@ async fn run_on<H: Hsm>(
     metrics: Option<tokio::net::TcpListener>,
     data_dir: &Path,
     paths: &DevPaths,
+    location: &crate::state::store::StoreLocation,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
     let pki = crate::access::pki::DevPki::load_or_generate(&paths.pki)?;
-    let kms = Kms::open(hsm, &paths.store).await?;
+    let kms = Kms::open_at(hsm, location).await?;
     let seeded = dangerous_seed_test_keys(&kms).await?;
     // The dev PKI's officer and auditor are the registry's first members (once).
     let mut officers = Vec::new();
@@ -210,7 +222,10 @@ async fn run_on<H: Hsm>(
         source,
     })?;
     let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
-    println!("{}", banner(addr, metrics_addr, data_dir, paths, seeded));
+    println!(
+        "{}",
+        banner(addr, metrics_addr, data_dir, paths, location, seeded)
+    );
     crate::server::serve_all(kms, listener, metrics, tls, dev_limits(), shutdown).await
 }
 
@@ -229,6 +244,7 @@ fn banner(
     metrics: Option<std::net::SocketAddr>,
     data_dir: &Path,
     paths: &DevPaths,
+    location: &crate::state::store::StoreLocation,
     seeded: bool,
 ) -> String {
     // The server certificate names `localhost`: clients connect by that name, on our port.
@@ -241,6 +257,7 @@ fn banner(
          listening on   https://{addr} (mutual TLS)\n\
          metrics        {metrics}\n\
          data           {data}{seeded}\n\
+         store          {location}\n\
          PKI            {pki}/ca.pem, server.pem, and <role>.pem/.key for station, psam-line,\n\
          \x20              registrar, officer, auditor\n\
          demo           station GZ-01 (440100), PSAM line PSAM-LINE-01 (440000), cards\n\
@@ -252,7 +269,7 @@ fn banner(
          load test (one run: health ceiling, then injections):\n\
          \x20   cargo run --release --example loadgen -- --data-dir {data} --endpoint {server}\n\
          stop with Ctrl-C; then check the audit trail offline:\n\
-         \x20   cargo run --bin kms-ceremony -- audit verify --data-dir {store} --dangerous-test-lmk",
+         \x20   cargo run --bin kms-ceremony -- audit verify {store} --dangerous-test-lmk",
         data = data_dir.display(),
         seeded = if seeded {
             " (seeded now)"
@@ -260,7 +277,13 @@ fn banner(
             " (existing)"
         },
         pki = paths.pki.display(),
-        store = paths.store.display(),
+        store = match location {
+            crate::state::store::StoreLocation::Redb(dir) =>
+                format!("--data-dir {}", dir.display()),
+            crate::state::store::StoreLocation::Postgres(pg) => {
+                format!("--store '{pg}' [--store-password-file F --store-ca CA]")
+            }
+        },
     )
 }
 

@@ -284,6 +284,12 @@ refusals! {
     StoreInUse => "STORE_IN_USE",
         "the store is open in another process: stop the server first, or verify a copy of its \
          kms.redb";
+    /// `store migrate` into a PostgreSQL store that holds something already (command line only).
+    StoreNotEmpty => "STORE_NOT_EMPTY",
+        "the target store is not empty: migrate into a new database";
+    /// A PostgreSQL store whose schema is newer than this binary (command line only).
+    StoreSchemaNewer => "STORE_SCHEMA_NEWER",
+        "the store's schema is newer than this binary: upgrade sscard-kms";
 
     // ---- invalid argument
     /// The Ministry's permission for PSAM use, asked for a root that is not national.

@@ -41,7 +41,7 @@ const WORKED_STK_SSSE_KCV: &str = "32CD7C";
 
 /// A running binary with its stdout read line by line and its stderr collected. Killed (SIGKILL)
 /// and reaped on drop unless it was waited for.
-struct Process {
+pub(crate) struct Process {
     name: &'static str,
     child: Option<Child>,
     lines: Receiver<String>,
@@ -52,10 +52,10 @@ struct Process {
 
 /// How a process ended.
 #[derive(Debug)]
-struct Exited {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Exited {
+    pub(crate) status: ExitStatus,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Process {
@@ -119,7 +119,7 @@ impl Process {
     }
 
     /// Reads stdout until a line containing `needle`, and returns it.
-    fn line_containing(&mut self, needle: &str) -> String {
+    pub(crate) fn line_containing(&mut self, needle: &str) -> String {
         let deadline = Instant::now() + PATIENCE;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -148,7 +148,7 @@ impl Process {
 
     /// The address of the `listening on …` line: `listening on 127.0.0.1:P` (`serve`) or
     /// `listening on   https://127.0.0.1:P (mutual TLS)` (`dev`'s banner).
-    fn listening_on(&mut self) -> SocketAddr {
+    pub(crate) fn listening_on(&mut self) -> SocketAddr {
         let line = self.line_containing("listening on");
         let rest = line
             .split_once("listening on")
@@ -165,7 +165,7 @@ impl Process {
     }
 
     /// Sends SIGTERM (what a supervisor or Ctrl-C sends) and waits for the process to end.
-    fn terminate(self) -> Exited {
+    pub(crate) fn terminate(self) -> Exited {
         let kill = Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
             .status()
@@ -176,7 +176,7 @@ impl Process {
 
     /// Kills the process with SIGKILL (no handler runs, nothing is flushed or closed) and reaps
     /// it.
-    fn kill(mut self) -> ExitStatus {
+    pub(crate) fn kill(mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
         child.kill().expect("SIGKILL is sent");
         child.wait().expect("the child is reaped")
@@ -184,7 +184,7 @@ impl Process {
 
     /// Waits for the process to end on its own: reads stdout to its end (the child closes it
     /// when it exits), then reaps it.
-    fn wait(mut self) -> Exited {
+    pub(crate) fn wait(mut self) -> Exited {
         let deadline = Instant::now() + PATIENCE;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -222,7 +222,7 @@ impl Drop for Process {
 }
 
 /// `sscard-kms <args>`, started.
-fn sscard_kms(args: &[&str]) -> Process {
+pub(crate) fn sscard_kms(args: &[&str]) -> Process {
     Process::spawn("sscard-kms", env!("CARGO_BIN_EXE_sscard-kms"), args)
 }
 
@@ -231,7 +231,7 @@ fn toml_path(path: &Path) -> String {
     toml::Value::String(path.to_str().expect("a UTF-8 temp path").to_owned()).to_string()
 }
 
-fn path_arg(path: &Path) -> &str {
+pub(crate) fn path_arg(path: &Path) -> &str {
     path.to_str().expect("a UTF-8 temp path")
 }
 
@@ -239,7 +239,7 @@ fn path_arg(path: &Path) -> &str {
 
 /// A lazy mTLS channel to `addr` with the `<role>.pem/.key` pair of a PKI directory, the
 /// server verified as `localhost` against the directory's `ca.pem`.
-fn channel(addr: SocketAddr, pki: &Path, role: &str) -> Channel {
+pub(crate) fn channel(addr: SocketAddr, pki: &Path, role: &str) -> Channel {
     let tls = ClientTls::from_files(
         &pki.join("ca.pem"),
         &pki.join(format!("{role}.pem")),
@@ -255,7 +255,7 @@ fn channel(addr: SocketAddr, pki: &Path, role: &str) -> Channel {
 }
 
 /// The role file name of a dev identity URI (`sscard://officer/…` → `officer`).
-fn role(uri: &str) -> String {
+pub(crate) fn role(uri: &str) -> String {
     Identity::from_uri(uri).unwrap().role().to_string()
 }
 
@@ -263,7 +263,7 @@ fn role(uri: &str) -> String {
 
 /// Injects demo card 1 as the demo station (TR-31, every key); returns `(key name, KCV hex)`
 /// of each key after checking the worked `STK_SSSE` by unwrapping its block.
-async fn inject_demo_card(addr: SocketAddr, pki: &Path) -> Vec<(String, String)> {
+pub(crate) async fn inject_demo_card(addr: SocketAddr, pki: &Path) -> Vec<(String, String)> {
     let keys = published();
     let demo = &keys.card[0];
     assert_eq!(demo.template, "ssc-2.0");

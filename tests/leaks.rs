@@ -5,7 +5,6 @@ use hsm_api::Hsm as _;
 use sscard_kms::card::template::{KeyLevel, KeyRoot};
 use sscard_kms::proto::kms::v1 as pb;
 use sscard_kms::proto::kms::v1::delivered_key::Form;
-use sscard_kms::state::store::DB_FILE;
 use tonic::Code;
 
 use crate::common::chain::{atr, expected, published, published_secrets, template};
@@ -172,7 +171,7 @@ async fn no_clear_key_in_responses_audit_logs_or_the_database() {
 
     let trail = serde_json::to_string(&kms.audit_trail()).unwrap();
     kms.close().await;
-    let db = std::fs::read(kms.dir().join(DB_FILE)).unwrap();
+    let db = kms.store_bytes();
     let db_text = String::from_utf8_lossy(&db);
     let logs = logs();
     assert!(

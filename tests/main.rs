@@ -64,7 +64,14 @@
 //!   cross-region and role refusals, unreadable files storing nothing, resubmission, a
 //!   provincial reviewer accepting a waivable row by hand; `registry_cli` the same through the
 //!   real `kms-ceremony registry` binary.
+//! - `failover`: two `dev` instances on one PostgreSQL database (a throwaway cluster), one
+//!   SIGKILLed under load: every acknowledged release on record, the other kept serving, one
+//!   chain that verifies with every seal's MAC, no half-released card, the killed one restarts.
 //! - `leaks`: no clear key in any response, refusal, audit record, log line or the database.
+//!
+//! With `SSCARD_TEST_STORE=postgres` (`.ci/run`'s second pass) every service test runs with the
+//! store on PostgreSQL: each test's database holds a `store migrate` copy of the seeded fixture;
+//! the three tests that edit or copy the redb file itself say they are skipped.
 //!
 //! Shared helpers are in `common/` (`harness`: the service on 127.0.0.1 over real mutual TLS;
 //! `chain`: the expected keys, identifiers and commands from the published test keys).
@@ -78,6 +85,7 @@ mod ceremonies;
 mod city_roots;
 mod common;
 mod delivery;
+mod failover;
 mod health;
 mod hostile;
 mod leaks;

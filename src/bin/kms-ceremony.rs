@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use sscard_kms::ceremony::{audit, calc, hsm, input::Stdin, registry, remote};
+use sscard_kms::state::postgres::PostgresConfig;
+use sscard_kms::state::store::StoreLocation;
 
 /// Key-ceremony tools for sscard-kms. Secrets are read from standard input, never from arguments.
 #[derive(Debug, Parser)]
@@ -70,8 +72,18 @@ enum AuditCommand {
     /// first problem; exit code 1 unless INTACT.
     Verify {
         /// The store directory (`<data-dir>/store` for `sscard-kms dev`).
+        #[arg(long, required_unless_present = "store", conflicts_with = "store")]
+        data_dir: Option<std::path::PathBuf>,
+        /// A PostgreSQL store instead: its `postgres://user@host:port/db` URL (no password in
+        /// it). The service may be running on it: one snapshot of its last commit is verified.
         #[arg(long)]
-        data_dir: std::path::PathBuf,
+        store: Option<String>,
+        /// The file whose first line is the PostgreSQL password.
+        #[arg(long, requires = "store")]
+        store_password_file: Option<std::path::PathBuf>,
+        /// The CA bundle of the PostgreSQL server's certificate.
+        #[arg(long, requires = "store")]
+        store_ca: Option<std::path::PathBuf>,
         /// Also check every seal's MAC through an in-process HSM on the published test LMK
         /// (development stores only).
         #[arg(long)]
@@ -104,6 +116,22 @@ enum AuditCommand {
     },
 }
 
+/// The store `audit verify` reads: a redb directory, or a PostgreSQL database.
+fn store_location(
+    data_dir: Option<&std::path::Path>,
+    url: Option<&str>,
+    password_file: Option<&std::path::Path>,
+    ca: Option<&std::path::Path>,
+) -> sscard_kms::Result<StoreLocation> {
+    match (data_dir, url) {
+        (Some(dir), _) => Ok(StoreLocation::Redb(dir.to_owned())),
+        (None, Some(url)) => Ok(StoreLocation::Postgres(Box::new(
+            PostgresConfig::from_parts(url, password_file, ca)?,
+        ))),
+        (None, None) => unreachable!("clap requires one"),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
@@ -132,9 +160,24 @@ fn main() -> ExitCode {
             .and_then(|tls| audit::checkpoint(server, &tls, out)),
         Command::Audit(AuditCommand::Verify {
             data_dir,
+            store,
+            store_password_file,
+            store_ca,
             dangerous_test_lmk,
             checkpoint,
         }) => {
+            let location = match store_location(
+                data_dir.as_deref(),
+                store.as_deref(),
+                store_password_file.as_deref(),
+                store_ca.as_deref(),
+            ) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("kms-ceremony: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             let checkpoint = match checkpoint.as_deref().map(audit::read_checkpoint) {
                 Some(Ok(c)) => Some(c),
                 Some(Err(e)) => {
@@ -144,9 +187,9 @@ fn main() -> ExitCode {
                 None => None,
             };
             let report = if *dangerous_test_lmk {
-                audit::verify_with_test_lmk(data_dir, checkpoint.as_ref())
+                audit::verify_with_test_lmk_at(&location, checkpoint.as_ref())
             } else {
-                audit::verify_against(data_dir, None, checkpoint.as_ref())
+                audit::verify_at(&location, None, checkpoint.as_ref())
             };
             match report {
                 Ok(report) => {

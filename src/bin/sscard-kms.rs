@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use sscard_kms::state::postgres::PostgresConfig;
 
 /// The province's key-management service for social security cards.
 #[derive(Debug, Parser)]
@@ -53,6 +54,17 @@ enum Command {
         /// throwaway SoftHSM2 token in the data directory); both on the published test LMK.
         #[arg(long, value_enum, default_value_t = DevHsmArg::Sim)]
         hsm: DevHsmArg,
+        /// The store: the embedded file under the data directory (default), or a
+        /// `postgres://user@host:port/db` URL (no password in it).
+        #[arg(long)]
+        store: Option<String>,
+        #[command(flatten)]
+        postgres: PostgresArgs,
+    },
+    /// The store, offline.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
     },
     /// Serve a real deployment from its configuration file (see `sscard_kms::server::config`).
     Serve {
@@ -62,6 +74,43 @@ enum Command {
         /// every key under it is public).
         #[arg(long)]
         dangerous_allow_test_lmk: bool,
+    },
+}
+
+/// How to reach a PostgreSQL store besides its URL.
+#[derive(Debug, clap::Args)]
+struct PostgresArgs {
+    /// The file whose first line is the PostgreSQL password.
+    #[arg(long)]
+    store_password_file: Option<PathBuf>,
+    /// The CA bundle of the PostgreSQL server's certificate (TLS unless `sslmode=disable`).
+    #[arg(long)]
+    store_ca: Option<PathBuf>,
+}
+
+impl PostgresArgs {
+    fn config(&self, url: &str) -> sscard_kms::Result<PostgresConfig> {
+        PostgresConfig::from_parts(
+            url,
+            self.store_password_file.as_deref(),
+            self.store_ca.as_deref(),
+        )
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Copies a redb store (records and the whole audit chain) into an empty PostgreSQL store
+    /// and verifies the copy. Neither may be in use.
+    Migrate {
+        /// `redb DIR`: the engine and the store directory (`<data_dir>/store`).
+        #[arg(long, num_args = 2, value_names = ["ENGINE", "DIR"])]
+        from: Vec<String>,
+        /// The PostgreSQL URL (no password in it).
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        postgres: PostgresArgs,
     },
 }
 
@@ -120,7 +169,13 @@ fn main() -> ExitCode {
                 metrics_listen,
                 no_metrics,
                 hsm,
+                store,
+                postgres,
             } => {
+                let store = store
+                    .filter(|s| s != "redb")
+                    .map(|url| postgres.config(&url))
+                    .transpose()?;
                 let bind = |addr: SocketAddr| async move {
                     tokio::net::TcpListener::bind(addr).await.map_err(|source| {
                         sscard_kms::Error::File {
@@ -138,7 +193,39 @@ fn main() -> ExitCode {
                     DevHsmArg::Sim => sscard_kms::dev::DevHsm::Simulator,
                     DevHsmArg::Softhsm => sscard_kms::dev::DevHsm::SoftHsm,
                 };
-                sscard_kms::dev::run(listener, metrics, &data_dir, hsm, shutdown).await
+                sscard_kms::dev::run(listener, metrics, &data_dir, hsm, store, shutdown).await
+            }
+            Command::Store {
+                command: StoreCommand::Migrate { from, to, postgres },
+            } => {
+                let [engine, dir] = from.as_slice() else {
+                    unreachable!("clap takes two values");
+                };
+                if engine != "redb" {
+                    eprintln!("sscard-kms: --from takes `redb DIR`");
+                    return Err(sscard_kms::Error::InvalidArgument {
+                        field: "--from",
+                        reason: sscard_kms::error::Refusal::ConfigInvalid,
+                    });
+                }
+                let target = postgres.config(&to)?;
+                let copied = sscard_kms::state::migrate::redb_to_postgres(
+                    std::path::Path::new(dir),
+                    &target,
+                )?;
+                println!(
+                    "copied {} rows, {} audit records and {} seals from {dir} to {target}{}",
+                    copied.rows,
+                    copied.records,
+                    copied.seals,
+                    if copied.repaired_copy {
+                        " (the source was not closed cleanly: read through a repaired copy)"
+                    } else {
+                        ""
+                    }
+                );
+                println!("VERIFIED");
+                Ok(())
             }
             Command::Serve {
                 config,

@@ -20,7 +20,7 @@ use std::path::Path;
 
 use crate::error::{Error, Refusal, Resource, Result};
 use crate::state::audit::{self, AuditCheckpoint, AuditRecord, AuditSeal, ChainBreak, ChainHead};
-use crate::state::store::{Opened, SEAL_GAP_ACTION, Store};
+use crate::state::store::{Opened, SEAL_GAP_ACTION, Store, StoreLocation};
 
 /// What a verification found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,7 +108,21 @@ pub fn verify_against(
     mac_check: MacCheck<'_>,
     checkpoint: Option<&AuditCheckpoint>,
 ) -> Result<Report> {
-    let (snapshot, opened) = Store::open_for_audit(data_dir)?;
+    verify_at(
+        &StoreLocation::Redb(data_dir.to_owned()),
+        mac_check,
+        checkpoint,
+    )
+}
+
+/// Verifies the trail of the store at `location` (redb or PostgreSQL), and that it reaches
+/// `checkpoint` (if given).
+pub fn verify_at(
+    location: &StoreLocation,
+    mac_check: MacCheck<'_>,
+    checkpoint: Option<&AuditCheckpoint>,
+) -> Result<Report> {
+    let (snapshot, opened) = Store::open_for_audit_at(location)?;
     let (records, seals) = snapshot.audit_trail()?;
     let head = snapshot.audit_head()?;
     let mut report = verify_records(&records, &seals, head, mac_check, checkpoint);
@@ -224,8 +238,16 @@ pub fn verify_with_test_lmk(
     data_dir: &Path,
     checkpoint: Option<&AuditCheckpoint>,
 ) -> Result<Report> {
+    verify_with_test_lmk_at(&StoreLocation::Redb(data_dir.to_owned()), checkpoint)
+}
+
+/// [`verify_with_test_lmk`] on the store at `location` (redb or PostgreSQL).
+pub fn verify_with_test_lmk_at(
+    location: &StoreLocation,
+    checkpoint: Option<&AuditCheckpoint>,
+) -> Result<Report> {
     use hsm_api::{Hsm, KeyToken};
-    let (snapshot, _) = Store::open_for_audit(data_dir)?;
+    let (snapshot, _) = Store::open_for_audit_at(location)?;
     let token: String = snapshot
         .get(crate::state::store::Table::Meta, crate::service::AUDIT_KEY)?
         .ok_or(Error::NotFound {
@@ -245,7 +267,7 @@ pub fn verify_with_test_lmk(
             .block_on(hsm.verify_mac(&token, message, mac))
             .is_ok()
     };
-    verify_against(data_dir, Some(&check), checkpoint)
+    verify_at(location, Some(&check), checkpoint)
 }
 
 /// Exit status of `audit verify`: an error unless the trail is intact and wholly sealed.

@@ -29,6 +29,11 @@
 //! officers = ["/etc/sscard-kms/officers/alice.pem", "/etc/sscard-kms/officers/bob.pem"]
 //! approval_ttl_s = 900        # a dual-control request dies unless approved by then
 //!
+//! store = "redb"              # default: the embedded file <data_dir>/store/kms.redb
+//! # store = "postgres://kms@db.internal:5432/kms"   # several instances on one database (TLS)
+//! # store_password_file = "/etc/sscard-kms/db-password"  # first line; never in the URL
+//! # store_ca = "/etc/sscard-kms/db-ca.pem"          # the CA of the PostgreSQL server
+//!
 //! [limits]                    # optional; these are the defaults
 //! handshake_timeout_ms = 10000   # a TLS handshake not done by then is closed
 //! max_connections = 256          # open connections; one more is closed at once
@@ -39,7 +44,7 @@
 //! ```
 //!
 //! Environment overrides (for containers): `SSCARD_KMS_LISTEN`, `SSCARD_KMS_DATA_DIR`,
-//! `SSCARD_KMS_HSM_ENDPOINT`.
+//! `SSCARD_KMS_HSM_ENDPOINT`, `SSCARD_KMS_STORE` (a URL without password).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -47,6 +52,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::{Error, Refusal, Result};
+use crate::state::postgres::PostgresConfig;
+use crate::state::store::StoreLocation;
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -57,6 +64,15 @@ pub struct Config {
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
+    /// `"redb"` (default) or a `postgres://` URL without a password.
+    #[serde(default = "default_store")]
+    pub store: String,
+    /// The PostgreSQL password's file (its first line).
+    #[serde(default)]
+    pub store_password_file: Option<PathBuf>,
+    /// The CA bundle of the PostgreSQL server's certificate.
+    #[serde(default)]
+    pub store_ca: Option<PathBuf>,
     pub tls: TlsFiles,
     pub hsm: HsmConfig,
     #[serde(default)]
@@ -91,6 +107,10 @@ impl Default for CeremonyConfig {
             approval_ttl_s: crate::service::DEFAULT_APPROVAL_TTL_MS / 1000,
         }
     }
+}
+
+fn default_store() -> String {
+    "redb".to_owned()
 }
 
 /// What the server admits: connections, handshake time, request rate per identity, requests in
@@ -251,6 +271,7 @@ impl Config {
         })?;
         config.limits.validate()?;
         config.owner()?;
+        config.store_location()?;
         Ok(config)
     }
 
@@ -272,6 +293,26 @@ impl Config {
         }
     }
 
+    /// Where the store is: `<data_dir>/store` on redb, or the PostgreSQL database.
+    pub fn store_location(&self) -> Result<StoreLocation> {
+        if self.store == "redb" {
+            if self.store_password_file.is_some() || self.store_ca.is_some() {
+                return Err(Error::InvalidArgument {
+                    field: "store",
+                    reason: Refusal::ConfigInvalid,
+                });
+            }
+            return Ok(StoreLocation::Redb(self.data_dir.join("store")));
+        }
+        Ok(StoreLocation::Postgres(Box::new(
+            PostgresConfig::from_parts(
+                &self.store,
+                self.store_password_file.as_deref(),
+                self.store_ca.as_deref(),
+            )?,
+        )))
+    }
+
     /// Applies `SSCARD_KMS_*` overrides read through `var`.
     pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<()> {
         if let Some(listen) = var("SSCARD_KMS_LISTEN") {
@@ -285,6 +326,9 @@ impl Config {
                 field: "SSCARD_KMS_METRICS_LISTEN",
                 reason: Refusal::NotASocketAddress,
             })?);
+        }
+        if let Some(store) = var("SSCARD_KMS_STORE") {
+            self.store = store;
         }
         if let Some(dir) = var("SSCARD_KMS_DATA_DIR") {
             self.data_dir = PathBuf::from(dir);
@@ -379,6 +423,32 @@ key = "svc.key"
             );
         }
         assert!(Config::parse(&format!("{EXAMPLE}[limits]\nunlimited = true\n")).is_err());
+    }
+
+    #[test]
+    fn the_store_is_redb_by_default_or_a_postgres_url_without_password() {
+        let c = Config::parse(EXAMPLE).unwrap();
+        assert!(
+            matches!(c.store_location().unwrap(), StoreLocation::Redb(d) if d.ends_with("store"))
+        );
+        let pg =
+            format!("store = \"postgres://kms@db:5432/kms\"\nstore_ca = \"ca.pem\"\n{EXAMPLE}");
+        let c = Config::parse(&pg).unwrap();
+        let StoreLocation::Postgres(p) = c.store_location().unwrap() else {
+            panic!("postgres");
+        };
+        assert_eq!(p.to_string(), "postgres://kms@db:5432/kms");
+        for bad in ["postgres://kms:pw@db/kms", "sqlite://x", "./dir"] {
+            let text = format!("store = \"{bad}\"\n{EXAMPLE}");
+            assert!(Config::parse(&text).is_err(), "{bad}");
+        }
+        let mut c = Config::parse(EXAMPLE).unwrap();
+        c.apply_env(|k| (k == "SSCARD_KMS_STORE").then(|| "postgres://kms@h/k".to_owned()))
+            .unwrap();
+        assert!(matches!(
+            c.store_location().unwrap(),
+            StoreLocation::Postgres(_)
+        ));
     }
 
     #[test]

@@ -253,7 +253,7 @@ async fn bind_metrics(addr: Option<std::net::SocketAddr>) -> Result<Option<TcpLi
 }
 
 /// Runs a configured deployment until `shutdown`: TLS from files (a client CA is required), the
-/// HSM in-process or remote, the store under the data directory.
+/// HSM in-process or remote, the store under the data directory or on PostgreSQL.
 pub async fn run_configured(
     config: crate::server::config::Config,
     shutdown: impl Future<Output = ()> + Send,
@@ -271,12 +271,12 @@ pub async fn run_configured(
             path: std::path::PathBuf::from(config.listen.to_string()),
             source,
         })?;
-    let store_dir = config.data_dir.join("store");
+    let store = config.store_location()?;
     let addr = listener.local_addr().map_err(|source| Error::File {
         path: config.data_dir.clone(),
         source,
     })?;
-    tracing::info!(listen = %addr, data = %config.data_dir.display(), "starting");
+    tracing::info!(listen = %addr, data = %config.data_dir.display(), store = %store, "starting");
     let metrics = bind_metrics(config.metrics_listen).await?;
     // One line on stdout once the store and the HSM are open and the port is bound, for
     // supervisors and tests (`listen = "127.0.0.1:0"` works).
@@ -290,7 +290,7 @@ pub async fn run_configured(
                     ..Default::default()
                 },
             )?);
-            let kms = Kms::open_as(hsm, &store_dir, owner).await?;
+            let kms = Kms::open_at_as(hsm, &store, owner).await?;
             prepare_ceremonies(&kms, &config.ceremony, config.dangerous_allow_test_lmk).await?;
             ready();
             serve_all(kms, listener, metrics, tls, config.limits, shutdown).await
@@ -323,7 +323,7 @@ pub async fn run_configured(
                 ..hsm_pkcs11::Pkcs11Config::new(module, token_label)
             };
             let hsm = Arc::new(hsm_pkcs11::Pkcs11Hsm::open(p11_config, pin)?);
-            let kms = Kms::open_as(hsm, &store_dir, owner).await?;
+            let kms = Kms::open_at_as(hsm, &store, owner).await?;
             ready();
             serve_all(kms, listener, metrics, tls, config.limits, shutdown).await
         }
@@ -350,7 +350,7 @@ pub async fn run_configured(
                     }
                 })?,
             );
-            let kms = Kms::open_as(hsm, &store_dir, owner).await?;
+            let kms = Kms::open_at_as(hsm, &store, owner).await?;
             prepare_ceremonies(&kms, &config.ceremony, config.dangerous_allow_test_lmk).await?;
             ready();
             serve_all(kms, listener, metrics, tls, config.limits, shutdown).await

@@ -302,6 +302,8 @@ mod tests {
             pd(Refusal::CallerHasNoRegion),
             fp(Refusal::AuditTrailEmpty),
             fp(Refusal::StoreInUse),
+            fp(Refusal::StoreNotEmpty),
+            fp(Refusal::StoreSchemaNewer),
             ia(Refusal::Between1And1024),
             ia(Refusal::CheckpointFile),
             fp(Refusal::CardChangedDuringRequest),

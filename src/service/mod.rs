@@ -22,7 +22,7 @@ use crate::error::{Error, Refusal, Resource, Result};
 use crate::metrics::Metrics;
 use crate::state::audit::AuditEvent;
 use crate::state::records::{self, Endpoint, EndpointKind, KeyRecord, Level, StoredTemplate};
-use crate::state::store::{SealSkipped, Sealer, Snapshot, Store, Table};
+use crate::state::store::{SealSkipped, Sealer, Snapshot, Store, StoreLocation, Table};
 
 mod applicants;
 mod auditors;
@@ -240,13 +240,28 @@ impl<H: Hsm> Kms<H> {
         store_dir: &std::path::Path,
         owner: KeyOwner,
     ) -> Result<Arc<Kms<H>>> {
+        Kms::open_at_as(hsm, &StoreLocation::Redb(store_dir.to_owned()), owner).await
+    }
+
+    /// Opens the province's service on the store at `location` (redb or PostgreSQL) with `hsm`;
+    /// see [`Kms::open`].
+    pub async fn open_at(hsm: Arc<H>, location: &StoreLocation) -> Result<Arc<Kms<H>>> {
+        Kms::open_at_as(hsm, location, KeyOwner::Province).await
+    }
+
+    /// [`Kms::open_at`] for the deployment of `owner` ([`Kms::open_as`]).
+    pub async fn open_at_as(
+        hsm: Arc<H>,
+        location: &StoreLocation,
+        owner: KeyOwner,
+    ) -> Result<Arc<Kms<H>>> {
         let hsm = Arc::new(WatchedHsm::new(hsm));
         let sealer = Arc::new(HsmSealer {
             hsm: Arc::clone(&hsm),
             token: RwLock::new(None),
             runtime: tokio::runtime::Handle::current(),
         });
-        let store = Store::open(store_dir, Arc::clone(&sealer) as Arc<dyn Sealer>)?;
+        let store = Store::open_at(location, Arc::clone(&sealer) as Arc<dyn Sealer>)?;
         let metrics = Metrics::new(store.metrics());
         hsm.attach_metrics(Arc::clone(&metrics));
         let kms = Kms {

@@ -1,30 +1,36 @@
-//! Durable state on redb: key records (LMK-wrapped tokens and KCVs only), templates, stations,
-//! PSAM lines, PSAMs, cards, and the audit trail.
-//!
-//! Why redb and not sled: see ARCHITECTURE.md ("Decisions"). In short, a commit here is an
-//! fsync, and an acknowledged change must survive a power cut.
+//! Durable state: key records (LMK-wrapped tokens and KCVs only), templates, stations, PSAM
+//! lines, PSAMs, cards, and the audit trail — on an embedded redb file (the default) or on
+//! PostgreSQL (several service instances on one database); see `state/backend.rs`.
 //!
 //! **One atomic write per state change.** Every change goes through [`Store::write`] with the
-//! audit records that describe it; both land in the same redb transaction or neither does.
+//! audit records that describe it; both land in the same engine transaction or neither does.
 //! Writes are **group-committed**: a single writer thread takes every request waiting, applies
 //! them in one transaction, seals the audit chain head with the HSM (see [`crate::state::audit`]),
-//! commits (one fsync for the batch) and only then answers each request. A request's closure
-//! must validate before it writes: it returns an error *before* its first `put`, so a refused
-//! request leaves nothing behind in the batch.
+//! commits (one fsync, or one synchronous PostgreSQL commit, for the batch) and only then answers
+//! each request. A request's closure must validate before it writes: it returns an error
+//! *before* its first `put`, so a refused request leaves nothing behind in the batch.
+//!
+//! The chain head is read inside each write transaction, which the engine serialises with every
+//! other writer (redb: one writer per file; PostgreSQL: a row lock taken first), so two
+//! instances on one database still make **one** chain, with no gap and no fork.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
-use crate::error::{Error, Refusal, Result};
+use crate::error::{Error, Result};
 use crate::metrics::StoreMetrics;
 use crate::state::audit::{self, AuditEvent, AuditRecord, AuditSeal, ChainHead};
+use crate::state::backend::{Engine, Read, Write};
+use crate::state::postgres::{Postgres, PostgresConfig};
+use crate::state::redb_engine::Redb;
+
+pub use crate::state::redb_engine::DB_FILE;
 
 /// Named tables of JSON values keyed by strings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,8 +59,9 @@ pub enum Table {
 }
 
 impl Table {
-    const fn def(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
-        TableDefinition::new(match self {
+    /// The table's name in every engine.
+    pub const fn name(self) -> &'static str {
+        match self {
             Table::Meta => "meta",
             Table::Templates => "templates",
             Table::Keys => "keys",
@@ -69,10 +76,11 @@ impl Table {
             Table::Requests => "requests",
             Table::Ceremonies => "ceremonies",
             Table::Blacklist => "blacklist",
-        })
+        }
     }
 
-    const ALL: [Table; 14] = [
+    /// Every table.
+    pub const ALL: [Table; 14] = [
         Table::Meta,
         Table::Templates,
         Table::Keys,
@@ -90,11 +98,23 @@ impl Table {
     ];
 }
 
-const AUDIT: TableDefinition<'static, u64, &'static [u8]> = TableDefinition::new("audit");
-const SEALS: TableDefinition<'static, u64, &'static [u8]> = TableDefinition::new("audit_seals");
+/// Where the store is.
+#[derive(Debug, Clone)]
+pub enum StoreLocation {
+    /// The embedded redb file in this directory.
+    Redb(PathBuf),
+    /// A PostgreSQL database (its password is never shown by `Debug`).
+    Postgres(Box<PostgresConfig>),
+}
 
-/// The database file's name inside the data directory.
-pub const DB_FILE: &str = "kms.redb";
+impl std::fmt::Display for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreLocation::Redb(dir) => write!(f, "{}", dir.join(DB_FILE).display()),
+            StoreLocation::Postgres(pg) => pg.fmt(f),
+        }
+    }
+}
 
 /// Why a commit's seal was skipped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,13 +162,13 @@ type Completion = Box<dyn FnOnce(Result<()>) + Send>;
 type Job = Box<dyn FnOnce(&mut Tx<'_>) -> Completion + Send>;
 
 /// The store: cheap to clone, shared by every request. When the last clone is dropped the
-/// writer thread finishes its batch and exits, and the database file is closed, so the same
+/// writer thread finishes its batch and exits, and the database is closed, so the same
 /// directory can be opened again at once.
 #[derive(Clone)]
 pub struct Store {
     writer: Arc<Writer>,
-    db: Arc<redb::Database>,
-    path: PathBuf,
+    engine: Arc<dyn Engine>,
+    location: Arc<str>,
     metrics: StoreMetrics,
 }
 
@@ -170,15 +190,15 @@ impl Drop for Writer {
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
-            .field("path", &self.path)
+            .field("location", &self.location)
             .finish_non_exhaustive()
     }
 }
 
 /// A write transaction as a request's closure sees it.
 pub struct Tx<'a> {
-    txn: &'a redb::WriteTransaction,
-    /// Set when redb failed inside a job: the whole batch is then abandoned.
+    txn: &'a mut dyn Write,
+    /// Set when the engine failed inside a job: the whole batch is then abandoned.
     poisoned: std::cell::Cell<bool>,
     head: &'a mut ChainHead,
     now_ms: u64,
@@ -196,35 +216,25 @@ impl std::fmt::Debug for Tx<'_> {
 }
 
 impl Tx<'_> {
-    fn poison<E>(&self, e: E) -> Error
-    where
-        E: Into<redb::Error>,
-    {
-        self.poisoned.set(true);
-        store_err(e)
+    fn poisoned<T>(&self, result: Result<T>) -> Result<T> {
+        if result.is_err() {
+            self.poisoned.set(true);
+        }
+        result
     }
 
     /// The value at `key`, if any.
     pub fn get<T: DeserializeOwned>(&self, table: Table, key: &str) -> Result<Option<T>> {
-        let t = self
-            .txn
-            .open_table(table.def())
-            .map_err(|e| self.poison(e))?;
-        let value = t.get(key).map_err(|e| self.poison(e))?;
-        value.map(|v| decode(v.value())).transpose()
+        let value = self.poisoned(self.txn.get(table, key))?;
+        value.map(|v| decode(&v)).transpose()
     }
 
     /// Writes `value` at `key`. Call only once the request has been validated: a closure that
     /// fails after a `put` would leave that write in the batch.
     pub fn put<T: Serialize>(&mut self, table: Table, key: &str, value: &T) -> Result<()> {
-        let bytes = serde_json::to_vec(value).map_err(|_| Error::StoreCorrupt("encode"))?;
-        let mut t = self
-            .txn
-            .open_table(table.def())
-            .map_err(|e| self.poison(e))?;
-        t.insert(key, bytes.as_slice())
-            .map_err(|e| self.poison(e))?;
-        Ok(())
+        let bytes = encode(value)?;
+        let written = self.txn.put(table, key, &bytes);
+        self.poisoned(written)
     }
 
     /// Every value whose key starts with `prefix`, in key order.
@@ -233,11 +243,7 @@ impl Tx<'_> {
         table: Table,
         prefix: &str,
     ) -> Result<Vec<(String, T)>> {
-        let t = self
-            .txn
-            .open_table(table.def())
-            .map_err(|e| self.poison(e))?;
-        scan_table(&t, prefix).inspect_err(|_| self.poisoned.set(true))
+        decode_all(self.poisoned(self.txn.scan(table, prefix))?)
     }
 
     /// Appends an audit record to the chain, in this transaction.
@@ -260,10 +266,7 @@ impl Tx<'_> {
 
 /// A read-only snapshot.
 pub struct Snapshot {
-    txn: redb::ReadTransaction,
-    /// A repaired copy of a store that was not closed cleanly, open and then deleted after the
-    /// snapshot (declared after `txn`: dropped after it; redb closes a dropped database).
-    _copy: Option<(redb::Database, tempfile::TempDir)>,
+    read: Box<dyn Read + Send + Sync>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -275,13 +278,7 @@ impl std::fmt::Debug for Snapshot {
 impl Snapshot {
     /// The value at `key`, if any.
     pub fn get<T: DeserializeOwned>(&self, table: Table, key: &str) -> Result<Option<T>> {
-        let t = match self.txn.open_table(table.def()) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(store_err(e)),
-        };
-        let value = t.get(key).map_err(store_err)?;
-        value.map(|v| decode(v.value())).transpose()
+        self.read.get(table, key)?.map(|v| decode(&v)).transpose()
     }
 
     /// Every value whose key starts with `prefix`, in key order.
@@ -290,84 +287,43 @@ impl Snapshot {
         table: Table,
         prefix: &str,
     ) -> Result<Vec<(String, T)>> {
-        let t = match self.txn.open_table(table.def()) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(store_err(e)),
-        };
-        scan_table(&t, prefix)
+        decode_all(self.read.scan(table, prefix)?)
     }
 
     /// The audit trail in order, and its seals.
     pub fn audit_trail(&self) -> Result<(Vec<AuditRecord>, Vec<AuditSeal>)> {
-        let records = read_u64_table(&self.txn, AUDIT)?;
-        let seals = read_u64_table(&self.txn, SEALS)?;
-        Ok((records, seals))
+        let records = self.read.audit_records()?;
+        let seals = self.read.seals()?;
+        Ok((
+            records.iter().map(|r| decode(r)).collect::<Result<_>>()?,
+            seals.iter().map(|s| decode(s)).collect::<Result<_>>()?,
+        ))
     }
 
     /// The chain head the store names (`meta/audit_head`): the last record's sequence number
     /// and hash; `None` for a store that has never recorded anything.
     pub fn audit_head(&self) -> Result<Option<ChainHead>> {
-        let t = match self.txn.open_table(Table::Meta.def()) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(store_err(e)),
-        };
-        let value = t.get(HEAD_KEY).map_err(store_err)?;
-        value.map(|v| decode_head(v.value())).transpose()
+        read_head(&*self.read)
     }
 
     /// The number of audit records.
     pub fn audit_len(&self) -> Result<u64> {
-        match self.txn.open_table(AUDIT) {
-            Ok(t) => t.len().map_err(store_err),
-            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
-            Err(e) => Err(store_err(e)),
-        }
+        self.read.audit_len()
     }
 }
 
-fn read_u64_table<T: DeserializeOwned>(
-    txn: &redb::ReadTransaction,
-    def: TableDefinition<'static, u64, &'static [u8]>,
-) -> Result<Vec<T>> {
-    let t = match txn.open_table(def) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-        Err(e) => return Err(store_err(e)),
-    };
-    let mut out = Vec::new();
-    for entry in t.iter().map_err(store_err)? {
-        let (_, v) = entry.map_err(store_err)?;
-        out.push(decode(v.value())?);
-    }
-    Ok(out)
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|_| Error::StoreCorrupt("encode"))
 }
 
-fn scan_table<T: DeserializeOwned>(
-    t: &impl ReadableTable<&'static str, &'static [u8]>,
-    prefix: &str,
-) -> Result<Vec<(String, T)>> {
-    let mut out = Vec::new();
-    for entry in t.range(prefix..).map_err(store_err)? {
-        let (k, v) = entry.map_err(store_err)?;
-        let key = k.value();
-        if !key.starts_with(prefix) {
-            break;
-        }
-        out.push((key.to_owned(), decode(v.value())?));
-    }
-    Ok(out)
-}
-
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes).map_err(|_| Error::StoreCorrupt("decode"))
 }
 
-fn store_err(e: impl Into<redb::Error>) -> Error {
-    let e: redb::Error = e.into();
-    tracing::error!(error = %e, "store failure");
-    Error::Store
+fn decode_all<T: DeserializeOwned>(rows: Vec<(String, Vec<u8>)>) -> Result<Vec<(String, T)>> {
+    rows.into_iter()
+        .map(|(k, v)| Ok((k, decode(&v)?)))
+        .collect()
 }
 
 fn now_ms() -> u64 {
@@ -377,7 +333,8 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-const HEAD_KEY: &str = "audit_head";
+/// The key of the chain head in [`Table::Meta`].
+pub(crate) const HEAD_KEY: &str = "audit_head";
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct StoredHead {
@@ -385,23 +342,27 @@ struct StoredHead {
     last_hash: String,
 }
 
-fn decode_head(bytes: &[u8]) -> Result<ChainHead> {
-    let h: StoredHead = decode(bytes)?;
+fn read_head(read: &dyn Read) -> Result<Option<ChainHead>> {
+    let Some(bytes) = read.get(Table::Meta, HEAD_KEY)? else {
+        return Ok(None);
+    };
+    let h: StoredHead = decode(&bytes)?;
     let mut last_hash = [0u8; 32];
     hex::decode_to_slice(&h.last_hash, &mut last_hash)
         .map_err(|_| Error::StoreCorrupt("audit head"))?;
-    Ok(ChainHead {
+    Ok(Some(ChainHead {
         next_seq: h.next_seq,
         last_hash,
-    })
+    }))
 }
 
-/// The last key of a `u64`-keyed table, if any.
-fn last_u64_key(t: &impl ReadableTable<u64, &'static [u8]>) -> Result<Option<u64>> {
-    match t.last().map_err(store_err)? {
-        Some((k, _)) => Ok(Some(k.value())),
-        None => Ok(None),
-    }
+/// The chain head to continue from, read and checked in a write transaction.
+pub(crate) fn current_head(read: &dyn Read) -> Result<ChainHead> {
+    let last = read
+        .last_audit()?
+        .map(|(seq, bytes)| decode::<AuditRecord>(&bytes).map(|r| (seq, r)))
+        .transpose()?;
+    check_head(read_head(read)?, last)
 }
 
 /// How an offline reader got its snapshot.
@@ -416,51 +377,37 @@ pub enum Opened {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`, starting the group-commit writer. `sealer` MACs
-    /// the audit chain head after every commit.
+    /// Opens (or creates) the redb store in `dir`, starting the group-commit writer. `sealer`
+    /// MACs the audit chain head after every commit.
     pub fn open(dir: &Path, sealer: Arc<dyn Sealer>) -> Result<Store> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            tracing::error!(error = %e, dir = %dir.display(), "cannot create the data directory");
-            Error::Store
-        })?;
-        let path = dir.join(DB_FILE);
-        let db = Arc::new(redb::Database::create(&path).map_err(store_err)?);
-        // Create every table so readers never meet a missing one, and read the chain head.
-        let (head, sealed_to) = {
-            let txn = db.begin_write().map_err(store_err)?;
-            for table in Table::ALL {
-                txn.open_table(table.def()).map_err(store_err)?;
-            }
-            let (head, sealed_to) = {
-                let audit = txn.open_table(AUDIT).map_err(store_err)?;
-                let seals = txn.open_table(SEALS).map_err(store_err)?;
-                let meta = txn.open_table(Table::Meta.def()).map_err(store_err)?;
-                let stored = meta.get(HEAD_KEY).map_err(store_err)?;
-                let head = stored.map(|v| decode_head(v.value())).transpose()?;
-                let last = audit.last().map_err(store_err)?;
-                let last = last
-                    .map(|(k, v)| decode::<AuditRecord>(v.value()).map(|r| (k.value(), r)))
-                    .transpose()?;
-                (check_head(head, last)?, last_u64_key(&seals)?.unwrap_or(0))
-            };
-            txn.commit().map_err(store_err)?;
-            (head, sealed_to)
+        Store::open_at(&StoreLocation::Redb(dir.to_owned()), sealer)
+    }
+
+    /// Opens (or creates) the store at `location`, starting the group-commit writer. On
+    /// PostgreSQL this applies the schema migrations first, and refuses a schema newer than this
+    /// binary.
+    pub fn open_at(location: &StoreLocation, sealer: Arc<dyn Sealer>) -> Result<Store> {
+        let engine: Arc<dyn Engine> = match location {
+            StoreLocation::Redb(dir) => Arc::new(Redb::open(dir)?),
+            StoreLocation::Postgres(config) => Arc::new(Postgres::open(config)?),
         };
+        // A head that is not the last record is refused before anything is served.
+        current_head(&*engine.begin_write()?)?;
         let (jobs, rx) = std_mpsc::channel::<Job>();
-        let writer_db = Arc::clone(&db);
+        let writer_engine = Arc::clone(&engine);
         let metrics = StoreMetrics::default();
         let writer_metrics = metrics.clone();
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer(writer_db, rx, head, sealed_to, sealer, writer_metrics))
+            .spawn(move || writer(&*writer_engine, rx, &*sealer, &writer_metrics))
             .map_err(|_| Error::Store)?;
         Ok(Store {
             writer: Arc::new(Writer {
                 jobs: Some(jobs),
                 thread: Some(thread),
             }),
-            db,
-            path,
+            engine,
+            location: location.to_string().into(),
             metrics,
         })
     }
@@ -483,47 +430,29 @@ impl Store {
     /// temporary directory, repaired there by redb and read there; the original is untouched and
     /// the snapshot says so. A store that a running server holds is refused with what to do.
     pub fn open_for_audit(dir: &Path) -> Result<(Snapshot, Opened)> {
-        let path = dir.join(DB_FILE);
-        match redb::ReadOnlyDatabase::open(&path) {
-            Ok(db) => Ok((
+        let (read, opened) = Redb::open_for_audit(dir)?;
+        Ok((Snapshot { read }, opened))
+    }
+
+    /// Opens the store at `location` for an offline reader: redb as [`Store::open_for_audit`];
+    /// PostgreSQL (where the service may well be running on other instances) as one snapshot
+    /// of its last commit, after the schema check.
+    pub fn open_for_audit_at(location: &StoreLocation) -> Result<(Snapshot, Opened)> {
+        match location {
+            StoreLocation::Redb(dir) => Store::open_for_audit(dir),
+            StoreLocation::Postgres(config) => Ok((
                 Snapshot {
-                    txn: db.begin_read().map_err(store_err)?,
-                    _copy: None,
+                    read: Postgres::open(config)?.begin_read()?,
                 },
                 Opened::Clean,
             )),
-            Err(redb::DatabaseError::RepairAborted) => {
-                let copy = tempfile::tempdir().map_err(|e| {
-                    tracing::error!(error = %e, "cannot make a temporary directory");
-                    Error::Store
-                })?;
-                let copied = copy.path().join(DB_FILE);
-                std::fs::copy(&path, &copied).map_err(|source| Error::File {
-                    path: path.clone(),
-                    source,
-                })?;
-                let db = redb::Database::create(&copied).map_err(store_err)?;
-                let txn = db.begin_read().map_err(store_err)?;
-                Ok((
-                    Snapshot {
-                        txn,
-                        _copy: Some((db, copy)),
-                    },
-                    Opened::RepairedCopy,
-                ))
-            }
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(Error::FailedPrecondition {
-                reason: Refusal::StoreInUse,
-            }),
-            Err(e) => Err(store_err(e)),
         }
     }
 
     /// A consistent read-only view of the committed state.
     pub fn snapshot(&self) -> Result<Snapshot> {
         Ok(Snapshot {
-            txn: self.db.begin_read().map_err(store_err)?,
-            _copy: None,
+            read: self.engine.begin_read()?,
         })
     }
 
@@ -595,18 +524,12 @@ fn check_head(head: Option<ChainHead>, last: Option<(u64, AuditRecord)>) -> Resu
     }
 }
 
-/// The group-commit loop: one transaction and one fsync for every request waiting.
-///
-/// `sealed_to` is the last sealed record. When a commit's seal is skipped and the chain was
-/// sealed up to then, a gap record ([`SEAL_GAP_ACTION`]) is appended in the same commit, so the
-/// chain itself says from where and why it is not sealed; the next seal closes the gap.
+/// The group-commit loop: one transaction and one commit for every request waiting.
 fn writer(
-    db: Arc<redb::Database>,
+    engine: &dyn Engine,
     rx: std_mpsc::Receiver<Job>,
-    mut head: ChainHead,
-    mut sealed_to: u64,
-    sealer: Arc<dyn Sealer>,
-    metrics: StoreMetrics,
+    sealer: &dyn Sealer,
+    metrics: &StoreMetrics,
 ) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -615,102 +538,11 @@ fn writer(
         }
         let started = std::time::Instant::now();
         metrics.commit_requests.observe(batch.len() as f64);
-        let committed = (head, sealed_to);
         let mut completions = Vec::with_capacity(batch.len());
-        let result = (|| -> Result<()> {
-            let txn = db.begin_write().map_err(store_err)?;
-            let mut appended = Vec::new();
-            let now = now_ms();
-            let (poisoned, seal_requested) = {
-                let mut tx = Tx {
-                    txn: &txn,
-                    poisoned: std::cell::Cell::new(false),
-                    head: &mut head,
-                    now_ms: now,
-                    appended: &mut appended,
-                    seal_requested: std::cell::Cell::new(false),
-                };
-                for job in batch {
-                    completions.push(job(&mut tx));
-                }
-                (tx.poisoned.get(), tx.seal_requested.get())
-            };
-            if poisoned {
-                return Err(Error::Store);
-            }
-            let unsealed = head.next_seq - 1 > sealed_to;
-            if !appended.is_empty() || (seal_requested && unsealed) {
-                let seq = head.next_seq - 1;
-                let seal = match sealer.seal(&audit::seal_message(seq, &head.last_hash)) {
-                    Ok(mac) => {
-                        sealed_to = seq;
-                        metrics.unsealed_records.set(0);
-                        Some(AuditSeal {
-                            seq,
-                            head: hex::encode_upper(head.last_hash),
-                            mac: hex::encode_upper(mac),
-                        })
-                    }
-                    Err(skipped) => {
-                        // Once per gap: the chain was sealed up to the previous commit.
-                        if committed.1 + 1 >= committed.0.next_seq {
-                            let first_unsealed = committed.1 + 1;
-                            appended.push(head.append(
-                                AuditEvent {
-                                    actor: "system".to_owned(),
-                                    action: SEAL_GAP_ACTION.to_owned(),
-                                    subject: format!(
-                                        "records from {first_unsealed} on are not sealed by the HSM"
-                                    ),
-                                    outcome: format!("seal skipped: {}", skipped.reason()),
-                                },
-                                now,
-                            ));
-                        }
-                        tracing::warn!(reason = skipped.reason(), "audit seal skipped");
-                        let unsealed = head.next_seq - 1 - sealed_to;
-                        metrics
-                            .unsealed_records
-                            .set(i64::try_from(unsealed).unwrap_or(i64::MAX));
-                        None
-                    }
-                };
-                let mut audit_table = txn.open_table(AUDIT).map_err(store_err)?;
-                for record in &appended {
-                    let bytes =
-                        serde_json::to_vec(record).map_err(|_| Error::StoreCorrupt("encode"))?;
-                    audit_table
-                        .insert(record.seq, bytes.as_slice())
-                        .map_err(store_err)?;
-                }
-                drop(audit_table);
-                if let Some(seal) = seal {
-                    let bytes =
-                        serde_json::to_vec(&seal).map_err(|_| Error::StoreCorrupt("encode"))?;
-                    let mut seals = txn.open_table(SEALS).map_err(store_err)?;
-                    seals
-                        .insert(seal.seq, bytes.as_slice())
-                        .map_err(store_err)?;
-                }
-                let stored = StoredHead {
-                    next_seq: head.next_seq,
-                    last_hash: hex::encode_upper(head.last_hash),
-                };
-                let bytes =
-                    serde_json::to_vec(&stored).map_err(|_| Error::StoreCorrupt("encode"))?;
-                let mut meta = txn.open_table(Table::Meta.def()).map_err(store_err)?;
-                meta.insert(HEAD_KEY, bytes.as_slice()).map_err(store_err)?;
-            }
-            txn.commit().map_err(store_err)?;
-            Ok(())
-        })();
+        let result = commit_batch(engine, batch, &mut completions, sealer, metrics);
         metrics
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
-        if result.is_err() {
-            // Nothing of the batch is durable: the chain head goes back to where it was.
-            (head, sealed_to) = committed;
-        }
         for complete in completions {
             complete(match &result {
                 Ok(()) => Ok(()),
@@ -720,88 +552,94 @@ fn writer(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn audit_def() -> TableDefinition<'static, u64, &'static [u8]> {
-        AUDIT
+/// One batch in one transaction: the chain head as the transaction reads it (every writer of
+/// the store, on every instance, is serialised by beginning one), the jobs, their records and
+/// the seal, then the commit.
+///
+/// When the seal is skipped and the chain was sealed up to the last commit, a gap record
+/// ([`SEAL_GAP_ACTION`]) is appended in the same commit, so the chain itself says from where and
+/// why it is not sealed; the next seal closes the gap.
+fn commit_batch(
+    engine: &dyn Engine,
+    batch: Vec<Job>,
+    completions: &mut Vec<Completion>,
+    sealer: &dyn Sealer,
+    metrics: &StoreMetrics,
+) -> Result<()> {
+    let mut txn = engine.begin_write()?;
+    let mut head = current_head(&*txn)?;
+    let sealed_to = txn.last_seal()?.unwrap_or(0);
+    let was_sealed = sealed_to + 1 >= head.next_seq;
+    let mut appended = Vec::new();
+    let now = now_ms();
+    let (poisoned, seal_requested) = {
+        let mut tx = Tx {
+            txn: &mut *txn,
+            poisoned: std::cell::Cell::new(false),
+            head: &mut head,
+            now_ms: now,
+            appended: &mut appended,
+            seal_requested: std::cell::Cell::new(false),
+        };
+        for job in batch {
+            completions.push(job(&mut tx));
+        }
+        (tx.poisoned.get(), tx.seal_requested.get())
+    };
+    if poisoned {
+        return Err(Error::Store);
     }
-
-    #[tokio::test]
-    async fn a_store_whose_head_is_missing_or_not_the_last_record_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), Arc::new(NoSealer)).unwrap();
-        store
-            .audit(vec![AuditEvent::ok("system", "test", "one")])
-            .await
-            .unwrap();
-        drop(store);
-        // The head deleted, the records left: refused, and nothing is written.
-        {
-            let db = redb::Database::open(dir.path().join(DB_FILE)).unwrap();
-            let txn = db.begin_write().unwrap();
-            txn.open_table(Table::Meta.def())
-                .unwrap()
-                .remove(HEAD_KEY)
-                .unwrap();
-            txn.commit().unwrap();
-        }
-        let err = Store::open(dir.path(), Arc::new(NoSealer)).unwrap_err();
-        assert!(
-            matches!(err, Error::StoreCorrupt(m) if m.contains("audit_head is missing")),
-            "{err:?}"
-        );
-        // Records removed under a head that names them: refused too.
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), Arc::new(NoSealer)).unwrap();
-        for i in 0..3 {
-            store
-                .audit(vec![AuditEvent::ok("system", "test", format!("#{i}"))])
-                .await
-                .unwrap();
-        }
-        drop(store);
-        {
-            let db = redb::Database::open(dir.path().join(DB_FILE)).unwrap();
-            let txn = db.begin_write().unwrap();
-            txn.open_table(audit_def()).unwrap().remove(5).unwrap();
-            txn.open_table(audit_def()).unwrap().remove(4).unwrap();
-            txn.commit().unwrap();
-        }
-        let err = Store::open(dir.path(), Arc::new(NoSealer)).unwrap_err();
-        assert!(
-            matches!(err, Error::StoreCorrupt(m) if m.contains("not the last audit record")),
-            "{err:?}"
-        );
+    let unsealed = head.next_seq - 1 > sealed_to;
+    if appended.is_empty() && !(seal_requested && unsealed) {
+        return txn.commit();
     }
-
-    #[tokio::test]
-    async fn a_skipped_seal_is_recorded_once_per_gap() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), Arc::new(NoSealer)).unwrap();
-        for i in 0..3 {
-            store
-                .audit(vec![AuditEvent::ok("system", "test", format!("#{i}"))])
-                .await
-                .unwrap();
+    let seq = head.next_seq - 1;
+    let seal = match sealer.seal(&audit::seal_message(seq, &head.last_hash)) {
+        Ok(mac) => {
+            metrics.unsealed_records.set(0);
+            Some(AuditSeal {
+                seq,
+                head: hex::encode_upper(head.last_hash),
+                mac: hex::encode_upper(mac),
+            })
         }
-        let (records, seals) = store.snapshot().unwrap().audit_trail().unwrap();
-        assert!(seals.is_empty());
-        let gaps: Vec<&AuditRecord> = records
-            .iter()
-            .filter(|r| r.action == SEAL_GAP_ACTION)
-            .collect();
-        assert_eq!(gaps.len(), 1, "{records:?}");
-        assert_eq!(gaps[0].seq, 2, "right after the first unsealed record");
-        assert_eq!(
-            gaps[0].subject,
-            "records from 1 on are not sealed by the HSM"
-        );
-        assert_eq!(
-            gaps[0].outcome,
-            "seal skipped: no audit key yet (the HSM has not been operational)"
-        );
-        assert_eq!(records.len(), 4);
+        Err(skipped) => {
+            if was_sealed {
+                let first_unsealed = sealed_to + 1;
+                appended.push(head.append(
+                    AuditEvent {
+                        actor: "system".to_owned(),
+                        action: SEAL_GAP_ACTION.to_owned(),
+                        subject: format!(
+                            "records from {first_unsealed} on are not sealed by the HSM"
+                        ),
+                        outcome: format!("seal skipped: {}", skipped.reason()),
+                    },
+                    now,
+                ));
+            }
+            tracing::warn!(reason = skipped.reason(), "audit seal skipped");
+            let unsealed = head.next_seq - 1 - sealed_to;
+            metrics
+                .unsealed_records
+                .set(i64::try_from(unsealed).unwrap_or(i64::MAX));
+            None
+        }
+    };
+    for record in &appended {
+        txn.append_audit(record.seq, &encode(record)?)?;
     }
+    if let Some(seal) = seal {
+        txn.put_seal(seal.seq, &encode(&seal)?)?;
+    }
+    let stored = StoredHead {
+        next_seq: head.next_seq,
+        last_hash: hex::encode_upper(head.last_hash),
+    };
+    txn.put(Table::Meta, HEAD_KEY, &encode(&stored)?)?;
+    txn.commit()
 }
+
+#[cfg(test)]
+#[path = "tests/store.rs"]
+mod tests;

@@ -32,7 +32,8 @@ use sscard_kms::proto::kms::v1::registry_service_client::RegistryServiceClient;
 use sscard_kms::server;
 use sscard_kms::service::Kms;
 use sscard_kms::state::audit::AuditRecord;
-use sscard_kms::state::store::{DB_FILE, SEAL_GAP_ACTION};
+use sscard_kms::state::postgres::test_cluster::TestCluster;
+use sscard_kms::state::store::{DB_FILE, SEAL_GAP_ACTION, StoreLocation};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -191,6 +192,42 @@ fn close_store<H: Hsm>(kms: Arc<Kms<H>>) {
     );
 }
 
+// ------------------------------------------------------------------------------- the store
+
+/// Whether this run's services are on PostgreSQL (`SSCARD_TEST_STORE=postgres`, as `.ci/run`'s
+/// second pass sets it) instead of redb: the same tests, on the other engine.
+pub fn on_postgres() -> bool {
+    std::env::var("SSCARD_TEST_STORE").is_ok_and(|s| s == "postgres")
+}
+
+/// The test cluster of a PostgreSQL run (`.ci/run` makes its binaries present).
+fn cluster() -> &'static TestCluster {
+    TestCluster::shared().unwrap_or_else(|why| panic!("SSCARD_TEST_STORE=postgres: {why}"))
+}
+
+/// `true` (after saying so) when the test edits or copies the redb file itself and this run is
+/// on PostgreSQL, where `src/state/tests/store.rs` damages the database instead.
+pub fn redb_only(test: &str) -> bool {
+    if on_postgres() {
+        eprintln!("SKIPPED {test} on PostgreSQL: it works on the redb file itself");
+    }
+    on_postgres()
+}
+
+/// The store of a test in `dir`: its redb file there, or (PostgreSQL run) a new database that
+/// holds a copy of it if there is one (`store migrate`'s copy, verified).
+fn test_store(dir: &std::path::Path) -> (StoreLocation, Option<String>) {
+    if !on_postgres() {
+        return (StoreLocation::Redb(dir.to_owned()), None);
+    }
+    let (name, config) = cluster().new_database();
+    if dir.join(DB_FILE).exists() {
+        sscard_kms::state::migrate::redb_to_postgres(dir, &config).unwrap();
+        std::fs::remove_file(dir.join(DB_FILE)).unwrap();
+    }
+    (StoreLocation::Postgres(Box::new(config)), Some(name))
+}
+
 // ---------------------------------------------------------------------------------- the logs
 
 static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
@@ -263,6 +300,8 @@ struct RunningServer {
 /// One data directory, its HSM, the service on it and the gRPC server in front of it.
 pub struct TestKms<H: Hsm> {
     dir: tempfile::TempDir,
+    location: StoreLocation,
+    database: Option<String>,
     pki: DevPki,
     /// One certificate per identity, made on first use: an officer's fingerprint stays the one
     /// the registry holds.
@@ -279,6 +318,7 @@ impl<H: Hsm> std::fmt::Debug for TestKms<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TestKms")
             .field("dir", &self.dir.path())
+            .field("store", &self.location.to_string())
             .field("port", &self.server.as_ref().map(|s| s.port))
             .finish_non_exhaustive()
     }
@@ -346,11 +386,14 @@ impl<H: Hsm> TestKms<H> {
         owner: KeyOwner,
     ) -> TestKms<H> {
         capture_logs();
-        let kms = Kms::open_as(Arc::clone(&hsm), dir.path(), owner)
+        let (location, database) = test_store(dir.path());
+        let kms = Kms::open_at_as(Arc::clone(&hsm), &location, owner)
             .await
             .unwrap();
         let mut this = TestKms {
             dir,
+            location,
+            database,
             pki: DevPki::generate().unwrap(),
             certs: Mutex::new(std::collections::HashMap::new()),
             hsm,
@@ -416,9 +459,31 @@ impl<H: Hsm> TestKms<H> {
             .clone()
     }
 
-    /// The data directory (the store's).
+    /// The data directory (the store's on redb).
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()
+    }
+
+    /// Where the store is (redb in [`TestKms::dir`], or a PostgreSQL database).
+    pub fn location(&self) -> &StoreLocation {
+        &self.location
+    }
+
+    /// Everything the store holds: the redb file's bytes, or every row of the database (as
+    /// text: the values are JSON).
+    pub fn store_bytes(&self) -> Vec<u8> {
+        match &self.database {
+            None => std::fs::read(self.dir().join(DB_FILE)).unwrap(),
+            Some(name) => cluster()
+                .psql(
+                    name,
+                    "SELECT tbl || ' ' || key || ' ' || convert_from(value, 'UTF8') FROM kms_kv \
+                     UNION ALL SELECT convert_from(record, 'UTF8') FROM kms_audit \
+                     UNION ALL SELECT convert_from(seal, 'UTF8') FROM kms_audit_seals",
+                )
+                .unwrap()
+                .into_bytes(),
+        }
     }
 
     /// The test PKI: its CA is the server's client CA and the clients' trust anchor.
@@ -486,7 +551,7 @@ impl<H: Hsm> TestKms<H> {
         assert!(self.kms.is_none(), "close first");
         self.hsm = hsm;
         self.kms = Some(
-            Kms::open_as(Arc::clone(&self.hsm), self.dir(), self.owner)
+            Kms::open_at_as(Arc::clone(&self.hsm), &self.location, self.owner)
                 .await
                 .unwrap(),
         );
