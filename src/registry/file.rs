@@ -487,4 +487,50 @@ mod tests {
             "line 3: 7 fields where the header has 8"
         );
     }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use super::HEADER;
+
+        /// Every fault and every row names a line of the file (0 only for the file as a whole).
+        fn check(
+            text_lines: usize,
+            parsed: Result<ApplicantFile, FileFault>,
+        ) -> Result<(), TestCaseError> {
+            let last = u64::try_from(text_lines).unwrap() + 1;
+            match parsed {
+                Ok(file) => {
+                    for row in &file.rows {
+                        prop_assert!((2..=last).contains(&row.line), "row at line {}", row.line);
+                    }
+                }
+                Err(fault) => prop_assert!(fault.line <= last, "fault at line {}", fault.line),
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn arbitrary_bytes_are_a_file_or_a_fault_never_a_panic(
+                bytes in proptest::collection::vec(any::<u8>(), 0..600),
+                encoding in 0u8..3,
+            ) {
+                let encoding = [Encoding::Detect, Encoding::Utf8, Encoding::Gb18030][usize::from(encoding)];
+                let lines = bytes.split(|b| *b == b'\n').count();
+                check(lines, parse(&bytes, encoding))?;
+            }
+
+            #[test]
+            fn a_header_and_arbitrary_rows_are_rows_or_a_fault_at_a_line(
+                rows in proptest::collection::vec("[0-9A-Za-z,\"张三 ]{0,90}", 0..12),
+            ) {
+                let text = format!("{HEADER}{}", rows.join("\n"));
+                check(text.lines().count(), parse(text.as_bytes(), Encoding::Utf8))?;
+            }
+        }
+    }
 }

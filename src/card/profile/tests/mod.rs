@@ -325,4 +325,5 @@ fn refusals_name_the_line() {
     );
 }
 
+mod props;
 mod psam;
