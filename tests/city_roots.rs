@@ -65,12 +65,15 @@ fn shenzhen_card() -> pb::CardIdentity {
 
 /// Loads the extension, registers Shenzhen's station and card (accepted).
 async fn set_up<H: hsm_api::Hsm>(kms: &TestKms<H>) {
+    set_up_with(kms, shenzhen_extension()).await;
+}
+
+/// [`set_up`] with the extension `toml`.
+async fn set_up_with<H: hsm_api::Hsm>(kms: &TestKms<H>, toml: String) {
     let mut officer = kms.client(OFFICER);
     officer
         .admin
-        .load_template(pb::LoadTemplateRequest {
-            toml: shenzhen_extension(),
-        })
+        .load_template(pb::LoadTemplateRequest { toml })
         .await
         .unwrap();
     kms.ceremony(
@@ -320,4 +323,37 @@ async fn the_city_deployment_holds_its_root_and_releases_only_its_keys() {
     let want = expected(spec, KeyLevel::Card, "440300", &atr());
     assert!(key == want.key, "not the city-root card key");
     assert_eq!(response.keys[0].level, pb::KeyLevel::Card as i32);
+}
+
+/// Issue 12: a template whose policy is `issuer_only_delivery = "secure-messaging"` (here a city
+/// extension, which may make its base's policy stricter) never sends an issuer-only key as TR-31:
+/// naming one is refused with its reason and audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secure_messaging_only_template_never_sends_an_issuer_only_key_as_tr31() {
+    let kms = TestKms::seeded().await;
+    let strict = shenzhen_extension().replacen(
+        "\n[[key]]",
+        "\nissuer_only_delivery = \"secure-messaging\"\n\n[[key]]",
+        1,
+    );
+    assert!(strict.contains("issuer_only_delivery"));
+    set_up_with(&kms, strict).await;
+    // Refused before any HSM work (which keys an all-keys injection leaves out, and that the
+    // others still leave: the template's unit tests).
+    let mut station = kms.client(SZ_STATION);
+    let refused = kms
+        .refused(
+            Code::FailedPrecondition,
+            "only inside secure-messaging WRITE KEY commands",
+            station.card.inject_card_keys(names(&["STK_SSSE"])),
+        )
+        .await;
+    assert_eq!(
+        error_info(&refused).expect("an ErrorInfo").reason,
+        "SECURE_MESSAGING_ONLY"
+    );
+    assert_eq!(
+        crate::common::readme::tested("SECURE_MESSAGING_ONLY"),
+        "mTLS (delivery)"
+    );
 }

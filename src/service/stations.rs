@@ -550,16 +550,24 @@ fn select_keys<'t>(
     if names.is_empty() {
         return Ok(template
             .write_order()
-            .filter(|k| !is_master_key(template, k) && k.owner() == owner)
+            .filter(|k| template.may_leave_as_tr31(k) && k.owner() == owner)
             .collect());
     }
     check_key_list(template, "key_names", names.iter().map(String::as_str))?;
     names
         .iter()
         .map(|n| {
-            template.key(n).ok_or(Error::NotFound {
+            let spec = template.key(n).ok_or(Error::NotFound {
                 what: Resource::TemplateKey,
-            })
+            })?;
+            // A master key goes on to the HSM, which refuses it whatever a template says; an
+            // issuer-only key under a secure-messaging-only policy is refused here.
+            if !is_master_key(template, spec) && !template.may_leave_as_tr31(spec) {
+                return Err(Error::FailedPrecondition {
+                    reason: Refusal::SecureMessagingOnly,
+                });
+            }
+            Ok(spec)
         })
         .collect()
 }

@@ -153,6 +153,8 @@ pub struct Template {
     extends: Option<String>,
     region: Option<&'static Region>,
     base_version: Option<u32>,
+    /// `issuer_only_delivery = "secure-messaging"`: issuer-only keys never leave as TR-31.
+    issuer_only_secure_messaging: bool,
     keys: Vec<KeySpec>,
     order: Vec<usize>,
     lines: HeaderLines,
@@ -248,6 +250,9 @@ impl Template {
             extends: Some(base.id.clone()),
             region: ext.region,
             base_version: Some(base.version),
+            // An extension may make the policy stricter, never looser.
+            issuer_only_secure_messaging: base.issuer_only_secure_messaging
+                || ext.issuer_only_secure_messaging,
             keys,
             order,
             lines: ext.lines,
@@ -321,6 +326,18 @@ impl Template {
                 .keys
                 .iter()
                 .any(|k| matches!(&k.protected_by, Protector::Key(p) if *p == spec.name))
+    }
+
+    /// Whether `spec` may leave as a TR-31 block at all (to a station's HSM): not a master key
+    /// ([`Template::is_master_key`]: the HSM refuses those in any case), and, in a template whose
+    /// `issuer_only_delivery` is `"secure-messaging"`, not a key that stays with the issuer —
+    /// an issuer-only key ([`KeySpec::is_issuer_only`]: provincial roots) or a maintenance
+    /// (personalisation STK) key — so that "the clear key never reaches the station" is enforced
+    /// for them, not merely offered.
+    pub fn may_leave_as_tr31(&self, spec: &KeySpec) -> bool {
+        let stays_with_issuer = spec.is_issuer_only() || spec.role == KeyRole::Maintenance;
+        let kept_by_policy = self.issuer_only_secure_messaging && stays_with_issuer;
+        !(self.is_master_key(spec) || kept_by_policy)
     }
 
     /// The key named `name`.

@@ -28,6 +28,7 @@ pub(super) const TEMPLATE_FIELDS: &[(&str, Field)] = &[
     ("description", Field::Value),
     ("extends", Field::Value),
     ("region", Field::Value),
+    ("issuer_only_delivery", Field::Value),
     ("key", Field::Tables(KEY_FIELDS)),
 ];
 const KEY_FIELDS: &[(&str, Field)] = &[
@@ -239,6 +240,7 @@ pub(super) struct RawTemplate {
     cos: Spanned<String>,
     extends: Option<Spanned<String>>,
     region: Option<Spanned<String>>,
+    issuer_only_delivery: Option<Spanned<String>>,
     #[serde(default, rename = "key")]
     keys: Vec<RawKey>,
 }
@@ -320,6 +322,22 @@ pub(super) fn build(at: &At<'_>, raw: RawTemplate) -> Result<Template> {
             },
         ));
     }
+    let issuer_only_secure_messaging = match &raw.issuer_only_delivery {
+        None => false,
+        Some(v) => match v.get_ref().as_str() {
+            "any" => false,
+            "secure-messaging" => true,
+            _ => {
+                return Err(at.err(
+                    &v.span(),
+                    TemplateFault::InvalidValue {
+                        field: "issuer_only_delivery",
+                        expected: "\"any\" or \"secure-messaging\"",
+                    },
+                ));
+            }
+        },
+    };
     let cos = match CosProfile::builtin(raw.cos.get_ref()) {
         Some(profile) => Arc::new(profile?),
         None => {
@@ -410,6 +428,7 @@ pub(super) fn build(at: &At<'_>, raw: RawTemplate) -> Result<Template> {
         extends: raw.extends.as_ref().map(|e| e.get_ref().clone()),
         region,
         base_version: None,
+        issuer_only_secure_messaging,
         keys,
         order,
         lines: HeaderLines {

@@ -977,6 +977,56 @@ fn error_messages_name_line_and_reason() {
 
 // ---- property tests: no input panics; each malformed input its own fault (256 cases each) ----
 
+#[test]
+fn a_secure_messaging_only_policy_keeps_maintenance_keys_out_of_tr31() {
+    let open = Template::builtin("ssc-2.0").unwrap();
+    let stk = open.key("STK_SSSE").unwrap();
+    let other = open
+        .keys()
+        .iter()
+        .find(|k| k.role != KeyRole::Maintenance && !open.is_master_key(k))
+        .unwrap();
+    let mk = open.key("MK_SSSE").unwrap();
+    assert!(open.may_leave_as_tr31(stk) && open.may_leave_as_tr31(other));
+    assert!(!open.may_leave_as_tr31(mk), "a master key never does");
+
+    let src = BUILTIN[0].1.replacen(
+        "\n[[key]]",
+        "\nissuer_only_delivery = \"secure-messaging\"\n\n[[key]]",
+        1,
+    );
+    let strict = Template::parse(&src).unwrap();
+    assert!(!strict.may_leave_as_tr31(strict.key("STK_SSSE").unwrap()));
+    assert!(strict.may_leave_as_tr31(strict.key(&other.name).unwrap()));
+    // The default TR-31 set is what may leave: no maintenance key in it.
+    let leaving: Vec<&str> = strict
+        .write_order()
+        .filter(|k| strict.may_leave_as_tr31(k))
+        .map(|k| k.name.as_str())
+        .collect();
+    assert!(
+        !leaving.is_empty() && !leaving.iter().any(|n| n.starts_with("STK")),
+        "{leaving:?}"
+    );
+
+    let bad = BUILTIN[0].1.replacen(
+        "\n[[key]]",
+        "\nissuer_only_delivery = \"tr31\"\n\n[[key]]",
+        1,
+    );
+    match Template::parse(&bad) {
+        Err(Error::Template { line, .. }) => {
+            let at = bad
+                .lines()
+                .position(|l| l.starts_with("issuer_only_delivery"))
+                .unwrap()
+                + 1;
+            assert_eq!(line, at);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 mod props {
     use proptest::prelude::*;
 
