@@ -408,13 +408,7 @@ impl Pkcs11Hsm {
         usage: KeyUsage,
     ) -> Result<WrappedKey> {
         let session = self.session()?;
-        let kek = self.key_for(
-            &session,
-            lmk,
-            kek,
-            |u| u == KeyUsage::KeyBlockProtection,
-            "unwrap a key block",
-        )?;
+        let kek = self.key_for(&session, lmk, kek, policy::is_kek, "unwrap a key block")?;
         if usage == KeyUsage::CardMasterKey {
             return Err(policy::only_derived());
         }
@@ -451,18 +445,12 @@ impl Pkcs11Hsm {
         version: KeyBlockVersion,
     ) -> Result<ExportedKey> {
         let session = self.session()?;
-        let kek = self.key_for(
-            &session,
-            lmk,
-            kek,
-            |u| u == KeyUsage::KeyBlockProtection,
-            "wrap a key block",
-        )?;
+        let kek = self.key_for(&session, lmk, kek, policy::is_kek, "wrap a key block")?;
         let key = self.key_for(
             &session,
             lmk,
             key,
-            |u| !matches!(u, KeyUsage::KeyBlockProtection | KeyUsage::AuditMac),
+            policy::may_be_asked_for_export,
             "be exported",
         )?;
         if !key.usage.may_be_exported() || key.exportability != Exportability::Exportable {
@@ -488,13 +476,7 @@ impl Pkcs11Hsm {
         child_usage: KeyUsage,
     ) -> Result<WrappedKey> {
         let session = self.session()?;
-        let parent = self.key_for(
-            &session,
-            lmk,
-            parent,
-            |u| u.level().is_some(),
-            "derive a key",
-        )?;
+        let parent = self.key_for(&session, lmk, parent, policy::is_parent, "derive a key")?;
         if !FACTORS.contains(&factors.len()) {
             return Err(Error::Count {
                 field: "factors".into(),

@@ -365,6 +365,22 @@ pub fn write_key_apdu(
     })
 }
 
+/// Whether a key of `usage` may wrap a key block (a key-block protection key, KEK).
+pub const fn is_kek(usage: KeyUsage) -> bool {
+    matches!(usage, KeyUsage::KeyBlockProtection)
+}
+
+/// Whether a key of `usage` may be asked to be exported at all (whether it may leave is decided
+/// after, by usage and token: [`export_block`]).
+pub const fn may_be_asked_for_export(usage: KeyUsage) -> bool {
+    !matches!(usage, KeyUsage::KeyBlockProtection | KeyUsage::AuditMac)
+}
+
+/// Whether a key of `usage` may be the parent of a derivation (a hierarchy key).
+pub const fn is_parent(usage: KeyUsage) -> bool {
+    usage.level().is_some()
+}
+
 /// Whether a key of `usage` may be the key a card write writes.
 pub const fn may_be_written(usage: KeyUsage) -> bool {
     matches!(usage, KeyUsage::CardKey | KeyUsage::CardMasterKey)

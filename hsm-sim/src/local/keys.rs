@@ -94,13 +94,7 @@ impl LocalHsm {
         usage: KeyUsage,
     ) -> Result<WrappedKey> {
         self.with_lmk(|lmk| {
-            let kek = self.key_for(
-                lmk,
-                kek,
-                |u| u == KeyUsage::KeyBlockProtection,
-                "unwrap a key block",
-                Caching::Keep,
-            )?;
+            let kek = self.key_for(lmk, kek, is_kek, "unwrap a key block", Caching::Keep)?;
             let (key, exportability) = policy::import_block(&kek.key, block, usage)?;
             wrapped(lmk, &key, usage, exportability)
         })
@@ -183,26 +177,15 @@ impl LocalHsm {
     }
 }
 
-/// The usage a key-block protection key (KEK) of an export has, and the operation a refusal
-/// names.
-pub(super) fn is_kek(usage: KeyUsage) -> bool {
-    usage == KeyUsage::KeyBlockProtection
-}
+/// The usage rules of each operation ([`policy`]: one definition for every backend), and the
+/// operations a refusal names.
+pub(super) use policy::{
+    is_kek, is_parent, may_be_asked_for_export as may_be_exported, may_be_written,
+    may_protect_a_write as may_protect,
+};
 pub(super) const WRAP: &str = "wrap a key block";
-/// The usages that may be asked to be exported (whether they may leave is decided after, by
-/// usage and token: [`export_block`]), and the operation a refusal names.
-pub(super) fn may_be_exported(usage: KeyUsage) -> bool {
-    !matches!(usage, KeyUsage::KeyBlockProtection | KeyUsage::AuditMac)
-}
 pub(super) const EXPORT: &str = "be exported";
-/// The usages of a parent of a derivation, and the operation a refusal names.
-pub(super) fn is_parent(usage: KeyUsage) -> bool {
-    usage.level().is_some()
-}
 pub(super) const DERIVE: &str = "derive a key";
-/// The usages of a key written to a card ([`policy::may_be_written`]) and of one protecting a
-/// card slot ([`policy::may_protect_a_write`]): the operations a refusal names.
-pub(super) use policy::{may_be_written, may_protect_a_write as may_protect};
 pub(super) const WRITE: &str = "be written to a card";
 pub(super) const PROTECT: &str = "protect a key written to a card";
 
