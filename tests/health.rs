@@ -66,7 +66,7 @@ async fn health_is_not_serving_while_the_hsm_is_sealed_and_serving_once_unsealed
         })
         .unwrap(),
     );
-    let init = hsm.init_lmk(2, 3).await.unwrap();
+    let init = hsm_sim::handout::dangerous_init(&*hsm, 2, 3).await.unwrap();
     hsm.seal().await.unwrap();
     let kms = TestKms::from_fixture(Arc::clone(&hsm)).await;
     let clients = kms.client(OFFICER);

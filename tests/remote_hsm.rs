@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use hsm_api::{
-    BatchItem, BatchOutput, Component, Dispersion, ExportedKey, Factor, Hsm, HsmStatus, Kcv,
-    KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare, Result,
-    UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest,
+    BatchItem, BatchOutput, Component, Dispersion, ExportedKey, Factor, Hsm, HsmStatus,
+    IssuedShare, Kcv, KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare,
+    Result, UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest,
 };
 use hsm_sim::local::LocalHsm;
 use hsm_sim::remote::{ClientTls, RemoteHsm, ServerTls};
@@ -160,6 +160,10 @@ impl Hsm for Counting {
     async fn status(&self) -> Result<HsmStatus> {
         self.count("status");
         self.inner.status().await
+    }
+    async fn take_secret_part(&self, set: &str, index: u8) -> Result<IssuedShare> {
+        self.count("take_secret_part");
+        self.inner.take_secret_part(set, index).await
     }
     async fn init_lmk(&self, threshold: u8, shares: u8) -> Result<LmkInit> {
         self.count("init_lmk");

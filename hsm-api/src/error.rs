@@ -147,6 +147,10 @@ pub enum Error {
         field: Cow<'static, str>,
         expected: Cow<'static, str>,
     },
+    /// A secret part that is not (or no longer) held: already taken, an unknown set, or a set
+    /// dropped at a seal or tamper event; or a commit while parts of the new LMK are untaken.
+    #[error("that secret part is not available (already handed out, or unknown)")]
+    PartNotAvailable,
     /// A rotation step out of order (commit without prepare, or a different KCV).
     #[error("no matching LMK rotation is prepared")]
     RotationNotPrepared,

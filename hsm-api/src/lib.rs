@@ -8,7 +8,8 @@
 //!
 //! This crate does no I/O and holds no cipher: it is plain data and one trait. Clear keys exist
 //! only inside an implementation. Here, only [`Component`] and [`LmkShare`] carry a custodian's
-//! own secret *into* the HSM (they zeroize on drop, print nothing from `Debug`, and hand their
+//! own secret *into* the HSM, and only [`IssuedShare`] carries one *out*, one part per answer
+//! ([`Hsm::take_secret_part`]) (they zeroize on drop, print nothing from `Debug`, and hand their
 //! text out through one greppable accessor each, [`Component::secret_hex`] and
 //! [`LmkShare::secret_text`]). Everything that comes *out* is a [`KeyToken`] (a key block under
 //! the HSM's LMK), a TR-31 block under a transport key, a secure-messaging command, a [`Kcv`], or
@@ -51,8 +52,8 @@ pub use kcv::{Kcv, KcvMethod};
 pub use methods::{Dispersion, KeyBlockVersion, MacFold};
 pub use types::{
     Component, Exportability, ExportedKey, HierarchyLevel, HsmState, HsmStatus, IssuedShare,
-    KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare, UnsealProgress, WrappedKey,
-    WriteKeyCommand, WriteKeyRequest,
+    KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare, SecretParts, UnsealProgress,
+    WrappedKey, WriteKeyCommand, WriteKeyRequest,
 };
 
 /// The operations of the HSM. Every key operation is refused unless the HSM is operational
@@ -64,9 +65,26 @@ pub trait Hsm: Send + Sync + 'static {
     /// State, LMK KCV, unseal progress, self-test result.
     fn status(&self) -> impl Future<Output = Result<HsmStatus>> + Send;
 
-    /// Creates the LMK and splits it into `threshold`-of-`shares` custodian shares.
-    /// Refused if an LMK exists.
+    /// Creates the LMK and splits it into `threshold`-of-`shares` custodian shares, kept in the
+    /// HSM as [`SecretParts`] until each is taken once ([`Hsm::take_secret_part`]): the answer
+    /// carries the LMK's KCV and the set's name, never a share. Refused if an LMK exists.
     fn init_lmk(&self, threshold: u8, shares: u8) -> impl Future<Output = Result<LmkInit>> + Send;
+
+    /// Hands out part `index` (1-based) of the [`SecretParts`] named `set`, exactly once: the
+    /// HSM forgets the part as it answers, so the answer is the only copy. A part already
+    /// taken, an unknown set (or one dropped by a seal or tamper event) is
+    /// [`Error::PartNotAvailable`].
+    ///
+    /// Why this shape rather than sealing each share to its custodian's key: the HSM would
+    /// have to know every custodian's key and the ceremony tool would still have to show the
+    /// share in clear to someone; handing parts out one at a time keeps the HSM ignorant of
+    /// identities (the service, which knows them, decides who may take which part and audits
+    /// it) and makes "all shares in one answer" impossible at the boundary itself.
+    fn take_secret_part(
+        &self,
+        set: &str,
+        index: u8,
+    ) -> impl Future<Output = Result<IssuedShare>> + Send;
 
     /// Accepts one custodian share; at the threshold rebuilds the LMK, checks it against its KCV,
     /// runs the self-test and becomes operational. A malformed, repeated or foreign share is
@@ -203,8 +221,10 @@ pub trait Hsm: Send + Sync + 'static {
     /// 65 bytes (`04 ‖ x ‖ y`), for anyone who checks [`Hsm::sign`]'s signatures.
     fn public_key(&self, key: &KeyToken) -> impl Future<Output = Result<Vec<u8>>> + Send;
 
-    /// Re-wraps `tokens` under a new LMK (split `threshold`-of-`shares`); the old LMK stays
-    /// current until [`Hsm::commit_lmk_rotation`].
+    /// Re-wraps `tokens` under a new LMK (split `threshold`-of-`shares`, the shares kept as
+    /// [`SecretParts`] for [`Hsm::take_secret_part`]); the old LMK stays current until
+    /// [`Hsm::commit_lmk_rotation`]. A new prepare replaces an uncommitted one (and drops its
+    /// parts).
     fn prepare_lmk_rotation(
         &self,
         tokens: Vec<KeyToken>,
@@ -212,7 +232,9 @@ pub trait Hsm: Send + Sync + 'static {
         shares: u8,
     ) -> impl Future<Output = Result<LmkRotation>> + Send;
 
-    /// Makes the prepared LMK current (named by its KCV) and wipes the hot-key cache.
+    /// Makes the prepared LMK current (named by its KCV) and wipes the hot-key cache. Refused
+    /// ([`Error::PartNotAvailable`]) while a share of the new LMK has not been taken: an LMK
+    /// nobody holds could never be unsealed.
     fn commit_lmk_rotation(&self, new_lmk_kcv: &Kcv) -> impl Future<Output = Result<()>> + Send;
 }
 

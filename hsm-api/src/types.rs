@@ -268,7 +268,8 @@ impl fmt::Debug for LmkShare {
     }
 }
 
-/// A share handed out at `init`, with a check value the custodian writes down beside it.
+/// One secret part as handed out (an LMK share at `init` or rotation, a root-backup share),
+/// with a check value the custodian writes down beside it.
 #[derive(Debug)]
 pub struct IssuedShare {
     pub share: LmkShare,
@@ -276,11 +277,32 @@ pub struct IssuedShare {
     pub check_value: String,
 }
 
+/// A set of secret parts (custodians' shares) that the HSM has made and keeps, each until it is
+/// taken once with [`crate::Hsm::take_secret_part`]: no answer of the HSM ever carries more than
+/// one custodian's part.
+///
+/// This is the one mechanism for every secret that leaves the HSM in custodians' parts: the
+/// shares of a new LMK ([`crate::Hsm::init_lmk`], [`crate::Hsm::prepare_lmk_rotation`]) and of
+/// a root backup. The HSM hands part *i* out once and forgets it at once (it records nothing
+/// about who took it: that is the caller's audit record); a second request for *i*, an unknown
+/// set, or a set dropped at a seal or a tamper event is [`crate::Error::PartNotAvailable`]. The
+/// set disappears when its last part is taken. Nothing here is secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretParts {
+    /// Names the set in [`crate::Hsm::take_secret_part`] (random, public).
+    pub set: String,
+    /// Parts made, numbered `1..=count`.
+    pub count: u8,
+    /// Parts needed to rebuild the secret.
+    pub threshold: u8,
+}
+
 /// The result of creating an LMK.
 #[derive(Debug)]
 pub struct LmkInit {
-    /// One share per custodian, each shown once.
-    pub shares: Vec<IssuedShare>,
+    /// The LMK's shares, each taken once with [`crate::Hsm::take_secret_part`]; `None` when the
+    /// backend issues no shares (a PKCS#11 token kept on its one PIN, `1` of `1`).
+    pub parts: Option<SecretParts>,
     /// The LMK's KCV, for the ceremony record.
     pub lmk_kcv: Kcv,
 }
@@ -375,8 +397,9 @@ pub struct ExportedKey {
 /// The result of re-wrapping tokens under a new LMK; nothing changes until it is committed.
 #[derive(Debug)]
 pub struct LmkRotation {
-    /// The new LMK's shares, each shown once.
-    pub shares: Vec<IssuedShare>,
+    /// The new LMK's shares, each taken once with [`crate::Hsm::take_secret_part`]; `None` when
+    /// the backend's rotation issues no shares (PKCS#11: the PIN's shares do not change).
+    pub parts: Option<SecretParts>,
     /// The new LMK's KCV.
     pub lmk_kcv: Kcv,
     /// The input tokens re-wrapped under the new LMK, in the same order.

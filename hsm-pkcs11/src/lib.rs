@@ -34,10 +34,11 @@ use cryptoki::context::Pkcs11;
 use cryptoki::session::Session;
 use cryptoki::slot::Slot;
 use hsm_api::{
-    Component, Dispersion, Error, ExportedKey, Factor, Hsm, HsmState, HsmStatus, Kcv,
+    Component, Dispersion, Error, ExportedKey, Factor, Hsm, HsmState, HsmStatus, IssuedShare, Kcv,
     KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare, Result,
     UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest,
 };
+use hsm_sim::handout::Handout;
 use hsm_sim::shares::{ShareCollector, SplitSecret};
 use zeroize::Zeroizing;
 
@@ -118,6 +119,8 @@ struct State {
     collector: Option<ShareCollector>,
     /// A prepared, uncommitted LMK rotation: the next LMK's objects.
     pending: Option<LmkObjects>,
+    /// The PIN's shares made at `init_lmk` and not yet taken, each handed out once.
+    parts: Handout,
     self_test_failure: Option<String>,
     tampered: bool,
 }
@@ -146,6 +149,7 @@ impl Pkcs11Hsm {
                 pin: None,
                 collector: None,
                 pending: None,
+                parts: Handout::default(),
                 self_test_failure,
                 tampered: false,
             }),
@@ -312,24 +316,26 @@ impl Pkcs11Hsm {
         let Some(old_pin) = state.pin.clone().filter(|_| state.keeper.is_some()) else {
             return Err(Error::Sealed);
         };
-        let issued = if (threshold, shares) == (1, 1) {
-            Vec::new()
+        let parts = if (threshold, shares) == (1, 1) {
+            None
         } else {
             let secret = SplitSecret::generate()?;
             let (issued, record) = secret.split(threshold, shares)?;
+            // Held before the PIN changes, so that a changed PIN always has its shares.
+            let parts = state.parts.deposit(threshold, issued)?;
             let new_pin = secret.secret_hex();
-            session::set_pin(&session, &old_pin, &new_pin)?;
+            if let Err(e) = session::set_pin(&session, &old_pin, &new_pin) {
+                state.parts.discard(&parts.set);
+                return Err(e);
+            }
             session::store_pin_record(&session, &record)?;
             state.pin = Some(new_pin);
-            issued
+            Some(parts)
         };
         let lmk = session::create_lmk(&session, false)?;
         let lmk_kcv = lmk.kcv.clone();
         state.lmk = Some(lmk);
-        Ok(LmkInit {
-            shares: issued,
-            lmk_kcv,
-        })
+        Ok(LmkInit { parts, lmk_kcv })
     }
 
     fn seal_now(&self, tamper: bool) -> Result<()> {
@@ -341,6 +347,7 @@ impl Pkcs11Hsm {
         state.pin = None;
         state.collector = None;
         state.pending = None;
+        state.parts.clear();
         if let Some(keeper) = state.keeper.take() {
             let keeper = keeper.into_inner().map_err(|_| Error::StatePoisoned)?;
             // Logs the application out of the token (every session) before the session closes.
@@ -371,6 +378,10 @@ impl Hsm for Pkcs11Hsm {
 
     async fn init_lmk(&self, threshold: u8, shares: u8) -> Result<LmkInit> {
         self.init_lmk_now(threshold, shares)
+    }
+
+    async fn take_secret_part(&self, set: &str, index: u8) -> Result<IssuedShare> {
+        self.write()?.parts.take(set, index)
     }
 
     async fn unseal(&self, share: LmkShare) -> Result<UnsealProgress> {

@@ -55,7 +55,7 @@ impl Pkcs11Hsm {
             .map(|token| self.rewrap(&session, lmk, &new, token))
             .collect::<Result<Vec<_>>>()?;
         let rotation = LmkRotation {
-            shares: Vec::new(),
+            parts: None,
             lmk_kcv: new.kcv.clone(),
             tokens,
         };

@@ -13,6 +13,7 @@
 
 pub mod cache;
 pub mod crypto;
+pub mod handout;
 pub mod lmk;
 pub mod local;
 pub mod policy;

@@ -8,10 +8,10 @@
 
 use hsm_api::{
     Algorithm, BatchDelivery, BatchItem, BatchOutput, Component, Derivation, Dispersion, Error,
-    Exportability, ExportedKey, Factor, HierarchyLevel, Hsm, HsmStatus, Kcv, KeyBlockVersion,
-    KeySource, KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare, MacFold, Protector,
-    Result, UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyDelivery, WriteKeyRequest,
-    protector_item_error,
+    Exportability, ExportedKey, Factor, HierarchyLevel, Hsm, HsmStatus, IssuedShare, Kcv,
+    KeyBlockVersion, KeySource, KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare,
+    MacFold, Protector, Result, UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyDelivery,
+    WriteKeyRequest, protector_item_error,
 };
 use hsm_sim::crypto::tr31;
 use hsm_sim::crypto::{SecretKey, kcv};
@@ -27,6 +27,9 @@ impl<H: Hsm> Hsm for Singles<'static, H> {
     }
     async fn status(&self) -> Result<HsmStatus> {
         self.0.status().await
+    }
+    async fn take_secret_part(&self, set: &str, index: u8) -> Result<IssuedShare> {
+        self.0.take_secret_part(set, index).await
     }
     async fn init_lmk(&self, threshold: u8, shares: u8) -> Result<LmkInit> {
         self.0.init_lmk(threshold, shares).await

@@ -1312,7 +1312,7 @@ async fn random_lengths_are_bounded() {
 #[tokio::test]
 async fn sealed_and_tampered_hsms_refuse_every_key_operation() {
     let hsm = memory_hsm();
-    let init = hsm.init_lmk(2, 2).await.unwrap();
+    let init = hsm_sim::handout::dangerous_init(&hsm, 2, 2).await.unwrap();
     let f = fixture(&hsm).await;
     hsm.seal().await.unwrap();
     assert_eq!(hsm.status().await.unwrap().state, HsmState::Sealed);
@@ -1384,7 +1384,9 @@ async fn a_failed_self_test_refuses_every_key_operation_until_one_passes() {
 
     // An HSM whose self-test fails at unseal has its LMK but serves nothing.
     let dir = TempDir::new("selftest");
-    let init = dir_hsm(dir.path()).init_lmk(2, 3).await.unwrap();
+    let init = hsm_sim::handout::dangerous_init(&dir_hsm(dir.path()), 2, 3)
+        .await
+        .unwrap();
     let broken = LocalHsm::open(LocalHsmConfig {
         state_dir: Some(dir.path().to_owned()),
         self_test: failing_self_test,
@@ -1421,7 +1423,7 @@ async fn init_then_reopen_is_sealed_until_m_shares() {
     let dir = TempDir::new("reopen");
     let hsm = dir_hsm(dir.path());
     assert_eq!(hsm.status().await.unwrap().state, HsmState::Uninitialised);
-    let init = hsm.init_lmk(3, 5).await.unwrap();
+    let init = hsm_sim::handout::dangerous_init(&hsm, 3, 5).await.unwrap();
     assert_eq!(init.shares.len(), 5);
     assert_eq!(init.lmk_kcv.method(), KcvMethod::Cmac);
     assert_eq!(init.lmk_kcv.value().len(), 5);
@@ -1480,8 +1482,10 @@ async fn init_then_reopen_is_sealed_until_m_shares() {
 #[tokio::test]
 async fn bad_shares_are_refused_and_reset_forgets() {
     let hsm = memory_hsm();
-    let init = hsm.init_lmk(3, 3).await.unwrap();
-    let other = memory_hsm().init_lmk(3, 3).await.unwrap();
+    let init = hsm_sim::handout::dangerous_init(&hsm, 3, 3).await.unwrap();
+    let other = hsm_sim::handout::dangerous_init(&memory_hsm(), 3, 3)
+        .await
+        .unwrap();
     hsm.seal().await.unwrap();
     let texts: Vec<String> = init
         .shares
@@ -1522,7 +1526,9 @@ async fn bad_shares_are_refused_and_reset_forgets() {
 #[tokio::test]
 async fn a_state_file_with_another_kcv_resets_the_unseal() {
     let dir = TempDir::new("kcv");
-    let init = dir_hsm(dir.path()).init_lmk(2, 2).await.unwrap();
+    let init = hsm_sim::handout::dangerous_init(&dir_hsm(dir.path()), 2, 2)
+        .await
+        .unwrap();
     let path = dir.path().join(STATE_FILE);
     let text = std::fs::read_to_string(&path).unwrap();
     let kcv = init.lmk_kcv.to_hex();
@@ -1555,7 +1561,7 @@ async fn a_state_file_with_another_kcv_resets_the_unseal() {
 async fn lmk_rotation_keeps_every_kcv_and_retires_old_tokens() {
     let dir = TempDir::new("rotation");
     let hsm = dir_hsm(dir.path());
-    let old_init = hsm.init_lmk(2, 3).await.unwrap();
+    let old_init = hsm_sim::handout::dangerous_init(&hsm, 2, 3).await.unwrap();
     let f = fixture(&hsm).await;
     let keys = [&f.kek, &f.parent, &f.card, &f.secret_card, &f.audit];
     let tokens: Vec<KeyToken> = keys.iter().map(|k| k.token.clone()).collect();
@@ -1594,7 +1600,8 @@ async fn lmk_rotation_keeps_every_kcv_and_retires_old_tokens() {
         .await
         .unwrap();
     assert_eq!(rotation.tokens.len(), tokens.len());
-    assert_eq!(rotation.shares.len(), 4);
+    let parts = rotation.parts.clone().unwrap();
+    assert_eq!((parts.count, parts.threshold), (4, 2));
     assert_ne!(rotation.lmk_kcv, old_init.lmk_kcv);
     // Until the commit the old LMK is current: new tokens do not unwrap yet.
     assert_eq!(hsm.kcv(&rotation.tokens[0]).await, Err(Error::KeyBlockMac));
@@ -1604,6 +1611,20 @@ async fn lmk_rotation_keeps_every_kcv_and_retires_old_tokens() {
         Err(Error::RotationNotPrepared)
     );
 
+    // Not before every custodian has taken their share of the new LMK (each once).
+    let first = hsm.take_secret_part(&parts.set, 1).await.unwrap();
+    assert_eq!(
+        hsm.take_secret_part(&parts.set, 1).await.unwrap_err(),
+        Error::PartNotAvailable
+    );
+    assert_eq!(
+        hsm.commit_lmk_rotation(&rotation.lmk_kcv).await,
+        Err(Error::PartNotAvailable)
+    );
+    let mut new_shares = vec![first];
+    for index in 2..=4 {
+        new_shares.push(hsm.take_secret_part(&parts.set, index).await.unwrap());
+    }
     hsm.commit_lmk_rotation(&rotation.lmk_kcv).await.unwrap();
     let status = hsm.status().await.unwrap();
     assert_eq!(status.lmk_kcv.as_ref(), Some(&rotation.lmk_kcv));
@@ -1642,7 +1663,7 @@ async fn lmk_rotation_keeps_every_kcv_and_retires_old_tokens() {
         .unseal(share(old_init.shares[0].share.secret_text()))
         .await;
     assert!(matches!(old, Err(Error::Share(_))), "{old:?}");
-    let mut shares = rotation.shares.into_iter().skip(1);
+    let mut shares = new_shares.into_iter().skip(1);
     hsm.unseal(shares.next().unwrap().share).await.unwrap();
     assert!(
         hsm.unseal(shares.next().unwrap().share)
@@ -1656,7 +1677,7 @@ async fn lmk_rotation_keeps_every_kcv_and_retires_old_tokens() {
 #[tokio::test]
 async fn seal_empties_the_hot_key_cache() {
     let hsm = memory_hsm();
-    let init = hsm.init_lmk(2, 2).await.unwrap();
+    let init = hsm_sim::handout::dangerous_init(&hsm, 2, 2).await.unwrap();
     let f = fixture(&hsm).await;
     for _ in 0..3 {
         hsm.derive_key(
@@ -1717,6 +1738,9 @@ async fn the_dangerous_test_lmk_is_reported_and_writes_nothing() {
         .prepare_lmk_rotation(vec![f.card.token.clone()], 2, 2)
         .await
         .unwrap();
+    hsm_sim::handout::dangerous_take_every_part(&hsm, rotation.parts.as_ref())
+        .await
+        .unwrap();
     hsm.commit_lmk_rotation(&rotation.lmk_kcv).await.unwrap();
     let status = hsm.status().await.unwrap();
     assert!(!status.dangerous_test_lmk);
@@ -1769,7 +1793,7 @@ async fn shared_across_tasks() {
 #[tokio::test]
 async fn nothing_secret_in_debug() {
     let hsm = memory_hsm();
-    let init = hsm.init_lmk(2, 2).await.unwrap();
+    let init = hsm_sim::handout::dangerous_init(&hsm, 2, 2).await.unwrap();
     let c = component(Algorithm::Tdes2, "0123456789ABCDEFFEDCBA9876543210");
     let s = share(init.shares[0].share.secret_text());
     let shown = format!(
@@ -1787,4 +1811,37 @@ async fn nothing_secret_in_debug() {
         assert!(!shown.contains(&secret), "{secret} in {shown}");
     }
     assert!(shown.contains("LmkShare { .. }"), "{shown}");
+}
+
+/// The LMK's shares leave the HSM one per call, each once: `init_lmk` answers with the KCV and
+/// the set's name only; a second take of a share is refused; a seal drops the shares nobody
+/// has taken yet (they were nowhere else), and the shares that were taken unseal.
+#[tokio::test]
+async fn lmk_shares_are_handed_out_once_each_and_a_seal_drops_the_rest() {
+    let hsm = memory_hsm();
+    let init = hsm.init_lmk(2, 3).await.unwrap();
+    let parts = init.parts.clone().unwrap();
+    assert_eq!((parts.count, parts.threshold), (3, 2));
+    let first = hsm.take_secret_part(&parts.set, 1).await.unwrap();
+    assert_eq!(
+        hsm.take_secret_part(&parts.set, 1).await.unwrap_err(),
+        Error::PartNotAvailable
+    );
+    for index in [0, 4] {
+        assert_eq!(
+            hsm.take_secret_part(&parts.set, index).await.unwrap_err(),
+            Error::PartNotAvailable
+        );
+    }
+    let second = hsm.take_secret_part(&parts.set, 2).await.unwrap();
+    assert_ne!(first.share.secret_text(), second.share.secret_text());
+    assert_ne!(first.check_value, second.check_value);
+    hsm.seal().await.unwrap();
+    assert_eq!(
+        hsm.take_secret_part(&parts.set, 3).await.unwrap_err(),
+        Error::PartNotAvailable
+    );
+    hsm.unseal(first.share).await.unwrap();
+    assert!(hsm.unseal(second.share).await.unwrap().unsealed);
+    assert_eq!(hsm.status().await.unwrap().lmk_kcv, Some(init.lmk_kcv));
 }

@@ -286,7 +286,7 @@ async fn the_hsm_process_serves_the_domain_chain_and_survives_a_restart() {
     assert_eq!(hsm.kcv(&junk).await, Err(Error::Uninitialised));
 
     // The LMK ceremony over the wire: 2-of-3.
-    let init = hsm.init_lmk(2, 3).await.unwrap();
+    let init = hsm_sim::handout::dangerous_init(&hsm, 2, 3).await.unwrap();
     assert_eq!(init.shares.len(), 3);
     assert_eq!(
         hsm.status().await.unwrap().lmk_kcv,
@@ -536,6 +536,87 @@ fn transport_failure(status: &tonic::Status) -> bool {
         .is_none()
 }
 
+/// Over the wire, no answer carries two custodians' shares: `InitLmk` and `PrepareLmkRotation`
+/// answer with the KCV and the set's name (their old `shares` field stays empty), each
+/// `TakeSecretPart` answer is one share, a second take of it is `PART_NOT_AVAILABLE` (the
+/// error rebuilt exactly from the metadata), and the rotation cannot be committed before every
+/// new share has been taken.
+#[tokio::test]
+async fn each_answer_carries_at_most_one_share() {
+    use hsm_sim::remote::proto;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(dir.path());
+    let state_dir = dir.path().join("state");
+    std::fs::create_dir_all(&state_dir).unwrap();
+    let process =
+        HsmProcess::start(&pki, &state_dir, "127.0.0.1:0", dir.path().join("hsm.log")).await;
+    let endpoint = process.endpoint();
+    let mut raw = raw_client(&endpoint, &pki, &pki.kms).await;
+    let kms = remote(&endpoint, &pki, &pki.kms);
+
+    let init = raw
+        .init_lmk(proto::InitLmkRequest {
+            threshold: 2,
+            shares: 3,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    #[allow(deprecated)]
+    let old_field = init.shares.len();
+    assert_eq!(old_field, 0, "no share in the answer to InitLmk");
+    let parts = init.parts.unwrap();
+    assert_eq!((parts.count, parts.threshold), (3, 2));
+    let mut taken = Vec::new();
+    for index in 1..=3 {
+        let part = raw
+            .take_secret_part(proto::TakeSecretPartRequest {
+                set: parts.set.clone(),
+                index,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(part.share.starts_with("lmk1-"), "one share per answer");
+        assert!(!taken.contains(&part.share));
+        taken.push(part.share);
+    }
+    let again = raw
+        .take_secret_part(proto::TakeSecretPartRequest {
+            set: parts.set.clone(),
+            index: 2,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(
+        kms.take_secret_part(&parts.set, 2).await.unwrap_err(),
+        Error::PartNotAvailable
+    );
+
+    // A rotation: the same, and no commit before the last new share has been taken.
+    let rotation = kms.prepare_lmk_rotation(Vec::new(), 2, 2).await.unwrap();
+    let new_parts = rotation.parts.clone().unwrap();
+    assert_eq!(
+        kms.commit_lmk_rotation(&rotation.lmk_kcv)
+            .await
+            .unwrap_err(),
+        Error::PartNotAvailable
+    );
+    let first = kms.take_secret_part(&new_parts.set, 1).await.unwrap();
+    assert_eq!(
+        kms.commit_lmk_rotation(&rotation.lmk_kcv)
+            .await
+            .unwrap_err(),
+        Error::PartNotAvailable
+    );
+    let second = kms.take_secret_part(&new_parts.set, 2).await.unwrap();
+    assert_ne!(first.share.secret_text(), second.share.secret_text());
+    kms.commit_lmk_rotation(&rotation.lmk_kcv).await.unwrap();
+    assert_eq!(kms.status().await.unwrap().lmk_kcv, Some(rotation.lmk_kcv));
+    assert!(process.terminate().await.success());
+}
+
 async fn raw_client(
     endpoint: &str,
     pki: &Pki,
@@ -574,8 +655,13 @@ async fn refusals<H: Hsm>(hsm: &H) -> Vec<(&'static str, Error)> {
 
     refused("uninitialised", hsm.generate_key(kbpk_spec).await.map(drop));
     refused("threshold > shares", hsm.init_lmk(4, 3).await.map(drop));
-    let init = hsm.init_lmk(2, 3).await.unwrap();
+    let init = hsm_sim::handout::dangerous_init(hsm, 2, 3).await.unwrap();
     refused("initialised twice", hsm.init_lmk(2, 3).await.map(drop));
+    let set = init.parts.clone().unwrap().set;
+    refused(
+        "share taken twice",
+        hsm.take_secret_part(&set, 1).await.map(drop),
+    );
 
     let kbpk = hsm.generate_key(kbpk_spec).await.unwrap();
     let bad = vec![

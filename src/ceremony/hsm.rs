@@ -1,6 +1,8 @@
 //! `kms-ceremony hsm init`: creates the LMK of an in-process HSM (`serve` with
 //! `[hsm] mode = "local"`), split into custodian shares, and hands **each share once to its own
-//! custodian** — never all shares on one screen or in one output.
+//! custodian** — never all shares on one screen or in one output. The HSM itself answers the
+//! creation with the LMK's KCV only; each share is taken from it once
+//! ([`hsm_api::Hsm::take_secret_part`]) just before it is handed over.
 //!
 //! On a terminal, each custodian in turn is asked to be alone at the screen, is shown their
 //! share, types its check value back (so it is written down), and the screen is cleared before
@@ -129,9 +131,14 @@ pub fn init(
         out,
         "LMK created: {threshold} of {shares} custodians' shares unseal it."
     );
-    for (custodian, issued) in custodians.iter().zip(created.shares.iter()) {
+    // The HSM holds the shares; each is taken from it once, for its own custodian, and
+    // dropped (zeroized) before the next is taken.
+    let parts = created.parts.as_ref().ok_or(hsm_api::Error::Protocol)?;
+    for (index, custodian) in (1..=parts.count).zip(custodians) {
+        let issued = runtime.block_on(hsm.take_secret_part(&parts.set, index))?;
         let line =
             handover.hand_over(custodian, issued.share.secret_text(), &issued.check_value)?;
+        drop(issued);
         let _ = writeln!(out, "{line}");
     }
     let _ = writeln!(

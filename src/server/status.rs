@@ -212,6 +212,7 @@ fn hsm_status(e: &hsm_api::Error) -> Status {
         | H::KeyBlockTooLong(_)
         | H::Random
         | H::RotationNotPrepared
+        | H::PartNotAvailable
         | H::StatePoisoned
         | H::Storage(_)
         | H::Protocol => {

@@ -20,8 +20,9 @@ use std::time::Instant;
 
 use hsm_api::{
     BatchItem, BatchOutput, Component, Dispersion, Error as HsmError, ExportedKey, Factor, Hsm,
-    HsmState, HsmStatus, Kcv, KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation,
-    LmkShare, Result as HsmResult, UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest,
+    HsmState, HsmStatus, IssuedShare, Kcv, KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkInit,
+    LmkRotation, LmkShare, Result as HsmResult, UnsealProgress, WrappedKey, WriteKeyCommand,
+    WriteKeyRequest,
 };
 use tokio::sync::watch;
 
@@ -173,6 +174,19 @@ impl<H: Hsm> Hsm for WatchedHsm<H> {
             .measured("init_lmk", self.inner.init_lmk(threshold, shares))
             .await;
         self.state_op(r).await
+    }
+
+    async fn take_secret_part(&self, set: &str, index: u8) -> HsmResult<IssuedShare> {
+        let r = self
+            .measured("take_secret_part", self.inner.take_secret_part(set, index))
+            .await;
+        // Handing out a part proves nothing about the HSM's state; only a refusal may say it.
+        if let Err(e) = &r
+            && let Some(readiness) = HsmReadiness::from_error(e)
+        {
+            self.publish(readiness);
+        }
+        r
     }
 
     async fn unseal(&self, share: LmkShare) -> HsmResult<UnsealProgress> {

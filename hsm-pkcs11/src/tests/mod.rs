@@ -437,7 +437,16 @@ async fn init_splits_the_pin_among_custodians_and_two_shares_unseal() {
     assert_eq!(p11.status().await.unwrap().state, HsmState::Uninitialised);
     assert!(matches!(p11.init_lmk(1, 3).await, Err(Error::Count { .. })));
     let init = p11.init_lmk(2, 3).await.unwrap();
-    assert_eq!(init.shares.len(), 3);
+    let parts = init.parts.clone().unwrap();
+    assert_eq!((parts.count, parts.threshold), (3, 2));
+    let issued = hsm_sim::handout::dangerous_take_every_part(&p11, Some(&parts))
+        .await
+        .unwrap();
+    // Each share leaves once: a second take is refused.
+    assert_eq!(
+        p11.take_secret_part(&parts.set, 2).await.unwrap_err(),
+        Error::PartNotAvailable
+    );
     assert_eq!(
         p11.status().await.unwrap().lmk_kcv,
         Some(init.lmk_kcv.clone())
@@ -456,7 +465,7 @@ async fn init_splits_the_pin_among_custodians_and_two_shares_unseal() {
         .unwrap();
     p11.seal().await.unwrap();
     assert!(matches!(p11.unseal(t.pin()).await, Err(Error::Share(_))));
-    let mut shares = init.shares.into_iter().map(|s| s.share);
+    let mut shares = issued.into_iter().map(|s| s.share);
     let (first, _, third) = (
         shares.next().unwrap(),
         shares.next().unwrap(),

@@ -17,11 +17,12 @@
 //!   With `dangerous_test_lmk` it is `Operational` at once on the published test LMK, writes no
 //!   state file and refuses `init_lmk`.
 //! - `init_lmk` creates the LMK, writes the state file, and is `Operational` at once: its caller
-//!   is the ceremony that holds the LMK anyway.
+//!   is the ceremony that holds the LMK anyway. Its shares stay in memory
+//!   ([`crate::handout`]) until each is taken once with `take_secret_part`.
 //! - `unseal` accepts one share at a time (format, check value, not repeated); at the threshold
 //!   it rebuilds the LMK, compares its KCV, runs the self-test.
-//! - `seal` and `tamper` drop the LMK, the hot-key cache, submitted shares and any prepared
-//!   rotation at once, while no key operation runs (they take the state lock for writing, every
+//! - `seal` and `tamper` drop the LMK, the hot-key cache, submitted shares, shares not yet taken and any
+//!   prepared rotation at once, while no key operation runs (they take the state lock for writing, every
 //!   key operation holds it for reading until it has finished).
 //! - A failed self-test (at `open`, `unseal` or `self_test`) refuses every key operation until
 //!   a later one passes.
@@ -77,6 +78,13 @@
 //!     // Memory only: no state directory.
 //!     let hsm = LocalHsm::open(LocalHsmConfig::default())?;
 //!     let init = hsm.init_lmk(2, 3).await?;
+//!     // Each custodian takes their own share, once; the HSM keeps no copy after.
+//!     let parts = init.parts.ok_or(hsm_api::Error::PartNotAvailable)?;
+//!     let mut shares = Vec::new();
+//!     for index in 1..=parts.count {
+//!         shares.push(hsm.take_secret_part(&parts.set, index).await?);
+//!     }
+//!     assert!(hsm.take_secret_part(&parts.set, 1).await.is_err());
 //!     let spec = KeySpec {
 //!         algorithm: Algorithm::Tdes2,
 //!         usage: KeyUsage::CardDerivation(HierarchyLevel::City),
@@ -85,7 +93,7 @@
 //!     let city = hsm.generate_key(spec).await?;
 //!
 //!     hsm.seal().await?;
-//!     for issued in init.shares.into_iter().take(2) {
+//!     for issued in shares.into_iter().take(2) {
 //!         hsm.unseal(issued.share).await?;
 //!     }
 //!     assert_eq!(hsm.kcv(&city.token).await?, city.kcv);
@@ -100,9 +108,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use hsm_api::{
-    BatchItem, BatchOutput, Component, Dispersion, Error, ExportedKey, Factor, Hsm, HsmStatus, Kcv,
-    KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare, Result,
-    UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest,
+    BatchItem, BatchOutput, Component, Dispersion, Error, ExportedKey, Factor, Hsm, HsmStatus,
+    IssuedShare, Kcv, KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare,
+    Result, UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest,
 };
 use subtle::ConstantTimeEq;
 
@@ -181,6 +189,10 @@ impl Hsm for LocalHsm {
 
     async fn init_lmk(&self, threshold: u8, shares: u8) -> Result<LmkInit> {
         self.init_lmk_now(threshold, shares)
+    }
+
+    async fn take_secret_part(&self, set: &str, index: u8) -> Result<IssuedShare> {
+        self.write()?.parts.take(set, index)
     }
 
     async fn unseal(&self, share: LmkShare) -> Result<UnsealProgress> {

@@ -11,6 +11,7 @@ use hsm_api::{
 
 use super::{LocalHsm, LocalHsmConfig};
 use crate::cache::HotKeyCache;
+use crate::handout::Handout;
 use crate::lmk::{self, Lmk, LmkRecord, ParsedShare};
 
 /// Everything that changes, behind one lock.
@@ -29,11 +30,15 @@ pub(super) struct State {
     pending: Option<PendingRotation>,
     /// A tamper event has happened since start-up.
     tampered: bool,
+    /// Shares made here and not yet taken, each handed out once.
+    pub(super) parts: Handout,
 }
 
 struct PendingRotation {
     lmk: Lmk,
     record: LmkRecord,
+    /// The set of the new LMK's shares (commit waits until it is all taken).
+    parts: String,
 }
 
 impl State {
@@ -73,6 +78,7 @@ impl State {
         self.lmk = None;
         self.submitted.clear();
         self.pending = None;
+        self.parts.clear();
     }
 }
 
@@ -113,6 +119,7 @@ impl LocalHsm {
                 submitted: Vec::new(),
                 pending: None,
                 tampered: false,
+                parts: Handout::default(),
             })),
             cache: Arc::new(HotKeyCache::new(config.cache_capacity)),
         })
@@ -174,14 +181,22 @@ impl LocalHsm {
         }
         let lmk = Lmk::generate()?;
         let (shares, record) = lmk.split(threshold, shares)?;
-        if let Some(dir) = self.persist_dir() {
-            lmk::store_record(dir, &record)?;
+        // Held before the LMK is recorded, so that a recorded LMK always has its shares.
+        let parts = state.parts.deposit(threshold, shares)?;
+        if let Some(dir) = self.persist_dir()
+            && let Err(e) = lmk::store_record(dir, &record)
+        {
+            state.parts.discard(&parts.set);
+            return Err(e);
         }
         let lmk_kcv = lmk.kcv().clone();
         state.record = Some(record);
         state.lmk = Some(lmk);
         state.submitted.clear();
-        Ok(LmkInit { shares, lmk_kcv })
+        Ok(LmkInit {
+            parts: Some(parts),
+            lmk_kcv,
+        })
     }
 
     pub(super) fn unseal_now(&self, share: &LmkShare) -> Result<UnsealProgress> {
@@ -275,9 +290,16 @@ impl LocalHsm {
             return Err(Error::RotationNotPrepared);
         }
         let lmk_kcv = new.kcv().clone();
-        state.pending = Some(PendingRotation { lmk: new, record });
+        let parts = state.parts.deposit(threshold, issued)?;
+        if let Some(old) = state.pending.replace(PendingRotation {
+            lmk: new,
+            record,
+            parts: parts.set.clone(),
+        }) {
+            state.parts.discard(&old.parts);
+        }
         Ok(LmkRotation {
-            shares: issued,
+            parts: Some(parts),
             lmk_kcv,
             tokens: rewrapped,
         })
@@ -289,6 +311,11 @@ impl LocalHsm {
         let Some(pending) = state.pending.take_if(|p| p.lmk.has_kcv(new_lmk_kcv)) else {
             return Err(Error::RotationNotPrepared);
         };
+        if state.parts.holds(&pending.parts) {
+            // Not every custodian has their share of the new LMK yet.
+            state.pending = Some(pending);
+            return Err(Error::PartNotAvailable);
+        }
         if let Some(dir) = self.persist_dir()
             && let Err(e) = lmk::store_record(dir, &pending.record)
         {

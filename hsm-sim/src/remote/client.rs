@@ -9,17 +9,17 @@ use core::fmt;
 use std::time::Duration;
 
 use hsm_api::{
-    BatchItem, BatchOutput, Component, Dispersion, Error, ExportedKey, Factor, Hsm, HsmStatus, Kcv,
-    KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare, Result,
-    UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest, check_batch_len,
+    BatchItem, BatchOutput, Component, Dispersion, Error, ExportedKey, Factor, Hsm, HsmStatus,
+    IssuedShare, Kcv, KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare,
+    Result, UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest, check_batch_len,
 };
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 
 use super::convert::{
     batch_item_to_wire, batch_result_from_wire, dispersion_to_wire, fold_to_wire, kcv_from_wire,
-    kcv_to_wire, progress_from_wire, share_from_wire, spec_to_wire, status_from_wire,
-    usage_to_wire, version_to_wire, wide, wrapped_from_wire,
+    kcv_to_wire, parts_from_wire, progress_from_wire, share_from_wire, spec_to_wire,
+    status_from_wire, usage_to_wire, version_to_wire, wide, wrapped_from_wire,
 };
 use super::proto;
 use super::proto::hsm_client::HsmClient;
@@ -148,9 +148,23 @@ impl Hsm for RemoteHsm {
             .map_err(failed)?
             .into_inner();
         Ok(LmkInit {
-            shares: init.shares.into_iter().map(share_from_wire).collect(),
+            parts: parts_from_wire(init.parts)?,
             lmk_kcv: kcv_from_wire(init.lmk_kcv).ok_or(Error::Protocol)?,
         })
+    }
+
+    async fn take_secret_part(&self, set: &str, index: u8) -> Result<IssuedShare> {
+        let request = proto::TakeSecretPartRequest {
+            set: set.to_owned(),
+            index: index.into(),
+        };
+        let part = self
+            .client()
+            .take_secret_part(request)
+            .await
+            .map_err(failed)?
+            .into_inner();
+        Ok(share_from_wire(part))
     }
 
     async fn unseal(&self, share: LmkShare) -> Result<UnsealProgress> {
@@ -403,7 +417,7 @@ impl Hsm for RemoteHsm {
             return Err(Error::Protocol);
         }
         Ok(LmkRotation {
-            shares: rotation.shares.into_iter().map(share_from_wire).collect(),
+            parts: parts_from_wire(rotation.parts)?,
             lmk_kcv: kcv_from_wire(rotation.lmk_kcv).ok_or(Error::Protocol)?,
             tokens: rotation
                 .tokens

@@ -5,10 +5,10 @@
 //! with [`hsm_api::Error::Protocol`].
 
 use hsm_api::{
-    Algorithm, BatchDelivery, BatchItem, BatchOutput, Derivation, Dispersion, Exportability,
+    Algorithm, BatchDelivery, BatchItem, BatchOutput, Derivation, Dispersion, Error, Exportability,
     ExportedKey, Factor, HierarchyLevel, HsmState, HsmStatus, IssuedShare, Kcv, KcvMethod,
     KeyBlockVersion, KeySource, KeySpec, KeyToken, KeyUsage, LmkShare, MacFold, Protector, Result,
-    UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyDelivery,
+    SecretParts, UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyDelivery,
 };
 use zeroize::Zeroizing;
 
@@ -228,6 +228,29 @@ pub(crate) fn share_from_wire(share: proto::IssuedShare) -> IssuedShare {
         share: LmkShare::new(Zeroizing::new(share.share)),
         check_value: share.check_value,
     }
+}
+
+/// The public description of a set of secret parts.
+pub(crate) fn parts_to_wire(parts: &SecretParts) -> proto::SecretParts {
+    proto::SecretParts {
+        set: parts.set.clone(),
+        count: parts.count.into(),
+        threshold: parts.threshold.into(),
+    }
+}
+
+/// A set of secret parts as the HSM named it (absent: none made); counts out of range are
+/// [`Error::Protocol`].
+pub(crate) fn parts_from_wire(parts: Option<proto::SecretParts>) -> Result<Option<SecretParts>> {
+    parts
+        .map(|p| {
+            Ok(SecretParts {
+                set: p.set,
+                count: u8::try_from(p.count).map_err(|_| Error::Protocol)?,
+                threshold: u8::try_from(p.threshold).map_err(|_| Error::Protocol)?,
+            })
+        })
+        .transpose()
 }
 
 pub(crate) fn progress_to_wire(progress: UnsealProgress) -> proto::UnsealProgress {

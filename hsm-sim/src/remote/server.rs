@@ -18,8 +18,8 @@ use zeroize::Zeroizing;
 
 use super::convert::{
     batch_item_from_wire, batch_result_to_wire, dispersion_from_wire, fold_from_wire,
-    kcv_from_wire, kcv_to_wire, narrow, progress_to_wire, share_to_wire, spec_from_wire,
-    status_to_wire, usage_from_wire, version_from_wire, wrapped_to_wire,
+    kcv_from_wire, kcv_to_wire, narrow, parts_to_wire, progress_to_wire, share_to_wire,
+    spec_from_wire, status_to_wire, usage_from_wire, version_from_wire, wrapped_to_wire,
 };
 use super::identity::{self, ServiceCaller};
 use super::proto;
@@ -142,9 +142,31 @@ impl<H: Hsm> HsmRpc for HsmService<H> {
         let shares = small(req.shares, "shares")?;
         let init = self.hsm.init_lmk(threshold, shares).await.map_err(on_err)?;
         Ok(Response::new(proto::LmkInit {
-            shares: init.shares.iter().map(share_to_wire).collect(),
             lmk_kcv: Some(kcv_to_wire(&init.lmk_kcv)),
+            parts: init.parts.as_ref().map(parts_to_wire),
+            ..Default::default()
         }))
+    }
+
+    async fn take_secret_part(
+        &self,
+        request: Request<proto::TakeSecretPartRequest>,
+    ) -> Result<Response<proto::IssuedShare>, Status> {
+        let on_err = refused(&request, "take_secret_part");
+        let req = request.get_ref();
+        tracing::info!(
+            caller = caller_name(&request),
+            set = %req.set,
+            index = req.index,
+            "take_secret_part"
+        );
+        let index = small(req.index, "index")?;
+        let part = self
+            .hsm
+            .take_secret_part(&req.set, index)
+            .await
+            .map_err(on_err)?;
+        Ok(Response::new(share_to_wire(&part)))
     }
 
     async fn unseal(
@@ -410,13 +432,14 @@ impl<H: Hsm> HsmRpc for HsmService<H> {
             .await
             .map_err(on_err)?;
         Ok(Response::new(proto::LmkRotation {
-            shares: rotation.shares.iter().map(share_to_wire).collect(),
+            parts: rotation.parts.as_ref().map(parts_to_wire),
             lmk_kcv: Some(kcv_to_wire(&rotation.lmk_kcv)),
             tokens: rotation
                 .tokens
                 .iter()
                 .map(|t| t.as_str().to_owned())
                 .collect(),
+            ..Default::default()
         }))
     }
 

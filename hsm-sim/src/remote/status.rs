@@ -106,7 +106,8 @@ pub(crate) fn code_of(err: &Error) -> Code {
         | Error::SelfTestFailed(_)
         | Error::WrongUsage { .. }
         | Error::NotExportable
-        | Error::RotationNotPrepared => Code::FailedPrecondition,
+        | Error::RotationNotPrepared
+        | Error::PartNotAvailable => Code::FailedPrecondition,
         Error::AlreadyInitialised => Code::AlreadyExists,
         Error::SelfTest(_)
         | Error::Random
@@ -212,6 +213,7 @@ fn to_wire(err: &Error) -> Kind {
         }),
         Error::RotationNotPrepared => Kind::RotationNotPrepared(unit()),
         Error::StatePoisoned => Kind::StatePoisoned(unit()),
+        Error::PartNotAvailable => Kind::PartNotAvailable(unit()),
         Error::Storage(what) => Kind::Storage(what.to_string()),
         Error::Unavailable => Kind::Unavailable(unit()),
         Error::Protocol => Kind::Protocol(unit()),
@@ -291,6 +293,7 @@ fn from_wire(kind: Kind) -> Option<Error> {
         },
         Kind::RotationNotPrepared(_) => Error::RotationNotPrepared,
         Kind::StatePoisoned(_) => Error::StatePoisoned,
+        Kind::PartNotAvailable(_) => Error::PartNotAvailable,
         Kind::Storage(what) => Error::Storage(what.into()),
         Kind::Unavailable(_) => Error::Unavailable,
         Kind::Protocol(_) => Error::Protocol,
@@ -375,6 +378,7 @@ mod tests {
             },
             Error::RotationNotPrepared,
             Error::StatePoisoned,
+            Error::PartNotAvailable,
             Error::Storage("state file unreadable".into()),
             Error::Unavailable,
             Error::Protocol,
