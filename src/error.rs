@@ -400,6 +400,9 @@ refusals! {
     /// Applicant data is submitted by the city that collected it.
     CityRegistrarOnly => "CITY_REGISTRAR_ONLY",
         "applicant batches are submitted by a city registrar";
+    /// A card's personal data in clear is its own city's (`ReadCardPersonalData`).
+    PersonalDataOwnCityOnly => "PERSONAL_DATA_OWN_CITY_ONLY",
+        "a card's personal data is read in clear by a registrar of the card's own city only";
     /// The batch (same id and file) is another city's.
     BatchOfAnotherCity => "BATCH_OF_ANOTHER_CITY", "the batch was submitted by another city";
     /// A reviewer named a row that is accepted.

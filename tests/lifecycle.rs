@@ -645,8 +645,15 @@ async fn factors_of_cards_released_before_the_binding_are_bound_once() {
     let store = Store::open(dir.path(), std::sync::Arc::new(NoSealer)).unwrap();
     let released = |id: &str, chip_n: u32, status| Card {
         card_identifier: id.to_owned(),
-        card_number: card_number("GZ700001"),
-        social_security_number: ssn("44010319800101123"),
+        personal: sscard_kms::state::records::Personal {
+            ssn_index: format!("{:064X}", 1),
+            card_number_index: format!("{chip_n:064X}"),
+            ssn_masked: "440103********1231".to_owned(),
+            card_number_masked: "G*****011".to_owned(),
+            sealed_ssn: String::new(),
+            sealed_card_number: String::new(),
+            sealed_name: None,
+        },
         region: "440100".to_owned(),
         template_id: "ssc-2.0".to_owned(),
         status,

@@ -39,6 +39,7 @@ mod error;
 mod factor;
 mod kcv;
 mod methods;
+mod registry;
 mod types;
 
 pub use algorithm::Algorithm;
@@ -50,6 +51,10 @@ pub use error::{Error, Result};
 pub use factor::Factor;
 pub use kcv::{Kcv, KcvMethod};
 pub use methods::{Dispersion, KeyBlockVersion, MacFold};
+pub use registry::{
+    ClearField, INDEX_HASH_LEN, REGISTRY_VALUE_LEN, REGISTRY_VALUES, SEAL_OVERHEAD, SealedField,
+    check_index_domain, check_registry_items,
+};
 pub use types::{
     Component, Exportability, ExportedKey, HierarchyLevel, HsmState, HsmStatus, IssuedShare,
     KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare, SecretParts, UnsealProgress,
@@ -220,6 +225,35 @@ pub trait Hsm: Send + Sync + 'static {
     /// The public key of a [`KeyUsage::ListSigning`] key: the SEC1 uncompressed P-256 point,
     /// 65 bytes (`04 ‖ x ‖ y`), for anyone who checks [`Hsm::sign`]'s signatures.
     fn public_key(&self, key: &KeyToken) -> impl Future<Output = Result<Vec<u8>>> + Send;
+
+    /// The index hashes of `values` under a [`KeyUsage::RegistryIndex`] key, one per value in
+    /// order: `HMAC-SHA256(key, domain ‖ 0x00 ‖ value)`. The `domain` (see
+    /// [`check_index_domain`]) separates one field's hashes from another's. At most
+    /// [`REGISTRY_VALUES`] values of at most [`REGISTRY_VALUE_LEN`] bytes per call.
+    fn index_hashes(
+        &self,
+        key: &KeyToken,
+        domain: &str,
+        values: Vec<Vec<u8>>,
+    ) -> impl Future<Output = Result<Vec<[u8; INDEX_HASH_LEN]>>> + Send;
+
+    /// Seals `fields` under a [`KeyUsage::RegistryData`] key, one result per field in order:
+    /// AES-256-GCM with a fresh random 96-bit nonce and the field's `aad` as associated data.
+    /// Limits as [`Hsm::index_hashes`].
+    fn seal_fields(
+        &self,
+        key: &KeyToken,
+        fields: Vec<ClearField>,
+    ) -> impl Future<Output = Result<Vec<SealedField>>> + Send;
+
+    /// Opens fields sealed by [`Hsm::seal_fields`] under the same key, one per field in order.
+    /// A field that does not open (another key, another binding, altered) fails the whole call
+    /// with [`Error::Verification`].
+    fn open_fields(
+        &self,
+        key: &KeyToken,
+        fields: Vec<SealedField>,
+    ) -> impl Future<Output = Result<Vec<ClearField>>> + Send;
 
     /// Re-wraps `tokens` under a new LMK (split `threshold`-of-`shares`, the shares kept as
     /// [`SecretParts`] for [`Hsm::take_secret_part`]); the old LMK stays current until

@@ -103,6 +103,8 @@ impl HierarchyLevel {
 /// | `VendorTransport` | no | yes (only a master key's write) | no | never |
 /// | `AuditMac` | no | no | no | never |
 /// | `ListSigning` | no | no | no | never (only its public key leaves) |
+/// | `RegistryIndex` | no | no | no | never (only HMACs leave) |
+/// | `RegistryData` | no | no | no | never (only sealed fields and their opening leave) |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KeyUsage {
     /// A key-block protection key (KEK) of a station or a PSAM line: wraps and unwraps TR-31
@@ -131,11 +133,19 @@ pub enum KeyUsage {
     /// never leaves it; [`crate::Hsm::sign`] and [`crate::Hsm::public_key`] only. TR-31 usage
     /// `S0`, mode `S`.
     ListSigning,
+    /// The registry's index key: HMAC-SHA256 of personal data (SSNs, card numbers) for
+    /// uniqueness and look-ups without the clear value ([`crate::Hsm::index_hashes`] only).
+    /// 32 bytes (generated as AES-256). TR-31 usage `M7` (HMAC), mode `G` (generate only).
+    RegistryIndex,
+    /// The registry's data key: AES-256-GCM over the personal fields a city may read back
+    /// ([`crate::Hsm::seal_fields`], [`crate::Hsm::open_fields`] only), each bound to its
+    /// record by associated data. TR-31 usage `D0` (data encryption), mode `B`.
+    RegistryData,
 }
 
 impl KeyUsage {
     /// Every usage, each hierarchy usage at every level.
-    pub const ALL: [KeyUsage; 12] = [
+    pub const ALL: [KeyUsage; 14] = [
         KeyUsage::KeyBlockProtection,
         KeyUsage::CardDerivation(HierarchyLevel::National),
         KeyUsage::CardDerivation(HierarchyLevel::Province),
@@ -148,6 +158,8 @@ impl KeyUsage {
         KeyUsage::VendorTransport,
         KeyUsage::AuditMac,
         KeyUsage::ListSigning,
+        KeyUsage::RegistryIndex,
+        KeyUsage::RegistryData,
     ];
 
     /// A short name for messages, as in [`crate::Error::WrongUsage`]: "a {name} key cannot be
@@ -170,6 +182,8 @@ impl KeyUsage {
             KeyUsage::VendorTransport => "vendor transport",
             KeyUsage::AuditMac => "audit MAC",
             KeyUsage::ListSigning => "list signing",
+            KeyUsage::RegistryIndex => "registry index",
+            KeyUsage::RegistryData => "registry data",
         }
     }
 

@@ -7,6 +7,8 @@
 //! | SSC dispersion chain for DES/TDES (`CKM_DES3_ECB_ENCRYPT_DATA` over F‖~F) | yes | — | — |
 //! | KCVs (encrypt zeros for DES/TDES, CMAC for AES) | yes | — | — |
 //! | audit MAC (AES-CMAC) | yes | — | — |
+//! | registry index hashes (`CKM_SHA256_HMAC`, the key as a sign-only generic secret) | yes | — | — |
+//! | registry sealed fields (`CKM_AES_GCM`, the simulator's `nonce ‖ ciphertext ‖ tag`) | yes | — | — |
 //! | forming a key from components | XOR in the HSM process (the components are clear anyway), then the key enters the token | — | — |
 //! | TR-31 import and export | no | released for that one operation | refused |
 //! | the card's WRITE KEY command (encrypted key field, PBOC retail MAC) | no | released for that one operation | refused |

@@ -104,7 +104,7 @@ impl Pkcs11Hsm {
     }
 
     /// The key of `token` if its usage passes `allowed`; otherwise [`Error::WrongUsage`].
-    fn key_for(
+    pub(crate) fn key_for(
         &self,
         session: &Session,
         lmk: &LmkObjects,
@@ -137,7 +137,7 @@ impl Pkcs11Hsm {
     }
 
     /// The root of `key` unwrapped from its LMK wrapping into a session object of `template`.
-    fn unwrap_root(
+    pub(crate) fn unwrap_root(
         &self,
         session: &Session,
         lmk: &LmkObjects,

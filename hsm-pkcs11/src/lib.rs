@@ -34,9 +34,10 @@ use cryptoki::context::Pkcs11;
 use cryptoki::session::Session;
 use cryptoki::slot::Slot;
 use hsm_api::{
-    Component, Dispersion, Error, ExportedKey, Factor, Hsm, HsmState, HsmStatus, IssuedShare, Kcv,
-    KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare, Result,
-    UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest,
+    ClearField, Component, Dispersion, Error, ExportedKey, Factor, Hsm, HsmState, HsmStatus,
+    INDEX_HASH_LEN, IssuedShare, Kcv, KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkInit,
+    LmkRotation, LmkShare, Result, SealedField, UnsealProgress, WrappedKey, WriteKeyCommand,
+    WriteKeyRequest,
 };
 use hsm_sim::handout::Handout;
 use hsm_sim::shares::{ShareCollector, SplitSecret};
@@ -45,6 +46,7 @@ use zeroize::Zeroizing;
 pub mod capability;
 mod ffi;
 mod keys;
+mod registry;
 mod rotation;
 mod session;
 pub mod softhsm;
@@ -452,6 +454,31 @@ impl Hsm for Pkcs11Hsm {
 
     async fn public_key(&self, key: &KeyToken) -> Result<Vec<u8>> {
         self.with_lmk(|lmk| Ok(self.list_signing_key_now(lmk, key)?.public_key()))
+    }
+
+    async fn index_hashes(
+        &self,
+        key: &KeyToken,
+        domain: &str,
+        values: Vec<Vec<u8>>,
+    ) -> Result<Vec<[u8; INDEX_HASH_LEN]>> {
+        self.with_lmk(|lmk| self.index_hashes_now(lmk, key, domain, &values))
+    }
+
+    async fn seal_fields(
+        &self,
+        key: &KeyToken,
+        fields: Vec<ClearField>,
+    ) -> Result<Vec<SealedField>> {
+        self.with_lmk(|lmk| self.seal_fields_now(lmk, key, &fields))
+    }
+
+    async fn open_fields(
+        &self,
+        key: &KeyToken,
+        fields: Vec<SealedField>,
+    ) -> Result<Vec<ClearField>> {
+        self.with_lmk(|lmk| self.open_fields_now(lmk, key, &fields))
     }
 
     async fn random(&self, len: usize) -> Result<Vec<u8>> {

@@ -142,6 +142,8 @@ const fn usage_code(usage: KeyUsage) -> &'static str {
         KeyUsage::VendorTransport => "VT",
         KeyUsage::AuditMac => "AM",
         KeyUsage::ListSigning => "LS",
+        KeyUsage::RegistryIndex => "RI",
+        KeyUsage::RegistryData => "RD",
     }
 }
 

@@ -17,6 +17,8 @@
 //!   | `VendorTransport` | `E5` | `N` | `VT` |
 //!   | `AuditMac` | `M6` | `C` (generate and verify) | — |
 //!   | `ListSigning` | `S0` | `S` (sign only) | — |
+//!   | `RegistryIndex` | `M7` (HMAC) | `G` (generate only) | — |
+//!   | `RegistryData` | `D0` (data encryption) | `B` (encrypt and decrypt) | — |
 //!
 //!   and its exportability (`E` or `N`). The **role block** is a proprietary optional block
 //!   (X9.143 leaves IDs that begin with a digit to proprietary use) that tells a card master key,
@@ -100,6 +102,8 @@ pub(crate) const fn tr31_usage(usage: KeyUsage) -> (&'static str, ModeOfUse) {
         }
         KeyUsage::AuditMac => ("M6", ModeOfUse::GenerateVerify),
         KeyUsage::ListSigning => ("S0", ModeOfUse::SignOnly),
+        KeyUsage::RegistryIndex => ("M7", ModeOfUse::GenerateOnly),
+        KeyUsage::RegistryData => ("D0", ModeOfUse::EncryptDecrypt),
     }
 }
 
@@ -117,7 +121,9 @@ pub(crate) const fn role(usage: KeyUsage) -> Option<&'static str> {
         KeyUsage::KeyBlockProtection
         | KeyUsage::CardKey
         | KeyUsage::AuditMac
-        | KeyUsage::ListSigning => None,
+        | KeyUsage::ListSigning
+        | KeyUsage::RegistryIndex
+        | KeyUsage::RegistryData => None,
     }
 }
 

@@ -133,6 +133,13 @@ pub fn check_algorithm(usage: KeyUsage, alg: Algorithm) -> Result<()> {
             op: "list signing".into(),
             alg,
         }),
+        // HMAC-SHA256 with a 32-byte key; AES-256-GCM.
+        KeyUsage::RegistryIndex | KeyUsage::RegistryData if alg != Algorithm::Aes256 => {
+            Err(Error::Unsupported {
+                op: "the registry's personal data".into(),
+                alg,
+            })
+        }
         _ => Ok(()),
     }
 }
@@ -152,10 +159,11 @@ pub fn check_import_header(header: &KeyBlockHeader, usage: KeyUsage) -> Result<E
         KeyUsage::CardKey | KeyUsage::VendorTransport => &["E5"],
         KeyUsage::AuditMac => &["M6"],
         KeyUsage::CardMasterKey => return Err(only_derived()),
-        // A signing seed is generated here and never crosses the boundary either way.
-        KeyUsage::ListSigning => {
+        // A signing seed and the registry's keys are generated here and never cross the
+        // boundary either way.
+        KeyUsage::ListSigning | KeyUsage::RegistryIndex | KeyUsage::RegistryData => {
             return Err(Error::WrongUsage {
-                usage: "list signing".into(),
+                usage: usage.name().into(),
                 operation: "be imported".into(),
             });
         }
@@ -176,7 +184,9 @@ pub fn check_import_header(header: &KeyBlockHeader, usage: KeyUsage) -> Result<E
                 KeyUsage::VendorTransport => "become a vendor transport key".into(),
                 KeyUsage::AuditMac => "become an audit MAC key".into(),
                 KeyUsage::CardMasterKey => "become a card master key".into(),
-                KeyUsage::ListSigning => "become a list signing key".into(),
+                KeyUsage::ListSigning | KeyUsage::RegistryIndex | KeyUsage::RegistryData => {
+                    "be imported".into()
+                }
             },
         });
     }
@@ -379,6 +389,16 @@ pub const fn may_be_asked_for_export(usage: KeyUsage) -> bool {
 /// Whether a key of `usage` may be the parent of a derivation (a hierarchy key).
 pub const fn is_parent(usage: KeyUsage) -> bool {
     usage.level().is_some()
+}
+
+/// Whether a key of `usage` may compute the registry's index hashes (HMAC-SHA256).
+pub const fn is_registry_index(usage: KeyUsage) -> bool {
+    matches!(usage, KeyUsage::RegistryIndex)
+}
+
+/// Whether a key of `usage` may seal and open the registry's personal fields (AES-256-GCM).
+pub const fn is_registry_data(usage: KeyUsage) -> bool {
+    matches!(usage, KeyUsage::RegistryData)
 }
 
 /// Whether a key of `usage` may be the key a card write writes.

@@ -8,7 +8,7 @@
 use hsm_api::{Algorithm, Dispersion, Error, Factor, MacFold, Result};
 
 use crate::crypto::cipher::{self, BlockCipher};
-use crate::crypto::{SecretKey, diversify, kcv, kdf, mac};
+use crate::crypto::{SecretKey, diversify, kcv, kdf, mac, registry};
 
 /// One known-answer check: a name for the report and a function that says whether it passed.
 pub(crate) struct Check {
@@ -70,7 +70,37 @@ pub(crate) const CHECKS: &[Check] = &[
         name: "SM4 secure-messaging MAC and key field (SSC 3.0 trace)",
         run: sm4_secure_messaging,
     },
+    Check {
+        name: "HMAC-SHA256 (RFC 4231 test case 2)",
+        run: hmac_sha256,
+    },
+    Check {
+        name: "AES-256-GCM (GCM specification test case 16)",
+        run: aes256_gcm,
+    },
 ];
+
+fn hmac_sha256() -> Result<bool> {
+    let mac = registry::hmac_sha256(b"Jefe", &[b"what do ya want for nothing?".as_slice()])?;
+    Ok(mac.to_vec() == h("5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")?)
+}
+
+fn aes256_gcm() -> Result<bool> {
+    let key = h("feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308")?;
+    let iv = h("cafebabefacedbaddecaf888")?;
+    let aad = h("feedfacedeadbeeffeedfacedeadbeefabaddad2")?;
+    let pt = h(concat!(
+        "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a72",
+        "1c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b39"
+    ))?;
+    let ct = h(concat!(
+        "522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa",
+        "8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662",
+        "76fc6ece0f4e1768cddf8853bb2d551b"
+    ))?;
+    Ok(registry::gcm_seal(&key, &iv, &aad, &pt)? == ct
+        && registry::gcm_open(&key, &iv, &aad, &ct)? == pt)
+}
 
 /// Runs every check; the error names the first that failed.
 pub fn run() -> Result<()> {

@@ -92,6 +92,28 @@ impl<H: Hsm> Hsm for Singles<'static, H> {
     async fn random(&self, len: usize) -> Result<Vec<u8>> {
         self.0.random(len).await
     }
+    async fn index_hashes(
+        &self,
+        key: &KeyToken,
+        domain: &str,
+        values: Vec<Vec<u8>>,
+    ) -> Result<Vec<[u8; hsm_api::INDEX_HASH_LEN]>> {
+        self.0.index_hashes(key, domain, values).await
+    }
+    async fn seal_fields(
+        &self,
+        key: &KeyToken,
+        fields: Vec<hsm_api::ClearField>,
+    ) -> Result<Vec<hsm_api::SealedField>> {
+        self.0.seal_fields(key, fields).await
+    }
+    async fn open_fields(
+        &self,
+        key: &KeyToken,
+        fields: Vec<hsm_api::SealedField>,
+    ) -> Result<Vec<hsm_api::ClearField>> {
+        self.0.open_fields(key, fields).await
+    }
     async fn mac(&self, key: &KeyToken, data: &[u8]) -> Result<Vec<u8>> {
         self.0.mac(key, data).await
     }

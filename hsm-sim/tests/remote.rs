@@ -349,6 +349,8 @@ async fn the_hsm_process_serves_the_domain_chain_and_survives_a_restart() {
         Err(Error::WrongUsage { .. } | Error::NotExportable)
     ));
 
+    registry_over_the_wire(&hsm).await;
+
     // Typed errors survive the wire.
     assert_eq!(
         hsm.export_key(&kbpk.token, &chain.root, KeyBlockVersion::D)
@@ -924,4 +926,87 @@ async fn a_batch_over_the_wire_answers_as_the_single_operations_do() {
     crate::batch::whole_batch_refusals(hsm).await;
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
+}
+
+/// The registry's personal data over the wire: index hashes are `HMAC-SHA256(key, domain ‖ 0 ‖
+/// value)` of a key formed from known components (computed here with `hmac`), sealed fields
+/// open with their binding only, and each key does its own job only.
+async fn registry_over_the_wire<H: Hsm>(hsm: &H) {
+    use hmac::{KeyInit, Mac};
+    const KEY: &str = "000102030405060708090A0B0C0D0E0F101112131415161718191A1B1C1D1E1F";
+    const MASK: &str = "5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A";
+    let aes = |hex: &str| {
+        let kcv =
+            kcv::compute_default(&SecretKey::from_hex(Algorithm::Aes256, hex).unwrap()).unwrap();
+        Component::new(Zeroizing::new(hex.to_owned()), kcv)
+    };
+    let first: Vec<u8> = hex::decode(KEY)
+        .unwrap()
+        .iter()
+        .zip(hex::decode(MASK).unwrap())
+        .map(|(k, m)| k ^ m)
+        .collect();
+    let components = || vec![aes(&hex::encode_upper(&first)), aes(MASK)];
+    let index = hsm
+        .form_key(
+            spec(
+                Algorithm::Aes256,
+                KeyUsage::RegistryIndex,
+                Exportability::NonExportable,
+            ),
+            components(),
+        )
+        .await
+        .unwrap();
+    let data = hsm
+        .form_key(
+            spec(
+                Algorithm::Aes256,
+                KeyUsage::RegistryData,
+                Exportability::NonExportable,
+            ),
+            components(),
+        )
+        .await
+        .unwrap();
+    let values = vec![b"440103199001011236".to_vec(), b"GZ0000012".to_vec()];
+    let hashes = hsm
+        .index_hashes(&index.token, "ssn", values.clone())
+        .await
+        .unwrap();
+    for (value, hash) in values.iter().zip(&hashes) {
+        let mut mac =
+            <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&hex::decode(KEY).unwrap())
+                .unwrap();
+        mac.update(b"ssn\0");
+        mac.update(value);
+        assert_eq!(hash.as_slice(), mac.finalize().into_bytes().as_slice());
+    }
+    let fields = vec![hsm_api::ClearField {
+        aad: b"card/A/name".to_vec(),
+        value: "梁嘉欣".as_bytes().to_vec(),
+    }];
+    let sealed = hsm.seal_fields(&data.token, fields.clone()).await.unwrap();
+    assert_eq!(sealed[0].sealed.len(), 9 + 28);
+    assert_eq!(
+        hsm.open_fields(&data.token, sealed.clone()).await.unwrap(),
+        fields
+    );
+    let moved = vec![hsm_api::SealedField {
+        aad: b"card/B/name".to_vec(),
+        sealed: sealed[0].sealed.clone(),
+    }];
+    assert_eq!(
+        hsm.open_fields(&data.token, moved).await.unwrap_err(),
+        Error::Verification
+    );
+    assert!(matches!(
+        hsm.index_hashes(&data.token, "ssn", values).await,
+        Err(Error::WrongUsage { .. })
+    ));
+    assert!(matches!(
+        hsm.open_fields(&index.token, sealed).await,
+        Err(Error::WrongUsage { .. })
+    ));
+    assert!(hsm.index_hashes(&index.token, "SSN", vec![]).await.is_err());
 }

@@ -47,11 +47,13 @@ pub enum Operation {
     SubmitApplicantBatch,
     AcceptApplicantRow,
     GetApplicantBatch,
+    /// A card holder's personal data in clear (a city registrar of the card's city).
+    ReadCardPersonalData,
 }
 
 impl Operation {
     /// Every operation, for tests that walk the matrix.
-    pub const ALL: [Operation; 16] = [
+    pub const ALL: [Operation; 17] = [
         Operation::InjectCardKeys,
         Operation::InitialiseBlankCard,
         Operation::RegisterPsams,
@@ -68,6 +70,7 @@ impl Operation {
         Operation::SubmitApplicantBatch,
         Operation::AcceptApplicantRow,
         Operation::GetApplicantBatch,
+        Operation::ReadCardPersonalData,
     ];
 
     /// The name used in audit records.
@@ -89,6 +92,7 @@ impl Operation {
             Operation::SubmitApplicantBatch => "submit-applicant-batch",
             Operation::AcceptApplicantRow => "accept-applicant-row",
             Operation::GetApplicantBatch => "get-applicant-batch",
+            Operation::ReadCardPersonalData => "read-card-personal-data",
         }
     }
 }
@@ -111,6 +115,7 @@ pub const fn allowed(role: Role, op: Operation) -> bool {
                     | O::SubmitApplicantBatch
                     | O::AcceptApplicantRow
                     | O::GetApplicantBatch
+                    | O::ReadCardPersonalData
             )
             | (
                 Role::Officer,
@@ -208,6 +213,7 @@ mod tests {
                     O::SubmitApplicantBatch,
                     O::AcceptApplicantRow,
                     O::GetApplicantBatch,
+                    O::ReadCardPersonalData,
                 ],
             ),
             (

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::card::region::Region;
 use crate::error::{Error, Refusal, Resource, Result};
 use crate::state::audit::AuditEvent;
-use crate::state::records::{Card, CardStatus};
+use crate::state::records::{Card, CardStatus, Personal};
 use crate::state::store::{Table, Tx};
 
 use super::file::{Encoding, Row};
@@ -57,12 +57,12 @@ pub fn lines_of(runs: &[LineRun]) -> impl Iterator<Item = u64> + '_ {
     runs.iter().flat_map(|r| r.first..r.first + r.count)
 }
 
-/// What a waivable rejected row would register, kept for a reviewer's decision.
+/// What a waivable rejected row would register, kept for a reviewer's decision. Its personal
+/// data is kept as the card's would be (hashed, masked, sealed for the card it would become).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingCard {
     pub card_identifier: String,
-    pub card_number: String,
-    pub social_security_number: String,
+    pub personal: Personal,
     pub template_id: String,
     /// The card it replaces (batches stored before the `replaces` column: none).
     #[serde(default)]
@@ -178,20 +178,38 @@ pub fn mark_duplicates(rows: &[Row], checks: &mut [RowCheck]) {
     }
 }
 
-/// Adds the store's uniqueness reasons to every row whose fields parsed.
-pub fn check_store(tx: &Tx<'_>, checks: &mut [RowCheck], generations: &Generations) -> Result<()> {
-    for check in checks {
+/// A row's personal data as the HSM protected it: the index hashes of its SSN and card number
+/// (when valid), and the stored form of the card (when every field of a card parsed).
+#[derive(Debug, Clone, Default)]
+pub struct Protected {
+    pub ssn_index: Option<String>,
+    pub card_number_index: Option<String>,
+    pub personal: Option<Personal>,
+}
+
+/// Adds the store's uniqueness reasons to every row whose fields parsed (`protected`: one per
+/// row, in order).
+pub fn check_store(
+    tx: &Tx<'_>,
+    checks: &mut [RowCheck],
+    protected: &[Protected],
+    generations: &Generations,
+) -> Result<()> {
+    if protected.len() != checks.len() {
+        return Err(Error::StoreCorrupt("protected rows"));
+    }
+    for (check, protected) in checks.iter_mut().zip(protected) {
         if let Some(id) = &check.id
             && uniqueness::identifier_taken(tx, id.as_str())?
         {
             check.reasons.insert(Reason::DuplicateCardIdentifier);
         }
-        if let Some(number) = &check.number
-            && uniqueness::number_taken(tx, number.as_str())?
+        if let Some(number) = &protected.card_number_index
+            && uniqueness::number_taken(tx, number)?
         {
             check.reasons.insert(Reason::DuplicateCardNumber);
         }
-        let (Some(ssn), Some(template)) = (&check.ssn, check.template_id) else {
+        let (Some(ssn), Some(template)) = (&protected.ssn_index, check.template_id) else {
             continue;
         };
         let Some(generation) = generations.get(template) else {
@@ -201,15 +219,13 @@ pub fn check_store(tx: &Tx<'_>, checks: &mut [RowCheck], generations: &Generatio
         let mut replaced = None;
         if let Some(old) = &check.replaces {
             let card = tx.get::<Card>(Table::Cards, old.as_str())?;
-            if card
-                .is_some_and(|c| lifecycle::replaceable(&c, ssn.as_str(), generation, generations))
-            {
+            if card.is_some_and(|c| lifecycle::replaceable(&c, ssn, generation, generations)) {
                 replaced = Some(old.as_str());
             } else {
                 check.reasons.insert(Reason::ReplacesNotReplaceable);
             }
         }
-        if let Some(live) = uniqueness::live_card(tx, ssn.as_str(), generation, generations)?
+        if let Some(live) = uniqueness::live_card(tx, ssn, generation, generations)?
             && Some(live.as_str()) != replaced
         {
             check.reasons.insert(Reason::DuplicateSsn);
@@ -228,6 +244,8 @@ pub struct Review {
     pub encoding: Encoding,
     /// One per row, in line order, with the legality and in-batch reasons.
     pub checks: Vec<RowCheck>,
+    /// One per row, in line order: its personal data as the HSM protected it.
+    pub protected: Vec<Protected>,
 }
 
 /// What a submission wrote (or found).
@@ -238,11 +256,10 @@ pub struct Outcome {
     pub resubmitted: bool,
 }
 
-fn card_of(check: &RowCheck, region: &str, now_ms: u64) -> Option<Card> {
+fn card_of(check: &RowCheck, protected: &Protected, region: &str, now_ms: u64) -> Option<Card> {
     Some(Card {
         card_identifier: check.id.as_ref()?.as_str().to_owned(),
-        card_number: check.number.as_ref()?.as_str().to_owned(),
-        social_security_number: check.ssn.as_ref()?.as_str().to_owned(),
+        personal: protected.personal.clone()?,
         region: region.to_owned(),
         template_id: check.template_id?.to_owned(),
         status: CardStatus::Accepted,
@@ -283,15 +300,16 @@ pub fn write(tx: &mut Tx<'_>, review: Review, generations: &Generations) -> Resu
         });
     }
     let mut checks = review.checks;
-    check_store(tx, &mut checks, generations)?;
+    let protected = review.protected;
+    check_store(tx, &mut checks, &protected, generations)?;
 
     let now = tx.now_ms();
     let region = review.city.code;
     let mut cards = Vec::new();
     let mut rejections = Vec::new();
-    for check in &checks {
+    for (check, protected) in checks.iter().zip(&protected) {
         if check.reasons.is_empty() {
-            if let Some(card) = card_of(check, region, now) {
+            if let Some(card) = card_of(check, protected, region, now) {
                 cards.push(card);
                 continue;
             }
@@ -299,10 +317,9 @@ pub fn write(tx: &mut Tx<'_>, review: Review, generations: &Generations) -> Resu
             return Err(Error::StoreCorrupt("applicant row"));
         }
         let pending = if check.reasons.waivable() {
-            card_of(check, region, now).map(|c| PendingCard {
+            card_of(check, protected, region, now).map(|c| PendingCard {
                 card_identifier: c.card_identifier,
-                card_number: c.card_number,
-                social_security_number: c.social_security_number,
+                personal: c.personal,
                 template_id: c.template_id,
                 replaces: c.replaces,
             })
@@ -335,13 +352,7 @@ pub fn write(tx: &mut Tx<'_>, review: Review, generations: &Generations) -> Resu
             .get(&card.template_id)
             .ok_or(Error::StoreCorrupt("template generation"))?;
         if let Some(old) = &card.replaces {
-            lifecycle::replace(
-                tx,
-                old,
-                &card.social_security_number,
-                generation,
-                generations,
-            )?;
+            lifecycle::replace(tx, old, &card.personal.ssn_index, generation, generations)?;
         }
         uniqueness::put_card(tx, card, generation)?;
     }
@@ -398,8 +409,7 @@ pub fn accept_row(
     let now = tx.now_ms();
     let card = Card {
         card_identifier: pending.card_identifier,
-        card_number: pending.card_number,
-        social_security_number: pending.social_security_number,
+        personal: pending.personal,
         region: batch.region.clone(),
         template_id: pending.template_id,
         status: CardStatus::Accepted,
@@ -419,13 +429,7 @@ pub fn accept_row(
     // The store may have changed since the batch: uniqueness is never waived (a card replaced
     // leaves service first, in this write, if it still may).
     if let Some(old) = &card.replaces {
-        lifecycle::replace(
-            tx,
-            old,
-            &card.social_security_number,
-            &generation,
-            generations,
-        )?;
+        lifecycle::replace(tx, old, &card.personal.ssn_index, &generation, generations)?;
     }
     uniqueness::check_unique(tx, &card, &generation, generations)?;
     batch.rejections.remove(index);

@@ -237,8 +237,14 @@ pub fn bind_released_factors(tx: &mut Tx<'_>) -> Result<Option<(u64, u64)>> {
     if tx.get::<bool>(Table::Meta, FACTORS_BOUND)?.unwrap_or(false) {
         return Ok(None);
     }
+    /// What the binding reads of a card: the same in every layout of the registry.
+    #[derive(serde::Deserialize)]
+    struct Released {
+        template_id: String,
+        atr: Option<String>,
+    }
     let (mut bound, mut conflicts) = (0, 0);
-    for (id, card) in tx.scan::<Card>(Table::Cards, "")? {
+    for (id, card) in tx.scan::<Released>(Table::Cards, "")? {
         let Some(factor) = card
             .atr
             .as_deref()
@@ -261,11 +267,11 @@ pub fn bind_released_factors(tx: &mut Tx<'_>) -> Result<Option<(u64, u64)>> {
     Ok(Some((bound, conflicts)))
 }
 
-/// Whether `old` may be replaced by a card of the person `ssn` in card generation
-/// `generation`: the same person, the same generation, and a status [`Transition::Replace`]
-/// allows (personalised, active, suspended, lost).
+/// Whether `old` may be replaced by a card of the person whose SSN's index hash is `ssn`, in
+/// card generation `generation`: the same person, the same generation, and a status
+/// [`Transition::Replace`] allows (personalised, active, suspended, lost).
 pub fn replaceable(old: &Card, ssn: &str, generation: &str, generations: &Generations) -> bool {
-    old.social_security_number == ssn
+    old.personal.ssn_index == ssn
         && generations
             .get(&old.template_id)
             .is_some_and(|g| g == generation)

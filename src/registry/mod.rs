@@ -38,6 +38,7 @@ pub mod batch;
 pub mod blacklist;
 pub mod file;
 pub mod lifecycle;
+pub mod personal;
 pub mod reasons;
 pub mod report;
 pub mod rules;

@@ -3,9 +3,11 @@
 //! and by the one-by-one `RegisterCard`.
 //!
 //! Indexes (all in the same redb transaction as the card): `cards` by card identifier,
-//! `card_numbers` (card number → card identifier) and `ssns` (`<ssn>/<generation>` → card
-//! identifier, the generation being the template's `generation`, e.g. `2.0`). Stores written
-//! before the per-generation key keep `ssns` entries keyed by the bare SSN; they are read too.
+//! `card_numbers` (card number's index hash → card identifier) and `ssns` (`<SSN's index
+//! hash>/<generation>` → card identifier, the generation being the template's `generation`,
+//! e.g. `2.0`). No key holds a clear SSN or card number: the hashes are the HSM's
+//! ([`crate::registry::personal`]). Entries keyed by the bare SSN hash (stores written before
+//! the per-generation key, and un-blacklisting) are read too.
 //! A card is live unless rejected, cancelled, replaced or blacklisted ([`crate::registry::lifecycle::live`]).
 
 use std::collections::HashMap;
@@ -20,12 +22,12 @@ use crate::state::store::{Table, Tx};
 /// Template id → card generation, for every template the service has.
 pub type Generations = HashMap<String, String>;
 
-/// The `ssns` key of a person's card of one generation.
-pub fn person_key(ssn: &str, generation: &str) -> String {
-    format!("{ssn}/{generation}")
+/// The `ssns` key of a person's card of one generation (`ssn_index`: the SSN's index hash).
+pub fn person_key(ssn_index: &str, generation: &str) -> String {
+    format!("{ssn_index}/{generation}")
 }
 
-/// The live card of `ssn` in `generation`, if any.
+/// The live card of the person whose SSN's index hash is `ssn`, in `generation`, if any.
 pub fn live_card(
     tx: &Tx<'_>,
     ssn: &str,
@@ -58,10 +60,10 @@ pub fn identifier_taken(tx: &Tx<'_>, card_identifier: &str) -> Result<bool> {
         .is_some())
 }
 
-/// Whether a card with this number exists.
-pub fn number_taken(tx: &Tx<'_>, card_number: &str) -> Result<bool> {
+/// Whether a card with this number (its index hash) exists.
+pub fn number_taken(tx: &Tx<'_>, card_number_index: &str) -> Result<bool> {
     Ok(tx
-        .get::<IgnoredAny>(Table::CardNumbers, card_number)?
+        .get::<IgnoredAny>(Table::CardNumbers, card_number_index)?
         .is_some())
 }
 
@@ -78,12 +80,12 @@ pub fn check_unique(
             what: Resource::CardIdentifier,
         });
     }
-    if number_taken(tx, &card.card_number)? {
+    if number_taken(tx, &card.personal.card_number_index)? {
         return Err(Error::AlreadyExists {
             what: Resource::CardNumber,
         });
     }
-    if live_card(tx, &card.social_security_number, generation, generations)?.is_some() {
+    if live_card(tx, &card.personal.ssn_index, generation, generations)?.is_some() {
         return Err(Error::AlreadyExists {
             what: Resource::LiveCardForSsn,
         });
@@ -94,10 +96,14 @@ pub fn check_unique(
 /// Writes `card` and its indexes (after [`check_unique`]).
 pub fn put_card(tx: &mut Tx<'_>, card: &Card, generation: &str) -> Result<()> {
     tx.put(Table::Cards, &card.card_identifier, card)?;
-    tx.put(Table::CardNumbers, &card.card_number, &card.card_identifier)?;
+    tx.put(
+        Table::CardNumbers,
+        &card.personal.card_number_index,
+        &card.card_identifier,
+    )?;
     tx.put(
         Table::SocialSecurityNumbers,
-        &person_key(&card.social_security_number, generation),
+        &person_key(&card.personal.ssn_index, generation),
         &card.card_identifier,
     )
 }

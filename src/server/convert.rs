@@ -75,18 +75,8 @@ pub(super) fn pb_delivered(d: service::Delivered) -> pb::DeliveredKey {
 pub(super) fn pb_card(c: records::Card) -> pb::CardRecord {
     pb::CardRecord {
         card_identifier: c.card_identifier,
-        card_number_masked: crate::card::identifiers::CardNumber::parse_field(
-            "card_number",
-            &c.card_number,
-        )
-        .map(|n| n.masked())
-        .unwrap_or_default(),
-        social_security_number_masked: crate::card::identifiers::SocialSecurityNumber::parse_field(
-            "social_security_number",
-            &c.social_security_number,
-        )
-        .map(|n| n.masked())
-        .unwrap_or_default(),
+        card_number_masked: c.personal.card_number_masked,
+        social_security_number_masked: c.personal.ssn_masked,
         region: c.region,
         template_id: c.template_id,
         status: (match c.status {

@@ -176,4 +176,23 @@ impl<H: Hsm> pb::registry_service_server::RegistryService for Api<H> {
             .map_err(status)?;
         Ok(Response::new(pb_card(card)))
     }
+
+    async fn read_card_personal_data(
+        &self,
+        request: Request<pb::CardRef>,
+    ) -> Result<Response<pb::CardPersonalData>, Status> {
+        let who = self.admit(&request)?;
+        let req = request.into_inner();
+        let clear = self
+            .kms
+            .read_card_personal_data(&who, &req.card_identifier)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::CardPersonalData {
+            card_identifier: clear.card_identifier.clone(),
+            social_security_number: clear.ssn.clone(),
+            card_number: clear.card_number.clone(),
+            name: clear.name.clone().unwrap_or_default(),
+        }))
+    }
 }

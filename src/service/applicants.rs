@@ -12,13 +12,15 @@ use crate::access::authz::{self, Operation};
 use crate::access::identity::Identity;
 use crate::card::region::Region;
 use crate::error::{Error, Refusal, Resource, Result};
-use crate::registry::batch::{self, Outcome, Review, StoredBatch};
+use crate::registry::batch::{self, Outcome, Protected, Review, StoredBatch};
 use crate::registry::file::{self, Encoding};
+use crate::registry::personal::{self, ClearPersonal};
 use crate::registry::rules;
 use crate::registry::uniqueness::Generations;
 use crate::state::store::Table;
 
 use super::Kms;
+use super::personal::RegistryKeys;
 
 /// Longest batch id a submitter may choose.
 pub const MAX_BATCH_ID_LEN: usize = 64;
@@ -168,28 +170,41 @@ impl<H: Hsm> Kms<H> {
                 ..
             } = upload;
             let submitter = caller.to_string();
+            let keys = self.registry_keys().await?;
             // Decoding, parsing and the rules of each row: CPU work, off the async threads.
-            let review = tokio::task::spawn_blocking(move || -> Result<Review> {
-                let sha256 = hex::encode_upper(sha256.finalize());
-                let parsed = file::parse(&bytes, encoding)?;
-                drop(bytes);
-                let mut checks: Vec<_> = parsed
-                    .rows
-                    .iter()
-                    .map(|row| rules::check_row(row, city, |t| known.contains_key(t)))
-                    .collect();
-                batch::mark_duplicates(&parsed.rows, &mut checks);
-                Ok(Review {
-                    id: batch_id.unwrap_or_else(|| sha256.clone()),
-                    sha256,
-                    submitter,
-                    city,
-                    encoding: parsed.encoding,
-                    checks,
+            let (mut review, clear) =
+                tokio::task::spawn_blocking(move || -> Result<(Review, Vec<RowClear>)> {
+                    let sha256 = hex::encode_upper(sha256.finalize());
+                    let parsed = file::parse(&bytes, encoding)?;
+                    drop(bytes);
+                    let mut checks: Vec<_> = parsed
+                        .rows
+                        .iter()
+                        .map(|row| rules::check_row(row, city, |t| known.contains_key(t)))
+                        .collect();
+                    batch::mark_duplicates(&parsed.rows, &mut checks);
+                    let clear = parsed
+                        .rows
+                        .iter()
+                        .zip(&checks)
+                        .map(|(row, check)| RowClear::of(row, check))
+                        .collect();
+                    Ok((
+                        Review {
+                            id: batch_id.unwrap_or_else(|| sha256.clone()),
+                            sha256,
+                            submitter,
+                            city,
+                            encoding: parsed.encoding,
+                            checks,
+                            protected: Vec::new(),
+                        },
+                        clear,
+                    ))
                 })
-            })
-            .await
-            .map_err(|_| Error::Store)??;
+                .await
+                .map_err(|_| Error::Store)??;
+            review.protected = self.protect_rows(&keys, clear).await?;
             self.store
                 .write(move |tx| batch::write(tx, review, &generations))
                 .await
@@ -214,6 +229,7 @@ impl<H: Hsm> Kms<H> {
             authz::authorize(caller, Operation::AcceptApplicantRow)?;
             authz::authorize_province(caller)?;
             check_batch_id(batch_id)?;
+            self.registry_keys().await?;
             let generations = self.generations()?;
             let id = batch_id.to_owned();
             let reviewer = caller.to_string();
@@ -238,6 +254,7 @@ impl<H: Hsm> Kms<H> {
         self.audited(caller, Operation::GetApplicantBatch, &subject, async {
             authz::authorize(caller, Operation::GetApplicantBatch)?;
             check_batch_id(batch_id)?;
+            self.registry_keys().await?;
             let batch: StoredBatch = self
                 .store
                 .snapshot()?
@@ -249,5 +266,106 @@ impl<H: Hsm> Kms<H> {
             Ok(batch)
         })
         .await
+    }
+}
+
+/// A row's valid personal fields, clear, on their way to the HSM. `Debug` shows nothing.
+struct RowClear {
+    ssn: Option<String>,
+    card_number: Option<String>,
+    /// The whole card, when every field of one parsed.
+    card: Option<ClearPersonal>,
+}
+
+impl RowClear {
+    fn of(row: &file::Row, check: &rules::RowCheck) -> RowClear {
+        let ssn = check.ssn.as_ref().map(|s| s.as_str().to_owned());
+        let card_number = check.number.as_ref().map(|n| n.as_str().to_owned());
+        let card = match (&check.id, &ssn, &card_number) {
+            (Some(id), Some(ssn), Some(number)) => Some(ClearPersonal {
+                card_identifier: id.as_str().to_owned(),
+                ssn: ssn.clone(),
+                card_number: number.clone(),
+                name: Some(row.name.clone()),
+            }),
+            _ => None,
+        };
+        RowClear {
+            ssn,
+            card_number,
+            card,
+        }
+    }
+}
+
+impl std::fmt::Debug for RowClear {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RowClear").finish_non_exhaustive()
+    }
+}
+
+impl<H: Hsm> Kms<H> {
+    /// The index hashes and sealed cards of a batch's rows, in a few HSM calls.
+    async fn protect_rows(
+        &self,
+        keys: &RegistryKeys,
+        rows: Vec<RowClear>,
+    ) -> Result<Vec<Protected>> {
+        let ssn_rows: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].ssn.is_some()).collect();
+        let number_rows: Vec<usize> = (0..rows.len())
+            .filter(|&i| rows[i].card_number.is_some())
+            .collect();
+        let ssns = self
+            .index_hashes(
+                keys,
+                personal::SSN,
+                ssn_rows
+                    .iter()
+                    .filter_map(|&i| rows[i].ssn.as_ref().map(|s| s.as_bytes().to_vec()))
+                    .collect(),
+            )
+            .await?;
+        let numbers = self
+            .index_hashes(
+                keys,
+                personal::CARD_NUMBER,
+                number_rows
+                    .iter()
+                    .filter_map(|&i| rows[i].card_number.as_ref().map(|s| s.as_bytes().to_vec()))
+                    .collect(),
+            )
+            .await?;
+        let mut protected = vec![Protected::default(); rows.len()];
+        for (i, hash) in ssn_rows.into_iter().zip(ssns) {
+            protected[i].ssn_index = Some(hash);
+        }
+        for (i, hash) in number_rows.into_iter().zip(numbers) {
+            protected[i].card_number_index = Some(hash);
+        }
+        // A card's row has a valid SSN and card number: their hashes are above.
+        let card_rows: Vec<usize> = (0..rows.len())
+            .filter(|&i| rows[i].card.is_some())
+            .collect();
+        let mut cards = Vec::with_capacity(card_rows.len());
+        let (mut card_ssns, mut card_numbers) = (Vec::new(), Vec::new());
+        for &i in &card_rows {
+            let (Some(card), Some(ssn), Some(number)) = (
+                rows[i].card.clone(),
+                protected[i].ssn_index.clone(),
+                protected[i].card_number_index.clone(),
+            ) else {
+                return Err(Error::StoreCorrupt("applicant row"));
+            };
+            cards.push(card);
+            card_ssns.push(ssn);
+            card_numbers.push(number);
+        }
+        let sealed = self
+            .seal_personal(keys, &cards, card_ssns, card_numbers)
+            .await?;
+        for (i, personal) in card_rows.into_iter().zip(sealed) {
+            protected[i].personal = Some(personal);
+        }
+        Ok(protected)
     }
 }

@@ -701,7 +701,7 @@ fn blacklisted(card: Option<Card>) -> Result<Card> {
 /// holder exists; the holder's index points at it again. What was done, for the record.
 fn unblacklist_in(tx: &mut Tx<'_>, card_identifier: &str) -> Result<String> {
     let mut card = blacklisted(tx.get(Table::Cards, card_identifier)?)?;
-    let ssn = card.social_security_number.clone();
+    let ssn = card.personal.ssn_index.clone();
     if let Some(other) = tx.get::<String>(Table::SocialSecurityNumbers, &ssn)? {
         let live = other != card.card_identifier
             && tx

@@ -317,6 +317,40 @@ impl<H: Hsm> Hsm for WatchedHsm<H> {
         self.key_op(r)
     }
 
+    async fn index_hashes(
+        &self,
+        key: &KeyToken,
+        domain: &str,
+        values: Vec<Vec<u8>>,
+    ) -> HsmResult<Vec<[u8; hsm_api::INDEX_HASH_LEN]>> {
+        let r = self
+            .measured("index_hashes", self.inner.index_hashes(key, domain, values))
+            .await;
+        self.key_op(r)
+    }
+
+    async fn seal_fields(
+        &self,
+        key: &KeyToken,
+        fields: Vec<hsm_api::ClearField>,
+    ) -> HsmResult<Vec<hsm_api::SealedField>> {
+        let r = self
+            .measured("seal_fields", self.inner.seal_fields(key, fields))
+            .await;
+        self.key_op(r)
+    }
+
+    async fn open_fields(
+        &self,
+        key: &KeyToken,
+        fields: Vec<hsm_api::SealedField>,
+    ) -> HsmResult<Vec<hsm_api::ClearField>> {
+        let r = self
+            .measured("open_fields", self.inner.open_fields(key, fields))
+            .await;
+        self.key_op(r)
+    }
+
     async fn prepare_lmk_rotation(
         &self,
         tokens: Vec<KeyToken>,

@@ -30,6 +30,7 @@ mod components;
 mod custodians;
 mod hsm_watch;
 mod officers;
+mod personal;
 mod psam_lines;
 mod registrars;
 mod stations;
@@ -200,6 +201,22 @@ fn kcv_hex(kcv: &Kcv) -> (String, String) {
     (kcv.method().name().to_owned(), kcv.to_hex())
 }
 
+/// At start-up: the HSM's error if `result` failed because the HSM is not operational (sealed,
+/// uninitialised, self-test failed, unreachable) — the step is done later —, any other failure
+/// as itself.
+fn not_operational<T>(result: Result<T>) -> Result<Option<HsmError>> {
+    match result {
+        Ok(_) => Ok(None),
+        Err(Error::Hsm(
+            e @ (HsmError::Sealed
+            | HsmError::Uninitialised
+            | HsmError::SelfTestFailed(_)
+            | HsmError::Unavailable),
+        )) => Ok(Some(e)),
+        Err(e) => Err(e),
+    }
+}
+
 fn token(record_token: &str) -> KeyToken {
     KeyToken::from_stored(record_token.to_owned())
 }
@@ -274,17 +291,8 @@ impl<H: Hsm> Kms<H> {
             owner,
         };
         kms.reload_templates()?;
-        match kms.ensure_audit_key().await {
-            Ok(()) => {}
-            Err(Error::Hsm(
-                e @ (HsmError::Sealed
-                | HsmError::Uninitialised
-                | HsmError::SelfTestFailed(_)
-                | HsmError::Unavailable),
-            )) => {
-                tracing::warn!(error = %e, "no audit key yet: the HSM is not operational");
-            }
-            Err(e) => return Err(e),
+        if let Some(e) = not_operational(kms.ensure_audit_key().await)? {
+            tracing::warn!(error = %e, "no audit key yet: the HSM is not operational");
         }
         // Once per store, after the audit key (so that its commit is sealed): the card factors
         // of cards released before factors were bound.
@@ -310,6 +318,12 @@ impl<H: Hsm> Kms<H> {
                     Ok(())
                 })
                 .await?;
+        }
+        // The registry's keys, made at the first open with an operational HSM, and a store
+        // written before the personal data were protected migrated (or at the first registry
+        // operation, if the HSM is not operational now).
+        if let Some(e) = not_operational(kms.registry_keys().await)? {
+            tracing::warn!(error = %e, "registry keys not checked: the HSM is not operational");
         }
         // The readiness from the HSM's own word, whatever the audit key needed.
         let _ = kms.hsm.status().await;

@@ -10,6 +10,7 @@ use crate::card::identifiers::CardIdentifier;
 use crate::error::{Error, Refusal, Resource, Result};
 use crate::registry::blacklist;
 use crate::registry::lifecycle::{self, Transition};
+use crate::registry::personal::ClearPersonal;
 use crate::registry::uniqueness;
 use crate::state::audit::AuditEvent;
 use crate::state::records::{Card, CardStatus};
@@ -51,10 +52,21 @@ impl<H: Hsm> Kms<H> {
                 }
                 None => None,
             };
+            let keys = self.registry_keys().await?;
+            let clear = ClearPersonal {
+                card_identifier: checked.id.as_str().to_owned(),
+                ssn: checked.ssn.as_str().to_owned(),
+                card_number: checked.number.as_str().to_owned(),
+                name: None,
+            };
+            let personal = self
+                .protect(&keys, std::slice::from_ref(&clear))
+                .await?
+                .pop()
+                .ok_or(Error::StoreCorrupt("protected card"))?;
             let record = Card {
                 card_identifier: checked.id.as_str().to_owned(),
-                card_number: checked.number.as_str().to_owned(),
-                social_security_number: checked.ssn.as_str().to_owned(),
+                personal,
                 region: region.code.to_owned(),
                 template_id: template_id.to_owned(),
                 status: CardStatus::Registered,
@@ -73,7 +85,7 @@ impl<H: Hsm> Kms<H> {
                         lifecycle::replace(
                             tx,
                             old,
-                            &record.social_security_number,
+                            &record.personal.ssn_index,
                             &generation,
                             &generations,
                         )?;
@@ -169,12 +181,59 @@ impl<H: Hsm> Kms<H> {
             authz::authorize(caller, Operation::GetCard)?;
             let id = CardIdentifier::parse_field("card_identifier", card_identifier)?;
             authz::authorize_region(caller, id.region().code)?;
+            self.registry_keys().await?;
             self.store
                 .snapshot()?
                 .get(Table::Cards, id.as_str())?
                 .ok_or(Error::NotFound {
                     what: Resource::Card,
                 })
+        })
+        .await
+    }
+
+    /// A card holder's SSN, card number and name in clear, opened by the HSM: for a registrar
+    /// of the card's own city only; audited (the record names the card, masked).
+    pub async fn read_card_personal_data(
+        &self,
+        caller: &Identity,
+        card_identifier: &str,
+    ) -> Result<ClearPersonal> {
+        let subject = format!(
+            "personal data of card {}",
+            mask_card_identifier(card_identifier)
+        );
+        self.audited(caller, Operation::ReadCardPersonalData, &subject, async {
+            authz::authorize(caller, Operation::ReadCardPersonalData)?;
+            let id = CardIdentifier::parse_field("card_identifier", card_identifier)?;
+            // The card's own city only: never the province, never another city.
+            if caller.region() != Some(id.region().code) {
+                return Err(Error::PermissionDenied {
+                    reason: Refusal::PersonalDataOwnCityOnly,
+                });
+            }
+            let keys = self.registry_keys().await?;
+            let card: Card = self
+                .store
+                .snapshot()?
+                .get(Table::Cards, id.as_str())?
+                .ok_or(Error::NotFound {
+                    what: Resource::Card,
+                })?;
+            let clear = self.open_personal(&keys, &card).await?;
+            let actor = caller.to_string();
+            let masked = mask_card_identifier(id.as_str());
+            self.store
+                .write(move |tx| {
+                    tx.audit(AuditEvent::ok(
+                        actor,
+                        Operation::ReadCardPersonalData.name(),
+                        format!("personal data of card {masked} read in clear"),
+                    ));
+                    Ok(())
+                })
+                .await?;
+            Ok(clear)
         })
         .await
     }
@@ -261,6 +320,7 @@ impl<H: Hsm> Kms<H> {
             }
             let id = CardIdentifier::parse_field("card_identifier", card_identifier)?;
             authz::authorize_region(caller, id.region().code)?;
+            self.registry_keys().await?;
             let key = id.as_str().to_owned();
             let actor = caller.to_string();
             self.store

@@ -16,6 +16,7 @@ use crate::card::template::{KeyOwner, KeySpec, Protector, Template};
 use crate::error::{Error, Refusal, Resource, Result};
 use crate::metrics::ReleaseLabels;
 use crate::registry::lifecycle::{self, Release};
+use crate::registry::personal;
 use crate::state::audit::AuditEvent;
 use crate::state::records::{self, Card, EndpointKind, KeyRecord, Level};
 use crate::state::store::{Snapshot, Table};
@@ -86,11 +87,20 @@ impl<H: Hsm> Kms<H> {
             let region = checked.id.region();
             authz::authorize_region(caller, region.code)?;
             let template = self.template(template_id)?;
+            // The HSM's answer is awaited before the registry's checks, but a registry refusal
+            // (unknown card, its status) is named even when the HSM cannot hash (sealed).
+            let hashes = self.request_hashes(&checked).await;
             // One consistent view of the state for the whole request.
             let snap = self.store.snapshot()?;
             let station = Self::endpoint(&snap, EndpointKind::Station, caller)?;
-            let record =
-                Self::releasable_card(&snap, &checked, template.id(), Release::Personalise)?;
+            let record = Self::releasable_card(
+                &snap,
+                &checked,
+                hashes.as_ref().ok(),
+                template.id(),
+                Release::Personalise,
+            )?;
+            hashes?;
             let atr = checked.atr.as_ref().ok_or(Error::InvalidArgument {
                 field: "atr",
                 reason: Refusal::Required,
@@ -211,10 +221,19 @@ impl<H: Hsm> Kms<H> {
             let checked = card.check(true)?;
             authz::authorize_region(caller, checked.id.region().code)?;
             let template = self.template(template_id)?;
+            // The HSM's answer is awaited before the registry's checks, but a registry refusal
+            // (unknown card, its status) is named even when the HSM cannot hash (sealed).
+            let hashes = self.request_hashes(&checked).await;
             let snap = self.store.snapshot()?;
             Self::endpoint(&snap, EndpointKind::Station, caller)?;
-            let record =
-                Self::releasable_card(&snap, &checked, template.id(), Release::Initialise)?;
+            let record = Self::releasable_card(
+                &snap,
+                &checked,
+                hashes.as_ref().ok(),
+                template.id(),
+                Release::Initialise,
+            )?;
+            hashes?;
             let atr = checked.atr.as_ref().ok_or(Error::InvalidArgument {
                 field: "atr",
                 reason: Refusal::Required,
@@ -265,6 +284,7 @@ impl<H: Hsm> Kms<H> {
     fn releasable_card(
         snap: &Snapshot,
         checked: &CheckedCard,
+        hashes: Option<&RequestHashes>,
         template_id: &str,
         release: Release,
     ) -> Result<Card> {
@@ -275,7 +295,7 @@ impl<H: Hsm> Kms<H> {
                 .ok_or(Error::NoMatchingCard {
                     detail: "unknown card identifier",
                 })?;
-        check_releasable(&card, checked, template_id, release)?;
+        check_releasable(&card, checked, hashes, template_id, release)?;
         if let Some(atr) = &checked.atr {
             let bound: Option<String> = snap.get(
                 Table::CardFactors,
@@ -572,18 +592,55 @@ fn select_keys<'t>(
         .collect()
 }
 
+/// The index hashes of a request's card number and SSN, compared with the registry's.
+struct RequestHashes {
+    card_number: String,
+    ssn: String,
+}
+
+impl<H: Hsm> Kms<H> {
+    /// The index hashes of `checked`'s card number and SSN (two HSM calls, at once).
+    async fn request_hashes(&self, checked: &CheckedCard) -> Result<RequestHashes> {
+        let keys = self.registry_keys().await?;
+        let (number, ssn) = tokio::join!(
+            self.index_hashes(
+                &keys,
+                personal::CARD_NUMBER,
+                vec![checked.number.as_str().as_bytes().to_vec()],
+            ),
+            self.index_hashes(
+                &keys,
+                personal::SSN,
+                vec![checked.ssn.as_str().as_bytes().to_vec()]
+            ),
+        );
+        let (mut number, mut ssn) = (number?, ssn?);
+        Ok(RequestHashes {
+            card_number: number.pop().ok_or(HsmError::Protocol)?,
+            ssn: ssn.pop().ok_or(HsmError::Protocol)?,
+        })
+    }
+}
+
 fn check_releasable(
     card: &Card,
     checked: &CheckedCard,
+    hashes: Option<&RequestHashes>,
     template_id: &str,
     release: Release,
 ) -> Result<()> {
-    if card.card_number != checked.number.as_str() {
+    // Without the hashes (the HSM could not make them) the data are not compared: the caller
+    // refuses with the HSM's error unless a check below refuses first.
+    if let Some(hashes) = hashes
+        && card.personal.card_number_index != hashes.card_number
+    {
         return Err(Error::NoMatchingCard {
             detail: "the card number differs from the registry's",
         });
     }
-    if card.social_security_number != checked.ssn.as_str() {
+    if let Some(hashes) = hashes
+        && card.personal.ssn_index != hashes.ssn
+    {
         return Err(Error::NoMatchingCard {
             detail: "the social security number differs from the registry's",
         });

@@ -36,6 +36,8 @@ pub(crate) trait Read {
 pub(crate) trait Write: Read {
     /// Writes `value` at `key` in `table`.
     fn put(&mut self, table: Table, key: &str, value: &[u8]) -> Result<()>;
+    /// Removes `key` from `table` (nothing if absent).
+    fn delete(&mut self, table: Table, key: &str) -> Result<()>;
     /// Appends the audit record `seq` (refused if `seq` exists: the chain never forks).
     fn append_audit(&mut self, seq: u64, record: &[u8]) -> Result<()>;
     /// Stores the seal of the head at `seq`.

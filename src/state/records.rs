@@ -162,12 +162,36 @@ impl CardStatus {
     }
 }
 
+/// A card holder's personal data as the store keeps it: never in clear (issue 9). Index hashes
+/// for uniqueness and look-ups, masked forms for responses and logs, and the fields a city may
+/// read back sealed by the HSM (`crate::registry::personal`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Personal {
+    /// Upper-case hex HMAC-SHA256 of the SSN (index domain `ssn`): the `ssns` entries' key.
+    pub ssn_index: String,
+    /// Upper-case hex HMAC-SHA256 of the card number (domain `card-number`): the
+    /// `card_numbers` entries' key.
+    pub card_number_index: String,
+    /// `440103********123X`.
+    pub ssn_masked: String,
+    /// `B*****774`.
+    pub card_number_masked: String,
+    /// The SSN sealed under the registry data key (hex `nonce ‖ ciphertext ‖ tag`), bound to
+    /// this card (`crate::registry::personal::aad`).
+    pub sealed_ssn: String,
+    /// The card number, sealed likewise.
+    pub sealed_card_number: String,
+    /// The holder's name (UTF-8), sealed likewise; none for a card registered one by one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_name: Option<String>,
+}
+
 /// A registered card.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Card {
     pub card_identifier: String,
-    pub card_number: String,
-    pub social_security_number: String,
+    /// The holder's SSN, card number and name: hashed, masked and sealed, never clear.
+    pub personal: Personal,
     /// The issuing city (from the card identifier).
     pub region: String,
     pub template_id: String,

@@ -268,6 +268,15 @@ impl Write for RedbWrite {
         Ok(())
     }
 
+    fn delete(&mut self, table: Table, key: &str) -> Result<()> {
+        self.txn
+            .open_table(def(table))
+            .map_err(store_err)?
+            .remove(key)
+            .map_err(store_err)?;
+        Ok(())
+    }
+
     fn append_audit(&mut self, seq: u64, record: &[u8]) -> Result<()> {
         let mut t = self.txn.open_table(AUDIT).map_err(store_err)?;
         if t.insert(seq, record).map_err(store_err)?.is_some() {

@@ -246,6 +246,12 @@ impl Tx<'_> {
         decode_all(self.poisoned(self.txn.scan(table, prefix))?)
     }
 
+    /// Removes `key` (nothing if absent). As for [`Tx::put`], only once the request is valid.
+    pub fn delete(&mut self, table: Table, key: &str) -> Result<()> {
+        let deleted = self.txn.delete(table, key);
+        self.poisoned(deleted)
+    }
+
     /// Appends an audit record to the chain, in this transaction.
     pub fn audit(&mut self, event: AuditEvent) {
         let record = self.head.append(event, self.now_ms);

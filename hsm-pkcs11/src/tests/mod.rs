@@ -19,6 +19,8 @@ use crate::softhsm::{DangerousToken, dangerous_token};
 use crate::token;
 use crate::{Mode, Outside, Pkcs11Hsm};
 
+mod registry;
+
 /// DOMAIN.md §2's national test root.
 const ROOT: &str = "11111111111111112222222222222222";
 /// A station's key-block protection key (AES-128).

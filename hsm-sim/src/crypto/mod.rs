@@ -1,7 +1,7 @@
 //! The simulator's cryptography: everything that runs on clear keys.
 //!
 //! Every algorithm comes from RustCrypto (`des`, `aes`, `sm4`, `cbc`, `cmac`, `retail-mac`,
-//! `hkdf`, `sha2`, `p256`); nothing here implements a block cipher or a MAC.
+//! `hkdf`, `sha2`, `p256`, `hmac`, `aes-gcm`); nothing here implements a block cipher or a MAC.
 //!
 //! | module | what |
 //! |---|---|
@@ -13,6 +13,7 @@
 //! | [`tr31`] | TR-31 / ANSI X9.143 key blocks, versions B and D |
 //! | [`kdf`] | HKDF-SHA256 |
 //! | [`random`] | OS randomness and key generation (weak DES keys redrawn) |
+//! | [`registry`] | the registry's personal data: HMAC-SHA256 index hashes, AES-256-GCM sealed fields |
 //! | [`sign`] | ECDSA P-256 signatures of published lists, from a list-signing seed |
 
 pub mod cipher;
@@ -22,6 +23,7 @@ pub mod kdf;
 pub(crate) mod key;
 pub mod mac;
 pub mod random;
+pub mod registry;
 pub mod sign;
 pub mod tr31;
 

@@ -288,6 +288,23 @@ impl LocalHsm {
         )?;
         crate::crypto::sign::ListSigningKey::from_seed(&key.key)
     }
+
+    /// The key of a registry token (index or data key, as `allowed` says), kept in the hot-key
+    /// cache: a batch review uses it for every row.
+    pub(super) fn registry_key(
+        &self,
+        lmk: &Lmk,
+        token: &KeyToken,
+        allowed: fn(KeyUsage) -> bool,
+    ) -> Result<Arc<TokenKey>> {
+        self.key_for(
+            lmk,
+            token,
+            allowed,
+            "protect the registry's personal data",
+            Caching::Keep,
+        )
+    }
 }
 
 /// A token and KCV for `key`.

@@ -42,6 +42,8 @@
 //! | `mac`, `verify_mac` | key | `AuditMac` (AES) |
 //! | `batch` | every item | as `derive_key` for a derived key, then as `export_key` or `write_key_command` |
 //! | `sign`, `public_key` | key | `ListSigning` (an AES-256-length seed; the P-256 private key is derived inside, per call, and never leaves) |
+//! | `index_hashes` | key | `RegistryIndex` (HMAC-SHA256, 32 bytes) |
+//! | `seal_fields`, `open_fields` | key | `RegistryData` (AES-256-GCM) |
 //!
 //! **Exportability is the HSM's decision.** A derived key's exportability follows from its
 //! parent and its usage (a hierarchy child is exportable only if its parent is, a card key is,
@@ -108,9 +110,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use hsm_api::{
-    BatchItem, BatchOutput, Component, Dispersion, Error, ExportedKey, Factor, Hsm, HsmStatus,
-    IssuedShare, Kcv, KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare,
-    Result, UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest,
+    BatchItem, BatchOutput, ClearField, Component, Dispersion, Error, ExportedKey, Factor, Hsm,
+    HsmStatus, INDEX_HASH_LEN, IssuedShare, Kcv, KeyBlockVersion, KeySpec, KeyToken, KeyUsage,
+    LmkInit, LmkRotation, LmkShare, Result, SealedField, UnsealProgress, WrappedKey,
+    WriteKeyCommand, WriteKeyRequest,
 };
 use subtle::ConstantTimeEq;
 
@@ -300,6 +303,52 @@ impl Hsm for LocalHsm {
 
     async fn public_key(&self, key: &KeyToken) -> Result<Vec<u8>> {
         self.with_lmk(|lmk| Ok(self.list_signing_key(lmk, key)?.public_key()))
+    }
+
+    async fn index_hashes(
+        &self,
+        key: &KeyToken,
+        domain: &str,
+        values: Vec<Vec<u8>>,
+    ) -> Result<Vec<[u8; INDEX_HASH_LEN]>> {
+        let (key, domain) = (key.clone(), domain.to_owned());
+        self.off_runtime(move |hsm| {
+            hsm.with_lmk(|lmk| {
+                let k = hsm.registry_key(lmk, &key, crate::policy::is_registry_index)?;
+                crate::crypto::registry::index_hashes(&k.key, &domain, &values)
+            })
+        })
+        .await
+    }
+
+    async fn seal_fields(
+        &self,
+        key: &KeyToken,
+        fields: Vec<ClearField>,
+    ) -> Result<Vec<SealedField>> {
+        let key = key.clone();
+        self.off_runtime(move |hsm| {
+            hsm.with_lmk(|lmk| {
+                let k = hsm.registry_key(lmk, &key, crate::policy::is_registry_data)?;
+                crate::crypto::registry::seal_fields(&k.key, &fields)
+            })
+        })
+        .await
+    }
+
+    async fn open_fields(
+        &self,
+        key: &KeyToken,
+        fields: Vec<SealedField>,
+    ) -> Result<Vec<ClearField>> {
+        let key = key.clone();
+        self.off_runtime(move |hsm| {
+            hsm.with_lmk(|lmk| {
+                let k = hsm.registry_key(lmk, &key, crate::policy::is_registry_data)?;
+                crate::crypto::registry::open_fields(&k.key, &fields)
+            })
+        })
+        .await
     }
 
     async fn prepare_lmk_rotation(

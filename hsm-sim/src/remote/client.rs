@@ -9,9 +9,10 @@ use core::fmt;
 use std::time::Duration;
 
 use hsm_api::{
-    BatchItem, BatchOutput, Component, Dispersion, Error, ExportedKey, Factor, Hsm, HsmStatus,
-    IssuedShare, Kcv, KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare,
-    Result, UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest, check_batch_len,
+    BatchItem, BatchOutput, ClearField, Component, Dispersion, Error, ExportedKey, Factor, Hsm,
+    HsmStatus, INDEX_HASH_LEN, IssuedShare, Kcv, KeyBlockVersion, KeySpec, KeyToken, KeyUsage,
+    LmkInit, LmkRotation, LmkShare, Result, SealedField, UnsealProgress, WrappedKey,
+    WriteKeyCommand, WriteKeyRequest, check_batch_len,
 };
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
@@ -393,6 +394,89 @@ impl Hsm for RemoteHsm {
         let request = proto::PublicKeyRequest { key: token(key) };
         let public = self.client().public_key(request).await.map_err(failed)?;
         Ok(public.into_inner().public_key)
+    }
+
+    async fn index_hashes(
+        &self,
+        key: &KeyToken,
+        domain: &str,
+        values: Vec<Vec<u8>>,
+    ) -> Result<Vec<[u8; INDEX_HASH_LEN]>> {
+        let count = values.len();
+        let request = proto::IndexHashesRequest {
+            key: token(key),
+            domain: domain.to_owned(),
+            values,
+        };
+        let hashes = self.client().index_hashes(request).await.map_err(failed)?;
+        let hashes = hashes.into_inner().hashes;
+        if hashes.len() != count {
+            return Err(Error::Protocol);
+        }
+        hashes
+            .into_iter()
+            .map(|h| <[u8; INDEX_HASH_LEN]>::try_from(h.as_slice()).map_err(|_| Error::Protocol))
+            .collect()
+    }
+
+    async fn seal_fields(
+        &self,
+        key: &KeyToken,
+        fields: Vec<ClearField>,
+    ) -> Result<Vec<SealedField>> {
+        let count = fields.len();
+        let request = proto::SealFieldsRequest {
+            key: token(key),
+            fields: fields
+                .iter()
+                .map(|f| proto::RegistryField {
+                    aad: f.aad.clone(),
+                    data: f.value.clone(),
+                })
+                .collect(),
+        };
+        let sealed = self.client().seal_fields(request).await.map_err(failed)?;
+        let sealed = sealed.into_inner().fields;
+        if sealed.len() != count {
+            return Err(Error::Protocol);
+        }
+        Ok(sealed
+            .into_iter()
+            .map(|f| SealedField {
+                aad: f.aad,
+                sealed: f.data,
+            })
+            .collect())
+    }
+
+    async fn open_fields(
+        &self,
+        key: &KeyToken,
+        fields: Vec<SealedField>,
+    ) -> Result<Vec<ClearField>> {
+        let count = fields.len();
+        let request = proto::OpenFieldsRequest {
+            key: token(key),
+            fields: fields
+                .into_iter()
+                .map(|f| proto::RegistryField {
+                    aad: f.aad,
+                    data: f.sealed,
+                })
+                .collect(),
+        };
+        let opened = self.client().open_fields(request).await.map_err(failed)?;
+        let opened = opened.into_inner().fields;
+        if opened.len() != count {
+            return Err(Error::Protocol);
+        }
+        Ok(opened
+            .into_iter()
+            .map(|mut f| ClearField {
+                aad: std::mem::take(&mut f.aad),
+                value: std::mem::take(&mut f.data),
+            })
+            .collect())
     }
 
     async fn prepare_lmk_rotation(

@@ -67,6 +67,8 @@ pub(crate) fn usage_to_wire(usage: KeyUsage) -> (proto::KeyUsage, proto::Hierarc
         KeyUsage::VendorTransport => proto::KeyUsage::VendorTransport,
         KeyUsage::AuditMac => proto::KeyUsage::AuditMac,
         KeyUsage::ListSigning => proto::KeyUsage::ListSigning,
+        KeyUsage::RegistryIndex => proto::KeyUsage::RegistryIndex,
+        KeyUsage::RegistryData => proto::KeyUsage::RegistryData,
     };
     (usage, level)
 }
@@ -93,6 +95,8 @@ pub(crate) fn usage_from_wire(value: i32, level: i32) -> Option<KeyUsage> {
         (proto::KeyUsage::VendorTransport, None) => KeyUsage::VendorTransport,
         (proto::KeyUsage::AuditMac, None) => KeyUsage::AuditMac,
         (proto::KeyUsage::ListSigning, None) => KeyUsage::ListSigning,
+        (proto::KeyUsage::RegistryIndex, None) => KeyUsage::RegistryIndex,
+        (proto::KeyUsage::RegistryData, None) => KeyUsage::RegistryData,
     })
 }
 

@@ -8,7 +8,9 @@ use core::fmt;
 use std::future::Future;
 use std::sync::Arc;
 
-use hsm_api::{Component, Error, Factor, Hsm, KeyToken, LmkShare, WriteKeyRequest};
+use hsm_api::{
+    ClearField, Component, Error, Factor, Hsm, KeyToken, LmkShare, SealedField, WriteKeyRequest,
+};
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
@@ -414,6 +416,82 @@ impl<H: Hsm> HsmRpc for HsmService<H> {
         let req = request.into_inner();
         let public_key = self.hsm.public_key(&token(req.key)).await.map_err(on_err)?;
         Ok(Response::new(proto::PublicKeyResponse { public_key }))
+    }
+
+    async fn index_hashes(
+        &self,
+        request: Request<proto::IndexHashesRequest>,
+    ) -> Result<Response<proto::IndexHashesResponse>, Status> {
+        let on_err = refused(&request, "index_hashes");
+        let req = request.into_inner();
+        let hashes = self
+            .hsm
+            .index_hashes(&token(req.key), &req.domain, req.values)
+            .await
+            .map_err(on_err)?;
+        Ok(Response::new(proto::IndexHashesResponse {
+            hashes: hashes.iter().map(|h| h.to_vec()).collect(),
+        }))
+    }
+
+    async fn seal_fields(
+        &self,
+        request: Request<proto::SealFieldsRequest>,
+    ) -> Result<Response<proto::FieldsResponse>, Status> {
+        let on_err = refused(&request, "seal_fields");
+        let req = request.into_inner();
+        let fields = req
+            .fields
+            .into_iter()
+            .map(|f| ClearField {
+                aad: f.aad,
+                value: f.data,
+            })
+            .collect();
+        let sealed = self
+            .hsm
+            .seal_fields(&token(req.key), fields)
+            .await
+            .map_err(on_err)?;
+        Ok(Response::new(proto::FieldsResponse {
+            fields: sealed
+                .into_iter()
+                .map(|f| proto::RegistryField {
+                    aad: f.aad,
+                    data: f.sealed,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn open_fields(
+        &self,
+        request: Request<proto::OpenFieldsRequest>,
+    ) -> Result<Response<proto::FieldsResponse>, Status> {
+        let on_err = refused(&request, "open_fields");
+        let req = request.into_inner();
+        let fields = req
+            .fields
+            .into_iter()
+            .map(|f| SealedField {
+                aad: f.aad,
+                sealed: f.data,
+            })
+            .collect();
+        let opened = self
+            .hsm
+            .open_fields(&token(req.key), fields)
+            .await
+            .map_err(on_err)?;
+        Ok(Response::new(proto::FieldsResponse {
+            fields: opened
+                .iter()
+                .map(|f| proto::RegistryField {
+                    aad: f.aad.clone(),
+                    data: f.value.clone(),
+                })
+                .collect(),
+        }))
     }
 
     async fn prepare_lmk_rotation(

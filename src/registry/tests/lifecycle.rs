@@ -17,8 +17,15 @@ const ALL: [CardStatus; 11] = [
 fn card(status: CardStatus) -> Card {
     Card {
         card_identifier: "440100D1560000050050640776EF3192".into(),
-        card_number: "GZ0000012".into(),
-        social_security_number: "440103199001011236".into(),
+        personal: crate::state::records::Personal {
+            ssn_index: "5510".into(),
+            card_number_index: "4A10".into(),
+            ssn_masked: "440103********1236".into(),
+            card_number_masked: "G*****012".into(),
+            sealed_ssn: String::new(),
+            sealed_card_number: String::new(),
+            sealed_name: None,
+        },
         region: "440100".into(),
         template_id: "ssc-2.0".into(),
         status,

@@ -459,11 +459,11 @@ impl Read for PgRead {
     }
 }
 
-/// A write transaction holding the writers' lock. Puts, records and seals wait in memory until
-/// the commit (gets and scans of the transaction see them).
+/// A write transaction holding the writers' lock. Puts (and deletes: `None`), records and
+/// seals wait in memory until the commit (gets and scans of the transaction see them).
 struct PgWrite {
     conn: Conn,
-    puts: BTreeMap<(&'static str, String), Vec<u8>>,
+    puts: BTreeMap<(&'static str, String), Option<Vec<u8>>>,
     records: Vec<(i64, Vec<u8>)>,
     seals: Vec<(i64, Vec<u8>)>,
 }
@@ -479,7 +479,7 @@ impl Drop for PgWrite {
 impl Read for PgWrite {
     fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>> {
         if let Some(v) = self.puts.get(&(table.name(), key.to_owned())) {
-            return Ok(Some(v.clone()));
+            return Ok(v.clone());
         }
         self.conn.get(table, key)
     }
@@ -491,7 +491,10 @@ impl Read for PgWrite {
             if *t != table.name() || !k.starts_with(prefix) {
                 break;
             }
-            rows.insert(k.clone(), v.clone());
+            match v {
+                Some(v) => rows.insert(k.clone(), v.clone()),
+                None => rows.remove(k),
+            };
         }
         Ok(rows.into_iter().collect())
     }
@@ -534,7 +537,12 @@ impl Read for PgWrite {
 impl Write for PgWrite {
     fn put(&mut self, table: Table, key: &str, value: &[u8]) -> Result<()> {
         self.puts
-            .insert((table.name(), key.to_owned()), value.to_vec());
+            .insert((table.name(), key.to_owned()), Some(value.to_vec()));
+        Ok(())
+    }
+
+    fn delete(&mut self, table: Table, key: &str) -> Result<()> {
+        self.puts.insert((table.name(), key.to_owned()), None);
         Ok(())
     }
 
@@ -553,10 +561,26 @@ impl Write for PgWrite {
         let mut tables = Vec::with_capacity(puts.len());
         let mut keys = Vec::with_capacity(puts.len());
         let mut values = Vec::with_capacity(puts.len());
+        let (mut gone_tables, mut gone_keys) = (Vec::new(), Vec::new());
         for ((t, k), v) in puts {
-            tables.push(t.to_owned());
-            keys.push(k);
-            values.push(v);
+            match v {
+                Some(v) => {
+                    tables.push(t.to_owned());
+                    keys.push(k);
+                    values.push(v);
+                }
+                None => {
+                    gone_tables.push(t.to_owned());
+                    gone_keys.push(k);
+                }
+            }
+        }
+        if !gone_tables.is_empty() {
+            self.conn.query(
+                "DELETE FROM kms_kv WHERE (tbl, key) IN \
+                 (SELECT * FROM unnest($1::text[], $2::text[]))",
+                vec![Box::new(gone_tables), Box::new(gone_keys)],
+            )?;
         }
         let (seqs, records): (Vec<i64>, Vec<Vec<u8>>) =
             std::mem::take(&mut self.records).into_iter().unzip();
