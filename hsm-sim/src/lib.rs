@@ -15,6 +15,7 @@ pub mod cache;
 pub mod crypto;
 pub mod lmk;
 pub mod local;
+pub mod partial;
 pub mod policy;
 pub mod remote;
 pub mod selftest;
