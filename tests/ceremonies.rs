@@ -819,8 +819,8 @@ async fn every_ceremony_reason_code_arrives_over_the_api() {
             .await
             .unwrap_err(),
     );
-    // A wrong KCV reaches the HSM at the last component: the ceremony fails, naming nobody's
-    // component value.
+    // A wrong KCV is refused by the HSM when its component arrives (here the last one): the
+    // ceremony fails, naming the custodian and nobody's component value.
     let mut wrong = part(&"2F".repeat(16));
     wrong.kcv_hex = "ABCDEF".to_owned();
     let status = b.submit_component(submit(wrong)).await.unwrap_err();

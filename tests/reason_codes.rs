@@ -449,7 +449,7 @@ async fn every_reason_code_reachable_from_the_api_arrives_in_the_details() {
     )
     .await;
 
-    // ---- components: checked by the service, then by the HSM at the last one (each a
+    // ---- components: checked by the service, then by the HSM as each arrives (each a
     // ceremony of two custodians: officer-1's component, then officer-2's)
     let k1 = "0123456789ABCDEFFEDCBA9876543210";
     let k2 = "F0E1D2C3B4A5968778695A4B3C2D1E0F";
@@ -480,17 +480,23 @@ async fn every_reason_code_reachable_from_the_api_arrives_in_the_details() {
         )),
     )
     .await;
-    let id = vendor(pb::Component {
-        hex: k1[..16].to_owned(),
-        kcv_hex: "000000".to_owned(),
-    })
-    .await;
+    // A component of the wrong length is refused by the HSM when it arrives.
+    let mut short = officer.admin.clone();
+    let c = short
+        .start_key_ceremony(vendor_ceremony())
+        .await
+        .unwrap()
+        .into_inner();
     seen.expect(
         Code::InvalidArgument,
         "KEY_LENGTH_INVALID",
-        officer_2
-            .admin
-            .submit_component(component_submission(&id, component(k2))),
+        short.submit_component(component_submission(
+            &c.id,
+            pb::Component {
+                hex: k1[..16].to_owned(),
+                kcv_hex: "000000".to_owned(),
+            },
+        )),
     )
     .await;
     let mut wrong_kcv = component(k1);

@@ -198,6 +198,15 @@ impl Hsm for Counting {
         self.count("form_key");
         self.inner.form_key(spec, components).await
     }
+    async fn add_component(
+        &self,
+        into: hsm_api::Accumulation,
+        component: Component,
+    ) -> Result<hsm_api::Accumulated> {
+        self.count("add_component");
+        self.inner.add_component(into, component).await
+    }
+
     async fn import_key(&self, kek: &KeyToken, block: &str, usage: KeyUsage) -> Result<WrappedKey> {
         self.count("import_key");
         self.inner.import_key(kek, block, usage).await

@@ -249,3 +249,123 @@ async fn a_store_left_by_a_crash_is_verified_through_a_repaired_copy() {
     let err = sscard_kms::ceremony::audit::verify(kms.dir(), None).unwrap_err();
     assert!(err.to_string().contains("stop the server first"), "{err}");
 }
+
+/// Issue 10: an open component ceremony survives a restart of the service. Each component goes
+/// into the HSM when its custodian submits it (checked there against their KCV, the first one
+/// too) and only the HSM's partial key is stored with the ceremony, so a custodian may bring
+/// their component after the service was stopped and started again on the same directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_component_ceremony_survives_a_restart() {
+    use hsm_api::Algorithm;
+    use hsm_sim::crypto::{SecretKey, kcv};
+
+    use crate::common::harness::{OFFICER, OFFICER_2, error_info};
+
+    let mut kms = TestKms::seeded().await;
+    let part = |hex: &str| {
+        let key = SecretKey::from_hex(Algorithm::Aes128, hex).unwrap();
+        pb::Component {
+            hex: hex.to_owned(),
+            kcv_hex: kcv::compute_default(&key).unwrap().to_hex(),
+        }
+    };
+    let start = |name: &str| pb::StartKeyCeremonyRequest {
+        components: 2,
+        target: Some(pb::start_key_ceremony_request::Target::Endpoint(
+            pb::EndpointTarget {
+                kind: pb::EndpointKind::Station.into(),
+                name: name.to_owned(),
+                region: "440100".to_owned(),
+                transport_algorithm: "aes".to_owned(),
+            },
+        )),
+    };
+    let submit = |id: &str, component| pb::SubmitComponentRequest {
+        ceremony_id: id.to_owned(),
+        component: Some(component),
+    };
+    let (k1, k2) = (
+        "000102030405060708090A0B0C0D0E0F",
+        "F0E1D2C3B4A5968778695A4B3C2D1E0F",
+    );
+
+    // A wrong KCV is refused by the HSM at the first component already (nothing waits for the
+    // last one to be checked): the ceremony fails, naming the custodian.
+    let mut a = kms.client(OFFICER).admin;
+    let failed = a
+        .start_key_ceremony(start("GZ-70"))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut wrong = part(k1);
+    wrong.kcv_hex = "ABCDEF".to_owned();
+    let status = a
+        .submit_component(submit(&failed.id, wrong))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error_info(&status).unwrap().reason,
+        "COMPONENT_KCV_MISMATCH"
+    );
+    let failed = a
+        .get_key_ceremony(pb::KeyCeremonyRef { id: failed.id })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(failed.state, "failed");
+    assert!(failed.failure.contains(OFFICER), "{}", failed.failure);
+
+    // The first custodian's component, then a restart on a new HSM instance (same LMK).
+    let c = a
+        .start_key_ceremony(start("GZ-71"))
+        .await
+        .unwrap()
+        .into_inner();
+    let one = a
+        .submit_component(submit(&c.id, part(k1)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((one.state.as_str(), one.custodians.len()), ("open", 1));
+    kms.close().await;
+    kms.reopen(local_hsm()).await;
+
+    let mut a = kms.client(OFFICER).admin;
+    let mut b = kms.client(OFFICER_2).admin;
+    let open = a
+        .get_key_ceremony(pb::KeyCeremonyRef { id: c.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((open.state.as_str(), open.custodians.len()), ("open", 1));
+    // Still one component per identity, across the restart.
+    let status = a
+        .submit_component(submit(&c.id, part(k2)))
+        .await
+        .unwrap_err();
+    assert_eq!(error_info(&status).unwrap().reason, "SAME_CUSTODIAN_TWICE");
+    let done = b
+        .submit_component(submit(&c.id, part(k2)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(done.state, "complete", "{done:?}");
+    let xor: Vec<u8> = hex::decode(k1)
+        .unwrap()
+        .iter()
+        .zip(hex::decode(k2).unwrap())
+        .map(|(x, y)| x ^ y)
+        .collect();
+    let expected = kcv::compute_default(&SecretKey::new(Algorithm::Aes128, &xor).unwrap()).unwrap();
+    assert_eq!(
+        done.kcv.unwrap().value,
+        expected.value(),
+        "K1 xor K2, formed across the restart"
+    );
+    let custodians: Vec<&str> = done
+        .custodians
+        .iter()
+        .map(|p| p.identity.as_str())
+        .collect();
+    assert_eq!(custodians, [OFFICER, OFFICER_2]);
+}

@@ -56,9 +56,9 @@ pub use registry::{
     check_index_domain, check_registry_items,
 };
 pub use types::{
-    Component, Exportability, ExportedKey, HierarchyLevel, HsmState, HsmStatus, IssuedShare,
-    KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare, SecretParts, UnsealProgress,
-    WrappedKey, WriteKeyCommand, WriteKeyRequest,
+    Accumulated, Accumulation, Component, Exportability, ExportedKey, HierarchyLevel, HsmState,
+    HsmStatus, IssuedShare, KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare,
+    PartialKey, SecretParts, UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest,
 };
 
 /// The operations of the HSM. Every key operation is refused unless the HSM is operational
@@ -121,6 +121,18 @@ pub trait Hsm: Send + Sync + 'static {
         spec: KeySpec,
         components: Vec<Component>,
     ) -> impl Future<Output = Result<WrappedKey>> + Send;
+
+    /// One component of a key formed one custodian at a time (split knowledge without every
+    /// component waiting outside the HSM): the component is checked against its KCV (of at
+    /// least 3 bytes) now and XORed into the partial key; at the last one the key forms, with
+    /// the checks of [`Hsm::form_key`] (the spec's, the weak-key check). A wrong component is
+    /// [`Error::ComponentKcv`] naming its place (1 for the first) and leaves the partial key as
+    /// it was; a partial key of another LMK, or altered, is refused.
+    fn add_component(
+        &self,
+        into: Accumulation,
+        component: Component,
+    ) -> impl Future<Output = Result<Accumulated>> + Send;
 
     /// Imports a TR-31 block (B or D) under `kek`. The block header's usage must map to
     /// `usage` (`K0`/`K1` key-block protection, `E6` card or master-key derivation at the level

@@ -232,6 +232,38 @@ pub struct WrappedKey {
     pub kcv: Kcv,
 }
 
+/// Where a key formed one component at a time stands, for [`Hsm::add_component`](crate::Hsm::add_component).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accumulation {
+    /// The first component of a key of `spec` to be formed from `components` (2..=9)
+    /// components. The spec is checked here, as [`Hsm::form_key`](crate::Hsm::form_key) checks
+    /// it, and travels in the partial key: it cannot be finished as anything else.
+    Begin { spec: KeySpec, components: u8 },
+    /// A further component, into the partial key the previous call returned.
+    Continue(KeyToken),
+}
+
+/// What [`Hsm::add_component`](crate::Hsm::add_component) answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accumulated {
+    /// Components are still missing: the partial key, for the next call.
+    Partial(PartialKey),
+    /// The last component arrived: the key.
+    Formed(WrappedKey),
+}
+
+/// The XOR of the components received so far, under the LMK: a token of its own kind that the
+/// HSM accepts only as [`Accumulation::Continue`] (never exported, never usable as a key),
+/// carrying the spec of the key it will become and the count. Safe to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartialKey {
+    pub token: KeyToken,
+    /// Components XORed in so far (each checked against its KCV).
+    pub received: u8,
+    /// Components the key is formed from.
+    pub components: u8,
+}
+
 /// One clear key component typed by its custodian, with the KCV read from paper.
 pub struct Component {
     hex: Zeroizing<String>,

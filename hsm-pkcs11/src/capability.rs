@@ -10,6 +10,7 @@
 //! | registry index hashes (`CKM_SHA256_HMAC`, the key as a sign-only generic secret) | yes | — | — |
 //! | registry sealed fields (`CKM_AES_GCM`, the simulator's `nonce ‖ ciphertext ‖ tag`) | yes | — | — |
 //! | forming a key from components | XOR in the HSM process (the components are clear anyway), then the key enters the token | — | — |
+//! | forming a key one component at a time (`add_component`) | the sum so far wrapped by the LMK between two custodians (a partial key, module `token`); each XOR in the HSM process, as above | — | — |
 //! | TR-31 import and export | no | released for that one operation | refused |
 //! | the card's WRITE KEY command (encrypted key field, PBOC retail MAC) | no | released for that one operation | refused |
 //! | anything SM4 (keys, dispersion, KCVs, card MACs) | no | released for that one operation | refused |

@@ -6,9 +6,9 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use hsm_api::{
-    Algorithm, Component, Dispersion, Error, Exportability, ExportedKey, Factor, Kcv, KcvMethod,
-    KeyBlockVersion, KeySpec, KeyToken, KeyUsage, Result, WrappedKey, WriteKeyCommand,
-    WriteKeyRequest,
+    Accumulated, Accumulation, Algorithm, Component, Dispersion, Error, Exportability, ExportedKey,
+    Factor, Kcv, KcvMethod, KeyBlockVersion, KeySpec, KeyToken, KeyUsage, PartialKey, Result,
+    WrappedKey, WriteKeyCommand, WriteKeyRequest,
 };
 use hsm_sim::crypto::{SecretKey, diversify, kcv};
 use hsm_sim::policy::{self, check_new_key, child_of, wrong_usage};
@@ -398,6 +398,79 @@ impl Pkcs11Hsm {
         let key = policy::form_key(spec.algorithm, components)?;
         let session = self.session()?;
         self.root_from_clear(&session, lmk, &key, spec.usage, spec.exportability)
+    }
+
+    /// [`hsm_api::Hsm::add_component`]: the component XORed in the HSM process (as
+    /// [`Pkcs11Hsm::form_key_now`] does, the components are clear anyway) into the sum the
+    /// partial key's LMK wrapping gives back; the sum wrapped again, or at the last component
+    /// the key entering the token.
+    pub(crate) fn add_component_now(
+        &self,
+        lmk: &LmkObjects,
+        into: Accumulation,
+        component: &Component,
+    ) -> Result<Accumulated> {
+        let session = self.session()?;
+        let (spec, components, received, mut sum) = match into {
+            Accumulation::Begin { spec, components } => {
+                check_new_key(spec)?;
+                policy::check_component_count(usize::from(components))?;
+                let sum = Zeroizing::new(vec![0u8; spec.algorithm.key_len()]);
+                (spec, components, 0u8, sum)
+            }
+            Accumulation::Continue(partial) => {
+                let (p, body, mac) = token::parse_partial(partial.as_str())?;
+                session
+                    .verify(&Mechanism::AesCMac, lmk.mac, body.as_bytes(), &mac)
+                    .map_err(|_| Error::KeyBlockMac)?;
+                let handle = session
+                    .unwrap_key(
+                        &Mechanism::AesKeyWrapPad,
+                        lmk.wrap,
+                        &p.wrapped,
+                        &release_template(None),
+                    )
+                    .map_err(|e| refused("C_UnwrapKey (partial key)", &e))?;
+                let sum = Zeroizing::new(session::read_value(&session, handle)?);
+                (p.spec, p.components, p.received, sum)
+            }
+        };
+        if spec.algorithm == Algorithm::Sm4 && self.mode == Mode::Strict {
+            return Err(refusal(Outside::Sm4, Algorithm::Sm4));
+        }
+        let received = received + 1;
+        policy::xor_component(spec.algorithm, &mut sum, component, usize::from(received))?;
+        if received == components {
+            let key = policy::finish_key(spec.algorithm, &sum)?;
+            let formed =
+                self.root_from_clear(&session, lmk, &key, spec.usage, spec.exportability)?;
+            return Ok(Accumulated::Formed(formed));
+        }
+        let mut template = release_template(None);
+        template.retain(|a| !matches!(a, Attribute::Sensitive(_)));
+        template.push(Attribute::Sensitive(true));
+        template.push(Attribute::Value(sum.to_vec()));
+        let handle = session
+            .create_object(&template)
+            .map_err(|e| refused("C_CreateObject (partial key)", &e))?;
+        let wrapped = session
+            .wrap_key(&Mechanism::AesKeyWrapPad, lmk.wrap, handle)
+            .map_err(|e| refused("C_WrapKey (partial key)", &e))?;
+        let stored = token::PartialStored {
+            spec,
+            received,
+            components,
+            wrapped,
+        };
+        let body = stored.body();
+        let mac = session
+            .sign(&Mechanism::AesCMac, lmk.mac, body.as_bytes())
+            .map_err(|e| refused("C_Sign (partial key)", &e))?;
+        Ok(Accumulated::Partial(PartialKey {
+            token: KeyToken::from_stored(format!("{body}.{}", hex::encode_upper(mac))),
+            received,
+            components,
+        }))
     }
 
     pub(crate) fn import_key_now(

@@ -417,6 +417,14 @@ impl Hsm for Pkcs11Hsm {
         self.with_lmk(|lmk| self.form_key_now(lmk, spec, &components))
     }
 
+    async fn add_component(
+        &self,
+        into: hsm_api::Accumulation,
+        component: Component,
+    ) -> Result<hsm_api::Accumulated> {
+        self.with_lmk(|lmk| self.add_component_now(lmk, into, &component))
+    }
+
     async fn import_key(&self, kek: &KeyToken, block: &str, usage: KeyUsage) -> Result<WrappedKey> {
         self.with_lmk(|lmk| self.import_key_now(lmk, kek, block, usage))
     }

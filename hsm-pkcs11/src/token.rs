@@ -18,10 +18,16 @@
 //! - `mac`: `C_Sign(CKM_AES_CMAC, LMK MAC key, everything before ".<mac>")`, 16 bytes, hex;
 //!   checked with `C_Verify` before anything else is read.
 //!
+//! A partial key of `add_component` (the XOR of the components so far) has a format of its own,
+//! `P11P.1.<usage>.<alg>.<exportability>.<received>.<components>.<wrapped sum>.<mac>`, under the
+//! same two LMK keys: neither format parses as the other.
+//!
 //! A derived key is never stored wrapped: it is derived again inside the token from its root at
 //! each use, as a sensitive, non-extractable session object gone when the operation ends.
 
-use hsm_api::{Algorithm, Dispersion, Error, Exportability, Factor, HierarchyLevel, KeyUsage};
+use hsm_api::{
+    Algorithm, Dispersion, Error, Exportability, Factor, HierarchyLevel, KeySpec, KeyUsage,
+};
 
 /// The format marker and version of a token.
 const PREFIX: &str = "P11.1.";
@@ -126,6 +132,81 @@ pub(crate) fn parse(text: &str) -> Result<(StoredKey, &str, Vec<u8>), Error> {
         wrapped,
     };
     Ok((key, body, mac))
+}
+
+/// The format marker and version of a partial key (`add_component`): a text no key token
+/// parses as, nor the other way round.
+const PARTIAL_PREFIX: &str = "P11P.1.";
+
+/// A partial key of `add_component`, decoded: the XOR of the components so far, wrapped by the
+/// LMK, with the spec of the key it becomes and the count, under the same CMAC as a token.
+///
+/// ```text
+/// P11P.1.<usage>.<alg>.<exportability>.<received>.<components>.<wrapped sum>.<mac>
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PartialStored {
+    pub(crate) spec: KeySpec,
+    pub(crate) received: u8,
+    pub(crate) components: u8,
+    /// The sum wrapped by the LMK (opaque outside the token).
+    pub(crate) wrapped: Vec<u8>,
+}
+
+impl PartialStored {
+    /// The text the MAC covers.
+    pub(crate) fn body(&self) -> String {
+        format!(
+            "{PARTIAL_PREFIX}{}.{}.{}.{}.{}.{}",
+            usage_code(self.spec.usage),
+            alg_code(self.spec.algorithm),
+            match self.spec.exportability {
+                Exportability::Exportable => 'E',
+                Exportability::NonExportable => 'N',
+            },
+            self.received,
+            self.components,
+            hex::encode_upper(&self.wrapped),
+        )
+    }
+}
+
+/// Splits a partial key's text into its body and MAC, and decodes the body (the MAC is the
+/// caller's to check first). A key token is refused.
+pub(crate) fn parse_partial(text: &str) -> Result<(PartialStored, &str, Vec<u8>), Error> {
+    let malformed = || Error::WrongUsage {
+        usage: "PKCS#11 key token".into(),
+        operation: "take a component (only a partial key does)".into(),
+    };
+    let (body, mac_hex) = text.rsplit_once('.').ok_or_else(malformed)?;
+    let mac = hex::decode(mac_hex).map_err(|_| malformed())?;
+    let rest = body.strip_prefix(PARTIAL_PREFIX).ok_or_else(malformed)?;
+    let fields: Vec<&str> = rest.split('.').collect();
+    let [usage, alg, exportability, received, components, wrapped] = fields.as_slice() else {
+        return Err(malformed());
+    };
+    let spec = KeySpec {
+        usage: usage_from_code(usage).ok_or_else(malformed)?,
+        algorithm: alg_from_code(alg).ok_or_else(malformed)?,
+        exportability: match *exportability {
+            "E" => Exportability::Exportable,
+            "N" => Exportability::NonExportable,
+            _ => return Err(malformed()),
+        },
+    };
+    let received: u8 = received.parse().map_err(|_| malformed())?;
+    let components: u8 = components.parse().map_err(|_| malformed())?;
+    if received == 0 || received >= components {
+        return Err(malformed());
+    }
+    let wrapped = hex::decode(wrapped).map_err(|_| malformed())?;
+    let partial = PartialStored {
+        spec,
+        received,
+        components,
+        wrapped,
+    };
+    Ok((partial, body, mac))
 }
 
 const fn usage_code(usage: KeyUsage) -> &'static str {

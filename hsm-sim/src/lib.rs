@@ -16,6 +16,7 @@ pub mod crypto;
 pub mod handout;
 pub mod lmk;
 pub mod local;
+pub mod partial;
 pub mod policy;
 pub mod remote;
 pub mod selftest;

@@ -332,19 +332,26 @@ impl Lmk {
         if let Some(role) = role(usage) {
             header = header.with_optional_block(OptionalBlock::new(ROLE_BLOCK, role)?);
         }
-        Ok(KeyToken::from_stored(tr31::wrap_bound(
-            &self.kbpk,
-            &self.binding,
-            &header,
-            key,
-        )?))
+        Ok(KeyToken::from_stored(self.wrap_block(&header, key)?))
     }
 
     /// The key of `token`, its MAC verified and its header checked.
     pub(crate) fn unwrap(&self, token: &KeyToken) -> Result<TokenKey> {
-        let (header, key) = tr31::unwrap_bound(&self.kbpk, Some(&self.binding), token.as_str())?;
+        let (header, key) = self.unwrap_block(token.as_str())?;
         let (usage, exportability) = token_usage(&header)?;
         Ok(TokenKey::new(usage, exportability, key))
+    }
+
+    /// A version D block of `key` with `header` under the LMK's token key: a token's, or a
+    /// partial key's ([`crate::partial`], whose header no token has).
+    pub(crate) fn wrap_block(&self, header: &KeyBlockHeader, key: &SecretKey) -> Result<String> {
+        tr31::wrap_bound(&self.kbpk, &self.binding, header, key)
+    }
+
+    /// The header and key of a block under the LMK's token key, its MAC verified; what the
+    /// header may say is the caller's to check.
+    pub(crate) fn unwrap_block(&self, block: &str) -> Result<(KeyBlockHeader, SecretKey)> {
+        tr31::unwrap_bound(&self.kbpk, Some(&self.binding), block)
     }
 
     /// `token` (checked under this LMK) wrapped again under `new`, with the same header.

@@ -6,7 +6,9 @@
 //! - **Usage rules** (pure, no key): [`check_new_key`], [`child_of`], [`check_algorithm`],
 //!   [`check_import_header`], [`wrong_usage`], [`only_derived`] — the table of
 //!   [`crate::local`]'s module docs.
-//! - **Assembly** (clear keys, [`SecretKey`]): [`form_key`] (components XORed and checked),
+//! - **Assembly** (clear keys, [`SecretKey`]): [`form_key`] (components XORed and checked; one
+//!   at a time: [`xor_component`] and [`finish_key`], the partial sum under the LMK in between,
+//!   [`crate::partial`]),
 //!   [`import_block`] and [`export_block`] (TR-31 under a KEK), [`write_key_command`] (the
 //!   secure-messaging command a card checks), [`secure_messaging_apdu`].
 
@@ -231,34 +233,66 @@ pub fn secure_messaging_apdu(
 
 /// The key formed as the XOR of `components` (2..=9), each checked against its KCV (of at least
 /// 3 bytes); a weak result is [`Error::WeakKey`]. The usage rules are the caller's
-/// ([`check_new_key`]).
+/// ([`check_new_key`]). The same steps as a key formed one component at a time
+/// ([`xor_component`], then [`finish_key`]).
 pub fn form_key(alg: Algorithm, components: &[Component]) -> Result<SecretKey> {
-    if !COMPONENTS.contains(&components.len()) {
-        return Err(Error::Count {
-            field: "components".into(),
-            expected: "2 to 9".into(),
-        });
-    }
+    check_component_count(components.len())?;
     let mut sum = Zeroizing::new(vec![0u8; alg.key_len()]);
     for (i, component) in components.iter().enumerate() {
-        // A 1- or 2-byte KCV would let a mistyped component pass one time in 256 or
-        // 65536: custodians compare at least 3 bytes (ANSI X9.24-1).
-        let kcv_len = component.expected_kcv.value().len();
-        if kcv_len < MIN_COMPONENT_KCV {
-            return Err(Error::DataLength {
-                field: "component KCV".into(),
-                expected: "at least 3 bytes".into(),
-                actual: kcv_len,
-            });
-        }
-        let bytes = decode_secret_hex(component.secret_hex(), "component")?;
-        let part = SecretKey::new(alg, &bytes)?;
-        if !component.expected_kcv.matches(&part)? {
-            return Err(Error::ComponentKcv { index: i + 1 });
-        }
-        sum.iter_mut().zip(bytes.iter()).for_each(|(s, b)| *s ^= b);
+        xor_component(alg, &mut sum, component, i + 1)?;
     }
-    let key = SecretKey::new(alg, &sum)?;
+    finish_key(alg, &sum)
+}
+
+/// Refuses a key formed from fewer than 2 or more than 9 components.
+pub fn check_component_count(count: usize) -> Result<()> {
+    if COMPONENTS.contains(&count) {
+        Ok(())
+    } else {
+        Err(Error::Count {
+            field: "components".into(),
+            expected: "2 to 9".into(),
+        })
+    }
+}
+
+/// Checks `component` (the `index`th, from 1) against its KCV (of at least 3 bytes) and XORs it
+/// into `sum` (a key of `alg`'s length); on any refusal `sum` is unchanged.
+pub fn xor_component(
+    alg: Algorithm,
+    sum: &mut [u8],
+    component: &Component,
+    index: usize,
+) -> Result<()> {
+    // A 1- or 2-byte KCV would let a mistyped component pass one time in 256 or
+    // 65536: custodians compare at least 3 bytes (ANSI X9.24-1).
+    let kcv_len = component.expected_kcv.value().len();
+    if kcv_len < MIN_COMPONENT_KCV {
+        return Err(Error::DataLength {
+            field: "component KCV".into(),
+            expected: "at least 3 bytes".into(),
+            actual: kcv_len,
+        });
+    }
+    let bytes = decode_secret_hex(component.secret_hex(), "component")?;
+    let part = SecretKey::new(alg, &bytes)?;
+    if !component.expected_kcv.matches(&part)? {
+        return Err(Error::ComponentKcv { index });
+    }
+    if sum.len() != bytes.len() {
+        return Err(Error::KeyLength {
+            alg,
+            expected: sum.len(),
+            actual: bytes.len(),
+        });
+    }
+    sum.iter_mut().zip(bytes.iter()).for_each(|(s, b)| *s ^= b);
+    Ok(())
+}
+
+/// The key of the XOR of every component, `sum`: [`Error::WeakKey`] if weak.
+pub fn finish_key(alg: Algorithm, sum: &[u8]) -> Result<SecretKey> {
+    let key = SecretKey::new(alg, sum)?;
     key.check_not_weak()?;
     Ok(key)
 }

@@ -55,6 +55,14 @@ impl<H: Hsm> Hsm for Singles<'static, H> {
     async fn form_key(&self, spec: KeySpec, components: Vec<Component>) -> Result<WrappedKey> {
         self.0.form_key(spec, components).await
     }
+    async fn add_component(
+        &self,
+        into: hsm_api::Accumulation,
+        component: Component,
+    ) -> Result<hsm_api::Accumulated> {
+        self.0.add_component(into, component).await
+    }
+
     async fn import_key(&self, kek: &KeyToken, block: &str, usage: KeyUsage) -> Result<WrappedKey> {
         self.0.import_key(kek, block, usage).await
     }

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use hsm_api::{
-    Algorithm, Component, Dispersion, Error, Exportability, Factor, HierarchyLevel, Hsm, HsmState,
-    Kcv, KcvMethod, KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkShare, MacFold, WrappedKey,
-    WriteKeyRequest,
+    Accumulated, Accumulation, Algorithm, Component, Dispersion, Error, Exportability, Factor,
+    HierarchyLevel, Hsm, HsmState, Kcv, KcvMethod, KeyBlockVersion, KeySpec, KeyToken, KeyUsage,
+    LmkShare, MacFold, WrappedKey, WriteKeyRequest,
 };
 use hsm_sim::crypto::tr31::{self, ModeOfUse};
 use hsm_sim::crypto::{SecretKey, kcv};
@@ -1080,6 +1080,165 @@ async fn components_are_checked() {
         )
         .await
         .is_ok()
+    );
+}
+
+/// A key formed one component at a time: each component checked when it arrives, the partial
+/// key good for nothing else, bound to its spec and count; the result is `form_key`'s.
+#[tokio::test]
+async fn components_one_at_a_time() {
+    let hsm = test_lmk_hsm();
+    let root_spec = spec(
+        Algorithm::Tdes2,
+        KeyUsage::CardDerivation(HierarchyLevel::National),
+        Exportability::NonExportable,
+    );
+    let parts = [
+        "0F0F0F0F0F0F0F0F0F0F0F0F0F0F0F0F",
+        "1E1E1E1E1E1E1E1E2D2D2D2D2D2D2D2D",
+        "0123456789ABCDEFFEDCBA9876543210",
+    ];
+    let begin = |spec, components| Accumulation::Begin { spec, components };
+    let partial = |step: Accumulated| match step {
+        Accumulated::Partial(p) => p,
+        Accumulated::Formed(_) => panic!("formed too early"),
+    };
+    // The spec and the count are checked at the first component.
+    assert_eq!(
+        hsm.add_component(
+            begin(
+                spec(
+                    Algorithm::Tdes2,
+                    KeyUsage::CardMasterKey,
+                    Exportability::NonExportable
+                ),
+                2
+            ),
+            component(Algorithm::Tdes2, parts[0])
+        )
+        .await,
+        Err(Error::WrongUsage {
+            usage: "card master".into(),
+            operation: "be generated, formed or imported (it is only ever derived)".into(),
+        })
+    );
+    for n in [0, 1, 10] {
+        assert!(
+            matches!(
+                hsm.add_component(begin(root_spec, n), component(Algorithm::Tdes2, parts[0]))
+                    .await,
+                Err(Error::Count { .. })
+            ),
+            "{n}"
+        );
+    }
+    // A wrong KCV is refused at once, naming its place; the partial key stays usable.
+    let first = partial(
+        hsm.add_component(begin(root_spec, 3), component(Algorithm::Tdes2, parts[0]))
+            .await
+            .unwrap(),
+    );
+    assert_eq!((first.received, first.components), (1, 3));
+    let mut wrong = component(Algorithm::Tdes2, parts[1]);
+    wrong.expected_kcv = Kcv::from_parts(KcvMethod::EncryptZeros, vec![0xD2, 0xB9, 0x1C]);
+    assert_eq!(
+        hsm.add_component(Accumulation::Continue(first.token.clone()), wrong)
+            .await,
+        Err(Error::ComponentKcv { index: 2 })
+    );
+    // A component of another length does not fit the partial key.
+    assert!(matches!(
+        hsm.add_component(
+            Accumulation::Continue(first.token.clone()),
+            component(Algorithm::Aes256, &"5A".repeat(32))
+        )
+        .await,
+        Err(Error::KeyLength { .. })
+    ));
+    // The partial key is no key, and no token is a partial key.
+    let kek = hsm
+        .generate_key(spec(
+            Algorithm::Aes256,
+            KeyUsage::KeyBlockProtection,
+            Exportability::NonExportable,
+        ))
+        .await
+        .unwrap();
+    assert!(hsm.kcv(&first.token).await.is_err());
+    assert!(
+        hsm.export_key(&kek.token, &first.token, KeyBlockVersion::D)
+            .await
+            .is_err()
+    );
+    assert!(matches!(
+        hsm.add_component(
+            Accumulation::Continue(kek.token.clone()),
+            component(Algorithm::Tdes2, parts[1])
+        )
+        .await,
+        Err(Error::WrongUsage { .. })
+    ));
+    // Altered (a header character, a MAC character): refused.
+    for index in [6, first.token.as_str().len() - 3] {
+        assert!(
+            hsm.add_component(
+                Accumulation::Continue(flipped(&first.token, index)),
+                component(Algorithm::Tdes2, parts[1])
+            )
+            .await
+            .is_err(),
+            "{index}"
+        );
+    }
+    // Continue to the end: the same key as form_key, with the spec the first call gave.
+    let second = partial(
+        hsm.add_component(
+            Accumulation::Continue(first.token),
+            component(Algorithm::Tdes2, parts[1]),
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!((second.received, second.components), (2, 3));
+    let Accumulated::Formed(formed) = hsm
+        .add_component(
+            Accumulation::Continue(second.token.clone()),
+            component(Algorithm::Tdes2, parts[2]),
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("the third of three forms the key");
+    };
+    let at_once = hsm
+        .form_key(
+            root_spec,
+            parts
+                .iter()
+                .map(|p| component(Algorithm::Tdes2, p))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(formed.kcv, at_once.kcv);
+    assert_eq!(
+        formed.token.as_str()[..16],
+        at_once.token.as_str()[..16],
+        "the same header: the usage the first call gave"
+    );
+    // Weak results are refused at the last component.
+    let p = partial(
+        hsm.add_component(begin(root_spec, 2), component(Algorithm::Tdes2, parts[2]))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        hsm.add_component(
+            Accumulation::Continue(p.token),
+            component(Algorithm::Tdes2, parts[2])
+        )
+        .await,
+        Err(Error::WeakKey)
     );
 }
 

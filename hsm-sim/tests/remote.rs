@@ -20,8 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hsm_api::{
-    Algorithm, Component, Dispersion, Error, Exportability, Factor, HierarchyLevel, Hsm, HsmState,
-    Kcv, KcvMethod, KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkShare, UnsealProgress,
+    Accumulated, Accumulation, Algorithm, Component, Dispersion, Error, Exportability, Factor,
+    HierarchyLevel, Hsm, HsmState, Kcv, KcvMethod, KeyBlockVersion, KeySpec, KeyToken, KeyUsage,
+    LmkShare, UnsealProgress,
 };
 use hsm_sim::crypto::{SecretKey, kcv};
 use hsm_sim::local::{LocalHsm, LocalHsmConfig};
@@ -679,6 +680,50 @@ async fn refusals<H: Hsm>(hsm: &H) -> Vec<(&'static str, Error)> {
         "one component",
         hsm.form_key(derivation, one).await.map(drop),
     );
+    // One component at a time (the same code behind both): each checked as it arrives; a
+    // token is no partial key, a partial key is no key; the result is the same root.
+    let begin = || Accumulation::Begin {
+        spec: derivation,
+        components: 2,
+    };
+    refused(
+        "component KCV, one at a time",
+        hsm.add_component(begin(), component(ROOT_COMPONENTS[0], false))
+            .await
+            .map(drop),
+    );
+    refused(
+        "a token as a partial key",
+        hsm.add_component(
+            Accumulation::Continue(kbpk.token.clone()),
+            component(ROOT_COMPONENTS[0], true),
+        )
+        .await
+        .map(drop),
+    );
+    let Accumulated::Partial(partial) = hsm
+        .add_component(begin(), component(ROOT_COMPONENTS[0], true))
+        .await
+        .unwrap()
+    else {
+        panic!("one of two components is a partial key")
+    };
+    assert_eq!((partial.received, partial.components), (1, 2));
+    refused(
+        "a partial key as a key",
+        hsm.kcv(&partial.token).await.map(drop),
+    );
+    let Accumulated::Formed(root) = hsm
+        .add_component(
+            Accumulation::Continue(partial.token),
+            component(ROOT_COMPONENTS[1], true),
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("the second of two components forms the key")
+    };
+    assert_eq!(root.kcv.to_hex(), "D2B91C");
     let chain = form_domain_chain(hsm).await;
     refused(
         "derive from a KBPK",

@@ -10,15 +10,20 @@
 //! or line's transport key is itself a dual-control act: its ceremony opens only on the approval
 //! of another officer.
 //!
-//! The components wait for the last one in the service's memory only, as the HSM boundary's
-//! zeroizing [`Component`]s (never in the store, never in a log); the store keeps the
-//! ceremony's progress (custodians and their KCVs). A restart ends open ceremonies.
+//! Each component goes into the HSM when its custodian submits it ([`Hsm::add_component`]): the
+//! HSM checks it against the custodian's KCV there and XORs it into a **partial key**, a block
+//! under the LMK good for nothing but the next component, which carries the spec of the key it
+//! becomes and the count. The store keeps the partial key in the ceremony's record, written
+//! with the submission's audit record in one write, so an open ceremony survives a restart; no
+//! component is kept anywhere (never in the store, never in a log, never in memory after its
+//! call). A component that does not match its KCV fails the ceremony, naming its custodian.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 
-use hsm_api::{Algorithm, Component, Exportability, Hsm, KeySpec as HsmKeySpec, KeyUsage};
+use hsm_api::{
+    Accumulated, Accumulation, Algorithm, Component, Exportability, Hsm, KeySpec as HsmKeySpec,
+    KeyToken, KeyUsage,
+};
 use hsm_api::{Kcv, KcvMethod};
 use serde::{Deserialize, Serialize};
 
@@ -108,28 +113,10 @@ pub struct KeyCeremony {
     pub kcv: Option<String>,
     /// Why it failed.
     pub failure: Option<String>,
-}
-
-/// The components of the open ceremonies, until the last one arrives.
-#[derive(Default)]
-pub(super) struct Pending(Mutex<HashMap<String, Vec<(String, Component)>>>);
-
-impl Pending {
-    /// Makes room for the components of ceremony `id`.
-    pub(super) fn open(&self, id: &str) -> Result<()> {
-        self.0
-            .lock()
-            .map_err(|_| Error::Store)?
-            .insert(id.to_owned(), Vec::new());
-        Ok(())
-    }
-}
-
-impl std::fmt::Debug for Pending {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let open = self.0.lock().map(|m| m.len()).unwrap_or(0);
-        f.debug_struct("Pending").field("open", &open).finish()
-    }
+    /// While open, after the first component: the HSM's partial key (the XOR of the components
+    /// so far, under the LMK; not a key token, every other HSM operation refuses it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<String>,
 }
 
 /// What one submission did.
@@ -170,7 +157,7 @@ impl<H: Hsm> Kms<H> {
         .await
     }
 
-    /// Records a new open ceremony (validated by the caller) and makes room for its components.
+    /// Records a new open ceremony (validated by the caller).
     pub(super) async fn open_ceremony(
         &self,
         target: CeremonyTarget,
@@ -211,7 +198,6 @@ impl<H: Hsm> Kms<H> {
                 Ok(c)
             })
             .await?;
-        self.ceremony.components.open(&ceremony.id)?;
         Ok(ceremony)
     }
 
@@ -249,16 +235,7 @@ impl<H: Hsm> Kms<H> {
                     .ok_or(Error::NotFound {
                         what: Resource::Ceremony,
                     })?;
-            if ceremony.state != CeremonyState::Open {
-                return Err(Error::FailedPrecondition {
-                    reason: Refusal::CeremonyNotOpen,
-                });
-            }
-            if ceremony.custodians.iter().any(|c| c.identity == actor) {
-                return Err(Error::PermissionDenied {
-                    reason: Refusal::SameCustodianTwice,
-                });
-            }
+            check_submission(&ceremony, &actor)?;
             let kcv_text = component.kcv_hex.trim().to_ascii_uppercase();
             let alg = self.ceremony_algorithm(&ceremony.target, &component)?;
             let part = to_component(alg, component)?;
@@ -269,90 +246,77 @@ impl<H: Hsm> Kms<H> {
                     reason: Refusal::CeremonyNotOpen,
                 });
             }
-            // Take the place in memory (the count decides whether this is the last).
-            let all = {
-                let mut pending = self
-                    .ceremony
-                    .components
-                    .0
-                    .lock()
-                    .map_err(|_| Error::Store)?;
-                let Some(parts) = pending.get_mut(id) else {
-                    return Err(Error::FailedPrecondition {
-                        reason: Refusal::CeremonyNotOpen,
-                    });
-                };
-                if parts.iter().any(|(who, _)| *who == actor) {
-                    return Err(Error::PermissionDenied {
-                        reason: Refusal::SameCustodianTwice,
-                    });
-                }
-                parts.push((actor.clone(), part));
-                if parts.len() == usize::from(ceremony.components) {
-                    pending.remove(id)
-                } else {
-                    None
-                }
+            // One submission at a time in this process: each continues the partial key the
+            // previous one stored (the write below also checks it is still the stored one).
+            let _turn = self.ceremony.submissions.lock().await;
+            let ceremony: KeyCeremony =
+                self.store
+                    .snapshot()?
+                    .get(Table::Ceremonies, id)?
+                    .ok_or(Error::NotFound {
+                        what: Resource::Ceremony,
+                    })?;
+            check_submission(&ceremony, &actor)?;
+            let into = match &ceremony.partial {
+                None => Accumulation::Begin {
+                    spec: self.target_spec(&ceremony.target, alg)?,
+                    components: ceremony.components,
+                },
+                Some(token) => Accumulation::Continue(KeyToken::from_stored(token.clone())),
             };
-            let Some(all) = all else {
-                let id = id.to_owned();
-                let ceremony = self
-                    .store
-                    .write(move |tx| {
-                        let mut c = open(tx, &id)?;
-                        c.custodians.push(Custodian {
-                            identity: actor.clone(),
-                            kcv: kcv_text.clone(),
-                            at_ms: tx.now_ms(),
-                        });
-                        tx.put(Table::Ceremonies, &c.id, &c)?;
-                        tx.audit(AuditEvent::ok(
-                            actor,
-                            "submit-component",
-                            format!(
-                                "{}: component {} of {}, KCV {kcv_text}",
-                                c.id,
-                                c.custodians.len(),
-                                c.components
-                            ),
-                        ));
-                        Ok(c)
-                    })
-                    .await?;
-                return Ok(Submitted { ceremony });
-            };
-            let (custodians, parts): (Vec<String>, Vec<Component>) = all.into_iter().unzip();
-            let formed = match self.form_target(&ceremony.target, alg, parts).await {
-                Ok(w) => w,
+            let step = match self.hsm.add_component(into, part).await {
+                Ok(step) => step,
                 Err(e) => {
                     let why = match &e {
-                        Error::Hsm(hsm_api::Error::ComponentKcv { index }) => format!(
-                            "the component of {} does not match its KCV",
-                            custodians.get(index.saturating_sub(1)).map_or("?", |s| s)
-                        ),
+                        hsm_api::Error::ComponentKcv { .. } => {
+                            format!("the component of {actor} does not match its KCV")
+                        }
                         other => format!("the HSM refused to form the key: {other}"),
                     };
                     self.fail_ceremony(id, why).await?;
-                    return Err(e);
+                    return Err(e.into());
                 }
             };
-            let region = self.target_region(&ceremony.target)?;
+            let before = ceremony.partial.clone();
             let id = id.to_owned();
+            let formed = match step {
+                Accumulated::Partial(partial) => {
+                    let ceremony = self
+                        .store
+                        .write(move |tx| {
+                            let mut c = with_custodian(tx, &id, &before, &actor, &kcv_text)?;
+                            c.partial = Some(partial.token.as_str().to_owned());
+                            c.algorithm = Some(alg.name().to_owned());
+                            tx.put(Table::Ceremonies, &c.id, &c)?;
+                            tx.audit(AuditEvent::ok(
+                                actor,
+                                "submit-component",
+                                format!(
+                                    "{}: component {} of {}, KCV {kcv_text} (checked in the HSM)",
+                                    c.id,
+                                    c.custodians.len(),
+                                    c.components
+                                ),
+                            ));
+                            Ok(c)
+                        })
+                        .await?;
+                    return Ok(Submitted { ceremony });
+                }
+                Accumulated::Formed(formed) => formed,
+            };
+            let region = self.target_region(&ceremony.target)?;
             let ceremony = self
                 .store
                 .write(move |tx| {
-                    let mut c = open(tx, &id)?;
-                    c.custodians.push(Custodian {
-                        identity: actor.clone(),
-                        kcv: kcv_text.clone(),
-                        at_ms: tx.now_ms(),
-                    });
+                    let mut c = with_custodian(tx, &id, &before, &actor, &kcv_text)?;
                     let names: Vec<&str> =
                         c.custodians.iter().map(|c| c.identity.as_str()).collect();
                     let note = format!(" ({}: components of {})", c.id, names.join(", "));
                     let (method, kcv) = kcv_hex(&formed.kcv);
                     apply_target(tx, &c.target, region, alg, &formed, actor.clone(), &note)?;
                     c.state = CeremonyState::Complete;
+                    c.partial = None;
                     c.algorithm = Some(alg.name().to_owned());
                     c.kcv_method = Some(method.clone());
                     c.kcv = Some(kcv.clone());
@@ -405,17 +369,15 @@ impl<H: Hsm> Kms<H> {
             .await
     }
 
-    /// Marks an open ceremony failed and forgets its components.
+    /// Marks an open ceremony failed and forgets its partial key.
     async fn fail_ceremony(&self, id: &str, why: String) -> Result<()> {
-        if let Ok(mut pending) = self.ceremony.components.0.lock() {
-            pending.remove(id);
-        }
         let id = id.to_owned();
         self.store
             .write(move |tx| {
                 let mut c = open(tx, &id)?;
                 c.state = CeremonyState::Failed;
                 c.failure = Some(why.clone());
+                c.partial = None;
                 tx.put(Table::Ceremonies, &c.id, &c)?;
                 tx.audit(AuditEvent::ok(
                     "the service",
@@ -592,6 +554,12 @@ impl<H: Hsm> Kms<H> {
         alg: Algorithm,
         parts: Vec<Component>,
     ) -> Result<hsm_api::WrappedKey> {
+        let spec = self.target_spec(target, alg)?;
+        Ok(self.hsm.form_key(spec, parts).await?)
+    }
+
+    /// What the HSM forms for `target`: its usage and exportability, with `alg`.
+    fn target_spec(&self, target: &CeremonyTarget, alg: Algorithm) -> Result<HsmKeySpec> {
         let (usage, exportability) = match target {
             CeremonyTarget::Root {
                 template_id,
@@ -616,18 +584,60 @@ impl<H: Hsm> Kms<H> {
                 (KeyUsage::KeyBlockProtection, Exportability::NonExportable)
             }
         };
-        Ok(self
-            .hsm
-            .form_key(
-                HsmKeySpec {
-                    algorithm: alg,
-                    usage,
-                    exportability,
-                },
-                parts,
-            )
-            .await?)
+        Ok(HsmKeySpec {
+            algorithm: alg,
+            usage,
+            exportability,
+        })
     }
+}
+
+/// Refuses a submission by `actor` to `c` unless it is open and `actor` has not submitted a
+/// component to it.
+fn check_submission(c: &KeyCeremony, actor: &str) -> Result<()> {
+    if c.state != CeremonyState::Open {
+        return Err(Error::FailedPrecondition {
+            reason: Refusal::CeremonyNotOpen,
+        });
+    }
+    if c.custodians.iter().any(|c| c.identity == actor) {
+        return Err(Error::PermissionDenied {
+            reason: Refusal::SameCustodianTwice,
+        });
+    }
+    Ok(())
+}
+
+/// The open ceremony `id` with `actor`'s component (KCV `kcv`) on record, if it still stands
+/// where it stood when the HSM took the component ([`unchanged`]).
+fn with_custodian(
+    tx: &Tx<'_>,
+    id: &str,
+    before: &Option<String>,
+    actor: &str,
+    kcv: &str,
+) -> Result<KeyCeremony> {
+    let mut c = open(tx, id)?;
+    unchanged(&c, before, actor)?;
+    c.custodians.push(Custodian {
+        identity: actor.to_owned(),
+        kcv: kcv.to_owned(),
+        at_ms: tx.now_ms(),
+    });
+    Ok(c)
+}
+
+/// At the write of a submission: `c` (open) still stands where it stood when the HSM took the
+/// component (the partial key `before`), so no other submission — another process's on the
+/// same store — went in between.
+fn unchanged(c: &KeyCeremony, before: &Option<String>, actor: &str) -> Result<()> {
+    check_submission(c, actor)?;
+    if c.partial != *before {
+        return Err(Error::FailedPrecondition {
+            reason: Refusal::CeremonyNotOpen,
+        });
+    }
+    Ok(())
 }
 
 /// A new open ceremony record with the next id.
@@ -658,6 +668,7 @@ pub(super) fn new_ceremony(
         kcv_method: None,
         kcv: None,
         failure: None,
+        partial: None,
     })
 }
 

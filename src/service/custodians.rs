@@ -45,8 +45,9 @@ pub(super) struct Ceremonies {
     pub(super) approval_ttl_ms: AtomicU64,
     /// The custodians whose shares the HSM holds towards the unseal in progress.
     pub(super) unseal_custodians: Mutex<Vec<String>>,
-    /// Open component ceremonies (the components themselves, until the last one).
-    pub(super) components: super::components::Pending,
+    /// Component submissions, one at a time (each continues the partial key the previous one
+    /// stored with its ceremony).
+    pub(super) submissions: tokio::sync::Mutex<()>,
 }
 
 impl Default for Ceremonies {
@@ -54,7 +55,7 @@ impl Default for Ceremonies {
         Ceremonies {
             approval_ttl_ms: AtomicU64::new(DEFAULT_APPROVAL_TTL_MS),
             unseal_custodians: Mutex::new(Vec::new()),
-            components: super::components::Pending::default(),
+            submissions: tokio::sync::Mutex::new(()),
         }
     }
 }
@@ -560,9 +561,6 @@ impl<H: Hsm> Kms<H> {
                     Ok(out)
                 })
                 .await?;
-            if let Some(c) = &approved.ceremony {
-                self.ceremony.components.open(&c.id)?;
-            }
             Ok(approved)
         })
         .await

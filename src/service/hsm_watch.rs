@@ -19,10 +19,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use hsm_api::{
-    BatchItem, BatchOutput, Component, Dispersion, Error as HsmError, ExportedKey, Factor, Hsm,
-    HsmState, HsmStatus, IssuedShare, Kcv, KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkInit,
-    LmkRotation, LmkShare, Result as HsmResult, UnsealProgress, WrappedKey, WriteKeyCommand,
-    WriteKeyRequest,
+    Accumulated, Accumulation, BatchItem, BatchOutput, Component, Dispersion, Error as HsmError,
+    ExportedKey, Factor, Hsm, HsmState, HsmStatus, IssuedShare, Kcv, KeyBlockVersion, KeySpec,
+    KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare, Result as HsmResult, UnsealProgress,
+    WrappedKey, WriteKeyCommand, WriteKeyRequest,
 };
 use tokio::sync::watch;
 
@@ -226,6 +226,17 @@ impl<H: Hsm> Hsm for WatchedHsm<H> {
     async fn form_key(&self, spec: KeySpec, components: Vec<Component>) -> HsmResult<WrappedKey> {
         let r = self
             .measured("form_key", self.inner.form_key(spec, components))
+            .await;
+        self.key_op(r)
+    }
+
+    async fn add_component(
+        &self,
+        into: Accumulation,
+        component: Component,
+    ) -> HsmResult<Accumulated> {
+        let r = self
+            .measured("add_component", self.inner.add_component(into, component))
             .await;
         self.key_op(r)
     }

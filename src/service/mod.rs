@@ -148,7 +148,7 @@ pub struct Kms<H: Hsm> {
     /// Seals the audit chain; holds the audit key's token once it exists.
     sealer: Arc<HsmSealer<H>>,
     metrics: Arc<Metrics>,
-    /// Ceremonies under way: unseal custodians, components waiting for the last one.
+    /// Ceremonies under way: unseal custodians, component submissions one at a time.
     ceremony: custodians::Ceremonies,
     /// Whose keys this deployment derives and releases (N9): the province's, or a city's.
     owner: KeyOwner,

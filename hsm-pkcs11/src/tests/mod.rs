@@ -513,3 +513,85 @@ async fn an_lmk_rotation_rewraps_tokens_inside_the_token() {
     assert_eq!(p11.kcv(&rotation.tokens[1]).await.unwrap(), child.kcv);
     assert_eq!(p11.kcv(&child.token).await, Err(Error::KeyBlockMac));
 }
+
+/// A key formed one component at a time in the token's backend: each component checked as it
+/// arrives, the partial key between them wrapped by the LMK and refused as a key token (and a
+/// key token refused as a partial key), the result the one `form_key` gives.
+#[tokio::test]
+async fn components_one_at_a_time_form_the_same_key() {
+    let p11 = hsm("accumulate", Mode::Strict);
+    let national = spec(
+        Algorithm::Tdes2,
+        KeyUsage::CardDerivation(HierarchyLevel::National),
+        Exportability::NonExportable,
+    );
+    let [first, second] = <[Component; 2]>::try_from(components(Algorithm::Tdes2, ROOT)).unwrap();
+    let mut wrong = components(Algorithm::Tdes2, ROOT).remove(0);
+    wrong.expected_kcv = second.expected_kcv.clone();
+    assert_eq!(
+        p11.add_component(
+            hsm_api::Accumulation::Begin {
+                spec: national,
+                components: 2
+            },
+            wrong
+        )
+        .await,
+        Err(Error::ComponentKcv { index: 1 })
+    );
+    let hsm_api::Accumulated::Partial(partial) = p11
+        .add_component(
+            hsm_api::Accumulation::Begin {
+                spec: national,
+                components: 2,
+            },
+            first,
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("one of two is a partial key")
+    };
+    assert!(p11.kcv(&partial.token).await.is_err(), "no key token");
+    let (city, _) = city_and_card(&p11).await;
+    assert!(
+        p11.add_component(
+            hsm_api::Accumulation::Continue(city.token),
+            components(Algorithm::Tdes2, ROOT).remove(1)
+        )
+        .await
+        .is_err(),
+        "a key token is no partial key"
+    );
+    let hsm_api::Accumulated::Formed(root) = p11
+        .add_component(hsm_api::Accumulation::Continue(partial.token), second)
+        .await
+        .unwrap()
+    else {
+        panic!("the second of two forms the key")
+    };
+    assert_eq!(root.kcv.to_hex(), "D2B91C");
+    let child = p11
+        .derive_key(
+            &root.token,
+            Dispersion::PbocTdes,
+            &factors()[..1],
+            KeyUsage::CardDerivation(HierarchyLevel::Province),
+        )
+        .await
+        .unwrap();
+    let at_once = p11
+        .form_key(national, components(Algorithm::Tdes2, ROOT))
+        .await
+        .unwrap();
+    let expected = p11
+        .derive_key(
+            &at_once.token,
+            Dispersion::PbocTdes,
+            &factors()[..1],
+            KeyUsage::CardDerivation(HierarchyLevel::Province),
+        )
+        .await
+        .unwrap();
+    assert_eq!(child.kcv, expected.kcv, "a usable root, the same key");
+}

@@ -31,7 +31,8 @@
 //!
 //! | operation | key | allowed usage |
 //! |---|---|---|
-//! | `generate_key`, `form_key` | new | any but `CardMasterKey`; exportable only where the usage may leave |
+//! | `generate_key`, `form_key`, `add_component` | new | any but `CardMasterKey`; exportable only where the usage may leave |
+//! | `add_component` | partial | a partial key ([`crate::partial`]), never a token |
 //! | `import_key` | KEK | `KeyBlockProtection` |
 //! | `import_key` | new | any but `CardMasterKey`; `E` kept only where the usage may leave |
 //! | `export_key` | KEK | `KeyBlockProtection` |
@@ -110,10 +111,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use hsm_api::{
-    BatchItem, BatchOutput, ClearField, Component, Dispersion, Error, ExportedKey, Factor, Hsm,
-    HsmStatus, INDEX_HASH_LEN, IssuedShare, Kcv, KeyBlockVersion, KeySpec, KeyToken, KeyUsage,
-    LmkInit, LmkRotation, LmkShare, Result, SealedField, UnsealProgress, WrappedKey,
-    WriteKeyCommand, WriteKeyRequest,
+    Accumulated, Accumulation, BatchItem, BatchOutput, ClearField, Component, Dispersion, Error,
+    ExportedKey, Factor, Hsm, HsmStatus, INDEX_HASH_LEN, IssuedShare, Kcv, KeyBlockVersion,
+    KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare, Result, SealedField,
+    UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest,
 };
 use subtle::ConstantTimeEq;
 
@@ -226,6 +227,11 @@ impl Hsm for LocalHsm {
 
     async fn form_key(&self, spec: KeySpec, components: Vec<Component>) -> Result<WrappedKey> {
         self.off_runtime(move |hsm| hsm.form_key_now(spec, &components))
+            .await
+    }
+
+    async fn add_component(&self, into: Accumulation, component: Component) -> Result<Accumulated> {
+        self.off_runtime(move |hsm| hsm.with_lmk(|lmk| crate::partial::add(lmk, into, &component)))
             .await
     }
 

@@ -9,18 +9,18 @@ use core::fmt;
 use std::time::Duration;
 
 use hsm_api::{
-    BatchItem, BatchOutput, ClearField, Component, Dispersion, Error, ExportedKey, Factor, Hsm,
-    HsmStatus, INDEX_HASH_LEN, IssuedShare, Kcv, KeyBlockVersion, KeySpec, KeyToken, KeyUsage,
-    LmkInit, LmkRotation, LmkShare, Result, SealedField, UnsealProgress, WrappedKey,
-    WriteKeyCommand, WriteKeyRequest, check_batch_len,
+    Accumulated, Accumulation, BatchItem, BatchOutput, ClearField, Component, Dispersion, Error,
+    ExportedKey, Factor, Hsm, HsmStatus, INDEX_HASH_LEN, IssuedShare, Kcv, KeyBlockVersion,
+    KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare, Result, SealedField,
+    UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest, check_batch_len,
 };
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 
 use super::convert::{
-    batch_item_to_wire, batch_result_from_wire, dispersion_to_wire, fold_to_wire, kcv_from_wire,
-    kcv_to_wire, parts_from_wire, progress_from_wire, share_from_wire, spec_to_wire,
-    status_from_wire, usage_to_wire, version_to_wire, wide, wrapped_from_wire,
+    accumulated_from_wire, batch_item_to_wire, batch_result_from_wire, dispersion_to_wire,
+    fold_to_wire, kcv_from_wire, kcv_to_wire, parts_from_wire, progress_from_wire, share_from_wire,
+    spec_to_wire, status_from_wire, usage_to_wire, version_to_wire, wide, wrapped_from_wire,
 };
 use super::proto;
 use super::proto::hsm_client::HsmClient;
@@ -237,6 +237,30 @@ impl Hsm for RemoteHsm {
         drop(components);
         let key = self.client().form_key(request).await.map_err(failed)?;
         wrapped_from_wire(key.into_inner()).ok_or(Error::Protocol)
+    }
+
+    async fn add_component(&self, into: Accumulation, component: Component) -> Result<Accumulated> {
+        let into = match into {
+            Accumulation::Begin { spec, components } => {
+                proto::add_component_request::Into::Begin(proto::BeginForm {
+                    spec: Some(spec_to_wire(spec)),
+                    components: components.into(),
+                })
+            }
+            Accumulation::Continue(partial) => {
+                proto::add_component_request::Into::Partial(token(&partial))
+            }
+        };
+        let request = proto::AddComponentRequest {
+            into: Some(into),
+            component: Some(proto::Component {
+                hex: component.secret_hex().to_owned(),
+                expected_kcv: Some(kcv_to_wire(&component.expected_kcv)),
+            }),
+        };
+        drop(component);
+        let answer = self.client().add_component(request).await.map_err(failed)?;
+        accumulated_from_wire(answer.into_inner()).ok_or(Error::Protocol)
     }
 
     async fn import_key(&self, kek: &KeyToken, block: &str, usage: KeyUsage) -> Result<WrappedKey> {

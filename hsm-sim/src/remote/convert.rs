@@ -218,6 +218,35 @@ pub(crate) fn wrapped_from_wire(key: proto::WrappedKey) -> Option<WrappedKey> {
     })
 }
 
+pub(crate) fn accumulated_to_wire(step: &hsm_api::Accumulated) -> proto::AddComponentResponse {
+    use proto::add_component_response::Result as Wire;
+    let result = match step {
+        hsm_api::Accumulated::Partial(p) => Wire::Partial(proto::PartialKey {
+            token: p.token.as_str().to_owned(),
+            received: p.received.into(),
+            components: p.components.into(),
+        }),
+        hsm_api::Accumulated::Formed(key) => Wire::Formed(wrapped_to_wire(key)),
+    };
+    proto::AddComponentResponse {
+        result: Some(result),
+    }
+}
+
+pub(crate) fn accumulated_from_wire(
+    answer: proto::AddComponentResponse,
+) -> Option<hsm_api::Accumulated> {
+    use proto::add_component_response::Result as Wire;
+    Some(match answer.result? {
+        Wire::Partial(p) => hsm_api::Accumulated::Partial(hsm_api::PartialKey {
+            token: hsm_api::KeyToken::from_stored(p.token),
+            received: u8::try_from(p.received).ok()?,
+            components: u8::try_from(p.components).ok()?,
+        }),
+        Wire::Formed(key) => hsm_api::Accumulated::Formed(wrapped_from_wire(key)?),
+    })
+}
+
 /// A share on its way out to its custodian. The wire copy is not zeroized by prost.
 pub(crate) fn share_to_wire(share: &IssuedShare) -> proto::IssuedShare {
     proto::IssuedShare {

@@ -9,7 +9,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 use hsm_api::{
-    ClearField, Component, Error, Factor, Hsm, KeyToken, LmkShare, SealedField, WriteKeyRequest,
+    Accumulation, ClearField, Component, Error, Factor, Hsm, KeyToken, LmkShare, SealedField,
+    WriteKeyRequest,
 };
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
@@ -19,9 +20,10 @@ use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
 
 use super::convert::{
-    batch_item_from_wire, batch_result_to_wire, dispersion_from_wire, fold_from_wire,
-    kcv_from_wire, kcv_to_wire, narrow, parts_to_wire, progress_to_wire, share_to_wire,
-    spec_from_wire, status_to_wire, usage_from_wire, version_from_wire, wrapped_to_wire,
+    accumulated_to_wire, batch_item_from_wire, batch_result_to_wire, dispersion_from_wire,
+    fold_from_wire, kcv_from_wire, kcv_to_wire, narrow, parts_to_wire, progress_to_wire,
+    share_to_wire, spec_from_wire, status_to_wire, usage_from_wire, version_from_wire,
+    wrapped_to_wire,
 };
 use super::identity::{self, ServiceCaller};
 use super::proto;
@@ -247,6 +249,36 @@ impl<H: Hsm> HsmRpc for HsmService<H> {
         }
         let key = self.hsm.form_key(spec, components).await.map_err(on_err)?;
         Ok(Response::new(wrapped_to_wire(&key)))
+    }
+
+    async fn add_component(
+        &self,
+        request: Request<proto::AddComponentRequest>,
+    ) -> Result<Response<proto::AddComponentResponse>, Status> {
+        let on_err = refused(&request, "add_component");
+        let req = request.into_inner();
+        let mut wire = req.component.ok_or_else(|| malformed("component"))?;
+        // Move the text into a zeroizing buffer first, so it is wiped on every path.
+        let hex = Zeroizing::new(std::mem::take(&mut wire.hex));
+        let expected_kcv =
+            kcv_from_wire(wire.expected_kcv).ok_or_else(|| malformed("expected_kcv"))?;
+        let component = Component::new(hex, expected_kcv);
+        let into = match req.into.ok_or_else(|| malformed("into"))? {
+            proto::add_component_request::Into::Begin(begin) => Accumulation::Begin {
+                spec: spec_from_wire(begin.spec).ok_or_else(|| malformed("begin.spec"))?,
+                components: u8::try_from(begin.components)
+                    .map_err(|_| malformed("begin.components"))?,
+            },
+            proto::add_component_request::Into::Partial(partial) => {
+                Accumulation::Continue(KeyToken::from_stored(partial))
+            }
+        };
+        let answer = self
+            .hsm
+            .add_component(into, component)
+            .await
+            .map_err(on_err)?;
+        Ok(Response::new(accumulated_to_wire(&answer)))
     }
 
     async fn import_key(
