@@ -21,7 +21,9 @@
 //! A derived key is never stored wrapped: it is derived again inside the token from its root at
 //! each use, as a sensitive, non-extractable session object gone when the operation ends.
 
-use hsm_api::{Algorithm, Dispersion, Error, Exportability, Factor, HierarchyLevel, KeyUsage};
+use hsm_api::{
+    Algorithm, Dispersion, Error, Exportability, Factor, HierarchyLevel, KeyUsage, ListSignature,
+};
 
 /// The format marker and version of a token.
 const PREFIX: &str = "P11.1.";
@@ -141,7 +143,8 @@ const fn usage_code(usage: KeyUsage) -> &'static str {
         KeyUsage::CardMasterKey => "MK",
         KeyUsage::VendorTransport => "VT",
         KeyUsage::AuditMac => "AM",
-        KeyUsage::ListSigning => "LS",
+        KeyUsage::ListSigning(ListSignature::EcdsaP256) => "LS",
+        KeyUsage::ListSigning(ListSignature::Sm2) => "L2",
     }
 }
 

@@ -128,8 +128,8 @@ pub fn check_algorithm(usage: KeyUsage, alg: Algorithm) -> Result<()> {
             op: "the audit MAC".into(),
             alg,
         }),
-        // The 32-byte seed of the P-256 key.
-        KeyUsage::ListSigning if alg != Algorithm::Aes256 => Err(Error::Unsupported {
+        // The 32-byte seed of the P-256 or SM2 key.
+        KeyUsage::ListSigning(_) if alg != Algorithm::Aes256 => Err(Error::Unsupported {
             op: "list signing".into(),
             alg,
         }),
@@ -153,7 +153,7 @@ pub fn check_import_header(header: &KeyBlockHeader, usage: KeyUsage) -> Result<E
         KeyUsage::AuditMac => &["M6"],
         KeyUsage::CardMasterKey => return Err(only_derived()),
         // A signing seed is generated here and never crosses the boundary either way.
-        KeyUsage::ListSigning => {
+        KeyUsage::ListSigning(_) => {
             return Err(Error::WrongUsage {
                 usage: "list signing".into(),
                 operation: "be imported".into(),
@@ -176,7 +176,7 @@ pub fn check_import_header(header: &KeyBlockHeader, usage: KeyUsage) -> Result<E
                 KeyUsage::VendorTransport => "become a vendor transport key".into(),
                 KeyUsage::AuditMac => "become an audit MAC key".into(),
                 KeyUsage::CardMasterKey => "become a card master key".into(),
-                KeyUsage::ListSigning => "become a list signing key".into(),
+                KeyUsage::ListSigning(_) => "become a list signing key".into(),
             },
         });
     }

@@ -40,7 +40,7 @@
 //! | `write_key_command` | protect | `CardMasterKey`; `VendorTransport` for a master key's write only |
 //! | `mac`, `verify_mac` | key | `AuditMac` (AES) |
 //! | `batch` | every item | as `derive_key` for a derived key, then as `export_key` or `write_key_command` |
-//! | `sign`, `public_key` | key | `ListSigning` (an AES-256-length seed; the P-256 private key is derived inside, per call, and never leaves) |
+//! | `sign`, `public_key` | key | `ListSigning(scheme)` (an AES-256-length seed; the P-256 or SM2 private key the token's scheme names is derived inside, per call, and never leaves) |
 //!
 //! **Exportability is the HSM's decision.** A derived key's exportability follows from its
 //! parent and its usage (a hierarchy child is exportable only if its parent is, a card key is,
