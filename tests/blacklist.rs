@@ -42,6 +42,18 @@ async fn blacklisted(kms: &TestKms<hsm_sim::local::LocalHsm>, card: &pb::CardIde
         .unwrap();
 }
 
+/// `kms-ceremony registry blacklist-verify LIST --public-key KEY`.
+async fn verify_cli(list: &std::path::Path, public: &std::path::Path) -> crate::common::Output {
+    run(vec![
+        "registry".into(),
+        "blacklist-verify".into(),
+        s(list),
+        "--public-key".into(),
+        s(public),
+    ])
+    .await
+}
+
 async fn export(kms: &TestKms<hsm_sim::local::LocalHsm>, since: u64) -> pb::SignedBlacklist {
     kms.client(PROVINCIAL_REGISTRAR)
         .registry
@@ -211,15 +223,7 @@ async fn kms_ceremony_exports_and_verifies_the_blacklist() {
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("to 1\nentries 1\n"), "{out:?}");
 
-    let verify = || {
-        run(vec![
-            "registry".into(),
-            "blacklist-verify".into(),
-            s(&list),
-            "--public-key".into(),
-            s(&public),
-        ])
-    };
+    let verify = || verify_cli(&list, &public);
     let out = verify().await;
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.starts_with("genuine\n"), "{out:?}");
@@ -314,15 +318,7 @@ async fn a_p256_deployment_signs_p256_and_its_key_keeps_its_scheme() {
     let public = tmp.path().join("blacklist.pub");
     std::fs::write(&list, &again.list).unwrap();
     std::fs::write(&public, hex::encode_upper(&again.public_key)).unwrap();
-    let verify = || {
-        run(vec![
-            "registry".into(),
-            "blacklist-verify".into(),
-            s(&list),
-            "--public-key".into(),
-            s(&public),
-        ])
-    };
+    let verify = || verify_cli(&list, &public);
     let out = verify().await;
     assert_eq!(out.code, 0, "{out:?}");
     assert!(
