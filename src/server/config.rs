@@ -390,6 +390,26 @@ key = "svc.key"
 "#;
 
     #[test]
+    fn the_blacklist_scheme_is_sm2_unless_configured_or_on_pkcs11() {
+        use hsm_api::ListSignature;
+        let c = Config::parse(EXAMPLE).unwrap();
+        assert_eq!(c.list_signature().unwrap(), ListSignature::Sm2);
+        let c = Config::parse(&format!(
+            "blacklist_signature = \"ecdsa-p256-sha256\"\n{EXAMPLE}"
+        ))
+        .unwrap();
+        assert_eq!(c.list_signature().unwrap(), ListSignature::EcdsaP256);
+        assert!(Config::parse(&format!("blacklist_signature = \"sm2\"\n{EXAMPLE}")).is_err());
+        let pkcs11 = EXAMPLE.replace(
+            "mode = \"remote\"\nendpoint = \"https://hsm:7100\"\nca = \"hsm-ca.pem\"\ncert = \"svc.pem\"\nkey = \"svc.key\"",
+            "mode = \"pkcs11\"\nmodule = \"/usr/lib/softhsm/libsofthsm2.so\"\ntoken_label = \"t\"",
+        );
+        let c = Config::parse(&pkcs11).unwrap();
+        assert!(matches!(c.hsm, HsmConfig::Pkcs11 { .. }));
+        assert_eq!(c.list_signature().unwrap(), ListSignature::EcdsaP256);
+    }
+
+    #[test]
     fn a_deployment_is_the_provinces_or_a_citys() {
         use crate::card::template::KeyOwner;
         let c = Config::parse(EXAMPLE).unwrap();
