@@ -172,7 +172,14 @@ pub async fn run(
                 },
             )?);
             run_on(
-                hsm, listener, metrics, data_dir, &paths, &location, shutdown,
+                hsm,
+                hsm_api::ListSignature::Sm2,
+                listener,
+                metrics,
+                data_dir,
+                &paths,
+                &location,
+                shutdown,
             )
             .await
         }
@@ -185,16 +192,26 @@ pub async fn run(
                 ..token.config()
             };
             let hsm = Arc::new(hsm_pkcs11::Pkcs11Hsm::open(config, Some(token.pin()))?);
+            // A PKCS#11 token has no SM2: the blacklist is signed with P-256 there.
             run_on(
-                hsm, listener, metrics, data_dir, &paths, &location, shutdown,
+                hsm,
+                hsm_api::ListSignature::EcdsaP256,
+                listener,
+                metrics,
+                data_dir,
+                &paths,
+                &location,
+                shutdown,
             )
             .await
         }
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_on<H: Hsm>(
     hsm: Arc<H>,
+    list_signature: hsm_api::ListSignature,
     listener: tokio::net::TcpListener,
     metrics: Option<tokio::net::TcpListener>,
     data_dir: &Path,
@@ -204,6 +221,7 @@ async fn run_on<H: Hsm>(
 ) -> Result<()> {
     let pki = crate::access::pki::DevPki::load_or_generate(&paths.pki)?;
     let kms = Kms::open_at(hsm, location).await?;
+    kms.set_list_signature(list_signature);
     let seeded = dangerous_seed_test_keys(&kms).await?;
     // The dev PKI's officer and auditor are the registry's first members (once).
     let mut officers = Vec::new();

@@ -57,8 +57,9 @@ pub use registry::{
 };
 pub use types::{
     Accumulated, Accumulation, Component, Exportability, ExportedKey, HierarchyLevel, HsmState,
-    HsmStatus, IssuedShare, KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare,
-    PartialKey, SecretParts, UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest,
+    HsmStatus, IssuedShare, KeySpec, KeyToken, KeyUsage, ListSignature, LmkInit, LmkRotation,
+    LmkShare, PartialKey, SecretParts, UnsealProgress, WrappedKey, WriteKeyCommand,
+    WriteKeyRequest,
 };
 
 /// The operations of the HSM. Every key operation is refused unless the HSM is operational
@@ -230,12 +231,14 @@ pub trait Hsm: Send + Sync + 'static {
         mac: &[u8],
     ) -> impl Future<Output = Result<()>> + Send;
 
-    /// The ECDSA P-256 / SHA-256 signature of `data` under a [`KeyUsage::ListSigning`] key:
-    /// 64 bytes, `r ‖ s` big-endian (deterministic, RFC 6979).
+    /// The signature of `data` under a [`KeyUsage::ListSigning`] key, in the key's
+    /// [`ListSignature`] scheme (ECDSA P-256 / SHA-256, or SM2DSA / SM3): 64 bytes, `r ‖ s`
+    /// big-endian (deterministic, RFC 6979).
     fn sign(&self, key: &KeyToken, data: &[u8]) -> impl Future<Output = Result<Vec<u8>>> + Send;
 
-    /// The public key of a [`KeyUsage::ListSigning`] key: the SEC1 uncompressed P-256 point,
-    /// 65 bytes (`04 ‖ x ‖ y`), for anyone who checks [`Hsm::sign`]'s signatures.
+    /// The public key of a [`KeyUsage::ListSigning`] key: the SEC1 uncompressed point of its
+    /// curve (P-256 or the SM2 curve), 65 bytes (`04 ‖ x ‖ y`), for anyone who checks
+    /// [`Hsm::sign`]'s signatures.
     fn public_key(&self, key: &KeyToken) -> impl Future<Output = Result<Vec<u8>>> + Send;
 
     /// The index hashes of `values` under a [`KeyUsage::RegistryIndex`] key, one per value in

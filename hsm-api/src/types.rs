@@ -102,7 +102,7 @@ impl HierarchyLevel {
 /// | `CardMasterKey` | yes | yes | no | never |
 /// | `VendorTransport` | no | yes (only a master key's write) | no | never |
 /// | `AuditMac` | no | no | no | never |
-/// | `ListSigning` | no | no | no | never (only its public key leaves) |
+/// | `ListSigning(scheme)` | no | no | no | never (only its public key leaves) |
 /// | `RegistryIndex` | no | no | no | never (only HMACs leave) |
 /// | `RegistryData` | no | no | no | never (only sealed fields and their opening leave) |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -129,10 +129,10 @@ pub enum KeyUsage {
     /// The audit trail's MAC key. TR-31 usage `M6` (CMAC), mode `C`.
     AuditMac,
     /// The signing key of lists the service publishes (the blacklist for terminals): a 32-byte
-    /// seed (generated as AES-256) from which the HSM derives an ECDSA P-256 private key that
-    /// never leaves it; [`crate::Hsm::sign`] and [`crate::Hsm::public_key`] only. TR-31 usage
-    /// `S0`, mode `S`.
-    ListSigning,
+    /// seed (generated as AES-256) from which the HSM derives the private key of the
+    /// [`ListSignature`] scheme the token names (fixed when the key is made), which never leaves
+    /// it; [`crate::Hsm::sign`] and [`crate::Hsm::public_key`] only. TR-31 usage `S0`, mode `S`.
+    ListSigning(ListSignature),
     /// The registry's index key: HMAC-SHA256 of personal data (SSNs, card numbers) for
     /// uniqueness and look-ups without the clear value ([`crate::Hsm::index_hashes`] only).
     /// 32 bytes (generated as AES-256). TR-31 usage `M7` (HMAC), mode `G` (generate only).
@@ -143,9 +143,41 @@ pub enum KeyUsage {
     RegistryData,
 }
 
+/// The signature scheme of a [`KeyUsage::ListSigning`] key: part of the key (its token says
+/// which), so a key signs with one scheme all its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ListSignature {
+    /// ECDSA over P-256 with SHA-256 (FIPS 186-5), deterministic nonces (RFC 6979).
+    EcdsaP256,
+    /// SM2DSA with SM3 (GB/T 32918.2, GM/T 0003.2), the signer's user id
+    /// [`ListSignature::SM2_USER_ID`], deterministic nonces (RFC 6979 over SM3).
+    Sm2,
+}
+
+impl ListSignature {
+    /// Every scheme.
+    pub const ALL: [ListSignature; 2] = [ListSignature::EcdsaP256, ListSignature::Sm2];
+
+    /// The SM2 user id (distinguishing identifier) hashed into `Z_A`: GM/T 0009's default.
+    pub const SM2_USER_ID: &'static str = "1234567812345678";
+
+    /// The name in lists, configuration and messages: `ecdsa-p256-sha256` or `sm2-sm3`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ListSignature::EcdsaP256 => "ecdsa-p256-sha256",
+            ListSignature::Sm2 => "sm2-sm3",
+        }
+    }
+
+    /// The scheme of a [`ListSignature::name`].
+    pub fn from_name(name: &str) -> Option<ListSignature> {
+        ListSignature::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
 impl KeyUsage {
     /// Every usage, each hierarchy usage at every level.
-    pub const ALL: [KeyUsage; 14] = [
+    pub const ALL: [KeyUsage; 15] = [
         KeyUsage::KeyBlockProtection,
         KeyUsage::CardDerivation(HierarchyLevel::National),
         KeyUsage::CardDerivation(HierarchyLevel::Province),
@@ -157,7 +189,8 @@ impl KeyUsage {
         KeyUsage::CardMasterKey,
         KeyUsage::VendorTransport,
         KeyUsage::AuditMac,
-        KeyUsage::ListSigning,
+        KeyUsage::ListSigning(ListSignature::EcdsaP256),
+        KeyUsage::ListSigning(ListSignature::Sm2),
         KeyUsage::RegistryIndex,
         KeyUsage::RegistryData,
     ];
@@ -181,7 +214,8 @@ impl KeyUsage {
             KeyUsage::CardMasterKey => "card master",
             KeyUsage::VendorTransport => "vendor transport",
             KeyUsage::AuditMac => "audit MAC",
-            KeyUsage::ListSigning => "list signing",
+            KeyUsage::ListSigning(ListSignature::EcdsaP256) => "P-256 list signing",
+            KeyUsage::ListSigning(ListSignature::Sm2) => "SM2 list signing",
             KeyUsage::RegistryIndex => "registry index",
             KeyUsage::RegistryData => "registry data",
         }

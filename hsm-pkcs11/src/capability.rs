@@ -14,6 +14,8 @@
 //! | TR-31 import and export | no | released for that one operation | refused |
 //! | the card's WRITE KEY command (encrypted key field, PBOC retail MAC) | no | released for that one operation | refused |
 //! | anything SM4 (keys, dispersion, KCVs, card MACs) | no | released for that one operation | refused |
+//! | list signing, ECDSA P-256 (a blacklist key from its seed) | no | released for that one operation | refused |
+//! | list signing, SM2DSA / SM3 (a new key, or a signature) | no | refused (PKCS#11 defines no SM2 mechanism; SoftHSM has none) | refused |
 //! | LMK creation (and the user PIN split m-of-n among custodians) | yes | — | — |
 //! | LMK rotation (roots re-wrapped under a new LMK pair) | yes | — | — |
 //!
@@ -74,22 +76,26 @@ pub enum Outside {
     Sm4,
     /// Signing a published list (the blacklist): ECDSA P-256 from a seed the HSM keeps.
     ListSigning,
+    /// SM2 list signing: no PKCS#11 mechanism, so refused in every mode (the service's
+    /// `blacklist_signature = "ecdsa-p256-sha256"` makes P-256 list keys instead).
+    Sm2,
 }
 
 impl Outside {
     /// Every row, for tables and tests.
-    pub const ALL: [Outside; 4] = [
+    pub const ALL: [Outside; 5] = [
         Outside::Tr31,
         Outside::CardKeyField,
         Outside::Sm4,
         Outside::ListSigning,
+        Outside::Sm2,
     ];
 
     /// Where it runs in `mode`.
     pub const fn runs(self, mode: Mode) -> Where {
-        match mode {
-            Mode::Strict => Where::Refused,
-            Mode::Release => Where::Released,
+        match (self, mode) {
+            (Outside::Sm2, _) | (_, Mode::Strict) => Where::Refused,
+            (_, Mode::Release) => Where::Released,
         }
     }
 
@@ -107,6 +113,9 @@ impl Outside {
             }
             Outside::ListSigning => {
                 "signing a published list from an HSM-held P-256 seed in a standard PKCS#11 token (strict mode; mode \"release\" runs it with the seed the token releases for that one operation)"
+            }
+            Outside::Sm2 => {
+                "SM2 list signing in a PKCS#11 token, which has no SM2 mechanism (refused in every mode; set blacklist_signature = \"ecdsa-p256-sha256\" for a P-256 list-signing key)"
             }
         }
     }

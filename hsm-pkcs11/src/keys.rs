@@ -7,15 +7,15 @@ use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use hsm_api::{
     Accumulated, Accumulation, Algorithm, Component, Dispersion, Error, Exportability, ExportedKey,
-    Factor, Kcv, KcvMethod, KeyBlockVersion, KeySpec, KeyToken, KeyUsage, PartialKey, Result,
-    WrappedKey, WriteKeyCommand, WriteKeyRequest,
+    Factor, Kcv, KcvMethod, KeyBlockVersion, KeySpec, KeyToken, KeyUsage, ListSignature,
+    PartialKey, Result, WrappedKey, WriteKeyCommand, WriteKeyRequest,
 };
 use hsm_sim::crypto::{SecretKey, diversify, kcv};
 use hsm_sim::policy::{self, check_new_key, child_of, wrong_usage};
 use zeroize::Zeroizing;
 
 use crate::Pkcs11Hsm;
-use crate::capability::{Mode, Outside};
+use crate::capability::{Mode, Outside, Where};
 use crate::ffi::EncryptData;
 use crate::session::{self, LmkObjects, refused};
 use crate::token::{self, MAX_STEPS, StoredKey};
@@ -229,7 +229,7 @@ impl Pkcs11Hsm {
         key: &StoredKey,
         outside: Outside,
     ) -> Result<SecretKey> {
-        if self.mode == Mode::Strict {
+        if outside.runs(self.mode) == Where::Refused {
             return Err(refusal(outside, key.alg));
         }
         let read = |handle: ObjectHandle, alg: Algorithm| -> Result<SecretKey> {
@@ -361,6 +361,9 @@ impl Pkcs11Hsm {
 
     pub(crate) fn generate_key_now(&self, lmk: &LmkObjects, spec: KeySpec) -> Result<WrappedKey> {
         check_new_key(spec)?;
+        if spec.usage == KeyUsage::ListSigning(ListSignature::Sm2) {
+            return Err(refusal(Outside::Sm2, spec.algorithm));
+        }
         let session = self.session()?;
         let alg = spec.algorithm;
         let mechanism = match alg {
@@ -492,7 +495,8 @@ impl Pkcs11Hsm {
     }
 
     /// The P-256 signing key of a [`KeyUsage::ListSigning`] token, from the seed the token
-    /// releases for this one operation ([`Outside::ListSigning`]).
+    /// releases for this one operation ([`Outside::ListSigning`]); an SM2 token is refused
+    /// ([`Outside::Sm2`]).
     pub(crate) fn list_signing_key_now(
         &self,
         lmk: &LmkObjects,
@@ -503,11 +507,18 @@ impl Pkcs11Hsm {
             &session,
             lmk,
             key,
-            |u| u == KeyUsage::ListSigning,
+            |u| matches!(u, KeyUsage::ListSigning(_)),
             "sign a published list",
         )?;
-        let seed = self.released(&session, lmk, &key, Outside::ListSigning)?;
-        hsm_sim::crypto::sign::ListSigningKey::from_seed(&seed)
+        let KeyUsage::ListSigning(scheme) = key.usage else {
+            return Err(wrong_usage(key.usage, "sign a published list"));
+        };
+        let outside = match scheme {
+            ListSignature::EcdsaP256 => Outside::ListSigning,
+            ListSignature::Sm2 => Outside::Sm2,
+        };
+        let seed = self.released(&session, lmk, &key, outside)?;
+        hsm_sim::crypto::sign::ListSigningKey::from_seed(&seed, scheme)
     }
 
     pub(crate) fn export_key_now(

@@ -27,6 +27,7 @@
 
 use hsm_api::{
     Algorithm, Dispersion, Error, Exportability, Factor, HierarchyLevel, KeySpec, KeyUsage,
+    ListSignature,
 };
 
 /// The format marker and version of a token.
@@ -222,7 +223,8 @@ const fn usage_code(usage: KeyUsage) -> &'static str {
         KeyUsage::CardMasterKey => "MK",
         KeyUsage::VendorTransport => "VT",
         KeyUsage::AuditMac => "AM",
-        KeyUsage::ListSigning => "LS",
+        KeyUsage::ListSigning(ListSignature::EcdsaP256) => "LS",
+        KeyUsage::ListSigning(ListSignature::Sm2) => "L2",
         KeyUsage::RegistryIndex => "RI",
         KeyUsage::RegistryData => "RD",
     }

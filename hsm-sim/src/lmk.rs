@@ -16,14 +16,16 @@
 //!   | `CardMasterKey` | `E5` | `N` | `MK` |
 //!   | `VendorTransport` | `E5` | `N` | `VT` |
 //!   | `AuditMac` | `M6` | `C` (generate and verify) | — |
-//!   | `ListSigning` | `S0` | `S` (sign only) | — |
+//!   | `ListSigning(EcdsaP256)` | `S0` | `S` (sign only) | — |
+//!   | `ListSigning(Sm2)` | `S0` | `S` | `G2` |
 //!   | `RegistryIndex` | `M7` (HMAC) | `G` (generate only) | — |
 //!   | `RegistryData` | `D0` (data encryption) | `B` (encrypt and decrypt) | — |
 //!
 //!   and its exportability (`E` or `N`). The **role block** is a proprietary optional block
 //!   (X9.143 leaves IDs that begin with a digit to proprietary use) that tells a card master key,
-//!   a vendor transport key and the two hierarchies apart, and records a hierarchy key's level
-//!   (the digit is the number of dispersions to the card). It is set when the token is made —
+//!   a vendor transport key and the two hierarchies apart, records a hierarchy key's level
+//!   (the digit is the number of dispersions to the card), and names an SM2 list-signing key's
+//!   scheme (`G2`, for GM/T SM2; a P-256 list-signing key has none, as before SM2 existed). It is set when the token is made —
 //!   generated, formed, imported or derived — and covered by the token's MAC; it never appears
 //!   in a block exported to a recipient. Unwrapping checks the MAC first (a flipped bit or a
 //!   foreign LMK is [`Error::KeyBlockMac`]), then that the header, role block included, is
@@ -49,7 +51,7 @@ use std::sync::OnceLock;
 use blahaj::{Share, Sharks};
 use hsm_api::{
     Algorithm, Error, Exportability, HierarchyLevel, IssuedShare, Kcv, KcvMethod, KeyBlockVersion,
-    KeyToken, KeyUsage, LmkShare, Result,
+    KeyToken, KeyUsage, ListSignature, LmkShare, Result,
 };
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -101,7 +103,7 @@ pub(crate) const fn tr31_usage(usage: KeyUsage) -> (&'static str, ModeOfUse) {
             ("E5", ModeOfUse::NoRestriction)
         }
         KeyUsage::AuditMac => ("M6", ModeOfUse::GenerateVerify),
-        KeyUsage::ListSigning => ("S0", ModeOfUse::SignOnly),
+        KeyUsage::ListSigning(_) => ("S0", ModeOfUse::SignOnly),
         KeyUsage::RegistryIndex => ("M7", ModeOfUse::GenerateOnly),
         KeyUsage::RegistryData => ("D0", ModeOfUse::EncryptDecrypt),
     }
@@ -118,10 +120,11 @@ pub(crate) const fn role(usage: KeyUsage) -> Option<&'static str> {
         KeyUsage::MasterKeyDerivation(HierarchyLevel::City) => Some("M1"),
         KeyUsage::CardMasterKey => Some("MK"),
         KeyUsage::VendorTransport => Some("VT"),
+        KeyUsage::ListSigning(ListSignature::Sm2) => Some("G2"),
         KeyUsage::KeyBlockProtection
         | KeyUsage::CardKey
         | KeyUsage::AuditMac
-        | KeyUsage::ListSigning
+        | KeyUsage::ListSigning(ListSignature::EcdsaP256)
         | KeyUsage::RegistryIndex
         | KeyUsage::RegistryData => None,
     }

@@ -130,8 +130,8 @@ pub fn check_algorithm(usage: KeyUsage, alg: Algorithm) -> Result<()> {
             op: "the audit MAC".into(),
             alg,
         }),
-        // The 32-byte seed of the P-256 key.
-        KeyUsage::ListSigning if alg != Algorithm::Aes256 => Err(Error::Unsupported {
+        // The 32-byte seed of the P-256 or SM2 key.
+        KeyUsage::ListSigning(_) if alg != Algorithm::Aes256 => Err(Error::Unsupported {
             op: "list signing".into(),
             alg,
         }),
@@ -163,7 +163,7 @@ pub fn check_import_header(header: &KeyBlockHeader, usage: KeyUsage) -> Result<E
         KeyUsage::CardMasterKey => return Err(only_derived()),
         // A signing seed and the registry's keys are generated here and never cross the
         // boundary either way.
-        KeyUsage::ListSigning | KeyUsage::RegistryIndex | KeyUsage::RegistryData => {
+        KeyUsage::ListSigning(_) | KeyUsage::RegistryIndex | KeyUsage::RegistryData => {
             return Err(Error::WrongUsage {
                 usage: usage.name().into(),
                 operation: "be imported".into(),
@@ -186,9 +186,8 @@ pub fn check_import_header(header: &KeyBlockHeader, usage: KeyUsage) -> Result<E
                 KeyUsage::VendorTransport => "become a vendor transport key".into(),
                 KeyUsage::AuditMac => "become an audit MAC key".into(),
                 KeyUsage::CardMasterKey => "become a card master key".into(),
-                KeyUsage::ListSigning | KeyUsage::RegistryIndex | KeyUsage::RegistryData => {
-                    "be imported".into()
-                }
+                KeyUsage::ListSigning(_) => "become a list signing key".into(),
+                KeyUsage::RegistryIndex | KeyUsage::RegistryData => "be imported".into(),
             },
         });
     }

@@ -22,7 +22,7 @@ use std::time::Duration;
 use hsm_api::{
     Accumulated, Accumulation, Algorithm, Component, Dispersion, Error, Exportability, Factor,
     HierarchyLevel, Hsm, HsmState, Kcv, KcvMethod, KeyBlockVersion, KeySpec, KeyToken, KeyUsage,
-    LmkShare, UnsealProgress,
+    ListSignature, LmkShare, UnsealProgress,
 };
 use hsm_sim::crypto::{SecretKey, kcv};
 use hsm_sim::local::{LocalHsm, LocalHsmConfig};
@@ -328,7 +328,7 @@ async fn the_hsm_process_serves_the_domain_chain_and_survives_a_restart() {
     let signer = hsm
         .generate_key(spec(
             Algorithm::Aes256,
-            KeyUsage::ListSigning,
+            KeyUsage::ListSigning(ListSignature::EcdsaP256),
             Exportability::NonExportable,
         ))
         .await
@@ -339,6 +339,24 @@ async fn the_hsm_process_serves_the_domain_chain_and_survives_a_restart() {
     let signature = p256::ecdsa::Signature::from_slice(&signature).unwrap();
     assert!(
         p256::ecdsa::signature::Verifier::verify(&verifying, b"blacklist v1", &signature).is_ok()
+    );
+    // And an SM2 one: the scheme crosses the wire in the usage and stays in the token.
+    let sm2_signer = hsm
+        .generate_key(spec(
+            Algorithm::Aes256,
+            KeyUsage::ListSigning(ListSignature::Sm2),
+            Exportability::NonExportable,
+        ))
+        .await
+        .unwrap();
+    let signature = hsm.sign(&sm2_signer.token, b"blacklist v1").await.unwrap();
+    let public = hsm.public_key(&sm2_signer.token).await.unwrap();
+    let verifying =
+        sm2::dsa::VerifyingKey::from_sec1_bytes(ListSignature::SM2_USER_ID, &public).unwrap();
+    let signature = sm2::dsa::Signature::from_slice(&signature).unwrap();
+    assert!(sm2::dsa::signature::Verifier::verify(&verifying, b"blacklist v1", &signature).is_ok());
+    assert!(
+        sm2::dsa::signature::Verifier::verify(&verifying, b"blacklist v2", &signature).is_err()
     );
     assert!(matches!(
         hsm.sign(&kbpk.token, b"x").await,

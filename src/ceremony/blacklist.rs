@@ -4,8 +4,9 @@
 //! - `blacklist-export [--since N] --out FILE [--public-key-out KEY]`: the list (in full, or
 //!   the increments after version N) as the service signs it in its HSM; with
 //!   `--public-key-out`, the signing key's public key as hex (SEC1), the key terminals hold.
-//! - `blacklist-verify FILE --public-key KEY`: exit 0 and the list's version and size when the
-//!   signature verifies and the entries are in order; exit 2 with the reason otherwise
+//!   The list names its signature scheme (SM2DSA / SM3 or ECDSA P-256), the signing key's.
+//! - `blacklist-verify FILE --public-key KEY`: exit 0 and the list's scheme, version and size
+//!   when the signature (in the scheme the list names) verifies and the entries are in order; exit 2 with the reason otherwise
 //!   (tampered, another key, out of order).
 
 use std::path::Path;
@@ -56,7 +57,8 @@ pub fn verify(list: &Path, public_key: &Path) -> Result<String> {
 
 fn describe(v: &blacklist::Verified) -> String {
     format!(
-        "issuer {}\nkind {}\nfrom {}\nto {}\nentries {}\n",
+        "algorithm {}\nissuer {}\nkind {}\nfrom {}\nto {}\nentries {}\n",
+        v.scheme.name(),
         v.issuer,
         if v.full { "full" } else { "delta" },
         v.from,

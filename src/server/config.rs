@@ -5,6 +5,8 @@
 //! data_dir = "/var/lib/sscard-kms"
 //! # deployment_city = "440300"   # a city's deployment (N9): holds and releases only the keys
 //! #                              # whose root the city holds; absent: the province's
+//! # blacklist_signature = "sm2-sm3"   # or "ecdsa-p256-sha256": the scheme of the blacklist's
+//! #                              # signing key when it is made (default SM2; P-256 on PKCS#11)
 //!
 //! [tls]                       # the service's own certificate, and the CA of its clients
 //! cert = "/etc/sscard-kms/server.pem"
@@ -87,6 +89,11 @@ pub struct Config {
     /// releases only those); absent for the province's deployment.
     #[serde(default)]
     pub deployment_city: Option<String>,
+    /// The scheme of the blacklist's signing key when the service makes it: `"sm2-sm3"` or
+    /// `"ecdsa-p256-sha256"`. Absent: SM2, except on a PKCS#11 HSM (which has no SM2), P-256.
+    /// A key already made keeps its scheme.
+    #[serde(default)]
+    pub blacklist_signature: Option<String>,
 }
 
 /// The officer registry's bootstrap and the time limit of dual control.
@@ -271,6 +278,7 @@ impl Config {
         })?;
         config.limits.validate()?;
         config.owner()?;
+        config.list_signature()?;
         config.store_location()?;
         Ok(config)
     }
@@ -290,6 +298,20 @@ impl Config {
                     reason: IdentifierFault::NotACity,
                 }),
             },
+        }
+    }
+
+    /// The scheme a new list-signing key is made in (`blacklist_signature`).
+    pub fn list_signature(&self) -> Result<hsm_api::ListSignature> {
+        match &self.blacklist_signature {
+            Some(name) => hsm_api::ListSignature::from_name(name).ok_or(Error::InvalidArgument {
+                field: "blacklist_signature",
+                reason: Refusal::ConfigInvalid,
+            }),
+            None if matches!(self.hsm, HsmConfig::Pkcs11 { .. }) => {
+                Ok(hsm_api::ListSignature::EcdsaP256)
+            }
+            None => Ok(hsm_api::ListSignature::Sm2),
         }
     }
 
@@ -366,6 +388,26 @@ ca = "hsm-ca.pem"
 cert = "svc.pem"
 key = "svc.key"
 "#;
+
+    #[test]
+    fn the_blacklist_scheme_is_sm2_unless_configured_or_on_pkcs11() {
+        use hsm_api::ListSignature;
+        let c = Config::parse(EXAMPLE).unwrap();
+        assert_eq!(c.list_signature().unwrap(), ListSignature::Sm2);
+        let c = Config::parse(&format!(
+            "blacklist_signature = \"ecdsa-p256-sha256\"\n{EXAMPLE}"
+        ))
+        .unwrap();
+        assert_eq!(c.list_signature().unwrap(), ListSignature::EcdsaP256);
+        assert!(Config::parse(&format!("blacklist_signature = \"sm2\"\n{EXAMPLE}")).is_err());
+        let pkcs11 = EXAMPLE.replace(
+            "mode = \"remote\"\nendpoint = \"https://hsm:7100\"\nca = \"hsm-ca.pem\"\ncert = \"svc.pem\"\nkey = \"svc.key\"",
+            "mode = \"pkcs11\"\nmodule = \"/usr/lib/softhsm/libsofthsm2.so\"\ntoken_label = \"t\"",
+        );
+        let c = Config::parse(&pkcs11).unwrap();
+        assert!(matches!(c.hsm, HsmConfig::Pkcs11 { .. }));
+        assert_eq!(c.list_signature().unwrap(), ListSignature::EcdsaP256);
+    }
 
     #[test]
     fn a_deployment_is_the_provinces_or_a_citys() {

@@ -282,6 +282,7 @@ pub async fn run_configured(
     // supervisors and tests (`listen = "127.0.0.1:0"` works).
     let ready = || println!("listening on {addr}");
     let owner = config.owner()?;
+    let list_signature = config.list_signature()?;
     match config.hsm {
         HsmConfig::Local { state_dir } => {
             let hsm = Arc::new(hsm_sim::local::LocalHsm::open(
@@ -291,6 +292,7 @@ pub async fn run_configured(
                 },
             )?);
             let kms = Kms::open_at_as(hsm, &store, owner).await?;
+            kms.set_list_signature(list_signature);
             prepare_ceremonies(&kms, &config.ceremony, config.dangerous_allow_test_lmk).await?;
             ready();
             serve_all(kms, listener, metrics, tls, config.limits, shutdown).await
@@ -324,6 +326,7 @@ pub async fn run_configured(
             };
             let hsm = Arc::new(hsm_pkcs11::Pkcs11Hsm::open(p11_config, pin)?);
             let kms = Kms::open_at_as(hsm, &store, owner).await?;
+            kms.set_list_signature(list_signature);
             ready();
             serve_all(kms, listener, metrics, tls, config.limits, shutdown).await
         }
@@ -351,6 +354,7 @@ pub async fn run_configured(
                 })?,
             );
             let kms = Kms::open_at_as(hsm, &store, owner).await?;
+            kms.set_list_signature(list_signature);
             prepare_ceremonies(&kms, &config.ceremony, config.dangerous_allow_test_lmk).await?;
             ready();
             serve_all(kms, listener, metrics, tls, config.limits, shutdown).await

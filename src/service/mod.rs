@@ -152,6 +152,8 @@ pub struct Kms<H: Hsm> {
     ceremony: custodians::Ceremonies,
     /// Whose keys this deployment derives and releases (N9): the province's, or a city's.
     owner: KeyOwner,
+    /// The scheme a new list-signing key is made in (SM2 unless configured otherwise).
+    list_signature: std::sync::RwLock<hsm_api::ListSignature>,
 }
 
 impl<H: Hsm> std::fmt::Debug for Kms<H> {
@@ -163,6 +165,21 @@ impl<H: Hsm> std::fmt::Debug for Kms<H> {
 }
 
 impl<H: Hsm> Kms<H> {
+    /// The scheme the blacklist's signing key is made in, if none exists yet (configuration
+    /// `blacklist_signature`; default SM2). A key already made keeps its own scheme.
+    pub fn set_list_signature(&self, scheme: hsm_api::ListSignature) {
+        if let Ok(mut kept) = self.list_signature.write() {
+            *kept = scheme;
+        }
+    }
+
+    /// The scheme a new list-signing key is made in.
+    pub fn list_signature(&self) -> hsm_api::ListSignature {
+        self.list_signature
+            .read()
+            .map_or(hsm_api::ListSignature::Sm2, |s| *s)
+    }
+
     /// Whose keys this deployment holds and releases.
     pub fn owner(&self) -> KeyOwner {
         self.owner
@@ -289,6 +306,7 @@ impl<H: Hsm> Kms<H> {
             metrics,
             ceremony: custodians::Ceremonies::default(),
             owner,
+            list_signature: std::sync::RwLock::new(hsm_api::ListSignature::Sm2),
         };
         kms.reload_templates()?;
         if let Some(e) = not_operational(kms.ensure_audit_key().await)? {

@@ -2,7 +2,7 @@
 //! the life cycle, blacklisting and reading cards one by one. Applicant batches are in
 //! `applicants.rs`; the life-cycle rules in `registry::lifecycle`.
 
-use hsm_api::{Algorithm, Exportability, Hsm, KeySpec, KeyToken, KeyUsage};
+use hsm_api::{Algorithm, Exportability, Hsm, KeySpec, KeyToken, KeyUsage, ListSignature};
 
 use crate::access::authz::{self, Operation};
 use crate::access::identity::Identity;
@@ -249,19 +249,26 @@ impl<H: Hsm> Kms<H> {
         let subject = format!("blacklist since version {since}");
         self.audited(caller, Operation::ExportBlacklist, &subject, async {
             authz::authorize(caller, Operation::ExportBlacklist)?;
-            let key = self.list_signing_key().await?;
+            let (key, scheme) = self.list_signing_key().await?;
             let snap = self.store.snapshot()?;
-            let document = blacklist::document(&snap, PROVINCE, since)?;
+            let document = blacklist::document(&snap, PROVINCE, since, scheme)?;
             let signature = self.hsm.sign(&key, document.as_bytes()).await?;
             let public_key = self.hsm.public_key(&key).await?;
             let actor = caller.to_string();
-            let head = document.lines().nth(4).unwrap_or_default().to_owned();
+            let head = document
+                .lines()
+                .find(|l| l.starts_with("to "))
+                .unwrap_or_default()
+                .to_owned();
             self.store
                 .write(move |tx| {
                     tx.audit(AuditEvent::ok(
                         actor,
                         Operation::ExportBlacklist.name(),
-                        format!("blacklist since version {since}, {head}, signed"),
+                        format!(
+                            "blacklist since version {since}, {head}, signed {}",
+                            scheme.name()
+                        ),
                     ));
                     Ok(())
                 })
@@ -271,36 +278,38 @@ impl<H: Hsm> Kms<H> {
         .await
     }
 
-    /// The list-signing key's token: the stored one, or a new one from the HSM.
-    async fn list_signing_key(&self) -> Result<KeyToken> {
-        if let Some(text) = blacklist::signing_key(&self.store.snapshot()?)? {
-            return Ok(super::token(&text));
+    /// The list-signing key's token and scheme: the stored one (whatever scheme it was made
+    /// in), or a new one from the HSM in this deployment's scheme ([`Kms::list_signature`]).
+    async fn list_signing_key(&self) -> Result<(KeyToken, ListSignature)> {
+        if let Some((text, scheme)) = blacklist::signing_key(&self.store.snapshot()?)? {
+            return Ok((super::token(&text), scheme));
         }
+        let scheme = self.list_signature();
         let made = self
             .hsm
             .generate_key(KeySpec {
                 algorithm: Algorithm::Aes256,
-                usage: KeyUsage::ListSigning,
+                usage: KeyUsage::ListSigning(scheme),
                 exportability: Exportability::NonExportable,
             })
             .await?;
         let token = made.token.as_str().to_owned();
         let (method, kcv) = super::kcv_hex(&made.kcv);
-        let kept = self
+        let (kept, kept_scheme) = self
             .store
             .write(move |tx| {
-                let kept = blacklist::keep_signing_key(tx, token.clone())?;
-                if kept == token {
+                let kept = blacklist::keep_signing_key(tx, token.clone(), scheme)?;
+                if kept.0 == token {
                     tx.audit(AuditEvent::ok(
                         "system",
                         "create-list-signing-key",
-                        format!("list signing key KCV {method} {kcv}"),
+                        format!("list signing key {} KCV {method} {kcv}", scheme.name()),
                     ));
                 }
                 Ok(kept)
             })
             .await?;
-        Ok(super::token(&kept))
+        Ok((super::token(&kept), kept_scheme))
     }
 
     async fn change_card(

@@ -17,7 +17,12 @@ pub(crate) trait Read {
     /// The value at `key` in `table`.
     fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>>;
     /// Every `(key, value)` of `table` whose key starts with `prefix`, in key (byte) order.
-    fn scan(&self, table: Table, prefix: &str) -> Result<Vec<(String, Vec<u8>)>>;
+    fn scan(&self, table: Table, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        self.scan_from(table, prefix, prefix)
+    }
+    /// As [`Read::scan`], from the first key ≥ `start` on: a range read that visits only the
+    /// keys it returns (the increments of the blacklist since a version).
+    fn scan_from(&self, table: Table, prefix: &str, start: &str) -> Result<Vec<(String, Vec<u8>)>>;
     /// Every audit record, in sequence order.
     fn audit_records(&self) -> Result<Vec<Vec<u8>>>;
     /// Every seal, in sequence order.

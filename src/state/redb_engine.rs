@@ -156,9 +156,10 @@ fn get_in(
 fn scan_in(
     t: &impl ReadableTable<&'static str, &'static [u8]>,
     prefix: &str,
+    start: &str,
 ) -> Result<Vec<(String, Vec<u8>)>> {
     let mut out = Vec::new();
-    for entry in t.range(prefix..).map_err(store_err)? {
+    for entry in t.range(prefix.max(start)..).map_err(store_err)? {
         let (k, v) = entry.map_err(store_err)?;
         let key = k.value();
         if !key.starts_with(prefix) {
@@ -192,9 +193,9 @@ impl Read for RedbRead {
         }
     }
 
-    fn scan(&self, table: Table, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+    fn scan_from(&self, table: Table, prefix: &str, start: &str) -> Result<Vec<(String, Vec<u8>)>> {
         match read_table(&self.txn, def(table))? {
-            Some(t) => scan_in(&t, prefix),
+            Some(t) => scan_in(&t, prefix, start),
             None => Ok(Vec::new()),
         }
     }
@@ -229,8 +230,12 @@ impl Read for RedbWrite {
         get_in(&self.txn.open_table(def(table)).map_err(store_err)?, key)
     }
 
-    fn scan(&self, table: Table, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
-        scan_in(&self.txn.open_table(def(table)).map_err(store_err)?, prefix)
+    fn scan_from(&self, table: Table, prefix: &str, start: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        scan_in(
+            &self.txn.open_table(def(table)).map_err(store_err)?,
+            prefix,
+            start,
+        )
     }
 
     fn audit_records(&self) -> Result<Vec<Vec<u8>>> {

@@ -273,6 +273,8 @@ impl Tx<'_> {
 /// A read-only snapshot.
 pub struct Snapshot {
     read: Box<dyn Read + Send + Sync>,
+    /// Rows the engine returned to this snapshot's scans ([`Snapshot::rows_scanned`]).
+    scanned: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -282,6 +284,39 @@ impl std::fmt::Debug for Snapshot {
 }
 
 impl Snapshot {
+    fn of(read: Box<dyn Read + Send + Sync>) -> Snapshot {
+        Snapshot {
+            read,
+            scanned: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Every value whose key starts with `prefix` and is ≥ `start`, in key order: a range read
+    /// in the engine (it reads from `start`, not the whole prefix).
+    pub fn scan_from<T: DeserializeOwned>(
+        &self,
+        table: Table,
+        prefix: &str,
+        start: &str,
+    ) -> Result<Vec<(String, T)>> {
+        let rows = self.read.scan_from(table, prefix, start)?;
+        self.count_scanned(rows.len());
+        decode_all(rows)
+    }
+
+    /// How many rows the engine has returned to this snapshot's scans: what a range read
+    /// costs (a test shows that an increment reads only itself).
+    pub fn rows_scanned(&self) -> u64 {
+        self.scanned.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn count_scanned(&self, rows: usize) {
+        self.scanned.fetch_add(
+            u64::try_from(rows).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
     /// The value at `key`, if any.
     pub fn get<T: DeserializeOwned>(&self, table: Table, key: &str) -> Result<Option<T>> {
         self.read.get(table, key)?.map(|v| decode(&v)).transpose()
@@ -293,7 +328,9 @@ impl Snapshot {
         table: Table,
         prefix: &str,
     ) -> Result<Vec<(String, T)>> {
-        decode_all(self.read.scan(table, prefix)?)
+        let rows = self.read.scan(table, prefix)?;
+        self.count_scanned(rows.len());
+        decode_all(rows)
     }
 
     /// The audit trail in order, and its seals.
@@ -437,7 +474,7 @@ impl Store {
     /// the snapshot says so. A store that a running server holds is refused with what to do.
     pub fn open_for_audit(dir: &Path) -> Result<(Snapshot, Opened)> {
         let (read, opened) = Redb::open_for_audit(dir)?;
-        Ok((Snapshot { read }, opened))
+        Ok((Snapshot::of(read), opened))
     }
 
     /// Opens the store at `location` for an offline reader: redb as [`Store::open_for_audit`];
@@ -447,9 +484,7 @@ impl Store {
         match location {
             StoreLocation::Redb(dir) => Store::open_for_audit(dir),
             StoreLocation::Postgres(config) => Ok((
-                Snapshot {
-                    read: Postgres::open(config)?.begin_read()?,
-                },
+                Snapshot::of(Postgres::open(config)?.begin_read()?),
                 Opened::Clean,
             )),
         }
@@ -457,9 +492,7 @@ impl Store {
 
     /// A consistent read-only view of the committed state.
     pub fn snapshot(&self) -> Result<Snapshot> {
-        Ok(Snapshot {
-            read: self.engine.begin_read()?,
-        })
+        Ok(Snapshot::of(self.engine.begin_read()?))
     }
 
     /// Seals the chain head now if it is not sealed yet (e.g. once the audit key exists), with

@@ -595,3 +595,36 @@ async fn components_one_at_a_time_form_the_same_key() {
         .unwrap();
     assert_eq!(child.kcv, expected.kcv, "a usable root, the same key");
 }
+
+#[tokio::test]
+async fn sm2_list_signing_is_refused_in_every_mode_and_p256_runs_in_release() {
+    use hsm_api::ListSignature;
+    for mode in [Mode::Strict, Mode::Release] {
+        let p11 = hsm(&format!("sm2-{}", mode.name()), mode);
+        let refused = p11
+            .generate_key(spec(
+                Algorithm::Aes256,
+                KeyUsage::ListSigning(ListSignature::Sm2),
+                Exportability::NonExportable,
+            ))
+            .await;
+        assert!(
+            matches!(&refused, Err(Error::Unsupported { op, .. }) if op.contains("no SM2 mechanism")),
+            "{mode:?}: {refused:?}"
+        );
+        assert_eq!(Outside::Sm2.runs(mode), crate::Where::Refused);
+        let p256 = p11
+            .generate_key(spec(
+                Algorithm::Aes256,
+                KeyUsage::ListSigning(ListSignature::EcdsaP256),
+                Exportability::NonExportable,
+            ))
+            .await
+            .unwrap();
+        let signed = p11.sign(&p256.token, b"list").await;
+        match mode {
+            Mode::Strict => assert!(matches!(signed, Err(Error::Unsupported { .. }))),
+            Mode::Release => assert_eq!(signed.unwrap().len(), 64),
+        }
+    }
+}

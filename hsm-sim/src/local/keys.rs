@@ -273,7 +273,8 @@ pub(super) fn write_command(
 }
 
 impl LocalHsm {
-    /// The P-256 signing key of a [`KeyUsage::ListSigning`] token ([`crate::crypto::sign`]).
+    /// The signing key of a [`KeyUsage::ListSigning`] token, in the scheme its token names
+    /// ([`crate::crypto::sign`]).
     pub(super) fn list_signing_key(
         &self,
         lmk: &Lmk,
@@ -282,11 +283,14 @@ impl LocalHsm {
         let key = self.key_for(
             lmk,
             token,
-            |u| u == KeyUsage::ListSigning,
+            |u| matches!(u, KeyUsage::ListSigning(_)),
             "sign a published list",
             Caching::Skip,
         )?;
-        crate::crypto::sign::ListSigningKey::from_seed(&key.key)
+        let KeyUsage::ListSigning(scheme) = key.usage else {
+            return Err(wrong_usage(key.usage, "sign a published list"));
+        };
+        crate::crypto::sign::ListSigningKey::from_seed(&key.key, scheme)
     }
 
     /// The key of a registry token (index or data key, as `allowed` says), kept in the hot-key

@@ -42,7 +42,7 @@
 //! | `write_key_command` | protect | `CardMasterKey`; `VendorTransport` for a master key's write only |
 //! | `mac`, `verify_mac` | key | `AuditMac` (AES) |
 //! | `batch` | every item | as `derive_key` for a derived key, then as `export_key` or `write_key_command` |
-//! | `sign`, `public_key` | key | `ListSigning` (an AES-256-length seed; the P-256 private key is derived inside, per call, and never leaves) |
+//! | `sign`, `public_key` | key | `ListSigning(scheme)` (an AES-256-length seed; the P-256 or SM2 private key the token's scheme names is derived inside, per call, and never leaves) |
 //! | `index_hashes` | key | `RegistryIndex` (HMAC-SHA256, 32 bytes) |
 //! | `seal_fields`, `open_fields` | key | `RegistryData` (AES-256-GCM) |
 //!

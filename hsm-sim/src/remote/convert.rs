@@ -7,8 +7,8 @@
 use hsm_api::{
     Algorithm, BatchDelivery, BatchItem, BatchOutput, Derivation, Dispersion, Error, Exportability,
     ExportedKey, Factor, HierarchyLevel, HsmState, HsmStatus, IssuedShare, Kcv, KcvMethod,
-    KeyBlockVersion, KeySource, KeySpec, KeyToken, KeyUsage, LmkShare, MacFold, Protector, Result,
-    SecretParts, UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyDelivery,
+    KeyBlockVersion, KeySource, KeySpec, KeyToken, KeyUsage, ListSignature, LmkShare, MacFold,
+    Protector, Result, SecretParts, UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyDelivery,
 };
 use zeroize::Zeroizing;
 
@@ -66,7 +66,8 @@ pub(crate) fn usage_to_wire(usage: KeyUsage) -> (proto::KeyUsage, proto::Hierarc
         KeyUsage::CardMasterKey => proto::KeyUsage::CardMasterKey,
         KeyUsage::VendorTransport => proto::KeyUsage::VendorTransport,
         KeyUsage::AuditMac => proto::KeyUsage::AuditMac,
-        KeyUsage::ListSigning => proto::KeyUsage::ListSigning,
+        KeyUsage::ListSigning(ListSignature::EcdsaP256) => proto::KeyUsage::ListSigning,
+        KeyUsage::ListSigning(ListSignature::Sm2) => proto::KeyUsage::ListSigningSm2,
         KeyUsage::RegistryIndex => proto::KeyUsage::RegistryIndex,
         KeyUsage::RegistryData => proto::KeyUsage::RegistryData,
     };
@@ -94,7 +95,8 @@ pub(crate) fn usage_from_wire(value: i32, level: i32) -> Option<KeyUsage> {
         (proto::KeyUsage::CardMasterKey, None) => KeyUsage::CardMasterKey,
         (proto::KeyUsage::VendorTransport, None) => KeyUsage::VendorTransport,
         (proto::KeyUsage::AuditMac, None) => KeyUsage::AuditMac,
-        (proto::KeyUsage::ListSigning, None) => KeyUsage::ListSigning,
+        (proto::KeyUsage::ListSigning, None) => KeyUsage::ListSigning(ListSignature::EcdsaP256),
+        (proto::KeyUsage::ListSigningSm2, None) => KeyUsage::ListSigning(ListSignature::Sm2),
         (proto::KeyUsage::RegistryIndex, None) => KeyUsage::RegistryIndex,
         (proto::KeyUsage::RegistryData, None) => KeyUsage::RegistryData,
     })

@@ -317,20 +317,17 @@ impl Conn {
         Ok(rows.first().map(|r| r.get(0)))
     }
 
-    fn scan(&self, table: Table, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+    fn scan(&self, table: Table, prefix: &str, start: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let low = prefix.max(start).to_owned();
         let rows = match prefix_end(prefix) {
             Some(end) => self.query(
                 "SELECT key, value FROM kms_kv WHERE tbl = $1 AND key >= $2 AND key < $3 \
                  ORDER BY key",
-                vec![
-                    Box::new(table.name()),
-                    Box::new(prefix.to_owned()),
-                    Box::new(end),
-                ],
+                vec![Box::new(table.name()), Box::new(low), Box::new(end)],
             )?,
             None => self.query(
                 "SELECT key, value FROM kms_kv WHERE tbl = $1 AND key >= $2 ORDER BY key",
-                vec![Box::new(table.name()), Box::new(prefix.to_owned())],
+                vec![Box::new(table.name()), Box::new(low)],
             )?,
         };
         Ok(rows
@@ -432,8 +429,8 @@ impl Read for PgRead {
         self.conn.get(table, key)
     }
 
-    fn scan(&self, table: Table, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
-        self.conn.scan(table, prefix)
+    fn scan_from(&self, table: Table, prefix: &str, start: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        self.conn.scan(table, prefix, start)
     }
 
     fn audit_records(&self) -> Result<Vec<Vec<u8>>> {
@@ -484,10 +481,13 @@ impl Read for PgWrite {
         self.conn.get(table, key)
     }
 
-    fn scan(&self, table: Table, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+    fn scan_from(&self, table: Table, prefix: &str, start: &str) -> Result<Vec<(String, Vec<u8>)>> {
         let mut rows: BTreeMap<String, Vec<u8>> =
-            self.conn.scan(table, prefix)?.into_iter().collect();
-        for ((t, k), v) in self.puts.range((table.name(), prefix.to_owned())..) {
+            self.conn.scan(table, prefix, start)?.into_iter().collect();
+        for ((t, k), v) in self
+            .puts
+            .range((table.name(), prefix.max(start).to_owned())..)
+        {
             if *t != table.name() || !k.starts_with(prefix) {
                 break;
             }
