@@ -90,6 +90,7 @@ mod health;
 mod hostile;
 mod leaks;
 mod lifecycle;
+mod lmk_rotation;
 mod psam;
 mod reason_codes;
 mod refusals;

@@ -47,6 +47,8 @@ pub(super) struct Ceremonies {
     pub(super) unseal_custodians: Mutex<Vec<String>>,
     /// Open component ceremonies (the components themselves, until the last one).
     pub(super) components: super::components::Pending,
+    /// Held across a share's hand-out or the commit of an LMK rotation (one at a time).
+    pub(super) lmk: tokio::sync::Mutex<()>,
 }
 
 impl Default for Ceremonies {
@@ -55,6 +57,7 @@ impl Default for Ceremonies {
             approval_ttl_ms: AtomicU64::new(DEFAULT_APPROVAL_TTL_MS),
             unseal_custodians: Mutex::new(Vec::new()),
             components: super::components::Pending::default(),
+            lmk: tokio::sync::Mutex::new(()),
         }
     }
 }
@@ -85,6 +88,9 @@ pub enum Act {
         transport_family: String,
         components: u8,
     },
+    /// Rotate the LMK: the approval re-wraps every stored token under a new LMK split
+    /// `threshold`-of-`shares` (`super::lmk`); each custodian then takes one share.
+    RotateLmk { threshold: u8, shares: u8 },
 }
 
 /// The state of a dual-control request.
@@ -420,6 +426,13 @@ impl<H: Hsm> Kms<H> {
                 } => Some(self.generated_root(template_id, key_name).await?),
                 _ => None,
             };
+            let rotation = match &request.act {
+                Act::RotateLmk { threshold, shares } => Some(
+                    self.prepare_rotation(&request.id, *threshold, *shares)
+                        .await?,
+                ),
+                _ => None,
+            };
             let id = request.id.clone();
             let ttl = self.ceremony.approval_ttl_ms.load(Ordering::Relaxed);
             let approved = self
@@ -544,6 +557,10 @@ impl<H: Hsm> Kms<H> {
                         (Act::UnblacklistCard { card_identifier }, _) => {
                             unblacklist_in(tx, card_identifier)?
                         }
+                        (Act::RotateLmk { .. }, _) => match rotation {
+                            Some(p) => super::lmk::keep_prepared(tx, p)?,
+                            None => return Err(Error::Store),
+                        },
                         (Act::GenerateRoot { .. }, None) => return Err(Error::Store),
                     };
                     r.state = RequestState::Approved;
@@ -670,6 +687,7 @@ impl<H: Hsm> Kms<H> {
                     super::mask_card_identifier(card_identifier)
                 ))
             }
+            Act::RotateLmk { threshold, shares } => self.check_rotate_lmk(*threshold, *shares),
             Act::RetireKey { key_id } => {
                 let k: KeyRecord =
                     self.store
