@@ -75,6 +75,17 @@ async fn take(kms: &TestKms<hsm_sim::local::LocalHsm>, who: &str) -> pb::TakeLmk
         .into_inner()
 }
 
+/// The reason code of `who`'s refused share.
+async fn take_refused(kms: &TestKms<hsm_sim::local::LocalHsm>, who: &str) -> String {
+    let s = kms
+        .client(who)
+        .admin
+        .take_lmk_share(pb::TakeLmkShareRequest {})
+        .await
+        .unwrap_err();
+    error_info(&s).unwrap().reason
+}
+
 async fn verdict(kms: &TestKms<hsm_sim::local::LocalHsm>) -> String {
     kms.client(OFFICER)
         .admin
@@ -100,17 +111,7 @@ async fn an_lmk_rotation_under_dual_control_keeps_every_key_and_the_audit_trail(
 
     // One share per custodian identity, each from their own certificate.
     let first = take(&kms, OFFICER).await;
-    let again = kms
-        .client(OFFICER)
-        .admin
-        .take_lmk_share(pb::TakeLmkShareRequest {})
-        .await
-        .unwrap_err();
-    assert_eq!(
-        error_info(&again).unwrap().reason,
-        "SAME_CUSTODIAN_TWICE",
-        "{again:?}"
-    );
+    assert_eq!(take_refused(&kms, OFFICER).await, "SAME_CUSTODIAN_TWICE");
     let second = take(&kms, OFFICER_2).await;
     assert_eq!((first.index, second.index), (1, 2));
     assert_ne!(first.share, second.share);
@@ -164,14 +165,8 @@ async fn a_restart_between_prepare_and_commit_leaves_a_consistent_store() {
             .iter()
             .any(|r| r.action == "lmk-rotation-dropped")
     );
-    let dropped = kms
-        .client(OFFICER_2)
-        .admin
-        .take_lmk_share(pb::TakeLmkShareRequest {})
-        .await
-        .unwrap_err();
     assert_eq!(
-        error_info(&dropped).unwrap().reason,
+        take_refused(&kms, OFFICER_2).await,
         "LMK_ROTATION_NOT_PREPARED"
     );
 
@@ -194,15 +189,6 @@ async fn a_restart_between_prepare_and_commit_leaves_a_consistent_store() {
             .any(|r| r.action == "lmk-rotation-finished")
     );
     assert_eq!(verdict(&kms).await, "INTACT");
-}
-
-/// The codes README marks `mTLS (lmk rotation)`, with their gRPC status.
-fn readme_rotation_codes() -> BTreeMap<String, String> {
-    crate::common::readme::reason_codes()
-        .into_iter()
-        .filter(|row| row.tested == "mTLS (lmk rotation)")
-        .map(|row| (row.code, row.status))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,5 +226,36 @@ async fn every_lmk_rotation_reason_code_arrives_over_the_api() {
             .await
             .unwrap_err(),
     );
-    assert_eq!(seen, readme_rotation_codes());
+    // A key written after the approval (a new root version, under the old LMK): the commit is
+    // refused before the HSM commits, the old LMK serves on.
+    let generate = officer
+        .request_act(pb::RequestActRequest {
+            act: Some(pb::request_act_request::Act::GenerateRoot(
+                pb::GenerateRootAct {
+                    template_id: "ssc-2.0".to_owned(),
+                    key_name: "MK_MF".to_owned(),
+                },
+            )),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    kms.client(OFFICER_2)
+        .admin
+        .approve_request(pb::RequestRef { id: generate.id })
+        .await
+        .unwrap();
+    take(&kms, OFFICER_2).await;
+    let old_lmk = lmk_kcv(&kms).await;
+    note(
+        officer
+            .commit_lmk_rotation(pb::CommitLmkRotationRequest {})
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(lmk_kcv(&kms).await, old_lmk);
+    assert_eq!(
+        seen,
+        crate::common::readme::codes_marked("mTLS (lmk rotation)")
+    );
 }

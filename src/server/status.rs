@@ -313,7 +313,6 @@ mod tests {
             fp(Refusal::NoBlankCardKey),
             fp(Refusal::WriteKeyLcMismatch),
             fp(Refusal::PublishedTestLmk),
-            fp(Refusal::LmkRotationStale),
             ia(Refusal::ShareHandover),
             Error::Hsm(H::Count {
                 field: "components".into(),

@@ -88,6 +88,23 @@ pub(super) fn token_bearers(r: &impl Records) -> Result<Vec<(TokenPlace, String)
     Ok(out)
 }
 
+/// Refuses ([`Refusal::LmkRotationStale`]) unless the store's tokens `now` are exactly the
+/// ones the rotation re-wrapped (a key written since would stay under the old LMK).
+fn unchanged(now: &[(TokenPlace, String)], tokens: &[Rewrapped]) -> Result<()> {
+    let same = now.len() == tokens.len()
+        && now
+            .iter()
+            .zip(tokens)
+            .all(|((place, t), r)| *place == r.place && *t == r.old);
+    if same {
+        Ok(())
+    } else {
+        Err(Error::FailedPrecondition {
+            reason: Refusal::LmkRotationStale,
+        })
+    }
+}
+
 /// Writes `token` at `place` in `tx` (the record must exist).
 fn put_token(tx: &mut Tx<'_>, place: &TokenPlace, token: &str) -> Result<()> {
     let missing = Error::StoreCorrupt("a re-wrapped token's record");
@@ -288,17 +305,7 @@ impl<H: Hsm> Kms<H> {
 /// token changed since the HSM re-wrapped them). The text of the ceremony record.
 pub(super) fn keep_prepared(tx: &mut Tx<'_>, mut p: PreparedRotation) -> Result<String> {
     none_prepared(tx)?;
-    let now: Vec<(TokenPlace, String)> = token_bearers(tx)?;
-    let same = now.len() == p.tokens.len()
-        && now
-            .iter()
-            .zip(&p.tokens)
-            .all(|((place, t), r)| *place == r.place && *t == r.old);
-    if !same {
-        return Err(Error::FailedPrecondition {
-            reason: Refusal::LmkRotationStale,
-        });
-    }
+    unchanged(&token_bearers(tx)?, &p.tokens)?;
     p.prepared_ms = tx.now_ms();
     let text = p.summary();
     tx.put(Table::Meta, PREPARED_ROTATION, &Some(p))?;
@@ -377,12 +384,7 @@ impl<H: Hsm> Kms<H> {
             if p.untaken() > 0 {
                 return Err(Error::Hsm(hsm_api::Error::PartNotAvailable));
             }
-            let now = token_bearers(&snap)?;
-            if now.len() != p.tokens.len() {
-                return Err(Error::FailedPrecondition {
-                    reason: Refusal::LmkRotationStale,
-                });
-            }
+            unchanged(&token_bearers(&snap)?, &p.tokens)?;
             self.hsm.commit_lmk_rotation(&p.new_kcv()?).await?;
             self.finish_swap(caller.to_string(), "commit-lmk-rotation")
                 .await
