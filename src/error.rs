@@ -194,6 +194,17 @@ refusals! {
     /// A custodian submitting a second component or share to the same ceremony.
     SameCustodianTwice => "SAME_CUSTODIAN_TWICE",
         "this custodian has already submitted to this ceremony";
+    /// An LMK rotation asked for while another is prepared and not committed.
+    LmkRotationPrepared => "LMK_ROTATION_PREPARED",
+        "an LMK rotation is prepared already: commit it first";
+    /// A share taken or a commit asked for with no LMK rotation prepared.
+    LmkRotationNotPrepared => "LMK_ROTATION_NOT_PREPARED", "no LMK rotation is prepared";
+    /// An LMK rotation asked for while a component ceremony holds a partial key in the HSM.
+    ComponentCeremonyOpen => "COMPONENT_CEREMONY_OPEN",
+        "a component ceremony is open: complete it or let it fail before rotating the LMK";
+    /// A stored token changed between the HSM's re-wrapping and the write that keeps it.
+    LmkRotationStale => "LMK_ROTATION_STALE",
+        "the stored keys changed while the LMK rotation was prepared: ask for it again";
     /// The officer who made a dual-control request approving it.
     RequesterCannotApprove => "REQUESTER_CANNOT_APPROVE",
         "the requester cannot approve their own request";

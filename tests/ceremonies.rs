@@ -588,11 +588,7 @@ async fn a_full_ceremony_on_stdin_with_every_refusal() {
 
 /// The codes README marks `mTLS (ceremonies)`, with their gRPC status.
 fn readme_ceremony_codes() -> BTreeMap<String, String> {
-    crate::common::readme::reason_codes()
-        .into_iter()
-        .filter(|row| row.tested == "mTLS (ceremonies)")
-        .map(|row| (row.code, row.status))
-        .collect()
+    crate::common::readme::codes_marked("mTLS (ceremonies)")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -55,6 +55,21 @@ pub enum Job {
     Seal,
     /// Run the HSM's known-answer self-test now.
     SelfTest,
+    /// Ask to rotate the LMK (another officer approves): the approval re-wraps every stored
+    /// key under a new LMK split THRESHOLD-of-SHARES, prepared in the HSM and kept in the
+    /// store; the old LMK serves until the commit.
+    LmkRotate {
+        #[arg(long)]
+        threshold: u32,
+        #[arg(long)]
+        shares: u32,
+    },
+    /// Take your one share of the prepared LMK, from your own certificate: printed here once
+    /// (the HSM forgets it as it answers); write it down with its check value.
+    LmkTakeShare,
+    /// Once every custodian has taken their share: make the new LMK current (HSM, then every
+    /// stored key). Irreversible.
+    LmkCommit,
     /// Auditors: verify the whole audit trail through the service's own HSM (every seal's
     /// MAC checked with the production audit key). Prints the report; last line INTACT,
     /// UNSEALED or BROKEN; a non-zero exit code unless INTACT.
@@ -182,7 +197,11 @@ pub fn run(conn: &Connection, job: &Job, input: &mut dyn SecretLines) -> Result<
         Some(d) => tls.with_domain(d.clone()),
         None => tls,
     };
-    if matches!(job, Job::RequestsApprove { .. } | Job::Seal) && !confirmed(job)? {
+    if matches!(
+        job,
+        Job::RequestsApprove { .. } | Job::Seal | Job::LmkCommit
+    ) && !confirmed(job)?
+    {
         return Err(Error::MissingInput("the confirmation \"yes\""));
     }
     // Secrets are read before connecting: a refused KCV sends nothing.
@@ -220,6 +239,7 @@ fn confirmed(job: &Job) -> Result<bool> {
     }
     let what = match job {
         Job::RequestsApprove { id } => format!("approve request {id}: the act happens now"),
+        Job::LmkCommit => "make the new LMK current: the old one is gone".to_owned(),
         _ => "seal the HSM: the custodians must unseal it again".to_owned(),
     };
     let mut err = std::io::stderr();
@@ -320,6 +340,49 @@ async fn call(
                 .map_err(|s| refused(&s))?
                 .into_inner();
             let _ = writeln!(out, "self-test passed; HSM {}", r.hsm_state);
+        }
+        Job::LmkRotate { threshold, shares } => {
+            let act = pb::request_act_request::Act::RotateLmk(pb::RotateLmkAct {
+                threshold: *threshold,
+                shares: *shares,
+            });
+            request(&mut admin, act, &mut out).await?;
+        }
+        Job::LmkTakeShare => {
+            let r = admin
+                .take_lmk_share(pb::TakeLmkShareRequest {})
+                .await
+                .map_err(|s| refused(&s))?
+                .into_inner();
+            let share = Zeroizing::new(r.share);
+            let _ = writeln!(
+                out,
+                "share {} of {} (threshold {}) of the new LMK (KCV {})
+                 YOUR SHARE, shown once — write it down and keep it alone:
+{}
+                 its check value: {}",
+                r.index,
+                r.shares,
+                r.threshold,
+                r.new_lmk_kcv,
+                share.as_str(),
+                r.check_value
+            );
+        }
+        Job::LmkCommit => {
+            let r = admin
+                .commit_lmk_rotation(pb::CommitLmkRotationRequest {})
+                .await
+                .map_err(|s| refused(&s))?
+                .into_inner();
+            let _ = writeln!(
+                out,
+                "LMK rotated: KCV {} (was {}); {} stored keys re-wrapped; shares held by {}",
+                r.lmk_kcv,
+                r.old_lmk_kcv,
+                r.tokens,
+                r.custodians.join(", ")
+            );
         }
         Job::AuditVerify => {
             let r = admin

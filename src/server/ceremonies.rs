@@ -100,6 +100,10 @@ pub(super) fn act_of(req: pb::RequestActRequest) -> Result<Act, Status> {
             transport_family: a.transport_algorithm,
             components: u8::try_from(a.components).unwrap_or(u8::MAX),
         },
+        A::RotateLmk(a) => Act::RotateLmk {
+            threshold: u8::try_from(a.threshold).unwrap_or(u8::MAX),
+            shares: u8::try_from(a.shares).unwrap_or(u8::MAX),
+        },
     })
 }
 

@@ -324,6 +324,18 @@ impl Bounded for pb::RunHsmSelfTestRequest {
     }
 }
 
+impl Bounded for pb::TakeLmkShareRequest {
+    fn check_limits(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl Bounded for pb::CommitLmkRotationRequest {
+    fn check_limits(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
 impl Bounded for pb::ListRequestsRequest {
     fn check_limits(&self) -> Result<()> {
         Ok(())
@@ -362,7 +374,7 @@ impl Bounded for pb::RequestActRequest {
                 check("name", a.name.len(), NAME)?;
                 check("transport_algorithm", a.transport_algorithm.len(), NAME)
             }
-            None => Ok(()),
+            Some(Act::RotateLmk(_)) | None => Ok(()),
         }
     }
 }

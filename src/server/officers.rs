@@ -324,6 +324,36 @@ impl<H: Hsm> pb::admin_service_server::AdminService for Api<H> {
         }))
     }
 
+    async fn take_lmk_share(
+        &self,
+        request: Request<pb::TakeLmkShareRequest>,
+    ) -> Result<Response<pb::TakeLmkShareResponse>, Status> {
+        let who = self.admit(&request)?;
+        let t = self.kms.take_lmk_share(&who).await.map_err(status)?;
+        Ok(Response::new(pb::TakeLmkShareResponse {
+            index: u32::from(t.index),
+            shares: u32::from(t.shares),
+            threshold: u32::from(t.threshold),
+            share: t.issued.share.secret_text().to_owned(),
+            check_value: t.issued.check_value.clone(),
+            new_lmk_kcv: t.new_lmk_kcv,
+        }))
+    }
+
+    async fn commit_lmk_rotation(
+        &self,
+        request: Request<pb::CommitLmkRotationRequest>,
+    ) -> Result<Response<pb::CommitLmkRotationResponse>, Status> {
+        let who = self.admit(&request)?;
+        let p = self.kms.commit_lmk_rotation(&who).await.map_err(status)?;
+        Ok(Response::new(pb::CommitLmkRotationResponse {
+            lmk_kcv: p.new_lmk_kcv,
+            old_lmk_kcv: p.old_lmk_kcv,
+            tokens: u32::try_from(p.tokens.len()).unwrap_or(u32::MAX),
+            custodians: p.taken.into_iter().map(|t| t.identity).collect(),
+        }))
+    }
+
     async fn list_keys(
         &self,
         request: Request<pb::ListKeysRequest>,

@@ -186,6 +186,8 @@ fn hsm_status(e: &hsm_api::Error) -> Status {
         H::UnknownAlgorithm(_) => Refused::new(Code::InvalidArgument, text, "ALGORITHM_UNKNOWN"),
         H::Share(_) => Refused::new(Code::InvalidArgument, text, "LMK_SHARE_REFUSED"),
         H::LmkKcvMismatch => Refused::new(Code::InvalidArgument, text, "LMK_SHARES_MISMATCH"),
+        // A secret part already taken, or never made, or dropped at a seal.
+        H::PartNotAvailable => Refused::new(Code::FailedPrecondition, text, "PART_NOT_AVAILABLE"),
         // A request the keys involved do not allow (e.g. an SM4 key under a TDES transport key).
         H::Unsupported { .. } => {
             Refused::new(Code::FailedPrecondition, text, "OPERATION_UNSUPPORTED")
@@ -212,7 +214,6 @@ fn hsm_status(e: &hsm_api::Error) -> Status {
         | H::KeyBlockTooLong(_)
         | H::Random
         | H::RotationNotPrepared
-        | H::PartNotAvailable
         | H::StatePoisoned
         | H::Storage(_)
         | H::Protocol => {

@@ -48,6 +48,8 @@ pub(super) struct Ceremonies {
     /// Component submissions, one at a time (each continues the partial key the previous one
     /// stored with its ceremony).
     pub(super) submissions: tokio::sync::Mutex<()>,
+    /// Held across a share's hand-out or the commit of an LMK rotation (one at a time).
+    pub(super) lmk: tokio::sync::Mutex<()>,
 }
 
 impl Default for Ceremonies {
@@ -56,6 +58,7 @@ impl Default for Ceremonies {
             approval_ttl_ms: AtomicU64::new(DEFAULT_APPROVAL_TTL_MS),
             unseal_custodians: Mutex::new(Vec::new()),
             submissions: tokio::sync::Mutex::new(()),
+            lmk: tokio::sync::Mutex::new(()),
         }
     }
 }
@@ -86,6 +89,9 @@ pub enum Act {
         transport_family: String,
         components: u8,
     },
+    /// Rotate the LMK: the approval re-wraps every stored token under a new LMK split
+    /// `threshold`-of-`shares` (`super::lmk`); each custodian then takes one share.
+    RotateLmk { threshold: u8, shares: u8 },
 }
 
 /// The state of a dual-control request.
@@ -421,6 +427,20 @@ impl<H: Hsm> Kms<H> {
                 } => Some(self.generated_root(template_id, key_name).await?),
                 _ => None,
             };
+            // One rotation at a time from its prepare in the HSM to the write that keeps it: a
+            // second approval waits, then finds the first one prepared (before the HSM, whose
+            // prepared LMK it would otherwise replace under the store's feet).
+            let _rotation_turn = match &request.act {
+                Act::RotateLmk { .. } => Some(self.ceremony.lmk.lock().await),
+                _ => None,
+            };
+            let rotation = match &request.act {
+                Act::RotateLmk { threshold, shares } => Some(
+                    self.prepare_rotation(&request.id, *threshold, *shares)
+                        .await?,
+                ),
+                _ => None,
+            };
             let id = request.id.clone();
             let ttl = self.ceremony.approval_ttl_ms.load(Ordering::Relaxed);
             let approved = self
@@ -545,6 +565,10 @@ impl<H: Hsm> Kms<H> {
                         (Act::UnblacklistCard { card_identifier }, _) => {
                             unblacklist_in(tx, card_identifier)?
                         }
+                        (Act::RotateLmk { .. }, _) => match rotation {
+                            Some(p) => super::lmk::keep_prepared(tx, p)?,
+                            None => return Err(Error::Store),
+                        },
                         (Act::GenerateRoot { .. }, None) => return Err(Error::Store),
                     };
                     r.state = RequestState::Approved;
@@ -668,6 +692,7 @@ impl<H: Hsm> Kms<H> {
                     super::mask_card_identifier(card_identifier)
                 ))
             }
+            Act::RotateLmk { threshold, shares } => self.check_rotate_lmk(*threshold, *shares),
             Act::RetireKey { key_id } => {
                 let k: KeyRecord =
                     self.store

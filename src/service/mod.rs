@@ -29,6 +29,7 @@ mod auditors;
 mod components;
 mod custodians;
 mod hsm_watch;
+mod lmk;
 mod officers;
 mod personal;
 mod psam_lines;
@@ -42,6 +43,7 @@ pub use custodians::{
     Act, Approved, DEFAULT_APPROVAL_TTL_MS, DualControlRequest, RequestState, certificate_der,
 };
 pub use hsm_watch::{HsmReadiness, WatchedHsm};
+pub use lmk::{LmkShareTaken, PreparedRotation, Rewrapped, ShareTaken, TokenPlace};
 pub use officers::{ComponentInput, Status};
 pub use psam_lines::PsamKeySet;
 pub use stations::{Delivered, DeliveredForm, Delivery};
@@ -312,6 +314,8 @@ impl<H: Hsm> Kms<H> {
         if let Some(e) = not_operational(kms.ensure_audit_key().await)? {
             tracing::warn!(error = %e, "no audit key yet: the HSM is not operational");
         }
+        // A rotation prepared before a restart: dropped or finished, by the HSM's LMK.
+        kms.reconcile_lmk_rotation().await?;
         // Once per store, after the audit key (so that its commit is sealed): the card factors
         // of cards released before factors were bound.
         let bound = kms

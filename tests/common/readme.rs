@@ -43,3 +43,12 @@ pub fn tested(code: &str) -> String {
         .unwrap_or_else(|| panic!("{code} is not in README's table"))
         .tested
 }
+
+/// The codes README marks tested `where` (`mTLS (ceremonies)`, …), with their gRPC status.
+pub fn codes_marked(r#where: &str) -> std::collections::BTreeMap<String, String> {
+    reason_codes()
+        .into_iter()
+        .filter(|row| row.tested == r#where)
+        .map(|row| (row.code, row.status))
+        .collect()
+}
