@@ -38,6 +38,10 @@ struct Args {
     /// TR-31 set), from 1 and 2 tasks.
     #[arg(long)]
     hsm_only: bool,
+    /// HSM batches at once (`Kms::set_hsm_batches_at_once`); 0 = as `serve` sets it (the
+    /// machine's parallelism in-process, `REMOTE_HSM_BATCHES_PER_CORE` per core for a remote HSM).
+    #[arg(long, default_value_t = 0)]
+    hsm_batches: usize,
 }
 
 /// The HSM alone: the cipher bound and what the in-process batch reaches.
@@ -200,7 +204,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "HSM: {} over mutual TLS (a separate process)",
                 binary.display()
             );
-            run(&args, dir.path(), Arc::new(hsm)).await
+            run(&args, dir.path(), Arc::new(hsm), true).await
         }
         None => {
             let hsm = hsm_sim::local::LocalHsm::open(hsm_sim::local::LocalHsmConfig {
@@ -208,7 +212,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ..Default::default()
             })?;
             println!("HSM: in-process");
-            run(&args, dir.path(), Arc::new(hsm)).await
+            run(&args, dir.path(), Arc::new(hsm), false).await
         }
     }
 }
@@ -217,9 +221,16 @@ async fn run<H: hsm_api::Hsm + 'static>(
     args: &Args,
     dir: &std::path::Path,
     hsm: Arc<H>,
+    remote: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let pki = sscard_kms::access::pki::DevPki::generate()?;
     let kms = sscard_kms::service::Kms::open(hsm, dir).await?;
+    if args.hsm_batches > 0 {
+        kms.set_hsm_batches_at_once(args.hsm_batches);
+    } else if remote {
+        kms.set_hsm_batches_at_once(sscard_kms::service::remote_hsm_batches());
+    }
+    println!("HSM batches at once: {}", kms.hsm_batches_at_once());
     let seed_start = Instant::now();
     sscard_kms::dev::dangerous_seed_test_keys(&kms).await?;
     println!(

@@ -14,11 +14,12 @@
 //! 2. the **injections**: every key of a card per request, in the chosen form, cycling through
 //!    a pool of registered cards (a card's keys may be released again to the same chip).
 //!
-//! With `--background-max-requests`, a second client sends maximum-size requests (every key of
-//! the template, as fast as it can, on its own connection) during the injection phase, to show
-//! that a large request does not stall the others; with `--rate`, the station sends at a steady
-//! rate (the stall demonstration: `--connections 1 --concurrency 1 --rate 100`, with and without
-//! `--background-max-requests 64`, compares the station's p99).
+//! With `--background-max-requests N`, the injection phase runs twice — the station alone, then
+//! the same station while a second client keeps N maximum-size requests in flight (every TR-31
+//! key of the template, as fast as it can, on connections of its own) — and prints both p99s:
+//! the stall demonstration, `--connections 1 --concurrency 1 --rate 100
+//! --background-max-requests 64` (`--rate`: the station sends at a steady rate). The last line
+//! is then the station's with the large client.
 //!
 //! Its last line is always
 //! `cards/s=<n> keys/s=<n> p50_ms=<x> p99_ms=<x> errors=<n> ceiling_rps=<n>`.
@@ -30,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use sscard_kms::card::identifiers::{CardNumber, SocialSecurityNumber};
-use sscard_kms::card::template::{Protector, Template};
+use sscard_kms::card::template::{KeyOwner, Template};
 use sscard_kms::proto::kms::v1 as pb;
 use sscard_kms::proto::kms::v1::card_key_service_client::CardKeyServiceClient;
 use sscard_kms::proto::kms::v1::registry_service_client::RegistryServiceClient;
@@ -235,6 +236,73 @@ where
     phase
 }
 
+/// A station's injections: every key of a card per request, cycling through `cards`.
+#[derive(Debug, Clone)]
+struct Station {
+    channels: Vec<Channel>,
+    cards: Arc<Vec<DemoCard>>,
+    template_id: String,
+    form: Form,
+    key_names: Arc<Vec<String>>,
+    tr31_keys: usize,
+    challenge_len: usize,
+}
+
+impl Station {
+    /// Injections from `workers` tasks for `seconds`, each starting one every `interval` if given.
+    async fn run(&self, workers: usize, seconds: u64, interval: Option<Duration>) -> Phase {
+        let station = self.clone();
+        run_paced(workers, seconds, interval, move |i| {
+            let s = station.clone();
+            async move {
+                let mut client =
+                    CardKeyServiceClient::new(s.channels[i % s.channels.len()].clone());
+                let card = s.cards[i % s.cards.len()].identity.clone();
+                let request = match s.form {
+                    Form::Tr31 => pb::InjectCardKeysRequest {
+                        card: Some(card),
+                        template_id: s.template_id.clone(),
+                        delivery: pb::DeliveryForm::Tr31 as i32,
+                        key_names: Vec::new(),
+                        challenges: Vec::new(),
+                    },
+                    Form::SecureMessaging => pb::InjectCardKeysRequest {
+                        card: Some(card),
+                        template_id: s.template_id.clone(),
+                        delivery: pb::DeliveryForm::SecureMessaging as i32,
+                        key_names: Vec::new(),
+                        challenges: s
+                            .key_names
+                            .iter()
+                            .enumerate()
+                            .map(|(k, name)| pb::KeyChallenge {
+                                key_name: name.clone(),
+                                challenge: vec![(i ^ k) as u8; s.challenge_len],
+                            })
+                            .collect(),
+                    },
+                };
+                match client.inject_card_keys(request).await {
+                    Ok(r) => Some(
+                        r.get_ref().keys.len()
+                            == match s.form {
+                                Form::Tr31 => s.tr31_keys,
+                                Form::SecureMessaging => s.key_names.len(),
+                            },
+                    ),
+                    Err(status) => {
+                        if i < 4 {
+                            eprintln!("inject: {:?} {}", status.code(), status.message());
+                        }
+                        Some(false)
+                    }
+                }
+            }
+        })
+        .await
+    }
+}
+
 fn report(name: &str, phase: &Phase, per_request: usize) {
     println!(
         "{name:<12} {:>9.0} req/s {:>10.0} keys/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p999 {:>7.2} ms  errors {}",
@@ -351,125 +419,72 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     report("health", &ceiling, 0);
 
-    // A second client's maximum-size requests, during the injection phase only.
-    let background = if args.background_max_requests > 0 {
-        // Connections of at most 32 requests in flight each (the service's default stream limit).
-        let mut big = Vec::new();
-        for _ in 0..args.background_max_requests.div_ceil(32) {
-            big.push(channel(&args.endpoint, &pki, "station").await?);
-        }
-        let cards = Arc::clone(&cards);
-        let template_id = args.template.clone();
-        let seconds = args.seconds;
-        Some(tokio::spawn(run_phase(
-            args.background_max_requests,
-            seconds,
-            move |i| {
-                let mut client = CardKeyServiceClient::new(big[i % big.len()].clone());
-                let card = cards[(cards.len() - 1) - i % cards.len()].identity.clone();
-                let template_id = template_id.clone();
-                async move {
-                    Some(
-                        client
-                            .inject_card_keys(pb::InjectCardKeysRequest {
-                                card: Some(card),
-                                template_id,
-                                delivery: pb::DeliveryForm::Tr31 as i32,
-                                key_names: Vec::new(),
-                                challenges: Vec::new(),
-                            })
-                            .await
-                            .is_ok(),
-                    )
-                }
-            },
-        )))
-    } else {
-        None
-    };
-
     // 2. Injections: every key of a card per request.
     let key_names: Arc<Vec<String>> =
         Arc::new(template.write_order().map(|k| k.name.clone()).collect());
-    // Master keys (protectors, and the key under the vendor transport key) leave only inside
-    // WRITE KEY commands: a TR-31 injection delivers the others.
+    // What a TR-31 injection of every key delivers, as the service selects it: not the master
+    // keys (they leave only inside WRITE KEY commands), nor keys a template's policy keeps for
+    // secure messaging, nor keys owned elsewhere (the dev deployment is the province's).
     let tr31_keys = template
-        .keys()
-        .iter()
-        .filter(|k| {
-            k.protected_by != Protector::VendorTransport
-                && !template
-                    .keys()
-                    .iter()
-                    .any(|o| o.protected_by == Protector::Key(k.name.clone()))
-        })
+        .write_order()
+        .filter(|k| template.may_leave_as_tr31(k) && k.owner() == KeyOwner::Province)
         .count();
-    let injections = {
-        let stations = stations.clone();
-        let cards = Arc::clone(&cards);
-        let template_id = args.template.clone();
-        let form = args.form;
-        let interval =
-            (args.rate > 0.0).then(|| Duration::from_secs_f64(workers as f64 / args.rate));
-        run_paced(workers, args.seconds, interval, move |i| {
-            let mut client = CardKeyServiceClient::new(stations[i % stations.len()].clone());
-            let card = cards[i % cards.len()].identity.clone();
-            let template_id = template_id.clone();
-            let key_names = Arc::clone(&key_names);
-            async move {
-                let request = match form {
-                    Form::Tr31 => pb::InjectCardKeysRequest {
-                        card: Some(card),
-                        template_id,
-                        delivery: pb::DeliveryForm::Tr31 as i32,
-                        key_names: Vec::new(),
-                        challenges: Vec::new(),
-                    },
-                    Form::SecureMessaging => pb::InjectCardKeysRequest {
-                        card: Some(card),
-                        template_id,
-                        delivery: pb::DeliveryForm::SecureMessaging as i32,
-                        key_names: Vec::new(),
-                        challenges: key_names
-                            .iter()
-                            .enumerate()
-                            .map(|(k, name)| pb::KeyChallenge {
-                                key_name: name.clone(),
-                                challenge: vec![(i ^ k) as u8; challenge_len],
-                            })
-                            .collect(),
-                    },
-                };
-                match client.inject_card_keys(request).await {
-                    Ok(r) => Some(
-                        r.get_ref().keys.len()
-                            == match form {
-                                Form::Tr31 => tr31_keys,
-                                Form::SecureMessaging => key_names.len(),
-                            },
-                    ),
-                    Err(s) => {
-                        if i < 4 {
-                            eprintln!("inject: {:?} {}", s.code(), s.message());
-                        }
-                        Some(false)
-                    }
-                }
-            }
-        })
-        .await
+    let station = Station {
+        channels: stations.clone(),
+        cards: Arc::clone(&cards),
+        template_id: args.template.clone(),
+        form: args.form,
+        key_names,
+        tr31_keys,
+        challenge_len,
     };
+    let interval = (args.rate > 0.0).then(|| Duration::from_secs_f64(workers as f64 / args.rate));
     // Keys a request delivers: every key in WRITE KEY commands, all but the master keys as TR-31.
     let per_request = match args.form {
         Form::Tr31 => tr31_keys,
         Form::SecureMessaging => key_count,
     };
+    let injections = if args.background_max_requests > 0 {
+        // The stall demonstration, in one run: the station alone, then the same station while
+        // a second client keeps maximum-size requests in flight on connections of its own.
+        let alone = station.run(workers, args.seconds, interval).await;
+        report("alone", &alone, per_request);
+        // Connections of at most 32 requests in flight each (the service's default stream limit).
+        let mut big = Vec::new();
+        for _ in 0..args.background_max_requests.div_ceil(32) {
+            big.push(channel(&args.endpoint, &pki, "station").await?);
+        }
+        let background = Station {
+            channels: big,
+            // Other cards than the station's, every TR-31 key of the template per request.
+            cards: Arc::new(cards.iter().rev().cloned().collect()),
+            form: Form::Tr31,
+            ..station.clone()
+        };
+        let seconds = args.seconds;
+        let max = args.background_max_requests;
+        let background = tokio::spawn(async move { background.run(max, seconds, None).await });
+        let stalled = station.run(workers, args.seconds, interval).await;
+        report("with large", &stalled, per_request);
+        if let Ok(big) = background.await {
+            report("large (bg)", &big, tr31_keys);
+        }
+        println!(
+            "stall: station p99 alone {:.2} ms, with {} large requests in flight {:.2} ms \
+             (p50 {:.2} -> {:.2} ms, {:.0} -> {:.0} req/s)",
+            alone.percentile_ms(0.99),
+            args.background_max_requests,
+            stalled.percentile_ms(0.99),
+            alone.percentile_ms(0.50),
+            stalled.percentile_ms(0.50),
+            alone.rps(),
+            stalled.rps(),
+        );
+        stalled
+    } else {
+        station.run(workers, args.seconds, interval).await
+    };
     report("injections", &injections, per_request);
-    if let Some(background) = background
-        && let Ok(big) = background.await
-    {
-        report("large (bg)", &big, tr31_keys);
-    }
 
     let cards_per_s = injections.rps();
     let ratio = if ceiling.rps() > 0.0 {

@@ -96,6 +96,8 @@ pub struct Metrics {
     pub hsm_calls: Family<HsmCallLabels, Counter>,
     pub hsm_seconds: Family<HsmOpLabels, Histogram>,
     pub hsm_state: Family<StateLabels, Gauge>,
+    /// How long a batch waited for its turn at the HSM (`service::hsm_turns`).
+    pub hsm_turn_wait_seconds: Histogram,
 }
 
 fn latency_histogram() -> Histogram {
@@ -115,6 +117,7 @@ impl Metrics {
         let hsm_seconds =
             Family::<HsmOpLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> _);
         let hsm_state = Family::<StateLabels, Gauge>::default();
+        let hsm_turn_wait_seconds = latency_histogram();
         registry.register(
             "requests",
             "gRPC requests by service, method and status code",
@@ -142,6 +145,11 @@ impl Metrics {
             hsm_state.clone(),
         );
         registry.register(
+            "hsm_turn_wait_seconds",
+            "Time a batch waited for its turn at the HSM (callers served in turn)",
+            hsm_turn_wait_seconds.clone(),
+        );
+        registry.register(
             "store_commit_requests",
             "Requests that shared one store commit (one fsync)",
             store.commit_requests.clone(),
@@ -164,6 +172,7 @@ impl Metrics {
             hsm_calls,
             hsm_seconds,
             hsm_state,
+            hsm_turn_wait_seconds,
         })
     }
 

@@ -672,6 +672,8 @@ async fn dev_serves_metrics_that_count_requests_keys_and_commits() {
         |name: &str| sample(&after, name).unwrap_or(0.0) - sample(&before, name).unwrap_or(0.0);
     assert_eq!(grew(batches), 2.0, "{after}");
     assert_eq!(grew(timed), 2.0, "{after}");
+    // Each batch took its turn at the HSM (callers in turn, `service::hsm_turns`).
+    assert_eq!(grew("sscard_hsm_turn_wait_seconds_count"), 2.0, "{after}");
     assert!(
         sample(
             &after,

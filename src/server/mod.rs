@@ -355,6 +355,7 @@ pub async fn run_configured(
             );
             let kms = Kms::open_at_as(hsm, &store, owner).await?;
             kms.set_list_signature(list_signature);
+            kms.set_hsm_batches_at_once(crate::service::remote_hsm_batches());
             prepare_ceremonies(&kms, &config.ceremony, config.dangerous_allow_test_lmk).await?;
             ready();
             serve_all(kms, listener, metrics, tls, config.limits, shutdown).await

@@ -5,6 +5,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::Result;
 use crate::proto::kms::v1 as pb;
+use crate::service::on_connection;
 
 use super::convert::pb_delivered;
 use super::{Api, status};
@@ -36,10 +37,9 @@ impl<H: Hsm> pb::psam_service_server::PsamService for Api<H> {
         request: Request<pb::GetPsamKeySetRequest>,
     ) -> Result<Response<pb::GetPsamKeySetResponse>, Status> {
         let who = self.admit(&request)?;
+        let connection = request.remote_addr();
         let req = request.into_inner();
-        let set = self
-            .kms
-            .psam_key_set(&who, &req.serial)
+        let set = on_connection(connection, self.kms.psam_key_set(&who, &req.serial))
             .await
             .map_err(status)?;
         Ok(Response::new(pb::GetPsamKeySetResponse {

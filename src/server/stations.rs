@@ -5,7 +5,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::Result;
 use crate::proto::kms::v1 as pb;
-use crate::service::Delivery;
+use crate::service::{Delivery, on_connection};
 
 use super::convert::{card_request, pb_delivered, required};
 use super::{Api, status};
@@ -17,6 +17,7 @@ impl<H: Hsm> pb::card_key_service_server::CardKeyService for Api<H> {
         request: Request<pb::InjectCardKeysRequest>,
     ) -> Result<Response<pb::InjectCardKeysResponse>, Status> {
         let who = self.admit(&request)?;
+        let connection = request.remote_addr();
         let req = request.into_inner();
         let delivery = match pb::DeliveryForm::try_from(req.delivery) {
             Ok(pb::DeliveryForm::Tr31) => Delivery::Tr31 {
@@ -31,11 +32,13 @@ impl<H: Hsm> pb::card_key_service_server::CardKeyService for Api<H> {
             },
             _ => return Err(required("delivery")),
         };
-        let keys = self
-            .kms
-            .inject_card_keys(&who, card_request(req.card)?, &req.template_id, delivery)
-            .await
-            .map_err(status)?;
+        let keys = on_connection(
+            connection,
+            self.kms
+                .inject_card_keys(&who, card_request(req.card)?, &req.template_id, delivery),
+        )
+        .await
+        .map_err(status)?;
         let omitted = self
             .kms
             .keys_owned_elsewhere(&req.template_id)
@@ -54,17 +57,19 @@ impl<H: Hsm> pb::card_key_service_server::CardKeyService for Api<H> {
         request: Request<pb::InitialiseBlankCardRequest>,
     ) -> Result<Response<pb::InitialiseBlankCardResponse>, Status> {
         let who = self.admit(&request)?;
+        let connection = request.remote_addr();
         let req = request.into_inner();
-        let key = self
-            .kms
-            .initialise_blank_card(
+        let key = on_connection(
+            connection,
+            self.kms.initialise_blank_card(
                 &who,
                 card_request(req.card)?,
                 &req.template_id,
                 req.challenge,
-            )
-            .await
-            .map_err(status)?;
+            ),
+        )
+        .await
+        .map_err(status)?;
         Ok(Response::new(pb::InitialiseBlankCardResponse {
             master_key: Some(pb_delivered(key)),
         }))

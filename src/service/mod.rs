@@ -28,6 +28,7 @@ mod applicants;
 mod auditors;
 mod components;
 mod custodians;
+mod hsm_turns;
 mod hsm_watch;
 mod lmk;
 mod officers;
@@ -42,6 +43,7 @@ pub use components::{CeremonyState, CeremonyTarget, Custodian, KeyCeremony, Subm
 pub use custodians::{
     Act, Approved, DEFAULT_APPROVAL_TTL_MS, DualControlRequest, RequestState, certificate_der,
 };
+pub use hsm_turns::on_connection;
 pub use hsm_watch::{HsmReadiness, WatchedHsm};
 pub use lmk::{LmkShareTaken, PreparedRotation, Rewrapped, ShareTaken, TokenPlace};
 pub use officers::{ComponentInput, Status};
@@ -156,6 +158,8 @@ pub struct Kms<H: Hsm> {
     owner: KeyOwner,
     /// The scheme a new list-signing key is made in (SM2 unless configured otherwise).
     list_signature: std::sync::RwLock<hsm_api::ListSignature>,
+    /// HSM batches in turn between callers, a bounded number at the HSM at once.
+    hsm_turns: hsm_turns::HsmTurns,
 }
 
 impl<H: Hsm> std::fmt::Debug for Kms<H> {
@@ -202,6 +206,15 @@ impl<H: Hsm> Kms<H> {
             .map(|k| (k.name.clone(), format!("owned by {}", k.owner())))
             .collect())
     }
+}
+
+/// HSM batches in flight to a remote HSM, per core of this machine: a batch at a remote HSM
+/// spends part of its time on the wire, so more than one per core keeps the HSM's workers busy.
+pub const REMOTE_HSM_BATCHES_PER_CORE: usize = 4;
+
+/// [`Kms::set_hsm_batches_at_once`] for a remote HSM: [`REMOTE_HSM_BATCHES_PER_CORE`] per core.
+pub fn remote_hsm_batches() -> usize {
+    REMOTE_HSM_BATCHES_PER_CORE * std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 /// Refuses `spec` unless `owner`'s deployment owns its root.
@@ -309,6 +322,7 @@ impl<H: Hsm> Kms<H> {
             ceremony: custodians::Ceremonies::default(),
             owner,
             list_signature: std::sync::RwLock::new(hsm_api::ListSignature::Sm2),
+            hsm_turns: hsm_turns::HsmTurns::for_this_machine(),
         };
         kms.reload_templates()?;
         if let Some(e) = not_operational(kms.ensure_audit_key().await)? {
@@ -538,17 +552,42 @@ impl<H: Hsm> Kms<H> {
         result
     }
 
+    /// How many HSM batches may be at the HSM at once (the machine's available parallelism
+    /// unless set); more wait their turn, callers in turn (`service::hsm_turns`).
+    pub fn hsm_batches_at_once(&self) -> usize {
+        self.hsm_turns.capacity()
+    }
+
+    /// Sets [`Kms::hsm_batches_at_once`] (at least 1): the in-process HSM's worker count, or
+    /// more for a remote HSM, whose round trip a single batch at a time would leave idle.
+    pub fn set_hsm_batches_at_once(&self, batches: usize) {
+        self.hsm_turns.set_capacity(batches);
+    }
+
     /// One HSM call for every key of a request: one result per item, in order (recorded in the
     /// HSM metrics as op `batch`, by [`WatchedHsm`]).
     async fn batch(
         &self,
+        caller: &Identity,
         items: Vec<hsm_api::BatchItem>,
     ) -> Result<Vec<hsm_api::Result<hsm_api::BatchOutput>>> {
         let count = items.len();
         if count == 0 {
             return Ok(Vec::new());
         }
-        let outputs = self.hsm.batch(items).await?;
+        // In turn with other callers' batches (`hsm_turns`), never behind all of them.
+        let waited = std::time::Instant::now();
+        let turn = self
+            .hsm_turns
+            .turn(hsm_turns::Caller::current(caller.to_string()))
+            .await
+            .ok_or(HsmError::Unavailable)?;
+        self.metrics
+            .hsm_turn_wait_seconds
+            .observe(waited.elapsed().as_secs_f64());
+        let outputs = self.hsm.batch(items).await;
+        drop(turn);
+        let outputs = outputs?;
         if outputs.len() != count {
             return Err(HsmError::Protocol.into());
         }

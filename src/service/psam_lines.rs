@@ -202,7 +202,7 @@ impl<H: Hsm> Kms<H> {
                 released.push((pk, level, record.version));
             }
             // The whole set in one HSM call.
-            let outputs = self.batch(items).await?;
+            let outputs = self.batch(caller, items).await?;
             let mut keys = Vec::with_capacity(released.len());
             for ((pk, level, root_version), output) in released.into_iter().zip(outputs) {
                 let BatchOutput::Exported(exported) = output? else {

@@ -141,7 +141,7 @@ impl<H: Hsm> Kms<H> {
                         });
                         root_versions.push(root_version);
                     }
-                    let outputs = self.batch(items).await?;
+                    let outputs = self.batch(caller, items).await?;
                     for ((spec, root_version), output) in
                         specs.iter().zip(root_versions).zip(outputs)
                     {
@@ -185,7 +185,7 @@ impl<H: Hsm> Kms<H> {
                         items.push(item);
                         root_versions.push(root_version);
                     }
-                    let outputs = self.batch(items).await?;
+                    let outputs = self.batch(caller, items).await?;
                     for ((spec, root_version), output) in
                         specs.iter().zip(root_versions).zip(outputs)
                     {
@@ -257,7 +257,7 @@ impl<H: Hsm> Kms<H> {
                 challenge,
                 &[],
             )?;
-            let output = self.batch(vec![item]).await?.into_iter().next();
+            let output = self.batch(caller, vec![item]).await?.into_iter().next();
             let d = delivered_key(
                 &template,
                 spec,

@@ -162,7 +162,9 @@ impl Default for LocalHsmConfig {
 ///
 /// Its key operations run on tokio's blocking pool, at most [`LocalHsmConfig::workers`] at a
 /// time, so that a large batch never holds an async worker: the caller's other requests, and
-/// health checks ([`Hsm::status`] stays inline: it only reads the state), go on meanwhile.
+/// health checks ([`Hsm::status`] stays inline: it only reads the state), go on meanwhile. The
+/// MAC of a short message (at most 1 KiB: the audit chain's seal at every store commit) is
+/// computed inline too, so a commit never queues behind the batches for a worker.
 pub struct LocalHsm {
     /// Where the state file is written; None when memory only or on the test LMK.
     persist_dir: Option<Arc<Path>>,
@@ -283,24 +285,23 @@ impl Hsm for LocalHsm {
     }
 
     async fn mac(&self, key: &KeyToken, data: &[u8]) -> Result<Vec<u8>> {
+        // A short message (the audit chain's seal, at every store commit) is a few AES blocks
+        // under a cached key: computed inline, it never waits behind the batches for a worker.
+        if data.len() <= INLINE_MAC_BYTES {
+            return self.with_lmk(|lmk| self.audit_mac(lmk, key, data));
+        }
         let (key, data) = (key.clone(), data.to_vec());
         self.off_runtime(move |hsm| hsm.with_lmk(|lmk| hsm.audit_mac(lmk, &key, &data)))
             .await
     }
 
     async fn verify_mac(&self, key: &KeyToken, data: &[u8], mac: &[u8]) -> Result<()> {
+        if data.len() <= INLINE_MAC_BYTES {
+            return self.verify_mac_now(key, data, mac);
+        }
         let (key, data, mac) = (key.clone(), data.to_vec(), mac.to_vec());
-        self.off_runtime(move |hsm| {
-            hsm.with_lmk(|lmk| {
-                let expected = hsm.audit_mac(lmk, &key, &data)?;
-                if bool::from(expected.as_slice().ct_eq(&mac)) {
-                    Ok(())
-                } else {
-                    Err(Error::Verification)
-                }
-            })
-        })
-        .await
+        self.off_runtime(move |hsm| hsm.verify_mac_now(&key, &data, &mac))
+            .await
     }
 
     async fn sign(&self, key: &KeyToken, data: &[u8]) -> Result<Vec<u8>> {
@@ -372,7 +373,22 @@ impl Hsm for LocalHsm {
     }
 }
 
+/// Messages up to this length are MACed on the caller's thread (see [`Hsm::mac`] above).
+const INLINE_MAC_BYTES: usize = 1024;
+
 impl LocalHsm {
+    /// Checks `mac` against the audit MAC of `data`, in constant time.
+    fn verify_mac_now(&self, key: &KeyToken, data: &[u8], mac: &[u8]) -> Result<()> {
+        self.with_lmk(|lmk| {
+            let expected = self.audit_mac(lmk, key, data)?;
+            if bool::from(expected.as_slice().ct_eq(mac)) {
+                Ok(())
+            } else {
+                Err(Error::Verification)
+            }
+        })
+    }
+
     /// A second handle on the same HSM (state, cache, permits), for a blocking task.
     fn share(&self) -> LocalHsm {
         LocalHsm {
