@@ -25,6 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .skip_debug([
             ".sscard.kms.v1.Component",
             ".sscard.kms.v1.UnsealHsmRequest",
+            ".sscard.kms.v1.TakeLmkShareResponse",
         ])
         .compile_fds(fds)?;
     Ok(())

@@ -15,6 +15,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".sscard.hsm.v1.IssuedShare",
             ".sscard.hsm.v1.UnsealRequest",
             ".sscard.hsm.v1.Component",
+            ".sscard.hsm.v1.IndexHashesRequest",
+            ".sscard.hsm.v1.RegistryField",
         ])
         .compile_fds(fds)?;
     Ok(())

@@ -48,6 +48,18 @@ pub mod proto {
                     f.debug_struct("UnsealHsmRequest").finish_non_exhaustive()
                 }
             }
+
+            impl core::fmt::Debug for TakeLmkShareResponse {
+                fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                    f.debug_struct("TakeLmkShareResponse")
+                        .field("index", &self.index)
+                        .field("shares", &self.shares)
+                        .field("threshold", &self.threshold)
+                        .field("check_value", &self.check_value)
+                        .field("new_lmk_kcv", &self.new_lmk_kcv)
+                        .finish_non_exhaustive()
+                }
+            }
         }
     }
 }

@@ -116,6 +116,10 @@ async fn an_lmk_rotation_under_dual_control_keeps_every_key_and_the_audit_trail(
     let second = take(&kms, OFFICER_2).await;
     assert_eq!((first.index, second.index), (1, 2));
     assert_ne!(first.share, second.share);
+    // The share never shows in a Debug of its message (a log line, a panic).
+    let shown = format!("{first:?}");
+    assert!(!shown.contains(&first.share), "{shown}");
+    assert!(shown.contains(&first.check_value), "{shown}");
     assert_eq!(first.new_lmk_kcv, second.new_lmk_kcv);
 
     let committed = kms

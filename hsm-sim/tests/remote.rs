@@ -1073,3 +1073,24 @@ async fn registry_over_the_wire<H: Hsm>(hsm: &H) {
     ));
     assert!(hsm.index_hashes(&index.token, "SSN", vec![]).await.is_err());
 }
+
+/// The wire messages that carry personal data print none of it in Debug (a log line, a panic).
+#[test]
+fn registry_messages_print_no_personal_data() {
+    use hsm_sim::remote::proto;
+    let value = b"44010319810101123X".to_vec();
+    let hashes = proto::IndexHashesRequest {
+        key: String::new(),
+        domain: "ssn".to_owned(),
+        values: vec![value.clone()],
+    };
+    let field = proto::RegistryField {
+        aad: b"card".to_vec(),
+        data: value,
+    };
+    for shown in [format!("{hashes:?}"), format!("{field:?}")] {
+        assert!(!shown.contains("44010319810101123X"), "{shown}");
+        assert!(!shown.contains("52, 52, 48"), "{shown}");
+    }
+    assert!(format!("{hashes:?}").contains("ssn"));
+}

@@ -354,19 +354,18 @@ async fn call(
                 .await
                 .map_err(|s| refused(&s))?
                 .into_inner();
-            let share = Zeroizing::new(r.share);
+            let mut r = r;
+            let share = Zeroizing::new(std::mem::take(&mut r.share));
+            // Straight to the custodian's terminal: the share never enters the job's output
+            // text (a plain String that is not wiped); only the record lines do.
+            println!(
+                "YOUR SHARE of the new LMK, shown once — write it down and keep it alone:\n{}",
+                share.as_str()
+            );
             let _ = writeln!(
                 out,
-                "share {} of {} (threshold {}) of the new LMK (KCV {})
-                 YOUR SHARE, shown once — write it down and keep it alone:
-{}
-                 its check value: {}",
-                r.index,
-                r.shares,
-                r.threshold,
-                r.new_lmk_kcv,
-                share.as_str(),
-                r.check_value
+                "share {} of {} (threshold {}) of the new LMK (KCV {}); its check value: {}",
+                r.index, r.shares, r.threshold, r.new_lmk_kcv, r.check_value
             );
         }
         Job::LmkCommit => {

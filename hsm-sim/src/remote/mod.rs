@@ -80,6 +80,24 @@ pub mod proto {
                 .finish_non_exhaustive()
         }
     }
+
+    // The messages that carry personal data (clear, or sealed): Debug without it.
+    impl core::fmt::Debug for IndexHashesRequest {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            f.debug_struct("IndexHashesRequest")
+                .field("domain", &self.domain)
+                .field("values", &self.values.len())
+                .finish_non_exhaustive()
+        }
+    }
+
+    impl core::fmt::Debug for RegistryField {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            f.debug_struct("RegistryField")
+                .field("data_len", &self.data.len())
+                .finish_non_exhaustive()
+        }
+    }
 }
 
 use std::path::PathBuf;
