@@ -20,12 +20,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // A request that does not decode is INVALID_ARGUMENT, not INTERNAL (src/server/codec.rs).
         .codec_path("crate::server::codec::KmsCodec")
-        // Messages that carry a custodian's secret get a hand-written, redacting Debug
-        // (`sscard_kms::proto`): a derived one would print the secret.
+        // Messages that carry a custodian's secret or a holder's personal data get a
+        // hand-written, redacting Debug (`sscard_kms::proto`): a derived one would print them.
         .skip_debug([
             ".sscard.kms.v1.Component",
             ".sscard.kms.v1.UnsealHsmRequest",
             ".sscard.kms.v1.TakeLmkShareResponse",
+            ".sscard.kms.v1.CardIdentity",
+            ".sscard.kms.v1.CardPersonalData",
+            ".sscard.kms.v1.ApplicantFileChunk",
         ])
         .compile_fds(fds)?;
     Ok(())

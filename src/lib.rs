@@ -60,6 +60,41 @@ pub mod proto {
                         .finish_non_exhaustive()
                 }
             }
+
+            // The messages that carry a holder's personal data: Debug with the masked forms the
+            // store keeps (`registry::personal`), never the clear SSN, card number or name.
+            impl core::fmt::Debug for CardIdentity {
+                fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                    use crate::registry::personal::{mask_card_number, mask_ssn};
+                    f.debug_struct("CardIdentity")
+                        .field("card_identifier", &self.card_identifier)
+                        .field("card_number", &mask_card_number(&self.card_number))
+                        .field(
+                            "social_security_number",
+                            &mask_ssn(&self.social_security_number),
+                        )
+                        .field("atr_len", &self.atr.len())
+                        .finish()
+                }
+            }
+
+            impl core::fmt::Debug for CardPersonalData {
+                fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                    f.debug_struct("CardPersonalData")
+                        .field("card_identifier", &self.card_identifier)
+                        .finish_non_exhaustive()
+                }
+            }
+
+            impl core::fmt::Debug for ApplicantFileChunk {
+                fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                    f.debug_struct("ApplicantFileChunk")
+                        .field("data_len", &self.data.len())
+                        .field("batch_id", &self.batch_id)
+                        .field("encoding", &self.encoding)
+                        .finish()
+                }
+            }
         }
     }
 }

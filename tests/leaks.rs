@@ -280,3 +280,42 @@ fn secret_carrying_messages_have_a_redacting_debug() {
     assert!(!hsm_messages.contains(secret), "{hsm_messages}");
     assert!(hsm_messages.contains("C280F501"));
 }
+
+/// The generated messages that carry a holder's personal data print it masked or not at all,
+/// however deeply they are nested (a registration, an injection, a personal-data answer, a
+/// chunk of an applicant file).
+#[test]
+fn personal_data_messages_have_a_redacting_debug() {
+    use sscard_kms::proto::kms::v1 as pb;
+    let (ssn, number, name) = ("440103199001011236", "GZ0000012", "张三");
+    let card = pb::CardIdentity {
+        card_identifier: "440100D1560000050050640776EF3192".to_owned(),
+        card_number: number.to_owned(),
+        social_security_number: ssn.to_owned(),
+        atr: vec![0x3B; 12],
+    };
+    let register = pb::RegisterCardRequest {
+        card: Some(card.clone()),
+        ..Default::default()
+    };
+    let personal = pb::CardPersonalData {
+        card_identifier: card.card_identifier.clone(),
+        social_security_number: ssn.to_owned(),
+        card_number: number.to_owned(),
+        name: name.to_owned(),
+    };
+    let chunk = pb::ApplicantFileChunk {
+        data: format!("{ssn},{number},{name}\n").into_bytes(),
+        batch_id: "b1".to_owned(),
+        encoding: 0,
+    };
+    let shown = format!("{card:?} {register:?} {register:#?} {personal:?} {chunk:?}");
+    for clear in [ssn, number, name, "199001011236"] {
+        assert!(!shown.contains(clear), "{clear} in {shown}");
+    }
+    assert!(
+        shown.contains("440100D1560000050050640776EF3192"),
+        "{shown}"
+    );
+    assert!(shown.contains("440103********1236"), "{shown}");
+}

@@ -198,8 +198,8 @@ pub fn mask_card_number(number: &str) -> String {
 }
 
 /// A card as stores before [`LAYOUT_VERSION`] wrote it: the personal fields in clear (read
-/// only by the migration).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// only by the migration). Its `Debug` shows the masked forms only.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct LegacyCard {
     pub card_identifier: String,
     pub card_number: String,
@@ -207,6 +207,19 @@ pub struct LegacyCard {
     /// Every other field, unchanged by the migration.
     #[serde(flatten)]
     pub rest: serde_json::Map<String, serde_json::Value>,
+}
+
+impl core::fmt::Debug for LegacyCard {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("LegacyCard")
+            .field("card_identifier", &self.card_identifier)
+            .field("card_number", &mask_card_number(&self.card_number))
+            .field(
+                "social_security_number",
+                &mask_ssn(&self.social_security_number),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 #[cfg(test)]
@@ -220,6 +233,18 @@ mod tests {
         assert_eq!(mask_card_number("GZ0000012"), "G*****012");
         assert_ne!(aad("A", FIELD_SSN), aad("B", FIELD_SSN));
         assert_ne!(aad("A", FIELD_SSN), aad("A", FIELD_NAME));
+        let legacy = LegacyCard {
+            card_identifier: "440100D1560000050050640776EF3192".into(),
+            card_number: "GZ0000012".into(),
+            social_security_number: "440103199001011236".into(),
+            rest: serde_json::Map::new(),
+        };
+        let shown = format!("{legacy:?}");
+        assert!(
+            !shown.contains("GZ0000012") && !shown.contains("199001011236"),
+            "{shown}"
+        );
+        assert!(shown.contains("440103********1236"), "{shown}");
         let clear = ClearPersonal {
             card_identifier: "440100D1560000050050640776EF3192".into(),
             ssn: "440103199001011236".into(),
