@@ -305,3 +305,100 @@ async fn every_lmk_rotation_reason_code_arrives_over_the_api() {
         crate::common::readme::codes_marked("mTLS (lmk rotation)")
     );
 }
+
+/// The three `kms-ceremony service lmk-*` jobs through the real binary, each officer from their
+/// own certificate: a request, another officer's approval, one share printed to each custodian
+/// (never on the job's record lines), the commit; then the HSM is sealed and unsealed with the
+/// two printed shares through `unseal`, and a station's card keys still check out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lmk_jobs_of_kms_ceremony_rotate_and_the_printed_shares_unseal() {
+    use crate::ceremonies::{Cli, Files, id_after};
+    let kms = TestKms::seeded().await;
+    let before = stk_kcv(&kms).await;
+    let old_lmk = lmk_kcv(&kms).await;
+    let url = kms.url();
+    let files = Files::new(&kms, &[OFFICER, OFFICER_2, STATION]);
+    let cli = Cli {
+        url: &url,
+        files: &files,
+    };
+
+    let (ok, out, err) = cli
+        .run(
+            OFFICER,
+            &["lmk-rotate", "--threshold", "2", "--shares", "2"],
+            "",
+        )
+        .await;
+    assert!(ok, "{err}");
+    let request = id_after(&out, "request");
+    let (ok, _, err) = cli.run(OFFICER, &["lmk-take-share"], "").await;
+    assert!(!ok && err.contains("LMK_ROTATION_NOT_PREPARED"), "{err}");
+    let (ok, out, err) = cli
+        .run(OFFICER_2, &["requests-approve", &request], "")
+        .await;
+    assert!(ok, "{err}");
+    assert!(out.contains("prepared"), "{out}");
+
+    // Each custodian's share: printed once, on the line after the banner.
+    let mut shares = Vec::new();
+    for who in [OFFICER, OFFICER_2] {
+        let (ok, out, err) = cli.run(who, &["lmk-take-share"], "").await;
+        assert!(ok, "{err}");
+        let mut lines = out.lines();
+        lines
+            .by_ref()
+            .find(|l| l.starts_with("YOUR SHARE of the new LMK"))
+            .unwrap_or_else(|| panic!("no share banner: {out}"));
+        let share = lines.next().unwrap().trim().to_owned();
+        assert!(share.starts_with("lmk1-"), "{out}");
+        // The record lines name the share's check value and the new LMK, not the share.
+        let record: String = lines.collect::<Vec<_>>().join("\n");
+        assert!(
+            record.contains("check value") && !record.contains(&share),
+            "{out}"
+        );
+        shares.push(share);
+    }
+    let (ok, _, err) = cli.run(OFFICER, &["lmk-take-share"], "").await;
+    assert!(!ok && err.contains("SAME_CUSTODIAN_TWICE"), "{err}");
+    assert_eq!(
+        lmk_kcv(&kms).await,
+        old_lmk,
+        "nothing current before the commit"
+    );
+
+    let (ok, out, err) = cli.run(OFFICER, &["lmk-commit"], "").await;
+    assert!(ok, "{err}");
+    let new_lmk = lmk_kcv(&kms).await;
+    assert_ne!(new_lmk, old_lmk);
+    assert!(
+        out.contains(&format!("KCV {new_lmk}")) && out.contains(OFFICER_2),
+        "{out}"
+    );
+    let (ok, _, err) = cli.run(OFFICER, &["lmk-commit"], "").await;
+    assert!(!ok && err.contains("LMK_ROTATION_NOT_PREPARED"), "{err}");
+
+    // The printed shares are the new LMK's: sealed, then unsealed by the two custodians.
+    let (ok, _, err) = cli.run(OFFICER, &["seal"], "").await;
+    assert!(ok, "{err}");
+    let (ok, out, err) = cli
+        .run(OFFICER, &["unseal"], &format!("{}\n", shares[0]))
+        .await;
+    assert!(ok && out.contains("1/2"), "{out} {err}");
+    let (ok, out, err) = cli
+        .run(OFFICER_2, &["unseal"], &format!("{}\n", shares[1]))
+        .await;
+    assert!(ok && out.contains("HSM operational"), "{out} {err}");
+    assert_eq!(lmk_kcv(&kms).await, new_lmk);
+    assert_eq!(stk_kcv(&kms).await, before);
+    assert_eq!(verdict(&kms).await, "INTACT");
+    for share in &shares {
+        assert!(
+            kms.audit_trail()
+                .iter()
+                .all(|r| !r.subject.contains(share.as_str())),
+            "a share in the trail"
+        );
+    }
+}
