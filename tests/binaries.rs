@@ -690,13 +690,13 @@ async fn dev_serves_metrics_that_count_requests_keys_and_commits() {
 // ------------------------------------------------------------ sscard-kms serve, local HSM
 
 /// A `serve` deployment laid out in a temporary directory: PKI, HSM state, data, `kms.toml`.
-struct Deployment {
+pub(crate) struct Deployment {
     dir: tempfile::TempDir,
 }
 
 impl Deployment {
     /// A fresh PKI under `pki/` and a `kms.toml` with its CA as the client CA.
-    fn new() -> Deployment {
+    pub(crate) fn new() -> Deployment {
         let dir = tempfile::tempdir().unwrap();
         let pki = DevPki::generate().unwrap();
         pki.write_to(&dir.path().join("pki")).unwrap();
@@ -719,7 +719,7 @@ impl Deployment {
         self.dir.path().join("pki")
     }
 
-    fn state_dir(&self) -> PathBuf {
+    pub(crate) fn state_dir(&self) -> PathBuf {
         self.dir.path().join("hsm-state")
     }
 
@@ -758,11 +758,11 @@ impl Deployment {
         std::fs::write(self.config(), text).unwrap();
     }
 
-    fn serve(&self) -> Process {
+    pub(crate) fn serve(&self) -> Process {
         sscard_kms(&["serve", "--config", path_arg(&self.config())])
     }
 
-    fn admin(&self, addr: SocketAddr, uri: &str) -> AdminServiceClient<Channel> {
+    pub(crate) fn admin(&self, addr: SocketAddr, uri: &str) -> AdminServiceClient<Channel> {
         let file = if uri == OFFICER_2 {
             "officer-2".to_owned()
         } else {
@@ -774,7 +774,7 @@ impl Deployment {
 
 /// `kms-ceremony hsm init --state-dir <dir> --threshold T --custodian custodian-1 … --share-dir
 /// <dir>-shares` for N custodians: each share in its own file.
-fn hsm_init(state_dir: &Path, threshold: &str, shares: &str) -> Output {
+pub(crate) fn hsm_init(state_dir: &Path, threshold: &str, shares: &str) -> Output {
     let share_dir = state_dir.with_extension("shares");
     std::fs::create_dir_all(&share_dir).unwrap();
     let names: Vec<String> = (1..=shares.parse::<u8>().unwrap())
@@ -799,7 +799,7 @@ fn hsm_init(state_dir: &Path, threshold: &str, shares: &str) -> Output {
 /// The shares a successful `hsm init` handed over, one file per custodian (the record names
 /// each file and check value, never a share), after checking that the last line is the LMK's
 /// KCV (5 bytes, upper-case hex).
-fn issued_shares(out: &Output) -> Vec<String> {
+pub(crate) fn issued_shares(out: &Output) -> Vec<String> {
     assert_eq!(out.code, 0, "{out:?}");
     let kcv = out.last_line();
     assert_eq!(kcv.len(), 10, "the LMK KCV: {kcv:?}");
@@ -823,7 +823,7 @@ fn issued_shares(out: &Output) -> Vec<String> {
     shares
 }
 
-async fn service_status(admin: &mut AdminServiceClient<Channel>) -> pb::ServiceStatus {
+pub(crate) async fn service_status(admin: &mut AdminServiceClient<Channel>) -> pb::ServiceStatus {
     admin
         .get_status(pb::GetStatusRequest {})
         .await
@@ -831,7 +831,7 @@ async fn service_status(admin: &mut AdminServiceClient<Channel>) -> pb::ServiceS
         .into_inner()
 }
 
-async fn unseal(
+pub(crate) async fn unseal(
     admin: &mut AdminServiceClient<Channel>,
     share: &str,
 ) -> Result<pb::UnsealHsmResponse, tonic::Status> {

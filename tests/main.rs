@@ -94,6 +94,7 @@ mod health;
 mod hostile;
 mod leaks;
 mod lifecycle;
+mod lmk_kill;
 mod lmk_rotation;
 mod personal_data;
 mod psam;
