@@ -306,6 +306,71 @@ async fn every_lmk_rotation_reason_code_arrives_over_the_api() {
     );
 }
 
+/// A component ceremony begun after the approval holds a partial key under the old LMK, which
+/// the prepared rotation did not re-wrap: the commit is refused until the ceremony ends, and
+/// goes through once it has failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_key_made_after_the_prepare_holds_the_commit_back() {
+    let kms = TestKms::seeded().await;
+    let before = stk_kcv(&kms).await;
+    let old_lmk = lmk_kcv(&kms).await;
+    approved_rotation(&kms).await;
+    take(&kms, OFFICER).await;
+    take(&kms, OFFICER_2).await;
+    let mut officer = kms.client(OFFICER).admin;
+    let ceremony = officer
+        .start_key_ceremony(pb::StartKeyCeremonyRequest {
+            components: 2,
+            target: Some(pb::start_key_ceremony_request::Target::Root(
+                pb::RootTarget {
+                    template_id: "ssc-2.0".to_owned(),
+                    key_name: "STK_SSSE".to_owned(),
+                    level: pb::KeyLevel::National.into(),
+                    ministry_psam_permission: false,
+                },
+            )),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let component = |hex: &str, kcv_hex: Option<&str>| {
+        let key = SecretKey::from_hex(Algorithm::Tdes2, hex).unwrap();
+        pb::SubmitComponentRequest {
+            ceremony_id: ceremony.id.clone(),
+            component: Some(pb::Component {
+                hex: hex.to_owned(),
+                kcv_hex: kcv_hex.map_or_else(
+                    || kcv::compute_default(&key).unwrap().to_hex(),
+                    str::to_owned,
+                ),
+            }),
+        }
+    };
+    officer
+        .submit_component(component(&"1F".repeat(16), None))
+        .await
+        .unwrap();
+    let held = officer
+        .commit_lmk_rotation(pb::CommitLmkRotationRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(error_info(&held).unwrap().reason, "COMPONENT_CEREMONY_OPEN");
+    assert_eq!(lmk_kcv(&kms).await, old_lmk, "the HSM did not commit");
+    // The ceremony fails (a wrong KCV): its partial key is forgotten, the commit goes through.
+    kms.client(OFFICER_2)
+        .admin
+        .submit_component(component(&"2F".repeat(16), Some("ABCDEF")))
+        .await
+        .unwrap_err();
+    officer
+        .commit_lmk_rotation(pb::CommitLmkRotationRequest {})
+        .await
+        .unwrap();
+    assert_ne!(lmk_kcv(&kms).await, old_lmk);
+    assert_eq!(stk_kcv(&kms).await, before);
+    assert_eq!(verdict(&kms).await, "INTACT");
+}
+
 /// The three `kms-ceremony service lmk-*` jobs through the real binary, each officer from their
 /// own certificate: a request, another officer's approval, one share printed to each custodian
 /// (never on the job's record lines), the commit; then the HSM is sealed and unsealed with the

@@ -249,6 +249,7 @@ impl<H: Hsm> Kms<H> {
             // One submission at a time in this process: each continues the partial key the
             // previous one stored (the write below also checks it is still the stored one).
             let _turn = self.ceremony.submissions.lock().await;
+            let _tokens = self.token_turn().await;
             let ceremony: KeyCeremony =
                 self.store
                     .snapshot()?

@@ -50,6 +50,12 @@ pub(super) struct Ceremonies {
     pub(super) submissions: tokio::sync::Mutex<()>,
     /// Held across a share's hand-out or the commit of an LMK rotation (one at a time).
     pub(super) lmk: tokio::sync::Mutex<()>,
+    /// The LMK that new tokens are made under, held steady: shared by every operation that
+    /// has the HSM make a token (or a partial key) from its HSM call to the write that stores
+    /// it, exclusively by an LMK rotation from its view of the stored tokens to its prepared
+    /// write, and from its commit's check to its swap. So no token is made under an LMK that is
+    /// replaced before the token is stored and re-wrapped ([`Kms::token_turn`]).
+    pub(super) tokens: tokio::sync::RwLock<()>,
 }
 
 impl Default for Ceremonies {
@@ -59,6 +65,7 @@ impl Default for Ceremonies {
             unseal_custodians: Mutex::new(Vec::new()),
             submissions: tokio::sync::Mutex::new(()),
             lmk: tokio::sync::Mutex::new(()),
+            tokens: tokio::sync::RwLock::new(()),
         }
     }
 }
@@ -419,6 +426,12 @@ impl<H: Hsm> Kms<H> {
                     });
                 }
             }
+            // The LMK held steady from the HSM's part to the write: shared for a new root,
+            // exclusive for a rotation's prepare (after its turn below).
+            let _tokens = match &request.act {
+                Act::GenerateRoot { .. } => Some(self.token_turn().await),
+                _ => None,
+            };
             // The HSM's part first (nothing stored); the write re-checks the request.
             let key = match &request.act {
                 Act::GenerateRoot {
@@ -431,7 +444,10 @@ impl<H: Hsm> Kms<H> {
             // second approval waits, then finds the first one prepared (before the HSM, whose
             // prepared LMK it would otherwise replace under the store's feet).
             let _rotation_turn = match &request.act {
-                Act::RotateLmk { .. } => Some(self.ceremony.lmk.lock().await),
+                Act::RotateLmk { .. } => Some((
+                    self.ceremony.lmk.lock().await,
+                    self.ceremony.tokens.write().await,
+                )),
                 _ => None,
             };
             let rotation = match &request.act {

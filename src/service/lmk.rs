@@ -407,17 +407,29 @@ impl<H: Hsm> Kms<H> {
         self.audited(caller, Operation::Administer, "LMK rotation", async {
             self.admit_officer(caller, Operation::Administer)?;
             let _one_at_a_time = self.ceremony.lmk.lock().await;
+            // No token or partial key is made from the check below until the swap: one made
+            // before it is in the check (stale), one after it is made under the new LMK.
+            let _no_new_tokens = self.ceremony.tokens.write().await;
             let snap = self.store.snapshot()?;
             let p = prepared(&snap)?.ok_or_else(not_prepared)?;
             if p.untaken() > 0 {
                 return Err(Error::Hsm(hsm_api::Error::PartNotAvailable));
             }
             unchanged(&token_bearers(&snap)?, &p.tokens)?;
+            // A ceremony begun since the prepare holds a partial key under the old LMK.
+            no_partial_keys(&snap)?;
             self.hsm.commit_lmk_rotation(&p.new_kcv()?).await?;
             self.finish_swap(caller.to_string(), "commit-lmk-rotation")
                 .await
         })
         .await
+    }
+
+    /// A turn to have the HSM make a token (or a partial key) and store it: hold the guard
+    /// from before the HSM call to after the write. It waits while an LMK rotation views the
+    /// stored tokens for its prepare or commits ([`super::custodians::Ceremonies::tokens`]).
+    pub(super) async fn token_turn(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.ceremony.tokens.read().await
     }
 
     /// After the HSM's commit: the stored tokens and the held audit key become the new ones,

@@ -390,6 +390,7 @@ impl<H: Hsm> Kms<H> {
     /// Creates the audit key in the HSM and stores it with `events`, in one commit that is the
     /// first sealed by it.
     async fn create_audit_key(&self, events: Vec<AuditEvent>) -> Result<()> {
+        let _tokens = self.token_turn().await;
         let key = self
             .hsm
             .generate_key(HsmKeySpec {

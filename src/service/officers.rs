@@ -228,6 +228,7 @@ impl<H: Hsm> Kms<H> {
         self.audited(caller, Operation::Administer, &subject, async {
             self.admit_officer(caller, Operation::Administer)?;
             super::custodians::in_process_only(caller, Refusal::SplitKnowledgeRequired)?;
+            let _tokens = self.token_turn().await;
             self.form_all_at_once(caller, target, components).await
         })
         .await
@@ -246,6 +247,7 @@ impl<H: Hsm> Kms<H> {
         self.audited(caller, Operation::Administer, &subject, async {
             self.admit_officer(caller, Operation::Administer)?;
             super::custodians::in_process_only(caller, Refusal::DualControlRequired)?;
+            let _tokens = self.token_turn().await;
             let record = self.generated_root(template_id, key_name).await?;
             let actor = caller.to_string();
             self.store
@@ -317,6 +319,7 @@ impl<H: Hsm> Kms<H> {
             let template = self.template(template_id)?;
             let province = Region::lookup(PROVINCE)?;
             let f1 = Factor::province(PROVINCE)?;
+            let _tokens = self.token_turn().await;
             // Nothing is written until every key is derived: one view serves the whole walk.
             let snap = self.store.snapshot()?;
             let mut new = Vec::new();

@@ -56,6 +56,7 @@ impl<H: Hsm> Kms<H> {
     /// Generates the index and data keys in the HSM (non-exportable) and keeps them, audited
     /// with their KCVs; a pair another request kept first wins.
     async fn create_registry_keys(&self) -> Result<RegistryKeys> {
+        let _tokens = self.token_turn().await;
         let mut made = Vec::new();
         for usage in [KeyUsage::RegistryIndex, KeyUsage::RegistryData] {
             made.push(

@@ -285,6 +285,7 @@ impl<H: Hsm> Kms<H> {
             return Ok((super::token(&text), scheme));
         }
         let scheme = self.list_signature();
+        let _tokens = self.token_turn().await;
         let made = self
             .hsm
             .generate_key(KeySpec {
