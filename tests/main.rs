@@ -105,3 +105,4 @@ mod registry_cli;
 mod remote_hsm;
 mod restart;
 mod rotation;
+mod terminal;
