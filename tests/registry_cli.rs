@@ -272,4 +272,28 @@ async fn a_dev_data_directory_serves_the_city_and_the_provincial_reviewer() {
         "{}",
         out.stderr
     );
+
+    // The city reads its card holder's personal data in clear (sealed in the store).
+    let out = run(args(&[
+        "registry",
+        "personal-data",
+        &long_name.card_identifier,
+    ]))
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        out.stdout,
+        format!(
+            "card {}\nsocial security number {}\ncard number {}\nname {}\n",
+            long_name.card_identifier, long_name.ssn, long_name.card_number, long_name.name
+        )
+    );
+    assert!(
+        kms.audit_trail()
+            .iter()
+            .any(|r| r.action == "read-card-personal-data"
+                && r.actor == crate::common::harness::REGISTRAR
+                && r.subject.ends_with("read in clear")),
+        "the read is audited"
+    );
 }

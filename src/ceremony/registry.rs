@@ -144,6 +144,14 @@ pub enum Registry {
         #[command(flatten)]
         connection: Connection,
     },
+    /// Show a card holder's personal data in clear (SSN, card number, name): only for a
+    /// registrar of the card's own city; every read is audited.
+    PersonalData {
+        /// The card identifier (卡识别码).
+        card: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
     /// Show a stored batch's counts.
     Show {
         /// The batch id.
@@ -437,6 +445,20 @@ pub fn run(cmd: &Registry) -> Result<String> {
                         .as_str_name()
                         .trim_start_matches("CARD_STATUS_")
                         .to_ascii_lowercase()
+                ))
+            }
+            Registry::PersonalData { card, connection } => {
+                let mut client = connect(connection, false).await?;
+                let data = client
+                    .read_card_personal_data(pb::CardRef {
+                        card_identifier: card.clone(),
+                    })
+                    .await
+                    .map_err(remote)?
+                    .into_inner();
+                Ok(format!(
+                    "card {}\nsocial security number {}\ncard number {}\nname {}\n",
+                    data.card_identifier, data.social_security_number, data.card_number, data.name
                 ))
             }
             Registry::BlacklistVerify { file, public_key } => {
