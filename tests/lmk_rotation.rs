@@ -132,7 +132,11 @@ async fn an_lmk_rotation_under_dual_control_keeps_every_key_and_the_audit_trail(
     assert_eq!(committed.old_lmk_kcv, old_lmk);
     assert_eq!(committed.lmk_kcv, first.new_lmk_kcv);
     assert_eq!(lmk_kcv(&kms).await, committed.lmk_kcv);
-    assert!(committed.tokens > 2, "{committed:?}");
+    // More tokens than one HSM call carries: the prepare and then re-wraps in chunks.
+    assert!(
+        committed.tokens as usize > 3 * *hsm_api::BATCH_ITEMS.end(),
+        "{committed:?}"
+    );
     assert_eq!(committed.custodians, [OFFICER, OFFICER_2]);
 
     // Every key works under the new LMK: the same card keys, the trail sealed and verified.

@@ -300,6 +300,14 @@ impl Hsm for Counting {
             .prepare_lmk_rotation(tokens, threshold, shares)
             .await
     }
+    async fn rewrap_for_rotation(
+        &self,
+        new_lmk_kcv: &Kcv,
+        tokens: Vec<KeyToken>,
+    ) -> Result<Vec<KeyToken>> {
+        self.count("rewrap_for_rotation");
+        self.inner.rewrap_for_rotation(new_lmk_kcv, tokens).await
+    }
     async fn commit_lmk_rotation(&self, new_lmk_kcv: &Kcv) -> Result<()> {
         self.count("commit_lmk_rotation");
         self.inner.commit_lmk_rotation(new_lmk_kcv).await

@@ -281,6 +281,18 @@ pub trait Hsm: Send + Sync + 'static {
         shares: u8,
     ) -> impl Future<Output = Result<LmkRotation>> + Send;
 
+    /// Re-wraps more `tokens` under the LMK that [`Hsm::prepare_lmk_rotation`] prepared (named
+    /// by its KCV), in the same order: a store with more tokens than one call should carry
+    /// prepares with the first [`BATCH_ITEMS`] and re-wraps the rest in calls of at most as
+    /// many. The old LMK stays current. No rotation prepared with that KCV (none, another,
+    /// already committed, dropped by a seal) is [`Error::RotationNotPrepared`]; a count outside
+    /// [`BATCH_ITEMS`] is [`Error::Count`].
+    fn rewrap_for_rotation(
+        &self,
+        new_lmk_kcv: &Kcv,
+        tokens: Vec<KeyToken>,
+    ) -> impl Future<Output = Result<Vec<KeyToken>>> + Send;
+
     /// Makes the prepared LMK current (named by its KCV) and wipes the hot-key cache. Refused
     /// ([`Error::PartNotAvailable`]) while a share of the new LMK has not been taken: an LMK
     /// nobody holds could never be unsealed.

@@ -256,13 +256,7 @@ impl Pkcs11Hsm {
     /// that a seal waits for it.
     fn with_lmk<T>(&self, op: impl FnOnce(&LmkObjects) -> Result<T>) -> Result<T> {
         let state = self.read()?;
-        if let Some(name) = &state.self_test_failure {
-            return Err(Error::SelfTestFailed(name.clone()));
-        }
-        if state.keeper.is_none() {
-            return Err(Error::Sealed);
-        }
-        op(state.lmk.as_ref().ok_or(Error::Uninitialised)?)
+        op(operational(&state)?)
     }
 
     fn status_now(&self) -> Result<HsmStatus> {
@@ -528,6 +522,22 @@ impl Hsm for Pkcs11Hsm {
         Ok(rotation)
     }
 
+    async fn rewrap_for_rotation(
+        &self,
+        new_lmk_kcv: &Kcv,
+        tokens: Vec<KeyToken>,
+    ) -> Result<Vec<KeyToken>> {
+        hsm_api::check_batch_len(tokens.len())?;
+        let state = self.read()?;
+        let lmk = operational(&state)?;
+        let next = state
+            .pending
+            .as_ref()
+            .filter(|p| &p.kcv == new_lmk_kcv)
+            .ok_or(Error::RotationNotPrepared)?;
+        self.rewrap_more_now(lmk, next, &tokens)
+    }
+
     async fn commit_lmk_rotation(&self, new_lmk_kcv: &Kcv) -> Result<()> {
         let mut state = self.write()?;
         let old = state.lmk.clone().ok_or(Error::Sealed)?;
@@ -538,6 +548,17 @@ impl Hsm for Pkcs11Hsm {
         state.lmk = Some(next);
         Ok(())
     }
+}
+
+/// The current LMK if the token is operational (logged in, self-test passed).
+fn operational(state: &State) -> Result<&LmkObjects> {
+    if let Some(name) = &state.self_test_failure {
+        return Err(Error::SelfTestFailed(name.clone()));
+    }
+    if state.keeper.is_none() {
+        return Err(Error::Sealed);
+    }
+    state.lmk.as_ref().ok_or(Error::Uninitialised)
 }
 
 /// The name of the check a self-test error reports.

@@ -62,6 +62,20 @@ impl Pkcs11Hsm {
         Ok((new, rotation))
     }
 
+    /// More tokens re-wrapped under the prepared pair `next`.
+    pub(crate) fn rewrap_more_now(
+        &self,
+        lmk: &LmkObjects,
+        next: &LmkObjects,
+        tokens: &[KeyToken],
+    ) -> Result<Vec<KeyToken>> {
+        let session = self.session()?;
+        tokens
+            .iter()
+            .map(|token| self.rewrap(&session, lmk, next, token))
+            .collect()
+    }
+
     pub(crate) fn commit_lmk_rotation_now(
         &self,
         old: &LmkObjects,

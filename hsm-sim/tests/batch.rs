@@ -136,6 +136,13 @@ impl<H: Hsm> Hsm for Singles<'static, H> {
     ) -> Result<LmkRotation> {
         self.0.prepare_lmk_rotation(tokens, threshold, shares).await
     }
+    async fn rewrap_for_rotation(
+        &self,
+        new_lmk_kcv: &Kcv,
+        tokens: Vec<KeyToken>,
+    ) -> Result<Vec<KeyToken>> {
+        self.0.rewrap_for_rotation(new_lmk_kcv, tokens).await
+    }
     async fn commit_lmk_rotation(&self, new_lmk_kcv: &Kcv) -> Result<()> {
         self.0.commit_lmk_rotation(new_lmk_kcv).await
     }

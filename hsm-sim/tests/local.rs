@@ -1754,10 +1754,37 @@ async fn lmk_rotation_keeps_every_kcv_and_retires_old_tokens() {
     .unwrap();
     assert!(hsm.status().await.unwrap().cached_keys > 0);
 
-    let rotation = hsm
-        .prepare_lmk_rotation(tokens.clone(), 2, 4)
+    // Prepared with the first two tokens, the rest re-wrapped in a second call (a store with
+    // more tokens than one call carries).
+    let mut rotation = hsm
+        .prepare_lmk_rotation(tokens[..2].to_vec(), 2, 4)
         .await
         .unwrap();
+    assert_eq!(
+        hsm.rewrap_for_rotation(&old_init.lmk_kcv, tokens[2..].to_vec())
+            .await,
+        Err(Error::RotationNotPrepared),
+        "only under the prepared LMK"
+    );
+    assert!(matches!(
+        hsm.rewrap_for_rotation(&rotation.lmk_kcv, Vec::new()).await,
+        Err(Error::Count { .. })
+    ));
+    assert!(matches!(
+        hsm.rewrap_for_rotation(&rotation.lmk_kcv, vec![tokens[0].clone(); 257])
+            .await,
+        Err(Error::Count { .. })
+    ));
+    assert_eq!(
+        hsm.rewrap_for_rotation(&rotation.lmk_kcv, vec![flipped(&f.card.token, 20)])
+            .await,
+        Err(Error::KeyBlockMac)
+    );
+    let more = hsm
+        .rewrap_for_rotation(&rotation.lmk_kcv, tokens[2..].to_vec())
+        .await
+        .unwrap();
+    rotation.tokens.extend(more);
     assert_eq!(rotation.tokens.len(), tokens.len());
     let parts = rotation.parts.clone().unwrap();
     assert_eq!((parts.count, parts.threshold), (4, 2));

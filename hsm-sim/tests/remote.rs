@@ -615,8 +615,27 @@ async fn each_answer_carries_at_most_one_share() {
         Error::PartNotAvailable
     );
 
-    // A rotation: the same, and no commit before the last new share has been taken.
+    // A rotation: the same, and no commit before the last new share has been taken. A token
+    // re-wrapped after the prepare, over the wire, under the prepared LMK.
+    let key = kms
+        .generate_key(KeySpec {
+            algorithm: Algorithm::Aes256,
+            usage: KeyUsage::AuditMac,
+            exportability: Exportability::NonExportable,
+        })
+        .await
+        .unwrap();
     let rotation = kms.prepare_lmk_rotation(Vec::new(), 2, 2).await.unwrap();
+    let rewrapped = kms
+        .rewrap_for_rotation(&rotation.lmk_kcv, vec![key.token.clone()])
+        .await
+        .unwrap();
+    assert_eq!(
+        kms.rewrap_for_rotation(&key.kcv, vec![key.token.clone()])
+            .await
+            .unwrap_err(),
+        Error::RotationNotPrepared
+    );
     let new_parts = rotation.parts.clone().unwrap();
     assert_eq!(
         kms.commit_lmk_rotation(&rotation.lmk_kcv)
@@ -635,6 +654,8 @@ async fn each_answer_carries_at_most_one_share() {
     assert_ne!(first.share.secret_text(), second.share.secret_text());
     kms.commit_lmk_rotation(&rotation.lmk_kcv).await.unwrap();
     assert_eq!(kms.status().await.unwrap().lmk_kcv, Some(rotation.lmk_kcv));
+    assert_eq!(kms.kcv(&rewrapped[0]).await.unwrap(), key.kcv);
+    assert_eq!(kms.kcv(&key.token).await.unwrap_err(), Error::KeyBlockMac);
     assert!(process.terminate().await.success());
 }
 

@@ -377,6 +377,20 @@ impl<H: Hsm> Hsm for WatchedHsm<H> {
         self.key_op(r)
     }
 
+    async fn rewrap_for_rotation(
+        &self,
+        new_lmk_kcv: &Kcv,
+        tokens: Vec<KeyToken>,
+    ) -> HsmResult<Vec<KeyToken>> {
+        let r = self
+            .measured(
+                "rewrap_for_rotation",
+                self.inner.rewrap_for_rotation(new_lmk_kcv, tokens),
+            )
+            .await;
+        self.key_op(r)
+    }
+
     async fn commit_lmk_rotation(&self, new_lmk_kcv: &Kcv) -> HsmResult<()> {
         let r = self
             .measured(

@@ -293,14 +293,24 @@ impl<H: Hsm> Kms<H> {
             .lmk_kcv
             .map(|k| k.to_hex())
             .unwrap_or_default();
-        let tokens = bearers
-            .iter()
-            .map(|(_, t)| KeyToken::from_stored(t.clone()))
-            .collect();
-        let rotation = self
+        // The first chunk with the prepare, the rest re-wrapped under the prepared LMK, at
+        // most one HSM batch per call.
+        let mut chunks = bearers.chunks(*hsm_api::BATCH_ITEMS.end()).map(|c| {
+            c.iter()
+                .map(|(_, t)| KeyToken::from_stored(t.clone()))
+                .collect()
+        });
+        let mut rotation = self
             .hsm
-            .prepare_lmk_rotation(tokens, threshold, shares)
+            .prepare_lmk_rotation(chunks.next().unwrap_or_default(), threshold, shares)
             .await?;
+        for chunk in chunks {
+            let more = self
+                .hsm
+                .rewrap_for_rotation(&rotation.lmk_kcv, chunk)
+                .await?;
+            rotation.tokens.extend(more);
+        }
         if rotation.tokens.len() != bearers.len() {
             return Err(Error::Hsm(hsm_api::Error::Protocol));
         }

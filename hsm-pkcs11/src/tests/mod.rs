@@ -493,10 +493,21 @@ async fn an_lmk_rotation_rewraps_tokens_inside_the_token() {
     let p11 = hsm("rotation", Mode::Strict);
     let (root, child) = city_and_card(&p11).await;
     let old_kcv = p11.status().await.unwrap().lmk_kcv.unwrap();
-    let rotation = p11
-        .prepare_lmk_rotation(vec![root.token.clone(), child.token.clone()], 2, 3)
+    // The root with the prepare, the child in a second call under the prepared LMK.
+    let mut rotation = p11
+        .prepare_lmk_rotation(vec![root.token.clone()], 2, 3)
         .await
         .unwrap();
+    assert_eq!(
+        p11.rewrap_for_rotation(&old_kcv, vec![child.token.clone()])
+            .await,
+        Err(Error::RotationNotPrepared)
+    );
+    let more = p11
+        .rewrap_for_rotation(&rotation.lmk_kcv, vec![child.token.clone()])
+        .await
+        .unwrap();
+    rotation.tokens.extend(more);
     assert_ne!(rotation.lmk_kcv, old_kcv);
     assert_eq!(
         p11.kcv(&child.token).await.unwrap(),

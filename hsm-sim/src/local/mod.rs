@@ -368,6 +368,17 @@ impl Hsm for LocalHsm {
             .await
     }
 
+    async fn rewrap_for_rotation(
+        &self,
+        new_lmk_kcv: &Kcv,
+        tokens: Vec<KeyToken>,
+    ) -> Result<Vec<KeyToken>> {
+        hsm_api::check_batch_len(tokens.len())?;
+        let kcv = new_lmk_kcv.clone();
+        self.off_runtime(move |hsm| hsm.rewrap_for_rotation_now(&kcv, &tokens))
+            .await
+    }
+
     async fn commit_lmk_rotation(&self, new_lmk_kcv: &Kcv) -> Result<()> {
         self.commit_lmk_rotation_now(new_lmk_kcv)
     }

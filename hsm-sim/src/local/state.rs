@@ -305,6 +305,26 @@ impl LocalHsm {
         })
     }
 
+    /// More tokens re-wrapped under the prepared LMK named by `new_lmk_kcv`, under one read
+    /// lock (a seal or a commit waits; key operations go on).
+    pub(super) fn rewrap_for_rotation_now(
+        &self,
+        new_lmk_kcv: &Kcv,
+        tokens: &[KeyToken],
+    ) -> Result<Vec<KeyToken>> {
+        let state = self.read()?;
+        let lmk = state.lmk()?;
+        let pending = state
+            .pending
+            .as_ref()
+            .filter(|p| p.lmk.has_kcv(new_lmk_kcv))
+            .ok_or(Error::RotationNotPrepared)?;
+        tokens
+            .iter()
+            .map(|token| lmk.rewrap(token, &pending.lmk))
+            .collect()
+    }
+
     pub(super) fn commit_lmk_rotation_now(&self, new_lmk_kcv: &Kcv) -> Result<()> {
         let mut state = self.write()?;
         state.lmk()?;

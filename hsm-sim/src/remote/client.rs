@@ -535,6 +535,33 @@ impl Hsm for RemoteHsm {
         })
     }
 
+    async fn rewrap_for_rotation(
+        &self,
+        new_lmk_kcv: &Kcv,
+        tokens: Vec<KeyToken>,
+    ) -> Result<Vec<KeyToken>> {
+        hsm_api::check_batch_len(tokens.len())?;
+        let count = tokens.len();
+        let request = proto::RewrapForRotationRequest {
+            new_lmk_kcv: Some(kcv_to_wire(new_lmk_kcv)),
+            tokens: tokens.iter().map(token).collect(),
+        };
+        let answer = self
+            .client()
+            .rewrap_for_rotation(request)
+            .await
+            .map_err(failed)?
+            .into_inner();
+        if answer.tokens.len() != count {
+            return Err(Error::Protocol);
+        }
+        Ok(answer
+            .tokens
+            .into_iter()
+            .map(KeyToken::from_stored)
+            .collect())
+    }
+
     async fn commit_lmk_rotation(&self, new_lmk_kcv: &Kcv) -> Result<()> {
         let request = proto::CommitLmkRotationRequest {
             new_lmk_kcv: Some(kcv_to_wire(new_lmk_kcv)),

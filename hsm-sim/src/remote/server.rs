@@ -553,6 +553,25 @@ impl<H: Hsm> HsmRpc for HsmService<H> {
         }))
     }
 
+    async fn rewrap_for_rotation(
+        &self,
+        request: Request<proto::RewrapForRotationRequest>,
+    ) -> Result<Response<proto::RewrappedTokens>, Status> {
+        let on_err = refused(&request, "rewrap_for_rotation");
+        tracing::info!(caller = caller_name(&request), "rewrap_for_rotation");
+        let req = request.into_inner();
+        let kcv = kcv_from_wire(req.new_lmk_kcv).ok_or_else(|| malformed("new_lmk_kcv"))?;
+        let tokens = req.tokens.into_iter().map(token).collect();
+        let tokens = self
+            .hsm
+            .rewrap_for_rotation(&kcv, tokens)
+            .await
+            .map_err(on_err)?;
+        Ok(Response::new(proto::RewrappedTokens {
+            tokens: tokens.iter().map(|t| t.as_str().to_owned()).collect(),
+        }))
+    }
+
     async fn commit_lmk_rotation(
         &self,
         request: Request<proto::CommitLmkRotationRequest>,
