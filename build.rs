@@ -26,6 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".sscard.kms.v1.Component",
             ".sscard.kms.v1.UnsealHsmRequest",
             ".sscard.kms.v1.TakeLmkShareResponse",
+            ".sscard.kms.v1.TakeTransportComponentResponse",
         ])
         .compile_fds(fds)?;
     Ok(())

@@ -34,12 +34,12 @@ const OFFICER_3: &str = "sscard://officer/officer-3";
 const TEMPLATE_TOML: &str = include_str!("../templates/ssc-2.0.toml");
 
 /// Certificates and keys of the test PKI written out for the command line, per identity.
-struct Files {
+pub struct Files {
     dir: tempfile::TempDir,
 }
 
 impl Files {
-    fn new<H: hsm_api::Hsm>(kms: &TestKms<H>, identities: &[&str]) -> Files {
+    pub fn new<H: hsm_api::Hsm>(kms: &TestKms<H>, identities: &[&str]) -> Files {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("ca.pem"), kms.pki().ca_pem()).unwrap();
         for uri in identities {
@@ -119,19 +119,19 @@ async fn service(
 }
 
 /// `kms-ceremony service …` against one running service.
-struct Cli<'a> {
-    url: &'a str,
-    files: &'a Files,
+pub struct Cli<'a> {
+    pub url: &'a str,
+    pub files: &'a Files,
 }
 
 impl Cli<'_> {
-    async fn run(&self, uri: &str, job: &[&str], stdin: &str) -> (bool, String, String) {
+    pub async fn run(&self, uri: &str, job: &[&str], stdin: &str) -> (bool, String, String) {
         service(self.url, self.files, uri, job, stdin).await
     }
 }
 
 /// The id after `word ` in the first line that has it (`ceremony C000001 …`, `request R…`).
-fn id_after(text: &str, word: &str) -> String {
+pub fn id_after(text: &str, word: &str) -> String {
     text.split_whitespace()
         .skip_while(|w| *w != word)
         .nth(1)
@@ -443,6 +443,12 @@ async fn a_full_ceremony_on_stdin_with_every_refusal() {
         )
         .await;
     assert!(ok, "{err}");
+    // A station's first transport key needs a second officer's approval.
+    let register = id_after(&out, "request");
+    let (ok, out, err) = cli
+        .run(OFFICER_2, &["requests-approve", register.as_str()], "")
+        .await;
+    assert!(ok, "{err}");
     let station_ceremony = id_after(&out, "ceremony");
     let station_ceremony = station_ceremony.as_str();
     let (ok, _, err) = cli
@@ -559,7 +565,7 @@ async fn a_full_ceremony_on_stdin_with_every_refusal() {
         .iter()
         .filter(|r| r.action == "approve-request")
         .collect();
-    assert_eq!(approvals.len(), 3, "{approvals:?}");
+    assert_eq!(approvals.len(), 4, "{approvals:?}");
     for a in &approvals {
         assert!(
             a.subject.contains("requested by sscard://officer/")

@@ -92,6 +92,25 @@ pub enum Act {
     /// Rotate the LMK: the approval re-wraps every stored token under a new LMK split
     /// `threshold`-of-`shares` (`super::lmk`); each custodian then takes one share.
     RotateLmk { threshold: u8, shares: u8 },
+    /// Issue a station's or PSAM line's transport key generated in the HSM (`super::transport`):
+    /// the approval registers the endpoint (or replaces its key) and hands the key out as
+    /// components for its custodians or as a TR-31 block under its current key.
+    IssueTransportKey {
+        kind: EndpointKind,
+        name: String,
+        region: String,
+        transport_family: String,
+        delivery: super::transport::TransportDelivery,
+    },
+    /// Register a new station or PSAM line from components its own custodians bring: the
+    /// approval opens its component ceremony.
+    RegisterEndpoint {
+        kind: EndpointKind,
+        name: String,
+        region: String,
+        transport_family: String,
+        components: u8,
+    },
 }
 
 /// The state of a dual-control request.
@@ -151,6 +170,8 @@ pub struct Approved {
     pub officer: Option<OfficerRecord>,
     /// The component ceremony the approval opened.
     pub ceremony: Option<KeyCeremony>,
+    /// The transport key the approval had the HSM issue.
+    pub transport: Option<super::transport::TransportIssue>,
 }
 
 /// Refuses `caller` unless it is code of this process (the one-call forms of sensitive acts,
@@ -441,6 +462,7 @@ impl<H: Hsm> Kms<H> {
                 ),
                 _ => None,
             };
+            let mut issued = self.issue_in_hsm(&request.act).await?;
             let id = request.id.clone();
             let ttl = self.ceremony.approval_ttl_ms.load(Ordering::Relaxed);
             let approved = self
@@ -459,6 +481,7 @@ impl<H: Hsm> Kms<H> {
                         key: None,
                         officer: None,
                         ceremony: None,
+                        transport: None,
                     };
                     let result = match (&r.act, key) {
                         (Act::GenerateRoot { .. }, Some(record)) => {
@@ -569,6 +592,10 @@ impl<H: Hsm> Kms<H> {
                             Some(p) => super::lmk::keep_prepared(tx, p)?,
                             None => return Err(Error::Store),
                         },
+                        (Act::IssueTransportKey { .. } | Act::RegisterEndpoint { .. }, _) => {
+                            let approval = (actor.clone(), note.as_str(), ttl);
+                            super::transport::apply(tx, &r, issued.take(), approval, &mut out)?
+                        }
                         (Act::GenerateRoot { .. }, None) => return Err(Error::Store),
                     };
                     r.state = RequestState::Approved;
@@ -693,6 +720,9 @@ impl<H: Hsm> Kms<H> {
                 ))
             }
             Act::RotateLmk { threshold, shares } => self.check_rotate_lmk(*threshold, *shares),
+            Act::IssueTransportKey { .. } | Act::RegisterEndpoint { .. } => {
+                self.check_transport_act(act)
+            }
             Act::RetireKey { key_id } => {
                 let k: KeyRecord =
                     self.store
