@@ -29,6 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".sscard.kms.v1.CardIdentity",
             ".sscard.kms.v1.CardPersonalData",
             ".sscard.kms.v1.ApplicantFileChunk",
+            ".sscard.kms.v1.TakeTransportComponentResponse",
         ])
         .compile_fds(fds)?;
     Ok(())

@@ -438,6 +438,17 @@ refusals! {
     NotAUrl => "NOT_A_URL", "not a URL";
     /// A report file that cannot be written.
     ReportUnwritable => "REPORT_UNWRITABLE", "cannot write the report";
+
+    // ---- transport keys issued by the HSM
+    /// An issued transport key asked for in another region than its station's registered one.
+    EndpointRegionDiffers => "ENDPOINT_REGION_DIFFERS",
+        "the station or PSAM line is registered in another region";
+    /// A component taken of a request that issued none (not approved, TR-31, another act).
+    TransportComponentsNotIssued => "TRANSPORT_COMPONENTS_NOT_ISSUED",
+        "that request issued no transport-key components (is it approved, and as components?)";
+    /// A first registration asked for a station or PSAM line that is registered already.
+    EndpointRegistered => "ENDPOINT_ALREADY_REGISTERED",
+        "the station or PSAM line is registered already: replace its transport key instead";
 }
 
 impl std::fmt::Display for Refusal {

@@ -95,6 +95,16 @@ pub mod proto {
                         .finish()
                 }
             }
+            impl core::fmt::Debug for TakeTransportComponentResponse {
+                fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                    f.debug_struct("TakeTransportComponentResponse")
+                        .field("index", &self.index)
+                        .field("components", &self.components)
+                        .field("component_kcv", &self.component_kcv)
+                        .field("issue", &self.issue)
+                        .finish_non_exhaustive()
+                }
+            }
         }
     }
 }

@@ -443,6 +443,12 @@ async fn a_full_ceremony_on_stdin_with_every_refusal() {
         )
         .await;
     assert!(ok, "{err}");
+    // A station's first transport key needs a second officer's approval.
+    let register = id_after(&out, "request");
+    let (ok, out, err) = cli
+        .run(OFFICER_2, &["requests-approve", register.as_str()], "")
+        .await;
+    assert!(ok, "{err}");
     let station_ceremony = id_after(&out, "ceremony");
     let station_ceremony = station_ceremony.as_str();
     let (ok, _, err) = cli
@@ -559,7 +565,7 @@ async fn a_full_ceremony_on_stdin_with_every_refusal() {
         .iter()
         .filter(|r| r.action == "approve-request")
         .collect();
-    assert_eq!(approvals.len(), 3, "{approvals:?}");
+    assert_eq!(approvals.len(), 4, "{approvals:?}");
     for a in &approvals {
         assert!(
             a.subject.contains("requested by sscard://officer/")

@@ -6,6 +6,11 @@
 //!   master-key root under dual control, a station transport key from components, a card key
 //!   that checks out), with every refusal of issue 10; and every `mTLS (ceremonies)` reason code
 //!   of README provoked over the API.
+//! - `transport_keys`: a station's transport key issued by the HSM under dual control through
+//!   the real `kms-ceremony` (two components, one per custodian, formed again in a second
+//!   simulator standing for the station's HSM; the station's card key checks out), then replaced
+//!   as a TR-31 block under the current key; the refusals and every `mTLS (transport keys)`
+//!   reason code of README.
 //! - `calc`: the officers' calculator, run as the real `kms-ceremony` binary with secrets on stdin.
 //! - `binaries`: the real `sscard-kms` and `kms-ceremony` as child processes, stopped by SIGTERM:
 //!   `dev` serves demo card 1 (worked `STK_SSSE` KCV), exits 0, leaves an INTACT audit trail and
@@ -106,3 +111,4 @@ mod remote_hsm;
 mod restart;
 mod rotation;
 mod terminal;
+mod transport_keys;

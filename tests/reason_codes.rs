@@ -867,12 +867,9 @@ async fn every_reason_code_reachable_from_the_api_arrives_in_the_details() {
 
     // ---- a TDES transport key asked to carry SM4 keys
     let station_key = "0123456789ABCDEFFEDCBA9876543210";
-    let c = officer
-        .admin
-        .start_key_ceremony(endpoint_ceremony("GZ-TDES", "tdes"))
-        .await
-        .unwrap()
-        .into_inner();
+    let c = kms
+        .open_ceremony(endpoint_ceremony("GZ-TDES", "tdes").target.unwrap(), 2)
+        .await;
     officer
         .admin
         .submit_component(component_submission(

@@ -312,6 +312,26 @@ impl Hsm for Counting {
         self.count("commit_lmk_rotation");
         self.inner.commit_lmk_rotation(new_lmk_kcv).await
     }
+
+    async fn issue_transport_key_components(
+        &self,
+        algorithm: hsm_api::Algorithm,
+        components: u8,
+    ) -> Result<hsm_api::IssuedComponents> {
+        self.count("issue_transport_key_components");
+        self.inner
+            .issue_transport_key_components(algorithm, components)
+            .await
+    }
+
+    async fn issue_transport_key_under(
+        &self,
+        kek: &KeyToken,
+        algorithm: hsm_api::Algorithm,
+    ) -> Result<hsm_api::IssuedUnderKek> {
+        self.count("issue_transport_key_under");
+        self.inner.issue_transport_key_under(kek, algorithm).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -269,16 +269,14 @@ async fn an_open_component_ceremony_survives_a_restart() {
             kcv_hex: kcv::compute_default(&key).unwrap().to_hex(),
         }
     };
-    let start = |name: &str| pb::StartKeyCeremonyRequest {
-        components: 2,
-        target: Some(pb::start_key_ceremony_request::Target::Endpoint(
-            pb::EndpointTarget {
-                kind: pb::EndpointKind::Station.into(),
-                name: name.to_owned(),
-                region: "440100".to_owned(),
-                transport_algorithm: "aes".to_owned(),
-            },
-        )),
+    // A station's first transport key opens on an approval (officer-1 asks, officer-2 approves).
+    let start = |name: &str| {
+        pb::start_key_ceremony_request::Target::Endpoint(pb::EndpointTarget {
+            kind: pb::EndpointKind::Station.into(),
+            name: name.to_owned(),
+            region: "440100".to_owned(),
+            transport_algorithm: "aes".to_owned(),
+        })
     };
     let submit = |id: &str, component| pb::SubmitComponentRequest {
         ceremony_id: id.to_owned(),
@@ -292,11 +290,7 @@ async fn an_open_component_ceremony_survives_a_restart() {
     // A wrong KCV is refused by the HSM at the first component already (nothing waits for the
     // last one to be checked): the ceremony fails, naming the custodian.
     let mut a = kms.client(OFFICER).admin;
-    let failed = a
-        .start_key_ceremony(start("GZ-70"))
-        .await
-        .unwrap()
-        .into_inner();
+    let failed = kms.open_ceremony(start("GZ-70"), 2).await;
     let mut wrong = part(k1);
     wrong.kcv_hex = "ABCDEF".to_owned();
     let status = a
@@ -316,11 +310,7 @@ async fn an_open_component_ceremony_survives_a_restart() {
     assert!(failed.failure.contains(OFFICER), "{}", failed.failure);
 
     // The first custodian's component, then a restart on a new HSM instance (same LMK).
-    let c = a
-        .start_key_ceremony(start("GZ-71"))
-        .await
-        .unwrap()
-        .into_inner();
+    let c = kms.open_ceremony(start("GZ-71"), 2).await;
     let one = a
         .submit_component(submit(&c.id, part(k1)))
         .await

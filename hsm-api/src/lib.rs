@@ -57,9 +57,9 @@ pub use registry::{
 };
 pub use types::{
     Accumulated, Accumulation, Component, Exportability, ExportedKey, HierarchyLevel, HsmState,
-    HsmStatus, IssuedShare, KeySpec, KeyToken, KeyUsage, ListSignature, LmkInit, LmkRotation,
-    LmkShare, PartialKey, SecretParts, UnsealProgress, WrappedKey, WriteKeyCommand,
-    WriteKeyRequest,
+    HsmStatus, IssuedComponents, IssuedShare, IssuedUnderKek, KeySpec, KeyToken, KeyUsage,
+    ListSignature, LmkInit, LmkRotation, LmkShare, PartialKey, SecretParts, UnsealProgress,
+    WrappedKey, WriteKeyCommand, WriteKeyRequest,
 };
 
 /// The operations of the HSM. Every key operation is refused unless the HSM is operational
@@ -297,6 +297,32 @@ pub trait Hsm: Send + Sync + 'static {
     /// ([`Error::PartNotAvailable`]) while a share of the new LMK has not been taken: an LMK
     /// nobody holds could never be unsealed.
     fn commit_lmk_rotation(&self, new_lmk_kcv: &Kcv) -> impl Future<Output = Result<()>> + Send;
+
+    /// A new station or PSAM-line transport key ([`KeyUsage::KeyBlockProtection`], TDES or AES
+    /// `algorithm`, non-exportable) made here and split into `components` (2..=9) random
+    /// components whose XOR is the key: the answer carries the key's token and KCV, the
+    /// components stay in the HSM as [`SecretParts`] until each is taken once
+    /// ([`Hsm::take_secret_part`]), so no answer carries two of them. The recipient's own
+    /// custodians form the key from them in the recipient's HSM.
+    fn issue_transport_key_components(
+        &self,
+        algorithm: Algorithm,
+        components: u8,
+    ) -> impl Future<Output = Result<IssuedComponents>> + Send;
+
+    /// A new transport key ([`KeyUsage::KeyBlockProtection`], `algorithm`, non-exportable) made
+    /// here and handed out at birth as a TR-31 block under `kek`, the recipient's current
+    /// transport key, of the same family (TDES under TDES as version `B`, AES under AES as
+    /// version `D`); anything else is [`Error::WrongUsage`] or [`Error::Unsupported`].
+    ///
+    /// The one, narrow exception to "a key-block protection key never leaves": only the key
+    /// generated in this very call leaves, once, under a key of its own kind. A stored
+    /// key-block protection key still never does ([`Hsm::export_key`] refuses it).
+    fn issue_transport_key_under(
+        &self,
+        kek: &KeyToken,
+        algorithm: Algorithm,
+    ) -> impl Future<Output = Result<IssuedUnderKek>> + Send;
 }
 
 /// Refuses a batch of a length outside [`BATCH_ITEMS`] ([`Error::Count`]).

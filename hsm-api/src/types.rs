@@ -485,3 +485,29 @@ pub struct LmkRotation {
     /// The input tokens re-wrapped under the new LMK, in the same order.
     pub tokens: Vec<KeyToken>,
 }
+
+/// A station's or PSAM line's new transport key (a [`KeyUsage::KeyBlockProtection`] key)
+/// generated in the HSM and handed out as custodians' components
+/// ([`crate::Hsm::issue_transport_key_components`]).
+#[derive(Debug)]
+pub struct IssuedComponents {
+    /// The new key's token (non-exportable) and KCV.
+    pub key: WrappedKey,
+    /// Its components, kept in the HSM until each is taken once with
+    /// [`crate::Hsm::take_secret_part`]: part *i*'s [`IssuedShare::share`] is the component's
+    /// hex text (as a custodian types it into a component ceremony), its
+    /// [`IssuedShare::check_value`] the component's own KCV (hex, the default method). Their
+    /// XOR is the key. `threshold` equals `count`: every component is needed.
+    pub parts: SecretParts,
+}
+
+/// A new transport key generated in the HSM and delivered at birth under the recipient's
+/// current one ([`crate::Hsm::issue_transport_key_under`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedUnderKek {
+    /// The new key's token (non-exportable) and KCV.
+    pub key: WrappedKey,
+    /// The new key as a TR-31 block (usage `K1`, mode `B`, exportability `N`, with its KCV
+    /// block) under the current key: version `B` under a TDES key, `D` under an AES key.
+    pub block: String,
+}

@@ -476,6 +476,57 @@ impl Pkcs11Hsm {
         }))
     }
 
+    /// A new transport key and its components, made and split in the HSM process (as
+    /// [`Pkcs11Hsm::form_key_now`] handles components in clear), the key then entering the
+    /// token; the components for the caller to deposit for hand-out.
+    pub(crate) fn issue_components_now(
+        &self,
+        lmk: &LmkObjects,
+        alg: Algorithm,
+        count: u8,
+    ) -> Result<(WrappedKey, Vec<hsm_api::IssuedShare>)> {
+        policy::check_transport_key(alg)?;
+        let key = hsm_sim::crypto::random::generate_key(alg)?;
+        let parts = policy::split_into_components(&key, count)?;
+        let session = self.session()?;
+        let key = self.root_from_clear(
+            &session,
+            lmk,
+            &key,
+            KeyUsage::KeyBlockProtection,
+            Exportability::NonExportable,
+        )?;
+        Ok((key, parts))
+    }
+
+    /// A new transport key wrapped at birth under `kek` ([`policy::export_new_transport_key`]):
+    /// the KEK is released for that one operation as for any TR-31 block (refused in strict
+    /// mode), the new key made in the process and entering the token.
+    pub(crate) fn issue_under_now(
+        &self,
+        lmk: &LmkObjects,
+        kek: &KeyToken,
+        alg: Algorithm,
+    ) -> Result<hsm_api::IssuedUnderKek> {
+        let session = self.session()?;
+        let kek = self.key_for(&session, lmk, kek, policy::is_kek, "wrap a key block")?;
+        policy::check_transport_key(alg)?;
+        let clear_kek = self.released(&session, lmk, &kek, Outside::Tr31)?;
+        let key = hsm_sim::crypto::random::generate_key(alg)?;
+        let block = policy::export_new_transport_key(clear_kek.algorithm(), &key, |h, k| {
+            hsm_sim::crypto::tr31::wrap(&clear_kek, h, k)
+        })?;
+        drop(clear_kek);
+        let key = self.root_from_clear(
+            &session,
+            lmk,
+            &key,
+            KeyUsage::KeyBlockProtection,
+            Exportability::NonExportable,
+        )?;
+        Ok(hsm_api::IssuedUnderKek { key, block })
+    }
+
     pub(crate) fn import_key_now(
         &self,
         lmk: &LmkObjects,

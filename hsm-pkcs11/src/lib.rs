@@ -548,6 +548,34 @@ impl Hsm for Pkcs11Hsm {
         state.lmk = Some(next);
         Ok(())
     }
+
+    async fn issue_transport_key_components(
+        &self,
+        algorithm: hsm_api::Algorithm,
+        components: u8,
+    ) -> Result<hsm_api::IssuedComponents> {
+        let (key, parts, lmk_kcv) = self.with_lmk(|lmk| {
+            let (key, parts) = self.issue_components_now(lmk, algorithm, components)?;
+            Ok((key, parts, lmk.kcv.clone()))
+        })?;
+        let mut state = self.write()?;
+        // A seal (which drops the parts held) may have happened since: keep none after it.
+        if state.keeper.is_none() || state.lmk.as_ref().map(|l| &l.kcv) != Some(&lmk_kcv) {
+            return Err(Error::Sealed);
+        }
+        Ok(hsm_api::IssuedComponents {
+            key,
+            parts: state.parts.deposit(components, parts)?,
+        })
+    }
+
+    async fn issue_transport_key_under(
+        &self,
+        kek: &KeyToken,
+        algorithm: hsm_api::Algorithm,
+    ) -> Result<hsm_api::IssuedUnderKek> {
+        self.with_lmk(|lmk| self.issue_under_now(lmk, kek, algorithm))
+    }
 }
 
 /// The current LMK if the token is operational (logged in, self-test passed).

@@ -443,3 +443,83 @@ pub const fn may_be_written(usage: KeyUsage) -> bool {
 pub const fn may_protect_a_write(usage: KeyUsage) -> bool {
     matches!(usage, KeyUsage::CardMasterKey | KeyUsage::VendorTransport)
 }
+
+/// Refuses a new transport key of `alg` the HSM must not make: a key-block protection key is
+/// TDES (2- or 3-key) or AES ([`check_algorithm`]), and never exportable.
+pub fn check_transport_key(alg: Algorithm) -> Result<()> {
+    check_new_key(KeySpec {
+        algorithm: alg,
+        usage: KeyUsage::KeyBlockProtection,
+        exportability: Exportability::NonExportable,
+    })
+}
+
+/// `key` split into `count` (2..=9) components for its recipient's custodians: `count - 1`
+/// fresh random values of the key's length and the last one their XOR with the key, each as
+/// its hex text with its own KCV (default method) as check value — what a custodian types
+/// into a component ceremony ([`form_key`] of them gives `key` back).
+pub fn split_into_components(key: &SecretKey, count: u8) -> Result<Vec<hsm_api::IssuedShare>> {
+    check_component_count(usize::from(count))?;
+    let alg = key.algorithm();
+    let mut last = Zeroizing::new(key.secret_bytes().to_vec());
+    let mut parts = Vec::with_capacity(usize::from(count));
+    for _ in 1..count {
+        let part = crate::crypto::random::generate_key(alg)?;
+        last.iter_mut()
+            .zip(part.secret_bytes())
+            .for_each(|(l, p)| *l ^= p);
+        parts.push(issued_component(&part)?);
+    }
+    parts.push(issued_component(&SecretKey::new(alg, &last)?)?);
+    Ok(parts)
+}
+
+/// One component as handed out: its hex text and its KCV.
+fn issued_component(part: &SecretKey) -> Result<hsm_api::IssuedShare> {
+    Ok(hsm_api::IssuedShare {
+        share: hsm_api::LmkShare::new(Zeroizing::new(hex::encode_upper(part.secret_bytes()))),
+        check_value: kcv::compute_default(part)?.to_hex(),
+    })
+}
+
+/// The key-block version a transport key of `alg` wraps blocks in: `B` for TDES, `D` for AES.
+pub fn kbpk_version(alg: Algorithm) -> Result<KeyBlockVersion> {
+    match alg {
+        Algorithm::Tdes2 | Algorithm::Tdes3 => Ok(KeyBlockVersion::B),
+        a if a.is_aes() => Ok(KeyBlockVersion::D),
+        a => Err(Error::Unsupported {
+            op: "key-block protection".into(),
+            alg: a,
+        }),
+    }
+}
+
+/// The new transport key `new`, generated in the same call, as a TR-31 block under the
+/// recipient's current transport key of algorithm `kek_alg`, wrapped by `wrap` — **the one
+/// exception** to "a key-block protection key never leaves" ([`export_block_with`] refuses
+/// every stored one): only a key made in that call, only under a key of its own family (TDES
+/// under TDES as version `B`, AES under AES as `D`), with the `K1` header, mode `B`,
+/// non-exportable for its recipient, and its KCV block.
+pub fn export_new_transport_key(
+    kek_alg: Algorithm,
+    new: &SecretKey,
+    wrap: impl FnOnce(&KeyBlockHeader, &SecretKey) -> Result<String>,
+) -> Result<String> {
+    check_transport_key(new.algorithm())?;
+    let version = kbpk_version(kek_alg)?;
+    if kbpk_version(new.algorithm())? != version {
+        return Err(wrong_usage(
+            KeyUsage::KeyBlockProtection,
+            "carry a new transport key of another family",
+        ));
+    }
+    let kcv = kcv::compute_default(new)?;
+    let header = lmk::key_block_header(
+        version,
+        KeyUsage::KeyBlockProtection,
+        new.algorithm(),
+        tr31::Exportability::NonExportable,
+    )?
+    .with_optional_block(OptionalBlock::key_check_value_of(&kcv)?);
+    wrap(&header, new)
+}

@@ -146,6 +146,24 @@ impl<H: Hsm> Hsm for Singles<'static, H> {
     async fn commit_lmk_rotation(&self, new_lmk_kcv: &Kcv) -> Result<()> {
         self.0.commit_lmk_rotation(new_lmk_kcv).await
     }
+
+    async fn issue_transport_key_components(
+        &self,
+        algorithm: Algorithm,
+        components: u8,
+    ) -> Result<hsm_api::IssuedComponents> {
+        self.0
+            .issue_transport_key_components(algorithm, components)
+            .await
+    }
+
+    async fn issue_transport_key_under(
+        &self,
+        kek: &KeyToken,
+        algorithm: Algorithm,
+    ) -> Result<hsm_api::IssuedUnderKek> {
+        self.0.issue_transport_key_under(kek, algorithm).await
+    }
 }
 
 fn spec(algorithm: Algorithm, usage: KeyUsage, exportability: Exportability) -> KeySpec {

@@ -2,6 +2,8 @@
 //!
 //! - `batch`: `Hsm::batch` against the single operations it stands for, item for item, with
 //!   bad items among good ones (the scenario is run over the wire by `remote` too).
+//! - `issue`: transport keys issued as components and under the current key (also run by
+//!   `remote` over the wire).
 //! - `kat_vectors`: the published known-answer files of `tests/vectors/`, through the public API.
 //! - `local`: `LocalHsm` through the `Hsm` trait: LMK life cycle, usage checks, the SSC chain,
 //!   export, rotation, refusal in every state that is not operational.
@@ -12,6 +14,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 mod batch;
+mod issue;
 mod kat_vectors;
 mod local;
 mod offload;

@@ -1007,6 +1007,8 @@ async fn a_batch_over_the_wire_answers_as_the_single_operations_do() {
     )));
     // Good and bad items, every error variant of the scenario rebuilt from the wire.
     crate::batch::batch_equals_single_operations(hsm).await;
+    // Transport keys issued by the HSM, over the wire (before the refusals seal it).
+    crate::issue::issued_transport_keys(hsm).await;
     crate::batch::whole_batch_refusals(hsm).await;
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();

@@ -17,3 +17,4 @@ pub mod hsm;
 pub mod input;
 pub mod registry;
 pub mod remote;
+pub mod transport;

@@ -124,7 +124,9 @@ pub enum Job {
         #[arg(long)]
         key: String,
     },
-    /// Start a component ceremony for a new station's transport key.
+    /// Ask to register a new station from components its custodians bring (another officer
+    /// approves; the approval opens the component ceremony, then each custodian runs
+    /// `component-submit`). For a key the HSM generates, see `transport-issue`.
     StationsRegister {
         #[arg(long)]
         name: String,
@@ -136,7 +138,8 @@ pub enum Job {
         #[arg(long)]
         components: u32,
     },
-    /// Start a component ceremony for a new PSAM line's transport key.
+    /// Ask to register a new PSAM line from components its custodians bring (as
+    /// `stations-register`).
     PsamLinesRegister {
         #[arg(long)]
         name: String,
@@ -188,6 +191,36 @@ pub enum Job {
         #[arg(long)]
         key_id: String,
     },
+    /// Step 1 of a transport key the HSM generates: ask for it (another officer approves with
+    /// `requests-approve`, which registers the station or line, or replaces its key). Give
+    /// `--components N` to hand it out as N components, one for each of the station's own
+    /// custodians (`transport-take-component`), or `--under-current-key` for a TR-31 block
+    /// under the station's current key (`transport-show`).
+    TransportIssue {
+        #[arg(long, value_enum)]
+        kind: super::transport::EndpointKindArg,
+        #[arg(long)]
+        name: String,
+        /// The station's region code (the registered one, for a registered station).
+        #[arg(long)]
+        region: String,
+        /// `tdes` or `aes` (for `--under-current-key`: the current key's family).
+        #[arg(long)]
+        algorithm: String,
+        /// How many custodians take a component (2..=9).
+        #[arg(long, conflicts_with = "under_current_key")]
+        components: Option<u32>,
+        /// Deliver the new key as a TR-31 block under the station's current transport key.
+        #[arg(long)]
+        under_current_key: bool,
+    },
+    /// Step 2: take your one component of the transport key REQUEST issued, from your own
+    /// certificate: printed here once (the HSM forgets it as it answers); write it down with
+    /// its KCV and load it into the station's own HSM. One component per custodian.
+    TransportTakeComponent { request: String },
+    /// The record of the transport key REQUEST issued (KCVs, custodians) and, for a TR-31
+    /// delivery, the block for the station's operator.
+    TransportShow { request: String },
 }
 
 /// Runs `job` as the certificate of `conn`, reading secrets from `input`.
@@ -266,7 +299,7 @@ fn unreachable() -> Error {
 }
 
 /// A refusal, printed with its reason code for the record.
-fn refused(s: &tonic::Status) -> Error {
+pub(super) fn refused(s: &tonic::Status) -> Error {
     use tonic_types::StatusExt as _;
     let code = s
         .get_details_error_info()
@@ -456,6 +489,11 @@ async fn call(
             });
             request(&mut admin, act, &mut out).await?;
         }
+        Job::TransportIssue { .. }
+        | Job::TransportTakeComponent { .. }
+        | Job::TransportShow { .. } => {
+            super::transport::call(&mut admin, job, &mut out).await?;
+        }
         Job::RequestsList => {
             let list = admin
                 .list_requests(pb::ListRequestsRequest {})
@@ -477,6 +515,9 @@ async fn call(
             }
             if let Some(c) = a.ceremony {
                 print_ceremony(&mut out, &c);
+            }
+            if let Some(t) = a.transport_issue {
+                super::transport::print_issue(&mut out, &t);
             }
         }
         Job::RequestsReject { id } => {
@@ -529,13 +570,14 @@ async fn call(
                 Job::StationsRegister { .. } => pb::EndpointKind::Station,
                 _ => pb::EndpointKind::PsamLine,
             };
-            let target = pb::start_key_ceremony_request::Target::Endpoint(pb::EndpointTarget {
+            let act = pb::request_act_request::Act::RegisterEndpoint(pb::RegisterEndpointAct {
                 kind: kind.into(),
                 name: name.clone(),
                 region: region.clone(),
                 transport_algorithm: algorithm.clone(),
+                components: *components,
             });
-            start(&mut admin, target, *components, &mut out).await?;
+            request(&mut admin, act, &mut out).await?;
         }
         Job::StationsReplace {
             name,
@@ -667,7 +709,7 @@ fn check_kcv(family: &str, hex: &str, kcv: &str) -> Result<()> {
     }
 }
 
-async fn request(
+pub(super) async fn request(
     admin: &mut AdminServiceClient<Channel>,
     act: pb::request_act_request::Act,
     out: &mut String,

@@ -5,7 +5,10 @@ use hsm_api::{Kcv, KcvMethod};
 use tonic::Status;
 
 use crate::proto::kms::v1 as pb;
-use crate::service::{Act, CeremonyTarget, DualControlRequest, KeyCeremony, certificate_der};
+use crate::service::{
+    Act, CeremonyTarget, DualControlRequest, KeyCeremony, TransportDelivery, TransportIssue,
+    certificate_der,
+};
 use crate::state::records::{EndpointKind, OfficerRecord};
 
 use super::convert::{level_of, pb_kcv, required};
@@ -67,6 +70,37 @@ pub(super) fn pb_ceremony(c: KeyCeremony) -> pb::KeyCeremony {
     }
 }
 
+pub(super) fn pb_transport_issue(t: TransportIssue) -> pb::TransportIssue {
+    let kcv = KcvMethod::from_name(&t.kcv_method)
+        .zip(hex::decode(&t.kcv).ok())
+        .map(|(m, v)| pb_kcv(&Kcv::from_parts(m, v)));
+    pb::TransportIssue {
+        request_id: t.request,
+        kind: match t.kind {
+            EndpointKind::Station => pb::EndpointKind::Station,
+            EndpointKind::PsamLine => pb::EndpointKind::PsamLine,
+        }
+        .into(),
+        name: t.name,
+        region: t.region,
+        algorithm: t.algorithm,
+        kcv,
+        components: u32::from(t.components),
+        custodians: t
+            .taken
+            .into_iter()
+            .map(|p| pb::CeremonyCustodian {
+                identity: p.identity,
+                component_kcv: p.kcv,
+                at_ms: p.at_ms,
+            })
+            .collect(),
+        tr31_block: t.block.unwrap_or_default(),
+        under_kcv: t.under_kcv.unwrap_or_default(),
+        issued_ms: t.issued_ms,
+    }
+}
+
 fn kind_of(kind: i32) -> Result<EndpointKind, Status> {
     match pb::EndpointKind::try_from(kind) {
         Ok(pb::EndpointKind::Station) => Ok(EndpointKind::Station),
@@ -103,6 +137,29 @@ pub(super) fn act_of(req: pb::RequestActRequest) -> Result<Act, Status> {
         A::RotateLmk(a) => Act::RotateLmk {
             threshold: u8::try_from(a.threshold).unwrap_or(u8::MAX),
             shares: u8::try_from(a.shares).unwrap_or(u8::MAX),
+        },
+        A::IssueTransportKey(a) => {
+            use pb::issue_transport_key_act::Delivery as D;
+            Act::IssueTransportKey {
+                kind: kind_of(a.kind)?,
+                name: a.name,
+                region: a.region,
+                transport_family: a.transport_algorithm,
+                delivery: match a.delivery.ok_or_else(|| required("delivery"))? {
+                    D::Components(n) => TransportDelivery::Components {
+                        components: u8::try_from(n).unwrap_or(u8::MAX),
+                    },
+                    D::UnderCurrentKey(true) => TransportDelivery::Tr31UnderCurrent,
+                    D::UnderCurrentKey(false) => return Err(required("delivery")),
+                },
+            }
+        }
+        A::RegisterEndpoint(a) => Act::RegisterEndpoint {
+            kind: kind_of(a.kind)?,
+            name: a.name,
+            region: a.region,
+            transport_family: a.transport_algorithm,
+            components: u8::try_from(a.components).unwrap_or(u8::MAX),
         },
     })
 }

@@ -348,6 +348,12 @@ impl Bounded for pb::RequestRef {
     }
 }
 
+impl Bounded for pb::TransportIssueRef {
+    fn check_limits(&self) -> Result<()> {
+        check("request_id", self.request_id.len(), NAME)
+    }
+}
+
 impl Bounded for pb::KeyCeremonyRef {
     fn check_limits(&self) -> Result<()> {
         check("id", self.id.len(), NAME)
@@ -372,6 +378,16 @@ impl Bounded for pb::RequestActRequest {
             }
             Some(Act::ReplaceTransportKey(a)) => {
                 check("name", a.name.len(), NAME)?;
+                check("transport_algorithm", a.transport_algorithm.len(), NAME)
+            }
+            Some(Act::IssueTransportKey(a)) => {
+                check("name", a.name.len(), NAME)?;
+                check("region", a.region.len(), NAME)?;
+                check("transport_algorithm", a.transport_algorithm.len(), NAME)
+            }
+            Some(Act::RegisterEndpoint(a)) => {
+                check("name", a.name.len(), NAME)?;
+                check("region", a.region.len(), NAME)?;
                 check("transport_algorithm", a.transport_algorithm.len(), NAME)
             }
             Some(Act::RotateLmk(_)) | None => Ok(()),

@@ -9,7 +9,9 @@ use crate::error::Result;
 use crate::proto::kms::v1 as pb;
 use crate::state::records::EndpointKind;
 
-use super::ceremonies::{act_of, pb_ceremony, pb_officer, pb_request, target_of};
+use super::ceremonies::{
+    act_of, pb_ceremony, pb_officer, pb_request, pb_transport_issue, target_of,
+};
 use super::convert::{components, level_of, pb_kcv, pb_key_record, required};
 use super::{Api, status};
 
@@ -184,6 +186,7 @@ impl<H: Hsm> pb::admin_service_server::AdminService for Api<H> {
             key: a.key.map(pb_key_record),
             officer: a.officer.map(pb_officer),
             ceremony: a.ceremony.map(pb_ceremony),
+            transport_issue: a.transport.map(pb_transport_issue),
         }))
     }
 
@@ -352,6 +355,36 @@ impl<H: Hsm> pb::admin_service_server::AdminService for Api<H> {
             tokens: u32::try_from(p.tokens.len()).unwrap_or(u32::MAX),
             custodians: p.taken.into_iter().map(|t| t.identity).collect(),
         }))
+    }
+
+    async fn take_transport_component(
+        &self,
+        request: Request<pb::TransportIssueRef>,
+    ) -> Result<Response<pb::TakeTransportComponentResponse>, Status> {
+        let who = self.admit(&request)?;
+        let id = request.into_inner().request_id;
+        let t = self
+            .kms
+            .take_transport_component(&who, &id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::TakeTransportComponentResponse {
+            index: u32::from(t.index),
+            components: u32::from(t.components),
+            component: t.issued.share.secret_text().to_owned(),
+            component_kcv: t.issued.check_value.clone(),
+            issue: Some(pb_transport_issue(t.issue)),
+        }))
+    }
+
+    async fn get_transport_issue(
+        &self,
+        request: Request<pb::TransportIssueRef>,
+    ) -> Result<Response<pb::TransportIssue>, Status> {
+        let who = self.admit(&request)?;
+        let id = request.into_inner().request_id;
+        let t = self.kms.transport_issue(&who, &id).await.map_err(status)?;
+        Ok(Response::new(pb_transport_issue(t)))
     }
 
     async fn list_keys(

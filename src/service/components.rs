@@ -126,8 +126,9 @@ pub struct Submitted {
 }
 
 impl<H: Hsm> Kms<H> {
-    /// Starts a component ceremony of `components` custodians for `target`. Replacing an
-    /// existing transport key is refused here: it is [`Act::ReplaceTransportKey`](super::custodians::Act).
+    /// Starts a component ceremony of `components` custodians for `target`. A station's or PSAM
+    /// line's transport key is refused here: its ceremony opens on an approval
+    /// ([`Act::RegisterEndpoint`](super::custodians::Act), `ReplaceTransportKey`).
     pub async fn start_key_ceremony(
         &self,
         caller: &Identity,
@@ -137,18 +138,13 @@ impl<H: Hsm> Kms<H> {
         self.audited(caller, Operation::Administer, "component ceremony", async {
             self.admit_officer(caller, Operation::Administer)?;
             let description = self.check_target(&target)?;
-            if let CeremonyTarget::Endpoint { kind, name, .. } = &target {
-                let id = records::endpoint_id(*kind, name);
-                if self
-                    .store
-                    .snapshot()?
-                    .get::<Endpoint>(Table::Endpoints, &id)?
-                    .is_some()
-                {
-                    return Err(Error::FailedPrecondition {
-                        reason: Refusal::DualControlRequired,
-                    });
-                }
+            // A station's or line's transport key, its first one too, opens only on another
+            // officer's approval: `Act::RegisterEndpoint` (or `IssueTransportKey`), and
+            // `Act::ReplaceTransportKey` for a replacement.
+            if let CeremonyTarget::Endpoint { .. } = &target {
+                return Err(Error::FailedPrecondition {
+                    reason: Refusal::DualControlRequired,
+                });
             }
             let actor = caller.to_string();
             self.open_ceremony(target, description, components, actor, None)

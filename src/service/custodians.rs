@@ -99,6 +99,25 @@ pub enum Act {
     /// Rotate the LMK: the approval re-wraps every stored token under a new LMK split
     /// `threshold`-of-`shares` (`super::lmk`); each custodian then takes one share.
     RotateLmk { threshold: u8, shares: u8 },
+    /// Issue a station's or PSAM line's transport key generated in the HSM (`super::transport`):
+    /// the approval registers the endpoint (or replaces its key) and hands the key out as
+    /// components for its custodians or as a TR-31 block under its current key.
+    IssueTransportKey {
+        kind: EndpointKind,
+        name: String,
+        region: String,
+        transport_family: String,
+        delivery: super::transport::TransportDelivery,
+    },
+    /// Register a new station or PSAM line from components its own custodians bring: the
+    /// approval opens its component ceremony.
+    RegisterEndpoint {
+        kind: EndpointKind,
+        name: String,
+        region: String,
+        transport_family: String,
+        components: u8,
+    },
 }
 
 /// The state of a dual-control request.
@@ -158,6 +177,8 @@ pub struct Approved {
     pub officer: Option<OfficerRecord>,
     /// The component ceremony the approval opened.
     pub ceremony: Option<KeyCeremony>,
+    /// The transport key the approval had the HSM issue.
+    pub transport: Option<super::transport::TransportIssue>,
 }
 
 /// Refuses `caller` unless it is code of this process (the one-call forms of sensitive acts,
@@ -426,10 +447,12 @@ impl<H: Hsm> Kms<H> {
                     });
                 }
             }
-            // The LMK held steady from the HSM's part to the write: shared for a new root,
-            // exclusive for a rotation's prepare (after its turn below).
+            // The LMK held steady from the HSM's part to the write: shared for a new root or
+            // transport key, exclusive for a rotation's prepare (after its turn below).
             let _tokens = match &request.act {
-                Act::GenerateRoot { .. } => Some(self.token_turn().await),
+                Act::GenerateRoot { .. } | Act::IssueTransportKey { .. } => {
+                    Some(self.token_turn().await)
+                }
                 _ => None,
             };
             // The HSM's part first (nothing stored); the write re-checks the request.
@@ -457,6 +480,7 @@ impl<H: Hsm> Kms<H> {
                 ),
                 _ => None,
             };
+            let mut issued = self.issue_in_hsm(&request.act).await?;
             let id = request.id.clone();
             let ttl = self.ceremony.approval_ttl_ms.load(Ordering::Relaxed);
             let approved = self
@@ -475,6 +499,7 @@ impl<H: Hsm> Kms<H> {
                         key: None,
                         officer: None,
                         ceremony: None,
+                        transport: None,
                     };
                     let result = match (&r.act, key) {
                         (Act::GenerateRoot { .. }, Some(record)) => {
@@ -585,6 +610,10 @@ impl<H: Hsm> Kms<H> {
                             Some(p) => super::lmk::keep_prepared(tx, p)?,
                             None => return Err(Error::Store),
                         },
+                        (Act::IssueTransportKey { .. } | Act::RegisterEndpoint { .. }, _) => {
+                            let approval = (actor.clone(), note.as_str(), ttl);
+                            super::transport::apply(tx, &r, issued.take(), approval, &mut out)?
+                        }
                         (Act::GenerateRoot { .. }, None) => return Err(Error::Store),
                     };
                     r.state = RequestState::Approved;
@@ -709,6 +738,9 @@ impl<H: Hsm> Kms<H> {
                 ))
             }
             Act::RotateLmk { threshold, shares } => self.check_rotate_lmk(*threshold, *shares),
+            Act::IssueTransportKey { .. } | Act::RegisterEndpoint { .. } => {
+                self.check_transport_act(act)
+            }
             Act::RetireKey { key_id } => {
                 let k: KeyRecord =
                     self.store

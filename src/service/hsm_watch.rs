@@ -400,4 +400,33 @@ impl<H: Hsm> Hsm for WatchedHsm<H> {
             .await;
         self.state_op(r).await
     }
+
+    async fn issue_transport_key_components(
+        &self,
+        algorithm: hsm_api::Algorithm,
+        components: u8,
+    ) -> HsmResult<hsm_api::IssuedComponents> {
+        let r = self
+            .measured(
+                "issue_transport_key_components",
+                self.inner
+                    .issue_transport_key_components(algorithm, components),
+            )
+            .await;
+        self.key_op(r)
+    }
+
+    async fn issue_transport_key_under(
+        &self,
+        kek: &KeyToken,
+        algorithm: hsm_api::Algorithm,
+    ) -> HsmResult<hsm_api::IssuedUnderKek> {
+        let r = self
+            .measured(
+                "issue_transport_key_under",
+                self.inner.issue_transport_key_under(kek, algorithm),
+            )
+            .await;
+        self.key_op(r)
+    }
 }

@@ -36,6 +36,7 @@ mod personal;
 mod psam_lines;
 mod registrars;
 mod stations;
+mod transport;
 
 pub use applicants::{BatchUpload, MAX_BATCH_ID_LEN, MAX_NOTE_CHARS};
 pub use auditors::MAX_EXPORT;
@@ -49,6 +50,7 @@ pub use lmk::{LmkShareTaken, PreparedRotation, Rewrapped, ShareTaken, TokenPlace
 pub use officers::{ComponentInput, Status};
 pub use psam_lines::PsamKeySet;
 pub use stations::{Delivered, DeliveredForm, Delivery};
+pub use transport::{ComponentTaken, TransportComponentTaken, TransportDelivery, TransportIssue};
 
 /// The province this service runs for.
 pub const PROVINCE: &str = "440000";

@@ -411,6 +411,50 @@ impl<H: Hsm> TestKms<H> {
         this
     }
 
+    /// Opens a component ceremony of `components` for `target`: officer-1 starts it; a
+    /// station's or PSAM line's first transport key is a dual-control act instead
+    /// (`RegisterEndpointAct`), which officer-1 asks for and officer-2 approves.
+    pub async fn open_ceremony(
+        &self,
+        target: pb::start_key_ceremony_request::Target,
+        components: u32,
+    ) -> pb::KeyCeremony {
+        let mut first = self.client(OFFICER).admin;
+        let pb::start_key_ceremony_request::Target::Endpoint(e) = target else {
+            return first
+                .start_key_ceremony(pb::StartKeyCeremonyRequest {
+                    components,
+                    target: Some(target),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+        };
+        let r = first
+            .request_act(pb::RequestActRequest {
+                act: Some(pb::request_act_request::Act::RegisterEndpoint(
+                    pb::RegisterEndpointAct {
+                        kind: e.kind,
+                        name: e.name,
+                        region: e.region,
+                        transport_algorithm: e.transport_algorithm,
+                        components,
+                    },
+                )),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        self.client(OFFICER_2)
+            .admin
+            .approve_request(pb::RequestRef { id: r.id })
+            .await
+            .unwrap()
+            .into_inner()
+            .ceremony
+            .unwrap()
+    }
+
     /// Forms a key in a component ceremony: officer-1 starts it, and each component comes from
     /// its own custodian (officer-1, then officer-2); the completed ceremony.
     pub async fn ceremony(
@@ -419,15 +463,7 @@ impl<H: Hsm> TestKms<H> {
         components: Vec<pb::Component>,
     ) -> pb::KeyCeremony {
         assert_eq!(components.len(), 2, "two registered custodians");
-        let mut first = self.client(OFFICER).admin;
-        let c = first
-            .start_key_ceremony(pb::StartKeyCeremonyRequest {
-                components: 2,
-                target: Some(target),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let c = self.open_ceremony(target, 2).await;
         let mut done = None;
         for (uri, component) in [OFFICER, OFFICER_2].into_iter().zip(components) {
             let submitted = self

@@ -639,3 +639,68 @@ async fn sm2_list_signing_is_refused_in_every_mode_and_p256_runs_in_release() {
         }
     }
 }
+
+/// A transport key issued by the token as components (taken once each; their XOR, formed in a
+/// simulator standing for the station's HSM, has the token's KCV) in either mode; at birth
+/// under the current key only in release mode (a TR-31 block: strict refuses it), imported at
+/// the station with the same KCV; a stored KBPK still never leaves.
+#[tokio::test]
+async fn a_transport_key_is_issued_as_components_and_under_the_current_key() {
+    let station = local();
+    for mode in [Mode::Strict, Mode::Release] {
+        let p11 = hsm(&format!("issue-{}", mode.name()), mode);
+        let issued = p11
+            .issue_transport_key_components(Algorithm::Aes128, 2)
+            .await
+            .unwrap();
+        assert_eq!(p11.kcv(&issued.key.token).await.unwrap(), issued.key.kcv);
+        let mut parts = Vec::new();
+        for index in 1..=2 {
+            let part = p11
+                .take_secret_part(&issued.parts.set, index)
+                .await
+                .unwrap();
+            parts.push(Component::new(
+                Zeroizing::new(part.share.secret_text().to_owned()),
+                hsm_api::Kcv::from_parts(
+                    hsm_api::KcvMethod::default_for(Algorithm::Aes128),
+                    hex::decode(&part.check_value).unwrap(),
+                ),
+            ));
+        }
+        assert_eq!(
+            p11.take_secret_part(&issued.parts.set, 1)
+                .await
+                .unwrap_err(),
+            Error::PartNotAvailable
+        );
+        let kbpk = spec(
+            Algorithm::Aes128,
+            KeyUsage::KeyBlockProtection,
+            Exportability::NonExportable,
+        );
+        let at_station = station.form_key(kbpk, parts).await.unwrap();
+        assert_eq!(at_station.kcv, issued.key.kcv);
+
+        let next = p11
+            .issue_transport_key_under(&issued.key.token, Algorithm::Aes128)
+            .await;
+        match mode {
+            Mode::Strict => assert!(matches!(next, Err(Error::Unsupported { .. })), "{next:?}"),
+            Mode::Release => {
+                let next = next.unwrap();
+                let imported = station
+                    .import_key(&at_station.token, &next.block, KeyUsage::KeyBlockProtection)
+                    .await
+                    .unwrap();
+                assert_eq!(imported.kcv, next.key.kcv);
+                assert_eq!(p11.kcv(&next.key.token).await.unwrap(), next.key.kcv);
+                assert!(
+                    p11.export_key(&issued.key.token, &next.key.token, KeyBlockVersion::D)
+                        .await
+                        .is_err()
+                );
+            }
+        }
+    }
+}

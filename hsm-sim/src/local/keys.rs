@@ -177,6 +177,62 @@ impl LocalHsm {
     }
 }
 
+impl LocalHsm {
+    /// [`hsm_api::Hsm::issue_transport_key_components`]: the key and its components made
+    /// and deposited for hand-out under one hold of the state lock.
+    pub(super) fn issue_components_now(
+        &self,
+        alg: hsm_api::Algorithm,
+        count: u8,
+    ) -> Result<hsm_api::IssuedComponents> {
+        self.with_lmk_and_parts(|lmk, parts| {
+            policy::check_transport_key(alg)?;
+            let key = crate::crypto::random::generate_key(alg)?;
+            let components = policy::split_into_components(&key, count)?;
+            let key = wrapped(
+                lmk,
+                &key,
+                KeyUsage::KeyBlockProtection,
+                Exportability::NonExportable,
+            )?;
+            Ok(hsm_api::IssuedComponents {
+                key,
+                parts: parts.deposit(count, components)?,
+            })
+        })
+    }
+
+    /// [`hsm_api::Hsm::issue_transport_key_under`]: a key made here, out once under `kek`
+    /// ([`policy::export_new_transport_key`]).
+    pub(super) fn issue_under_now(
+        &self,
+        kek: &KeyToken,
+        alg: hsm_api::Algorithm,
+    ) -> Result<hsm_api::IssuedUnderKek> {
+        self.with_lmk(|lmk| {
+            let kek = self.key_for(lmk, kek, is_kek, WRAP, Caching::Keep)?;
+            policy::check_transport_key(alg)?;
+            let key = crate::crypto::random::generate_key(alg)?;
+            let version = policy::kbpk_version(kek.key.algorithm())?;
+            let block =
+                policy::export_new_transport_key(kek.key.algorithm(), &key, |header, clear| {
+                    kek.with_binding(version, |binding| {
+                        tr31::wrap_bound(&kek.key, binding, header, clear)
+                    })
+                })?;
+            Ok(hsm_api::IssuedUnderKek {
+                key: wrapped(
+                    lmk,
+                    &key,
+                    KeyUsage::KeyBlockProtection,
+                    Exportability::NonExportable,
+                )?,
+                block,
+            })
+        })
+    }
+}
+
 /// The usage rules of each operation ([`policy`]: one definition for every backend), and the
 /// operations a refusal names.
 pub(super) use policy::{

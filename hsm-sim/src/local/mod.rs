@@ -382,6 +382,25 @@ impl Hsm for LocalHsm {
     async fn commit_lmk_rotation(&self, new_lmk_kcv: &Kcv) -> Result<()> {
         self.commit_lmk_rotation_now(new_lmk_kcv)
     }
+
+    async fn issue_transport_key_components(
+        &self,
+        algorithm: hsm_api::Algorithm,
+        components: u8,
+    ) -> Result<hsm_api::IssuedComponents> {
+        self.off_runtime(move |hsm| hsm.issue_components_now(algorithm, components))
+            .await
+    }
+
+    async fn issue_transport_key_under(
+        &self,
+        kek: &KeyToken,
+        algorithm: hsm_api::Algorithm,
+    ) -> Result<hsm_api::IssuedUnderKek> {
+        let kek = kek.clone();
+        self.off_runtime(move |hsm| hsm.issue_under_now(&kek, algorithm))
+            .await
+    }
 }
 
 /// Messages up to this length are MACed on the caller's thread (see [`Hsm::mac`] above).

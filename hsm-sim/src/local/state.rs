@@ -137,6 +137,20 @@ impl LocalHsm {
         self.persist_dir.as_deref()
     }
 
+    /// Runs `op` with the LMK and the parts held for hand-out if the HSM is operational,
+    /// holding the state lock for writing: parts deposited there cannot outlive a seal that
+    /// came between.
+    pub(super) fn with_lmk_and_parts<T>(
+        &self,
+        op: impl FnOnce(&Lmk, &mut Handout) -> Result<T>,
+    ) -> Result<T> {
+        let mut state = self.write()?;
+        // Its checks (self-test, initialised, sealed) first.
+        state.lmk()?;
+        let State { lmk, parts, .. } = &mut *state;
+        op(lmk.as_ref().ok_or(Error::Sealed)?, parts)
+    }
+
     /// Runs `op` with the LMK if the HSM is operational, holding the state lock for reading so
     /// that a seal waits for it.
     pub(super) fn with_lmk<T>(&self, op: impl FnOnce(&Lmk) -> Result<T>) -> Result<T> {

@@ -9,18 +9,20 @@ use core::fmt;
 use std::time::Duration;
 
 use hsm_api::{
-    Accumulated, Accumulation, BatchItem, BatchOutput, ClearField, Component, Dispersion, Error,
-    ExportedKey, Factor, Hsm, HsmStatus, INDEX_HASH_LEN, IssuedShare, Kcv, KeyBlockVersion,
-    KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare, Result, SealedField,
-    UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest, check_batch_len,
+    Accumulated, Accumulation, Algorithm, BatchItem, BatchOutput, ClearField, Component,
+    Dispersion, Error, ExportedKey, Factor, Hsm, HsmStatus, INDEX_HASH_LEN, IssuedComponents,
+    IssuedShare, IssuedUnderKek, Kcv, KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkInit,
+    LmkRotation, LmkShare, Result, SealedField, UnsealProgress, WrappedKey, WriteKeyCommand,
+    WriteKeyRequest, check_batch_len,
 };
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 
 use super::convert::{
-    accumulated_from_wire, batch_item_to_wire, batch_result_from_wire, dispersion_to_wire,
-    fold_to_wire, kcv_from_wire, kcv_to_wire, parts_from_wire, progress_from_wire, share_from_wire,
-    spec_to_wire, status_from_wire, usage_to_wire, version_to_wire, wide, wrapped_from_wire,
+    accumulated_from_wire, algorithm_to_wire, batch_item_to_wire, batch_result_from_wire,
+    dispersion_to_wire, fold_to_wire, kcv_from_wire, kcv_to_wire, parts_from_wire,
+    progress_from_wire, share_from_wire, spec_to_wire, status_from_wire, usage_to_wire,
+    version_to_wire, wide, wrapped_from_wire,
 };
 use super::proto;
 use super::proto::hsm_client::HsmClient;
@@ -571,5 +573,53 @@ impl Hsm for RemoteHsm {
             .await
             .map_err(failed)?;
         Ok(())
+    }
+
+    async fn issue_transport_key_components(
+        &self,
+        algorithm: Algorithm,
+        components: u8,
+    ) -> Result<IssuedComponents> {
+        let request = proto::IssueTransportKeyComponentsRequest {
+            algorithm: algorithm_to_wire(algorithm).into(),
+            components: components.into(),
+        };
+        let issued = self
+            .client()
+            .issue_transport_key_components(request)
+            .await
+            .map_err(failed)?
+            .into_inner();
+        Ok(IssuedComponents {
+            key: issued
+                .key
+                .and_then(wrapped_from_wire)
+                .ok_or(Error::Protocol)?,
+            parts: parts_from_wire(issued.parts)?.ok_or(Error::Protocol)?,
+        })
+    }
+
+    async fn issue_transport_key_under(
+        &self,
+        kek: &KeyToken,
+        algorithm: Algorithm,
+    ) -> Result<IssuedUnderKek> {
+        let request = proto::IssueTransportKeyUnderRequest {
+            kek: token(kek),
+            algorithm: algorithm_to_wire(algorithm).into(),
+        };
+        let issued = self
+            .client()
+            .issue_transport_key_under(request)
+            .await
+            .map_err(failed)?
+            .into_inner();
+        Ok(IssuedUnderKek {
+            key: issued
+                .key
+                .and_then(wrapped_from_wire)
+                .ok_or(Error::Protocol)?,
+            block: issued.block,
+        })
     }
 }

@@ -20,10 +20,10 @@ use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
 
 use super::convert::{
-    accumulated_to_wire, batch_item_from_wire, batch_result_to_wire, dispersion_from_wire,
-    fold_from_wire, kcv_from_wire, kcv_to_wire, narrow, parts_to_wire, progress_to_wire,
-    share_to_wire, spec_from_wire, status_to_wire, usage_from_wire, version_from_wire,
-    wrapped_to_wire,
+    accumulated_to_wire, algorithm_from_wire, batch_item_from_wire, batch_result_to_wire,
+    dispersion_from_wire, fold_from_wire, kcv_from_wire, kcv_to_wire, narrow, parts_to_wire,
+    progress_to_wire, share_to_wire, spec_from_wire, status_to_wire, usage_from_wire,
+    version_from_wire, wrapped_to_wire,
 };
 use super::identity::{self, ServiceCaller};
 use super::proto;
@@ -582,5 +582,42 @@ impl<H: Hsm> HsmRpc for HsmService<H> {
             .ok_or_else(|| malformed("new_lmk_kcv"))?;
         self.hsm.commit_lmk_rotation(&kcv).await.map_err(on_err)?;
         Ok(Response::new(proto::Done {}))
+    }
+
+    async fn issue_transport_key_components(
+        &self,
+        request: Request<proto::IssueTransportKeyComponentsRequest>,
+    ) -> Result<Response<proto::IssuedComponents>, Status> {
+        let on_err = refused(&request, "issue_transport_key_components");
+        let req = request.into_inner();
+        let alg = algorithm_from_wire(req.algorithm).ok_or_else(|| malformed("algorithm"))?;
+        let count = small(req.components, "components")?;
+        let issued = self
+            .hsm
+            .issue_transport_key_components(alg, count)
+            .await
+            .map_err(on_err)?;
+        Ok(Response::new(proto::IssuedComponents {
+            key: Some(wrapped_to_wire(&issued.key)),
+            parts: Some(parts_to_wire(&issued.parts)),
+        }))
+    }
+
+    async fn issue_transport_key_under(
+        &self,
+        request: Request<proto::IssueTransportKeyUnderRequest>,
+    ) -> Result<Response<proto::IssuedUnderKek>, Status> {
+        let on_err = refused(&request, "issue_transport_key_under");
+        let req = request.into_inner();
+        let alg = algorithm_from_wire(req.algorithm).ok_or_else(|| malformed("algorithm"))?;
+        let issued = self
+            .hsm
+            .issue_transport_key_under(&token(req.kek), alg)
+            .await
+            .map_err(on_err)?;
+        Ok(Response::new(proto::IssuedUnderKek {
+            key: Some(wrapped_to_wire(&issued.key)),
+            block: issued.block,
+        }))
     }
 }
