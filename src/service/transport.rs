@@ -460,7 +460,7 @@ fn keep_issued(
         && current.as_ref().map(|e| &e.transport_token) != Some(under)
     {
         return Err(Error::FailedPrecondition {
-            reason: Refusal::RequestNotPending,
+            reason: Refusal::TransportKeyChanged,
         });
     }
     let (method, kcv) = kcv_hex(&issued.key.kcv);
