@@ -8,7 +8,7 @@
 //! as a TR-31 block under the current key: the block opens under the old key to the new one,
 //! and the next card's blocks are under the new key. On the way the refusals: the requester
 //! approving, the same custodian twice, a non-officer taking a component, a first registration
-//! without approval, and every README code marked `mTLS (transport keys)`. A second test
+//! without approval; the station revoked under dual control gets nothing; and every README code marked `mTLS (transport keys)`. A second test
 //! issues a PSAM line's key as TDES components over the API (all taken: `PART_NOT_AVAILABLE`)
 //! and checks the line's PSAM key set under it.
 
@@ -65,6 +65,20 @@ async fn stk_block(kms: &TestKms<LocalHsm>, station: &str) -> String {
         Some(pb::delivered_key::Form::Tr31Block(b)) => b.clone(),
         other => panic!("not a TR-31 block: {other:?}"),
     }
+}
+
+/// The reason GZ-09's injection of a card's keys is refused with.
+async fn injection_refused(kms: &TestKms<LocalHsm>) -> String {
+    let status = kms
+        .client(NEW_STATION)
+        .card
+        .inject_card_keys(tr31_request(
+            card_identity(&published().card[0], &atr()),
+            "ssc-2.0",
+        ))
+        .await
+        .unwrap_err();
+    error_info(&status).unwrap().reason
 }
 
 fn issue_act(
@@ -164,16 +178,7 @@ async fn a_station_key_issued_as_components_then_replaced_under_tr31() {
     );
     let (ok, _, err) = cli.run(OFFICER, &["requests-approve", issue], "").await;
     assert!(!ok && err.contains("REQUESTER_CANNOT_APPROVE"), "{err}");
-    let early = kms
-        .client(NEW_STATION)
-        .card
-        .inject_card_keys(tr31_request(
-            card_identity(&published().card[0], &atr()),
-            "ssc-2.0",
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(error_info(&early).unwrap().reason, "CALLER_NOT_REGISTERED");
+    assert_eq!(injection_refused(&kms).await, "CALLER_NOT_REGISTERED");
 
     // ---- step 2: officer-2 approves: the HSM makes the key, the station is registered.
     let (ok, out, err) = cli.run(OFFICER_2, &["requests-approve", issue], "").await;
@@ -411,6 +416,22 @@ async fn a_station_key_issued_as_components_then_replaced_under_tr31() {
     assert!(approvals.iter().all(|r| r.subject.contains(OFFICER)
         && r.subject.contains(OFFICER_2)
         && !r.subject.contains(&next_block)));
+    // ---- revocation (dual control): the station gets no key from then on.
+    let (ok, out, err) = cli
+        .run(
+            OFFICER,
+            &["endpoints-revoke", "--kind", "station", "--name", "GZ-09"],
+            "",
+        )
+        .await;
+    assert!(ok, "{err}");
+    let revoke = id_after(&out, "request");
+    let (ok, out, err) = cli
+        .run(OFFICER_2, &["requests-approve", revoke.as_str()], "")
+        .await;
+    assert!(ok && out.contains(&next_kcv), "{out} {err}");
+    assert_eq!(injection_refused(&kms).await, "CALLER_NOT_REGISTERED");
+
     let (ok, out, err) = cli.run(AUDITOR, &["audit-verify"], "").await;
     assert!(ok, "{out} {err}");
 
