@@ -449,6 +449,10 @@ refusals! {
     /// A first registration asked for a station or PSAM line that is registered already.
     EndpointRegistered => "ENDPOINT_ALREADY_REGISTERED",
         "the station or PSAM line is registered already: replace its transport key instead";
+    /// The station's transport key changed between the HSM's issue of a new one under it and
+    /// the write that keeps it (another replacement went in between).
+    TransportKeyChanged => "TRANSPORT_KEY_CHANGED",
+        "the station's transport key changed while a new one was issued under it: ask again";
 }
 
 impl std::fmt::Display for Refusal {

@@ -10,7 +10,7 @@
 //!   the real `kms-ceremony` (two components, one per custodian, formed again in a second
 //!   simulator standing for the station's HSM; the station's card key checks out), then replaced
 //!   as a TR-31 block under the current key; the refusals and every `mTLS (transport keys)`
-//!   reason code of README.
+//!   reason code of README; a PSAM line's key as TDES components, its PSAM key set under it.
 //! - `calc`: the officers' calculator, run as the real `kms-ceremony` binary with secrets on stdin.
 //! - `binaries`: the real `sscard-kms` and `kms-ceremony` as child processes, stopped by SIGTERM:
 //!   `dev` serves demo card 1 (worked `STK_SSSE` KCV), exits 0, leaves an INTACT audit trail and

@@ -8,7 +8,9 @@
 //! as a TR-31 block under the current key: the block opens under the old key to the new one,
 //! and the next card's blocks are under the new key. On the way the refusals: the requester
 //! approving, the same custodian twice, a non-officer taking a component, a first registration
-//! without approval, and every README code marked `mTLS (transport keys)`.
+//! without approval; the station revoked under dual control gets nothing; and every README code marked `mTLS (transport keys)`. A second test
+//! issues a PSAM line's key as TDES components over the API (all taken: `PART_NOT_AVAILABLE`)
+//! and checks the line's PSAM key set under it.
 
 use std::collections::BTreeMap;
 
@@ -63,6 +65,20 @@ async fn stk_block(kms: &TestKms<LocalHsm>, station: &str) -> String {
         Some(pb::delivered_key::Form::Tr31Block(b)) => b.clone(),
         other => panic!("not a TR-31 block: {other:?}"),
     }
+}
+
+/// The reason GZ-09's injection of a card's keys is refused with.
+async fn injection_refused(kms: &TestKms<LocalHsm>) -> String {
+    let status = kms
+        .client(NEW_STATION)
+        .card
+        .inject_card_keys(tr31_request(
+            card_identity(&published().card[0], &atr()),
+            "ssc-2.0",
+        ))
+        .await
+        .unwrap_err();
+    error_info(&status).unwrap().reason
 }
 
 fn issue_act(
@@ -162,16 +178,7 @@ async fn a_station_key_issued_as_components_then_replaced_under_tr31() {
     );
     let (ok, _, err) = cli.run(OFFICER, &["requests-approve", issue], "").await;
     assert!(!ok && err.contains("REQUESTER_CANNOT_APPROVE"), "{err}");
-    let early = kms
-        .client(NEW_STATION)
-        .card
-        .inject_card_keys(tr31_request(
-            card_identity(&published().card[0], &atr()),
-            "ssc-2.0",
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(error_info(&early).unwrap().reason, "CALLER_NOT_REGISTERED");
+    assert_eq!(injection_refused(&kms).await, "CALLER_NOT_REGISTERED");
 
     // ---- step 2: officer-2 approves: the HSM makes the key, the station is registered.
     let (ok, out, err) = cli.run(OFFICER_2, &["requests-approve", issue], "").await;
@@ -409,6 +416,22 @@ async fn a_station_key_issued_as_components_then_replaced_under_tr31() {
     assert!(approvals.iter().all(|r| r.subject.contains(OFFICER)
         && r.subject.contains(OFFICER_2)
         && !r.subject.contains(&next_block)));
+    // ---- revocation (dual control): the station gets no key from then on.
+    let (ok, out, err) = cli
+        .run(
+            OFFICER,
+            &["endpoints-revoke", "--kind", "station", "--name", "GZ-09"],
+            "",
+        )
+        .await;
+    assert!(ok, "{err}");
+    let revoke = id_after(&out, "request");
+    let (ok, out, err) = cli
+        .run(OFFICER_2, &["requests-approve", revoke.as_str()], "")
+        .await;
+    assert!(ok && out.contains(&next_kcv), "{out} {err}");
+    assert_eq!(injection_refused(&kms).await, "CALLER_NOT_REGISTERED");
+
     let (ok, out, err) = cli.run(AUDITOR, &["audit-verify"], "").await;
     assert!(ok, "{out} {err}");
 
@@ -426,4 +449,117 @@ async fn a_station_key_issued_as_components_then_replaced_under_tr31() {
         seen, readme,
         "README's transport-key codes and what the API sent"
     );
+}
+
+/// A PSAM line's first transport key issued as two TDES components over the API (a third
+/// officer approves; the requester is no custodian here): once both are out a third take is
+/// `PART_NOT_AVAILABLE`; the line's PSAM key set is under the key the components form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_psam_line_key_issued_as_tdes_components_serves_its_key_set() {
+    const OFFICER_3: &str = "sscard://officer/officer-3";
+    const LINE: &str = "sscard://psam-line/440000/PSAM-LINE-09";
+    let kms = TestKms::seeded().await;
+    let mut a = kms.client(OFFICER).admin;
+    let r = a
+        .request_act(pb::RequestActRequest {
+            act: Some(pb::request_act_request::Act::RegisterOfficer(
+                pb::RegisterOfficerAct {
+                    certificate_pem: kms.cert(OFFICER_3).cert_pem,
+                },
+            )),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    kms.client(OFFICER_2)
+        .admin
+        .approve_request(pb::RequestRef { id: r.id })
+        .await
+        .unwrap();
+
+    let mut act = issue_act(
+        "PSAM-LINE-09",
+        "440000",
+        "tdes",
+        pb::issue_transport_key_act::Delivery::Components(2),
+    );
+    if let Some(pb::request_act_request::Act::IssueTransportKey(i)) = &mut act.act {
+        i.kind = pb::EndpointKind::PsamLine.into();
+    }
+    let r = a.request_act(act).await.unwrap().into_inner();
+    let approved = kms
+        .client(OFFICER_3)
+        .admin
+        .approve_request(pb::RequestRef { id: r.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    let issue = approved.transport_issue.unwrap();
+    assert_eq!(
+        (issue.kind, issue.algorithm.as_str(), issue.components),
+        (pb::EndpointKind::PsamLine as i32, "tdes", 2)
+    );
+    let take = |who: &str| {
+        let mut admin = kms.client(who).admin;
+        let id = r.id.clone();
+        async move {
+            admin
+                .take_transport_component(pb::TransportIssueRef { request_id: id })
+                .await
+        }
+    };
+    let one = take(OFFICER_2).await.unwrap().into_inner();
+    let two = take(OFFICER_3).await.unwrap().into_inner();
+    assert_eq!((one.index, two.index), (1, 2));
+    let refused = take(OFFICER).await.unwrap_err();
+    assert_eq!(error_info(&refused).unwrap().reason, "PART_NOT_AVAILABLE");
+    assert_eq!(
+        two.issue.as_ref().unwrap().custodians.len(),
+        2,
+        "both custodians on record"
+    );
+
+    let xor: Vec<u8> = hex::decode(&one.component)
+        .unwrap()
+        .iter()
+        .zip(hex::decode(&two.component).unwrap())
+        .map(|(a, b)| a ^ b)
+        .collect();
+    let kbpk = SecretKey::new(Algorithm::Tdes2, &xor).unwrap();
+    assert_eq!(
+        kcv::compute_default(&kbpk).unwrap().value(),
+        issue.kcv.as_ref().unwrap().value.as_slice()
+    );
+    let mut line = kms.client(LINE);
+    line.psam
+        .register_psams(pb::RegisterPsamsRequest {
+            serials: vec!["GZPSAM29999".to_owned()],
+            region: "440100".to_owned(),
+            template_id: "ssc-2.0".to_owned(),
+            psam_profile: String::new(),
+        })
+        .await
+        .unwrap();
+    let set = line
+        .psam
+        .get_psam_key_set(pb::GetPsamKeySetRequest {
+            serial: "GZPSAM29999".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!set.keys.is_empty());
+    for k in &set.keys {
+        let Some(pb::delivered_key::Form::Tr31Block(block)) = &k.form else {
+            panic!("{}: not a TR-31 block", k.key_name);
+        };
+        assert!(block.starts_with('B'), "TDES line key: version B");
+        let (_, key) = tr31::unwrap(&kbpk, block).unwrap();
+        assert_eq!(
+            kcv::compute_default(&key).unwrap().value(),
+            k.kcv.as_ref().unwrap().value.as_slice(),
+            "{}",
+            k.key_name
+        );
+    }
 }

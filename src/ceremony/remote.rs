@@ -221,6 +221,14 @@ pub enum Job {
     /// The record of the transport key REQUEST issued (KCVs, custodians) and, for a TR-31
     /// delivery, the block for the station's operator.
     TransportShow { request: String },
+    /// Ask to revoke a station or PSAM line (another officer approves): its record and
+    /// transport key are deleted, it gets no key from then on.
+    EndpointsRevoke {
+        #[arg(long, value_enum)]
+        kind: super::transport::EndpointKindArg,
+        #[arg(long)]
+        name: String,
+    },
 }
 
 /// Runs `job` as the certificate of `conn`, reading secrets from `input`.
@@ -491,7 +499,8 @@ async fn call(
         }
         Job::TransportIssue { .. }
         | Job::TransportTakeComponent { .. }
-        | Job::TransportShow { .. } => {
+        | Job::TransportShow { .. }
+        | Job::EndpointsRevoke { .. } => {
             super::transport::call(&mut admin, job, &mut out).await?;
         }
         Job::RequestsList => {

@@ -112,6 +112,13 @@ pub(super) async fn call(
             }
             Ok(())
         }
+        Job::EndpointsRevoke { kind, name } => {
+            let act = pb::request_act_request::Act::RevokeEndpoint(pb::RevokeEndpointAct {
+                kind: kind.wire().into(),
+                name: name.clone(),
+            });
+            request(admin, act, out).await
+        }
         _ => Ok(()),
     }
 }

@@ -154,6 +154,10 @@ pub(super) fn act_of(req: pb::RequestActRequest) -> Result<Act, Status> {
                 },
             }
         }
+        A::RevokeEndpoint(a) => Act::RevokeEndpoint {
+            kind: kind_of(a.kind)?,
+            name: a.name,
+        },
         A::RegisterEndpoint(a) => Act::RegisterEndpoint {
             kind: kind_of(a.kind)?,
             name: a.name,

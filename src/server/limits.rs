@@ -390,6 +390,7 @@ impl Bounded for pb::RequestActRequest {
                 check("region", a.region.len(), NAME)?;
                 check("transport_algorithm", a.transport_algorithm.len(), NAME)
             }
+            Some(Act::RevokeEndpoint(a)) => check("name", a.name.len(), NAME),
             Some(Act::RotateLmk(_)) | None => Ok(()),
         }
     }

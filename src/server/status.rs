@@ -309,6 +309,7 @@ mod tests {
             ia(Refusal::Between1And1024),
             ia(Refusal::CheckpointFile),
             fp(Refusal::CardChangedDuringRequest),
+            fp(Refusal::TransportKeyChanged),
             fp(Refusal::KeyVersionNotHeld),
             fp(Refusal::NoBlankCardKey),
             fp(Refusal::WriteKeyLcMismatch),

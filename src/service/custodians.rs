@@ -99,9 +99,7 @@ pub enum Act {
     /// Rotate the LMK: the approval re-wraps every stored token under a new LMK split
     /// `threshold`-of-`shares` (`super::lmk`); each custodian then takes one share.
     RotateLmk { threshold: u8, shares: u8 },
-    /// Issue a station's or PSAM line's transport key generated in the HSM (`super::transport`):
-    /// the approval registers the endpoint (or replaces its key) and hands the key out as
-    /// components for its custodians or as a TR-31 block under its current key.
+    /// Issue a station's or PSAM line's transport key generated in the HSM (`super::transport`).
     IssueTransportKey {
         kind: EndpointKind,
         name: String,
@@ -109,8 +107,7 @@ pub enum Act {
         transport_family: String,
         delivery: super::transport::TransportDelivery,
     },
-    /// Register a new station or PSAM line from components its own custodians bring: the
-    /// approval opens its component ceremony.
+    /// Register a new station or PSAM line: the approval opens its component ceremony.
     RegisterEndpoint {
         kind: EndpointKind,
         name: String,
@@ -118,6 +115,8 @@ pub enum Act {
         transport_family: String,
         components: u8,
     },
+    /// Revoke a station or PSAM line: its record and transport key are deleted.
+    RevokeEndpoint { kind: EndpointKind, name: String },
 }
 
 /// The state of a dual-control request.
@@ -610,7 +609,12 @@ impl<H: Hsm> Kms<H> {
                             Some(p) => super::lmk::keep_prepared(tx, p)?,
                             None => return Err(Error::Store),
                         },
-                        (Act::IssueTransportKey { .. } | Act::RegisterEndpoint { .. }, _) => {
+                        (
+                            Act::IssueTransportKey { .. }
+                            | Act::RegisterEndpoint { .. }
+                            | Act::RevokeEndpoint { .. },
+                            _,
+                        ) => {
                             let approval = (actor.clone(), note.as_str(), ttl);
                             super::transport::apply(tx, &r, issued.take(), approval, &mut out)?
                         }
@@ -738,9 +742,9 @@ impl<H: Hsm> Kms<H> {
                 ))
             }
             Act::RotateLmk { threshold, shares } => self.check_rotate_lmk(*threshold, *shares),
-            Act::IssueTransportKey { .. } | Act::RegisterEndpoint { .. } => {
-                self.check_transport_act(act)
-            }
+            Act::IssueTransportKey { .. }
+            | Act::RegisterEndpoint { .. }
+            | Act::RevokeEndpoint { .. } => self.check_transport_act(act),
             Act::RetireKey { key_id } => {
                 let k: KeyRecord =
                     self.store

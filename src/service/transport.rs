@@ -15,6 +15,9 @@
 //!   approver and kept in the issue's record ([`Kms::transport_issue`]), for the station's
 //!   operator to load.
 //!
+//! [`Act::RevokeEndpoint`](super::Act) deletes a station's or line's record and transport key
+//! (dual control as well): it gets no key from then on.
+//!
 //! A station's first transport key from components its custodians bring themselves is
 //! [`Act::RegisterEndpoint`](super::Act): its approval opens the component ceremony that
 //! `StartKeyCeremony` no longer opens alone.
@@ -192,6 +195,20 @@ impl<H: Hsm> Kms<H> {
                 },
                 *components,
             ),
+            Act::RevokeEndpoint { kind, name } => {
+                let e = endpoint_in(&self.store.snapshot()?, *kind, name)?.ok_or(
+                    Error::FailedPrecondition {
+                        reason: Refusal::CallerNotRegistered,
+                    },
+                )?;
+                Ok(format!(
+                    "revoke {} {name} in {} (transport key KCV {} {}): it gets no key from then on",
+                    kind.name(),
+                    e.region,
+                    e.transport_kcv_method,
+                    e.transport_kcv
+                ))
+            }
             _ => Err(Error::Store),
         }
     }
@@ -426,6 +443,19 @@ pub(super) fn apply(
             out.transport = Some(issue);
             Ok(text)
         }
+        Act::RevokeEndpoint { kind, name } => {
+            let id = records::endpoint_id(*kind, name);
+            let e: Endpoint = tx
+                .get(Table::Endpoints, &id)?
+                .ok_or(Error::FailedPrecondition {
+                    reason: Refusal::CallerNotRegistered,
+                })?;
+            tx.delete(Table::Endpoints, &id)?;
+            Ok(format!(
+                "revoked {id} in {} (its transport key KCV {} {} deleted)",
+                e.region, e.transport_kcv_method, e.transport_kcv
+            ))
+        }
         _ => {
             let (text, c) = open_registration(tx, r, ttl)?;
             out.ceremony = Some(c);
@@ -460,7 +490,7 @@ fn keep_issued(
         && current.as_ref().map(|e| &e.transport_token) != Some(under)
     {
         return Err(Error::FailedPrecondition {
-            reason: Refusal::RequestNotPending,
+            reason: Refusal::TransportKeyChanged,
         });
     }
     let (method, kcv) = kcv_hex(&issued.key.kcv);
