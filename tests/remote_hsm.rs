@@ -304,6 +304,25 @@ impl Hsm for Counting {
         self.count("commit_lmk_rotation");
         self.inner.commit_lmk_rotation(new_lmk_kcv).await
     }
+
+    async fn backup_key(
+        &self,
+        key: &KeyToken,
+        threshold: u8,
+        shares: u8,
+    ) -> Result<hsm_api::KeyBackup> {
+        self.count("backup_key");
+        self.inner.backup_key(key, threshold, shares).await
+    }
+
+    async fn restore_share(
+        &self,
+        into: hsm_api::Restoration,
+        share: LmkShare,
+    ) -> Result<hsm_api::Restored> {
+        self.count("restore_share");
+        self.inner.restore_share(into, share).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

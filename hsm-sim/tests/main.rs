@@ -1,5 +1,7 @@
 //! The one integration-test binary of hsm-sim.
 //!
+//! - `backup`: a root backed up in shares in one HSM and restored in another (in process and
+//!   over the wire), the refusals at their own share.
 //! - `batch`: `Hsm::batch` against the single operations it stands for, item for item, with
 //!   bad items among good ones (the scenario is run over the wire by `remote` too).
 //! - `kat_vectors`: the published known-answer files of `tests/vectors/`, through the public API.
@@ -11,6 +13,7 @@
 //!   authorisation, error fidelity.
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+mod backup;
 mod batch;
 mod kat_vectors;
 mod local;
