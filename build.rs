@@ -26,6 +26,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".sscard.kms.v1.Component",
             ".sscard.kms.v1.UnsealHsmRequest",
             ".sscard.kms.v1.TakeLmkShareResponse",
+            ".sscard.kms.v1.TakeBackupShareResponse",
+            ".sscard.kms.v1.SubmitBackupShareRequest",
         ])
         .compile_fds(fds)?;
     Ok(())

@@ -82,6 +82,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 mod audit_trail;
+mod backup;
 mod binaries;
 mod blacklist;
 mod calc;

@@ -104,6 +104,20 @@ pub(super) fn act_of(req: pb::RequestActRequest) -> Result<Act, Status> {
             threshold: u8::try_from(a.threshold).unwrap_or(u8::MAX),
             shares: u8::try_from(a.shares).unwrap_or(u8::MAX),
         },
+        A::BackupRoot(a) => Act::BackupRoot {
+            key_id: a.key_id,
+            threshold: u8::try_from(a.threshold).unwrap_or(u8::MAX),
+            shares: u8::try_from(a.shares).unwrap_or(u8::MAX),
+        },
+        A::RestoreRoot(a) => Act::RestoreRoot {
+            template_id: a.template_id,
+            key_name: a.key_name,
+            level: level_of(a.level)?,
+            version: a.version,
+            kcv: a.kcv.trim().to_ascii_uppercase(),
+            backup: a.backup.trim().to_ascii_uppercase(),
+            threshold: u8::try_from(a.threshold).unwrap_or(u8::MAX),
+        },
     })
 }
 

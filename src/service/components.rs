@@ -61,6 +61,19 @@ pub enum CeremonyTarget {
         region: String,
         transport_family: String,
     },
+    /// A national or provincial root restored from its backup shares (`super::backup`), with
+    /// the version and KCV of the original; opened only by an approved
+    /// [`Act::RestoreRoot`](super::custodians::Act). Its ceremony's `components` is the threshold.
+    Restore {
+        template_id: String,
+        key_name: String,
+        level: Level,
+        version: u32,
+        /// The backed-up key's KCV (hex, its algorithm's default method).
+        kcv: String,
+        /// The backup's name, as every share carries it.
+        backup: String,
+    },
 }
 
 /// Where a component ceremony stands.
@@ -137,6 +150,11 @@ impl<H: Hsm> Kms<H> {
         self.audited(caller, Operation::Administer, "component ceremony", async {
             self.admit_officer(caller, Operation::Administer)?;
             let description = self.check_target(&target)?;
+            if matches!(target, CeremonyTarget::Restore { .. }) {
+                return Err(Error::FailedPrecondition {
+                    reason: Refusal::DualControlRequired,
+                });
+            }
             if let CeremonyTarget::Endpoint { kind, name, .. } = &target {
                 let id = records::endpoint_id(*kind, name);
                 if self
@@ -235,6 +253,11 @@ impl<H: Hsm> Kms<H> {
                     .ok_or(Error::NotFound {
                         what: Resource::Ceremony,
                     })?;
+            if super::backup::is_restore(&ceremony) {
+                return Err(Error::FailedPrecondition {
+                    reason: Refusal::CeremonyKindMismatch,
+                });
+            }
             check_submission(&ceremony, &actor)?;
             let kcv_text = component.kcv_hex.trim().to_ascii_uppercase();
             let alg = self.ceremony_algorithm(&ceremony.target, &component)?;
@@ -370,7 +393,7 @@ impl<H: Hsm> Kms<H> {
     }
 
     /// Marks an open ceremony failed and forgets its partial key.
-    async fn fail_ceremony(&self, id: &str, why: String) -> Result<()> {
+    pub(super) async fn fail_ceremony(&self, id: &str, why: String) -> Result<()> {
         let id = id.to_owned();
         self.store
             .write(move |tx| {
@@ -418,6 +441,14 @@ impl<H: Hsm> Kms<H> {
                 self.template(template_id)?;
                 Ok(format!("{template_id} vendor transport key"))
             }
+            CeremonyTarget::Restore {
+                template_id,
+                key_name,
+                level,
+                version,
+                kcv,
+                backup,
+            } => self.check_restore(template_id, key_name, *level, *version, kcv, backup),
             CeremonyTarget::Endpoint {
                 kind,
                 name,
@@ -463,6 +494,11 @@ impl<H: Hsm> Kms<H> {
     fn fixed_algorithm(&self, target: &CeremonyTarget) -> Result<Option<Algorithm>> {
         Ok(match target {
             CeremonyTarget::Root {
+                template_id,
+                key_name,
+                ..
+            }
+            | CeremonyTarget::Restore {
                 template_id,
                 key_name,
                 ..
@@ -513,9 +549,15 @@ impl<H: Hsm> Kms<H> {
 
     /// Where a target's key is kept: a root's region ([`Kms::root_region`]), `None` for the
     /// others.
-    fn target_region(&self, target: &CeremonyTarget) -> Result<Option<&'static str>> {
+    pub(super) fn target_region(&self, target: &CeremonyTarget) -> Result<Option<&'static str>> {
         match target {
             CeremonyTarget::Root {
+                template_id,
+                key_name,
+                level,
+                ..
+            }
+            | CeremonyTarget::Restore {
                 template_id,
                 key_name,
                 level,
@@ -558,10 +600,37 @@ impl<H: Hsm> Kms<H> {
         Ok(self.hsm.form_key(spec, parts).await?)
     }
 
+    /// The key family of a template's key (a restored root's).
+    pub(super) fn template_key_family(&self, template_id: &str, key_name: &str) -> Result<String> {
+        let alg = self
+            .template(template_id)?
+            .key(key_name)
+            .ok_or(Error::NotFound {
+                what: Resource::TemplateKey,
+            })?
+            .hsm_algorithm();
+        Ok(family_of(alg).to_owned())
+    }
+
+    /// The algorithm of a root's, a restored root's or a vendor transport key's key.
+    pub(super) fn target_algorithm(&self, target: &CeremonyTarget) -> Result<Algorithm> {
+        self.fixed_algorithm(target)?.ok_or(Error::Store)
+    }
+
     /// What the HSM forms for `target`: its usage and exportability, with `alg`.
-    fn target_spec(&self, target: &CeremonyTarget, alg: Algorithm) -> Result<HsmKeySpec> {
+    pub(super) fn target_spec(
+        &self,
+        target: &CeremonyTarget,
+        alg: Algorithm,
+    ) -> Result<HsmKeySpec> {
         let (usage, exportability) = match target {
             CeremonyTarget::Root {
+                template_id,
+                key_name,
+                level,
+                ..
+            }
+            | CeremonyTarget::Restore {
                 template_id,
                 key_name,
                 level,
@@ -593,8 +662,8 @@ impl<H: Hsm> Kms<H> {
 }
 
 /// Refuses a submission by `actor` to `c` unless it is open and `actor` has not submitted a
-/// component to it.
-fn check_submission(c: &KeyCeremony, actor: &str) -> Result<()> {
+/// component (or share) to it.
+pub(super) fn check_submission(c: &KeyCeremony, actor: &str) -> Result<()> {
     if c.state != CeremonyState::Open {
         return Err(Error::FailedPrecondition {
             reason: Refusal::CeremonyNotOpen,
@@ -610,7 +679,7 @@ fn check_submission(c: &KeyCeremony, actor: &str) -> Result<()> {
 
 /// The open ceremony `id` with `actor`'s component (KCV `kcv`) on record, if it still stands
 /// where it stood when the HSM took the component ([`unchanged`]).
-fn with_custodian(
+pub(super) fn with_custodian(
     tx: &Tx<'_>,
     id: &str,
     before: &Option<String>,
@@ -687,7 +756,7 @@ fn open(tx: &Tx<'_>, id: &str) -> Result<KeyCeremony> {
 
 /// Stores the formed key where its target says, with its audit record.
 #[allow(clippy::too_many_arguments)]
-fn apply_target(
+pub(super) fn apply_target(
     tx: &mut Tx<'_>,
     target: &CeremonyTarget,
     region: Option<&'static str>,
@@ -708,6 +777,19 @@ fn apply_target(
             let mut r = new_key_record(template_id, key_name, *level, region, alg, formed);
             r.psam_permitted = *psam_permitted;
             put_new_version(tx, r, actor, note)?;
+        }
+        CeremonyTarget::Restore {
+            template_id,
+            key_name,
+            level,
+            version,
+            kcv,
+            ..
+        } => {
+            let region = region.ok_or(Error::Store)?;
+            let mut r = new_key_record(template_id, key_name, *level, region, alg, formed);
+            r.version = *version;
+            super::backup::put_restored(tx, r, kcv, actor, note)?;
         }
         CeremonyTarget::VendorTransport { template_id } => {
             let r = new_key_record(

@@ -92,6 +92,25 @@ pub enum Act {
     /// Rotate the LMK: the approval re-wraps every stored token under a new LMK split
     /// `threshold`-of-`shares` (`super::lmk`); each custodian then takes one share.
     RotateLmk { threshold: u8, shares: u8 },
+    /// Back up a national or provincial root (`template/key/level/region/version`) in
+    /// `threshold`-of-`shares` custodians' shares for escrow (`super::backup`): the approval
+    /// splits it in the HSM; each custodian then takes one share.
+    BackupRoot {
+        key_id: String,
+        threshold: u8,
+        shares: u8,
+    },
+    /// Restore a root from `threshold` shares of its backup, with the version and KCV of the
+    /// original: the approval opens its restore ceremony (`CeremonyTarget::Restore`).
+    RestoreRoot {
+        template_id: String,
+        key_name: String,
+        level: records::Level,
+        version: u32,
+        kcv: String,
+        backup: String,
+        threshold: u8,
+    },
 }
 
 /// The state of a dual-control request.
@@ -441,6 +460,26 @@ impl<H: Hsm> Kms<H> {
                 ),
                 _ => None,
             };
+            let backup = match &request.act {
+                Act::BackupRoot {
+                    key_id,
+                    threshold,
+                    shares,
+                } => Some(
+                    self.backup_root(&request.id, key_id, *threshold, *shares)
+                        .await?,
+                ),
+                _ => None,
+            };
+            // A restored root's family, for its custodians' tools (fixed by the template).
+            let restore_family = match &request.act {
+                Act::RestoreRoot {
+                    template_id,
+                    key_name,
+                    ..
+                } => Some(self.template_key_family(template_id, key_name)?),
+                _ => None,
+            };
             let id = request.id.clone();
             let ttl = self.ceremony.approval_ttl_ms.load(Ordering::Relaxed);
             let approved = self
@@ -569,6 +608,48 @@ impl<H: Hsm> Kms<H> {
                             Some(p) => super::lmk::keep_prepared(tx, p)?,
                             None => return Err(Error::Store),
                         },
+                        (Act::BackupRoot { .. }, _) => match backup {
+                            Some(b) => super::backup::keep_backup(tx, b)?,
+                            None => return Err(Error::Store),
+                        },
+                        (
+                            Act::RestoreRoot {
+                                template_id,
+                                key_name,
+                                level,
+                                version,
+                                kcv,
+                                backup: name,
+                                threshold,
+                            },
+                            _,
+                        ) => {
+                            let target = CeremonyTarget::Restore {
+                                template_id: template_id.clone(),
+                                key_name: key_name.clone(),
+                                level: *level,
+                                version: *version,
+                                kcv: kcv.to_ascii_uppercase(),
+                                backup: name.to_ascii_uppercase(),
+                            };
+                            let mut c = new_ceremony(
+                                tx,
+                                target,
+                                r.description.clone(),
+                                restore_family.clone().ok_or(Error::Store)?,
+                                *threshold,
+                                r.requested_by.clone(),
+                                ttl,
+                            )?;
+                            c.approved_request = Some(r.id.clone());
+                            tx.put(Table::Ceremonies, &c.id, &c)?;
+                            let text = format!(
+                                "restore ceremony {} opened for {} custodians' backup shares",
+                                c.id, c.components
+                            );
+                            out.ceremony = Some(c);
+                            text
+                        }
                         (Act::GenerateRoot { .. }, None) => return Err(Error::Store),
                     };
                     r.state = RequestState::Approved;
@@ -693,6 +774,23 @@ impl<H: Hsm> Kms<H> {
                 ))
             }
             Act::RotateLmk { threshold, shares } => self.check_rotate_lmk(*threshold, *shares),
+            Act::BackupRoot {
+                key_id,
+                threshold,
+                shares,
+            } => self.check_backup_root(key_id, *threshold, *shares),
+            Act::RestoreRoot {
+                template_id,
+                key_name,
+                level,
+                version,
+                kcv,
+                backup,
+                threshold,
+            } => {
+                super::backup::check_restore_threshold(*threshold)?;
+                self.check_restore(template_id, key_name, *level, *version, kcv, backup)
+            }
             Act::RetireKey { key_id } => {
                 let k: KeyRecord =
                     self.store
