@@ -20,6 +20,7 @@ use sscard_kms::card::template::KeyLevel;
 use sscard_kms::proto::kms::v1 as pb;
 use tonic::Code;
 
+use crate::ceremonies::{Cli, Files, ceremony, id_after};
 use crate::common::chain::{atr, expected, published, station_kbpk, template};
 use crate::common::harness::{
     OFFICER, OFFICER_2, PROVINCIAL_REGISTRAR, REGISTRAR, STATION, TestKms, card_identity,
@@ -32,6 +33,31 @@ const PROVINCE_ROOT: &str = "ssc-2.0/MK_SSSE/province/440000/00000001";
 const NATIONAL_ROOT: &str = "ssc-2.0/STK_SSSE/national/000000/00000001";
 
 type Kms = TestKms<LocalHsm>;
+
+/// A share as `backup-take-share` printed it: the share alone on the line after its banner,
+/// and the record line's backup name, KCV and check value.
+struct CliShare {
+    share: String,
+    backup: String,
+    kcv: String,
+    check_value: String,
+}
+
+impl CliShare {
+    fn read(out: &str) -> CliShare {
+        let mut lines = out.lines();
+        lines.find(|l| l.starts_with("YOUR SHARE")).unwrap();
+        let share = lines.next().unwrap().to_owned();
+        let record = lines.find(|l| l.contains("check value")).unwrap();
+        let word_after = |w: &str| id_after(record, w);
+        CliShare {
+            share,
+            backup: word_after("backup"),
+            kcv: word_after("(KCV").trim_end_matches(");").to_owned(),
+            check_value: word_after("value:"),
+        }
+    }
+}
 
 /// The reason code of a refused call.
 fn reason<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> String {
@@ -212,7 +238,6 @@ async fn a_root_backed_up_to_three_custodians_is_restored_by_two_into_a_fresh_se
 
     // ---- the backups: each custodian takes their one share, from their own certificate.
     let (province_request, province) = backed_up(&kms, PROVINCE_ROOT).await;
-    let (_, national) = backed_up(&kms, NATIONAL_ROOT).await;
     assert_eq!(
         reason(
             kms.client(OFFICER)
@@ -235,6 +260,48 @@ async fn a_root_backed_up_to_three_custodians_is_restored_by_two_into_a_fresh_se
         ),
         "ROLE_NOT_ALLOWED"
     );
+    // The national root through the real `kms-ceremony`, each officer from their own
+    // certificate; each share printed once to its custodian.
+    let url = kms.url();
+    let files = Files::new(&kms, &[OFFICER, OFFICER_2, OFFICER_3]);
+    let cli = Cli {
+        url: &url,
+        files: &files,
+    };
+    let (ok, out, err) = cli
+        .run(
+            OFFICER,
+            &[
+                "roots-backup",
+                "--key-id",
+                NATIONAL_ROOT,
+                "--threshold",
+                "2",
+                "--shares",
+                "3",
+            ],
+            "",
+        )
+        .await;
+    assert!(ok, "{err}");
+    let national_request = id_after(&out, "request");
+    let (ok, out, err) = cli
+        .run(OFFICER_2, &["requests-approve", &national_request], "")
+        .await;
+    assert!(ok && out.contains("2-of-3"), "{out} {err}");
+    let mut national = Vec::new();
+    for who in [OFFICER, OFFICER_2, OFFICER_3] {
+        let (ok, out, err) = cli
+            .run(who, &["backup-take-share", &national_request], "")
+            .await;
+        assert!(ok, "{err}");
+        national.push(CliShare::read(&out));
+    }
+    let (ok, _, err) = cli
+        .run(OFFICER, &["backup-take-share", &national_request], "")
+        .await;
+    assert!(!ok && err.contains("SAME_CUSTODIAN_TWICE"), "{err}");
+
     let before = kcvs(&kms).await;
     for (i, s) in province.iter().enumerate() {
         assert_eq!(s.index as usize, i + 1);
@@ -251,12 +318,17 @@ async fn a_root_backed_up_to_three_custodians_is_restored_by_two_into_a_fresh_se
         .filter(|r| r.action == "take-backup-share")
         .collect();
     assert_eq!(took.len(), 6);
-    for (r, s) in took.iter().zip(province.iter().chain(&national)) {
+    for (r, s) in took.iter().zip(&province) {
         assert!(r.subject.contains(&s.check_value), "{r:?}");
         assert!(
             r.subject
                 .contains(&hex::encode_upper(&s.kcv.as_ref().unwrap().value))
         );
+        assert!(!r.subject.contains(&s.share));
+    }
+    for (r, s) in took[3..].iter().zip(&national) {
+        assert!(r.subject.contains(&s.check_value), "{r:?}");
+        assert!(r.subject.contains(&s.kcv), "{r:?}");
         assert!(!r.subject.contains(&s.share));
     }
     // A key version the store holds is never restored over.
@@ -346,21 +418,64 @@ async fn a_root_backed_up_to_three_custodians_is_restored_by_two_into_a_fresh_se
         province[0].kcv.as_ref().unwrap().value
     );
 
-    // The national root from two other custodians' shares.
-    let opened = dual_control(
-        &fresh,
-        restore_act(&national[0], "STK_SSSE", KeyLevel::National),
-    )
-    .await;
-    let c = opened.ceremony.unwrap().id;
-    submit(&fresh, OFFICER_2, &c, &national[1].share)
-        .await
-        .unwrap();
-    let done = submit(&fresh, OFFICER, &c, &national[2].share)
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(done.state, "complete", "{done:?}");
+    // The national root from two other custodians' shares, through `kms-ceremony`, each
+    // share on stdin.
+    let fresh_url = fresh.url();
+    let fresh_files = Files::new(&fresh, &[OFFICER, OFFICER_2]);
+    let fresh_cli = Cli {
+        url: &fresh_url,
+        files: &fresh_files,
+    };
+    let n = &national[0];
+    let (ok, out, err) = fresh_cli
+        .run(
+            OFFICER,
+            &[
+                "roots-restore",
+                "--template",
+                "ssc-2.0",
+                "--key",
+                "STK_SSSE",
+                "--level",
+                "national",
+                "--version",
+                "1",
+                "--kcv",
+                &n.kcv,
+                "--backup",
+                &n.backup,
+                "--threshold",
+                "2",
+            ],
+            "",
+        )
+        .await;
+    assert!(ok, "{err}");
+    let restore_request = id_after(&out, "request");
+    let (ok, out, err) = fresh_cli
+        .run(OFFICER_2, &["requests-approve", &restore_request], "")
+        .await;
+    assert!(ok, "{err}");
+    let c = id_after(&out, "ceremony");
+    let (ok, out, err) = fresh_cli
+        .run(
+            OFFICER_2,
+            &["backup-submit-share", &c],
+            &format!("{}\n", national[1].share),
+        )
+        .await;
+    assert!(ok && out.contains("[open]"), "{out} {err}");
+    let (ok, out, err) = fresh_cli
+        .run(
+            OFFICER,
+            &["backup-submit-share", &c],
+            &format!("{}\n", national[2].share),
+        )
+        .await;
+    assert!(ok && out.contains("[complete]"), "{out} {err}");
+    assert!(out.contains(&format!("final KCV {}", n.kcv)), "{out}");
+    // No share on the command line, in the record output or the logs.
+    assert!(national.iter().all(|s| !out.contains(&s.share)));
 
     // The restored roots, their versions and KCVs, as in the original store; the hierarchy
     // below them derived again gives the same KCVs.
@@ -547,4 +662,19 @@ async fn every_backup_reason_code_arrives_over_the_api() {
 
     let marked = crate::common::readme::codes_marked("mTLS (backup)");
     assert_eq!(seen, marked);
+}
+
+/// Each step of a backup and a restore explains itself in `--help`.
+#[test]
+fn every_backup_job_has_its_help() {
+    for (job, says) in [
+        ("roots-backup", "Step 1 of a backup"),
+        ("backup-take-share", "Step 2 of a backup"),
+        ("roots-restore", "Step 1 of a restore"),
+        ("backup-submit-share", "Step 2 of a restore"),
+    ] {
+        let out = ceremony(&["service", job, "--help"], "");
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(out.status.success() && text.contains(says), "{job}: {text}");
+    }
 }

@@ -34,12 +34,12 @@ const OFFICER_3: &str = "sscard://officer/officer-3";
 const TEMPLATE_TOML: &str = include_str!("../templates/ssc-2.0.toml");
 
 /// Certificates and keys of the test PKI written out for the command line, per identity.
-struct Files {
+pub(crate) struct Files {
     dir: tempfile::TempDir,
 }
 
 impl Files {
-    fn new<H: hsm_api::Hsm>(kms: &TestKms<H>, identities: &[&str]) -> Files {
+    pub(crate) fn new<H: hsm_api::Hsm>(kms: &TestKms<H>, identities: &[&str]) -> Files {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("ca.pem"), kms.pki().ca_pem()).unwrap();
         for uri in identities {
@@ -65,7 +65,7 @@ fn file_name(uri: &str) -> String {
 }
 
 /// Runs `kms-ceremony` with `args`, writing `stdin` to it.
-fn ceremony(args: &[&str], stdin: &str) -> Output {
+pub(crate) fn ceremony(args: &[&str], stdin: &str) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kms-ceremony"))
         .args(args)
         .stdin(Stdio::piped())
@@ -119,19 +119,19 @@ async fn service(
 }
 
 /// `kms-ceremony service …` against one running service.
-struct Cli<'a> {
-    url: &'a str,
-    files: &'a Files,
+pub(crate) struct Cli<'a> {
+    pub(crate) url: &'a str,
+    pub(crate) files: &'a Files,
 }
 
 impl Cli<'_> {
-    async fn run(&self, uri: &str, job: &[&str], stdin: &str) -> (bool, String, String) {
+    pub(crate) async fn run(&self, uri: &str, job: &[&str], stdin: &str) -> (bool, String, String) {
         service(self.url, self.files, uri, job, stdin).await
     }
 }
 
 /// The id after `word ` in the first line that has it (`ceremony C000001 …`, `request R…`).
-fn id_after(text: &str, word: &str) -> String {
+pub(crate) fn id_after(text: &str, word: &str) -> String {
     text.split_whitespace()
         .skip_while(|w| *w != word)
         .nth(1)

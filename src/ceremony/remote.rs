@@ -188,6 +188,10 @@ pub enum Job {
         #[arg(long)]
         key_id: String,
     },
+    /// Root backup and restore (`roots-backup`, `backup-take-share`, `roots-restore`,
+    /// `backup-submit-share`).
+    #[command(flatten)]
+    Backup(crate::ceremony::backup::BackupJob),
 }
 
 /// Runs `job` as the certificate of `conn`, reading secrets from `input`.
@@ -207,6 +211,9 @@ pub fn run(conn: &Connection, job: &Job, input: &mut dyn SecretLines) -> Result<
     // Secrets are read before connecting: a refused KCV sends nothing.
     let secret = match job {
         Job::Unseal => Some(Secret::Share(input.next_secret("your LMK share")?)),
+        Job::Backup(b) if b.reads_share() => {
+            Some(Secret::Share(input.next_secret("your root backup share")?))
+        }
         Job::ComponentSubmit { .. } => {
             let hex = input.next_secret("your component (hex)")?;
             let kcv = input.next_secret("its KCV from your paper (hex)")?;
@@ -266,7 +273,7 @@ fn unreachable() -> Error {
 }
 
 /// A refusal, printed with its reason code for the record.
-fn refused(s: &tonic::Status) -> Error {
+pub(super) fn refused(s: &tonic::Status) -> Error {
     use tonic_types::StatusExt as _;
     let code = s
         .get_details_error_info()
@@ -574,6 +581,13 @@ async fn call(
                 .into_inner();
             print_ceremony(&mut out, &c);
         }
+        Job::Backup(b) => {
+            let share = match secret {
+                Some(Secret::Share(share)) => Some(share),
+                _ => None,
+            };
+            crate::ceremony::backup::call(&mut admin, b, share, &mut out).await?;
+        }
         Job::CeremonyShow { id } => {
             let c = admin
                 .get_key_ceremony(pb::KeyCeremonyRef { id: id.clone() })
@@ -667,7 +681,7 @@ fn check_kcv(family: &str, hex: &str, kcv: &str) -> Result<()> {
     }
 }
 
-async fn request(
+pub(super) async fn request(
     admin: &mut AdminServiceClient<Channel>,
     act: pb::request_act_request::Act,
     out: &mut String,
@@ -723,7 +737,7 @@ fn print_request(out: &mut String, r: &pb::DualControlRequest) {
     }
 }
 
-fn print_ceremony(out: &mut String, c: &pb::KeyCeremony) {
+pub(super) fn print_ceremony(out: &mut String, c: &pb::KeyCeremony) {
     let _ = writeln!(
         out,
         "ceremony {} [{}] {}: {} of {} components",
