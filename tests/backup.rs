@@ -3,7 +3,7 @@
 //! province's master-key root (`MK_SSSE`) and the national root of `STK_SSSE` 2-of-3 to three
 //! custodians, each taking one share from their own certificate; a FRESH service — a new data
 //! directory, a new HSM under another LMK — restores both from two custodians' shares each,
-//! with their versions and KCVs; its station then injects a card's `STK_SSSE`, which unwraps to
+//! with their versions and KCVs (an open restore surviving a restart of the service); its station then injects a card's `STK_SSSE`, which unwraps to
 //! the independently computed chain (`tests/common/chain.rs`). On the way the refusals: the same
 //! custodian twice (take and submit), a mistyped share, a share of another backup, too few
 //! shares, a forged share (KCV), the requester approving its own act, a non-officer; and every
@@ -139,6 +139,7 @@ fn restore_act(
             kcv: hex::encode_upper(&share.kcv.as_ref().unwrap().value),
             backup: share.backup.clone(),
             threshold: share.threshold,
+            ministry_psam_permission: false,
         },
     ))
 }
@@ -345,7 +346,7 @@ async fn a_root_backed_up_to_three_custodians_is_restored_by_two_into_a_fresh_se
     // ---- a fresh service: a new data directory, a new HSM under another LMK.
     let hsm = LocalHsm::open(LocalHsmConfig::default()).unwrap();
     hsm_sim::handout::dangerous_init(&hsm, 2, 2).await.unwrap();
-    let fresh = TestKms::empty(Arc::new(hsm)).await;
+    let mut fresh = TestKms::empty(Arc::new(hsm)).await;
     fresh
         .client(OFFICER)
         .admin
@@ -402,6 +403,10 @@ async fn a_root_backed_up_to_three_custodians_is_restored_by_two_into_a_fresh_se
         .into_inner();
     assert_eq!((one.state.as_str(), one.custodians.len()), ("open", 1));
     assert_eq!(one.custodians[0].component_kcv, province[2].check_value);
+    // The open restore survives a restart of the service: its partial restore is in the store.
+    fresh.close().await;
+    let fresh_hsm = Arc::clone(fresh.hsm());
+    fresh.reopen(fresh_hsm).await;
     assert_eq!(
         reason(submit(&fresh, OFFICER, &ceremony.id, &province[0].share).await),
         "SAME_CUSTODIAN_TWICE"
@@ -474,6 +479,7 @@ async fn a_root_backed_up_to_three_custodians_is_restored_by_two_into_a_fresh_se
         .await;
     assert!(ok && out.contains("[complete]"), "{out} {err}");
     assert!(out.contains(&format!("final KCV {}", n.kcv)), "{out}");
+    assert!(out.contains("backup share check value"), "{out}");
     // No share on the command line, in the record output or the logs.
     assert!(national.iter().all(|s| !out.contains(&s.share)));
 
@@ -601,6 +607,15 @@ async fn every_backup_reason_code_arrives_over_the_api() {
     let second = take(&kms, OFFICER_2, &id).await;
     let mut restore = restore_act(&first, "STK_SSSE", KeyLevel::National);
     note(admin.request_act(restore.clone()).await.unwrap_err());
+    // The Ministry's PSAM permission is a national root's only.
+    let mut provincial = restore_act(&first, "MK_SSSE", KeyLevel::Province);
+    if let Some(pb::request_act_request::Act::RestoreRoot(r)) = &mut provincial.act {
+        r.ministry_psam_permission = true;
+    }
+    assert_eq!(
+        reason(admin.request_act(provincial).await),
+        "PSAM_PERMISSION_ONLY_NATIONAL"
+    );
     if let Some(pb::request_act_request::Act::RestoreRoot(r)) = &mut restore.act {
         r.version = 7;
     }

@@ -61,6 +61,10 @@ pub enum BackupJob {
         /// Shares the backup needs.
         #[arg(long)]
         threshold: u32,
+        /// The backup's record says the national root had the Ministry's permission for PSAM
+        /// use (DOMAIN.md §11): recorded with the restored key. Only for `--level national`.
+        #[arg(long)]
+        ministry_psam_permission: bool,
     },
     /// Step 2 of a restore: submit your one backup share to restore ceremony ID (read without
     /// echo, or from stdin). The HSM checks it at once (check value, backup, key); a refused
@@ -136,6 +140,7 @@ pub(super) async fn call(
             kcv,
             backup,
             threshold,
+            ministry_psam_permission,
         } => {
             let level = match level {
                 RootLevel::National => pb::KeyLevel::National,
@@ -149,6 +154,7 @@ pub(super) async fn call(
                 kcv: kcv.clone(),
                 backup: backup.clone(),
                 threshold: *threshold,
+                ministry_psam_permission: *ministry_psam_permission,
             });
             request(admin, act, out).await?;
         }

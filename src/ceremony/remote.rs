@@ -747,10 +747,16 @@ pub(super) fn print_ceremony(out: &mut String, c: &pb::KeyCeremony) {
         c.custodians.len(),
         c.components
     );
+    // A restore ceremony's custodians are recorded with their backup shares' check values.
+    let part = if c.description.starts_with("restore ") {
+        "backup share check value"
+    } else {
+        "component KCV"
+    };
     for p in &c.custodians {
         let _ = writeln!(
             out,
-            "  {} component KCV {} at {}",
+            "  {} {part} {} at {}",
             p.identity, p.component_kcv, p.at_ms
         );
     }

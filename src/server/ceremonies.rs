@@ -5,7 +5,9 @@ use hsm_api::{Kcv, KcvMethod};
 use tonic::Status;
 
 use crate::proto::kms::v1 as pb;
-use crate::service::{Act, CeremonyTarget, DualControlRequest, KeyCeremony, certificate_der};
+use crate::service::{
+    Act, CeremonyTarget, DualControlRequest, KeyCeremony, RootToRestore, certificate_der,
+};
 use crate::state::records::{EndpointKind, OfficerRecord};
 
 use super::convert::{level_of, pb_kcv, required};
@@ -110,12 +112,15 @@ pub(super) fn act_of(req: pb::RequestActRequest) -> Result<Act, Status> {
             shares: u8::try_from(a.shares).unwrap_or(u8::MAX),
         },
         A::RestoreRoot(a) => Act::RestoreRoot {
-            template_id: a.template_id,
-            key_name: a.key_name,
-            level: level_of(a.level)?,
-            version: a.version,
-            kcv: a.kcv.trim().to_ascii_uppercase(),
-            backup: a.backup.trim().to_ascii_uppercase(),
+            root: RootToRestore {
+                template_id: a.template_id,
+                key_name: a.key_name,
+                level: level_of(a.level)?,
+                version: a.version,
+                kcv: a.kcv.trim().to_ascii_uppercase(),
+                backup: a.backup.trim().to_ascii_uppercase(),
+                psam_permitted: a.ministry_psam_permission,
+            },
             threshold: u8::try_from(a.threshold).unwrap_or(u8::MAX),
         },
     })

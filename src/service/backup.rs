@@ -28,7 +28,10 @@
 //! must not be replaced by a ceremony. The restored version is active unless the store holds a
 //! later version of the key.
 
-use hsm_api::{Hsm, IssuedShare, Kcv, KcvMethod, KeyToken, LmkShare, Restoration, Restored};
+use hsm_api::{
+    Algorithm, Hsm, IssuedShare, Kcv, KcvMethod, KeyToken, LmkShare, Restoration, Restored,
+    WrappedKey,
+};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -40,15 +43,36 @@ use crate::state::records::{self, KeyRecord, Level};
 use crate::state::store::{Table, Tx};
 
 use super::components::{
-    CeremonyState, CeremonyTarget, KeyCeremony, Submitted, check_submission, with_custodian,
+    CeremonyState, CeremonyTarget, KeyCeremony, Submitted, check_submission, family_of,
+    with_custodian,
 };
+use super::custodians::{Act, DualControlRequest, opened_by};
 use super::lmk::ShareTaken;
+use super::officers::new_key_record;
 use super::{Kms, kcv_hex};
 
 /// Where a backup is kept in `meta`: this prefix and the id of the request that made it.
 const BACKUP_PREFIX: &str = "root_backup/";
 /// The most shares (and the highest threshold) of a backup: the HSM's Shamir split's.
 const MAX_SHARES: u8 = 16;
+
+/// The root a restore rebuilds, as the backup's ceremony record names it (in
+/// [`Act::RestoreRoot`](super::Act) and [`CeremonyTarget::Restore`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootToRestore {
+    pub template_id: String,
+    pub key_name: String,
+    pub level: Level,
+    /// The version backed up: the restored record carries it.
+    pub version: u32,
+    /// The backed-up key's KCV (hex, its algorithm's default method).
+    pub kcv: String,
+    /// The backup's name, as every share carries it.
+    pub backup: String,
+    /// The original national root had the Ministry's permission for PSAM use.
+    #[serde(default)]
+    pub psam_permitted: bool,
+}
 
 /// A root backup as the store keeps it (`meta`, `root_backup/<request>`): never a share.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +97,10 @@ pub struct RootBackup {
     pub threshold: u8,
     pub taken: Vec<ShareTaken>,
     pub made_ms: u64,
+    /// The key is a national root with the Ministry's permission for PSAM use: its restore
+    /// says so again.
+    #[serde(default)]
+    pub psam_permitted: bool,
 }
 
 impl RootBackup {
@@ -86,7 +114,7 @@ impl RootBackup {
     pub fn summary(&self) -> String {
         format!(
             "backup {} of {} (KCV {} {}) in {}-of-{} shares, {} to take (restore: template {}, \
-             key {}, level {}, version {}, KCV {}, backup {}, threshold {})",
+             key {}, level {}, version {}, KCV {}, backup {}, threshold {}{})",
             self.backup,
             self.key_id,
             self.kcv_method,
@@ -100,7 +128,12 @@ impl RootBackup {
             self.version,
             self.kcv,
             self.backup,
-            self.threshold
+            self.threshold,
+            if self.psam_permitted {
+                ", with the Ministry's permission for PSAM use"
+            } else {
+                ""
+            }
         )
     }
 }
@@ -125,11 +158,6 @@ fn check_counts(threshold: u8, shares: u8) -> Result<()> {
         });
     }
     Ok(())
-}
-
-/// Refuses a restore threshold outside 2..=16.
-pub(super) fn check_restore_threshold(threshold: u8) -> Result<()> {
-    check_counts(threshold, MAX_SHARES)
 }
 
 /// The backup made by request `request`, kept in `tx`.
@@ -244,7 +272,39 @@ impl<H: Hsm> Kms<H> {
             threshold: made.parts.threshold,
             taken: Vec::new(),
             made_ms: 0,
+            psam_permitted: k.psam_permitted,
         })
+    }
+
+    /// The HSM's half of an approved request, if it is an [`Act::BackupRoot`](super::Act).
+    pub(super) async fn backup_for(&self, r: &DualControlRequest) -> Result<Option<RootBackup>> {
+        match &r.act {
+            Act::BackupRoot {
+                key_id,
+                threshold,
+                shares,
+            } => Ok(Some(
+                self.backup_root(&r.id, key_id, *threshold, *shares).await?,
+            )),
+            _ => Ok(None),
+        }
+    }
+
+    /// A restored root's key family, for its custodians' tools (fixed by the template), if
+    /// `act` is an [`Act::RestoreRoot`](super::Act).
+    pub(super) fn restore_family(&self, act: &Act) -> Result<Option<String>> {
+        match act {
+            Act::RestoreRoot { root, .. } => {
+                let target = CeremonyTarget::Restore { root: root.clone() };
+                Ok(Some(family_of(self.target_algorithm(&target)?).to_owned()))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The algorithm of a root's, a restored root's or a vendor transport key's key.
+    pub(super) fn target_algorithm(&self, target: &CeremonyTarget) -> Result<Algorithm> {
+        self.fixed_algorithm(target)?.ok_or(Error::Store)
     }
 
     /// Hands the caller — a registered officer who has not taken one — the next share of the
@@ -323,17 +383,30 @@ impl<H: Hsm> Kms<H> {
         .await
     }
 
-    /// Validates a restore's target (the threshold is the act's, [`check_restore_threshold`]);
-    /// its description.
-    pub(super) fn check_restore(
-        &self,
-        template_id: &str,
-        key_name: &str,
-        level: Level,
-        version: u32,
-        kcv: &str,
-        backup: &str,
-    ) -> Result<String> {
+    /// Checks an [`Act::RestoreRoot`](super::Act) when it is asked for; its description.
+    pub(super) fn check_restore_act(&self, root: &RootToRestore, threshold: u8) -> Result<String> {
+        check_counts(threshold, MAX_SHARES)?;
+        self.check_restore(root)
+    }
+
+    /// Validates a restore's target (the threshold is the act's); its description.
+    pub(super) fn check_restore(&self, root: &RootToRestore) -> Result<String> {
+        let RootToRestore {
+            template_id,
+            key_name,
+            level,
+            version,
+            kcv,
+            backup,
+            psam_permitted,
+        } = root;
+        let (level, version) = (*level, *version);
+        if *psam_permitted && level != Level::National {
+            return Err(Error::InvalidArgument {
+                field: "ministry_psam_permission",
+                reason: Refusal::PsamPermissionOnlyNational,
+            });
+        }
         if !matches!(level, Level::National | Level::Province) {
             return Err(Error::FailedPrecondition {
                 reason: Refusal::BackupNotARoot,
@@ -403,7 +476,10 @@ impl<H: Hsm> Kms<H> {
                     .ok_or(Error::NotFound {
                         what: Resource::Ceremony,
                     })?;
-            let CeremonyTarget::Restore { kcv, backup, .. } = &ceremony.target else {
+            let CeremonyTarget::Restore {
+                root: RootToRestore { kcv, backup, .. },
+            } = &ceremony.target
+            else {
                 return Err(Error::FailedPrecondition {
                     reason: Refusal::CeremonyKindMismatch,
                 });
@@ -524,17 +600,31 @@ impl<H: Hsm> Kms<H> {
     }
 }
 
-/// Stores a restored root with the version and KCV of the original, with its audit record;
-/// refused if the store holds that version already. Active unless a later version is held (the
-/// earlier ones are then retired from new cards, as a new version retires them).
+/// Stores a restored root (its key `formed`, of `alg`, in `region`) with the version and KCV of
+/// the original, with its audit record; refused if the store holds that version already.
+/// Active unless a later version is held (the earlier ones are then retired from new cards, as
+/// a new version retires them).
 pub(super) fn put_restored(
     tx: &mut Tx<'_>,
-    mut record: KeyRecord,
-    expected_kcv: &str,
+    root: &RootToRestore,
+    region: Option<&'static str>,
+    alg: Algorithm,
+    formed: &WrappedKey,
     actor: String,
     note: &str,
 ) -> Result<KeyRecord> {
-    if !record.kcv.eq_ignore_ascii_case(expected_kcv) {
+    let region = region.ok_or(Error::Store)?;
+    let mut record = new_key_record(
+        &root.template_id,
+        &root.key_name,
+        root.level,
+        region,
+        alg,
+        formed,
+    );
+    record.version = root.version;
+    record.psam_permitted = root.psam_permitted;
+    if !record.kcv.eq_ignore_ascii_case(&root.kcv) {
         return Err(Error::FailedPrecondition {
             reason: Refusal::RestoreKcvMismatch,
         });
@@ -581,7 +671,35 @@ pub(super) fn put_restored(
     Ok(record)
 }
 
-/// Whether `c` is a restore ceremony (it takes backup shares, not components).
-pub(super) fn is_restore(c: &KeyCeremony) -> bool {
-    matches!(c.target, CeremonyTarget::Restore { .. })
+/// Inside the approval of an [`Act::RestoreRoot`](super::Act) `r`: opens its restore
+/// ceremony (`family`: the key's, for the custodians' tools); the text of the ceremony record
+/// and the ceremony.
+pub(super) fn open_restore(
+    tx: &mut Tx<'_>,
+    r: &DualControlRequest,
+    root: &RootToRestore,
+    threshold: u8,
+    family: String,
+    ttl: u64,
+) -> Result<(String, KeyCeremony)> {
+    let mut root = root.clone();
+    root.kcv = root.kcv.to_ascii_uppercase();
+    root.backup = root.backup.to_ascii_uppercase();
+    let target = CeremonyTarget::Restore { root };
+    let description = r.description.clone();
+    let c = opened_by(tx, r, target, description, family, threshold, ttl)?;
+    let text = format!(
+        "restore ceremony {} opened for {} custodians' backup shares",
+        c.id, c.components
+    );
+    Ok((text, c))
+}
+
+/// Refuses (`reason`) a restore target: one not opened by an approved restore, or a
+/// component for a ceremony that takes backup shares.
+pub(super) fn not_a_restore(target: &CeremonyTarget, reason: Refusal) -> Result<()> {
+    match target {
+        CeremonyTarget::Restore { .. } => Err(Error::FailedPrecondition { reason }),
+        _ => Ok(()),
+    }
 }

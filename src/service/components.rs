@@ -36,6 +36,7 @@ use crate::state::audit::AuditEvent;
 use crate::state::records::{self, Endpoint, EndpointKind, Level, NATIONAL};
 use crate::state::store::{Table, Tx};
 
+use super::backup::RootToRestore;
 use super::officers::{ComponentInput, hierarchy_exportability, new_key_record, put_new_version};
 use super::{Kms, PROVINCE, hierarchy_usage, is_master_key, kcv_hex};
 
@@ -61,18 +62,11 @@ pub enum CeremonyTarget {
         region: String,
         transport_family: String,
     },
-    /// A national or provincial root restored from its backup shares (`super::backup`), with
-    /// the version and KCV of the original; opened only by an approved
-    /// [`Act::RestoreRoot`](super::custodians::Act). Its ceremony's `components` is the threshold.
+    /// A root restored from its backup shares (`super::backup`), opened only by an approved
+    /// [`Act::RestoreRoot`](super::custodians::Act); `components` is the threshold.
     Restore {
-        template_id: String,
-        key_name: String,
-        level: Level,
-        version: u32,
-        /// The backed-up key's KCV (hex, its algorithm's default method).
-        kcv: String,
-        /// The backup's name, as every share carries it.
-        backup: String,
+        #[serde(flatten)]
+        root: RootToRestore,
     },
 }
 
@@ -150,11 +144,7 @@ impl<H: Hsm> Kms<H> {
         self.audited(caller, Operation::Administer, "component ceremony", async {
             self.admit_officer(caller, Operation::Administer)?;
             let description = self.check_target(&target)?;
-            if matches!(target, CeremonyTarget::Restore { .. }) {
-                return Err(Error::FailedPrecondition {
-                    reason: Refusal::DualControlRequired,
-                });
-            }
+            super::backup::not_a_restore(&target, Refusal::DualControlRequired)?;
             if let CeremonyTarget::Endpoint { kind, name, .. } = &target {
                 let id = records::endpoint_id(*kind, name);
                 if self
@@ -253,11 +243,7 @@ impl<H: Hsm> Kms<H> {
                     .ok_or(Error::NotFound {
                         what: Resource::Ceremony,
                     })?;
-            if super::backup::is_restore(&ceremony) {
-                return Err(Error::FailedPrecondition {
-                    reason: Refusal::CeremonyKindMismatch,
-                });
-            }
+            super::backup::not_a_restore(&ceremony.target, Refusal::CeremonyKindMismatch)?;
             check_submission(&ceremony, &actor)?;
             let kcv_text = component.kcv_hex.trim().to_ascii_uppercase();
             let alg = self.ceremony_algorithm(&ceremony.target, &component)?;
@@ -441,14 +427,7 @@ impl<H: Hsm> Kms<H> {
                 self.template(template_id)?;
                 Ok(format!("{template_id} vendor transport key"))
             }
-            CeremonyTarget::Restore {
-                template_id,
-                key_name,
-                level,
-                version,
-                kcv,
-                backup,
-            } => self.check_restore(template_id, key_name, *level, *version, kcv, backup),
+            CeremonyTarget::Restore { root } => self.check_restore(root),
             CeremonyTarget::Endpoint {
                 kind,
                 name,
@@ -491,7 +470,7 @@ impl<H: Hsm> Kms<H> {
 
     /// The algorithm a root's or a vendor transport key's template fixes (an endpoint's
     /// depends on its components' length: `None`).
-    fn fixed_algorithm(&self, target: &CeremonyTarget) -> Result<Option<Algorithm>> {
+    pub(super) fn fixed_algorithm(&self, target: &CeremonyTarget) -> Result<Option<Algorithm>> {
         Ok(match target {
             CeremonyTarget::Root {
                 template_id,
@@ -499,9 +478,12 @@ impl<H: Hsm> Kms<H> {
                 ..
             }
             | CeremonyTarget::Restore {
-                template_id,
-                key_name,
-                ..
+                root:
+                    RootToRestore {
+                        template_id,
+                        key_name,
+                        ..
+                    },
             } => Some(
                 self.template(template_id)?
                     .key(key_name)
@@ -558,10 +540,13 @@ impl<H: Hsm> Kms<H> {
                 ..
             }
             | CeremonyTarget::Restore {
-                template_id,
-                key_name,
-                level,
-                ..
+                root:
+                    RootToRestore {
+                        template_id,
+                        key_name,
+                        level,
+                        ..
+                    },
             } => Ok(Some(self.root_region(template_id, key_name, *level)?)),
             _ => Ok(None),
         }
@@ -600,23 +585,6 @@ impl<H: Hsm> Kms<H> {
         Ok(self.hsm.form_key(spec, parts).await?)
     }
 
-    /// The key family of a template's key (a restored root's).
-    pub(super) fn template_key_family(&self, template_id: &str, key_name: &str) -> Result<String> {
-        let alg = self
-            .template(template_id)?
-            .key(key_name)
-            .ok_or(Error::NotFound {
-                what: Resource::TemplateKey,
-            })?
-            .hsm_algorithm();
-        Ok(family_of(alg).to_owned())
-    }
-
-    /// The algorithm of a root's, a restored root's or a vendor transport key's key.
-    pub(super) fn target_algorithm(&self, target: &CeremonyTarget) -> Result<Algorithm> {
-        self.fixed_algorithm(target)?.ok_or(Error::Store)
-    }
-
     /// What the HSM forms for `target`: its usage and exportability, with `alg`.
     pub(super) fn target_spec(
         &self,
@@ -631,10 +599,13 @@ impl<H: Hsm> Kms<H> {
                 ..
             }
             | CeremonyTarget::Restore {
-                template_id,
-                key_name,
-                level,
-                ..
+                root:
+                    RootToRestore {
+                        template_id,
+                        key_name,
+                        level,
+                        ..
+                    },
             } => {
                 let template = self.template(template_id)?;
                 let spec = template.key(key_name).ok_or(Error::NotFound {
@@ -778,18 +749,8 @@ pub(super) fn apply_target(
             r.psam_permitted = *psam_permitted;
             put_new_version(tx, r, actor, note)?;
         }
-        CeremonyTarget::Restore {
-            template_id,
-            key_name,
-            level,
-            version,
-            kcv,
-            ..
-        } => {
-            let region = region.ok_or(Error::Store)?;
-            let mut r = new_key_record(template_id, key_name, *level, region, alg, formed);
-            r.version = *version;
-            super::backup::put_restored(tx, r, kcv, actor, note)?;
+        CeremonyTarget::Restore { root } => {
+            super::backup::put_restored(tx, root, region, alg, formed, actor, note)?;
         }
         CeremonyTarget::VendorTransport { template_id } => {
             let r = new_key_record(

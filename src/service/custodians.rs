@@ -103,12 +103,8 @@ pub enum Act {
     /// Restore a root from `threshold` shares of its backup, with the version and KCV of the
     /// original: the approval opens its restore ceremony (`CeremonyTarget::Restore`).
     RestoreRoot {
-        template_id: String,
-        key_name: String,
-        level: records::Level,
-        version: u32,
-        kcv: String,
-        backup: String,
+        #[serde(flatten)]
+        root: super::backup::RootToRestore,
         threshold: u8,
     },
 }
@@ -460,26 +456,8 @@ impl<H: Hsm> Kms<H> {
                 ),
                 _ => None,
             };
-            let backup = match &request.act {
-                Act::BackupRoot {
-                    key_id,
-                    threshold,
-                    shares,
-                } => Some(
-                    self.backup_root(&request.id, key_id, *threshold, *shares)
-                        .await?,
-                ),
-                _ => None,
-            };
-            // A restored root's family, for its custodians' tools (fixed by the template).
-            let restore_family = match &request.act {
-                Act::RestoreRoot {
-                    template_id,
-                    key_name,
-                    ..
-                } => Some(self.template_key_family(template_id, key_name)?),
-                _ => None,
-            };
+            let backup = self.backup_for(&request).await?;
+            let restore_family = self.restore_family(&request.act)?;
             let id = request.id.clone();
             let ttl = self.ceremony.approval_ttl_ms.load(Ordering::Relaxed);
             let approved = self
@@ -583,17 +561,11 @@ impl<H: Hsm> Kms<H> {
                                 region: e.region.clone(),
                                 transport_family: transport_family.clone(),
                             };
-                            let mut c = new_ceremony(
-                                tx,
-                                target,
-                                format!("new transport key of {} {name}", kind.name()),
-                                transport_family.clone(),
-                                *components,
-                                r.requested_by.clone(),
-                                ttl,
-                            )?;
-                            c.approved_request = Some(r.id.clone());
-                            tx.put(Table::Ceremonies, &c.id, &c)?;
+                            let description =
+                                format!("new transport key of {} {name}", kind.name());
+                            let family = transport_family.clone();
+                            let c =
+                                opened_by(tx, &r, target, description, family, *components, ttl)?;
                             let text = format!(
                                 "component ceremony {} opened for {} custodians",
                                 c.id, c.components
@@ -608,45 +580,13 @@ impl<H: Hsm> Kms<H> {
                             Some(p) => super::lmk::keep_prepared(tx, p)?,
                             None => return Err(Error::Store),
                         },
-                        (Act::BackupRoot { .. }, _) => match backup {
-                            Some(b) => super::backup::keep_backup(tx, b)?,
-                            None => return Err(Error::Store),
-                        },
-                        (
-                            Act::RestoreRoot {
-                                template_id,
-                                key_name,
-                                level,
-                                version,
-                                kcv,
-                                backup: name,
-                                threshold,
-                            },
-                            _,
-                        ) => {
-                            let target = CeremonyTarget::Restore {
-                                template_id: template_id.clone(),
-                                key_name: key_name.clone(),
-                                level: *level,
-                                version: *version,
-                                kcv: kcv.to_ascii_uppercase(),
-                                backup: name.to_ascii_uppercase(),
-                            };
-                            let mut c = new_ceremony(
-                                tx,
-                                target,
-                                r.description.clone(),
-                                restore_family.clone().ok_or(Error::Store)?,
-                                *threshold,
-                                r.requested_by.clone(),
-                                ttl,
-                            )?;
-                            c.approved_request = Some(r.id.clone());
-                            tx.put(Table::Ceremonies, &c.id, &c)?;
-                            let text = format!(
-                                "restore ceremony {} opened for {} custodians' backup shares",
-                                c.id, c.components
-                            );
+                        (Act::BackupRoot { .. }, _) => {
+                            super::backup::keep_backup(tx, backup.ok_or(Error::Store)?)?
+                        }
+                        (Act::RestoreRoot { root, threshold }, _) => {
+                            let family = restore_family.ok_or(Error::Store)?;
+                            let (text, c) =
+                                super::backup::open_restore(tx, &r, root, *threshold, family, ttl)?;
                             out.ceremony = Some(c);
                             text
                         }
@@ -779,18 +719,7 @@ impl<H: Hsm> Kms<H> {
                 threshold,
                 shares,
             } => self.check_backup_root(key_id, *threshold, *shares),
-            Act::RestoreRoot {
-                template_id,
-                key_name,
-                level,
-                version,
-                kcv,
-                backup,
-                threshold,
-            } => {
-                super::backup::check_restore_threshold(*threshold)?;
-                self.check_restore(template_id, key_name, *level, *version, kcv, backup)
-            }
+            Act::RestoreRoot { root, threshold } => self.check_restore_act(root, *threshold),
             Act::RetireKey { key_id } => {
                 let k: KeyRecord =
                     self.store
@@ -842,6 +771,24 @@ fn unblacklist_in(tx: &mut Tx<'_>, card_identifier: &str) -> Result<String> {
         "card {} off the blacklist, registered (to be reviewed again)",
         super::mask_card_identifier(card_identifier)
     ))
+}
+
+/// A new open ceremony for `target`, opened by the approval of `r` (its requester starts it),
+/// stored in `tx`.
+pub(super) fn opened_by(
+    tx: &mut Tx<'_>,
+    r: &DualControlRequest,
+    target: CeremonyTarget,
+    description: String,
+    family: String,
+    components: u8,
+    ttl: u64,
+) -> Result<KeyCeremony> {
+    let by = r.requested_by.clone();
+    let mut c = new_ceremony(tx, target, description, family, components, by, ttl)?;
+    c.approved_request = Some(r.id.clone());
+    tx.put(Table::Ceremonies, &c.id, &c)?;
+    Ok(c)
 }
 
 /// The request `id`, which must be pending (not decided, not expired at this commit).

@@ -40,7 +40,7 @@ mod stations;
 
 pub use applicants::{BatchUpload, MAX_BATCH_ID_LEN, MAX_NOTE_CHARS};
 pub use auditors::MAX_EXPORT;
-pub use backup::{BackupShareTaken, RootBackup};
+pub use backup::{BackupShareTaken, RootBackup, RootToRestore};
 pub use components::{CeremonyState, CeremonyTarget, Custodian, KeyCeremony, Submitted};
 pub use custodians::{
     Act, Approved, DEFAULT_APPROVAL_TTL_MS, DualControlRequest, RequestState, certificate_der,
