@@ -325,7 +325,8 @@ impl fmt::Debug for Component {
     }
 }
 
-/// One custodian's share of the LMK (m-of-n), as text shown once at `init` and typed at `unseal`.
+/// One custodian's share of the LMK (m-of-n), as text shown once at `init` and typed at `unseal`;
+/// also a root backup share typed at a restore ([`crate::Hsm::restore_share`]).
 pub struct LmkShare {
     text: Zeroizing<String>,
 }

@@ -372,17 +372,6 @@ impl<H: Hsm> Kms<H> {
         .await
     }
 
-    /// The backups made so far, oldest first (for the ceremony record; never a share).
-    pub async fn list_backups(&self, caller: &Identity) -> Result<Vec<RootBackup>> {
-        self.audited(caller, Operation::Administer, "root backups", async {
-            self.admit_officer(caller, Operation::Administer)?;
-            let all: Vec<(String, RootBackup)> =
-                self.store.snapshot()?.scan(Table::Meta, BACKUP_PREFIX)?;
-            Ok(all.into_iter().map(|(_, b)| b).collect())
-        })
-        .await
-    }
-
     /// Checks an [`Act::RestoreRoot`](super::Act) when it is asked for; its description.
     pub(super) fn check_restore_act(&self, root: &RootToRestore, threshold: u8) -> Result<String> {
         check_counts(threshold, MAX_SHARES)?;
