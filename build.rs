@@ -30,6 +30,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".sscard.kms.v1.CardPersonalData",
             ".sscard.kms.v1.ApplicantFileChunk",
             ".sscard.kms.v1.TakeTransportComponentResponse",
+            ".sscard.kms.v1.TakeBackupShareResponse",
+            ".sscard.kms.v1.SubmitBackupShareRequest",
         ])
         .compile_fds(fds)?;
     Ok(())

@@ -17,6 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".sscard.hsm.v1.Component",
             ".sscard.hsm.v1.IndexHashesRequest",
             ".sscard.hsm.v1.RegistryField",
+            ".sscard.hsm.v1.RestoreShareRequest",
         ])
         .compile_fds(fds)?;
     Ok(())

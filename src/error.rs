@@ -453,6 +453,26 @@ refusals! {
     /// the write that keeps it (another replacement went in between).
     TransportKeyChanged => "TRANSPORT_KEY_CHANGED",
         "the station's transport key changed while a new one was issued under it: ask again";
+    // ---- root backup and restore (issue 10)
+    /// A backup asked for of a key that is not a national or provincial root of its template.
+    BackupNotARoot => "BACKUP_NOT_A_ROOT",
+        "only a national or provincial root is backed up (city and card keys are derived again)";
+    /// A backup split or a restore threshold outside 2 <= threshold <= shares <= 16.
+    BackupShareCount => "BACKUP_SHARE_COUNT_OUT_OF_RANGE",
+        "2 <= threshold <= shares <= 16";
+    /// A backup share that is malformed, mistyped (its check value), of another backup, key or
+    /// threshold, or already submitted to this restore.
+    BackupShareRefused => "BACKUP_SHARE_REFUSED",
+        "not a share of this backup (mistyped, of another backup, or already submitted)";
+    /// The shares rebuilt a key whose KCV is not the backup's: the restore failed.
+    RestoreKcvMismatch => "RESTORE_KCV_MISMATCH",
+        "the shares do not rebuild the backed-up key (KCV mismatch): the restore failed";
+    /// A restore of a key version the store already holds.
+    RestoreKeyExists => "RESTORE_KEY_EXISTS",
+        "the store already holds this key version: it is not restored over";
+    /// A component to a restore ceremony, or a backup share to a component ceremony.
+    CeremonyKindMismatch => "CEREMONY_KIND_MISMATCH",
+        "this ceremony takes the other kind of part (components, or backup shares)";
 }
 
 impl std::fmt::Display for Refusal {
@@ -501,6 +521,8 @@ pub enum Resource {
     Request,
     /// A component ceremony.
     Ceremony,
+    /// A root backup, by the request that made it.
+    RootBackup,
 }
 
 impl Resource {
@@ -524,6 +546,7 @@ impl Resource {
         Resource::Officer,
         Resource::Request,
         Resource::Ceremony,
+        Resource::RootBackup,
     ];
 
     /// The stem of the reason code.
@@ -547,6 +570,7 @@ impl Resource {
             Resource::Officer => "OFFICER",
             Resource::Request => "REQUEST",
             Resource::Ceremony => "CEREMONY",
+            Resource::RootBackup => "ROOT_BACKUP",
         }
     }
 
@@ -571,6 +595,7 @@ impl Resource {
             Resource::Officer => "officer certificate",
             Resource::Request => "dual-control request",
             Resource::Ceremony => "component ceremony",
+            Resource::RootBackup => "root backup",
         }
     }
 }

@@ -86,6 +86,20 @@ pub mod proto {
                 }
             }
 
+            impl core::fmt::Debug for TakeBackupShareResponse {
+                fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                    f.debug_struct("TakeBackupShareResponse")
+                        .field("index", &self.index)
+                        .field("shares", &self.shares)
+                        .field("threshold", &self.threshold)
+                        .field("check_value", &self.check_value)
+                        .field("backup", &self.backup)
+                        .field("key_id", &self.key_id)
+                        .field("kcv", &self.kcv)
+                        .finish_non_exhaustive()
+                }
+            }
+
             impl core::fmt::Debug for ApplicantFileChunk {
                 fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
                     f.debug_struct("ApplicantFileChunk")
@@ -102,6 +116,14 @@ pub mod proto {
                         .field("components", &self.components)
                         .field("component_kcv", &self.component_kcv)
                         .field("issue", &self.issue)
+                        .finish_non_exhaustive()
+                }
+            }
+
+            impl core::fmt::Debug for SubmitBackupShareRequest {
+                fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                    f.debug_struct("SubmitBackupShareRequest")
+                        .field("ceremony_id", &self.ceremony_id)
                         .finish_non_exhaustive()
                 }
             }

@@ -65,7 +65,7 @@ fn file_name(uri: &str) -> String {
 }
 
 /// Runs `kms-ceremony` with `args`, writing `stdin` to it.
-fn ceremony(args: &[&str], stdin: &str) -> Output {
+pub(crate) fn ceremony(args: &[&str], stdin: &str) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kms-ceremony"))
         .args(args)
         .stdin(Stdio::piped())

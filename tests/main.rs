@@ -1,5 +1,9 @@
 //! The one integration-test binary of sscard-kms (`cargo test --workspace` runs it).
 //!
+//! - `backup`: root backup and restore (issue 10) over mTLS and through the real `kms-ceremony`:
+//!   a province and a national root backed up 2-of-3 to three custodians, restored by two each
+//!   into a fresh service on another LMK (across a restart), a station's card key checking out
+//!   against the chain; every refusal and every `mTLS (backup)` reason code.
 //! - `ceremonies`: a full key ceremony through the real `kms-ceremony` against a running
 //!   service, secrets on stdin, each officer from their own certificate (init with one share
 //!   file per custodian, unseal by two, a national root from two custodians' components, a
@@ -87,6 +91,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 mod audit_trail;
+mod backup;
 mod binaries;
 mod blacklist;
 mod calc;

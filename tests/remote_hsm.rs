@@ -332,6 +332,25 @@ impl Hsm for Counting {
         self.count("issue_transport_key_under");
         self.inner.issue_transport_key_under(kek, algorithm).await
     }
+
+    async fn backup_key(
+        &self,
+        key: &KeyToken,
+        threshold: u8,
+        shares: u8,
+    ) -> Result<hsm_api::KeyBackup> {
+        self.count("backup_key");
+        self.inner.backup_key(key, threshold, shares).await
+    }
+
+    async fn restore_share(
+        &self,
+        into: hsm_api::Restoration,
+        share: LmkShare,
+    ) -> Result<hsm_api::Restored> {
+        self.count("restore_share");
+        self.inner.restore_share(into, share).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -57,9 +57,10 @@ pub use registry::{
 };
 pub use types::{
     Accumulated, Accumulation, Component, Exportability, ExportedKey, HierarchyLevel, HsmState,
-    HsmStatus, IssuedComponents, IssuedShare, IssuedUnderKek, KeySpec, KeyToken, KeyUsage,
-    ListSignature, LmkInit, LmkRotation, LmkShare, PartialKey, SecretParts, UnsealProgress,
-    WrappedKey, WriteKeyCommand, WriteKeyRequest,
+    HsmStatus, IssuedComponents, IssuedShare, IssuedUnderKek, KeyBackup, KeySpec, KeyToken,
+    KeyUsage, ListSignature, LmkInit, LmkRotation, LmkShare, PartialKey, PartialRestore,
+    Restoration, Restored, SecretParts, UnsealProgress, WrappedKey, WriteKeyCommand,
+    WriteKeyRequest,
 };
 
 /// The operations of the HSM. Every key operation is refused unless the HSM is operational
@@ -323,6 +324,30 @@ pub trait Hsm: Send + Sync + 'static {
         kek: &KeyToken,
         algorithm: Algorithm,
     ) -> impl Future<Output = Result<IssuedUnderKek>> + Send;
+    /// Splits the key of `key` into `shares` backup shares, any `threshold` of which rebuild it
+    /// (2 ≤ m ≤ n ≤ 16; Shamir, as the LMK's shares), for escrow with custodians: the shares
+    /// are kept as [`SecretParts`] and each is taken once with [`Hsm::take_secret_part`]. Only a
+    /// hierarchy root may be backed up — a card- or master-key derivation key of the national or
+    /// provincial level; anything else is [`Error::WrongUsage`].
+    fn backup_key(
+        &self,
+        key: &KeyToken,
+        threshold: u8,
+        shares: u8,
+    ) -> impl Future<Output = Result<KeyBackup>> + Send;
+
+    /// One backup share of a root restored one custodian at a time, possibly under another LMK
+    /// than the backup's (escrow is for losing the first HSM): the share is checked now —
+    /// format, check value, the backup, spec and KCV begun with, the threshold, not a repeat —
+    /// and kept in the partial restore; at the threshold the key is rebuilt, its KCV compared
+    /// with the backup's and its token returned. A refused share is [`Error::Share`] and
+    /// leaves the partial restore as it was; a rebuilt key of another KCV is
+    /// [`Error::Verification`].
+    fn restore_share(
+        &self,
+        into: Restoration,
+        share: LmkShare,
+    ) -> impl Future<Output = Result<Restored>> + Send;
 }
 
 /// Refuses a batch of a length outside [`BATCH_ITEMS`] ([`Error::Count`]).

@@ -325,7 +325,8 @@ impl fmt::Debug for Component {
     }
 }
 
-/// One custodian's share of the LMK (m-of-n), as text shown once at `init` and typed at `unseal`.
+/// One custodian's share of the LMK (m-of-n), as text shown once at `init` and typed at `unseal`;
+/// also a root backup share typed at a restore ([`crate::Hsm::restore_share`]).
 pub struct LmkShare {
     text: Zeroizing<String>,
 }
@@ -510,4 +511,60 @@ pub struct IssuedUnderKek {
     /// The new key as a TR-31 block (usage `K1`, mode `B`, exportability `N`, with its KCV
     /// block) under the current key: version `B` under a TDES key, `D` under an AES key.
     pub block: String,
+}
+
+/// A root backed up in custodians' shares ([`crate::Hsm::backup_key`]): what is public about it.
+/// The shares themselves wait in the HSM as [`SecretParts`], each taken once with
+/// [`crate::Hsm::take_secret_part`]; every share carries the backup's name, the key's spec and
+/// KCV, the threshold and a check value, so a restore can refuse a wrong or foreign share as it
+/// arrives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyBackup {
+    /// The shares, each taken once.
+    pub parts: SecretParts,
+    /// The backup's name (random, public): written in every share and on the ceremony record.
+    pub backup: String,
+    /// The key's spec, as its token says.
+    pub spec: KeySpec,
+    /// The key's KCV (default method): a restore must rebuild exactly this key.
+    pub kcv: Kcv,
+}
+
+/// Where a root restored from its backup shares stands, for
+/// [`crate::Hsm::restore_share`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Restoration {
+    /// The first share of the backup named `backup` of a key of `spec` whose KCV is `kcv` (as
+    /// the backup's ceremony record says). The three travel in the partial restore: no share of
+    /// another backup, key or spec is ever taken in.
+    Begin {
+        spec: KeySpec,
+        kcv: Kcv,
+        backup: String,
+    },
+    /// A further share, into the partial restore the previous call returned.
+    Continue(KeyToken),
+}
+
+/// What [`crate::Hsm::restore_share`] answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Restored {
+    /// Shares are still missing: the partial restore (the shares so far under the LMK), for
+    /// the next call.
+    Partial(PartialRestore),
+    /// The threshold was reached: the key rebuilt, its KCV checked, as a token under this HSM's
+    /// LMK.
+    Formed(WrappedKey),
+}
+
+/// The backup shares received so far, under the LMK: a block of its own kind that the HSM
+/// accepts only as [`Restoration::Continue`] (never a key), bound to the backup, spec and KCV it
+/// was begun with. Safe to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartialRestore {
+    pub token: KeyToken,
+    /// Shares taken in so far (each checked).
+    pub received: u8,
+    /// Shares the key is rebuilt from.
+    pub threshold: u8,
 }

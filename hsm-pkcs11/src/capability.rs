@@ -18,6 +18,7 @@
 //! | list signing, SM2DSA / SM3 (a new key, or a signature) | no | refused (PKCS#11 defines no SM2 mechanism; SoftHSM has none) | refused |
 //! | LMK creation (and the user PIN split m-of-n among custodians) | yes | — | — |
 //! | LMK rotation (roots re-wrapped under a new LMK pair) | yes | — | — |
+//! | root backup in custodians' shares, restore from them (`backup_key`, `restore_share`) | no | refused (the split and the rebuild would hold the root in clear in this process; back up on the simulator, or with the token vendor's own key-backup tools) | refused |
 //!
 //! "Released for that one operation" means: the token derives (or unwraps) the key as an
 //! extractable, non-sensitive session object, the backend reads its value, runs the simulator's

@@ -35,9 +35,9 @@ use cryptoki::session::Session;
 use cryptoki::slot::Slot;
 use hsm_api::{
     ClearField, Component, Dispersion, Error, ExportedKey, Factor, Hsm, HsmState, HsmStatus,
-    INDEX_HASH_LEN, IssuedShare, Kcv, KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkInit,
-    LmkRotation, LmkShare, Result, SealedField, UnsealProgress, WrappedKey, WriteKeyCommand,
-    WriteKeyRequest,
+    INDEX_HASH_LEN, IssuedShare, Kcv, KeyBackup, KeyBlockVersion, KeySpec, KeyToken, KeyUsage,
+    LmkInit, LmkRotation, LmkShare, Restoration, Restored, Result, SealedField, UnsealProgress,
+    WrappedKey, WriteKeyCommand, WriteKeyRequest,
 };
 use hsm_sim::handout::Handout;
 use hsm_sim::shares::{ShareCollector, SplitSecret};
@@ -576,6 +576,26 @@ impl Hsm for Pkcs11Hsm {
     ) -> Result<hsm_api::IssuedUnderKek> {
         self.with_lmk(|lmk| self.issue_under_now(lmk, kek, algorithm))
     }
+
+    /// Refused in every mode (see [`capability`]): the token keeps its roots as non-extractable
+    /// objects wrapped by its own LMK; splitting one would release it in clear to this process.
+    async fn backup_key(&self, key: &KeyToken, _threshold: u8, _shares: u8) -> Result<KeyBackup> {
+        let (stored, _, _) = token::parse(key.as_str())?;
+        Err(backup_refused(stored.alg))
+    }
+
+    /// Refused in every mode, as [`Hsm::backup_key`]: a root restored here would be rebuilt in
+    /// clear in this process.
+    async fn restore_share(&self, into: Restoration, share: LmkShare) -> Result<Restored> {
+        drop(share);
+        match into {
+            Restoration::Begin { spec, .. } => Err(backup_refused(spec.algorithm)),
+            Restoration::Continue(_) => Err(Error::WrongUsage {
+                usage: "PKCS#11 backend".into(),
+                operation: "take a backup share (it makes no partial restore)".into(),
+            }),
+        }
+    }
 }
 
 /// The current LMK if the token is operational (logged in, self-test passed).
@@ -587,6 +607,15 @@ fn operational(state: &State) -> Result<&LmkObjects> {
         return Err(Error::Sealed);
     }
     state.lmk.as_ref().ok_or(Error::Uninitialised)
+}
+
+/// Why a root backup or restore is refused on this backend.
+fn backup_refused(alg: hsm_api::Algorithm) -> Error {
+    Error::Unsupported {
+        op: "a root backup or restore on a PKCS#11 token (its roots never leave it in clear)"
+            .into(),
+        alg,
+    }
 }
 
 /// The name of the check a self-test error reports.

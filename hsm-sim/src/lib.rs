@@ -11,6 +11,7 @@
 //! ([`crypto::SecretKey`]); everything above it sees key blocks and key check values.
 #![forbid(unsafe_code)]
 
+pub(crate) mod backup;
 pub mod cache;
 pub mod crypto;
 pub mod handout;

@@ -357,6 +357,17 @@ impl Lmk {
         tr31::unwrap_bound(&self.kbpk, Some(&self.binding), block)
     }
 
+    /// A block of `data` (not a key) with `header` under the LMK's token key: a partial
+    /// restore's ([`crate::backup`]), whose header no token has.
+    pub(crate) fn wrap_data(&self, header: &KeyBlockHeader, data: &[u8]) -> Result<String> {
+        tr31::wrap_data_bound(&self.binding, header, data)
+    }
+
+    /// The header and data of a block of [`Lmk::wrap_data`], its MAC verified.
+    pub(crate) fn unwrap_data(&self, block: &str) -> Result<(KeyBlockHeader, Zeroizing<Vec<u8>>)> {
+        tr31::unwrap_data_bound(&self.kbpk, &self.binding, block)
+    }
+
     /// `token` (checked under this LMK) wrapped again under `new`, with the same header.
     pub(crate) fn rewrap(&self, token: &KeyToken, new: &Lmk) -> Result<KeyToken> {
         let (header, key) = tr31::unwrap_bound(&self.kbpk, Some(&self.binding), token.as_str())?;
@@ -371,21 +382,10 @@ impl Lmk {
 
     /// Splits the LMK into `count` shares, any `threshold` of which rebuild it.
     pub(crate) fn split(&self, threshold: u8, count: u8) -> Result<(Vec<IssuedShare>, LmkRecord)> {
-        check_share_counts(threshold, count)?;
-        let mut rng = OsRandom::default();
-        // `dealer_rng` draws every coefficient before returning; the polynomials live in the
-        // iterator (zeroized on drop) until `collect` has evaluated the shares.
-        let shares: Vec<Share> = Sharks(threshold)
-            .dealer_rng(self.key.secret_bytes(), &mut rng)
-            .take(usize::from(count))
-            .collect();
-        if rng.failed {
-            return Err(Error::Random);
-        }
+        let shares = split_secret(threshold, count, self.key.secret_bytes())?;
         let mut issued = Vec::with_capacity(shares.len());
         let mut check_values = Vec::with_capacity(shares.len());
-        for share in &shares {
-            let bytes = Zeroizing::new(Vec::from(share));
+        for bytes in &shares {
             let (&index, value) = bytes.split_first().ok_or(Error::Random)?;
             let check_value = share_check_value(index, value);
             issued.push(IssuedShare {
@@ -512,17 +512,47 @@ impl ParsedShare {
 /// Rebuilds the LMK from `shares` (at least `threshold` of distinct indices, checked by the
 /// caller).
 pub(crate) fn combine(threshold: u8, shares: &[ParsedShare]) -> Result<Lmk> {
+    let parts: Vec<&[u8]> = shares.iter().map(|s| s.bytes.as_slice()).collect();
+    let secret = recover_secret(threshold, &parts)?;
+    Lmk::from_key(SecretKey::new(LMK_ALGORITHM, &secret)?)
+}
+
+/// The one Shamir split of the HSM (the LMK's shares, a root's backup shares): `count` shares of
+/// `secret`, any `threshold` of which rebuild it, each `index ‖ value` (the value as long as
+/// the secret) in a buffer zeroized on drop. Counts as [`check_share_counts`].
+pub(crate) fn split_secret(
+    threshold: u8,
+    count: u8,
+    secret: &[u8],
+) -> Result<Vec<Zeroizing<Vec<u8>>>> {
+    check_share_counts(threshold, count)?;
+    let mut rng = OsRandom::default();
+    // `dealer_rng` draws every coefficient before returning; the polynomials live in the
+    // iterator (zeroized on drop) until `collect` has evaluated the shares.
+    let shares: Vec<Share> = Sharks(threshold)
+        .dealer_rng(secret, &mut rng)
+        .take(usize::from(count))
+        .collect();
+    if rng.failed {
+        return Err(Error::Random);
+    }
+    Ok(shares
+        .iter()
+        .map(|share| Zeroizing::new(Vec::from(share)))
+        .collect())
+}
+
+/// The secret of [`split_secret`] from `shares` (`index ‖ value` each; at least `threshold` of
+/// distinct indices, checked by the caller).
+pub(crate) fn recover_secret(threshold: u8, shares: &[&[u8]]) -> Result<Zeroizing<Vec<u8>>> {
     let shares: Vec<Share> = shares
         .iter()
-        .map(|s| Share::try_from(s.bytes.as_slice()))
+        .map(|s| Share::try_from(*s))
         .collect::<core::result::Result<_, _>>()
         .map_err(|_| Error::Share("malformed share".into()))?;
-    let secret = Zeroizing::new(
-        Sharks(threshold)
-            .recover(&shares)
-            .map_err(|_| Error::Share("not enough distinct shares".into()))?,
-    );
-    Lmk::from_key(SecretKey::new(LMK_ALGORITHM, &secret)?)
+    Ok(Zeroizing::new(Sharks(threshold).recover(&shares).map_err(
+        |_| Error::Share("not enough distinct shares".into()),
+    )?))
 }
 
 /// The text of share `index` with value `value`: `lmk1-03-…`, built in a buffer that is

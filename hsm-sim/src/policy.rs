@@ -13,8 +13,8 @@
 //!   secure-messaging command a card checks), [`secure_messaging_apdu`].
 
 use hsm_api::{
-    Algorithm, Component, Error, Exportability, ExportedKey, KeyBlockVersion, KeySpec, KeyUsage,
-    MacFold, Result, WriteKeyCommand, WriteKeyRequest,
+    Algorithm, Component, Error, Exportability, ExportedKey, HierarchyLevel, KeyBlockVersion,
+    KeySpec, KeyUsage, MacFold, Result, WriteKeyCommand, WriteKeyRequest,
 };
 use zeroize::Zeroizing;
 
@@ -522,4 +522,18 @@ pub fn export_new_transport_key(
     )?
     .with_optional_block(OptionalBlock::key_check_value_of(&kcv)?);
     wrap(&header, new)
+}
+
+/// Whether a key of `usage` may be backed up in custodians' shares
+/// ([`hsm_api::Hsm::backup_key`]): the roots of the hierarchies, national and provincial card-
+/// and master-key derivation keys, which nothing above them in this HSM can re-derive. City keys
+/// are derived from these again; card keys and card master keys are derived per card; the LMK
+/// has its own shares; transport, audit, list-signing and registry keys are re-issued, not
+/// escrowed (SECURITY.md).
+pub const fn may_be_backed_up(usage: KeyUsage) -> bool {
+    matches!(
+        usage,
+        KeyUsage::CardDerivation(HierarchyLevel::National | HierarchyLevel::Province)
+            | KeyUsage::MasterKeyDerivation(HierarchyLevel::National | HierarchyLevel::Province)
+    )
 }

@@ -164,6 +164,23 @@ impl<H: Hsm> Hsm for Singles<'static, H> {
     ) -> Result<hsm_api::IssuedUnderKek> {
         self.0.issue_transport_key_under(kek, algorithm).await
     }
+
+    async fn backup_key(
+        &self,
+        key: &KeyToken,
+        threshold: u8,
+        shares: u8,
+    ) -> Result<hsm_api::KeyBackup> {
+        self.0.backup_key(key, threshold, shares).await
+    }
+
+    async fn restore_share(
+        &self,
+        into: hsm_api::Restoration,
+        share: LmkShare,
+    ) -> Result<hsm_api::Restored> {
+        self.0.restore_share(into, share).await
+    }
 }
 
 fn spec(algorithm: Algorithm, usage: KeyUsage, exportability: Exportability) -> KeySpec {

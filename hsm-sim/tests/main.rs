@@ -1,5 +1,7 @@
 //! The one integration-test binary of hsm-sim.
 //!
+//! - `backup`: a root backed up in shares in one HSM and restored in another (in process and
+//!   over the wire), the refusals at their own share.
 //! - `batch`: `Hsm::batch` against the single operations it stands for, item for item, with
 //!   bad items among good ones (the scenario is run over the wire by `remote` too).
 //! - `issue`: transport keys issued as components and under the current key (also run by
@@ -13,6 +15,7 @@
 //!   authorisation, error fidelity.
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+mod backup;
 mod batch;
 mod issue;
 mod kat_vectors;

@@ -11,7 +11,7 @@
 //!   `LocalHsm` directly and through `serve` + `RemoteHsm` gives equal errors.
 //! - `the_binary_refuses_to_start_without_client_ca_or_with_bad_pem`: fail closed at start-up.
 
-mod pki;
+pub(crate) mod pki;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -229,6 +229,10 @@ pub enum Job {
         #[arg(long)]
         name: String,
     },
+    /// Root backup and restore (`roots-backup`, `backup-take-share`, `roots-restore`,
+    /// `backup-submit-share`).
+    #[command(flatten)]
+    Backup(crate::ceremony::backup::BackupJob),
 }
 
 /// Runs `job` as the certificate of `conn`, reading secrets from `input`.
@@ -248,6 +252,9 @@ pub fn run(conn: &Connection, job: &Job, input: &mut dyn SecretLines) -> Result<
     // Secrets are read before connecting: a refused KCV sends nothing.
     let secret = match job {
         Job::Unseal => Some(Secret::Share(input.next_secret("your LMK share")?)),
+        Job::Backup(b) if b.reads_share() => {
+            Some(Secret::Share(input.next_secret("your root backup share")?))
+        }
         Job::ComponentSubmit { .. } => {
             let hex = input.next_secret("your component (hex)")?;
             let kcv = input.next_secret("its KCV from your paper (hex)")?;
@@ -625,6 +632,13 @@ async fn call(
                 .into_inner();
             print_ceremony(&mut out, &c);
         }
+        Job::Backup(b) => {
+            let share = match secret {
+                Some(Secret::Share(share)) => Some(share),
+                _ => None,
+            };
+            crate::ceremony::backup::call(&mut admin, b, share, &mut out).await?;
+        }
         Job::CeremonyShow { id } => {
             let c = admin
                 .get_key_ceremony(pb::KeyCeremonyRef { id: id.clone() })
@@ -774,7 +788,7 @@ fn print_request(out: &mut String, r: &pb::DualControlRequest) {
     }
 }
 
-fn print_ceremony(out: &mut String, c: &pb::KeyCeremony) {
+pub(super) fn print_ceremony(out: &mut String, c: &pb::KeyCeremony) {
     let _ = writeln!(
         out,
         "ceremony {} [{}] {}: {} of {} components",
@@ -784,10 +798,16 @@ fn print_ceremony(out: &mut String, c: &pb::KeyCeremony) {
         c.custodians.len(),
         c.components
     );
+    // A restore ceremony's custodians are recorded with their backup shares' check values.
+    let part = if c.description.starts_with("restore ") {
+        "backup share check value"
+    } else {
+        "component KCV"
+    };
     for p in &c.custodians {
         let _ = writeln!(
             out,
-            "  {} component KCV {} at {}",
+            "  {} {part} {} at {}",
             p.identity, p.component_kcv, p.at_ms
         );
     }

@@ -6,8 +6,8 @@ use tonic::Status;
 
 use crate::proto::kms::v1 as pb;
 use crate::service::{
-    Act, CeremonyTarget, DualControlRequest, KeyCeremony, TransportDelivery, TransportIssue,
-    certificate_der,
+    Act, CeremonyTarget, DualControlRequest, KeyCeremony, RootToRestore, TransportDelivery,
+    TransportIssue, certificate_der,
 };
 use crate::state::records::{EndpointKind, OfficerRecord};
 
@@ -164,6 +164,24 @@ pub(super) fn act_of(req: pb::RequestActRequest) -> Result<Act, Status> {
             region: a.region,
             transport_family: a.transport_algorithm,
             components: u8::try_from(a.components).unwrap_or(u8::MAX),
+        },
+
+        A::BackupRoot(a) => Act::BackupRoot {
+            key_id: a.key_id,
+            threshold: u8::try_from(a.threshold).unwrap_or(u8::MAX),
+            shares: u8::try_from(a.shares).unwrap_or(u8::MAX),
+        },
+        A::RestoreRoot(a) => Act::RestoreRoot {
+            root: RootToRestore {
+                template_id: a.template_id,
+                key_name: a.key_name,
+                level: level_of(a.level)?,
+                version: a.version,
+                kcv: a.kcv.trim().to_ascii_uppercase(),
+                backup: a.backup.trim().to_ascii_uppercase(),
+                psam_permitted: a.ministry_psam_permission,
+            },
+            threshold: u8::try_from(a.threshold).unwrap_or(u8::MAX),
         },
     })
 }

@@ -330,6 +330,19 @@ impl Bounded for pb::TakeLmkShareRequest {
     }
 }
 
+impl Bounded for pb::TakeBackupShareRequest {
+    fn check_limits(&self) -> Result<()> {
+        check("request_id", self.request_id.len(), NAME)
+    }
+}
+
+impl Bounded for pb::SubmitBackupShareRequest {
+    fn check_limits(&self) -> Result<()> {
+        check("ceremony_id", self.ceremony_id.len(), NAME)?;
+        check("share", self.share.len(), SHARE)
+    }
+}
+
 impl Bounded for pb::CommitLmkRotationRequest {
     fn check_limits(&self) -> Result<()> {
         Ok(())
@@ -391,6 +404,13 @@ impl Bounded for pb::RequestActRequest {
                 check("transport_algorithm", a.transport_algorithm.len(), NAME)
             }
             Some(Act::RevokeEndpoint(a)) => check("name", a.name.len(), NAME),
+            Some(Act::BackupRoot(a)) => check("key_id", a.key_id.len(), KEY_ID),
+            Some(Act::RestoreRoot(a)) => {
+                check("template_id", a.template_id.len(), NAME)?;
+                check("key_name", a.key_name.len(), NAME)?;
+                check("kcv", a.kcv.len(), NAME)?;
+                check("backup", a.backup.len(), NAME)
+            }
             Some(Act::RotateLmk(_)) | None => Ok(()),
         }
     }

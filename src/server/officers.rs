@@ -343,6 +343,48 @@ impl<H: Hsm> pb::admin_service_server::AdminService for Api<H> {
         }))
     }
 
+    async fn take_backup_share(
+        &self,
+        request: Request<pb::TakeBackupShareRequest>,
+    ) -> Result<Response<pb::TakeBackupShareResponse>, Status> {
+        let who = self.admit(&request)?;
+        let id = request.into_inner().request_id;
+        let t = self
+            .kms
+            .take_backup_share(&who, &id)
+            .await
+            .map_err(status)?;
+        let kcv = hsm_api::KcvMethod::from_name(&t.backup.kcv_method)
+            .zip(hex::decode(&t.backup.kcv).ok())
+            .map(|(m, v)| super::convert::pb_kcv(&hsm_api::Kcv::from_parts(m, v)));
+        Ok(Response::new(pb::TakeBackupShareResponse {
+            index: u32::from(t.index),
+            shares: u32::from(t.backup.shares),
+            threshold: u32::from(t.backup.threshold),
+            share: t.issued.share.secret_text().to_owned(),
+            check_value: t.issued.check_value.clone(),
+            backup: t.backup.backup,
+            key_id: t.backup.key_id,
+            kcv,
+        }))
+    }
+
+    async fn submit_backup_share(
+        &self,
+        request: Request<pb::SubmitBackupShareRequest>,
+    ) -> Result<Response<pb::KeyCeremony>, Status> {
+        let who = self.admit(&request)?;
+        let mut req = request.into_inner();
+        // Moved into a zeroizing buffer first, so it is wiped on every path.
+        let share = zeroize::Zeroizing::new(std::mem::take(&mut req.share));
+        let s = self
+            .kms
+            .submit_backup_share(&who, &req.ceremony_id, share)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb_ceremony(s.ceremony)))
+    }
+
     async fn commit_lmk_rotation(
         &self,
         request: Request<pb::CommitLmkRotationRequest>,

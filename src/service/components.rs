@@ -36,6 +36,7 @@ use crate::state::audit::AuditEvent;
 use crate::state::records::{self, Endpoint, EndpointKind, Level, NATIONAL};
 use crate::state::store::{Table, Tx};
 
+use super::backup::RootToRestore;
 use super::officers::{ComponentInput, hierarchy_exportability, new_key_record, put_new_version};
 use super::{Kms, PROVINCE, hierarchy_usage, is_master_key, kcv_hex};
 
@@ -60,6 +61,12 @@ pub enum CeremonyTarget {
         name: String,
         region: String,
         transport_family: String,
+    },
+    /// A root restored from its backup shares (`super::backup`), opened only by an approved
+    /// [`Act::RestoreRoot`](super::custodians::Act); `components` is the threshold.
+    Restore {
+        #[serde(flatten)]
+        root: RootToRestore,
     },
 }
 
@@ -138,6 +145,7 @@ impl<H: Hsm> Kms<H> {
         self.audited(caller, Operation::Administer, "component ceremony", async {
             self.admit_officer(caller, Operation::Administer)?;
             let description = self.check_target(&target)?;
+            super::backup::not_a_restore(&target, Refusal::DualControlRequired)?;
             // A station's or line's transport key, its first one too, opens only on another
             // officer's approval: `Act::RegisterEndpoint` (or `IssueTransportKey`), and
             // `Act::ReplaceTransportKey` for a replacement.
@@ -231,6 +239,7 @@ impl<H: Hsm> Kms<H> {
                     .ok_or(Error::NotFound {
                         what: Resource::Ceremony,
                     })?;
+            super::backup::not_a_restore(&ceremony.target, Refusal::CeremonyKindMismatch)?;
             check_submission(&ceremony, &actor)?;
             let kcv_text = component.kcv_hex.trim().to_ascii_uppercase();
             let alg = self.ceremony_algorithm(&ceremony.target, &component)?;
@@ -367,7 +376,7 @@ impl<H: Hsm> Kms<H> {
     }
 
     /// Marks an open ceremony failed and forgets its partial key.
-    async fn fail_ceremony(&self, id: &str, why: String) -> Result<()> {
+    pub(super) async fn fail_ceremony(&self, id: &str, why: String) -> Result<()> {
         let id = id.to_owned();
         self.store
             .write(move |tx| {
@@ -415,6 +424,7 @@ impl<H: Hsm> Kms<H> {
                 self.template(template_id)?;
                 Ok(format!("{template_id} vendor transport key"))
             }
+            CeremonyTarget::Restore { root } => self.check_restore(root),
             CeremonyTarget::Endpoint {
                 kind,
                 name,
@@ -457,12 +467,20 @@ impl<H: Hsm> Kms<H> {
 
     /// The algorithm a root's or a vendor transport key's template fixes (an endpoint's
     /// depends on its components' length: `None`).
-    fn fixed_algorithm(&self, target: &CeremonyTarget) -> Result<Option<Algorithm>> {
+    pub(super) fn fixed_algorithm(&self, target: &CeremonyTarget) -> Result<Option<Algorithm>> {
         Ok(match target {
             CeremonyTarget::Root {
                 template_id,
                 key_name,
                 ..
+            }
+            | CeremonyTarget::Restore {
+                root:
+                    RootToRestore {
+                        template_id,
+                        key_name,
+                        ..
+                    },
             } => Some(
                 self.template(template_id)?
                     .key(key_name)
@@ -510,13 +528,22 @@ impl<H: Hsm> Kms<H> {
 
     /// Where a target's key is kept: a root's region ([`Kms::root_region`]), `None` for the
     /// others.
-    fn target_region(&self, target: &CeremonyTarget) -> Result<Option<&'static str>> {
+    pub(super) fn target_region(&self, target: &CeremonyTarget) -> Result<Option<&'static str>> {
         match target {
             CeremonyTarget::Root {
                 template_id,
                 key_name,
                 level,
                 ..
+            }
+            | CeremonyTarget::Restore {
+                root:
+                    RootToRestore {
+                        template_id,
+                        key_name,
+                        level,
+                        ..
+                    },
             } => Ok(Some(self.root_region(template_id, key_name, *level)?)),
             _ => Ok(None),
         }
@@ -556,13 +583,26 @@ impl<H: Hsm> Kms<H> {
     }
 
     /// What the HSM forms for `target`: its usage and exportability, with `alg`.
-    fn target_spec(&self, target: &CeremonyTarget, alg: Algorithm) -> Result<HsmKeySpec> {
+    pub(super) fn target_spec(
+        &self,
+        target: &CeremonyTarget,
+        alg: Algorithm,
+    ) -> Result<HsmKeySpec> {
         let (usage, exportability) = match target {
             CeremonyTarget::Root {
                 template_id,
                 key_name,
                 level,
                 ..
+            }
+            | CeremonyTarget::Restore {
+                root:
+                    RootToRestore {
+                        template_id,
+                        key_name,
+                        level,
+                        ..
+                    },
             } => {
                 let template = self.template(template_id)?;
                 let spec = template.key(key_name).ok_or(Error::NotFound {
@@ -590,8 +630,8 @@ impl<H: Hsm> Kms<H> {
 }
 
 /// Refuses a submission by `actor` to `c` unless it is open and `actor` has not submitted a
-/// component to it.
-fn check_submission(c: &KeyCeremony, actor: &str) -> Result<()> {
+/// component (or share) to it.
+pub(super) fn check_submission(c: &KeyCeremony, actor: &str) -> Result<()> {
     if c.state != CeremonyState::Open {
         return Err(Error::FailedPrecondition {
             reason: Refusal::CeremonyNotOpen,
@@ -607,7 +647,7 @@ fn check_submission(c: &KeyCeremony, actor: &str) -> Result<()> {
 
 /// The open ceremony `id` with `actor`'s component (KCV `kcv`) on record, if it still stands
 /// where it stood when the HSM took the component ([`unchanged`]).
-fn with_custodian(
+pub(super) fn with_custodian(
     tx: &Tx<'_>,
     id: &str,
     before: &Option<String>,
@@ -684,7 +724,7 @@ fn open(tx: &Tx<'_>, id: &str) -> Result<KeyCeremony> {
 
 /// Stores the formed key where its target says, with its audit record.
 #[allow(clippy::too_many_arguments)]
-fn apply_target(
+pub(super) fn apply_target(
     tx: &mut Tx<'_>,
     target: &CeremonyTarget,
     region: Option<&'static str>,
@@ -705,6 +745,9 @@ fn apply_target(
             let mut r = new_key_record(template_id, key_name, *level, region, alg, formed);
             r.psam_permitted = *psam_permitted;
             put_new_version(tx, r, actor, note)?;
+        }
+        CeremonyTarget::Restore { root } => {
+            super::backup::put_restored(tx, root, region, alg, formed, actor, note)?;
         }
         CeremonyTarget::VendorTransport { template_id } => {
             let r = new_key_record(

@@ -117,6 +117,21 @@ pub enum Act {
     },
     /// Revoke a station or PSAM line: its record and transport key are deleted.
     RevokeEndpoint { kind: EndpointKind, name: String },
+    /// Back up a national or provincial root (`template/key/level/region/version`) in
+    /// `threshold`-of-`shares` custodians' shares for escrow (`super::backup`): the approval
+    /// splits it in the HSM; each custodian then takes one share.
+    BackupRoot {
+        key_id: String,
+        threshold: u8,
+        shares: u8,
+    },
+    /// Restore a root from `threshold` shares of its backup, with the version and KCV of the
+    /// original: the approval opens its restore ceremony (`CeremonyTarget::Restore`).
+    RestoreRoot {
+        #[serde(flatten)]
+        root: super::backup::RootToRestore,
+        threshold: u8,
+    },
 }
 
 /// The state of a dual-control request.
@@ -480,6 +495,8 @@ impl<H: Hsm> Kms<H> {
                 _ => None,
             };
             let mut issued = self.issue_in_hsm(&request.act).await?;
+            let backup = self.backup_for(&request).await?;
+            let restore_family = self.restore_family(&request.act)?;
             let id = request.id.clone();
             let ttl = self.ceremony.approval_ttl_ms.load(Ordering::Relaxed);
             let approved = self
@@ -584,17 +601,11 @@ impl<H: Hsm> Kms<H> {
                                 region: e.region.clone(),
                                 transport_family: transport_family.clone(),
                             };
-                            let mut c = new_ceremony(
-                                tx,
-                                target,
-                                format!("new transport key of {} {name}", kind.name()),
-                                transport_family.clone(),
-                                *components,
-                                r.requested_by.clone(),
-                                ttl,
-                            )?;
-                            c.approved_request = Some(r.id.clone());
-                            tx.put(Table::Ceremonies, &c.id, &c)?;
+                            let description =
+                                format!("new transport key of {} {name}", kind.name());
+                            let family = transport_family.clone();
+                            let c =
+                                opened_by(tx, &r, target, description, family, *components, ttl)?;
                             let text = format!(
                                 "component ceremony {} opened for {} custodians",
                                 c.id, c.components
@@ -617,6 +628,16 @@ impl<H: Hsm> Kms<H> {
                         ) => {
                             let approval = (actor.clone(), note.as_str(), ttl);
                             super::transport::apply(tx, &r, issued.take(), approval, &mut out)?
+                        }
+                        (Act::BackupRoot { .. }, _) => {
+                            super::backup::keep_backup(tx, backup.ok_or(Error::Store)?)?
+                        }
+                        (Act::RestoreRoot { root, threshold }, _) => {
+                            let family = restore_family.ok_or(Error::Store)?;
+                            let (text, c) =
+                                super::backup::open_restore(tx, &r, root, *threshold, family, ttl)?;
+                            out.ceremony = Some(c);
+                            text
                         }
                         (Act::GenerateRoot { .. }, None) => return Err(Error::Store),
                     };
@@ -745,6 +766,12 @@ impl<H: Hsm> Kms<H> {
             Act::IssueTransportKey { .. }
             | Act::RegisterEndpoint { .. }
             | Act::RevokeEndpoint { .. } => self.check_transport_act(act),
+            Act::BackupRoot {
+                key_id,
+                threshold,
+                shares,
+            } => self.check_backup_root(key_id, *threshold, *shares),
+            Act::RestoreRoot { root, threshold } => self.check_restore_act(root, *threshold),
             Act::RetireKey { key_id } => {
                 let k: KeyRecord =
                     self.store
@@ -796,6 +823,24 @@ fn unblacklist_in(tx: &mut Tx<'_>, card_identifier: &str) -> Result<String> {
         "card {} off the blacklist, registered (to be reviewed again)",
         super::mask_card_identifier(card_identifier)
     ))
+}
+
+/// A new open ceremony for `target`, opened by the approval of `r` (its requester starts it),
+/// stored in `tx`.
+pub(super) fn opened_by(
+    tx: &mut Tx<'_>,
+    r: &DualControlRequest,
+    target: CeremonyTarget,
+    description: String,
+    family: String,
+    components: u8,
+    ttl: u64,
+) -> Result<KeyCeremony> {
+    let by = r.requested_by.clone();
+    let mut c = new_ceremony(tx, target, description, family, components, by, ttl)?;
+    c.approved_request = Some(r.id.clone());
+    tx.put(Table::Ceremonies, &c.id, &c)?;
+    Ok(c)
 }
 
 /// The request `id`, which must be pending (not decided, not expired at this commit).

@@ -416,6 +416,18 @@ impl<H: Hsm> Hsm for WatchedHsm<H> {
         self.key_op(r)
     }
 
+    async fn backup_key(
+        &self,
+        key: &KeyToken,
+        threshold: u8,
+        shares: u8,
+    ) -> HsmResult<hsm_api::KeyBackup> {
+        let r = self
+            .measured("backup_key", self.inner.backup_key(key, threshold, shares))
+            .await;
+        self.key_op(r)
+    }
+
     async fn issue_transport_key_under(
         &self,
         kek: &KeyToken,
@@ -426,6 +438,17 @@ impl<H: Hsm> Hsm for WatchedHsm<H> {
                 "issue_transport_key_under",
                 self.inner.issue_transport_key_under(kek, algorithm),
             )
+            .await;
+        self.key_op(r)
+    }
+
+    async fn restore_share(
+        &self,
+        into: hsm_api::Restoration,
+        share: LmkShare,
+    ) -> HsmResult<hsm_api::Restored> {
+        let r = self
+            .measured("restore_share", self.inner.restore_share(into, share))
             .await;
         self.key_op(r)
     }

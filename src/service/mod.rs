@@ -26,6 +26,7 @@ use crate::state::store::{SealSkipped, Sealer, Snapshot, Store, StoreLocation, T
 
 mod applicants;
 mod auditors;
+mod backup;
 mod components;
 mod custodians;
 mod hsm_turns;
@@ -40,6 +41,7 @@ mod transport;
 
 pub use applicants::{BatchUpload, MAX_BATCH_ID_LEN, MAX_NOTE_CHARS};
 pub use auditors::MAX_EXPORT;
+pub use backup::{BackupShareTaken, RootBackup, RootToRestore};
 pub use components::{CeremonyState, CeremonyTarget, Custodian, KeyCeremony, Submitted};
 pub use custodians::{
     Act, Approved, DEFAULT_APPROVAL_TTL_MS, DualControlRequest, RequestState, certificate_der,

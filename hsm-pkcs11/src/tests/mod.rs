@@ -704,3 +704,40 @@ async fn a_transport_key_is_issued_as_components_and_under_the_current_key() {
         }
     }
 }
+
+/// A root backup and its restore are refused in both modes, with the reason.
+#[tokio::test]
+async fn root_backup_and_restore_are_refused() {
+    for (label, mode) in [
+        ("backup-strict", Mode::Strict),
+        ("backup-release", Mode::Release),
+    ] {
+        let p11 = hsm(label, mode);
+        let national = spec(
+            Algorithm::Tdes2,
+            KeyUsage::CardDerivation(HierarchyLevel::National),
+            Exportability::NonExportable,
+        );
+        let root = p11.generate_key(national).await.unwrap();
+        let refused = p11.backup_key(&root.token, 2, 3).await.unwrap_err();
+        assert!(
+            matches!(&refused, Error::Unsupported { op, alg: Algorithm::Tdes2 } if op.contains("PKCS#11")),
+            "{refused:?}"
+        );
+        let begin = hsm_api::Restoration::Begin {
+            spec: national,
+            kcv: root.kcv.clone(),
+            backup: "00".repeat(8),
+        };
+        let share = || LmkShare::new(Zeroizing::new("rb1-x".to_owned()));
+        assert!(matches!(
+            p11.restore_share(begin, share()).await,
+            Err(Error::Unsupported { .. })
+        ));
+        assert!(matches!(
+            p11.restore_share(hsm_api::Restoration::Continue(root.token), share())
+                .await,
+            Err(Error::WrongUsage { .. })
+        ));
+    }
+}

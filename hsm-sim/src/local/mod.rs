@@ -33,6 +33,8 @@
 //! |---|---|---|
 //! | `generate_key`, `form_key`, `add_component` | new | any but `CardMasterKey`; exportable only where the usage may leave |
 //! | `add_component` | partial | a partial key ([`crate::partial`]), never a token |
+//! | `backup_key` | key | `CardDerivation` or `MasterKeyDerivation`, national or provincial (a root) |
+//! | `restore_share` | partial | a partial restore (`crate::backup`), never a token; the key rebuilt has the spec and KCV it was begun with |
 //! | `import_key` | KEK | `KeyBlockProtection` |
 //! | `import_key` | new | any but `CardMasterKey`; `E` kept only where the usage may leave |
 //! | `export_key` | KEK | `KeyBlockProtection` |
@@ -112,9 +114,9 @@ use std::sync::{Arc, RwLock};
 
 use hsm_api::{
     Accumulated, Accumulation, BatchItem, BatchOutput, ClearField, Component, Dispersion, Error,
-    ExportedKey, Factor, Hsm, HsmStatus, INDEX_HASH_LEN, IssuedShare, Kcv, KeyBlockVersion,
-    KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare, Result, SealedField,
-    UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest,
+    ExportedKey, Factor, Hsm, HsmStatus, INDEX_HASH_LEN, IssuedShare, Kcv, KeyBackup,
+    KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkInit, LmkRotation, LmkShare, Restoration,
+    Restored, Result, SealedField, UnsealProgress, WrappedKey, WriteKeyCommand, WriteKeyRequest,
 };
 use subtle::ConstantTimeEq;
 
@@ -399,6 +401,21 @@ impl Hsm for LocalHsm {
     ) -> Result<hsm_api::IssuedUnderKek> {
         let kek = kek.clone();
         self.off_runtime(move |hsm| hsm.issue_under_now(&kek, algorithm))
+            .await
+    }
+
+    async fn backup_key(&self, key: &KeyToken, threshold: u8, shares: u8) -> Result<KeyBackup> {
+        let key = key.clone();
+        let split = self
+            .off_runtime(move |hsm| {
+                hsm.with_lmk(|lmk| crate::backup::split(lmk, &key, threshold, shares))
+            })
+            .await?;
+        self.deposit_backup(split)
+    }
+
+    async fn restore_share(&self, into: Restoration, share: LmkShare) -> Result<Restored> {
+        self.off_runtime(move |hsm| hsm.with_lmk(|lmk| crate::backup::restore(lmk, into, &share)))
             .await
     }
 }

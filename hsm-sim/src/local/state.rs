@@ -5,11 +5,12 @@ use std::path::Path;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use hsm_api::{
-    Error, HsmState, HsmStatus, Kcv, KeyToken, LmkInit, LmkRotation, LmkShare, Result,
+    Error, HsmState, HsmStatus, Kcv, KeyBackup, KeyToken, LmkInit, LmkRotation, LmkShare, Result,
     UnsealProgress,
 };
 
 use super::{LocalHsm, LocalHsmConfig};
+use crate::backup::Split;
 use crate::cache::HotKeyCache;
 use crate::handout::Handout;
 use crate::lmk::{self, Lmk, LmkRecord, ParsedShare};
@@ -362,6 +363,18 @@ impl LocalHsm {
         state.dangerous_test_lmk = false;
         state.submitted.clear();
         self.cache.clear()
+    }
+}
+
+impl LocalHsm {
+    /// Keeps the shares of a root backup made under the current LMK until each is taken
+    /// (refused if the HSM was sealed meanwhile).
+    pub(super) fn deposit_backup(&self, mut split: Split) -> Result<KeyBackup> {
+        let mut state = self.write()?;
+        state.lmk()?;
+        let shares = core::mem::take(&mut split.shares);
+        let parts = state.parts.deposit(split.threshold, shares)?;
+        Ok(split.backup(parts))
     }
 }
 

@@ -11,18 +11,18 @@ use std::time::Duration;
 use hsm_api::{
     Accumulated, Accumulation, Algorithm, BatchItem, BatchOutput, ClearField, Component,
     Dispersion, Error, ExportedKey, Factor, Hsm, HsmStatus, INDEX_HASH_LEN, IssuedComponents,
-    IssuedShare, IssuedUnderKek, Kcv, KeyBlockVersion, KeySpec, KeyToken, KeyUsage, LmkInit,
-    LmkRotation, LmkShare, Result, SealedField, UnsealProgress, WrappedKey, WriteKeyCommand,
-    WriteKeyRequest, check_batch_len,
+    IssuedShare, IssuedUnderKek, Kcv, KeyBackup, KeyBlockVersion, KeySpec, KeyToken, KeyUsage,
+    LmkInit, LmkRotation, LmkShare, Restoration, Restored, Result, SealedField, UnsealProgress,
+    WrappedKey, WriteKeyCommand, WriteKeyRequest, check_batch_len,
 };
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 
 use super::convert::{
-    accumulated_from_wire, algorithm_to_wire, batch_item_to_wire, batch_result_from_wire,
-    dispersion_to_wire, fold_to_wire, kcv_from_wire, kcv_to_wire, parts_from_wire,
-    progress_from_wire, share_from_wire, spec_to_wire, status_from_wire, usage_to_wire,
-    version_to_wire, wide, wrapped_from_wire,
+    accumulated_from_wire, algorithm_to_wire, backup_from_wire, batch_item_to_wire,
+    batch_result_from_wire, dispersion_to_wire, fold_to_wire, kcv_from_wire, kcv_to_wire,
+    parts_from_wire, progress_from_wire, restored_from_wire, share_from_wire, spec_to_wire,
+    status_from_wire, usage_to_wire, version_to_wire, wide, wrapped_from_wire,
 };
 use super::proto;
 use super::proto::hsm_client::HsmClient;
@@ -621,5 +621,37 @@ impl Hsm for RemoteHsm {
                 .ok_or(Error::Protocol)?,
             block: issued.block,
         })
+    }
+
+    async fn backup_key(&self, key: &KeyToken, threshold: u8, shares: u8) -> Result<KeyBackup> {
+        let request = proto::BackupKeyRequest {
+            key: token(key),
+            threshold: threshold.into(),
+            shares: shares.into(),
+        };
+        let answer = self.client().backup_key(request).await.map_err(failed)?;
+        backup_from_wire(answer.into_inner()).ok_or(Error::Protocol)
+    }
+
+    async fn restore_share(&self, into: Restoration, share: LmkShare) -> Result<Restored> {
+        let into = match into {
+            Restoration::Begin { spec, kcv, backup } => {
+                proto::restore_share_request::Into::Begin(proto::BeginRestore {
+                    spec: Some(spec_to_wire(spec)),
+                    kcv: Some(kcv_to_wire(&kcv)),
+                    backup,
+                })
+            }
+            Restoration::Continue(partial) => {
+                proto::restore_share_request::Into::Partial(token(&partial))
+            }
+        };
+        let request = proto::RestoreShareRequest {
+            into: Some(into),
+            share: share.secret_text().to_owned(),
+        };
+        drop(share);
+        let answer = self.client().restore_share(request).await.map_err(failed)?;
+        restored_from_wire(answer.into_inner()).ok_or(Error::Protocol)
     }
 }

@@ -249,6 +249,51 @@ pub(crate) fn accumulated_from_wire(
     })
 }
 
+pub(crate) fn backup_to_wire(backup: &hsm_api::KeyBackup) -> proto::KeyBackup {
+    proto::KeyBackup {
+        parts: Some(parts_to_wire(&backup.parts)),
+        backup: backup.backup.clone(),
+        spec: Some(spec_to_wire(backup.spec)),
+        kcv: Some(kcv_to_wire(&backup.kcv)),
+    }
+}
+
+pub(crate) fn backup_from_wire(backup: proto::KeyBackup) -> Option<hsm_api::KeyBackup> {
+    Some(hsm_api::KeyBackup {
+        parts: parts_from_wire(backup.parts).ok()??,
+        backup: backup.backup,
+        spec: spec_from_wire(backup.spec)?,
+        kcv: kcv_from_wire(backup.kcv)?,
+    })
+}
+
+pub(crate) fn restored_to_wire(step: &hsm_api::Restored) -> proto::RestoreShareResponse {
+    use proto::restore_share_response::Result as Wire;
+    let result = match step {
+        hsm_api::Restored::Partial(p) => Wire::Partial(proto::PartialRestore {
+            token: p.token.as_str().to_owned(),
+            received: p.received.into(),
+            threshold: p.threshold.into(),
+        }),
+        hsm_api::Restored::Formed(key) => Wire::Formed(wrapped_to_wire(key)),
+    };
+    proto::RestoreShareResponse {
+        result: Some(result),
+    }
+}
+
+pub(crate) fn restored_from_wire(answer: proto::RestoreShareResponse) -> Option<hsm_api::Restored> {
+    use proto::restore_share_response::Result as Wire;
+    Some(match answer.result? {
+        Wire::Partial(p) => hsm_api::Restored::Partial(hsm_api::PartialRestore {
+            token: hsm_api::KeyToken::from_stored(p.token),
+            received: u8::try_from(p.received).ok()?,
+            threshold: u8::try_from(p.threshold).ok()?,
+        }),
+        Wire::Formed(key) => hsm_api::Restored::Formed(wrapped_from_wire(key)?),
+    })
+}
+
 /// A share on its way out to its custodian. The wire copy is not zeroized by prost.
 pub(crate) fn share_to_wire(share: &IssuedShare) -> proto::IssuedShare {
     proto::IssuedShare {

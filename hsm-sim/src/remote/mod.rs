@@ -67,6 +67,21 @@ pub mod proto {
         }
     }
 
+    impl core::fmt::Debug for RestoreShareRequest {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            let into = match &self.into {
+                Some(restore_share_request::Into::Begin(begin)) => {
+                    Some(begin as &dyn core::fmt::Debug)
+                }
+                Some(restore_share_request::Into::Partial(partial)) => Some(partial as _),
+                None => None,
+            };
+            f.debug_struct("RestoreShareRequest")
+                .field("into", &into)
+                .finish_non_exhaustive()
+        }
+    }
+
     impl core::fmt::Debug for UnsealRequest {
         fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
             f.debug_struct("UnsealRequest").finish_non_exhaustive()

@@ -9,8 +9,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 use hsm_api::{
-    Accumulation, ClearField, Component, Error, Factor, Hsm, KeyToken, LmkShare, SealedField,
-    WriteKeyRequest,
+    Accumulation, ClearField, Component, Error, Factor, Hsm, KeyToken, LmkShare, Restoration,
+    SealedField, WriteKeyRequest,
 };
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
@@ -20,10 +20,10 @@ use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
 
 use super::convert::{
-    accumulated_to_wire, algorithm_from_wire, batch_item_from_wire, batch_result_to_wire,
-    dispersion_from_wire, fold_from_wire, kcv_from_wire, kcv_to_wire, narrow, parts_to_wire,
-    progress_to_wire, share_to_wire, spec_from_wire, status_to_wire, usage_from_wire,
-    version_from_wire, wrapped_to_wire,
+    accumulated_to_wire, algorithm_from_wire, backup_to_wire, batch_item_from_wire,
+    batch_result_to_wire, dispersion_from_wire, fold_from_wire, kcv_from_wire, kcv_to_wire, narrow,
+    parts_to_wire, progress_to_wire, restored_to_wire, share_to_wire, spec_from_wire,
+    status_to_wire, usage_from_wire, version_from_wire, wrapped_to_wire,
 };
 use super::identity::{self, ServiceCaller};
 use super::proto;
@@ -619,5 +619,44 @@ impl<H: Hsm> HsmRpc for HsmService<H> {
             key: Some(wrapped_to_wire(&issued.key)),
             block: issued.block,
         }))
+    }
+
+    async fn backup_key(
+        &self,
+        request: Request<proto::BackupKeyRequest>,
+    ) -> Result<Response<proto::KeyBackup>, Status> {
+        let on_err = refused(&request, "backup_key");
+        tracing::info!(caller = caller_name(&request), "backup_key");
+        let req = request.into_inner();
+        let threshold = u8::try_from(req.threshold).map_err(|_| malformed("threshold"))?;
+        let shares = u8::try_from(req.shares).map_err(|_| malformed("shares"))?;
+        let backup = self
+            .hsm
+            .backup_key(&KeyToken::from_stored(req.key), threshold, shares)
+            .await
+            .map_err(on_err)?;
+        Ok(Response::new(backup_to_wire(&backup)))
+    }
+
+    async fn restore_share(
+        &self,
+        request: Request<proto::RestoreShareRequest>,
+    ) -> Result<Response<proto::RestoreShareResponse>, Status> {
+        let on_err = refused(&request, "restore_share");
+        let mut req = request.into_inner();
+        // Move the text into a zeroizing buffer first, so it is wiped on every path.
+        let share = LmkShare::new(Zeroizing::new(std::mem::take(&mut req.share)));
+        let into = match req.into.ok_or_else(|| malformed("into"))? {
+            proto::restore_share_request::Into::Begin(begin) => Restoration::Begin {
+                spec: spec_from_wire(begin.spec).ok_or_else(|| malformed("begin.spec"))?,
+                kcv: kcv_from_wire(begin.kcv).ok_or_else(|| malformed("begin.kcv"))?,
+                backup: begin.backup,
+            },
+            proto::restore_share_request::Into::Partial(partial) => {
+                Restoration::Continue(KeyToken::from_stored(partial))
+            }
+        };
+        let answer = self.hsm.restore_share(into, share).await.map_err(on_err)?;
+        Ok(Response::new(restored_to_wire(&answer)))
     }
 }

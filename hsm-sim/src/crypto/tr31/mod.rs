@@ -117,7 +117,7 @@ mod wrapping;
 pub use binding::BindingKeys;
 pub use header::{Exportability, KeyBlockAlgorithm, KeyBlockHeader, ModeOfUse, OptionalBlock};
 pub use parse::parse_header;
-pub use wrapping::{unwrap, unwrap_bound, wrap, wrap_bound};
+pub use wrapping::{unwrap, unwrap_bound, unwrap_data_bound, wrap, wrap_bound, wrap_data_bound};
 
 /// Length of the fixed part of the header.
 const FIXED_HEADER_LEN: usize = 16;

@@ -108,6 +108,20 @@ pub fn unwrap_bound(
     binding: Option<&BindingKeys>,
     block: &str,
 ) -> Result<(KeyBlockHeader, SecretKey)> {
+    let (header, clear) = open_bound(kbpk, binding, block)?;
+    let key = extract_key(header.algorithm, &clear)?;
+    check_strength(kbpk, &key)?;
+    check_check_values(&header, kbpk, &key)?;
+    Ok((header, key))
+}
+
+/// Parses `block`, decrypts it and verifies its MAC (in constant time, before anything in the
+/// decrypted data is looked at): its header and clear key data.
+fn open_bound(
+    kbpk: &SecretKey,
+    binding: Option<&BindingKeys>,
+    block: &str,
+) -> Result<(KeyBlockHeader, Zeroizing<Vec<u8>>)> {
     let parsed = parse(block)?;
     let version = parsed.header.version;
     let derived;
@@ -125,11 +139,53 @@ pub fn unwrap_bound(
     if !bool::from(expected.as_slice().ct_eq(parsed.mac.as_slice())) {
         return Err(Error::KeyBlockMac);
     }
+    Ok((parsed.header, clear))
+}
 
-    let key = extract_key(parsed.header.algorithm, &clear)?;
-    check_strength(kbpk, &key)?;
-    check_check_values(&parsed.header, kbpk, &key)?;
-    Ok((parsed.header, key))
+/// A block of the HSM's own (not a key: e.g. the backup shares of a restore kept between two
+/// custodians) under `kbpk`: `data` in place of the key, as the key would be (its length in
+/// bits, random padding to a whole cipher block), MACed and encrypted behind `header`, whose
+/// usage the caller chooses so that no key operation reads it.
+pub fn wrap_data_bound(
+    binding: &BindingKeys,
+    header: &KeyBlockHeader,
+    data: &[u8],
+) -> Result<String> {
+    if binding.version() != header.version {
+        return Err(kbpk_error(header.version));
+    }
+    header.validate()?;
+    let block_len = header.version.block_len();
+    let clear_len = (2 + data.len()).div_ceil(block_len) * block_len;
+    let bits = u16::try_from(data.len() * 8).map_err(|_| Error::KeyBlockKeyLength)?;
+    let mut clear = Zeroizing::new(Vec::with_capacity(clear_len));
+    clear.extend_from_slice(&bits.to_be_bytes());
+    clear.extend_from_slice(data);
+    clear.extend_from_slice(&random_bytes(clear_len - 2 - data.len())?);
+    let header_text = header.encode(clear_len)?;
+    seal(binding, &header_text, &clear)
+}
+
+/// The header and data of a block of [`wrap_data_bound`], its MAC verified; what the header
+/// says is the caller's to check.
+pub fn unwrap_data_bound(
+    kbpk: &SecretKey,
+    binding: &BindingKeys,
+    block: &str,
+) -> Result<(KeyBlockHeader, Zeroizing<Vec<u8>>)> {
+    let (header, clear) = open_bound(kbpk, Some(binding), block)?;
+    let bits = clear
+        .get(..2)
+        .and_then(|l| <[u8; 2]>::try_from(l).ok())
+        .map(u16::from_be_bytes)
+        .ok_or(Error::KeyBlockKeyLength)?;
+    if !bits.is_multiple_of(8) {
+        return Err(Error::KeyBlockKeyLength);
+    }
+    let data = clear
+        .get(2..2 + usize::from(bits / 8))
+        .ok_or(Error::KeyBlockKeyLength)?;
+    Ok((header, Zeroizing::new(data.to_vec())))
 }
 
 /// CMAC under the KBAK of header ‖ clear key data, `mac_len` bytes of it.
