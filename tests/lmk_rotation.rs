@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use hsm_api::{Algorithm, Hsm as _};
 use hsm_sim::crypto::{SecretKey, kcv};
 use sscard_kms::proto::kms::v1 as pb;
+use sscard_kms::proto::kms::v1::admin_service_client::AdminServiceClient;
 use tonic::Code;
+use tonic::transport::Channel;
 
 use crate::common::chain::{atr, published};
 use crate::common::harness::{OFFICER, OFFICER_2, STATION, TestKms, card_identity, error_info};
@@ -95,6 +97,41 @@ async fn verdict(kms: &TestKms<hsm_sim::local::LocalHsm>) -> String {
         .unwrap()
         .into_inner()
         .verdict
+}
+
+/// A component ceremony for the national root of `STK_SSSE` (2 components), opened by
+/// `officer`: a submission of component `hex` with its KCV (or `kcv_hex` instead).
+async fn national_root_ceremony(
+    officer: &mut AdminServiceClient<Channel>,
+) -> impl Fn(&str, Option<&str>) -> pb::SubmitComponentRequest + use<> {
+    let ceremony = officer
+        .start_key_ceremony(pb::StartKeyCeremonyRequest {
+            components: 2,
+            target: Some(pb::start_key_ceremony_request::Target::Root(
+                pb::RootTarget {
+                    template_id: "ssc-2.0".to_owned(),
+                    key_name: "STK_SSSE".to_owned(),
+                    level: pb::KeyLevel::National.into(),
+                    ministry_psam_permission: false,
+                },
+            )),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    move |hex: &str, kcv_hex: Option<&str>| {
+        let key = SecretKey::from_hex(Algorithm::Tdes2, hex).unwrap();
+        pb::SubmitComponentRequest {
+            ceremony_id: ceremony.id.clone(),
+            component: Some(pb::Component {
+                hex: hex.to_owned(),
+                kcv_hex: kcv_hex.map_or_else(
+                    || kcv::compute_default(&key).unwrap().to_hex(),
+                    str::to_owned,
+                ),
+            }),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,34 +259,7 @@ async fn every_lmk_rotation_reason_code_arrives_over_the_api() {
     );
     // A component ceremony holding a partial key in the HSM: no rotation until it ends (a
     // partial key is no token; it would not survive the new LMK).
-    let ceremony = officer
-        .start_key_ceremony(pb::StartKeyCeremonyRequest {
-            components: 2,
-            target: Some(pb::start_key_ceremony_request::Target::Root(
-                pb::RootTarget {
-                    template_id: "ssc-2.0".to_owned(),
-                    key_name: "STK_SSSE".to_owned(),
-                    level: pb::KeyLevel::National.into(),
-                    ministry_psam_permission: false,
-                },
-            )),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let component = |hex: &str, kcv_hex: Option<&str>| {
-        let key = SecretKey::from_hex(Algorithm::Tdes2, hex).unwrap();
-        pb::SubmitComponentRequest {
-            ceremony_id: ceremony.id.clone(),
-            component: Some(pb::Component {
-                hex: hex.to_owned(),
-                kcv_hex: kcv_hex.map_or_else(
-                    || kcv::compute_default(&key).unwrap().to_hex(),
-                    str::to_owned,
-                ),
-            }),
-        }
-    };
+    let component = national_root_ceremony(&mut officer).await;
     officer
         .submit_component(component(&"1F".repeat(16), None))
         .await
@@ -322,34 +332,7 @@ async fn a_partial_key_made_after_the_prepare_holds_the_commit_back() {
     take(&kms, OFFICER).await;
     take(&kms, OFFICER_2).await;
     let mut officer = kms.client(OFFICER).admin;
-    let ceremony = officer
-        .start_key_ceremony(pb::StartKeyCeremonyRequest {
-            components: 2,
-            target: Some(pb::start_key_ceremony_request::Target::Root(
-                pb::RootTarget {
-                    template_id: "ssc-2.0".to_owned(),
-                    key_name: "STK_SSSE".to_owned(),
-                    level: pb::KeyLevel::National.into(),
-                    ministry_psam_permission: false,
-                },
-            )),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let component = |hex: &str, kcv_hex: Option<&str>| {
-        let key = SecretKey::from_hex(Algorithm::Tdes2, hex).unwrap();
-        pb::SubmitComponentRequest {
-            ceremony_id: ceremony.id.clone(),
-            component: Some(pb::Component {
-                hex: hex.to_owned(),
-                kcv_hex: kcv_hex.map_or_else(
-                    || kcv::compute_default(&key).unwrap().to_hex(),
-                    str::to_owned,
-                ),
-            }),
-        }
-    };
+    let component = national_root_ceremony(&mut officer).await;
     officer
         .submit_component(component(&"1F".repeat(16), None))
         .await
