@@ -2,9 +2,8 @@
 //! first served, so that a client with many large requests in flight cannot make a station wait
 //! behind all of them.
 //!
-//! At most [`HsmTurns::capacity`] batches are at the HSM at once (by default one fewer than the
-//! machine's available parallelism, at least one: below the in-process HSM's worker count, so
-//! its own FIFO queue stays empty and one core is always left for I/O and the async runtime).
+//! At most [`HsmTurns::capacity`] batches are at the HSM at once (by default the machine's
+//! available parallelism: the in-process HSM's worker count, so its own FIFO queue stays empty).
 //! A batch that finds no free turn waits in its caller's queue, and when a turn frees up it goes
 //! to the next caller in a round robin of the callers with batches waiting:
 //!
@@ -205,13 +204,9 @@ impl HsmTurns {
         }
     }
 
-    /// One turn fewer than the machine's available parallelism (at least one): the HSM's
-    /// batches never take every core, so the async runtime, the TLS and HTTP/2 work and the
-    /// store writer always have one, and a small request's turn is not behind a full machine.
+    /// As many turns as the machine's available parallelism.
     pub(crate) fn for_this_machine() -> HsmTurns {
-        HsmTurns::new(turns_for(
-            std::thread::available_parallelism().map_or(1, usize::from),
-        ))
+        HsmTurns::new(std::thread::available_parallelism().map_or(1, usize::from))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
@@ -280,11 +275,6 @@ impl HsmTurns {
             .map(VecDeque::len)
             .sum()
     }
-}
-
-/// The in-process HSM's turns on a machine of `cores`: all but one, at least one.
-pub(crate) fn turns_for(cores: usize) -> usize {
-    cores.saturating_sub(1).max(1)
 }
 
 #[cfg(test)]

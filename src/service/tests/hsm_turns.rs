@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use super::{Caller, HsmTurns, Ticket, Turn, turns_for};
+use super::{Caller, HsmTurns, Ticket, Turn};
 
 fn conn(port: u16) -> Option<SocketAddr> {
     Some(SocketAddr::from(([127, 0, 0, 1], port)))
@@ -145,12 +145,4 @@ fn the_capacity_bounds_the_batches_at_the_hsm() {
     assert!(d.try_take().is_none(), "one turn, held by c");
     drop(c);
     assert!(d.try_take().is_some());
-}
-
-#[test]
-fn the_in_process_hsm_leaves_one_core() {
-    assert_eq!(turns_for(0), 1);
-    assert_eq!(turns_for(1), 1);
-    assert_eq!(turns_for(2), 1);
-    assert_eq!(turns_for(8), 7);
 }
