@@ -85,6 +85,25 @@ struct Args {
     /// starting its requests at a steady interval); 0 = as fast as each worker can.
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
+    /// The server's process id (Linux): print the CPU time it spent per injection (its user +
+    /// system time from `/proc/PID/stat` before and after the injection phase), a figure that a
+    /// machine loaded by other work changes far less than requests/s.
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
+/// User + system CPU seconds of process `pid` so far, from `/proc/PID/stat` (fields 14 and 15,
+/// in clock ticks of 1/100 s: Linux's fixed `USER_HZ`).
+fn cpu_seconds(pid: u32) -> Result<f64, Box<dyn std::error::Error>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
+    let rest = stat.rsplit_once(')').ok_or("malformed /proc stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64, Box<dyn std::error::Error>> {
+        Ok(fields.get(i).ok_or("short /proc stat")?.parse::<f64>()?)
+    };
+    // `rest` starts at field 3 (state): utime is field 14, stime field 15.
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
 }
 
 /// One generated card: identity and ATR.
@@ -444,11 +463,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Form::Tr31 => tr31_keys,
         Form::SecureMessaging => key_count,
     };
+    let cpu_before = args.server_pid.map(cpu_seconds).transpose()?;
+    // Injections answered during the phase, and their keys (the background's too).
+    let mut served = (0usize, 0usize);
     let injections = if args.background_max_requests > 0 {
         // The stall demonstration, in one run: the station alone, then the same station while
         // a second client keeps maximum-size requests in flight on connections of its own.
         let alone = station.run(workers, args.seconds, interval).await;
         report("alone", &alone, per_request);
+        served.0 += alone.latencies_us.len();
+        served.1 += alone.latencies_us.len() * per_request;
         // Connections of at most 32 requests in flight each (the service's default stream limit).
         let mut big = Vec::new();
         for _ in 0..args.background_max_requests.div_ceil(32) {
@@ -468,7 +492,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         report("with large", &stalled, per_request);
         if let Ok(big) = background.await {
             report("large (bg)", &big, tr31_keys);
+            served.0 += big.latencies_us.len();
+            served.1 += big.latencies_us.len() * tr31_keys;
         }
+        served.0 += stalled.latencies_us.len();
+        served.1 += stalled.latencies_us.len() * per_request;
         println!(
             "stall: station p99 alone {:.2} ms, with {} large requests in flight {:.2} ms \
              (p50 {:.2} -> {:.2} ms, {:.0} -> {:.0} req/s)",
@@ -482,9 +510,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         stalled
     } else {
-        station.run(workers, args.seconds, interval).await
+        let phase = station.run(workers, args.seconds, interval).await;
+        served = (
+            phase.latencies_us.len(),
+            phase.latencies_us.len() * per_request,
+        );
+        phase
     };
     report("injections", &injections, per_request);
+    if let (Some(pid), Some(before)) = (args.server_pid, cpu_before) {
+        let spent = cpu_seconds(pid)? - before;
+        let (requests, keys) = (served.0.max(1) as f64, served.1.max(1) as f64);
+        println!(
+            "server cpu   {spent:.2} s for {} injections ({} keys) = {:.3} ms per injection, {:.1} us per key",
+            served.0,
+            served.1,
+            spent * 1000.0 / requests,
+            spent * 1e6 / keys,
+        );
+    }
 
     let cards_per_s = injections.rps();
     let ratio = if ceiling.rps() > 0.0 {

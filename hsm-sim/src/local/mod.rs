@@ -320,14 +320,23 @@ impl Hsm for LocalHsm {
         domain: &str,
         values: Vec<Vec<u8>>,
     ) -> Result<Vec<[u8; INDEX_HASH_LEN]>> {
-        let (key, domain) = (key.clone(), domain.to_owned());
-        self.off_runtime(move |hsm| {
+        let hashes = |hsm: &LocalHsm, key: &KeyToken, domain: &str, values: &[Vec<u8>]| {
             hsm.with_lmk(|lmk| {
-                let k = hsm.registry_key(lmk, &key, crate::policy::is_registry_index)?;
-                crate::crypto::registry::index_hashes(&k.key, &domain, &values)
+                let k = hsm.registry_key(lmk, key, crate::policy::is_registry_index)?;
+                crate::crypto::registry::index_hashes(&k.key, domain, values)
             })
-        })
-        .await
+        };
+        // A request's own look-up (one card number, one SSN: two HMACs under a cached key) is
+        // computed inline, as the audit seal is, so it never waits behind the batches for a
+        // worker; a registry review's thousands of rows go to a worker.
+        if values.len() <= INLINE_INDEX_VALUES
+            && values.iter().map(Vec::len).sum::<usize>() <= INLINE_MAC_BYTES
+        {
+            return hashes(self, key, domain, &values);
+        }
+        let (key, domain) = (key.clone(), domain.to_owned());
+        self.off_runtime(move |hsm| hashes(hsm, &key, &domain, &values))
+            .await
     }
 
     async fn seal_fields(
@@ -420,8 +429,12 @@ impl Hsm for LocalHsm {
     }
 }
 
-/// Messages up to this length are MACed on the caller's thread (see [`Hsm::mac`] above).
+/// Messages up to this length are MACed on the caller's thread (see [`Hsm::mac`] above), and
+/// index hashes of values of up to this length in all (see [`Hsm::index_hashes`]).
 const INLINE_MAC_BYTES: usize = 1024;
+
+/// At most this many values are index-hashed on the caller's thread.
+const INLINE_INDEX_VALUES: usize = 4;
 
 impl LocalHsm {
     /// Checks `mac` against the audit MAC of `data`, in constant time.
