@@ -42,13 +42,11 @@ use crate::state::audit::AuditEvent;
 use crate::state::records::{self, KeyRecord, Level};
 use crate::state::store::{Table, Tx};
 
-use super::components::{
-    CeremonyState, CeremonyTarget, KeyCeremony, Submitted, check_submission, family_of,
-    with_custodian,
-};
+use super::components::{CeremonyTarget, KeyCeremony, Submitted, check_submission, family_of};
 use super::custodians::{Act, DualControlRequest, opened_by};
 use super::lmk::ShareTaken;
 use super::officers::new_key_record;
+use super::parts::{BACKUP_SHARES, Part, PartStep};
 use super::{Kms, kcv_hex};
 
 /// Where a backup is kept in `meta`: this prefix and the id of the request that made it.
@@ -511,9 +509,7 @@ impl<H: Hsm> Kms<H> {
                 }
                 Err(e) => return Err(share_refusal(e)),
             };
-            let before = ceremony.partial.clone();
-            let id = id.to_owned();
-            let formed = match step {
+            let step = match step {
                 Restored::Partial(partial) => {
                     if partial.threshold != ceremony.components {
                         return Err(Error::InvalidArgument {
@@ -521,69 +517,18 @@ impl<H: Hsm> Kms<H> {
                             reason: Refusal::BackupShareRefused,
                         });
                     }
-                    let ceremony = self
-                        .store
-                        .write(move |tx| {
-                            let mut c = with_custodian(tx, &id, &before, &actor, &check_value)?;
-                            c.partial = Some(partial.token.as_str().to_owned());
-                            c.algorithm = Some(alg.name().to_owned());
-                            tx.put(Table::Ceremonies, &c.id, &c)?;
-                            tx.audit(AuditEvent::ok(
-                                actor,
-                                "submit-backup-share",
-                                format!(
-                                    "{}: share {} of {}, check value {check_value} (checked in \
-                                     the HSM)",
-                                    c.id,
-                                    c.custodians.len(),
-                                    c.components
-                                ),
-                            ));
-                            Ok(c)
-                        })
-                        .await?;
-                    return Ok(Submitted { ceremony });
+                    PartStep::Partial(partial.token)
                 }
-                Restored::Formed(formed) => formed,
+                Restored::Formed(formed) => PartStep::Formed(formed),
             };
-            let region = self.target_region(&ceremony.target)?;
-            let ceremony = self
-                .store
-                .write(move |tx| {
-                    let mut c = with_custodian(tx, &id, &before, &actor, &check_value)?;
-                    let names: Vec<&str> =
-                        c.custodians.iter().map(|c| c.identity.as_str()).collect();
-                    let note = format!(" ({}: backup shares of {})", c.id, names.join(", "));
-                    let (method, kcv) = kcv_hex(&formed.kcv);
-                    super::components::apply_target(
-                        tx,
-                        &c.target,
-                        region,
-                        alg,
-                        &formed,
-                        actor.clone(),
-                        &note,
-                    )?;
-                    c.state = CeremonyState::Complete;
-                    c.partial = None;
-                    c.algorithm = Some(alg.name().to_owned());
-                    c.kcv_method = Some(method.clone());
-                    c.kcv = Some(kcv.clone());
-                    tx.put(Table::Ceremonies, &c.id, &c)?;
-                    tx.audit(AuditEvent::ok(
-                        actor,
-                        "complete-key-ceremony",
-                        format!(
-                            "{}: {} restored from the backup shares of {}; final KCV {method} \
-                             {kcv}",
-                            c.id,
-                            c.description,
-                            names.join(", ")
-                        ),
-                    ));
-                    Ok(c)
-                })
-                .await?;
+            let part = Part {
+                ceremony,
+                actor,
+                check: check_value,
+                alg,
+                step,
+            };
+            let ceremony = self.record_part(part, BACKUP_SHARES).await?;
             Ok(Submitted { ceremony })
         })
         .await

@@ -38,6 +38,7 @@ use crate::state::store::{Table, Tx};
 
 use super::backup::RootToRestore;
 use super::officers::{ComponentInput, hierarchy_exportability, new_key_record, put_new_version};
+use super::parts::{COMPONENTS, Part, PartStep};
 use super::{Kms, PROVINCE, hierarchy_usage, is_master_key, kcv_hex};
 
 /// What a component ceremony forms.
@@ -283,63 +284,18 @@ impl<H: Hsm> Kms<H> {
                     return Err(e.into());
                 }
             };
-            let before = ceremony.partial.clone();
-            let id = id.to_owned();
-            let formed = match step {
-                Accumulated::Partial(partial) => {
-                    let ceremony = self
-                        .store
-                        .write(move |tx| {
-                            let mut c = with_custodian(tx, &id, &before, &actor, &kcv_text)?;
-                            c.partial = Some(partial.token.as_str().to_owned());
-                            c.algorithm = Some(alg.name().to_owned());
-                            tx.put(Table::Ceremonies, &c.id, &c)?;
-                            tx.audit(AuditEvent::ok(
-                                actor,
-                                "submit-component",
-                                format!(
-                                    "{}: component {} of {}, KCV {kcv_text} (checked in the HSM)",
-                                    c.id,
-                                    c.custodians.len(),
-                                    c.components
-                                ),
-                            ));
-                            Ok(c)
-                        })
-                        .await?;
-                    return Ok(Submitted { ceremony });
-                }
-                Accumulated::Formed(formed) => formed,
+            let step = match step {
+                Accumulated::Partial(partial) => PartStep::Partial(partial.token),
+                Accumulated::Formed(formed) => PartStep::Formed(formed),
             };
-            let region = self.target_region(&ceremony.target)?;
-            let ceremony = self
-                .store
-                .write(move |tx| {
-                    let mut c = with_custodian(tx, &id, &before, &actor, &kcv_text)?;
-                    let names: Vec<&str> =
-                        c.custodians.iter().map(|c| c.identity.as_str()).collect();
-                    let note = format!(" ({}: components of {})", c.id, names.join(", "));
-                    let (method, kcv) = kcv_hex(&formed.kcv);
-                    apply_target(tx, &c.target, region, alg, &formed, actor.clone(), &note)?;
-                    c.state = CeremonyState::Complete;
-                    c.partial = None;
-                    c.algorithm = Some(alg.name().to_owned());
-                    c.kcv_method = Some(method.clone());
-                    c.kcv = Some(kcv.clone());
-                    tx.put(Table::Ceremonies, &c.id, &c)?;
-                    tx.audit(AuditEvent::ok(
-                        actor,
-                        "complete-key-ceremony",
-                        format!(
-                            "{}: {} formed from the components of {}; final KCV {method} {kcv}",
-                            c.id,
-                            c.description,
-                            names.join(", ")
-                        ),
-                    ));
-                    Ok(c)
-                })
-                .await?;
+            let part = Part {
+                ceremony,
+                actor,
+                check: kcv_text,
+                alg,
+                step,
+            };
+            let ceremony = self.record_part(part, COMPONENTS).await?;
             Ok(Submitted { ceremony })
         })
         .await

@@ -33,6 +33,7 @@ mod hsm_turns;
 mod hsm_watch;
 mod lmk;
 mod officers;
+mod parts;
 mod personal;
 mod psam_lines;
 mod registrars;
