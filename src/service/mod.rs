@@ -602,11 +602,12 @@ impl<H: Hsm> Kms<H> {
 
     /// The station or PSAM line record of `caller`, which must be registered in its region.
     fn endpoint(snap: &Snapshot, kind: EndpointKind, caller: &Identity) -> Result<Endpoint> {
-        let e: Endpoint = snap
-            .get(Table::Endpoints, &records::endpoint_id(kind, caller.name()))?
-            .ok_or(Error::FailedPrecondition {
-                reason: Refusal::CallerNotRegistered,
-            })?;
+        // Through the store's cache: a station's record changes in ceremonies only.
+        let e = snap
+            .get_shared::<Endpoint>(Table::Endpoints, &records::endpoint_id(kind, caller.name()))?;
+        let e = Option::clone(&e).ok_or(Error::FailedPrecondition {
+            reason: Refusal::CallerNotRegistered,
+        })?;
         if Some(e.region.as_str()) != caller.region() {
             return Err(Error::PermissionDenied {
                 reason: Refusal::EndpointRegionMismatch,
@@ -633,11 +634,12 @@ fn active_key(
     level: Level,
     region: &str,
 ) -> Result<Option<KeyRecord>> {
-    let all: Vec<(String, KeyRecord)> = snap.scan(
+    // Through the store's cache: every first release of a card asks this for every key.
+    let all = snap.scan_shared::<KeyRecord>(
         Table::Keys,
         &records::key_prefix(template, key, level, region),
     )?;
-    Ok(all.into_iter().map(|(_, r)| r).rfind(|r| r.active))
+    Ok(all.iter().map(|(_, r)| r).rfind(|r| r.active).cloned())
 }
 
 /// Whether `spec` is a master key of its card ([`Template::is_master_key`]): its card key is a

@@ -340,20 +340,20 @@ impl<H: Hsm> Kms<H> {
     ) -> Result<(Derivation, u32)> {
         check_owned(owner, spec)?;
         let version = Self::root_version(snap, template, spec, card, versions)?;
-        let city: KeyRecord = snap
-            .get(
-                Table::Keys,
-                &records::key_id(
-                    template.id(),
-                    &spec.name,
-                    Level::City,
-                    &card.region,
-                    version,
-                ),
-            )?
-            .ok_or(Error::FailedPrecondition {
-                reason: Refusal::KeyVersionNotHeld,
-            })?;
+        // Read through the store's cache: key records change in ceremonies, not per card.
+        let city = snap.get_shared::<KeyRecord>(
+            Table::Keys,
+            &records::key_id(
+                template.id(),
+                &spec.name,
+                Level::City,
+                &card.region,
+                version,
+            ),
+        )?;
+        let city = city.as_ref().as_ref().ok_or(Error::FailedPrecondition {
+            reason: Refusal::KeyVersionNotHeld,
+        })?;
         let derivation = Derivation {
             parent: token(&city.token),
             method: spec.dispersion,

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub(crate) mod backend;
+pub(crate) mod cache;
 pub mod migrate;
 pub mod postgres;
 pub mod records;

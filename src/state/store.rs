@@ -27,13 +27,14 @@ use crate::error::{Error, Result};
 use crate::metrics::StoreMetrics;
 use crate::state::audit::{self, AuditEvent, AuditRecord, AuditSeal, ChainHead};
 use crate::state::backend::{Engine, Read, Write};
+use crate::state::cache::{Lookup, ReadCache};
 use crate::state::postgres::{Postgres, PostgresConfig};
 use crate::state::redb_engine::Redb;
 
 pub use crate::state::redb_engine::DB_FILE;
 
 /// Named tables of JSON values keyed by strings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Table {
     Meta,
     Templates,
@@ -170,6 +171,9 @@ pub struct Store {
     engine: Arc<dyn Engine>,
     location: Arc<str>,
     metrics: StoreMetrics,
+    /// Decoded reads of the tables that change in ceremonies only; None on an engine other
+    /// processes write (`state::cache`).
+    cache: Option<Arc<ReadCache>>,
 }
 
 /// The writer thread's handle: dropping it closes the job queue and waits for the thread.
@@ -205,6 +209,9 @@ pub struct Tx<'a> {
     appended: &'a mut Vec<AuditRecord>,
     /// Set by [`Tx::request_seal`]: seal the head even if this batch appends nothing.
     seal_requested: std::cell::Cell<bool>,
+    /// Set by a write to a cached table ([`Table::cached`]): the read cache is invalidated
+    /// after the commit.
+    wrote_cached: &'a mut bool,
 }
 
 impl std::fmt::Debug for Tx<'_> {
@@ -233,6 +240,7 @@ impl Tx<'_> {
     /// fails after a `put` would leave that write in the batch.
     pub fn put<T: Serialize>(&mut self, table: Table, key: &str, value: &T) -> Result<()> {
         let bytes = encode(value)?;
+        *self.wrote_cached |= table.cached();
         let written = self.txn.put(table, key, &bytes);
         self.poisoned(written)
     }
@@ -248,6 +256,7 @@ impl Tx<'_> {
 
     /// Removes `key` (nothing if absent). As for [`Tx::put`], only once the request is valid.
     pub fn delete(&mut self, table: Table, key: &str) -> Result<()> {
+        *self.wrote_cached |= table.cached();
         let deleted = self.txn.delete(table, key);
         self.poisoned(deleted)
     }
@@ -273,6 +282,8 @@ impl Tx<'_> {
 /// A read-only snapshot.
 pub struct Snapshot {
     read: Box<dyn Read + Send + Sync>,
+    /// The store's read cache and the generation this snapshot reads at.
+    cache: Option<(Arc<ReadCache>, u64)>,
     /// Rows the engine returned to this snapshot's scans ([`Snapshot::rows_scanned`]).
     scanned: std::sync::atomic::AtomicU64,
 }
@@ -287,6 +298,7 @@ impl Snapshot {
     fn of(read: Box<dyn Read + Send + Sync>) -> Snapshot {
         Snapshot {
             read,
+            cache: None,
             scanned: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -331,6 +343,43 @@ impl Snapshot {
         let rows = self.read.scan(table, prefix)?;
         self.count_scanned(rows.len());
         decode_all(rows)
+    }
+
+    /// The value at `key`, shared: for a cached table ([`Table::cached`]) decoded once for
+    /// every snapshot of the same generation (`state::cache`), otherwise read as [`get`].
+    ///
+    /// [`get`]: Snapshot::get
+    pub fn get_shared<T: DeserializeOwned + Send + Sync + 'static>(
+        &self,
+        table: Table,
+        key: &str,
+    ) -> Result<Arc<Option<T>>> {
+        match &self.cache {
+            Some((cache, generation)) if table.cached() => {
+                cache.get_or_read(*generation, Lookup::Get(table, key.to_owned()), || {
+                    self.get(table, key)
+                })
+            }
+            _ => self.get(table, key).map(Arc::new),
+        }
+    }
+
+    /// Every value whose key starts with `prefix`, shared as [`get_shared`] shares one value.
+    ///
+    /// [`get_shared`]: Snapshot::get_shared
+    pub fn scan_shared<T: DeserializeOwned + Send + Sync + 'static>(
+        &self,
+        table: Table,
+        prefix: &str,
+    ) -> Result<Arc<Vec<(String, T)>>> {
+        match &self.cache {
+            Some((cache, generation)) if table.cached() => {
+                cache.get_or_read(*generation, Lookup::Scan(table, prefix.to_owned()), || {
+                    self.scan(table, prefix)
+                })
+            }
+            _ => self.scan(table, prefix).map(Arc::new),
+        }
     }
 
     /// The audit trail in order, and its seals.
@@ -440,9 +489,23 @@ impl Store {
         let writer_engine = Arc::clone(&engine);
         let metrics = StoreMetrics::default();
         let writer_metrics = metrics.clone();
+        // Only this process writes a redb file (redb locks it): its reads may be cached.
+        let cache = match location {
+            StoreLocation::Redb(_) => Some(Arc::new(ReadCache::new())),
+            StoreLocation::Postgres(_) => None,
+        };
+        let writer_cache = cache.clone();
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer(&*writer_engine, rx, &*sealer, &writer_metrics))
+            .spawn(move || {
+                writer(
+                    &*writer_engine,
+                    rx,
+                    &*sealer,
+                    &writer_metrics,
+                    writer_cache.as_deref(),
+                )
+            })
             .map_err(|_| Error::Store)?;
         Ok(Store {
             writer: Arc::new(Writer {
@@ -452,6 +515,7 @@ impl Store {
             engine,
             location: location.to_string().into(),
             metrics,
+            cache,
         })
     }
 
@@ -492,7 +556,11 @@ impl Store {
 
     /// A consistent read-only view of the committed state.
     pub fn snapshot(&self) -> Result<Snapshot> {
-        Ok(Snapshot::of(self.engine.begin_read()?))
+        // The generation first, then the read transaction (`state::cache`).
+        let cache = self.cache.as_ref().map(|c| (Arc::clone(c), c.generation()));
+        let mut snap = Snapshot::of(self.engine.begin_read()?);
+        snap.cache = cache;
+        Ok(snap)
     }
 
     /// Seals the chain head now if it is not sealed yet (e.g. once the audit key exists), with
@@ -569,6 +637,7 @@ fn writer(
     rx: std_mpsc::Receiver<Job>,
     sealer: &dyn Sealer,
     metrics: &StoreMetrics,
+    cache: Option<&ReadCache>,
 ) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -578,7 +647,19 @@ fn writer(
         let started = std::time::Instant::now();
         metrics.commit_requests.observe(batch.len() as f64);
         let mut completions = Vec::with_capacity(batch.len());
-        let result = commit_batch(engine, batch, &mut completions, sealer, metrics);
+        let mut wrote_cached = false;
+        let result = commit_batch(
+            engine,
+            batch,
+            &mut completions,
+            sealer,
+            metrics,
+            &mut wrote_cached,
+        );
+        // After the commit is visible and before any writer hears of it (`state::cache`).
+        if wrote_cached && let Some(cache) = cache {
+            cache.invalidate();
+        }
         metrics
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -604,6 +685,7 @@ fn commit_batch(
     completions: &mut Vec<Completion>,
     sealer: &dyn Sealer,
     metrics: &StoreMetrics,
+    wrote_cached: &mut bool,
 ) -> Result<()> {
     let mut txn = engine.begin_write()?;
     let mut head = current_head(&*txn)?;
@@ -619,6 +701,7 @@ fn commit_batch(
             now_ms: now,
             appended: &mut appended,
             seal_requested: std::cell::Cell::new(false),
+            wrote_cached,
         };
         for job in batch {
             completions.push(job(&mut tx));

@@ -185,6 +185,90 @@ async fn writes_read_back_in_key_order_and_a_refused_request_leaves_nothing() {
     }
 }
 
+/// Cached reads (`state::cache`) are what the snapshot would read: a write to a cached table
+/// is seen by the next snapshot, a snapshot opened before it keeps its own view, a refused
+/// request's write changes nothing; on PostgreSQL a second instance's write is seen at once.
+#[tokio::test]
+async fn cached_reads_follow_every_commit() {
+    for under in every_engine("cached reads") {
+        let store = under.open().unwrap();
+        let put = |store: &Store, value: &'static str| {
+            let store = store.clone();
+            async move {
+                store
+                    .write(move |tx| {
+                        tx.put(Table::Keys, "k/1", &value.to_owned())?;
+                        tx.put(Table::Endpoints, "e", &value.to_owned())
+                    })
+                    .await
+            }
+        };
+        put(&store, "one").await.unwrap();
+        let before = store.snapshot().unwrap();
+        let shared = |snap: &Snapshot| {
+            let get = snap.get_shared::<String>(Table::Keys, "k/1").unwrap();
+            let scan = snap.scan_shared::<String>(Table::Keys, "k/").unwrap();
+            let endpoint = snap.get_shared::<String>(Table::Endpoints, "e").unwrap();
+            (
+                Option::clone(&get),
+                scan.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>(),
+                Option::clone(&endpoint),
+            )
+        };
+        let one = (
+            Some("one".to_owned()),
+            vec!["one".to_owned()],
+            Some("one".to_owned()),
+        );
+        assert_eq!(shared(&before), one, "{}", under.name);
+        put(&store, "two").await.unwrap();
+        let two = (
+            Some("two".to_owned()),
+            vec!["two".to_owned()],
+            Some("two".to_owned()),
+        );
+        assert_eq!(shared(&store.snapshot().unwrap()), two, "{}", under.name);
+        assert_eq!(
+            shared(&before),
+            one,
+            "{}: the older snapshot's view",
+            under.name
+        );
+        assert_eq!(shared(&store.snapshot().unwrap()), two, "{}", under.name);
+        let refused = store
+            .write(|tx| {
+                tx.put(Table::Keys, "k/1", &"three".to_owned())?;
+                Err::<(), _>(Error::Store)
+            })
+            .await;
+        assert!(refused.is_err());
+        // The refused job's put stayed in its batch (as `Tx::put` says): what is read is
+        // what was committed, either way.
+        let after = store.snapshot().unwrap();
+        let committed: Option<String> = after.get(Table::Keys, "k/1").unwrap();
+        assert_eq!(
+            Option::clone(&after.get_shared::<String>(Table::Keys, "k/1").unwrap()),
+            committed,
+            "{}",
+            under.name
+        );
+        if let StoreLocation::Postgres(_) = under.location {
+            let other = under.open().unwrap();
+            put(&other, "four").await.unwrap();
+            let four = (
+                Some("four".to_owned()),
+                vec!["four".to_owned()],
+                Some("four".to_owned()),
+            );
+            assert_eq!(
+                shared(&store.snapshot().unwrap()),
+                four,
+                "another instance's write"
+            );
+        }
+    }
+}
+
 /// Two instances on one PostgreSQL database, writing at once from many tasks each: one chain,
 /// every record in it once, no gap and no fork, every head sealed by the instance that wrote it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
