@@ -2,9 +2,12 @@
 //! station KEKs, card transport keys, the audit MAC key) kept unwrapped, so that a busy
 //! derivation path does not re-verify and decrypt the same key block every time.
 //!
-//! - **Key**: SHA-256 of the token's text. A token that differs in one character (a forgery, a
-//!   token of another LMK) has another digest and is unwrapped — and refused — as usual; only a
-//!   token that verified under the current LMK is ever inserted.
+//! - **Key**: the token's whole text (LMK-wrapped, not secret), compared in full on every
+//!   look-up. A token that differs in one character (a forgery, a token of another LMK) is
+//!   another key and is unwrapped — and refused — as usual; only a token that verified under
+//!   the current LMK is ever inserted. (The map's hasher is std's keyed SipHash: a caller
+//!   cannot aim tokens at one bucket. A SHA-256 digest of the text was the key before; it cost
+//!   a hash per key of every batch and bought nothing the full comparison does not give.)
 //! - **Value**: the unwrapped key with its usage and exportability, behind an `Arc` (the
 //!   [`SecretKey`](crate::crypto::SecretKey) inside zeroizes when the last holder drops it).
 //!   A cached key-block protection key also keeps its TR-31 binding keys (KBEK, KBAK) once its
@@ -25,17 +28,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use hsm_api::{Error, KeyToken, Result};
-use sha2::{Digest, Sha256};
 
 use crate::lmk::TokenKey;
-
-/// SHA-256 of a token's text.
-pub(crate) type TokenDigest = [u8; 32];
-
-/// The cache's index of `token`.
-pub(crate) fn digest(token: &KeyToken) -> TokenDigest {
-    Sha256::digest(token.as_str().as_bytes()).into()
-}
 
 struct Entry {
     key: Arc<TokenKey>,
@@ -47,7 +41,7 @@ struct Entry {
 pub(crate) struct HotKeyCache {
     capacity: usize,
     clock: AtomicU64,
-    entries: RwLock<HashMap<TokenDigest, Entry>>,
+    entries: RwLock<HashMap<Box<str>, Entry>>,
 }
 
 impl fmt::Debug for HotKeyCache {
@@ -68,29 +62,30 @@ impl HotKeyCache {
         }
     }
 
-    /// The key cached for `digest`, if any; marks it as just used.
-    pub(crate) fn get(&self, digest: &TokenDigest) -> Result<Option<Arc<TokenKey>>> {
+    /// The key cached for `token`, if any; marks it as just used.
+    pub(crate) fn get(&self, token: &KeyToken) -> Result<Option<Arc<TokenKey>>> {
         if self.capacity == 0 {
             return Ok(None);
         }
         let entries = self.entries.read().map_err(|_| Error::StatePoisoned)?;
-        Ok(entries.get(digest).map(|entry| {
+        Ok(entries.get(token.as_str()).map(|entry| {
             entry.last_used.store(self.tick(), Ordering::Relaxed);
             Arc::clone(&entry.key)
         }))
     }
 
-    /// Caches `key` under `digest`, evicting the least recently used keys if the cache is full.
-    pub(crate) fn insert(&self, digest: TokenDigest, key: Arc<TokenKey>) -> Result<()> {
+    /// Caches `key` as `token`'s (a token that verified under the current LMK), evicting the
+    /// least recently used keys if the cache is full.
+    pub(crate) fn insert(&self, token: &KeyToken, key: Arc<TokenKey>) -> Result<()> {
         if self.capacity == 0 {
             return Ok(());
         }
         let mut entries = self.entries.write().map_err(|_| Error::StatePoisoned)?;
-        if entries.len() >= self.capacity && !entries.contains_key(&digest) {
+        if entries.len() >= self.capacity && !entries.contains_key(token.as_str()) {
             evict_least_recent(&mut entries, (self.capacity / 16).max(1));
         }
         entries.insert(
-            digest,
+            token.as_str().into(),
             Entry {
                 key,
                 last_used: AtomicU64::new(self.tick()),
@@ -118,10 +113,10 @@ impl HotKeyCache {
 }
 
 /// Removes the `n` entries used least recently.
-fn evict_least_recent(entries: &mut HashMap<TokenDigest, Entry>, n: usize) {
-    let mut ages: Vec<(u64, TokenDigest)> = entries
+fn evict_least_recent(entries: &mut HashMap<Box<str>, Entry>, n: usize) {
+    let mut ages: Vec<(u64, Box<str>)> = entries
         .iter()
-        .map(|(d, e)| (e.last_used.load(Ordering::Relaxed), *d))
+        .map(|(t, e)| (e.last_used.load(Ordering::Relaxed), t.clone()))
         .collect();
     let n = n.min(ages.len());
     if n == 0 {
@@ -130,8 +125,8 @@ fn evict_least_recent(entries: &mut HashMap<TokenDigest, Entry>, n: usize) {
     if n < ages.len() {
         ages.select_nth_unstable(n - 1);
     }
-    for (_, digest) in &ages[..n] {
-        entries.remove(digest);
+    for (_, token) in &ages[..n] {
+        entries.remove(token);
     }
 }
 
@@ -142,27 +137,27 @@ mod tests {
     use super::*;
     use crate::crypto::SecretKey;
 
-    fn entry(byte: u8) -> (TokenDigest, Arc<TokenKey>) {
+    fn entry(byte: u8) -> (KeyToken, Arc<TokenKey>) {
         let token = KeyToken::from_stored(format!("token-{byte}"));
         let key = TokenKey::new(
             KeyUsage::CardDerivation(hsm_api::HierarchyLevel::City),
             Exportability::NonExportable,
             SecretKey::new(Algorithm::Tdes2, &[byte; 16]).unwrap(),
         );
-        (digest(&token), Arc::new(key))
+        (token, Arc::new(key))
     }
 
     #[test]
     fn bounded_and_least_recently_used_goes_first() {
         let cache = HotKeyCache::new(4);
         let keys: Vec<_> = (0..6).map(entry).collect();
-        for (d, k) in &keys[..4] {
-            cache.insert(*d, Arc::clone(k)).unwrap();
+        for (t, k) in &keys[..4] {
+            cache.insert(t, Arc::clone(k)).unwrap();
         }
         assert_eq!(cache.len().unwrap(), 4);
         // Use key 0 again: key 1 is now the least recently used.
         assert!(cache.get(&keys[0].0).unwrap().is_some());
-        cache.insert(keys[4].0, Arc::clone(&keys[4].1)).unwrap();
+        cache.insert(&keys[4].0, Arc::clone(&keys[4].1)).unwrap();
         assert_eq!(cache.len().unwrap(), 4);
         assert!(cache.get(&keys[1].0).unwrap().is_none());
         assert!(cache.get(&keys[0].0).unwrap().is_some());
@@ -177,8 +172,8 @@ mod tests {
     fn a_large_cache_evicts_a_sixteenth_at_once() {
         let cache = HotKeyCache::new(32);
         for i in 0..33u8 {
-            let (d, k) = entry(i);
-            cache.insert(d, k).unwrap();
+            let (t, k) = entry(i);
+            cache.insert(&t, k).unwrap();
         }
         assert_eq!(cache.len().unwrap(), 31);
         assert!(cache.get(&entry(0).0).unwrap().is_none());
@@ -189,17 +184,17 @@ mod tests {
     #[test]
     fn capacity_zero_caches_nothing() {
         let cache = HotKeyCache::new(0);
-        let (d, k) = entry(1);
-        cache.insert(d, k).unwrap();
+        let (t, k) = entry(1);
+        cache.insert(&t, k).unwrap();
         assert_eq!(cache.len().unwrap(), 0);
-        assert!(cache.get(&d).unwrap().is_none());
+        assert!(cache.get(&t).unwrap().is_none());
     }
 
     #[test]
     fn debug_shows_no_key() {
         let cache = HotKeyCache::new(4);
-        let (d, k) = entry(0xA7);
-        cache.insert(d, k).unwrap();
+        let (t, k) = entry(0xA7);
+        cache.insert(&t, k).unwrap();
         let shown = format!("{cache:?}");
         assert!(
             !shown.contains("167") && !shown.to_lowercase().contains("a7"),

@@ -57,6 +57,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
+use crate::crypto::cipher::BlockCipher;
 use crate::crypto::tr31::{
     self, BindingKeys, KeyBlockAlgorithm, KeyBlockHeader, ModeOfUse, OptionalBlock,
 };
@@ -215,6 +216,9 @@ pub(crate) struct TokenKey {
     /// For a key-block protection key: its binding keys, derived at its first wrap and kept as
     /// long as the key is (in the hot-key cache: bounded, emptied on seal; zeroized on drop).
     binding: OnceLock<BindingKeys>,
+    /// For a parent key: its cipher's key schedule, made at its first derivation and kept as
+    /// the binding keys are (zeroized on drop: RustCrypto's `zeroize` feature).
+    cipher: OnceLock<BlockCipher>,
 }
 
 impl TokenKey {
@@ -224,7 +228,18 @@ impl TokenKey {
             exportability,
             key,
             binding: OnceLock::new(),
+            cipher: OnceLock::new(),
         }
+    }
+
+    /// This key's block cipher: keyed once, then kept (a city key derives every card's keys).
+    pub(crate) fn cipher(&self) -> Result<&BlockCipher> {
+        if let Some(kept) = self.cipher.get() {
+            return Ok(kept);
+        }
+        let fresh = BlockCipher::new(&self.key)?;
+        // As for the binding keys: one made concurrently is dropped (and zeroized).
+        Ok(self.cipher.get_or_init(|| fresh))
     }
 
     /// `work` with this key's binding keys for `version` (a KBPK's): derived once, then kept.

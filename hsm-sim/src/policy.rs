@@ -13,7 +13,7 @@
 //!   secure-messaging command a card checks), [`secure_messaging_apdu`].
 
 use hsm_api::{
-    Algorithm, Component, Error, Exportability, ExportedKey, HierarchyLevel, KeyBlockVersion,
+    Algorithm, Component, Error, Exportability, ExportedKey, HierarchyLevel, Kcv, KeyBlockVersion,
     KeySpec, KeyUsage, MacFold, Result, WriteKeyCommand, WriteKeyRequest,
 };
 use zeroize::Zeroizing;
@@ -323,19 +323,21 @@ pub fn export_block(
     exportability: Exportability,
     version: KeyBlockVersion,
 ) -> Result<ExportedKey> {
-    export_block_with(key, usage, exportability, version, |header, clear| {
+    export_block_with(key, usage, exportability, version, |header, clear, _kcv| {
         tr31::wrap(kek, header, clear)
     })
 }
 
 /// [`export_block`] with the wrapping itself left to `wrap` (a backend that keeps a KEK's
-/// binding keys derives them once): the checks, the header and the one KCV are here.
+/// binding keys derives them once): the checks, the header and the one KCV are here. `wrap`
+/// gets the header, the key and that KCV — the header's `KC`, computed here from `key`, so that
+/// the simulator's wrap need not compute it again (`tr31::wrap_bound_with_kcv`).
 pub fn export_block_with(
     key: &SecretKey,
     usage: KeyUsage,
     exportability: Exportability,
     version: KeyBlockVersion,
-    wrap: impl FnOnce(&KeyBlockHeader, &SecretKey) -> Result<String>,
+    wrap: impl FnOnce(&KeyBlockHeader, &SecretKey, &Kcv) -> Result<String>,
 ) -> Result<ExportedKey> {
     // By usage first: master keys, their hierarchy and vendor transport keys leave only
     // inside secure-messaging commands, whatever their token's exportability says.
@@ -351,7 +353,7 @@ pub fn export_block_with(
         tr31::Exportability::NonExportable,
     )?
     .with_optional_block(OptionalBlock::key_check_value_of(&kcv)?);
-    let block = wrap(&header, key)?;
+    let block = wrap(&header, key, &kcv)?;
     Ok(ExportedKey { block, kcv })
 }
 

@@ -21,8 +21,17 @@ use crate::crypto::cipher::BlockCipher;
 
 /// The child of `parent` for `factor` by `method`.
 pub fn diversify(parent: &SecretKey, method: Dispersion, factor: &Factor) -> Result<SecretKey> {
-    let child_alg = method.child_algorithm(parent.algorithm())?;
-    let cipher = BlockCipher::new(parent)?;
+    diversify_with(&BlockCipher::new(parent)?, method, factor)
+}
+
+/// [`diversify`] under a parent already keyed as `cipher` (its key schedule kept by a caller
+/// that derives many children of one parent).
+pub(crate) fn diversify_with(
+    cipher: &BlockCipher,
+    method: Dispersion,
+    factor: &Factor,
+) -> Result<SecretKey> {
+    let child_alg = method.child_algorithm(cipher.algorithm())?;
     let f = factor.as_bytes();
     let mut buf = Zeroizing::new(Vec::with_capacity(16));
     match method {
@@ -46,8 +55,21 @@ pub fn diversify_chain(
     method: Dispersion,
     factors: &[Factor],
 ) -> Result<SecretKey> {
-    let mut key = root.duplicate();
-    for factor in factors {
+    match factors.split_first() {
+        Some((first, rest)) => diversify_chain_with(&BlockCipher::new(root)?, method, first, rest),
+        None => Ok(root.duplicate()),
+    }
+}
+
+/// [`diversify_chain`] of `first` then `rest` from a root already keyed as `root`.
+pub(crate) fn diversify_chain_with(
+    root: &BlockCipher,
+    method: Dispersion,
+    first: &Factor,
+    rest: &[Factor],
+) -> Result<SecretKey> {
+    let mut key = diversify_with(root, method, first)?;
+    for factor in rest {
         key = diversify(&key, method, factor)?;
     }
     Ok(key)

@@ -9,7 +9,6 @@ use hsm_api::{
 };
 
 use super::LocalHsm;
-use crate::cache;
 use crate::crypto::{SecretKey, diversify};
 use crate::crypto::{kcv, tr31};
 use crate::lmk::{Lmk, TokenKey};
@@ -54,13 +53,12 @@ impl LocalHsm {
         allowed: fn(KeyUsage) -> bool,
         caching: Caching,
     ) -> Result<Arc<TokenKey>> {
-        let digest = cache::digest(token);
-        Ok(match self.cache.get(&digest)? {
+        Ok(match self.cache.get(token)? {
             Some(hit) => hit,
             None => {
                 let key = Arc::new(lmk.unwrap(token)?);
                 if caching == Caching::Keep && allowed(key.usage) {
-                    self.cache.insert(digest, Arc::clone(&key))?;
+                    self.cache.insert(token, Arc::clone(&key))?;
                 }
                 key
             }
@@ -279,7 +277,12 @@ pub(super) fn derive_child_of(
         factors.len(),
         child_usage,
     )?;
-    let child = diversify::diversify_chain(&parent.key, method, factors)?;
+    // The parent's kept key schedule (`TokenKey::cipher`): a city key derives every card's.
+    let (first, rest) = factors.split_first().ok_or(Error::Count {
+        field: "factors".into(),
+        expected: "1 to 8".into(),
+    })?;
+    let child = diversify::diversify_chain_with(parent.cipher()?, method, first, rest)?;
     child.check_not_weak()?;
     Ok(TokenKey::new(child_usage, exportability, child))
 }
@@ -298,9 +301,9 @@ pub(super) fn export_block(
         key.usage,
         key.exportability,
         version,
-        |header, clear| {
+        |header, clear, kcv| {
             kek.with_binding(version, |binding| {
-                tr31::wrap_bound(&kek.key, binding, header, clear)
+                tr31::wrap_bound_with_kcv(&kek.key, binding, header, clear, kcv)
             })
         },
     )

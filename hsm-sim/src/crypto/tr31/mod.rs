@@ -117,6 +117,7 @@ mod wrapping;
 pub use binding::BindingKeys;
 pub use header::{Exportability, KeyBlockAlgorithm, KeyBlockHeader, ModeOfUse, OptionalBlock};
 pub use parse::parse_header;
+pub(crate) use wrapping::wrap_bound_with_kcv;
 pub use wrapping::{unwrap, unwrap_bound, unwrap_data_bound, wrap, wrap_bound, wrap_data_bound};
 
 /// Length of the fixed part of the header.

@@ -1,7 +1,7 @@
 //! Wrapping and unwrapping: the key block's MAC and encryption under the binding keys, and the
 //! checks of strength and check values around them.
 
-use hsm_api::{Algorithm, Error, KeyBlockVersion, Result};
+use hsm_api::{Algorithm, Error, Kcv, KeyBlockVersion, Result};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
@@ -11,7 +11,7 @@ use super::parse::parse;
 use crate::crypto::SecretKey;
 use crate::crypto::cipher::BlockCipher;
 use crate::crypto::kcv::KcvCheck;
-use crate::crypto::random::random_bytes;
+use crate::crypto::random::padding_bytes;
 
 /// Wraps `key` under `kbpk` in a key block with `header`, padding the key with random bytes so
 /// that its length is hidden (see the module docs).
@@ -32,11 +32,36 @@ pub fn wrap_bound(
     header: &KeyBlockHeader,
     key: &SecretKey,
 ) -> Result<String> {
+    wrap_randomly_padded(kbpk, binding, header, key, None)
+}
+
+/// [`wrap_bound`] for the export path, which has just computed `key_kcv` of `key` itself (for
+/// the header's `KC` block and for its answer: `policy::export_block_with`): a `KC` equal to it
+/// is not computed a second time. Any other `KC` (or `KP`) is checked as [`wrap`] checks it.
+/// Crate-private: the saving rests on `key_kcv` being computed from `key`, which only the
+/// simulator's own export path promises.
+pub(crate) fn wrap_bound_with_kcv(
+    kbpk: &SecretKey,
+    binding: &BindingKeys,
+    header: &KeyBlockHeader,
+    key: &SecretKey,
+    key_kcv: &Kcv,
+) -> Result<String> {
+    wrap_randomly_padded(kbpk, binding, header, key, Some(key_kcv))
+}
+
+fn wrap_randomly_padded(
+    kbpk: &SecretKey,
+    binding: &BindingKeys,
+    header: &KeyBlockHeader,
+    key: &SecretKey,
+    key_kcv: Option<&Kcv>,
+) -> Result<String> {
     let block_len = header.version.block_len();
     let hidden = key.len().max(header.algorithm.hidden_key_len());
     let clear_len = (2 + hidden).div_ceil(block_len) * block_len;
-    let padding = Zeroizing::new(random_bytes(clear_len - 2 - key.len())?);
-    wrap_with_padding(kbpk, binding, header, key, &padding)
+    let padding = padding_bytes(clear_len - 2 - key.len())?;
+    wrap_with_padding(kbpk, binding, header, key, &padding, key_kcv)
 }
 
 /// [`wrap`] with the padding given, for known-answer tests: the clear key data is the key's
@@ -47,6 +72,7 @@ pub(super) fn wrap_with_padding(
     header: &KeyBlockHeader,
     key: &SecretKey,
     padding: &[u8],
+    key_kcv: Option<&Kcv>,
 ) -> Result<String> {
     let version = header.version;
     check_kbpk(version, kbpk)?;
@@ -60,7 +86,7 @@ pub(super) fn wrap_with_padding(
         });
     }
     check_strength(kbpk, key)?;
-    check_check_values(header, kbpk, key)?;
+    check_check_values(header, kbpk, key, key_kcv)?;
 
     let clear_len = 2 + key.len() + padding.len();
     if !clear_len.is_multiple_of(version.block_len()) {
@@ -111,7 +137,7 @@ pub fn unwrap_bound(
     let (header, clear) = open_bound(kbpk, binding, block)?;
     let key = extract_key(header.algorithm, &clear)?;
     check_strength(kbpk, &key)?;
-    check_check_values(&header, kbpk, &key)?;
+    check_check_values(&header, kbpk, &key, None)?;
     Ok((header, key))
 }
 
@@ -161,7 +187,7 @@ pub fn wrap_data_bound(
     let mut clear = Zeroizing::new(Vec::with_capacity(clear_len));
     clear.extend_from_slice(&bits.to_be_bytes());
     clear.extend_from_slice(data);
-    clear.extend_from_slice(&random_bytes(clear_len - 2 - data.len())?);
+    clear.extend_from_slice(&padding_bytes(clear_len - 2 - data.len())?);
     let header_text = header.encode(clear_len)?;
     seal(binding, &header_text, &clear)
 }
@@ -245,15 +271,25 @@ fn check_strength(kbpk: &SecretKey, key: &SecretKey) -> Result<()> {
     Ok(())
 }
 
-/// Checks any `KC` against `key` and any `KP` against `kbpk`.
-fn check_check_values(header: &KeyBlockHeader, kbpk: &SecretKey, key: &SecretKey) -> Result<()> {
+/// Checks any `KC` against `key` and any `KP` against `kbpk`; a `KC` equal to `key_kcv` (the
+/// caller's own computation of `key`'s check value) is taken as checked.
+fn check_check_values(
+    header: &KeyBlockHeader,
+    kbpk: &SecretKey,
+    key: &SecretKey,
+    key_kcv: Option<&Kcv>,
+) -> Result<()> {
     for block in &header.optional_blocks {
         let (id, checked) = match block.id.as_str() {
             "KC" => ("KC", key),
             "KP" => ("KP", kbpk),
             _ => continue,
         };
-        if !block.check_value()?.matches(checked)? {
+        let value = block.check_value()?;
+        if id == "KC" && key_kcv == Some(&value) {
+            continue;
+        }
+        if !value.matches(checked)? {
             return Err(Error::KeyBlockCheckValue { id: id.into() });
         }
     }

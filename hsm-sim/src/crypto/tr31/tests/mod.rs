@@ -158,7 +158,8 @@ fn published_blocks_unwrap_and_rewrap_exactly() {
         if let Some(padding) = &t.padding {
             let padding = hex::decode(padding).unwrap();
             assert_eq!(
-                wrap_with_padding(&kbpk, &bound(&kbpk, &header), &header, &got, &padding).unwrap(),
+                wrap_with_padding(&kbpk, &bound(&kbpk, &header), &header, &got, &padding, None)
+                    .unwrap(),
                 t.block,
                 "{}",
                 t.name
@@ -234,7 +235,15 @@ fn aes192_kbpk_known_answer() {
     let (header, got) = unwrap(&kbpk, block).unwrap();
     assert!(got == wrapped);
     assert_eq!(
-        wrap_with_padding(&kbpk, &bound(&kbpk, &header), &header, &got, &[0xA5; 22]).unwrap(),
+        wrap_with_padding(
+            &kbpk,
+            &bound(&kbpk, &header),
+            &header,
+            &got,
+            &[0xA5; 22],
+            None
+        )
+        .unwrap(),
         block
     );
 }
@@ -402,6 +411,20 @@ fn wrong_kc_or_kp_is_refused() {
         wrap(&kbpk, &wrong_kp, &key),
         Err(Error::KeyBlockCheckValue { id: "KP".into() })
     );
+
+    // The KCV an export computed of its key spares only the computation of a KC equal to it:
+    // a header whose KC is another key's is refused still, and a right one gives a block that
+    // unwraps to the key.
+    let mine = kcv::compute_default(&key).unwrap();
+    assert_eq!(
+        wrap_bound_with_kcv(&kbpk, &bound(&kbpk, &wrong_kc), &wrong_kc, &key, &mine),
+        Err(Error::KeyBlockCheckValue { id: "KC".into() })
+    );
+    let right_kc = header(KeyBlockVersion::D, KeyBlockAlgorithm::Aes)
+        .with_optional_block(OptionalBlock::key_check_value_of(&mine).unwrap());
+    let block =
+        wrap_bound_with_kcv(&kbpk, &bound(&kbpk, &right_kc), &right_kc, &key, &mine).unwrap();
+    assert_eq!(unwrap(&kbpk, &block).unwrap(), (right_kc, key.duplicate()));
 
     // A faulty sender's block: its MAC verifies, its KC does not match the key inside.
     let text = wrong_kc.encode(48).unwrap();
@@ -842,7 +865,7 @@ fn wrap_validates_its_input() {
     );
     // Padding that leaves a partial block.
     assert!(matches!(
-        wrap_with_padding(&kbpk, &bound(&kbpk, &good), &good, &key, &[0; 5]),
+        wrap_with_padding(&kbpk, &bound(&kbpk, &good), &good, &key, &[0; 5], None),
         Err(Error::DataLength { .. })
     ));
 }
