@@ -345,7 +345,7 @@ impl Snapshot {
         decode_all(rows)
     }
 
-    /// The value at `key`, shared: for a cached table ([`Table::cached`]) decoded once for
+    /// The value at `key`, shared: for a cached table (keys, endpoints) decoded once for
     /// every snapshot of the same generation (`state::cache`), otherwise read as [`get`].
     ///
     /// [`get`]: Snapshot::get

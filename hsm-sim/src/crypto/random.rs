@@ -31,7 +31,7 @@ std::thread_local! {
 
 /// `len` bytes from the operating system's CSPRNG for the padding of a key block (TR-31 pads a
 /// key to hide its length). The same CSPRNG output as [`random_bytes`], but drawn
-/// [`PADDING_POOL`] bytes at a time per thread: one system call for some 70 key blocks, not
+/// 1 KiB at a time per thread: one system call for some 70 key blocks, not
 /// one per block. Each byte is handed out once. Keys are never drawn from the pool
 /// ([`generate_key`] asks the operating system for each).
 pub fn padding_bytes(len: usize) -> Result<Zeroizing<Vec<u8>>> {
