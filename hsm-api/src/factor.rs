@@ -84,7 +84,7 @@ impl Factor {
 
     /// Upper-case hex.
     pub fn to_hex(&self) -> String {
-        hex::encode_upper(self.0)
+        crate::upper_hex(&self.0)
     }
 }
 

@@ -84,7 +84,7 @@ impl Kcv {
 
     /// Upper-case hex of the check bytes.
     pub fn to_hex(&self) -> String {
-        hex::encode_upper(&self.value)
+        crate::upper_hex(&self.value)
     }
 }
 

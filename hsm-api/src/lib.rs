@@ -40,6 +40,7 @@ mod factor;
 mod kcv;
 mod methods;
 mod registry;
+mod text;
 mod types;
 
 pub use algorithm::Algorithm;
@@ -55,6 +56,7 @@ pub use registry::{
     ClearField, INDEX_HASH_LEN, REGISTRY_VALUE_LEN, REGISTRY_VALUES, SEAL_OVERHEAD, SealedField,
     check_index_domain, check_registry_items,
 };
+pub use text::{push_upper_hex, upper_hex};
 pub use types::{
     Accumulated, Accumulation, Component, Exportability, ExportedKey, HierarchyLevel, HsmState,
     HsmStatus, IssuedComponents, IssuedShare, IssuedUnderKek, KeyBackup, KeySpec, KeyToken,

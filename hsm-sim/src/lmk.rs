@@ -215,10 +215,12 @@ pub(crate) struct TokenKey {
     pub(crate) key: SecretKey,
     /// For a key-block protection key: its binding keys, derived at its first wrap and kept as
     /// long as the key is (in the hot-key cache: bounded, emptied on seal; zeroized on drop).
-    binding: OnceLock<BindingKeys>,
+    /// Boxed, as `cipher` is: most keys (a card key, derived for one export) never use either,
+    /// and an empty slot is then a pointer, not two key schedules to move.
+    binding: OnceLock<Box<BindingKeys>>,
     /// For a parent key: its cipher's key schedule, made at its first derivation and kept as
     /// the binding keys are (zeroized on drop: RustCrypto's `zeroize` feature).
-    cipher: OnceLock<BlockCipher>,
+    cipher: OnceLock<Box<BlockCipher>>,
 }
 
 impl TokenKey {
@@ -237,7 +239,7 @@ impl TokenKey {
         if let Some(kept) = self.cipher.get() {
             return Ok(kept);
         }
-        let fresh = BlockCipher::new(&self.key)?;
+        let fresh = Box::new(BlockCipher::new(&self.key)?);
         // As for the binding keys: one made concurrently is dropped (and zeroized).
         Ok(self.cipher.get_or_init(|| fresh))
     }
@@ -251,7 +253,7 @@ impl TokenKey {
         if let Some(kept) = self.binding.get().filter(|b| b.version() == version) {
             return work(kept);
         }
-        let fresh = BindingKeys::derive(&self.key, version)?;
+        let fresh = Box::new(BindingKeys::derive(&self.key, version)?);
         let result = work(&fresh);
         // The first derivation is kept; one computed concurrently is dropped (and zeroized).
         let _ = self.binding.set(fresh);

@@ -116,9 +116,16 @@ impl BlockCipher {
 
     /// CMAC (NIST SP 800-38B) of `data`: a full block.
     pub(crate) fn cmac(&self, data: &[u8]) -> Vec<u8> {
+        self.cmac_of_parts(&[data])
+    }
+
+    /// CMAC of the concatenation of `parts`, fed to the MAC one after another (no copy).
+    pub(crate) fn cmac_of_parts(&self, parts: &[&[u8]]) -> Vec<u8> {
         with_cipher!(self, c => {
             let mut mac = <Cmac<_> as cmac::digest::common::InnerInit>::inner_init(c.clone());
-            mac.update(data);
+            for part in parts {
+                mac.update(part);
+            }
             mac.finalize().into_bytes().to_vec()
         })
     }

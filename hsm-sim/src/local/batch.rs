@@ -7,6 +7,7 @@
 //! protector) are looked up once per batch.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use hsm_api::{
@@ -30,6 +31,9 @@ struct Keys<'a> {
     computed: Vec<Option<Result<Arc<TokenKey>>>>,
     /// Tokens already unwrapped in this batch, by text, with the usages they were checked for.
     tokens: HashMap<&'a str, Arc<TokenKey>>,
+    /// The last two tokens looked up, compared by text before `tokens` is hashed: a card set
+    /// names one KBPK between each of its parents, so the KBPK is found here every time.
+    recent: [Option<(&'a str, Arc<TokenKey>)>; 2],
 }
 
 impl LocalHsm {
@@ -41,7 +45,8 @@ impl LocalHsm {
                 lmk,
                 items,
                 computed: vec![None; items.len()],
-                tokens: HashMap::new(),
+                tokens: HashMap::with_capacity(items.len() + 1),
+                recent: [None, None],
             };
             Ok((0..items.len()).map(|i| keys.deliver(i)).collect())
         })
@@ -129,11 +134,20 @@ impl<'a> Keys<'a> {
         allowed: fn(KeyUsage) -> bool,
         caching: Caching,
     ) -> Result<Arc<TokenKey>> {
-        if let Some(key) = self.tokens.get(token.as_str()) {
+        let text = token.as_str();
+        if let Some((_, key)) = self.recent.iter().flatten().find(|(t, _)| *t == text) {
             return Ok(Arc::clone(key));
         }
-        let key = self.hsm.load(self.lmk, token, allowed, caching)?;
-        self.tokens.insert(token.as_str(), Arc::clone(&key));
+        let key = match self.tokens.entry(text) {
+            Entry::Occupied(seen) => Arc::clone(seen.get()),
+            Entry::Vacant(slot) => {
+                let key = self.hsm.load(self.lmk, token, allowed, caching)?;
+                Arc::clone(slot.insert(key))
+            }
+        };
+        // The older of the two gives way.
+        self.recent.swap(0, 1);
+        self.recent[0] = Some((text, Arc::clone(&key)));
         Ok(key)
     }
 }

@@ -30,11 +30,12 @@ pub(super) fn kbpk_error(version: KeyBlockVersion) -> Error {
 
 /// The KBEK and KBAK of one KBPK for one version: derived once per transport key (the HSM keeps
 /// them with the unwrapped KBPK in its hot-key cache, and with the LMK), used for every block
-/// under it. Both are [`SecretKey`]s: zeroized on drop. No `Debug` of the keys.
+/// under it. Both are kept as key schedules ([`BlockCipher`]: zeroized on drop, RustCrypto's
+/// `zeroize` feature), so a block costs no key expansion. No `Debug` of the keys.
 pub struct BindingKeys {
     version: KeyBlockVersion,
-    kbek: SecretKey,
-    kbak: SecretKey,
+    kbek: BlockCipher,
+    kbak: BlockCipher,
 }
 
 impl core::fmt::Debug for BindingKeys {
@@ -52,8 +53,8 @@ impl BindingKeys {
         let (kbek, kbak) = derive_keys(kbpk, version)?;
         Ok(BindingKeys {
             version,
-            kbek,
-            kbak,
+            kbek: BlockCipher::new(&kbek)?,
+            kbak: BlockCipher::new(&kbak)?,
         })
     }
 
@@ -62,11 +63,13 @@ impl BindingKeys {
         self.version
     }
 
-    pub(super) fn kbek(&self) -> &SecretKey {
+    /// The KBEK's key schedule.
+    pub(super) fn kbek(&self) -> &BlockCipher {
         &self.kbek
     }
 
-    pub(super) fn kbak(&self) -> &SecretKey {
+    /// The KBAK's key schedule.
+    pub(super) fn kbak(&self) -> &BlockCipher {
         &self.kbak
     }
 }

@@ -1,6 +1,6 @@
 //! The header of a key block: its fields, its optional blocks, and its text.
 
-use hsm_api::{Algorithm, Error, Kcv, KcvMethod, KeyBlockVersion, Result};
+use hsm_api::{Algorithm, Error, Kcv, KcvMethod, KeyBlockVersion, Result, push_upper_hex};
 
 use super::parse::{decode_upper_hex, is_printable, is_two_alphanumerics, is_upper_hex};
 use super::{
@@ -264,12 +264,19 @@ impl OptionalBlock {
     /// For a `KC` or `KP` block of a header whose key is of `algorithm`: refuses a legacy check
     /// value longer than the key's (3 bytes; 4 for an SM4 key in `KC`).
     pub(super) fn check_value_fits(&self, algorithm: KeyBlockAlgorithm) -> Result<()> {
+        match self.id.as_str() {
+            "KC" | "KP" => self.fits(&self.check_value()?, algorithm),
+            _ => Ok(()),
+        }
+    }
+
+    /// [`OptionalBlock::check_value_fits`] with the block's check value already parsed.
+    fn fits(&self, kcv: &Kcv, algorithm: KeyBlockAlgorithm) -> Result<()> {
         let max = match (self.id.as_str(), algorithm) {
             ("KC", KeyBlockAlgorithm::Sm4) => MAX_LEGACY_KCV_SM4,
             ("KC" | "KP", _) => MAX_LEGACY_KCV,
             _ => return Ok(()),
         };
-        let kcv = self.check_value()?;
         if kcv.method() == KcvMethod::EncryptZeros && kcv.value().len() > max {
             return Err(Error::KeyBlockOptionalBlock {
                 id: self.id.clone(),
@@ -280,6 +287,11 @@ impl OptionalBlock {
 
     /// Checks the ID, the characters, and the content of the blocks this module understands.
     pub(super) fn validate(&self) -> Result<()> {
+        self.validated().map(|_| ())
+    }
+
+    /// [`OptionalBlock::validate`], and the check value of a `KC` or `KP` block, parsed once.
+    fn validated(&self) -> Result<Option<Kcv>> {
         let malformed = || Error::KeyBlockOptionalBlock {
             id: self.id.clone(),
         };
@@ -293,9 +305,18 @@ impl OptionalBlock {
             "KS" if self.data.is_empty() || !self.data.bytes().all(is_upper_hex) => {
                 Err(malformed())
             }
-            "KC" | "KP" => self.check_value().map(|_| ()),
-            _ => Ok(()),
+            "KC" | "KP" => self.check_value().map(Some),
+            _ => Ok(None),
         }
+    }
+}
+
+/// Appends `value` as `digits` decimal digits, leading zeros included (the caller has bounded
+/// `value` below `10^digits`).
+fn push_decimal(out: &mut String, value: usize, digits: u32) {
+    for place in (0..digits).rev() {
+        let digit = (value / 10usize.pow(place)) % 10;
+        out.push(char::from_digit(u32::try_from(digit).unwrap_or(0), 10).unwrap_or('0'));
     }
 }
 
@@ -307,7 +328,37 @@ fn check_value_block(id: &str, kcv: &Kcv) -> Result<OptionalBlock> {
         KcvMethod::EncryptZeros => "00",
         KcvMethod::Cmac => "01",
     };
-    OptionalBlock::new(id, &format!("{code}{}", kcv.to_hex()))
+    // What `OptionalBlock::check_value` would refuse of this text: no check bytes, or more
+    // than the method allows. Anything else is well formed by construction, so the text is not
+    // parsed back (`wrap` parses the header's check values once, for its own checks).
+    let max = match kcv.method() {
+        KcvMethod::EncryptZeros => MAX_LEGACY_KCV_SM4,
+        KcvMethod::Cmac => MAX_CMAC_KCV,
+    };
+    if kcv.value().is_empty() || kcv.value().len() > max {
+        return Err(Error::KeyBlockOptionalBlock { id: id.to_owned() });
+    }
+    let mut data = String::with_capacity(2 + 2 * kcv.value().len());
+    data.push_str(code);
+    push_upper_hex(&mut data, kcv.value());
+    Ok(OptionalBlock {
+        id: id.to_owned(),
+        data,
+    })
+}
+
+/// The check values a header carries, parsed: of the wrapped key (`KC`) and of the KBPK (`KP`),
+/// in the header's order.
+#[derive(Debug, Default)]
+pub(super) struct CheckValues {
+    /// `(true, kcv)` for a `KC` block, `(false, kcv)` for a `KP` block.
+    pub(super) values: Vec<(bool, Kcv)>,
+}
+
+impl CheckValues {
+    fn push(&mut self, block: &OptionalBlock, kcv: Kcv) {
+        self.values.push((block.id == "KC", kcv));
+    }
 }
 
 /// The header of a key block. It holds no secret.
@@ -372,6 +423,13 @@ impl KeyBlockHeader {
 
     /// Checks every field as [`wrap`](super::wrap) needs them.
     pub(super) fn validate(&self) -> Result<()> {
+        self.validated().map(|_| ())
+    }
+
+    /// [`KeyBlockHeader::validate`], and the check values of its `KC` and `KP` blocks, each
+    /// parsed once for both.
+    pub(super) fn validated(&self) -> Result<CheckValues> {
+        let mut check_values = CheckValues::default();
         if !is_two_alphanumerics(self.key_usage.as_bytes()) {
             return Err(Error::KeyBlockHeader {
                 field: "key usage".into(),
@@ -389,8 +447,10 @@ impl KeyBlockHeader {
         }
         let mut seen: Vec<&str> = Vec::with_capacity(self.optional_blocks.len());
         for block in self.optional_blocks.iter().filter(|b| b.id != "PB") {
-            block.validate()?;
-            block.check_value_fits(self.algorithm)?;
+            if let Some(kcv) = block.validated()? {
+                block.fits(&kcv, self.algorithm)?;
+                check_values.push(block, kcv);
+            }
             if seen.contains(&block.id.as_str()) {
                 return Err(Error::KeyBlockOptionalBlock {
                     id: block.id.clone(),
@@ -398,7 +458,20 @@ impl KeyBlockHeader {
             }
             seen.push(&block.id);
         }
-        Ok(())
+        Ok(check_values)
+    }
+
+    /// The check values of the `KC` and `KP` blocks, parsed (malformed data refused).
+    pub(super) fn check_values(&self) -> Result<CheckValues> {
+        let mut check_values = CheckValues::default();
+        for block in self
+            .optional_blocks
+            .iter()
+            .filter(|b| b.id == "KC" || b.id == "KP")
+        {
+            check_values.push(block, block.check_value()?);
+        }
+        Ok(check_values)
     }
 
     /// The header text of a block whose clear key data is `clear_len` bytes: fixed part with the
@@ -410,14 +483,18 @@ impl KeyBlockHeader {
         for block in self.optional_blocks.iter().filter(|b| b.id != "PB") {
             let short = 4 + block.data.len();
             blocks.push_str(&block.id);
-            if short <= MAX_SHORT_OPTIONAL_BLOCK {
-                blocks.push_str(&format!("{short:02X}"));
+            if let Ok(short) = u8::try_from(short)
+                && usize::from(short) <= MAX_SHORT_OPTIONAL_BLOCK
+            {
+                push_upper_hex(&mut blocks, &[short]);
             } else {
                 let long = 10 + block.data.len();
-                if long > MAX_BLOCK_LEN {
-                    return Err(Error::KeyBlockTooLong(long));
-                }
-                blocks.push_str(&format!("0002{long:04X}"));
+                let long = u16::try_from(long)
+                    .ok()
+                    .filter(|&l| usize::from(l) <= MAX_BLOCK_LEN)
+                    .ok_or(Error::KeyBlockTooLong(long))?;
+                blocks.push_str("0002");
+                push_upper_hex(&mut blocks, &long.to_be_bytes());
             }
             blocks.push_str(&block.data);
             count += 1;
@@ -425,7 +502,9 @@ impl KeyBlockHeader {
         let unpadded = FIXED_HEADER_LEN + blocks.len();
         if !unpadded.is_multiple_of(block_len) {
             let pad = (block_len - (unpadded + 4) % block_len) % block_len;
-            blocks.push_str(&format!("PB{:02X}", 4 + pad));
+            blocks.push_str("PB");
+            // 4 + pad < 4 + block_len: one byte.
+            push_upper_hex(&mut blocks, &[u8::try_from(4 + pad).unwrap_or(u8::MAX)]);
             blocks.extend(core::iter::repeat_n('0', pad));
             count += 1;
         }
@@ -438,14 +517,17 @@ impl KeyBlockHeader {
         if total > MAX_BLOCK_LEN {
             return Err(Error::KeyBlockTooLong(total));
         }
-        Ok(format!(
-            "{}{total:04}{}{}{}{}{}{count:02}00{blocks}",
-            self.version.as_char(),
-            self.key_usage,
-            self.algorithm.code(),
-            self.mode_of_use.code(),
-            self.key_version,
-            self.exportability.code(),
-        ))
+        let mut text = String::with_capacity(FIXED_HEADER_LEN + blocks.len());
+        text.push(self.version.as_char());
+        push_decimal(&mut text, total, 4);
+        text.push_str(&self.key_usage);
+        text.push(self.algorithm.code());
+        text.push(self.mode_of_use.code());
+        text.push_str(&self.key_version);
+        text.push(self.exportability.code());
+        push_decimal(&mut text, count, 2);
+        text.push_str("00");
+        text.push_str(&blocks);
+        Ok(text)
     }
 }

@@ -1,12 +1,12 @@
 //! Wrapping and unwrapping: the key block's MAC and encryption under the binding keys, and the
 //! checks of strength and check values around them.
 
-use hsm_api::{Algorithm, Error, Kcv, KeyBlockVersion, Result};
+use hsm_api::{Algorithm, Error, Kcv, KeyBlockVersion, Result, push_upper_hex};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use super::binding::{BindingKeys, check_kbpk, kbpk_error};
-use super::header::{KeyBlockAlgorithm, KeyBlockHeader};
+use super::header::{CheckValues, KeyBlockAlgorithm, KeyBlockHeader};
 use super::parse::parse;
 use crate::crypto::SecretKey;
 use crate::crypto::cipher::BlockCipher;
@@ -79,14 +79,14 @@ pub(super) fn wrap_with_padding(
     if binding.version() != version {
         return Err(kbpk_error(version));
     }
-    header.validate()?;
+    let check_values = header.validated()?;
     if header.algorithm != KeyBlockAlgorithm::of(key.algorithm()) {
         return Err(Error::KeyBlockHeader {
             field: "algorithm".into(),
         });
     }
     check_strength(kbpk, key)?;
-    check_check_values(header, kbpk, key, key_kcv)?;
+    check_check_values(&check_values, kbpk, key, key_kcv)?;
 
     let clear_len = 2 + key.len() + padding.len();
     if !clear_len.is_multiple_of(version.block_len()) {
@@ -103,20 +103,24 @@ pub(super) fn wrap_with_padding(
     clear.extend_from_slice(padding);
 
     let header_text = header.encode(clear_len)?;
-    seal(binding, &header_text, &clear)
+    seal(binding, &header_text, clear)
 }
 
-/// MACs and encrypts `clear` (whole cipher blocks) under `kbpk` behind `header_text`, which is
-/// taken as it is.
-pub(super) fn seal(binding: &BindingKeys, header_text: &str, clear: &[u8]) -> Result<String> {
+/// MACs and encrypts `clear` (whole cipher blocks, encrypted in place) under `kbpk` behind
+/// `header_text`, which is taken as it is.
+pub(super) fn seal(
+    binding: &BindingKeys,
+    header_text: &str,
+    mut clear: Zeroizing<Vec<u8>>,
+) -> Result<String> {
     let version = binding.version();
-    let mac = block_mac(binding.kbak(), version, header_text.as_bytes(), clear)?;
-    let mut encrypted = Zeroizing::new(clear.to_vec());
-    BlockCipher::new(binding.kbek())?.encrypt_cbc(&mac, &mut encrypted)?;
+    let mac = block_mac(binding.kbak(), version, header_text.as_bytes(), &clear);
+    binding.kbek().encrypt_cbc(&mac, &mut clear)?;
+    let encrypted = clear;
     let mut block = String::with_capacity(header_text.len() + 2 * (encrypted.len() + mac.len()));
     block.push_str(header_text);
-    block.push_str(&hex::encode_upper(&*encrypted));
-    block.push_str(&hex::encode_upper(&mac));
+    push_upper_hex(&mut block, &encrypted);
+    push_upper_hex(&mut block, &mac);
     Ok(block)
 }
 
@@ -137,7 +141,7 @@ pub fn unwrap_bound(
     let (header, clear) = open_bound(kbpk, binding, block)?;
     let key = extract_key(header.algorithm, &clear)?;
     check_strength(kbpk, &key)?;
-    check_check_values(&header, kbpk, &key, None)?;
+    check_check_values(&header.check_values()?, kbpk, &key, None)?;
     Ok((header, key))
 }
 
@@ -160,8 +164,8 @@ fn open_bound(
     };
 
     let mut clear = Zeroizing::new(parsed.encrypted);
-    BlockCipher::new(binding.kbek())?.decrypt_cbc(&parsed.mac, &mut clear)?;
-    let expected = block_mac(binding.kbak(), version, parsed.header_text, &clear)?;
+    binding.kbek().decrypt_cbc(&parsed.mac, &mut clear)?;
+    let expected = block_mac(binding.kbak(), version, parsed.header_text, &clear);
     if !bool::from(expected.as_slice().ct_eq(parsed.mac.as_slice())) {
         return Err(Error::KeyBlockMac);
     }
@@ -189,7 +193,7 @@ pub fn wrap_data_bound(
     clear.extend_from_slice(data);
     clear.extend_from_slice(&padding_bytes(clear_len - 2 - data.len())?);
     let header_text = header.encode(clear_len)?;
-    seal(binding, &header_text, &clear)
+    seal(binding, &header_text, clear)
 }
 
 /// The header and data of a block of [`wrap_data_bound`], its MAC verified; what the header
@@ -215,18 +219,10 @@ pub fn unwrap_data_bound(
 }
 
 /// CMAC under the KBAK of header ‖ clear key data, `mac_len` bytes of it.
-fn block_mac(
-    kbak: &SecretKey,
-    version: KeyBlockVersion,
-    header: &[u8],
-    clear: &[u8],
-) -> Result<Vec<u8>> {
-    let mut input = Zeroizing::new(Vec::with_capacity(header.len() + clear.len()));
-    input.extend_from_slice(header);
-    input.extend_from_slice(clear);
-    let mut mac = BlockCipher::new(kbak)?.cmac(&input);
+fn block_mac(kbak: &BlockCipher, version: KeyBlockVersion, header: &[u8], clear: &[u8]) -> Vec<u8> {
+    let mut mac = kbak.cmac_of_parts(&[header, clear]);
     mac.truncate(version.mac_len());
-    Ok(mac)
+    mac
 }
 
 /// The key in authenticated clear key data: 2-byte length in bits ‖ key ‖ padding.
@@ -274,19 +270,14 @@ fn check_strength(kbpk: &SecretKey, key: &SecretKey) -> Result<()> {
 /// Checks any `KC` against `key` and any `KP` against `kbpk`; a `KC` equal to `key_kcv` (the
 /// caller's own computation of `key`'s check value) is taken as checked.
 fn check_check_values(
-    header: &KeyBlockHeader,
+    check_values: &CheckValues,
     kbpk: &SecretKey,
     key: &SecretKey,
     key_kcv: Option<&Kcv>,
 ) -> Result<()> {
-    for block in &header.optional_blocks {
-        let (id, checked) = match block.id.as_str() {
-            "KC" => ("KC", key),
-            "KP" => ("KP", kbpk),
-            _ => continue,
-        };
-        let value = block.check_value()?;
-        if id == "KC" && key_kcv == Some(&value) {
+    for (is_kc, value) in &check_values.values {
+        let (id, checked) = if *is_kc { ("KC", key) } else { ("KP", kbpk) };
+        if *is_kc && key_kcv == Some(value) {
             continue;
         }
         if !value.matches(checked)? {

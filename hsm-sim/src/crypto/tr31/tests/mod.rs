@@ -9,6 +9,7 @@ use super::*;
 use crate::crypto::SecretKey;
 use crate::crypto::kcv::{self, KcvCheck};
 use crate::crypto::random::generate_key;
+use zeroize::Zeroizing;
 
 /// The binding keys of `kbpk` for blocks with `header`'s version.
 fn bound(kbpk: &SecretKey, header: &KeyBlockHeader) -> BindingKeys {
@@ -97,7 +98,12 @@ fn sealed(kbpk: &SecretKey, header: &str, clear: &[u8]) -> String {
     let version = KeyBlockVersion::from_char(char::from(header.as_bytes()[0])).unwrap();
     let total = header.len() + 2 * clear.len() + 2 * version.mac_len();
     let text = format!("{}{total:04}{}", &header[..1], &header[5..]);
-    seal(&BindingKeys::derive(kbpk, version).unwrap(), &text, clear).unwrap()
+    seal(
+        &BindingKeys::derive(kbpk, version).unwrap(),
+        &text,
+        Zeroizing::new(clear.to_vec()),
+    )
+    .unwrap()
 }
 
 /// `header` with the length filled in and zeros after it, up to at least `body_bytes` of key
@@ -393,6 +399,33 @@ fn kc_and_kp_blocks_match_published_check_values() {
         (kc.method(), kc.to_hex().as_str()),
         (KcvMethod::EncryptZeros, "57C409")
     );
+}
+
+#[test]
+fn a_check_value_block_is_made_only_of_a_check_value_its_parser_takes() {
+    for (method, len, ok) in [
+        (KcvMethod::EncryptZeros, 0, false),
+        (KcvMethod::EncryptZeros, 3, true),
+        (KcvMethod::EncryptZeros, 4, true),
+        (KcvMethod::EncryptZeros, 5, false),
+        (KcvMethod::Cmac, 0, false),
+        (KcvMethod::Cmac, 5, true),
+        (KcvMethod::Cmac, 6, false),
+    ] {
+        let kcv = Kcv::from_parts(method, (1..=len).map(|b| b as u8 * 0x11).collect());
+        match OptionalBlock::key_check_value_of(&kcv) {
+            Ok(block) => {
+                assert!(ok, "{method:?} {len}");
+                // What was written parses back to the same value, as wrap and unwrap read it.
+                block.validate().unwrap();
+                assert_eq!(block.check_value().unwrap(), kcv);
+            }
+            Err(e) => {
+                assert!(!ok, "{method:?} {len}");
+                assert_eq!(e, Error::KeyBlockOptionalBlock { id: "KC".into() });
+            }
+        }
+    }
 }
 
 #[test]
