@@ -30,7 +30,7 @@ pub(super) fn kbpk_error(version: KeyBlockVersion) -> Error {
 
 /// The KBEK and KBAK of one KBPK for one version: derived once per transport key (the HSM keeps
 /// them with the unwrapped KBPK in its hot-key cache, and with the LMK), used for every block
-/// under it. Both are kept as key schedules ([`BlockCipher`]: zeroized on drop, RustCrypto's
+/// under it. Both are kept as key schedules (`BlockCipher`: zeroized on drop, RustCrypto's
 /// `zeroize` feature), so a block costs no key expansion. No `Debug` of the keys.
 pub struct BindingKeys {
     version: KeyBlockVersion,
