@@ -246,11 +246,12 @@ impl OptionalBlock {
             return Err(malformed());
         }
         let data = self.data.as_bytes();
-        let (method, max) = match data.get(..2) {
-            Some(b"00") => (KcvMethod::EncryptZeros, MAX_LEGACY_KCV_SM4),
-            Some(b"01") => (KcvMethod::Cmac, MAX_CMAC_KCV),
+        let method = match data.get(..2) {
+            Some(b"00") => KcvMethod::EncryptZeros,
+            Some(b"01") => KcvMethod::Cmac,
             _ => return Err(malformed()),
         };
+        let max = max_check_value_len(method);
         let value = data
             .get(2..)
             .and_then(|hex| decode_upper_hex(hex).ok())
@@ -311,6 +312,15 @@ impl OptionalBlock {
     }
 }
 
+/// The most check bytes a `KC` or `KP` block of `method` carries, whatever the key (the
+/// algorithm's own bound is [`OptionalBlock::check_value_fits`]'s).
+const fn max_check_value_len(method: KcvMethod) -> usize {
+    match method {
+        KcvMethod::EncryptZeros => MAX_LEGACY_KCV_SM4,
+        KcvMethod::Cmac => MAX_CMAC_KCV,
+    }
+}
+
 /// Appends `value` as `digits` decimal digits, leading zeros included (the caller has bounded
 /// `value` below `10^digits`).
 fn push_decimal(out: &mut String, value: usize, digits: u32) {
@@ -331,10 +341,7 @@ fn check_value_block(id: &str, kcv: &Kcv) -> Result<OptionalBlock> {
     // What `OptionalBlock::check_value` would refuse of this text: no check bytes, or more
     // than the method allows. Anything else is well formed by construction, so the text is not
     // parsed back (`wrap` parses the header's check values once, for its own checks).
-    let max = match kcv.method() {
-        KcvMethod::EncryptZeros => MAX_LEGACY_KCV_SM4,
-        KcvMethod::Cmac => MAX_CMAC_KCV,
-    };
+    let max = max_check_value_len(kcv.method());
     if kcv.value().is_empty() || kcv.value().len() > max {
         return Err(Error::KeyBlockOptionalBlock { id: id.to_owned() });
     }

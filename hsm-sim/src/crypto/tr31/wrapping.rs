@@ -116,10 +116,9 @@ pub(super) fn seal(
     let version = binding.version();
     let mac = block_mac(binding.kbak(), version, header_text.as_bytes(), &clear);
     binding.kbek().encrypt_cbc(&mac, &mut clear)?;
-    let encrypted = clear;
-    let mut block = String::with_capacity(header_text.len() + 2 * (encrypted.len() + mac.len()));
+    let mut block = String::with_capacity(header_text.len() + 2 * (clear.len() + mac.len()));
     block.push_str(header_text);
-    push_upper_hex(&mut block, &encrypted);
+    push_upper_hex(&mut block, &clear);
     push_upper_hex(&mut block, &mac);
     Ok(block)
 }
