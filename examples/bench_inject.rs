@@ -17,6 +17,12 @@ use sscard_kms::access::identity::{Identity, Role};
 use sscard_kms::proto::kms::v1 as pb;
 use sscard_kms::proto::kms::v1::card_key_service_client::CardKeyServiceClient;
 
+/// The heap of the whole process (the `mimalloc` feature, on by default: see the workspace's
+/// `Cargo.toml`).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 struct Args {
     /// Injection requests to send in all.

@@ -8,6 +8,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use sscard_kms::state::postgres::PostgresConfig;
 
+/// The heap of the whole process (the `mimalloc` feature, on by default: see the workspace's
+/// `Cargo.toml`).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The province's key-management service for social security cards.
 #[derive(Debug, Parser)]
 #[command(name = "sscard-kms", version)]

@@ -21,6 +21,12 @@ use hsm_sim::local::{LocalHsm, LocalHsmConfig};
 use hsm_sim::remote::{HsmServer, ServerTls};
 use tokio::net::TcpListener;
 
+/// The heap of the whole process (the `mimalloc` feature, on by default: see the workspace's
+/// `Cargo.toml`).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "hsm-sim",
