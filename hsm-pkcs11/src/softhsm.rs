@@ -64,7 +64,7 @@ fn io(what: &str, e: &std::io::Error) -> Error {
 
 fn random_pin() -> Result<Zeroizing<String>> {
     let bytes = Zeroizing::new(hsm_sim::crypto::random::random_bytes(16)?);
-    Ok(Zeroizing::new(hex::encode_upper(&*bytes)))
+    Ok(hsm_sim::crypto::secret_hex(&bytes))
 }
 
 /// The token labelled `label` under `dir` (SoftHSM2's configuration in `dir/softhsm2.conf`, its

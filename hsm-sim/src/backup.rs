@@ -200,16 +200,12 @@ impl Bound {
     /// Share `index` of value `value`, its text built in a buffer zeroized on drop and never
     /// reallocated.
     fn issue(&self, index: u8, value: &[u8]) -> IssuedShare {
-        const HEX: &[u8; 16] = b"0123456789ABCDEF";
         let head = format!("{SHARE_PREFIX}-{}-{index:02}-", self.text('-'));
         let mut text = Zeroizing::new(String::with_capacity(
             head.len() + 2 * value.len() + 1 + 2 * SHARE_CHECK_LEN,
         ));
         text.push_str(&head);
-        for &b in value {
-            text.push(char::from(HEX[usize::from(b >> 4)]));
-            text.push(char::from(HEX[usize::from(b & 0x0F)]));
-        }
+        crate::crypto::key::push_secret_hex(&mut text, value);
         let check_value = check_value(&text);
         text.push('-');
         text.push_str(&check_value);

@@ -575,7 +575,6 @@ pub(crate) fn recover_secret(threshold: u8, shares: &[&[u8]]) -> Result<Zeroizin
 /// The text of share `index` with value `value`: `lmk1-03-…`, built in a buffer that is
 /// zeroized on drop and never reallocated.
 fn share_text(index: u8, value: &[u8]) -> zeroize::Zeroizing<String> {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let mut text = Zeroizing::new(String::with_capacity(
         SHARE_PREFIX.len() + 4 + 2 * value.len(),
     ));
@@ -584,10 +583,7 @@ fn share_text(index: u8, value: &[u8]) -> zeroize::Zeroizing<String> {
     text.push(char::from(b'0' + index / 10));
     text.push(char::from(b'0' + index % 10));
     text.push('-');
-    for &b in value {
-        text.push(char::from(HEX[usize::from(b >> 4)]));
-        text.push(char::from(HEX[usize::from(b & 0x0F)]));
-    }
+    crate::crypto::key::push_secret_hex(&mut text, value);
     text
 }
 

@@ -479,7 +479,7 @@ pub fn split_into_components(key: &SecretKey, count: u8) -> Result<Vec<hsm_api::
 /// One component as handed out: its hex text and its KCV.
 fn issued_component(part: &SecretKey) -> Result<hsm_api::IssuedShare> {
     Ok(hsm_api::IssuedShare {
-        share: hsm_api::LmkShare::new(Zeroizing::new(hex::encode_upper(part.secret_bytes()))),
+        share: hsm_api::LmkShare::new(crate::crypto::key::secret_hex(part.secret_bytes())),
         check_value: kcv::compute_default(part)?.to_hex(),
     })
 }

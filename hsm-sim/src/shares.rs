@@ -31,7 +31,7 @@ impl SplitSecret {
 
     /// The secret as 64 upper-case hex digits (e.g. the PIN a token is set to).
     pub fn secret_hex(&self) -> Zeroizing<String> {
-        Zeroizing::new(hex::encode_upper(self.inner.key().secret_bytes()))
+        crate::crypto::key::secret_hex(self.inner.key().secret_bytes())
     }
 
     /// Its check value (CMAC, 5 bytes): public.

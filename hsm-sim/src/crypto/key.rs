@@ -9,7 +9,7 @@ use core::fmt;
 
 use hsm_api::{Algorithm, Error, Result};
 use subtle::ConstantTimeEq;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 /// A clear key. Lives only inside the HSM boundary.
 pub struct SecretKey {
@@ -195,15 +195,39 @@ const fn odd_parity(b: u8) -> u8 {
     }
 }
 
-/// Decodes hex that may be secret: white space is ignored, nothing is left behind on error.
+/// Decodes hex that may be secret (either case): white space is ignored, nothing is left behind
+/// on error. The digits are decoded by `base16ct`, without a branch or a table lookup on their
+/// values; only where the white space was can show in timing.
 pub(crate) fn decode_secret_hex(text: &str, field: &'static str) -> Result<Zeroizing<Vec<u8>>> {
-    let mut compact: Zeroizing<Vec<u8>> =
+    let compact: Zeroizing<Vec<u8>> =
         Zeroizing::new(text.bytes().filter(|b| !b.is_ascii_whitespace()).collect());
-    let result = hex::decode(&*compact).map_err(|_| Error::Hex {
-        field: field.into(),
-    });
-    compact.zeroize();
-    Ok(Zeroizing::new(result?))
+    let mut bytes = Zeroizing::new(vec![0u8; compact.len() / 2]);
+    match base16ct::mixed::decode(&*compact, &mut bytes) {
+        Ok(_) => Ok(bytes),
+        Err(_) => Err(Error::Hex {
+            field: field.into(),
+        }),
+    }
+}
+
+/// Appends `bytes` to `text` as upper-case hex, without a branch or a table lookup on their
+/// values (`base16ct`) and through a stack buffer that is wiped. `text` must already have room
+/// for them: a secret's text is never reallocated (which would leave a copy behind).
+pub fn push_secret_hex(text: &mut String, bytes: &[u8]) {
+    let mut buf = Zeroizing::new([0u8; 64]);
+    for chunk in bytes.chunks(buf.len() / 2) {
+        // The buffer holds two digits per byte of the chunk: `encode_str` cannot fail.
+        if let Ok(digits) = base16ct::upper::encode_str(chunk, &mut buf[..]) {
+            text.push_str(digits);
+        }
+    }
+}
+
+/// `bytes` as upper-case hex in a buffer wiped on drop ([`push_secret_hex`]).
+pub fn secret_hex(bytes: &[u8]) -> Zeroizing<String> {
+    let mut text = Zeroizing::new(String::with_capacity(2 * bytes.len()));
+    push_secret_hex(&mut text, bytes);
+    text
 }
 
 #[cfg(test)]
@@ -347,5 +371,46 @@ mod tests {
                 field: "key".into()
             }
         );
+    }
+
+    #[test]
+    fn secret_hex_is_the_hex_of_every_byte_value_and_decodes_back_in_either_case() {
+        // All 256 values, and more than one 32-byte chunk of the encoder's buffer.
+        let bytes: Vec<u8> = (0..=255u8).chain(0..=40).collect();
+        let text = secret_hex(&bytes);
+        assert_eq!(*text, hex::encode_upper(&bytes));
+        assert_eq!(*decode_secret_hex(&text, "x").unwrap(), bytes);
+        let lower = text.to_ascii_lowercase();
+        assert_eq!(*decode_secret_hex(&lower, "x").unwrap(), bytes);
+        let spaced = "0a B1\n c2\td3 ";
+        assert_eq!(
+            *decode_secret_hex(spaced, "x").unwrap(),
+            [0x0A, 0xB1, 0xC2, 0xD3]
+        );
+        assert!(decode_secret_hex("", "x").unwrap().is_empty());
+    }
+
+    #[test]
+    fn secret_hex_refuses_odd_lengths_and_non_hex_digits() {
+        let refused = Error::Hex {
+            field: "share".into(),
+        };
+        for bad in ["0", "ABC", "0G", "G0", "0x12", "-1", "AB\u{e9}"] {
+            assert_eq!(
+                decode_secret_hex(bad, "share").unwrap_err(),
+                refused,
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn push_secret_hex_never_reallocates_a_text_with_room() {
+        let mut text = String::with_capacity(4 + 2 * 100);
+        text.push_str("ab1-");
+        let (ptr, capacity) = (text.as_ptr(), text.capacity());
+        push_secret_hex(&mut text, &[0x5A; 100]);
+        assert_eq!((text.as_ptr(), text.capacity()), (ptr, capacity));
+        assert_eq!(&text[4..], "5A".repeat(100));
     }
 }

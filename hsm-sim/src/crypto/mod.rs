@@ -7,6 +7,7 @@
 //! |---|---|
 //! | [`SecretKey`] | a clear key: zeroized on drop, `Debug` without bytes, constant-time `==`, bytes only through `secret_bytes()` (HSM code only: this crate and `hsm-pkcs11`) |
 //! | [`cipher`] | DES, TDES, AES, SM4 in ECB/CBC, and CMAC: dispatch and length checks |
+//! | [`secret_hex`], [`push_secret_hex`] | secret bytes (shares, components, PINs) as hex, constant-time (`base16ct`) |
 //! | [`kcv`] | computing key check values, and checking one against a key |
 //! | [`diversify`] | the dispersion methods of [`hsm_api::Dispersion`], and chains of them |
 //! | [`mac`] | card secure messaging: PBOC retail MAC, SM4 MAC with fold, the encrypted key field |
@@ -27,4 +28,4 @@ pub mod registry;
 pub mod sign;
 pub mod tr31;
 
-pub use key::SecretKey;
+pub use key::{SecretKey, push_secret_hex, secret_hex};
