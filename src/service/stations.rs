@@ -482,18 +482,21 @@ impl<H: Hsm> Kms<H> {
                 Ok(())
             })
             .await?;
-        for d in delivered {
-            let form = match d.form {
-                DeliveredForm::Tr31(_) => "tr31",
-                DeliveredForm::WriteKeyApdu(_) => "secure-messaging",
-            };
-            self.metrics
-                .keys_released
-                .get_or_create(&ReleaseLabels {
-                    form,
-                    template: card.template_id.clone(),
-                })
-                .inc();
+        // One increment per form, not per key (a label set is a map lookup and a `String`).
+        let tr31 = delivered
+            .iter()
+            .filter(|d| matches!(d.form, DeliveredForm::Tr31(_)))
+            .count();
+        for (form, count) in [("tr31", tr31), ("secure-messaging", delivered.len() - tr31)] {
+            if count > 0 {
+                self.metrics
+                    .keys_released
+                    .get_or_create(&ReleaseLabels {
+                        form,
+                        template: card.template_id.clone(),
+                    })
+                    .inc_by(count as u64);
+            }
         }
         Ok(())
     }
