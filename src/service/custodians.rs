@@ -1,11 +1,5 @@
-//! The people of the key ceremonies: the officer registry and dual control.
-//!
-//! **The registry.** An officer or auditor acts only from a certificate the registry holds, by
-//! its SHA-256 fingerprint, for the identity the certificate carries, and not revoked
-//! ([`Kms::admit_officer`], called by every officer and auditor operation after the role
-//! matrix). So a lost certificate is revoked without replacing the client CA. The first
-//! officers and auditors are enrolled once, on an empty registry, from the deployment's
-//! configuration ([`Kms::bootstrap_officers`]); every later change is a dual-control act.
+//! Dual control of the key ceremonies (who may act at all is the officer registry's:
+//! `officer_registry`).
 //!
 //! **Dual control.** A sensitive act ([`Act`]) is asked for by one officer
 //! ([`Kms::request_act`]) and happens only when another approves it from their own certificate
@@ -19,8 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use hsm_api::Hsm;
 use serde::{Deserialize, Serialize};
 
-use crate::access::authz::{self, Operation};
-use crate::access::identity::{Identity, Origin, Role};
+use crate::access::authz::Operation;
+use crate::access::identity::{Identity, Origin};
 use crate::error::{Error, Refusal, Resource, Result};
 use crate::state::audit::AuditEvent;
 use crate::state::records::{
@@ -34,9 +28,6 @@ use super::officers::put_new_version;
 
 /// How long a dual-control request waits for its approval, unless configured otherwise.
 pub const DEFAULT_APPROVAL_TTL_MS: u64 = 15 * 60 * 1000;
-
-/// The actor of the records of the registry's bootstrap.
-const BOOTSTRAP_ACTOR: &str = "bootstrap (the service's configuration)";
 
 /// What the service holds in memory for the ceremonies under way.
 #[derive(Debug)]
@@ -205,69 +196,7 @@ pub(super) fn in_process_only(caller: &Identity, reason: Refusal) -> Result<()> 
     }
 }
 
-/// The registry's record for an officer's or auditor's certificate (DER), checked.
-fn officer_from_certificate(der: &[u8]) -> Result<(Identity, String)> {
-    let not_officer = Error::InvalidArgument {
-        field: "certificate_pem",
-        reason: Refusal::NotAnOfficerCertificate,
-    };
-    let id = Identity::from_certificate(der).map_err(|_| not_officer)?;
-    if !matches!(id.role(), Role::Officer | Role::Auditor) {
-        return Err(Error::InvalidArgument {
-            field: "certificate_pem",
-            reason: Refusal::NotAnOfficerCertificate,
-        });
-    }
-    let fp = id.fingerprint().unwrap_or_default().to_owned();
-    Ok((id, fp))
-}
-
-/// A certificate as PEM or DER bytes → DER.
-pub fn certificate_der(pem_or_der: &[u8]) -> Result<Vec<u8>> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject as _;
-    match CertificateDer::from_pem_slice(pem_or_der) {
-        Ok(der) => Ok(der.to_vec()),
-        Err(_) if pem_or_der.first() == Some(&0x30) => Ok(pem_or_der.to_vec()),
-        Err(_) => Err(Error::InvalidArgument {
-            field: "certificate_pem",
-            reason: Refusal::NotAnOfficerCertificate,
-        }),
-    }
-}
-
 impl<H: Hsm> Kms<H> {
-    /// The role matrix, then — for officers and auditors — the registry: the caller's
-    /// certificate must be registered for this identity and not revoked. An identity not read
-    /// from a certificate is refused (fail closed), except code of this process.
-    pub(super) fn admit_officer(&self, caller: &Identity, op: Operation) -> Result<()> {
-        authz::authorize(caller, op)?;
-        if !matches!(caller.role(), Role::Officer | Role::Auditor) {
-            return Ok(());
-        }
-        let fp = match caller.origin() {
-            Origin::InProcess => return Ok(()),
-            Origin::Unverified => {
-                return Err(Error::PermissionDenied {
-                    reason: Refusal::OfficerNotRegistered,
-                });
-            }
-            Origin::Certificate(fp) => fp,
-        };
-        let record: Option<OfficerRecord> = self.store.snapshot()?.get(Table::Officers, fp)?;
-        match record {
-            Some(r) if r.identity == caller.to_string() => match r.revoked_ms {
-                None => Ok(()),
-                Some(_) => Err(Error::PermissionDenied {
-                    reason: Refusal::OfficerRevoked,
-                }),
-            },
-            _ => Err(Error::PermissionDenied {
-                reason: Refusal::OfficerNotRegistered,
-            }),
-        }
-    }
-
     /// What the HSM says about itself (no caller: for the server's start-up checks).
     pub async fn hsm_status(&self) -> Result<hsm_api::HsmStatus> {
         Ok(self.hsm.status().await?)
@@ -277,59 +206,6 @@ impl<H: Hsm> Kms<H> {
     pub fn set_approval_ttl(&self, ttl: std::time::Duration) {
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         self.ceremony.approval_ttl_ms.store(ms, Ordering::Relaxed);
-    }
-
-    /// Enrols the first officers and auditors (certificates, PEM or DER) — only into an empty
-    /// registry: once anyone is registered this does nothing and returns an empty list, so a
-    /// deployment may keep its bootstrap list in its configuration. One write, one record.
-    pub async fn bootstrap_officers(&self, certificates: &[Vec<u8>]) -> Result<Vec<OfficerRecord>> {
-        let mut entries = Vec::new();
-        for c in certificates {
-            let (id, fingerprint) = officer_from_certificate(&certificate_der(c)?)?;
-            entries.push((id.to_string(), fingerprint));
-        }
-        self.store
-            .write(move |tx| {
-                if !tx.scan::<OfficerRecord>(Table::Officers, "")?.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let now = tx.now_ms();
-                let mut out = Vec::new();
-                for (identity, fingerprint) in entries {
-                    let r = OfficerRecord {
-                        identity,
-                        fingerprint,
-                        registered_ms: now,
-                        registered_by: vec![BOOTSTRAP_ACTOR.to_owned()],
-                        revoked_ms: None,
-                        revoked_by: Vec::new(),
-                    };
-                    tx.put(Table::Officers, &r.fingerprint, &r)?;
-                    out.push(r);
-                }
-                let names: Vec<String> = out
-                    .iter()
-                    .map(|r| format!("{} ({})", r.identity, r.fingerprint))
-                    .collect();
-                tx.audit(AuditEvent::ok(
-                    BOOTSTRAP_ACTOR,
-                    "bootstrap-officers",
-                    names.join(", "),
-                ));
-                Ok(out)
-            })
-            .await
-    }
-
-    /// The registry (officers and auditors may read it).
-    pub async fn list_officers(&self, caller: &Identity) -> Result<Vec<OfficerRecord>> {
-        self.audited(caller, Operation::GetStatus, "officer registry", async {
-            self.admit_officer(caller, Operation::GetStatus)?;
-            let all: Vec<(String, OfficerRecord)> =
-                self.store.snapshot()?.scan(Table::Officers, "")?;
-            Ok(all.into_iter().map(|(_, r)| r).collect())
-        })
-        .await
     }
 
     /// Asks for `act`; another officer must approve it within the time limit.
@@ -525,48 +401,14 @@ impl<H: Hsm> Kms<H> {
                             out.key = Some(k);
                             text
                         }
-                        (
-                            Act::RegisterOfficer {
-                                certificate_der_hex,
-                            },
-                            _,
-                        ) => {
-                            let der = hex::decode(certificate_der_hex)
-                                .map_err(|_| Error::StoreCorrupt("request certificate"))?;
-                            let (identity, fingerprint) = officer_from_certificate(&der)?;
-                            if tx
-                                .get::<OfficerRecord>(Table::Officers, &fingerprint)?
-                                .is_some()
-                            {
-                                return Err(Error::AlreadyExists {
-                                    what: Resource::Officer,
-                                });
-                            }
-                            let o = OfficerRecord {
-                                identity: identity.to_string(),
-                                fingerprint,
-                                registered_ms: tx.now_ms(),
-                                registered_by: vec![r.requested_by.clone(), actor.clone()],
-                                revoked_ms: None,
-                                revoked_by: Vec::new(),
+                        (Act::RegisterOfficer { .. } | Act::RevokeOfficer { .. }, _) => {
+                            let o = super::officer_registry::apply(tx, &r, &actor)?;
+                            let done = if o.revoked_ms.is_some() {
+                                "revoked"
+                            } else {
+                                "registered"
                             };
-                            tx.put(Table::Officers, &o.fingerprint, &o)?;
-                            let text = format!("registered {} ({})", o.identity, o.fingerprint);
-                            out.officer = Some(o);
-                            text
-                        }
-                        (Act::RevokeOfficer { fingerprint }, _) => {
-                            let mut o: OfficerRecord = tx
-                                .get(Table::Officers, fingerprint)?
-                                .ok_or(Error::NotFound {
-                                    what: Resource::Officer,
-                                })?;
-                            if o.revoked_ms.is_none() {
-                                o.revoked_ms = Some(tx.now_ms());
-                                o.revoked_by = vec![r.requested_by.clone(), actor.clone()];
-                                tx.put(Table::Officers, &o.fingerprint, &o)?;
-                            }
-                            let text = format!("revoked {} ({})", o.identity, o.fingerprint);
+                            let text = format!("{done} {} ({})", o.identity, o.fingerprint);
                             out.officer = Some(o);
                             text
                         }
@@ -684,36 +526,7 @@ impl<H: Hsm> Kms<H> {
     /// Validates an act when it is asked for; its description.
     fn check_act(&self, act: &Act) -> Result<String> {
         match act {
-            Act::RegisterOfficer {
-                certificate_der_hex,
-            } => {
-                let der = hex::decode(certificate_der_hex).map_err(|_| Error::InvalidArgument {
-                    field: "certificate_pem",
-                    reason: Refusal::NotAnOfficerCertificate,
-                })?;
-                let (id, fp) = officer_from_certificate(&der)?;
-                if self
-                    .store
-                    .snapshot()?
-                    .get::<OfficerRecord>(Table::Officers, &fp)?
-                    .is_some()
-                {
-                    return Err(Error::AlreadyExists {
-                        what: Resource::Officer,
-                    });
-                }
-                Ok(format!("register {id} (certificate {fp})"))
-            }
-            Act::RevokeOfficer { fingerprint } => {
-                let o: OfficerRecord = self
-                    .store
-                    .snapshot()?
-                    .get(Table::Officers, fingerprint)?
-                    .ok_or(Error::NotFound {
-                        what: Resource::Officer,
-                    })?;
-                Ok(format!("revoke {} (certificate {fingerprint})", o.identity))
-            }
+            Act::RegisterOfficer { .. } | Act::RevokeOfficer { .. } => self.check_officer_act(act),
             Act::GenerateRoot {
                 template_id,
                 key_name,

@@ -32,6 +32,7 @@ mod custodians;
 mod hsm_turns;
 mod hsm_watch;
 mod lmk;
+mod officer_registry;
 mod officers;
 mod parts;
 mod personal;
@@ -44,12 +45,11 @@ pub use applicants::{BatchUpload, MAX_BATCH_ID_LEN, MAX_NOTE_CHARS};
 pub use auditors::MAX_EXPORT;
 pub use backup::{BackupShareTaken, RootBackup, RootToRestore};
 pub use components::{CeremonyState, CeremonyTarget, Custodian, KeyCeremony, Submitted};
-pub use custodians::{
-    Act, Approved, DEFAULT_APPROVAL_TTL_MS, DualControlRequest, RequestState, certificate_der,
-};
+pub use custodians::{Act, Approved, DEFAULT_APPROVAL_TTL_MS, DualControlRequest, RequestState};
 pub use hsm_turns::on_connection;
 pub use hsm_watch::{HsmReadiness, WatchedHsm};
 pub use lmk::{LmkShareTaken, PreparedRotation, Rewrapped, ShareTaken, TokenPlace};
+pub use officer_registry::certificate_der;
 pub use officers::{ComponentInput, Status};
 pub use psam_lines::PsamKeySet;
 pub use stations::{Delivered, DeliveredForm, Delivery};
